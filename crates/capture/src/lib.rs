@@ -1,0 +1,42 @@
+//! Camera capture: the only crate in Neoflix that knows GStreamer.
+//!
+//! [`Capture::start`] builds one pipeline, in one function, from [`CaptureSettings`]:
+//!
+//! ```text
+//! videotestsrc | v4l2src ─▶ [jpegdec] ─▶ videoconvert ─▶ I420 ─▶ H.264 encoder ─▶ h264parse
+//!     ─▶ isofmp4mux (fragment = keyframe interval) ─▶ appsink ─▶ your callback
+//! ```
+//!
+//! The encoder is probed from the element factories present (`nvv4l2h264enc` on a Jetson with
+//! NVENC, `v4l2h264enc` on a Pi 4, else `x264enc`) unless the settings name one; cameras that emit
+//! H.264 themselves are passed through. The muxer comes from gst-plugin-fmp4, registered
+//! statically, so no plugin has to be installed for it.
+//!
+//! Every output is a [`Output::Init`] (ftyp+moov) or an [`Output::Fragment`] (moof+mdat, starting
+//! on a keyframe). The callback runs on a GStreamer streaming thread: it must not block for long
+//! and it must not panic; an `Err` from it stops the pipeline with an error on the bus.
+//! Pipeline errors arrive through [`Capture::next_event`] as [`CaptureError::Element`], naming the
+//! element.
+//!
+//! Layout: [`settings`] holds what the pipeline is built from, [`pipeline`] builds and runs it.
+#![deny(missing_docs)]
+
+mod error;
+pub mod pipeline;
+pub mod settings;
+
+pub use error::CaptureError;
+pub use pipeline::{Capture, CaptureEvent, Output, probe_encoder};
+pub use settings::{CaptureSettings, Encoder, InputFormat, Source};
+
+/// Initializes GStreamer and registers the statically linked fMP4 muxer. Idempotent.
+pub fn init() -> Result<(), CaptureError> {
+    use std::sync::OnceLock;
+    static INIT: OnceLock<Result<(), String>> = OnceLock::new();
+    INIT.get_or_init(|| {
+        gstreamer::init().map_err(|e| e.to_string())?;
+        gstfmp4::plugin_register_static().map_err(|e| e.to_string())
+    })
+    .clone()
+    .map_err(CaptureError::Init)
+}

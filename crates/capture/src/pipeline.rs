@@ -1,0 +1,456 @@
+//! Building and running the capture pipeline.
+
+use std::time::Duration;
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+
+use crate::{CaptureError, CaptureSettings, Encoder, InputFormat, Source};
+
+/// One piece of fMP4 out of the muxer.
+#[derive(Debug)]
+pub enum Output {
+    /// The init segment (`ftyp` + `moov`): once per pipeline run.
+    Init {
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// One media fragment (`moof` + `mdat`), starting on a keyframe.
+    Fragment {
+        /// The bytes.
+        data: Vec<u8>,
+        /// Running time of the fragment's first frame.
+        pts: Duration,
+        /// Duration of the fragment.
+        duration: Duration,
+    },
+}
+
+/// Something the pipeline reports while it runs.
+#[derive(Debug)]
+pub enum CaptureEvent {
+    /// The pipeline failed; it is stopped and must be rebuilt.
+    Error(CaptureError),
+    /// The stream ended (after [`Capture::stop`], or a source that ran dry).
+    Eos,
+}
+
+/// A running capture pipeline. Dropping it stops the pipeline.
+pub struct Capture {
+    pipeline: gst::Pipeline,
+    encoder: Encoder,
+}
+
+/// Chooses the encoder: the one named, if installed, else the first of
+/// [`Encoder::PROBE_ORDER`] whose factory exists.
+pub fn probe_encoder(named: Option<&Encoder>) -> Result<Encoder, CaptureError> {
+    crate::init()?;
+    if let Some(enc) = named {
+        if *enc == Encoder::Passthrough || gst::ElementFactory::find(enc.factory()).is_some() {
+            return Ok(enc.clone());
+        }
+        return Err(CaptureError::MissingElement {
+            element: enc.factory().into(),
+            package: "the board's GStreamer encoder plugin (or set capture.encoder = \"auto\")",
+        });
+    }
+    Encoder::PROBE_ORDER
+        .iter()
+        .find(|e| gst::ElementFactory::find(e.factory()).is_some())
+        .cloned()
+        .ok_or_else(|| CaptureError::NoEncoder {
+            tried: Encoder::PROBE_ORDER.map(|e| e.factory()).join(", "),
+        })
+}
+
+fn make(factory: &str, name: &str) -> Result<gst::Element, CaptureError> {
+    gst::ElementFactory::make(factory)
+        .name(name)
+        .build()
+        .map_err(|_| CaptureError::MissingElement {
+            element: factory.into(),
+            package: package_of(factory),
+        })
+}
+
+fn package_of(factory: &str) -> &'static str {
+    match factory {
+        "videotestsrc" | "videoconvert" | "capsfilter" | "queue" | "appsink" => {
+            "gstreamer1.0-plugins-base"
+        }
+        "v4l2src" | "jpegdec" => "gstreamer1.0-plugins-good",
+        "h264parse" => "gstreamer1.0-plugins-bad",
+        "x264enc" => "gstreamer1.0-plugins-ugly",
+        _ => "the GStreamer plugin that provides it",
+    }
+}
+
+impl Capture {
+    /// Builds the pipeline, starts it, and hands every muxer output to `sink`.
+    ///
+    /// `sink` runs on a streaming thread; returning `Err(message)` stops the pipeline with an
+    /// error naming the appsink.
+    pub fn start<F>(settings: &CaptureSettings, sink: F) -> Result<Capture, CaptureError>
+    where
+        F: FnMut(Output) -> Result<(), String> + Send + 'static,
+    {
+        crate::init()?;
+        let encoder = match settings.source {
+            Source::V4l2 {
+                format: InputFormat::H264,
+                ..
+            } => Encoder::Passthrough,
+            _ => probe_encoder(settings.encoder.as_ref())?,
+        };
+        let pipeline = build(settings, &encoder, sink)?;
+        if let Err(e) = pipeline.set_state(gst::State::Playing) {
+            // The real reason is on the bus; take it from there if it is already posted.
+            let detail = pipeline
+                .bus()
+                .and_then(|b| b.timed_pop_filtered(gst::ClockTime::from_mseconds(500), &[gst::MessageType::Error]))
+                .map(|m| error_from_message(&m).to_string())
+                .unwrap_or_else(|| e.to_string());
+            let _ = pipeline.set_state(gst::State::Null);
+            return Err(CaptureError::Start(detail));
+        }
+        Ok(Capture { pipeline, encoder })
+    }
+
+    /// The encoder in use.
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    /// Waits up to `timeout` for an error or end of stream.
+    pub fn next_event(&self, timeout: Duration) -> Option<CaptureEvent> {
+        let bus = self.pipeline.bus()?;
+        let msg = bus.timed_pop_filtered(
+            gst::ClockTime::from_nseconds(timeout.as_nanos() as u64),
+            &[gst::MessageType::Error, gst::MessageType::Eos, gst::MessageType::Warning],
+        )?;
+        match msg.view() {
+            gst::MessageView::Eos(_) => Some(CaptureEvent::Eos),
+            gst::MessageView::Error(_) => Some(CaptureEvent::Error(error_from_message(&msg))),
+            gst::MessageView::Warning(w) => {
+                log::warn!(element = source_name(&msg).as_str(); "capture warning: {}", w.error());
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Stops the pipeline: sends end-of-stream so the muxer flushes its last fragment, waits up to
+    /// `drain` for it, then shuts the pipeline down.
+    pub fn stop(self, drain: Duration) {
+        self.pipeline.send_event(gst::event::Eos::new());
+        if let Some(bus) = self.pipeline.bus() {
+            let _ = bus.timed_pop_filtered(
+                gst::ClockTime::from_nseconds(drain.as_nanos() as u64),
+                &[gst::MessageType::Eos, gst::MessageType::Error],
+            );
+        }
+        // Drop sets the state to Null.
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+fn source_name(msg: &gst::Message) -> String {
+    msg.src()
+        .map(|s| s.name().to_string())
+        .unwrap_or_else(|| "pipeline".into())
+}
+
+fn error_from_message(msg: &gst::Message) -> CaptureError {
+    match msg.view() {
+        gst::MessageView::Error(e) => CaptureError::Element {
+            element: source_name(msg),
+            message: e.error().to_string(),
+            debug: e.debug().map(|d| d.to_string()),
+        },
+        _ => CaptureError::Build("unexpected message".into()),
+    }
+}
+
+fn caps_filter(name: &str, caps: gst::Caps) -> Result<gst::Element, CaptureError> {
+    let f = make("capsfilter", name)?;
+    f.set_property("caps", caps);
+    Ok(f)
+}
+
+/// Builds the whole pipeline. Element names (`source`, `decoder`, `encoder`, `muxer`, ...) are
+/// what errors name.
+fn build<F>(s: &CaptureSettings, encoder: &Encoder, sink: F) -> Result<gst::Pipeline, CaptureError>
+where
+    F: FnMut(Output) -> Result<(), String> + Send + 'static,
+{
+    let pipeline = gst::Pipeline::with_name("neoflix-capture");
+    let fps = s.fps as i32;
+    let keyint = s.fps * s.fragment_secs;
+    let framerate = gst::Fraction::new(fps, 1);
+    let mut chain: Vec<gst::Element> = Vec::new();
+
+    match &s.source {
+        Source::Test => {
+            let src = make("videotestsrc", "source")?;
+            src.set_property("is-live", true);
+            chain.push(src);
+        }
+        Source::V4l2 { device, format } => {
+            let src = make("v4l2src", "source")?;
+            src.set_property("device", device.to_string_lossy().to_string());
+            chain.push(src);
+            let media = match format {
+                InputFormat::Raw => "video/x-raw",
+                InputFormat::Mjpeg => "image/jpeg",
+                InputFormat::H264 => "video/x-h264",
+            };
+            chain.push(caps_filter(
+                "camera-caps",
+                gst::Caps::builder(media)
+                    .field("width", s.width as i32)
+                    .field("height", s.height as i32)
+                    .field("framerate", framerate)
+                    .build(),
+            )?);
+            if *format == InputFormat::Mjpeg {
+                chain.push(make("jpegdec", "decoder")?);
+            }
+        }
+    }
+
+    if *encoder != Encoder::Passthrough {
+        chain.push(make("videoconvert", "convert")?);
+        // Without format=I420 x264enc picks High 4:4:4, which browsers do not play.
+        chain.push(caps_filter(
+            "raw-caps",
+            gst::Caps::builder("video/x-raw")
+                .field("format", "I420")
+                .field("width", s.width as i32)
+                .field("height", s.height as i32)
+                .field("framerate", framerate)
+                .build(),
+        )?);
+        let q = make("queue", "encode-queue")?;
+        // Bounded and leaky-free: a slow encoder backs up to the source, which drops frames
+        // itself, instead of this queue growing.
+        q.set_property("max-size-buffers", 2 * s.fps);
+        q.set_property("max-size-bytes", 0u32);
+        q.set_property("max-size-time", 0u64);
+        chain.push(q);
+        let enc = make(encoder.factory(), "encoder")?;
+        match encoder {
+            Encoder::X264 => {
+                enc.set_property_from_str("tune", "zerolatency");
+                enc.set_property_from_str("speed-preset", &s.x264_preset);
+                enc.set_property("key-int-max", keyint);
+                enc.set_property("bitrate", s.bitrate_kbps);
+                // The test pattern (and a cut in the room) makes x264 insert scene-cut keyframes,
+                // which would split fragments unevenly.
+                enc.set_property("option-string", "scenecut=0");
+            }
+            Encoder::V4l2 => {
+                let controls = gst::Structure::builder("controls")
+                    .field("h264_i_frame_period", keyint as i32)
+                    .field("video_bitrate", (s.bitrate_kbps * 1000) as i32)
+                    .field("repeat_sequence_header", 1i32)
+                    .build();
+                enc.set_property("extra-controls", controls);
+            }
+            Encoder::NvV4l2 => {
+                enc.set_property("iframeinterval", keyint);
+                enc.set_property("bitrate", s.bitrate_kbps * 1000);
+                enc.set_property("insert-sps-pps", true);
+            }
+            Encoder::Passthrough => unreachable!("checked above"),
+        }
+        chain.push(enc);
+        if *encoder == Encoder::V4l2 {
+            // The Pi's encoder needs a level that fits the frame size, or it refuses to start.
+            chain.push(caps_filter(
+                "encoder-caps",
+                gst::Caps::builder("video/x-h264")
+                    .field("level", "4")
+                    .build(),
+            )?);
+        }
+    }
+
+    chain.push(make("h264parse", "parser")?);
+    chain.push(caps_filter(
+        "h264-caps",
+        gst::Caps::builder("video/x-h264")
+            .field("stream-format", "avc")
+            .field("alignment", "au")
+            .build(),
+    )?);
+    let mux = make("isofmp4mux", "muxer")?;
+    mux.set_property(
+        "fragment-duration",
+        u64::from(s.fragment_secs) * 1_000_000_000,
+    );
+    chain.push(mux);
+
+    let appsink = gst_app::AppSink::builder()
+        .name("sink")
+        .sync(false)
+        .buffer_list(true)
+        .max_buffers(4)
+        .build();
+    appsink.set_callbacks(appsink_callbacks(sink));
+    chain.push(appsink.upcast());
+
+    pipeline
+        .add_many(&chain)
+        .map_err(|e| CaptureError::Build(e.to_string()))?;
+    gst::Element::link_many(&chain).map_err(|e| CaptureError::Build(e.to_string()))?;
+    Ok(pipeline)
+}
+
+fn appsink_callbacks<F>(mut sink: F) -> gst_app::AppSinkCallbacks
+where
+    F: FnMut(Output) -> Result<(), String> + Send + 'static,
+{
+    gst_app::AppSinkCallbacks::builder()
+        .new_sample(move |appsink| {
+            let sample = appsink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+            let outputs = match split_sample(&sample) {
+                Ok(o) => o,
+                Err(msg) => {
+                    gst::element_error!(appsink, gst::StreamError::Format, ("{}", msg));
+                    return Err(gst::FlowError::Error);
+                }
+            };
+            for out in outputs {
+                if let Err(msg) = sink(out) {
+                    gst::element_error!(appsink, gst::ResourceError::Write, ("{}", msg));
+                    return Err(gst::FlowError::Error);
+                }
+            }
+            Ok(gst::FlowSuccess::Ok)
+        })
+        .build()
+}
+
+/// Splits one muxer sample into an optional init segment and an optional fragment.
+fn split_sample(sample: &gst::Sample) -> Result<Vec<Output>, String> {
+    let list = sample
+        .buffer_list()
+        .ok_or("muxer output without a buffer list")?;
+    let mut outputs = Vec::with_capacity(2);
+    let mut rest = list.iter().peekable();
+    if let Some(first) = rest.peek()
+        && first
+            .flags()
+            .contains(gst::BufferFlags::DISCONT | gst::BufferFlags::HEADER)
+    {
+        let map = first.map_readable().map_err(|_| "unreadable init segment")?;
+        outputs.push(Output::Init {
+            data: map.as_slice().to_vec(),
+        });
+        rest.next();
+    }
+    let Some(head) = rest.peek() else {
+        return Ok(outputs);
+    };
+    // The fragment header buffer (moof) carries the fragment's timing.
+    let segment = sample
+        .segment()
+        .and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned());
+    let pts = head
+        .pts()
+        .and_then(|p| segment.as_ref().and_then(|s| s.to_running_time(p)))
+        .unwrap_or(gst::ClockTime::ZERO);
+    let duration = head.duration().unwrap_or(gst::ClockTime::ZERO);
+    let bufs: Vec<&gst::BufferRef> = rest.collect();
+    let mut data = Vec::with_capacity(bufs.iter().map(|b| b.size()).sum());
+    for b in bufs {
+        let map = b.map_readable().map_err(|_| "unreadable fragment buffer")?;
+        data.extend_from_slice(map.as_slice());
+    }
+    outputs.push(Output::Fragment {
+        data,
+        pts: Duration::from_nanos(pts.nseconds()),
+        duration: Duration::from_nanos(duration.nseconds()),
+    });
+    Ok(outputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn small() -> CaptureSettings {
+        CaptureSettings {
+            width: 320,
+            height: 240,
+            fps: 10,
+            bitrate_kbps: 300,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn test_source_yields_an_init_segment_then_keyframe_aligned_fragments() {
+        let (tx, rx) = mpsc::sync_channel(64);
+        let cap = Capture::start(&small(), move |o| tx.send(o).map_err(|e| e.to_string()))
+            .expect("pipeline starts");
+        assert_eq!(cap.encoder().factory(), "x264enc");
+        let first = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        let Output::Init { data } = first else {
+            panic!("first output is not the init segment: {first:?}")
+        };
+        assert_eq!(&data[4..8], b"ftyp");
+        assert!(data.windows(4).any(|w| w == b"moov"));
+        let mut last_pts = None;
+        for _ in 0..3 {
+            match rx.recv_timeout(Duration::from_secs(20)).unwrap() {
+                Output::Fragment { data, pts, duration } => {
+                    // isofmp4mux writes a `styp` box before each `moof`.
+                    assert!(data[..64].windows(4).any(|w| w == b"moof"), "{:?}", &data[..16]);
+                    assert_eq!(duration, Duration::from_secs(1));
+                    if let Some(prev) = last_pts {
+                        assert_eq!(pts, prev + Duration::from_secs(1));
+                    }
+                    last_pts = Some(pts);
+                }
+                other => panic!("expected a fragment, got {other:?}"),
+            }
+        }
+        cap.stop(Duration::from_secs(2));
+    }
+
+    #[test]
+    fn missing_v4l2_device_is_a_start_error_naming_the_device() {
+        let s = CaptureSettings {
+            source: Source::V4l2 {
+                device: "/dev/video-does-not-exist".into(),
+                format: InputFormat::Raw,
+            },
+            ..small()
+        };
+        let err = match Capture::start(&s, |_| Ok(())) {
+            Err(e) => e.to_string(),
+            Ok(cap) => {
+                // Some GStreamer versions fail asynchronously, on the bus.
+                match cap.next_event(Duration::from_secs(5)) {
+                    Some(CaptureEvent::Error(e)) => e.to_string(),
+                    other => panic!("no error for a missing device: {other:?}"),
+                }
+            }
+        };
+        assert!(err.contains("video-does-not-exist"), "{err}");
+    }
+
+    #[test]
+    fn a_named_but_absent_encoder_is_refused() {
+        let err = probe_encoder(Some(&Encoder::NvV4l2)).unwrap_err();
+        assert!(err.to_string().contains("nvv4l2h264enc"), "{err}");
+    }
+}

@@ -1,0 +1,102 @@
+//! What a capture pipeline is built from.
+
+use std::path::PathBuf;
+
+/// Where frames come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// GStreamer's `videotestsrc`, live: runs on any machine (tests, demo).
+    Test,
+    /// A V4L2 (UVC or CSI bridge) camera.
+    V4l2 {
+        /// Device node, e.g. `/dev/video0`.
+        device: PathBuf,
+        /// What the camera is asked to deliver.
+        format: InputFormat,
+    },
+}
+
+/// The pixel format asked of a V4L2 camera.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    /// Uncompressed frames (YUYV, NV12, ...), converted to I420 for the encoder.
+    Raw,
+    /// Motion JPEG, decoded before encoding (most USB webcams above 720p30).
+    Mjpeg,
+    /// The camera encodes H.264 itself: passed through, no encoder used.
+    H264,
+}
+
+/// Which H.264 encoder to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Encoder {
+    /// NVIDIA Jetson NVENC.
+    NvV4l2,
+    /// Raspberry Pi 4 V4L2 M2M encoder.
+    V4l2,
+    /// Software x264 (Pi 5, Jetson Orin Nano, x86).
+    X264,
+    /// No encoder: the camera already delivers H.264.
+    Passthrough,
+}
+
+impl Encoder {
+    /// The GStreamer factory name.
+    pub fn factory(&self) -> &'static str {
+        match self {
+            Encoder::NvV4l2 => "nvv4l2h264enc",
+            Encoder::V4l2 => "v4l2h264enc",
+            Encoder::X264 => "x264enc",
+            Encoder::Passthrough => "passthrough",
+        }
+    }
+
+    /// Parses a factory name as written in the config.
+    pub fn from_factory(name: &str) -> Option<Self> {
+        Some(match name {
+            "nvv4l2h264enc" => Encoder::NvV4l2,
+            "v4l2h264enc" => Encoder::V4l2,
+            "x264enc" => Encoder::X264,
+            _ => return None,
+        })
+    }
+
+    /// Probe order: hardware first.
+    pub const PROBE_ORDER: [Encoder; 3] = [Encoder::NvV4l2, Encoder::V4l2, Encoder::X264];
+}
+
+/// Everything the pipeline is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureSettings {
+    /// Frame source.
+    pub source: Source,
+    /// Frame width in pixels.
+    pub width: u32,
+    /// Frame height in pixels.
+    pub height: u32,
+    /// Frames per second.
+    pub fps: u32,
+    /// Fragment length in seconds, which is also the keyframe interval.
+    pub fragment_secs: u32,
+    /// Encoder named in the config; `None` probes.
+    pub encoder: Option<Encoder>,
+    /// Target bitrate in kbit/s.
+    pub bitrate_kbps: u32,
+    /// x264 speed preset (`ultrafast` .. `placebo`), used only by x264enc.
+    pub x264_preset: String,
+}
+
+impl Default for CaptureSettings {
+    fn default() -> Self {
+        Self {
+            source: Source::Test,
+            width: 1280,
+            height: 720,
+            fps: 30,
+            fragment_secs: 1,
+            encoder: None,
+            bitrate_kbps: 4000,
+            x264_preset: "veryfast".into(),
+        }
+    }
+}
