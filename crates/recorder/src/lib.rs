@@ -1,0 +1,597 @@
+//! The recorder: a pure state machine that decides when a recording starts, gets a marker, stops
+//! and is finalized.
+//!
+//! It does no I/O and reads no clock: every [`Event`] carries the monotonic time `at` at which it
+//! happened, and [`Recorder::handle`] returns the new recorder and the [`Action`]s the daemon must
+//! carry out. That is what lets every clinician rule below be unit-tested exhaustively.
+//!
+//! Clinician semantics (all durations configurable in [`Settings`]):
+//! - a pedal press (or `start` command) when not recording **starts** a recording at once; the
+//!   pre-roll already in the ring becomes its beginning;
+//! - while recording, a **short** press (released before `long_press`) adds a **marker**, a
+//!   **long** press (held `long_press`, default 2 s) **stops**: stopping by accident is the
+//!   commonest failure of manual systems, so stopping needs intent;
+//! - a recording that reaches `max_duration` stops by itself;
+//! - after a stop, recording goes on for `post_roll` before the recording is finalized;
+//! - privacy mode stops any recording, empties the ring and refuses to start until it is off;
+//! - the recording light mirrors "recording" (including post-roll), never anything else.
+//!
+//! ```
+//! use std::time::Duration;
+//! use neoflix_recorder::{Action, Event, Recorder, Settings, Trigger};
+//! let s = Settings { preroll: Duration::from_secs(2), ..Settings::default() };
+//! let r = Recorder::new(s);
+//! let (r, _) = r.handle(Event::Fragment { at: Duration::from_secs(1), seq: 0, ring: Duration::from_secs(1) });
+//! let (r, _) = r.handle(Event::Fragment { at: Duration::from_secs(2), seq: 1, ring: Duration::from_secs(2) });
+//! assert!(r.status().ready);
+//! let (r, actions) = r.handle(Event::PedalDown { at: Duration::from_secs(3) });
+//! assert!(actions.contains(&Action::StartRecording { trigger: Trigger::Pedal }));
+//! assert!(r.status().recording);
+//! ```
+#![deny(missing_docs)]
+
+use std::time::Duration;
+
+/// Recorder settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// How much video the ring keeps before a trigger; `ready` needs this much.
+    pub preroll: Duration,
+    /// Length of one fragment; the ring counts as full one fragment short of `preroll`.
+    pub fragment: Duration,
+    /// How long the pedal must be held to stop a recording.
+    pub long_press: Duration,
+    /// A recording stops by itself after this long.
+    pub max_duration: Duration,
+    /// Recording goes on this long after a stop.
+    pub post_roll: Duration,
+    /// No fragment for this long means the camera is lost.
+    pub camera_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            preroll: Duration::from_secs(60),
+            fragment: Duration::from_secs(1),
+            long_press: Duration::from_secs(2),
+            max_duration: Duration::from_secs(90 * 60),
+            post_roll: Duration::from_secs(0),
+            camera_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What started a recording or added a marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The foot pedal (GPIO line or USB HID foot switch).
+    Pedal,
+    /// An MQTT command from the fleet.
+    Mqtt,
+    /// The local control socket (`neoflix ctl`).
+    Control,
+}
+
+impl Trigger {
+    /// Lowercase name for journals and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Pedal => "pedal",
+            Trigger::Mqtt => "mqtt",
+            Trigger::Control => "control",
+        }
+    }
+}
+
+/// Why a recording stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// A stop command or a long pedal press.
+    Requested(Trigger),
+    /// `max_duration` was reached.
+    MaxDuration,
+    /// Privacy mode was switched on.
+    Privacy,
+    /// The daemon is shutting down (SIGTERM).
+    Shutdown,
+}
+
+impl StopReason {
+    /// Lowercase name for journals, manifests and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Requested(Trigger::Pedal) => "pedal",
+            StopReason::Requested(Trigger::Mqtt) => "mqtt",
+            StopReason::Requested(Trigger::Control) => "control",
+            StopReason::MaxDuration => "max_duration",
+            StopReason::Privacy => "privacy",
+            StopReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Something that happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A fragment was sealed and entered the ring, which now holds `ring` of video.
+    Fragment {
+        /// When.
+        at: Duration,
+        /// The fragment's sequence number.
+        seq: u64,
+        /// Video in the ring, this fragment included.
+        ring: Duration,
+    },
+    /// The pedal went down.
+    PedalDown {
+        /// When.
+        at: Duration,
+    },
+    /// The pedal came up.
+    PedalUp {
+        /// When.
+        at: Duration,
+    },
+    /// Start a recording.
+    Start {
+        /// When.
+        at: Duration,
+        /// Who asked.
+        by: Trigger,
+    },
+    /// Stop the recording (post-roll applies).
+    Stop {
+        /// When.
+        at: Duration,
+        /// Who asked.
+        by: Trigger,
+    },
+    /// Add a marker to the recording.
+    Mark {
+        /// When.
+        at: Duration,
+        /// Who asked.
+        by: Trigger,
+        /// Free text, may be empty.
+        label: String,
+    },
+    /// Switch privacy mode on or off.
+    Privacy {
+        /// When.
+        at: Duration,
+        /// On or off.
+        on: bool,
+    },
+    /// Time passes (the daemon sends this about every 100 ms).
+    Tick {
+        /// Now.
+        at: Duration,
+    },
+    /// The capture pipeline failed.
+    CameraLost {
+        /// When.
+        at: Duration,
+        /// What failed, for the status.
+        reason: String,
+    },
+    /// The daemon is shutting down: finalize now, no post-roll.
+    Shutdown {
+        /// When.
+        at: Duration,
+    },
+}
+
+/// Something the daemon must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create a recording and claim everything in the ring into it.
+    StartRecording {
+        /// What started it.
+        trigger: Trigger,
+    },
+    /// Claim this newly sealed fragment into the open recording.
+    Claim {
+        /// The fragment.
+        seq: u64,
+    },
+    /// Write a marker into the open recording.
+    Mark {
+        /// Who added it.
+        by: Trigger,
+        /// Its label.
+        label: String,
+    },
+    /// Note in the recording that a stop was asked for (post-roll running).
+    StopRequested {
+        /// Why.
+        reason: StopReason,
+    },
+    /// Close the open recording: write its manifest and hand it to upload.
+    Finalize {
+        /// Why it stopped.
+        reason: StopReason,
+    },
+    /// Delete everything in the ring and forget its keys (privacy).
+    PurgeRing,
+    /// Stop capturing (privacy on).
+    PauseCapture,
+    /// Capture again (privacy off).
+    ResumeCapture,
+    /// Switch the recording light.
+    Light {
+        /// On or off.
+        on: bool,
+    },
+    /// A request could not be honoured; tell whoever asked.
+    Refuse {
+        /// Why, in words an operator understands.
+        reason: String,
+    },
+}
+
+/// The recorder's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// No fragment seen yet.
+    Starting,
+    /// Fragments arrive, the pre-roll is not full yet.
+    Buffering,
+    /// Pre-roll full: a trigger captures the minutes before it.
+    Ready,
+    /// A recording is open.
+    Recording(Recording),
+    /// Privacy mode: nothing is captured or kept.
+    Privacy,
+    /// The camera failed; waiting for it to come back.
+    Fault {
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl State {
+    /// Lowercase name for the status.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Buffering => "buffering",
+            State::Ready => "ready",
+            State::Recording(_) => "recording",
+            State::Privacy => "privacy",
+            State::Fault { .. } => "fault",
+        }
+    }
+}
+
+/// An open recording, as the recorder sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recording {
+    /// When it started.
+    pub started: Duration,
+    /// What started it.
+    pub trigger: Trigger,
+    /// When the pedal went down, if it is down and this press did not start the recording.
+    pub pedal_down: Option<Duration>,
+    /// Set once a stop was asked for: when to finalize, and why.
+    pub stopping: Option<(Duration, StopReason)>,
+}
+
+/// The recorder: state plus what it needs to decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorder {
+    settings: Settings,
+    state: State,
+    /// Video in the ring after the last fragment.
+    ring: Duration,
+    /// When the last fragment arrived, for the camera watchdog.
+    last_fragment: Option<Duration>,
+    /// Whether the press that started the recording is still held (its release is no marker).
+    start_press_held: bool,
+}
+
+/// A snapshot for status reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// State name.
+    pub state: &'static str,
+    /// Pre-roll full and the camera delivering: a trigger now captures what the settings promise.
+    pub ready: bool,
+    /// A recording is open (post-roll included).
+    pub recording: bool,
+    /// Video in the ring.
+    pub preroll: Duration,
+    /// Why not ready, when not.
+    pub reason: Option<String>,
+}
+
+impl Recorder {
+    /// A recorder that has seen nothing yet.
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            state: State::Starting,
+            ring: Duration::ZERO,
+            last_fragment: None,
+            start_press_held: false,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn preroll_full(&self) -> bool {
+        self.ring + self.settings.fragment >= self.settings.preroll
+    }
+
+    /// What the status reports.
+    pub fn status(&self) -> Status {
+        let recording = matches!(self.state, State::Recording(_));
+        let (ready, reason) = match &self.state {
+            State::Ready => (true, None),
+            State::Recording(_) => (self.preroll_full(), None),
+            State::Starting => (false, Some("capture starting".to_string())),
+            State::Buffering => (
+                false,
+                Some(format!(
+                    "pre-roll filling ({} of {} s)",
+                    self.ring.as_secs(),
+                    self.settings.preroll.as_secs()
+                )),
+            ),
+            State::Privacy => (false, Some("privacy mode".to_string())),
+            State::Fault { reason } => (false, Some(format!("camera: {reason}"))),
+        };
+        Status {
+            state: self.state.name(),
+            ready,
+            recording,
+            preroll: self.ring,
+            reason,
+        }
+    }
+
+    fn idle_state(&self) -> State {
+        if self.last_fragment.is_none() {
+            State::Starting
+        } else if self.preroll_full() {
+            State::Ready
+        } else {
+            State::Buffering
+        }
+    }
+
+    /// Handles one event.
+    pub fn handle(mut self, event: Event) -> (Self, Vec<Action>) {
+        let mut actions = Vec::new();
+        let state = std::mem::replace(&mut self.state, State::Starting);
+        self.state = match (state, event) {
+            // Privacy: nothing is kept, only "privacy off" leaves it.
+            (State::Privacy, Event::Privacy { on: false, .. }) => {
+                self.ring = Duration::ZERO;
+                self.last_fragment = None;
+                actions.push(Action::ResumeCapture);
+                State::Starting
+            }
+            (State::Privacy, Event::Fragment { .. }) => {
+                // A fragment that was in flight when capture paused: not kept.
+                actions.push(Action::PurgeRing);
+                State::Privacy
+            }
+            (State::Privacy, Event::Start { .. } | Event::PedalDown { .. }) => {
+                actions.push(Action::Refuse {
+                    reason: "privacy mode is on: switch it off to record".into(),
+                });
+                State::Privacy
+            }
+            (State::Privacy, Event::Stop { .. } | Event::Mark { .. }) => {
+                actions.push(Action::Refuse {
+                    reason: "not recording".into(),
+                });
+                State::Privacy
+            }
+            (State::Privacy, _) => State::Privacy,
+
+            (State::Recording(rec), event) => self.recording(rec, event, &mut actions),
+
+            (_, Event::Privacy { on: true, .. }) => {
+                self.enter_privacy(&mut actions);
+                State::Privacy
+            }
+            (s, Event::Privacy { on: false, .. }) => s,
+            (_, Event::Fragment { at, ring, .. }) => {
+                self.ring = ring;
+                self.last_fragment = Some(at);
+                self.idle_state()
+            }
+            (_, Event::Start { at, by }) => self.start(at, by, false, &mut actions),
+            (_, Event::PedalDown { at }) => self.start(at, Trigger::Pedal, true, &mut actions),
+            (s, Event::PedalUp { .. }) => s,
+            (s, Event::Stop { .. } | Event::Mark { .. }) => {
+                actions.push(Action::Refuse {
+                    reason: "not recording".into(),
+                });
+                s
+            }
+            (s, Event::Tick { at }) => self.watchdog(s, at),
+            (_, Event::CameraLost { reason, .. }) => {
+                self.ring = Duration::ZERO;
+                State::Fault { reason }
+            }
+            (s, Event::Shutdown { .. }) => s,
+        };
+        (self, actions)
+    }
+
+    fn watchdog(&mut self, state: State, at: Duration) -> State {
+        match (&state, self.last_fragment) {
+            (State::Fault { .. }, _) | (State::Starting, None) => state,
+            (_, Some(last)) if at.saturating_sub(last) >= self.settings.camera_timeout => {
+                State::Fault {
+                    reason: format!(
+                        "no video for {} s",
+                        at.saturating_sub(last).as_secs()
+                    ),
+                }
+            }
+            _ => state,
+        }
+    }
+
+    fn start(
+        &mut self,
+        at: Duration,
+        by: Trigger,
+        pedal: bool,
+        actions: &mut Vec<Action>,
+    ) -> State {
+        // Starting is allowed before the pre-roll is full and even with the camera in fault: a
+        // recording that lacks minutes beats no recording, and the camera may come back.
+        self.start_press_held = pedal;
+        actions.push(Action::StartRecording { trigger: by });
+        actions.push(Action::Light { on: true });
+        State::Recording(Recording {
+            started: at,
+            trigger: by,
+            pedal_down: None,
+            stopping: None,
+        })
+    }
+
+    fn enter_privacy(&mut self, actions: &mut Vec<Action>) {
+        self.ring = Duration::ZERO;
+        self.last_fragment = None;
+        actions.push(Action::PauseCapture);
+        actions.push(Action::PurgeRing);
+    }
+
+    fn finalize(&mut self, reason: StopReason, actions: &mut Vec<Action>) -> State {
+        actions.push(Action::Finalize { reason });
+        actions.push(Action::Light { on: false });
+        self.start_press_held = false;
+        self.idle_state()
+    }
+
+    fn request_stop(
+        &mut self,
+        mut rec: Recording,
+        at: Duration,
+        reason: StopReason,
+        actions: &mut Vec<Action>,
+    ) -> State {
+        if rec.stopping.is_some() {
+            return State::Recording(rec);
+        }
+        if self.settings.post_roll.is_zero() {
+            return self.finalize(reason, actions);
+        }
+        actions.push(Action::StopRequested { reason });
+        rec.stopping = Some((at + self.settings.post_roll, reason));
+        rec.pedal_down = None;
+        State::Recording(rec)
+    }
+
+    fn recording(&mut self, mut rec: Recording, event: Event, actions: &mut Vec<Action>) -> State {
+        match event {
+            Event::Fragment { at, seq, ring } => {
+                self.ring = ring;
+                self.last_fragment = Some(at);
+                actions.push(Action::Claim { seq });
+                self.check_time(rec, at, actions)
+            }
+            Event::Tick { at } => self.check_time(rec, at, actions),
+            Event::PedalDown { at } => {
+                if rec.stopping.is_none() && !self.start_press_held {
+                    rec.pedal_down = Some(at);
+                }
+                State::Recording(rec)
+            }
+            Event::PedalUp { at } => {
+                if self.start_press_held {
+                    self.start_press_held = false;
+                } else if let Some(down) = rec.pedal_down.take() {
+                    if at.saturating_sub(down) >= self.settings.long_press {
+                        return self.request_stop(
+                            rec,
+                            at,
+                            StopReason::Requested(Trigger::Pedal),
+                            actions,
+                        );
+                    }
+                    actions.push(Action::Mark {
+                        by: Trigger::Pedal,
+                        label: String::new(),
+                    });
+                }
+                State::Recording(rec)
+            }
+            Event::Start { .. } => {
+                actions.push(Action::Refuse {
+                    reason: "already recording".into(),
+                });
+                State::Recording(rec)
+            }
+            Event::Stop { at, by } => {
+                if rec.stopping.is_some() {
+                    actions.push(Action::Refuse {
+                        reason: "already stopping (post-roll)".into(),
+                    });
+                    return State::Recording(rec);
+                }
+                self.request_stop(rec, at, StopReason::Requested(by), actions)
+            }
+            Event::Mark { by, label, .. } => {
+                actions.push(Action::Mark { by, label });
+                State::Recording(rec)
+            }
+            Event::Privacy { on: true, .. } => {
+                self.finalize(StopReason::Privacy, actions);
+                self.enter_privacy(actions);
+                State::Privacy
+            }
+            Event::Privacy { on: false, .. } => State::Recording(rec),
+            Event::CameraLost { reason, .. } => {
+                // The recording stays open: the camera may come back, and what came before is
+                // safe. The status tells the room.
+                self.ring = Duration::ZERO;
+                self.last_fragment = None;
+                let _ = reason;
+                State::Recording(rec)
+            }
+            Event::Shutdown { .. } => {
+                let reason = rec.stopping.map(|(_, r)| r).unwrap_or(StopReason::Shutdown);
+                self.finalize(reason, actions)
+            }
+        }
+    }
+
+    fn check_time(&mut self, rec: Recording, at: Duration, actions: &mut Vec<Action>) -> State {
+        if let Some((until, reason)) = rec.stopping {
+            if at >= until {
+                return self.finalize(reason, actions);
+            }
+            return State::Recording(rec);
+        }
+        if at.saturating_sub(rec.started) >= self.settings.max_duration {
+            // The limit is a safety net, not a clinical stop: no post-roll.
+            return self.finalize(StopReason::MaxDuration, actions);
+        }
+        if let Some(down) = rec.pedal_down
+            && at.saturating_sub(down) >= self.settings.long_press
+        {
+            // Stop as soon as the hold is long enough, so the light answers the foot at once.
+            return self.request_stop(rec, at, StopReason::Requested(Trigger::Pedal), actions);
+        }
+        State::Recording(rec)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,304 @@
+use super::*;
+
+fn s(secs: u64) -> Duration {
+    Duration::from_secs(secs)
+}
+
+fn ms(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+fn settings() -> Settings {
+    Settings {
+        preroll: s(10),
+        fragment: s(1),
+        long_press: s(2),
+        max_duration: s(100),
+        post_roll: s(0),
+        camera_timeout: s(5),
+    }
+}
+
+/// Feeds fragments 0..n at one per second; returns the recorder and all actions.
+fn with_fragments(r: Recorder, from: u64, n: u64) -> (Recorder, Vec<Action>) {
+    let mut all = Vec::new();
+    let mut r = r;
+    for i in from..from + n {
+        let (next, a) = r.handle(Event::Fragment {
+            at: s(i + 1),
+            seq: i,
+            ring: s((i + 1).min(10)),
+        });
+        r = next;
+        all.extend(a);
+    }
+    (r, all)
+}
+
+fn ready() -> Recorder {
+    with_fragments(Recorder::new(settings()), 0, 10).0
+}
+
+fn run(r: Recorder, events: Vec<Event>) -> (Recorder, Vec<Action>) {
+    let mut all = Vec::new();
+    let mut r = r;
+    for e in events {
+        let (next, a) = r.handle(e);
+        r = next;
+        all.extend(a);
+    }
+    (r, all)
+}
+
+fn finalized(actions: &[Action]) -> Vec<StopReason> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Finalize { reason } => Some(*reason),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn starts_buffering_and_becomes_ready_when_the_preroll_is_full() {
+    let r = Recorder::new(settings());
+    assert_eq!(r.status().state, "starting");
+    assert!(!r.status().ready);
+    let (r, _) = with_fragments(r, 0, 5);
+    assert_eq!(r.status().state, "buffering");
+    assert!(r.status().reason.unwrap().contains("5 of 10"));
+    // One fragment short of the pre-roll counts as full: the ring evicts at fragment granularity.
+    let (r, _) = with_fragments(r, 5, 4);
+    assert_eq!(r.status().state, "ready");
+    assert!(r.status().ready);
+}
+
+#[test]
+fn pedal_press_starts_at_once_and_its_own_release_is_no_marker() {
+    let (r, a) = run(ready(), vec![Event::PedalDown { at: s(11) }]);
+    assert_eq!(
+        a,
+        vec![
+            Action::StartRecording { trigger: Trigger::Pedal },
+            Action::Light { on: true }
+        ]
+    );
+    assert!(r.status().recording);
+    // Held 3 s: that is the press that started the recording, not a stop.
+    let (r, a) = run(r, vec![Event::Tick { at: s(14) }, Event::PedalUp { at: s(14) }]);
+    assert!(a.is_empty(), "{a:?}");
+    assert!(r.status().recording);
+}
+
+#[test]
+fn short_press_while_recording_marks_long_press_stops() {
+    let (r, _) = run(ready(), vec![Event::Start { at: s(11), by: Trigger::Control }]);
+    let (r, a) = run(r, vec![Event::PedalDown { at: s(20) }, Event::PedalUp { at: ms(21_500) }]);
+    assert_eq!(a, vec![Action::Mark { by: Trigger::Pedal, label: String::new() }]);
+    let (r, a) = run(
+        r,
+        vec![
+            Event::PedalDown { at: s(30) },
+            Event::Tick { at: ms(31_900) },
+        ],
+    );
+    assert!(a.is_empty(), "held 1.9 s must not stop yet: {a:?}");
+    let (r, a) = run(r, vec![Event::Tick { at: s(32) }]);
+    assert_eq!(finalized(&a), vec![StopReason::Requested(Trigger::Pedal)]);
+    assert!(a.contains(&Action::Light { on: false }));
+    assert!(!r.status().recording);
+    // The release of the stopping press does nothing more.
+    let (r, a) = run(r, vec![Event::PedalUp { at: s(33) }]);
+    assert!(a.is_empty());
+    assert_eq!(r.status().state, "ready");
+}
+
+#[test]
+fn long_press_detected_on_release_when_no_tick_came() {
+    let (r, _) = run(ready(), vec![Event::Start { at: s(11), by: Trigger::Mqtt }]);
+    let (r, a) = run(r, vec![Event::PedalDown { at: s(20) }, Event::PedalUp { at: s(23) }]);
+    assert_eq!(finalized(&a), vec![StopReason::Requested(Trigger::Pedal)]);
+    assert!(!r.status().recording);
+}
+
+#[test]
+fn fragments_while_recording_are_claimed_and_not_before() {
+    let (r, a) = with_fragments(Recorder::new(settings()), 0, 3);
+    assert!(a.is_empty());
+    let (r, _) = run(r, vec![Event::Start { at: s(4), by: Trigger::Control }]);
+    let (_, a) = with_fragments(r, 3, 2);
+    assert_eq!(a, vec![Action::Claim { seq: 3 }, Action::Claim { seq: 4 }]);
+}
+
+#[test]
+fn start_before_the_preroll_is_full_still_records() {
+    let (r, _) = with_fragments(Recorder::new(settings()), 0, 2);
+    let (r, a) = run(r, vec![Event::PedalDown { at: s(3) }]);
+    assert!(a.contains(&Action::StartRecording { trigger: Trigger::Pedal }));
+    assert!(r.status().recording);
+    let (r, a) = run(Recorder::new(settings()), vec![Event::Start { at: s(0), by: Trigger::Control }]);
+    assert!(a.contains(&Action::StartRecording { trigger: Trigger::Control }));
+    assert!(r.status().recording);
+}
+
+#[test]
+fn stop_with_post_roll_keeps_claiming_then_finalizes() {
+    let r = Recorder::new(Settings { post_roll: s(3), ..settings() });
+    let (r, _) = with_fragments(r, 0, 10);
+    let (r, a) = run(r, vec![Event::Start { at: s(11), by: Trigger::Control }, Event::Stop { at: s(20), by: Trigger::Control }]);
+    assert!(a.contains(&Action::StopRequested { reason: StopReason::Requested(Trigger::Control) }));
+    assert!(finalized(&a).is_empty());
+    assert!(r.status().recording, "light stays on during post-roll");
+    let (r, a) = run(r, vec![Event::Stop { at: s(21), by: Trigger::Control }]);
+    assert!(matches!(a[..], [Action::Refuse { .. }]));
+    let (r, a) = run(r, vec![Event::Fragment { at: s(22), seq: 20, ring: s(10) }]);
+    assert_eq!(a, vec![Action::Claim { seq: 20 }]);
+    let (r, a) = run(r, vec![Event::Tick { at: s(23) }]);
+    assert_eq!(finalized(&a), vec![StopReason::Requested(Trigger::Control)]);
+    assert!(!r.status().recording);
+}
+
+#[test]
+fn max_duration_stops_by_itself_without_post_roll() {
+    let r = Recorder::new(Settings { post_roll: s(3), ..settings() });
+    let (r, _) = with_fragments(r, 0, 10);
+    let (r, _) = run(r, vec![Event::Start { at: s(10), by: Trigger::Pedal }]);
+    let (r, a) = run(r, vec![Event::Tick { at: s(109) }]);
+    assert!(a.is_empty());
+    let (r, a) = run(r, vec![Event::Tick { at: s(110) }]);
+    assert_eq!(finalized(&a), vec![StopReason::MaxDuration]);
+    assert!(!r.status().recording);
+}
+
+#[test]
+fn commands_that_make_no_sense_are_refused_not_ignored() {
+    let (r, a) = run(ready(), vec![Event::Stop { at: s(11), by: Trigger::Control }]);
+    assert!(matches!(&a[..], [Action::Refuse { reason }] if reason == "not recording"));
+    let (r, a) = run(r, vec![Event::Mark { at: s(11), by: Trigger::Mqtt, label: "x".into() }]);
+    assert!(matches!(&a[..], [Action::Refuse { .. }]));
+    let (r, _) = run(r, vec![Event::Start { at: s(12), by: Trigger::Control }]);
+    let (_, a) = run(r, vec![Event::Start { at: s(13), by: Trigger::Mqtt }]);
+    assert!(matches!(&a[..], [Action::Refuse { reason }] if reason == "already recording"));
+}
+
+#[test]
+fn markers_carry_their_label() {
+    let (r, _) = run(ready(), vec![Event::Start { at: s(11), by: Trigger::Control }]);
+    let (_, a) = run(r, vec![Event::Mark { at: s(12), by: Trigger::Control, label: "intubation".into() }]);
+    assert_eq!(a, vec![Action::Mark { by: Trigger::Control, label: "intubation".into() }]);
+}
+
+#[test]
+fn privacy_stops_recording_purges_and_refuses_until_off() {
+    let (r, _) = run(ready(), vec![Event::Start { at: s(11), by: Trigger::Control }]);
+    let (r, a) = run(r, vec![Event::Privacy { at: s(12), on: true }]);
+    assert_eq!(
+        a,
+        vec![
+            Action::Finalize { reason: StopReason::Privacy },
+            Action::Light { on: false },
+            Action::PauseCapture,
+            Action::PurgeRing
+        ]
+    );
+    assert_eq!(r.status().state, "privacy");
+    assert!(!r.status().ready);
+    let (r, a) = run(r, vec![Event::PedalDown { at: s(13) }]);
+    assert!(matches!(&a[..], [Action::Refuse { reason }] if reason.contains("privacy")));
+    let (r, a) = run(r, vec![Event::Fragment { at: s(13), seq: 40, ring: s(1) }]);
+    assert_eq!(a, vec![Action::PurgeRing]);
+    let (r, a) = run(r, vec![Event::Privacy { at: s(14), on: false }]);
+    assert_eq!(a, vec![Action::ResumeCapture]);
+    assert_eq!(r.status().state, "starting");
+    assert_eq!(r.status().preroll, Duration::ZERO);
+}
+
+#[test]
+fn camera_watchdog_faults_and_recovers() {
+    let r = ready();
+    let (r, _) = run(r, vec![Event::Tick { at: s(14) }]);
+    assert_eq!(r.status().state, "ready");
+    let (r, _) = run(r, vec![Event::Tick { at: s(15) }]);
+    assert_eq!(r.status().state, "fault");
+    assert!(r.status().reason.unwrap().contains("no video"));
+    let (r, _) = run(r, vec![Event::Fragment { at: s(16), seq: 10, ring: s(10) }]);
+    assert_eq!(r.status().state, "ready");
+    let (r, _) = run(r, vec![Event::CameraLost { at: s(17), reason: "device gone".into() }]);
+    assert_eq!(r.status().state, "fault");
+    assert!(!r.status().ready);
+}
+
+#[test]
+fn camera_loss_during_a_recording_keeps_it_open() {
+    let (r, _) = run(ready(), vec![Event::Start { at: s(11), by: Trigger::Control }]);
+    let (r, a) = run(r, vec![Event::CameraLost { at: s(12), reason: "unplugged".into() }, Event::Tick { at: s(30) }]);
+    assert!(finalized(&a).is_empty());
+    assert!(r.status().recording);
+}
+
+#[test]
+fn shutdown_finalizes_at_once_keeping_a_pending_stop_reason() {
+    let (r, _) = run(ready(), vec![Event::Start { at: s(11), by: Trigger::Control }]);
+    let (_, a) = run(r, vec![Event::Shutdown { at: s(12) }]);
+    assert_eq!(finalized(&a), vec![StopReason::Shutdown]);
+
+    let r = Recorder::new(Settings { post_roll: s(5), ..settings() });
+    let (r, _) = with_fragments(r, 0, 10);
+    let (r, _) = run(r, vec![Event::Start { at: s(11), by: Trigger::Control }, Event::Stop { at: s(12), by: Trigger::Mqtt }]);
+    let (_, a) = run(r, vec![Event::Shutdown { at: s(13) }]);
+    assert_eq!(finalized(&a), vec![StopReason::Requested(Trigger::Mqtt)]);
+
+    let (_, a) = run(ready(), vec![Event::Shutdown { at: s(12) }]);
+    assert!(a.is_empty());
+}
+
+/// Every event in every state: never a panic, the light is on exactly while recording, and a
+/// recording ends only through Finalize.
+#[test]
+fn exhaustive_invariants_over_event_sequences() {
+    let events = |t: u64| {
+        vec![
+            Event::Fragment { at: s(t), seq: t, ring: s(t.min(10)) },
+            Event::PedalDown { at: s(t) },
+            Event::PedalUp { at: s(t) },
+            Event::Start { at: s(t), by: Trigger::Mqtt },
+            Event::Stop { at: s(t), by: Trigger::Control },
+            Event::Mark { at: s(t), by: Trigger::Pedal, label: "m".into() },
+            Event::Privacy { at: s(t), on: true },
+            Event::Privacy { at: s(t), on: false },
+            Event::Tick { at: s(t) },
+            Event::CameraLost { at: s(t), reason: "x".into() },
+            Event::Shutdown { at: s(t) },
+        ]
+    };
+    let n = events(0).len();
+    // All sequences of length 4 over the 11 events, each one second apart.
+    for code in 0..n.pow(4) {
+        let mut r = Recorder::new(Settings { post_roll: s(1), ..settings() });
+        let mut light = false;
+        let mut c = code;
+        for t in 0..4u64 {
+            let e = events(t * 3)[c % n].clone();
+            c /= n;
+            let was_recording = r.status().recording;
+            let (next, actions) = r.handle(e.clone());
+            for a in &actions {
+                if let Action::Light { on } = a {
+                    light = *on;
+                }
+            }
+            let starts = actions.iter().filter(|a| matches!(a, Action::StartRecording { .. })).count();
+            let ends = finalized(&actions).len();
+            assert!(starts <= 1 && ends <= 1, "{e:?} -> {actions:?}");
+            if was_recording && !next.status().recording {
+                assert_eq!(ends, 1, "recording ended without Finalize on {e:?}");
+            }
+            if !was_recording {
+                assert_eq!(ends, 0, "Finalize without a recording on {e:?}");
+            }
+            assert_eq!(light, next.status().recording, "light disagrees after {e:?}");
+            r = next;
+        }
+    }
+}
