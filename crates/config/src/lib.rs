@@ -1,0 +1,159 @@
+//! `neoflixd.toml`: the room daemon's configuration, read strictly.
+//!
+//! [`load`] reads a file, [`parse`] a string. Every problem is collected before anything is
+//! refused, so an installer fixes a config in one pass: unknown options, wrong types, values out
+//! of range and files that do not exist are each reported as a [`Problem`] naming the file, the
+//! line and the option (`capture.fps`). Warnings (valid but probably unintended settings) come
+//! back with the [`Config`].
+//!
+//! Every option, its unit and its default is documented in `docs/config.md`.
+//!
+//! ```
+//! let err = neoflix_config::parse("x.toml", r#"
+//! device_id = "room-1"
+//! [capture]
+//! fps = 250
+//! [recordings]
+//! recipient = "/nonexistent/department.pub"
+//! "#).unwrap_err().to_string();
+//! assert!(err.contains("x.toml:4: capture.fps: 250 is out of range"));
+//! assert!(err.contains("x.toml:6: recordings.recipient: cannot read"));
+//! ```
+#![deny(missing_docs)]
+
+mod walk;
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+pub use walk::Problem;
+
+/// Where frames come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    /// GStreamer's test pattern.
+    Test,
+    /// A V4L2 camera.
+    V4l2,
+}
+
+/// `[capture]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capture {
+    /// `test` or `v4l2`.
+    pub source: SourceKind,
+    /// V4L2 device node.
+    pub device: PathBuf,
+    /// `raw`, `mjpeg` or `h264` (V4L2 only).
+    pub input_format: String,
+    /// Frame width in pixels.
+    pub width: u32,
+    /// Frame height in pixels.
+    pub height: u32,
+    /// Frames per second.
+    pub fps: u32,
+    /// Fragment length (and keyframe interval) in seconds.
+    pub fragment_secs: u32,
+    /// `auto` or an encoder factory name.
+    pub encoder: String,
+    /// Target bitrate.
+    pub bitrate_kbps: u32,
+    /// x264 speed preset.
+    pub x264_preset: String,
+}
+
+/// `[ring]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ring {
+    /// Directory of the sealed pre-roll (tmpfs for short pre-rolls).
+    pub dir: PathBuf,
+    /// Seconds of video kept before a trigger.
+    pub preroll_secs: u32,
+    /// Upper bound on the ring's sealed bytes.
+    pub max_bytes: u64,
+}
+
+/// `[recordings]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recordings {
+    /// Where recordings are kept until uploaded.
+    pub dir: PathBuf,
+    /// The department public key file.
+    pub recipient: PathBuf,
+    /// A recording stops by itself after this long.
+    pub max_duration_secs: u32,
+    /// Recording goes on this long after a stop.
+    pub post_roll_secs: u32,
+    /// Holding the pedal this long stops a recording.
+    pub long_press_ms: u32,
+}
+
+/// `[control]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Control {
+    /// The local control socket (mode 0660).
+    pub socket: PathBuf,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// This room box's name: in recording ids, manifests and status.
+    pub device_id: String,
+    /// `[capture]`
+    pub capture: Capture,
+    /// `[ring]`
+    pub ring: Ring,
+    /// `[recordings]`
+    pub recordings: Recordings,
+    /// `[control]`
+    pub control: Control,
+}
+
+/// The default config path.
+pub const DEFAULT_PATH: &str = "/etc/neoflix/neoflixd.toml";
+
+/// Why a config was refused.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read: typically a wrong path or missing permissions.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file has problems; all of them are listed.
+    #[error("{} in {file}:\n{}", plural(problems.len()), problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The file name as given.
+        file: String,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+fn plural(n: usize) -> String {
+    if n == 1 {
+        "1 error".into()
+    } else {
+        format!("{n} errors")
+    }
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<(Config, Vec<Problem>), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&path.display().to_string(), &text)
+}
+
+/// Validates config text; `file` names it in messages.
+pub fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), ConfigError> {
+    walk::parse(file, text)
+}

@@ -1,0 +1,391 @@
+//! The strict walker: reads the spanned TOML tree, takes each known option, and reports what is
+//! left over, wrong or out of range, with lines.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::{Capture, Config, ConfigError, Control, Recordings, Ring, SourceKind};
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file as named by the caller.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// The option, dotted (`capture.fps`), or empty for a syntax error.
+    pub option: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.option.is_empty() {
+            write!(f, "{}:{}: {}", self.file, self.line, self.message)
+        } else {
+            write!(f, "{}:{}: {}: {}", self.file, self.line, self.option, self.message)
+        }
+    }
+}
+
+struct Walker<'t> {
+    file: String,
+    text: &'t str,
+    errors: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+/// A table being read, with the keys taken so far.
+struct Section<'a, 'i> {
+    name: &'static str,
+    table: Option<&'a DeTable<'i>>,
+    line: usize,
+    taken: HashSet<String>,
+}
+
+impl<'t> Walker<'t> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    fn error(&mut self, line: usize, option: String, message: String) {
+        self.errors.push(Problem { file: self.file.clone(), line, option, message });
+    }
+
+    fn warn(&mut self, line: usize, option: String, message: String) {
+        self.warnings.push(Problem { file: self.file.clone(), line, option, message });
+    }
+
+    fn section<'a, 'i>(&mut self, root: &'a DeTable<'i>, name: &'static str) -> Section<'a, 'i> {
+        match root.get(name) {
+            None => Section { name, table: None, line: 1, taken: HashSet::new() },
+            Some(v) => {
+                let line = self.line_of(v.span().start);
+                match v.get_ref() {
+                    DeValue::Table(t) => Section { name, table: Some(t), line, taken: HashSet::new() },
+                    other => {
+                        self.error(line, name.into(), format!("expected a table [{name}], found {}", type_name(other)));
+                        Section { name, table: None, line, taken: HashSet::new() }
+                    }
+                }
+            }
+        }
+    }
+
+    fn option_name(section: &Section, key: &str) -> String {
+        if section.name.is_empty() { key.to_string() } else { format!("{}.{key}", section.name) }
+    }
+
+    fn value<'a, 'i>(&mut self, s: &mut Section<'a, 'i>, key: &str) -> Option<(&'a Spanned<DeValue<'i>>, usize, String)> {
+        s.taken.insert(key.to_string());
+        let v = s.table?.get(key)?;
+        let line = self.line_of(v.span().start);
+        Some((v, line, Self::option_name(s, key)))
+    }
+
+    fn string(&mut self, s: &mut Section, key: &str, default: &str) -> (String, usize) {
+        match self.value(s, key) {
+            None => (default.to_string(), s.line),
+            Some((v, line, opt)) => match v.get_ref() {
+                DeValue::String(st) => (st.to_string(), line),
+                other => {
+                    self.error(line, opt, format!("expected a string, found {}", type_name(other)));
+                    (default.to_string(), line)
+                }
+            },
+        }
+    }
+
+    fn int(&mut self, s: &mut Section, key: &str, default: u64, range: (u64, u64), unit: &str) -> (u64, usize) {
+        let Some((v, line, opt)) = self.value(s, key) else {
+            return (default, s.line);
+        };
+        let DeValue::Integer(i) = v.get_ref() else {
+            self.error(line, opt, format!("expected a whole number{unit}, found {}", type_name(v.get_ref())));
+            return (default, line);
+        };
+        let digits = i.as_str().replace('_', "");
+        match i128::from_str_radix(&digits, i.radix()) {
+            Ok(n) if n >= range.0 as i128 && n <= range.1 as i128 => (n as u64, line),
+            Ok(n) => {
+                self.error(line, opt, format!("{n} is out of range: allowed {} to {}{unit}", range.0, range.1));
+                (default, line)
+            }
+            Err(_) => {
+                self.error(line, opt, format!("'{}' is not a valid number", i.as_str()));
+                (default, line)
+            }
+        }
+    }
+
+    fn finish(&mut self, s: Section) {
+        let Some(t) = s.table else { return };
+        for (k, v) in t.iter() {
+            if !s.taken.contains(k.get_ref().as_ref()) {
+                let line = self.line_of(k.span().start);
+                let opt = Self::option_name(&s, k.get_ref());
+                let hint = if s.name.is_empty() && matches!(v.get_ref(), DeValue::Table(_)) {
+                    "unknown section (known: [capture], [ring], [recordings], [control])".to_string()
+                } else {
+                    "unknown option (see docs/config.md for the options of this section)".to_string()
+                };
+                self.error(line, opt, hint);
+            }
+        }
+    }
+
+    fn path(&mut self, s: &mut Section, key: &str, default: &str) -> (PathBuf, usize) {
+        let (p, line) = self.string(s, key, default);
+        if !p.starts_with('/') {
+            self.error(line, Self::option_name(s, key), format!("'{p}' must be an absolute path"));
+        }
+        (PathBuf::from(p), line)
+    }
+}
+
+fn type_name(v: &DeValue) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+fn one_of(w: &mut Walker, value: &str, line: usize, opt: &str, allowed: &[&str]) -> bool {
+    if allowed.contains(&value) {
+        return true;
+    }
+    w.error(line, opt.into(), format!("'{value}' is not one of: {}", allowed.join(", ")));
+    false
+}
+
+pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), ConfigError> {
+    let mut w = Walker { file: file.to_string(), text, errors: Vec::new(), warnings: Vec::new() };
+    let root = match DeTable::parse(text) {
+        Ok(t) => t,
+        Err(e) => {
+            let line = e.span().map(|s| w.line_of(s.start)).unwrap_or(1);
+            let msg = e.message().trim().to_string();
+            w.error(line, String::new(), format!("TOML syntax error: {msg}"));
+            return Err(ConfigError::Invalid { file: file.into(), problems: w.errors });
+        }
+    };
+    let root = root.get_ref();
+    let mut top = Section { name: "", table: Some(root), line: 1, taken: HashSet::new() };
+
+    let (device_id, line) = w.string(&mut top, "device_id", "");
+    if device_id.is_empty() {
+        w.error(line, "device_id".into(), "missing: name this room box, e.g. device_id = \"nicu-room-1\"".into());
+    } else if device_id.len() > 64
+        || !device_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        w.error(line, "device_id".into(), format!("'{device_id}' may hold only letters, digits, '-', '_' and '.', at most 64 of them (it names MQTT topics and recordings)"));
+    }
+
+    let mut cap = w.section(root, "capture");
+    let (source, line) = w.string(&mut cap, "source", "test");
+    one_of(&mut w, &source, line, "capture.source", &["test", "v4l2"]);
+    let (device, _) = w.path(&mut cap, "device", "/dev/video0");
+    let (input_format, line) = w.string(&mut cap, "input_format", "raw");
+    one_of(&mut w, &input_format, line, "capture.input_format", &["raw", "mjpeg", "h264"]);
+    let (width, _) = w.int(&mut cap, "width", 1280, (16, 7680), " pixels");
+    let (height, _) = w.int(&mut cap, "height", 720, (16, 4320), " pixels");
+    let (fps, _) = w.int(&mut cap, "fps", 30, (1, 120), " frames per second");
+    let (fragment_secs, _) = w.int(&mut cap, "fragment_secs", 1, (1, 10), " seconds");
+    let (encoder, line) = w.string(&mut cap, "encoder", "auto");
+    one_of(&mut w, &encoder, line, "capture.encoder", &["auto", "x264enc", "v4l2h264enc", "nvv4l2h264enc"]);
+    let (bitrate_kbps, _) = w.int(&mut cap, "bitrate_kbps", 4000, (100, 100_000), " kbit/s");
+    let (x264_preset, line) = w.string(&mut cap, "x264_preset", "veryfast");
+    one_of(&mut w, &x264_preset, line, "capture.x264_preset", &["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"]);
+    w.finish(cap);
+
+    let mut ring = w.section(root, "ring");
+    let (ring_dir, _) = w.path(&mut ring, "dir", "/run/neoflix/ring");
+    let (preroll_secs, pl) = w.int(&mut ring, "preroll_secs", 60, (0, 4 * 3600), " seconds");
+    let (max_bytes, _) = w.int(&mut ring, "max_bytes", 512 * 1024 * 1024, (1024 * 1024, 1 << 40), " bytes");
+    if ring_dir.starts_with("/run") && preroll_secs > 600 {
+        w.warn(pl, "ring.preroll_secs".into(), format!("{preroll_secs} s of pre-roll in {} (RAM on most systems): put a long pre-roll on disk", ring_dir.display()));
+    }
+    w.finish(ring);
+
+    let mut rec = w.section(root, "recordings");
+    let (rec_dir, _) = w.path(&mut rec, "dir", "/var/lib/neoflix/recordings");
+    let (recipient, rline) = w.path(&mut rec, "recipient", "/etc/neoflix/department.pub");
+    let (max_duration_secs, _) = w.int(&mut rec, "max_duration_secs", 90 * 60, (10, 24 * 3600), " seconds");
+    let (post_roll_secs, _) = w.int(&mut rec, "post_roll_secs", 0, (0, 600), " seconds");
+    let (long_press_ms, _) = w.int(&mut rec, "long_press_ms", 2000, (500, 10_000), " milliseconds");
+    w.finish(rec);
+    if recipient.is_absolute() {
+        match std::fs::read_to_string(&recipient) {
+            Err(e) => w.error(rline, "recordings.recipient".into(), format!("cannot read {}: {e}; copy the department public key there (neoflix keygen writes department.pub)", recipient.display())),
+            Ok(t) => {
+                if let Err(e) = neoflix_seal::DepartmentPublicKey::from_file_text(&t) {
+                    w.error(rline, "recordings.recipient".into(), format!("{}: {e}", recipient.display()));
+                }
+            }
+        }
+    }
+    if ring_dir == rec_dir {
+        w.error(1, "ring.dir".into(), "must differ from recordings.dir".into());
+    }
+
+    let mut control = w.section(root, "control");
+    let (socket, _) = w.path(&mut control, "socket", "/run/neoflix/control.sock");
+    w.finish(control);
+
+    for name in ["capture", "ring", "recordings", "control"] {
+        top.taken.insert(name.into());
+    }
+    w.finish(top);
+
+    if !w.errors.is_empty() {
+        w.errors.sort_by_key(|p| p.line);
+        return Err(ConfigError::Invalid { file: file.into(), problems: w.errors });
+    }
+    let cfg = Config {
+        device_id,
+        capture: Capture {
+            source: if source == "v4l2" { SourceKind::V4l2 } else { SourceKind::Test },
+            device,
+            input_format,
+            width: width as u32,
+            height: height as u32,
+            fps: fps as u32,
+            fragment_secs: fragment_secs as u32,
+            encoder,
+            bitrate_kbps: bitrate_kbps as u32,
+            x264_preset,
+        },
+        ring: Ring { dir: ring_dir, preroll_secs: preroll_secs as u32, max_bytes },
+        recordings: Recordings {
+            dir: rec_dir,
+            recipient,
+            max_duration_secs: max_duration_secs as u32,
+            post_roll_secs: post_roll_secs as u32,
+            long_press_ms: long_press_ms as u32,
+        },
+        control: Control { socket },
+    };
+    Ok((cfg, w.warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn recipient() -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let sk = neoflix_seal::DepartmentSecretKey::generate().unwrap();
+        f.write_all(sk.public_key().to_file_text().as_bytes()).unwrap();
+        f
+    }
+
+    fn ok(extra: &str) -> Config {
+        let r = recipient();
+        let text = format!("device_id = \"room-1\"\n[recordings]\nrecipient = \"{}\"\n{extra}", r.path().display());
+        parse("t.toml", &text).unwrap().0
+    }
+
+    #[test]
+    fn the_documented_example_parses_with_its_values() {
+        let r = recipient();
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/neoflixd.toml"))
+            .unwrap()
+            .replace("/etc/neoflix/department.pub", &r.path().display().to_string());
+        let (c, warnings) = parse("neoflixd.toml", &text).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(c.device_id, "room-1");
+        assert_eq!(c.capture.width, 1280);
+        assert_eq!(c.ring.dir, PathBuf::from("/run/neoflix/ring"));
+        assert_eq!(c.control.socket, PathBuf::from("/run/neoflix/control.sock"));
+    }
+
+    #[test]
+    fn defaults_fill_what_is_left_out() {
+        let c = ok("");
+        assert_eq!(c.capture.source, SourceKind::Test);
+        assert_eq!((c.capture.width, c.capture.height, c.capture.fps), (1280, 720, 30));
+        assert_eq!(c.ring.preroll_secs, 60);
+        assert_eq!(c.recordings.max_duration_secs, 5400);
+        assert_eq!(c.recordings.long_press_ms, 2000);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_with_line_and_option() {
+        let text = "device_id = \"room 1\"\n\
+                    [capture]\n\
+                    fps = \"thirty\"\n\
+                    colour = true\n\
+                    width = 99999\n\
+                    [ring]\n\
+                    preroll_secs = -1\n\
+                    [recordings]\n\
+                    recipient = \"/nonexistent/department.pub\"\n\
+                    [extra]\n\
+                    a = 1\n";
+        let err = parse("bad.toml", text).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = &err else { panic!("{err}") };
+        let found: Vec<(usize, &str)> = problems.iter().map(|p| (p.line, p.option.as_str())).collect();
+        assert_eq!(
+            found,
+            vec![
+                (1, "device_id"),
+                (3, "capture.fps"),
+                (4, "capture.colour"),
+                (5, "capture.width"),
+                (7, "ring.preroll_secs"),
+                (9, "recordings.recipient"),
+                (10, "extra"),
+            ],
+            "{err}"
+        );
+        let shown = err.to_string();
+        assert!(shown.starts_with("7 errors in bad.toml"), "{shown}");
+        assert!(shown.contains("bad.toml:3: capture.fps: expected a whole number frames per second, found a string"), "{shown}");
+        assert!(shown.contains("bad.toml:9: recordings.recipient: cannot read /nonexistent/department.pub"), "{shown}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let err = parse("s.toml", "device_id = \"a\"\n[capture\nfps = 1\n").unwrap_err();
+        assert!(err.to_string().contains("s.toml:2: TOML syntax error"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_key_as_recipient_is_refused() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let sk = neoflix_seal::DepartmentSecretKey::generate().unwrap();
+        f.write_all(sk.to_file_text().as_bytes()).unwrap();
+        let text = format!("device_id = \"r\"\n[recordings]\nrecipient = \"{}\"\n", f.path().display());
+        let err = parse("k.toml", &text).unwrap_err();
+        assert!(err.to_string().contains("SECRET"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_and_bad_choices_are_refused() {
+        let r = recipient();
+        let text = format!("device_id = \"r\"\n[capture]\nsource = \"usb\"\nencoder = \"ffmpeg\"\n[ring]\ndir = \"ring\"\n[recordings]\nrecipient = \"{}\"\n", r.path().display());
+        let err = parse("c.toml", &text).unwrap_err().to_string();
+        assert!(err.contains("c.toml:3: capture.source: 'usb' is not one of: test, v4l2"), "{err}");
+        assert!(err.contains("capture.encoder"), "{err}");
+        assert!(err.contains("c.toml:6: ring.dir: 'ring' must be an absolute path"), "{err}");
+    }
+
+    #[test]
+    fn a_long_preroll_in_ram_is_a_warning() {
+        let r = recipient();
+        let text = format!("device_id = \"r\"\n[ring]\npreroll_secs = 1800\n[recordings]\nrecipient = \"{}\"\n", r.path().display());
+        let (_, warnings) = parse("w.toml", &text).unwrap();
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0].option, "ring.preroll_secs");
+    }
+}
