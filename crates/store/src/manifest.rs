@@ -1,0 +1,151 @@
+//! The manifest written when a recording stops, and the hash chain over its objects.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The manifest format tag.
+pub const FORMAT: &str = "neoflix-recording-v1";
+
+/// How a recording ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Stopped and finalized by the daemon.
+    Complete,
+    /// Sealed after a crash or power cut: lacks at most the fragment being written.
+    Interrupted,
+}
+
+/// A marker a clinician added.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Marker {
+    /// Wall-clock time of the marker.
+    pub utc: String,
+    /// Seconds from the first frame of the recording.
+    pub offset_secs: f64,
+    /// Free text (empty for a pedal marker).
+    pub label: String,
+    /// `pedal`, `mqtt` or `control`.
+    pub by: String,
+}
+
+/// One sealed object (init segment or fragment) and its wrapped key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectEntry {
+    /// Position within the recording, from 0.
+    pub index: u64,
+    /// Sealed file name, in the recording directory.
+    pub file: String,
+    /// Sealed size in bytes.
+    pub size: u64,
+    /// SHA-256 of the sealed bytes, hex.
+    pub sha256: String,
+    /// Wrapped-key file name.
+    pub key_file: String,
+    /// SHA-256 of the wrapped-key record, hex.
+    pub key_sha256: String,
+    /// For fragments: index of the init segment they decode with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<u64>,
+    /// For fragments: milliseconds of video.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// A recording's manifest (`manifest.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// The room box.
+    pub device_id: String,
+    /// The recording.
+    pub recording_id: String,
+    /// Complete or interrupted.
+    pub status: Status,
+    /// What started it: `pedal`, `mqtt`, `control`.
+    pub trigger: String,
+    /// Why it stopped (`interrupted` after a crash).
+    pub stop_reason: String,
+    /// Wall-clock time of the first frame (start of the pre-roll).
+    pub first_frame_utc: Option<String>,
+    /// Wall-clock time of the trigger.
+    pub trigger_utc: String,
+    /// Wall-clock time of the stop.
+    pub stop_utc: String,
+    /// Seconds of video before the trigger.
+    pub preroll_secs: f64,
+    /// Seconds of video in all.
+    pub duration_secs: f64,
+    /// Key id of the department public key the data keys are wrapped to.
+    pub recipient_key_id: String,
+    /// Markers, in order.
+    pub markers: Vec<Marker>,
+    /// Sealed init segments.
+    pub init_segments: Vec<ObjectEntry>,
+    /// Sealed fragments, in playback order.
+    pub fragments: Vec<ObjectEntry>,
+    /// Hash chain over `recording_id`, the init segments and the fragments.
+    pub chain: String,
+}
+
+/// Computes the hash chain: `h0 = SHA-256("neoflix-chain-v1" 0x00 recording_id)`, then for each
+/// init segment and then each fragment `h = SHA-256(h | kind | index | sha256 | key_sha256)`.
+/// A removed, inserted, reordered or replaced entry changes the result.
+pub fn chain(recording_id: &str, inits: &[ObjectEntry], fragments: &[ObjectEntry]) -> String {
+    let mut h: [u8; 32] = Sha256::new()
+        .chain_update(b"neoflix-chain-v1\0")
+        .chain_update(recording_id.as_bytes())
+        .finalize()
+        .into();
+    for (kind, list) in [(b'I', inits), (b'F', fragments)] {
+        for o in list {
+            h = Sha256::new()
+                .chain_update(h)
+                .chain_update([kind])
+                .chain_update(o.index.to_be_bytes())
+                .chain_update(o.sha256.as_bytes())
+                .chain_update(o.key_sha256.as_bytes())
+                .finalize()
+                .into();
+        }
+    }
+    hex::encode(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(i: u64) -> ObjectEntry {
+        ObjectEntry {
+            index: i,
+            file: format!("frag-{i:06}.nfx"),
+            size: 1,
+            sha256: format!("{i:064x}"),
+            key_file: String::new(),
+            key_sha256: format!("{:064x}", i + 100),
+            init: Some(0),
+            duration_ms: Some(1000),
+        }
+    }
+
+    #[test]
+    fn chain_changes_with_every_edit_of_the_list() {
+        let inits = vec![obj(0)];
+        let frags: Vec<_> = (0..4).map(obj).collect();
+        let base = chain("r", &inits, &frags);
+        let mut removed = frags.clone();
+        removed.remove(2);
+        let mut swapped = frags.clone();
+        swapped.swap(1, 2);
+        let mut replaced = frags.clone();
+        replaced[3].sha256 = "0".repeat(64);
+        for other in [removed, swapped, replaced] {
+            assert_ne!(chain("r", &inits, &other), base);
+        }
+        assert_ne!(chain("other", &inits, &frags), base);
+        assert_eq!(chain("r", &inits, &frags), base);
+    }
+}

@@ -1,0 +1,500 @@
+//! Writing a recording directory, and sealing the ones a crash left open.
+//!
+//! ```text
+//! <recordings>/<recording-id>/
+//!     journal.jsonl        append-only events, fsynced line by line
+//!     init-000.nfx/.key    sealed init segment(s) and their wrapped keys
+//!     frag-000000.nfx/.key sealed fragments and their wrapped keys
+//!     manifest.json        written on stop (or by recovery), write-temp-fsync-rename
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use neoflix_seal::{DataKey, DepartmentPublicKey};
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{self, FORMAT};
+use crate::{Manifest, Marker, ObjectEntry, RingEntry, Status, StoreError, StreamInit, fsutil, utc};
+
+/// One line of `journal.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum Journal {
+    Start {
+        recording_id: String,
+        device_id: String,
+        trigger: String,
+        utc: String,
+        recipient_key_id: String,
+    },
+    Fragment {
+        index: u64,
+        init: u64,
+        duration_ms: u64,
+        captured_utc: String,
+        preroll: bool,
+    },
+    Marker(Marker),
+    StopRequested {
+        utc: String,
+        reason: String,
+    },
+}
+
+/// An open recording being written.
+pub struct RecordingWriter {
+    dir: PathBuf,
+    id: String,
+    device_id: String,
+    recipient: DepartmentPublicKey,
+    journal: File,
+    trigger: String,
+    trigger_utc: SystemTime,
+    first_frame: Option<SystemTime>,
+    inits: Vec<ObjectEntry>,
+    /// Stream id of each init segment, by index.
+    init_streams: Vec<[u8; 16]>,
+    fragments: Vec<ObjectEntry>,
+    markers: Vec<Marker>,
+    video: Duration,
+    preroll: Duration,
+}
+
+fn key_name(file: &str) -> String {
+    file.replace(".nfx", ".key")
+}
+
+impl RecordingWriter {
+    /// Creates the recording directory and its journal.
+    pub fn create(
+        root: &Path,
+        id: &str,
+        device_id: &str,
+        trigger: &str,
+        recipient: &DepartmentPublicKey,
+        now: SystemTime,
+    ) -> Result<Self, StoreError> {
+        fsutil::create_private_dir(root)?;
+        let dir = root.join(id);
+        fsutil::create_private_dir(&dir)?;
+        fsutil::sync_dir(root)?;
+        let jpath = dir.join("journal.jsonl");
+        let journal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&jpath)
+            .map_err(StoreError::io("create", &jpath))?;
+        let mut w = RecordingWriter {
+            dir,
+            id: id.into(),
+            device_id: device_id.into(),
+            recipient: recipient.clone(),
+            journal,
+            trigger: trigger.into(),
+            trigger_utc: now,
+            first_frame: None,
+            inits: Vec::new(),
+            init_streams: Vec::new(),
+            fragments: Vec::new(),
+            markers: Vec::new(),
+            video: Duration::ZERO,
+            preroll: Duration::ZERO,
+        };
+        w.append(&Journal::Start {
+            recording_id: id.into(),
+            device_id: device_id.into(),
+            trigger: trigger.into(),
+            utc: utc(now),
+            recipient_key_id: recipient.key_id().0,
+        })?;
+        fsutil::sync_dir(&w.dir)?;
+        Ok(w)
+    }
+
+    /// The recording id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The recording directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Video claimed so far.
+    pub fn duration(&self) -> Duration {
+        self.video
+    }
+
+    /// Number of fragments claimed so far.
+    pub fn fragment_count(&self) -> usize {
+        self.fragments.len()
+    }
+
+    fn append(&mut self, event: &Journal) -> Result<(), StoreError> {
+        let mut line = serde_json::to_vec(event).expect("journal events serialize");
+        line.push(b'\n');
+        let path = self.dir.join("journal.jsonl");
+        self.journal.write_all(&line).map_err(StoreError::io("append", &path))?;
+        self.journal.sync_data().map_err(StoreError::io("fsync", &path))
+    }
+
+    fn wrap_and_write_key(&self, key: &DataKey, sealed: &[u8], key_file: &str, what: &str) -> Result<String, StoreError> {
+        let wrapped = key
+            .wrap(&self.recipient, sealed)
+            .map_err(|source| StoreError::Seal { what: what.into(), source })?;
+        fsutil::write_atomic(&self.dir.join(key_file), wrapped.as_bytes(), 0o600)?;
+        Ok(neoflix_seal::sha256_hex(wrapped.as_bytes()))
+    }
+
+    fn claim_init(&mut self, init: &StreamInit) -> Result<u64, StoreError> {
+        let index = self.inits.len() as u64;
+        let file = format!("init-{index:03}.nfx");
+        // The ring keeps its init segment for later recordings: copy the sealed bytes.
+        let sealed = fs::read(&init.path).map_err(StoreError::io("read", &init.path))?;
+        let key_sha256 = self.wrap_and_write_key(&init.key, &sealed, &key_name(&file), &format!("init segment {index}"))?;
+        fsutil::write_atomic(&self.dir.join(&file), &sealed, 0o600)?;
+        self.inits.push(ObjectEntry {
+            index,
+            key_file: key_name(&file),
+            size: sealed.len() as u64,
+            sha256: neoflix_seal::sha256_hex(&sealed),
+            file,
+            key_sha256,
+            init: None,
+            duration_ms: None,
+        });
+        self.init_streams.push(init.stream);
+        Ok(index)
+    }
+
+    /// Claims a fragment taken out of the ring. `init` is the init segment of its stream.
+    ///
+    /// Order matters for crash safety: the wrapped key is on disk before the sealed fragment is
+    /// moved in, so a fragment in a recording always has its key.
+    pub fn claim(&mut self, entry: RingEntry, init: &StreamInit, preroll: bool) -> Result<(), StoreError> {
+        let init_index = match self.init_streams.iter().position(|s| *s == entry.stream) {
+            Some(i) => i as u64,
+            None => self.claim_init(init)?,
+        };
+        let index = self.fragments.len() as u64;
+        let file = format!("frag-{index:06}.nfx");
+        let what = format!("fragment {index}");
+        // Only the header is needed to bind the wrapped key to the object.
+        let mut header = vec![0u8; neoflix_seal::HEADER_LEN];
+        File::open(&entry.path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
+            .map_err(StoreError::io("read", &entry.path))?;
+        let key_sha256 = self.wrap_and_write_key(&entry.key, &header, &key_name(&file), &what)?;
+        fsutil::move_file(&entry.path, &self.dir.join(&file))?;
+        fsutil::sync_dir(&self.dir)?;
+        let duration_ms = entry.duration.as_millis() as u64;
+        self.first_frame.get_or_insert(entry.captured);
+        self.video += entry.duration;
+        if preroll {
+            self.preroll += entry.duration;
+        }
+        self.fragments.push(ObjectEntry {
+            index,
+            key_file: key_name(&file),
+            file,
+            size: entry.size,
+            sha256: entry.sha256.clone(),
+            key_sha256,
+            init: Some(init_index),
+            duration_ms: Some(duration_ms),
+        });
+        self.append(&Journal::Fragment {
+            index,
+            init: init_index,
+            duration_ms,
+            captured_utc: utc(entry.captured),
+            preroll,
+        })
+        // `entry` drops here and its data key is zeroized: only the wrapped copy remains.
+    }
+
+    /// Adds a marker.
+    pub fn mark(&mut self, label: &str, by: &str, now: SystemTime) -> Result<Marker, StoreError> {
+        let offset = self
+            .first_frame
+            .and_then(|f| now.duration_since(f).ok())
+            .unwrap_or_default();
+        let m = Marker { utc: utc(now), offset_secs: round_ms(offset), label: label.into(), by: by.into() };
+        self.markers.push(m.clone());
+        self.append(&Journal::Marker(m.clone()))?;
+        Ok(m)
+    }
+
+    /// Notes that a stop was asked for and post-roll runs.
+    pub fn stop_requested(&mut self, reason: &str, now: SystemTime) -> Result<(), StoreError> {
+        self.append(&Journal::StopRequested { utc: utc(now), reason: reason.into() })
+    }
+
+    /// Writes the manifest and closes the recording.
+    pub fn finalize(self, reason: &str, now: SystemTime) -> Result<Manifest, StoreError> {
+        let chain = manifest::chain(&self.id, &self.inits, &self.fragments);
+        let m = Manifest {
+            format: FORMAT.into(),
+            device_id: self.device_id,
+            recording_id: self.id,
+            status: Status::Complete,
+            trigger: self.trigger,
+            stop_reason: reason.into(),
+            first_frame_utc: self.first_frame.map(utc),
+            trigger_utc: utc(self.trigger_utc),
+            stop_utc: utc(now),
+            preroll_secs: round_ms(self.preroll),
+            duration_secs: round_ms(self.video),
+            recipient_key_id: self.recipient.key_id().0,
+            markers: self.markers,
+            init_segments: self.inits,
+            fragments: self.fragments,
+            chain,
+        };
+        write_manifest(&self.dir, &m)?;
+        Ok(m)
+    }
+}
+
+fn round_ms(d: Duration) -> f64 {
+    d.as_millis() as f64 / 1000.0
+}
+
+fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), StoreError> {
+    let mut json = serde_json::to_vec_pretty(m).expect("manifest serializes");
+    json.push(b'\n');
+    fsutil::write_atomic(&dir.join("manifest.json"), &json, 0o600)
+}
+
+/// Seals every recording under `root` that has no manifest as `interrupted`. Returns their ids.
+///
+/// What survives is what was claimed completely: a fragment file with its key record. The
+/// fragment being claimed at the crash may be lost; nothing before it is.
+pub fn recover(root: &Path, recipient_key_id: &str, now: SystemTime) -> Result<Vec<String>, StoreError> {
+    let mut done = Vec::new();
+    let Ok(list) = fs::read_dir(root) else {
+        return Ok(done);
+    };
+    let mut dirs: Vec<PathBuf> = list
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .map(|e| e.path())
+        .filter(|d| !d.join("manifest.json").exists())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let id = dir.file_name().unwrap_or_default().to_string_lossy().to_string();
+        recover_one(&dir, &id, recipient_key_id, now)?;
+        done.push(id);
+    }
+    Ok(done)
+}
+
+fn read_journal(dir: &Path) -> Vec<Journal> {
+    let Ok(f) = File::open(dir.join("journal.jsonl")) else {
+        return Vec::new();
+    };
+    // A torn last line (power cut mid-append) ends the journal; everything before it counts.
+    BufReader::new(f)
+        .lines()
+        .map_while(|l| l.ok().and_then(|l| serde_json::from_str(&l).ok()))
+        .collect()
+}
+
+fn entry_from_files(dir: &Path, index: u64, file: String) -> Result<Option<ObjectEntry>, StoreError> {
+    let key_file = key_name(&file);
+    let (Ok(sealed), Ok(key)) = (fs::read(dir.join(&file)), fs::read(dir.join(&key_file))) else {
+        return Ok(None);
+    };
+    Ok(Some(ObjectEntry {
+        index,
+        size: sealed.len() as u64,
+        sha256: neoflix_seal::sha256_hex(&sealed),
+        key_sha256: neoflix_seal::sha256_hex(&key),
+        file,
+        key_file,
+        init: None,
+        duration_ms: None,
+    }))
+}
+
+fn recover_one(dir: &Path, id: &str, recipient_key_id: &str, now: SystemTime) -> Result<(), StoreError> {
+    let journal = read_journal(dir);
+    let mut m = Manifest {
+        format: FORMAT.into(),
+        device_id: String::new(),
+        recording_id: id.into(),
+        status: Status::Interrupted,
+        trigger: "unknown".into(),
+        stop_reason: "interrupted".into(),
+        first_frame_utc: None,
+        trigger_utc: String::new(),
+        stop_utc: utc(now),
+        preroll_secs: 0.0,
+        duration_secs: 0.0,
+        recipient_key_id: recipient_key_id.into(),
+        markers: Vec::new(),
+        init_segments: Vec::new(),
+        fragments: Vec::new(),
+        chain: String::new(),
+    };
+    let mut frag_meta = std::collections::HashMap::new();
+    for ev in journal {
+        match ev {
+            Journal::Start { device_id, trigger, utc, recipient_key_id, .. } => {
+                m.device_id = device_id;
+                m.trigger = trigger;
+                m.trigger_utc = utc;
+                m.recipient_key_id = recipient_key_id;
+            }
+            Journal::Fragment { index, init, duration_ms, captured_utc, preroll } => {
+                if index == 0 {
+                    m.first_frame_utc = Some(captured_utc);
+                }
+                frag_meta.insert(index, (init, duration_ms, preroll));
+            }
+            Journal::Marker(mk) => m.markers.push(mk),
+            Journal::StopRequested { .. } => {}
+        }
+    }
+    while let Some(e) = entry_from_files(dir, m.init_segments.len() as u64, format!("init-{:03}.nfx", m.init_segments.len()))? {
+        m.init_segments.push(e);
+    }
+    let last_init = m.init_segments.len().saturating_sub(1) as u64;
+    // Fragments count only while contiguous and complete (sealed file and key record).
+    while let Some(mut e) = entry_from_files(dir, m.fragments.len() as u64, format!("frag-{:06}.nfx", m.fragments.len()))? {
+        let (init, ms, preroll) = frag_meta.get(&e.index).copied().unwrap_or((last_init, 0, false));
+        e.init = Some(init);
+        e.duration_ms = Some(ms);
+        m.duration_secs += ms as f64 / 1000.0;
+        if preroll {
+            m.preroll_secs += ms as f64 / 1000.0;
+        }
+        m.fragments.push(e);
+    }
+    m.duration_secs = (m.duration_secs * 1000.0).round() / 1000.0;
+    m.preroll_secs = (m.preroll_secs * 1000.0).round() / 1000.0;
+    // Leftovers of the interrupted claim: a key record without its fragment, temporary files.
+    let listed: Vec<&str> = m
+        .init_segments
+        .iter()
+        .chain(&m.fragments)
+        .flat_map(|e| [e.file.as_str(), e.key_file.as_str()])
+        .collect();
+    if let Ok(list) = fs::read_dir(dir) {
+        for e in list.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().to_string();
+            let ours = name.ends_with(".nfx") || name.ends_with(".key") || name.ends_with(".tmp");
+            if ours && !listed.contains(&name.as_str()) {
+                log::warn!(recording = id, file = name.as_str(); "removing incomplete leftover of the interrupted claim");
+                fs::remove_file(e.path()).map_err(StoreError::io("remove", e.path()))?;
+            }
+        }
+    }
+    m.chain = manifest::chain(id, &m.init_segments, &m.fragments);
+    write_manifest(dir, &m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Ring, verify};
+    use neoflix_seal::{DepartmentSecretKey, Kind, ObjectId, seal};
+
+    fn ring_with(dir: &Path, n: u64) -> Ring {
+        let (mut ring, _) = Ring::open(dir, Duration::from_secs(100), 1 << 30).unwrap();
+        let (k, s) = seal(&ObjectId { stream: [3; 16], seq: 0, kind: Kind::Init }, b"init").unwrap();
+        ring.begin_stream([3; 16], &s, k).unwrap();
+        for seq in 0..n {
+            let (k, s) = seal(&ObjectId { stream: [3; 16], seq, kind: Kind::Fragment }, &[seq as u8; 300]).unwrap();
+            ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now()).unwrap();
+        }
+        ring
+    }
+
+    fn record(root: &Path, ring: &mut Ring, dept: &DepartmentSecretKey) -> RecordingWriter {
+        let mut w = RecordingWriter::create(root, "rec-1", "room-1", "pedal", &dept.public_key(), SystemTime::now()).unwrap();
+        let init = ring.init(&[3; 16]).unwrap();
+        for e in ring.take_all() {
+            w.claim(e, &init, true).unwrap();
+        }
+        w
+    }
+
+    #[test]
+    fn a_finalized_recording_verifies_and_names_a_damaged_fragment() {
+        let t = tempfile::tempdir().unwrap();
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let mut ring = ring_with(&t.path().join("ring"), 5);
+        let mut w = record(&t.path().join("rec"), &mut ring, &dept);
+        w.mark("intubation", "control", SystemTime::now()).unwrap();
+        let m = w.finalize("control", SystemTime::now()).unwrap();
+        assert_eq!(m.fragments.len(), 5);
+        assert_eq!(m.init_segments.len(), 1);
+        assert_eq!(m.duration_secs, 5.0);
+        assert_eq!(m.preroll_secs, 5.0);
+        assert_eq!(m.markers[0].label, "intubation");
+        let dir = t.path().join("rec/rec-1");
+        verify(&dir).unwrap();
+        assert!(fs::read_dir(t.path().join("ring")).unwrap().all(|e| e.unwrap().file_name().to_string_lossy().starts_with("init-")));
+
+        let f = dir.join("frag-000003.nfx");
+        let mut bytes = fs::read(&f).unwrap();
+        bytes[100] ^= 1;
+        fs::write(&f, &bytes).unwrap();
+        let err = verify(&dir).unwrap_err().to_string();
+        assert!(err.contains("fragment 3 (frag-000003.nfx)"), "{err}");
+        bytes[100] ^= 1;
+        fs::write(&f, &bytes).unwrap();
+
+        fs::remove_file(dir.join("frag-000002.nfx")).unwrap();
+        let err = verify(&dir).unwrap_err().to_string();
+        assert!(err.contains("fragment 2 (frag-000002.nfx)") && err.contains("missing"), "{err}");
+
+        // Editing the manifest to hide the deletion breaks the chain.
+        let mut m = crate::verify::read_manifest(&dir).unwrap();
+        m.fragments.remove(2);
+        for (i, e) in m.fragments.iter_mut().enumerate() {
+            e.index = i as u64;
+        }
+        fs::write(dir.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+        let err = verify(&dir).unwrap_err().to_string();
+        assert!(err.contains("hash chain"), "{err}");
+    }
+
+    #[test]
+    fn recovery_seals_an_open_recording_as_interrupted() {
+        let t = tempfile::tempdir().unwrap();
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let mut ring = ring_with(&t.path().join("ring"), 4);
+        let mut w = record(&t.path().join("rec"), &mut ring, &dept);
+        w.mark("", "pedal", SystemTime::now()).unwrap();
+        drop(w); // the crash
+        let dir = t.path().join("rec/rec-1");
+        // A claim cut short: the key record was written, the fragment never moved in.
+        fs::write(dir.join("frag-000004.key"), b"orphan").unwrap();
+        fs::write(dir.join(".frag-000005.key.tmp"), b"torn").unwrap();
+        // And a torn journal line.
+        fs::OpenOptions::new().append(true).open(dir.join("journal.jsonl")).unwrap().write_all(b"{\"event\":\"frag").unwrap();
+
+        let ids = recover(&t.path().join("rec"), &dept.public_key().key_id().0, SystemTime::now()).unwrap();
+        assert_eq!(ids, vec!["rec-1".to_string()]);
+        let v = verify(&dir).unwrap();
+        assert_eq!(v.manifest.status, Status::Interrupted);
+        assert_eq!(v.manifest.fragments.len(), 4);
+        assert_eq!(v.manifest.device_id, "room-1");
+        assert_eq!(v.manifest.trigger, "pedal");
+        assert_eq!(v.manifest.markers.len(), 1);
+        assert_eq!(v.manifest.duration_secs, 4.0);
+        assert!(!dir.join("frag-000004.key").exists());
+        assert!(!dir.join(".frag-000005.key.tmp").exists());
+        // Idempotent: a sealed recording is left alone.
+        assert!(recover(&t.path().join("rec"), "x", SystemTime::now()).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,306 @@
+//! The pre-roll ring: sealed fragments on storage, their keys in RAM only.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use neoflix_seal::DataKey;
+
+use crate::{StoreError, fsutil};
+
+/// The init segment of one capture stream, sealed in the ring directory.
+#[derive(Debug)]
+pub struct StreamInit {
+    /// The stream id (one per pipeline run).
+    pub stream: [u8; 16],
+    /// The sealed file.
+    pub path: PathBuf,
+    /// Its data key, RAM only.
+    pub key: DataKey,
+}
+
+/// One sealed fragment in the ring.
+#[derive(Debug)]
+pub struct RingEntry {
+    /// Sequence number (unique for the daemon's lifetime).
+    pub seq: u64,
+    /// The stream it belongs to.
+    pub stream: [u8; 16],
+    /// The sealed file.
+    pub path: PathBuf,
+    /// Sealed size in bytes.
+    pub size: u64,
+    /// SHA-256 of the sealed bytes, hex.
+    pub sha256: String,
+    /// Its data key, RAM only.
+    pub key: DataKey,
+    /// Duration of video it holds.
+    pub duration: Duration,
+    /// Wall-clock time of its first frame.
+    pub captured: SystemTime,
+}
+
+/// The ring of sealed pre-roll fragments.
+pub struct Ring {
+    dir: PathBuf,
+    preroll: Duration,
+    max_bytes: u64,
+    entries: VecDeque<RingEntry>,
+    inits: HashMap<[u8; 16], Arc<StreamInit>>,
+    current: Option<[u8; 16]>,
+    total: Duration,
+    bytes: u64,
+}
+
+fn hex16(s: &[u8; 16]) -> String {
+    s.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Ring {
+    /// Opens the ring directory, deleting whatever an earlier run left there: those files are
+    /// noise now (their keys died with that run) and pre-roll that never became a recording must
+    /// not survive.
+    pub fn open(dir: &Path, preroll: Duration, max_bytes: u64) -> Result<(Ring, usize), StoreError> {
+        fsutil::create_private_dir(dir)?;
+        let mut removed = 0;
+        for e in fs::read_dir(dir).map_err(StoreError::io("list", dir))? {
+            let e = e.map_err(StoreError::io("list", dir))?;
+            if e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                fs::remove_file(e.path()).map_err(StoreError::io("remove leftover", e.path()))?;
+                removed += 1;
+            }
+        }
+        Ok((
+            Ring {
+                dir: dir.to_owned(),
+                preroll,
+                max_bytes,
+                entries: VecDeque::new(),
+                inits: HashMap::new(),
+                current: None,
+                total: Duration::ZERO,
+                bytes: 0,
+            },
+            removed,
+        ))
+    }
+
+    /// Starts a new capture stream with its sealed init segment.
+    pub fn begin_stream(&mut self, stream: [u8; 16], sealed_init: &[u8], key: DataKey) -> Result<(), StoreError> {
+        let path = self.dir.join(format!("init-{}.nfx", hex16(&stream)));
+        fs::write(&path, sealed_init).map_err(StoreError::io("write", &path))?;
+        self.inits.insert(stream, Arc::new(StreamInit { stream, path, key }));
+        self.current = Some(stream);
+        self.gc_inits();
+        Ok(())
+    }
+
+    /// The init segment of `stream`, while the ring holds it.
+    pub fn init(&self, stream: &[u8; 16]) -> Option<Arc<StreamInit>> {
+        self.inits.get(stream).cloned()
+    }
+
+    /// Adds a sealed fragment of the current stream and evicts what falls out of the pre-roll.
+    /// Returns the evicted sequence numbers. The newest fragment is never evicted here: the
+    /// recorder decides about it first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        seq: u64,
+        sealed: &[u8],
+        key: DataKey,
+        duration: Duration,
+        captured: SystemTime,
+    ) -> Result<Vec<u64>, StoreError> {
+        let stream = self.current.ok_or_else(|| StoreError::Io {
+            op: "push",
+            path: self.dir.clone(),
+            source: std::io::Error::other("fragment before any init segment"),
+        })?;
+        let path = self.dir.join(format!("frag-{seq:010}.nfx"));
+        fs::write(&path, sealed).map_err(StoreError::io("write", &path))?;
+        self.total += duration;
+        self.bytes += sealed.len() as u64;
+        self.entries.push_back(RingEntry {
+            seq,
+            stream,
+            path,
+            size: sealed.len() as u64,
+            sha256: neoflix_seal::sha256_hex(sealed),
+            key,
+            duration,
+            captured,
+        });
+        let mut evicted = Vec::new();
+        while self.entries.len() > 1 {
+            let front = &self.entries[0];
+            let over_time = self.total.saturating_sub(front.duration) >= self.preroll;
+            let over_bytes = self.bytes > self.max_bytes;
+            if !(over_time || over_bytes) {
+                break;
+            }
+            let e = self.pop_front().expect("len > 1");
+            fs::remove_file(&e.path).map_err(StoreError::io("remove evicted", &e.path))?;
+            evicted.push(e.seq);
+            // `e` drops here: its key is zeroized, the fragment is noise from now on.
+        }
+        self.gc_inits();
+        Ok(evicted)
+    }
+
+    fn pop_front(&mut self) -> Option<RingEntry> {
+        let e = self.entries.pop_front()?;
+        self.total = self.total.saturating_sub(e.duration);
+        self.bytes -= e.size;
+        Some(e)
+    }
+
+    fn gc_inits(&mut self) {
+        let live: Vec<[u8; 16]> = self.entries.iter().map(|e| e.stream).collect();
+        let current = self.current;
+        self.inits.retain(|s, init| {
+            let keep = Some(*s) == current || live.contains(s);
+            if !keep {
+                let _ = fs::remove_file(&init.path);
+            }
+            keep
+        });
+    }
+
+    /// Takes every fragment out of the ring, oldest first (a recording claims its pre-roll).
+    pub fn take_all(&mut self) -> Vec<RingEntry> {
+        let mut out = Vec::with_capacity(self.entries.len());
+        while let Some(e) = self.pop_front() {
+            out.push(e);
+        }
+        out
+    }
+
+    /// Takes one fragment out of the ring (a recording claims it).
+    pub fn take(&mut self, seq: u64) -> Result<RingEntry, StoreError> {
+        let pos = self
+            .entries
+            .iter()
+            .position(|e| e.seq == seq)
+            .ok_or(StoreError::NotInRing { seq })?;
+        let e = self.entries.remove(pos).expect("position is valid");
+        self.total = self.total.saturating_sub(e.duration);
+        self.bytes -= e.size;
+        Ok(e)
+    }
+
+    /// Deletes every fragment and init segment and forgets their keys (privacy, camera restart).
+    pub fn purge(&mut self) -> Result<(), StoreError> {
+        for e in self.take_all() {
+            fs::remove_file(&e.path).map_err(StoreError::io("remove", &e.path))?;
+        }
+        self.current = None;
+        self.gc_inits();
+        Ok(())
+    }
+
+    /// Video held.
+    pub fn duration(&self) -> Duration {
+        self.total
+    }
+
+    /// Sealed bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Number of fragments held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the ring is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use neoflix_seal::{Kind, ObjectId, seal};
+
+    fn sealed(stream: [u8; 16], seq: u64, kind: Kind, len: usize) -> (DataKey, Vec<u8>) {
+        seal(&ObjectId { stream, seq, kind }, &vec![1u8; len]).unwrap()
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn evicts_by_seconds_and_deletes_the_files() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ring, _) = Ring::open(d.path(), Duration::from_secs(3), 1 << 30).unwrap();
+        let (k, s) = sealed([1; 16], 0, Kind::Init, 10);
+        ring.begin_stream([1; 16], &s, k).unwrap();
+        let mut evicted = Vec::new();
+        for seq in 0..6 {
+            let (k, s) = sealed([1; 16], seq, Kind::Fragment, 100);
+            evicted.extend(ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now()).unwrap());
+        }
+        assert_eq!(evicted, vec![0, 1, 2]);
+        assert_eq!(ring.duration(), Duration::from_secs(3));
+        assert_eq!(files(d.path()).len(), 4, "{:?}", files(d.path()));
+        assert!(!d.path().join("frag-0000000000.nfx").exists());
+    }
+
+    #[test]
+    fn evicts_by_bytes_but_keeps_the_newest() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ring, _) = Ring::open(d.path(), Duration::from_secs(100), 250).unwrap();
+        let (k, s) = sealed([1; 16], 0, Kind::Init, 10);
+        ring.begin_stream([1; 16], &s, k).unwrap();
+        for seq in 0..4 {
+            let (k, s) = sealed([1; 16], seq, Kind::Fragment, 100);
+            ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now()).unwrap();
+        }
+        assert!(ring.bytes() <= 250 || ring.len() == 1);
+        assert_eq!(ring.len(), 1);
+        let (k, s) = sealed([1; 16], 9, Kind::Fragment, 1000);
+        ring.push(9, &s, k, Duration::from_secs(1), SystemTime::now()).unwrap();
+        assert_eq!(ring.len(), 1, "the newest stays even when alone over the limit");
+    }
+
+    #[test]
+    fn open_wipes_leftovers_and_purge_empties() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("frag-0000000001.nfx"), b"old").unwrap();
+        let (mut ring, removed) = Ring::open(d.path(), Duration::from_secs(10), 1 << 30).unwrap();
+        assert_eq!(removed, 1);
+        let (k, s) = sealed([1; 16], 0, Kind::Init, 10);
+        ring.begin_stream([1; 16], &s, k).unwrap();
+        let (k, s) = sealed([1; 16], 0, Kind::Fragment, 10);
+        ring.push(0, &s, k, Duration::from_secs(1), SystemTime::now()).unwrap();
+        ring.purge().unwrap();
+        assert!(files(d.path()).is_empty());
+        assert!(ring.is_empty());
+    }
+
+    #[test]
+    fn old_stream_init_is_kept_while_its_fragments_are() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ring, _) = Ring::open(d.path(), Duration::from_secs(2), 1 << 30).unwrap();
+        for (stream, base) in [([1u8; 16], 0u64), ([2u8; 16], 10)] {
+            let (k, s) = sealed(stream, 0, Kind::Init, 10);
+            ring.begin_stream(stream, &s, k).unwrap();
+            let (k, s) = sealed(stream, base, Kind::Fragment, 10);
+            ring.push(base, &s, k, Duration::from_secs(1), SystemTime::now()).unwrap();
+            assert!(ring.init(&[1; 16]).is_some());
+        }
+        let (k, s) = sealed([2; 16], 11, Kind::Fragment, 10);
+        ring.push(11, &s, k, Duration::from_secs(1), SystemTime::now()).unwrap();
+        assert!(ring.init(&[1; 16]).is_none(), "stream 1 has no fragments left");
+        assert!(ring.take(0).is_err());
+        assert_eq!(ring.take(11).unwrap().seq, 11);
+    }
+}
