@@ -109,6 +109,21 @@ pub fn export(
     dir: &Path,
     key: &DepartmentSecretKey,
     out: &Path,
+    progress: impl FnMut(usize, usize),
+) -> Result<Exported, ExportError> {
+    assemble(dir, key, Some(out), progress)
+}
+
+/// Checks everything [`export`] checks (every tag, every object's identity and order) without
+/// writing anything.
+pub fn check(dir: &Path, key: &DepartmentSecretKey) -> Result<Manifest, ExportError> {
+    assemble(dir, key, None, |_, _| {}).map(|e| e.manifest)
+}
+
+fn assemble(
+    dir: &Path,
+    key: &DepartmentSecretKey,
+    out: Option<&Path>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Exported, ExportError> {
     let manifest = neoflix_store::verify(dir)?.manifest;
@@ -127,7 +142,7 @@ pub fn export(
     // Decrypt everything into part files next to the output; rename only when all of it checked.
     let total = manifest.fragments.len();
     let mut parts: Vec<(PathBuf, PathBuf)> = Vec::new();
-    let mut writer: Option<(u64, fs::File, u64)> = None; // (init index, file, tfdt base)
+    let mut writer: Option<(u64, Option<fs::File>, u64)> = None; // (init index, file, tfdt base)
     let mut last_seq: Option<(u64, u64)> = None; // (init index, seq)
     let result = (|| {
         for (done, e) in manifest.fragments.iter().enumerate() {
@@ -145,24 +160,36 @@ pub fn export(
             }
             last_seq = Some((init_index, header.id.seq));
             if writer.as_ref().map(|w| w.0) != Some(init_index) {
-                let final_path = part_path(out, parts.len());
-                let tmp = final_path.with_file_name(format!(
-                    ".{}.partial",
-                    final_path.file_name().unwrap_or_default().to_string_lossy()
-                ));
-                let mut f = fs::File::create(&tmp).map_err(|source| ExportError::Write { path: tmp.clone(), source })?;
-                f.write_all(init_plain).map_err(|source| ExportError::Write { path: tmp.clone(), source })?;
+                if let Some((_, Some(f), _)) = writer.take() {
+                    let tmp = &parts.last().expect("a writer has a part").0;
+                    f.sync_all().map_err(|source| ExportError::Write { path: tmp.clone(), source })?;
+                }
                 let base = mp4::first_decode_time(&plain).map_err(|err| object_error("fragment", e, err))?;
-                parts.push((tmp, final_path));
-                writer = Some((init_index, f, base));
+                let file = match out {
+                    None => None,
+                    Some(out) => {
+                        let final_path = part_path(out, parts.len());
+                        let tmp = final_path.with_file_name(format!(
+                            ".{}.partial",
+                            final_path.file_name().unwrap_or_default().to_string_lossy()
+                        ));
+                        let mut f = fs::File::create(&tmp).map_err(|source| ExportError::Write { path: tmp.clone(), source })?;
+                        f.write_all(init_plain).map_err(|source| ExportError::Write { path: tmp.clone(), source })?;
+                        parts.push((tmp, final_path));
+                        Some(f)
+                    }
+                };
+                writer = Some((init_index, file, base));
             }
             let (_, f, base) = writer.as_mut().expect("set above");
             mp4::rebase_decode_time(&mut plain, *base).map_err(|err| object_error("fragment", e, err))?;
-            let tmp = &parts.last().expect("pushed above").0;
-            f.write_all(&plain).map_err(|source| ExportError::Write { path: tmp.clone(), source })?;
+            if let Some(f) = f {
+                let tmp = &parts.last().expect("pushed above").0;
+                f.write_all(&plain).map_err(|source| ExportError::Write { path: tmp.clone(), source })?;
+            }
             progress(done + 1, total);
         }
-        if let Some((_, f, _)) = writer.take() {
+        if let Some((_, Some(f), _)) = writer.take() {
             let tmp = &parts.last().expect("a writer has a part").0;
             f.sync_all().map_err(|source| ExportError::Write { path: tmp.clone(), source })?;
         }

@@ -1,0 +1,249 @@
+//! `neoflix`: the command for IT, review chairs and installers.
+//!
+//! Exit codes: 0 success, 1 failure (the message says what and what to do), 2 invalid input
+//! (a config with errors, a bad command line).
+
+use std::fs;
+use std::io::{IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use neoflix_control::Request;
+use neoflix_seal::{DepartmentPublicKey, DepartmentSecretKey};
+
+/// Neoflix: sealed video review of resuscitations.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate the department key pair: department.key (secret, mode 0600) and department.pub.
+    Keygen {
+        /// Directory to write both files into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace existing key files (recordings sealed to the old key then need the old key).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Control the local neoflixd.
+    Ctl {
+        /// The control socket.
+        #[arg(long, default_value = "/run/neoflix/control.sock")]
+        socket: PathBuf,
+        #[command(subcommand)]
+        action: CtlAction,
+    },
+    /// Check a recording and write it as one playable MP4.
+    Export {
+        /// The recording directory.
+        recording: PathBuf,
+        /// The department secret key (department.key).
+        #[arg(long)]
+        key: PathBuf,
+        /// The MP4 to write.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Check a recording: without a key, every file against the manifest and its hash chain;
+    /// with the department key, also every encrypted chunk.
+    Verify {
+        /// The recording directory.
+        recording: PathBuf,
+        /// The department secret key (department.key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Configuration files.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlAction {
+    /// Start a recording (the pre-roll becomes its beginning).
+    Start,
+    /// Stop the recording (post-roll applies).
+    Stop,
+    /// Add a marker, with an optional label.
+    Mark {
+        /// The label, e.g. "intubation".
+        label: Vec<String>,
+    },
+    /// Print the status as JSON.
+    Status,
+    /// Switch privacy mode on (nothing recorded or kept) or off.
+    Privacy {
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        mode: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate a neoflixd config; prints every error and warning.
+    Validate {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+fn read_secret_key(path: &Path) -> anyhow::Result<DepartmentSecretKey> {
+    let text = zeroize::Zeroizing::new(
+        fs::read_to_string(path).with_context(|| format!("cannot read department key {}", path.display()))?,
+    );
+    DepartmentSecretKey::from_file_text(&text).with_context(|| format!("department key {}", path.display()))
+}
+
+fn keygen(out: &Path, force: bool) -> anyhow::Result<()> {
+    fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let (skp, pkp) = (out.join("department.key"), out.join("department.pub"));
+    if !force && (skp.exists() || pkp.exists()) {
+        bail!(
+            "{} already holds a department key; recordings sealed to it open only with it. Use --force to replace it",
+            out.display()
+        );
+    }
+    let sk = DepartmentSecretKey::generate()?;
+    let pk = sk.public_key();
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&skp)
+        .with_context(|| format!("cannot write {}", skp.display()))?;
+    f.write_all(sk.to_file_text().as_bytes())?;
+    f.sync_all()?;
+    fs::write(&pkp, pk.to_file_text()).with_context(|| format!("cannot write {}", pkp.display()))?;
+    // Recheck the public file parses, so a truncated write is caught here, not in a room box.
+    DepartmentPublicKey::from_file_text(&fs::read_to_string(&pkp)?)?;
+    println!("secret key: {} (mode 0600; keep it off room boxes)", skp.display());
+    println!("public key: {} (key id {}; install it on room boxes)", pkp.display(), pk.key_id());
+    Ok(())
+}
+
+fn ctl(socket: &Path, action: CtlAction) -> anyhow::Result<ExitCode> {
+    let req = match action {
+        CtlAction::Start => Request::Start,
+        CtlAction::Stop => Request::Stop,
+        CtlAction::Mark { label } => Request::Mark { label: label.join(" ") },
+        CtlAction::Status => Request::Status,
+        CtlAction::Privacy { mode } => Request::Privacy { on: mode == "on" },
+    };
+    let reply = neoflix_control::call(socket, &req)?;
+    if !reply.ok {
+        eprintln!("neoflix: {}", reply.error.unwrap_or_else(|| "refused".into()));
+        return Ok(ExitCode::FAILURE);
+    }
+    match (req, reply) {
+        (Request::Status, r) => println!("{}", serde_json::to_string_pretty(&r.status)?),
+        (_, r) => {
+            if let Some(id) = r.recording {
+                println!("{id}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(recording: &Path, key: &Path, output: &Path) -> anyhow::Result<()> {
+    let sk = read_secret_key(key)?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} fragments ({eta})")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        b.set_message("exporting");
+        b
+    });
+    let result = neoflix_export::export(recording, &sk, output, |done, total| {
+        if let Some(b) = &bar {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        }
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let exported = result.with_context(|| format!("export of {} failed; nothing was written", recording.display()))?;
+    let m = &exported.manifest;
+    for f in &exported.files {
+        println!("{}", f.display());
+    }
+    eprintln!(
+        "{}: {} s ({} s pre-roll), {} fragments, {} markers, {}",
+        m.recording_id,
+        m.duration_secs,
+        m.preroll_secs,
+        m.fragments.len(),
+        m.markers.len(),
+        match m.status {
+            neoflix_store::Status::Complete => "complete",
+            neoflix_store::Status::Interrupted => "INTERRUPTED (sealed after a crash or power cut)",
+        }
+    );
+    Ok(())
+}
+
+fn verify(recording: &Path, key: Option<&Path>) -> anyhow::Result<()> {
+    let m = match key {
+        None => neoflix_store::verify(recording).map(|v| v.manifest)?,
+        Some(k) => neoflix_export::check(recording, &read_secret_key(k)?)?,
+    };
+    println!(
+        "{}: OK, {} fragments, {} s, chain {}{}",
+        m.recording_id,
+        m.fragments.len(),
+        m.duration_secs,
+        &m.chain[..16],
+        if key.is_some() { ", every chunk authenticated" } else { " (files and chain only; add --key to authenticate the video)" }
+    );
+    Ok(())
+}
+
+fn config_validate(file: &Path) -> anyhow::Result<ExitCode> {
+    match neoflix_config::load(file) {
+        Ok((_, warnings)) => {
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("{}: valid{}", file.display(), if warnings.is_empty() { String::new() } else { format!(" ({} warnings)", warnings.len()) });
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen { out, force } => keygen(&out, force).map(|()| ExitCode::SUCCESS),
+        Command::Ctl { socket, action } => ctl(&socket, action),
+        Command::Export { recording, key, output } => export(&recording, &key, &output).map(|()| ExitCode::SUCCESS),
+        Command::Verify { recording, key } => verify(&recording, key.as_deref()).map(|()| ExitCode::SUCCESS),
+        Command::Config { action: ConfigAction::Validate { file } } => config_validate(&file),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("neoflix: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The local control protocol of `neoflixd`, spoken by `neoflix ctl`.
+//!
+//! One JSON [`Request`] per line on the Unix socket (`/run/neoflix/control.sock`, mode 0660), one
+//! JSON [`Reply`] line back. The socket's file permissions are the access control: whoever may
+//! open it may start and stop recordings. Specified in `docs/control.md`.
+//!
+//! ```no_run
+//! use neoflix_control::{Request, call};
+//! let reply = call("/run/neoflix/control.sock".as_ref(), &Request::Status).unwrap();
+//! println!("{}", reply.status.unwrap().state);
+//! ```
+#![deny(missing_docs)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// A request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Start a recording (the pre-roll is its beginning).
+    Start,
+    /// Stop the recording (post-roll applies).
+    Stop,
+    /// Add a marker to the recording.
+    Mark {
+        /// Free text.
+        #[serde(default)]
+        label: String,
+    },
+    /// Switch privacy mode.
+    Privacy {
+        /// On or off.
+        on: bool,
+    },
+    /// Report the status.
+    Status,
+}
+
+/// The daemon's status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// This room box.
+    pub device_id: String,
+    /// `starting`, `buffering`, `ready`, `recording`, `privacy`, `fault`.
+    pub state: String,
+    /// Whether a trigger now captures everything the settings promise.
+    pub ready: bool,
+    /// Why not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Seconds of video in the pre-roll ring.
+    pub preroll_secs: f64,
+    /// The open recording, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<String>,
+    /// Seconds of video in the open recording.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_secs: Option<f64>,
+    /// The H.264 encoder in use.
+    pub encoder: String,
+    /// Recordings finalized since start.
+    pub recordings_finalized: u64,
+    /// The last storage error, if one is unresolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_error: Option<String>,
+}
+
+/// A reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// Whether the request was carried out.
+    pub ok: bool,
+    /// Why not, when not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The recording concerned (start, stop, mark).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<String>,
+    /// The status (status requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+impl Reply {
+    /// A plain success.
+    pub fn ok() -> Self {
+        Reply { ok: true, error: None, recording: None, status: None }
+    }
+
+    /// A refusal.
+    pub fn error(msg: impl Into<String>) -> Self {
+        Reply { ok: false, error: Some(msg.into()), recording: None, status: None }
+    }
+}
+
+/// Why a control call failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// The socket could not be reached: neoflixd is not running, or the path is wrong, or this
+    /// user is not in the socket's group.
+    #[error("cannot connect to {}: {source} (is neoflixd running, and may this user open the socket?)", path.display())]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The exchange failed midway.
+    #[error("control socket I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The daemon's answer was not a reply.
+    #[error("unreadable reply from neoflixd: {0}")]
+    BadReply(String),
+}
+
+/// Sends one request and waits (up to 30 s) for its reply.
+pub fn call(socket: &Path, request: &Request) -> Result<Reply, ControlError> {
+    let mut s = UnixStream::connect(socket).map_err(|source| ControlError::Connect { path: socket.to_owned(), source })?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut line = serde_json::to_vec(request).expect("requests serialize");
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut reply = String::new();
+    BufReader::new(&s).read_line(&mut reply)?;
+    serde_json::from_str(&reply).map_err(|e| ControlError::BadReply(format!("{e}: {}", reply.trim())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_is_as_documented() {
+        assert_eq!(serde_json::to_string(&Request::Status).unwrap(), r#"{"cmd":"status"}"#);
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"mark","label":"intubation"}"#).unwrap(),
+            Request::Mark { label: "intubation".into() }
+        );
+        assert_eq!(serde_json::from_str::<Request>(r#"{"cmd":"mark"}"#).unwrap(), Request::Mark { label: String::new() });
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"start","x":1}"#).is_err());
+        assert_eq!(serde_json::to_string(&Reply::error("no")).unwrap(), r#"{"ok":false,"error":"no"}"#);
+    }
+}

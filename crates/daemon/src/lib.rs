@@ -1,0 +1,164 @@
+//! `neoflixd`, the room daemon: camera → sealed pre-roll ring → trigger → sealed recording.
+//!
+//! [`run`] takes a validated [`neoflix_config::Config`] and a shutdown future (SIGTERM in
+//! production, anything in tests) and runs until that future completes, then finalizes the open
+//! recording and returns.
+//!
+//! Threads and tasks: GStreamer's streaming thread seals every muxer output in memory and sends it
+//! into the engine's bounded inbox; the engine thread ([`engine`]) owns the ring, the open
+//! recording and the recorder state machine and does all storage I/O; on the async runtime, the
+//! control socket ([`control`]) and a 100 ms ticker feed the same inbox.
+//!
+//! Layout: [`engine`] the engine thread, [`control`] the Unix control socket, [`logging`] journal
+//! or stderr logging.
+#![deny(missing_docs)]
+
+pub mod control;
+pub mod engine;
+pub mod logging;
+
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use neoflix_capture::{CaptureSettings, Encoder, InputFormat, Source};
+use neoflix_config::{Config, SourceKind};
+use neoflix_seal::DepartmentPublicKey;
+use neoflix_store::Ring;
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+
+use engine::{Engine, EngineSettings, Input};
+
+/// Why the daemon could not start.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The department public key could not be read.
+    #[error("recipient key {path}: {message}")]
+    Recipient {
+        /// The path.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The ring or recordings directory is unusable.
+    #[error(transparent)]
+    Store(#[from] neoflix_store::StoreError),
+    /// The control socket could not be created.
+    #[error("control socket {path}: {source}")]
+    Control {
+        /// The socket path.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The engine thread could not be started or died.
+    #[error("engine: {0}")]
+    Engine(String),
+}
+
+/// Translates the config's capture section.
+pub fn capture_settings(cfg: &Config) -> CaptureSettings {
+    let c = &cfg.capture;
+    CaptureSettings {
+        source: match c.source {
+            SourceKind::Test => Source::Test,
+            SourceKind::V4l2 => Source::V4l2 {
+                device: c.device.clone(),
+                format: match c.input_format.as_str() {
+                    "mjpeg" => InputFormat::Mjpeg,
+                    "h264" => InputFormat::H264,
+                    _ => InputFormat::Raw,
+                },
+            },
+        },
+        width: c.width,
+        height: c.height,
+        fps: c.fps,
+        fragment_secs: c.fragment_secs,
+        encoder: Encoder::from_factory(&c.encoder),
+        bitrate_kbps: c.bitrate_kbps,
+        x264_preset: c.x264_preset.clone(),
+    }
+}
+
+/// Runs the daemon until `shutdown` completes.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let recipient_text = std::fs::read_to_string(&cfg.recordings.recipient).map_err(|e| DaemonError::Recipient {
+        path: cfg.recordings.recipient.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let recipient = DepartmentPublicKey::from_file_text(&recipient_text).map_err(|e| DaemonError::Recipient {
+        path: cfg.recordings.recipient.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let device = cfg.device_id.clone();
+
+    let recovered = neoflix_store::recover(&cfg.recordings.dir, &recipient.key_id().0, SystemTime::now())?;
+    for id in &recovered {
+        log::warn!(device = device.as_str(), recording = id.as_str(); "recording was left open by a crash or power cut: sealed as interrupted");
+    }
+    let fragment = Duration::from_secs(cfg.capture.fragment_secs.into());
+    let (ring, wiped) = Ring::open(&cfg.ring.dir, Duration::from_secs(cfg.ring.preroll_secs.into()), cfg.ring.max_bytes)?;
+    if wiped > 0 {
+        log::info!(device = device.as_str(), files = wiped; "deleted pre-roll left by an earlier run (unreadable: its keys were in RAM only)");
+    }
+
+    let (tx, rx) = mpsc::channel::<Input>(64);
+    let settings = EngineSettings {
+        device_id: device.clone(),
+        capture: capture_settings(&cfg),
+        recorder: neoflix_recorder::Settings {
+            preroll: Duration::from_secs(cfg.ring.preroll_secs.into()),
+            fragment,
+            long_press: Duration::from_millis(cfg.recordings.long_press_ms.into()),
+            max_duration: Duration::from_secs(cfg.recordings.max_duration_secs.into()),
+            post_roll: Duration::from_secs(cfg.recordings.post_roll_secs.into()),
+            camera_timeout: (fragment * 3).max(Duration::from_secs(5)),
+        },
+        recordings_dir: cfg.recordings.dir.clone(),
+        recipient,
+    };
+    let engine = Engine::new(settings, ring, tx.clone());
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("neoflix-engine".into())
+        .spawn(move || {
+            engine.run(rx);
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| DaemonError::Engine(e.to_string()))?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let listener = control::bind(&cfg.control.socket)?;
+    let control_task = tokio::spawn(control::serve(listener, tx.clone(), stop_rx.clone()));
+    let ticker = {
+        let tx = tx.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(100));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => { let _ = tx.try_send(Input::Tick); }
+                    _ = stop.changed() => break,
+                }
+            }
+        })
+    };
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    log::info!(device = device.as_str(), socket = cfg.control.socket.display().to_string().as_str(); "neoflixd running");
+
+    shutdown.await;
+    log::info!(device = device.as_str(); "shutting down: finalizing any open recording");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = stop_tx.send(true);
+    let _ = ticker.await;
+    let _ = control_task.await;
+    // The engine finishes what is queued before the shutdown, so nothing claimed is lost.
+    tx.send(Input::Shutdown).await.map_err(|_| DaemonError::Engine("engine stopped early".into()))?;
+    drop(tx);
+    done_rx.await.map_err(|_| DaemonError::Engine("engine thread panicked".into()))?;
+    let _ = std::fs::remove_file(&cfg.control.socket);
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! Logging: to the journal (with key-value fields as journal fields) under systemd, to stderr as
+//! `LEVEL message key=value ...` otherwise.
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+struct Stderr;
+
+struct Fields(String);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for Fields {
+    fn visit_pair(&mut self, key: log::kv::Key<'kvs>, value: log::kv::Value<'kvs>) -> Result<(), log::kv::Error> {
+        let v = value.to_string();
+        if v.contains(' ') || v.is_empty() {
+            self.0.push_str(&format!(" {key}={v:?}"));
+        } else {
+            self.0.push_str(&format!(" {key}={v}"));
+        }
+        Ok(())
+    }
+}
+
+impl Log for Stderr {
+    fn enabled(&self, _: &Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &Record) {
+        let mut fields = Fields(String::new());
+        let _ = record.key_values().visit(&mut fields);
+        let level = match record.level() {
+            Level::Error => "ERROR",
+            Level::Warn => "WARN ",
+            Level::Info => "INFO ",
+            Level::Debug => "DEBUG",
+            Level::Trace => "TRACE",
+        };
+        eprintln!("{level} {}{}", record.args(), fields.0);
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the logger: the journal when stderr is connected to it, stderr otherwise. The level
+/// comes from `NEOFLIX_LOG` (`error`, `warn`, `info`, `debug`), default `info`.
+pub fn init(program: &str) {
+    let level = std::env::var("NEOFLIX_LOG")
+        .ok()
+        .and_then(|l| l.parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::Info);
+    let journal = systemd_journal_logger::connected_to_journal()
+        .then(|| systemd_journal_logger::JournalLog::new().ok())
+        .flatten();
+    let installed = match journal {
+        Some(j) => j.with_syslog_identifier(program.to_string()).install(),
+        None => log::set_boxed_logger(Box::new(Stderr)),
+    };
+    if installed.is_ok() {
+        log::set_max_level(level);
+    }
+}
