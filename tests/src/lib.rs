@@ -1,0 +1,275 @@
+//! Harness for the black-box tests: starts the real `neoflixd` with a config written for the
+//! test, talks to it over its control socket, runs the real `neoflix` and `ffprobe`.
+//!
+//! The binaries are the ones cargo built next to the test executable (`cargo test --workspace`
+//! builds every member's binaries).
+#![deny(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use neoflix_control::{Reply, Request, Status};
+
+/// Path of a workspace binary.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not built: run `cargo build --workspace` (or cargo test --workspace)", p.display());
+    p
+}
+
+/// Runs `neoflix` with `args`.
+pub fn neoflix(args: &[&str]) -> Output {
+    Command::new(bin("neoflix")).args(args).output().expect("neoflix runs")
+}
+
+/// A scratch area with a department key pair.
+pub struct Lab {
+    /// Everything lives below here.
+    pub dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// Creates the scratch area and a department key pair in `keys/`.
+    pub fn new() -> Lab {
+        let dir = tempfile::Builder::new().prefix("neoflix-e2e").tempdir().expect("tempdir");
+        let out = neoflix(&["keygen", "--out", dir.path().join("keys").to_str().unwrap()]);
+        assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
+        Lab { dir }
+    }
+
+    /// A path below the scratch area.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The department secret key file.
+    pub fn key(&self) -> PathBuf {
+        self.path("keys/department.key")
+    }
+
+    /// Writes a config with the given `[capture]` lines and extra sections, and returns its path.
+    pub fn config(&self, capture: &str, preroll_secs: u32, extra: &str) -> PathBuf {
+        let text = format!(
+            "device_id = \"room-e2e\"\n\
+             [capture]\n{capture}\n\
+             [ring]\ndir = \"{ring}\"\npreroll_secs = {preroll_secs}\n\
+             [recordings]\ndir = \"{rec}\"\nrecipient = \"{recipient}\"\n{extra}\n\
+             [control]\nsocket = \"{sock}\"\n",
+            ring = self.path("ring").display(),
+            rec = self.path("recordings").display(),
+            recipient = self.path("keys/department.pub").display(),
+            sock = self.path("control.sock").display(),
+        );
+        let p = self.path("neoflixd.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Starts neoflixd on the config written by [`Lab::config`].
+    pub fn start(&self) -> Daemon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("neoflixd.log"))
+            .unwrap();
+        let child = Command::new(bin("neoflixd"))
+            .arg("--config")
+            .arg(self.path("neoflixd.toml"))
+            .env("NEOFLIX_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("neoflixd starts");
+        Daemon { child: Some(child), socket: self.path("control.sock"), log: self.path("neoflixd.log") }
+    }
+
+    /// The recording directories, oldest first.
+    pub fn recordings(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.path("recordings"))
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Exports a recording; returns the command's output.
+    pub fn export(&self, recording: &Path, out: &Path) -> Output {
+        neoflix(&[
+            "export",
+            recording.to_str().unwrap(),
+            "--key",
+            self.key().to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+    }
+
+    /// Every regular file below the scratch area's daemon-written directories.
+    pub fn daemon_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            let Ok(list) = std::fs::read_dir(dir) else { return };
+            for e in list.filter_map(|e| e.ok()) {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.path("ring"), &mut out);
+        walk(&self.path("recordings"), &mut out);
+        out
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running neoflixd.
+pub struct Daemon {
+    child: Option<Child>,
+    /// Its control socket.
+    pub socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Sends a control request.
+    pub fn ctl(&self, req: Request) -> Reply {
+        neoflix_control::call(&self.socket, &req).unwrap_or_else(|e| panic!("control call failed: {e}\n{}", self.log_text()))
+    }
+
+    /// The status.
+    pub fn status(&self) -> Status {
+        self.ctl(Request::Status).status.expect("status reply")
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `cond(status)` holds; panics with the log after `limit`.
+    pub fn wait_for(&mut self, what: &str, limit: Duration, cond: impl Fn(&Status) -> bool) -> Status {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(code)) = c.try_wait()
+            {
+                panic!("neoflixd exited ({code}) while waiting for {what}:\n{}", self.log_text());
+            }
+            if self.socket.exists()
+                && let Ok(r) = neoflix_control::call(&self.socket, &Request::Status)
+                && let Some(s) = r.status
+                && cond(&s)
+            {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for `ready`.
+    pub fn wait_ready(&mut self, limit: Duration) -> Status {
+        self.wait_for("ready", limit, |s| s.ready)
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the exit code.
+    pub fn terminate(mut self) -> i32 {
+        let mut c = self.child.take().expect("running");
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let status = c.wait().expect("wait");
+        status.code().unwrap_or(-1)
+    }
+
+    /// SIGKILL: the crash.
+    pub fn kill9(mut self) {
+        let mut c = self.child.take().expect("running");
+        c.kill().expect("kill -9");
+        c.wait().expect("wait");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What ffprobe says of a file.
+#[derive(Debug)]
+pub struct Probe {
+    /// Container duration in seconds.
+    pub duration: f64,
+    /// Frames decoded.
+    pub frames: u64,
+    /// Width.
+    pub width: u64,
+    /// Height.
+    pub height: u64,
+    /// Codec.
+    pub codec: String,
+}
+
+/// Runs ffprobe (counting frames) on `file`.
+pub fn ffprobe(file: &Path) -> Probe {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-print_format", "json", "-show_format", "-show_streams"])
+        .arg(file)
+        .output()
+        .expect("ffprobe is installed (scripts/test installs ffmpeg)");
+    assert!(out.status.success(), "ffprobe failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &v["streams"][0];
+    Probe {
+        duration: v["format"]["duration"].as_str().unwrap_or("0").parse().unwrap(),
+        frames: s["nb_read_frames"].as_str().unwrap_or("0").parse().unwrap(),
+        width: s["width"].as_u64().unwrap_or(0),
+        height: s["height"].as_u64().unwrap_or(0),
+        codec: s["codec_name"].as_str().unwrap_or("").into(),
+    }
+}
+
+/// Decodes `file` fully with ffmpeg; returns whatever it printed at level error.
+pub fn ffmpeg_errors(file: &Path) -> String {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(file)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg is installed");
+    assert!(out.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Byte patterns that only plaintext video contains: MP4 box headers and x264's SEI text.
+pub const PLAINTEXT_MARKS: [&[u8]; 3] = [b"ftypiso", b"x264 - core", b"mfhd"];
+
+/// Finds the first plaintext mark in `bytes`: `ftyp` brand, x264 SEI, or a `moof` whose first
+/// child is `mfhd`.
+pub fn plaintext_mark(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.windows(7).any(|w| w == PLAINTEXT_MARKS[0]) {
+        return Some("ftyp box");
+    }
+    if bytes.windows(11).any(|w| w == PLAINTEXT_MARKS[1]) {
+        return Some("x264 SEI text");
+    }
+    if bytes.windows(12).any(|w| &w[0..4] == b"moof" && &w[8..12] == b"mfhd") {
+        return Some("moof+mfhd box headers");
+    }
+    None
+}

@@ -1,0 +1,237 @@
+//! The room box records: real neoflixd on GStreamer's test source, real files, real ffmpeg.
+
+use std::fs;
+use std::path::Path;
+use std::thread::sleep;
+use std::time::Duration;
+
+use neoflix_control::Request;
+use neoflix_e2e::{Lab, ffmpeg_errors, ffprobe, plaintext_mark};
+use neoflix_store::Status;
+
+const CAPTURE_640: &str = "source = \"test\"\nwidth = 640\nheight = 360\nfps = 30\nfragment_secs = 1\nbitrate_kbps = 1500";
+const CAPTURE_320: &str = "source = \"test\"\nwidth = 320\nheight = 240\nfps = 15\nfragment_secs = 1\nbitrate_kbps = 300";
+
+fn manifest(dir: &Path) -> neoflix_store::Manifest {
+    neoflix_store::verify(dir).expect("recording verifies").manifest
+}
+
+#[test]
+fn preroll_and_duration_match_what_the_clinician_did() {
+    let lab = Lab::new();
+    lab.config(CAPTURE_640, 10, "post_roll_secs = 2");
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    sleep(Duration::from_secs(15));
+    let started = d.ctl(Request::Start);
+    assert!(started.ok, "{started:?}");
+    let id = started.recording.expect("start names the recording");
+    assert_eq!(d.status().recording.as_deref(), Some(id.as_str()));
+    sleep(Duration::from_secs(10));
+    assert!(d.ctl(Request::Mark { label: "intubation".into() }).ok);
+    sleep(Duration::from_secs(10));
+    assert!(d.ctl(Request::Stop).ok);
+    d.wait_for("the recording to be finalized", Duration::from_secs(20), |s| s.recordings_finalized == 1);
+    assert_eq!(d.terminate(), 0);
+
+    let recs = lab.recordings();
+    assert_eq!(recs.len(), 1);
+    let m = manifest(&recs[0]);
+    assert_eq!(m.recording_id, id);
+    assert_eq!(m.status, Status::Complete);
+    assert_eq!(m.stop_reason, "control");
+    assert!((m.preroll_secs - 10.0).abs() <= 1.0, "pre-roll {} s", m.preroll_secs);
+    assert_eq!(m.markers.len(), 1);
+    assert_eq!(m.markers[0].label, "intubation");
+    // The marker came 10 s into the recording, which began with 10 s of pre-roll.
+    assert!((m.markers[0].offset_secs - 20.0).abs() <= 1.5, "marker at {} s", m.markers[0].offset_secs);
+
+    let out = lab.path("out.mp4");
+    let e = lab.export(&recs[0], &out);
+    assert!(e.status.success(), "export: {}", String::from_utf8_lossy(&e.stderr));
+    let p = ffprobe(&out);
+    // 10 s pre-roll + 20 s recorded + 2 s post-roll, within one fragment.
+    assert!((p.duration - 32.0).abs() <= 1.0, "duration {} s, expected 32 ± 1", p.duration);
+    assert!(p.frames.abs_diff((30.0 * p.duration).round() as u64) <= 30, "{} frames in {} s", p.frames, p.duration);
+    assert!(p.frames.abs_diff(32 * 30) <= 30, "{} frames, expected 960 ± 30", p.frames);
+    assert_eq!((p.width, p.height, p.codec.as_str()), (640, 360, "h264"));
+    assert_eq!(ffmpeg_errors(&out), "", "ffmpeg reported decode errors");
+}
+
+#[test]
+fn no_plaintext_on_the_box_and_every_tampering_is_named() {
+    let lab = Lab::new();
+    lab.config(CAPTURE_320, 3, "");
+    let mut d = lab.start();
+    // Start before the first fragment: the recording then holds the stream's very first keyframe
+    // with x264's SEI text, so the plaintext check below has every mark to look for.
+    d.wait_for("the control socket", Duration::from_secs(30), |_| true);
+    assert!(d.ctl(Request::Start).ok);
+    d.wait_for("6 s recorded", Duration::from_secs(60), |s| s.recording_secs.unwrap_or(0.0) >= 6.0);
+    // SIGTERM finalizes the open recording.
+    assert_eq!(d.terminate(), 0);
+    let rec = lab.recordings().pop().expect("a recording");
+    let m = manifest(&rec);
+    assert_eq!(m.status, Status::Complete);
+    assert_eq!(m.stop_reason, "shutdown");
+
+    let out = lab.path("clean.mp4");
+    let e = lab.export(&rec, &out);
+    assert!(e.status.success(), "export: {}", String::from_utf8_lossy(&e.stderr));
+    // The detector works: the exported plaintext has every mark...
+    let plain = fs::read(&out).unwrap();
+    assert!(plain.windows(11).any(|w| w == b"x264 - core"), "export lacks the x264 SEI");
+    assert!(plain.windows(7).any(|w| w == b"ftypiso"));
+    assert!(plaintext_mark(&plain).is_some());
+    // ...and nothing the daemon wrote has any.
+    let files = lab.daemon_files();
+    assert!(files.len() > 10, "{files:?}");
+    for f in &files {
+        let bytes = fs::read(f).unwrap();
+        assert_eq!(plaintext_mark(&bytes), None, "{} holds plaintext video", f.display());
+    }
+
+    let key = lab.key();
+    let tampered = |name: &str, damage: &dyn Fn(&Path)| -> (String, String) {
+        let copy = lab.path(name);
+        fs::create_dir_all(&copy).unwrap();
+        for e in fs::read_dir(&rec).unwrap() {
+            let e = e.unwrap();
+            fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+        }
+        damage(&copy);
+        let out = lab.path(&format!("{name}.mp4"));
+        let e = lab.export(&copy, &out);
+        assert!(!e.status.success(), "{name}: export succeeded on a damaged recording");
+        assert!(!out.exists(), "{name}: a partial MP4 was left behind");
+        let v = neoflix_e2e::neoflix(&["verify", copy.to_str().unwrap()]);
+        let vk = neoflix_e2e::neoflix(&["verify", copy.to_str().unwrap(), "--key", key.to_str().unwrap()]);
+        assert!(!vk.status.success(), "{name}: verify --key passed");
+        let _ = v;
+        (String::from_utf8_lossy(&e.stderr).into_owned(), String::from_utf8_lossy(&v.stderr).into_owned())
+    };
+    let (err, _) = tampered("flipped", &|d| {
+        let f = d.join("frag-000003.nfx");
+        let mut b = fs::read(&f).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0x01;
+        fs::write(&f, b).unwrap();
+    });
+    assert!(err.contains("fragment 3 (frag-000003.nfx)"), "{err}");
+    let (err, _) = tampered("truncated", &|d| {
+        let f = d.join("frag-000002.nfx");
+        let b = fs::read(&f).unwrap();
+        fs::write(&f, &b[..b.len() - 100]).unwrap();
+    });
+    assert!(err.contains("fragment 2 (frag-000002.nfx)"), "{err}");
+    let (err, _) = tampered("swapped", &|d| {
+        let (a, b) = (d.join("frag-000001.nfx"), d.join("frag-000004.nfx"));
+        let t = d.join("t");
+        fs::rename(&a, &t).unwrap();
+        fs::rename(&b, &a).unwrap();
+        fs::rename(&t, &b).unwrap();
+    });
+    assert!(err.contains("fragment 1 (frag-000001.nfx)"), "{err}");
+    let (err, verr) = tampered("deleted", &|d| {
+        fs::remove_file(d.join("frag-000005.nfx")).unwrap();
+    });
+    assert!(err.contains("fragment 5 (frag-000005.nfx)") && err.contains("missing"), "{err}");
+    assert!(verr.contains("fragment 5 (frag-000005.nfx)"), "verify without key: {verr}");
+    // Deleting a fragment and hiding it in the manifest: the chain catches it, without any key.
+    let (err, verr) = tampered("hidden", &|d| {
+        let p = d.join("manifest.json");
+        let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+        let frags = m["fragments"].as_array_mut().unwrap();
+        frags.remove(5);
+        for (i, f) in frags.iter_mut().enumerate() {
+            f["index"] = i.into();
+        }
+        fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
+        fs::remove_file(d.join("frag-000005.nfx")).unwrap();
+    });
+    assert!(err.contains("hash chain"), "{err}");
+    assert!(verr.contains("hash chain"), "{verr}");
+    // A key record copied onto another fragment, with the manifest and its chain rewritten to
+    // match: the files check out, but HPKE binds each key to its object's header.
+    let (err, _) = tampered("rekeyed", &|d| {
+        fs::copy(d.join("frag-000000.key"), d.join("frag-000001.key")).unwrap();
+        let p = d.join("manifest.json");
+        let mut m: neoflix_store::Manifest = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+        m.fragments[1].key_sha256 = m.fragments[0].key_sha256.clone();
+        m.chain = neoflix_store::manifest::chain(&m.recording_id, &m.init_segments, &m.fragments);
+        fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
+    });
+    assert!(err.contains("fragment 1 (frag-000001.nfx)") && err.contains("wrapped data key"), "{err}");
+}
+
+#[test]
+fn kill_9_mid_recording_loses_at_most_the_fragment_being_written() {
+    let lab = Lab::new();
+    lab.config(CAPTURE_320, 3, "");
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    sleep(Duration::from_secs(4));
+    // Evicted fragments are gone from disk: the ring holds 3 s of 1 s fragments, plus the one
+    // just sealed and the init segment.
+    let ring_files: Vec<_> = fs::read_dir(lab.path("ring")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(ring_files.len() <= 5, "{ring_files:?}");
+
+    assert!(d.ctl(Request::Start).ok);
+    let s = d.wait_for("5 s recorded", Duration::from_secs(60), |s| s.recording_secs.unwrap_or(0.0) >= 5.0);
+    let claimed = (s.recording_secs.unwrap() as usize).max(1);
+    d.kill9();
+
+    // What the crash left in the ring is sealed noise: no key for it exists anywhere on disk.
+    let leftovers: Vec<Vec<u8>> = fs::read_dir(lab.path("ring")).unwrap().map(|e| fs::read(e.unwrap().path()).unwrap()).collect();
+    assert!(!leftovers.is_empty());
+    assert!(lab.daemon_files().iter().all(|f| !f.starts_with(lab.path("ring")) || f.extension().is_some_and(|e| e == "nfx")));
+
+    let mut d = lab.start();
+    d.wait_for("the control socket", Duration::from_secs(30), |_| true);
+    for f in fs::read_dir(lab.path("ring")).unwrap() {
+        let bytes = fs::read(f.unwrap().path()).unwrap_or_default();
+        assert!(!leftovers.contains(&bytes), "pre-roll of the killed run survived the restart");
+    }
+    let rec = lab.recordings().pop().expect("the interrupted recording");
+    let m = manifest(&rec);
+    assert_eq!(m.status, Status::Interrupted);
+    assert_eq!(m.stop_reason, "interrupted");
+    assert!(m.fragments.len() >= claimed, "{} fragments recovered, {claimed} were claimed before the kill", m.fragments.len());
+    let out = lab.path("interrupted.mp4");
+    let e = lab.export(&rec, &out);
+    assert!(e.status.success(), "export: {}", String::from_utf8_lossy(&e.stderr));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("INTERRUPTED"));
+    let p = ffprobe(&out);
+    assert!((p.duration - m.fragments.len() as f64).abs() <= 1.0, "{} s for {} fragments", p.duration, m.fragments.len());
+    assert_eq!(ffmpeg_errors(&out), "");
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn control_requests_that_make_no_sense_are_refused_with_a_reason() {
+    let lab = Lab::new();
+    lab.config(CAPTURE_320, 2, "");
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    let r = d.ctl(Request::Stop);
+    assert!(!r.ok);
+    assert_eq!(r.error.as_deref(), Some("not recording"));
+    assert!(d.ctl(Request::Privacy { on: true }).ok);
+    let s = d.status();
+    assert_eq!((s.state.as_str(), s.ready), ("privacy", false));
+    let r = d.ctl(Request::Start);
+    assert!(r.error.unwrap().contains("privacy"));
+    sleep(Duration::from_secs(2));
+    assert!(fs::read_dir(lab.path("ring")).unwrap().next().is_none(), "privacy mode keeps nothing");
+    assert!(d.ctl(Request::Privacy { on: false }).ok);
+    d.wait_ready(Duration::from_secs(60));
+    // Garbage on the socket gets an error line, and the daemon lives on.
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    use std::io::{BufRead, Write};
+    s.write_all(b"{\"cmd\":\"explode\"}\n").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+    assert!(line.contains("\"ok\":false") && line.contains("not a control request"), "{line}");
+    assert!(d.status().ready);
+    assert_eq!(d.terminate(), 0);
+}
