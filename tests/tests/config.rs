@@ -1,0 +1,73 @@
+//! A bad config is refused by both programs, with every error named by line and option.
+
+use std::process::Command;
+
+use neoflix_e2e::{Lab, bin, neoflix};
+
+#[test]
+fn bad_config_is_refused_with_every_error_by_line_and_option() {
+    let lab = Lab::new();
+    let cfg = lab.path("bad.toml");
+    std::fs::write(
+        &cfg,
+        "device_id = \"room-1\"\n\
+         [capture]\n\
+         source = \"test\"\n\
+         fps = \"30\"\n\
+         zoom = 2\n\
+         [ring]\n\
+         preroll_secs = 60\n\
+         [recordings]\n\
+         recipient = \"/nonexistent/department.pub\"\n",
+    )
+    .unwrap();
+    let f = cfg.display().to_string();
+    let expected = [
+        format!("{f}:4: capture.fps: expected a whole number"),
+        format!("{f}:5: capture.zoom: unknown option"),
+        format!("{f}:9: recordings.recipient: cannot read /nonexistent/department.pub"),
+    ];
+
+    let out = neoflix(&["config", "validate", &f]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("3 errors"), "{err}");
+    for e in &expected {
+        assert!(err.contains(e.as_str()), "missing '{e}' in:\n{err}");
+    }
+
+    let out = Command::new(bin("neoflixd")).arg("--config").arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for e in &expected {
+        assert!(err.contains(e.as_str()), "neoflixd: missing '{e}' in:\n{err}");
+    }
+
+    let out = Command::new(bin("neoflixd")).arg("--config").arg(lab.path("missing.toml")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config"));
+}
+
+#[test]
+fn a_good_config_validates() {
+    let lab = Lab::new();
+    let cfg = lab.config("source = \"test\"", 10, "");
+    let out = neoflix(&["config", "validate", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+}
+
+#[test]
+fn keygen_writes_a_private_secret_key_and_refuses_to_overwrite() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new();
+    let mode = std::fs::metadata(lab.key()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let out = neoflix(&["keygen", "--out", lab.path("keys").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    // The public key is no secret key: export refuses it with a message that says so.
+    let out = neoflix(&["verify", lab.path("keys").to_str().unwrap(), "--key", lab.path("keys/department.pub").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PUBLIC"), "{}", String::from_utf8_lossy(&out.stderr));
+}
