@@ -110,7 +110,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         capture: capture_settings(&cfg),
         recorder: neoflix_recorder::Settings {
             preroll: Duration::from_secs(cfg.ring.preroll_secs.into()),
-            fragment,
             long_press: Duration::from_millis(cfg.recordings.long_press_ms.into()),
             max_duration: Duration::from_secs(cfg.recordings.max_duration_secs.into()),
             post_roll: Duration::from_secs(cfg.recordings.post_roll_secs.into()),

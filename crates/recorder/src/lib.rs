@@ -37,8 +37,6 @@ use std::time::Duration;
 pub struct Settings {
     /// How much video the ring keeps before a trigger; `ready` needs this much.
     pub preroll: Duration,
-    /// Length of one fragment; the ring counts as full one fragment short of `preroll`.
-    pub fragment: Duration,
     /// How long the pedal must be held to stop a recording.
     pub long_press: Duration,
     /// A recording stops by itself after this long.
@@ -53,7 +51,6 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             preroll: Duration::from_secs(60),
-            fragment: Duration::from_secs(1),
             long_press: Duration::from_secs(2),
             max_duration: Duration::from_secs(90 * 60),
             post_roll: Duration::from_secs(0),
@@ -328,7 +325,7 @@ impl Recorder {
     }
 
     fn preroll_full(&self) -> bool {
-        self.ring + self.settings.fragment >= self.settings.preroll
+        self.ring >= self.settings.preroll
     }
 
     /// What the status reports.

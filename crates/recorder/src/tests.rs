@@ -11,7 +11,6 @@ fn ms(ms: u64) -> Duration {
 fn settings() -> Settings {
     Settings {
         preroll: s(10),
-        fragment: s(1),
         long_press: s(2),
         max_duration: s(100),
         post_roll: s(0),
@@ -68,8 +67,9 @@ fn starts_buffering_and_becomes_ready_when_the_preroll_is_full() {
     let (r, _) = with_fragments(r, 0, 5);
     assert_eq!(r.status().state, "buffering");
     assert!(r.status().reason.unwrap().contains("5 of 10"));
-    // One fragment short of the pre-roll counts as full: the ring evicts at fragment granularity.
     let (r, _) = with_fragments(r, 5, 4);
+    assert_eq!(r.status().state, "buffering", "9 of 10 s is not full");
+    let (r, _) = with_fragments(r, 9, 1);
     assert_eq!(r.status().state, "ready");
     assert!(r.status().ready);
 }

@@ -1,0 +1,36 @@
+# Shared by scripts/test, scripts/demo and scripts/bench: installs what a fresh Debian 12 machine
+# lacks. Sourced, not run.
+
+# System packages: GStreamer 1.22 (headers for gstreamer-rs, the plugins the pipeline uses:
+# videotestsrc/videoconvert from base, v4l2src/jpegdec from good, h264parse from bad, x264enc
+# from ugly), gst-launch for the benchmark baseline, ffmpeg/ffprobe to check exports.
+NEOFLIX_APT_PACKAGES=(
+  pkg-config build-essential
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+  gstreamer1.0-plugins-ugly gstreamer1.0-tools
+  ffmpeg
+)
+
+neoflix_log() { printf '==> %s\n' "$*" >&2; }
+
+neoflix_install_packages() {
+  local missing=()
+  for p in "${NEOFLIX_APT_PACKAGES[@]}" "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  neoflix_log "installing system packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+neoflix_require_cargo() {
+  command -v cargo >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/cargo" ] || {
+    echo "cargo not found: install Rust with rustup (https://rustup.rs) first" >&2
+    exit 1
+  }
+  export PATH="$HOME/.cargo/bin:$PATH"
+}
