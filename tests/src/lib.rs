@@ -14,15 +14,25 @@ use neoflix_control::{Reply, Request, Status};
 /// Path of a workspace binary.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
     let p = dir.join(name);
-    assert!(p.exists(), "{} not built: run `cargo build --workspace` (or cargo test --workspace)", p.display());
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --workspace` (or cargo test --workspace)",
+        p.display()
+    );
     p
 }
 
 /// Runs `neoflix` with `args`.
 pub fn neoflix(args: &[&str]) -> Output {
-    Command::new(bin("neoflix")).args(args).output().expect("neoflix runs")
+    Command::new(bin("neoflix"))
+        .args(args)
+        .output()
+        .expect("neoflix runs")
 }
 
 /// A scratch area with a department key pair.
@@ -34,9 +44,16 @@ pub struct Lab {
 impl Lab {
     /// Creates the scratch area and a department key pair in `keys/`.
     pub fn new() -> Lab {
-        let dir = tempfile::Builder::new().prefix("neoflix-e2e").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("neoflix-e2e")
+            .tempdir()
+            .expect("tempdir");
         let out = neoflix(&["keygen", "--out", dir.path().join("keys").to_str().unwrap()]);
-        assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "keygen: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Lab { dir }
     }
 
@@ -83,13 +100,22 @@ impl Lab {
             .stderr(log)
             .spawn()
             .expect("neoflixd starts");
-        Daemon { child: Some(child), socket: self.path("control.sock"), log: self.path("neoflixd.log") }
+        Daemon {
+            child: Some(child),
+            socket: self.path("control.sock"),
+            log: self.path("neoflixd.log"),
+        }
     }
 
     /// The recording directories, oldest first.
     pub fn recordings(&self) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(self.path("recordings"))
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -110,7 +136,9 @@ impl Lab {
     /// Every regular file below the scratch area's daemon-written directories.
     pub fn daemon_files(&self) -> Vec<PathBuf> {
         fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-            let Ok(list) = std::fs::read_dir(dir) else { return };
+            let Ok(list) = std::fs::read_dir(dir) else {
+                return;
+            };
             for e in list.filter_map(|e| e.ok()) {
                 let p = e.path();
                 if p.is_dir() {
@@ -144,7 +172,8 @@ pub struct Daemon {
 impl Daemon {
     /// Sends a control request.
     pub fn ctl(&self, req: Request) -> Reply {
-        neoflix_control::call(&self.socket, &req).unwrap_or_else(|e| panic!("control call failed: {e}\n{}", self.log_text()))
+        neoflix_control::call(&self.socket, &req)
+            .unwrap_or_else(|e| panic!("control call failed: {e}\n{}", self.log_text()))
     }
 
     /// The status.
@@ -158,13 +187,21 @@ impl Daemon {
     }
 
     /// Waits until `cond(status)` holds; panics with the log after `limit`.
-    pub fn wait_for(&mut self, what: &str, limit: Duration, cond: impl Fn(&Status) -> bool) -> Status {
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        cond: impl Fn(&Status) -> bool,
+    ) -> Status {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(c) = self.child.as_mut()
                 && let Ok(Some(code)) = c.try_wait()
             {
-                panic!("neoflixd exited ({code}) while waiting for {what}:\n{}", self.log_text());
+                panic!(
+                    "neoflixd exited ({code}) while waiting for {what}:\n{}",
+                    self.log_text()
+                );
             }
             if self.socket.exists()
                 && let Ok(r) = neoflix_control::call(&self.socket, &Request::Status)
@@ -228,15 +265,31 @@ pub struct Probe {
 /// Runs ffprobe (counting frames) on `file`.
 pub fn ffprobe(file: &Path) -> Probe {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-print_format", "json", "-show_format", "-show_streams"])
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-print_format",
+            "json",
+            "-show_format",
+            "-show_streams",
+        ])
         .arg(file)
         .output()
         .expect("ffprobe is installed (scripts/test installs ffmpeg)");
-    assert!(out.status.success(), "ffprobe failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let s = &v["streams"][0];
     Probe {
-        duration: v["format"]["duration"].as_str().unwrap_or("0").parse().unwrap(),
+        duration: v["format"]["duration"]
+            .as_str()
+            .unwrap_or("0")
+            .parse()
+            .unwrap(),
         frames: s["nb_read_frames"].as_str().unwrap_or("0").parse().unwrap(),
         width: s["width"].as_u64().unwrap_or(0),
         height: s["height"].as_u64().unwrap_or(0),
@@ -252,7 +305,11 @@ pub fn ffmpeg_errors(file: &Path) -> String {
         .args(["-f", "null", "-"])
         .output()
         .expect("ffmpeg is installed");
-    assert!(out.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -268,7 +325,10 @@ pub fn plaintext_mark(bytes: &[u8]) -> Option<&'static str> {
     if bytes.windows(11).any(|w| w == PLAINTEXT_MARKS[1]) {
         return Some("x264 SEI text");
     }
-    if bytes.windows(12).any(|w| &w[0..4] == b"moof" && &w[8..12] == b"mfhd") {
+    if bytes
+        .windows(12)
+        .any(|w| &w[0..4] == b"moof" && &w[8..12] == b"mfhd")
+    {
         return Some("moof+mfhd box headers");
     }
     None

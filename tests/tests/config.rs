@@ -36,14 +36,25 @@ fn bad_config_is_refused_with_every_error_by_line_and_option() {
         assert!(err.contains(e.as_str()), "missing '{e}' in:\n{err}");
     }
 
-    let out = Command::new(bin("neoflixd")).arg("--config").arg(&cfg).output().unwrap();
+    let out = Command::new(bin("neoflixd"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     for e in &expected {
-        assert!(err.contains(e.as_str()), "neoflixd: missing '{e}' in:\n{err}");
+        assert!(
+            err.contains(e.as_str()),
+            "neoflixd: missing '{e}' in:\n{err}"
+        );
     }
 
-    let out = Command::new(bin("neoflixd")).arg("--config").arg(lab.path("missing.toml")).output().unwrap();
+    let out = Command::new(bin("neoflixd"))
+        .arg("--config")
+        .arg(lab.path("missing.toml"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config"));
 }
@@ -53,7 +64,11 @@ fn a_good_config_validates() {
     let lab = Lab::new();
     let cfg = lab.config("source = \"test\"", 10, "");
     let out = neoflix(&["config", "validate", cfg.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
 }
 
@@ -67,7 +82,16 @@ fn keygen_writes_a_private_secret_key_and_refuses_to_overwrite() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
     // The public key is no secret key: export refuses it with a message that says so.
-    let out = neoflix(&["verify", lab.path("keys").to_str().unwrap(), "--key", lab.path("keys/department.pub").to_str().unwrap()]);
+    let out = neoflix(&[
+        "verify",
+        lab.path("keys").to_str().unwrap(),
+        "--key",
+        lab.path("keys/department.pub").to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("PUBLIC"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PUBLIC"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -10,10 +10,13 @@ use neoflix_e2e::{Lab, ffmpeg_errors, ffprobe, plaintext_mark};
 use neoflix_store::Status;
 
 const CAPTURE_640: &str = "source = \"test\"\nwidth = 640\nheight = 360\nfps = 30\nfragment_secs = 1\nbitrate_kbps = 1500";
-const CAPTURE_320: &str = "source = \"test\"\nwidth = 320\nheight = 240\nfps = 15\nfragment_secs = 1\nbitrate_kbps = 300";
+const CAPTURE_320: &str =
+    "source = \"test\"\nwidth = 320\nheight = 240\nfps = 15\nfragment_secs = 1\nbitrate_kbps = 300";
 
 fn manifest(dir: &Path) -> neoflix_store::Manifest {
-    neoflix_store::verify(dir).expect("recording verifies").manifest
+    neoflix_store::verify(dir)
+        .expect("recording verifies")
+        .manifest
 }
 
 #[test]
@@ -28,10 +31,19 @@ fn preroll_and_duration_match_what_the_clinician_did() {
     let id = started.recording.expect("start names the recording");
     assert_eq!(d.status().recording.as_deref(), Some(id.as_str()));
     sleep(Duration::from_secs(10));
-    assert!(d.ctl(Request::Mark { label: "intubation".into() }).ok);
+    assert!(
+        d.ctl(Request::Mark {
+            label: "intubation".into()
+        })
+        .ok
+    );
     sleep(Duration::from_secs(10));
     assert!(d.ctl(Request::Stop).ok);
-    d.wait_for("the recording to be finalized", Duration::from_secs(20), |s| s.recordings_finalized == 1);
+    d.wait_for(
+        "the recording to be finalized",
+        Duration::from_secs(20),
+        |s| s.recordings_finalized == 1,
+    );
     assert_eq!(d.terminate(), 0);
 
     let recs = lab.recordings();
@@ -40,20 +52,45 @@ fn preroll_and_duration_match_what_the_clinician_did() {
     assert_eq!(m.recording_id, id);
     assert_eq!(m.status, Status::Complete);
     assert_eq!(m.stop_reason, "control");
-    assert!((m.preroll_secs - 10.0).abs() <= 1.0, "pre-roll {} s", m.preroll_secs);
+    assert!(
+        (m.preroll_secs - 10.0).abs() <= 1.0,
+        "pre-roll {} s",
+        m.preroll_secs
+    );
     assert_eq!(m.markers.len(), 1);
     assert_eq!(m.markers[0].label, "intubation");
     // The marker came 10 s into the recording, which began with 10 s of pre-roll.
-    assert!((m.markers[0].offset_secs - 20.0).abs() <= 1.5, "marker at {} s", m.markers[0].offset_secs);
+    assert!(
+        (m.markers[0].offset_secs - 20.0).abs() <= 1.5,
+        "marker at {} s",
+        m.markers[0].offset_secs
+    );
 
     let out = lab.path("out.mp4");
     let e = lab.export(&recs[0], &out);
-    assert!(e.status.success(), "export: {}", String::from_utf8_lossy(&e.stderr));
+    assert!(
+        e.status.success(),
+        "export: {}",
+        String::from_utf8_lossy(&e.stderr)
+    );
     let p = ffprobe(&out);
     // 10 s pre-roll + 20 s recorded + 2 s post-roll, within one fragment.
-    assert!((p.duration - 32.0).abs() <= 1.0, "duration {} s, expected 32 ± 1", p.duration);
-    assert!(p.frames.abs_diff((30.0 * p.duration).round() as u64) <= 30, "{} frames in {} s", p.frames, p.duration);
-    assert!(p.frames.abs_diff(32 * 30) <= 30, "{} frames, expected 960 ± 30", p.frames);
+    assert!(
+        (p.duration - 32.0).abs() <= 1.0,
+        "duration {} s, expected 32 ± 1",
+        p.duration
+    );
+    assert!(
+        p.frames.abs_diff((30.0 * p.duration).round() as u64) <= 30,
+        "{} frames in {} s",
+        p.frames,
+        p.duration
+    );
+    assert!(
+        p.frames.abs_diff(32 * 30) <= 30,
+        "{} frames, expected 960 ± 30",
+        p.frames
+    );
     assert_eq!((p.width, p.height, p.codec.as_str()), (640, 360, "h264"));
     assert_eq!(ffmpeg_errors(&out), "", "ffmpeg reported decode errors");
 }
@@ -67,7 +104,9 @@ fn no_plaintext_on_the_box_and_every_tampering_is_named() {
     // with x264's SEI text, so the plaintext check below has every mark to look for.
     d.wait_for("the control socket", Duration::from_secs(30), |_| true);
     assert!(d.ctl(Request::Start).ok);
-    d.wait_for("6 s recorded", Duration::from_secs(60), |s| s.recording_secs.unwrap_or(0.0) >= 6.0);
+    d.wait_for("6 s recorded", Duration::from_secs(60), |s| {
+        s.recording_secs.unwrap_or(0.0) >= 6.0
+    });
     // SIGTERM finalizes the open recording.
     assert_eq!(d.terminate(), 0);
     let rec = lab.recordings().pop().expect("a recording");
@@ -77,10 +116,17 @@ fn no_plaintext_on_the_box_and_every_tampering_is_named() {
 
     let out = lab.path("clean.mp4");
     let e = lab.export(&rec, &out);
-    assert!(e.status.success(), "export: {}", String::from_utf8_lossy(&e.stderr));
+    assert!(
+        e.status.success(),
+        "export: {}",
+        String::from_utf8_lossy(&e.stderr)
+    );
     // The detector works: the exported plaintext has every mark...
     let plain = fs::read(&out).unwrap();
-    assert!(plain.windows(11).any(|w| w == b"x264 - core"), "export lacks the x264 SEI");
+    assert!(
+        plain.windows(11).any(|w| w == b"x264 - core"),
+        "export lacks the x264 SEI"
+    );
     assert!(plain.windows(7).any(|w| w == b"ftypiso"));
     assert!(plaintext_mark(&plain).is_some());
     // ...and nothing the daemon wrote has any.
@@ -88,7 +134,12 @@ fn no_plaintext_on_the_box_and_every_tampering_is_named() {
     assert!(files.len() > 10, "{files:?}");
     for f in &files {
         let bytes = fs::read(f).unwrap();
-        assert_eq!(plaintext_mark(&bytes), None, "{} holds plaintext video", f.display());
+        assert_eq!(
+            plaintext_mark(&bytes),
+            None,
+            "{} holds plaintext video",
+            f.display()
+        );
     }
 
     let key = lab.key();
@@ -102,13 +153,24 @@ fn no_plaintext_on_the_box_and_every_tampering_is_named() {
         damage(&copy);
         let out = lab.path(&format!("{name}.mp4"));
         let e = lab.export(&copy, &out);
-        assert!(!e.status.success(), "{name}: export succeeded on a damaged recording");
+        assert!(
+            !e.status.success(),
+            "{name}: export succeeded on a damaged recording"
+        );
         assert!(!out.exists(), "{name}: a partial MP4 was left behind");
         let v = neoflix_e2e::neoflix(&["verify", copy.to_str().unwrap()]);
-        let vk = neoflix_e2e::neoflix(&["verify", copy.to_str().unwrap(), "--key", key.to_str().unwrap()]);
+        let vk = neoflix_e2e::neoflix(&[
+            "verify",
+            copy.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
         assert!(!vk.status.success(), "{name}: verify --key passed");
         let _ = v;
-        (String::from_utf8_lossy(&e.stderr).into_owned(), String::from_utf8_lossy(&v.stderr).into_owned())
+        (
+            String::from_utf8_lossy(&e.stderr).into_owned(),
+            String::from_utf8_lossy(&v.stderr).into_owned(),
+        )
     };
     let (err, _) = tampered("flipped", &|d| {
         let f = d.join("frag-000003.nfx");
@@ -135,8 +197,14 @@ fn no_plaintext_on_the_box_and_every_tampering_is_named() {
     let (err, verr) = tampered("deleted", &|d| {
         fs::remove_file(d.join("frag-000005.nfx")).unwrap();
     });
-    assert!(err.contains("fragment 5 (frag-000005.nfx)") && err.contains("missing"), "{err}");
-    assert!(verr.contains("fragment 5 (frag-000005.nfx)"), "verify without key: {verr}");
+    assert!(
+        err.contains("fragment 5 (frag-000005.nfx)") && err.contains("missing"),
+        "{err}"
+    );
+    assert!(
+        verr.contains("fragment 5 (frag-000005.nfx)"),
+        "verify without key: {verr}"
+    );
     // Deleting a fragment and hiding it in the manifest: the chain catches it, without any key.
     let (err, verr) = tampered("hidden", &|d| {
         let p = d.join("manifest.json");
@@ -156,12 +224,16 @@ fn no_plaintext_on_the_box_and_every_tampering_is_named() {
     let (err, _) = tampered("rekeyed", &|d| {
         fs::copy(d.join("frag-000000.key"), d.join("frag-000001.key")).unwrap();
         let p = d.join("manifest.json");
-        let mut m: neoflix_store::Manifest = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+        let mut m: neoflix_store::Manifest =
+            serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
         m.fragments[1].key_sha256 = m.fragments[0].key_sha256.clone();
         m.chain = neoflix_store::manifest::chain(&m.recording_id, &m.init_segments, &m.fragments);
         fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
     });
-    assert!(err.contains("fragment 1 (frag-000001.nfx)") && err.contains("wrapped data key"), "{err}");
+    assert!(
+        err.contains("fragment 1 (frag-000001.nfx)") && err.contains("wrapped data key"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -173,36 +245,64 @@ fn kill_9_mid_recording_loses_at_most_the_fragment_being_written() {
     sleep(Duration::from_secs(4));
     // Evicted fragments are gone from disk: the ring holds 3 s of 1 s fragments, plus the one
     // just sealed and the init segment.
-    let ring_files: Vec<_> = fs::read_dir(lab.path("ring")).unwrap().map(|e| e.unwrap().path()).collect();
+    let ring_files: Vec<_> = fs::read_dir(lab.path("ring"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert!(ring_files.len() <= 5, "{ring_files:?}");
 
     assert!(d.ctl(Request::Start).ok);
-    let s = d.wait_for("5 s recorded", Duration::from_secs(60), |s| s.recording_secs.unwrap_or(0.0) >= 5.0);
+    let s = d.wait_for("5 s recorded", Duration::from_secs(60), |s| {
+        s.recording_secs.unwrap_or(0.0) >= 5.0
+    });
     let claimed = (s.recording_secs.unwrap() as usize).max(1);
     d.kill9();
 
     // What the crash left in the ring is sealed noise: no key for it exists anywhere on disk.
-    let leftovers: Vec<Vec<u8>> = fs::read_dir(lab.path("ring")).unwrap().map(|e| fs::read(e.unwrap().path()).unwrap()).collect();
+    let leftovers: Vec<Vec<u8>> = fs::read_dir(lab.path("ring"))
+        .unwrap()
+        .map(|e| fs::read(e.unwrap().path()).unwrap())
+        .collect();
     assert!(!leftovers.is_empty());
-    assert!(lab.daemon_files().iter().all(|f| !f.starts_with(lab.path("ring")) || f.extension().is_some_and(|e| e == "nfx")));
+    assert!(
+        lab.daemon_files()
+            .iter()
+            .all(|f| !f.starts_with(lab.path("ring")) || f.extension().is_some_and(|e| e == "nfx"))
+    );
 
     let mut d = lab.start();
     d.wait_for("the control socket", Duration::from_secs(30), |_| true);
     for f in fs::read_dir(lab.path("ring")).unwrap() {
         let bytes = fs::read(f.unwrap().path()).unwrap_or_default();
-        assert!(!leftovers.contains(&bytes), "pre-roll of the killed run survived the restart");
+        assert!(
+            !leftovers.contains(&bytes),
+            "pre-roll of the killed run survived the restart"
+        );
     }
     let rec = lab.recordings().pop().expect("the interrupted recording");
     let m = manifest(&rec);
     assert_eq!(m.status, Status::Interrupted);
     assert_eq!(m.stop_reason, "interrupted");
-    assert!(m.fragments.len() >= claimed, "{} fragments recovered, {claimed} were claimed before the kill", m.fragments.len());
+    assert!(
+        m.fragments.len() >= claimed,
+        "{} fragments recovered, {claimed} were claimed before the kill",
+        m.fragments.len()
+    );
     let out = lab.path("interrupted.mp4");
     let e = lab.export(&rec, &out);
-    assert!(e.status.success(), "export: {}", String::from_utf8_lossy(&e.stderr));
+    assert!(
+        e.status.success(),
+        "export: {}",
+        String::from_utf8_lossy(&e.stderr)
+    );
     assert!(String::from_utf8_lossy(&e.stderr).contains("INTERRUPTED"));
     let p = ffprobe(&out);
-    assert!((p.duration - m.fragments.len() as f64).abs() <= 1.0, "{} s for {} fragments", p.duration, m.fragments.len());
+    assert!(
+        (p.duration - m.fragments.len() as f64).abs() <= 1.0,
+        "{} s for {} fragments",
+        p.duration,
+        m.fragments.len()
+    );
     assert_eq!(ffmpeg_errors(&out), "");
     assert_eq!(d.terminate(), 0);
 }
@@ -222,7 +322,10 @@ fn control_requests_that_make_no_sense_are_refused_with_a_reason() {
     let r = d.ctl(Request::Start);
     assert!(r.error.unwrap().contains("privacy"));
     sleep(Duration::from_secs(2));
-    assert!(fs::read_dir(lab.path("ring")).unwrap().next().is_none(), "privacy mode keeps nothing");
+    assert!(
+        fs::read_dir(lab.path("ring")).unwrap().next().is_none(),
+        "privacy mode keeps nothing"
+    );
     assert!(d.ctl(Request::Privacy { on: false }).ok);
     d.wait_ready(Duration::from_secs(60));
     // Garbage on the socket gets an error line, and the daemon lives on.
@@ -231,7 +334,10 @@ fn control_requests_that_make_no_sense_are_refused_with_a_reason() {
     s.write_all(b"{\"cmd\":\"explode\"}\n").unwrap();
     let mut line = String::new();
     std::io::BufReader::new(&s).read_line(&mut line).unwrap();
-    assert!(line.contains("\"ok\":false") && line.contains("not a control request"), "{line}");
+    assert!(
+        line.contains("\"ok\":false") && line.contains("not a control request"),
+        "{line}"
+    );
     assert!(d.status().ready);
     assert_eq!(d.terminate(), 0);
 }

@@ -15,7 +15,10 @@ use neoflix_e2e::{Lab, ffmpeg_errors, ffprobe};
 #[ignore = "needs /dev/video0 from vivid: run under the VM lab (scripts/test does)"]
 fn records_a_v4l2_camera_at_the_configured_resolution() {
     let device = std::env::var("VMLAB_VIDEO_DEVICE").unwrap_or_else(|_| "/dev/video0".into());
-    assert!(Path::new(&device).exists(), "{device} does not exist: run this test under the VM lab");
+    assert!(
+        Path::new(&device).exists(),
+        "{device} does not exist: run this test under the VM lab"
+    );
     let lab = Lab::new();
     // Software emulation is slow: a small frame and the fastest x264 preset keep up in real time.
     lab.config(
@@ -30,15 +33,27 @@ fn records_a_v4l2_camera_at_the_configured_resolution() {
     assert!(d.ctl(Request::Start).ok);
     sleep(Duration::from_secs(6));
     assert!(d.ctl(Request::Stop).ok);
-    d.wait_for("the recording to be finalized", Duration::from_secs(30), |s| s.recordings_finalized == 1);
+    d.wait_for(
+        "the recording to be finalized",
+        Duration::from_secs(30),
+        |s| s.recordings_finalized == 1,
+    );
     assert_eq!(d.terminate(), 0);
 
     let rec = lab.recordings().pop().expect("a recording");
     let out = lab.path("v4l2.mp4");
     let e = lab.export(&rec, &out);
-    assert!(e.status.success(), "export: {}", String::from_utf8_lossy(&e.stderr));
+    assert!(
+        e.status.success(),
+        "export: {}",
+        String::from_utf8_lossy(&e.stderr)
+    );
     let p = ffprobe(&out);
-    assert_eq!((p.width, p.height, p.codec.as_str()), (320, 180, "h264"), "{p:?}");
+    assert_eq!(
+        (p.width, p.height, p.codec.as_str()),
+        (320, 180, "h264"),
+        "{p:?}"
+    );
     // 3 s pre-roll + 6 s recorded, within a fragment or two (the guest's clock runs under TCG).
     assert!((p.duration - 9.0).abs() <= 2.0, "duration {} s", p.duration);
     assert_eq!(ffmpeg_errors(&out), "");

@@ -17,7 +17,9 @@ pub enum CaptureError {
         package: &'static str,
     },
     /// No H.264 encoder was found on this board.
-    #[error("no H.264 encoder found (tried {tried}): install gstreamer1.0-plugins-ugly for x264enc")]
+    #[error(
+        "no H.264 encoder found (tried {tried}): install gstreamer1.0-plugins-ugly for x264enc"
+    )]
     NoEncoder {
         /// The factories that were tried, comma separated.
         tried: String,

@@ -108,7 +108,12 @@ impl Capture {
             // The real reason is on the bus; take it from there if it is already posted.
             let detail = pipeline
                 .bus()
-                .and_then(|b| b.timed_pop_filtered(gst::ClockTime::from_mseconds(500), &[gst::MessageType::Error]))
+                .and_then(|b| {
+                    b.timed_pop_filtered(
+                        gst::ClockTime::from_mseconds(500),
+                        &[gst::MessageType::Error],
+                    )
+                })
                 .map(|m| error_from_message(&m).to_string())
                 .unwrap_or_else(|| e.to_string());
             let _ = pipeline.set_state(gst::State::Null);
@@ -127,7 +132,11 @@ impl Capture {
         let bus = self.pipeline.bus()?;
         let msg = bus.timed_pop_filtered(
             gst::ClockTime::from_nseconds(timeout.as_nanos() as u64),
-            &[gst::MessageType::Error, gst::MessageType::Eos, gst::MessageType::Warning],
+            &[
+                gst::MessageType::Error,
+                gst::MessageType::Eos,
+                gst::MessageType::Warning,
+            ],
         )?;
         match msg.view() {
             gst::MessageView::Eos(_) => Some(CaptureEvent::Eos),
@@ -349,7 +358,9 @@ fn split_sample(sample: &gst::Sample) -> Result<Vec<Output>, String> {
             .flags()
             .contains(gst::BufferFlags::DISCONT | gst::BufferFlags::HEADER)
     {
-        let map = first.map_readable().map_err(|_| "unreadable init segment")?;
+        let map = first
+            .map_readable()
+            .map_err(|_| "unreadable init segment")?;
         outputs.push(Output::Init {
             data: map.as_slice().to_vec(),
         });
@@ -411,9 +422,17 @@ mod tests {
         let mut last_pts = None;
         for _ in 0..3 {
             match rx.recv_timeout(Duration::from_secs(20)).unwrap() {
-                Output::Fragment { data, pts, duration } => {
+                Output::Fragment {
+                    data,
+                    pts,
+                    duration,
+                } => {
                     // isofmp4mux writes a `styp` box before each `moof`.
-                    assert!(data[..64].windows(4).any(|w| w == b"moof"), "{:?}", &data[..16]);
+                    assert!(
+                        data[..64].windows(4).any(|w| w == b"moof"),
+                        "{:?}",
+                        &data[..16]
+                    );
                     assert_eq!(duration, Duration::from_secs(1));
                     if let Some(prev) = last_pts {
                         assert_eq!(pts, prev + Duration::from_secs(1));

@@ -100,9 +100,11 @@ enum ConfigAction {
 
 fn read_secret_key(path: &Path) -> anyhow::Result<DepartmentSecretKey> {
     let text = zeroize::Zeroizing::new(
-        fs::read_to_string(path).with_context(|| format!("cannot read department key {}", path.display()))?,
+        fs::read_to_string(path)
+            .with_context(|| format!("cannot read department key {}", path.display()))?,
     );
-    DepartmentSecretKey::from_file_text(&text).with_context(|| format!("department key {}", path.display()))
+    DepartmentSecretKey::from_file_text(&text)
+        .with_context(|| format!("department key {}", path.display()))
 }
 
 fn keygen(out: &Path, force: bool) -> anyhow::Result<()> {
@@ -125,11 +127,19 @@ fn keygen(out: &Path, force: bool) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", skp.display()))?;
     f.write_all(sk.to_file_text().as_bytes())?;
     f.sync_all()?;
-    fs::write(&pkp, pk.to_file_text()).with_context(|| format!("cannot write {}", pkp.display()))?;
+    fs::write(&pkp, pk.to_file_text())
+        .with_context(|| format!("cannot write {}", pkp.display()))?;
     // Recheck the public file parses, so a truncated write is caught here, not in a room box.
     DepartmentPublicKey::from_file_text(&fs::read_to_string(&pkp)?)?;
-    println!("secret key: {} (mode 0600; keep it off room boxes)", skp.display());
-    println!("public key: {} (key id {}; install it on room boxes)", pkp.display(), pk.key_id());
+    println!(
+        "secret key: {} (mode 0600; keep it off room boxes)",
+        skp.display()
+    );
+    println!(
+        "public key: {} (key id {}; install it on room boxes)",
+        pkp.display(),
+        pk.key_id()
+    );
     Ok(())
 }
 
@@ -137,13 +147,18 @@ fn ctl(socket: &Path, action: CtlAction) -> anyhow::Result<ExitCode> {
     let req = match action {
         CtlAction::Start => Request::Start,
         CtlAction::Stop => Request::Stop,
-        CtlAction::Mark { label } => Request::Mark { label: label.join(" ") },
+        CtlAction::Mark { label } => Request::Mark {
+            label: label.join(" "),
+        },
         CtlAction::Status => Request::Status,
         CtlAction::Privacy { mode } => Request::Privacy { on: mode == "on" },
     };
     let reply = neoflix_control::call(socket, &req)?;
     if !reply.ok {
-        eprintln!("neoflix: {}", reply.error.unwrap_or_else(|| "refused".into()));
+        eprintln!(
+            "neoflix: {}",
+            reply.error.unwrap_or_else(|| "refused".into())
+        );
         return Ok(ExitCode::FAILURE);
     }
     match (req, reply) {
@@ -162,9 +177,11 @@ fn export(recording: &Path, key: &Path, output: &Path) -> anyhow::Result<()> {
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} fragments ({eta})")
-                .expect("valid template")
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {pos}/{len} fragments ({eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         b.set_message("exporting");
         b
@@ -178,7 +195,12 @@ fn export(recording: &Path, key: &Path, output: &Path) -> anyhow::Result<()> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let exported = result.with_context(|| format!("export of {} failed; nothing was written", recording.display()))?;
+    let exported = result.with_context(|| {
+        format!(
+            "export of {} failed; nothing was written",
+            recording.display()
+        )
+    })?;
     let m = &exported.manifest;
     for f in &exported.files {
         println!("{}", f.display());
@@ -209,7 +231,11 @@ fn verify(recording: &Path, key: Option<&Path>) -> anyhow::Result<()> {
         m.fragments.len(),
         m.duration_secs,
         &m.chain[..16],
-        if key.is_some() { ", every chunk authenticated" } else { " (files and chain only; add --key to authenticate the video)" }
+        if key.is_some() {
+            ", every chunk authenticated"
+        } else {
+            " (files and chain only; add --key to authenticate the video)"
+        }
     );
     Ok(())
 }
@@ -220,7 +246,15 @@ fn config_validate(file: &Path) -> anyhow::Result<ExitCode> {
             for w in &warnings {
                 eprintln!("warning: {w}");
             }
-            println!("{}: valid{}", file.display(), if warnings.is_empty() { String::new() } else { format!(" ({} warnings)", warnings.len()) });
+            println!(
+                "{}: valid{}",
+                file.display(),
+                if warnings.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} warnings)", warnings.len())
+                }
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -235,9 +269,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keygen { out, force } => keygen(&out, force).map(|()| ExitCode::SUCCESS),
         Command::Ctl { socket, action } => ctl(&socket, action),
-        Command::Export { recording, key, output } => export(&recording, &key, &output).map(|()| ExitCode::SUCCESS),
-        Command::Verify { recording, key } => verify(&recording, key.as_deref()).map(|()| ExitCode::SUCCESS),
-        Command::Config { action: ConfigAction::Validate { file } } => config_validate(&file),
+        Command::Export {
+            recording,
+            key,
+            output,
+        } => export(&recording, &key, &output).map(|()| ExitCode::SUCCESS),
+        Command::Verify { recording, key } => {
+            verify(&recording, key.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Config {
+            action: ConfigAction::Validate { file },
+        } => config_validate(&file),
     };
     match result {
         Ok(code) => code,

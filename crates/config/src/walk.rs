@@ -27,7 +27,11 @@ impl std::fmt::Display for Problem {
         if self.option.is_empty() {
             write!(f, "{}:{}: {}", self.file, self.line, self.message)
         } else {
-            write!(f, "{}:{}: {}: {}", self.file, self.line, self.option, self.message)
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file, self.line, self.option, self.message
+            )
         }
     }
 }
@@ -49,27 +53,59 @@ struct Section<'a, 'i> {
 
 impl<'t> Walker<'t> {
     fn line_of(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
 
     fn error(&mut self, line: usize, option: String, message: String) {
-        self.errors.push(Problem { file: self.file.clone(), line, option, message });
+        self.errors.push(Problem {
+            file: self.file.clone(),
+            line,
+            option,
+            message,
+        });
     }
 
     fn warn(&mut self, line: usize, option: String, message: String) {
-        self.warnings.push(Problem { file: self.file.clone(), line, option, message });
+        self.warnings.push(Problem {
+            file: self.file.clone(),
+            line,
+            option,
+            message,
+        });
     }
 
     fn section<'a, 'i>(&mut self, root: &'a DeTable<'i>, name: &'static str) -> Section<'a, 'i> {
         match root.get(name) {
-            None => Section { name, table: None, line: 1, taken: HashSet::new() },
+            None => Section {
+                name,
+                table: None,
+                line: 1,
+                taken: HashSet::new(),
+            },
             Some(v) => {
                 let line = self.line_of(v.span().start);
                 match v.get_ref() {
-                    DeValue::Table(t) => Section { name, table: Some(t), line, taken: HashSet::new() },
+                    DeValue::Table(t) => Section {
+                        name,
+                        table: Some(t),
+                        line,
+                        taken: HashSet::new(),
+                    },
                     other => {
-                        self.error(line, name.into(), format!("expected a table [{name}], found {}", type_name(other)));
-                        Section { name, table: None, line, taken: HashSet::new() }
+                        self.error(
+                            line,
+                            name.into(),
+                            format!("expected a table [{name}], found {}", type_name(other)),
+                        );
+                        Section {
+                            name,
+                            table: None,
+                            line,
+                            taken: HashSet::new(),
+                        }
                     }
                 }
             }
@@ -77,10 +113,18 @@ impl<'t> Walker<'t> {
     }
 
     fn option_name(section: &Section, key: &str) -> String {
-        if section.name.is_empty() { key.to_string() } else { format!("{}.{key}", section.name) }
+        if section.name.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", section.name)
+        }
     }
 
-    fn value<'a, 'i>(&mut self, s: &mut Section<'a, 'i>, key: &str) -> Option<(&'a Spanned<DeValue<'i>>, usize, String)> {
+    fn value<'a, 'i>(
+        &mut self,
+        s: &mut Section<'a, 'i>,
+        key: &str,
+    ) -> Option<(&'a Spanned<DeValue<'i>>, usize, String)> {
         s.taken.insert(key.to_string());
         let v = s.table?.get(key)?;
         let line = self.line_of(v.span().start);
@@ -93,26 +137,51 @@ impl<'t> Walker<'t> {
             Some((v, line, opt)) => match v.get_ref() {
                 DeValue::String(st) => (st.to_string(), line),
                 other => {
-                    self.error(line, opt, format!("expected a string, found {}", type_name(other)));
+                    self.error(
+                        line,
+                        opt,
+                        format!("expected a string, found {}", type_name(other)),
+                    );
                     (default.to_string(), line)
                 }
             },
         }
     }
 
-    fn int(&mut self, s: &mut Section, key: &str, default: u64, range: (u64, u64), unit: &str) -> (u64, usize) {
+    fn int(
+        &mut self,
+        s: &mut Section,
+        key: &str,
+        default: u64,
+        range: (u64, u64),
+        unit: &str,
+    ) -> (u64, usize) {
         let Some((v, line, opt)) = self.value(s, key) else {
             return (default, s.line);
         };
         let DeValue::Integer(i) = v.get_ref() else {
-            self.error(line, opt, format!("expected a whole number{unit}, found {}", type_name(v.get_ref())));
+            self.error(
+                line,
+                opt,
+                format!(
+                    "expected a whole number{unit}, found {}",
+                    type_name(v.get_ref())
+                ),
+            );
             return (default, line);
         };
         let digits = i.as_str().replace('_', "");
         match i128::from_str_radix(&digits, i.radix()) {
             Ok(n) if n >= range.0 as i128 && n <= range.1 as i128 => (n as u64, line),
             Ok(n) => {
-                self.error(line, opt, format!("{n} is out of range: allowed {} to {}{unit}", range.0, range.1));
+                self.error(
+                    line,
+                    opt,
+                    format!(
+                        "{n} is out of range: allowed {} to {}{unit}",
+                        range.0, range.1
+                    ),
+                );
                 (default, line)
             }
             Err(_) => {
@@ -129,9 +198,11 @@ impl<'t> Walker<'t> {
                 let line = self.line_of(k.span().start);
                 let opt = Self::option_name(&s, k.get_ref());
                 let hint = if s.name.is_empty() && matches!(v.get_ref(), DeValue::Table(_)) {
-                    "unknown section (known: [capture], [ring], [recordings], [control])".to_string()
+                    "unknown section (known: [capture], [ring], [recordings], [control])"
+                        .to_string()
                 } else {
-                    "unknown option (see docs/config.md for the options of this section)".to_string()
+                    "unknown option (see docs/config.md for the options of this section)"
+                        .to_string()
                 };
                 self.error(line, opt, hint);
             }
@@ -141,7 +212,11 @@ impl<'t> Walker<'t> {
     fn path(&mut self, s: &mut Section, key: &str, default: &str) -> (PathBuf, usize) {
         let (p, line) = self.string(s, key, default);
         if !p.starts_with('/') {
-            self.error(line, Self::option_name(s, key), format!("'{p}' must be an absolute path"));
+            self.error(
+                line,
+                Self::option_name(s, key),
+                format!("'{p}' must be an absolute path"),
+            );
         }
         (PathBuf::from(p), line)
     }
@@ -163,29 +238,52 @@ fn one_of(w: &mut Walker, value: &str, line: usize, opt: &str, allowed: &[&str])
     if allowed.contains(&value) {
         return true;
     }
-    w.error(line, opt.into(), format!("'{value}' is not one of: {}", allowed.join(", ")));
+    w.error(
+        line,
+        opt.into(),
+        format!("'{value}' is not one of: {}", allowed.join(", ")),
+    );
     false
 }
 
 pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), ConfigError> {
-    let mut w = Walker { file: file.to_string(), text, errors: Vec::new(), warnings: Vec::new() };
+    let mut w = Walker {
+        file: file.to_string(),
+        text,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
     let root = match DeTable::parse(text) {
         Ok(t) => t,
         Err(e) => {
             let line = e.span().map(|s| w.line_of(s.start)).unwrap_or(1);
             let msg = e.message().trim().to_string();
             w.error(line, String::new(), format!("TOML syntax error: {msg}"));
-            return Err(ConfigError::Invalid { file: file.into(), problems: w.errors });
+            return Err(ConfigError::Invalid {
+                file: file.into(),
+                problems: w.errors,
+            });
         }
     };
     let root = root.get_ref();
-    let mut top = Section { name: "", table: Some(root), line: 1, taken: HashSet::new() };
+    let mut top = Section {
+        name: "",
+        table: Some(root),
+        line: 1,
+        taken: HashSet::new(),
+    };
 
     let (device_id, line) = w.string(&mut top, "device_id", "");
     if device_id.is_empty() {
-        w.error(line, "device_id".into(), "missing: name this room box, e.g. device_id = \"nicu-room-1\"".into());
+        w.error(
+            line,
+            "device_id".into(),
+            "missing: name this room box, e.g. device_id = \"nicu-room-1\"".into(),
+        );
     } else if device_id.len() > 64
-        || !device_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        || !device_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
     {
         w.error(line, "device_id".into(), format!("'{device_id}' may hold only letters, digits, '-', '_' and '.', at most 64 of them (it names MQTT topics and recordings)"));
     }
@@ -195,22 +293,53 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
     one_of(&mut w, &source, line, "capture.source", &["test", "v4l2"]);
     let (device, _) = w.path(&mut cap, "device", "/dev/video0");
     let (input_format, line) = w.string(&mut cap, "input_format", "raw");
-    one_of(&mut w, &input_format, line, "capture.input_format", &["raw", "mjpeg", "h264"]);
+    one_of(
+        &mut w,
+        &input_format,
+        line,
+        "capture.input_format",
+        &["raw", "mjpeg", "h264"],
+    );
     let (width, _) = w.int(&mut cap, "width", 1280, (16, 7680), " pixels");
     let (height, _) = w.int(&mut cap, "height", 720, (16, 4320), " pixels");
     let (fps, _) = w.int(&mut cap, "fps", 30, (1, 120), " frames per second");
     let (fragment_secs, _) = w.int(&mut cap, "fragment_secs", 1, (1, 10), " seconds");
     let (encoder, line) = w.string(&mut cap, "encoder", "auto");
-    one_of(&mut w, &encoder, line, "capture.encoder", &["auto", "x264enc", "v4l2h264enc", "nvv4l2h264enc"]);
+    one_of(
+        &mut w,
+        &encoder,
+        line,
+        "capture.encoder",
+        &["auto", "x264enc", "v4l2h264enc", "nvv4l2h264enc"],
+    );
     let (bitrate_kbps, _) = w.int(&mut cap, "bitrate_kbps", 4000, (100, 100_000), " kbit/s");
     let (x264_preset, line) = w.string(&mut cap, "x264_preset", "veryfast");
-    one_of(&mut w, &x264_preset, line, "capture.x264_preset", &["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"]);
+    one_of(
+        &mut w,
+        &x264_preset,
+        line,
+        "capture.x264_preset",
+        &[
+            "ultrafast",
+            "superfast",
+            "veryfast",
+            "faster",
+            "fast",
+            "medium",
+        ],
+    );
     w.finish(cap);
 
     let mut ring = w.section(root, "ring");
     let (ring_dir, _) = w.path(&mut ring, "dir", "/run/neoflix/ring");
     let (preroll_secs, pl) = w.int(&mut ring, "preroll_secs", 60, (0, 4 * 3600), " seconds");
-    let (max_bytes, _) = w.int(&mut ring, "max_bytes", 512 * 1024 * 1024, (1024 * 1024, 1 << 40), " bytes");
+    let (max_bytes, _) = w.int(
+        &mut ring,
+        "max_bytes",
+        512 * 1024 * 1024,
+        (1024 * 1024, 1 << 40),
+        " bytes",
+    );
     if ring_dir.starts_with("/run") && preroll_secs > 600 {
         w.warn(pl, "ring.preroll_secs".into(), format!("{preroll_secs} s of pre-roll in {} (RAM on most systems): put a long pre-roll on disk", ring_dir.display()));
     }
@@ -219,9 +348,21 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
     let mut rec = w.section(root, "recordings");
     let (rec_dir, _) = w.path(&mut rec, "dir", "/var/lib/neoflix/recordings");
     let (recipient, rline) = w.path(&mut rec, "recipient", "/etc/neoflix/department.pub");
-    let (max_duration_secs, _) = w.int(&mut rec, "max_duration_secs", 90 * 60, (10, 24 * 3600), " seconds");
+    let (max_duration_secs, _) = w.int(
+        &mut rec,
+        "max_duration_secs",
+        90 * 60,
+        (10, 24 * 3600),
+        " seconds",
+    );
     let (post_roll_secs, _) = w.int(&mut rec, "post_roll_secs", 0, (0, 600), " seconds");
-    let (long_press_ms, _) = w.int(&mut rec, "long_press_ms", 2000, (500, 10_000), " milliseconds");
+    let (long_press_ms, _) = w.int(
+        &mut rec,
+        "long_press_ms",
+        2000,
+        (500, 10_000),
+        " milliseconds",
+    );
     w.finish(rec);
     if recipient.is_absolute() {
         match std::fs::read_to_string(&recipient) {
@@ -234,7 +375,11 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
         }
     }
     if ring_dir == rec_dir {
-        w.error(1, "ring.dir".into(), "must differ from recordings.dir".into());
+        w.error(
+            1,
+            "ring.dir".into(),
+            "must differ from recordings.dir".into(),
+        );
     }
 
     let mut control = w.section(root, "control");
@@ -248,12 +393,19 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
 
     if !w.errors.is_empty() {
         w.errors.sort_by_key(|p| p.line);
-        return Err(ConfigError::Invalid { file: file.into(), problems: w.errors });
+        return Err(ConfigError::Invalid {
+            file: file.into(),
+            problems: w.errors,
+        });
     }
     let cfg = Config {
         device_id,
         capture: Capture {
-            source: if source == "v4l2" { SourceKind::V4l2 } else { SourceKind::Test },
+            source: if source == "v4l2" {
+                SourceKind::V4l2
+            } else {
+                SourceKind::Test
+            },
             device,
             input_format,
             width: width as u32,
@@ -264,7 +416,11 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
             bitrate_kbps: bitrate_kbps as u32,
             x264_preset,
         },
-        ring: Ring { dir: ring_dir, preroll_secs: preroll_secs as u32, max_bytes },
+        ring: Ring {
+            dir: ring_dir,
+            preroll_secs: preroll_secs as u32,
+            max_bytes,
+        },
         recordings: Recordings {
             dir: rec_dir,
             recipient,
@@ -285,22 +441,32 @@ mod tests {
     fn recipient() -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         let sk = neoflix_seal::DepartmentSecretKey::generate().unwrap();
-        f.write_all(sk.public_key().to_file_text().as_bytes()).unwrap();
+        f.write_all(sk.public_key().to_file_text().as_bytes())
+            .unwrap();
         f
     }
 
     fn ok(extra: &str) -> Config {
         let r = recipient();
-        let text = format!("device_id = \"room-1\"\n[recordings]\nrecipient = \"{}\"\n{extra}", r.path().display());
+        let text = format!(
+            "device_id = \"room-1\"\n[recordings]\nrecipient = \"{}\"\n{extra}",
+            r.path().display()
+        );
         parse("t.toml", &text).unwrap().0
     }
 
     #[test]
     fn the_documented_example_parses_with_its_values() {
         let r = recipient();
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/neoflixd.toml"))
-            .unwrap()
-            .replace("/etc/neoflix/department.pub", &r.path().display().to_string());
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/neoflixd.toml"
+        ))
+        .unwrap()
+        .replace(
+            "/etc/neoflix/department.pub",
+            &r.path().display().to_string(),
+        );
         let (c, warnings) = parse("neoflixd.toml", &text).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(c.device_id, "room-1");
@@ -313,7 +479,10 @@ mod tests {
     fn defaults_fill_what_is_left_out() {
         let c = ok("");
         assert_eq!(c.capture.source, SourceKind::Test);
-        assert_eq!((c.capture.width, c.capture.height, c.capture.fps), (1280, 720, 30));
+        assert_eq!(
+            (c.capture.width, c.capture.height, c.capture.fps),
+            (1280, 720, 30)
+        );
         assert_eq!(c.ring.preroll_secs, 60);
         assert_eq!(c.recordings.max_duration_secs, 5400);
         assert_eq!(c.recordings.long_press_ms, 2000);
@@ -333,8 +502,13 @@ mod tests {
                     [extra]\n\
                     a = 1\n";
         let err = parse("bad.toml", text).unwrap_err();
-        let ConfigError::Invalid { problems, .. } = &err else { panic!("{err}") };
-        let found: Vec<(usize, &str)> = problems.iter().map(|p| (p.line, p.option.as_str())).collect();
+        let ConfigError::Invalid { problems, .. } = &err else {
+            panic!("{err}")
+        };
+        let found: Vec<(usize, &str)> = problems
+            .iter()
+            .map(|p| (p.line, p.option.as_str()))
+            .collect();
         assert_eq!(
             found,
             vec![
@@ -350,14 +524,27 @@ mod tests {
         );
         let shown = err.to_string();
         assert!(shown.starts_with("7 errors in bad.toml"), "{shown}");
-        assert!(shown.contains("bad.toml:3: capture.fps: expected a whole number frames per second, found a string"), "{shown}");
-        assert!(shown.contains("bad.toml:9: recordings.recipient: cannot read /nonexistent/department.pub"), "{shown}");
+        assert!(
+            shown.contains(
+                "bad.toml:3: capture.fps: expected a whole number frames per second, found a string"
+            ),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(
+                "bad.toml:9: recordings.recipient: cannot read /nonexistent/department.pub"
+            ),
+            "{shown}"
+        );
     }
 
     #[test]
     fn syntax_errors_name_the_line() {
         let err = parse("s.toml", "device_id = \"a\"\n[capture\nfps = 1\n").unwrap_err();
-        assert!(err.to_string().contains("s.toml:2: TOML syntax error"), "{err}");
+        assert!(
+            err.to_string().contains("s.toml:2: TOML syntax error"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -365,7 +552,10 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         let sk = neoflix_seal::DepartmentSecretKey::generate().unwrap();
         f.write_all(sk.to_file_text().as_bytes()).unwrap();
-        let text = format!("device_id = \"r\"\n[recordings]\nrecipient = \"{}\"\n", f.path().display());
+        let text = format!(
+            "device_id = \"r\"\n[recordings]\nrecipient = \"{}\"\n",
+            f.path().display()
+        );
         let err = parse("k.toml", &text).unwrap_err();
         assert!(err.to_string().contains("SECRET"), "{err}");
     }
@@ -373,17 +563,29 @@ mod tests {
     #[test]
     fn relative_paths_and_bad_choices_are_refused() {
         let r = recipient();
-        let text = format!("device_id = \"r\"\n[capture]\nsource = \"usb\"\nencoder = \"ffmpeg\"\n[ring]\ndir = \"ring\"\n[recordings]\nrecipient = \"{}\"\n", r.path().display());
+        let text = format!(
+            "device_id = \"r\"\n[capture]\nsource = \"usb\"\nencoder = \"ffmpeg\"\n[ring]\ndir = \"ring\"\n[recordings]\nrecipient = \"{}\"\n",
+            r.path().display()
+        );
         let err = parse("c.toml", &text).unwrap_err().to_string();
-        assert!(err.contains("c.toml:3: capture.source: 'usb' is not one of: test, v4l2"), "{err}");
+        assert!(
+            err.contains("c.toml:3: capture.source: 'usb' is not one of: test, v4l2"),
+            "{err}"
+        );
         assert!(err.contains("capture.encoder"), "{err}");
-        assert!(err.contains("c.toml:6: ring.dir: 'ring' must be an absolute path"), "{err}");
+        assert!(
+            err.contains("c.toml:6: ring.dir: 'ring' must be an absolute path"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_long_preroll_in_ram_is_a_warning() {
         let r = recipient();
-        let text = format!("device_id = \"r\"\n[ring]\npreroll_secs = 1800\n[recordings]\nrecipient = \"{}\"\n", r.path().display());
+        let text = format!(
+            "device_id = \"r\"\n[ring]\npreroll_secs = 1800\n[recordings]\nrecipient = \"{}\"\n",
+            r.path().display()
+        );
         let (_, warnings) = parse("w.toml", &text).unwrap();
         assert_eq!(warnings.len(), 1);
         assert_eq!(warnings[0].option, "ring.preroll_secs");

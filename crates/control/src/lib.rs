@@ -90,12 +90,22 @@ pub struct Reply {
 impl Reply {
     /// A plain success.
     pub fn ok() -> Self {
-        Reply { ok: true, error: None, recording: None, status: None }
+        Reply {
+            ok: true,
+            error: None,
+            recording: None,
+            status: None,
+        }
     }
 
     /// A refusal.
     pub fn error(msg: impl Into<String>) -> Self {
-        Reply { ok: false, error: Some(msg.into()), recording: None, status: None }
+        Reply {
+            ok: false,
+            error: Some(msg.into()),
+            recording: None,
+            status: None,
+        }
     }
 }
 
@@ -122,14 +132,18 @@ pub enum ControlError {
 
 /// Sends one request and waits (up to 30 s) for its reply.
 pub fn call(socket: &Path, request: &Request) -> Result<Reply, ControlError> {
-    let mut s = UnixStream::connect(socket).map_err(|source| ControlError::Connect { path: socket.to_owned(), source })?;
+    let mut s = UnixStream::connect(socket).map_err(|source| ControlError::Connect {
+        path: socket.to_owned(),
+        source,
+    })?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut line = serde_json::to_vec(request).expect("requests serialize");
     line.push(b'\n');
     s.write_all(&line)?;
     let mut reply = String::new();
     BufReader::new(&s).read_line(&mut reply)?;
-    serde_json::from_str(&reply).map_err(|e| ControlError::BadReply(format!("{e}: {}", reply.trim())))
+    serde_json::from_str(&reply)
+        .map_err(|e| ControlError::BadReply(format!("{e}: {}", reply.trim())))
 }
 
 #[cfg(test)]
@@ -138,14 +152,27 @@ mod tests {
 
     #[test]
     fn wire_form_is_as_documented() {
-        assert_eq!(serde_json::to_string(&Request::Status).unwrap(), r#"{"cmd":"status"}"#);
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"cmd":"status"}"#
+        );
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"cmd":"mark","label":"intubation"}"#).unwrap(),
-            Request::Mark { label: "intubation".into() }
+            Request::Mark {
+                label: "intubation".into()
+            }
         );
-        assert_eq!(serde_json::from_str::<Request>(r#"{"cmd":"mark"}"#).unwrap(), Request::Mark { label: String::new() });
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"mark"}"#).unwrap(),
+            Request::Mark {
+                label: String::new()
+            }
+        );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"start","x":1}"#).is_err());
-        assert_eq!(serde_json::to_string(&Reply::error("no")).unwrap(), r#"{"ok":false,"error":"no"}"#);
+        assert_eq!(
+            serde_json::to_string(&Reply::error("no")).unwrap(),
+            r#"{"ok":false,"error":"no"}"#
+        );
     }
 }

@@ -21,7 +21,10 @@ const MAX_CLIENTS: usize = 8;
 
 /// Binds the socket (replacing a stale one) with mode 0660.
 pub fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
-    let err = |source| DaemonError::Control { path: path.display().to_string(), source };
+    let err = |source| DaemonError::Control {
+        path: path.display().to_string(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
@@ -36,7 +39,11 @@ pub fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
 }
 
 /// Serves clients until `stop` turns true.
-pub async fn serve(listener: UnixListener, inbox: mpsc::Sender<Input>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: UnixListener,
+    inbox: mpsc::Sender<Input>,
+    mut stop: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
         tokio::select! {
@@ -84,10 +91,15 @@ async fn client(stream: UnixStream, inbox: mpsc::Sender<Input>, mut stop: watch:
                 )),
                 Ok(req) => {
                     let (tx, rx) = oneshot::channel();
-                    if inbox.send(Input::Request(req, Trigger::Control, tx)).await.is_err() {
+                    if inbox
+                        .send(Input::Request(req, Trigger::Control, tx))
+                        .await
+                        .is_err()
+                    {
                         Reply::error("neoflixd is shutting down")
                     } else {
-                        rx.await.unwrap_or_else(|_| Reply::error("neoflixd is shutting down"))
+                        rx.await
+                            .unwrap_or_else(|_| Reply::error("neoflixd is shutting down"))
                     }
                 }
             }

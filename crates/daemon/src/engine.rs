@@ -107,24 +107,54 @@ fn sealing_sink(
                 let mut id = [0u8; 16];
                 getrandom::fill(&mut id).map_err(|e| e.to_string())?;
                 stream = Some(id);
-                let sealed = neoflix_seal::seal(&ObjectId { stream: id, seq: 0, kind: Kind::Init }, &data);
+                let sealed = neoflix_seal::seal(
+                    &ObjectId {
+                        stream: id,
+                        seq: 0,
+                        kind: Kind::Init,
+                    },
+                    &data,
+                );
                 data.zeroize();
                 let (key, sealed) = sealed.map_err(|e| e.to_string())?;
-                Input::Init { stream: id, sealed, key }
+                Input::Init {
+                    stream: id,
+                    sealed,
+                    key,
+                }
             }
-            Output::Fragment { mut data, duration, .. } => {
+            Output::Fragment {
+                mut data, duration, ..
+            } => {
                 let stream = stream.ok_or("fragment before the init segment")?;
                 let n = seq.fetch_add(1, Ordering::Relaxed);
-                let sealed = neoflix_seal::seal(&ObjectId { stream, seq: n, kind: Kind::Fragment }, &data);
+                let sealed = neoflix_seal::seal(
+                    &ObjectId {
+                        stream,
+                        seq: n,
+                        kind: Kind::Fragment,
+                    },
+                    &data,
+                );
                 data.zeroize();
                 let (key, sealed) = sealed.map_err(|e| e.to_string())?;
-                let captured = SystemTime::now().checked_sub(duration).unwrap_or_else(SystemTime::now);
-                Input::Fragment { seq: n, sealed, key, duration, captured }
+                let captured = SystemTime::now()
+                    .checked_sub(duration)
+                    .unwrap_or_else(SystemTime::now);
+                Input::Fragment {
+                    seq: n,
+                    sealed,
+                    key,
+                    duration,
+                    captured,
+                }
             }
         };
         // Blocks the streaming thread when the engine is behind: back-pressure instead of an
         // unbounded queue. An error here means the engine is gone (shutdown).
-        inbox.blocking_send(input).map_err(|_| "neoflixd is shutting down".to_string())
+        inbox
+            .blocking_send(input)
+            .map_err(|_| "neoflixd is shutting down".to_string())
     }
 }
 
@@ -170,10 +200,16 @@ impl Engine {
 
     fn capture_failed(&mut self, reason: String) {
         self.capture = None;
-        let backoff = self.restart.map(|(_, b)| b).unwrap_or(Duration::from_secs(1));
+        let backoff = self
+            .restart
+            .map(|(_, b)| b)
+            .unwrap_or(Duration::from_secs(1));
         log::error!(device = self.settings.device_id.as_str(), retry_secs = backoff.as_secs();
             "capture failed: {reason}; check the camera cable and capture.device; retrying");
-        self.restart = Some((Instant::now() + backoff, (backoff * 2).min(Duration::from_secs(30))));
+        self.restart = Some((
+            Instant::now() + backoff,
+            (backoff * 2).min(Duration::from_secs(30)),
+        ));
         let at = self.now();
         self.feed(Event::CameraLost { at, reason });
     }
@@ -182,23 +218,31 @@ impl Engine {
     pub fn run(mut self, mut inbox: mpsc::Receiver<Input>) {
         while let Some(input) = inbox.blocking_recv() {
             match input {
-                Input::Init { stream, sealed, key } => {
+                Input::Init {
+                    stream,
+                    sealed,
+                    key,
+                } => {
                     if let Err(e) = self.ring.begin_stream(stream, &sealed, key) {
                         self.storage_failed(e.to_string());
                     }
                 }
-                Input::Fragment { seq, sealed, key, duration, captured } => {
-                    match self.ring.push(seq, &sealed, key, duration, captured) {
-                        Ok(evicted) => {
-                            if !evicted.is_empty() {
-                                log::debug!(fragments = format!("{evicted:?}").as_str(); "evicted from ring, keys zeroized");
-                            }
-                            let (at, ring) = (self.now(), self.ring.duration());
-                            self.feed(Event::Fragment { at, seq, ring });
+                Input::Fragment {
+                    seq,
+                    sealed,
+                    key,
+                    duration,
+                    captured,
+                } => match self.ring.push(seq, &sealed, key, duration, captured) {
+                    Ok(evicted) => {
+                        if !evicted.is_empty() {
+                            log::debug!(fragments = format!("{evicted:?}").as_str(); "evicted from ring, keys zeroized");
                         }
-                        Err(e) => self.storage_failed(e.to_string()),
+                        let (at, ring) = (self.now(), self.ring.duration());
+                        self.feed(Event::Fragment { at, seq, ring });
                     }
-                }
+                    Err(e) => self.storage_failed(e.to_string()),
+                },
                 Input::Request(req, by, reply) => {
                     let r = self.request(req, by);
                     let _ = reply.send(r);
@@ -265,7 +309,11 @@ impl Engine {
             return Reply::error(reason);
         }
         let mut r = Reply::ok();
-        r.recording = self.recording.as_ref().map(|r| r.id().to_string()).or(recording_before);
+        r.recording = self
+            .recording
+            .as_ref()
+            .map(|r| r.id().to_string())
+            .or(recording_before);
         r
     }
 
@@ -293,11 +341,21 @@ impl Engine {
             Action::StartRecording { trigger } => {
                 let now = SystemTime::now();
                 let id = recording_id(&device, now, &self.settings.recordings_dir);
-                let mut w = RecordingWriter::create(&self.settings.recordings_dir, &id, &device, trigger.as_str(), &self.settings.recipient, now)?;
+                let mut w = RecordingWriter::create(
+                    &self.settings.recordings_dir,
+                    &id,
+                    &device,
+                    trigger.as_str(),
+                    &self.settings.recipient,
+                    now,
+                )?;
                 let preroll = self.ring.take_all();
                 let n = preroll.len();
                 for entry in preroll {
-                    let init = self.ring.init(&entry.stream).ok_or(neoflix_store::StoreError::NotInRing { seq: entry.seq })?;
+                    let init = self
+                        .ring
+                        .init(&entry.stream)
+                        .ok_or(neoflix_store::StoreError::NotInRing { seq: entry.seq })?;
                     w.claim(entry, &init, true)?;
                 }
                 log::info!(device = device.as_str(), recording = id.as_str(), trigger = trigger.as_str(),
@@ -306,7 +364,10 @@ impl Engine {
             }
             Action::Claim { seq } => {
                 let entry = self.ring.take(seq)?;
-                let init = self.ring.init(&entry.stream).ok_or(neoflix_store::StoreError::NotInRing { seq })?;
+                let init = self
+                    .ring
+                    .init(&entry.stream)
+                    .ok_or(neoflix_store::StoreError::NotInRing { seq })?;
                 if let Some(w) = self.recording.as_mut() {
                     w.claim(entry, &init, false)?;
                     log::debug!(recording = w.id(), fragment = seq; "claimed");
@@ -358,10 +419,15 @@ impl Engine {
             device_id: self.settings.device_id.clone(),
             state: s.state.to_string(),
             ready: s.ready && self.storage_error.is_none(),
-            reason: s.reason.or_else(|| self.storage_error.as_ref().map(|e| format!("storage: {e}"))),
+            reason: s
+                .reason
+                .or_else(|| self.storage_error.as_ref().map(|e| format!("storage: {e}"))),
             preroll_secs: s.preroll.as_millis() as f64 / 1000.0,
             recording: self.recording.as_ref().map(|r| r.id().to_string()),
-            recording_secs: self.recording.as_ref().map(|r| r.duration().as_millis() as f64 / 1000.0),
+            recording_secs: self
+                .recording
+                .as_ref()
+                .map(|r| r.duration().as_millis() as f64 / 1000.0),
             encoder: self.encoder.clone(),
             recordings_finalized: self.finalized,
             storage_error: self.storage_error.clone(),

@@ -84,22 +84,33 @@ pub fn capture_settings(cfg: &Config) -> CaptureSettings {
 
 /// Runs the daemon until `shutdown` completes.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    let recipient_text = std::fs::read_to_string(&cfg.recordings.recipient).map_err(|e| DaemonError::Recipient {
-        path: cfg.recordings.recipient.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let recipient = DepartmentPublicKey::from_file_text(&recipient_text).map_err(|e| DaemonError::Recipient {
-        path: cfg.recordings.recipient.display().to_string(),
-        message: e.to_string(),
+    let recipient_text =
+        std::fs::read_to_string(&cfg.recordings.recipient).map_err(|e| DaemonError::Recipient {
+            path: cfg.recordings.recipient.display().to_string(),
+            message: e.to_string(),
+        })?;
+    let recipient = DepartmentPublicKey::from_file_text(&recipient_text).map_err(|e| {
+        DaemonError::Recipient {
+            path: cfg.recordings.recipient.display().to_string(),
+            message: e.to_string(),
+        }
     })?;
     let device = cfg.device_id.clone();
 
-    let recovered = neoflix_store::recover(&cfg.recordings.dir, &recipient.key_id().0, SystemTime::now())?;
+    let recovered = neoflix_store::recover(
+        &cfg.recordings.dir,
+        &recipient.key_id().0,
+        SystemTime::now(),
+    )?;
     for id in &recovered {
         log::warn!(device = device.as_str(), recording = id.as_str(); "recording was left open by a crash or power cut: sealed as interrupted");
     }
     let fragment = Duration::from_secs(cfg.capture.fragment_secs.into());
-    let (ring, wiped) = Ring::open(&cfg.ring.dir, Duration::from_secs(cfg.ring.preroll_secs.into()), cfg.ring.max_bytes)?;
+    let (ring, wiped) = Ring::open(
+        &cfg.ring.dir,
+        Duration::from_secs(cfg.ring.preroll_secs.into()),
+        cfg.ring.max_bytes,
+    )?;
     if wiped > 0 {
         log::info!(device = device.as_str(), files = wiped; "deleted pre-roll left by an earlier run (unreadable: its keys were in RAM only)");
     }
@@ -155,9 +166,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let _ = ticker.await;
     let _ = control_task.await;
     // The engine finishes what is queued before the shutdown, so nothing claimed is lost.
-    tx.send(Input::Shutdown).await.map_err(|_| DaemonError::Engine("engine stopped early".into()))?;
+    tx.send(Input::Shutdown)
+        .await
+        .map_err(|_| DaemonError::Engine("engine stopped early".into()))?;
     drop(tx);
-    done_rx.await.map_err(|_| DaemonError::Engine("engine thread panicked".into()))?;
+    done_rx
+        .await
+        .map_err(|_| DaemonError::Engine("engine thread panicked".into()))?;
     let _ = std::fs::remove_file(&cfg.control.socket);
     Ok(())
 }

@@ -8,7 +8,11 @@ struct Stderr;
 struct Fields(String);
 
 impl<'kvs> log::kv::VisitSource<'kvs> for Fields {
-    fn visit_pair(&mut self, key: log::kv::Key<'kvs>, value: log::kv::Value<'kvs>) -> Result<(), log::kv::Error> {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
         let v = value.to_string();
         if v.contains(' ') || v.is_empty() {
             self.0.push_str(&format!(" {key}={v:?}"));

@@ -1,6 +1,6 @@
 //! Export: from a sealed recording to an MP4 that ffmpeg and a browser play.
 //!
-//! [`export`] first checks the recording without the key ([`neoflix_store::verify`]: every file's
+//! [`export`] first checks the recording without the key ([`neoflix_store::verify()`]: every file's
 //! size and SHA-256, the hash chain), then, with the department secret key, unwraps each data key,
 //! authenticates every chunk, checks that each object is the one its place in the manifest says
 //! (kind, stream, increasing sequence), and writes the init segment followed by the fragments,
@@ -32,7 +32,9 @@ pub enum ExportError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The recording was sealed to another department key.
-    #[error("the recording was sealed to department key {recording}, but the given key is {given}: use that department's department.key")]
+    #[error(
+        "the recording was sealed to department key {recording}, but the given key is {given}: use that department's department.key"
+    )]
     WrongKey {
         /// Key id in the manifest.
         recording: String,
@@ -72,7 +74,11 @@ pub struct Exported {
 }
 
 fn object_error(kind: &str, e: &ObjectEntry, problem: impl ToString) -> ExportError {
-    ExportError::Object { object: format!("{kind} {}", e.index), file: e.file.clone(), problem: problem.to_string() }
+    ExportError::Object {
+        object: format!("{kind} {}", e.index),
+        file: e.file.clone(),
+        problem: problem.to_string(),
+    }
 }
 
 /// Opens one object: reads it and its key record, unwraps, authenticates, checks its kind.
@@ -84,10 +90,14 @@ fn open_object(
     expect: Kind,
 ) -> Result<(neoflix_seal::Header, Vec<u8>), ExportError> {
     let sealed = fs::read(dir.join(&e.file)).map_err(|err| object_error(kind, e, err))?;
-    let record = fs::read(dir.join(&e.key_file)).map_err(|err| object_error(kind, e, format!("{}: {err}", e.key_file)))?;
+    let record = fs::read(dir.join(&e.key_file))
+        .map_err(|err| object_error(kind, e, format!("{}: {err}", e.key_file)))?;
     let wrapped = WrappedKey::from_bytes(&record).map_err(|err| object_error(kind, e, err))?;
-    let data_key = wrapped.unwrap_for(key, &sealed).map_err(|err| object_error(kind, e, err))?;
-    let (header, plain) = neoflix_seal::open(&data_key, &sealed).map_err(|err| object_error(kind, e, err))?;
+    let data_key = wrapped
+        .unwrap_for(key, &sealed)
+        .map_err(|err| object_error(kind, e, err))?;
+    let (header, plain) =
+        neoflix_seal::open(&data_key, &sealed).map_err(|err| object_error(kind, e, err))?;
     if header.id.kind != expect {
         return Err(object_error(kind, e, "holds the wrong kind of object"));
     }
@@ -99,8 +109,14 @@ fn part_path(out: &Path, n: usize) -> PathBuf {
     if n == 0 {
         return out.to_owned();
     }
-    let stem = out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-    let ext = out.extension().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "mp4".into());
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let ext = out
+        .extension()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "mp4".into());
     out.with_file_name(format!("{stem}-part{}.{ext}", n + 1))
 }
 
@@ -129,7 +145,10 @@ fn assemble(
     let manifest = neoflix_store::verify(dir)?.manifest;
     let given = key.public_key().key_id().0;
     if manifest.recipient_key_id != given {
-        return Err(ExportError::WrongKey { recording: manifest.recipient_key_id.clone(), given });
+        return Err(ExportError::WrongKey {
+            recording: manifest.recipient_key_id.clone(),
+            given,
+        });
     }
     if manifest.fragments.is_empty() {
         return Err(ExportError::Empty);
@@ -150,21 +169,33 @@ fn assemble(
             let (init_header, init_plain) = &inits[init_index as usize];
             let (header, mut plain) = open_object(dir, "fragment", e, key, Kind::Fragment)?;
             if header.id.stream != init_header.id.stream {
-                return Err(object_error("fragment", e, "belongs to another capture stream than its init segment"));
+                return Err(object_error(
+                    "fragment",
+                    e,
+                    "belongs to another capture stream than its init segment",
+                ));
             }
             if let Some((i, seq)) = last_seq
                 && i == init_index
                 && header.id.seq <= seq
             {
-                return Err(object_error("fragment", e, format!("out of order: sequence {} after {seq}", header.id.seq)));
+                return Err(object_error(
+                    "fragment",
+                    e,
+                    format!("out of order: sequence {} after {seq}", header.id.seq),
+                ));
             }
             last_seq = Some((init_index, header.id.seq));
             if writer.as_ref().map(|w| w.0) != Some(init_index) {
                 if let Some((_, Some(f), _)) = writer.take() {
                     let tmp = &parts.last().expect("a writer has a part").0;
-                    f.sync_all().map_err(|source| ExportError::Write { path: tmp.clone(), source })?;
+                    f.sync_all().map_err(|source| ExportError::Write {
+                        path: tmp.clone(),
+                        source,
+                    })?;
                 }
-                let base = mp4::first_decode_time(&plain).map_err(|err| object_error("fragment", e, err))?;
+                let base = mp4::first_decode_time(&plain)
+                    .map_err(|err| object_error("fragment", e, err))?;
                 let file = match out {
                     None => None,
                     Some(out) => {
@@ -173,8 +204,16 @@ fn assemble(
                             ".{}.partial",
                             final_path.file_name().unwrap_or_default().to_string_lossy()
                         ));
-                        let mut f = fs::File::create(&tmp).map_err(|source| ExportError::Write { path: tmp.clone(), source })?;
-                        f.write_all(init_plain).map_err(|source| ExportError::Write { path: tmp.clone(), source })?;
+                        let mut f =
+                            fs::File::create(&tmp).map_err(|source| ExportError::Write {
+                                path: tmp.clone(),
+                                source,
+                            })?;
+                        f.write_all(init_plain)
+                            .map_err(|source| ExportError::Write {
+                                path: tmp.clone(),
+                                source,
+                            })?;
                         parts.push((tmp, final_path));
                         Some(f)
                     }
@@ -182,16 +221,23 @@ fn assemble(
                 writer = Some((init_index, file, base));
             }
             let (_, f, base) = writer.as_mut().expect("set above");
-            mp4::rebase_decode_time(&mut plain, *base).map_err(|err| object_error("fragment", e, err))?;
+            mp4::rebase_decode_time(&mut plain, *base)
+                .map_err(|err| object_error("fragment", e, err))?;
             if let Some(f) = f {
                 let tmp = &parts.last().expect("pushed above").0;
-                f.write_all(&plain).map_err(|source| ExportError::Write { path: tmp.clone(), source })?;
+                f.write_all(&plain).map_err(|source| ExportError::Write {
+                    path: tmp.clone(),
+                    source,
+                })?;
             }
             progress(done + 1, total);
         }
         if let Some((_, Some(f), _)) = writer.take() {
             let tmp = &parts.last().expect("a writer has a part").0;
-            f.sync_all().map_err(|source| ExportError::Write { path: tmp.clone(), source })?;
+            f.sync_all().map_err(|source| ExportError::Write {
+                path: tmp.clone(),
+                source,
+            })?;
         }
         Ok(())
     })();
@@ -203,7 +249,10 @@ fn assemble(
     }
     let mut files = Vec::new();
     for (tmp, path) in parts {
-        fs::rename(&tmp, &path).map_err(|source| ExportError::Write { path: path.clone(), source })?;
+        fs::rename(&tmp, &path).map_err(|source| ExportError::Write {
+            path: path.clone(),
+            source,
+        })?;
         files.push(path);
     }
     Ok(Exported { manifest, files })

@@ -15,7 +15,9 @@ impl std::fmt::Display for Mp4Error {
 }
 
 /// Iterates over the boxes in `data`: (type, start of box, start of payload, end of box).
-fn boxes(data: &[u8]) -> impl Iterator<Item = Result<([u8; 4], usize, usize, usize), Mp4Error>> + '_ {
+fn boxes(
+    data: &[u8],
+) -> impl Iterator<Item = Result<([u8; 4], usize, usize, usize), Mp4Error>> + '_ {
     let mut pos = 0usize;
     std::iter::from_fn(move || {
         if pos >= data.len() {
@@ -35,7 +37,10 @@ fn boxes(data: &[u8]) -> impl Iterator<Item = Result<([u8; 4], usize, usize, usi
                     pos = data.len();
                     return Some(Err(Mp4Error("large box header cut short")));
                 }
-                (u64::from_be_bytes(data[pos + 8..pos + 16].try_into().expect("8 bytes")), 16)
+                (
+                    u64::from_be_bytes(data[pos + 8..pos + 16].try_into().expect("8 bytes")),
+                    16,
+                )
             }
             s => (s, 8),
         };
@@ -81,7 +86,9 @@ fn read_tfdt(data: &[u8], (body, end): (usize, usize)) -> Result<u64, Mp4Error> 
     let p = &data[body..end];
     match p.first() {
         Some(1) if p.len() >= 12 => Ok(u64::from_be_bytes(p[4..12].try_into().expect("8 bytes"))),
-        Some(0) if p.len() >= 8 => Ok(u32::from_be_bytes(p[4..8].try_into().expect("4 bytes")) as u64),
+        Some(0) if p.len() >= 8 => {
+            Ok(u32::from_be_bytes(p[4..8].try_into().expect("4 bytes")) as u64)
+        }
         _ => Err(Mp4Error("tfdt box of unknown version or cut short")),
     }
 }
@@ -96,7 +103,9 @@ pub fn first_decode_time(fragment: &[u8]) -> Result<u64, Mp4Error> {
 pub fn rebase_decode_time(fragment: &mut [u8], base: u64) -> Result<(), Mp4Error> {
     for r in tfdts(fragment)? {
         let t = read_tfdt(fragment, r)?;
-        let new = t.checked_sub(base).ok_or(Mp4Error("decode time before the first fragment's"))?;
+        let new = t
+            .checked_sub(base)
+            .ok_or(Mp4Error("decode time before the first fragment's"))?;
         let p = &mut fragment[r.0..r.1];
         if p[0] == 1 {
             p[4..12].copy_from_slice(&new.to_be_bytes());
@@ -121,9 +130,19 @@ mod tests {
     fn fragment(tfdt_v1: u64) -> Vec<u8> {
         let mut tfdt = vec![1, 0, 0, 0];
         tfdt.extend_from_slice(&tfdt_v1.to_be_bytes());
-        let traf = [bx(b"tfhd", &[0; 8]), bx(b"tfdt", &tfdt), bx(b"trun", &[0; 12])].concat();
+        let traf = [
+            bx(b"tfhd", &[0; 8]),
+            bx(b"tfdt", &tfdt),
+            bx(b"trun", &[0; 12]),
+        ]
+        .concat();
         let moof = [bx(b"mfhd", &[0; 8]), bx(b"traf", &traf)].concat();
-        [bx(b"styp", b"iso6"), bx(b"moof", &moof), bx(b"mdat", &[9; 20])].concat()
+        [
+            bx(b"styp", b"iso6"),
+            bx(b"moof", &moof),
+            bx(b"mdat", &[9; 20]),
+        ]
+        .concat()
     }
 
     #[test]

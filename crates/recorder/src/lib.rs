@@ -432,10 +432,7 @@ impl Recorder {
             (State::Fault { .. }, _) | (State::Starting, None) => state,
             (_, Some(last)) if at.saturating_sub(last) >= self.settings.camera_timeout => {
                 State::Fault {
-                    reason: format!(
-                        "no video for {} s",
-                        at.saturating_sub(last).as_secs()
-                    ),
+                    reason: format!("no video for {} s", at.saturating_sub(last).as_secs()),
                 }
             }
             _ => state,

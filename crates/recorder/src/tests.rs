@@ -80,22 +80,45 @@ fn pedal_press_starts_at_once_and_its_own_release_is_no_marker() {
     assert_eq!(
         a,
         vec![
-            Action::StartRecording { trigger: Trigger::Pedal },
+            Action::StartRecording {
+                trigger: Trigger::Pedal
+            },
             Action::Light { on: true }
         ]
     );
     assert!(r.status().recording);
     // Held 3 s: that is the press that started the recording, not a stop.
-    let (r, a) = run(r, vec![Event::Tick { at: s(14) }, Event::PedalUp { at: s(14) }]);
+    let (r, a) = run(
+        r,
+        vec![Event::Tick { at: s(14) }, Event::PedalUp { at: s(14) }],
+    );
     assert!(a.is_empty(), "{a:?}");
     assert!(r.status().recording);
 }
 
 #[test]
 fn short_press_while_recording_marks_long_press_stops() {
-    let (r, _) = run(ready(), vec![Event::Start { at: s(11), by: Trigger::Control }]);
-    let (r, a) = run(r, vec![Event::PedalDown { at: s(20) }, Event::PedalUp { at: ms(21_500) }]);
-    assert_eq!(a, vec![Action::Mark { by: Trigger::Pedal, label: String::new() }]);
+    let (r, _) = run(
+        ready(),
+        vec![Event::Start {
+            at: s(11),
+            by: Trigger::Control,
+        }],
+    );
+    let (r, a) = run(
+        r,
+        vec![
+            Event::PedalDown { at: s(20) },
+            Event::PedalUp { at: ms(21_500) },
+        ],
+    );
+    assert_eq!(
+        a,
+        vec![Action::Mark {
+            by: Trigger::Pedal,
+            label: String::new()
+        }]
+    );
     let (r, a) = run(
         r,
         vec![
@@ -116,8 +139,17 @@ fn short_press_while_recording_marks_long_press_stops() {
 
 #[test]
 fn long_press_detected_on_release_when_no_tick_came() {
-    let (r, _) = run(ready(), vec![Event::Start { at: s(11), by: Trigger::Mqtt }]);
-    let (r, a) = run(r, vec![Event::PedalDown { at: s(20) }, Event::PedalUp { at: s(23) }]);
+    let (r, _) = run(
+        ready(),
+        vec![Event::Start {
+            at: s(11),
+            by: Trigger::Mqtt,
+        }],
+    );
+    let (r, a) = run(
+        r,
+        vec![Event::PedalDown { at: s(20) }, Event::PedalUp { at: s(23) }],
+    );
     assert_eq!(finalized(&a), vec![StopReason::Requested(Trigger::Pedal)]);
     assert!(!r.status().recording);
 }
@@ -126,7 +158,13 @@ fn long_press_detected_on_release_when_no_tick_came() {
 fn fragments_while_recording_are_claimed_and_not_before() {
     let (r, a) = with_fragments(Recorder::new(settings()), 0, 3);
     assert!(a.is_empty());
-    let (r, _) = run(r, vec![Event::Start { at: s(4), by: Trigger::Control }]);
+    let (r, _) = run(
+        r,
+        vec![Event::Start {
+            at: s(4),
+            by: Trigger::Control,
+        }],
+    );
     let (_, a) = with_fragments(r, 3, 2);
     assert_eq!(a, vec![Action::Claim { seq: 3 }, Action::Claim { seq: 4 }]);
 }
@@ -135,24 +173,64 @@ fn fragments_while_recording_are_claimed_and_not_before() {
 fn start_before_the_preroll_is_full_still_records() {
     let (r, _) = with_fragments(Recorder::new(settings()), 0, 2);
     let (r, a) = run(r, vec![Event::PedalDown { at: s(3) }]);
-    assert!(a.contains(&Action::StartRecording { trigger: Trigger::Pedal }));
+    assert!(a.contains(&Action::StartRecording {
+        trigger: Trigger::Pedal
+    }));
     assert!(r.status().recording);
-    let (r, a) = run(Recorder::new(settings()), vec![Event::Start { at: s(0), by: Trigger::Control }]);
-    assert!(a.contains(&Action::StartRecording { trigger: Trigger::Control }));
+    let (r, a) = run(
+        Recorder::new(settings()),
+        vec![Event::Start {
+            at: s(0),
+            by: Trigger::Control,
+        }],
+    );
+    assert!(a.contains(&Action::StartRecording {
+        trigger: Trigger::Control
+    }));
     assert!(r.status().recording);
 }
 
 #[test]
 fn stop_with_post_roll_keeps_claiming_then_finalizes() {
-    let r = Recorder::new(Settings { post_roll: s(3), ..settings() });
+    let r = Recorder::new(Settings {
+        post_roll: s(3),
+        ..settings()
+    });
     let (r, _) = with_fragments(r, 0, 10);
-    let (r, a) = run(r, vec![Event::Start { at: s(11), by: Trigger::Control }, Event::Stop { at: s(20), by: Trigger::Control }]);
-    assert!(a.contains(&Action::StopRequested { reason: StopReason::Requested(Trigger::Control) }));
+    let (r, a) = run(
+        r,
+        vec![
+            Event::Start {
+                at: s(11),
+                by: Trigger::Control,
+            },
+            Event::Stop {
+                at: s(20),
+                by: Trigger::Control,
+            },
+        ],
+    );
+    assert!(a.contains(&Action::StopRequested {
+        reason: StopReason::Requested(Trigger::Control)
+    }));
     assert!(finalized(&a).is_empty());
     assert!(r.status().recording, "light stays on during post-roll");
-    let (r, a) = run(r, vec![Event::Stop { at: s(21), by: Trigger::Control }]);
+    let (r, a) = run(
+        r,
+        vec![Event::Stop {
+            at: s(21),
+            by: Trigger::Control,
+        }],
+    );
     assert!(matches!(a[..], [Action::Refuse { .. }]));
-    let (r, a) = run(r, vec![Event::Fragment { at: s(22), seq: 20, ring: s(10) }]);
+    let (r, a) = run(
+        r,
+        vec![Event::Fragment {
+            at: s(22),
+            seq: 20,
+            ring: s(10),
+        }],
+    );
     assert_eq!(a, vec![Action::Claim { seq: 20 }]);
     let (r, a) = run(r, vec![Event::Tick { at: s(23) }]);
     assert_eq!(finalized(&a), vec![StopReason::Requested(Trigger::Control)]);
@@ -161,9 +239,18 @@ fn stop_with_post_roll_keeps_claiming_then_finalizes() {
 
 #[test]
 fn max_duration_stops_by_itself_without_post_roll() {
-    let r = Recorder::new(Settings { post_roll: s(3), ..settings() });
+    let r = Recorder::new(Settings {
+        post_roll: s(3),
+        ..settings()
+    });
     let (r, _) = with_fragments(r, 0, 10);
-    let (r, _) = run(r, vec![Event::Start { at: s(10), by: Trigger::Pedal }]);
+    let (r, _) = run(
+        r,
+        vec![Event::Start {
+            at: s(10),
+            by: Trigger::Pedal,
+        }],
+    );
     let (r, a) = run(r, vec![Event::Tick { at: s(109) }]);
     assert!(a.is_empty());
     let (r, a) = run(r, vec![Event::Tick { at: s(110) }]);
@@ -173,30 +260,88 @@ fn max_duration_stops_by_itself_without_post_roll() {
 
 #[test]
 fn commands_that_make_no_sense_are_refused_not_ignored() {
-    let (r, a) = run(ready(), vec![Event::Stop { at: s(11), by: Trigger::Control }]);
+    let (r, a) = run(
+        ready(),
+        vec![Event::Stop {
+            at: s(11),
+            by: Trigger::Control,
+        }],
+    );
     assert!(matches!(&a[..], [Action::Refuse { reason }] if reason == "not recording"));
-    let (r, a) = run(r, vec![Event::Mark { at: s(11), by: Trigger::Mqtt, label: "x".into() }]);
+    let (r, a) = run(
+        r,
+        vec![Event::Mark {
+            at: s(11),
+            by: Trigger::Mqtt,
+            label: "x".into(),
+        }],
+    );
     assert!(matches!(&a[..], [Action::Refuse { .. }]));
-    let (r, _) = run(r, vec![Event::Start { at: s(12), by: Trigger::Control }]);
-    let (_, a) = run(r, vec![Event::Start { at: s(13), by: Trigger::Mqtt }]);
+    let (r, _) = run(
+        r,
+        vec![Event::Start {
+            at: s(12),
+            by: Trigger::Control,
+        }],
+    );
+    let (_, a) = run(
+        r,
+        vec![Event::Start {
+            at: s(13),
+            by: Trigger::Mqtt,
+        }],
+    );
     assert!(matches!(&a[..], [Action::Refuse { reason }] if reason == "already recording"));
 }
 
 #[test]
 fn markers_carry_their_label() {
-    let (r, _) = run(ready(), vec![Event::Start { at: s(11), by: Trigger::Control }]);
-    let (_, a) = run(r, vec![Event::Mark { at: s(12), by: Trigger::Control, label: "intubation".into() }]);
-    assert_eq!(a, vec![Action::Mark { by: Trigger::Control, label: "intubation".into() }]);
+    let (r, _) = run(
+        ready(),
+        vec![Event::Start {
+            at: s(11),
+            by: Trigger::Control,
+        }],
+    );
+    let (_, a) = run(
+        r,
+        vec![Event::Mark {
+            at: s(12),
+            by: Trigger::Control,
+            label: "intubation".into(),
+        }],
+    );
+    assert_eq!(
+        a,
+        vec![Action::Mark {
+            by: Trigger::Control,
+            label: "intubation".into()
+        }]
+    );
 }
 
 #[test]
 fn privacy_stops_recording_purges_and_refuses_until_off() {
-    let (r, _) = run(ready(), vec![Event::Start { at: s(11), by: Trigger::Control }]);
-    let (r, a) = run(r, vec![Event::Privacy { at: s(12), on: true }]);
+    let (r, _) = run(
+        ready(),
+        vec![Event::Start {
+            at: s(11),
+            by: Trigger::Control,
+        }],
+    );
+    let (r, a) = run(
+        r,
+        vec![Event::Privacy {
+            at: s(12),
+            on: true,
+        }],
+    );
     assert_eq!(
         a,
         vec![
-            Action::Finalize { reason: StopReason::Privacy },
+            Action::Finalize {
+                reason: StopReason::Privacy
+            },
             Action::Light { on: false },
             Action::PauseCapture,
             Action::PurgeRing
@@ -206,9 +351,22 @@ fn privacy_stops_recording_purges_and_refuses_until_off() {
     assert!(!r.status().ready);
     let (r, a) = run(r, vec![Event::PedalDown { at: s(13) }]);
     assert!(matches!(&a[..], [Action::Refuse { reason }] if reason.contains("privacy")));
-    let (r, a) = run(r, vec![Event::Fragment { at: s(13), seq: 40, ring: s(1) }]);
+    let (r, a) = run(
+        r,
+        vec![Event::Fragment {
+            at: s(13),
+            seq: 40,
+            ring: s(1),
+        }],
+    );
     assert_eq!(a, vec![Action::PurgeRing]);
-    let (r, a) = run(r, vec![Event::Privacy { at: s(14), on: false }]);
+    let (r, a) = run(
+        r,
+        vec![Event::Privacy {
+            at: s(14),
+            on: false,
+        }],
+    );
     assert_eq!(a, vec![Action::ResumeCapture]);
     assert_eq!(r.status().state, "starting");
     assert_eq!(r.status().preroll, Duration::ZERO);
@@ -222,30 +380,79 @@ fn camera_watchdog_faults_and_recovers() {
     let (r, _) = run(r, vec![Event::Tick { at: s(15) }]);
     assert_eq!(r.status().state, "fault");
     assert!(r.status().reason.unwrap().contains("no video"));
-    let (r, _) = run(r, vec![Event::Fragment { at: s(16), seq: 10, ring: s(10) }]);
+    let (r, _) = run(
+        r,
+        vec![Event::Fragment {
+            at: s(16),
+            seq: 10,
+            ring: s(10),
+        }],
+    );
     assert_eq!(r.status().state, "ready");
-    let (r, _) = run(r, vec![Event::CameraLost { at: s(17), reason: "device gone".into() }]);
+    let (r, _) = run(
+        r,
+        vec![Event::CameraLost {
+            at: s(17),
+            reason: "device gone".into(),
+        }],
+    );
     assert_eq!(r.status().state, "fault");
     assert!(!r.status().ready);
 }
 
 #[test]
 fn camera_loss_during_a_recording_keeps_it_open() {
-    let (r, _) = run(ready(), vec![Event::Start { at: s(11), by: Trigger::Control }]);
-    let (r, a) = run(r, vec![Event::CameraLost { at: s(12), reason: "unplugged".into() }, Event::Tick { at: s(30) }]);
+    let (r, _) = run(
+        ready(),
+        vec![Event::Start {
+            at: s(11),
+            by: Trigger::Control,
+        }],
+    );
+    let (r, a) = run(
+        r,
+        vec![
+            Event::CameraLost {
+                at: s(12),
+                reason: "unplugged".into(),
+            },
+            Event::Tick { at: s(30) },
+        ],
+    );
     assert!(finalized(&a).is_empty());
     assert!(r.status().recording);
 }
 
 #[test]
 fn shutdown_finalizes_at_once_keeping_a_pending_stop_reason() {
-    let (r, _) = run(ready(), vec![Event::Start { at: s(11), by: Trigger::Control }]);
+    let (r, _) = run(
+        ready(),
+        vec![Event::Start {
+            at: s(11),
+            by: Trigger::Control,
+        }],
+    );
     let (_, a) = run(r, vec![Event::Shutdown { at: s(12) }]);
     assert_eq!(finalized(&a), vec![StopReason::Shutdown]);
 
-    let r = Recorder::new(Settings { post_roll: s(5), ..settings() });
+    let r = Recorder::new(Settings {
+        post_roll: s(5),
+        ..settings()
+    });
     let (r, _) = with_fragments(r, 0, 10);
-    let (r, _) = run(r, vec![Event::Start { at: s(11), by: Trigger::Control }, Event::Stop { at: s(12), by: Trigger::Mqtt }]);
+    let (r, _) = run(
+        r,
+        vec![
+            Event::Start {
+                at: s(11),
+                by: Trigger::Control,
+            },
+            Event::Stop {
+                at: s(12),
+                by: Trigger::Mqtt,
+            },
+        ],
+    );
     let (_, a) = run(r, vec![Event::Shutdown { at: s(13) }]);
     assert_eq!(finalized(&a), vec![StopReason::Requested(Trigger::Mqtt)]);
 
@@ -259,23 +466,46 @@ fn shutdown_finalizes_at_once_keeping_a_pending_stop_reason() {
 fn exhaustive_invariants_over_event_sequences() {
     let events = |t: u64| {
         vec![
-            Event::Fragment { at: s(t), seq: t, ring: s(t.min(10)) },
+            Event::Fragment {
+                at: s(t),
+                seq: t,
+                ring: s(t.min(10)),
+            },
             Event::PedalDown { at: s(t) },
             Event::PedalUp { at: s(t) },
-            Event::Start { at: s(t), by: Trigger::Mqtt },
-            Event::Stop { at: s(t), by: Trigger::Control },
-            Event::Mark { at: s(t), by: Trigger::Pedal, label: "m".into() },
+            Event::Start {
+                at: s(t),
+                by: Trigger::Mqtt,
+            },
+            Event::Stop {
+                at: s(t),
+                by: Trigger::Control,
+            },
+            Event::Mark {
+                at: s(t),
+                by: Trigger::Pedal,
+                label: "m".into(),
+            },
             Event::Privacy { at: s(t), on: true },
-            Event::Privacy { at: s(t), on: false },
+            Event::Privacy {
+                at: s(t),
+                on: false,
+            },
             Event::Tick { at: s(t) },
-            Event::CameraLost { at: s(t), reason: "x".into() },
+            Event::CameraLost {
+                at: s(t),
+                reason: "x".into(),
+            },
             Event::Shutdown { at: s(t) },
         ]
     };
     let n = events(0).len();
     // All sequences of length 4 over the 11 events, each one second apart.
     for code in 0..n.pow(4) {
-        let mut r = Recorder::new(Settings { post_roll: s(1), ..settings() });
+        let mut r = Recorder::new(Settings {
+            post_roll: s(1),
+            ..settings()
+        });
         let mut light = false;
         let mut c = code;
         for t in 0..4u64 {
@@ -288,7 +518,10 @@ fn exhaustive_invariants_over_event_sequences() {
                     light = *on;
                 }
             }
-            let starts = actions.iter().filter(|a| matches!(a, Action::StartRecording { .. })).count();
+            let starts = actions
+                .iter()
+                .filter(|a| matches!(a, Action::StartRecording { .. }))
+                .count();
             let ends = finalized(&actions).len();
             assert!(starts <= 1 && ends <= 1, "{e:?} -> {actions:?}");
             if was_recording && !next.status().recording {
@@ -297,7 +530,11 @@ fn exhaustive_invariants_over_event_sequences() {
             if !was_recording {
                 assert_eq!(ends, 0, "Finalize without a recording on {e:?}");
             }
-            assert_eq!(light, next.status().recording, "light disagrees after {e:?}");
+            assert_eq!(
+                light,
+                next.status().recording,
+                "light disagrees after {e:?}"
+            );
             r = next;
         }
     }

@@ -13,7 +13,9 @@ pub enum SealError {
     UnsupportedVersion(u8),
     /// A chunk failed authentication: the ciphertext was changed, truncated, reordered, or the key
     /// belongs to another object.
-    #[error("authentication failed at chunk {chunk}: the sealed bytes were altered, cut short or belong to another key")]
+    #[error(
+        "authentication failed at chunk {chunk}: the sealed bytes were altered, cut short or belong to another key"
+    )]
     Tampered {
         /// Zero-based index of the chunk that failed.
         chunk: u64,
@@ -28,7 +30,9 @@ pub enum SealError {
     },
     /// The wrapped key failed to open: wrong department key, or a key record that belongs to a
     /// different object, or one that was altered.
-    #[error("the wrapped data key does not open with this department key for this object (wrong key, or key record of another fragment)")]
+    #[error(
+        "the wrapped data key does not open with this department key for this object (wrong key, or key record of another fragment)"
+    )]
     Unwrap,
     /// The wrapped key record is malformed.
     #[error("malformed wrapped key record: {0}")]

@@ -61,7 +61,12 @@ impl DepartmentPublicKey {
 
     /// Parses a public key file's text.
     pub fn from_file_text(text: &str) -> Result<Self, SealError> {
-        let bytes = parse_line(text, PUB_TAG, SEC_TAG, "a department SECRET key was given where the public key belongs")?;
+        let bytes = parse_line(
+            text,
+            PUB_TAG,
+            SEC_TAG,
+            "a department SECRET key was given where the public key belongs",
+        )?;
         <X25519HkdfSha256 as hpke::Kem>::PublicKey::from_bytes(&bytes[..])
             .map(Self)
             .map_err(|_| SealError::BadKey("not a valid X25519 public key".into()))
@@ -90,7 +95,12 @@ impl DepartmentSecretKey {
 
     /// Parses a secret key file's text.
     pub fn from_file_text(text: &str) -> Result<Self, SealError> {
-        let bytes = parse_line(text, SEC_TAG, PUB_TAG, "this is the department PUBLIC key; export needs the secret key (department.key)")?;
+        let bytes = parse_line(
+            text,
+            SEC_TAG,
+            PUB_TAG,
+            "this is the department PUBLIC key; export needs the secret key (department.key)",
+        )?;
         <X25519HkdfSha256 as hpke::Kem>::PrivateKey::from_bytes(&bytes[..])
             .map(Self)
             .map_err(|_| SealError::BadKey("not a valid X25519 secret key".into()))

@@ -213,7 +213,10 @@ mod tests {
         for len in [0usize, 1, 65535, 65536, 65537, 3 * 65536, 200_000] {
             let plain: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let (key, sealed) = seal(&id(9), &plain).unwrap();
-            assert_eq!(parse_header(&sealed).unwrap().sealed_len(), sealed.len() as u64);
+            assert_eq!(
+                parse_header(&sealed).unwrap().sealed_len(),
+                sealed.len() as u64
+            );
             let (h, back) = open(&key, &sealed).unwrap();
             assert_eq!(h.id, id(9));
             assert_eq!(back, plain, "len {len}");
@@ -258,7 +261,10 @@ mod tests {
         let cut = HEADER_LEN + 2 * (65536 + 16);
         let mut forged = sealed[..cut].to_vec();
         forged[32..40].copy_from_slice(&(2u64 * 65536).to_be_bytes());
-        assert!(matches!(open(&key, &forged), Err(SealError::Tampered { .. })));
+        assert!(matches!(
+            open(&key, &forged),
+            Err(SealError::Tampered { .. })
+        ));
     }
 
     #[test]
@@ -270,22 +276,37 @@ mod tests {
         let first = sealed[a..a + c].to_vec();
         swapped[a..a + c].copy_from_slice(&sealed[b..b + c]);
         swapped[b..b + c].copy_from_slice(&first);
-        assert!(matches!(open(&key, &swapped), Err(SealError::Tampered { chunk: 0 })));
+        assert!(matches!(
+            open(&key, &swapped),
+            Err(SealError::Tampered { chunk: 0 })
+        ));
     }
 
     #[test]
     fn another_objects_key_does_not_open() {
         let (_, sealed) = seal(&id(5), b"hello").unwrap();
         let (other, _) = seal(&id(5), b"hello").unwrap();
-        assert!(matches!(open(&other, &sealed), Err(SealError::Tampered { chunk: 0 })));
+        assert!(matches!(
+            open(&other, &sealed),
+            Err(SealError::Tampered { chunk: 0 })
+        ));
     }
 
     #[test]
     fn garbage_headers_are_named() {
-        assert!(matches!(parse_header(b"short"), Err(SealError::BadHeader(_))));
-        assert!(matches!(parse_header(&[0u8; 80]), Err(SealError::BadHeader(_))));
+        assert!(matches!(
+            parse_header(b"short"),
+            Err(SealError::BadHeader(_))
+        ));
+        assert!(matches!(
+            parse_header(&[0u8; 80]),
+            Err(SealError::BadHeader(_))
+        ));
         let (_, mut sealed) = seal(&id(6), b"x").unwrap();
         sealed[4] = 9;
-        assert!(matches!(parse_header(&sealed), Err(SealError::UnsupportedVersion(9))));
+        assert!(matches!(
+            parse_header(&sealed),
+            Err(SealError::UnsupportedVersion(9))
+        ));
     }
 }

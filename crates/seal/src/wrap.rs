@@ -74,7 +74,9 @@ impl WrappedKey {
     /// Parses a stored record (checks its shape, not its authenticity).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SealError> {
         if bytes.len() != WRAPPED_KEY_LEN {
-            return Err(SealError::BadWrappedKey("wrong length (expected 144 bytes)"));
+            return Err(SealError::BadWrappedKey(
+                "wrong length (expected 144 bytes)",
+            ));
         }
         if &bytes[0..4] != MAGIC || bytes[4] != 1 {
             return Err(SealError::BadWrappedKey("wrong magic or version"));
@@ -131,16 +133,26 @@ mod tests {
     fn wrapped_key_opens_only_its_own_object_with_the_right_department_key() {
         let dept = DepartmentSecretKey::generate().unwrap();
         let other_dept = DepartmentSecretKey::generate().unwrap();
-        let mk = |seq| ObjectId { stream: [2; 16], seq, kind: Kind::Fragment };
+        let mk = |seq| ObjectId {
+            stream: [2; 16],
+            seq,
+            kind: Kind::Fragment,
+        };
         let (k1, s1) = seal(&mk(1), b"one").unwrap();
         let (k2, s2) = seal(&mk(2), b"two").unwrap();
         let w1 = k1.wrap(&dept.public_key(), &s1).unwrap();
         let w2 = k2.wrap(&dept.public_key(), &s2).unwrap();
         assert_eq!(w1.as_bytes().len(), WRAPPED_KEY_LEN);
         let back = WrappedKey::from_bytes(w1.as_bytes()).unwrap();
-        assert_eq!(open(&back.unwrap_for(&dept, &s1).unwrap(), &s1).unwrap().1, b"one");
+        assert_eq!(
+            open(&back.unwrap_for(&dept, &s1).unwrap(), &s1).unwrap().1,
+            b"one"
+        );
         assert!(matches!(w1.unwrap_for(&dept, &s2), Err(SealError::Unwrap)));
-        assert!(matches!(w2.unwrap_for(&other_dept, &s2), Err(SealError::Unwrap)));
+        assert!(matches!(
+            w2.unwrap_for(&other_dept, &s2),
+            Err(SealError::Unwrap)
+        ));
         let mut bad = w2.as_bytes().to_vec();
         bad[WRAPPED_KEY_LEN - 1] ^= 1;
         let bad = WrappedKey::from_bytes(&bad).unwrap();

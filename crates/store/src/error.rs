@@ -44,7 +44,9 @@ pub enum StoreError {
     },
     /// The hash chain over the manifest's objects does not match: the manifest's object list was
     /// edited (an entry removed, reordered or replaced).
-    #[error("the manifest's hash chain does not match its object list: the list was edited (expected {expected}, manifest says {found})")]
+    #[error(
+        "the manifest's hash chain does not match its object list: the list was edited (expected {expected}, manifest says {found})"
+    )]
     Chain {
         /// Chain value recomputed from the list.
         expected: String,
@@ -60,7 +62,10 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| StoreError::Io { op, path, source }
     }

@@ -11,7 +11,10 @@ use crate::StoreError;
 /// fsync of the directory. A crash leaves either the old file or the new one, never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = OpenOptions::new()
         .write(true)
@@ -44,7 +47,11 @@ pub fn move_file(from: &Path, to: &Path) -> Result<(), StoreError> {
             write_atomic(to, &bytes, 0o600)?;
             fs::remove_file(from).map_err(StoreError::io("remove", from))
         }
-        Err(e) => Err(StoreError::Io { op: "rename", path: from.to_owned(), source: e }),
+        Err(e) => Err(StoreError::Io {
+            op: "rename",
+            path: from.to_owned(),
+            source: e,
+        }),
     }
 }
 

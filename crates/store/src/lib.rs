@@ -8,13 +8,13 @@
 //!   data key to the department (HPKE), writes the key record write-temp-fsync-rename, then moves
 //!   the sealed file in (a rename; a copy, fsync and delete across filesystems, never a decrypt).
 //!   Stopping writes the [`Manifest`] with every object's SHA-256 and a hash chain over them.
-//! - [`recover`] seals recordings left open by a crash or power cut as `interrupted`.
-//! - [`verify`] checks a recording's files against its manifest without any key.
+//! - [`recover()`] seals recordings left open by a crash or power cut as `interrupted`.
+//! - [`verify()`] checks a recording's files against its manifest without any key.
 //!
 //! The on-disk format is specified in `docs/sealed-format.md`.
 //!
 //! Layout: [`fsutil`] durable writes, [`ring`] the pre-roll, [`manifest`] the manifest and its
-//! chain, [`recording`] writing and recovering recordings, [`verify`] key-less checks.
+//! chain, [`recording`] writing and recovering recordings, [`mod@verify`] key-less checks.
 #![deny(missing_docs)]
 
 mod error;
@@ -36,5 +36,6 @@ pub fn utc(t: std::time::SystemTime) -> String {
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    t.format(&fmt).unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
+    t.format(&fmt)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
 }

@@ -18,7 +18,9 @@ use neoflix_seal::{DataKey, DepartmentPublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{self, FORMAT};
-use crate::{Manifest, Marker, ObjectEntry, RingEntry, Status, StoreError, StreamInit, fsutil, utc};
+use crate::{
+    Manifest, Marker, ObjectEntry, RingEntry, Status, StoreError, StreamInit, fsutil, utc,
+};
 
 /// One line of `journal.jsonl`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,14 +142,27 @@ impl RecordingWriter {
         let mut line = serde_json::to_vec(event).expect("journal events serialize");
         line.push(b'\n');
         let path = self.dir.join("journal.jsonl");
-        self.journal.write_all(&line).map_err(StoreError::io("append", &path))?;
-        self.journal.sync_data().map_err(StoreError::io("fsync", &path))
+        self.journal
+            .write_all(&line)
+            .map_err(StoreError::io("append", &path))?;
+        self.journal
+            .sync_data()
+            .map_err(StoreError::io("fsync", &path))
     }
 
-    fn wrap_and_write_key(&self, key: &DataKey, sealed: &[u8], key_file: &str, what: &str) -> Result<String, StoreError> {
+    fn wrap_and_write_key(
+        &self,
+        key: &DataKey,
+        sealed: &[u8],
+        key_file: &str,
+        what: &str,
+    ) -> Result<String, StoreError> {
         let wrapped = key
             .wrap(&self.recipient, sealed)
-            .map_err(|source| StoreError::Seal { what: what.into(), source })?;
+            .map_err(|source| StoreError::Seal {
+                what: what.into(),
+                source,
+            })?;
         fsutil::write_atomic(&self.dir.join(key_file), wrapped.as_bytes(), 0o600)?;
         Ok(neoflix_seal::sha256_hex(wrapped.as_bytes()))
     }
@@ -157,7 +172,12 @@ impl RecordingWriter {
         let file = format!("init-{index:03}.nfx");
         // The ring keeps its init segment for later recordings: copy the sealed bytes.
         let sealed = fs::read(&init.path).map_err(StoreError::io("read", &init.path))?;
-        let key_sha256 = self.wrap_and_write_key(&init.key, &sealed, &key_name(&file), &format!("init segment {index}"))?;
+        let key_sha256 = self.wrap_and_write_key(
+            &init.key,
+            &sealed,
+            &key_name(&file),
+            &format!("init segment {index}"),
+        )?;
         fsutil::write_atomic(&self.dir.join(&file), &sealed, 0o600)?;
         self.inits.push(ObjectEntry {
             index,
@@ -177,7 +197,12 @@ impl RecordingWriter {
     ///
     /// Order matters for crash safety: the wrapped key is on disk before the sealed fragment is
     /// moved in, so a fragment in a recording always has its key.
-    pub fn claim(&mut self, entry: RingEntry, init: &StreamInit, preroll: bool) -> Result<(), StoreError> {
+    pub fn claim(
+        &mut self,
+        entry: RingEntry,
+        init: &StreamInit,
+        preroll: bool,
+    ) -> Result<(), StoreError> {
         let init_index = match self.init_streams.iter().position(|s| *s == entry.stream) {
             Some(i) => i as u64,
             None => self.claim_init(init)?,
@@ -225,7 +250,12 @@ impl RecordingWriter {
             .first_frame
             .and_then(|f| now.duration_since(f).ok())
             .unwrap_or_default();
-        let m = Marker { utc: utc(now), offset_secs: round_ms(offset), label: label.into(), by: by.into() };
+        let m = Marker {
+            utc: utc(now),
+            offset_secs: round_ms(offset),
+            label: label.into(),
+            by: by.into(),
+        };
         self.markers.push(m.clone());
         self.append(&Journal::Marker(m.clone()))?;
         Ok(m)
@@ -233,7 +263,10 @@ impl RecordingWriter {
 
     /// Notes that a stop was asked for and post-roll runs.
     pub fn stop_requested(&mut self, reason: &str, now: SystemTime) -> Result<(), StoreError> {
-        self.append(&Journal::StopRequested { utc: utc(now), reason: reason.into() })
+        self.append(&Journal::StopRequested {
+            utc: utc(now),
+            reason: reason.into(),
+        })
     }
 
     /// Writes the manifest and closes the recording.
@@ -276,7 +309,11 @@ fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), StoreError> {
 ///
 /// What survives is what was claimed completely: a fragment file with its key record. The
 /// fragment being claimed at the crash may be lost; nothing before it is.
-pub fn recover(root: &Path, recipient_key_id: &str, now: SystemTime) -> Result<Vec<String>, StoreError> {
+pub fn recover(
+    root: &Path,
+    recipient_key_id: &str,
+    now: SystemTime,
+) -> Result<Vec<String>, StoreError> {
     let mut done = Vec::new();
     let Ok(list) = fs::read_dir(root) else {
         return Ok(done);
@@ -289,7 +326,11 @@ pub fn recover(root: &Path, recipient_key_id: &str, now: SystemTime) -> Result<V
         .collect();
     dirs.sort();
     for dir in dirs {
-        let id = dir.file_name().unwrap_or_default().to_string_lossy().to_string();
+        let id = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
         recover_one(&dir, &id, recipient_key_id, now)?;
         done.push(id);
     }
@@ -307,7 +348,11 @@ fn read_journal(dir: &Path) -> Vec<Journal> {
         .collect()
 }
 
-fn entry_from_files(dir: &Path, index: u64, file: String) -> Result<Option<ObjectEntry>, StoreError> {
+fn entry_from_files(
+    dir: &Path,
+    index: u64,
+    file: String,
+) -> Result<Option<ObjectEntry>, StoreError> {
     let key_file = key_name(&file);
     let (Ok(sealed), Ok(key)) = (fs::read(dir.join(&file)), fs::read(dir.join(&key_file))) else {
         return Ok(None);
@@ -324,7 +369,12 @@ fn entry_from_files(dir: &Path, index: u64, file: String) -> Result<Option<Objec
     }))
 }
 
-fn recover_one(dir: &Path, id: &str, recipient_key_id: &str, now: SystemTime) -> Result<(), StoreError> {
+fn recover_one(
+    dir: &Path,
+    id: &str,
+    recipient_key_id: &str,
+    now: SystemTime,
+) -> Result<(), StoreError> {
     let journal = read_journal(dir);
     let mut m = Manifest {
         format: FORMAT.into(),
@@ -347,13 +397,25 @@ fn recover_one(dir: &Path, id: &str, recipient_key_id: &str, now: SystemTime) ->
     let mut frag_meta = std::collections::HashMap::new();
     for ev in journal {
         match ev {
-            Journal::Start { device_id, trigger, utc, recipient_key_id, .. } => {
+            Journal::Start {
+                device_id,
+                trigger,
+                utc,
+                recipient_key_id,
+                ..
+            } => {
                 m.device_id = device_id;
                 m.trigger = trigger;
                 m.trigger_utc = utc;
                 m.recipient_key_id = recipient_key_id;
             }
-            Journal::Fragment { index, init, duration_ms, captured_utc, preroll } => {
+            Journal::Fragment {
+                index,
+                init,
+                duration_ms,
+                captured_utc,
+                preroll,
+            } => {
                 if index == 0 {
                     m.first_frame_utc = Some(captured_utc);
                 }
@@ -363,13 +425,24 @@ fn recover_one(dir: &Path, id: &str, recipient_key_id: &str, now: SystemTime) ->
             Journal::StopRequested { .. } => {}
         }
     }
-    while let Some(e) = entry_from_files(dir, m.init_segments.len() as u64, format!("init-{:03}.nfx", m.init_segments.len()))? {
+    while let Some(e) = entry_from_files(
+        dir,
+        m.init_segments.len() as u64,
+        format!("init-{:03}.nfx", m.init_segments.len()),
+    )? {
         m.init_segments.push(e);
     }
     let last_init = m.init_segments.len().saturating_sub(1) as u64;
     // Fragments count only while contiguous and complete (sealed file and key record).
-    while let Some(mut e) = entry_from_files(dir, m.fragments.len() as u64, format!("frag-{:06}.nfx", m.fragments.len()))? {
-        let (init, ms, preroll) = frag_meta.get(&e.index).copied().unwrap_or((last_init, 0, false));
+    while let Some(mut e) = entry_from_files(
+        dir,
+        m.fragments.len() as u64,
+        format!("frag-{:06}.nfx", m.fragments.len()),
+    )? {
+        let (init, ms, preroll) = frag_meta
+            .get(&e.index)
+            .copied()
+            .unwrap_or((last_init, 0, false));
         e.init = Some(init);
         e.duration_ms = Some(ms);
         m.duration_secs += ms as f64 / 1000.0;
@@ -409,17 +482,42 @@ mod tests {
 
     fn ring_with(dir: &Path, n: u64) -> Ring {
         let (mut ring, _) = Ring::open(dir, Duration::from_secs(100), 1 << 30).unwrap();
-        let (k, s) = seal(&ObjectId { stream: [3; 16], seq: 0, kind: Kind::Init }, b"init").unwrap();
+        let (k, s) = seal(
+            &ObjectId {
+                stream: [3; 16],
+                seq: 0,
+                kind: Kind::Init,
+            },
+            b"init",
+        )
+        .unwrap();
         ring.begin_stream([3; 16], &s, k).unwrap();
         for seq in 0..n {
-            let (k, s) = seal(&ObjectId { stream: [3; 16], seq, kind: Kind::Fragment }, &[seq as u8; 300]).unwrap();
-            ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now()).unwrap();
+            let (k, s) = seal(
+                &ObjectId {
+                    stream: [3; 16],
+                    seq,
+                    kind: Kind::Fragment,
+                },
+                &[seq as u8; 300],
+            )
+            .unwrap();
+            ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
+                .unwrap();
         }
         ring
     }
 
     fn record(root: &Path, ring: &mut Ring, dept: &DepartmentSecretKey) -> RecordingWriter {
-        let mut w = RecordingWriter::create(root, "rec-1", "room-1", "pedal", &dept.public_key(), SystemTime::now()).unwrap();
+        let mut w = RecordingWriter::create(
+            root,
+            "rec-1",
+            "room-1",
+            "pedal",
+            &dept.public_key(),
+            SystemTime::now(),
+        )
+        .unwrap();
         let init = ring.init(&[3; 16]).unwrap();
         for e in ring.take_all() {
             w.claim(e, &init, true).unwrap();
@@ -442,7 +540,12 @@ mod tests {
         assert_eq!(m.markers[0].label, "intubation");
         let dir = t.path().join("rec/rec-1");
         verify(&dir).unwrap();
-        assert!(fs::read_dir(t.path().join("ring")).unwrap().all(|e| e.unwrap().file_name().to_string_lossy().starts_with("init-")));
+        assert!(fs::read_dir(t.path().join("ring")).unwrap().all(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("init-")
+        }));
 
         let f = dir.join("frag-000003.nfx");
         let mut bytes = fs::read(&f).unwrap();
@@ -455,7 +558,10 @@ mod tests {
 
         fs::remove_file(dir.join("frag-000002.nfx")).unwrap();
         let err = verify(&dir).unwrap_err().to_string();
-        assert!(err.contains("fragment 2 (frag-000002.nfx)") && err.contains("missing"), "{err}");
+        assert!(
+            err.contains("fragment 2 (frag-000002.nfx)") && err.contains("missing"),
+            "{err}"
+        );
 
         // Editing the manifest to hide the deletion breaks the chain.
         let mut m = crate::verify::read_manifest(&dir).unwrap();
@@ -481,9 +587,19 @@ mod tests {
         fs::write(dir.join("frag-000004.key"), b"orphan").unwrap();
         fs::write(dir.join(".frag-000005.key.tmp"), b"torn").unwrap();
         // And a torn journal line.
-        fs::OpenOptions::new().append(true).open(dir.join("journal.jsonl")).unwrap().write_all(b"{\"event\":\"frag").unwrap();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("journal.jsonl"))
+            .unwrap()
+            .write_all(b"{\"event\":\"frag")
+            .unwrap();
 
-        let ids = recover(&t.path().join("rec"), &dept.public_key().key_id().0, SystemTime::now()).unwrap();
+        let ids = recover(
+            &t.path().join("rec"),
+            &dept.public_key().key_id().0,
+            SystemTime::now(),
+        )
+        .unwrap();
         assert_eq!(ids, vec!["rec-1".to_string()]);
         let v = verify(&dir).unwrap();
         assert_eq!(v.manifest.status, Status::Interrupted);
@@ -495,6 +611,10 @@ mod tests {
         assert!(!dir.join("frag-000004.key").exists());
         assert!(!dir.join(".frag-000005.key.tmp").exists());
         // Idempotent: a sealed recording is left alone.
-        assert!(recover(&t.path().join("rec"), "x", SystemTime::now()).unwrap().is_empty());
+        assert!(
+            recover(&t.path().join("rec"), "x", SystemTime::now())
+                .unwrap()
+                .is_empty()
+        );
     }
 }

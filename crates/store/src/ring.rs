@@ -62,7 +62,11 @@ impl Ring {
     /// Opens the ring directory, deleting whatever an earlier run left there: those files are
     /// noise now (their keys died with that run) and pre-roll that never became a recording must
     /// not survive.
-    pub fn open(dir: &Path, preroll: Duration, max_bytes: u64) -> Result<(Ring, usize), StoreError> {
+    pub fn open(
+        dir: &Path,
+        preroll: Duration,
+        max_bytes: u64,
+    ) -> Result<(Ring, usize), StoreError> {
         fsutil::create_private_dir(dir)?;
         let mut removed = 0;
         for e in fs::read_dir(dir).map_err(StoreError::io("list", dir))? {
@@ -88,10 +92,16 @@ impl Ring {
     }
 
     /// Starts a new capture stream with its sealed init segment.
-    pub fn begin_stream(&mut self, stream: [u8; 16], sealed_init: &[u8], key: DataKey) -> Result<(), StoreError> {
+    pub fn begin_stream(
+        &mut self,
+        stream: [u8; 16],
+        sealed_init: &[u8],
+        key: DataKey,
+    ) -> Result<(), StoreError> {
         let path = self.dir.join(format!("init-{}.nfx", hex16(&stream)));
         fs::write(&path, sealed_init).map_err(StoreError::io("write", &path))?;
-        self.inits.insert(stream, Arc::new(StreamInit { stream, path, key }));
+        self.inits
+            .insert(stream, Arc::new(StreamInit { stream, path, key }));
         self.current = Some(stream);
         self.gc_inits();
         Ok(())
@@ -232,7 +242,10 @@ mod tests {
     }
 
     fn files(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into())
+            .collect();
         v.sort();
         v
     }
@@ -246,7 +259,10 @@ mod tests {
         let mut evicted = Vec::new();
         for seq in 0..6 {
             let (k, s) = sealed([1; 16], seq, Kind::Fragment, 100);
-            evicted.extend(ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now()).unwrap());
+            evicted.extend(
+                ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
+                    .unwrap(),
+            );
         }
         assert_eq!(evicted, vec![0, 1, 2]);
         assert_eq!(ring.duration(), Duration::from_secs(3));
@@ -262,13 +278,19 @@ mod tests {
         ring.begin_stream([1; 16], &s, k).unwrap();
         for seq in 0..4 {
             let (k, s) = sealed([1; 16], seq, Kind::Fragment, 100);
-            ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now()).unwrap();
+            ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
+                .unwrap();
         }
         assert!(ring.bytes() <= 250 || ring.len() == 1);
         assert_eq!(ring.len(), 1);
         let (k, s) = sealed([1; 16], 9, Kind::Fragment, 1000);
-        ring.push(9, &s, k, Duration::from_secs(1), SystemTime::now()).unwrap();
-        assert_eq!(ring.len(), 1, "the newest stays even when alone over the limit");
+        ring.push(9, &s, k, Duration::from_secs(1), SystemTime::now())
+            .unwrap();
+        assert_eq!(
+            ring.len(),
+            1,
+            "the newest stays even when alone over the limit"
+        );
     }
 
     #[test]
@@ -280,7 +302,8 @@ mod tests {
         let (k, s) = sealed([1; 16], 0, Kind::Init, 10);
         ring.begin_stream([1; 16], &s, k).unwrap();
         let (k, s) = sealed([1; 16], 0, Kind::Fragment, 10);
-        ring.push(0, &s, k, Duration::from_secs(1), SystemTime::now()).unwrap();
+        ring.push(0, &s, k, Duration::from_secs(1), SystemTime::now())
+            .unwrap();
         ring.purge().unwrap();
         assert!(files(d.path()).is_empty());
         assert!(ring.is_empty());
@@ -294,12 +317,17 @@ mod tests {
             let (k, s) = sealed(stream, 0, Kind::Init, 10);
             ring.begin_stream(stream, &s, k).unwrap();
             let (k, s) = sealed(stream, base, Kind::Fragment, 10);
-            ring.push(base, &s, k, Duration::from_secs(1), SystemTime::now()).unwrap();
+            ring.push(base, &s, k, Duration::from_secs(1), SystemTime::now())
+                .unwrap();
             assert!(ring.init(&[1; 16]).is_some());
         }
         let (k, s) = sealed([2; 16], 11, Kind::Fragment, 10);
-        ring.push(11, &s, k, Duration::from_secs(1), SystemTime::now()).unwrap();
-        assert!(ring.init(&[1; 16]).is_none(), "stream 1 has no fragments left");
+        ring.push(11, &s, k, Duration::from_secs(1), SystemTime::now())
+            .unwrap();
+        assert!(
+            ring.init(&[1; 16]).is_none(),
+            "stream 1 has no fragments left"
+        );
         assert!(ring.take(0).is_err());
         assert_eq!(ring.take(11).unwrap().seq, 11);
     }

@@ -29,7 +29,10 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, StoreError> {
         message: format!("not a valid manifest: {e}"),
     })?;
     if m.format != FORMAT {
-        return Err(StoreError::BadManifest { path, message: format!("format '{}' is not {FORMAT}", m.format) });
+        return Err(StoreError::BadManifest {
+            path,
+            message: format!("format '{}' is not {FORMAT}", m.format),
+        });
     }
     Ok(m)
 }
@@ -39,24 +42,38 @@ fn describe(kind: &str, e: &ObjectEntry) -> String {
 }
 
 fn check(dir: &Path, kind: &str, e: &ObjectEntry) -> Result<(), StoreError> {
-    let err = |problem: String| StoreError::Object { object: describe(kind, e), file: e.file.clone(), problem };
-    for (name, size, sha) in [(&e.file, Some(e.size), &e.sha256), (&e.key_file, None, &e.key_sha256)] {
+    let err = |problem: String| StoreError::Object {
+        object: describe(kind, e),
+        file: e.file.clone(),
+        problem,
+    };
+    for (name, size, sha) in [
+        (&e.file, Some(e.size), &e.sha256),
+        (&e.key_file, None, &e.key_sha256),
+    ] {
         // File names come from the manifest: refuse anything that could leave the directory.
         if name.contains('/') || name.starts_with('.') {
             return Err(err(format!("manifest names an unsafe file '{name}'")));
         }
         let bytes = match fs::read(dir.join(name)) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(err(format!("{name} is missing"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(err(format!("{name} is missing")));
+            }
             Err(e) => return Err(err(format!("{name}: {e}"))),
         };
         if let Some(size) = size
             && bytes.len() as u64 != size
         {
-            return Err(err(format!("size {} differs from the manifest's {size}: truncated or replaced", bytes.len())));
+            return Err(err(format!(
+                "size {} differs from the manifest's {size}: truncated or replaced",
+                bytes.len()
+            )));
         }
         if neoflix_seal::sha256_hex(&bytes) != *sha {
-            return Err(err(format!("{name}: SHA-256 differs from the manifest: altered or swapped")));
+            return Err(err(format!(
+                "{name}: SHA-256 differs from the manifest: altered or swapped"
+            )));
         }
     }
     Ok(())
@@ -68,21 +85,38 @@ pub fn verify(dir: &Path) -> Result<Verified, StoreError> {
     let m = read_manifest(dir)?;
     let expected = chain(&m.recording_id, &m.init_segments, &m.fragments);
     if expected != m.chain {
-        return Err(StoreError::Chain { expected, found: m.chain.clone() });
+        return Err(StoreError::Chain {
+            expected,
+            found: m.chain.clone(),
+        });
     }
     for (i, e) in m.init_segments.iter().enumerate() {
         if e.index != i as u64 {
-            return Err(StoreError::Object { object: describe("init segment", e), file: e.file.clone(), problem: format!("listed at position {i}") });
+            return Err(StoreError::Object {
+                object: describe("init segment", e),
+                file: e.file.clone(),
+                problem: format!("listed at position {i}"),
+            });
         }
         check(dir, "init segment", e)?;
     }
     for (i, e) in m.fragments.iter().enumerate() {
         if e.index != i as u64 {
-            return Err(StoreError::Object { object: describe("fragment", e), file: e.file.clone(), problem: format!("listed at position {i}") });
+            return Err(StoreError::Object {
+                object: describe("fragment", e),
+                file: e.file.clone(),
+                problem: format!("listed at position {i}"),
+            });
         }
         match e.init {
             Some(init) if (init as usize) < m.init_segments.len() => {}
-            _ => return Err(StoreError::Object { object: describe("fragment", e), file: e.file.clone(), problem: "refers to no init segment of this recording".into() }),
+            _ => {
+                return Err(StoreError::Object {
+                    object: describe("fragment", e),
+                    file: e.file.clone(),
+                    problem: "refers to no init segment of this recording".into(),
+                });
+            }
         }
         check(dir, "fragment", e)?;
     }
