@@ -78,7 +78,9 @@ pub struct Engine {
     paused: bool,
     encoder: String,
     finalized: u64,
+    /// The last storage error, reported in the status until a fragment goes through cleanly.
     storage_error: Option<String>,
+    storage_failures: u64,
 }
 
 fn recording_id(device: &str, now: SystemTime, dir: &std::path::Path) -> String {
@@ -176,6 +178,7 @@ impl Engine {
             encoder: String::new(),
             finalized: 0,
             storage_error: None,
+            storage_failures: 0,
         }
     }
 
@@ -239,7 +242,12 @@ impl Engine {
                             log::debug!(fragments = format!("{evicted:?}").as_str(); "evicted from ring, keys zeroized");
                         }
                         let (at, ring) = (self.now(), self.ring.duration());
+                        let failures = self.storage_failures;
                         self.feed(Event::Fragment { at, seq, ring });
+                        if failures == self.storage_failures && self.storage_error.take().is_some()
+                        {
+                            log::info!(device = self.settings.device_id.as_str(); "storage works again");
+                        }
                     }
                     Err(e) => self.storage_failed(e.to_string()),
                 },
@@ -288,6 +296,7 @@ impl Engine {
     fn storage_failed(&mut self, msg: String) {
         log::error!(device = self.settings.device_id.as_str(); "storage: {msg}; free space on the recordings disk or fix its permissions");
         self.storage_error = Some(msg);
+        self.storage_failures += 1;
     }
 
     fn request(&mut self, req: Request, by: Trigger) -> Reply {
