@@ -374,11 +374,16 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
             }
         }
     }
-    if ring_dir == rec_dir {
+    if ring_dir.starts_with(&rec_dir) || rec_dir.starts_with(&ring_dir) {
+        // Recovery would take the ring for a recording, or the ring wipe would take recordings.
         w.error(
             1,
             "ring.dir".into(),
-            "must differ from recordings.dir".into(),
+            format!(
+                "{} and recordings.dir {} must not contain one another",
+                ring_dir.display(),
+                rec_dir.display()
+            ),
         );
     }
 

@@ -372,6 +372,11 @@ impl Engine {
                 self.recording = Some(w);
             }
             Action::Claim { seq } => {
+                if self.recording.is_none() {
+                    // The recording could not be created (reported then); the fragment stays
+                    // in the ring as pre-roll rather than being lost.
+                    return Ok(());
+                }
                 let entry = self.ring.take(seq)?;
                 let init = self
                     .ring

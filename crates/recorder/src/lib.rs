@@ -285,6 +285,9 @@ pub struct Recorder {
     last_fragment: Option<Duration>,
     /// Whether the press that started the recording is still held (its release is no marker).
     start_press_held: bool,
+    /// Why the camera is not delivering, while it is not; kept through a recording so that the
+    /// status tells the room and the state after the recording is `fault`.
+    camera_fault: Option<String>,
 }
 
 /// A snapshot for status reports.
@@ -311,6 +314,7 @@ impl Recorder {
             ring: Duration::ZERO,
             last_fragment: None,
             start_press_held: false,
+            camera_fault: None,
         }
     }
 
@@ -333,7 +337,10 @@ impl Recorder {
         let recording = matches!(self.state, State::Recording(_));
         let (ready, reason) = match &self.state {
             State::Ready => (true, None),
-            State::Recording(_) => (self.preroll_full(), None),
+            State::Recording(_) => match &self.camera_fault {
+                None => (true, None),
+                Some(r) => (false, Some(format!("camera: {r}"))),
+            },
             State::Starting => (false, Some("capture starting".to_string())),
             State::Buffering => (
                 false,
@@ -356,7 +363,11 @@ impl Recorder {
     }
 
     fn idle_state(&self) -> State {
-        if self.last_fragment.is_none() {
+        if let Some(reason) = &self.camera_fault {
+            State::Fault {
+                reason: reason.clone(),
+            }
+        } else if self.last_fragment.is_none() {
             State::Starting
         } else if self.preroll_full() {
             State::Ready
@@ -406,6 +417,7 @@ impl Recorder {
             (_, Event::Fragment { at, ring, .. }) => {
                 self.ring = ring;
                 self.last_fragment = Some(at);
+                self.camera_fault = None;
                 self.idle_state()
             }
             (_, Event::Start { at, by }) => self.start(at, by, false, &mut actions),
@@ -420,6 +432,7 @@ impl Recorder {
             (s, Event::Tick { at }) => self.watchdog(s, at),
             (_, Event::CameraLost { reason, .. }) => {
                 self.ring = Duration::ZERO;
+                self.camera_fault = Some(reason.clone());
                 State::Fault { reason }
             }
             (s, Event::Shutdown { .. }) => s,
@@ -431,9 +444,9 @@ impl Recorder {
         match (&state, self.last_fragment) {
             (State::Fault { .. }, _) | (State::Starting, None) => state,
             (_, Some(last)) if at.saturating_sub(last) >= self.settings.camera_timeout => {
-                State::Fault {
-                    reason: format!("no video for {} s", at.saturating_sub(last).as_secs()),
-                }
+                let reason = format!("no video for {} s", at.saturating_sub(last).as_secs());
+                self.camera_fault = Some(reason.clone());
+                State::Fault { reason }
             }
             _ => state,
         }
@@ -497,10 +510,19 @@ impl Recorder {
             Event::Fragment { at, seq, ring } => {
                 self.ring = ring;
                 self.last_fragment = Some(at);
+                self.camera_fault = None;
                 actions.push(Action::Claim { seq });
                 self.check_time(rec, at, actions)
             }
-            Event::Tick { at } => self.check_time(rec, at, actions),
+            Event::Tick { at } => {
+                if let Some(last) = self.last_fragment
+                    && at.saturating_sub(last) >= self.settings.camera_timeout
+                {
+                    let quiet = at.saturating_sub(last).as_secs();
+                    self.camera_fault = Some(format!("no video for {quiet} s"));
+                }
+                self.check_time(rec, at, actions)
+            }
             Event::PedalDown { at } => {
                 if rec.stopping.is_none() && !self.start_press_held {
                     rec.pedal_down = Some(at);
@@ -556,7 +578,7 @@ impl Recorder {
                 // safe. The status tells the room.
                 self.ring = Duration::ZERO;
                 self.last_fragment = None;
-                let _ = reason;
+                self.camera_fault = Some(reason);
                 State::Recording(rec)
             }
             Event::Shutdown { .. } => {

@@ -134,7 +134,8 @@ fn short_press_while_recording_marks_long_press_stops() {
     // The release of the stopping press does nothing more.
     let (r, a) = run(r, vec![Event::PedalUp { at: s(33) }]);
     assert!(a.is_empty());
-    assert_eq!(r.status().state, "ready");
+    // No fragment came in this test's 22 s of recording: the watchdog noticed.
+    assert_eq!(r.status().state, "fault");
 }
 
 #[test]
@@ -421,6 +422,51 @@ fn camera_loss_during_a_recording_keeps_it_open() {
     );
     assert!(finalized(&a).is_empty());
     assert!(r.status().recording);
+    assert!(!r.status().ready);
+    assert_eq!(r.status().reason.as_deref(), Some("camera: unplugged"));
+    // Stopped while the camera is still gone: the state says so.
+    let (r, _) = run(
+        r,
+        vec![Event::Stop {
+            at: s(31),
+            by: Trigger::Control,
+        }],
+    );
+    assert_eq!(r.status().state, "fault");
+    let (r, _) = run(
+        r,
+        vec![Event::Fragment {
+            at: s(32),
+            seq: 50,
+            ring: s(1),
+        }],
+    );
+    assert_eq!(r.status().state, "buffering");
+}
+
+#[test]
+fn the_watchdog_also_runs_while_recording() {
+    let (r, _) = run(
+        ready(),
+        vec![Event::Start {
+            at: s(11),
+            by: Trigger::Control,
+        }],
+    );
+    assert!(r.status().ready, "recording with a working camera is ready");
+    let (r, _) = run(r, vec![Event::Tick { at: s(16) }]);
+    assert!(r.status().recording);
+    assert!(!r.status().ready);
+    assert!(r.status().reason.unwrap().contains("no video"));
+    let (r, _) = run(
+        r,
+        vec![Event::Fragment {
+            at: s(17),
+            seq: 10,
+            ring: s(0),
+        }],
+    );
+    assert!(r.status().ready);
 }
 
 #[test]
