@@ -136,6 +136,64 @@ pub fn check(dir: &Path, key: &DepartmentSecretKey) -> Result<Manifest, ExportEr
     assemble(dir, key, None, |_, _| {}).map(|e| e.manifest)
 }
 
+fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
+    move |source| ExportError::Write {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// One output file being written: everything of one capture stream.
+struct Part {
+    /// Index of the init segment it decodes with.
+    init: u64,
+    /// Decode time of its first fragment, subtracted from all of them.
+    base: u64,
+    /// The open temporary file, its path and the final path (`None` when only checking).
+    file: Option<(fs::File, PathBuf, PathBuf)>,
+}
+
+impl Part {
+    fn open(
+        out: Option<&Path>,
+        n: usize,
+        init: u64,
+        base: u64,
+        init_plain: &[u8],
+    ) -> Result<Part, ExportError> {
+        let file = match out {
+            None => None,
+            Some(out) => {
+                let path = part_path(out, n);
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                let tmp = path.with_file_name(format!(".{name}.partial"));
+                let mut f = fs::File::create(&tmp).map_err(write_error(&tmp))?;
+                f.write_all(init_plain).map_err(write_error(&tmp))?;
+                Some((f, tmp, path))
+            }
+        };
+        Ok(Part { init, base, file })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), ExportError> {
+        match &mut self.file {
+            Some((f, tmp, _)) => f.write_all(bytes).map_err(write_error(tmp)),
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes the part; returns (temporary, final) paths to rename once everything checked.
+    fn close(self) -> Result<Option<(PathBuf, PathBuf)>, ExportError> {
+        match self.file {
+            Some((f, tmp, path)) => {
+                f.sync_all().map_err(write_error(&tmp))?;
+                Ok(Some((tmp, path)))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
 fn assemble(
     dir: &Path,
     key: &DepartmentSecretKey,
@@ -158,11 +216,11 @@ fn assemble(
         inits.push(open_object(dir, "init segment", e, key, Kind::Init)?);
     }
 
-    // Decrypt everything into part files next to the output; rename only when all of it checked.
+    // Parts are written to temporary files and renamed only when everything checked.
     let total = manifest.fragments.len();
-    let mut parts: Vec<(PathBuf, PathBuf)> = Vec::new();
-    let mut writer: Option<(u64, Option<fs::File>, u64)> = None; // (init index, file, tfdt base)
-    let mut last_seq: Option<(u64, u64)> = None; // (init index, seq)
+    let mut done_parts: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut current: Option<Part> = None;
+    let mut last_seq: Option<u64> = None;
     let result = (|| {
         for (done, e) in manifest.fragments.iter().enumerate() {
             let init_index = e.init.unwrap_or(0);
@@ -175,8 +233,17 @@ fn assemble(
                     "belongs to another capture stream than its init segment",
                 ));
             }
-            if let Some((i, seq)) = last_seq
-                && i == init_index
+            if current.as_ref().map(|p| p.init) != Some(init_index) {
+                if let Some(part) = current.take() {
+                    done_parts.extend(part.close()?);
+                }
+                let base = mp4::first_decode_time(&plain)
+                    .map_err(|err| object_error("fragment", e, err))?;
+                let n = done_parts.len();
+                current = Some(Part::open(out, n, init_index, base, init_plain)?);
+                last_seq = None;
+            }
+            if let Some(seq) = last_seq
                 && header.id.seq <= seq
             {
                 return Err(object_error(
@@ -185,75 +252,175 @@ fn assemble(
                     format!("out of order: sequence {} after {seq}", header.id.seq),
                 ));
             }
-            last_seq = Some((init_index, header.id.seq));
-            if writer.as_ref().map(|w| w.0) != Some(init_index) {
-                if let Some((_, Some(f), _)) = writer.take() {
-                    let tmp = &parts.last().expect("a writer has a part").0;
-                    f.sync_all().map_err(|source| ExportError::Write {
-                        path: tmp.clone(),
-                        source,
-                    })?;
-                }
-                let base = mp4::first_decode_time(&plain)
-                    .map_err(|err| object_error("fragment", e, err))?;
-                let file = match out {
-                    None => None,
-                    Some(out) => {
-                        let final_path = part_path(out, parts.len());
-                        let tmp = final_path.with_file_name(format!(
-                            ".{}.partial",
-                            final_path.file_name().unwrap_or_default().to_string_lossy()
-                        ));
-                        let mut f =
-                            fs::File::create(&tmp).map_err(|source| ExportError::Write {
-                                path: tmp.clone(),
-                                source,
-                            })?;
-                        f.write_all(init_plain)
-                            .map_err(|source| ExportError::Write {
-                                path: tmp.clone(),
-                                source,
-                            })?;
-                        parts.push((tmp, final_path));
-                        Some(f)
-                    }
-                };
-                writer = Some((init_index, file, base));
-            }
-            let (_, f, base) = writer.as_mut().expect("set above");
-            mp4::rebase_decode_time(&mut plain, *base)
+            last_seq = Some(header.id.seq);
+            let part = current.as_mut().expect("opened above");
+            mp4::rebase_decode_time(&mut plain, part.base)
                 .map_err(|err| object_error("fragment", e, err))?;
-            if let Some(f) = f {
-                let tmp = &parts.last().expect("pushed above").0;
-                f.write_all(&plain).map_err(|source| ExportError::Write {
-                    path: tmp.clone(),
-                    source,
-                })?;
-            }
+            part.write(&plain)?;
             progress(done + 1, total);
         }
-        if let Some((_, Some(f), _)) = writer.take() {
-            let tmp = &parts.last().expect("a writer has a part").0;
-            f.sync_all().map_err(|source| ExportError::Write {
-                path: tmp.clone(),
-                source,
-            })?;
+        if let Some(part) = current.take() {
+            done_parts.extend(part.close()?);
         }
         Ok(())
     })();
     if let Err(e) = result {
-        for (tmp, _) in &parts {
+        for (tmp, _) in &done_parts {
+            let _ = fs::remove_file(tmp);
+        }
+        if let Some(Part {
+            file: Some((_, tmp, _)),
+            ..
+        }) = current
+        {
             let _ = fs::remove_file(tmp);
         }
         return Err(e);
     }
     let mut files = Vec::new();
-    for (tmp, path) in parts {
-        fs::rename(&tmp, &path).map_err(|source| ExportError::Write {
-            path: path.clone(),
-            source,
-        })?;
+    for (tmp, path) in done_parts {
+        fs::rename(&tmp, &path).map_err(write_error(&path))?;
         files.push(path);
     }
     Ok(Exported { manifest, files })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use neoflix_seal::{ObjectId, seal};
+    use neoflix_store::{RecordingWriter, Ring};
+    use std::time::{Duration, SystemTime};
+
+    fn bx(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let mut v = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(kind);
+        v.extend_from_slice(body);
+        v
+    }
+
+    /// A minimal fragment whose `tfdt` is `t`.
+    fn fragment(t: u64) -> Vec<u8> {
+        let mut tfdt = vec![1, 0, 0, 0];
+        tfdt.extend_from_slice(&t.to_be_bytes());
+        let traf = bx(b"traf", &bx(b"tfdt", &tfdt));
+        [bx(b"moof", &traf), bx(b"mdat", &t.to_be_bytes())].concat()
+    }
+
+    /// A recording spanning two capture streams (a camera restart), three fragments each.
+    fn two_stream_recording(root: &Path, dept: &DepartmentSecretKey) -> PathBuf {
+        let (mut ring, _) =
+            Ring::open(&root.join("ring"), Duration::from_secs(100), 1 << 30).unwrap();
+        let mut w = RecordingWriter::create(
+            &root.join("rec"),
+            "r",
+            "room",
+            "control",
+            &dept.public_key(),
+            SystemTime::now(),
+        )
+        .unwrap();
+        let mut seq = 0;
+        for stream in [[1u8; 16], [2u8; 16]] {
+            let (k, s) = seal(
+                &ObjectId {
+                    stream,
+                    seq: 0,
+                    kind: Kind::Init,
+                },
+                &bx(b"ftyp", &stream),
+            )
+            .unwrap();
+            ring.begin_stream(stream, &s, k).unwrap();
+            for i in 0..3u64 {
+                let (k, s) = seal(
+                    &ObjectId {
+                        stream,
+                        seq,
+                        kind: Kind::Fragment,
+                    },
+                    &fragment(9000 * (100 + i)),
+                )
+                .unwrap();
+                ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
+                    .unwrap();
+                let entry = ring.take(seq).unwrap();
+                let init = ring.init(&stream).unwrap();
+                w.claim(entry, &init, false).unwrap();
+                seq += 1;
+            }
+        }
+        w.finalize("control", SystemTime::now()).unwrap();
+        root.join("rec/r")
+    }
+
+    #[test]
+    fn a_camera_restart_gives_one_file_per_stream_each_starting_at_zero() {
+        let t = tempfile::tempdir().unwrap();
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let rec = two_stream_recording(t.path(), &dept);
+        let out = t.path().join("out.mp4");
+        let mut calls = Vec::new();
+        let e = export(&rec, &dept, &out, |d, n| calls.push((d, n))).unwrap();
+        assert_eq!(e.files, vec![out.clone(), t.path().join("out-part2.mp4")]);
+        assert_eq!(calls.last(), Some(&(6, 6)));
+        for (file, stream) in e.files.iter().zip([[1u8; 16], [2u8; 16]]) {
+            let bytes = fs::read(file).unwrap();
+            let init = bx(b"ftyp", &stream);
+            assert!(bytes.starts_with(&init));
+            let frags = &bytes[init.len()..];
+            let one = fragment(0).len();
+            let times: Vec<u64> = frags
+                .chunks(one)
+                .map(|f| mp4::first_decode_time(f).unwrap())
+                .collect();
+            assert_eq!(times, vec![0, 9000, 18000]);
+        }
+        assert!(check(&rec, &dept).is_ok());
+    }
+
+    #[test]
+    fn the_wrong_department_key_is_named_and_nothing_is_written() {
+        let t = tempfile::tempdir().unwrap();
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let rec = two_stream_recording(t.path(), &dept);
+        let other = DepartmentSecretKey::generate().unwrap();
+        let out = t.path().join("out.mp4");
+        let err = export(&rec, &other, &out, |_, _| {}).unwrap_err();
+        assert!(matches!(err, ExportError::WrongKey { .. }), "{err}");
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn a_damaged_fragment_leaves_no_partial_file_behind() {
+        let t = tempfile::tempdir().unwrap();
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let rec = two_stream_recording(t.path(), &dept);
+        // Damage the last fragment: by then the first part was complete, the second one open.
+        let m = neoflix_store::verify(&rec).unwrap().manifest;
+        let last = m.fragments.last().unwrap();
+        let p = rec.join(&last.file);
+        let mut b = fs::read(&p).unwrap();
+        b[70] ^= 1;
+        fs::write(&p, &b).unwrap();
+        // Rewrite the manifest to match, so that only the chunk tags can tell.
+        let mut m = m;
+        m.fragments[5].sha256 = neoflix_seal::sha256_hex(&b);
+        m.chain = neoflix_store::manifest::chain(&m.recording_id, &m.init_segments, &m.fragments);
+        fs::write(rec.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+        let err = export(&rec, &dept, &t.path().join("o.mp4"), |_, _| {}).unwrap_err();
+        assert!(
+            err.to_string().contains("fragment 5 (frag-000005.nfx)"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("authentication failed"), "{err}");
+        let left: Vec<_> = fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            left.iter().all(|n| !n.to_string_lossy().contains("mp4")),
+            "{left:?}"
+        );
+    }
 }
