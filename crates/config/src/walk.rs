@@ -596,3 +596,34 @@ mod tests {
         assert_eq!(warnings[0].option, "ring.preroll_secs");
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    /// Config files are edited by hand: any mangling of the example gives errors, never a panic.
+    #[test]
+    fn mangled_configs_give_errors_not_panics() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/neoflixd.toml"
+        ))
+        .unwrap();
+        let alphabet = b"[]=\"'\n #.-_0123456789abcxyz{}";
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        for _ in 0..3000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut b = text.clone().into_bytes();
+            let pos = (seed as usize) % b.len();
+            match seed % 3 {
+                0 => b[pos] = alphabet[(seed >> 8) as usize % alphabet.len()],
+                1 => {
+                    b.remove(pos);
+                }
+                _ => b.insert(pos, alphabet[(seed >> 8) as usize % alphabet.len()]),
+            }
+            let s = String::from_utf8_lossy(&b);
+            let _ = super::parse("m.toml", &s);
+        }
+    }
+}

@@ -81,6 +81,10 @@ impl WrappedKey {
         if &bytes[0..4] != MAGIC || bytes[4] != 1 {
             return Err(SealError::BadWrappedKey("wrong magic or version"));
         }
+        // Reserved bytes are not authenticated: insisting on zeros keeps records non-malleable.
+        if bytes[5..8] != [0, 0, 0] {
+            return Err(SealError::BadWrappedKey("reserved bytes are not zero"));
+        }
         Ok(Self(bytes.to_vec()))
     }
 
