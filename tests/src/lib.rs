@@ -178,7 +178,7 @@ impl Daemon {
 
     /// The status.
     pub fn status(&self) -> Status {
-        self.ctl(Request::Status).status.expect("status reply")
+        self.ctl(Request::Status {}).status.expect("status reply")
     }
 
     /// The daemon's log so far.
@@ -204,7 +204,7 @@ impl Daemon {
                 );
             }
             if self.socket.exists()
-                && let Ok(r) = neoflix_control::call(&self.socket, &Request::Status)
+                && let Ok(r) = neoflix_control::call(&self.socket, &Request::Status {})
                 && let Some(s) = r.status
                 && cond(&s)
             {

@@ -26,7 +26,7 @@ fn preroll_and_duration_match_what_the_clinician_did() {
     let mut d = lab.start();
     d.wait_ready(Duration::from_secs(60));
     sleep(Duration::from_secs(15));
-    let started = d.ctl(Request::Start);
+    let started = d.ctl(Request::Start {});
     assert!(started.ok, "{started:?}");
     let id = started.recording.expect("start names the recording");
     assert_eq!(d.status().recording.as_deref(), Some(id.as_str()));
@@ -38,7 +38,7 @@ fn preroll_and_duration_match_what_the_clinician_did() {
         .ok
     );
     sleep(Duration::from_secs(10));
-    assert!(d.ctl(Request::Stop).ok);
+    assert!(d.ctl(Request::Stop {}).ok);
     d.wait_for(
         "the recording to be finalized",
         Duration::from_secs(20),
@@ -103,7 +103,7 @@ fn no_plaintext_on_the_box_and_every_tampering_is_named() {
     // Start before the first fragment: the recording then holds the stream's very first keyframe
     // with x264's SEI text, so the plaintext check below has every mark to look for.
     d.wait_for("the control socket", Duration::from_secs(30), |_| true);
-    assert!(d.ctl(Request::Start).ok);
+    assert!(d.ctl(Request::Start {}).ok);
     d.wait_for("6 s recorded", Duration::from_secs(60), |s| {
         s.recording_secs.unwrap_or(0.0) >= 6.0
     });
@@ -251,7 +251,7 @@ fn kill_9_mid_recording_loses_at_most_the_fragment_being_written() {
         .collect();
     assert!(ring_files.len() <= 5, "{ring_files:?}");
 
-    assert!(d.ctl(Request::Start).ok);
+    assert!(d.ctl(Request::Start {}).ok);
     let s = d.wait_for("5 s recorded", Duration::from_secs(60), |s| {
         s.recording_secs.unwrap_or(0.0) >= 5.0
     });
@@ -313,13 +313,13 @@ fn control_requests_that_make_no_sense_are_refused_with_a_reason() {
     lab.config(CAPTURE_320, 2, "");
     let mut d = lab.start();
     d.wait_ready(Duration::from_secs(60));
-    let r = d.ctl(Request::Stop);
+    let r = d.ctl(Request::Stop {});
     assert!(!r.ok);
     assert_eq!(r.error.as_deref(), Some("not recording"));
     assert!(d.ctl(Request::Privacy { on: true }).ok);
     let s = d.status();
     assert_eq!((s.state.as_str(), s.ready), ("privacy", false));
-    let r = d.ctl(Request::Start);
+    let r = d.ctl(Request::Start {});
     assert!(r.error.unwrap().contains("privacy"));
     sleep(Duration::from_secs(2));
     assert!(

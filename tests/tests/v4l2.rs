@@ -30,9 +30,9 @@ fn records_a_v4l2_camera_at_the_configured_resolution() {
     );
     let mut d = lab.start();
     d.wait_ready(Duration::from_secs(120));
-    assert!(d.ctl(Request::Start).ok);
+    assert!(d.ctl(Request::Start {}).ok);
     sleep(Duration::from_secs(6));
-    assert!(d.ctl(Request::Stop).ok);
+    assert!(d.ctl(Request::Stop {}).ok);
     d.wait_for(
         "the recording to be finalized",
         Duration::from_secs(30),

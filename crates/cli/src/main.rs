@@ -145,12 +145,12 @@ fn keygen(out: &Path, force: bool) -> anyhow::Result<()> {
 
 fn ctl(socket: &Path, action: CtlAction) -> anyhow::Result<ExitCode> {
     let req = match action {
-        CtlAction::Start => Request::Start,
-        CtlAction::Stop => Request::Stop,
+        CtlAction::Start => Request::Start {},
+        CtlAction::Stop => Request::Stop {},
         CtlAction::Mark { label } => Request::Mark {
             label: label.join(" "),
         },
-        CtlAction::Status => Request::Status,
+        CtlAction::Status => Request::Status {},
         CtlAction::Privacy { mode } => Request::Privacy { on: mode == "on" },
     };
     let reply = neoflix_control::call(socket, &req)?;
@@ -162,7 +162,7 @@ fn ctl(socket: &Path, action: CtlAction) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     match (req, reply) {
-        (Request::Status, r) => println!("{}", serde_json::to_string_pretty(&r.status)?),
+        (Request::Status {}, r) => println!("{}", serde_json::to_string_pretty(&r.status)?),
         (_, r) => {
             if let Some(id) = r.recording {
                 println!("{id}");

@@ -6,7 +6,7 @@
 //!
 //! ```no_run
 //! use neoflix_control::{Request, call};
-//! let reply = call("/run/neoflix/control.sock".as_ref(), &Request::Status).unwrap();
+//! let reply = call("/run/neoflix/control.sock".as_ref(), &Request::Status {}).unwrap();
 //! println!("{}", reply.status.unwrap().state);
 //! ```
 #![deny(missing_docs)]
@@ -21,12 +21,14 @@ use thiserror::Error;
 
 /// A request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Commands without arguments are empty struct variants: serde ignores extra fields of unit
+// variants in an internally tagged enum, and a typo'd field must be an error.
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Start a recording (the pre-roll is its beginning).
-    Start,
+    Start {},
     /// Stop the recording (post-roll applies).
-    Stop,
+    Stop {},
     /// Add a marker to the recording.
     Mark {
         /// Free text.
@@ -39,7 +41,7 @@ pub enum Request {
         on: bool,
     },
     /// Report the status.
-    Status,
+    Status {},
 }
 
 /// The daemon's status.
@@ -153,7 +155,7 @@ mod tests {
     #[test]
     fn wire_form_is_as_documented() {
         assert_eq!(
-            serde_json::to_string(&Request::Status).unwrap(),
+            serde_json::to_string(&Request::Status {}).unwrap(),
             r#"{"cmd":"status"}"#
         );
         assert_eq!(

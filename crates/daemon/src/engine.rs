@@ -302,13 +302,13 @@ impl Engine {
     fn request(&mut self, req: Request, by: Trigger) -> Reply {
         let at = self.now();
         let event = match req {
-            Request::Status => {
+            Request::Status {} => {
                 let mut r = Reply::ok();
                 r.status = Some(self.status());
                 return r;
             }
-            Request::Start => Event::Start { at, by },
-            Request::Stop => Event::Stop { at, by },
+            Request::Start {} => Event::Start { at, by },
+            Request::Stop {} => Event::Stop { at, by },
             Request::Mark { label } => Event::Mark { at, by, label },
             Request::Privacy { on } => Event::Privacy { at, on },
         };
