@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use neoflix_capture::{Capture, CaptureEvent, CaptureSettings, Output};
@@ -67,14 +67,16 @@ pub struct Engine {
     ring: Ring,
     recorder: Option<Recorder>,
     recording: Option<RecordingWriter>,
-    capture: Option<Capture>,
+    capture: Option<Running>,
     /// The inbox's sending side, handed to each new capture pipeline.
     inbox: mpsc::Sender<Input>,
     /// Fragment sequence numbers stay unique across pipeline restarts.
     seq: Arc<AtomicU64>,
     epoch: Instant,
     /// When to try starting the pipeline again after a failure, and the next back-off.
-    restart: Option<(Instant, Duration)>,
+    restart: Option<Instant>,
+    /// Wait before the next restart; doubles per failure, back to 1 s once video flows.
+    backoff: Duration,
     paused: bool,
     encoder: String,
     finalized: u64,
@@ -96,11 +98,31 @@ fn recording_id(device: &str, now: SystemTime, dir: &std::path::Path) -> String 
     id
 }
 
+/// A running pipeline and the flag that tells its callback to give up waiting for the inbox.
+struct Running {
+    capture: Capture,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Running {
+    /// Stops the pipeline, after draining its last fragment for up to `drain`. The flag goes up
+    /// first: the streaming thread may be waiting for room in the inbox, which this (engine)
+    /// thread would otherwise never make.
+    fn stop(self, drain: Option<Duration>) {
+        self.stopping.store(true, Ordering::Relaxed);
+        match drain {
+            Some(d) => self.capture.stop(d),
+            None => drop(self.capture),
+        }
+    }
+}
+
 /// The capture callback: seals each output in memory, then sends it on. Plaintext never leaves
 /// this function except as ciphertext.
 fn sealing_sink(
     inbox: mpsc::Sender<Input>,
     seq: Arc<AtomicU64>,
+    stopping: Arc<AtomicBool>,
 ) -> impl FnMut(Output) -> Result<(), String> + Send + 'static {
     let mut stream: Option<[u8; 16]> = None;
     move |out| {
@@ -152,11 +174,24 @@ fn sealing_sink(
                 }
             }
         };
-        // Blocks the streaming thread when the engine is behind: back-pressure instead of an
-        // unbounded queue. An error here means the engine is gone (shutdown).
-        inbox
-            .blocking_send(input)
-            .map_err(|_| "neoflixd is shutting down".to_string())
+        // Waits when the engine is behind: back-pressure on the pipeline instead of an
+        // unbounded queue, until the engine stops this pipeline.
+        let mut input = input;
+        loop {
+            match inbox.try_send(input) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err("neoflixd is shutting down".into());
+                }
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    if stopping.load(Ordering::Relaxed) {
+                        return Err("capture is stopping".into());
+                    }
+                    input = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
     }
 }
 
@@ -173,7 +208,8 @@ impl Engine {
             inbox,
             seq: Arc::new(AtomicU64::new(0)),
             epoch: Instant::now(),
-            restart: Some((Instant::now(), Duration::from_secs(1))),
+            restart: Some(Instant::now()),
+            backoff: Duration::from_secs(1),
             paused: false,
             encoder: String::new(),
             finalized: 0,
@@ -187,32 +223,38 @@ impl Engine {
     }
 
     fn start_capture(&mut self) {
-        let sink = sealing_sink(self.inbox.clone(), self.seq.clone());
+        let stopping = Arc::new(AtomicBool::new(false));
+        let sink = sealing_sink(self.inbox.clone(), self.seq.clone(), stopping.clone());
         match Capture::start(&self.settings.capture, sink) {
             Ok(c) => {
                 self.encoder = c.encoder().factory().to_string();
                 log::info!(device = self.settings.device_id.as_str(), encoder = self.encoder.as_str(),
                     width = self.settings.capture.width, height = self.settings.capture.height,
                     fps = self.settings.capture.fps; "capture started");
-                self.capture = Some(c);
+                self.capture = Some(Running {
+                    capture: c,
+                    stopping,
+                });
                 self.restart = None;
             }
             Err(e) => self.capture_failed(e.to_string()),
         }
     }
 
+    /// Stops the pipeline at once (failure, privacy): its last partial fragment is not wanted.
+    fn stop_capture(&mut self) {
+        if let Some(r) = self.capture.take() {
+            r.stop(None);
+        }
+    }
+
     fn capture_failed(&mut self, reason: String) {
-        self.capture = None;
-        let backoff = self
-            .restart
-            .map(|(_, b)| b)
-            .unwrap_or(Duration::from_secs(1));
+        self.stop_capture();
+        let backoff = self.backoff;
         log::error!(device = self.settings.device_id.as_str(), retry_secs = backoff.as_secs();
             "capture failed: {reason}; check the camera cable and capture.device; retrying");
-        self.restart = Some((
-            Instant::now() + backoff,
-            (backoff * 2).min(Duration::from_secs(30)),
-        ));
+        self.restart = Some(Instant::now() + backoff);
+        self.backoff = (backoff * 2).min(Duration::from_secs(30));
         let at = self.now();
         self.feed(Event::CameraLost { at, reason });
     }
@@ -220,61 +262,76 @@ impl Engine {
     /// Runs until shutdown; returns when the open recording is finalized.
     pub fn run(mut self, mut inbox: mpsc::Receiver<Input>) {
         while let Some(input) = inbox.blocking_recv() {
+            if let Input::Shutdown = input {
+                break;
+            }
+            self.handle(input);
+        }
+        // End of stream makes the muxer flush the fragment in progress; it still belongs to an
+        // open recording, so take it (and anything else queued) before finalizing.
+        if let Some(r) = self.capture.take() {
+            r.stop(Some(Duration::from_secs(2)));
+        }
+        while let Ok(input) = inbox.try_recv() {
             match input {
-                Input::Init {
-                    stream,
-                    sealed,
-                    key,
-                } => {
-                    if let Err(e) = self.ring.begin_stream(stream, &sealed, key) {
-                        self.storage_failed(e.to_string());
-                    }
+                Input::Init { .. } | Input::Fragment { .. } => self.handle(input),
+                Input::Request(_, _, reply) => {
+                    let _ = reply.send(Reply::error("neoflixd is shutting down"));
                 }
-                Input::Fragment {
-                    seq,
-                    sealed,
-                    key,
-                    duration,
-                    captured,
-                } => match self.ring.push(seq, &sealed, key, duration, captured) {
-                    Ok(evicted) => {
-                        if !evicted.is_empty() {
-                            log::debug!(fragments = format!("{evicted:?}").as_str(); "evicted from ring, keys zeroized");
-                        }
-                        let (at, ring) = (self.now(), self.ring.duration());
-                        let failures = self.storage_failures;
-                        self.feed(Event::Fragment { at, seq, ring });
-                        if failures == self.storage_failures && self.storage_error.take().is_some()
-                        {
-                            log::info!(device = self.settings.device_id.as_str(); "storage works again");
-                        }
-                    }
-                    Err(e) => self.storage_failed(e.to_string()),
-                },
-                Input::Request(req, by, reply) => {
-                    let r = self.request(req, by);
-                    let _ = reply.send(r);
-                }
-                Input::Tick => self.tick(),
-                Input::Shutdown => {
-                    let at = self.now();
-                    self.feed(Event::Shutdown { at });
-                    break;
-                }
+                Input::Tick | Input::Shutdown => {}
             }
         }
-        if let Some(c) = self.capture.take() {
-            c.stop(Duration::from_secs(2));
-        }
-        // The shutdown event above finalized any recording; fragments still in flight are
-        // pre-roll and die with their keys.
+        let at = self.now();
+        self.feed(Event::Shutdown { at });
+        // What is left in the ring is pre-roll: it dies with its keys.
         let _ = self.ring.purge();
         log::info!(device = self.settings.device_id.as_str(); "stopped");
     }
 
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Init {
+                stream,
+                sealed,
+                key,
+            } => {
+                if let Err(e) = self.ring.begin_stream(stream, &sealed, key) {
+                    self.storage_failed(e.to_string());
+                }
+            }
+            Input::Fragment {
+                seq,
+                sealed,
+                key,
+                duration,
+                captured,
+            } => match self.ring.push(seq, &sealed, key, duration, captured) {
+                Ok(evicted) => {
+                    if !evicted.is_empty() {
+                        log::debug!(fragments = format!("{evicted:?}").as_str(); "evicted from ring, keys zeroized");
+                    }
+                    self.backoff = Duration::from_secs(1);
+                    let (at, ring) = (self.now(), self.ring.duration());
+                    let failures = self.storage_failures;
+                    self.feed(Event::Fragment { at, seq, ring });
+                    if failures == self.storage_failures && self.storage_error.take().is_some() {
+                        log::info!(device = self.settings.device_id.as_str(); "storage works again");
+                    }
+                }
+                Err(e) => self.storage_failed(e.to_string()),
+            },
+            Input::Request(req, by, reply) => {
+                let r = self.request(req, by);
+                let _ = reply.send(r);
+            }
+            Input::Tick => self.tick(),
+            Input::Shutdown => {}
+        }
+    }
+
     fn tick(&mut self) {
-        if let Some(c) = &self.capture
-            && let Some(ev) = c.next_event(Duration::ZERO)
+        if let Some(r) = &self.capture
+            && let Some(ev) = r.capture.next_event(Duration::ZERO)
         {
             let reason = match ev {
                 CaptureEvent::Error(e) => e.to_string(),
@@ -284,7 +341,7 @@ impl Engine {
         }
         if !self.paused
             && self.capture.is_none()
-            && let Some((when, _)) = self.restart
+            && let Some(when) = self.restart
             && Instant::now() >= when
         {
             self.start_capture();
@@ -411,12 +468,12 @@ impl Engine {
             Action::PurgeRing => self.ring.purge()?,
             Action::PauseCapture => {
                 self.paused = true;
-                self.capture = None;
+                self.stop_capture();
                 log::info!(device = device.as_str(); "privacy mode on: capture stopped, ring purged");
             }
             Action::ResumeCapture => {
                 self.paused = false;
-                self.restart = Some((Instant::now(), Duration::from_secs(1)));
+                self.restart = Some(Instant::now());
                 log::info!(device = device.as_str(); "privacy mode off: capture resumes");
             }
             Action::Light { on } => {
