@@ -107,6 +107,22 @@ fn no_plaintext_on_the_box_and_every_tampering_is_named() {
     d.wait_for("6 s recorded", Duration::from_secs(60), |s| {
         s.recording_secs.unwrap_or(0.0) >= 6.0
     });
+    // While it runs: the ring and the open recording hold no plaintext either.
+    let live = lab.daemon_files();
+    assert!(
+        live.iter().any(|f| f.starts_with(lab.path("ring"))),
+        "{live:?}"
+    );
+    for f in &live {
+        if let Ok(bytes) = fs::read(f) {
+            assert_eq!(
+                plaintext_mark(&bytes),
+                None,
+                "{} holds plaintext video",
+                f.display()
+            );
+        }
+    }
     // SIGTERM finalizes the open recording.
     assert_eq!(d.terminate(), 0);
     let rec = lab.recordings().pop().expect("a recording");
