@@ -41,6 +41,10 @@ fn records_a_v4l2_camera_at_the_configured_resolution() {
     assert_eq!(d.terminate(), 0);
 
     let rec = lab.recordings().pop().expect("a recording");
+    let m = neoflix_store::verify(&rec)
+        .expect("recording verifies")
+        .manifest;
+    let durations: Vec<u64> = m.fragments.iter().filter_map(|f| f.duration_ms).collect();
     let out = lab.path("v4l2.mp4");
     let e = lab.export(&rec, &out);
     assert!(
@@ -49,12 +53,22 @@ fn records_a_v4l2_camera_at_the_configured_resolution() {
         String::from_utf8_lossy(&e.stderr)
     );
     let p = ffprobe(&out);
+    eprintln!(
+        "v4l2: {} s exported, fragments {durations:?} ms, pre-roll {} s",
+        p.duration, m.preroll_secs
+    );
     assert_eq!(
         (p.width, p.height, p.codec.as_str()),
         (320, 180, "h264"),
         "{p:?}"
     );
     // 3 s pre-roll + 6 s recorded, within a fragment or two (the guest's clock runs under TCG).
-    assert!((p.duration - 9.0).abs() <= 2.0, "duration {} s", p.duration);
+    assert!(
+        (p.duration - 9.0).abs() <= 2.0,
+        "duration {} s, fragments {durations:?} ms, pre-roll {} s\n{}",
+        p.duration,
+        m.preroll_secs,
+        std::fs::read_to_string(lab.path("neoflixd.log")).unwrap_or_default()
+    );
     assert_eq!(ffmpeg_errors(&out), "");
 }

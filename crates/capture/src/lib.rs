@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! videotestsrc | v4l2src ─▶ [jpegdec] ─▶ videoconvert ─▶ I420 ─▶ H.264 encoder ─▶ h264parse
-//!     ─▶ isofmp4mux (fragment = keyframe interval) ─▶ appsink ─▶ your callback
+//!     ─▶ isofmp4mux (keyframe requested at each fragment boundary) ─▶ appsink ─▶ your callback
 //! ```
 //!
 //! The encoder is probed from the element factories present (`nvv4l2h264enc` on a Jetson with

@@ -200,7 +200,11 @@ where
 {
     let pipeline = gst::Pipeline::with_name("neoflix-capture");
     let fps = s.fps as i32;
-    let keyint = s.fps * s.fragment_secs;
+    // Keyframes come from the muxer's force-keyunit requests at each fragment boundary, which
+    // follow the clock. The encoder's own interval is only a safety net, set beyond one fragment:
+    // counted in frames, it drifts from the clock whenever a camera drops frames (low light, a
+    // busy CPU), and every drifted keyframe would split a fragment in two.
+    let keyint = 2 * s.fps * s.fragment_secs;
     let framerate = gst::Fraction::new(fps, 1);
     let mut chain: Vec<gst::Element> = Vec::new();
 

@@ -76,7 +76,7 @@ pub struct CaptureSettings {
     pub height: u32,
     /// Frames per second.
     pub fps: u32,
-    /// Fragment length in seconds, which is also the keyframe interval.
+    /// Fragment length in seconds; each fragment starts on a keyframe requested on time.
     pub fragment_secs: u32,
     /// Encoder named in the config; `None` probes.
     pub encoder: Option<Encoder>,
