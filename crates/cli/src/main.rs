@@ -66,6 +66,59 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// A small private CA for departments without one.
+    Pki {
+        #[command(subcommand)]
+        action: PkiAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiAction {
+    /// Create the CA: DIR/ca.key (mode 0600), DIR/ca.crt, DIR/ca.crl.
+    Init {
+        /// The CA directory (keep it off room boxes and the ingest server).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "Neoflix department CA")]
+        name: String,
+    },
+    /// Issue a device certificate (--device ID) or a server certificate (--server NAME).
+    Issue {
+        /// The CA directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Device id: the room box's `device_id`; written to DIR/ID.crt and DIR/ID.key.
+        #[arg(long, conflicts_with = "server", required_unless_present = "server")]
+        device: Option<String>,
+        /// Server DNS name or IP address; written to DIR/NAME.crt and DIR/NAME.key.
+        #[arg(long)]
+        server: Option<String>,
+        /// Lifetime in days (default 398).
+        #[arg(long, allow_hyphen_values = true)]
+        days: Option<i64>,
+    },
+    /// Revoke the certificate issued for NAME and re-sign DIR/ca.crl.
+    Revoke {
+        /// The CA directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The device id or server name.
+        name: String,
+    },
+    /// Re-sign DIR/ca.crl with a fresh 30-day validity.
+    Crl {
+        /// The CA directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// List what this CA issued.
+    List {
+        /// The CA directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -264,6 +317,61 @@ fn config_validate(file: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn pki(action: PkiAction) -> anyhow::Result<()> {
+    use neoflix_pki::{Ca, Role};
+    match action {
+        PkiAction::Init { dir, name } => {
+            Ca::init(&dir, &name)?;
+            println!("{}", dir.join("ca.crt").display());
+            eprintln!(
+                "CA created; its key {} (mode 0600) signs every certificate: keep it offline",
+                dir.join("ca.key").display()
+            );
+        }
+        PkiAction::Issue {
+            dir,
+            device,
+            server,
+            days,
+        } => {
+            let ca = Ca::open(&dir)?;
+            let (name, role) = match (device, server) {
+                (Some(d), _) => (d, Role::Device),
+                (None, Some(s)) => (s, Role::Server),
+                (None, None) => bail!("name a --device or a --server"),
+            };
+            let (crt, key) = ca.issue(&name, role, days)?;
+            println!("{}\n{}", crt.display(), key.display());
+        }
+        PkiAction::Revoke { dir, name } => {
+            let crl = Ca::open(&dir)?.revoke(&name)?;
+            println!("{}", crl.display());
+            eprintln!(
+                "revoked '{name}': copy {} to the ingest server (tls.crl) and reload it",
+                crl.display()
+            );
+        }
+        PkiAction::Crl { dir } => println!("{}", Ca::open(&dir)?.refresh_crl()?.display()),
+        PkiAction::List { dir } => {
+            for i in Ca::open(&dir)?.list()? {
+                let state = i
+                    .revoked
+                    .as_deref()
+                    .map(|r| format!("revoked {r}"))
+                    .unwrap_or_else(|| format!("valid until {}", i.not_after));
+                println!(
+                    "{:<24} {:<7} {} {}",
+                    i.name,
+                    format!("{:?}", i.role).to_lowercase(),
+                    i.serial,
+                    state
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -280,6 +388,7 @@ fn main() -> ExitCode {
         Command::Config {
             action: ConfigAction::Validate { file },
         } => config_validate(&file),
+        Command::Pki { action } => pki(action).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
