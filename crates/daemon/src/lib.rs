@@ -9,13 +9,11 @@
 //! recording and the recorder state machine and does all storage I/O; on the async runtime, the
 //! control socket ([`control`]) and a 100 ms ticker feed the same inbox.
 //!
-//! Layout: [`engine`] the engine thread, [`control`] the Unix control socket, [`logging`] journal
-//! or stderr logging.
+//! Layout: [`engine`] the engine thread, [`control`] the Unix control socket.
 #![deny(missing_docs)]
 
 pub mod control;
 pub mod engine;
-pub mod logging;
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};

@@ -28,7 +28,7 @@ pub use error::StoreError;
 pub use manifest::{Manifest, Marker, ObjectEntry, Status};
 pub use recording::{RecordingWriter, recover};
 pub use ring::{Ring, RingEntry, StreamInit};
-pub use verify::{Verified, verify};
+pub use verify::{Verified, read_manifest, verify, verify_manifest};
 
 /// Formats a time as RFC 3339 UTC with milliseconds.
 pub fn utc(t: std::time::SystemTime) -> String {

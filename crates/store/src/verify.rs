@@ -82,7 +82,15 @@ fn check(dir: &Path, kind: &str, e: &ObjectEntry) -> Result<(), StoreError> {
 /// Checks every object's presence, size and SHA-256 and the hash chain. Needs no key: anyone
 /// (the ingest server, IT) can tell a recording is whole.
 pub fn verify(dir: &Path) -> Result<Verified, StoreError> {
-    let m = read_manifest(dir)?;
+    verify_manifest(dir, read_manifest(dir)?)
+}
+
+/// Checks the files in `dir` against a manifest that is not (yet) stored there: the ingest
+/// server checks an uploaded manifest before it makes the recording complete.
+pub fn verify_manifest(dir: &Path, m: Manifest) -> Result<Verified, StoreError> {
+    if m.format != FORMAT {
+        return Err(StoreError::BadManifest { path: dir.join("manifest.json"), message: format!("format '{}' is not {FORMAT}", m.format) });
+    }
     let expected = chain(&m.recording_id, &m.init_segments, &m.fragments);
     if expected != m.chain {
         return Err(StoreError::Chain {

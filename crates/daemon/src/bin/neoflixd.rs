@@ -31,7 +31,7 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    neoflix_daemon::logging::init("neoflixd");
+    neoflix_logging::init("neoflixd");
     let args = Args::parse();
     let (cfg, warnings) = match neoflix_config::load(&args.config) {
         Ok(c) => c,

@@ -1,5 +1,6 @@
-//! Logging: to the journal (with key-value fields as journal fields) under systemd, to stderr as
-//! `LEVEL message key=value ...` otherwise.
+//! Logging for the Neoflix programs: to the journal (with key-value fields as journal fields)
+//! under systemd, to stderr as `LEVEL message key=value ...` otherwise.
+#![deny(missing_docs)]
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 

@@ -1,0 +1,226 @@
+//! The upload protocol's routes (see `docs/upload-protocol.md`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::storage::{Storage, StorageError, Stored, Upload};
+
+/// Largest manifest accepted (a 24 h recording of 1 s fragments is about 4 MB of JSON).
+const MAX_MANIFEST: u64 = 16 * 1024 * 1024;
+/// A body that sends nothing for this long is abandoned.
+const BODY_IDLE: Duration = Duration::from_secs(60);
+/// Bytes gathered before one blocking write.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// Per-connection context: who is talking.
+pub struct Ctx {
+    /// The storage tree.
+    pub store: Arc<Storage>,
+    /// The device id from the client certificate.
+    pub device: String,
+    /// The peer address, for logs.
+    pub peer: String,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json(status: StatusCode, v: serde_json::Value) -> Resp {
+    let mut body = serde_json::to_vec(&v).expect("json serializes");
+    body.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid response")
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
+    json(status, serde_json::json!({ "error": msg.into() }))
+}
+
+fn storage_error(e: StorageError) -> Resp {
+    let status = match &e {
+        StorageError::BadName(_) | StorageError::Digest(_) | StorageError::Manifest(_) => StatusCode::BAD_REQUEST,
+        StorageError::Conflict(_) => StatusCode::CONFLICT,
+        StorageError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        StorageError::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+        StorageError::NotFound => StatusCode::NOT_FOUND,
+        StorageError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    if status == StatusCode::INTERNAL_SERVER_ERROR || status == StatusCode::INSUFFICIENT_STORAGE {
+        log::error!("storage: {e}");
+    }
+    error(status, e.to_string())
+}
+
+/// Parses `Content-Digest: sha-256=:<base64>:` (RFC 9530).
+fn content_digest(req: &Request<Incoming>) -> Result<[u8; 32], String> {
+    let h = req
+        .headers()
+        .get("content-digest")
+        .ok_or("missing Content-Digest header (sha-256=:<base64>:)")?
+        .to_str()
+        .map_err(|_| "unreadable Content-Digest header")?;
+    let v = h
+        .split(',')
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix("sha-256="))
+        .ok_or("Content-Digest has no sha-256 value")?;
+    let b64 = v.trim_matches(':');
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| "Content-Digest sha-256 is not base64")?;
+    raw.try_into().map_err(|_| "Content-Digest sha-256 is not 32 bytes".to_string())
+}
+
+fn content_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers().get("content-length")?.to_str().ok()?.parse().ok()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StorageError> + Send + 'static) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(StorageError::Io(std::io::Error::other(e.to_string()))))
+}
+
+/// Streams the body into an upload, in batches written off the runtime.
+async fn receive(mut body: Incoming, mut up: Upload, max: u64) -> Result<Upload, StorageError> {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        let frame = match tokio::time::timeout(BODY_IDLE, body.frame()).await {
+            Err(_) => return Err(StorageError::Io(std::io::Error::other("client sent nothing for 60 s"))),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(StorageError::Io(std::io::Error::other(format!("body: {e}")))),
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            if up.size() + (batch.len() + data.len()) as u64 > max {
+                return Err(StorageError::TooLarge(max));
+            }
+            batch.extend_from_slice(&data);
+            if batch.len() >= WRITE_BATCH {
+                let chunk = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH));
+                up = blocking(move || up.write(&chunk).map(|()| up)).await?;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        up = blocking(move || up.write(&batch).map(|()| up)).await?;
+    }
+    Ok(up)
+}
+
+async fn read_small(mut body: Incoming, max: u64) -> Result<Vec<u8>, StorageError> {
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(BODY_IDLE, body.frame()).await {
+            Err(_) => return Err(StorageError::Io(std::io::Error::other("client sent nothing for 60 s"))),
+            Ok(None) => return Ok(out),
+            Ok(Some(Err(e))) => return Err(StorageError::Io(std::io::Error::other(format!("body: {e}")))),
+            Ok(Some(Ok(f))) => {
+                if let Ok(d) = f.into_data() {
+                    if (out.len() + d.len()) as u64 > max {
+                        return Err(StorageError::TooLarge(max));
+                    }
+                    out.extend_from_slice(&d);
+                }
+            }
+        }
+    }
+}
+
+/// Handles one request.
+pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Resp, std::convert::Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = route(req, &ctx).await;
+    let level = if resp.status().is_success() { log::Level::Info } else { log::Level::Warn };
+    log::log!(level, device = ctx.device.as_str(), peer = ctx.peer.as_str(), status = resp.status().as_u16(); "{method} {}", path.chars().take(200).collect::<String>());
+    Ok(resp)
+}
+
+async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
+    let path = req.uri().path().to_string();
+    // Percent-encoding is never needed by this protocol's names: refusing it outright closes
+    // encoded traversal (%2e%2e, %2f) without a decoder to get wrong.
+    if path.len() > 512 || path.contains('%') || path.contains("//") {
+        return error(StatusCode::BAD_REQUEST, "malformed path");
+    }
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let store = ctx.store.clone();
+    let device = ctx.device.clone();
+    match (req.method(), parts.as_slice()) {
+        (&Method::GET, ["v1", "recordings"]) => match blocking(move || store.list(&device)).await {
+            Ok(list) => json(
+                StatusCode::OK,
+                serde_json::json!({ "recordings": list.into_iter().map(|(id, complete)| serde_json::json!({"id": id, "complete": complete})).collect::<Vec<_>>() }),
+            ),
+            Err(e) => storage_error(e),
+        },
+        (&Method::GET, ["v1", "recordings", id]) => {
+            let id = id.to_string();
+            let rid = id.clone();
+            match blocking(move || store.status(&device, &rid)).await {
+                Ok((objects, complete)) => json(StatusCode::OK, serde_json::json!({ "recording_id": id, "complete": complete, "objects": objects })),
+                Err(e) => storage_error(e),
+            }
+        }
+        (&Method::PUT, ["v1", "recordings", id, "objects", name]) => {
+            let expected = match content_digest(&req) {
+                Ok(d) => d,
+                Err(m) => return error(StatusCode::BAD_REQUEST, m),
+            };
+            let max = store.max_object();
+            if content_length(&req).is_some_and(|l| l > max) {
+                return storage_error(StorageError::TooLarge(max));
+            }
+            let (id, name) = (id.to_string(), name.to_string());
+            let s2 = store.clone();
+            let up = match blocking(move || s2.begin(&device, &id, &name)).await {
+                Ok(u) => u,
+                Err(e) => return storage_error(e),
+            };
+            let up = match receive(req.into_body(), up, max).await {
+                Ok(u) => u,
+                Err(e) => return storage_error(e),
+            };
+            match blocking(move || store.commit(up, &expected)).await {
+                Ok(Stored::Created) => json(StatusCode::CREATED, serde_json::json!({ "stored": true })),
+                Ok(Stored::Same) => json(StatusCode::OK, serde_json::json!({ "stored": true, "already": true })),
+                Err(e) => storage_error(e),
+            }
+        }
+        (&Method::PUT, ["v1", "recordings", id, "manifest"]) => {
+            if content_length(&req).is_some_and(|l| l > MAX_MANIFEST) {
+                return storage_error(StorageError::TooLarge(MAX_MANIFEST));
+            }
+            let body = match read_small(req.into_body(), MAX_MANIFEST).await {
+                Ok(b) => b,
+                Err(e) => return storage_error(e),
+            };
+            let id = id.to_string();
+            let rid = id.clone();
+            let dev = device.clone();
+            match blocking(move || store.complete(&dev, &rid, &body)).await {
+                Ok((receipt, stored)) => {
+                    if stored == Stored::Created {
+                        log::info!(device = device.as_str(), recording = id.as_str(); "recording complete, receipt issued");
+                    }
+                    let status = if stored == Stored::Created { StatusCode::CREATED } else { StatusCode::OK };
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(receipt)))
+                        .expect("valid response")
+                }
+                Err(e) => storage_error(e),
+            }
+        }
+        (_, ["v1", ..]) => error(StatusCode::NOT_FOUND, "no such endpoint (see docs/upload-protocol.md)"),
+        _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
+    }
+}

@@ -1,0 +1,113 @@
+//! `neoflix-ingest`, the department server: receives sealed recordings over mutual TLS.
+//!
+//! Every connection must present a client certificate issued by a configured CA and not revoked
+//! by a configured CRL; the device id is the certificate's common name, never anything in the
+//! request. A device reads and writes only below `<storage>/<device>/`. Objects (sealed init
+//! segments, fragments and their key records) arrive as idempotent PUTs, streamed to disk with a
+//! size limit and a SHA-256 digest check, fsynced and linked into place without overwriting; the
+//! manifest PUT checks every object and the hash chain and then makes the recording complete by
+//! writing `manifest.json` atomically, answering with a receipt. The server never decrypts and
+//! never holds the department's secret key. The protocol is specified in
+//! `docs/upload-protocol.md`.
+//!
+//! Layout: [`config`] the server's config, [`tls`] the mTLS acceptor, [`storage`] the
+//! filesystem tree, [`http`] the protocol's routes.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod http;
+pub mod storage;
+pub mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+pub use config::IngestConfig;
+
+/// Connections served at once; further ones wait in the kernel's accept queue.
+const MAX_CONNECTIONS: usize = 2048;
+/// A TLS handshake must complete within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds the configured address; returns the listener (tests bind port 0 and read it back).
+pub async fn bind(cfg: &IngestConfig) -> anyhow::Result<TcpListener> {
+    use anyhow::Context;
+    TcpListener::bind(&cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))
+}
+
+/// Serves until `shutdown` completes, then lets open requests finish.
+pub async fn run(cfg: IngestConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let acceptor = tls::acceptor(&cfg)?;
+    let store = Arc::new(storage::Storage::open(&cfg.storage.dir, cfg.storage.max_object_bytes)?);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    log::info!(listen = cfg.listen.as_str(), storage = cfg.storage.dir.display().to_string().as_str(); "neoflix-ingest listening");
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = slots.clone().acquire_owned() => p.expect("semaphore never closes"),
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let store = store.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let peer = peer.to_string();
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    log::warn!(peer = peer.as_str(); "TLS handshake refused: {e}");
+                    return;
+                }
+                Err(_) => {
+                    log::warn!(peer = peer.as_str(); "TLS handshake timed out");
+                    return;
+                }
+            };
+            let device = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                Some(cert) => match neoflix_pki::device_id(cert) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        log::warn!(peer = peer.as_str(); "client certificate has no usable device id: {e}");
+                        return;
+                    }
+                },
+                None => return,
+            };
+            let ctx = Arc::new(http::Ctx { store, device, peer });
+            let service = hyper::service::service_fn(move |req| http::handle(req, ctx.clone()));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => { let _ = r; }
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+                }
+            }
+        });
+    }
+    let _ = stop_tx.send(true);
+    log::info!("neoflix-ingest stopping");
+    Ok(())
+}

@@ -1,0 +1,353 @@
+//! The filesystem tree `<root>/<device>/<recording>/`.
+//!
+//! An object is streamed into a temporary file, fsynced, then hard-linked to its name (which
+//! never replaces an existing object) and the directory fsynced; a crash at any point leaves the
+//! object either absent or whole. A recording is complete exactly when `manifest.json` exists,
+//! and that file is written last, write-temp-fsync-rename.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+/// Why a storage operation was refused.
+#[derive(Debug, Error)]
+pub enum StorageError {
+    /// A recording id or object name that is not allowed (traversal, odd characters, length).
+    #[error("bad name: {0}")]
+    BadName(String),
+    /// A different object (or manifest) already exists under that name.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The body is larger than allowed.
+    #[error("body larger than {0} bytes")]
+    TooLarge(u64),
+    /// The body's SHA-256 is not the announced one.
+    #[error("content digest mismatch: the body's SHA-256 is {0}")]
+    Digest(String),
+    /// The disk is full.
+    #[error("storage full")]
+    NoSpace,
+    /// The recording does not exist.
+    #[error("no such recording")]
+    NotFound,
+    /// The manifest does not match the stored objects.
+    #[error("manifest refused: {0}")]
+    Manifest(String),
+    /// Another I/O error.
+    #[error("storage I/O: {0}")]
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for StorageError {
+    fn from(e: std::io::Error) -> Self {
+        if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+            StorageError::NoSpace
+        } else {
+            StorageError::Io(e)
+        }
+    }
+}
+
+/// Whether a recording id is acceptable as a directory name.
+pub fn valid_recording_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Whether `name` is an object name: `init-NNN.nfx|key` or `frag-NNNNNN.nfx|key`.
+pub fn valid_object_name(name: &str) -> bool {
+    let Some((stem, ext)) = name.split_once('.') else { return false };
+    if ext != "nfx" && ext != "key" {
+        return false;
+    }
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    match stem.split_once('-') {
+        Some(("init", d)) => digits(d, 3),
+        Some(("frag", d)) => digits(d, 6),
+        _ => false,
+    }
+}
+
+/// Outcome of a PUT.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// Newly stored.
+    Created,
+    /// The identical object was already there.
+    Same,
+}
+
+/// The storage tree.
+pub struct Storage {
+    root: PathBuf,
+    max_object: u64,
+}
+
+/// An object being received.
+pub struct Upload {
+    dir: PathBuf,
+    name: String,
+    tmp: PathBuf,
+    file: fs::File,
+    hasher: Sha256,
+    size: u64,
+    max: u64,
+}
+
+impl Upload {
+    /// Appends a chunk of the body.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), StorageError> {
+        self.size += chunk.len() as u64;
+        if self.size > self.max {
+            return Err(StorageError::TooLarge(self.max));
+        }
+        self.hasher.update(chunk);
+        self.file.write_all(chunk)?;
+        Ok(())
+    }
+
+    /// Bytes received so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        // Committed uploads have been linked into place; the temporary name goes either way.
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn sha256_file(path: &Path) -> Result<[u8; 32], StorageError> {
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(h.finalize().into())
+}
+
+fn random_suffix() -> String {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    hex::encode(b)
+}
+
+impl Storage {
+    /// Opens (creating) the root.
+    pub fn open(root: &Path, max_object: u64) -> anyhow::Result<Storage> {
+        use anyhow::Context;
+        fs::create_dir_all(root).with_context(|| format!("storage.dir {}: cannot create", root.display()))?;
+        Ok(Storage { root: root.to_owned(), max_object })
+    }
+
+    /// Largest accepted object.
+    pub fn max_object(&self) -> u64 {
+        self.max_object
+    }
+
+    fn device_dir(&self, device: &str) -> PathBuf {
+        self.root.join(device)
+    }
+
+    fn recording_dir(&self, device: &str, id: &str) -> Result<PathBuf, StorageError> {
+        if !valid_recording_id(id) {
+            return Err(StorageError::BadName(format!("recording id '{}'", id.chars().take(64).collect::<String>())));
+        }
+        Ok(self.device_dir(device).join(id))
+    }
+
+    /// Starts receiving object `name` of recording `id`.
+    pub fn begin(&self, device: &str, id: &str, name: &str) -> Result<Upload, StorageError> {
+        if !valid_object_name(name) {
+            return Err(StorageError::BadName(format!("object name '{}'", name.chars().take(64).collect::<String>())));
+        }
+        let dir = self.recording_dir(device, id)?;
+        fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".{name}.{}.tmp", random_suffix()));
+        let file = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        Ok(Upload { dir, name: name.into(), tmp, file, hasher: Sha256::new(), size: 0, max: self.max_object })
+    }
+
+    /// Finishes an upload: checks the digest, fsyncs, links it into place without overwriting.
+    pub fn commit(&self, mut up: Upload, expected: &[u8; 32]) -> Result<Stored, StorageError> {
+        let got: [u8; 32] = std::mem::take(&mut up.hasher).finalize().into();
+        if &got != expected {
+            return Err(StorageError::Digest(hex::encode(got)));
+        }
+        up.file.sync_all()?;
+        let target = up.dir.join(&up.name);
+        let complete = up.dir.join("manifest.json").exists();
+        match fs::hard_link(&up.tmp, &target) {
+            Ok(()) if complete => {
+                // Raced with the manifest: a complete recording takes no new objects.
+                let _ = fs::remove_file(&target);
+                Err(StorageError::Conflict("the recording is complete".into()))
+            }
+            Ok(()) => {
+                sync_dir(&up.dir)?;
+                Ok(Stored::Created)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if &sha256_file(&target)? == expected {
+                    Ok(Stored::Same)
+                } else {
+                    Err(StorageError::Conflict(format!("{} exists with different content", up.name)))
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// What the server holds of a recording: (object names, complete).
+    pub fn status(&self, device: &str, id: &str) -> Result<(Vec<String>, bool), StorageError> {
+        let dir = self.recording_dir(device, id)?;
+        let list = match fs::read_dir(&dir) {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StorageError::NotFound),
+            Err(e) => return Err(e.into()),
+        };
+        let mut names: Vec<String> = list
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| valid_object_name(n))
+            .collect();
+        names.sort();
+        Ok((names, dir.join("manifest.json").exists()))
+    }
+
+    /// The device's recordings: (id, complete).
+    pub fn list(&self, device: &str) -> Result<Vec<(String, bool)>, StorageError> {
+        let dir = self.device_dir(device);
+        let list = match fs::read_dir(&dir) {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut v: Vec<(String, bool)> = list
+            .filter_map(|e| e.ok())
+            .map(|e| (e.file_name().to_string_lossy().to_string(), e.path().join("manifest.json").exists()))
+            .filter(|(n, _)| valid_recording_id(n))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// Checks an uploaded manifest against the stored objects and, if everything matches, makes
+    /// the recording complete. Returns the receipt (JSON) and whether it is new.
+    pub fn complete(&self, device: &str, id: &str, manifest_bytes: &[u8]) -> Result<(Vec<u8>, Stored), StorageError> {
+        let dir = self.recording_dir(device, id)?;
+        let final_manifest = dir.join("manifest.json");
+        if let Ok(existing) = fs::read(&final_manifest) {
+            if existing == manifest_bytes {
+                return Ok((fs::read(dir.join("receipt.json"))?, Stored::Same));
+            }
+            return Err(StorageError::Conflict("the recording is complete with another manifest".into()));
+        }
+        let m: neoflix_store::Manifest = serde_json::from_slice(manifest_bytes).map_err(|e| StorageError::Manifest(format!("not a manifest: {e}")))?;
+        if m.recording_id != id {
+            return Err(StorageError::Manifest(format!("manifest is for recording '{}', not '{id}'", m.recording_id)));
+        }
+        if m.device_id != device {
+            return Err(StorageError::Manifest(format!("manifest names device '{}', the certificate '{device}'", m.device_id)));
+        }
+        if !dir.exists() {
+            return Err(StorageError::NotFound);
+        }
+        let v = neoflix_store::verify_manifest(&dir, m).map_err(|e| StorageError::Manifest(e.to_string()))?;
+        let m = v.manifest;
+        let listed: std::collections::HashSet<&str> = m.init_segments.iter().chain(&m.fragments).flat_map(|e| [e.file.as_str(), e.key_file.as_str()]).collect();
+        // Objects a box uploaded and then dropped in its crash recovery are not the recording's.
+        for (name, _) in self.status(device, id)?.0.iter().map(|n| (n.clone(), ())) {
+            if !listed.contains(name.as_str()) {
+                log::warn!(device = device, recording = id, object = name.as_str(); "removing object the manifest does not list");
+                fs::remove_file(dir.join(&name))?;
+            }
+        }
+        let bytes: u64 = m.init_segments.iter().chain(&m.fragments).map(|e| e.size).sum();
+        let receipt = serde_json::json!({
+            "recording_id": id,
+            "device_id": device,
+            "received_utc": neoflix_store::utc(std::time::SystemTime::now()),
+            "manifest_sha256": neoflix_seal::sha256_hex(manifest_bytes),
+            "chain": m.chain,
+            "fragments": m.fragments.len(),
+            "bytes": bytes,
+        });
+        let receipt = serde_json::to_vec_pretty(&receipt).expect("receipt serializes");
+        write_atomic(&dir.join("receipt.json"), &receipt)?;
+        // Last: this makes the recording complete.
+        write_atomic(&final_manifest, manifest_bytes)?;
+        Ok((receipt, Stored::Created))
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    let dir = path.parent().expect("inside a recording dir");
+    let tmp = dir.join(format!(".{}.{}.tmp", path.file_name().unwrap_or_default().to_string_lossy(), random_suffix()));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_strict() {
+        for ok in ["init-000.nfx", "init-001.key", "frag-000123.nfx", "frag-999999.key"] {
+            assert!(valid_object_name(ok), "{ok}");
+        }
+        for bad in ["../frag-000001.nfx", "frag-1.nfx", "frag-000001.txt", "frag-000001", "manifest.json", "init-0000.nfx", "frag-00000a.nfx", ".frag-000001.nfx"] {
+            assert!(!valid_object_name(bad), "{bad}");
+        }
+        assert!(valid_recording_id("room-1-20261126T004857Z"));
+        for bad in ["..", ".", "a/b", "", "a b", "%2e%2e", &"x".repeat(129)] {
+            assert!(!valid_recording_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn put_is_idempotent_and_never_overwrites() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Storage::open(d.path(), 1000).unwrap();
+        let put = |body: &[u8]| {
+            let mut up = s.begin("dev", "rec", "frag-000000.nfx").unwrap();
+            up.write(body).unwrap();
+            let sha: [u8; 32] = Sha256::digest(body).into();
+            s.commit(up, &sha)
+        };
+        assert_eq!(put(b"one").unwrap(), Stored::Created);
+        assert_eq!(put(b"one").unwrap(), Stored::Same);
+        assert!(matches!(put(b"two"), Err(StorageError::Conflict(_))));
+        assert_eq!(fs::read(d.path().join("dev/rec/frag-000000.nfx")).unwrap(), b"one");
+        let mut up = s.begin("dev", "rec", "frag-000001.nfx").unwrap();
+        up.write(b"abc").unwrap();
+        assert!(matches!(s.commit(up, &[0; 32]), Err(StorageError::Digest(_))));
+        let mut up = s.begin("dev", "rec", "frag-000002.nfx").unwrap();
+        assert!(matches!(up.write(&[0; 1001]), Err(StorageError::TooLarge(1000))));
+        drop(up);
+        let (names, complete) = s.status("dev", "rec").unwrap();
+        assert_eq!(names, vec!["frag-000000.nfx".to_string()]);
+        assert!(!complete);
+        assert!(matches!(s.status("dev", "other"), Err(StorageError::NotFound)));
+    }
+}
