@@ -96,6 +96,19 @@ pub struct Control {
     pub socket: PathBuf,
 }
 
+/// `[upload]`: where sealed recordings go. Absent: they stay on the box.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    /// Base URL of the department's ingest server (`https://...`).
+    pub url: String,
+    /// CA certificate that issued the server's certificate.
+    pub ca: PathBuf,
+    /// This device's certificate (its common name is the device id the server uses).
+    pub cert: PathBuf,
+    /// This device's private key.
+    pub key: PathBuf,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -109,6 +122,8 @@ pub struct Config {
     pub recordings: Recordings,
     /// `[control]`
     pub control: Control,
+    /// `[upload]`, if configured.
+    pub upload: Option<Upload>,
 }
 
 /// The default config path.

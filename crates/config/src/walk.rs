@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::{Capture, Config, ConfigError, Control, Recordings, Ring, SourceKind};
+use crate::{Capture, Config, ConfigError, Control, Recordings, Ring, SourceKind, Upload};
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,7 +198,7 @@ impl<'t> Walker<'t> {
                 let line = self.line_of(k.span().start);
                 let opt = Self::option_name(&s, k.get_ref());
                 let hint = if s.name.is_empty() && matches!(v.get_ref(), DeValue::Table(_)) {
-                    "unknown section (known: [capture], [ring], [recordings], [control])"
+                    "unknown section (known: [capture], [ring], [recordings], [control], [upload])"
                         .to_string()
                 } else {
                     "unknown option (see docs/config.md for the options of this section)"
@@ -391,7 +391,49 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
     let (socket, _) = w.path(&mut control, "socket", "/run/neoflix/control.sock");
     w.finish(control);
 
-    for name in ["capture", "ring", "recordings", "control"] {
+    let upload = if root.get("upload").is_some() {
+        let mut up = w.section(root, "upload");
+        let (url, line) = w.string(&mut up, "url", "");
+        if !url.starts_with("https://") {
+            w.error(
+                line,
+                "upload.url".into(),
+                format!("'{url}' must be an https:// URL of the ingest server"),
+            );
+        }
+        let file = |w: &mut Walker, up: &mut Section, key: &str, what: &str| {
+            let (p, line) = w.path(up, key, "");
+            if p.is_absolute()
+                && let Err(e) = std::fs::File::open(&p)
+            {
+                w.error(
+                    line,
+                    format!("upload.{key}"),
+                    format!("cannot read {}: {e}; {what}", p.display()),
+                );
+            }
+            p
+        };
+        let ca = file(
+            &mut w,
+            &mut up,
+            "ca",
+            "the CA certificate that issued the server's certificate",
+        );
+        let cert = file(
+            &mut w,
+            &mut up,
+            "cert",
+            "this device's certificate (neoflix pki issue --device ID)",
+        );
+        let key = file(&mut w, &mut up, "key", "this device's private key");
+        w.finish(up);
+        Some(Upload { url, ca, cert, key })
+    } else {
+        None
+    };
+
+    for name in ["capture", "ring", "recordings", "control", "upload"] {
         top.taken.insert(name.into());
     }
     w.finish(top);
@@ -434,6 +476,7 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
             long_press_ms: long_press_ms as u32,
         },
         control: Control { socket },
+        upload,
     };
     Ok((cfg, w.warnings))
 }

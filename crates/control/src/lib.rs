@@ -71,6 +71,29 @@ pub struct Status {
     /// The last storage error, if one is unresolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_error: Option<String>,
+    /// The upload queue, when upload is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadQueue>,
+    /// Days until the device certificate expires (negative: expired), when upload is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_days_left: Option<i64>,
+}
+
+/// What waits to be delivered to the department.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadQueue {
+    /// Recordings on the box the server has not confirmed.
+    pub recordings: usize,
+    /// Sealed bytes not yet on the server.
+    pub bytes: u64,
+    /// When the last receipt was checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_utc: Option<String>,
+    /// The last failure, until a pass succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Recordings delivered since the daemon started.
+    pub delivered: u64,
 }
 
 /// A reply.

@@ -59,6 +59,12 @@ pub struct EngineSettings {
     pub recordings_dir: PathBuf,
     /// The department key data keys are wrapped to.
     pub recipient: DepartmentPublicKey,
+    /// Woken after every claim and finalize, when upload is configured.
+    pub uplink_wake: Option<Arc<tokio::sync::Notify>>,
+    /// The upload queue, for the status.
+    pub upload_status: Option<Arc<std::sync::Mutex<crate::uplink::UploadStatus>>>,
+    /// This device's certificate, for days-to-expiry in the status.
+    pub device_cert: Option<PathBuf>,
 }
 
 /// The engine's state; lives on its own thread.
@@ -427,6 +433,7 @@ impl Engine {
                 log::info!(device = device.as_str(), recording = id.as_str(), trigger = trigger.as_str(),
                     preroll_fragments = n; "recording started");
                 self.recording = Some(w);
+                self.wake_uplink();
             }
             Action::Claim { seq } => {
                 if self.recording.is_none() {
@@ -443,6 +450,7 @@ impl Engine {
                     w.claim(entry, &init, false)?;
                     log::debug!(recording = w.id(), fragment = seq; "claimed");
                 }
+                self.wake_uplink();
             }
             Action::Mark { by, label } => {
                 if let Some(w) = self.recording.as_mut() {
@@ -461,6 +469,7 @@ impl Engine {
                     let id = w.id().to_string();
                     let m = w.finalize(reason.as_str(), SystemTime::now())?;
                     self.finalized += 1;
+                    self.wake_uplink();
                     log::info!(device = device.as_str(), recording = id.as_str(), reason = reason.as_str(),
                         fragments = m.fragments.len(), duration_secs = m.duration_secs; "recording finalized");
                 }
@@ -484,6 +493,12 @@ impl Engine {
         Ok(())
     }
 
+    fn wake_uplink(&self) {
+        if let Some(w) = &self.settings.uplink_wake {
+            w.notify_one();
+        }
+    }
+
     fn status(&self) -> Status {
         let s = self.recorder.as_ref().expect("recorder present").status();
         Status {
@@ -502,6 +517,22 @@ impl Engine {
             encoder: self.encoder.clone(),
             recordings_finalized: self.finalized,
             storage_error: self.storage_error.clone(),
+            upload: self.settings.upload_status.as_ref().map(|s| {
+                let s = s.lock().expect("status lock");
+                neoflix_control::UploadQueue {
+                    recordings: s.recordings_pending,
+                    bytes: s.bytes_pending,
+                    last_success_utc: s.last_success_utc.clone(),
+                    last_error: s.last_error.clone(),
+                    delivered: s.delivered,
+                }
+            }),
+            cert_days_left: self
+                .settings
+                .device_cert
+                .as_ref()
+                .and_then(|p| std::fs::read(p).ok())
+                .and_then(|pem| neoflix_pki::days_left(&pem).ok()),
         }
     }
 }

@@ -14,8 +14,10 @@
 
 pub mod control;
 pub mod engine;
+pub mod uplink;
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use neoflix_capture::{CaptureSettings, Encoder, InputFormat, Source};
@@ -113,6 +115,39 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         log::info!(device = device.as_str(), files = wiped; "deleted pre-roll left by an earlier run (unreadable: its keys were in RAM only)");
     }
 
+    let uplink = match &cfg.upload {
+        None => None,
+        Some(u) => {
+            let s = uplink::UplinkSettings {
+                url: u.url.clone(),
+                ca: u.ca.clone(),
+                cert: u.cert.clone(),
+                key: u.key.clone(),
+                recordings_dir: cfg.recordings.dir.clone(),
+            };
+            let client = uplink::client(&s).map_err(|e| DaemonError::Engine(e.to_string()))?;
+            match std::fs::read(&u.cert)
+                .ok()
+                .and_then(|p| neoflix_pki::days_left(&p).ok())
+            {
+                Some(d) if d < 30 => {
+                    log::warn!(device = device.as_str(), days_left = d; "device certificate expires soon: issue a new one")
+                }
+                Some(d) => {
+                    log::info!(device = device.as_str(), days_left = d; "device certificate")
+                }
+                None => {
+                    log::warn!(device = device.as_str(); "cannot read the device certificate's expiry")
+                }
+            }
+            Some((
+                s,
+                client,
+                Arc::new(Mutex::new(uplink::UploadStatus::default())),
+                Arc::new(tokio::sync::Notify::new()),
+            ))
+        }
+    };
     let (tx, rx) = mpsc::channel::<Input>(64);
     let settings = EngineSettings {
         device_id: device.clone(),
@@ -126,8 +161,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         },
         recordings_dir: cfg.recordings.dir.clone(),
         recipient,
+        uplink_wake: uplink.as_ref().map(|u| u.3.clone()),
+        upload_status: uplink.as_ref().map(|u| u.2.clone()),
+        device_cert: cfg.upload.as_ref().map(|u| u.cert.clone()),
     };
     let engine = Engine::new(settings, ring, tx.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let uplink_task = uplink.map(|(s, client, status, wake)| {
+        tokio::spawn(uplink::run(s, client, status, wake, stop_rx.clone()))
+    });
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("neoflix-engine".into())
@@ -137,7 +179,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         })
         .map_err(|e| DaemonError::Engine(e.to_string()))?;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let listener = control::bind(&cfg.control.socket)?;
     let control_task = tokio::spawn(control::serve(listener, tx.clone(), stop_rx.clone()));
     let ticker = {
@@ -163,6 +204,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let _ = stop_tx.send(true);
     let _ = ticker.await;
     let _ = control_task.await;
+    if let Some(t) = uplink_task {
+        let _ = t.await;
+    }
     // The engine finishes what is queued before the shutdown, so nothing claimed is lost.
     tx.send(Input::Shutdown)
         .await

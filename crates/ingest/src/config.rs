@@ -50,13 +50,22 @@ impl IngestConfig {
     /// Reads a config file; errors name the file and, for syntax and type errors, the line.
     pub fn load(path: &Path) -> anyhow::Result<IngestConfig> {
         use anyhow::Context;
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
         let mut cfg: IngestConfig = toml::from_str(&text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1).unwrap_or(1);
+            let line = e
+                .span()
+                .map(|s| text[..s.start].matches('\n').count() + 1)
+                .unwrap_or(1);
             anyhow::anyhow!("{}:{line}: {}", path.display(), e.message())
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut cfg.tls.cert, &mut cfg.tls.key, &mut cfg.tls.client_ca, &mut cfg.storage.dir] {
+        for p in [
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+            &mut cfg.tls.client_ca,
+            &mut cfg.storage.dir,
+        ] {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

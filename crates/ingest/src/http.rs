@@ -46,7 +46,9 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
 
 fn storage_error(e: StorageError) -> Resp {
     let status = match &e {
-        StorageError::BadName(_) | StorageError::Digest(_) | StorageError::Manifest(_) => StatusCode::BAD_REQUEST,
+        StorageError::BadName(_) | StorageError::Digest(_) | StorageError::Manifest(_) => {
+            StatusCode::BAD_REQUEST
+        }
         StorageError::Conflict(_) => StatusCode::CONFLICT,
         StorageError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         StorageError::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
@@ -73,15 +75,25 @@ fn content_digest(req: &Request<Incoming>) -> Result<[u8; 32], String> {
         .find_map(|p| p.strip_prefix("sha-256="))
         .ok_or("Content-Digest has no sha-256 value")?;
     let b64 = v.trim_matches(':');
-    let raw = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| "Content-Digest sha-256 is not base64")?;
-    raw.try_into().map_err(|_| "Content-Digest sha-256 is not 32 bytes".to_string())
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| "Content-Digest sha-256 is not base64")?;
+    raw.try_into()
+        .map_err(|_| "Content-Digest sha-256 is not 32 bytes".to_string())
 }
 
 fn content_length(req: &Request<Incoming>) -> Option<u64> {
-    req.headers().get("content-length")?.to_str().ok()?.parse().ok()
+    req.headers()
+        .get("content-length")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StorageError> + Send + 'static) -> Result<T, StorageError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(StorageError::Io(std::io::Error::other(e.to_string()))))
@@ -92,9 +104,17 @@ async fn receive(mut body: Incoming, mut up: Upload, max: u64) -> Result<Upload,
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     loop {
         let frame = match tokio::time::timeout(BODY_IDLE, body.frame()).await {
-            Err(_) => return Err(StorageError::Io(std::io::Error::other("client sent nothing for 60 s"))),
+            Err(_) => {
+                return Err(StorageError::Io(std::io::Error::other(
+                    "client sent nothing for 60 s",
+                )));
+            }
             Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(StorageError::Io(std::io::Error::other(format!("body: {e}")))),
+            Ok(Some(Err(e))) => {
+                return Err(StorageError::Io(std::io::Error::other(format!(
+                    "body: {e}"
+                ))));
+            }
             Ok(Some(Ok(f))) => f,
         };
         if let Ok(data) = frame.into_data() {
@@ -118,9 +138,17 @@ async fn read_small(mut body: Incoming, max: u64) -> Result<Vec<u8>, StorageErro
     let mut out = Vec::new();
     loop {
         match tokio::time::timeout(BODY_IDLE, body.frame()).await {
-            Err(_) => return Err(StorageError::Io(std::io::Error::other("client sent nothing for 60 s"))),
+            Err(_) => {
+                return Err(StorageError::Io(std::io::Error::other(
+                    "client sent nothing for 60 s",
+                )));
+            }
             Ok(None) => return Ok(out),
-            Ok(Some(Err(e))) => return Err(StorageError::Io(std::io::Error::other(format!("body: {e}")))),
+            Ok(Some(Err(e))) => {
+                return Err(StorageError::Io(std::io::Error::other(format!(
+                    "body: {e}"
+                ))));
+            }
             Ok(Some(Ok(f))) => {
                 if let Ok(d) = f.into_data() {
                     if (out.len() + d.len()) as u64 > max {
@@ -134,11 +162,18 @@ async fn read_small(mut body: Incoming, max: u64) -> Result<Vec<u8>, StorageErro
 }
 
 /// Handles one request.
-pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Resp, std::convert::Infallible> {
+pub async fn handle(
+    req: Request<Incoming>,
+    ctx: Arc<Ctx>,
+) -> Result<Resp, std::convert::Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let resp = route(req, &ctx).await;
-    let level = if resp.status().is_success() { log::Level::Info } else { log::Level::Warn };
+    let level = if resp.status().is_success() {
+        log::Level::Info
+    } else {
+        log::Level::Warn
+    };
     log::log!(level, device = ctx.device.as_str(), peer = ctx.peer.as_str(), status = resp.status().as_u16(); "{method} {}", path.chars().take(200).collect::<String>());
     Ok(resp)
 }
@@ -165,7 +200,10 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
             let id = id.to_string();
             let rid = id.clone();
             match blocking(move || store.status(&device, &rid)).await {
-                Ok((objects, complete)) => json(StatusCode::OK, serde_json::json!({ "recording_id": id, "complete": complete, "objects": objects })),
+                Ok((objects, complete)) => json(
+                    StatusCode::OK,
+                    serde_json::json!({ "recording_id": id, "complete": complete, "objects": objects }),
+                ),
                 Err(e) => storage_error(e),
             }
         }
@@ -189,8 +227,13 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
                 Err(e) => return storage_error(e),
             };
             match blocking(move || store.commit(up, &expected)).await {
-                Ok(Stored::Created) => json(StatusCode::CREATED, serde_json::json!({ "stored": true })),
-                Ok(Stored::Same) => json(StatusCode::OK, serde_json::json!({ "stored": true, "already": true })),
+                Ok(Stored::Created) => {
+                    json(StatusCode::CREATED, serde_json::json!({ "stored": true }))
+                }
+                Ok(Stored::Same) => json(
+                    StatusCode::OK,
+                    serde_json::json!({ "stored": true, "already": true }),
+                ),
                 Err(e) => storage_error(e),
             }
         }
@@ -210,7 +253,11 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
                     if stored == Stored::Created {
                         log::info!(device = device.as_str(), recording = id.as_str(); "recording complete, receipt issued");
                     }
-                    let status = if stored == Stored::Created { StatusCode::CREATED } else { StatusCode::OK };
+                    let status = if stored == Stored::Created {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    };
                     Response::builder()
                         .status(status)
                         .header("content-type", "application/json")
@@ -220,7 +267,10 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
                 Err(e) => storage_error(e),
             }
         }
-        (_, ["v1", ..]) => error(StatusCode::NOT_FOUND, "no such endpoint (see docs/upload-protocol.md)"),
+        (_, ["v1", ..]) => error(
+            StatusCode::NOT_FOUND,
+            "no such endpoint (see docs/upload-protocol.md)",
+        ),
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
     }
 }

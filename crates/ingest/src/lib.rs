@@ -37,13 +37,22 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Binds the configured address; returns the listener (tests bind port 0 and read it back).
 pub async fn bind(cfg: &IngestConfig) -> anyhow::Result<TcpListener> {
     use anyhow::Context;
-    TcpListener::bind(&cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))
+    TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))
 }
 
 /// Serves until `shutdown` completes, then lets open requests finish.
-pub async fn run(cfg: IngestConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: IngestConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let acceptor = tls::acceptor(&cfg)?;
-    let store = Arc::new(storage::Storage::open(&cfg.storage.dir, cfg.storage.max_object_bytes)?);
+    let store = Arc::new(storage::Storage::open(
+        &cfg.storage.dir,
+        cfg.storage.max_object_bytes,
+    )?);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let (stop_tx, stop_rx) = watch::channel(false);
     log::info!(listen = cfg.listen.as_str(), storage = cfg.storage.dir.display().to_string().as_str(); "neoflix-ingest listening");
@@ -91,7 +100,11 @@ pub async fn run(cfg: IngestConfig, listener: TcpListener, shutdown: impl Future
                 },
                 None => return,
             };
-            let ctx = Arc::new(http::Ctx { store, device, peer });
+            let ctx = Arc::new(http::Ctx {
+                store,
+                device,
+                peer,
+            });
             let service = hyper::service::service_fn(move |req| http::handle(req, ctx.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -56,12 +56,16 @@ pub fn valid_recording_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && !id.starts_with('.')
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Whether `name` is an object name: `init-NNN.nfx|key` or `frag-NNNNNN.nfx|key`.
 pub fn valid_object_name(name: &str) -> bool {
-    let Some((stem, ext)) = name.split_once('.') else { return false };
+    let Some((stem, ext)) = name.split_once('.') else {
+        return false;
+    };
     if ext != "nfx" && ext != "key" {
         return false;
     }
@@ -146,8 +150,12 @@ impl Storage {
     /// Opens (creating) the root.
     pub fn open(root: &Path, max_object: u64) -> anyhow::Result<Storage> {
         use anyhow::Context;
-        fs::create_dir_all(root).with_context(|| format!("storage.dir {}: cannot create", root.display()))?;
-        Ok(Storage { root: root.to_owned(), max_object })
+        fs::create_dir_all(root)
+            .with_context(|| format!("storage.dir {}: cannot create", root.display()))?;
+        Ok(Storage {
+            root: root.to_owned(),
+            max_object,
+        })
     }
 
     /// Largest accepted object.
@@ -161,7 +169,10 @@ impl Storage {
 
     fn recording_dir(&self, device: &str, id: &str) -> Result<PathBuf, StorageError> {
         if !valid_recording_id(id) {
-            return Err(StorageError::BadName(format!("recording id '{}'", id.chars().take(64).collect::<String>())));
+            return Err(StorageError::BadName(format!(
+                "recording id '{}'",
+                id.chars().take(64).collect::<String>()
+            )));
         }
         Ok(self.device_dir(device).join(id))
     }
@@ -169,13 +180,27 @@ impl Storage {
     /// Starts receiving object `name` of recording `id`.
     pub fn begin(&self, device: &str, id: &str, name: &str) -> Result<Upload, StorageError> {
         if !valid_object_name(name) {
-            return Err(StorageError::BadName(format!("object name '{}'", name.chars().take(64).collect::<String>())));
+            return Err(StorageError::BadName(format!(
+                "object name '{}'",
+                name.chars().take(64).collect::<String>()
+            )));
         }
         let dir = self.recording_dir(device, id)?;
         fs::create_dir_all(&dir)?;
         let tmp = dir.join(format!(".{name}.{}.tmp", random_suffix()));
-        let file = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        Ok(Upload { dir, name: name.into(), tmp, file, hasher: Sha256::new(), size: 0, max: self.max_object })
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        Ok(Upload {
+            dir,
+            name: name.into(),
+            tmp,
+            file,
+            hasher: Sha256::new(),
+            size: 0,
+            max: self.max_object,
+        })
     }
 
     /// Finishes an upload: checks the digest, fsyncs, links it into place without overwriting.
@@ -201,7 +226,10 @@ impl Storage {
                 if &sha256_file(&target)? == expected {
                     Ok(Stored::Same)
                 } else {
-                    Err(StorageError::Conflict(format!("{} exists with different content", up.name)))
+                    Err(StorageError::Conflict(format!(
+                        "{} exists with different content",
+                        up.name
+                    )))
                 }
             }
             Err(e) => Err(e.into()),
@@ -213,7 +241,9 @@ impl Storage {
         let dir = self.recording_dir(device, id)?;
         let list = match fs::read_dir(&dir) {
             Ok(l) => l,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StorageError::NotFound),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StorageError::NotFound);
+            }
             Err(e) => return Err(e.into()),
         };
         let mut names: Vec<String> = list
@@ -235,7 +265,12 @@ impl Storage {
         };
         let mut v: Vec<(String, bool)> = list
             .filter_map(|e| e.ok())
-            .map(|e| (e.file_name().to_string_lossy().to_string(), e.path().join("manifest.json").exists()))
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().to_string(),
+                    e.path().join("manifest.json").exists(),
+                )
+            })
             .filter(|(n, _)| valid_recording_id(n))
             .collect();
         v.sort();
@@ -244,28 +279,48 @@ impl Storage {
 
     /// Checks an uploaded manifest against the stored objects and, if everything matches, makes
     /// the recording complete. Returns the receipt (JSON) and whether it is new.
-    pub fn complete(&self, device: &str, id: &str, manifest_bytes: &[u8]) -> Result<(Vec<u8>, Stored), StorageError> {
+    pub fn complete(
+        &self,
+        device: &str,
+        id: &str,
+        manifest_bytes: &[u8],
+    ) -> Result<(Vec<u8>, Stored), StorageError> {
         let dir = self.recording_dir(device, id)?;
         let final_manifest = dir.join("manifest.json");
         if let Ok(existing) = fs::read(&final_manifest) {
             if existing == manifest_bytes {
                 return Ok((fs::read(dir.join("receipt.json"))?, Stored::Same));
             }
-            return Err(StorageError::Conflict("the recording is complete with another manifest".into()));
+            return Err(StorageError::Conflict(
+                "the recording is complete with another manifest".into(),
+            ));
         }
-        let m: neoflix_store::Manifest = serde_json::from_slice(manifest_bytes).map_err(|e| StorageError::Manifest(format!("not a manifest: {e}")))?;
+        let m: neoflix_store::Manifest = serde_json::from_slice(manifest_bytes)
+            .map_err(|e| StorageError::Manifest(format!("not a manifest: {e}")))?;
         if m.recording_id != id {
-            return Err(StorageError::Manifest(format!("manifest is for recording '{}', not '{id}'", m.recording_id)));
+            return Err(StorageError::Manifest(format!(
+                "manifest is for recording '{}', not '{id}'",
+                m.recording_id
+            )));
         }
         if m.device_id != device {
-            return Err(StorageError::Manifest(format!("manifest names device '{}', the certificate '{device}'", m.device_id)));
+            return Err(StorageError::Manifest(format!(
+                "manifest names device '{}', the certificate '{device}'",
+                m.device_id
+            )));
         }
         if !dir.exists() {
             return Err(StorageError::NotFound);
         }
-        let v = neoflix_store::verify_manifest(&dir, m).map_err(|e| StorageError::Manifest(e.to_string()))?;
+        let v = neoflix_store::verify_manifest(&dir, m)
+            .map_err(|e| StorageError::Manifest(e.to_string()))?;
         let m = v.manifest;
-        let listed: std::collections::HashSet<&str> = m.init_segments.iter().chain(&m.fragments).flat_map(|e| [e.file.as_str(), e.key_file.as_str()]).collect();
+        let listed: std::collections::HashSet<&str> = m
+            .init_segments
+            .iter()
+            .chain(&m.fragments)
+            .flat_map(|e| [e.file.as_str(), e.key_file.as_str()])
+            .collect();
         // Objects a box uploaded and then dropped in its crash recovery are not the recording's.
         for (name, _) in self.status(device, id)?.0.iter().map(|n| (n.clone(), ())) {
             if !listed.contains(name.as_str()) {
@@ -273,7 +328,12 @@ impl Storage {
                 fs::remove_file(dir.join(&name))?;
             }
         }
-        let bytes: u64 = m.init_segments.iter().chain(&m.fragments).map(|e| e.size).sum();
+        let bytes: u64 = m
+            .init_segments
+            .iter()
+            .chain(&m.fragments)
+            .map(|e| e.size)
+            .sum();
         let receipt = serde_json::json!({
             "recording_id": id,
             "device_id": device,
@@ -293,7 +353,11 @@ impl Storage {
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     let dir = path.parent().expect("inside a recording dir");
-    let tmp = dir.join(format!(".{}.{}.tmp", path.file_name().unwrap_or_default().to_string_lossy(), random_suffix()));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        random_suffix()
+    ));
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -313,10 +377,24 @@ mod tests {
 
     #[test]
     fn names_are_strict() {
-        for ok in ["init-000.nfx", "init-001.key", "frag-000123.nfx", "frag-999999.key"] {
+        for ok in [
+            "init-000.nfx",
+            "init-001.key",
+            "frag-000123.nfx",
+            "frag-999999.key",
+        ] {
             assert!(valid_object_name(ok), "{ok}");
         }
-        for bad in ["../frag-000001.nfx", "frag-1.nfx", "frag-000001.txt", "frag-000001", "manifest.json", "init-0000.nfx", "frag-00000a.nfx", ".frag-000001.nfx"] {
+        for bad in [
+            "../frag-000001.nfx",
+            "frag-1.nfx",
+            "frag-000001.txt",
+            "frag-000001",
+            "manifest.json",
+            "init-0000.nfx",
+            "frag-00000a.nfx",
+            ".frag-000001.nfx",
+        ] {
             assert!(!valid_object_name(bad), "{bad}");
         }
         assert!(valid_recording_id("room-1-20261126T004857Z"));
@@ -338,16 +416,28 @@ mod tests {
         assert_eq!(put(b"one").unwrap(), Stored::Created);
         assert_eq!(put(b"one").unwrap(), Stored::Same);
         assert!(matches!(put(b"two"), Err(StorageError::Conflict(_))));
-        assert_eq!(fs::read(d.path().join("dev/rec/frag-000000.nfx")).unwrap(), b"one");
+        assert_eq!(
+            fs::read(d.path().join("dev/rec/frag-000000.nfx")).unwrap(),
+            b"one"
+        );
         let mut up = s.begin("dev", "rec", "frag-000001.nfx").unwrap();
         up.write(b"abc").unwrap();
-        assert!(matches!(s.commit(up, &[0; 32]), Err(StorageError::Digest(_))));
+        assert!(matches!(
+            s.commit(up, &[0; 32]),
+            Err(StorageError::Digest(_))
+        ));
         let mut up = s.begin("dev", "rec", "frag-000002.nfx").unwrap();
-        assert!(matches!(up.write(&[0; 1001]), Err(StorageError::TooLarge(1000))));
+        assert!(matches!(
+            up.write(&[0; 1001]),
+            Err(StorageError::TooLarge(1000))
+        ));
         drop(up);
         let (names, complete) = s.status("dev", "rec").unwrap();
         assert_eq!(names, vec!["frag-000000.nfx".to_string()]);
         assert!(!complete);
-        assert!(matches!(s.status("dev", "other"), Err(StorageError::NotFound)));
+        assert!(matches!(
+            s.status("dev", "other"),
+            Err(StorageError::NotFound)
+        ));
     }
 }

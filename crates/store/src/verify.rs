@@ -89,7 +89,10 @@ pub fn verify(dir: &Path) -> Result<Verified, StoreError> {
 /// server checks an uploaded manifest before it makes the recording complete.
 pub fn verify_manifest(dir: &Path, m: Manifest) -> Result<Verified, StoreError> {
     if m.format != FORMAT {
-        return Err(StoreError::BadManifest { path: dir.join("manifest.json"), message: format!("format '{}' is not {FORMAT}", m.format) });
+        return Err(StoreError::BadManifest {
+            path: dir.join("manifest.json"),
+            message: format!("format '{}' is not {FORMAT}", m.format),
+        });
     }
     let expected = chain(&m.recording_id, &m.init_segments, &m.fragments);
     if expected != m.chain {

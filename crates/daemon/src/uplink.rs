@@ -1,0 +1,380 @@
+//! The uplink: pushes sealed recordings to the department's ingest server over mutual TLS.
+//!
+//! It works from what is on disk and what the server says it has, never from memory alone, so
+//! it resumes after a restart of either side: each pass lists the recordings directory, asks the
+//! server (`GET /v1/recordings/{id}`) what it holds of each recording it does not know yet, PUTs
+//! the objects the server lacks (bounded concurrency, each PUT idempotent), and once a recording
+//! has its manifest and every object is on the server, PUTs the manifest, checks the receipt
+//! against the local manifest and only then deletes the local copy. The engine wakes it after
+//! every claimed fragment, so a recording is on the server about one fragment after it stops.
+//! Failures back off exponentially with jitter (1 s to 60 s).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use tokio::sync::{Notify, Semaphore, watch};
+
+/// PUTs in flight at once.
+const CONCURRENCY: usize = 4;
+
+/// Where and how to upload.
+#[derive(Debug, Clone)]
+pub struct UplinkSettings {
+    /// Base URL of the ingest server, e.g. `https://ingest.example:8443`.
+    pub url: String,
+    /// CA certificate that issued the server's certificate (PEM).
+    pub ca: PathBuf,
+    /// This device's certificate (PEM).
+    pub cert: PathBuf,
+    /// This device's key (PEM).
+    pub key: PathBuf,
+    /// The recordings directory.
+    pub recordings_dir: PathBuf,
+}
+
+/// The upload queue, as the status reports it.
+#[derive(Debug, Clone, Default)]
+pub struct UploadStatus {
+    /// Recordings on the box not yet confirmed by the server.
+    pub recordings_pending: usize,
+    /// Sealed bytes on the box not yet on the server.
+    pub bytes_pending: u64,
+    /// When the last receipt was checked.
+    pub last_success_utc: Option<String>,
+    /// The last failure, until a pass succeeds.
+    pub last_error: Option<String>,
+    /// Recordings delivered since start.
+    pub delivered: u64,
+}
+
+/// Why the uplink could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("upload: {0}")]
+pub struct UplinkError(String);
+
+/// Builds the HTTPS client with the device's certificate.
+pub fn client(s: &UplinkSettings) -> Result<reqwest::Client, UplinkError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&s.ca)
+        .and_then(|i| i.collect())
+        .map_err(|e| UplinkError(format!("upload.ca {}: {e}", s.ca.display())))?;
+    roots.add_parsable_certificates(cas);
+    if roots.is_empty() {
+        return Err(UplinkError(format!(
+            "upload.ca {}: no CA certificate",
+            s.ca.display()
+        )));
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&s.cert)
+        .and_then(|i| i.collect())
+        .map_err(|e| UplinkError(format!("upload.cert {}: {e}", s.cert.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&s.key)
+        .map_err(|e| UplinkError(format!("upload.key {}: {e}", s.key.display())))?;
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UplinkError(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| UplinkError(format!("upload.cert and upload.key do not match: {e}")))?;
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|e| UplinkError(e.to_string()))
+}
+
+#[derive(Deserialize)]
+struct ServerStatus {
+    complete: bool,
+    objects: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Receipt {
+    manifest_sha256: String,
+    chain: String,
+}
+
+/// PUTs one object (idempotent: the server answers 200 for an identical one it has).
+async fn put_object(
+    client: reqwest::Client,
+    base: String,
+    dir: PathBuf,
+    id: String,
+    name: String,
+) -> Result<(), String> {
+    let bytes = tokio::fs::read(dir.join(&id).join(&name))
+        .await
+        .map_err(|e| format!("{id}/{name}: {e}"))?;
+    let digest = base64::engine::general_purpose::STANDARD
+        .encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let r = client
+        .put(format!("{base}/v1/recordings/{id}/objects/{name}"))
+        .header("content-digest", format!("sha-256=:{digest}:"))
+        .body(bytes)
+        .send()
+        .await
+        .map_err(|e| format!("PUT {id}/{name}: {e}"))?;
+    match r.status().as_u16() {
+        200 | 201 => Ok(()),
+        code => Err(format!(
+            "PUT {id}/{name}: HTTP {code}: {}",
+            r.text().await.unwrap_or_default().trim()
+        )),
+    }
+}
+
+fn is_object(name: &str) -> bool {
+    !name.starts_with('.') && (name.ends_with(".nfx") || name.ends_with(".key"))
+}
+
+/// What the uplink remembers between passes: objects the server confirmed, per recording.
+type Known = HashMap<String, HashSet<String>>;
+
+struct Pass<'a> {
+    client: &'a reqwest::Client,
+    base: String,
+    dir: PathBuf,
+    status: &'a Mutex<UploadStatus>,
+}
+
+impl Pass<'_> {
+    async fn server_has(&self, id: &str) -> Result<(HashSet<String>, bool), String> {
+        let r = self
+            .client
+            .get(format!("{}/v1/recordings/{id}", self.base))
+            .send()
+            .await
+            .map_err(|e| format!("GET {id}: {e}"))?;
+        match r.status().as_u16() {
+            404 => Ok((HashSet::new(), false)),
+            200 => {
+                let s: ServerStatus = r.json().await.map_err(|e| format!("GET {id}: {e}"))?;
+                Ok((s.objects.into_iter().collect(), s.complete))
+            }
+            code => Err(format!(
+                "GET {id}: HTTP {code}: {}",
+                r.text().await.unwrap_or_default().trim()
+            )),
+        }
+    }
+
+    /// Delivers what it can of one recording; returns true when it was completed and removed.
+    async fn recording(&self, id: &str, known: &mut Known) -> Result<bool, String> {
+        let rdir = self.dir.join(id);
+        let mut local: Vec<String> = std::fs::read_dir(&rdir)
+            .map_err(|e| format!("{}: {e}", rdir.display()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| is_object(n))
+            .collect();
+        local.sort();
+        let manifest = tokio::fs::read(rdir.join("manifest.json")).await.ok();
+        if !known.contains_key(id) {
+            let (has, _complete) = self.server_has(id).await?;
+            known.insert(id.to_string(), has);
+        }
+        let confirmed = known.get_mut(id).expect("inserted above");
+        let missing: Vec<String> = local
+            .iter()
+            .filter(|n| !confirmed.contains(*n))
+            .cloned()
+            .collect();
+        let slots = Arc::new(Semaphore::new(CONCURRENCY));
+        let mut tasks = tokio::task::JoinSet::new();
+        for name in missing {
+            let permit = slots.clone().acquire_owned().await.expect("never closed");
+            let put = put_object(
+                self.client.clone(),
+                self.base.clone(),
+                self.dir.clone(),
+                id.to_string(),
+                name.clone(),
+            );
+            tasks.spawn(async move {
+                let r = put.await;
+                drop(permit);
+                (name, r)
+            });
+        }
+        let mut first_error = None;
+        while let Some(done) = tasks.join_next().await {
+            let (name, r) = done.map_err(|e| e.to_string())?;
+            match r {
+                Ok(_) => {
+                    confirmed.insert(name);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            // What the server has may differ from what we think: ask again next time.
+            known.remove(id);
+            return Err(e);
+        }
+        let Some(manifest) = manifest else {
+            return Ok(false);
+        };
+        let r = self
+            .client
+            .put(format!("{}/v1/recordings/{id}/manifest", self.base))
+            .header("content-type", "application/json")
+            .body(manifest.clone())
+            .send()
+            .await
+            .map_err(|e| format!("PUT {id}/manifest: {e}"))?;
+        let code = r.status().as_u16();
+        if code != 200 && code != 201 {
+            known.remove(id);
+            return Err(format!(
+                "PUT {id}/manifest: HTTP {code}: {}",
+                r.text().await.unwrap_or_default().trim()
+            ));
+        }
+        let receipt: Receipt = r
+            .json()
+            .await
+            .map_err(|e| format!("{id}: unreadable receipt: {e}"))?;
+        let local_manifest: neoflix_store::Manifest =
+            serde_json::from_slice(&manifest).map_err(|e| format!("{id}: local manifest: {e}"))?;
+        if receipt.manifest_sha256 != neoflix_seal::sha256_hex(&manifest)
+            || receipt.chain != local_manifest.chain
+        {
+            return Err(format!(
+                "{id}: the server's receipt does not match the local manifest; keeping the recording"
+            ));
+        }
+        // Only now, with the receipt checked, does the local copy go.
+        let rdir2 = rdir.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::remove_dir_all(&rdir2)?;
+            if let Some(parent) = rdir2.parent() {
+                std::fs::File::open(parent)?.sync_all()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{id}: delivered, but removing the local copy failed: {e}"))?;
+        known.remove(id);
+        log::info!(recording = id, fragments = local_manifest.fragments.len(); "recording delivered: receipt checked, local copy removed");
+        let mut st = self.status.lock().expect("status lock");
+        st.last_success_utc = Some(neoflix_store::utc(std::time::SystemTime::now()));
+        st.delivered += 1;
+        Ok(true)
+    }
+
+    /// One pass over every recording on the box.
+    async fn run(&self, known: &mut Known) -> Result<(), String> {
+        let mut ids: Vec<String> = match std::fs::read_dir(&self.dir) {
+            Ok(l) => l
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(format!("{}: {e}", self.dir.display())),
+        };
+        ids.sort();
+        known.retain(|id, _| ids.contains(id));
+        let mut first_error = None;
+        for id in &ids {
+            if let Err(e) = self.recording(id, known).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        self.update_queue(known);
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn update_queue(&self, known: &Known) {
+        let mut pending = 0;
+        let mut bytes = 0;
+        if let Ok(list) = std::fs::read_dir(&self.dir) {
+            for rec in list.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()) {
+                pending += 1;
+                let id = rec.file_name().to_string_lossy().to_string();
+                let confirmed = known.get(&id);
+                for f in std::fs::read_dir(rec.path())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.ok())
+                {
+                    let name = f.file_name().to_string_lossy().to_string();
+                    if is_object(&name) && !confirmed.is_some_and(|c| c.contains(&name)) {
+                        bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
+                    }
+                }
+            }
+        }
+        let mut st = self.status.lock().expect("status lock");
+        st.recordings_pending = pending;
+        st.bytes_pending = bytes;
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    let f = 0.5 + (u16::from_le_bytes(b) as f64 / u16::MAX as f64);
+    d.mul_f64(f)
+}
+
+/// Runs the uplink until `stop` turns true.
+pub async fn run(
+    settings: UplinkSettings,
+    client: reqwest::Client,
+    status: Arc<Mutex<UploadStatus>>,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let base = settings.url.trim_end_matches('/').to_string();
+    let mut known = Known::new();
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let pass = Pass {
+            client: &client,
+            base: base.clone(),
+            dir: settings.recordings_dir.clone(),
+            status: &status,
+        };
+        let result = tokio::select! {
+            r = pass.run(&mut known) => r,
+            _ = stop.changed() => return,
+        };
+        let wait = match result {
+            Ok(()) => {
+                backoff = Duration::from_secs(1);
+                status.lock().expect("status lock").last_error = None;
+                Duration::from_secs(10)
+            }
+            Err(e) => {
+                log::warn!(retry_secs = backoff.as_secs(); "upload: {e}; retrying (recordings stay on the box until the server confirms them)");
+                status.lock().expect("status lock").last_error = Some(e);
+                let w = jitter(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                // After a failure, wait out the back-off even if woken.
+                tokio::select! {
+                    _ = tokio::time::sleep(w) => {}
+                    _ = stop.changed() => return,
+                }
+                continue;
+            }
+        };
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
