@@ -155,6 +155,163 @@ impl Lab {
     }
 }
 
+/// A CA made with `neoflix pki` in `<lab>/ca`.
+impl Lab {
+    /// Creates the CA (once) and issues `names` as devices.
+    pub fn pki(&self, devices: &[&str]) -> PathBuf {
+        let ca = self.path("ca");
+        if !ca.join("ca.crt").exists() {
+            let out = neoflix(&["pki", "init", "--dir", ca.to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "pki init: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let out = neoflix(&[
+                "pki",
+                "issue",
+                "--dir",
+                ca.to_str().unwrap(),
+                "--server",
+                "127.0.0.1",
+            ]);
+            assert!(
+                out.status.success(),
+                "pki issue server: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for d in devices {
+            let out = neoflix(&["pki", "issue", "--dir", ca.to_str().unwrap(), "--device", d]);
+            assert!(
+                out.status.success(),
+                "pki issue {d}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        ca
+    }
+
+    /// The `[upload]` section for device `device` against `ingest`.
+    pub fn upload_section(&self, ingest: &Ingest, device: &str) -> String {
+        let ca = self.path("ca");
+        format!(
+            "[upload]\nurl = \"https://{}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            ingest.addr,
+            ca.join("ca.crt").display(),
+            ca.join(format!("{device}.crt")).display(),
+            ca.join(format!("{device}.key")).display()
+        )
+    }
+
+    /// Writes the ingest config (storage in `<lab>/server`) on a free loopback port.
+    pub fn ingest_config(&self, max_object_bytes: u64) -> Ingest {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let ca = self.path("ca");
+        let cfg = self.path("ingest.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\n[tls]\ncert = \"{c}/127.0.0.1.crt\"\nkey = \"{c}/127.0.0.1.key\"\nclient_ca = \"{c}/ca.crt\"\ncrl = \"{c}/ca.crl\"\n[storage]\ndir = \"{s}\"\nmax_object_bytes = {max_object_bytes}\n",
+                c = ca.display(),
+                s = self.path("server").display()
+            ),
+        )
+        .unwrap();
+        Ingest {
+            addr: format!("127.0.0.1:{port}"),
+            config: cfg,
+            log: self.path("ingest.log"),
+            child: None,
+        }
+    }
+}
+
+/// A neoflix-ingest server.
+pub struct Ingest {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Ingest {
+    /// Starts it and waits until it accepts connections.
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(bin("neoflix-ingest"))
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("neoflix-ingest starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&self.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "neoflix-ingest did not listen:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs curl against the ingest server with a device's certificate (`None`: no certificate);
+/// returns (HTTP status, body), status 0 when the TLS handshake failed.
+pub fn curl(
+    lab: &Lab,
+    ingest: &Ingest,
+    cert: Option<(&Path, &Path)>,
+    args: &[&str],
+    path: &str,
+) -> (u16, String) {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+        .arg(lab.path("ca/ca.crt"));
+    if let Some((crt, key)) = cert {
+        c.arg("--cert").arg(crt).arg("--key").arg(key);
+    }
+    let out = c
+        .args(args)
+        .arg(format!("https://{}{path}", ingest.addr))
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
 impl Default for Lab {
     fn default() -> Self {
         Self::new()

@@ -52,6 +52,9 @@ pub enum DaemonError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The upload section's certificates or key are unusable.
+    #[error(transparent)]
+    Upload(#[from] uplink::UplinkError),
     /// The engine thread could not be started or died.
     #[error("engine: {0}")]
     Engine(String),
@@ -125,7 +128,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 key: u.key.clone(),
                 recordings_dir: cfg.recordings.dir.clone(),
             };
-            let client = uplink::client(&s).map_err(|e| DaemonError::Engine(e.to_string()))?;
+            let client = uplink::client(&s)?;
             match std::fs::read(&u.cert)
                 .ok()
                 .and_then(|p| neoflix_pki::days_left(&p).ok())

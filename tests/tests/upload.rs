@@ -1,0 +1,486 @@
+//! The department side: real neoflix-ingest over real mutual TLS with certificates made by
+//! `neoflix pki` in the test, the real neoflixd uplink, curl as an independent client.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use neoflix_control::Request;
+use neoflix_e2e::{Daemon, Lab, curl, ffmpeg_errors, ffprobe, neoflix};
+
+const CAPTURE: &str = "source = \"test\"\nwidth = 320\nheight = 240\nfps = 15\nbitrate_kbps = 300";
+
+fn server_recordings(lab: &Lab, device: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(lab.path("server").join(device))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut cond: impl FnMut() -> bool,
+    log: &dyn Fn() -> String,
+) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            log()
+        );
+        sleep(Duration::from_millis(100));
+    }
+}
+
+fn complete(dir: &Path) -> bool {
+    dir.join("manifest.json").exists()
+}
+
+fn assert_server_copy_plays(lab: &Lab, dir: &Path) -> neoflix_store::Manifest {
+    let m = neoflix_store::verify(dir)
+        .expect("the server's copy verifies")
+        .manifest;
+    let out = lab.path(&format!("{}.mp4", m.recording_id));
+    let e = lab.export(dir, &out);
+    assert!(
+        e.status.success(),
+        "export of the server copy: {}",
+        String::from_utf8_lossy(&e.stderr)
+    );
+    assert_eq!(ffmpeg_errors(&out), "");
+    assert!((ffprobe(&out).duration - m.duration_secs).abs() <= 1.0);
+    m
+}
+
+#[test]
+fn a_recording_arrives_while_it_runs_and_leaves_the_box_after_the_receipt() {
+    let lab = Lab::new();
+    lab.pki(&["room-e2e"]);
+    let mut ingest = lab.ingest_config(64 << 20);
+    ingest.start();
+    lab.config(CAPTURE, 3, &lab.upload_section(&ingest, "room-e2e"));
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    let id = d.ctl(Request::Start {}).recording.unwrap();
+    let srv = lab.path("server/room-e2e").join(&id);
+    // Live: fragments reach the server while the recording still runs.
+    wait_until(
+        "fragments on the server during the recording",
+        Duration::from_secs(30),
+        || {
+            fs::read_dir(&srv)
+                .map(|l| {
+                    l.filter_map(|e| e.ok())
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".nfx"))
+                        .count()
+                        >= 6
+                })
+                .unwrap_or(false)
+        },
+        &|| d.log_text(),
+    );
+    assert!(!complete(&srv));
+    assert!(d.status().recording.is_some());
+    assert!(d.ctl(Request::Stop {}).ok);
+    wait_until(
+        "the recording to be complete on the server",
+        Duration::from_secs(30),
+        || complete(&srv),
+        &|| d.log_text() + &ingest.log_text(),
+    );
+    wait_until(
+        "the box to delete its copy",
+        Duration::from_secs(30),
+        || lab.recordings().is_empty(),
+        &|| d.log_text(),
+    );
+    let s = d.status();
+    let q = s.upload.expect("upload status");
+    assert_eq!((q.recordings, q.delivered), (0, 1));
+    assert!(q.last_success_utc.is_some());
+    assert!(s.cert_days_left.unwrap() > 300);
+    // Bit-identical: every object hashes to what the box's manifest says it sealed.
+    let m = assert_server_copy_plays(&lab, &srv);
+    assert_eq!(m.device_id, "room-e2e");
+    assert!(srv.join("receipt.json").exists());
+    let ingest_log = ingest.log_text();
+    assert!(
+        ingest_log.contains("recording complete, receipt issued")
+            && ingest_log.contains("device=room-e2e"),
+        "{ingest_log}"
+    );
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn restarts_of_either_side_mid_upload_lose_nothing_and_duplicate_nothing() {
+    let lab = Lab::new();
+    lab.pki(&["room-e2e"]);
+    let mut ingest = lab.ingest_config(64 << 20);
+    ingest.start();
+    lab.config(CAPTURE, 3, &lab.upload_section(&ingest, "room-e2e"));
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    let first = d.ctl(Request::Start {}).recording.unwrap();
+    sleep(Duration::from_secs(3));
+    ingest.kill9();
+    sleep(Duration::from_secs(3));
+    ingest.start();
+    sleep(Duration::from_secs(3));
+    d.kill9();
+    let mut d: Daemon = lab.start();
+    d.wait_for("the control socket", Duration::from_secs(30), |_| true);
+    // The interrupted recording is sealed at start-up and delivered; then a second, normal one.
+    let srv_first = lab.path("server/room-e2e").join(&first);
+    wait_until(
+        "the interrupted recording on the server",
+        Duration::from_secs(60),
+        || complete(&srv_first),
+        &|| d.log_text() + &ingest.log_text(),
+    );
+    d.wait_ready(Duration::from_secs(60));
+    let second = d.ctl(Request::Start {}).recording.unwrap();
+    sleep(Duration::from_secs(3));
+    assert!(d.ctl(Request::Stop {}).ok);
+    let srv_second = lab.path("server/room-e2e").join(&second);
+    wait_until(
+        "the second recording on the server",
+        Duration::from_secs(60),
+        || complete(&srv_second),
+        &|| d.log_text(),
+    );
+    wait_until(
+        "the box to be empty",
+        Duration::from_secs(30),
+        || lab.recordings().is_empty(),
+        &|| d.log_text(),
+    );
+    assert_eq!(
+        server_recordings(&lab, "room-e2e"),
+        vec![srv_first.clone(), srv_second.clone()]
+    );
+    let m = assert_server_copy_plays(&lab, &srv_first);
+    assert_eq!(m.status, neoflix_store::Status::Interrupted);
+    assert!(m.fragments.len() >= 6, "{} fragments", m.fragments.len());
+    assert_server_copy_plays(&lab, &srv_second);
+    // Nothing half-written is left where it could be taken for an object.
+    for dir in [&srv_first, &srv_second] {
+        for f in fs::read_dir(dir).unwrap() {
+            let n = f.unwrap().file_name().to_string_lossy().to_string();
+            assert!(!n.starts_with('.'), "{n} left in {}", dir.display());
+        }
+    }
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn the_server_refuses_strangers_and_keeps_devices_apart() {
+    let lab = Lab::new();
+    let ca = lab.pki(&["room-a", "room-b", "room-old", "room-revoked"]);
+    // A second CA that this server does not trust.
+    let other = lab.path("other-ca");
+    assert!(
+        neoflix(&["pki", "init", "--dir", other.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert!(
+        neoflix(&[
+            "pki",
+            "issue",
+            "--dir",
+            other.to_str().unwrap(),
+            "--device",
+            "room-a"
+        ])
+        .status
+        .success()
+    );
+    let out = neoflix(&[
+        "pki",
+        "issue",
+        "--dir",
+        ca.to_str().unwrap(),
+        "--device",
+        "room-expired",
+        "--days",
+        "-1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        neoflix(&[
+            "pki",
+            "revoke",
+            "--dir",
+            ca.to_str().unwrap(),
+            "room-revoked"
+        ])
+        .status
+        .success()
+    );
+    let mut ingest = lab.ingest_config(1 << 20);
+    ingest.start();
+    let cert = |dir: &Path, name: &str| {
+        (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        )
+    };
+    let a = cert(&ca, "room-a");
+    let b = cert(&ca, "room-b");
+    let a_ = Some((a.0.as_path(), a.1.as_path()));
+    let b_ = Some((b.0.as_path(), b.1.as_path()));
+
+    // Refused at the handshake, and logged.
+    assert_eq!(
+        curl(&lab, &ingest, None, &[], "/v1/recordings").0,
+        0,
+        "no certificate"
+    );
+    for (dir, name) in [
+        (&other, "room-a"),
+        (&ca, "room-expired"),
+        (&ca, "room-revoked"),
+    ] {
+        let (c, k) = cert(dir, name);
+        assert_eq!(
+            curl(&lab, &ingest, Some((&c, &k)), &[], "/v1/recordings").0,
+            0,
+            "{} {name} was let in",
+            dir.display()
+        );
+    }
+    let log = ingest.log_text();
+    assert!(log.matches("TLS handshake refused").count() >= 4, "{log}");
+    assert!(log.contains("Expired") || log.contains("expired"), "{log}");
+    assert!(log.contains("Revoked") || log.contains("revoked"), "{log}");
+
+    // A's object, with the right digest.
+    let body = lab.path("body");
+    fs::write(&body, b"sealed bytes of A").unwrap();
+    let digest = |p: &Path| {
+        use base64::Engine as _;
+        let d = <sha2::Sha256 as sha2::Digest>::digest(fs::read(p).unwrap());
+        format!(
+            "Content-Digest: sha-256=:{}:",
+            base64::engine::general_purpose::STANDARD.encode(d)
+        )
+    };
+    let put = |who, path: &str, file: &Path, digest_header: &str| {
+        curl(
+            &lab,
+            &ingest,
+            who,
+            &[
+                "-X",
+                "PUT",
+                "-H",
+                digest_header,
+                "--data-binary",
+                &format!("@{}", file.display()),
+            ],
+            path,
+        )
+    };
+    let obj = "/v1/recordings/rec-1/objects/frag-000000.nfx";
+    assert_eq!(put(a_, obj, &body, &digest(&body)).0, 201);
+    assert_eq!(
+        put(a_, obj, &body, &digest(&body)).0,
+        200,
+        "the same again is fine"
+    );
+    let other_body = lab.path("other");
+    fs::write(&other_body, b"different bytes").unwrap();
+    assert_eq!(put(a_, obj, &other_body, &digest(&other_body)).0, 409);
+    assert_eq!(
+        fs::read(lab.path("server/room-a/rec-1/frag-000000.nfx")).unwrap(),
+        b"sealed bytes of A",
+        "the original is intact"
+    );
+    assert_eq!(
+        put(
+            a_,
+            "/v1/recordings/rec-1/objects/frag-000001.nfx",
+            &body,
+            &digest(&other_body)
+        )
+        .0,
+        400,
+        "wrong digest"
+    );
+    assert_eq!(
+        put(
+            a_,
+            "/v1/recordings/rec-1/objects/frag-000001.nfx",
+            &body,
+            "X-Nothing: 1"
+        )
+        .0,
+        400,
+        "no digest"
+    );
+    assert!(!lab.path("server/room-a/rec-1/frag-000001.nfx").exists());
+
+    // B sees nothing of A, and writing "the same" recording lands in B's own space.
+    assert_eq!(curl(&lab, &ingest, b_, &[], "/v1/recordings/rec-1").0, 404);
+    let (code, list) = curl(&lab, &ingest, b_, &[], "/v1/recordings");
+    assert_eq!((code, list.contains("rec-1")), (200, false), "{list}");
+    assert_eq!(put(b_, obj, &other_body, &digest(&other_body)).0, 201);
+    assert_eq!(
+        fs::read(lab.path("server/room-a/rec-1/frag-000000.nfx")).unwrap(),
+        b"sealed bytes of A"
+    );
+    let (code, list) = curl(&lab, &ingest, a_, &[], "/v1/recordings");
+    assert_eq!(code, 200);
+    assert!(list.contains("rec-1"), "{list}");
+
+    // Names that try to leave the device's directory.
+    let long = format!("/v1/recordings/{}/objects/frag-000000.nfx", "x".repeat(300));
+    for path in [
+        "/v1/recordings/../objects/frag-000000.nfx",
+        "/v1/recordings/%2e%2e/objects/frag-000000.nfx",
+        "/v1/recordings/a%2fb/objects/frag-000000.nfx",
+        "/v1/recordings/rec-1/objects/..%2f..%2froom-b%2frec-1%2ffrag-000000.nfx",
+        "/v1/recordings/rec-1/objects/manifest.json",
+        "/v1/recordings/.hidden/objects/frag-000000.nfx",
+        long.as_str(),
+    ] {
+        let (code, _) = put(a_, path, &body, &digest(&body));
+        assert!(code == 400 || code == 404, "{path} -> {code}");
+        assert_ne!(code, 0);
+    }
+    assert_eq!(
+        put(
+            a_,
+            "/v1/recordings/%2e%2e/objects/frag-000000.nfx",
+            &body,
+            &digest(&body)
+        )
+        .0,
+        400
+    );
+
+    // Over the size limit: 413, nothing stored.
+    let big = lab.path("big");
+    fs::write(&big, vec![7u8; 3 << 20]).unwrap();
+    assert_eq!(
+        put(
+            a_,
+            "/v1/recordings/rec-1/objects/frag-000002.nfx",
+            &big,
+            &digest(&big)
+        )
+        .0,
+        413
+    );
+    assert!(!lab.path("server/room-a/rec-1/frag-000002.nfx").exists());
+    // A manifest that does not match what is stored is refused with the reason.
+    let (code, why) = curl(
+        &lab,
+        &ingest,
+        a_,
+        &["-X", "PUT", "--data-binary", "{\"format\":\"x\"}"],
+        "/v1/recordings/rec-1/manifest",
+    );
+    assert_eq!(code, 400, "{why}");
+}
+
+/// The server's disk fills up: it refuses cleanly, the box keeps recording and keeps its data,
+/// and the upload completes once space returns.
+#[test]
+fn a_full_server_disk_delays_delivery_and_loses_nothing() {
+    let lab = Lab::new();
+    lab.pki(&["room-e2e"]);
+    let server = lab.path("server");
+    fs::create_dir_all(&server).unwrap();
+    let mount = Mount::tmpfs(&server, "4m");
+    let filler = server.join("filler");
+    // Leave almost nothing free.
+    let _ = fs::write(&filler, vec![0u8; 4 << 20]);
+    let mut ingest = lab.ingest_config(64 << 20);
+    ingest.start();
+    lab.config(CAPTURE, 2, &lab.upload_section(&ingest, "room-e2e"));
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    let id = d.ctl(Request::Start {}).recording.unwrap();
+    sleep(Duration::from_secs(4));
+    assert!(d.ctl(Request::Stop {}).ok);
+    d.wait_for(
+        "the upload to report the full disk",
+        Duration::from_secs(60),
+        |s| {
+            s.upload
+                .as_ref()
+                .and_then(|u| u.last_error.as_deref())
+                .is_some_and(|e| e.contains("507"))
+        },
+    );
+    // The box keeps recording meanwhile, and keeps the undelivered recording.
+    let second = d.ctl(Request::Start {}).recording.unwrap();
+    sleep(Duration::from_secs(2));
+    assert!(d.ctl(Request::Stop {}).ok);
+    let local: Vec<String> = lab
+        .recordings()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into())
+        .collect();
+    assert!(local.contains(&id) && local.contains(&second), "{local:?}");
+    assert!(
+        ingest.log_text().contains("storage full"),
+        "{}",
+        ingest.log_text()
+    );
+
+    fs::remove_file(&filler).unwrap();
+    for rec in [&id, &second] {
+        let srv = server.join("room-e2e").join(rec);
+        wait_until(
+            "delivery after space returned",
+            Duration::from_secs(120),
+            || complete(&srv),
+            &|| d.log_text(),
+        );
+        assert_server_copy_plays(&lab, &srv);
+    }
+    wait_until(
+        "the box to be empty",
+        Duration::from_secs(30),
+        || lab.recordings().is_empty(),
+        &|| d.log_text(),
+    );
+    assert_eq!(d.terminate(), 0);
+    drop(ingest);
+    drop(mount);
+}
+
+/// A small tmpfs, unmounted when dropped (the tests run as root, as CI does).
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(dir: &Path, size: &str) -> Mount {
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount runs");
+        assert!(st.success(), "mounting a tmpfs needs root");
+        Mount(dir.to_owned())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
