@@ -373,6 +373,12 @@ fn pki(action: PkiAction) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` or `grep -q` may be closed early: end quietly, as other Unix tools
+    // do, instead of panicking on a broken pipe.
+    // SAFETY: restoring the default disposition of one signal before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Keygen { out, force } => keygen(&out, force).map(|()| ExitCode::SUCCESS),
