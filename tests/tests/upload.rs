@@ -381,6 +381,33 @@ fn the_server_refuses_strangers_and_keeps_devices_apart() {
         .0,
         413
     );
+    // Announced by Content-Length or not (chunked): the server does not buffer what it refuses.
+    let huge = lab.path("huge");
+    fs::write(&huge, vec![9u8; 200 << 20]).unwrap();
+    let before = ingest.peak_rss_kib();
+    let (code, _) = curl(
+        &lab,
+        &ingest,
+        a_,
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            &digest(&big),
+            "--data-binary",
+            &format!("@{}", huge.display()),
+        ],
+        "/v1/recordings/rec-1/objects/frag-000003.nfx",
+    );
+    assert_eq!(code, 413);
+    let grown = ingest.peak_rss_kib().saturating_sub(before);
+    assert!(
+        grown < 32 * 1024,
+        "the server's peak memory grew by {grown} KiB on a refused 200 MiB body"
+    );
+    assert!(!lab.path("server/room-a/rec-1/frag-000003.nfx").exists());
     assert!(!lab.path("server/room-a/rec-1/frag-000002.nfx").exists());
     // A manifest that does not match what is stored is refused with the reason.
     let (code, why) = curl(
