@@ -21,7 +21,7 @@ use serde::Deserialize;
 use tokio::sync::{Notify, Semaphore, watch};
 
 /// PUTs in flight at once.
-const CONCURRENCY: usize = 4;
+const CONCURRENCY: usize = 8;
 
 /// Where and how to upload.
 #[derive(Debug, Clone)]

@@ -28,7 +28,9 @@ pub use error::StoreError;
 pub use manifest::{Manifest, Marker, ObjectEntry, Status};
 pub use recording::{RecordingWriter, recover};
 pub use ring::{Ring, RingEntry, StreamInit};
-pub use verify::{Verified, read_manifest, verify, verify_manifest};
+pub use verify::{
+    Digests, ReadAndHash, Verified, read_manifest, verify, verify_manifest, verify_manifest_with,
+};
 
 /// Formats a time as RFC 3339 UTC with milliseconds.
 pub fn utc(t: std::time::SystemTime) -> String {

@@ -1,0 +1,371 @@
+//! Benchmark (not a test) of the department side, run by `scripts/bench`:
+//!
+//! 1. upload throughput of one large recording through the real uplink into the real
+//!    `neoflix-ingest`, against `curl --cert --key -T` of the same bytes to nginx (WebDAV PUT,
+//!    `ssl_verify_client on`), both on loopback, as a ratio (target ≥ 1.0);
+//! 2. N simulated boxes (distinct certificates) each sending 8 Mbit/s of 1 MiB fragments: the
+//!    largest N at which every box keeps up and the p99 acknowledgement stays under 500 ms
+//!    (target ≥ 200 on a 2-core machine).
+//!
+//! Needs the release binaries (`cargo build --release --bins`) and nginx (scripts/bench installs it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use neoflix_e2e::bin;
+use neoflix_pki::{Ca, Role};
+
+const FRAGMENT: usize = 1 << 20;
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16) {
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "port {port} never opened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_ingest(dir: &Path, ca: &Path) -> (Proc, u16) {
+    let port = free_port();
+    let store = dir.join("server");
+    let _ = std::fs::remove_dir_all(&store);
+    let cfg = dir.join("ingest.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\n[tls]\ncert = \"{c}/127.0.0.1.crt\"\nkey = \"{c}/127.0.0.1.key\"\nclient_ca = \"{c}/ca.crt\"\n[storage]\ndir = \"{}\"\n",
+            store.display(),
+            c = ca.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(bin("neoflix-ingest"))
+        .arg("--config")
+        .arg(&cfg)
+        .env("NEOFLIX_LOG", "error")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    (Proc(child), port)
+}
+
+/// A sealed recording of `n` 1 MiB fragments, written by the real store code.
+fn synth_recording(root: &Path, n: u64) -> PathBuf {
+    let dept = neoflix_seal::DepartmentSecretKey::generate().unwrap();
+    let (mut ring, _) =
+        neoflix_store::Ring::open(&root.join("ring"), Duration::from_secs(1), 1 << 40).unwrap();
+    let recs = root.join("recordings");
+    let mut w = neoflix_store::RecordingWriter::create(
+        &recs,
+        "bench-rec",
+        "bench-box",
+        "control",
+        &dept.public_key(),
+        SystemTime::now(),
+    )
+    .unwrap();
+    let stream = [1u8; 16];
+    let id = |seq, kind| neoflix_seal::ObjectId { stream, seq, kind };
+    let (k, s) = neoflix_seal::seal(&id(0, neoflix_seal::Kind::Init), b"init").unwrap();
+    ring.begin_stream(stream, &s, k).unwrap();
+    let mut plain = vec![0u8; FRAGMENT];
+    for seq in 0..n {
+        getrandom::fill(&mut plain).unwrap();
+        let (k, s) = neoflix_seal::seal(&id(seq, neoflix_seal::Kind::Fragment), &plain).unwrap();
+        ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
+            .unwrap();
+        let e = ring.take(seq).unwrap();
+        let init = ring.init(&stream).unwrap();
+        w.claim(e, &init, false).unwrap();
+    }
+    w.finalize("control", SystemTime::now()).unwrap();
+    recs
+}
+
+fn throughput(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime) -> (f64, f64) {
+    let n = 200u64;
+    let recs = synth_recording(dir, n);
+    let bytes: u64 = walk_size(&recs);
+    let (_ingest, port) = start_ingest(dir, ca);
+    let settings = neoflix_daemon::uplink::UplinkSettings {
+        url: format!("https://127.0.0.1:{port}"),
+        ca: ca.join("ca.crt"),
+        cert: ca.join("bench-box.crt"),
+        key: ca.join("bench-box.key"),
+        recordings_dir: recs.clone(),
+    };
+    let client = neoflix_daemon::uplink::client(&settings).unwrap();
+    let status = Arc::new(Mutex::new(neoflix_daemon::uplink::UploadStatus::default()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let t = Instant::now();
+    rt.block_on(async {
+        let task = tokio::spawn(neoflix_daemon::uplink::run(
+            settings,
+            client,
+            status.clone(),
+            Arc::new(tokio::sync::Notify::new()),
+            stop_rx,
+        ));
+        while status.lock().unwrap().delivered == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = stop_tx.send(true);
+        let _ = task.await;
+    });
+    let ours = bytes as f64 / t.elapsed().as_secs_f64() / 1e6;
+
+    // nginx, WebDAV PUT, client certificate required, same bytes as one file.
+    let blob = dir.join("blob");
+    let mut all = Vec::with_capacity(bytes as usize);
+    for e in std::fs::read_dir(recs.join("bench-rec"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        all.extend(std::fs::read(e.path()).unwrap_or_default());
+    }
+    let _ = std::fs::write(&blob, &all);
+    // The recording was delivered and removed: re-make it for nginx's byte count.
+    let blob_bytes = if all.is_empty() {
+        let recs = synth_recording(&dir.join("again"), n);
+        let mut all = Vec::new();
+        for e in std::fs::read_dir(recs.join("bench-rec")).unwrap().flatten() {
+            all.extend(std::fs::read(e.path()).unwrap());
+        }
+        std::fs::write(&blob, &all).unwrap();
+        all.len() as u64
+    } else {
+        all.len() as u64
+    };
+    let nport = free_port();
+    let webroot = dir.join("dav");
+    std::fs::create_dir_all(&webroot).unwrap();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; user root; worker_processes 2; pid {d}/nginx.pid; error_log {d}/nginx.err;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; client_body_temp_path {d}/tmp; client_max_body_size 0;\n\
+               server {{ listen 127.0.0.1:{nport} ssl; ssl_certificate {c}/127.0.0.1.crt; ssl_certificate_key {c}/127.0.0.1.key;\n\
+                 ssl_client_certificate {c}/ca.crt; ssl_verify_client on;\n\
+                 location / {{ root {w}; dav_methods PUT; create_full_put_path on; }} }} }}\n",
+            d = dir.display(),
+            c = ca.display(),
+            w = webroot.display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    let _nginx = Proc(
+        Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (scripts/bench installs it)"),
+    );
+    wait_port(nport);
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{time_total} %{http_code}",
+            "--cacert",
+        ])
+        .arg(ca.join("ca.crt"))
+        .arg("--cert")
+        .arg(ca.join("bench-box.crt"))
+        .arg("--key")
+        .arg(ca.join("bench-box.key"))
+        .arg("-T")
+        .arg(&blob)
+        .arg(format!("https://127.0.0.1:{nport}/blob"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (secs, code) = text.split_once(' ').unwrap_or(("0", "0"));
+    assert!(code.starts_with('2'), "nginx PUT failed: {text}");
+    let theirs = blob_bytes as f64 / secs.parse::<f64>().unwrap() / 1e6;
+    (ours, theirs)
+}
+
+fn walk_size(dir: &Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        n += if p.is_dir() {
+            walk_size(&p)
+        } else {
+            e.metadata().map(|m| m.len()).unwrap_or(0)
+        };
+    }
+    n
+}
+
+fn client_for(ca: &Path, name: &str) -> reqwest::Client {
+    let s = neoflix_daemon::uplink::UplinkSettings {
+        url: String::new(),
+        ca: ca.join("ca.crt"),
+        cert: ca.join(format!("{name}.crt")),
+        key: ca.join(format!("{name}.key")),
+        recordings_dir: PathBuf::new(),
+    };
+    neoflix_daemon::uplink::client(&s).unwrap()
+}
+
+/// N boxes for `secs` seconds; returns (p99 ms, every box kept up).
+fn boxes(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime, n: usize, secs: u64) -> (f64, bool) {
+    let (_ingest, port) = start_ingest(dir, ca);
+    let body = bytes::Bytes::from(vec![5u8; FRAGMENT]);
+    let digest = format!(
+        "sha-256=:{}:",
+        base64::engine::general_purpose::STANDARD
+            .encode(<sha2::Sha256 as sha2::Digest>::digest(&body))
+    );
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let behind = Arc::new(Mutex::new(false));
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let client = client_for(ca, &format!("box-{i}"));
+            let (body, digest, lat, behind) =
+                (body.clone(), digest.clone(), lat.clone(), behind.clone());
+            tasks.push(tokio::spawn(async move {
+                // Spread the boxes over the second, as real fragment clocks are.
+                tokio::time::sleep(Duration::from_millis((i as u64 * 997) % 1000)).await;
+                let start = tokio::time::Instant::now();
+                for k in 0..secs {
+                    let due = start + Duration::from_secs(k);
+                    tokio::time::sleep_until(due).await;
+                    let t = Instant::now();
+                    let r = client
+                        .put(format!(
+                            "https://127.0.0.1:{port}/v1/recordings/bench/objects/frag-{k:06}.nfx"
+                        ))
+                        .header("content-digest", &digest)
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    let ok = r.map(|r| r.status().is_success()).unwrap_or(false);
+                    lat.lock().unwrap().push(if ok {
+                        t.elapsed().as_secs_f64() * 1000.0
+                    } else {
+                        f64::INFINITY
+                    });
+                    if tokio::time::Instant::now() > due + Duration::from_secs(1) {
+                        *behind.lock().unwrap() = true;
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    let mut l = lat.lock().unwrap().clone();
+    l.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let p99 = l
+        .get((l.len() as f64 * 0.99) as usize)
+        .copied()
+        .unwrap_or(f64::INFINITY);
+    let kept_up = !*behind.lock().unwrap();
+    (p99, kept_up)
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else is expected.
+    let dir = tempfile::Builder::new()
+        .prefix("neoflix-bench")
+        .tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
+        .unwrap();
+    let ca_dir = dir.path().join("ca");
+    let ca = Ca::init(&ca_dir, "bench CA").unwrap();
+    ca.issue("127.0.0.1", Role::Server, None).unwrap();
+    ca.issue("bench-box", Role::Device, None).unwrap();
+    let max_boxes: usize = std::env::var("BENCH_MAX_BOXES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    for i in 0..max_boxes {
+        ca.issue(&format!("box-{i}"), Role::Device, None).unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let (ours, nginx) = throughput(dir.path(), &ca_dir, &rt);
+    println!("{:52} {:>10}  target", "metric", "value");
+    println!(
+        "{:52} {:>10.1}",
+        "upload throughput, neoflix uplink → ingest (MB/s)", ours
+    );
+    println!(
+        "{:52} {:>10.1}",
+        "upload throughput, curl → nginx WebDAV (MB/s)", nginx
+    );
+    let ratio = ours / nginx;
+    println!(
+        "{:52} {:>10.2}  >= 1.0 {}",
+        "throughput ratio",
+        ratio,
+        if ratio >= 1.0 { "ok" } else { "MISSED" }
+    );
+
+    let secs = std::env::var("BENCH_BOX_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let mut best = 0;
+    for n in [25, 50, 100, 150, 200, 250, 300]
+        .into_iter()
+        .filter(|n| *n <= max_boxes)
+    {
+        let (p99, kept_up) = boxes(dir.path(), &ca_dir, &rt, n, secs);
+        println!(
+            "{:52} {:>10.0}  {}",
+            format!("{n} boxes at 8 Mbit/s: p99 ack (ms)"),
+            p99,
+            if kept_up { "kept up" } else { "fell behind" }
+        );
+        if kept_up && p99 < 500.0 {
+            best = n;
+        } else {
+            break;
+        }
+    }
+    println!(
+        "{:52} {:>10}  >= 200 {}",
+        "largest N sustained (p99 < 500 ms)",
+        best,
+        if best >= 200 { "ok" } else { "MISSED" }
+    );
+}
