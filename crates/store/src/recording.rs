@@ -331,8 +331,9 @@ pub fn recover(
             .unwrap_or_default()
             .to_string_lossy()
             .to_string();
-        recover_one(&dir, &id, recipient_key_id, now)?;
-        done.push(id);
+        if recover_one(&dir, &id, recipient_key_id, now)? {
+            done.push(id);
+        }
     }
     Ok(done)
 }
@@ -374,7 +375,7 @@ fn recover_one(
     id: &str,
     recipient_key_id: &str,
     now: SystemTime,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let journal = read_journal(dir);
     let mut m = Manifest {
         format: FORMAT.into(),
@@ -451,6 +452,13 @@ fn recover_one(
         }
         m.fragments.push(e);
     }
+    if m.fragments.is_empty() {
+        // The crash came before the first fragment was claimed: there is no video to keep, and
+        // an empty recording would only sit in the upload queue forever.
+        log::warn!(recording = id; "interrupted before any video was recorded: removing the empty recording");
+        fs::remove_dir_all(dir).map_err(StoreError::io("remove", dir))?;
+        return Ok(false);
+    }
     m.duration_secs = (m.duration_secs * 1000.0).round() / 1000.0;
     m.preroll_secs = (m.preroll_secs * 1000.0).round() / 1000.0;
     // Leftovers of the interrupted claim: a key record without its fragment, temporary files.
@@ -471,7 +479,8 @@ fn recover_one(
         }
     }
     m.chain = manifest::chain(id, &m.init_segments, &m.fragments);
-    write_manifest(dir, &m)
+    write_manifest(dir, &m)?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -610,6 +619,23 @@ mod tests {
         assert_eq!(v.manifest.duration_secs, 4.0);
         assert!(!dir.join("frag-000004.key").exists());
         assert!(!dir.join(".frag-000005.key.tmp").exists());
+        // A recording cut off before its first fragment holds no video: it is removed, not queued.
+        let empty = RecordingWriter::create(
+            &t.path().join("rec"),
+            "rec-2",
+            "room-1",
+            "pedal",
+            &dept.public_key(),
+            SystemTime::now(),
+        )
+        .unwrap();
+        drop(empty);
+        assert!(
+            recover(&t.path().join("rec"), "x", SystemTime::now())
+                .unwrap()
+                .is_empty()
+        );
+        assert!(!t.path().join("rec/rec-2").exists());
         // Idempotent: a sealed recording is left alone.
         assert!(
             recover(&t.path().join("rec"), "x", SystemTime::now())
