@@ -322,7 +322,18 @@ fn main() {
         .build()
         .unwrap();
 
-    let (ours, nginx) = throughput(dir.path(), &ca_dir, &rt);
+    // One-shot loopback numbers swing with the page cache: take the median of three rounds.
+    let mut rounds: Vec<(f64, f64)> = (0..3)
+        .map(|i| {
+            let d = dir.path().join(format!("round-{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let r = throughput(&d, &ca_dir, &rt);
+            let _ = std::fs::remove_dir_all(&d);
+            r
+        })
+        .collect();
+    rounds.sort_by(|a, b| (a.0 / a.1).partial_cmp(&(b.0 / b.1)).unwrap());
+    let (ours, nginx) = rounds[1];
     println!("{:52} {:>10}  target", "metric", "value");
     println!(
         "{:52} {:>10.1}",
@@ -335,7 +346,7 @@ fn main() {
     let ratio = ours / nginx;
     println!(
         "{:52} {:>10.2}  >= 1.0 {}",
-        "throughput ratio",
+        "throughput ratio (median of 3 rounds)",
         ratio,
         if ratio >= 1.0 { "ok" } else { "MISSED" }
     );
