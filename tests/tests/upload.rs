@@ -56,8 +56,8 @@ fn assert_server_copy_plays(lab: &Lab, dir: &Path) -> neoflix_store::Manifest {
     m
 }
 
-#[test]
-fn a_recording_arrives_while_it_runs_and_leaves_the_box_after_the_receipt() {
+/// A CA, a running ingest server and a ready room box (3 s pre-roll) uploading to it.
+fn box_uploading_to_ingest() -> (Lab, neoflix_e2e::Ingest, Daemon) {
     let lab = Lab::new();
     lab.pki(&["room-e2e"]);
     let mut ingest = lab.ingest_config(64 << 20);
@@ -65,6 +65,12 @@ fn a_recording_arrives_while_it_runs_and_leaves_the_box_after_the_receipt() {
     lab.config(CAPTURE, 3, &lab.upload_section(&ingest, "room-e2e"));
     let mut d = lab.start();
     d.wait_ready(Duration::from_secs(60));
+    (lab, ingest, d)
+}
+
+#[test]
+fn a_recording_arrives_while_it_runs_and_leaves_the_box_after_the_receipt() {
+    let (lab, ingest, d) = box_uploading_to_ingest();
     let id = d.ctl(Request::Start {}).recording.unwrap();
     let srv = lab.path("server/room-e2e").join(&id);
     // Live: fragments reach the server while the recording still runs.
@@ -118,13 +124,7 @@ fn a_recording_arrives_while_it_runs_and_leaves_the_box_after_the_receipt() {
 
 #[test]
 fn restarts_of_either_side_mid_upload_lose_nothing_and_duplicate_nothing() {
-    let lab = Lab::new();
-    lab.pki(&["room-e2e"]);
-    let mut ingest = lab.ingest_config(64 << 20);
-    ingest.start();
-    lab.config(CAPTURE, 3, &lab.upload_section(&ingest, "room-e2e"));
-    let mut d = lab.start();
-    d.wait_ready(Duration::from_secs(60));
+    let (lab, mut ingest, d) = box_uploading_to_ingest();
     let first = d.ctl(Request::Start {}).recording.unwrap();
     sleep(Duration::from_secs(3));
     ingest.kill9();
