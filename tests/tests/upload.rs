@@ -91,6 +91,9 @@ fn a_recording_arrives_while_it_runs_and_leaves_the_box_after_the_receipt() {
     );
     assert!(!complete(&srv));
     assert!(d.status().recording.is_some());
+    // What a crash of the server mid-upload leaves behind; completion must sweep it.
+    let stale = srv.join(".frag-000099.nfx.0123456789abcdef.tmp");
+    fs::write(&stale, b"half an upload").unwrap();
     assert!(d.ctl(Request::Stop {}).ok);
     wait_until(
         "the recording to be complete on the server",
@@ -113,6 +116,10 @@ fn a_recording_arrives_while_it_runs_and_leaves_the_box_after_the_receipt() {
     let m = assert_server_copy_plays(&lab, &srv);
     assert_eq!(m.device_id, "room-e2e");
     assert!(srv.join("receipt.json").exists());
+    assert!(
+        !stale.exists(),
+        "a stale temporary file survived completion"
+    );
     let ingest_log = ingest.log_text();
     assert!(
         ingest_log.contains("recording complete, receipt issued")

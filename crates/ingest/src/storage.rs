@@ -330,11 +330,15 @@ impl Storage {
             .chain(&m.fragments)
             .flat_map(|e| [e.file.as_str(), e.key_file.as_str()])
             .collect();
-        // Objects a box uploaded and then dropped in its crash recovery are not the recording's.
-        for (name, _) in self.status(device, id)?.0.iter().map(|n| (n.clone(), ())) {
-            if !listed.contains(name.as_str()) {
-                log::warn!(device = device, recording = id, object = name.as_str(); "removing object the manifest does not list");
-                fs::remove_file(dir.join(&name))?;
+        // Objects a box uploaded and then dropped in its crash recovery are not the recording's,
+        // and temporary files of uploads cut off by a crash of this server are nobody's.
+        for entry in fs::read_dir(&dir)?.filter_map(|e| e.ok()) {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let stray_object = valid_object_name(&name) && !listed.contains(name.as_str());
+            let stale_temp = name.starts_with('.') && name.ends_with(".tmp");
+            if stray_object || stale_temp {
+                log::warn!(device = device, recording = id, file = name.as_str(); "removing a file the manifest does not list");
+                fs::remove_file(entry.path())?;
             }
         }
         let bytes: u64 = m
@@ -497,6 +501,10 @@ mod tests {
         let (names, complete) = s.status("dev", "rec").unwrap();
         assert_eq!(names, vec!["frag-000000.nfx".to_string()]);
         assert!(!complete);
+        // An upload cut off by a crash leaves a temporary file: never listed as an object.
+        let crashed = s.begin("dev", "rec", "frag-000004.nfx").unwrap();
+        std::mem::forget(crashed);
+        assert_eq!(s.status("dev", "rec").unwrap().0.len(), 1);
         assert!(matches!(
             s.status("dev", "other"),
             Err(StorageError::NotFound)
