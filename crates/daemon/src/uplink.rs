@@ -132,6 +132,29 @@ async fn put_object(
     }
 }
 
+/// One directory entry: name, is a directory, size.
+type Entry = (String, bool, u64);
+
+/// Lists a directory off the runtime: a long recording holds thousands of files.
+async fn listing(dir: PathBuf) -> std::io::Result<Vec<Entry>> {
+    tokio::task::spawn_blocking(move || {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(&dir)? {
+            let e = e?;
+            let meta = e.metadata()?;
+            v.push((
+                e.file_name().to_string_lossy().to_string(),
+                meta.is_dir(),
+                meta.len(),
+            ));
+        }
+        v.sort();
+        Ok(v)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 fn is_object(name: &str) -> bool {
     !name.starts_with('.') && (name.ends_with(".nfx") || name.ends_with(".key"))
 }
@@ -170,13 +193,13 @@ impl Pass<'_> {
     /// Delivers what it can of one recording; returns true when it was completed and removed.
     async fn recording(&self, id: &str, known: &mut Known) -> Result<bool, String> {
         let rdir = self.dir.join(id);
-        let mut local: Vec<String> = std::fs::read_dir(&rdir)
+        let local: Vec<String> = listing(rdir.clone())
+            .await
             .map_err(|e| format!("{}: {e}", rdir.display()))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().to_string())
+            .into_iter()
+            .map(|(name, _, _)| name)
             .filter(|n| is_object(n))
             .collect();
-        local.sort();
         let manifest = tokio::fs::read(rdir.join("manifest.json")).await.ok();
         if !known.contains_key(id) {
             let (has, _complete) = self.server_has(id).await?;
@@ -276,16 +299,15 @@ impl Pass<'_> {
 
     /// One pass over every recording on the box.
     async fn run(&self, known: &mut Known) -> Result<(), String> {
-        let mut ids: Vec<String> = match std::fs::read_dir(&self.dir) {
+        let ids: Vec<String> = match listing(self.dir.clone()).await {
             Ok(l) => l
-                .filter_map(|e| e.ok())
-                .filter(|e| e.path().is_dir())
-                .map(|e| e.file_name().to_string_lossy().to_string())
+                .into_iter()
+                .filter(|(_, dir, _)| *dir)
+                .map(|(name, _, _)| name)
                 .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(format!("{}: {e}", self.dir.display())),
         };
-        ids.sort();
         known.retain(|id, _| ids.contains(id));
         let mut first_error = None;
         for id in &ids {
@@ -293,29 +315,27 @@ impl Pass<'_> {
                 first_error.get_or_insert(e);
             }
         }
-        self.update_queue(known);
+        self.update_queue(&ids, known).await;
         first_error.map_or(Ok(()), Err)
     }
 
-    fn update_queue(&self, known: &Known) {
+    async fn update_queue(&self, ids: &[String], known: &Known) {
         let mut pending = 0;
         let mut bytes = 0;
-        if let Ok(list) = std::fs::read_dir(&self.dir) {
-            for rec in list.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()) {
-                pending += 1;
-                let id = rec.file_name().to_string_lossy().to_string();
-                let confirmed = known.get(&id);
-                for f in std::fs::read_dir(rec.path())
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|e| e.ok())
-                {
-                    let name = f.file_name().to_string_lossy().to_string();
-                    if is_object(&name) && !confirmed.is_some_and(|c| c.contains(&name)) {
-                        bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
-                    }
-                }
-            }
+        for id in ids {
+            // Delivered recordings are gone from disk by now.
+            let Ok(files) = listing(self.dir.join(id)).await else {
+                continue;
+            };
+            pending += 1;
+            let confirmed = known.get(id);
+            bytes += files
+                .iter()
+                .filter(|(name, _, _)| {
+                    is_object(name) && !confirmed.is_some_and(|c| c.contains(name))
+                })
+                .map(|(_, _, len)| len)
+                .sum::<u64>();
         }
         let mut st = self.status.lock().expect("status lock");
         st.recordings_pending = pending;

@@ -292,12 +292,7 @@ mod tests {
     use neoflix_store::{RecordingWriter, Ring};
     use std::time::{Duration, SystemTime};
 
-    fn bx(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
-        let mut v = ((body.len() + 8) as u32).to_be_bytes().to_vec();
-        v.extend_from_slice(kind);
-        v.extend_from_slice(body);
-        v
-    }
+    use crate::mp4::tests::bx;
 
     /// A minimal fragment whose `tfdt` is `t`.
     fn fragment(t: u64) -> Vec<u8> {

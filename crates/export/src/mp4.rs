@@ -117,10 +117,11 @@ pub fn rebase_decode_time(fragment: &mut [u8], base: u64) -> Result<(), Mp4Error
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn bx(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
+    /// An ISO BMFF box: size, type, body. Shared with the export tests.
+    pub(crate) fn bx(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
         let mut v = ((body.len() + 8) as u32).to_be_bytes().to_vec();
         v.extend_from_slice(kind);
         v.extend_from_slice(body);
