@@ -272,6 +272,24 @@ impl Ingest {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the server's log satisfies `cond` and returns it. The server
+    /// logs a refused handshake after the client has already seen the alert,
+    /// so a test reading the log right after a refusal races the server.
+    pub fn wait_log(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = self.log_text();
+            if cond(&log) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server never logged {what}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The server's peak resident memory so far, in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         let pid = self.child.as_ref().expect("running").id();
