@@ -109,6 +109,71 @@ pub struct Upload {
     pub key: PathBuf,
 }
 
+/// A GPIO line, by name or offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineRef {
+    /// The line's name (`gpioinfo` shows them).
+    Name(String),
+    /// The line's offset on its chip.
+    Offset(u32),
+}
+
+/// `[pedal]`, `[light]`, `[privacy_switch]`: one GPIO line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpioLine {
+    /// `/dev/gpiochipN` or the chip's label.
+    pub chip: String,
+    /// The line.
+    pub line: LineRef,
+    /// The line is low when the pedal is pressed / the light is on.
+    pub active_low: bool,
+    /// Inputs: `as-is`, `disabled`, `pull-up`, `pull-down`.
+    pub bias: String,
+    /// Inputs: the kernel's debounce period (0: none).
+    pub debounce_ms: u32,
+}
+
+/// `[mqtt]`: the department broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mqtt {
+    /// `mqtt://host[:port]` or `mqtts://host[:port]`.
+    pub url: String,
+    /// The CA of the broker's certificate (mqtts).
+    pub ca: Option<PathBuf>,
+    /// This device's certificate and key (mutual TLS).
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// Topic prefix.
+    pub prefix: String,
+    /// The status is re-published at least this often.
+    pub status_interval_secs: u32,
+    /// Publish Home Assistant discovery messages.
+    pub home_assistant: bool,
+    /// Home Assistant's discovery prefix.
+    pub discovery_prefix: String,
+}
+
+/// `[foot_switch]`: a USB HID foot switch read through evdev.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FootSwitch {
+    /// The event device, e.g. `/dev/input/by-id/usb-...-event-kbd`.
+    pub device: Option<PathBuf>,
+    /// Or the device's name as the kernel reports it.
+    pub name: Option<String>,
+    /// The key the pedal sends (`KEY_B`, `BTN_LEFT`, ...).
+    pub key: String,
+    /// Grab the device so its key reaches nothing else.
+    pub grab: bool,
+}
+
+/// `[readiness]`: what `ready` demands beyond pre-roll and camera.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// The system clock must be synchronised (NTP): recording times are evidence.
+    pub require_clock_sync: bool,
+    /// `ready` turns false when the device certificate has fewer days left.
+    pub cert_min_days: u32,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -124,6 +189,18 @@ pub struct Config {
     pub control: Control,
     /// `[upload]`, if configured.
     pub upload: Option<Upload>,
+    /// `[mqtt]`, if configured.
+    pub mqtt: Option<Mqtt>,
+    /// `[pedal]`, a GPIO foot pedal, if configured.
+    pub pedal: Option<GpioLine>,
+    /// `[light]`, the recording light, if configured.
+    pub light: Option<GpioLine>,
+    /// `[privacy_switch]`, a GPIO privacy switch, if configured.
+    pub privacy_switch: Option<GpioLine>,
+    /// `[foot_switch]`, a USB HID foot switch, if configured.
+    pub foot_switch: Option<FootSwitch>,
+    /// `[readiness]`
+    pub readiness: Readiness,
 }
 
 /// The default config path.

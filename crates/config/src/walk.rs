@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::{Capture, Config, ConfigError, Control, Recordings, Ring, SourceKind, Upload};
+use crate::{
+    Capture, Config, ConfigError, Control, FootSwitch, GpioLine, LineRef, Mqtt, Readiness,
+    Recordings, Ring, SourceKind, Upload,
+};
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,6 +194,91 @@ impl<'t> Walker<'t> {
         }
     }
 
+    fn boolean(&mut self, s: &mut Section, key: &str, default: bool) -> bool {
+        match self.value(s, key) {
+            None => default,
+            Some((v, line, opt)) => match v.get_ref() {
+                DeValue::Boolean(b) => *b,
+                other => {
+                    self.error(
+                        line,
+                        opt,
+                        format!("expected true or false, found {}", type_name(other)),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    /// A GPIO line: a name (string) or an offset (whole number).
+    fn line_ref(&mut self, s: &mut Section, key: &str) -> LineRef {
+        match self.value(s, key) {
+            None => {
+                let opt = Self::option_name(s, key);
+                self.error(
+                    s.line,
+                    opt,
+                    "missing: the line's name (\"pedal\") or offset (17)".into(),
+                );
+                LineRef::Offset(0)
+            }
+            Some((v, line, opt)) => match v.get_ref() {
+                DeValue::String(n) if !n.is_empty() => LineRef::Name(n.to_string()),
+                DeValue::Integer(_) => {
+                    let (n, _) = self.int(s, key, 0, (0, 511), "");
+                    LineRef::Offset(n as u32)
+                }
+                other => {
+                    self.error(
+                        line,
+                        opt,
+                        format!("expected a line name or offset, found {}", type_name(other)),
+                    );
+                    LineRef::Offset(0)
+                }
+            },
+        }
+    }
+
+    /// `[pedal]`, `[light]`, `[privacy_switch]`: a chip, a line and how to read it.
+    fn gpio(&mut self, root: &DeTable, name: &'static str, input: bool) -> Option<GpioLine> {
+        root.get(name)?;
+        let mut sec = self.section(root, name);
+        let (chip, line) = self.string(&mut sec, "chip", "");
+        if chip.is_empty() {
+            self.error(
+                line,
+                format!("{name}.chip"),
+                "missing: the GPIO chip's path (/dev/gpiochip0) or label (pinctrl-bcm2711)".into(),
+            );
+        }
+        let line_ref = self.line_ref(&mut sec, "line");
+        let active_low = self.boolean(&mut sec, "active_low", false);
+        let (bias, debounce_ms) = if input {
+            let (bias, bl) = self.string(&mut sec, "bias", "as-is");
+            one_of(
+                self,
+                &bias,
+                bl,
+                &format!("{name}.bias"),
+                &["as-is", "disabled", "pull-up", "pull-down"],
+            );
+            let (d, _) = self.int(&mut sec, "debounce_ms", 20, (0, 1000), " milliseconds");
+            (bias, d as u32)
+        } else {
+            ("as-is".to_string(), 0)
+        };
+        self.finish(sec);
+        Some(GpioLine {
+            chip,
+            line: line_ref,
+            active_low,
+            bias,
+            debounce_ms,
+        })
+    }
+
     fn finish(&mut self, s: Section) {
         let Some(t) = s.table else { return };
         for (k, v) in t.iter() {
@@ -198,7 +286,7 @@ impl<'t> Walker<'t> {
                 let line = self.line_of(k.span().start);
                 let opt = Self::option_name(&s, k.get_ref());
                 let hint = if s.name.is_empty() && matches!(v.get_ref(), DeValue::Table(_)) {
-                    "unknown section (known: [capture], [ring], [recordings], [control], [upload])"
+                    "unknown section (known: [capture], [ring], [recordings], [control], [upload], [mqtt], [pedal], [foot_switch], [light], [privacy_switch], [readiness])"
                         .to_string()
                 } else {
                     "unknown option (see docs/config.md for the options of this section)"
@@ -220,6 +308,21 @@ impl<'t> Walker<'t> {
         }
         (PathBuf::from(p), line)
     }
+}
+
+/// The same rule as the MQTT crate's, kept here so the config crate needs no MQTT client.
+fn neoflix_mqtt_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty()
+        || prefix.len() > 64
+        || prefix.starts_with('/')
+        || prefix.ends_with('/')
+        || prefix.contains(['+', '#', '\0'])
+    {
+        return Err(format!(
+            "'{prefix}' is not a usable topic prefix: 1 to 64 characters, no '+', '#', leading or trailing '/'"
+        ));
+    }
+    Ok(())
 }
 
 fn type_name(v: &DeValue) -> &'static str {
@@ -433,7 +536,142 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
         None
     };
 
-    for name in ["capture", "ring", "recordings", "control", "upload"] {
+    let mqtt = if root.get("mqtt").is_some() {
+        let mut m = w.section(root, "mqtt");
+        let (url, uline) = w.string(&mut m, "url", "");
+        let tls = url.starts_with("mqtts://");
+        if !tls && !url.starts_with("mqtt://") {
+            w.error(
+                uline,
+                "mqtt.url".into(),
+                format!("'{url}' must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"),
+            );
+        }
+        let mut file = |w: &mut Walker, key: &str, what: &str| -> Option<PathBuf> {
+            m.table?.get(key)?;
+            let (p, line) = w.path(&mut m, key, "");
+            if !tls {
+                w.error(
+                    line,
+                    format!("mqtt.{key}"),
+                    "only for mqtts:// URLs: use mqtts:// or remove it".into(),
+                );
+            } else if p.is_absolute()
+                && let Err(e) = std::fs::File::open(&p)
+            {
+                w.error(
+                    line,
+                    format!("mqtt.{key}"),
+                    format!("cannot read {}: {e}; {what}", p.display()),
+                );
+            }
+            Some(p)
+        };
+        let ca = file(
+            &mut w,
+            "ca",
+            "the CA certificate that issued the broker's certificate",
+        );
+        let cert = file(&mut w, "cert", "this device's certificate");
+        let key = file(&mut w, "key", "this device's private key");
+        if tls && ca.is_none() {
+            w.error(
+                uline,
+                "mqtt.ca".into(),
+                "missing: mqtts:// needs the CA certificate that issued the broker's certificate"
+                    .into(),
+            );
+        }
+        if cert.is_some() != key.is_some() {
+            w.error(
+                uline,
+                "mqtt.cert".into(),
+                "cert and key go together: set both for mutual TLS, or neither".into(),
+            );
+        }
+        let (prefix, pline) = w.string(&mut m, "prefix", "neoflix");
+        if let Err(e) = neoflix_mqtt_prefix(&prefix) {
+            w.error(pline, "mqtt.prefix".into(), e);
+        }
+        let (status_interval_secs, _) =
+            w.int(&mut m, "status_interval_secs", 30, (5, 3600), " seconds");
+        let home_assistant = w.boolean(&mut m, "home_assistant", false);
+        let (discovery_prefix, dline) = w.string(&mut m, "discovery_prefix", "homeassistant");
+        if let Err(e) = neoflix_mqtt_prefix(&discovery_prefix) {
+            w.error(dline, "mqtt.discovery_prefix".into(), e);
+        }
+        w.finish(m);
+        Some(Mqtt {
+            url,
+            ca,
+            identity: cert.zip(key),
+            prefix,
+            status_interval_secs: status_interval_secs as u32,
+            home_assistant,
+            discovery_prefix,
+        })
+    } else {
+        None
+    };
+
+    let pedal = w.gpio(root, "pedal", true);
+    let light = w.gpio(root, "light", false);
+    let privacy_switch = w.gpio(root, "privacy_switch", true);
+    let foot_switch = if root.get("foot_switch").is_some() {
+        let mut f = w.section(root, "foot_switch");
+        let device = f
+            .table
+            .and_then(|t| t.get("device"))
+            .map(|_| w.path(&mut f, "device", "").0);
+        let name = f
+            .table
+            .and_then(|t| t.get("name"))
+            .map(|_| w.string(&mut f, "name", "").0);
+        if device.is_some() == name.is_some() {
+            w.error(
+                f.line,
+                "foot_switch.device".into(),
+                "set exactly one of device (/dev/input/by-id/...) or name (as in /proc/bus/input/devices)".into(),
+            );
+        }
+        let (key, kline) = w.string(&mut f, "key", "KEY_B");
+        if !(key.starts_with("KEY_") || key.starts_with("BTN_")) {
+            w.error(
+                kline,
+                "foot_switch.key".into(),
+                format!("'{key}' is not a key name: use a Linux key code name such as KEY_B or BTN_LEFT (evtest shows what the pedal sends)"),
+            );
+        }
+        let grab = w.boolean(&mut f, "grab", true);
+        w.finish(f);
+        Some(FootSwitch {
+            device,
+            name,
+            key,
+            grab,
+        })
+    } else {
+        None
+    };
+
+    let mut r = w.section(root, "readiness");
+    let require_clock_sync = w.boolean(&mut r, "require_clock_sync", true);
+    let (cert_min_days, _) = w.int(&mut r, "cert_min_days", 14, (0, 365), " days");
+    w.finish(r);
+
+    for name in [
+        "capture",
+        "ring",
+        "recordings",
+        "control",
+        "upload",
+        "mqtt",
+        "pedal",
+        "foot_switch",
+        "light",
+        "privacy_switch",
+        "readiness",
+    ] {
         top.taken.insert(name.into());
     }
     w.finish(top);
@@ -477,6 +715,15 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
         },
         control: Control { socket },
         upload,
+        mqtt,
+        pedal,
+        light,
+        privacy_switch,
+        foot_switch,
+        readiness: Readiness {
+            require_clock_sync,
+            cert_min_days: cert_min_days as u32,
+        },
     };
     Ok((cfg, w.warnings))
 }
@@ -625,6 +872,49 @@ mod tests {
             err.contains("c.toml:6: ring.dir: 'ring' must be an absolute path"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn triggers_light_and_broker_sections_read_and_check() {
+        let c = ok(
+            "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nhome_assistant = true\n\
+                    [pedal]\nchip = \"vmlab-sim\"\nline = \"pedal\"\nbias = \"pull-down\"\n\
+                    [light]\nchip = \"/dev/gpiochip0\"\nline = 1\n\
+                    [foot_switch]\nname = \"PCsensor FootSwitch\"\nkey = \"KEY_F13\"\n\
+                    [readiness]\nrequire_clock_sync = false\n",
+        );
+        let m = c.mqtt.unwrap();
+        assert_eq!((m.prefix.as_str(), m.home_assistant), ("neoflix", true));
+        let p = c.pedal.unwrap();
+        assert_eq!(p.line, LineRef::Name("pedal".into()));
+        assert_eq!((p.debounce_ms, p.bias.as_str()), (20, "pull-down"));
+        assert_eq!(c.light.unwrap().line, LineRef::Offset(1));
+        assert!(c.privacy_switch.is_none());
+        assert!(c.foot_switch.unwrap().grab);
+        assert!(!c.readiness.require_clock_sync);
+
+        let r = recipient();
+        let text = format!(
+            "device_id = \"r\"\n[recordings]\nrecipient = \"{}\"\n\
+             [mqtt]\nurl = \"mqtts://broker\"\nprefix = \"a/#\"\ncert = \"/nonexistent.crt\"\n\
+             [pedal]\nline = true\nbias = \"up\"\n\
+             [foot_switch]\nkey = \"B\"\n",
+            r.path().display()
+        );
+        let err = parse("g.toml", &text).unwrap_err().to_string();
+        for expected in [
+            "g.toml:5: mqtt.ca: missing",
+            "g.toml:6: mqtt.prefix",
+            "g.toml:7: mqtt.cert: cannot read /nonexistent.crt",
+            "mqtt.cert: cert and key go together",
+            "pedal.chip: missing",
+            "g.toml:9: pedal.line: expected a line name or offset, found a boolean",
+            "g.toml:10: pedal.bias: 'up' is not one of",
+            "foot_switch.device: set exactly one of device",
+            "g.toml:12: foot_switch.key: 'B' is not a key name",
+        ] {
+            assert!(err.contains(expected), "{expected}\n{err}");
+        }
     }
 
     #[test]

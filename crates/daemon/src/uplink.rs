@@ -15,8 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use tokio::sync::{Notify, Semaphore, watch};
 
@@ -60,29 +58,8 @@ pub struct UplinkError(String);
 
 /// Builds the HTTPS client with the device's certificate.
 pub fn client(s: &UplinkSettings) -> Result<reqwest::Client, UplinkError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&s.ca)
-        .and_then(|i| i.collect())
-        .map_err(|e| UplinkError(format!("upload.ca {}: {e}", s.ca.display())))?;
-    roots.add_parsable_certificates(cas);
-    if roots.is_empty() {
-        return Err(UplinkError(format!(
-            "upload.ca {}: no CA certificate",
-            s.ca.display()
-        )));
-    }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&s.cert)
-        .and_then(|i| i.collect())
-        .map_err(|e| UplinkError(format!("upload.cert {}: {e}", s.cert.display())))?;
-    let key = PrivateKeyDer::from_pem_file(&s.key)
-        .map_err(|e| UplinkError(format!("upload.key {}: {e}", s.key.display())))?;
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| UplinkError(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| UplinkError(format!("upload.cert and upload.key do not match: {e}")))?;
+    let tls = neoflix_pki::client_tls(&s.ca, Some((&s.cert, &s.key)))
+        .map_err(|e| UplinkError(format!("upload: {e}")))?;
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .connect_timeout(Duration::from_secs(10))

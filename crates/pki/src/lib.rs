@@ -19,6 +19,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
@@ -386,6 +387,54 @@ pub fn device_id(der: &[u8]) -> Result<String, PkiError> {
         return Err(PkiError::BadName(cn.into()));
     }
     Ok(cn.to_string())
+}
+
+/// A TLS client configuration (ring provider, TLS 1.2+) that trusts the CA certificates in `ca`
+/// and, with `identity = Some((cert, key))`, presents that certificate chain: what the uplink and
+/// the MQTT connection both need. Errors name the file and what is wrong with it.
+pub fn client_tls(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, PkiError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |p: &Path, m: String| PkiError::BadCertificate(format!("{}: {m}", p.display()));
+    let certs = |p: &Path| -> Result<Vec<CertificateDer<'static>>, PkiError> {
+        let v: Vec<_> = CertificateDer::pem_file_iter(p)
+            .and_then(|i| i.collect())
+            .map_err(|e| bad(p, e.to_string()))?;
+        if v.is_empty() {
+            return Err(bad(p, "no PEM certificate in it".into()));
+        }
+        Ok(v)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let (_, refused) = roots.add_parsable_certificates(certs(ca)?);
+    if roots.is_empty() {
+        return Err(bad(
+            ca,
+            format!("none of its {refused} certificates is usable as a CA"),
+        ));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| PkiError::BadCertificate(e.to_string()))?
+    .with_root_certificates(roots);
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => {
+            let chain = certs(cert)?;
+            let k = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
+            builder.with_client_auth_cert(chain, k).map_err(|e| {
+                bad(
+                    key,
+                    format!("does not match the certificate {}: {e}", cert.display()),
+                )
+            })
+        }
+    }
 }
 
 /// Days until the (first) certificate in a PEM file expires; negative once expired.
