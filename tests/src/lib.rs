@@ -74,7 +74,8 @@ impl Lab {
              [capture]\n{capture}\n\
              [ring]\ndir = \"{ring}\"\npreroll_secs = {preroll_secs}\n\
              [recordings]\ndir = \"{rec}\"\nrecipient = \"{recipient}\"\n{extra}\n\
-             [control]\nsocket = \"{sock}\"\n",
+             [control]\nsocket = \"{sock}\"\n\
+             [readiness]\nrequire_clock_sync = false\n",
             ring = self.path("ring").display(),
             rec = self.path("recordings").display(),
             recipient = self.path("keys/department.pub").display(),

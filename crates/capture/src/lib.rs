@@ -26,7 +26,7 @@ pub mod pipeline;
 pub mod settings;
 
 pub use error::CaptureError;
-pub use pipeline::{Capture, CaptureEvent, Output, probe_encoder};
+pub use pipeline::{Capture, CaptureEvent, FrameStats, Output, probe_encoder};
 pub use settings::{CaptureSettings, Encoder, InputFormat, Source};
 
 /// Initializes GStreamer and registers the statically linked fMP4 muxer. Idempotent.

@@ -1,5 +1,7 @@
 //! Building and running the capture pipeline.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use gstreamer as gst;
@@ -40,6 +42,50 @@ pub enum CaptureEvent {
 pub struct Capture {
     pipeline: gst::Pipeline,
     encoder: Encoder,
+    frames: Arc<FrameCounter>,
+}
+
+/// Frames seen leaving the source, and frames it skipped, since the pipeline started.
+#[derive(Debug, Default)]
+pub struct FrameCounter {
+    frames: AtomicU64,
+    dropped: AtomicU64,
+    last_pts: AtomicU64,
+}
+
+/// A snapshot of [`FrameCounter`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameStats {
+    /// Frames delivered by the source.
+    pub frames: u64,
+    /// Frames missing: gaps in the timestamps longer than one frame interval (a camera that
+    /// drops frames in low light or on a saturated USB bus).
+    pub dropped: u64,
+}
+
+impl FrameCounter {
+    /// Counts one frame with presentation time `pts_ns`, given the nominal interval.
+    fn count(&self, pts_ns: Option<u64>, interval_ns: u64) {
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        let Some(pts) = pts_ns else { return };
+        let last = self.last_pts.swap(pts + 1, Ordering::Relaxed);
+        if last == 0 || interval_ns == 0 {
+            return;
+        }
+        let gap = pts.saturating_sub(last - 1);
+        // Half a frame of slack: timestamps of live sources jitter.
+        let missing = (gap + interval_ns / 2) / interval_ns;
+        if missing > 1 {
+            self.dropped.fetch_add(missing - 1, Ordering::Relaxed);
+        }
+    }
+
+    fn stats(&self) -> FrameStats {
+        FrameStats {
+            frames: self.frames.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Chooses the encoder: the one named, if installed, else the first of
@@ -104,6 +150,8 @@ impl Capture {
             _ => probe_encoder(settings.encoder.as_ref())?,
         };
         let pipeline = build(settings, &encoder, sink)?;
+        let frames = Arc::new(FrameCounter::default());
+        count_frames(&pipeline, settings.fps, frames.clone())?;
         if let Err(e) = pipeline.set_state(gst::State::Playing) {
             // The real reason is on the bus; take it from there if it is already posted.
             let detail = pipeline
@@ -119,7 +167,16 @@ impl Capture {
             let _ = pipeline.set_state(gst::State::Null);
             return Err(CaptureError::Start(detail));
         }
-        Ok(Capture { pipeline, encoder })
+        Ok(Capture {
+            pipeline,
+            encoder,
+            frames,
+        })
+    }
+
+    /// Frames delivered and dropped by the source so far.
+    pub fn frame_stats(&self) -> FrameStats {
+        self.frames.stats()
     }
 
     /// The encoder in use.
@@ -167,6 +224,26 @@ impl Drop for Capture {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
     }
+}
+
+/// Counts buffers leaving the source element.
+fn count_frames(
+    pipeline: &gst::Pipeline,
+    fps: u32,
+    counter: Arc<FrameCounter>,
+) -> Result<(), CaptureError> {
+    let pad = pipeline
+        .by_name("source")
+        .and_then(|s| s.static_pad("src"))
+        .ok_or_else(|| CaptureError::Build("the source has no src pad".into()))?;
+    let interval_ns = 1_000_000_000 / u64::from(fps.max(1));
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if let Some(buffer) = info.buffer() {
+            counter.count(buffer.pts().map(|t| t.nseconds()), interval_ns);
+        }
+        gst::PadProbeReturn::Ok
+    });
+    Ok(())
 }
 
 fn source_name(msg: &gst::Message) -> String {
@@ -475,5 +552,22 @@ mod tests {
     fn a_named_but_absent_encoder_is_refused() {
         let err = probe_encoder(Some(&Encoder::NvV4l2)).unwrap_err();
         assert!(err.to_string().contains("nvv4l2h264enc"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use super::FrameCounter;
+
+    #[test]
+    fn gaps_in_timestamps_count_as_dropped_frames() {
+        let c = FrameCounter::default();
+        let i = 33_333_333;
+        for n in [0u64, 1, 2, 5, 6, 7] {
+            c.count(Some(n * i + (n % 2) * 2_000_000), i);
+        }
+        c.count(None, i);
+        let s = c.stats();
+        assert_eq!((s.frames, s.dropped), (7, 2));
     }
 }

@@ -53,9 +53,15 @@ pub struct Status {
     pub state: String,
     /// Whether a trigger now captures everything the settings promise.
     pub ready: bool,
-    /// Why not ready.
+    /// Why not ready: the first of `reasons`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Every reason `ready` is false, most urgent first; empty when ready.
+    #[serde(default)]
+    pub reasons: Vec<String>,
+    /// Privacy mode is on: nothing is captured or kept.
+    #[serde(default)]
+    pub privacy: bool,
     /// Seconds of video in the pre-roll ring.
     pub preroll_secs: f64,
     /// The open recording, if any.
@@ -64,6 +70,36 @@ pub struct Status {
     /// Seconds of video in the open recording.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording_secs: Option<f64>,
+    /// When the open recording started (its trigger), RFC 3339 UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_started_utc: Option<String>,
+    /// Free bytes on the recordings file system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_free_bytes: Option<u64>,
+    /// Whether one more recording of the maximum duration fits in that space.
+    #[serde(default = "yes")]
+    pub full_recording_fits: bool,
+    /// Frames per second the camera delivered lately.
+    #[serde(default)]
+    pub camera_fps: f64,
+    /// Frames the camera skipped since the daemon started.
+    #[serde(default)]
+    pub camera_dropped_frames: u64,
+    /// Whether the kernel reports the clock synchronised (NTP).
+    #[serde(default)]
+    pub clock_synced: bool,
+    /// Pedal, foot switch, privacy switch, light: `ok`, or what is wrong (`unplugged`, ...).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub inputs: std::collections::BTreeMap<String, String>,
+    /// `neoflixd` version.
+    #[serde(default)]
+    pub version: String,
+    /// Seconds since `neoflixd` started.
+    #[serde(default)]
+    pub uptime_secs: u64,
+    /// When this status was taken, RFC 3339 UTC.
+    #[serde(default)]
+    pub time_utc: String,
     /// The H.264 encoder in use.
     pub encoder: String,
     /// Recordings finalized since start.
@@ -77,6 +113,10 @@ pub struct Status {
     /// Days until the device certificate expires (negative: expired), when upload is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_days_left: Option<i64>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What waits to be delivered to the department.

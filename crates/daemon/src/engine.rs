@@ -12,7 +12,9 @@ use neoflix_control::{Reply, Request, Status};
 use neoflix_recorder::{Action, Event, Recorder, Trigger};
 use neoflix_seal::{DataKey, DepartmentPublicKey, Kind, ObjectId};
 use neoflix_store::{RecordingWriter, Ring};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::health::Pattern;
 use zeroize::Zeroize;
 
 /// What the engine receives.
@@ -41,6 +43,18 @@ pub enum Input {
     },
     /// A control request, with where to send the reply.
     Request(Request, Trigger, oneshot::Sender<Reply>),
+    /// The foot pedal (GPIO or USB) went down or up.
+    Pedal {
+        /// Pressed.
+        down: bool,
+    },
+    /// The privacy switch moved.
+    PrivacySwitch {
+        /// Privacy on.
+        on: bool,
+    },
+    /// An input or output device changed its state (see [`crate::Devices`]).
+    DevicesChanged,
     /// About every 100 ms.
     Tick,
     /// Finalize and stop.
@@ -65,6 +79,38 @@ pub struct EngineSettings {
     pub upload_status: Option<Arc<std::sync::Mutex<crate::uplink::UploadStatus>>>,
     /// This device's certificate, for days-to-expiry in the status.
     pub device_cert: Option<PathBuf>,
+    /// Where fleet events go (MQTT), when configured.
+    pub events: crate::Events,
+    /// Bumped whenever what the status says changes in substance.
+    pub changes: watch::Sender<u64>,
+    /// What the recording light shows.
+    pub light: watch::Sender<Pattern>,
+    /// The pedal, foot switch, privacy switch and light, and their state.
+    pub devices: crate::Devices,
+    /// What `ready` demands beyond the recorder.
+    pub readiness: neoflix_config::Readiness,
+    /// Bytes one recording of the maximum duration needs.
+    pub full_recording_bytes: u64,
+}
+
+/// Facts from the kernel and files, refreshed every few seconds.
+#[derive(Debug, Default)]
+struct Environment {
+    checked: Option<Instant>,
+    free_bytes: Option<u64>,
+    clock_synced: bool,
+    cert_days_left: Option<i64>,
+    camera_fps: f64,
+    frames_at_check: u64,
+}
+
+/// What a status change is judged by: the substance, not the counters.
+#[derive(Debug, PartialEq)]
+struct Summary {
+    state: &'static str,
+    reasons: Vec<String>,
+    recording: Option<String>,
+    upload_pending: Option<usize>,
 }
 
 /// The engine's state; lives on its own thread.
@@ -89,6 +135,19 @@ pub struct Engine {
     /// The last storage error, reported in the status until a fragment goes through cleanly.
     storage_error: Option<String>,
     storage_failures: u64,
+    started: Instant,
+    env: Environment,
+    /// Frames counted by pipelines that have since stopped.
+    frames_before: neoflix_capture::FrameStats,
+    recording_started_utc: Option<String>,
+    summary: Option<Summary>,
+    generation: u64,
+}
+
+fn utc(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 fn recording_id(device: &str, now: SystemTime, dir: &std::path::Path) -> String {
@@ -221,6 +280,12 @@ impl Engine {
             finalized: 0,
             storage_error: None,
             storage_failures: 0,
+            started: Instant::now(),
+            env: Environment::default(),
+            frames_before: Default::default(),
+            recording_started_utc: None,
+            summary: None,
+            generation: 0,
         }
     }
 
@@ -250,8 +315,25 @@ impl Engine {
     /// Stops the pipeline at once (failure, privacy): its last partial fragment is not wanted.
     fn stop_capture(&mut self) {
         if let Some(r) = self.capture.take() {
+            self.keep_frame_stats(&r);
             r.stop(None);
         }
+    }
+
+    fn keep_frame_stats(&mut self, r: &Running) {
+        let s = r.capture.frame_stats();
+        self.frames_before.frames += s.frames;
+        self.frames_before.dropped += s.dropped;
+    }
+
+    fn frame_stats(&self) -> neoflix_capture::FrameStats {
+        let mut s = self.frames_before;
+        if let Some(r) = &self.capture {
+            let now = r.capture.frame_stats();
+            s.frames += now.frames;
+            s.dropped += now.dropped;
+        }
+        s
     }
 
     fn capture_failed(&mut self, reason: String) {
@@ -261,17 +343,23 @@ impl Engine {
             "capture failed: {reason}; check the camera cable and capture.device; retrying");
         self.restart = Some(Instant::now() + backoff);
         self.backoff = (backoff * 2).min(Duration::from_secs(30));
+        self.settings.events.send(neoflix_mqtt::Event::Fault {
+            component: "camera".into(),
+            reason: reason.clone(),
+        });
         let at = self.now();
         self.feed(Event::CameraLost { at, reason });
     }
 
     /// Runs until shutdown; returns when the open recording is finalized.
     pub fn run(mut self, mut inbox: mpsc::Receiver<Input>) {
+        self.refresh_environment();
         while let Some(input) = inbox.blocking_recv() {
             if let Input::Shutdown = input {
                 break;
             }
             self.handle(input);
+            self.publish_changes();
         }
         // End of stream makes the muxer flush the fragment in progress; it still belongs to an
         // open recording, so take it (and anything else queued) before finalizing.
@@ -284,11 +372,16 @@ impl Engine {
                 Input::Request(_, _, reply) => {
                     let _ = reply.send(Reply::error("neoflixd is shutting down"));
                 }
-                Input::Tick | Input::Shutdown => {}
+                Input::Tick
+                | Input::Shutdown
+                | Input::Pedal { .. }
+                | Input::PrivacySwitch { .. }
+                | Input::DevicesChanged => {}
             }
         }
         let at = self.now();
         self.feed(Event::Shutdown { at });
+        self.publish_changes();
         // What is left in the ring is pre-roll: it dies with its keys.
         let _ = self.ring.purge();
         log::info!(device = self.settings.device_id.as_str(); "stopped");
@@ -330,8 +423,110 @@ impl Engine {
                 let r = self.request(req, by);
                 let _ = reply.send(r);
             }
+            Input::Pedal { down } => {
+                let at = self.now();
+                log::debug!(device = self.settings.device_id.as_str(), down = down; "pedal");
+                let event = if down {
+                    Event::PedalDown { at }
+                } else {
+                    Event::PedalUp { at }
+                };
+                for reason in self.feed(event) {
+                    log::warn!(device = self.settings.device_id.as_str(); "pedal press ignored: {reason}");
+                }
+            }
+            Input::PrivacySwitch { on } => {
+                let at = self.now();
+                self.feed(Event::Privacy { at, on });
+            }
             Input::Tick => self.tick(),
-            Input::Shutdown => {}
+            Input::DevicesChanged | Input::Shutdown => {}
+        }
+    }
+
+    /// Refreshes the kernel facts every few seconds (cheap, but not worth doing at 10 Hz).
+    fn refresh_environment(&mut self) {
+        let due = self
+            .env
+            .checked
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
+        if !due {
+            return;
+        }
+        let frames = self.frame_stats().frames;
+        if let Some(t) = self.env.checked {
+            let secs = t.elapsed().as_secs_f64();
+            self.env.camera_fps =
+                (frames.saturating_sub(self.env.frames_at_check)) as f64 / secs.max(0.001);
+        }
+        self.env.frames_at_check = frames;
+        self.env.checked = Some(Instant::now());
+        self.env.free_bytes = crate::health::free_bytes(&self.settings.recordings_dir);
+        self.env.clock_synced = crate::health::clock_synced();
+        self.env.cert_days_left = self
+            .settings
+            .device_cert
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|pem| neoflix_pki::days_left(&pem).ok());
+    }
+
+    /// Every reason the room is not ready, most urgent first.
+    fn reasons(&self) -> Vec<String> {
+        let s = self.recorder.as_ref().expect("recorder present").status();
+        let devices = self.settings.devices.snapshot();
+        let upload_error = self
+            .settings
+            .upload_status
+            .as_ref()
+            .and_then(|u| u.lock().expect("status lock").last_error.clone());
+        crate::health::reasons(&crate::health::Facts {
+            recorder_ready: s.ready,
+            recorder_reason: s.reason.as_deref(),
+            storage_error: self.storage_error.as_deref(),
+            free_bytes: self.env.free_bytes,
+            needed_bytes: self.settings.full_recording_bytes,
+            clock_synced: self.env.clock_synced,
+            require_clock_sync: self.settings.readiness.require_clock_sync,
+            cert_days_left: self.env.cert_days_left,
+            cert_min_days: self.settings.readiness.cert_min_days.into(),
+            upload_error: upload_error.as_deref(),
+            devices: &devices,
+        })
+    }
+
+    /// Tells the status publisher and the light when something that matters changed.
+    fn publish_changes(&mut self) {
+        let s = self.recorder.as_ref().expect("recorder present").status();
+        let reasons = self.reasons();
+        let privacy = s.state == "privacy";
+        let pattern =
+            crate::health::light_pattern(s.recording, s.ready, reasons.is_empty(), privacy);
+        self.settings.light.send_if_modified(|p| {
+            let changed = *p != pattern;
+            *p = pattern;
+            changed
+        });
+        let summary = Summary {
+            state: s.state,
+            reasons,
+            recording: self.recording.as_ref().map(|r| r.id().to_string()),
+            upload_pending: self
+                .settings
+                .upload_status
+                .as_ref()
+                .map(|u| u.lock().expect("status lock").recordings_pending),
+        };
+        if self.summary.as_ref() != Some(&summary) {
+            if let Some(old) = &self.summary
+                && old.reasons != summary.reasons
+            {
+                log::info!(device = self.settings.device_id.as_str(), ready = summary.reasons.is_empty(),
+                    reasons = summary.reasons.join("; ").as_str(); "readiness changed");
+            }
+            self.summary = Some(summary);
+            self.generation += 1;
+            self.settings.changes.send_replace(self.generation);
         }
     }
 
@@ -352,11 +547,18 @@ impl Engine {
         {
             self.start_capture();
         }
+        self.refresh_environment();
         let at = self.now();
         self.feed(Event::Tick { at });
     }
 
     fn storage_failed(&mut self, msg: String) {
+        if self.storage_error.is_none() {
+            self.settings.events.send(neoflix_mqtt::Event::Fault {
+                component: "storage".into(),
+                reason: msg.clone(),
+            });
+        }
         log::error!(device = self.settings.device_id.as_str(); "storage: {msg}; free space on the recordings disk or fix its permissions");
         self.storage_error = Some(msg);
         self.storage_failures += 1;
@@ -421,6 +623,7 @@ impl Engine {
                     &self.settings.recipient,
                     now,
                 )?;
+                let preroll_secs = self.ring.duration().as_secs_f64();
                 let preroll = self.ring.take_all();
                 let n = preroll.len();
                 for entry in preroll {
@@ -433,6 +636,14 @@ impl Engine {
                 log::info!(device = device.as_str(), recording = id.as_str(), trigger = trigger.as_str(),
                     preroll_fragments = n; "recording started");
                 self.recording = Some(w);
+                self.recording_started_utc = Some(utc(now));
+                self.settings
+                    .events
+                    .send(neoflix_mqtt::Event::RecordingStarted {
+                        recording: id,
+                        trigger: trigger.as_str().into(),
+                        preroll_secs,
+                    });
                 self.wake_uplink();
             }
             Action::Claim { seq } => {
@@ -456,6 +667,12 @@ impl Engine {
                 if let Some(w) = self.recording.as_mut() {
                     let m = w.mark(&label, by.as_str(), SystemTime::now())?;
                     log::info!(recording = w.id(), offset_secs = m.offset_secs, by = by.as_str(), label = label.as_str(); "marker");
+                    self.settings.events.send(neoflix_mqtt::Event::Marker {
+                        recording: w.id().into(),
+                        offset_secs: m.offset_secs,
+                        by: by.as_str().into(),
+                        label,
+                    });
                 }
             }
             Action::StopRequested { reason } => {
@@ -472,6 +689,14 @@ impl Engine {
                     self.wake_uplink();
                     log::info!(device = device.as_str(), recording = id.as_str(), reason = reason.as_str(),
                         fragments = m.fragments.len(), duration_secs = m.duration_secs; "recording finalized");
+                    self.recording_started_utc = None;
+                    self.settings
+                        .events
+                        .send(neoflix_mqtt::Event::RecordingStopped {
+                            recording: id,
+                            reason: reason.as_str().into(),
+                            duration_secs: m.duration_secs,
+                        });
                 }
             }
             Action::PurgeRing => self.ring.purge()?,
@@ -486,7 +711,7 @@ impl Engine {
                 log::info!(device = device.as_str(); "privacy mode off: capture resumes");
             }
             Action::Light { on } => {
-                log::info!(device = device.as_str(), light = if on { "on" } else { "off" }; "recording light");
+                log::debug!(device = device.as_str(), light = if on { "on" } else { "off" }; "recording light");
             }
             Action::Refuse { .. } => {}
         }
@@ -501,22 +726,37 @@ impl Engine {
 
     fn status(&self) -> Status {
         let s = self.recorder.as_ref().expect("recorder present").status();
+        let reasons = self.reasons();
+        let frames = self.frame_stats();
         Status {
             device_id: self.settings.device_id.clone(),
             state: s.state.to_string(),
-            ready: s.ready && self.storage_error.is_none(),
-            reason: s
-                .reason
-                .or_else(|| self.storage_error.as_ref().map(|e| format!("storage: {e}"))),
+            ready: reasons.is_empty(),
+            reason: reasons.first().cloned(),
+            privacy: s.state == "privacy",
+            reasons,
             preroll_secs: s.preroll.as_millis() as f64 / 1000.0,
             recording: self.recording.as_ref().map(|r| r.id().to_string()),
             recording_secs: self
                 .recording
                 .as_ref()
                 .map(|r| r.duration().as_millis() as f64 / 1000.0),
+            recording_started_utc: self
+                .recording
+                .as_ref()
+                .and(self.recording_started_utc.clone()),
             encoder: self.encoder.clone(),
             recordings_finalized: self.finalized,
             storage_error: self.storage_error.clone(),
+            storage_free_bytes: self.env.free_bytes,
+            full_recording_fits: self
+                .env
+                .free_bytes
+                .is_none_or(|f| f >= self.settings.full_recording_bytes),
+            camera_fps: (self.env.camera_fps * 10.0).round() / 10.0,
+            camera_dropped_frames: frames.dropped,
+            clock_synced: self.env.clock_synced,
+            inputs: self.settings.devices.snapshot(),
             upload: self.settings.upload_status.as_ref().map(|s| {
                 let s = s.lock().expect("status lock");
                 neoflix_control::UploadQueue {
@@ -527,12 +767,10 @@ impl Engine {
                     delivered: s.delivered,
                 }
             }),
-            cert_days_left: self
-                .settings
-                .device_cert
-                .as_ref()
-                .and_then(|p| std::fs::read(p).ok())
-                .and_then(|pem| neoflix_pki::days_left(&pem).ok()),
+            cert_days_left: self.env.cert_days_left,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            time_utc: utc(SystemTime::now()),
         }
     }
 }

@@ -9,13 +9,19 @@
 //! recording and the recorder state machine and does all storage I/O; on the async runtime, the
 //! control socket ([`control`]) and a 100 ms ticker feed the same inbox.
 //!
-//! Layout: [`engine`] the engine thread, [`control`] the Unix control socket.
+//! Layout: [`engine`] the engine thread, [`control`] the Unix control socket, [`uplink`] the
+//! upload to the department, [`fleet`] MQTT status/events/commands, [`devices`] pedal, foot
+//! switch, privacy switch and light, [`health`] what `ready` means.
 #![deny(missing_docs)]
 
 pub mod control;
+pub mod devices;
 pub mod engine;
+pub mod fleet;
+pub mod health;
 pub mod uplink;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -55,9 +61,49 @@ pub enum DaemonError {
     /// The upload section's certificates or key are unusable.
     #[error(transparent)]
     Upload(#[from] uplink::UplinkError),
+    /// The MQTT settings are unusable.
+    #[error("mqtt: {0}")]
+    Mqtt(#[from] neoflix_mqtt::BrokerError),
+    /// A device setting is unusable.
+    #[error("{0}")]
+    Device(String),
     /// The engine thread could not be started or died.
     #[error("engine: {0}")]
     Engine(String),
+}
+
+/// Where fleet events go: a bounded queue to the MQTT link, or nowhere. Never waits: when the
+/// queue is full (broker away for long), the event is dropped and logged.
+#[derive(Debug, Clone, Default)]
+pub struct Events(Option<mpsc::Sender<neoflix_mqtt::Event>>);
+
+impl Events {
+    /// Queues an event for publication.
+    pub fn send(&self, event: neoflix_mqtt::Event) {
+        if let Some(tx) = &self.0
+            && let Err(e) = tx.try_send(event)
+        {
+            log::debug!("fleet event dropped: {e}");
+        }
+    }
+}
+
+/// The state of each configured input and output device (`ok` or what is wrong), shared by the
+/// device tasks and the status.
+#[derive(Debug, Clone, Default)]
+pub struct Devices(Arc<Mutex<BTreeMap<String, String>>>);
+
+impl Devices {
+    /// Sets a device's state; true if it changed.
+    pub fn set(&self, name: &str, state: &str) -> bool {
+        let mut m = self.0.lock().expect("devices lock");
+        m.insert(name.to_string(), state.to_string()).as_deref() != Some(state)
+    }
+
+    /// A copy for the status.
+    pub fn snapshot(&self) -> BTreeMap<String, String> {
+        self.0.lock().expect("devices lock").clone()
+    }
 }
 
 /// Translates the config's capture section.
@@ -151,6 +197,32 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             ))
         }
     };
+    let foot_key = cfg
+        .foot_switch
+        .as_ref()
+        .map(|f| devices::key_code(&f.key))
+        .transpose()
+        .map_err(DaemonError::Device)?;
+    let fleet_settings = match &cfg.mqtt {
+        None => None,
+        Some(m) => Some(fleet::FleetSettings {
+            broker: neoflix_mqtt::Broker::new(&m.url, m.ca.clone(), m.identity.clone())?,
+            device: device.clone(),
+            topics: neoflix_mqtt::Topics::new(&m.prefix, &device),
+            status_interval: Duration::from_secs(m.status_interval_secs.into()),
+            discovery_prefix: m.home_assistant.then(|| m.discovery_prefix.clone()),
+        }),
+    };
+    if let Some(f) = &fleet_settings {
+        // Certificates and keys are read now, so a bad one stops the start with its name.
+        f.broker.options("check")?;
+    }
+    let (events_tx, events_rx) = mpsc::channel::<neoflix_mqtt::Event>(256);
+    let events = Events(fleet_settings.as_ref().map(|_| events_tx));
+    let (changes_tx, changes_rx) = watch::channel(0u64);
+    let (light_tx, light_rx) = watch::channel(health::Pattern::SlowBlink);
+    let devices = Devices::default();
+
     let (tx, rx) = mpsc::channel::<Input>(64);
     let settings = EngineSettings {
         device_id: device.clone(),
@@ -167,11 +239,81 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         uplink_wake: uplink.as_ref().map(|u| u.3.clone()),
         upload_status: uplink.as_ref().map(|u| u.2.clone()),
         device_cert: cfg.upload.as_ref().map(|u| u.cert.clone()),
+        events: events.clone(),
+        changes: changes_tx,
+        light: light_tx,
+        devices: devices.clone(),
+        readiness: cfg.readiness.clone(),
+        // Sealing, fMP4 boxes and the encoder's overshoot: a tenth on top of the nominal bitrate.
+        full_recording_bytes: u64::from(cfg.capture.bitrate_kbps) * 125
+            * u64::from(cfg.recordings.max_duration_secs)
+            * 11
+            / 10,
     };
     let engine = Engine::new(settings, ring, tx.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let uplink_task = uplink.map(|(s, client, status, wake)| {
-        tokio::spawn(uplink::run(s, client, status, wake, stop_rx.clone()))
+        tokio::spawn(uplink::run(
+            s,
+            client,
+            status,
+            wake,
+            events.clone(),
+            stop_rx.clone(),
+        ))
+    });
+    let mut device_tasks = Vec::new();
+    if let Some(p) = &cfg.pedal {
+        devices.set("pedal", "starting");
+        device_tasks.push(tokio::spawn(devices::watch_gpio(
+            devices::Role::Pedal,
+            p.clone(),
+            devices.clone(),
+            tx.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    if let Some(p) = &cfg.privacy_switch {
+        devices.set("privacy_switch", "starting");
+        device_tasks.push(tokio::spawn(devices::watch_gpio(
+            devices::Role::PrivacySwitch,
+            p.clone(),
+            devices.clone(),
+            tx.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    if let (Some(f), Some(key)) = (&cfg.foot_switch, foot_key) {
+        devices.set("foot_switch", "starting");
+        device_tasks.push(tokio::spawn(devices::watch_foot_switch(
+            f.clone(),
+            key,
+            devices.clone(),
+            tx.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    if let Some(l) = &cfg.light {
+        devices.set("light", "starting");
+        device_tasks.push(tokio::spawn(devices::drive_light(
+            l.clone(),
+            devices.clone(),
+            tx.clone(),
+            light_rx,
+            stop_rx.clone(),
+        )));
+    }
+    // The fleet link stops last, on its own signal: it reports the recording finalized at
+    // shutdown, then says offline.
+    let (fleet_stop_tx, fleet_stop_rx) = watch::channel(false);
+    let fleet_task = fleet_settings.map(|f| {
+        tokio::spawn(fleet::run(
+            f,
+            tx.clone(),
+            changes_rx,
+            events_rx,
+            fleet_stop_rx,
+        ))
     });
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -210,6 +352,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     if let Some(t) = uplink_task {
         let _ = t.await;
     }
+    for t in device_tasks {
+        let _ = t.await;
+    }
     // The engine finishes what is queued before the shutdown, so nothing claimed is lost.
     tx.send(Input::Shutdown)
         .await
@@ -218,6 +363,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     done_rx
         .await
         .map_err(|_| DaemonError::Engine("engine thread panicked".into()))?;
+    // The fleet link goes last: it reports the finalized recording, then says offline.
+    let _ = fleet_stop_tx.send(true);
+    if let Some(t) = fleet_task {
+        match t.await {
+            Ok(Err(e)) => log::error!(device = device.as_str(); "mqtt: {e}"),
+            Ok(Ok(())) | Err(_) => {}
+        }
+    }
     let _ = std::fs::remove_file(&cfg.control.socket);
     Ok(())
 }

@@ -144,6 +144,7 @@ struct Pass<'a> {
     base: String,
     dir: PathBuf,
     status: &'a Mutex<UploadStatus>,
+    events: &'a crate::Events,
 }
 
 impl Pass<'_> {
@@ -268,6 +269,9 @@ impl Pass<'_> {
         .map_err(|e| format!("{id}: delivered, but removing the local copy failed: {e}"))?;
         known.remove(id);
         log::info!(recording = id, fragments = local_manifest.fragments.len(); "recording delivered: receipt checked, local copy removed");
+        self.events.send(neoflix_mqtt::Event::UploadDone {
+            recording: id.to_string(),
+        });
         let mut st = self.status.lock().expect("status lock");
         st.last_success_utc = Some(neoflix_store::utc(std::time::SystemTime::now()));
         st.delivered += 1;
@@ -333,6 +337,7 @@ pub async fn run(
     client: reqwest::Client,
     status: Arc<Mutex<UploadStatus>>,
     wake: Arc<Notify>,
+    events: crate::Events,
     mut stop: watch::Receiver<bool>,
 ) {
     let base = settings.url.trim_end_matches('/').to_string();
@@ -344,6 +349,7 @@ pub async fn run(
             base: base.clone(),
             dir: settings.recordings_dir.clone(),
             status: &status,
+            events: &events,
         };
         let result = tokio::select! {
             r = pass.run(&mut known) => r,

@@ -1,0 +1,319 @@
+//! The fleet link: status, events and commands over MQTT (topics in `docs/mqtt.md`).
+//!
+//! Three tasks, so that nothing waits on the broker and the broker never waits on us:
+//! - the **poll** task only drives rumqttc's event loop (reconnecting with jittered back-off) and
+//!   hands incoming commands to a bounded queue;
+//! - the **publisher** publishes the retained status on every change and every
+//!   `status_interval`, events as they come, and re-announces (status, subscription, discovery)
+//!   on every (re)connection;
+//! - the **commander** carries commands out through the engine's inbox, like `neoflix ctl`, and
+//!   answers each on the reply topic.
+//!
+//! Publishing uses `try_publish`: when the broker is away, rumqttc's bounded request queue fills
+//! and further messages are dropped (the retained status is re-sent on reconnect), so capture and
+//! recording never wait for the network.
+
+use std::time::Duration;
+
+use neoflix_control::Request;
+use neoflix_mqtt::{Action, Backoff, Broker, CommandError, CommandReply, OFFLINE, Topics};
+use neoflix_recorder::Trigger;
+use rumqttc::{AsyncClient, LastWill, Packet, QoS};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::engine::Input;
+
+/// What the fleet link needs.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// The broker.
+    pub broker: Broker,
+    /// This device.
+    pub device: String,
+    /// Its topics.
+    pub topics: Topics,
+    /// The status is re-published at least this often.
+    pub status_interval: Duration,
+    /// Home Assistant discovery prefix, when discovery is on.
+    pub discovery_prefix: Option<String>,
+}
+
+/// Asks the engine something, as a local `neoflix ctl` would. `None` when the engine is gone.
+async fn ask(inbox: &mpsc::Sender<Input>, req: Request) -> Option<neoflix_control::Reply> {
+    let (tx, rx) = oneshot::channel();
+    inbox
+        .send(Input::Request(req, Trigger::Mqtt, tx))
+        .await
+        .ok()?;
+    rx.await.ok()
+}
+
+fn now_utc() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Runs the fleet link until `stop`, then says goodbye (`offline`, retained) and disconnects.
+pub async fn run(
+    s: FleetSettings,
+    inbox: mpsc::Sender<Input>,
+    changes: watch::Receiver<u64>,
+    events: mpsc::Receiver<neoflix_mqtt::Event>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), neoflix_mqtt::BrokerError> {
+    let mut opts = s.broker.options(&format!("neoflixd-{}", s.device))?;
+    opts.set_keep_alive(Duration::from_secs(10));
+    opts.set_clean_session(true);
+    opts.set_last_will(LastWill::new(
+        &s.topics.status,
+        OFFLINE,
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let (client, eventloop) = AsyncClient::new(opts, 64);
+    let (connected_tx, connected_rx) = watch::channel(0u64);
+    let (cmd_tx, cmd_rx) = mpsc::channel::<Vec<u8>>(16);
+    let (done_tx, done_rx) = watch::channel(false);
+
+    let poller = tokio::spawn(poll(
+        eventloop,
+        s.clone(),
+        connected_tx,
+        cmd_tx,
+        client.clone(),
+        done_rx,
+    ));
+    let commander = tokio::spawn(commander(
+        s.clone(),
+        client.clone(),
+        inbox.clone(),
+        cmd_rx,
+        stop.clone(),
+    ));
+    publisher(s, client, inbox, changes, events, connected_rx, stop).await;
+    let _ = commander.await;
+    // Give the goodbye a moment to reach the broker, then end the event loop.
+    let mut poller = poller;
+    if tokio::time::timeout(Duration::from_secs(2), &mut poller)
+        .await
+        .is_err()
+    {
+        let _ = done_tx.send(true);
+        let _ = poller.await;
+    }
+    Ok(())
+}
+
+/// Drives the event loop: the only place that awaits the network.
+async fn poll(
+    mut eventloop: rumqttc::EventLoop,
+    s: FleetSettings,
+    connected: watch::Sender<u64>,
+    commands: mpsc::Sender<Vec<u8>>,
+    client: AsyncClient,
+    mut done: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(Duration::from_secs(30));
+    let mut up = false;
+    let mut first_failure = true;
+    let mut generation = 0;
+    loop {
+        let ev = tokio::select! {
+            ev = eventloop.poll() => ev,
+            _ = done.changed() => return,
+        };
+        match ev {
+            Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
+                backoff.reset();
+                up = true;
+                first_failure = true;
+                generation += 1;
+                log::info!(device = s.device.as_str(), broker = format!("{}:{}", s.broker.host, s.broker.port).as_str(); "connected to the MQTT broker");
+                connected.send_replace(generation);
+            }
+            Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
+                if p.topic != s.topics.cmd {
+                    log::warn!(device = s.device.as_str(), topic = p.topic.as_str(); "MQTT message on a topic this device does not serve: ignored");
+                } else if p.retain {
+                    // A retained command would run again at every reconnection.
+                    log::warn!(device = s.device.as_str(); "retained MQTT command ignored: commands must not be retained");
+                } else if p.payload.len() > neoflix_mqtt::MAX_COMMAND_BYTES {
+                    log::warn!(device = s.device.as_str(), bytes = p.payload.len(); "oversized MQTT command ignored");
+                } else if commands.try_send(p.payload.to_vec()).is_err() {
+                    log::warn!(device = s.device.as_str(); "MQTT commands arrive faster than they can be carried out: one dropped");
+                    let reply = CommandReply {
+                        request_id: CommandError::request_id_of(&p.payload),
+                        cmd: None,
+                        ok: false,
+                        error: Some("busy: too many commands at once, try again".into()),
+                        recording: None,
+                    };
+                    let _ = client.try_publish(
+                        &s.topics.reply,
+                        QoS::AtLeastOnce,
+                        false,
+                        serde_json::to_vec(&reply).unwrap_or_default(),
+                    );
+                }
+            }
+            Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                // Our own goodbye is on its way; one more poll sends it.
+                let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let wait = backoff.next_delay();
+                if up || first_failure {
+                    log::warn!(device = s.device.as_str(), retry_ms = wait.as_millis() as u64; "MQTT broker unreachable: {e}; recording is unaffected, retrying");
+                    first_failure = false;
+                } else {
+                    log::debug!(device = s.device.as_str(); "MQTT: {e}");
+                }
+                up = false;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = done.changed() => return,
+                }
+            }
+        }
+    }
+}
+
+/// Publishes status and events; re-announces on every connection.
+async fn publisher(
+    s: FleetSettings,
+    client: AsyncClient,
+    inbox: mpsc::Sender<Input>,
+    mut changes: watch::Receiver<u64>,
+    mut events: mpsc::Receiver<neoflix_mqtt::Event>,
+    mut connected: watch::Receiver<u64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(s.status_interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut events_open = true;
+    let mut changes_open = true;
+    let publish_status = |client: &AsyncClient, json: Vec<u8>| {
+        if let Err(e) = client.try_publish(&s.topics.status, QoS::AtLeastOnce, true, json) {
+            log::debug!("MQTT status not queued: {e}");
+        }
+    };
+    loop {
+        let announce = tokio::select! {
+            r = connected.changed() => { if r.is_err() { return; } true }
+            r = changes.changed(), if changes_open => { changes_open = r.is_ok(); false }
+            _ = every.tick() => false,
+            ev = events.recv(), if events_open => {
+                let Some(ev) = ev else { events_open = false; continue };
+                let msg = neoflix_mqtt::Published { device: s.device.clone(), time_utc: now_utc(), event: ev };
+                if let Err(e) = client.try_publish(&s.topics.event, QoS::AtLeastOnce, false, serde_json::to_vec(&msg).unwrap_or_default()) {
+                    log::debug!("MQTT event not queued: {e}");
+                }
+                continue;
+            }
+            _ = stop.changed() => {
+                let _ = client.try_publish(&s.topics.status, QoS::AtLeastOnce, true, OFFLINE);
+                let _ = client.try_disconnect();
+                return;
+            }
+        };
+        if announce {
+            if let Err(e) = client.try_subscribe(&s.topics.cmd, QoS::AtLeastOnce) {
+                log::warn!("MQTT: cannot subscribe to {}: {e}", s.topics.cmd);
+            }
+            if let Some(prefix) = &s.discovery_prefix {
+                for (topic, payload) in neoflix_mqtt::home_assistant_discovery(
+                    prefix,
+                    &s.topics,
+                    &s.device,
+                    env!("CARGO_PKG_VERSION"),
+                ) {
+                    let _ = client.try_publish(topic, QoS::AtLeastOnce, true, payload);
+                }
+            }
+        }
+        let status = tokio::select! {
+            r = ask(&inbox, Request::Status {}) => r,
+            _ = stop.changed() => {
+                let _ = client.try_publish(&s.topics.status, QoS::AtLeastOnce, true, OFFLINE);
+                let _ = client.try_disconnect();
+                return;
+            }
+        };
+        // None: the engine has stopped; the goodbye follows with `stop`.
+        if let Some(st) = status.and_then(|r| r.status) {
+            publish_status(&client, serde_json::to_vec(&st).unwrap_or_default());
+        }
+    }
+}
+
+/// Carries out commands, one at a time, and answers each.
+async fn commander(
+    s: FleetSettings,
+    client: AsyncClient,
+    inbox: mpsc::Sender<Input>,
+    mut commands: mpsc::Receiver<Vec<u8>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let payload = tokio::select! {
+            p = commands.recv() => match p { Some(p) => p, None => return },
+            _ = stop.changed() => return,
+        };
+        let request_id = CommandError::request_id_of(&payload);
+        let reply = match neoflix_mqtt::parse_command(&payload, &s.device) {
+            Err(CommandError::WrongDevice(other)) => {
+                log::warn!(device = s.device.as_str(), addressed_to = other.as_str(); "MQTT command for another device ignored");
+                continue;
+            }
+            Err(e) => {
+                log::warn!(device = s.device.as_str(); "MQTT command refused: {e}");
+                CommandReply {
+                    request_id,
+                    cmd: None,
+                    ok: false,
+                    error: Some(e.to_string()),
+                    recording: None,
+                }
+            }
+            Ok(cmd) => {
+                let name = cmd.action.name();
+                let req = match cmd.action {
+                    Action::Start => Some(Request::Start {}),
+                    Action::Stop => Some(Request::Stop {}),
+                    Action::Mark { label } => Some(Request::Mark { label }),
+                    Action::Privacy { on } => Some(Request::Privacy { on }),
+                    Action::Ping => None,
+                };
+                let answer = match req {
+                    None => Some(neoflix_control::Reply::ok()),
+                    Some(req) => tokio::select! {
+                        r = ask(&inbox, req) => r,
+                        _ = stop.changed() => return,
+                    },
+                };
+                let answer =
+                    answer.unwrap_or_else(|| neoflix_control::Reply::error("neoflixd is stopping"));
+                log::info!(device = s.device.as_str(), cmd = name, ok = answer.ok,
+                    request_id = cmd.request_id.as_deref().unwrap_or(""); "MQTT command");
+                CommandReply {
+                    request_id: cmd.request_id,
+                    cmd: Some(name.into()),
+                    ok: answer.ok,
+                    error: answer.error,
+                    recording: answer.recording,
+                }
+            }
+        };
+        if let Err(e) = client.try_publish(
+            &s.topics.reply,
+            QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&reply).unwrap_or_default(),
+        ) {
+            log::warn!("MQTT reply not queued: {e}");
+        }
+    }
+}
