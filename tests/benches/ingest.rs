@@ -127,6 +127,7 @@ fn throughput(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime) -> (f64, f64)
             client,
             status.clone(),
             Arc::new(tokio::sync::Notify::new()),
+            neoflix_daemon::Events::default(),
             stop_rx,
         ));
         while status.lock().unwrap().delivered == 0 {

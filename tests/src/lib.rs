@@ -39,11 +39,18 @@ pub fn neoflix(args: &[&str]) -> Output {
 pub struct Lab {
     /// Everything lives below here.
     pub dir: tempfile::TempDir,
+    /// The device id the daemon's config gets.
+    pub device: String,
 }
 
 impl Lab {
     /// Creates the scratch area and a department key pair in `keys/`.
     pub fn new() -> Lab {
+        Lab::named("room-e2e")
+    }
+
+    /// A lab whose daemon is called `device`.
+    pub fn named(device: &str) -> Lab {
         let dir = tempfile::Builder::new()
             .prefix("neoflix-e2e")
             .tempdir()
@@ -54,7 +61,10 @@ impl Lab {
             "keygen: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Lab { dir }
+        Lab {
+            dir,
+            device: device.to_string(),
+        }
     }
 
     /// A path below the scratch area.
@@ -70,12 +80,13 @@ impl Lab {
     /// Writes a config with the given `[capture]` lines and extra sections, and returns its path.
     pub fn config(&self, capture: &str, preroll_secs: u32, extra: &str) -> PathBuf {
         let text = format!(
-            "device_id = \"room-e2e\"\n\
+            "device_id = \"{device}\"\n\
              [capture]\n{capture}\n\
              [ring]\ndir = \"{ring}\"\npreroll_secs = {preroll_secs}\n\
              [recordings]\ndir = \"{rec}\"\nrecipient = \"{recipient}\"\n{extra}\n\
              [control]\nsocket = \"{sock}\"\n\
              [readiness]\nrequire_clock_sync = false\n",
+            device = self.device,
             ring = self.path("ring").display(),
             rec = self.path("recordings").display(),
             recipient = self.path("keys/department.pub").display(),
@@ -519,4 +530,277 @@ pub fn plaintext_mark(bytes: &[u8]) -> Option<&'static str> {
         return Some("moof+mfhd box headers");
     }
     None
+}
+
+/// A mosquitto broker on a free loopback port, started and killed by the test.
+pub struct Mosquitto {
+    /// Its port.
+    pub port: u16,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Mosquitto {
+    /// A plain broker, anyone may connect (loopback only).
+    pub fn plain(lab: &Lab) -> Mosquitto {
+        let port = free_port();
+        Mosquitto::with_config(
+            lab,
+            port,
+            &format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+        )
+    }
+
+    /// A mutual-TLS broker with `ca/127.0.0.1.crt` as its certificate, clients named by their
+    /// certificates' common names, and `acl` as its ACL file's text.
+    pub fn mutual_tls(lab: &Lab, acl: &str) -> Mosquitto {
+        let port = free_port();
+        let ca = lab.path("ca");
+        let acl_file = lab.path("mosquitto.acl");
+        std::fs::write(&acl_file, acl).unwrap();
+        Mosquitto::with_config(
+            lab,
+            port,
+            &format!(
+                "listener {port} 127.0.0.1\ncafile {c}/ca.crt\ncertfile {c}/127.0.0.1.crt\nkeyfile {c}/127.0.0.1.key\n\
+                 require_certificate true\nuse_identity_as_username true\nacl_file {a}\nallow_anonymous false\n",
+                c = ca.display(),
+                a = acl_file.display()
+            ),
+        )
+    }
+
+    fn with_config(lab: &Lab, port: u16, text: &str) -> Mosquitto {
+        let config = lab.path(&format!("mosquitto-{port}.conf"));
+        std::fs::write(
+            &config,
+            format!(
+                // Started as root (the tests are), mosquitto would switch to its own user, who
+                // cannot read the test's files.
+                "{text}persistence false\nlog_dest stderr\nlog_type all\nuser root\n"
+            ),
+        )
+        .unwrap();
+        let mut m = Mosquitto {
+            port,
+            config,
+            log: lab.path(&format!("mosquitto-{port}.log")),
+            child: None,
+        };
+        m.start();
+        m
+    }
+
+    /// Starts it (again) on the same port and waits until it listens.
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto runs (scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The broker's log.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `mqtt://127.0.0.1:PORT` (or `mqtts://`).
+    pub fn url(&self, tls: bool) -> String {
+        format!(
+            "{}://127.0.0.1:{}",
+            if tls { "mqtts" } else { "mqtt" },
+            self.port
+        )
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One message a [`Probe`] received.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Its topic.
+    pub topic: String,
+    /// Its payload, as JSON when it parses (else a JSON string of the text).
+    pub json: serde_json::Value,
+    /// Delivered as a retained message (sent before we subscribed).
+    pub retained: bool,
+}
+
+/// A test's own MQTT client: subscribes, records everything it receives, publishes.
+pub struct MqttProbe {
+    client: rumqttc::Client,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Message>>>,
+    subscribed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl MqttProbe {
+    /// Connects to a plain broker and subscribes to `filter`.
+    pub fn plain(broker: &Mosquitto, filter: &str) -> MqttProbe {
+        MqttProbe::connect(broker, None, filter)
+    }
+
+    /// Connects over mutual TLS as the holder of `ca/<name>.crt`.
+    pub fn tls(broker: &Mosquitto, lab: &Lab, name: &str, filter: &str) -> MqttProbe {
+        MqttProbe::connect(broker, Some((lab, name)), filter)
+    }
+
+    fn connect(broker: &Mosquitto, identity: Option<(&Lab, &str)>, filter: &str) -> MqttProbe {
+        let id = format!("probe-{}", free_port());
+        let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", broker.port);
+        o.set_keep_alive(Duration::from_secs(5));
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        if let Some((lab, name)) = identity {
+            let ca = lab.path("ca");
+            let cfg = neoflix_pki::client_tls(
+                &ca.join("ca.crt"),
+                Some((
+                    &ca.join(format!("{name}.crt")),
+                    &ca.join(format!("{name}.key")),
+                )),
+            )
+            .unwrap();
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(cfg)),
+            ));
+        }
+        let (client, mut connection) = rumqttc::Client::new(o, 64);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let subscribed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, sub, c, f) = (
+            seen.clone(),
+            subscribed.clone(),
+            client.clone(),
+            filter.to_string(),
+        );
+        let thread = std::thread::spawn(move || {
+            for ev in connection.iter() {
+                match ev {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        let _ = c.try_subscribe(f.clone(), rumqttc::QoS::AtLeastOnce);
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        sub.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        let text = String::from_utf8_lossy(&p.payload).to_string();
+                        let json =
+                            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+                        s.lock().unwrap().push(Message {
+                            topic: p.topic.clone(),
+                            json,
+                            retained: p.retain,
+                        });
+                    }
+                    Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !subscribed.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the probe could not subscribe");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        MqttProbe {
+            client,
+            seen,
+            subscribed,
+            _thread: thread,
+        }
+    }
+
+    /// Everything received so far.
+    pub fn messages(&self) -> Vec<Message> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits for a message on `topic` that satisfies `cond`; returns it.
+    pub fn wait(
+        &self,
+        topic: &str,
+        what: &str,
+        limit: Duration,
+        cond: impl Fn(&Message) -> bool,
+    ) -> Message {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(m) = self
+                .messages()
+                .into_iter()
+                .find(|m| m.topic == topic && cond(m))
+            {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} on {topic}; received: {:#?}",
+                self.messages()
+                    .iter()
+                    .map(|m| format!("{} {}", m.topic, m.json))
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Publishes `payload` (not retained unless asked).
+    pub fn publish(&self, topic: &str, payload: &[u8], retain: bool) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload.to_vec())
+            .unwrap();
+    }
+
+    /// Whether the subscription was acknowledged.
+    pub fn subscribed(&self) -> bool {
+        self.subscribed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for MqttProbe {
+    fn drop(&mut self) {
+        let _ = self.client.try_disconnect();
+    }
 }

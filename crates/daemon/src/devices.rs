@@ -35,7 +35,8 @@ pub fn resolve(cfg: &GpioLine) -> Result<(PathBuf, u32), String> {
             })
             .ok_or_else(|| format!("no GPIO chip labelled '{}'", cfg.chip))?
     };
-    let c = gpiocdev::chip::Chip::from_path(&chip).map_err(|e| format!("{}: {e}", chip.display()))?;
+    let c =
+        gpiocdev::chip::Chip::from_path(&chip).map_err(|e| format!("{}: {e}", chip.display()))?;
     let offset = match &cfg.line {
         LineRef::Offset(o) => {
             let n = c.info().map_err(|e| e.to_string())?.num_lines;
@@ -152,10 +153,8 @@ pub async fn watch_gpio(
         let initial = req.as_ref().lone_value().map(|v| v == Value::Active);
         log::info!(input = name, active = initial.as_ref().is_ok_and(|a| *a); "GPIO line ready");
         match (role, initial) {
-            (Role::PrivacySwitch, Ok(on)) => {
-                if !deliver(&tx, role.input(on), &mut stop).await {
-                    return;
-                }
+            (Role::PrivacySwitch, Ok(on)) if !deliver(&tx, role.input(on), &mut stop).await => {
+                return;
             }
             (Role::Pedal, Ok(true)) => {
                 log::warn!(input = name; "the pedal is held down at start: ignored until released (stuck pedal or wrong active_low?)");
@@ -307,7 +306,10 @@ pub async fn watch_foot_switch(
             }
         };
         if !dev.supported_keys().is_some_and(|k| k.contains(key)) {
-            let e = format!("{} does not send {key:?}: check foot_switch.key", path.display());
+            let e = format!(
+                "{} does not send {key:?}: check foot_switch.key",
+                path.display()
+            );
             if devices.set("foot_switch", &format!("unusable: {e}")) {
                 log::error!(input = "foot_switch"; "{e}");
                 let _ = tx.try_send(Input::DevicesChanged);

@@ -245,7 +245,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         devices: devices.clone(),
         readiness: cfg.readiness.clone(),
         // Sealing, fMP4 boxes and the encoder's overshoot: a tenth on top of the nominal bitrate.
-        full_recording_bytes: u64::from(cfg.capture.bitrate_kbps) * 125
+        full_recording_bytes: u64::from(cfg.capture.bitrate_kbps)
+            * 125
             * u64::from(cfg.recordings.max_duration_secs)
             * 11
             / 10,
@@ -366,9 +367,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     // The fleet link goes last: it reports the finalized recording, then says offline.
     let _ = fleet_stop_tx.send(true);
     if let Some(t) = fleet_task {
-        match t.await {
-            Ok(Err(e)) => log::error!(device = device.as_str(); "mqtt: {e}"),
-            Ok(Ok(())) | Err(_) => {}
+        if let Ok(Err(e)) = t.await {
+            log::error!(device = device.as_str(); "mqtt: {e}");
         }
     }
     let _ = std::fs::remove_file(&cfg.control.socket);

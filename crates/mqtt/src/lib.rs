@@ -321,7 +321,8 @@ pub fn home_assistant_discovery(
     device: &str,
     version: &str,
 ) -> Vec<(String, String)> {
-    let uid = format!("neoflix_{}", device.replace(['.', '-'], "_"));
+    // Home Assistant ids allow letters, digits, '_' and '-'; device ids also allow '.'.
+    let uid = format!("neoflix_{}", device.replace('.', "_"));
     let dev = serde_json::json!({
         "identifiers": [uid],
         "name": format!("Neoflix {device}"),
@@ -639,7 +640,7 @@ mod tests {
         let t = Topics::new("neoflix", "room-1");
         let d = home_assistant_discovery("homeassistant", &t, "room-1", "0.1.0");
         assert_eq!(d.len(), 3);
-        assert_eq!(d[2].0, "homeassistant/button/neoflix_room_1/start/config");
+        assert_eq!(d[2].0, "homeassistant/button/neoflix_room-1/start/config");
         let button: serde_json::Value = serde_json::from_str(&d[2].1).unwrap();
         assert_eq!(button["command_topic"], "neoflix/room-1/cmd");
         let cmd = button["payload_press"].as_str().unwrap();
