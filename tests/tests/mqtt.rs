@@ -442,3 +442,80 @@ fn fleet_lists_every_running_daemon() {
     assert_eq!(da.terminate(), 0);
     assert_eq!(db.terminate(), 0);
 }
+
+#[test]
+fn privacy_over_mqtt_keeps_nothing_and_says_so() {
+    let lab = Lab::new();
+    let broker = Mosquitto::plain(&lab);
+    lab.config(CAPTURE, 2, &format!("\n{}", mqtt_section(&broker)));
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    let t = "neoflix/room-e2e";
+    let p = MqttProbe::plain(&broker, &format!("{t}/#"));
+    let (cmd, reply, status) = (
+        format!("{t}/cmd"),
+        format!("{t}/reply"),
+        format!("{t}/status"),
+    );
+
+    p.publish(
+        &cmd,
+        br#"{"cmd":"privacy","on":true,"request_id":"on"}"#,
+        false,
+    );
+    assert_eq!(
+        p.wait(
+            &reply,
+            "privacy reply",
+            Duration::from_secs(10),
+            reply_to("on")
+        )
+        .json["ok"],
+        true
+    );
+    let s = p.wait(&status, "privacy status", Duration::from_secs(10), |m| {
+        m.json["privacy"] == true
+    });
+    assert_eq!(s.json["state"], "privacy");
+    assert_eq!(s.json["ready"], false);
+    assert!(
+        s.json["reasons"][0].as_str().unwrap().contains("privacy"),
+        "{}",
+        s.json
+    );
+    // Nothing kept: the ring is empty (its keys went with it) and stays empty.
+    std::thread::sleep(Duration::from_secs(2));
+    let ring: Vec<_> = std::fs::read_dir(lab.path("ring")).unwrap().collect();
+    assert!(
+        ring.is_empty(),
+        "ring holds {} files in privacy mode",
+        ring.len()
+    );
+    assert_eq!(d.status().preroll_secs, 0.0);
+    p.publish(&cmd, br#"{"cmd":"start","request_id":"refused"}"#, false);
+    let r = p.wait(
+        &reply,
+        "refusal",
+        Duration::from_secs(10),
+        reply_to("refused"),
+    );
+    assert!(
+        r.json["error"].as_str().unwrap().contains("privacy"),
+        "{}",
+        r.json
+    );
+
+    p.publish(
+        &cmd,
+        br#"{"cmd":"privacy","on":false,"request_id":"off"}"#,
+        false,
+    );
+    p.wait(
+        &reply,
+        "privacy-off reply",
+        Duration::from_secs(10),
+        reply_to("off"),
+    );
+    d.wait_ready(Duration::from_secs(60));
+    assert_eq!(d.terminate(), 0);
+}

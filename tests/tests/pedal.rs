@@ -36,6 +36,15 @@ fn pedal(down: bool) {
     .unwrap();
 }
 
+/// Moves the simulated privacy switch (line 2).
+fn privacy_switch(on: bool) {
+    std::fs::write(
+        sysfs().join("sim_gpio2/pull"),
+        if on { "pull-up" } else { "pull-down" },
+    )
+    .unwrap();
+}
+
 /// The level the daemon drives on the light line.
 fn light() -> bool {
     std::fs::read_to_string(sysfs().join("sim_gpio1/value"))
@@ -215,4 +224,50 @@ fn usb_foot_switch_works_and_survives_unplugging() {
         assert_eq!(m["trigger"], "pedal", "{m}");
         assert_eq!(m["stop_reason"], "pedal", "{m}");
     }
+}
+
+#[test]
+#[ignore = "needs gpio-sim: run under the VM lab (scripts/test does)"]
+fn gpio_privacy_switch_stops_the_recording_and_keeps_nothing() {
+    sysfs();
+    let lab = Lab::new();
+    lab.config(
+        CAPTURE,
+        2,
+        "[pedal]\nchip = \"vmlab-sim\"\nline = \"pedal\"\n\
+         [privacy_switch]\nchip = \"vmlab-sim\"\nline = 2\n",
+    );
+    pedal(false);
+    privacy_switch(false);
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(120));
+    pedal(true);
+    sleep(Duration::from_millis(200));
+    pedal(false);
+    d.wait_for("a recording", Duration::from_secs(10), |s| {
+        s.recording.is_some()
+    });
+    privacy_switch(true);
+    let s = d.wait_for("privacy", Duration::from_secs(10), |s| s.privacy);
+    assert_eq!(s.state, "privacy");
+    assert_eq!(
+        s.recordings_finalized, 1,
+        "privacy finalizes the open recording"
+    );
+    sleep(Duration::from_secs(2));
+    assert_eq!(
+        std::fs::read_dir(lab.path("ring")).unwrap().count(),
+        0,
+        "the ring keeps nothing in privacy mode"
+    );
+    // The pedal does nothing in privacy mode.
+    pedal(true);
+    sleep(Duration::from_millis(200));
+    pedal(false);
+    sleep(Duration::from_millis(500));
+    assert!(d.status().recording.is_none());
+    privacy_switch(false);
+    d.wait_ready(Duration::from_secs(120));
+    assert_eq!(d.terminate(), 0);
+    assert_eq!(manifest(&lab, 0)["stop_reason"], "privacy");
 }
