@@ -557,7 +557,7 @@ impl Mosquitto {
         Mosquitto::with_config(
             lab,
             port,
-            &format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+            &format!("listener {port} 127.0.0.1\nset_tcp_nodelay true\nallow_anonymous true\n"),
         )
     }
 
@@ -572,7 +572,7 @@ impl Mosquitto {
             lab,
             port,
             &format!(
-                "listener {port} 127.0.0.1\ncafile {c}/ca.crt\ncertfile {c}/127.0.0.1.crt\nkeyfile {c}/127.0.0.1.key\n\
+                "listener {port} 127.0.0.1\nset_tcp_nodelay true\ncafile {c}/ca.crt\ncertfile {c}/127.0.0.1.crt\nkeyfile {c}/127.0.0.1.key\n\
                  require_certificate true\nuse_identity_as_username true\nacl_file {a}\nallow_anonymous false\n",
                 c = ca.display(),
                 a = acl_file.display()
@@ -665,6 +665,8 @@ pub struct Message {
     pub json: serde_json::Value,
     /// Delivered as a retained message (sent before we subscribed).
     pub retained: bool,
+    /// When the probe received it.
+    pub at: Instant,
 }
 
 /// A test's own MQTT client: subscribes, records everything it receives, publishes.
@@ -706,6 +708,7 @@ impl MqttProbe {
             ));
         }
         let (client, mut connection) = rumqttc::Client::new(o, 64);
+        neoflix_mqtt::no_delay(&mut connection.eventloop);
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let subscribed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (s, sub, c, f) = (
@@ -731,6 +734,7 @@ impl MqttProbe {
                             topic: p.topic.clone(),
                             json,
                             retained: p.retain,
+                            at: Instant::now(),
                         });
                     }
                     Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,

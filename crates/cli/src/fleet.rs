@@ -122,6 +122,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut opts = broker.options(&format!("neoflix-fleet-{}", std::process::id()))?;
     opts.set_keep_alive(Duration::from_secs(10));
     let (client, mut conn) = Client::new(opts, 16);
+    neoflix_mqtt::no_delay(&mut conn.eventloop);
     let filter = neoflix_mqtt::all_status(&a.prefix);
     let mut devices: BTreeMap<String, Value> = BTreeMap::new();
     let mut subscribed: Option<Instant> = None;

@@ -71,7 +71,8 @@ pub async fn run(
         QoS::AtLeastOnce,
         true,
     ));
-    let (client, eventloop) = AsyncClient::new(opts, 64);
+    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    neoflix_mqtt::no_delay(&mut eventloop);
     let (connected_tx, connected_rx) = watch::channel(0u64);
     let (cmd_tx, cmd_rx) = mpsc::channel::<Vec<u8>>(16);
     let (done_tx, done_rx) = watch::channel(false);

@@ -484,6 +484,14 @@ impl Broker {
     }
 }
 
+/// Turns Nagle's algorithm off: MQTT messages are small and a command or an event held back
+/// for the peer's delayed ACK costs 40 ms per hop.
+pub fn no_delay(eventloop: &mut rumqttc::EventLoop) {
+    let mut n = eventloop.network_options();
+    n.set_tcp_nodelay(true);
+    eventloop.set_network_options(n);
+}
+
 /// Reconnect delays: doubling from 1 s to `max`, each drawn at random from its upper half so that
 /// a department's boxes do not all reconnect in the same instant after a broker restart.
 #[derive(Debug, Clone)]
