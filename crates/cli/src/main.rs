@@ -71,7 +71,7 @@ enum Command {
     /// Every room box's status from the department's MQTT broker: a table that refreshes in
     /// place, or `--once --json` for scripts.
     Fleet {
-        /// The broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT].
+        /// The broker: `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
         #[arg(long)]
         broker: String,
         /// CA certificate of the broker (mqtts).
