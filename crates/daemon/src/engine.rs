@@ -142,6 +142,7 @@ pub struct Engine {
     recording_started_utc: Option<String>,
     summary: Option<Summary>,
     generation: u64,
+    camera_fault_reported: bool,
 }
 
 fn utc(t: SystemTime) -> String {
@@ -286,6 +287,7 @@ impl Engine {
             recording_started_utc: None,
             summary: None,
             generation: 0,
+            camera_fault_reported: false,
         }
     }
 
@@ -343,10 +345,6 @@ impl Engine {
             "capture failed: {reason}; check the camera cable and capture.device; retrying");
         self.restart = Some(Instant::now() + backoff);
         self.backoff = (backoff * 2).min(Duration::from_secs(30));
-        self.settings.events.send(neoflix_mqtt::Event::Fault {
-            component: "camera".into(),
-            reason: reason.clone(),
-        });
         let at = self.now();
         self.feed(Event::CameraLost { at, reason });
     }
@@ -507,6 +505,20 @@ impl Engine {
             *p = pattern;
             changed
         });
+        // One fault event when the camera stops delivering (pipeline error or silent stall),
+        // not one per retry.
+        let camera = s.reason.as_ref().filter(|r| r.starts_with("camera"));
+        match (camera, self.camera_fault_reported) {
+            (Some(r), false) => {
+                self.settings.events.send(neoflix_mqtt::Event::Fault {
+                    component: "camera".into(),
+                    reason: r.trim_start_matches("camera: ").to_string(),
+                });
+                self.camera_fault_reported = true;
+            }
+            (None, true) => self.camera_fault_reported = false,
+            _ => {}
+        }
         let summary = Summary {
             state: s.state,
             reasons,

@@ -202,10 +202,10 @@ async fn publisher(
         }
     };
     loop {
+        // Biased, events before the goodbye: the recording finalized at shutdown is reported.
         let announce = tokio::select! {
+            biased;
             r = connected.changed() => { if r.is_err() { return; } true }
-            r = changes.changed(), if changes_open => { changes_open = r.is_ok(); false }
-            _ = every.tick() => false,
             ev = events.recv(), if events_open => {
                 let Some(ev) = ev else { events_open = false; continue };
                 let msg = neoflix_mqtt::Published { device: s.device.clone(), time_utc: now_utc(), event: ev };
@@ -214,6 +214,8 @@ async fn publisher(
                 }
                 continue;
             }
+            r = changes.changed(), if changes_open => { changes_open = r.is_ok(); false }
+            _ = every.tick() => false,
             _ = stop.changed() => {
                 let _ = client.try_publish(&s.topics.status, QoS::AtLeastOnce, true, OFFLINE);
                 let _ = client.try_disconnect();
