@@ -99,6 +99,11 @@ impl Lab {
 
     /// Starts neoflixd on the config written by [`Lab::config`].
     pub fn start(&self) -> Daemon {
+        self.start_with_env(&[])
+    }
+
+    /// Starts neoflixd with extra environment variables (systemd's `NOTIFY_SOCKET`, ...).
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -108,6 +113,7 @@ impl Lab {
             .arg("--config")
             .arg(self.path("neoflixd.toml"))
             .env("NEOFLIX_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -91,6 +91,8 @@ pub struct EngineSettings {
     pub readiness: neoflix_config::Readiness,
     /// Bytes one recording of the maximum duration needs.
     pub full_recording_bytes: u64,
+    /// systemd's watchdog period, when the service has one (`WatchdogSec=`).
+    pub watchdog: Option<Duration>,
 }
 
 /// Facts from the kernel and files, refreshed every few seconds.
@@ -143,6 +145,11 @@ pub struct Engine {
     summary: Option<Summary>,
     generation: u64,
     camera_fault_reported: bool,
+    /// READY=1 went to systemd (after the first sealed fragment).
+    notified_ready: bool,
+    /// Frames counted at the last check, and when that count last grew.
+    frames_seen: (u64, Instant),
+    last_ping: Option<Instant>,
 }
 
 fn utc(t: SystemTime) -> String {
@@ -288,6 +295,9 @@ impl Engine {
             summary: None,
             generation: 0,
             camera_fault_reported: false,
+            notified_ready: false,
+            frames_seen: (0, Instant::now()),
+            last_ping: None,
         }
     }
 
@@ -411,6 +421,14 @@ impl Engine {
                     let (at, ring) = (self.now(), self.ring.duration());
                     let failures = self.storage_failures;
                     self.feed(Event::Fragment { at, seq, ring });
+                    if !self.notified_ready {
+                        // systemd's "started" means what the room needs: video is being sealed.
+                        let _ = sd_notify::notify(&[
+                            sd_notify::NotifyState::Ready,
+                            sd_notify::NotifyState::Status("capturing: first fragment sealed"),
+                        ]);
+                        self.notified_ready = true;
+                    }
                     if failures == self.storage_failures && self.storage_error.take().is_some() {
                         log::info!(device = self.settings.device_id.as_str(); "storage works again");
                     }
@@ -536,6 +554,12 @@ impl Engine {
                 log::info!(device = self.settings.device_id.as_str(), ready = summary.reasons.is_empty(),
                     reasons = summary.reasons.join("; ").as_str(); "readiness changed");
             }
+            let text = match (&summary.recording, summary.reasons.first()) {
+                (Some(id), _) => format!("recording {id}"),
+                (None, None) => "ready".to_string(),
+                (None, Some(why)) => format!("not ready: {why}"),
+            };
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&text)]);
             self.summary = Some(summary);
             self.generation += 1;
             self.settings.changes.send_replace(self.generation);
@@ -560,8 +584,29 @@ impl Engine {
             self.start_capture();
         }
         self.refresh_environment();
+        self.watchdog();
         let at = self.now();
         self.feed(Event::Tick { at });
+    }
+
+    /// Pings systemd's watchdog only while frames flow out of the camera (or capture is paused
+    /// on purpose, in privacy mode): a stalled camera or pipeline makes systemd restart us.
+    fn watchdog(&mut self) {
+        let Some(period) = self.settings.watchdog else {
+            return;
+        };
+        let frames = self.frame_stats().frames;
+        if frames != self.frames_seen.0 {
+            self.frames_seen = (frames, Instant::now());
+        }
+        let flowing = self.frames_seen.1.elapsed() < Duration::from_secs(2);
+        let due = self
+            .last_ping
+            .is_none_or(|t| t.elapsed() >= (period / 4).max(Duration::from_millis(500)));
+        if (flowing || self.paused) && self.notified_ready && due {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            self.last_ping = Some(Instant::now());
+        }
     }
 
     fn storage_failed(&mut self, msg: String) {

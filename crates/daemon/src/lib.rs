@@ -250,6 +250,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             * u64::from(cfg.recordings.max_duration_secs)
             * 11
             / 10,
+        watchdog: sd_notify::watchdog_enabled(),
     };
     let engine = Engine::new(settings, ring, tx.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -316,6 +317,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             fleet_stop_rx,
         ))
     });
+    // Bound before the engine starts: once systemd hears READY, `neoflix ctl` works.
+    let listener = control::bind(&cfg.control.socket)?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("neoflix-engine".into())
@@ -325,7 +328,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         })
         .map_err(|e| DaemonError::Engine(e.to_string()))?;
 
-    let listener = control::bind(&cfg.control.socket)?;
     let control_task = tokio::spawn(control::serve(listener, tx.clone(), stop_rx.clone()));
     let ticker = {
         let tx = tx.clone();
@@ -341,7 +343,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             }
         })
     };
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     log::info!(device = device.as_str(), socket = cfg.control.socket.display().to_string().as_str(); "neoflixd running");
 
     shutdown.await;
