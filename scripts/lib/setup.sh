@@ -36,3 +36,10 @@ neoflix_require_cargo() {
   }
   export PATH="$HOME/.cargo/bin:$PATH"
 }
+
+neoflix_require_cargo_deb() {
+  if ! command -v cargo-deb >/dev/null 2>&1; then
+    neoflix_log "installing cargo-deb (first run only)"
+    cargo install --locked --quiet cargo-deb
+  fi
+}
