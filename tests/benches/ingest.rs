@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
-use neoflix_e2e::bin;
+use neoflix_e2e::command;
 use neoflix_pki::{Ca, Role};
 
 const FRAGMENT: usize = 1 << 20;
@@ -61,7 +61,7 @@ fn start_ingest(dir: &Path, ca: &Path) -> (Proc, u16) {
         ),
     )
     .unwrap();
-    let child = Command::new(bin("neoflix-ingest"))
+    let child = command("neoflix-ingest")
         .arg("--config")
         .arg(&cfg)
         .env("NEOFLIX_LOG", "error")

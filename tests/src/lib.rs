@@ -11,13 +11,19 @@ use std::time::{Duration, Instant};
 
 use neoflix_control::{Reply, Request, Status};
 
-/// Path of a workspace binary.
+/// Path of a workspace binary: next to the test executable, or in `NEOFLIX_E2E_BIN_DIR` (the
+/// arm64 build, for instance).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
+    let dir = match std::env::var_os("NEOFLIX_E2E_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().expect("test executable path");
+            exe.parent()
+                .and_then(|d| d.parent())
+                .expect("target/<profile>")
+                .to_path_buf()
+        }
+    };
     let p = dir.join(name);
     assert!(
         p.exists(),
@@ -27,9 +33,24 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A command running a workspace binary, through `NEOFLIX_E2E_RUNNER` when set (a
+/// space-separated prefix such as `qemu-aarch64 -L /path/to/arm64-sysroot`).
+pub fn command(name: &str) -> Command {
+    let runner = std::env::var("NEOFLIX_E2E_RUNNER").unwrap_or_default();
+    let mut parts = runner.split_whitespace();
+    match parts.next() {
+        None => Command::new(bin(name)),
+        Some(first) => {
+            let mut c = Command::new(first);
+            c.args(parts).arg(bin(name));
+            c
+        }
+    }
+}
+
 /// Runs `neoflix` with `args`.
 pub fn neoflix(args: &[&str]) -> Output {
-    Command::new(bin("neoflix"))
+    command("neoflix")
         .args(args)
         .output()
         .expect("neoflix runs")
@@ -109,7 +130,7 @@ impl Lab {
             .append(true)
             .open(self.path("neoflixd.log"))
             .unwrap();
-        let child = Command::new(bin("neoflixd"))
+        let child = command("neoflixd")
             .arg("--config")
             .arg(self.path("neoflixd.toml"))
             .env("NEOFLIX_LOG", "debug")
@@ -266,7 +287,7 @@ impl Ingest {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(bin("neoflix-ingest"))
+        let child = command("neoflix-ingest")
             .arg("--config")
             .arg(&self.config)
             .stdout(Stdio::null())

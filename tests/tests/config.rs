@@ -1,8 +1,6 @@
 //! A bad config is refused by both programs, with every error named by line and option.
 
-use std::process::Command;
-
-use neoflix_e2e::{Lab, bin, neoflix};
+use neoflix_e2e::{Lab, command, neoflix};
 
 #[test]
 fn bad_config_is_refused_with_every_error_by_line_and_option() {
@@ -36,7 +34,7 @@ fn bad_config_is_refused_with_every_error_by_line_and_option() {
         assert!(err.contains(e.as_str()), "missing '{e}' in:\n{err}");
     }
 
-    let out = Command::new(bin("neoflixd"))
+    let out = command("neoflixd")
         .arg("--config")
         .arg(&cfg)
         .output()
@@ -50,7 +48,7 @@ fn bad_config_is_refused_with_every_error_by_line_and_option() {
         );
     }
 
-    let out = Command::new(bin("neoflixd"))
+    let out = command("neoflixd")
         .arg("--config")
         .arg(lab.path("missing.toml"))
         .output()

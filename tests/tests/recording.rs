@@ -357,3 +357,52 @@ fn control_requests_that_make_no_sense_are_refused_with_a_reason() {
     assert!(d.status().ready);
     assert_eq!(d.terminate(), 0);
 }
+
+/// The short version of the first test, light enough for an emulated CPU: `scripts/cross-arm64`
+/// runs it with the arm64 binaries under qemu-user.
+#[test]
+fn a_short_recording_has_its_preroll_and_plays() {
+    let lab = Lab::new();
+    lab.config(
+        "source = \"test\"\nwidth = 320\nheight = 180\nfps = 15\nbitrate_kbps = 300\nx264_preset = \"ultrafast\"",
+        3,
+        "",
+    );
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(120));
+    let started = d.ctl(Request::Start {});
+    assert!(started.ok, "{started:?}");
+    sleep(Duration::from_secs(4));
+    assert!(
+        d.ctl(Request::Mark {
+            label: "arm".into()
+        })
+        .ok
+    );
+    assert!(d.ctl(Request::Stop {}).ok);
+    d.wait_for(
+        "the recording to be finalized",
+        Duration::from_secs(30),
+        |s| s.recordings_finalized == 1,
+    );
+    assert_eq!(d.terminate(), 0);
+    let recs = lab.recordings();
+    let m = manifest(&recs[0]);
+    assert!(
+        (m.preroll_secs - 3.0).abs() <= 1.0,
+        "pre-roll {} s",
+        m.preroll_secs
+    );
+    assert_eq!(m.markers.len(), 1);
+    let out = lab.path("short.mp4");
+    let e = lab.export(&recs[0], &out);
+    assert!(
+        e.status.success(),
+        "export: {}",
+        String::from_utf8_lossy(&e.stderr)
+    );
+    let p = ffprobe(&out);
+    assert!((p.duration - 7.0).abs() <= 1.5, "duration {} s", p.duration);
+    assert_eq!((p.width, p.height, p.codec.as_str()), (320, 180, "h264"));
+    assert_eq!(ffmpeg_errors(&out), "", "ffmpeg reported decode errors");
+}
