@@ -282,28 +282,9 @@ pub struct Ingest {
 impl Ingest {
     /// Starts it and waits until it accepts connections.
     pub fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = command("neoflix-ingest")
-            .arg("--config")
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("neoflix-ingest starts");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&self.addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "neoflix-ingest did not listen:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut c = command("neoflix-ingest");
+        c.arg("--config").arg(&self.config);
+        self.child = Some(spawn_server(c, &self.log, &self.addr, "neoflix-ingest"));
     }
 
     /// The server's log so far.
@@ -568,6 +549,31 @@ pub struct Mosquitto {
     child: Option<Child>,
 }
 
+/// Starts a server with its stderr appended to `log` and waits until it accepts connections on
+/// `addr`; panics with the log if it does not within 20 s.
+fn spawn_server(mut c: Command, log: &Path, addr: &str, what: &str) -> Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = c
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} does not start: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {addr}:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
 /// A free loopback TCP port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -630,28 +636,15 @@ impl Mosquitto {
 
     /// Starts it (again) on the same port and waits until it listens.
     pub fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("mosquitto runs (scripts/test installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut c = Command::new("mosquitto");
+        c.arg("-c").arg(&self.config);
+        let addr = format!("127.0.0.1:{}", self.port);
+        self.child = Some(spawn_server(
+            c,
+            &self.log,
+            &addr,
+            "mosquitto (scripts/test installs it)",
+        ));
     }
 
     /// SIGKILL.
