@@ -1,5 +1,6 @@
-//! Logging for the Neoflix programs: to the journal (with key-value fields as journal fields)
-//! under systemd, to stderr as `LEVEL message key=value ...` otherwise.
+//! Process plumbing shared by the Neoflix programs: logging to the journal (with key-value fields
+//! as journal fields) under systemd, to stderr as `LEVEL message key=value ...` otherwise; and the
+//! shutdown signal the daemons wait for.
 #![deny(missing_docs)]
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -61,5 +62,22 @@ pub fn init(program: &str) {
     };
     if installed.is_ok() {
         log::set_max_level(level);
+    }
+}
+
+/// Completes on SIGTERM (systemd's stop) or SIGINT (Ctrl-C). If the handlers cannot be installed
+/// it says so and never completes: the process then stops only by SIGKILL.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        log::error!("cannot install signal handlers; stop with SIGKILL only");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
 }

@@ -15,21 +15,6 @@ struct Args {
     config: PathBuf,
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        log::error!("cannot install signal handlers; stop with SIGKILL only");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
 fn main() -> ExitCode {
     neoflix_logging::init("neoflixd");
     let args = Args::parse();
@@ -50,7 +35,7 @@ fn main() -> ExitCode {
         .build()
         .context("cannot start the async runtime")
         .and_then(|rt| {
-            rt.block_on(neoflix_daemon::run(cfg, shutdown_signal()))
+            rt.block_on(neoflix_daemon::run(cfg, neoflix_logging::shutdown_signal()))
                 .context("neoflixd failed")
         });
     match result {

@@ -15,20 +15,6 @@ struct Args {
     config: PathBuf,
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
 fn main() -> ExitCode {
     neoflix_logging::init("neoflix-ingest");
     let args = Args::parse();
@@ -46,7 +32,7 @@ fn main() -> ExitCode {
         .and_then(|rt| {
             rt.block_on(async {
                 let listener = neoflix_ingest::bind(&cfg).await?;
-                neoflix_ingest::run(cfg, listener, shutdown_signal()).await
+                neoflix_ingest::run(cfg, listener, neoflix_logging::shutdown_signal()).await
             })
         });
     match result {
