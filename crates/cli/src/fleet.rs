@@ -112,7 +112,7 @@ fn table(devices: &BTreeMap<String, Value>) -> String {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    neoflix_mqtt::check_prefix(&a.prefix).map_err(anyhow::Error::msg)?;
+    neoflix_config::check_topic_prefix(&a.prefix).map_err(anyhow::Error::msg)?;
     let identity = match (a.cert, a.key) {
         (Some(c), Some(k)) => Some((c, k)),
         (None, None) => None,

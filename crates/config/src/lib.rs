@@ -159,7 +159,7 @@ pub struct FootSwitch {
     pub device: Option<PathBuf>,
     /// Or the device's name as the kernel reports it.
     pub name: Option<String>,
-    /// The key the pedal sends (`KEY_B`, `BTN_LEFT`, ...).
+    /// The key the pedal sends (`KEY_B`, `BTN_LEFT`, ...); checked to be a Linux key name.
     pub key: String,
     /// Grab the device so its key reaches nothing else.
     pub grab: bool,
@@ -201,6 +201,22 @@ pub struct Config {
     pub foot_switch: Option<FootSwitch>,
     /// `[readiness]`
     pub readiness: Readiness,
+}
+
+/// Why an MQTT topic prefix is unusable, if it is: 1 to 64 characters, no wildcards (`+`, `#`),
+/// no leading or trailing `/`. Shared by the config check and `neoflix fleet --prefix`.
+pub fn check_topic_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty()
+        || prefix.len() > 64
+        || prefix.starts_with('/')
+        || prefix.ends_with('/')
+        || prefix.contains(['+', '#', '\0'])
+    {
+        return Err(format!(
+            "'{prefix}' is not a usable topic prefix: 1 to 64 characters, no '+', '#', leading or trailing '/'"
+        ));
+    }
+    Ok(())
 }
 
 /// The default config path.

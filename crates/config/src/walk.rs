@@ -310,21 +310,6 @@ impl<'t> Walker<'t> {
     }
 }
 
-/// The same rule as the MQTT crate's, kept here so the config crate needs no MQTT client.
-fn neoflix_mqtt_prefix(prefix: &str) -> Result<(), String> {
-    if prefix.is_empty()
-        || prefix.len() > 64
-        || prefix.starts_with('/')
-        || prefix.ends_with('/')
-        || prefix.contains(['+', '#', '\0'])
-    {
-        return Err(format!(
-            "'{prefix}' is not a usable topic prefix: 1 to 64 characters, no '+', '#', leading or trailing '/'"
-        ));
-    }
-    Ok(())
-}
-
 fn type_name(v: &DeValue) -> &'static str {
     match v {
         DeValue::String(_) => "a string",
@@ -590,14 +575,14 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
             );
         }
         let (prefix, pline) = w.string(&mut m, "prefix", "neoflix");
-        if let Err(e) = neoflix_mqtt_prefix(&prefix) {
+        if let Err(e) = crate::check_topic_prefix(&prefix) {
             w.error(pline, "mqtt.prefix".into(), e);
         }
         let (status_interval_secs, _) =
             w.int(&mut m, "status_interval_secs", 30, (5, 3600), " seconds");
         let home_assistant = w.boolean(&mut m, "home_assistant", false);
         let (discovery_prefix, dline) = w.string(&mut m, "discovery_prefix", "homeassistant");
-        if let Err(e) = neoflix_mqtt_prefix(&discovery_prefix) {
+        if let Err(e) = crate::check_topic_prefix(&discovery_prefix) {
             w.error(dline, "mqtt.discovery_prefix".into(), e);
         }
         w.finish(m);
@@ -635,7 +620,9 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
             );
         }
         let (key, kline) = w.string(&mut f, "key", "KEY_B");
-        if !(key.starts_with("KEY_") || key.starts_with("BTN_")) {
+        if !(key.starts_with("KEY_") || key.starts_with("BTN_"))
+            || key.parse::<evdev::KeyCode>().is_err()
+        {
             w.error(
                 kline,
                 "foot_switch.key".into(),
@@ -914,6 +901,31 @@ mod tests {
             "g.toml:12: foot_switch.key: 'B' is not a key name",
         ] {
             assert!(err.contains(expected), "{expected}\n{err}");
+        }
+    }
+
+    #[test]
+    fn foot_switch_keys_and_topic_prefixes_are_checked() {
+        let r = recipient();
+        let text = format!(
+            "device_id = \"r\"\n[recordings]\nrecipient = \"{}\"\n[foot_switch]\nname = \"p\"\nkey = \"KEY_NOPE\"\n",
+            r.path().display()
+        );
+        let err = parse("k.toml", &text).unwrap_err().to_string();
+        assert!(
+            err.contains("k.toml:6: foot_switch.key: 'KEY_NOPE' is not a key name"),
+            "{err}"
+        );
+        assert_eq!(
+            ok("[foot_switch]\nname = \"p\"\nkey = \"KEY_F13\"\n")
+                .foot_switch
+                .unwrap()
+                .key,
+            "KEY_F13"
+        );
+        assert!(crate::check_topic_prefix("hospital/nicu").is_ok());
+        for bad in ["", "a/#", "a/+/b", "/a", "a/"] {
+            assert!(crate::check_topic_prefix(bad).is_err(), "{bad}");
         }
     }
 

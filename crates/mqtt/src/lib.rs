@@ -65,21 +65,6 @@ pub fn device_of_status<'t>(prefix: &str, topic: &'t str) -> Option<&'t str> {
     (!device.is_empty() && !device.contains('/')).then_some(device)
 }
 
-/// Why a prefix is unusable.
-pub fn check_prefix(prefix: &str) -> Result<(), String> {
-    if prefix.is_empty()
-        || prefix.len() > 64
-        || prefix.starts_with('/')
-        || prefix.ends_with('/')
-        || prefix.contains(['+', '#', '\0'])
-    {
-        return Err(format!(
-            "'{prefix}' is not a usable topic prefix: 1 to 64 characters, no '+', '#', leading or trailing '/'"
-        ));
-    }
-    Ok(())
-}
-
 /// What a command asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -628,9 +613,6 @@ mod tests {
         assert_eq!(device_of_status("neoflix", &t.status), Some("room-1"));
         assert_eq!(device_of_status("neoflix", "neoflix/a/b/status"), None);
         assert_eq!(device_of_status("neoflix", "other/a/status"), None);
-        assert!(check_prefix("hospital/nicu").is_ok());
-        assert!(check_prefix("a/#").is_err());
-        assert!(check_prefix("/a").is_err());
     }
 
     #[test]
