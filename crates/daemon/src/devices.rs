@@ -63,25 +63,32 @@ fn bias(name: &str) -> Option<Bias> {
     }
 }
 
-fn request_input(cfg: &GpioLine) -> Result<gpiocdev::tokio::AsyncRequest, String> {
-    let (chip, offset) = resolve(cfg)?;
-    let mut b = gpiocdev::Request::builder();
-    b.on_chip(&chip)
-        .with_consumer("neoflixd")
-        .with_line(offset)
-        .as_input()
-        .with_edge_detection(EdgeDetection::BothEdges)
-        .with_debounce_period(Duration::from_millis(cfg.debounce_ms.into()));
-    if cfg.active_low {
-        b.as_active_low();
-    }
-    if let Some(bias) = bias(&cfg.bias) {
-        b.with_bias(bias);
-    }
-    let req = b
-        .request()
-        .map_err(|e| format!("{} line {offset}: {e}", chip.display()))?;
-    Ok(gpiocdev::tokio::AsyncRequest::new(req))
+/// Requests the configured line as an input with edge events (`output = false`) or as an
+/// output, initially off. Chip lookup opens every GPIO chip: off the async runtime.
+async fn request_line(cfg: &GpioLine, output: bool) -> Result<gpiocdev::Request, String> {
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || {
+        let (chip, offset) = resolve(&cfg)?;
+        let mut b = gpiocdev::Request::builder();
+        b.on_chip(&chip).with_consumer("neoflixd").with_line(offset);
+        if output {
+            b.as_output(Value::Inactive);
+        } else {
+            b.as_input()
+                .with_edge_detection(EdgeDetection::BothEdges)
+                .with_debounce_period(Duration::from_millis(cfg.debounce_ms.into()));
+            if let Some(bias) = bias(&cfg.bias) {
+                b.with_bias(bias);
+            }
+        }
+        if cfg.active_low {
+            b.as_active_low();
+        }
+        b.request()
+            .map_err(|e| format!("{} line {offset}: {e}", chip.display()))
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()))
 }
 
 /// Which GPIO input a task watches.
@@ -135,8 +142,8 @@ pub async fn watch_gpio(
 ) {
     let name = role.name();
     loop {
-        let req = match request_input(&cfg) {
-            Ok(r) => r,
+        let req = match request_line(&cfg, false).await {
+            Ok(r) => gpiocdev::tokio::AsyncRequest::new(r),
             Err(e) => {
                 if devices.set(name, &format!("unavailable: {e}")) {
                     log::error!(input = name; "{e}; check [{name}] chip and line (gpioinfo lists them); retrying");
@@ -193,18 +200,7 @@ pub async fn drive_light(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let req = match resolve(&cfg).and_then(|(chip, offset)| {
-            let mut b = gpiocdev::Request::builder();
-            b.on_chip(&chip)
-                .with_consumer("neoflixd")
-                .with_line(offset)
-                .as_output(Value::Inactive);
-            if cfg.active_low {
-                b.as_active_low();
-            }
-            b.request()
-                .map_err(|e| format!("{} line {offset}: {e}", chip.display()))
-        }) {
+        let req = match request_line(&cfg, true).await {
             Ok(r) => r,
             Err(e) => {
                 if devices.set("light", &format!("unavailable: {e}")) {

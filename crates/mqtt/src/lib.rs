@@ -417,12 +417,26 @@ impl Broker {
             return Err(BrokerError::Url(url.into()));
         };
         let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                let port: u16 = p.parse().map_err(|_| BrokerError::Url(url.into()))?;
-                (h.trim_start_matches('[').trim_end_matches(']'), port)
+        let default_port = if tls { 8883 } else { 1883 };
+        let bad = || BrokerError::Url(url.into());
+        // `[v6 address]:port`, `[v6 address]`, `host:port` or `host`.
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+            match after {
+                "" => (host, default_port),
+                p => (
+                    host,
+                    p.strip_prefix(':')
+                        .ok_or_else(bad)?
+                        .parse()
+                        .map_err(|_| bad())?,
+                ),
             }
-            _ => (rest, if tls { 8883 } else { 1883 }),
+        } else {
+            match rest.split_once(':') {
+                None => (rest, default_port),
+                Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
+            }
         };
         if host.is_empty() || host.contains(['/', '@', '?']) {
             return Err(BrokerError::Url(url.into()));
@@ -603,6 +617,14 @@ mod tests {
         assert!(Broker::new("mqtt://broker:99999", None, None).is_err());
         assert!(Broker::new("mqtt://", None, None).is_err());
         assert!(Broker::new("mqtt://b", Some("/ca".into()), None).is_err());
+        let v6 = Broker::new("mqtt://[::1]:1884", None, None).unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 1884));
+        assert_eq!(
+            Broker::new("mqtt://[fd00::5]", None, None).unwrap().port,
+            1883
+        );
+        assert!(Broker::new("mqtt://::1:1883", None, None).is_err());
+        assert!(Broker::new("mqtt://[::1", None, None).is_err());
     }
 
     #[test]
