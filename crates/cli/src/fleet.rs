@@ -10,15 +10,30 @@ use anyhow::{Context, bail};
 use rumqttc::{Client, Event, Packet, QoS};
 use serde_json::{Value, json};
 
-/// What `neoflix fleet` was asked.
+/// `neoflix fleet`'s options.
+#[derive(clap::Args)]
 pub struct Args {
-    pub broker: String,
-    pub ca: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    pub prefix: String,
-    pub once: bool,
-    pub json: bool,
+    /// The broker: `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
+    #[arg(long)]
+    broker: String,
+    /// CA certificate of the broker (mqtts).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Client certificate (mutual TLS).
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client key (mutual TLS).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Topic prefix.
+    #[arg(long, default_value = "neoflix")]
+    prefix: String,
+    /// Print once and exit.
+    #[arg(long)]
+    once: bool,
+    /// With --once: a JSON array, one object per device.
+    #[arg(long, requires = "once")]
+    json: bool,
 }
 
 /// A status older than this is shown as stale: the box publishes at least every few minutes.
@@ -113,11 +128,7 @@ fn table(devices: &BTreeMap<String, Value>) -> String {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     neoflix_config::check_topic_prefix(&a.prefix).map_err(anyhow::Error::msg)?;
-    let identity = match (a.cert, a.key) {
-        (Some(c), Some(k)) => Some((c, k)),
-        (None, None) => None,
-        _ => bail!("--cert and --key go together"),
-    };
+    let identity = a.cert.zip(a.key);
     let broker = neoflix_mqtt::Broker::new(&a.broker, a.ca, identity)?;
     let mut opts = broker.options(&format!("neoflix-fleet-{}", std::process::id()))?;
     opts.set_keep_alive(Duration::from_secs(10));

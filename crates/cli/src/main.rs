@@ -70,29 +70,7 @@ enum Command {
     },
     /// Every room box's status from the department's MQTT broker: a table that refreshes in
     /// place, or `--once --json` for scripts.
-    Fleet {
-        /// The broker: `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
-        #[arg(long)]
-        broker: String,
-        /// CA certificate of the broker (mqtts).
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        /// Client certificate (mutual TLS).
-        #[arg(long)]
-        cert: Option<PathBuf>,
-        /// Client key (mutual TLS).
-        #[arg(long)]
-        key: Option<PathBuf>,
-        /// Topic prefix.
-        #[arg(long, default_value = "neoflix")]
-        prefix: String,
-        /// Print once and exit.
-        #[arg(long)]
-        once: bool,
-        /// With --once: a JSON array, one object per device.
-        #[arg(long, requires = "once")]
-        json: bool,
-    },
+    Fleet(fleet::Args),
     /// A small private CA for departments without one.
     Pki {
         #[command(subcommand)]
@@ -422,24 +400,7 @@ fn main() -> ExitCode {
             action: ConfigAction::Validate { file },
         } => config_validate(&file),
         Command::Pki { action } => pki(action).map(|()| ExitCode::SUCCESS),
-        Command::Fleet {
-            broker,
-            ca,
-            cert,
-            key,
-            prefix,
-            once,
-            json,
-        } => fleet::run(fleet::Args {
-            broker,
-            ca,
-            cert,
-            key,
-            prefix,
-            once,
-            json,
-        })
-        .map(|()| ExitCode::SUCCESS),
+        Command::Fleet(args) => fleet::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
