@@ -101,7 +101,8 @@ pub enum Role {
 }
 
 impl Role {
-    fn name(self) -> &'static str {
+    /// Its name in the status and the config.
+    pub fn name(self) -> &'static str {
         match self {
             Role::Pedal => "pedal",
             Role::PrivacySwitch => "privacy_switch",

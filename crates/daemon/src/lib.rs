@@ -265,25 +265,20 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         ))
     });
     let mut device_tasks = Vec::new();
-    if let Some(p) = &cfg.pedal {
-        devices.set("pedal", "starting");
-        device_tasks.push(tokio::spawn(devices::watch_gpio(
-            devices::Role::Pedal,
-            p.clone(),
-            devices.clone(),
-            tx.clone(),
-            stop_rx.clone(),
-        )));
-    }
-    if let Some(p) = &cfg.privacy_switch {
-        devices.set("privacy_switch", "starting");
-        device_tasks.push(tokio::spawn(devices::watch_gpio(
-            devices::Role::PrivacySwitch,
-            p.clone(),
-            devices.clone(),
-            tx.clone(),
-            stop_rx.clone(),
-        )));
+    for (line, role) in [
+        (&cfg.pedal, devices::Role::Pedal),
+        (&cfg.privacy_switch, devices::Role::PrivacySwitch),
+    ] {
+        if let Some(line) = line {
+            devices.set(role.name(), "starting");
+            device_tasks.push(tokio::spawn(devices::watch_gpio(
+                role,
+                line.clone(),
+                devices.clone(),
+                tx.clone(),
+                stop_rx.clone(),
+            )));
+        }
     }
     if let (Some(f), Some(key)) = (&cfg.foot_switch, foot_key) {
         devices.set("foot_switch", "starting");
