@@ -130,6 +130,10 @@ fn status_is_retained_and_commands_drive_the_recorder() {
     p.publish(&cmd, br#"{"cmd":"explode","request_id":"bad1"}"#, false);
     p.publish(&cmd, br#"{"cmd":"start","request_id":"bad2"}"#, false);
     p.publish(&cmd, br#"{"cmd":"privacy","request_id":"bad3"}"#, false);
+    // A long unknown command with a multi-byte character across byte 64: once a panic in the
+    // parser that killed the command task, so every later command was answered "busy".
+    let multibyte = format!(r#"{{"cmd":"{}é","request_id":"bad4"}}"#, "a".repeat(63));
+    p.publish(&cmd, multibyte.as_bytes(), false);
     let big = format!(
         r#"{{"cmd":"mark","request_id":"big","label":"{}"}}"#,
         "x".repeat(20_000)
@@ -175,6 +179,20 @@ fn status_is_retained_and_commands_drive_the_recorder() {
     );
     assert!(
         r.json["error"].as_str().unwrap().contains("malformed"),
+        "{}",
+        r.json
+    );
+    let r = p.wait(
+        &reply,
+        "reply to a long multi-byte command",
+        Duration::from_secs(10),
+        reply_to("bad4"),
+    );
+    assert!(
+        r.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown command"),
         "{}",
         r.json
     );

@@ -15,12 +15,8 @@ impl<'kvs> log::kv::VisitSource<'kvs> for Fields {
         key: log::kv::Key<'kvs>,
         value: log::kv::Value<'kvs>,
     ) -> Result<(), log::kv::Error> {
-        let v = value.to_string();
-        if v.contains(' ') || v.is_empty() {
-            self.0.push_str(&format!(" {key}={v:?}"));
-        } else {
-            self.0.push_str(&format!(" {key}={v}"));
-        }
+        self.0
+            .push_str(&format!(" {key}={}", field_value(&value.to_string())));
         Ok(())
     }
 }
@@ -40,10 +36,79 @@ impl Log for Stderr {
             Level::Debug => "DEBUG",
             Level::Trace => "TRACE",
         };
-        eprintln!("{level} {}{}", record.args(), fields.0);
+        eprintln!(
+            "{level} {}{}",
+            escape_controls(&record.args().to_string()),
+            fields.0
+        );
     }
 
     fn flush(&self) {}
+}
+
+/// A field value as one token: quoted and escaped when it could be read as more than one
+/// (spaces, quotes, `=`) or hides control characters. Values often come from outside (a
+/// certificate's CN, an MQTT topic, a file name): a newline in one must not forge a log line.
+fn field_value(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.is_empty()
+        || v.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '=')
+    {
+        format!("{v:?}").into()
+    } else {
+        v.into()
+    }
+}
+
+/// The message with control characters escaped (`\n`, `\u{1b}`), so text from outside that ends
+/// up in a message (an error from a peer, a path) cannot start a line of its own or drive the
+/// terminal.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
+    }
+}
+
+/// Hands records to the journal with control characters in the message escaped; fields go as
+/// journal fields, which hold any bytes without ambiguity.
+struct Escaping<L>(L);
+
+impl<L: Log> Log for Escaping<L> {
+    fn enabled(&self, m: &Metadata) -> bool {
+        self.0.enabled(m)
+    }
+
+    fn log(&self, record: &Record) {
+        let message = record.args().to_string();
+        match escape_controls(&message) {
+            std::borrow::Cow::Borrowed(_) => self.0.log(record),
+            std::borrow::Cow::Owned(escaped) => self.0.log(
+                &Record::builder()
+                    .args(format_args!("{escaped}"))
+                    .metadata(record.metadata().clone())
+                    .module_path(record.module_path())
+                    .file(record.file())
+                    .line(record.line())
+                    .key_values(record.key_values())
+                    .build(),
+            ),
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush()
+    }
 }
 
 /// Installs the logger: the journal when stderr is connected to it, stderr otherwise. The level
@@ -57,7 +122,9 @@ pub fn init(program: &str) {
         .then(|| systemd_journal_logger::JournalLog::new().ok())
         .flatten();
     let installed = match journal {
-        Some(j) => j.with_syslog_identifier(program.to_string()).install(),
+        Some(j) => log::set_boxed_logger(Box::new(Escaping(
+            j.with_syslog_identifier(program.to_string()),
+        ))),
         None => log::set_boxed_logger(Box::new(Stderr)),
     };
     if installed.is_ok() {
@@ -79,5 +146,27 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outside_text_cannot_forge_a_line() {
+        assert_eq!(field_value("room-1"), "room-1");
+        assert_eq!(field_value(""), "\"\"");
+        assert_eq!(
+            field_value("evil\nINFO forged peer=admin"),
+            "\"evil\\nINFO forged peer=admin\""
+        );
+        assert_eq!(field_value("a=b"), "\"a=b\"");
+        assert_eq!(field_value("tab\there"), "\"tab\\there\"");
+        assert_eq!(escape_controls("plain"), "plain");
+        assert_eq!(
+            escape_controls("bad\nINFO forged\u{1b}[2J"),
+            "bad\\nINFO forged\\u{1b}[2J"
+        );
     }
 }

@@ -169,7 +169,7 @@ pub fn parse_command(payload: &[u8], device: &str) -> Result<Command, CommandErr
     if let Some(d) = &raw.device
         && d != device
     {
-        return Err(CommandError::WrongDevice(d.clone()));
+        return Err(CommandError::WrongDevice(shorten(d)));
     }
     let only = |field: &str, present: bool| {
         if present {
@@ -209,16 +209,22 @@ pub fn parse_command(payload: &[u8], device: &str) -> Result<Command, CommandErr
                 })?,
             }
         }
-        other => {
-            let mut name = other.to_string();
-            name.truncate(64);
-            return Err(CommandError::Unknown(name));
-        }
+        other => return Err(CommandError::Unknown(shorten(other))),
     };
     Ok(Command {
         request_id: raw.request_id,
         action,
     })
+}
+
+/// Cuts a name taken from a command to 64 characters (not bytes: a byte index can fall inside a
+/// multi-byte character), so a reply or a log line never echoes kilobytes back.
+fn shorten(name: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    match name.char_indices().nth(MAX_CHARS) {
+        Some((cut, _)) => format!("{}…", &name[..cut]),
+        None => name.to_string(),
+    }
 }
 
 /// The answer to a command, on `<prefix>/<device>/reply`.
@@ -582,6 +588,26 @@ mod tests {
         assert_eq!(
             CommandError::request_id_of(br#"{"cmd":"explode","request_id":"r9"}"#),
             Some("r9".into())
+        );
+    }
+
+    #[test]
+    fn long_names_are_cut_on_character_boundaries() {
+        // 63 ASCII bytes then a 2-byte 'é' straddling byte 64: a byte-index cut panicked here.
+        let cmd = format!(r#"{{"cmd":"{}é"}}"#, "a".repeat(63));
+        assert_eq!(
+            parse_command(cmd.as_bytes(), "room-1").unwrap_err(),
+            CommandError::Unknown("a".repeat(63) + "é")
+        );
+        let long = format!(r#"{{"cmd":"{}"}}"#, "é".repeat(100));
+        assert_eq!(
+            parse_command(long.as_bytes(), "room-1").unwrap_err(),
+            CommandError::Unknown("é".repeat(64) + "…")
+        );
+        let device = format!(r#"{{"cmd":"ping","device":"{}"}}"#, "д".repeat(200));
+        assert_eq!(
+            parse_command(device.as_bytes(), "room-1").unwrap_err(),
+            CommandError::WrongDevice("д".repeat(64) + "…")
         );
     }
 
