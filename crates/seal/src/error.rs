@@ -28,6 +28,17 @@ pub enum SealError {
         /// Length actually present.
         found: u64,
     },
+    /// The header announces more plaintext than an object may hold ([`crate::object::MAX_PLAINTEXT_LEN`]):
+    /// a damaged or crafted file. Refused before anything is sized from the announced length.
+    #[error(
+        "the header announces {plaintext_len} bytes of plaintext, more than the {max} an object may hold: the file is damaged or crafted"
+    )]
+    Oversized {
+        /// Plaintext length the header announces.
+        plaintext_len: u64,
+        /// The largest this program accepts.
+        max: u64,
+    },
     /// The wrapped key failed to open: wrong department key, or a key record that belongs to a
     /// different object, or one that was altered.
     #[error(

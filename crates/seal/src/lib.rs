@@ -35,7 +35,9 @@ pub mod wrap;
 
 pub use error::SealError;
 pub use keys::{DepartmentPublicKey, DepartmentSecretKey, KeyId};
-pub use object::{CHUNK_SIZE, HEADER_LEN, Header, Kind, ObjectId, open, parse_header, seal};
+pub use object::{
+    CHUNK_SIZE, HEADER_LEN, Header, Kind, MAX_PLAINTEXT_LEN, ObjectId, open, parse_header, seal,
+};
 pub use wrap::{DataKey, WRAPPED_KEY_LEN, WrappedKey};
 
 /// SHA-256 of `bytes` as lowercase hex, the form used in manifests and on the wire.

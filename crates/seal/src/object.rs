@@ -13,6 +13,9 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 56;
 /// Plaintext bytes per STREAM chunk; each chunk adds a 16-byte tag.
 pub const CHUNK_SIZE: u32 = 64 * 1024;
+/// The most plaintext one object may hold: 1 GiB, far above a 10-second fragment at any bitrate
+/// a room box encodes. A header announcing more is refused before anything is sized from it.
+pub const MAX_PLAINTEXT_LEN: u64 = 1 << 30;
 const TAG_LEN: u64 = 16;
 const NONCE_PREFIX_LEN: usize = 7;
 
@@ -57,10 +60,21 @@ pub struct Header {
 }
 
 impl Header {
-    /// Total sealed length implied by the header.
-    pub fn sealed_len(&self) -> u64 {
-        let chunks = chunk_count(self.plaintext_len);
-        HEADER_LEN as u64 + self.plaintext_len + chunks * TAG_LEN
+    /// Total sealed length implied by the header; an error when the announced plaintext length
+    /// is beyond [`MAX_PLAINTEXT_LEN`] (the header's fields are outside data: the sum must not wrap).
+    pub fn sealed_len(&self) -> Result<u64, SealError> {
+        let oversized = SealError::Oversized {
+            plaintext_len: self.plaintext_len,
+            max: MAX_PLAINTEXT_LEN,
+        };
+        if self.plaintext_len > MAX_PLAINTEXT_LEN {
+            return Err(oversized);
+        }
+        chunk_count(self.plaintext_len)
+            .checked_mul(TAG_LEN)
+            .and_then(|tags| tags.checked_add(self.plaintext_len))
+            .and_then(|n| n.checked_add(HEADER_LEN as u64))
+            .ok_or(oversized)
     }
 
     fn nonce_prefix(&self) -> [u8; NONCE_PREFIX_LEN] {
@@ -77,6 +91,10 @@ fn chunk_count(plaintext_len: u64) -> u64 {
 
 /// Seals `plaintext` under a fresh random data key; returns the key (RAM only) and the sealed bytes.
 pub fn seal(id: &ObjectId, plaintext: &[u8]) -> Result<(DataKey, Vec<u8>), SealError> {
+    // Readers refuse larger objects, so writing one would only make video nobody can open.
+    if plaintext.len() as u64 > MAX_PLAINTEXT_LEN {
+        return Err(SealError::TooLarge);
+    }
     let key = DataKey::generate()?;
     let mut prefix = [0u8; NONCE_PREFIX_LEN];
     getrandom::fill(&mut prefix).map_err(|e| SealError::Random(e.to_string()))?;
@@ -149,7 +167,7 @@ pub fn parse_header(sealed: &[u8]) -> Result<Header, SealError> {
     raw.copy_from_slice(&sealed[..HEADER_LEN]);
     let mut stream = [0u8; 16];
     stream.copy_from_slice(&raw[8..24]);
-    Ok(Header {
+    let header = Header {
         id: ObjectId {
             stream,
             seq: u64::from_be_bytes(raw[24..32].try_into().expect("8 bytes")),
@@ -157,13 +175,16 @@ pub fn parse_header(sealed: &[u8]) -> Result<Header, SealError> {
         },
         plaintext_len: u64::from_be_bytes(raw[32..40].try_into().expect("8 bytes")),
         raw,
-    })
+    };
+    // A header whose sizes cannot be computed is refused here, so no caller ever sees one.
+    header.sealed_len()?;
+    Ok(header)
 }
 
 /// Opens a sealed object: checks its header, its length and every chunk's tag.
 pub fn open(key: &DataKey, sealed: &[u8]) -> Result<(Header, Vec<u8>), SealError> {
     let header = parse_header(sealed)?;
-    let expected = header.sealed_len();
+    let expected = header.sealed_len()?;
     if expected != sealed.len() as u64 {
         return Err(SealError::Length {
             expected,
@@ -176,11 +197,16 @@ pub fn open(key: &DataKey, sealed: &[u8]) -> Result<(Header, Vec<u8>), SealError
     let body = &sealed[HEADER_LEN..];
     let sealed_chunk = CHUNK_SIZE as usize + TAG_LEN as usize;
     let pieces: Vec<&[u8]> = body.chunks(sealed_chunk).collect();
-    debug_assert_eq!(pieces.len() as u64, chunk_count(header.plaintext_len));
+    if pieces.len() as u64 != chunk_count(header.plaintext_len) {
+        return Err(SealError::BadHeader(
+            "chunk count does not match the announced length",
+        ));
+    }
     let (last, rest) = pieces
         .split_last()
         .ok_or(SealError::BadHeader("no chunks after the header"))?;
-    let mut out = Vec::with_capacity(header.plaintext_len as usize);
+    // Sized by the bytes actually present, never by what the header announces.
+    let mut out = Vec::with_capacity(body.len());
     for (i, piece) in rest.iter().enumerate() {
         let pt = dec
             .decrypt_next(aead_payload(piece, &header.raw))
@@ -214,7 +240,7 @@ mod tests {
             let plain: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let (key, sealed) = seal(&id(9), &plain).unwrap();
             assert_eq!(
-                parse_header(&sealed).unwrap().sealed_len(),
+                parse_header(&sealed).unwrap().sealed_len().unwrap(),
                 sealed.len() as u64
             );
             let (h, back) = open(&key, &sealed).unwrap();
@@ -292,6 +318,44 @@ mod tests {
         ));
     }
 
+    /// Issue 8, item 4: a header announcing 0xfff000fff00100b8 bytes of plaintext in a 272-byte
+    /// object made the unchecked size arithmetic wrap to exactly 272, and opening then asked the
+    /// allocator for that many bytes (a panic, exit 101).
+    #[test]
+    fn a_length_that_wraps_the_sealed_size_is_refused_before_any_allocation() {
+        let (key, mut sealed) = seal(&id(7), &[1u8; 200]).unwrap();
+        assert_eq!(sealed.len(), 272);
+        sealed[32..40].copy_from_slice(&0xfff0_00ff_f001_00b8u64.to_be_bytes());
+        let err = open(&key, &sealed).unwrap_err();
+        assert!(err.to_string().contains("plaintext"), "{err}");
+        assert!(matches!(
+            parse_header(&sealed),
+            Err(SealError::Oversized {
+                plaintext_len: 0xfff0_00ff_f001_00b8,
+                max: MAX_PLAINTEXT_LEN
+            })
+        ));
+        // Lengths just past the limit, and the largest the field can hold, are refused the same
+        // way; the limit itself still computes.
+        for len in [MAX_PLAINTEXT_LEN + 1, u64::MAX - 55, u64::MAX] {
+            sealed[32..40].copy_from_slice(&len.to_be_bytes());
+            assert!(matches!(
+                open(&key, &sealed),
+                Err(SealError::Oversized { .. })
+            ));
+        }
+        sealed[32..40].copy_from_slice(&MAX_PLAINTEXT_LEN.to_be_bytes());
+        let h = parse_header(&sealed).unwrap();
+        assert_eq!(
+            h.sealed_len().unwrap(),
+            HEADER_LEN as u64 + MAX_PLAINTEXT_LEN + 16 * (MAX_PLAINTEXT_LEN / 65536)
+        );
+        assert!(matches!(
+            open(&key, &sealed),
+            Err(SealError::Length { found: 272, .. })
+        ));
+    }
+
     #[test]
     fn garbage_headers_are_named() {
         assert!(matches!(
@@ -351,6 +415,11 @@ mod robustness {
             }
             let cut = (rng(&mut seed) as usize) % (s.len() + 1);
             assert!(open(&key, &s[..cut]).is_err() || cut == s.len());
+            // Any announced length, however large, is an error and never an allocation.
+            let mut forged = sealed.clone();
+            let announced = rng(&mut seed) >> (rng(&mut seed) % 64);
+            forged[32..40].copy_from_slice(&announced.to_be_bytes());
+            assert!(open(&key, &forged).is_err() || announced == 300);
             let mut w = wrapped.as_bytes().to_vec();
             let pos = (rng(&mut seed) as usize) % w.len();
             w[pos] ^= 1 + (rng(&mut seed) as u8 % 255);
