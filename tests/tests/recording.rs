@@ -406,3 +406,159 @@ fn a_short_recording_has_its_preroll_and_plays() {
     assert_eq!((p.width, p.height, p.codec.as_str()), (320, 180, "h264"));
     assert_eq!(ffmpeg_errors(&out), "", "ffmpeg reported decode errors");
 }
+
+// ---- Opening hostile recordings (issue 8, items 4-6) ----------------------------------------
+
+/// Records about six seconds (SIGTERM finalizes it) and returns the recording directory.
+fn short_recording(lab: &Lab) -> std::path::PathBuf {
+    lab.config(CAPTURE_320, 3, "");
+    let mut d = lab.start();
+    d.wait_for("the control socket", Duration::from_secs(30), |_| true);
+    assert!(d.ctl(Request::Start {}).ok);
+    d.wait_for("6 s recorded", Duration::from_secs(60), |s| {
+        s.recording_secs.unwrap_or(0.0) >= 6.0
+    });
+    assert_eq!(d.terminate(), 0);
+    let rec = lab.recordings().pop().expect("a recording");
+    assert!(manifest(&rec).fragments.len() >= 6);
+    rec
+}
+
+/// A copy of the recording `rec`, to damage.
+fn copy_recording(lab: &Lab, rec: &Path, name: &str) -> std::path::PathBuf {
+    let copy = lab.path(name);
+    fs::create_dir_all(&copy).unwrap();
+    for e in fs::read_dir(rec).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    copy
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Edits `dir/manifest.json` and recomputes its hash chain the way someone who read
+/// `docs/sealed-format.md` would (independently of the store crate): what a forger can do.
+fn forge_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    use sha2::{Digest, Sha256};
+    let p = dir.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+    edit(&mut m);
+    let mut h: [u8; 32] = Sha256::new()
+        .chain_update(b"neoflix-chain-v1\0")
+        .chain_update(m["recording_id"].as_str().unwrap().as_bytes())
+        .finalize()
+        .into();
+    for (kind, list) in [(b'I', "init_segments"), (b'F', "fragments")] {
+        for o in m[list].as_array().unwrap() {
+            h = Sha256::new()
+                .chain_update(h)
+                .chain_update([kind])
+                .chain_update(o["index"].as_u64().unwrap().to_be_bytes())
+                .chain_update(o["sha256"].as_str().unwrap().as_bytes())
+                .chain_update(o["key_sha256"].as_str().unwrap().as_bytes())
+                .finalize()
+                .into();
+        }
+    }
+    m["chain"] = h
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into();
+    fs::write(&p, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+/// Replaces object `file` (and its key record) in `dir`, and forges the manifest to match.
+fn replace_object(dir: &Path, list: &str, index: usize, object: &[u8], record: &[u8]) {
+    let entry = |m: &serde_json::Value, f: &str| m[list][index][f].as_str().unwrap().to_string();
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    fs::write(dir.join(entry(&m, "file")), object).unwrap();
+    fs::write(dir.join(entry(&m, "key_file")), record).unwrap();
+    forge_manifest(dir, |m| {
+        let e = &mut m[list][index];
+        e["size"] = (object.len() as u64).into();
+        e["sha256"] = sha256_hex(object).into();
+        e["key_sha256"] = sha256_hex(record).into();
+    });
+}
+
+/// `neoflix verify` without and with the key, and `neoflix export`, on `dir`: (exit code,
+/// stdout + stderr) of each. An export that fails must leave no file behind.
+fn open_all_ways(lab: &Lab, dir: &Path) -> [(i32, String); 3] {
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let d = dir.to_str().unwrap();
+    let v = neoflix_e2e::neoflix(&["verify", d]);
+    let vk = neoflix_e2e::neoflix(&["verify", d, "--key", lab.key().to_str().unwrap()]);
+    let out = lab.path(&format!(
+        "{}.mp4",
+        dir.file_name().unwrap().to_string_lossy()
+    ));
+    let e = lab.export(dir, &out);
+    if !e.status.success() {
+        assert!(!out.exists(), "a failed export left {}", out.display());
+    }
+    [&v, &vk, &e].map(|o| (o.status.code().unwrap_or(-1), text(o)))
+}
+
+/// Issue 8, item 4: a header announcing 0xfff000fff00100b8 bytes of plaintext in a 272-byte
+/// object made the size arithmetic wrap to exactly 272; with a key record wrapped to the
+/// department's *public* key (anyone can make one: HPKE base mode does not authenticate the
+/// sender), opening reached an allocation of that size and the program aborted (exit 101).
+#[test]
+fn a_header_whose_length_wraps_is_a_named_error_not_an_abort() {
+    use hpke::{Deserializable, OpModeS, Serializable};
+    type Kem = hpke::kem::X25519HkdfSha256;
+    let lab = Lab::new();
+    let rec = short_recording(&lab);
+    let copy = copy_recording(&lab, &rec, "wrapped-length");
+
+    let genuine = fs::read(copy.join("frag-000002.nfx")).unwrap();
+    let mut header = genuine[..56].to_vec();
+    header[32..40].copy_from_slice(&0xfff0_00ff_f001_00b8u64.to_be_bytes());
+    let mut object = header.clone();
+    object.resize(272, 0xa5);
+    let public = neoflix_seal::DepartmentPublicKey::from_file_text(
+        &fs::read_to_string(lab.path("keys/department.pub")).unwrap(),
+    )
+    .unwrap();
+    let public = <Kem as hpke::Kem>::PublicKey::from_bytes(&public.to_bytes()).unwrap();
+    let (enc, ct) = hpke::single_shot_seal::<hpke::aead::AesGcm256, hpke::kdf::HkdfSha256, Kem>(
+        &OpModeS::Base,
+        &public,
+        b"neoflix key wrap v1",
+        &[7u8; 32],
+        &header,
+    )
+    .unwrap();
+    let mut record = b"NFXK\x01\0\0\0".to_vec();
+    record.extend_from_slice(&header);
+    record.extend_from_slice(&enc.to_bytes());
+    record.extend_from_slice(&ct);
+    assert_eq!(record.len(), 144);
+    replace_object(&copy, "fragments", 2, &object, &record);
+
+    let wrong: Vec<String> = ["verify", "verify --key", "export"]
+        .into_iter()
+        .zip(open_all_ways(&lab, &copy))
+        .filter(|(_, (code, text))| {
+            *code != 1
+                || !(text.contains("fragment 2 (frag-000002.nfx)") && text.contains("plaintext"))
+        })
+        .map(|(what, (code, text))| format!("{what}: exit code {code}: {text}"))
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}

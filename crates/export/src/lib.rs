@@ -223,8 +223,17 @@ fn assemble(
     let mut last_seq: Option<u64> = None;
     let result = (|| {
         for (done, e) in manifest.fragments.iter().enumerate() {
-            let init_index = e.init.unwrap_or(0);
-            let (init_header, init_plain) = &inits[init_index as usize];
+            // verify() checked every fragment names an init segment of this recording.
+            let Some((init_index, (init_header, init_plain))) = e
+                .init
+                .and_then(|i| Some((i, inits.get(usize::try_from(i).ok()?)?)))
+            else {
+                return Err(object_error(
+                    "fragment",
+                    e,
+                    "refers to no init segment of this recording",
+                ));
+            };
             let (header, mut plain) = open_object(dir, "fragment", e, key, Kind::Fragment)?;
             if header.id.stream != init_header.id.stream {
                 return Err(object_error(

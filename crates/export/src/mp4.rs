@@ -44,13 +44,18 @@ fn boxes(
             }
             s => (s, 8),
         };
-        if size < header as u64 || size > (data.len() - pos) as u64 {
+        // The size is outside data: it must fit what is left before it moves the cursor.
+        let end = usize::try_from(size)
+            .ok()
+            .filter(|&size| size >= header && size <= data.len() - pos)
+            .and_then(|size| pos.checked_add(size));
+        let Some(end) = end else {
             pos = data.len();
             return Some(Err(Mp4Error("box size exceeds its container")));
-        }
+        };
         let start = pos;
-        pos += size as usize;
-        Some(Ok((kind, start, start + header, pos)))
+        pos = end;
+        Some(Ok((kind, start, start + header, end)))
     })
 }
 

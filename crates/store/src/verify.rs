@@ -1,7 +1,10 @@
 //! Checking a recording against its manifest, without any key.
 
 use std::fs;
+use std::io::Read;
 use std::path::Path;
+
+use neoflix_seal::{HEADER_LEN, Header, Kind, ObjectId, WRAPPED_KEY_LEN, WrappedKey};
 
 use crate::manifest::{FORMAT, chain};
 use crate::{Manifest, ObjectEntry, StoreError};
@@ -11,6 +14,11 @@ use crate::{Manifest, ObjectEntry, StoreError};
 pub struct Verified {
     /// The manifest.
     pub manifest: Manifest,
+    /// What each init segment's header says it is (stream, sequence, kind), in manifest order.
+    /// Headers are readable without a key; they are authenticated only when the object opens.
+    pub init_ids: Vec<ObjectId>,
+    /// What each fragment's header says it is, in manifest order.
+    pub fragment_ids: Vec<ObjectId>,
 }
 
 /// Reads `dir/manifest.json`.
@@ -58,12 +66,53 @@ impl Digests for ReadAndHash {
     }
 }
 
+/// Reads the header of a sealed object and its key record, and checks what can be checked
+/// without a key: the header parses, announces exactly the object's size, is of the kind its
+/// list says, and the key record was written for this very header.
+fn read_header(dir: &Path, kind: Kind, e: &ObjectEntry) -> Result<Header, String> {
+    let mut raw = [0u8; HEADER_LEN];
+    fs::File::open(dir.join(&e.file))
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .map_err(|err| format!("{}: cannot read its header: {err}", e.file))?;
+    let header = neoflix_seal::parse_header(&raw).map_err(|err| err.to_string())?;
+    let announced = header.sealed_len().map_err(|err| err.to_string())?;
+    if announced != e.size {
+        return Err(format!(
+            "its header announces {announced} sealed bytes, the manifest and the file {}: damaged or crafted",
+            e.size
+        ));
+    }
+    if header.id.kind != kind {
+        return Err(format!(
+            "its header says it is {}",
+            match header.id.kind {
+                Kind::Init => "an init segment",
+                Kind::Fragment => "a fragment",
+            }
+        ));
+    }
+    // One byte more than a record may hold tells a longer file from an exact one.
+    let mut record = Vec::with_capacity(WRAPPED_KEY_LEN + 1);
+    fs::File::open(dir.join(&e.key_file))
+        .and_then(|f| f.take(WRAPPED_KEY_LEN as u64 + 1).read_to_end(&mut record))
+        .map_err(|err| format!("{}: {err}", e.key_file))?;
+    let wrapped =
+        WrappedKey::from_bytes(&record).map_err(|err| format!("{}: {err}", e.key_file))?;
+    if wrapped.object_header() != header.raw {
+        return Err(format!(
+            "{}: the key record was written for another object (its header differs)",
+            e.key_file
+        ));
+    }
+    Ok(header)
+}
+
 fn check(
     dir: &Path,
     kind: &str,
     e: &ObjectEntry,
     digests: &impl Digests,
-) -> Result<(), StoreError> {
+) -> Result<ObjectId, StoreError> {
     let err = |problem: String| StoreError::Object {
         object: describe(kind, e),
         file: e.file.clone(),
@@ -98,7 +147,12 @@ fn check(
             )));
         }
     }
-    Ok(())
+    let expect = if kind == "init segment" {
+        Kind::Init
+    } else {
+        Kind::Fragment
+    };
+    read_header(dir, expect, e).map(|h| h.id).map_err(err)
 }
 
 /// Checks every object's presence, size and SHA-256 and the hash chain. Needs no key: anyone
@@ -132,6 +186,7 @@ pub fn verify_manifest_with(
             found: m.chain.clone(),
         });
     }
+    let mut init_ids = Vec::with_capacity(m.init_segments.len());
     for (i, e) in m.init_segments.iter().enumerate() {
         if e.index != i as u64 {
             return Err(StoreError::Object {
@@ -140,8 +195,9 @@ pub fn verify_manifest_with(
                 problem: format!("listed at position {i}"),
             });
         }
-        check(dir, "init segment", e, digests)?;
+        init_ids.push(check(dir, "init segment", e, digests)?);
     }
+    let mut fragment_ids = Vec::with_capacity(m.fragments.len());
     for (i, e) in m.fragments.iter().enumerate() {
         if e.index != i as u64 {
             return Err(StoreError::Object {
@@ -150,8 +206,8 @@ pub fn verify_manifest_with(
                 problem: format!("listed at position {i}"),
             });
         }
-        match e.init {
-            Some(init) if (init as usize) < m.init_segments.len() => {}
+        match e.init.and_then(|i| usize::try_from(i).ok()) {
+            Some(init) if init < m.init_segments.len() => {}
             _ => {
                 return Err(StoreError::Object {
                     object: describe("fragment", e),
@@ -160,7 +216,120 @@ pub fn verify_manifest_with(
                 });
             }
         }
-        check(dir, "fragment", e, digests)?;
+        fragment_ids.push(check(dir, "fragment", e, digests)?);
     }
-    Ok(Verified { manifest: m })
+    Ok(Verified {
+        manifest: m,
+        init_ids,
+        fragment_ids,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{RecordingWriter, Ring};
+    use neoflix_seal::{DepartmentSecretKey, seal};
+    use std::time::{Duration, SystemTime};
+
+    /// A finalized recording of `streams`, each `(stream id, fragment sequence numbers)`.
+    fn recording(root: &Path, streams: &[([u8; 16], Vec<u64>)]) -> std::path::PathBuf {
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let (mut ring, _) =
+            Ring::open(&root.join("ring"), Duration::from_secs(1000), 1 << 30).unwrap();
+        let mut w = RecordingWriter::create(
+            &root.join("rec"),
+            "r",
+            "room",
+            "control",
+            &dept.public_key(),
+            SystemTime::now(),
+        )
+        .unwrap();
+        for (stream, seqs) in streams {
+            let id = |seq, kind| ObjectId {
+                stream: *stream,
+                seq,
+                kind,
+            };
+            let (k, s) = seal(&id(0, Kind::Init), b"ftyp").unwrap();
+            ring.begin_stream(*stream, &s, k).unwrap();
+            for &seq in seqs {
+                let (k, s) = seal(&id(seq, Kind::Fragment), &[seq as u8; 100]).unwrap();
+                ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
+                    .unwrap();
+                let entry = ring.take(seq).unwrap();
+                let init = ring.init(stream).unwrap();
+                w.claim(entry, &init, false).unwrap();
+            }
+        }
+        w.finalize("control", SystemTime::now()).unwrap();
+        root.join("rec/r")
+    }
+
+    /// Replaces fragment `i`'s sealed file and rewrites the manifest, chain included, to match:
+    /// what someone who knows the format can do without any key.
+    fn forge_fragment(dir: &Path, i: usize, bytes: &[u8]) {
+        let mut m = read_manifest(dir).unwrap();
+        fs::write(dir.join(&m.fragments[i].file), bytes).unwrap();
+        m.fragments[i].size = bytes.len() as u64;
+        m.fragments[i].sha256 = neoflix_seal::sha256_hex(bytes);
+        m.chain = chain(&m.recording_id, &m.init_segments, &m.fragments);
+        fs::write(dir.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    }
+
+    /// Issue 8, item 4: the header announcing 0xfff000fff00100b8 bytes of plaintext in a
+    /// 272-byte object is refused by name without any key (it used to verify as OK).
+    #[test]
+    fn a_header_whose_length_wraps_is_named_without_a_key() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = recording(t.path(), &[([1; 16], (0..4).collect())]);
+        let mut crafted = fs::read(dir.join("frag-000002.nfx")).unwrap()[..HEADER_LEN].to_vec();
+        crafted[32..40].copy_from_slice(&0xfff0_00ff_f001_00b8u64.to_be_bytes());
+        crafted.resize(272, 0);
+        forge_fragment(&dir, 2, &crafted);
+        let err = verify(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("fragment 2 (frag-000002.nfx)") && err.contains("plaintext"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn headers_that_disagree_with_the_manifest_are_named() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = recording(t.path(), &[([1; 16], (0..4).collect())]);
+        let v = verify(&dir).unwrap();
+        assert_eq!(
+            v.fragment_ids.iter().map(|id| id.seq).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        assert_eq!(v.init_ids[0].kind, Kind::Init);
+        let genuine = fs::read(dir.join("frag-000001.nfx")).unwrap();
+
+        // A header announcing one byte less than the file holds.
+        let mut shorter = genuine.clone();
+        shorter[39] -= 1;
+        forge_fragment(&dir, 1, &shorter);
+        let err = verify(&dir).unwrap_err().to_string();
+        assert!(err.contains("announces"), "{err}");
+
+        // An init segment listed as a fragment.
+        let init = fs::read(dir.join("init-000.nfx")).unwrap();
+        forge_fragment(&dir, 1, &init);
+        let err = verify(&dir).unwrap_err().to_string();
+        assert!(err.contains("says it is an init segment"), "{err}");
+
+        // Another fragment's (valid) object under this one's key record.
+        forge_fragment(&dir, 1, &fs::read(dir.join("frag-000003.nfx")).unwrap());
+        let err = verify(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("fragment 1 (frag-000001.nfx)") && err.contains("another object"),
+            "{err}"
+        );
+
+        // Back to the genuine bytes: whole again.
+        forge_fragment(&dir, 1, &genuine);
+        verify(&dir).unwrap();
+    }
 }
