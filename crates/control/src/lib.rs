@@ -11,7 +11,7 @@
 //! ```
 #![deny(missing_docs)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -190,25 +190,64 @@ pub enum ControlError {
     /// The exchange failed midway.
     #[error("control socket I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The daemon did not answer in time: it is stuck, or overloaded by other clients.
+    #[error("no answer from {} within {secs} s: neoflixd is busy or hung (see its log: journalctl -u neoflixd)", path.display())]
+    Timeout {
+        /// The socket.
+        path: PathBuf,
+        /// How long was waited.
+        secs: u64,
+    },
     /// The daemon's answer was not a reply.
     #[error("unreadable reply from neoflixd: {0}")]
     BadReply(String),
 }
 
-/// Sends one request and waits (up to 30 s) for its reply.
+/// How long [`call`] waits to connect (a daemon whose queue of connections is full makes
+/// `connect` block), to send, and for the reply.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends one request and waits (up to [`CALL_TIMEOUT`] for each step) for its reply.
 pub fn call(socket: &Path, request: &Request) -> Result<Reply, ControlError> {
-    let mut s = UnixStream::connect(socket).map_err(|source| ControlError::Connect {
+    let s = connect(socket, CALL_TIMEOUT).map_err(|source| ControlError::Connect {
         path: socket.to_owned(),
         source,
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let timed_out = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ControlError::Timeout {
+            path: socket.to_owned(),
+            secs: CALL_TIMEOUT.as_secs(),
+        },
+        _ => ControlError::Io(e),
+    };
+    s.set_read_timeout(Some(CALL_TIMEOUT))?;
+    s.set_write_timeout(Some(CALL_TIMEOUT))?;
     let mut line = serde_json::to_vec(request).expect("requests serialize");
     line.push(b'\n');
-    s.write_all(&line)?;
-    let mut reply = String::new();
-    BufReader::new(&s).read_line(&mut reply)?;
-    serde_json::from_str(&reply)
-        .map_err(|e| ControlError::BadReply(format!("{e}: {}", reply.trim())))
+    (&s).write_all(&line).map_err(timed_out)?;
+    let mut reply = Vec::new();
+    // A reply is a status at most; a peer that sends more is not neoflixd.
+    BufReader::new(&s)
+        .take(1 << 20)
+        .read_until(b'\n', &mut reply)
+        .map_err(timed_out)?;
+    serde_json::from_slice(&reply).map_err(|e| {
+        ControlError::BadReply(format!(
+            "{e}: {}",
+            String::from_utf8_lossy(&reply).trim().escape_debug()
+        ))
+    })
+}
+
+/// Connects with a timeout: Linux makes a blocking `connect` on a Unix socket wait, without
+/// limit, while the listener's backlog is full; the send timeout bounds that wait.
+fn connect(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    // socket2 opens sockets close-on-exec.
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.set_write_timeout(Some(timeout))?;
+    socket.connect(&SockAddr::unix(path)?)?;
+    Ok(UnixStream::from(std::os::fd::OwnedFd::from(socket)))
 }
 
 #[cfg(test)]

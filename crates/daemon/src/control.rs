@@ -18,6 +18,13 @@ use crate::engine::Input;
 const MAX_LINE: usize = 4096;
 /// Clients served at once; more wait for a place.
 const MAX_CLIENTS: usize = 8;
+/// Connections held at once, served or waiting for a place; past that a connection is answered
+/// "busy" and closed at once, so a flood of connections costs a bounded amount of memory.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a connection may sit without sending a whole request (or reading its reply), and how
+/// long one waits for a place. `neoflix ctl` waits 30 s, so idle clients are gone well before a
+/// real one gives up.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds the socket (replacing a stale one) with mode 0660.
 pub fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
@@ -45,17 +52,32 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let held = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let Ok(permit) = slots.clone().acquire_owned().await else { break };
-                    let inbox = inbox.clone();
-                    let stop = stop.clone();
+                    // The accept loop never waits: waiting for a place happens in the
+                    // connection's own task, bounded in time and in number.
+                    let Ok(connection) = held.clone().try_acquire_owned() else {
+                        log::warn!(limit = MAX_CONNECTIONS; "control socket: too many connections, one refused");
+                        let _ = stream.try_write(&reply_line(&busy()));
+                        continue;
+                    };
+                    let (slots, inbox, mut stop) = (slots.clone(), inbox.clone(), stop.clone());
                     tokio::spawn(async move {
-                        client(stream, inbox, stop).await;
-                        drop(permit);
+                        let place = tokio::select! {
+                            _ = stop.changed() => return,
+                            p = tokio::time::timeout(IDLE_TIMEOUT, slots.acquire_owned()) => p,
+                        };
+                        match place {
+                            Ok(Ok(_place)) => client(stream, inbox, stop).await,
+                            _ => {
+                                let _ = stream.try_write(&reply_line(&busy()));
+                            }
+                        }
+                        drop(connection);
                     });
                 }
                 Err(e) => {
@@ -67,47 +89,93 @@ pub async fn serve(
     }
 }
 
+fn busy() -> Reply {
+    Reply::error(format!(
+        "busy: {MAX_CLIENTS} clients are being served; try again"
+    ))
+}
+
+fn reply_line(reply: &Reply) -> Vec<u8> {
+    let mut out = serde_json::to_vec(reply).expect("replies serialize");
+    out.push(b'\n');
+    out
+}
+
+/// Why a line is not a request, or the request.
+fn parse_line(line: &[u8]) -> Result<Request, String> {
+    if line.len() > MAX_LINE {
+        return Err(format!("request longer than {MAX_LINE} bytes"));
+    }
+    let text = std::str::from_utf8(line).map_err(|e| {
+        format!(
+            "request is not UTF-8 text (invalid byte at offset {}); send one JSON object per line",
+            e.valid_up_to()
+        )
+    })?;
+    serde_json::from_str::<Request>(text.trim()).map_err(|e| {
+        format!(
+            "not a control request ({e}); send one JSON object per line, e.g. {{\"cmd\":\"status\"}}"
+        )
+    })
+}
+
 async fn client(stream: UnixStream, inbox: mpsc::Sender<Input>, mut stop: watch::Receiver<bool>) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
         line.clear();
         let mut limited = (&mut reader).take(MAX_LINE as u64 + 1);
         let n = tokio::select! {
             _ = stop.changed() => return,
-            n = limited.read_line(&mut line) => match n { Ok(n) => n, Err(_) => return },
+            n = tokio::time::timeout(IDLE_TIMEOUT, limited.read_until(b'\n', &mut line)) => match n {
+                Ok(Ok(n)) => n,
+                // An I/O error, or idle too long: the place goes to someone else.
+                _ => return,
+            },
         };
         if n == 0 {
             return;
         }
         let too_long = line.len() > MAX_LINE;
-        let reply = if too_long {
-            Reply::error(format!("request longer than {MAX_LINE} bytes"))
-        } else {
-            match serde_json::from_str::<Request>(line.trim()) {
-                Err(e) => Reply::error(format!(
-                    "not a control request ({e}); send one JSON object per line, e.g. {{\"cmd\":\"status\"}}"
-                )),
-                Ok(req) => {
-                    let (tx, rx) = oneshot::channel();
-                    if inbox
-                        .send(Input::Request(req, Trigger::Control, tx))
-                        .await
-                        .is_err()
-                    {
-                        Reply::error("neoflixd is shutting down")
-                    } else {
-                        rx.await
-                            .unwrap_or_else(|_| Reply::error("neoflixd is shutting down"))
-                    }
+        let reply = match parse_line(&line) {
+            Err(refusal) => Reply::error(refusal),
+            Ok(req) => {
+                let (tx, rx) = oneshot::channel();
+                if inbox
+                    .send(Input::Request(req, Trigger::Control, tx))
+                    .await
+                    .is_err()
+                {
+                    Reply::error("neoflixd is shutting down")
+                } else {
+                    rx.await
+                        .unwrap_or_else(|_| Reply::error("neoflixd is shutting down"))
                 }
             }
         };
-        let mut out = serde_json::to_vec(&reply).expect("replies serialize");
-        out.push(b'\n');
-        if write.write_all(&out).await.is_err() || too_long {
+        let sent = tokio::time::timeout(IDLE_TIMEOUT, write.write_all(&reply_line(&reply))).await;
+        if !matches!(sent, Ok(Ok(()))) || too_long {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_checked_before_they_are_read_as_requests() {
+        assert_eq!(
+            parse_line(b"{\"cmd\":\"status\"}\n"),
+            Ok(Request::Status {})
+        );
+        let e = parse_line(b"{\"cmd\":\"st\xffatus\"}\n").unwrap_err();
+        assert!(e.contains("not UTF-8 text (invalid byte at offset 10)"));
+        let e = parse_line(&vec![b'a'; MAX_LINE + 1]).unwrap_err();
+        assert!(e.contains("longer than 4096"));
+        let e = parse_line(b"{\"cmd\":\"explode\"}").unwrap_err();
+        assert!(e.contains("not a control request"));
     }
 }
