@@ -245,6 +245,11 @@ impl Lab {
 
     /// Writes the ingest config (storage in `<lab>/server`) on a free loopback port.
     pub fn ingest_config(&self, max_object_bytes: u64) -> Ingest {
+        self.ingest_config_with(max_object_bytes, "")
+    }
+
+    /// [`Lab::ingest_config`] with `extra` TOML appended (a `[limits]` section, say).
+    pub fn ingest_config_with(&self, max_object_bytes: u64, extra: &str) -> Ingest {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -255,7 +260,7 @@ impl Lab {
         std::fs::write(
             &cfg,
             format!(
-                "listen = \"127.0.0.1:{port}\"\n[tls]\ncert = \"{c}/127.0.0.1.crt\"\nkey = \"{c}/127.0.0.1.key\"\nclient_ca = \"{c}/ca.crt\"\ncrl = \"{c}/ca.crl\"\n[storage]\ndir = \"{s}\"\nmax_object_bytes = {max_object_bytes}\n",
+                "listen = \"127.0.0.1:{port}\"\n[tls]\ncert = \"{c}/127.0.0.1.crt\"\nkey = \"{c}/127.0.0.1.key\"\nclient_ca = \"{c}/ca.crt\"\ncrl = \"{c}/ca.crl\"\n[storage]\ndir = \"{s}\"\nmax_object_bytes = {max_object_bytes}\n{extra}\n",
                 c = ca.display(),
                 s = self.path("server").display()
             ),
@@ -327,6 +332,87 @@ impl Ingest {
             c.kill().unwrap();
             c.wait().unwrap();
         }
+    }
+
+    /// Runs the server on its config expecting it to refuse to start: returns its exit code and
+    /// stderr. Panics if it is still running after 20 s.
+    pub fn start_expecting_exit(&self) -> (i32, String) {
+        let mut child = command("neoflix-ingest")
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("neoflix-ingest starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let code = loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                break st.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("neoflix-ingest kept running on {}", self.config.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        use std::io::Read;
+        let _ = child.stderr.take().expect("piped").read_to_string(&mut err);
+        (code, err)
+    }
+}
+
+/// A raw mutual-TLS connection to the ingest server as the device `ca/<name>.crt`: for requests
+/// curl will not make (a malformed chunked body, a body that trickles).
+pub struct RawTls(rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>);
+
+impl RawTls {
+    /// Connects and completes the handshake.
+    pub fn connect(lab: &Lab, ingest: &Ingest, name: &str) -> std::io::Result<RawTls> {
+        let ca = lab.path("ca");
+        let cfg = neoflix_pki::client_tls(
+            &ca.join("ca.crt"),
+            Some((
+                &ca.join(format!("{name}.crt")),
+                &ca.join(format!("{name}.key")),
+            )),
+        )
+        .map_err(std::io::Error::other)?;
+        let server = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("an IP name");
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), server)
+            .map_err(std::io::Error::other)?;
+        let tcp = std::net::TcpStream::connect(&ingest.addr)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock)?;
+        }
+        Ok(RawTls(s))
+    }
+
+    /// Writes `bytes` and flushes them onto the wire.
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.0.write_all(bytes)?;
+        self.0.flush()
+    }
+
+    /// Reads the response's status code (and whatever follows, until the server closes or
+    /// `limit` passes); `None` when the connection ended without one.
+    pub fn status(&mut self, limit: Duration) -> Option<u16> {
+        use std::io::Read;
+        self.0.sock.set_read_timeout(Some(limit)).ok()?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(2).any(|w| w == b"\r\n") {
+            match self.0.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let line = String::from_utf8_lossy(&got);
+        line.split_whitespace().nth(1)?.parse().ok()
     }
 }
 

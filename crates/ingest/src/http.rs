@@ -1,7 +1,7 @@
 //! The upload protocol's routes (see `docs/upload-protocol.md`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -9,16 +9,17 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::limits::RateGuard;
 use crate::storage::{Storage, StorageError, Stored, Upload};
 
 /// Largest manifest accepted (a 24 h recording of 1 s fragments is about 4 MB of JSON).
-const MAX_MANIFEST: u64 = 16 * 1024 * 1024;
+pub const MAX_MANIFEST: u64 = 16 * 1024 * 1024;
 /// A body that sends nothing for this long is abandoned.
 const BODY_IDLE: Duration = Duration::from_secs(60);
 /// Bytes gathered before one blocking write.
 const WRITE_BATCH: usize = 256 * 1024;
 
-/// Per-connection context: who is talking.
+/// Per-connection context: who is talking, and the limits that apply.
 pub struct Ctx {
     /// The storage tree.
     pub store: Arc<Storage>,
@@ -26,6 +27,74 @@ pub struct Ctx {
     pub device: String,
     /// The peer address, for logs.
     pub peer: String,
+    /// The minimum body rate and its grace.
+    pub rate: RateLimit,
+}
+
+/// `limits.min_bytes_per_sec` and `limits.rate_grace_secs`.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    /// Slowest accepted body, bytes per second averaged since its start.
+    pub min_bytes_per_sec: u64,
+    /// Time before the rate applies.
+    pub grace: Duration,
+}
+
+/// Why a request body was not received whole.
+enum Refusal {
+    /// Storing it failed or was refused.
+    Storage(StorageError),
+    /// It fell below the minimum rate.
+    TooSlow(u64),
+    /// Nothing arrived for [`BODY_IDLE`].
+    Idle,
+    /// It is malformed (bad chunked framing) or ended early: the client's fault.
+    Body(String),
+}
+
+impl From<StorageError> for Refusal {
+    fn from(e: StorageError) -> Self {
+        Refusal::Storage(e)
+    }
+}
+
+fn refusal(r: Refusal) -> Response<Full<Bytes>> {
+    match r {
+        Refusal::Storage(e) => storage_error(e),
+        Refusal::TooSlow(rate) => error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("request body slower than {rate} bytes/s (limits.min_bytes_per_sec): cut"),
+        ),
+        Refusal::Idle => error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body sent nothing for {} s: cut",
+                BODY_IDLE.as_secs()
+            ),
+        ),
+        Refusal::Body(m) => error(
+            StatusCode::BAD_REQUEST,
+            format!("malformed or incomplete request body: {m}"),
+        ),
+    }
+}
+
+/// The next frame of `body`, or why none came in time: the rate rule's deadline or the idle
+/// limit, whichever is first.
+async fn next_frame(
+    body: &mut Incoming,
+    guard: &RateGuard,
+    rate: u64,
+) -> Result<Option<hyper::body::Frame<Bytes>>, Refusal> {
+    let idle = tokio::time::Instant::now() + BODY_IDLE;
+    let slow = tokio::time::Instant::from_std(guard.deadline());
+    match tokio::time::timeout_at(idle.min(slow), body.frame()).await {
+        Err(_) if slow <= idle => Err(Refusal::TooSlow(rate)),
+        Err(_) => Err(Refusal::Idle),
+        Ok(None) => Ok(None),
+        Ok(Some(Err(e))) => Err(Refusal::Body(e.to_string())),
+        Ok(Some(Ok(f))) => Ok(Some(f)),
+    }
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -59,6 +128,17 @@ fn storage_error(e: StorageError) -> Resp {
         log::error!("storage: {e}");
     }
     error(status, e.to_string())
+}
+
+/// The answer to every request on a connection over `limits.max_connections_per_device`.
+pub fn too_many_connections() -> Resp {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many connections from this device (limits.max_connections_per_device): close some and retry",
+    );
+    r.headers_mut()
+        .insert("retry-after", hyper::header::HeaderValue::from_static("5"));
+    r
 }
 
 /// Parses `Content-Digest: sha-256=:<base64>:` (RFC 9530).
@@ -100,26 +180,23 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Streams the body into an upload, in batches written off the runtime.
-async fn receive(mut body: Incoming, mut up: Upload, max: u64) -> Result<Upload, StorageError> {
+async fn receive(
+    mut body: Incoming,
+    mut up: Upload,
+    max: u64,
+    rate: RateLimit,
+) -> Result<Upload, Refusal> {
+    let mut guard = RateGuard::new(Instant::now(), rate.grace, rate.min_bytes_per_sec);
     let mut batch = Vec::with_capacity(WRITE_BATCH);
-    loop {
-        let frame = match tokio::time::timeout(BODY_IDLE, body.frame()).await {
-            Err(_) => {
-                return Err(StorageError::Io(std::io::Error::other(
-                    "client sent nothing for 60 s",
-                )));
-            }
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                return Err(StorageError::Io(std::io::Error::other(format!(
-                    "body: {e}"
-                ))));
-            }
-            Ok(Some(Ok(f))) => f,
-        };
+    while let Some(frame) = next_frame(&mut body, &guard, rate.min_bytes_per_sec).await? {
         if let Ok(data) = frame.into_data() {
-            if up.size() + (batch.len() + data.len()) as u64 > max {
-                return Err(StorageError::TooLarge(max));
+            guard.received(data.len() as u64);
+            let total = up
+                .size()
+                .checked_add((batch.len() + data.len()) as u64)
+                .ok_or(StorageError::TooLarge(max))?;
+            if total > max {
+                return Err(StorageError::TooLarge(max).into());
             }
             batch.extend_from_slice(&data);
             if batch.len() >= WRITE_BATCH {
@@ -134,31 +211,19 @@ async fn receive(mut body: Incoming, mut up: Upload, max: u64) -> Result<Upload,
     Ok(up)
 }
 
-async fn read_small(mut body: Incoming, max: u64) -> Result<Vec<u8>, StorageError> {
+async fn read_small(mut body: Incoming, max: u64, rate: RateLimit) -> Result<Vec<u8>, Refusal> {
+    let mut guard = RateGuard::new(Instant::now(), rate.grace, rate.min_bytes_per_sec);
     let mut out = Vec::new();
-    loop {
-        match tokio::time::timeout(BODY_IDLE, body.frame()).await {
-            Err(_) => {
-                return Err(StorageError::Io(std::io::Error::other(
-                    "client sent nothing for 60 s",
-                )));
+    while let Some(frame) = next_frame(&mut body, &guard, rate.min_bytes_per_sec).await? {
+        if let Ok(d) = frame.into_data() {
+            guard.received(d.len() as u64);
+            if (out.len() + d.len()) as u64 > max {
+                return Err(StorageError::TooLarge(max).into());
             }
-            Ok(None) => return Ok(out),
-            Ok(Some(Err(e))) => {
-                return Err(StorageError::Io(std::io::Error::other(format!(
-                    "body: {e}"
-                ))));
-            }
-            Ok(Some(Ok(f))) => {
-                if let Ok(d) = f.into_data() {
-                    if (out.len() + d.len()) as u64 > max {
-                        return Err(StorageError::TooLarge(max));
-                    }
-                    out.extend_from_slice(&d);
-                }
-            }
+            out.extend_from_slice(&d);
         }
     }
+    Ok(out)
 }
 
 /// Handles one request.
@@ -222,9 +287,9 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
                 Ok(u) => u,
                 Err(e) => return storage_error(e),
             };
-            let up = match receive(req.into_body(), up, max).await {
+            let up = match receive(req.into_body(), up, max, ctx.rate).await {
                 Ok(u) => u,
-                Err(e) => return storage_error(e),
+                Err(r) => return refusal(r),
             };
             match blocking(move || store.commit(up, &expected)).await {
                 Ok(Stored::Created) => {
@@ -241,9 +306,9 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
             if content_length(&req).is_some_and(|l| l > MAX_MANIFEST) {
                 return storage_error(StorageError::TooLarge(MAX_MANIFEST));
             }
-            let body = match read_small(req.into_body(), MAX_MANIFEST).await {
+            let body = match read_small(req.into_body(), MAX_MANIFEST, ctx.rate).await {
                 Ok(b) => b,
-                Err(e) => return storage_error(e),
+                Err(r) => return refusal(r),
             };
             let id = id.to_string();
             let rid = id.clone();

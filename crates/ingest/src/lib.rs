@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod http;
+pub mod limits;
 pub mod storage;
 pub mod tls;
 
@@ -29,10 +30,12 @@ use tokio::sync::{Semaphore, watch};
 
 pub use config::IngestConfig;
 
-/// Connections served at once; further ones wait in the kernel's accept queue.
-const MAX_CONNECTIONS: usize = 2048;
 /// A TLS handshake must complete within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection refused for its device's limit gets this long to read its 503.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest read buffer of one connection.
+const READ_BUFFER: usize = 64 * 1024;
 
 /// Binds the configured address; returns the listener (tests bind port 0 and read it back).
 pub async fn bind(cfg: &IngestConfig) -> anyhow::Result<TcpListener> {
@@ -53,7 +56,12 @@ pub async fn run(
         &cfg.storage.dir,
         cfg.storage.max_object_bytes,
     )?);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(cfg.limits.max_connections));
+    let per_device = limits::DeviceSlots::new(cfg.limits.max_connections_per_device);
+    let rate = http::RateLimit {
+        min_bytes_per_sec: cfg.limits.min_bytes_per_sec,
+        grace: Duration::from_secs(cfg.limits.rate_grace_secs),
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     log::info!(listen = cfg.listen.as_str(), storage = cfg.storage.dir.display().to_string().as_str(); "neoflix-ingest listening");
     tokio::pin!(shutdown);
@@ -75,6 +83,7 @@ pub async fn run(
         };
         let acceptor = acceptor.clone();
         let store = store.clone();
+        let per_device = per_device.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -100,15 +109,32 @@ pub async fn run(
                 },
                 None => return,
             };
+            let Some(_device_slot) = per_device.try_take(&device) else {
+                log::warn!(device = device.as_str(), peer = peer.as_str(); "too many connections from this device (limits.max_connections_per_device): answering 503");
+                // A clear answer rather than a silent close, on a short leash: this connection
+                // holds one of the server's slots.
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::too_many_connections())
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(tls), service);
+                let _ = tokio::time::timeout(REFUSAL_TIMEOUT, conn).await;
+                return;
+            };
             let ctx = Arc::new(http::Ctx {
                 store,
                 device,
                 peer,
+                rate,
             });
             let service = hyper::service::service_fn(move |req| http::handle(req, ctx.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
+                // hyper's default read buffer grows to ~400 KiB per connection; 2048 of those
+                // would be most of the memory the unit allows.
+                .max_buf_size(READ_BUFFER)
                 .serve_connection(TokioIo::new(tls), service);
             tokio::pin!(conn);
             tokio::select! {

@@ -1,0 +1,143 @@
+//! The department server under hostile or unlucky clients: a device that hogs connections, bodies
+//! that trickle, memory-hungry manifests, racing manifests, revocation while running, and input
+//! meant to forge log lines. Real neoflix-ingest, real mutual TLS, curl and raw rustls clients.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use neoflix_e2e::{Lab, RawTls, curl};
+
+/// `Content-Digest` header for `bytes`.
+fn digest_header(bytes: &[u8]) -> String {
+    let d = <sha2::Sha256 as sha2::Digest>::digest(bytes);
+    format!(
+        "Content-Digest: sha-256=:{}:",
+        base64::engine::general_purpose::STANDARD.encode(d)
+    )
+}
+
+/// A real sealed fragment of `plain`, written to `<lab>/<name>`.
+fn sealed_file(lab: &Lab, name: &str, seq: u64, plain: &[u8]) -> PathBuf {
+    let id = neoflix_seal::ObjectId {
+        stream: [7; 16],
+        seq,
+        kind: neoflix_seal::Kind::Fragment,
+    };
+    let (_key, sealed) = neoflix_seal::seal(&id, plain).unwrap();
+    let p = lab.path(name);
+    fs::write(&p, sealed).unwrap();
+    p
+}
+
+fn cert(lab: &Lab, name: &str) -> (PathBuf, PathBuf) {
+    let ca = lab.path("ca");
+    (
+        ca.join(format!("{name}.crt")),
+        ca.join(format!("{name}.key")),
+    )
+}
+
+/// PUTs `file` as object `name` of recording `rec` with curl (20 s cap); returns the status.
+fn put_object(
+    lab: &Lab,
+    ingest: &neoflix_e2e::Ingest,
+    who: &(PathBuf, PathBuf),
+    rec: &str,
+    name: &str,
+    file: &Path,
+) -> (u16, String) {
+    curl(
+        lab,
+        ingest,
+        Some((&who.0, &who.1)),
+        &[
+            "-m",
+            "20",
+            "-X",
+            "PUT",
+            "-H",
+            &digest_header(&fs::read(file).unwrap()),
+            "--data-binary",
+            &format!("@{}", file.display()),
+        ],
+        &format!("/v1/recordings/{rec}/objects/{name}"),
+    )
+}
+
+#[test]
+fn one_device_trickling_on_every_slot_cannot_lock_out_another() {
+    let lab = Lab::new();
+    lab.pki(&["room-slow", "room-fast"]);
+    let mut ingest = lab.ingest_config_with(
+        1 << 20,
+        "[limits]\nmax_connections = 4\nmax_connections_per_device = 2\nmin_bytes_per_sec = 1000\nrate_grace_secs = 2\n",
+    );
+    ingest.start();
+    // room-slow takes every slot the server has and sends one byte every 250 ms on each: each
+    // byte would reset an idle timer.
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut trickles = Vec::new();
+    for i in 0..4 {
+        let mut c = RawTls::connect(&lab, &ingest, "room-slow").expect("room-slow connects");
+        let ready = ready_tx.clone();
+        trickles.push(thread::spawn(move || {
+            let head = format!(
+                "PUT /v1/recordings/slow/objects/frag-{i:06}.nfx HTTP/1.1\r\nHost: 127.0.0.1\r\n{}\r\nContent-Length: 100000\r\n\r\n",
+                digest_header(b"never sent")
+            );
+            let sent = c.send(head.as_bytes()).is_ok();
+            let _ = ready.send(());
+            let start = Instant::now();
+            let mut cut = !sent;
+            while !cut && start.elapsed() < Duration::from_secs(40) {
+                cut = c.send(b"x").is_err();
+                thread::sleep(Duration::from_millis(250));
+            }
+            cut
+        }));
+    }
+    for _ in 0..4 {
+        ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("every slow connection sent its headers");
+    }
+    // Another device uploads meanwhile.
+    let fast = cert(&lab, "room-fast");
+    let obj = sealed_file(&lab, "fast.nfx", 0, b"a fragment");
+    let (code, body) = put_object(&lab, &ingest, &fast, "fast", "frag-000000.nfx", &obj);
+    assert_eq!(
+        code,
+        201,
+        "room-fast could not upload while room-slow trickled on every slot: {body}\n{}",
+        ingest.log_text()
+    );
+    // The slow device's surplus connections were refused and the admitted ones cut.
+    ingest.wait_log("room-slow refused and cut", |log| {
+        let slow: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("device=room-slow"))
+            .collect();
+        slow.iter()
+            .filter(|l| l.contains("too many connections"))
+            .count()
+            == 2
+            && slow.iter().filter(|l| l.contains("status=408")).count() == 2
+    });
+    for t in trickles {
+        assert!(
+            t.join().unwrap(),
+            "a trickling connection was still open after 40 s\n{}",
+            ingest.log_text()
+        );
+    }
+    // Its slots are free again: room-slow itself can upload at a normal pace.
+    let slow = cert(&lab, "room-slow");
+    assert_eq!(
+        put_object(&lab, &ingest, &slow, "slow", "frag-000000.nfx", &obj).0,
+        201
+    );
+}
