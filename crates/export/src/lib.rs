@@ -1,9 +1,10 @@
 //! Export: from a sealed recording to an MP4 that ffmpeg and a browser play.
 //!
 //! [`export`] first checks the recording without the key ([`neoflix_store::verify()`]: every file's
-//! size and SHA-256, the hash chain), then, with the department secret key, unwraps each data key,
-//! authenticates every chunk, checks that each object is the one its place in the manifest says
-//! (kind, stream, increasing sequence), and writes the init segment followed by the fragments,
+//! size, SHA-256 and header, the hash chain, no fragment missing from the middle of a capture
+//! stream), then, with the department secret key, unwraps each data key, authenticates every
+//! chunk, checks that each object is the one its place in the manifest says (kind, stream, the
+//! sequence number verification read, now authenticated), and writes the init segment followed by the fragments,
 //! their decode times rebased to start at zero. Anything wrong is an [`ExportError`] naming the
 //! object; nothing is written unless everything checks, and the output appears atomically.
 //!
@@ -80,6 +81,10 @@ fn object_error(kind: &str, e: &ObjectEntry, problem: impl ToString) -> ExportEr
         problem: problem.to_string(),
     }
 }
+
+/// An object whose authenticated header is not the one verification read from the same file.
+const CHANGED: &str =
+    "changed while the recording was being read (its header differs from the one verified)";
 
 /// Opens one object: reads it and its key record, unwraps, authenticates, checks its kind.
 fn open_object(
@@ -200,7 +205,8 @@ fn assemble(
     out: Option<&Path>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Exported, ExportError> {
-    let manifest = neoflix_store::verify(dir)?.manifest;
+    let verified = neoflix_store::verify(dir)?;
+    let manifest = verified.manifest;
     let given = key.public_key().key_id().0;
     if manifest.recipient_key_id != given {
         return Err(ExportError::WrongKey {
@@ -212,15 +218,18 @@ fn assemble(
         return Err(ExportError::Empty);
     }
     let mut inits = Vec::with_capacity(manifest.init_segments.len());
-    for e in &manifest.init_segments {
-        inits.push(open_object(dir, "init segment", e, key, Kind::Init)?);
+    for (e, id) in manifest.init_segments.iter().zip(&verified.init_ids) {
+        let (header, plain) = open_object(dir, "init segment", e, key, Kind::Init)?;
+        if header.id != *id {
+            return Err(object_error("init segment", e, CHANGED));
+        }
+        inits.push((header, plain));
     }
 
     // Parts are written to temporary files and renamed only when everything checked.
     let total = manifest.fragments.len();
     let mut done_parts: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut current: Option<Part> = None;
-    let mut last_seq: Option<u64> = None;
     let result = (|| {
         for (done, e) in manifest.fragments.iter().enumerate() {
             // verify() checked every fragment names an init segment of this recording.
@@ -235,6 +244,11 @@ fn assemble(
                 ));
             };
             let (header, mut plain) = open_object(dir, "fragment", e, key, Kind::Fragment)?;
+            // verify() checked the order and contiguity of the sequence numbers it read from the
+            // headers; now that the header is authenticated, it must be the one verify() read.
+            if verified.fragment_ids.get(done) != Some(&header.id) {
+                return Err(object_error("fragment", e, CHANGED));
+            }
             if header.id.stream != init_header.id.stream {
                 return Err(object_error(
                     "fragment",
@@ -250,18 +264,7 @@ fn assemble(
                     .map_err(|err| object_error("fragment", e, err))?;
                 let n = done_parts.len();
                 current = Some(Part::open(out, n, init_index, base, init_plain)?);
-                last_seq = None;
             }
-            if let Some(seq) = last_seq
-                && header.id.seq <= seq
-            {
-                return Err(object_error(
-                    "fragment",
-                    e,
-                    format!("out of order: sequence {} after {seq}", header.id.seq),
-                ));
-            }
-            last_seq = Some(header.id.seq);
             let part = current.as_mut().expect("opened above");
             mp4::rebase_decode_time(&mut plain, part.base)
                 .map_err(|err| object_error("fragment", e, err))?;

@@ -29,7 +29,8 @@ pub use manifest::{Manifest, Marker, ObjectEntry, Status};
 pub use recording::{RecordingWriter, recover};
 pub use ring::{Ring, RingEntry, StreamInit};
 pub use verify::{
-    Digests, ReadAndHash, Verified, read_manifest, verify, verify_manifest, verify_manifest_with,
+    Digests, ReadAndHash, Verified, check_contiguous, read_manifest, verify, verify_manifest,
+    verify_manifest_with,
 };
 
 /// Formats a time as RFC 3339 UTC with milliseconds.

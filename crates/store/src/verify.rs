@@ -155,10 +155,38 @@ fn check(
     read_header(dir, expect, e).map(|h| h.id).map_err(err)
 }
 
-/// Checks every object's presence, size and SHA-256 and the hash chain. Needs no key: anyone
-/// (the ingest server, IT) can tell a recording is whole.
+/// Checks every object's presence, size, SHA-256 and header, the hash chain, and that no
+/// fragment is missing from the middle of a capture stream. Needs no key: anyone (IT, a
+/// reviewer before export) can tell a recording is whole.
 pub fn verify(dir: &Path) -> Result<Verified, StoreError> {
-    verify_manifest(dir, read_manifest(dir)?)
+    let v = verify_manifest(dir, read_manifest(dir)?)?;
+    check_contiguous(&v)?;
+    Ok(v)
+}
+
+/// Checks that the sequence numbers within each capture stream have no gap. Within one stream
+/// the box numbers fragments consecutively and a recording claims every one of them, so a jump
+/// means fragments are missing: removed and hidden (the chain recomputed), or lost to a storage
+/// failure on the box. Between streams (a camera restart) numbers may jump: the fragment being
+/// sealed when a pipeline stops is dropped.
+///
+/// [`verify_manifest_with`] leaves this out: the ingest server stores what a box has, gap or
+/// not, rather than leave the rest of a recording on the box for ever; verify and export name it.
+pub fn check_contiguous(v: &Verified) -> Result<(), StoreError> {
+    for (i, pair) in v.fragment_ids.windows(2).enumerate() {
+        let (prev, this) = (&pair[0], &pair[1]);
+        if prev.stream == this.stream && prev.seq.checked_add(1) != Some(this.seq) {
+            let e = &v.manifest.fragments[i + 1];
+            return Err(StoreError::Gap {
+                object: describe("fragment", e),
+                file: e.file.clone(),
+                stream: hex::encode(&this.stream[..4]),
+                before: prev.seq,
+                after: this.seq,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Checks the files in `dir` against a manifest that is not (yet) stored there: the ingest
@@ -195,8 +223,20 @@ pub fn verify_manifest_with(
                 problem: format!("listed at position {i}"),
             });
         }
-        init_ids.push(check(dir, "init segment", e, digests)?);
+        let id = check(dir, "init segment", e, digests)?;
+        if let Some(j) = init_ids
+            .iter()
+            .position(|o: &ObjectId| o.stream == id.stream)
+        {
+            return Err(StoreError::Object {
+                object: describe("init segment", e),
+                file: e.file.clone(),
+                problem: format!("repeats the capture stream of init segment {j}"),
+            });
+        }
+        init_ids.push(id);
     }
+    let mut previous: Option<(usize, ObjectId)> = None;
     let mut fragment_ids = Vec::with_capacity(m.fragments.len());
     for (i, e) in m.fragments.iter().enumerate() {
         if e.index != i as u64 {
@@ -206,17 +246,42 @@ pub fn verify_manifest_with(
                 problem: format!("listed at position {i}"),
             });
         }
-        match e.init.and_then(|i| usize::try_from(i).ok()) {
-            Some(init) if init < m.init_segments.len() => {}
+        let problem = |problem: String| StoreError::Object {
+            object: describe("fragment", e),
+            file: e.file.clone(),
+            problem,
+        };
+        let init = match e.init.and_then(|i| usize::try_from(i).ok()) {
+            Some(init) if init < m.init_segments.len() => init,
             _ => {
-                return Err(StoreError::Object {
-                    object: describe("fragment", e),
-                    file: e.file.clone(),
-                    problem: "refers to no init segment of this recording".into(),
-                });
+                return Err(problem(
+                    "refers to no init segment of this recording".into(),
+                ));
+            }
+        };
+        let id = check(dir, "fragment", e, digests)?;
+        if id.stream != init_ids[init].stream {
+            return Err(problem(format!(
+                "belongs to another capture stream than its init segment {init}"
+            )));
+        }
+        // The box numbers fragments from one counter and claims them in that order, one
+        // capture stream after another: anything else is an edited list.
+        if let Some((prev_init, prev)) = previous {
+            if id.seq <= prev.seq {
+                return Err(problem(format!(
+                    "out of order: sequence {} after {}",
+                    id.seq, prev.seq
+                )));
+            }
+            if init < prev_init {
+                return Err(problem(format!(
+                    "goes back to init segment {init} after init segment {prev_init}"
+                )));
             }
         }
-        fragment_ids.push(check(dir, "fragment", e, digests)?);
+        previous = Some((init, id));
+        fragment_ids.push(id);
     }
     Ok(Verified {
         manifest: m,
@@ -331,5 +396,101 @@ mod tests {
         // Back to the genuine bytes: whole again.
         forge_fragment(&dir, 1, &genuine);
         verify(&dir).unwrap();
+    }
+    /// Removes the manifest's fragments at `positions`, with their files, renumbers the list and
+    /// recomputes the chain: a deletion hidden by someone who knows the format.
+    fn hide_fragments(dir: &Path, positions: &[usize]) {
+        let mut m = read_manifest(dir).unwrap();
+        for &p in positions.iter().rev() {
+            let gone = m.fragments.remove(p);
+            fs::remove_file(dir.join(&gone.file)).unwrap();
+            fs::remove_file(dir.join(&gone.key_file)).unwrap();
+        }
+        for (i, e) in m.fragments.iter_mut().enumerate() {
+            e.index = i as u64;
+        }
+        m.chain = chain(&m.recording_id, &m.init_segments, &m.fragments);
+        fs::write(dir.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    }
+
+    /// Issue 8, item 5: a fragment removed from the middle, the list renumbered and the chain
+    /// recomputed, verified as whole.
+    #[test]
+    fn a_fragment_removed_from_the_middle_is_named_by_its_sequence_number() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = recording(t.path(), &[([1; 16], (10..16).collect())]);
+        hide_fragments(&dir, &[2]);
+        let err = verify(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("fragment 12 missing between 11 and 13"),
+            "{err}"
+        );
+        assert!(err.contains("fragment 2 (frag-000003.nfx)"), "{err}");
+
+        let t = tempfile::tempdir().unwrap();
+        let dir = recording(t.path(), &[([1; 16], (10..16).collect())]);
+        hide_fragments(&dir, &[1, 2, 3]);
+        let err = verify(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("fragments 11 to 13 missing between 10 and 14"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_may_jump_between_capture_streams_but_not_go_back() {
+        // A camera restart: the new stream's first fragment may follow a gap (a fragment that
+        // was being sealed when the old pipeline stopped is dropped), never come before.
+        let t = tempfile::tempdir().unwrap();
+        let dir = recording(
+            t.path(),
+            &[([1; 16], (0..3).collect()), ([2; 16], (4..7).collect())],
+        );
+        let v = verify(&dir).unwrap();
+        assert_eq!(v.fragment_ids[3].seq, 4);
+
+        let t = tempfile::tempdir().unwrap();
+        let dir = recording(
+            t.path(),
+            &[([1; 16], (5..8).collect()), ([2; 16], (0..3).collect())],
+        );
+        let err = verify(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("fragment 3 (frag-000003.nfx)") && err.contains("sequence 0 after 7"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn fragments_reordered_or_under_another_streams_init_segment_are_named() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = recording(t.path(), &[([1; 16], (0..4).collect())]);
+        let mut m = read_manifest(&dir).unwrap();
+        m.fragments.swap(1, 2);
+        for (i, e) in m.fragments.iter_mut().enumerate() {
+            e.index = i as u64;
+        }
+        m.chain = chain(&m.recording_id, &m.init_segments, &m.fragments);
+        fs::write(dir.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+        let err = verify(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("fragment 2 (frag-000001.nfx)") && err.contains("sequence 1 after 2"),
+            "{err}"
+        );
+
+        let t = tempfile::tempdir().unwrap();
+        let dir = recording(
+            t.path(),
+            &[([1; 16], (0..2).collect()), ([2; 16], (2..4).collect())],
+        );
+        let mut m = read_manifest(&dir).unwrap();
+        m.fragments[3].init = Some(0);
+        m.chain = chain(&m.recording_id, &m.init_segments, &m.fragments);
+        fs::write(dir.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+        let err = verify(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("fragment 3 (frag-000003.nfx)") && err.contains("another capture stream"),
+            "{err}"
+        );
     }
 }
