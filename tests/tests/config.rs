@@ -54,7 +54,11 @@ fn bad_config_is_refused_with_every_error_by_line_and_option() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read") && err.contains("missing.toml"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -91,5 +95,74 @@ fn keygen_writes_a_private_secret_key_and_refuses_to_overwrite() {
         String::from_utf8_lossy(&out.stderr).contains("PUBLIC"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn configs_that_are_not_small_files_are_refused_not_read_forever() {
+    let lab = Lab::new();
+    // A device that never ends, and a FIFO nobody writes to: refused at once, by every program.
+    let fifo = lab.path("fifo.toml");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let huge = lab.path("huge.toml");
+    std::fs::write(&huge, format!("# {}\n", "x".repeat(2 << 20))).unwrap();
+    for (path, expected) in [
+        ("/dev/zero", "not a regular file"),
+        (fifo.to_str().unwrap(), "not a regular file"),
+        (huge.to_str().unwrap(), "larger than 1 MiB"),
+    ] {
+        let out = neoflix(&["config", "validate", path]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{path}: {err}");
+        assert!(err.contains(expected), "{path}: {err}");
+        for program in ["neoflixd", "neoflix-ingest"] {
+            let out = command(program).arg("--config").arg(path).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{program} {path}");
+            assert!(err.contains(expected), "{program} {path}: {err}");
+        }
+    }
+}
+
+#[test]
+fn thousands_of_errors_give_a_screenful_and_long_values_are_cut() {
+    let lab = Lab::new();
+    let cfg = lab.path("noisy.toml");
+    let mut text = format!(
+        "device_id = \"{}\"\n[capture]\nsource = \"test\"\n",
+        "é".repeat(100_000)
+    );
+    for i in 0..40_000 {
+        text.push_str(&format!("unknown_{i} = 1\n"));
+    }
+    std::fs::write(&cfg, &text).unwrap();
+    let f = cfg.display().to_string();
+    let out = neoflix(&["config", "validate", &f]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        &err[..err.len().min(2000)]
+    );
+    assert!(
+        err.contains("40002 errors"),
+        "{}",
+        &err[..err.len().min(2000)]
+    );
+    assert!(err.lines().count() <= 30, "{} lines", err.lines().count());
+    assert!(err.contains("and 39982 more"), "{err}");
+    // The first errors by line, with the offending value cut to a readable length.
+    assert!(err.contains(&format!("{f}:1: device_id: '")), "{err}");
+    assert!(err.len() < 4000, "{} bytes of errors", err.len());
+    assert!(
+        err.contains(&format!("{f}:4: capture.unknown_0: unknown option")),
+        "{err}"
     );
 }

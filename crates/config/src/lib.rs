@@ -226,16 +226,12 @@ pub const DEFAULT_PATH: &str = "/etc/neoflix/neoflixd.toml";
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The file could not be read: typically a wrong path or missing permissions.
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        /// The path.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The file has problems; all of them are listed.
-    #[error("{} in {file}:\n{}", plural(problems.len()), problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    /// The file could not be read: typically a wrong path, missing permissions, or a path that
+    /// is not a config file at all (a device, a FIFO, something far too large).
+    #[error(transparent)]
+    Read(#[from] neoflix_logging::SmallFileError),
+    /// The file has problems; all of them are counted, the first screenful listed.
+    #[error("{}", show_problems(file, problems))]
     Invalid {
         /// The file name as given.
         file: String,
@@ -252,12 +248,31 @@ fn plural(n: usize) -> String {
     }
 }
 
+/// Problems listed in full; the rest are counted. A screenful: more would scroll the first (and
+/// usually the cause of the others) out of sight.
+const SHOWN_PROBLEMS: usize = 20;
+
+fn show_problems(file: &str, problems: &[Problem]) -> String {
+    let mut out = format!("{} in {file}:", plural(problems.len()));
+    for p in problems.iter().take(SHOWN_PROBLEMS) {
+        out.push_str(&format!("\n  {p}"));
+    }
+    if problems.len() > SHOWN_PROBLEMS {
+        out.push_str(&format!(
+            "\n  ... and {} more: fix these first",
+            problems.len() - SHOWN_PROBLEMS
+        ));
+    }
+    out
+}
+
+/// The largest config file read: the documented example is 5 KiB; anything near this is the wrong
+/// file, and reading it whole must not be able to exhaust memory.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<(Config, Vec<Problem>), ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = neoflix_logging::read_small_file(path, MAX_CONFIG_BYTES)?;
     parse(&path.display().to_string(), &text)
 }
 

@@ -133,8 +133,8 @@ pub fn capture_settings(cfg: &Config) -> CaptureSettings {
 
 /// Runs the daemon until `shutdown` completes.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    let recipient_text =
-        std::fs::read_to_string(&cfg.recordings.recipient).map_err(|e| DaemonError::Recipient {
+    let recipient_text = neoflix_logging::read_small_file(&cfg.recordings.recipient, 64 << 10)
+        .map_err(|e| DaemonError::Recipient {
             path: cfg.recordings.recipient.display().to_string(),
             message: e.to_string(),
         })?;

@@ -1,6 +1,8 @@
 //! Process plumbing shared by the Neoflix programs: logging to the journal (with key-value fields
 //! as journal fields) under systemd, to stderr as `LEVEL message key=value ...` otherwise; and the
-//! shutdown signal the daemons wait for.
+//! shutdown signal the daemons wait for; and [`read_small_file`], the one way the programs read a
+//! local file named by an operator (a config, a key), bounded so a wrong path cannot hang or
+//! exhaust them.
 #![deny(missing_docs)]
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -132,6 +134,83 @@ pub fn init(program: &str) {
     }
 }
 
+/// Why a small local file could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SmallFileError {
+    /// Opening or reading failed: typically a wrong path or missing permissions.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The path.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Not a regular file, too large, or not text: typically a wrong path (a device, a FIFO) or
+    /// the wrong file.
+    #[error("cannot read {}: {why}", path.display())]
+    Refused {
+        /// The path.
+        path: std::path::PathBuf,
+        /// What it is instead.
+        why: String,
+    },
+}
+
+/// Reads a small local text file whole, refusing what is not a regular file or is larger than
+/// `limit` bytes before reading it; a FIFO does not block the caller.
+pub fn read_small_file(path: &std::path::Path, limit: u64) -> Result<String, SmallFileError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let read_err = |source| SmallFileError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let refuse = |why: String| SmallFileError::Refused {
+        path: path.to_owned(),
+        why,
+    };
+    // Non-blocking, or opening a FIFO waits for a writer that may never come.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(refuse(
+            "not a regular file (a device, FIFO or directory): give the path of the file itself"
+                .into(),
+        ));
+    }
+    let too_large = || refuse(format!("larger than {}: not the file meant", size(limit)));
+    if meta.len() > limit {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    // The size can change after the check; the cap holds regardless.
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        refuse(format!(
+            "not UTF-8 text (invalid byte at offset {}): save it as UTF-8",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+fn size(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes >> 10)
+    }
+}
+
 /// Completes on SIGTERM (systemd's stop) or SIGINT (Ctrl-C). If the handlers cannot be installed
 /// it says so and never completes: the process then stops only by SIGKILL.
 pub async fn shutdown_signal() {
@@ -152,6 +231,33 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_files_only() {
+        let dir = std::env::temp_dir().join(format!("neoflix-small-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = dir.join("ok.toml");
+        std::fs::write(&ok, "a = 1\n").unwrap();
+        assert_eq!(read_small_file(&ok, 1024).unwrap(), "a = 1\n");
+        let big = dir.join("big");
+        std::fs::write(&big, vec![b'#'; 2048]).unwrap();
+        let e = read_small_file(&big, 1024).unwrap_err().to_string();
+        assert!(e.contains("larger than 1 KiB"), "{e}");
+        let e = read_small_file(std::path::Path::new("/dev/zero"), 1024)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = read_small_file(&dir, 1024).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let bin = dir.join("bin");
+        std::fs::write(&bin, b"a = \xff").unwrap();
+        let e = read_small_file(&bin, 1024).unwrap_err().to_string();
+        assert!(
+            e.contains("not UTF-8 text (invalid byte at offset 4)"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn outside_text_cannot_forge_a_line() {
