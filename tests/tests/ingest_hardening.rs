@@ -141,3 +141,61 @@ fn one_device_trickling_on_every_slot_cannot_lock_out_another() {
         201
     );
 }
+
+#[test]
+fn many_large_manifests_at_once_stay_within_the_memory_budget() {
+    let lab = Lab::new();
+    lab.pki(&["room-a"]);
+    let mut ingest = lab.ingest_config_with(
+        1 << 20,
+        "[limits]\nmax_buffered_bytes = 33554432\nmax_connections_per_device = 64\n",
+    );
+    ingest.start();
+    let a = cert(&lab, "room-a");
+    // 8 MiB of JSON that is not a manifest: read whole, then refused by the parser.
+    let big = lab.path("big-manifest.json");
+    let mut text = b"{\"format\":\"".to_vec();
+    text.resize(8 << 20, b'x');
+    text.extend_from_slice(b"\"}");
+    fs::write(&big, &text).unwrap();
+    let put = |who: &(PathBuf, PathBuf)| {
+        curl(
+            &lab,
+            &ingest,
+            Some((&who.0, &who.1)),
+            &[
+                "-m",
+                "120",
+                "-X",
+                "PUT",
+                "--data-binary",
+                &format!("@{}", big.display()),
+            ],
+            "/v1/recordings/rec-1/manifest",
+        )
+    };
+    let before = ingest.peak_rss_kib();
+    let codes: Vec<(u16, String)> = thread::scope(|s| {
+        let handles: Vec<_> = (0..24).map(|_| s.spawn(|| put(&a))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let grown = ingest.peak_rss_kib().saturating_sub(before);
+    // 24 bodies of 8 MiB held at once would be 192 MiB and more; the budget allows 32 MiB.
+    assert!(
+        grown < 128 * 1024,
+        "the server's peak memory grew by {grown} KiB for 24 manifests of 8 MiB ({codes:?})"
+    );
+    for (code, body) in &codes {
+        assert!(
+            *code == 400 || *code == 503,
+            "{code} {body}: a manifest is either read and refused or turned away for now"
+        );
+        if *code == 503 {
+            assert!(body.contains("max_buffered_bytes"), "{body}");
+        }
+    }
+    // The budget comes back: once the crowd is gone, a manifest is read (and refused) again.
+    let (code, body) = put(&a);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("not a manifest"), "{body}");
+}

@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::limits::RateGuard;
+use crate::limits::{Budget, Held, RateGuard};
 use crate::storage::{Storage, StorageError, Stored, Upload};
 
 /// Largest manifest accepted (a 24 h recording of 1 s fragments is about 4 MB of JSON).
@@ -29,6 +29,8 @@ pub struct Ctx {
     pub peer: String,
     /// The minimum body rate and its grace.
     pub rate: RateLimit,
+    /// Bytes of request bodies all requests together may hold in memory.
+    pub budget: Budget,
 }
 
 /// `limits.min_bytes_per_sec` and `limits.rate_grace_secs`.
@@ -50,6 +52,8 @@ enum Refusal {
     Idle,
     /// It is malformed (bad chunked framing) or ended early: the client's fault.
     Body(String),
+    /// Holding it would exceed `limits.max_buffered_bytes`.
+    Busy,
 }
 
 impl From<StorageError> for Refusal {
@@ -76,6 +80,15 @@ fn refusal(r: Refusal) -> Response<Full<Bytes>> {
             StatusCode::BAD_REQUEST,
             format!("malformed or incomplete request body: {m}"),
         ),
+        Refusal::Busy => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server busy: request bodies in memory are at limits.max_buffered_bytes; retry later",
+            );
+            r.headers_mut()
+                .insert("retry-after", hyper::header::HeaderValue::from_static("5"));
+            r
+        }
     }
 }
 
@@ -179,30 +192,40 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(StorageError::Io(std::io::Error::other(e.to_string()))))
 }
 
-/// Streams the body into an upload, in batches written off the runtime.
+/// Streams the body into an upload, in batches of at most what `held` covers, written off the
+/// runtime.
 async fn receive(
     mut body: Incoming,
     mut up: Upload,
     max: u64,
     rate: RateLimit,
+    held: &Held,
 ) -> Result<Upload, Refusal> {
+    let cap = usize::try_from(held.bytes()).unwrap_or(WRITE_BATCH);
     let mut guard = RateGuard::new(Instant::now(), rate.grace, rate.min_bytes_per_sec);
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut batch = Vec::with_capacity(cap);
     while let Some(frame) = next_frame(&mut body, &guard, rate.min_bytes_per_sec).await? {
-        if let Ok(data) = frame.into_data() {
-            guard.received(data.len() as u64);
-            let total = up
-                .size()
-                .checked_add((batch.len() + data.len()) as u64)
-                .ok_or(StorageError::TooLarge(max))?;
-            if total > max {
-                return Err(StorageError::TooLarge(max).into());
-            }
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        guard.received(data.len() as u64);
+        let total = up
+            .size()
+            .checked_add(batch.len() as u64)
+            .and_then(|n| n.checked_add(data.len() as u64))
+            .ok_or(StorageError::TooLarge(max))?;
+        if total > max {
+            return Err(StorageError::TooLarge(max).into());
+        }
+        if batch.len() + data.len() > cap && !batch.is_empty() {
+            let chunk = std::mem::replace(&mut batch, Vec::with_capacity(cap));
+            up = blocking(move || up.write(&chunk).map(|()| up)).await?;
+        }
+        if data.len() >= cap {
+            // Already in memory as hyper's buffer: written as it is, never copied.
+            up = blocking(move || up.write(&data).map(|()| up)).await?;
+        } else {
             batch.extend_from_slice(&data);
-            if batch.len() >= WRITE_BATCH {
-                let chunk = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH));
-                up = blocking(move || up.write(&chunk).map(|()| up)).await?;
-            }
         }
     }
     if !batch.is_empty() {
@@ -211,17 +234,42 @@ async fn receive(
     Ok(up)
 }
 
-async fn read_small(mut body: Incoming, max: u64, rate: RateLimit) -> Result<Vec<u8>, Refusal> {
+/// Memory a manifest costs per byte of capacity: its bytes, then its parsed form beside them.
+const MANIFEST_COST: u64 = 2;
+
+/// Reads a manifest body whole, its memory (bytes and parsed form) taken from `held` as it
+/// grows: the announced length at once, else doubling.
+async fn read_small(
+    mut body: Incoming,
+    max: u64,
+    announced: Option<u64>,
+    rate: RateLimit,
+    held: &mut Held,
+) -> Result<Vec<u8>, Refusal> {
     let mut guard = RateGuard::new(Instant::now(), rate.grace, rate.min_bytes_per_sec);
-    let mut out = Vec::new();
+    let first = announced.unwrap_or(64 * 1024).min(max);
+    if !held.grow(first.saturating_mul(MANIFEST_COST)) {
+        return Err(Refusal::Busy);
+    }
+    let mut out = Vec::with_capacity(usize::try_from(first).unwrap_or(0));
     while let Some(frame) = next_frame(&mut body, &guard, rate.min_bytes_per_sec).await? {
-        if let Ok(d) = frame.into_data() {
-            guard.received(d.len() as u64);
-            if (out.len() + d.len()) as u64 > max {
-                return Err(StorageError::TooLarge(max).into());
-            }
-            out.extend_from_slice(&d);
+        let Ok(d) = frame.into_data() else {
+            continue;
+        };
+        guard.received(d.len() as u64);
+        let needed = out.len() + d.len();
+        if needed as u64 > max {
+            return Err(StorageError::TooLarge(max).into());
         }
+        if needed > out.capacity() {
+            let cap = needed.max(out.capacity() * 2).min(max as usize);
+            let more = (cap - out.capacity()) as u64;
+            if !held.grow(more.saturating_mul(MANIFEST_COST)) {
+                return Err(Refusal::Busy);
+            }
+            out.reserve_exact(cap - out.len());
+        }
+        out.extend_from_slice(&d);
     }
     Ok(out)
 }
@@ -281,13 +329,19 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
             if content_length(&req).is_some_and(|l| l > max) {
                 return storage_error(StorageError::TooLarge(max));
             }
+            let mut held = ctx.budget.empty();
+            let batch =
+                content_length(&req).map_or(WRITE_BATCH as u64, |l| l.clamp(1, WRITE_BATCH as u64));
+            if !held.grow(batch) {
+                return refusal(Refusal::Busy);
+            }
             let (id, name) = (id.to_string(), name.to_string());
             let s2 = store.clone();
             let up = match blocking(move || s2.begin(&device, &id, &name)).await {
                 Ok(u) => u,
                 Err(e) => return storage_error(e),
             };
-            let up = match receive(req.into_body(), up, max, ctx.rate).await {
+            let up = match receive(req.into_body(), up, max, ctx.rate, &held).await {
                 Ok(u) => u,
                 Err(r) => return refusal(r),
             };
@@ -303,17 +357,34 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
             }
         }
         (&Method::PUT, ["v1", "recordings", id, "manifest"]) => {
-            if content_length(&req).is_some_and(|l| l > MAX_MANIFEST) {
+            let announced = content_length(&req);
+            if announced.is_some_and(|l| l > MAX_MANIFEST) {
                 return storage_error(StorageError::TooLarge(MAX_MANIFEST));
             }
-            let body = match read_small(req.into_body(), MAX_MANIFEST, ctx.rate).await {
+            let mut held = ctx.budget.empty();
+            let body = match read_small(
+                req.into_body(),
+                MAX_MANIFEST,
+                announced,
+                ctx.rate,
+                &mut held,
+            )
+            .await
+            {
                 Ok(b) => b,
                 Err(r) => return refusal(r),
             };
             let id = id.to_string();
             let rid = id.clone();
             let dev = device.clone();
-            match blocking(move || store.complete(&dev, &rid, &body)).await {
+            // The budget is held until the parsed manifest is gone too.
+            match blocking(move || {
+                let r = store.complete(&dev, &rid, &body);
+                drop(held);
+                r
+            })
+            .await
+            {
                 Ok((receipt, stored)) => {
                     if stored == Stored::Created {
                         log::info!(device = device.as_str(), recording = id.as_str(); "recording complete, receipt issued");

@@ -58,6 +58,7 @@ pub async fn run(
     )?);
     let slots = Arc::new(Semaphore::new(cfg.limits.max_connections));
     let per_device = limits::DeviceSlots::new(cfg.limits.max_connections_per_device);
+    let budget = limits::Budget::new(cfg.limits.max_buffered_bytes);
     let rate = http::RateLimit {
         min_bytes_per_sec: cfg.limits.min_bytes_per_sec,
         grace: Duration::from_secs(cfg.limits.rate_grace_secs),
@@ -84,6 +85,7 @@ pub async fn run(
         let acceptor = acceptor.clone();
         let store = store.clone();
         let per_device = per_device.clone();
+        let budget = budget.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -127,6 +129,7 @@ pub async fn run(
                 device,
                 peer,
                 rate,
+                budget,
             });
             let service = hyper::service::service_fn(move |req| http::handle(req, ctx.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
