@@ -37,6 +37,21 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest read buffer of one connection.
 const READ_BUFFER: usize = 64 * 1024;
 
+/// An outside string made safe for one log line: control characters (a newline that would
+/// start a forged line), quotes, backslashes and everything outside printable ASCII are escaped
+/// the way Rust escapes them, so what the log shows is unambiguous and on one line.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii_graphic() && c != '\\' && c != '"' || c == ' ' {
+            out.push(c);
+        } else {
+            out.extend(c.escape_default());
+        }
+    }
+    out
+}
+
 /// Binds the configured address; returns the listener (tests bind port 0 and read it back).
 pub async fn bind(cfg: &IngestConfig) -> anyhow::Result<TcpListener> {
     use anyhow::Context;

@@ -5,10 +5,12 @@
 //! object either absent or whole. A recording is complete exactly when `manifest.json` exists,
 //! and that file is written last, write-temp-fsync-rename.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -87,10 +89,23 @@ pub enum Stored {
     Same,
 }
 
+/// Recording locks: a recording maps to one of these by hash, so the lock table is bounded and
+/// two unrelated recordings rarely wait for each other.
+const LOCK_STRIPES: usize = 64;
+
+/// Temporary files of uploads in progress in this process.
+type Live = Arc<Mutex<HashSet<PathBuf>>>;
+
 /// The storage tree.
 pub struct Storage {
     root: PathBuf,
     max_object: u64,
+    /// Held while a recording's manifest is checked and stored, and while an object is linked
+    /// into it: so exactly one manifest is stored, and no object lands in a complete recording.
+    locks: Vec<Mutex<()>>,
+    /// Temporary files of uploads still receiving: completion's sweep leaves them alone.
+    /// (One server process per storage tree; what an earlier process left is nobody's.)
+    live: Live,
 }
 
 /// An object being received.
@@ -102,6 +117,7 @@ pub struct Upload {
     hasher: Sha256,
     size: u64,
     max: u64,
+    live: Live,
 }
 
 impl Upload {
@@ -124,9 +140,16 @@ impl Upload {
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        // Committed uploads have been linked into place; the temporary name goes either way.
+        // Committed uploads have been linked into place; the temporary name goes either way,
+        // and only then stops being live, so no sweep ever sees it unregistered.
         let _ = fs::remove_file(&self.tmp);
+        lock(&self.live).remove(&self.tmp);
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The data under these locks stays consistent whatever a panicking holder did.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
@@ -156,12 +179,21 @@ impl Storage {
         Ok(Storage {
             root: root.to_owned(),
             max_object,
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            live: Arc::default(),
         })
     }
 
     /// Largest accepted object.
     pub fn max_object(&self) -> u64 {
         self.max_object
+    }
+
+    fn recording_lock(&self, dir: &Path) -> std::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        dir.hash(&mut h);
+        lock(&self.locks[(h.finish() % LOCK_STRIPES as u64) as usize])
     }
 
     fn device_dir(&self, device: &str) -> PathBuf {
@@ -192,12 +224,22 @@ impl Storage {
             .mode(0o700)
             .create(&dir)?;
         let tmp = dir.join(format!(".{name}.{}.tmp", random_suffix()));
-        let file = fs::OpenOptions::new()
+        // Live before it exists: a sweep that lists the file finds it registered.
+        lock(&self.live).insert(tmp.clone());
+        let file = match fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&tmp)?;
+            .open(&tmp)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                lock(&self.live).remove(&tmp);
+                return Err(e.into());
+            }
+        };
         Ok(Upload {
+            live: self.live.clone(),
             dir,
             name: name.into(),
             tmp,
@@ -220,13 +262,11 @@ impl Storage {
         record_digest(&up.file, &got, up.size);
         up.file.sync_all()?;
         let target = up.dir.join(&up.name);
-        let complete = up.dir.join("manifest.json").exists();
+        let _recording = self.recording_lock(&up.dir);
+        if up.dir.join("manifest.json").exists() {
+            return Err(StorageError::Conflict("the recording is complete".into()));
+        }
         match fs::hard_link(&up.tmp, &target) {
-            Ok(()) if complete => {
-                // Raced with the manifest: a complete recording takes no new objects.
-                let _ = fs::remove_file(&target);
-                Err(StorageError::Conflict("the recording is complete".into()))
-            }
             Ok(()) => {
                 sync_dir(&up.dir)?;
                 Ok(Stored::Created)
@@ -288,6 +328,11 @@ impl Storage {
 
     /// Checks an uploaded manifest against the stored objects and, if everything matches, makes
     /// the recording complete. Returns the receipt (JSON) and whether it is new.
+    ///
+    /// Exactly one manifest is ever stored for a recording, and only the request that stored it
+    /// gets a new receipt: the recording's lock is held throughout, and `manifest.json` is
+    /// created exclusively (a hard link, which never replaces a file), so a second manifest is
+    /// a conflict even where the lock is not shared.
     pub fn complete(
         &self,
         device: &str,
@@ -295,14 +340,10 @@ impl Storage {
         manifest_bytes: &[u8],
     ) -> Result<(Vec<u8>, Stored), StorageError> {
         let dir = self.recording_dir(device, id)?;
+        let _recording = self.recording_lock(&dir);
         let final_manifest = dir.join("manifest.json");
-        if let Ok(existing) = fs::read(&final_manifest) {
-            if existing == manifest_bytes {
-                return Ok((fs::read(dir.join("receipt.json"))?, Stored::Same));
-            }
-            return Err(StorageError::Conflict(
-                "the recording is complete with another manifest".into(),
-            ));
+        if let Some(done) = self.already_complete(&dir, device, id, manifest_bytes)? {
+            return Ok(done);
         }
         let m: neoflix_store::Manifest = serde_json::from_slice(manifest_bytes)
             .map_err(|e| StorageError::Manifest(format!("not a manifest: {e}")))?;
@@ -324,44 +365,121 @@ impl Storage {
         let v = neoflix_store::verify_manifest_with(&dir, m, &RecordedDigests)
             .map_err(|e| StorageError::Manifest(e.to_string()))?;
         let m = v.manifest;
-        let listed: std::collections::HashSet<&str> = m
+        let listed: HashSet<&str> = m
             .init_segments
             .iter()
             .chain(&m.fragments)
             .flat_map(|e| [e.file.as_str(), e.key_file.as_str()])
             .collect();
         // Objects a box uploaded and then dropped in its crash recovery are not the recording's,
-        // and temporary files of uploads cut off by a crash of this server are nobody's.
+        // and temporary files of uploads cut off by a crash of this server are nobody's. A
+        // temporary file of an upload still running here is left alone: it ends in a conflict.
+        let live = lock(&self.live).clone();
         for entry in fs::read_dir(&dir)?.filter_map(|e| e.ok()) {
             let name = entry.file_name().to_string_lossy().to_string();
             let stray_object = valid_object_name(&name) && !listed.contains(name.as_str());
-            let stale_temp = name.starts_with('.') && name.ends_with(".tmp");
+            let stale_temp =
+                name.starts_with('.') && name.ends_with(".tmp") && !live.contains(&entry.path());
             if stray_object || stale_temp {
-                log::warn!(device = device, recording = id, file = name.as_str(); "removing a file the manifest does not list");
+                log::warn!(device = crate::esc(device).as_str(), recording = crate::esc(id).as_str(), file = crate::esc(&name).as_str(); "removing a file the manifest does not list");
                 fs::remove_file(entry.path())?;
             }
         }
-        let bytes: u64 = m
-            .init_segments
-            .iter()
-            .chain(&m.fragments)
-            .map(|e| e.size)
-            .sum();
-        let receipt = serde_json::json!({
-            "recording_id": id,
-            "device_id": device,
-            "received_utc": neoflix_store::utc(std::time::SystemTime::now()),
-            "manifest_sha256": neoflix_seal::sha256_hex(manifest_bytes),
-            "chain": m.chain,
-            "fragments": m.fragments.len(),
-            "bytes": bytes,
-        });
-        let receipt = serde_json::to_vec_pretty(&receipt).expect("receipt serializes");
+        // This makes the recording complete, and only if no manifest is there yet.
+        if !write_exclusive(&final_manifest, manifest_bytes)? {
+            return match self.already_complete(&dir, device, id, manifest_bytes)? {
+                Some(done) => Ok(done),
+                None => Err(StorageError::Conflict(
+                    "the recording is complete with another manifest".into(),
+                )),
+            };
+        }
+        // A crash before the receipt is written leaves a complete recording without one: the
+        // box's next PUT of the same manifest gets it rebuilt.
+        let receipt = receipt(device, id, manifest_bytes, &m);
         write_atomic(&dir.join("receipt.json"), &receipt)?;
-        // Last: this makes the recording complete.
-        write_atomic(&final_manifest, manifest_bytes)?;
         Ok((receipt, Stored::Created))
     }
+
+    /// For a complete recording: the stored receipt if `manifest_bytes` is its manifest (rebuilt
+    /// if a crash lost it), a conflict if not. `None` if the recording is not complete.
+    fn already_complete(
+        &self,
+        dir: &Path,
+        device: &str,
+        id: &str,
+        manifest_bytes: &[u8],
+    ) -> Result<Option<(Vec<u8>, Stored)>, StorageError> {
+        let existing = match fs::read(dir.join("manifest.json")) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if existing != manifest_bytes {
+            return Err(StorageError::Conflict(
+                "the recording is complete with another manifest".into(),
+            ));
+        }
+        let path = dir.join("receipt.json");
+        match fs::read(&path) {
+            Ok(r) => Ok(Some((r, Stored::Same))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let m: neoflix_store::Manifest = serde_json::from_slice(manifest_bytes)
+                    .map_err(|e| StorageError::Manifest(format!("stored manifest: {e}")))?;
+                let r = receipt(device, id, manifest_bytes, &m);
+                write_atomic(&path, &r)?;
+                Ok(Some((r, Stored::Same)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The receipt for a stored manifest.
+fn receipt(device: &str, id: &str, manifest_bytes: &[u8], m: &neoflix_store::Manifest) -> Vec<u8> {
+    let bytes = m
+        .init_segments
+        .iter()
+        .chain(&m.fragments)
+        .fold(0u64, |n, e| n.saturating_add(e.size));
+    let receipt = serde_json::json!({
+        "recording_id": id,
+        "device_id": device,
+        "received_utc": neoflix_store::utc(std::time::SystemTime::now()),
+        "manifest_sha256": neoflix_seal::sha256_hex(manifest_bytes),
+        "chain": m.chain,
+        "fragments": m.fragments.len(),
+        "bytes": bytes,
+    });
+    serde_json::to_vec_pretty(&receipt).expect("receipt serializes")
+}
+
+/// Writes `path` whole (temp, fsync, link) unless it exists: `false` then, nothing changed.
+fn write_exclusive(path: &Path, bytes: &[u8]) -> Result<bool, StorageError> {
+    let dir = path.parent().expect("inside a recording dir");
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        random_suffix()
+    ));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        sync_dir(dir)?;
+        Ok(true)
+    })();
+    let _ = fs::remove_file(&tmp);
+    result
 }
 
 const DIGEST_XATTR: &[u8] = b"user.neoflix.sha256\0";
@@ -509,5 +627,145 @@ mod tests {
             s.status("dev", "other"),
             Err(StorageError::NotFound)
         ));
+    }
+}
+
+#[cfg(test)]
+mod race_tests {
+    use super::*;
+    use std::sync::{Arc, Barrier};
+    use std::time::{Duration, SystemTime};
+
+    /// A finished recording of `n` small fragments written by the real store code, uploaded into
+    /// `s` as device `dev`; returns (recording id, its manifest's bytes).
+    fn uploaded_recording(tmp: &Path, s: &Storage, n: u64) -> (String, Vec<u8>) {
+        let dept = neoflix_seal::DepartmentSecretKey::generate().unwrap();
+        let (mut ring, _) =
+            neoflix_store::Ring::open(&tmp.join("ring"), Duration::from_secs(1), 1 << 30).unwrap();
+        let recs = tmp.join("recordings");
+        let mut w = neoflix_store::RecordingWriter::create(
+            &recs,
+            "rec",
+            "dev",
+            "control",
+            &dept.public_key(),
+            SystemTime::now(),
+        )
+        .unwrap();
+        let stream = [1u8; 16];
+        let id = |seq, kind| neoflix_seal::ObjectId { stream, seq, kind };
+        let (k, sealed) = neoflix_seal::seal(&id(0, neoflix_seal::Kind::Init), b"init").unwrap();
+        ring.begin_stream(stream, &sealed, k).unwrap();
+        for seq in 0..n {
+            let (k, sealed) =
+                neoflix_seal::seal(&id(seq, neoflix_seal::Kind::Fragment), &[seq as u8; 3000])
+                    .unwrap();
+            ring.push(seq, &sealed, k, Duration::from_secs(1), SystemTime::now())
+                .unwrap();
+            let e = ring.take(seq).unwrap();
+            let init = ring.init(&stream).unwrap();
+            w.claim(e, &init, false).unwrap();
+        }
+        w.finalize("control", SystemTime::now()).unwrap();
+        let dir = fs::read_dir(&recs).unwrap().next().unwrap().unwrap().path();
+        let rec = dir.file_name().unwrap().to_string_lossy().to_string();
+        for f in fs::read_dir(&dir).unwrap() {
+            let f = f.unwrap();
+            let name = f.file_name().to_string_lossy().to_string();
+            if valid_object_name(&name) {
+                let bytes = fs::read(f.path()).unwrap();
+                let mut up = s.begin("dev", &rec, &name).unwrap();
+                up.write(&bytes).unwrap();
+                s.commit(up, &Sha256::digest(&bytes).into()).unwrap();
+            }
+        }
+        (rec, fs::read(dir.join("manifest.json")).unwrap())
+    }
+
+    /// What [`Storage::complete`] answered.
+    type Completed = Result<(Vec<u8>, Stored), StorageError>;
+
+    #[test]
+    fn racing_manifests_store_one_and_give_exactly_it_a_receipt() {
+        for trial in 0..3 {
+            let d = tempfile::tempdir().unwrap();
+            let s = Arc::new(Storage::open(&d.path().join("srv"), 1 << 20).unwrap());
+            let (rec, manifest) = uploaded_recording(d.path(), &s, 4);
+            // Twenty different valid manifests: the same JSON, each with its own trailing space.
+            let n = 20;
+            let barrier = Arc::new(Barrier::new(n));
+            let results: Vec<(Vec<u8>, Completed)> = (0..n)
+                .map(|i| {
+                    let (s, rec, barrier) = (s.clone(), rec.clone(), barrier.clone());
+                    let mut m = manifest.clone();
+                    m.extend(std::iter::repeat_n(b' ', i));
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        let r = s.complete("dev", &rec, &m);
+                        (m, r)
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect();
+            let winners: Vec<_> = results
+                .iter()
+                .filter(|(_, r)| matches!(r, Ok((_, Stored::Created))))
+                .collect();
+            let outcomes: Vec<String> = results
+                .iter()
+                .map(|(_, r)| match r {
+                    Ok((_, st)) => format!("{st:?}"),
+                    Err(e) => e.to_string(),
+                })
+                .collect();
+            assert_eq!(winners.len(), 1, "trial {trial}: {outcomes:#?}");
+            for (_, r) in &results {
+                assert!(
+                    matches!(r, Ok((_, Stored::Created)) | Err(StorageError::Conflict(_))),
+                    "trial {trial}: {outcomes:#?}"
+                );
+            }
+            let (won, receipt) = (&winners[0].0, &winners[0].1.as_ref().unwrap().0);
+            let dir = d.path().join("srv/dev").join(&rec);
+            assert_eq!(&fs::read(dir.join("manifest.json")).unwrap(), won);
+            assert_eq!(&fs::read(dir.join("receipt.json")).unwrap(), receipt);
+            let r: serde_json::Value = serde_json::from_slice(receipt).unwrap();
+            assert_eq!(r["manifest_sha256"], neoflix_seal::sha256_hex(won));
+        }
+    }
+
+    #[test]
+    fn completion_never_sweeps_a_live_upload() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Storage::open(&d.path().join("srv"), 1 << 20).unwrap();
+        let (rec, manifest) = uploaded_recording(d.path(), &s, 2);
+        // An upload still receiving its body while the manifest lands.
+        let mut live = s.begin("dev", &rec, "frag-000050.nfx").unwrap();
+        live.write(b"half").unwrap();
+        let live_tmp = live.tmp.clone();
+        // And what a crash of an earlier server process left: nobody's.
+        let dir = d.path().join("srv/dev").join(&rec);
+        let stale = dir.join(".frag-000051.nfx.0123456789abcdef.tmp");
+        fs::write(&stale, b"crashed").unwrap();
+        assert_eq!(
+            s.complete("dev", &rec, &manifest).unwrap().1,
+            Stored::Created
+        );
+        assert!(
+            live_tmp.exists(),
+            "a live upload's temporary file was swept"
+        );
+        assert!(!stale.exists(), "a stale temporary file survived");
+        // The live upload then ends with a clear refusal, not an I/O error.
+        live.write(b" and the rest").unwrap();
+        let sha: [u8; 32] = Sha256::digest(b"half and the rest").into();
+        assert!(matches!(
+            s.commit(live, &sha),
+            Err(StorageError::Conflict(_))
+        ));
+        assert!(!dir.join("frag-000050.nfx").exists());
+        assert!(!live_tmp.exists());
     }
 }
