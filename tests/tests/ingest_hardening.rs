@@ -199,3 +199,77 @@ fn many_large_manifests_at_once_stay_within_the_memory_budget() {
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("not a manifest"), "{body}");
 }
+
+#[test]
+fn a_crl_file_without_a_crl_of_the_client_ca_refuses_to_start() {
+    let lab = Lab::new();
+    let ca = lab.pki(&["room-a"]);
+    let ingest = lab.ingest_config(1 << 20);
+    let crl = ca.join("ca.crl");
+    for (what, bytes, says) in [
+        ("an empty file", Vec::new(), "holds no CRL"),
+        (
+            "the CA certificate",
+            fs::read(ca.join("ca.crt")).unwrap(),
+            "CERTIFICATE",
+        ),
+    ] {
+        fs::write(&crl, bytes).unwrap();
+        let (code, err) = ingest.start_expecting_exit();
+        assert_ne!(code, 0, "started with {what} as its CRL: {err}");
+        assert!(
+            err.contains("tls.crl") && err.contains(crl.to_str().unwrap()) && err.contains(says),
+            "{what}: the refusal does not name the file and what is wrong: {err}"
+        );
+    }
+    // A CRL signed by another CA is not a CRL of client_ca.
+    let other = lab.path("other-ca");
+    assert!(
+        neoflix_e2e::neoflix(&["pki", "init", "--dir", other.to_str().unwrap()])
+            .status
+            .success()
+    );
+    fs::copy(other.join("ca.crl"), &crl).unwrap();
+    let (code, err) = ingest.start_expecting_exit();
+    assert_ne!(code, 0, "started with another CA's CRL: {err}");
+    assert!(err.contains("client_ca"), "{err}");
+}
+
+#[test]
+fn a_device_revoked_while_the_server_runs_is_refused_without_a_restart() {
+    let lab = Lab::new();
+    let ca = lab.pki(&["room-a", "room-b"]);
+    let mut ingest = lab.ingest_config(1 << 20);
+    ingest.start();
+    let (a, b) = (cert(&lab, "room-a"), cert(&lab, "room-b"));
+    let get = |who: &(PathBuf, PathBuf)| {
+        curl(
+            &lab,
+            &ingest,
+            Some((&who.0, &who.1)),
+            &["-m", "10"],
+            "/v1/recordings",
+        )
+        .0
+    };
+    assert_eq!(get(&a), 200);
+    let out = neoflix_e2e::neoflix(&["pki", "revoke", "--dir", ca.to_str().unwrap(), "room-a"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&a) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "room-a, revoked, still gets in 30 s later\n{}",
+            ingest.log_text()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(get(&b), 200, "room-b is not revoked");
+    ingest.wait_log("the reload and the refusal", |log| {
+        log.contains("CRL reloaded") && log.to_lowercase().contains("revoked")
+    });
+}

@@ -66,7 +66,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let acceptor = tls::acceptor(&cfg)?;
+    let tls = tls::Reloading::new(&cfg)?;
     let store = Arc::new(storage::Storage::open(
         &cfg.storage.dir,
         cfg.storage.max_object_bytes,
@@ -79,6 +79,7 @@ pub async fn run(
         grace: Duration::from_secs(cfg.limits.rate_grace_secs),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(tls.clone().watch(stop_rx.clone()));
     log::info!(listen = cfg.listen.as_str(), storage = cfg.storage.dir.display().to_string().as_str(); "neoflix-ingest listening");
     tokio::pin!(shutdown);
     loop {
@@ -91,13 +92,13 @@ pub async fn run(
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
-                    log::warn!("accept failed: {e}");
+                    log::warn!("accept failed: {}", esc(&e.to_string()));
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
-        let acceptor = acceptor.clone();
+        let acceptor = tls.current();
         let store = store.clone();
         let per_device = per_device.clone();
         let budget = budget.clone();
@@ -108,7 +109,7 @@ pub async fn run(
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
-                    log::warn!(peer = peer.as_str(); "TLS handshake refused: {e}");
+                    log::warn!(peer = peer.as_str(); "TLS handshake refused: {}", esc(&e.to_string()));
                     return;
                 }
                 Err(_) => {
@@ -120,14 +121,15 @@ pub async fn run(
                 Some(cert) => match neoflix_pki::device_id(cert) {
                     Ok(d) => d,
                     Err(e) => {
-                        log::warn!(peer = peer.as_str(); "client certificate has no usable device id: {e}");
+                        // The message quotes the certificate's common name: anything a CA signed.
+                        log::warn!(peer = peer.as_str(); "client certificate has no usable device id: {}", esc(&e.to_string()));
                         return;
                     }
                 },
                 None => return,
             };
             let Some(_device_slot) = per_device.try_take(&device) else {
-                log::warn!(device = device.as_str(), peer = peer.as_str(); "too many connections from this device (limits.max_connections_per_device): answering 503");
+                log::warn!(device = esc(&device).as_str(), peer = peer.as_str(); "too many connections from this device (limits.max_connections_per_device): answering 503");
                 // A clear answer rather than a silent close, on a short leash: this connection
                 // holds one of the server's slots.
                 let service = hyper::service::service_fn(|_req| async {
@@ -167,4 +169,23 @@ pub async fn run(
     let _ = stop_tx.send(true);
     log::info!("neoflix-ingest stopping");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::esc;
+
+    #[test]
+    fn outside_strings_stay_on_one_unambiguous_line() {
+        assert_eq!(esc("room-1"), "room-1");
+        assert_eq!(esc("a b"), "a b");
+        assert_eq!(
+            esc("x\nINFO  recording complete"),
+            "x\\nINFO  recording complete"
+        );
+        assert_eq!(esc("\r\t\u{1b}[31m"), "\\r\\t\\u{1b}[31m");
+        assert_eq!(esc("q\"\\"), "q\\\"\\\\");
+        assert_eq!(esc("é\u{2028}"), "\\u{e9}\\u{2028}");
+        assert!(!esc(&"\n".repeat(10)).contains('\n'));
+    }
 }
