@@ -245,7 +245,16 @@ fn client_for(ca: &Path, name: &str) -> reqwest::Client {
 /// N boxes for `secs` seconds; returns (p99 ms, every box kept up).
 fn boxes(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime, n: usize, secs: u64) -> (f64, bool) {
     let (_ingest, port) = start_ingest(dir, ca);
-    let body = bytes::Bytes::from(vec![5u8; FRAGMENT]);
+    // The server takes only sealed objects: a real one, about FRAGMENT bytes.
+    let id = neoflix_seal::ObjectId {
+        stream: [5; 16],
+        seq: 0,
+        kind: neoflix_seal::Kind::Fragment,
+    };
+    let sealed = neoflix_seal::seal(&id, &vec![5u8; FRAGMENT - 512])
+        .unwrap()
+        .1;
+    let body = bytes::Bytes::from(sealed);
     let digest = format!(
         "sha-256=:{}:",
         base64::engine::general_purpose::STANDARD

@@ -273,3 +273,120 @@ fn a_device_revoked_while_the_server_runs_is_refused_without_a_restart() {
         log.contains("CRL reloaded") && log.to_lowercase().contains("revoked")
     });
 }
+
+/// A client certificate for the common name `cn`, signed by the lab's CA as `neoflix pki`
+/// would, written to `<lab>/<file>.crt|.key`: names `neoflix pki` itself refuses to issue.
+fn odd_certificate(lab: &Lab, cn: &str, file: &str) -> (PathBuf, PathBuf) {
+    let ca = lab.path("ca");
+    let ca_key = rcgen::KeyPair::from_pem(&fs::read_to_string(ca.join("ca.key")).unwrap()).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&fs::read_to_string(ca.join("ca.crt")).unwrap(), ca_key)
+            .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        rcgen::DnValue::Utf8String(cn.into()),
+    );
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    let (c, k) = (
+        lab.path(&format!("{file}.crt")),
+        lab.path(&format!("{file}.key")),
+    );
+    fs::write(&c, cert.pem()).unwrap();
+    fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+#[test]
+fn a_common_name_with_a_newline_cannot_forge_a_log_line() {
+    let lab = Lab::new();
+    lab.pki(&["room-a"]);
+    let mut ingest = lab.ingest_config(1 << 20);
+    ingest.start();
+    let (c, k) = odd_certificate(
+        &lab,
+        "x\nINFO  recording complete, receipt issued device=room-a",
+        "forger",
+    );
+    let (code, _) = curl(
+        &lab,
+        &ingest,
+        Some((&c, &k)),
+        &["-m", "10"],
+        "/v1/recordings",
+    );
+    assert_eq!(
+        code, 0,
+        "a certificate without a usable device id was served"
+    );
+    let log = ingest.wait_log("the refused certificate", |l| {
+        l.contains("no usable device id")
+    });
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("INFO  recording complete")),
+        "a forged line made it into the log:\n{log}"
+    );
+    assert!(
+        log.contains("x\\nINFO"),
+        "the name is not shown escaped:\n{log}"
+    );
+}
+
+#[test]
+fn malformed_bodies_are_client_errors_and_unsealed_objects_are_refused() {
+    let lab = Lab::new();
+    lab.pki(&["room-a"]);
+    let mut ingest = lab.ingest_config(1 << 20);
+    ingest.start();
+    // Bad chunked framing, for an object and for a manifest: the client's fault, 400.
+    for (path, digest) in [
+        (
+            "/v1/recordings/r/objects/frag-000000.nfx",
+            digest_header(b"x"),
+        ),
+        ("/v1/recordings/r/manifest", "X-Nothing: 1".to_string()),
+    ] {
+        let mut c = RawTls::connect(&lab, &ingest, "room-a").unwrap();
+        c.send(
+            format!(
+                "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{digest}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.status(Duration::from_secs(20)),
+            Some(400),
+            "{path}\n{}",
+            ingest.log_text()
+        );
+    }
+    // Bytes that are not a sealed object, under a sealed object's name: refused, not stored.
+    let a = cert(&lab, "room-a");
+    let plain = lab.path("plain.nfx");
+    fs::write(
+        &plain,
+        b"\x00\x00\x00\x18ftypiso6 plaintext video, not sealed",
+    )
+    .unwrap();
+    let (code, why) = put_object(&lab, &ingest, &a, "r", "frag-000000.nfx", &plain);
+    assert_eq!(code, 400, "{why}");
+    assert!(why.contains("not a sealed object"), "{why}");
+    let (code, why) = put_object(&lab, &ingest, &a, "r", "frag-000000.key", &plain);
+    assert_eq!(code, 400, "{why}");
+    assert!(!lab.path("server/room-a/r/frag-000000.nfx").exists());
+    assert!(!lab.path("server/room-a/r/frag-000000.key").exists());
+    // A fragment's sealed bytes under an init segment's name: the header says otherwise.
+    let frag = sealed_file(&lab, "frag.nfx", 0, b"video");
+    assert_eq!(
+        put_object(&lab, &ingest, &a, "r", "init-000.nfx", &frag).0,
+        400
+    );
+    assert_eq!(
+        put_object(&lab, &ingest, &a, "r", "frag-000000.nfx", &frag).0,
+        201
+    );
+}

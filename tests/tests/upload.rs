@@ -270,7 +270,17 @@ fn the_server_refuses_strangers_and_keeps_devices_apart() {
 
     // A's object, with the right digest.
     let body = lab.path("body");
-    fs::write(&body, b"sealed bytes of A").unwrap();
+    // The server takes only what starts as a sealed object does (it cannot open any).
+    let sealed = |seq: u64, plain: &[u8]| {
+        let id = neoflix_seal::ObjectId {
+            stream: [9; 16],
+            seq,
+            kind: neoflix_seal::Kind::Fragment,
+        };
+        neoflix_seal::seal(&id, plain).unwrap().1
+    };
+    let a_bytes = sealed(0, b"A's video");
+    fs::write(&body, &a_bytes).unwrap();
     let digest = |p: &Path| {
         use base64::Engine as _;
         let d = <sha2::Sha256 as sha2::Digest>::digest(fs::read(p).unwrap());
@@ -303,11 +313,11 @@ fn the_server_refuses_strangers_and_keeps_devices_apart() {
         "the same again is fine"
     );
     let other_body = lab.path("other");
-    fs::write(&other_body, b"different bytes").unwrap();
+    fs::write(&other_body, sealed(0, b"different video")).unwrap();
     assert_eq!(put(a_, obj, &other_body, &digest(&other_body)).0, 409);
     assert_eq!(
         fs::read(lab.path("server/room-a/rec-1/frag-000000.nfx")).unwrap(),
-        b"sealed bytes of A",
+        a_bytes,
         "the original is intact"
     );
     assert_eq!(
@@ -341,7 +351,7 @@ fn the_server_refuses_strangers_and_keeps_devices_apart() {
     assert_eq!(put(b_, obj, &other_body, &digest(&other_body)).0, 201);
     assert_eq!(
         fs::read(lab.path("server/room-a/rec-1/frag-000000.nfx")).unwrap(),
-        b"sealed bytes of A"
+        a_bytes
     );
     let (code, list) = curl(&lab, &ingest, a_, &[], "/v1/recordings");
     assert_eq!(code, 200);
@@ -388,7 +398,11 @@ fn the_server_refuses_strangers_and_keeps_devices_apart() {
     );
     // Announced by Content-Length or not (chunked): the server does not buffer what it refuses.
     let huge = lab.path("huge");
-    fs::write(&huge, vec![9u8; 200 << 20]).unwrap();
+    // A sealed header, so that the size limit is what refuses it.
+    let mut huge_bytes = a_bytes[..neoflix_seal::HEADER_LEN].to_vec();
+    huge_bytes.resize(200 << 20, 9);
+    fs::write(&huge, &huge_bytes).unwrap();
+    drop(huge_bytes);
     let before = ingest.peak_rss_kib();
     let (code, _) = curl(
         &lab,

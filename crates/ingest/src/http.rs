@@ -54,6 +54,8 @@ enum Refusal {
     Body(String),
     /// Holding it would exceed `limits.max_buffered_bytes`.
     Busy,
+    /// The object does not start as a sealed object (or key record) does.
+    NotSealed(String),
 }
 
 impl From<StorageError> for Refusal {
@@ -79,6 +81,12 @@ fn refusal(r: Refusal) -> Response<Full<Bytes>> {
         Refusal::Body(m) => error(
             StatusCode::BAD_REQUEST,
             format!("malformed or incomplete request body: {m}"),
+        ),
+        Refusal::NotSealed(m) => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "not a sealed object: {m}; objects are uploaded as the box sealed them (docs/sealed-format.md)"
+            ),
         ),
         Refusal::Busy => {
             let mut r = error(
@@ -138,7 +146,7 @@ fn storage_error(e: StorageError) -> Resp {
         StorageError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if status == StatusCode::INTERNAL_SERVER_ERROR || status == StatusCode::INSUFFICIENT_STORAGE {
-        log::error!("storage: {e}");
+        log::error!("storage: {}", crate::esc(&e.to_string()));
     }
     error(status, e.to_string())
 }
@@ -197,6 +205,7 @@ async fn blocking<T: Send + 'static>(
 async fn receive(
     mut body: Incoming,
     mut up: Upload,
+    mut head: Head,
     max: u64,
     rate: RateLimit,
     held: &Held,
@@ -217,6 +226,7 @@ async fn receive(
         if total > max {
             return Err(StorageError::TooLarge(max).into());
         }
+        head.feed(&data, total)?;
         if batch.len() + data.len() > cap && !batch.is_empty() {
             let chunk = std::mem::replace(&mut batch, Vec::with_capacity(cap));
             up = blocking(move || up.write(&chunk).map(|()| up)).await?;
@@ -228,10 +238,108 @@ async fn receive(
             batch.extend_from_slice(&data);
         }
     }
+    head.finish()?;
     if !batch.is_empty() {
         up = blocking(move || up.write(&batch).map(|()| up)).await?;
     }
     Ok(up)
+}
+
+/// The first bytes of an object, kept until they can be checked.
+struct Head {
+    /// Which kind of object the name says this is.
+    expect: Expect,
+    bytes: Vec<u8>,
+    checked: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Expect {
+    /// A sealed object: its 56-byte header, of this kind.
+    Sealed(neoflix_seal::Kind),
+    /// A key record: exactly [`neoflix_seal::WRAPPED_KEY_LEN`] bytes.
+    KeyRecord,
+}
+
+impl Head {
+    fn for_name(name: &str) -> Head {
+        let expect = if name.ends_with(".key") {
+            Expect::KeyRecord
+        } else if name.starts_with("init-") {
+            Expect::Sealed(neoflix_seal::Kind::Init)
+        } else {
+            Expect::Sealed(neoflix_seal::Kind::Fragment)
+        };
+        Head {
+            expect,
+            bytes: Vec::new(),
+            checked: false,
+        }
+    }
+
+    fn needed(&self) -> usize {
+        match self.expect {
+            Expect::Sealed(_) => neoflix_seal::HEADER_LEN,
+            Expect::KeyRecord => neoflix_seal::WRAPPED_KEY_LEN,
+        }
+    }
+
+    /// Takes the next piece of the body (`total` bytes so far, this piece included); checks
+    /// the head as soon as it is complete, so a wrong body is refused before it is stored.
+    fn feed(&mut self, data: &[u8], total: u64) -> Result<(), Refusal> {
+        if let Expect::KeyRecord = self.expect
+            && total > neoflix_seal::WRAPPED_KEY_LEN as u64
+        {
+            return Err(Refusal::NotSealed(format!(
+                "a key record is {} bytes, this body is longer",
+                neoflix_seal::WRAPPED_KEY_LEN
+            )));
+        }
+        if !self.checked {
+            let want = self.needed() - self.bytes.len().min(self.needed());
+            self.bytes.extend_from_slice(&data[..want.min(data.len())]);
+            if self.bytes.len() == self.needed() {
+                self.check()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// At the end of the body: a head never completed is refused too.
+    fn finish(&mut self) -> Result<(), Refusal> {
+        if self.checked {
+            return Ok(());
+        }
+        self.check()
+    }
+
+    fn check(&mut self) -> Result<(), Refusal> {
+        check_object_start(self.expect, &self.bytes).map_err(Refusal::NotSealed)?;
+        self.checked = true;
+        Ok(())
+    }
+}
+
+/// Whether `head` starts an object of the expected kind: the sealed header's magic, version,
+/// kind and chunk size, or a key record's shape and the header it names. No key is involved.
+fn check_object_start(expect: Expect, head: &[u8]) -> Result<(), String> {
+    match expect {
+        Expect::Sealed(kind) => {
+            let h = neoflix_seal::parse_header(head).map_err(|e| e.to_string())?;
+            if h.id.kind != kind {
+                return Err(format!(
+                    "the name says {kind:?}, the header {:?}",
+                    h.id.kind
+                ));
+            }
+        }
+        Expect::KeyRecord => {
+            let k = neoflix_seal::WrappedKey::from_bytes(head).map_err(|e| e.to_string())?;
+            neoflix_seal::parse_header(k.object_header())
+                .map_err(|e| format!("the key record's object header: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Memory a manifest costs per byte of capacity: its bytes, then its parsed form beside them.
@@ -287,7 +395,8 @@ pub async fn handle(
     } else {
         log::Level::Warn
     };
-    log::log!(level, device = ctx.device.as_str(), peer = ctx.peer.as_str(), status = resp.status().as_u16(); "{method} {}", path.chars().take(200).collect::<String>());
+    let path: String = path.chars().take(200).collect();
+    log::log!(level, device = crate::esc(&ctx.device).as_str(), peer = ctx.peer.as_str(), status = resp.status().as_u16(); "{} {}", crate::esc(method.as_str()), crate::esc(&path));
     Ok(resp)
 }
 
@@ -335,13 +444,14 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
             if !held.grow(batch) {
                 return refusal(Refusal::Busy);
             }
+            let head = Head::for_name(name);
             let (id, name) = (id.to_string(), name.to_string());
             let s2 = store.clone();
             let up = match blocking(move || s2.begin(&device, &id, &name)).await {
                 Ok(u) => u,
                 Err(e) => return storage_error(e),
             };
-            let up = match receive(req.into_body(), up, max, ctx.rate, &held).await {
+            let up = match receive(req.into_body(), up, head, max, ctx.rate, &held).await {
                 Ok(u) => u,
                 Err(r) => return refusal(r),
             };
@@ -387,7 +497,7 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
             {
                 Ok((receipt, stored)) => {
                     if stored == Stored::Created {
-                        log::info!(device = device.as_str(), recording = id.as_str(); "recording complete, receipt issued");
+                        log::info!(device = crate::esc(&device).as_str(), recording = crate::esc(&id).as_str(); "recording complete, receipt issued");
                     }
                     let status = if stored == Stored::Created {
                         StatusCode::CREATED
@@ -408,5 +518,64 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
             "no such endpoint (see docs/upload-protocol.md)",
         ),
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealed(kind: neoflix_seal::Kind) -> (neoflix_seal::DataKey, Vec<u8>) {
+        let id = neoflix_seal::ObjectId {
+            stream: [3; 16],
+            seq: 1,
+            kind,
+        };
+        neoflix_seal::seal(&id, b"plaintext").unwrap()
+    }
+
+    fn fed(name: &str, body: &[u8], piece: usize) -> Result<(), String> {
+        let mut head = Head::for_name(name);
+        let mut total = 0u64;
+        for p in body.chunks(piece.max(1)) {
+            total += p.len() as u64;
+            head.feed(p, total).map_err(|r| match r {
+                Refusal::NotSealed(m) => m,
+                _ => "other".into(),
+            })?;
+        }
+        head.finish().map_err(|r| match r {
+            Refusal::NotSealed(m) => m,
+            _ => "other".into(),
+        })
+    }
+
+    #[test]
+    fn only_sealed_objects_and_key_records_pass_in_any_framing() {
+        let (_, frag) = sealed(neoflix_seal::Kind::Fragment);
+        let (_, init) = sealed(neoflix_seal::Kind::Init);
+        let dept = neoflix_seal::DepartmentSecretKey::generate().unwrap();
+        let (key, frag2) = sealed(neoflix_seal::Kind::Fragment);
+        let record = key.wrap(&dept.public_key(), &frag2).unwrap();
+        for piece in [1, 7, 56, 4096] {
+            fed("frag-000001.nfx", &frag, piece).unwrap();
+            fed("init-000.nfx", &init, piece).unwrap();
+            fed("frag-000001.key", record.as_bytes(), piece).unwrap();
+            assert!(fed("frag-000001.nfx", b"sealed bytes of A", piece).is_err());
+            assert!(fed("frag-000001.nfx", &vec![0u8; 4096], piece).is_err());
+            assert!(
+                fed("init-000.nfx", &frag, piece)
+                    .unwrap_err()
+                    .contains("the name says Init")
+            );
+            assert!(fed("frag-000001.key", &frag, piece).is_err());
+            let mut long = record.as_bytes().to_vec();
+            long.push(0);
+            assert!(fed("frag-000001.key", &long, piece).is_err());
+            assert!(fed("frag-000001.nfx", b"", piece).is_err());
+        }
+        let mut v2 = frag.clone();
+        v2[4] = 2;
+        assert!(fed("frag-000001.nfx", &v2, 4096).is_err());
     }
 }

@@ -664,7 +664,7 @@ mod race_tests {
                 .unwrap();
             let e = ring.take(seq).unwrap();
             let init = ring.init(&stream).unwrap();
-            w.claim(e, &init, false).unwrap();
+            w.claim(&e, &init, false).unwrap();
         }
         w.finalize("control", SystemTime::now()).unwrap();
         let dir = fs::read_dir(&recs).unwrap().next().unwrap().unwrap().path();
