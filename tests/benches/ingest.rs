@@ -99,7 +99,7 @@ fn synth_recording(root: &Path, n: u64) -> PathBuf {
             .unwrap();
         let e = ring.take(seq).unwrap();
         let init = ring.init(&stream).unwrap();
-        w.claim(e, &init, false).unwrap();
+        w.claim(&e, &init, false).unwrap();
     }
     w.finalize("control", SystemTime::now()).unwrap();
     recs

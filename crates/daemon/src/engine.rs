@@ -11,10 +11,11 @@ use neoflix_capture::{Capture, CaptureEvent, CaptureSettings, Output};
 use neoflix_control::{Reply, Request, Status};
 use neoflix_recorder::{Action, Event, Recorder, Trigger};
 use neoflix_seal::{DataKey, DepartmentPublicKey, Kind, ObjectId};
-use neoflix_store::{RecordingWriter, Ring};
+use neoflix_store::Ring;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::health::Pattern;
+use crate::recordings::{Done, Recordings};
 use zeroize::Zeroize;
 
 /// What the engine receives.
@@ -120,7 +121,7 @@ pub struct Engine {
     settings: EngineSettings,
     ring: Ring,
     recorder: Option<Recorder>,
-    recording: Option<RecordingWriter>,
+    recordings: Recordings,
     capture: Option<Running>,
     /// The inbox's sending side, handed to each new capture pipeline.
     inbox: mpsc::Sender<Input>,
@@ -156,19 +157,6 @@ fn utc(t: SystemTime) -> String {
     time::OffsetDateTime::from(t)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
-}
-
-fn recording_id(device: &str, now: SystemTime, dir: &std::path::Path) -> String {
-    let t = time::OffsetDateTime::from(now);
-    let fmt = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
-    let base = format!("{device}-{}", t.format(&fmt).unwrap_or_default());
-    let mut id = base.clone();
-    let mut n = 2;
-    while dir.join(&id).exists() {
-        id = format!("{base}-{n}");
-        n += 1;
-    }
-    id
 }
 
 /// A running pipeline and the flag that tells its callback to give up waiting for the inbox.
@@ -272,11 +260,16 @@ impl Engine {
     /// Creates the engine. `ring` is already opened (and wiped).
     pub fn new(settings: EngineSettings, ring: Ring, inbox: mpsc::Sender<Input>) -> Self {
         let recorder = Recorder::new(settings.recorder.clone());
+        let recordings = Recordings::new(
+            settings.recordings_dir.clone(),
+            settings.device_id.clone(),
+            settings.recipient.clone(),
+        );
         Engine {
             settings,
             ring,
             recorder: Some(recorder),
-            recording: None,
+            recordings,
             capture: None,
             inbox,
             seq: Arc::new(AtomicU64::new(0)),
@@ -390,7 +383,13 @@ impl Engine {
         let at = self.now();
         self.feed(Event::Shutdown { at });
         self.publish_changes();
-        // What is left in the ring is pre-roll: it dies with its keys.
+        if self.recordings.owes_work() {
+            log::error!(device = self.settings.device_id.as_str();
+                "stopping while the recordings storage fails: what reached the disk is sealed as interrupted at the next start; the rest is lost with its keys");
+        }
+        // What is left in the ring is pre-roll (or was owed to a recording that storage refused):
+        // it dies with its keys.
+        self.ring.hold_through(None);
         let _ = self.ring.purge();
         log::info!(device = self.settings.device_id.as_str(); "stopped");
     }
@@ -429,7 +428,14 @@ impl Engine {
                         ]);
                         self.notified_ready = true;
                     }
-                    if failures == self.storage_failures && self.storage_error.take().is_some() {
+                    let recordings_failing = self
+                        .recorder
+                        .as_ref()
+                        .is_some_and(Recorder::storage_failing);
+                    if failures == self.storage_failures
+                        && !recordings_failing
+                        && self.storage_error.take().is_some()
+                    {
                         log::info!(device = self.settings.device_id.as_str(); "storage works again");
                     }
                 }
@@ -540,7 +546,7 @@ impl Engine {
         let summary = Summary {
             state: s.state,
             reasons,
-            recording: self.recording.as_ref().map(|r| r.id().to_string()),
+            recording: self.recordings.open_id().map(str::to_string),
             upload_pending: self
                 .settings
                 .upload_status
@@ -634,65 +640,48 @@ impl Engine {
             Request::Mark { label } => Event::Mark { at, by, label },
             Request::Privacy { on } => Event::Privacy { at, on },
         };
-        let recording_before = self.recording.as_ref().map(|r| r.id().to_string());
+        let recording_before = self.recordings.open_id().map(str::to_string);
         let refusals = self.feed(event);
         if let Some(reason) = refusals.into_iter().next() {
             return Reply::error(reason);
         }
         let mut r = Reply::ok();
         r.recording = self
-            .recording
-            .as_ref()
-            .map(|r| r.id().to_string())
+            .recordings
+            .open_id()
+            .map(str::to_string)
             .or(recording_before);
         r
     }
 
-    /// Hands an event to the recorder and carries out its actions; returns refusals.
+    /// Hands an event to the recorder and carries out its actions, then the outcomes of those
+    /// actions, in turn; returns refusals.
     fn feed(&mut self, event: Event) -> Vec<String> {
-        let recorder = self.recorder.take().expect("recorder is always put back");
-        let (recorder, actions) = recorder.handle(event);
-        self.recorder = Some(recorder);
+        let mut events = std::collections::VecDeque::from([event]);
         let mut refusals = Vec::new();
-        for action in actions {
-            if let Action::Refuse { reason } = &action {
-                refusals.push(reason.clone());
-                continue;
-            }
-            if let Err(e) = self.act(action) {
-                self.storage_failed(e.to_string());
+        while let Some(event) = events.pop_front() {
+            let recorder = self.recorder.take().expect("recorder is always put back");
+            let (recorder, actions) = recorder.handle(event);
+            self.recorder = Some(recorder);
+            for action in actions {
+                if let Action::Refuse { reason } = &action {
+                    refusals.push(reason.clone());
+                    continue;
+                }
+                events.extend(self.act(action));
             }
         }
         refusals
     }
 
-    fn act(&mut self, action: Action) -> Result<(), neoflix_store::StoreError> {
+    /// Carries out one action; what the recorder must hear about it comes back.
+    fn act(&mut self, action: Action) -> Option<Event> {
         let device = self.settings.device_id.clone();
+        let now = SystemTime::now();
         match action {
             Action::StartRecording { trigger } => {
-                let now = SystemTime::now();
-                let id = recording_id(&device, now, &self.settings.recordings_dir);
-                let mut w = RecordingWriter::create(
-                    &self.settings.recordings_dir,
-                    &id,
-                    &device,
-                    trigger.as_str(),
-                    &self.settings.recipient,
-                    now,
-                )?;
                 let preroll_secs = self.ring.duration().as_secs_f64();
-                let preroll = self.ring.take_all();
-                let n = preroll.len();
-                for entry in preroll {
-                    let init = self
-                        .ring
-                        .init(&entry.stream)
-                        .ok_or(neoflix_store::StoreError::NotInRing { seq: entry.seq })?;
-                    w.claim(entry, &init, true)?;
-                }
-                log::info!(device = device.as_str(), recording = id.as_str(), trigger = trigger.as_str(),
-                    preroll_fragments = n; "recording started");
-                self.recording = Some(w);
+                let id = self.recordings.start(trigger, now, &mut self.ring);
                 self.recording_started_utc = Some(utc(now));
                 self.settings
                     .events
@@ -701,62 +690,30 @@ impl Engine {
                         trigger: trigger.as_str().into(),
                         preroll_secs,
                     });
-                self.wake_uplink();
+                return self.sync_recordings();
             }
-            Action::Claim { seq } => {
-                if self.recording.is_none() {
-                    // The recording could not be created (reported then); the fragment stays
-                    // in the ring as pre-roll rather than being lost.
-                    return Ok(());
-                }
-                let entry = self.ring.take(seq)?;
-                let init = self
-                    .ring
-                    .init(&entry.stream)
-                    .ok_or(neoflix_store::StoreError::NotInRing { seq })?;
-                if let Some(w) = self.recording.as_mut() {
-                    w.claim(entry, &init, false)?;
-                    log::debug!(recording = w.id(), fragment = seq; "claimed");
-                }
-                self.wake_uplink();
-            }
+            Action::Claim { .. } | Action::Retry => return self.sync_recordings(),
             Action::Mark { by, label } => {
-                if let Some(w) = self.recording.as_mut() {
-                    let m = w.mark(&label, by.as_str(), SystemTime::now())?;
-                    log::info!(recording = w.id(), offset_secs = m.offset_secs, by = by.as_str(), label = label.as_str(); "marker");
-                    self.settings.events.send(neoflix_mqtt::Event::Marker {
-                        recording: w.id().into(),
-                        offset_secs: m.offset_secs,
-                        by: by.as_str().into(),
-                        label,
-                    });
-                }
+                self.recordings.mark(label, by, now);
+                return self.sync_recordings();
             }
             Action::StopRequested { reason } => {
-                if let Some(w) = self.recording.as_mut() {
-                    w.stop_requested(reason.as_str(), SystemTime::now())?;
-                    log::info!(recording = w.id(), reason = reason.as_str(); "stop requested, post-roll running");
+                self.recordings.stop_requested(reason, now);
+                if let Some(id) = self.recordings.open_id() {
+                    log::info!(recording = id, reason = reason.as_str(); "stop requested, post-roll running");
                 }
+                return self.sync_recordings();
             }
             Action::Finalize { reason } => {
-                if let Some(w) = self.recording.take() {
-                    let id = w.id().to_string();
-                    let m = w.finalize(reason.as_str(), SystemTime::now())?;
-                    self.finalized += 1;
-                    self.wake_uplink();
-                    log::info!(device = device.as_str(), recording = id.as_str(), reason = reason.as_str(),
-                        fragments = m.fragments.len(), duration_secs = m.duration_secs; "recording finalized");
-                    self.recording_started_utc = None;
-                    self.settings
-                        .events
-                        .send(neoflix_mqtt::Event::RecordingStopped {
-                            recording: id,
-                            reason: reason.as_str().into(),
-                            duration_secs: m.duration_secs,
-                        });
+                self.recordings.finalize(reason, now, &mut self.ring);
+                self.recording_started_utc = None;
+                return self.sync_recordings();
+            }
+            Action::PurgeRing => {
+                if let Err(e) = self.ring.purge() {
+                    self.storage_failed(e.to_string());
                 }
             }
-            Action::PurgeRing => self.ring.purge()?,
             Action::PauseCapture => {
                 self.paused = true;
                 self.stop_capture();
@@ -772,7 +729,71 @@ impl Engine {
             }
             Action::Refuse { .. } => {}
         }
-        Ok(())
+        None
+    }
+
+    /// Does the storage work the recordings owe; the outcome is the recorder's to hear.
+    fn sync_recordings(&mut self) -> Option<Event> {
+        let mut done = Vec::new();
+        let result = self.recordings.sync(&mut self.ring, &mut done);
+        for d in done {
+            self.announce(d);
+        }
+        let failing = self
+            .recorder
+            .as_ref()
+            .is_some_and(Recorder::storage_failing);
+        let at = self.now();
+        match result {
+            Ok(()) if failing => {
+                log::info!(device = self.settings.device_id.as_str(); "recordings storage works again: nothing was lost");
+                self.storage_error = None;
+                Some(Event::StorageRecovered { at })
+            }
+            Ok(()) => None,
+            Err(e) => {
+                let reason = e.to_string();
+                self.storage_failed(reason.clone());
+                Some(Event::StorageFailed { at, reason })
+            }
+        }
+    }
+
+    /// Logs, publishes and hands on what storage work finished.
+    fn announce(&mut self, done: Done) {
+        let device = self.settings.device_id.as_str();
+        match done {
+            Done::Opened { id, trigger } => {
+                log::info!(device = device, recording = id.as_str(), trigger = trigger.as_str(); "recording started");
+            }
+            Done::Marked { id, marker } => {
+                log::info!(recording = id.as_str(), offset_secs = marker.offset_secs, by = marker.by.as_str(), label = marker.label.as_str(); "marker");
+                self.settings.events.send(neoflix_mqtt::Event::Marker {
+                    recording: id,
+                    offset_secs: marker.offset_secs,
+                    by: marker.by,
+                    label: marker.label,
+                });
+            }
+            Done::Finalized {
+                id,
+                reason,
+                fragments,
+                duration_secs,
+            } => {
+                self.finalized += 1;
+                log::info!(device = device, recording = id.as_str(), reason = reason.as_str(),
+                    fragments = fragments, duration_secs = duration_secs; "recording finalized");
+                self.settings
+                    .events
+                    .send(neoflix_mqtt::Event::RecordingStopped {
+                        recording: id,
+                        reason: reason.as_str().into(),
+                        duration_secs,
+                    });
+            }
+        }
+        self.wake_uplink();
     }
 
     fn wake_uplink(&self) {
@@ -793,14 +814,14 @@ impl Engine {
             privacy: s.state == "privacy",
             reasons,
             preroll_secs: s.preroll.as_millis() as f64 / 1000.0,
-            recording: self.recording.as_ref().map(|r| r.id().to_string()),
+            recording: self.recordings.open_id().map(str::to_string),
             recording_secs: self
-                .recording
-                .as_ref()
-                .map(|r| r.duration().as_millis() as f64 / 1000.0),
+                .recordings
+                .open_duration()
+                .map(|d| d.as_millis() as f64 / 1000.0),
             recording_started_utc: self
-                .recording
-                .as_ref()
+                .recordings
+                .open_id()
                 .and(self.recording_started_utc.clone()),
             encoder: self.encoder.clone(),
             recordings_finalized: self.finalized,

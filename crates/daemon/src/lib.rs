@@ -9,7 +9,8 @@
 //! recording and the recorder state machine and does all storage I/O; on the async runtime, the
 //! control socket ([`control`]) and a 100 ms ticker feed the same inbox.
 //!
-//! Layout: [`engine`] the engine thread, [`control`] the Unix control socket, [`uplink`] the
+//! Layout: [`engine`] the engine thread, [`recordings`] the recordings it writes and the storage
+//! work they owe, [`control`] the Unix control socket, [`uplink`] the
 //! upload to the department, [`fleet`] MQTT status/events/commands, [`devices`] pedal, foot
 //! switch, privacy switch and light, [`health`] what `ready` means.
 #![deny(missing_docs)]
@@ -19,6 +20,7 @@ pub mod devices;
 pub mod engine;
 pub mod fleet;
 pub mod health;
+pub mod recordings;
 pub mod uplink;
 
 use std::collections::BTreeMap;

@@ -14,7 +14,12 @@
 //! - a recording that reaches `max_duration` stops by itself;
 //! - after a stop, recording goes on for `post_roll` before the recording is finalized;
 //! - privacy mode stops any recording, empties the ring and refuses to start until it is off;
-//! - the recording light mirrors "recording" (including post-roll), never anything else.
+//! - the recording light mirrors "recording" (including post-roll), never anything else;
+//! - storage is the daemon's, but its outcomes are the recorder's to decide on: a failed
+//!   [`Action`] on the recording comes back as [`Event::StorageFailed`]; the recorder then stops
+//!   asking for claims (fragments wait in the ring), reports `fault` with the reason, and asks for
+//!   [`Action::Retry`] with a growing back-off until [`Event::StorageRecovered`]. A recording is
+//!   never given up because storage failed.
 //!
 //! ```
 //! use std::time::Duration;
@@ -177,6 +182,19 @@ pub enum Event {
         /// When.
         at: Duration,
     },
+    /// Storage work for a recording failed (creating it, claiming, a marker, its manifest). The
+    /// daemon keeps the work pending: nothing is dropped.
+    StorageFailed {
+        /// When.
+        at: Duration,
+        /// What failed, for the status.
+        reason: String,
+    },
+    /// Every pending storage work for the recordings is done again.
+    StorageRecovered {
+        /// When.
+        at: Duration,
+    },
 }
 
 /// Something the daemon must do, in order.
@@ -220,6 +238,9 @@ pub enum Action {
         /// On or off.
         on: bool,
     },
+    /// Carry out the recordings' pending storage work (create, claim what waits in the ring,
+    /// markers, manifests) after a failure; the outcome comes back as an event.
+    Retry,
     /// A request could not be honoured; tell whoever asked.
     Refuse {
         /// Why, in words an operator understands.
@@ -288,7 +309,24 @@ pub struct Recorder {
     /// Why the camera is not delivering, while it is not; kept through a recording so that the
     /// status tells the room and the state after the recording is `fault`.
     camera_fault: Option<String>,
+    /// Why the recordings' storage is failing, while it is, and when to try again.
+    storage_fault: Option<StorageFault>,
 }
+
+/// A storage failure the recorder waits out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StorageFault {
+    reason: String,
+    /// The next [`Action::Retry`].
+    retry_at: Duration,
+    /// The wait after the next failure (doubling, capped).
+    backoff: Duration,
+}
+
+/// First wait after a storage failure; it doubles with every failure up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+/// Longest wait between two storage retries: a disk freed by IT is used within this.
+const MAX_RETRY: Duration = Duration::from_secs(10);
 
 /// A snapshot for status reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,12 +353,18 @@ impl Recorder {
             last_fragment: None,
             start_press_held: false,
             camera_fault: None,
+            storage_fault: None,
         }
     }
 
     /// The current state.
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    /// Whether the recordings' storage is failing (a retry is due or under way).
+    pub fn storage_failing(&self) -> bool {
+        self.storage_fault.is_some()
     }
 
     /// The settings.
@@ -353,6 +397,18 @@ impl Recorder {
             State::Privacy => (false, Some("privacy mode".to_string())),
             State::Fault { reason } => (false, Some(format!("camera: {reason}"))),
         };
+        if let Some(f) = &self.storage_fault
+            && !matches!(self.state, State::Privacy)
+        {
+            // A recording whose storage fails is not "recording" to anyone who must act on it.
+            return Status {
+                state: "fault",
+                ready: false,
+                recording,
+                preroll: self.ring,
+                reason: Some(format!("storage: {}", f.reason)),
+            };
+        }
         Status {
             state: self.state.name(),
             ready,
@@ -379,6 +435,37 @@ impl Recorder {
     /// Handles one event.
     pub fn handle(mut self, event: Event) -> (Self, Vec<Action>) {
         let mut actions = Vec::new();
+        // Storage outcomes and their retries hold in every state: a recording closed just before
+        // privacy mode still has to reach the disk.
+        let event = match event {
+            Event::StorageFailed { at, reason } => {
+                let backoff = self
+                    .storage_fault
+                    .as_ref()
+                    .map_or(FIRST_RETRY, |f| f.backoff);
+                self.storage_fault = Some(StorageFault {
+                    reason,
+                    retry_at: at + backoff,
+                    backoff: (backoff * 2).min(MAX_RETRY),
+                });
+                return (self, actions);
+            }
+            Event::StorageRecovered { .. } => {
+                self.storage_fault = None;
+                return (self, actions);
+            }
+            Event::Tick { at } => {
+                if let Some(f) = &mut self.storage_fault
+                    && at >= f.retry_at
+                {
+                    // Until the outcome arrives, no second retry.
+                    f.retry_at = at + f.backoff;
+                    actions.push(Action::Retry);
+                }
+                Event::Tick { at }
+            }
+            e => e,
+        };
         let state = std::mem::replace(&mut self.state, State::Starting);
         self.state = match (state, event) {
             // Privacy: nothing is kept, only "privacy off" leaves it.
@@ -436,6 +523,7 @@ impl Recorder {
                 State::Fault { reason }
             }
             (s, Event::Shutdown { .. }) => s,
+            (s, Event::StorageFailed { .. } | Event::StorageRecovered { .. }) => s,
         };
         (self, actions)
     }
@@ -511,7 +599,10 @@ impl Recorder {
                 self.ring = ring;
                 self.last_fragment = Some(at);
                 self.camera_fault = None;
-                actions.push(Action::Claim { seq });
+                // While storage fails the fragment waits in the ring; the retry claims it.
+                if self.storage_fault.is_none() {
+                    actions.push(Action::Claim { seq });
+                }
                 self.check_time(rec, at, actions)
             }
             Event::Tick { at } => {
@@ -585,6 +676,7 @@ impl Recorder {
                 let reason = rec.stopping.map(|(_, r)| r).unwrap_or(StopReason::Shutdown);
                 self.finalize(reason, actions)
             }
+            Event::StorageFailed { .. } | Event::StorageRecovered { .. } => State::Recording(rec),
         }
     }
 

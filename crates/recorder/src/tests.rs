@@ -543,16 +543,22 @@ fn exhaustive_invariants_over_event_sequences() {
                 reason: "x".into(),
             },
             Event::Shutdown { at: s(t) },
+            Event::StorageFailed {
+                at: s(t),
+                reason: "read-only".into(),
+            },
+            Event::StorageRecovered { at: s(t) },
         ]
     };
     let n = events(0).len();
-    // All sequences of length 4 over the 11 events, each one second apart.
+    // All sequences of length 4 over the 13 events, three seconds apart.
     for code in 0..n.pow(4) {
         let mut r = Recorder::new(Settings {
             post_roll: s(1),
             ..settings()
         });
         let mut light = false;
+        let mut storage_failing = false;
         let mut c = code;
         for t in 0..4u64 {
             let e = events(t * 3)[c % n].clone();
@@ -581,7 +587,121 @@ fn exhaustive_invariants_over_event_sequences() {
                 next.status().recording,
                 "light disagrees after {e:?}"
             );
+            match e {
+                Event::StorageFailed { .. } => storage_failing = true,
+                Event::StorageRecovered { .. } => storage_failing = false,
+                _ => {}
+            }
+            if storage_failing {
+                let st = next.status();
+                assert!(
+                    !st.ready && matches!(st.state, "fault" | "privacy"),
+                    "failing storage must not look fine: {st:?}"
+                );
+            }
             r = next;
         }
     }
+}
+
+/// A recording whose storage fails is kept, reported and retried, never given up: the failed
+/// start of a recording once lost all of it silently.
+#[test]
+fn storage_failures_are_reported_retried_and_lose_no_claim() {
+    let (r, a) = run(
+        ready(),
+        vec![Event::Start {
+            at: s(11),
+            by: Trigger::Mqtt,
+        }],
+    );
+    assert!(a.contains(&Action::StartRecording {
+        trigger: Trigger::Mqtt
+    }));
+    // The daemon could not create the recording directory.
+    let (r, a) = run(
+        r,
+        vec![Event::StorageFailed {
+            at: ms(11_010),
+            reason: "read-only file system".into(),
+        }],
+    );
+    assert!(a.is_empty());
+    let st = r.status();
+    assert_eq!((st.state, st.ready, st.recording), ("fault", false, true));
+    assert_eq!(st.reason.as_deref(), Some("storage: read-only file system"));
+    // Fragments wait in the ring: no claim is asked for while storage fails.
+    let (r, a) = with_fragments(r, 11, 1);
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::Claim { .. })),
+        "{a:?}"
+    );
+    // Retries back off: 0.5 s, then 1 s, 2 s, ...
+    let retries = |r: Recorder, from_ms: u64, to_ms: u64| {
+        let mut r = r;
+        let mut at = Vec::new();
+        for t in (from_ms..to_ms).step_by(100) {
+            let (next, a) = r.handle(Event::Tick { at: ms(t) });
+            r = next;
+            if a.contains(&Action::Retry) {
+                at.push(t);
+                let (next, _) = r.handle(Event::StorageFailed {
+                    at: ms(t),
+                    reason: "read-only file system".into(),
+                });
+                r = next;
+            }
+        }
+        (r, at)
+    };
+    let (r, at) = retries(r, 11_100, 15_000);
+    assert_eq!(at, vec![11_600, 12_600, 14_600]);
+    // A stop while storage fails is still a stop: Finalize is asked for (the daemon keeps it
+    // pending), the light goes off.
+    let (r, a) = run(
+        r,
+        vec![Event::Stop {
+            at: s(15),
+            by: Trigger::Control,
+        }],
+    );
+    assert_eq!(finalized(&a), vec![StopReason::Requested(Trigger::Control)]);
+    assert!(a.contains(&Action::Light { on: false }));
+    assert_eq!(r.status().state, "fault");
+    // Storage works again: the fault clears and claims resume for the next recording.
+    let (r, _) = run(r, vec![Event::StorageRecovered { at: s(16) }]);
+    assert_eq!(r.status().state, "ready");
+    let (r, _) = run(
+        r,
+        vec![Event::Start {
+            at: s(17),
+            by: Trigger::Pedal,
+        }],
+    );
+    let (_, a) = with_fragments(r, 17, 1);
+    assert!(a.contains(&Action::Claim { seq: 17 }), "{a:?}");
+}
+
+#[test]
+fn storage_retries_go_on_in_privacy_mode() {
+    let (r, _) = run(
+        ready(),
+        vec![
+            Event::Start {
+                at: s(11),
+                by: Trigger::Pedal,
+            },
+            Event::StorageFailed {
+                at: s(11),
+                reason: "disk full".into(),
+            },
+            Event::Privacy {
+                at: s(12),
+                on: true,
+            },
+        ],
+    );
+    assert_eq!(r.status().state, "privacy");
+    let (_, a) = run(r, vec![Event::Tick { at: s(20) }]);
+    assert_eq!(a, vec![Action::Retry]);
 }

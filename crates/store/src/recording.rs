@@ -193,13 +193,16 @@ impl RecordingWriter {
         Ok(index)
     }
 
-    /// Claims a fragment taken out of the ring. `init` is the init segment of its stream.
+    /// Claims a fragment of the ring. `init` is the init segment of its stream. The caller takes
+    /// it out of the ring only once this succeeded: a failed claim loses nothing, and a claim
+    /// may be tried again after a failure at any step.
     ///
     /// Order matters for crash safety: the wrapped key is on disk before the sealed fragment is
-    /// moved in, so a fragment in a recording always has its key.
+    /// moved in, so a fragment in a recording always has its key; the journal line comes last,
+    /// and the fragment counts only once it is written.
     pub fn claim(
         &mut self,
-        entry: RingEntry,
+        entry: &RingEntry,
         init: &StreamInit,
         preroll: bool,
     ) -> Result<(), StoreError> {
@@ -209,16 +212,29 @@ impl RecordingWriter {
         };
         let index = self.fragments.len() as u64;
         let file = format!("frag-{index:06}.nfx");
+        let dest = self.dir.join(&file);
+        // An earlier attempt may have moved the file in before a later step failed.
+        let moved = !entry.path.exists() && dest.exists();
+        let from = if moved { &dest } else { &entry.path };
         let what = format!("fragment {index}");
         // Only the header is needed to bind the wrapped key to the object.
         let mut header = vec![0u8; neoflix_seal::HEADER_LEN];
-        File::open(&entry.path)
+        File::open(from)
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
-            .map_err(StoreError::io("read", &entry.path))?;
+            .map_err(StoreError::io("read", from))?;
         let key_sha256 = self.wrap_and_write_key(&entry.key, &header, &key_name(&file), &what)?;
-        fsutil::move_file(&entry.path, &self.dir.join(&file))?;
+        if !moved {
+            fsutil::move_file(&entry.path, &dest)?;
+        }
         fsutil::sync_dir(&self.dir)?;
         let duration_ms = entry.duration.as_millis() as u64;
+        self.append(&Journal::Fragment {
+            index,
+            init: init_index,
+            duration_ms,
+            captured_utc: utc(entry.captured),
+            preroll,
+        })?;
         self.first_frame.get_or_insert(entry.captured);
         self.video += entry.duration;
         if preroll {
@@ -234,14 +250,7 @@ impl RecordingWriter {
             init: Some(init_index),
             duration_ms: Some(duration_ms),
         });
-        self.append(&Journal::Fragment {
-            index,
-            init: init_index,
-            duration_ms,
-            captured_utc: utc(entry.captured),
-            preroll,
-        })
-        // `entry` drops here and its data key is zeroized: only the wrapped copy remains.
+        Ok(())
     }
 
     /// Adds a marker.
@@ -256,8 +265,8 @@ impl RecordingWriter {
             label: label.into(),
             by: by.into(),
         };
-        self.markers.push(m.clone());
         self.append(&Journal::Marker(m.clone()))?;
+        self.markers.push(m.clone());
         Ok(m)
     }
 
@@ -269,15 +278,16 @@ impl RecordingWriter {
         })
     }
 
-    /// Writes the manifest and closes the recording.
-    pub fn finalize(self, reason: &str, now: SystemTime) -> Result<Manifest, StoreError> {
+    /// Writes the manifest, which closes the recording. On failure nothing is lost: call it again
+    /// once storage works.
+    pub fn finalize(&self, reason: &str, now: SystemTime) -> Result<Manifest, StoreError> {
         let chain = manifest::chain(&self.id, &self.inits, &self.fragments);
         let m = Manifest {
             format: FORMAT.into(),
-            device_id: self.device_id,
-            recording_id: self.id,
+            device_id: self.device_id.clone(),
+            recording_id: self.id.clone(),
             status: Status::Complete,
-            trigger: self.trigger,
+            trigger: self.trigger.clone(),
             stop_reason: reason.into(),
             first_frame_utc: self.first_frame.map(utc),
             trigger_utc: utc(self.trigger_utc),
@@ -285,9 +295,9 @@ impl RecordingWriter {
             preroll_secs: round_ms(self.preroll),
             duration_secs: round_ms(self.video),
             recipient_key_id: self.recipient.key_id().0,
-            markers: self.markers,
-            init_segments: self.inits,
-            fragments: self.fragments,
+            markers: self.markers.clone(),
+            init_segments: self.inits.clone(),
+            fragments: self.fragments.clone(),
             chain,
         };
         write_manifest(&self.dir, &m)?;
@@ -528,8 +538,10 @@ mod tests {
         )
         .unwrap();
         let init = ring.init(&[3; 16]).unwrap();
-        for e in ring.take_all() {
+        while let Some(e) = ring.oldest() {
             w.claim(e, &init, true).unwrap();
+            let seq = e.seq;
+            ring.take(seq).unwrap();
         }
         w
     }
@@ -581,6 +593,44 @@ mod tests {
         fs::write(dir.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
         let err = verify(&dir).unwrap_err().to_string();
         assert!(err.contains("hash chain"), "{err}");
+    }
+
+    #[test]
+    fn a_failed_claim_loses_nothing_and_can_be_tried_again() {
+        let t = tempfile::tempdir().unwrap();
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let mut ring = ring_with(&t.path().join("ring"), 3);
+        let root = t.path().join("rec");
+        let mut w = RecordingWriter::create(
+            &root,
+            "rec-1",
+            "room-1",
+            "pedal",
+            &dept.public_key(),
+            SystemTime::now(),
+        )
+        .unwrap();
+        let init = ring.init(&[3; 16]).unwrap();
+        w.claim(ring.oldest().unwrap(), &init, true).unwrap();
+        ring.take(0).unwrap();
+        // The recording's directory goes away (a disk unmounted under us): the claim fails and
+        // the fragment, file and key, is still the ring's.
+        let dir = root.join("rec-1");
+        let aside = t.path().join("aside");
+        fs::rename(&dir, &aside).unwrap();
+        assert!(w.claim(ring.oldest().unwrap(), &init, true).is_err());
+        assert_eq!(ring.oldest().unwrap().seq, 1);
+        assert!(ring.oldest().unwrap().path.exists());
+        fs::rename(&aside, &dir).unwrap();
+        while let Some(e) = ring.oldest() {
+            w.claim(e, &init, true).unwrap();
+            let seq = e.seq;
+            ring.take(seq).unwrap();
+        }
+        let m = w.finalize("control", SystemTime::now()).unwrap();
+        assert_eq!(m.fragments.len(), 3);
+        let v = verify::verify(&dir).unwrap();
+        assert_eq!(v.manifest.fragments.len(), 3);
     }
 
     #[test]

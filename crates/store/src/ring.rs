@@ -52,6 +52,9 @@ pub struct Ring {
     current: Option<[u8; 16]>,
     total: Duration,
     bytes: u64,
+    /// Fragments up to this sequence number belong to a recording that has not claimed them yet
+    /// (its storage failed): they are not evicted for age nor purged, only for `max_bytes`.
+    held_through: Option<u64>,
 }
 
 fn hex16(s: &[u8; 16]) -> String {
@@ -86,6 +89,7 @@ impl Ring {
                 current: None,
                 total: Duration::ZERO,
                 bytes: 0,
+                held_through: None,
             },
             removed,
         ))
@@ -146,10 +150,15 @@ impl Ring {
         let mut evicted = Vec::new();
         while self.entries.len() > 1 {
             let front = &self.entries[0];
-            let over_time = self.total.saturating_sub(front.duration) >= self.preroll;
+            let held = self.held_through.is_some_and(|h| front.seq <= h);
+            let over_time = !held && self.total.saturating_sub(front.duration) >= self.preroll;
             let over_bytes = self.bytes > self.max_bytes;
             if !(over_time || over_bytes) {
                 break;
+            }
+            if held {
+                log::error!(fragment = front.seq, max_bytes = self.max_bytes;
+                    "ring full while the recordings storage fails: the oldest unclaimed fragment of the recording is lost");
             }
             let e = self.pop_front().expect("len > 1");
             fs::remove_file(&e.path).map_err(StoreError::io("remove evicted", &e.path))?;
@@ -179,8 +188,25 @@ impl Ring {
         });
     }
 
-    /// Takes every fragment out of the ring, oldest first (a recording claims its pre-roll).
-    pub fn take_all(&mut self) -> Vec<RingEntry> {
+    /// Keeps fragments up to `seq` (every fragment, with `u64::MAX`) for a recording that has
+    /// yet to claim them: age no longer evicts them and [`Ring::purge`] leaves them; only
+    /// `max_bytes` does. `None` lets them go as pre-roll again.
+    pub fn hold_through(&mut self, seq: Option<u64>) {
+        self.held_through = seq;
+    }
+
+    /// The oldest fragment, left in the ring: a recording claims it, then [`Ring::take`]s it,
+    /// so a failed claim loses nothing.
+    pub fn oldest(&self) -> Option<&RingEntry> {
+        self.entries.front()
+    }
+
+    /// The newest fragment's sequence number.
+    pub fn newest_seq(&self) -> Option<u64> {
+        self.entries.back().map(|e| e.seq)
+    }
+
+    fn take_all(&mut self) -> Vec<RingEntry> {
         let mut out = Vec::with_capacity(self.entries.len());
         while let Some(e) = self.pop_front() {
             out.push(e);
@@ -201,9 +227,20 @@ impl Ring {
         Ok(e)
     }
 
-    /// Deletes every fragment and init segment and forgets their keys (privacy, camera restart).
+    /// Deletes every fragment and init segment not held for a recording and forgets their keys
+    /// (privacy, camera restart).
     pub fn purge(&mut self) -> Result<(), StoreError> {
-        for e in self.take_all() {
+        let held = self.held_through;
+        let (keep, drop): (Vec<RingEntry>, Vec<RingEntry>) = self
+            .take_all()
+            .into_iter()
+            .partition(|e| held.is_some_and(|h| e.seq <= h));
+        for e in keep {
+            self.total += e.duration;
+            self.bytes += e.size;
+            self.entries.push_back(e);
+        }
+        for e in drop {
             fs::remove_file(&e.path).map_err(StoreError::io("remove", &e.path))?;
         }
         self.current = None;
@@ -306,6 +343,39 @@ mod tests {
             .unwrap();
         ring.purge().unwrap();
         assert!(files(d.path()).is_empty());
+        assert!(ring.is_empty());
+    }
+
+    #[test]
+    fn held_fragments_outlive_the_preroll_and_a_purge_but_not_max_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ring, _) = Ring::open(d.path(), Duration::from_secs(2), 1500).unwrap();
+        let (k, s) = sealed([1; 16], 0, Kind::Init, 10);
+        ring.begin_stream([1; 16], &s, k).unwrap();
+        let push = |ring: &mut Ring, seq: u64| {
+            let (k, s) = sealed([1; 16], seq, Kind::Fragment, 100);
+            ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
+                .unwrap()
+        };
+        push(&mut ring, 0);
+        ring.hold_through(Some(u64::MAX));
+        for seq in 1..6 {
+            assert!(push(&mut ring, seq).is_empty(), "held: nothing evicted");
+        }
+        assert_eq!(ring.oldest().unwrap().seq, 0);
+        ring.hold_through(Some(3));
+        ring.purge().unwrap();
+        assert_eq!((ring.len(), ring.newest_seq()), (4, Some(3)));
+        // Bytes still bound a held ring: the oldest go first.
+        let (k, s) = sealed([1; 16], 0, Kind::Init, 10);
+        ring.begin_stream([1; 16], &s, k).unwrap();
+        for seq in 6..20 {
+            push(&mut ring, seq);
+        }
+        assert!(ring.bytes() <= 1500);
+        assert!(ring.oldest().unwrap().seq > 0);
+        ring.hold_through(None);
+        ring.purge().unwrap();
         assert!(ring.is_empty());
     }
 

@@ -325,7 +325,7 @@ mod tests {
                     .unwrap();
                 let entry = ring.take(seq).unwrap();
                 let init = ring.init(stream).unwrap();
-                w.claim(entry, &init, false).unwrap();
+                w.claim(&entry, &init, false).unwrap();
             }
         }
         w.finalize("control", SystemTime::now()).unwrap();

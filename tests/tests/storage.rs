@@ -1,0 +1,153 @@
+//! The recordings disk fails under a running neoflixd: read-only at the trigger, full in the
+//! middle of a recording. Nothing is lost when it recovers within the ring's capacity. The
+//! recordings directory is a real tmpfs, remounted by the test (root needed, as in CI).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use neoflix_control::Request;
+use neoflix_e2e::{Daemon, Lab, ffmpeg_errors, ffprobe};
+
+const CAPTURE: &str =
+    "source = \"test\"\nwidth = 320\nheight = 240\nfps = 15\nfragment_secs = 1\nbitrate_kbps = 300";
+
+/// A tmpfs mounted for the length of a test.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "these tests mount a tmpfs: run them as root (CI does)"
+        );
+        std::fs::create_dir_all(at).unwrap();
+        mount(
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ],
+            at,
+        );
+        Tmpfs(at.to_owned())
+    }
+
+    fn remount(&self, options: &str) {
+        mount(&["-o", &format!("remount,{options}")], &self.0);
+    }
+}
+
+fn mount(args: &[&str], at: &Path) {
+    let st = Command::new("mount").args(args).arg(at).status().unwrap();
+    assert!(st.success(), "mount {args:?} {}", at.display());
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn storage_fault(d: &mut Daemon) {
+    let s = d.wait_for("a storage fault", Duration::from_secs(30), |s| {
+        s.state == "fault"
+    });
+    assert!(!s.ready);
+    assert!(
+        s.reason.as_deref().unwrap_or("").starts_with("storage:"),
+        "{s:?}"
+    );
+    assert!(s.recording.is_some(), "the recording is still open: {s:?}");
+}
+
+/// Stops, waits for the manifest and checks that the recording covers, without a gap, the
+/// pre-roll and everything from the trigger to the stop.
+fn stop_and_check(lab: &Lab, d: &mut Daemon, started: Instant, preroll_secs: f64) {
+    let wall = started.elapsed().as_secs_f64();
+    assert!(d.ctl(Request::Stop {}).ok);
+    d.wait_for("the recording finalized", Duration::from_secs(30), |s| {
+        s.recordings_finalized == 1
+    });
+    let recs = lab.recordings();
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    let m = neoflix_store::verify(&recs[0])
+        .expect("the recording verifies (no gap in its fragments)")
+        .manifest;
+    assert!(m.preroll_secs >= preroll_secs - 1.0, "{m:?}");
+    // A fragment is one second; the one in progress at the stop may be cut.
+    assert!(
+        m.duration_secs >= m.preroll_secs + wall - 2.0,
+        "{} s of video for {} s of pre-roll and {wall:.1} s of recording",
+        m.duration_secs,
+        m.preroll_secs
+    );
+    let out = lab.path("out.mp4");
+    let e = lab.export(&recs[0], &out);
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    let p = ffprobe(&out);
+    assert!(p.duration >= m.duration_secs - 1.0, "{p:?} vs {m:?}");
+    assert_eq!(ffmpeg_errors(&out), "");
+}
+
+#[test]
+fn a_recordings_disk_read_only_at_the_trigger_loses_nothing_once_writable() {
+    let lab = Lab::new();
+    let disk = Tmpfs::mount(&lab.path("recordings"), "32m");
+    lab.config(CAPTURE, 3, "max_duration_secs = 120");
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    sleep(Duration::from_secs(4));
+
+    disk.remount("ro");
+    let started = Instant::now();
+    let r = d.ctl(Request::Start {});
+    assert!(r.ok, "a start is never refused for storage: {r:?}");
+    storage_fault(&mut d);
+    sleep(Duration::from_secs(3));
+    disk.remount("rw");
+    d.wait_for("recording again", Duration::from_secs(30), |s| {
+        s.state == "recording" && s.ready
+    });
+    assert!(d.log_text().contains("storage works again"));
+    sleep(Duration::from_secs(2));
+    stop_and_check(&lab, &mut d, started, 3.0);
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn a_recordings_disk_that_fills_mid_recording_loses_nothing_once_enlarged() {
+    let lab = Lab::new();
+    let disk = Tmpfs::mount(&lab.path("recordings"), "12m");
+    lab.config(CAPTURE, 3, "max_duration_secs = 120");
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    sleep(Duration::from_secs(4));
+    let started = Instant::now();
+    assert!(d.ctl(Request::Start {}).ok);
+    sleep(Duration::from_secs(2));
+
+    // Something else fills the disk to the last byte.
+    let filler = lab.path("recordings/filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+        let small = [0u8; 512];
+        while f.write_all(&small).is_ok() {}
+    }
+    storage_fault(&mut d);
+    sleep(Duration::from_secs(4));
+    disk.remount("size=64m");
+    d.wait_for("recording again", Duration::from_secs(30), |s| {
+        s.state == "recording" && s.ready
+    });
+    std::fs::remove_file(&filler).unwrap();
+    sleep(Duration::from_secs(2));
+    stop_and_check(&lab, &mut d, started, 3.0);
+    assert_eq!(d.terminate(), 0);
+}
