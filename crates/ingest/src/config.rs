@@ -131,9 +131,9 @@ fn default_max_object() -> u64 {
 impl IngestConfig {
     /// Reads a config file; errors name the file and, for syntax and type errors, the line.
     pub fn load(path: &Path) -> anyhow::Result<IngestConfig> {
-        use anyhow::Context;
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
+        // Bounded: a config is a few KiB, and a wrong path (/dev/zero, a FIFO) must not hang
+        // or exhaust the server.
+        let text = neoflix_logging::read_small_file(path, 1 << 20)?;
         let mut cfg: IngestConfig = toml::from_str(&text).map_err(|e| {
             let line = e
                 .span()
