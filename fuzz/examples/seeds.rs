@@ -99,8 +99,13 @@ fn recording(root: &Path) -> (PathBuf, Manifest) {
     )
     .expect("create");
     let init = ring.init(&stream).expect("init in ring");
-    for (i, e) in ring.take_all().into_iter().enumerate() {
-        w.claim(e, &init, i == 0).expect("claim");
+    // As neoflixd claims: the oldest fragment first, taken out of the ring once claimed.
+    let mut preroll = true;
+    while let Some(e) = ring.oldest() {
+        let seq = e.seq;
+        w.claim(e, &init, preroll).expect("claim");
+        ring.take(seq).expect("take");
+        preroll = false;
     }
     w.mark("intubation", "pedal", t0 + Duration::from_millis(1500))
         .expect("mark");
