@@ -352,7 +352,7 @@ fn pki(action: PkiAction) -> anyhow::Result<()> {
             let crl = Ca::open(&dir)?.revoke(&name)?;
             println!("{}", crl.display());
             eprintln!(
-                "revoked '{name}': copy {} to the ingest server (tls.crl) and reload it",
+                "revoked '{name}': copy {} to the ingest server (tls.crl); it re-reads the file within seconds, no restart needed",
                 crl.display()
             );
         }
