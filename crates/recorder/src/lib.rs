@@ -205,7 +205,8 @@ pub enum Action {
         /// What started it.
         trigger: Trigger,
     },
-    /// Claim this newly sealed fragment into the open recording.
+    /// Claim this newly sealed fragment into the open recording (with any fragment before it
+    /// that the recording still owes).
     Claim {
         /// The fragment.
         seq: u64,
