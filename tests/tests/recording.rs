@@ -611,3 +611,203 @@ fn a_fragment_removed_from_the_middle_is_named_even_with_the_chain_recomputed() 
     // The recording it was cut from still opens.
     assert_eq!(open_all_ways(&lab, &rec).map(|(code, _)| code), [0, 0, 0]);
 }
+
+/// Runs `neoflix args` with its address space capped at 1 GiB and its time at 30 s: what a
+/// reader that follows a symlink to /dev/zero, or waits on a FIFO, does within those bounds.
+/// Returns the exit code (`None`: killed by a signal, or by us when it hung) and its output.
+fn neoflix_capped(args: &[&str]) -> (Option<i32>, String) {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let mut cmd = neoflix_e2e::command("neoflix");
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe setrlimit between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 1 << 30,
+                rlim_max: 1 << 30,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("neoflix runs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        sleep(Duration::from_millis(50));
+    };
+    let mut text = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    match status {
+        None => (None, format!("hung for 30 s: {text}")),
+        Some(s) => (s.code(), text),
+    }
+}
+
+/// Issue 8, item 6: verify followed an object symlinked to /dev/zero until memory ran out, and
+/// waited for ever on a FIFO. Only regular files are read, their size checked first.
+#[test]
+fn verify_and_export_read_only_regular_files() {
+    let lab = Lab::new();
+    let rec = short_recording(&lab);
+    let key = lab.key();
+    let mut wrong = Vec::new();
+    let mut expect = |name: &str, damage: &dyn Fn(&Path), named: &str| {
+        let copy = copy_recording(&lab, &rec, name);
+        damage(&copy);
+        let d = copy.to_str().unwrap();
+        let out = lab.path(&format!("{name}.mp4"));
+        for args in [
+            vec!["verify", d],
+            vec!["verify", d, "--key", key.to_str().unwrap()],
+            vec![
+                "export",
+                d,
+                "--key",
+                key.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+            ],
+        ] {
+            let (code, text) = neoflix_capped(&args);
+            if code != Some(1) || !text.contains(named) || !text.contains("regular file") {
+                wrong.push(format!("{name}: {} {:?}: {text}", args[0], code));
+            }
+        }
+        if out.exists() {
+            wrong.push(format!("{name}: export wrote {}", out.display()));
+        }
+    };
+    let replace = |d: &Path, file: &str, with: &dyn Fn(&Path)| {
+        let p = d.join(file);
+        fs::remove_file(&p).unwrap();
+        with(&p);
+    };
+    let fifo = |p: &Path| {
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    };
+    expect(
+        "zero-object",
+        &|d| {
+            replace(d, "frag-000002.nfx", &|p| {
+                std::os::unix::fs::symlink("/dev/zero", p).unwrap()
+            })
+        },
+        "fragment 2 (frag-000002.nfx)",
+    );
+    expect(
+        "fifo-object",
+        &|d| replace(d, "frag-000001.nfx", &fifo),
+        "fragment 1 (frag-000001.nfx)",
+    );
+    expect(
+        "fifo-key",
+        &|d| replace(d, "frag-000001.key", &fifo),
+        "fragment 1 (frag-000001.nfx)",
+    );
+    expect(
+        "fifo-manifest",
+        &|d| replace(d, "manifest.json", &fifo),
+        "manifest.json",
+    );
+    expect(
+        "zero-manifest",
+        &|d| {
+            replace(d, "manifest.json", &|p| {
+                std::os::unix::fs::symlink("/dev/zero", p).unwrap()
+            })
+        },
+        "manifest.json",
+    );
+    // A symlink to the very same bytes elsewhere is refused too: a recording is its directory.
+    expect(
+        "linked-object",
+        &|d| {
+            let elsewhere = lab.path("elsewhere.nfx");
+            fs::copy(d.join("frag-000000.nfx"), &elsewhere).unwrap();
+            replace(d, "frag-000000.nfx", &|p| {
+                std::os::unix::fs::symlink(&elsewhere, p).unwrap()
+            })
+        },
+        "fragment 0 (frag-000000.nfx)",
+    );
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// Issue 8, item 6: verify printed ids from the manifest raw, terminal escape sequences included.
+#[test]
+fn ids_and_names_from_the_manifest_are_printed_escaped() {
+    let lab = Lab::new();
+    let rec = short_recording(&lab);
+    // Sets the terminal's title, then clears the screen.
+    let hostile = "rec\u{1b}]0;owned\u{7}\u{1b}[2J";
+    let copy = copy_recording(&lab, &rec, "escaped-id");
+    forge_manifest(&copy, |m| m["recording_id"] = hostile.into());
+    let copy2 = copy_recording(&lab, &rec, "escaped-name");
+    forge_manifest(&copy2, |m| {
+        m["fragments"][1]["file"] = "frag\u{1b}[2J.nfx".into();
+    });
+    let raw = |t: &str| t.chars().any(|c| c.is_control() && c != '\n');
+    let mut wrong = Vec::new();
+    for (what, (code, text)) in ["verify", "verify --key", "export"]
+        .into_iter()
+        .zip(open_all_ways(&lab, &copy))
+    {
+        if code != 0 || raw(&text) || !text.contains(r"rec\u{1b}]0;owned\u{7}\u{1b}[2J") {
+            wrong.push(format!("{what} ({code}): {text:?}"));
+        }
+    }
+    for (what, (code, text)) in ["verify", "verify --key", "export"]
+        .into_iter()
+        .zip(open_all_ways(&lab, &copy2))
+    {
+        if code != 1 || raw(&text) || !text.contains(r"frag\u{1b}[2J.nfx") {
+            wrong.push(format!("{what} ({code}): {text:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// Issue 8, item 6: exported MP4s (plaintext video) were created with the umask's mode, often
+/// readable by everyone; an existing file's wider mode must not survive either.
+#[test]
+fn exported_mp4s_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new();
+    let rec = short_recording(&lab);
+    let fresh = lab.path("fresh.mp4");
+    let existing = lab.path("existing.mp4");
+    fs::write(&existing, b"an older export").unwrap();
+    fs::set_permissions(&existing, fs::Permissions::from_mode(0o644)).unwrap();
+    for out in [&fresh, &existing] {
+        let e = lab.export(&rec, out);
+        assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+        let mode = fs::metadata(out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} has mode {mode:o}", out.display());
+        assert!(ffprobe(out).duration > 5.0);
+    }
+}

@@ -156,11 +156,43 @@ enum ConfigAction {
     },
 }
 
+/// Outside text (ids and file names from a manifest) as it may be printed: control characters
+/// escaped, so a crafted id cannot move the cursor, retitle or clear the reviewer's terminal.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// An error of verify or export, whose messages quote the manifest: escaped as a whole.
+fn printable_error(e: anyhow::Error) -> anyhow::Error {
+    anyhow::anyhow!(printable(&format!("{e:#}")))
+}
+
 fn read_secret_key(path: &Path) -> anyhow::Result<DepartmentSecretKey> {
-    let text = zeroize::Zeroizing::new(
-        fs::read_to_string(path)
-            .with_context(|| format!("cannot read department key {}", path.display()))?,
-    );
+    // A key file is one short line: anything else (a FIFO, a device, a huge file) is refused
+    // before it is read. The path is the operator's, so a symlink to the key is fine.
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("cannot read department key {}", path.display()))?;
+    let meta = f.metadata()?;
+    if !meta.is_file() || meta.len() > 4096 {
+        bail!(
+            "department key {} is not a key file (a regular file of one line); give the department.key that `neoflix keygen` wrote",
+            path.display()
+        );
+    }
+    let mut text = zeroize::Zeroizing::new(String::new());
+    std::io::Read::read_to_string(&mut std::io::Read::take(f, 4096), &mut text)
+        .with_context(|| format!("cannot read department key {}", path.display()))?;
     DepartmentSecretKey::from_file_text(&text)
         .with_context(|| format!("department key {}", path.display()))
 }
@@ -253,19 +285,21 @@ fn export(recording: &Path, key: &Path, output: &Path) -> anyhow::Result<()> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let exported = result.with_context(|| {
-        format!(
-            "export of {} failed; nothing was written",
-            recording.display()
-        )
-    })?;
+    let exported = result
+        .with_context(|| {
+            format!(
+                "export of {} failed; nothing was written",
+                recording.display()
+            )
+        })
+        .map_err(printable_error)?;
     let m = &exported.manifest;
     for f in &exported.files {
         println!("{}", f.display());
     }
     eprintln!(
         "{}: {} s ({} s pre-roll), {} fragments, {} markers, {}",
-        m.recording_id,
+        printable(&m.recording_id),
         m.duration_secs,
         m.preroll_secs,
         m.fragments.len(),
@@ -280,15 +314,18 @@ fn export(recording: &Path, key: &Path, output: &Path) -> anyhow::Result<()> {
 
 fn verify(recording: &Path, key: Option<&Path>) -> anyhow::Result<()> {
     let m = match key {
-        None => neoflix_store::verify(recording).map(|v| v.manifest)?,
-        Some(k) => neoflix_export::check(recording, &read_secret_key(k)?)?,
+        None => neoflix_store::verify(recording)
+            .map(|v| v.manifest)
+            .map_err(|e| printable_error(e.into()))?,
+        Some(k) => neoflix_export::check(recording, &read_secret_key(k)?)
+            .map_err(|e| printable_error(e.into()))?,
     };
     println!(
         "{}: OK, {} fragments, {} s, chain {}{}",
-        m.recording_id,
+        printable(&m.recording_id),
         m.fragments.len(),
         m.duration_secs,
-        &m.chain[..16],
+        printable(m.chain.get(..16).unwrap_or(&m.chain)),
         if key.is_some() {
             ", every chunk authenticated"
         } else {
@@ -408,5 +445,20 @@ fn main() -> ExitCode {
             eprintln!("neoflix: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outside_text_is_printed_without_control_characters() {
+        assert_eq!(
+            printable("rec\u{1b}]0;owned\u{7}\u{1b}[2J\n"),
+            r"rec\u{1b}]0;owned\u{7}\u{1b}[2J\n"
+        );
+        // Ordinary ids, quotes and non-ASCII letters are left as they are.
+        assert_eq!(printable("room-1 'Säal' \"2\""), "room-1 'Säal' \"2\"");
     }
 }

@@ -19,9 +19,10 @@ pub mod mp4;
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use neoflix_seal::{DepartmentSecretKey, Kind, WrappedKey};
+use neoflix_seal::{DepartmentSecretKey, Kind, WRAPPED_KEY_LEN, WrappedKey};
 use neoflix_store::{Manifest, ObjectEntry, StoreError};
 use thiserror::Error;
 
@@ -77,7 +78,7 @@ pub struct Exported {
 fn object_error(kind: &str, e: &ObjectEntry, problem: impl ToString) -> ExportError {
     ExportError::Object {
         object: format!("{kind} {}", e.index),
-        file: e.file.clone(),
+        file: e.file.escape_debug().to_string(),
         problem: problem.to_string(),
     }
 }
@@ -94,9 +95,14 @@ fn open_object(
     key: &DepartmentSecretKey,
     expect: Kind,
 ) -> Result<(neoflix_seal::Header, Vec<u8>), ExportError> {
-    let sealed = fs::read(dir.join(&e.file)).map_err(|err| object_error(kind, e, err))?;
-    let record = fs::read(dir.join(&e.key_file))
-        .map_err(|err| object_error(kind, e, format!("{}: {err}", e.key_file)))?;
+    // Regular files only, no larger than verification found them: the buffer is sized by that.
+    let sealed = neoflix_store::verify::read_regular(&dir.join(&e.file), e.size)
+        .map_err(|err| object_error(kind, e, err))?;
+    let record =
+        neoflix_store::verify::read_regular(&dir.join(&e.key_file), WRAPPED_KEY_LEN as u64)
+            .map_err(|err| {
+                object_error(kind, e, format!("{}: {err}", e.key_file.escape_debug()))
+            })?;
     let wrapped = WrappedKey::from_bytes(&record).map_err(|err| object_error(kind, e, err))?;
     let data_key = wrapped
         .unwrap_for(key, &sealed)
@@ -172,7 +178,21 @@ impl Part {
                 let path = part_path(out, n);
                 let name = path.file_name().unwrap_or_default().to_string_lossy();
                 let tmp = path.with_file_name(format!(".{name}.partial"));
-                let mut f = fs::File::create(&tmp).map_err(write_error(&tmp))?;
+                // Plaintext video: readable by its owner only. A fresh file (a stale one of a
+                // killed export is removed, never reused with its mode) renamed over the
+                // output, so an existing file's wider mode does not carry over either.
+                match fs::remove_file(&tmp) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(write_error(&tmp)(e));
+                    }
+                    _ => {}
+                }
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(write_error(&tmp))?;
                 f.write_all(init_plain).map_err(write_error(&tmp))?;
                 Some((f, tmp, path))
             }
@@ -353,7 +373,7 @@ mod tests {
                     .unwrap();
                 let entry = ring.take(seq).unwrap();
                 let init = ring.init(&stream).unwrap();
-                w.claim(entry, &init, false).unwrap();
+                w.claim(&entry, &init, false).unwrap();
                 seq += 1;
             }
         }
@@ -384,6 +404,29 @@ mod tests {
             assert_eq!(times, vec![0, 9000, 18000]);
         }
         assert!(check(&rec, &dept).is_ok());
+    }
+
+    /// Issue 8, item 6: an export is plaintext video; it was created with the umask's mode
+    /// (usually world-readable), and an existing file kept its own.
+    #[test]
+    fn exports_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let rec = two_stream_recording(t.path(), &dept);
+        let out = t.path().join("out.mp4");
+        fs::write(&out, b"older").unwrap();
+        fs::set_permissions(&out, fs::Permissions::from_mode(0o644)).unwrap();
+        // A stale temporary file of an export that was killed, readable by all.
+        let stale = t.path().join(".out-part2.mp4.partial");
+        fs::write(&stale, b"stale").unwrap();
+        fs::set_permissions(&stale, fs::Permissions::from_mode(0o666)).unwrap();
+        let e = export(&rec, &dept, &out, |_, _| {}).unwrap();
+        for f in &e.files {
+            let mode = fs::metadata(f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} has mode {mode:o}", f.display());
+        }
+        assert_eq!(e.files.len(), 2);
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Checking a recording against its manifest, without any key.
 
 use std::fs;
-use std::io::Read;
+use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
+
+use sha2::{Digest, Sha256};
 
 use neoflix_seal::{HEADER_LEN, Header, Kind, ObjectId, WRAPPED_KEY_LEN, WrappedKey};
 
@@ -21,10 +24,77 @@ pub struct Verified {
     pub fragment_ids: Vec<ObjectId>,
 }
 
+/// The largest manifest read: 64 MiB, several times that of a 24-hour recording of 1-second
+/// fragments.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
+/// Opens `path` for reading only if it is a regular file in its own right: a symbolic link is
+/// refused (`O_NOFOLLOW`: a recording is its directory, and a link could lead to `/dev/zero`),
+/// and a FIFO or device is refused without waiting on it (`O_NONBLOCK`), judged by `fstat` of
+/// the descriptor opened, so nothing can be swapped in between. Returns the file and its size.
+pub fn open_regular(path: &Path) -> io::Result<(fs::File, u64)> {
+    let not_regular = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what}, not a regular file (only regular files are read)"),
+        )
+    };
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                not_regular("a symbolic link")
+            } else {
+                e
+            }
+        })?;
+    let meta = f.metadata()?;
+    let t = meta.file_type();
+    if !t.is_file() {
+        return Err(not_regular(if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_dir() {
+            "a directory"
+        } else if t.is_char_device() || t.is_block_device() {
+            "a device"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "something else"
+        }));
+    }
+    Ok((f, meta.len()))
+}
+
+/// Reads a whole regular file ([`open_regular`]) of at most `max` bytes. The size is checked
+/// before anything is allocated, and the buffer is never larger than the file said it was.
+pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let (f, len) = open_regular(path)?;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{len} bytes, more than the {max} expected"),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).map_err(io::Error::other)?);
+    // One byte more than announced tells a file that grew since fstat.
+    f.take(len.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 != len {
+        return Err(changed());
+    }
+    Ok(bytes)
+}
+
+fn changed() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "changed size while being read")
+}
+
 /// Reads `dir/manifest.json`.
 pub fn read_manifest(dir: &Path) -> Result<Manifest, StoreError> {
     let path = dir.join("manifest.json");
-    let text = fs::read(&path).map_err(|e| StoreError::BadManifest {
+    let text = read_regular(&path, MAX_MANIFEST_BYTES).map_err(|e| StoreError::BadManifest {
         path: path.clone(),
         message: if e.kind() == std::io::ErrorKind::NotFound {
             "missing: the recording is still open, or is not a recording directory (a crashed one is sealed as interrupted when neoflixd starts)".into()
@@ -39,7 +109,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, StoreError> {
     if m.format != FORMAT {
         return Err(StoreError::BadManifest {
             path,
-            message: format!("format '{}' is not {FORMAT}", m.format),
+            message: format!("format '{}' is not {FORMAT}", m.format.escape_debug()),
         });
     }
     Ok(m)
@@ -56,13 +126,29 @@ pub trait Digests {
     fn size_and_sha256(&self, path: &Path) -> std::io::Result<(u64, String)>;
 }
 
-/// Reads and hashes every file.
+/// Reads and hashes every file: only regular files ([`open_regular`]), streamed through the
+/// hash in 64 KiB pieces so memory does not grow with the file.
 pub struct ReadAndHash;
 
 impl Digests for ReadAndHash {
     fn size_and_sha256(&self, path: &Path) -> std::io::Result<(u64, String)> {
-        let bytes = fs::read(path)?;
-        Ok((bytes.len() as u64, neoflix_seal::sha256_hex(&bytes)))
+        let (f, len) = open_regular(path)?;
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut read = 0u64;
+        let mut f = f.take(len.saturating_add(1));
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            read = read.saturating_add(n as u64);
+        }
+        if read != len {
+            return Err(changed());
+        }
+        Ok((len, hex::encode(hash.finalize())))
     }
 }
 
@@ -71,9 +157,9 @@ impl Digests for ReadAndHash {
 /// list says, and the key record was written for this very header.
 fn read_header(dir: &Path, kind: Kind, e: &ObjectEntry) -> Result<Header, String> {
     let mut raw = [0u8; HEADER_LEN];
-    fs::File::open(dir.join(&e.file))
-        .and_then(|mut f| f.read_exact(&mut raw))
-        .map_err(|err| format!("{}: cannot read its header: {err}", e.file))?;
+    open_regular(&dir.join(&e.file))
+        .and_then(|(mut f, _)| f.read_exact(&mut raw))
+        .map_err(|err| format!("{}: cannot read its header: {err}", e.file.escape_debug()))?;
     let header = neoflix_seal::parse_header(&raw).map_err(|err| err.to_string())?;
     let announced = header.sealed_len().map_err(|err| err.to_string())?;
     if announced != e.size {
@@ -91,17 +177,13 @@ fn read_header(dir: &Path, kind: Kind, e: &ObjectEntry) -> Result<Header, String
             }
         ));
     }
-    // One byte more than a record may hold tells a longer file from an exact one.
-    let mut record = Vec::with_capacity(WRAPPED_KEY_LEN + 1);
-    fs::File::open(dir.join(&e.key_file))
-        .and_then(|f| f.take(WRAPPED_KEY_LEN as u64 + 1).read_to_end(&mut record))
-        .map_err(|err| format!("{}: {err}", e.key_file))?;
-    let wrapped =
-        WrappedKey::from_bytes(&record).map_err(|err| format!("{}: {err}", e.key_file))?;
+    let key_file = e.key_file.escape_debug();
+    let record = read_regular(&dir.join(&e.key_file), WRAPPED_KEY_LEN as u64)
+        .map_err(|err| format!("{key_file}: {err}"))?;
+    let wrapped = WrappedKey::from_bytes(&record).map_err(|err| format!("{key_file}: {err}"))?;
     if wrapped.object_header() != header.raw {
         return Err(format!(
-            "{}: the key record was written for another object (its header differs)",
-            e.key_file
+            "{key_file}: the key record was written for another object (its header differs)"
         ));
     }
     Ok(header)
@@ -115,30 +197,41 @@ fn check(
 ) -> Result<ObjectId, StoreError> {
     let err = |problem: String| StoreError::Object {
         object: describe(kind, e),
-        file: e.file.clone(),
+        file: e.file.escape_debug().to_string(),
         problem,
     };
-    for (name, size, sha) in [
-        (&e.file, Some(e.size), &e.sha256),
-        (&e.key_file, None, &e.key_sha256),
+    for (raw_name, size, sha) in [
+        (&e.file, e.size, &e.sha256),
+        (&e.key_file, WRAPPED_KEY_LEN as u64, &e.key_sha256),
     ] {
-        // File names come from the manifest: refuse anything that could leave the directory.
-        if name.contains('/') || name.starts_with('.') {
+        let name = raw_name.escape_debug();
+        // File names come from the manifest: refuse anything that could leave the directory,
+        // or play tricks on the terminal that prints them.
+        if raw_name.is_empty()
+            || raw_name.contains('/')
+            || raw_name.starts_with('.')
+            || raw_name.chars().any(char::is_control)
+        {
             return Err(err(format!("manifest names an unsafe file '{name}'")));
         }
-        let (len, digest) = match digests.size_and_sha256(&dir.join(name)) {
+        let path = dir.join(raw_name);
+        // Type and size first: nothing is read from a file that is not what the manifest says.
+        let (len, digest) = match open_regular(&path).and_then(|(_, len)| {
+            if len == size {
+                digests.size_and_sha256(&path)
+            } else {
+                Ok((len, String::new()))
+            }
+        }) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(err(format!("{name} is missing")));
             }
             Err(e) => return Err(err(format!("{name}: {e}"))),
         };
-        if let Some(size) = size
-            && len != size
-        {
+        if len != size {
             return Err(err(format!(
-                "size {} differs from the manifest's {size}: truncated or replaced",
-                len
+                "{name}: size {len} differs from the expected {size}: truncated or replaced"
             )));
         }
         if digest != *sha {
@@ -179,7 +272,7 @@ pub fn check_contiguous(v: &Verified) -> Result<(), StoreError> {
             let e = &v.manifest.fragments[i + 1];
             return Err(StoreError::Gap {
                 object: describe("fragment", e),
-                file: e.file.clone(),
+                file: e.file.escape_debug().to_string(),
                 stream: hex::encode(&this.stream[..4]),
                 before: prev.seq,
                 after: this.seq,
@@ -204,7 +297,7 @@ pub fn verify_manifest_with(
     if m.format != FORMAT {
         return Err(StoreError::BadManifest {
             path: dir.join("manifest.json"),
-            message: format!("format '{}' is not {FORMAT}", m.format),
+            message: format!("format '{}' is not {FORMAT}", m.format.escape_debug()),
         });
     }
     let expected = chain(&m.recording_id, &m.init_segments, &m.fragments);
@@ -219,7 +312,7 @@ pub fn verify_manifest_with(
         if e.index != i as u64 {
             return Err(StoreError::Object {
                 object: describe("init segment", e),
-                file: e.file.clone(),
+                file: e.file.escape_debug().to_string(),
                 problem: format!("listed at position {i}"),
             });
         }
@@ -230,7 +323,7 @@ pub fn verify_manifest_with(
         {
             return Err(StoreError::Object {
                 object: describe("init segment", e),
-                file: e.file.clone(),
+                file: e.file.escape_debug().to_string(),
                 problem: format!("repeats the capture stream of init segment {j}"),
             });
         }
@@ -242,13 +335,13 @@ pub fn verify_manifest_with(
         if e.index != i as u64 {
             return Err(StoreError::Object {
                 object: describe("fragment", e),
-                file: e.file.clone(),
+                file: e.file.escape_debug().to_string(),
                 problem: format!("listed at position {i}"),
             });
         }
         let problem = |problem: String| StoreError::Object {
             object: describe("fragment", e),
-            file: e.file.clone(),
+            file: e.file.escape_debug().to_string(),
             problem,
         };
         let init = match e.init.and_then(|i| usize::try_from(i).ok()) {
@@ -490,6 +583,73 @@ mod tests {
         let err = verify(&dir).unwrap_err().to_string();
         assert!(
             err.contains("fragment 3 (frag-000003.nfx)") && err.contains("another capture stream"),
+            "{err}"
+        );
+    }
+    /// Issue 8, item 6: objects, key records and the manifest are read only from regular files
+    /// of the recording directory itself: no symlink (to /dev/zero, or anywhere), no FIFO (which
+    /// made verify wait for ever), each refused by name and without reading it.
+    #[test]
+    fn only_regular_files_are_read() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = recording(t.path(), &[([1; 16], (0..3).collect())]);
+        let fifo = |p: &Path| {
+            fs::remove_file(p).unwrap();
+            let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+            // SAFETY: a NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        };
+        let link = |p: &Path, to: &Path| {
+            fs::remove_file(p).unwrap();
+            std::os::unix::fs::symlink(to, p).unwrap();
+        };
+        // Verify runs on its own thread: a regression would hang, and must fail instead.
+        let verify_capped = |dir: &Path| {
+            let dir = dir.to_owned();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || tx.send(verify(&dir).map(|_| ())));
+            rx.recv_timeout(Duration::from_secs(30))
+                .expect("verify hung")
+                .unwrap_err()
+                .to_string()
+        };
+        let elsewhere = t.path().join("copy.nfx");
+        fs::copy(dir.join("frag-000001.nfx"), &elsewhere).unwrap();
+        for (file, damage) in [
+            ("frag-000001.nfx", &|p: &Path| link(p, &elsewhere) as ()),
+            ("frag-000001.nfx", &|p: &Path| {
+                link(p, Path::new("/dev/zero"))
+            }),
+            ("frag-000001.nfx", &fifo),
+            ("frag-000001.key", &fifo),
+            ("manifest.json", &fifo),
+            ("manifest.json", &|p: &Path| link(p, Path::new("/dev/zero"))),
+        ] as [(&str, &dyn Fn(&Path)); 6]
+        {
+            let copy = t.path().join("damaged");
+            let _ = fs::remove_dir_all(&copy);
+            fs::create_dir(&copy).unwrap();
+            for e in fs::read_dir(&dir).unwrap() {
+                let e = e.unwrap();
+                fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+            }
+            damage(&copy.join(file));
+            let err = verify_capped(&copy);
+            assert!(
+                err.contains(file) && err.contains("not a regular file"),
+                "{file}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_record_of_the_wrong_size_is_refused_before_it_is_hashed() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = recording(t.path(), &[([1; 16], (0..3).collect())]);
+        fs::write(dir.join("frag-000002.key"), vec![0u8; 10 << 20]).unwrap();
+        let err = verify(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("fragment 2 (frag-000002.nfx): frag-000002.key: size 10485760 differs from the expected 144"),
             "{err}"
         );
     }
