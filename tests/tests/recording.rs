@@ -608,6 +608,22 @@ fn a_fragment_removed_from_the_middle_is_named_even_with_the_chain_recomputed() 
         .map(|(what, (code, text))| format!("{what}: exit code {code}: {text}"))
         .collect();
     assert!(wrong.is_empty(), "expected '{named}' from each: {wrong:#?}");
+    // Where the box itself lost fragments, a reviewer who knows it can have the rest, the gap
+    // named again.
+    let out = lab.path("with-hole.mp4");
+    let e = neoflix_e2e::neoflix(&[
+        "export",
+        copy.to_str().unwrap(),
+        "--key",
+        lab.key().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--allow-gaps",
+    ]);
+    let stderr = String::from_utf8_lossy(&e.stderr);
+    assert!(e.status.success() && stderr.contains(&named), "{stderr}");
+    assert!(ffprobe(&out).duration > 4.0);
+    assert_eq!(ffmpeg_errors(&out), "", "ffmpeg reported decode errors");
     // The recording it was cut from still opens.
     assert_eq!(open_all_ways(&lab, &rec).map(|(code, _)| code), [0, 0, 0]);
 }

@@ -53,6 +53,11 @@ enum Command {
         /// The MP4 to write.
         #[arg(short, long)]
         output: PathBuf,
+        /// Write a recording with fragments missing from the middle of a capture stream, each
+        /// gap a hole in the video (each is named on stderr). Only once you know the box lost
+        /// them (its storage failed while it recorded): a gap may also be removed video.
+        #[arg(long)]
+        allow_gaps: bool,
     },
     /// Check a recording: without a key, every file against the manifest and its hash chain;
     /// with the department key, also every encrypted chunk.
@@ -262,7 +267,7 @@ fn ctl(socket: &Path, action: CtlAction) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn export(recording: &Path, key: &Path, output: &Path) -> anyhow::Result<()> {
+fn export(recording: &Path, key: &Path, output: &Path, allow_gaps: bool) -> anyhow::Result<()> {
     let sk = read_secret_key(key)?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(0);
@@ -276,7 +281,12 @@ fn export(recording: &Path, key: &Path, output: &Path) -> anyhow::Result<()> {
         b.set_message("exporting");
         b
     });
-    let result = neoflix_export::export(recording, &sk, output, |done, total| {
+    let gaps = if allow_gaps {
+        neoflix_export::Gaps::Allow
+    } else {
+        neoflix_export::Gaps::Refuse
+    };
+    let result = neoflix_export::export_with(recording, &sk, output, gaps, |done, total| {
         if let Some(b) = &bar {
             b.set_length(total as u64);
             b.set_position(done as u64);
@@ -285,7 +295,14 @@ fn export(recording: &Path, key: &Path, output: &Path) -> anyhow::Result<()> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let hint = match &result {
+        Err(neoflix_export::ExportError::Store(neoflix_store::StoreError::Gap { .. })) => {
+            "; if the box lost these fragments (its storage failed while it recorded), --allow-gaps writes the rest with the hole"
+        }
+        _ => "",
+    };
     let exported = result
+        .map_err(|e| anyhow::anyhow!("{e}{hint}"))
         .with_context(|| {
             format!(
                 "export of {} failed; nothing was written",
@@ -296,6 +313,12 @@ fn export(recording: &Path, key: &Path, output: &Path) -> anyhow::Result<()> {
     let m = &exported.manifest;
     for f in &exported.files {
         println!("{}", f.display());
+    }
+    for gap in &exported.gaps {
+        eprintln!(
+            "warning: written with a hole: {}",
+            printable(&gap.to_string())
+        );
     }
     eprintln!(
         "{}: {} s ({} s pre-roll), {} fragments, {} markers, {}",
@@ -429,7 +452,8 @@ fn main() -> ExitCode {
             recording,
             key,
             output,
-        } => export(&recording, &key, &output).map(|()| ExitCode::SUCCESS),
+            allow_gaps,
+        } => export(&recording, &key, &output, allow_gaps).map(|()| ExitCode::SUCCESS),
         Command::Verify { recording, key } => {
             verify(&recording, key.as_deref()).map(|()| ExitCode::SUCCESS)
         }

@@ -73,6 +73,19 @@ pub struct Exported {
     pub manifest: Manifest,
     /// The files written, in order (one per capture stream).
     pub files: Vec<PathBuf>,
+    /// The gaps written as holes ([`StoreError::Gap`]); empty unless [`Gaps::Allow`].
+    pub gaps: Vec<StoreError>,
+}
+
+/// What export does with fragments missing from the middle of a capture stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gaps {
+    /// Refuse the recording, naming the first gap: someone may have removed video.
+    Refuse,
+    /// Write what is there, each gap a hole in the video, and report every gap in
+    /// [`Exported::gaps`]: for a recording whose box lost fragments while its storage failed,
+    /// once someone has looked at the gaps and decided so.
+    Allow,
 }
 
 fn object_error(kind: &str, e: &ObjectEntry, problem: impl ToString) -> ExportError {
@@ -138,13 +151,24 @@ pub fn export(
     out: &Path,
     progress: impl FnMut(usize, usize),
 ) -> Result<Exported, ExportError> {
-    assemble(dir, key, Some(out), progress)
+    assemble(dir, key, Some(out), Gaps::Refuse, progress)
+}
+
+/// [`export`], with a choice about gaps in the sequence numbers.
+pub fn export_with(
+    dir: &Path,
+    key: &DepartmentSecretKey,
+    out: &Path,
+    gaps: Gaps,
+    progress: impl FnMut(usize, usize),
+) -> Result<Exported, ExportError> {
+    assemble(dir, key, Some(out), gaps, progress)
 }
 
 /// Checks everything [`export`] checks (every tag, every object's identity and order) without
 /// writing anything.
 pub fn check(dir: &Path, key: &DepartmentSecretKey) -> Result<Manifest, ExportError> {
-    assemble(dir, key, None, |_, _| {}).map(|e| e.manifest)
+    assemble(dir, key, None, Gaps::Refuse, |_, _| {}).map(|e| e.manifest)
 }
 
 fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
@@ -223,9 +247,17 @@ fn assemble(
     dir: &Path,
     key: &DepartmentSecretKey,
     out: Option<&Path>,
+    gaps: Gaps,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Exported, ExportError> {
-    let verified = neoflix_store::verify(dir)?;
+    let (verified, gaps) = match gaps {
+        Gaps::Refuse => (neoflix_store::verify(dir)?, Vec::new()),
+        Gaps::Allow => {
+            let v = neoflix_store::verify_manifest(dir, neoflix_store::read_manifest(dir)?)?;
+            let gaps = neoflix_store::gaps(&v);
+            (v, gaps)
+        }
+    };
     let manifest = verified.manifest;
     let given = key.public_key().key_id().0;
     if manifest.recipient_key_id != given {
@@ -314,7 +346,11 @@ fn assemble(
         fs::rename(&tmp, &path).map_err(write_error(&path))?;
         files.push(path);
     }
-    Ok(Exported { manifest, files })
+    Ok(Exported {
+        manifest,
+        files,
+        gaps,
+    })
 }
 
 #[cfg(test)]
@@ -427,6 +463,47 @@ mod tests {
             assert_eq!(mode, 0o600, "{} has mode {mode:o}", f.display());
         }
         assert_eq!(e.files.len(), 2);
+    }
+
+    #[test]
+    fn a_gap_is_refused_unless_allowed_and_then_written_as_a_hole() {
+        let t = tempfile::tempdir().unwrap();
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let rec = two_stream_recording(t.path(), &dept);
+        // The second of the first stream's three fragments removed and hidden.
+        let mut m = neoflix_store::verify(&rec).unwrap().manifest;
+        m.fragments.remove(1);
+        for (i, e) in m.fragments.iter_mut().enumerate() {
+            e.index = i as u64;
+        }
+        m.chain = neoflix_store::manifest::chain(&m.recording_id, &m.init_segments, &m.fragments);
+        fs::write(rec.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+        let out = t.path().join("out.mp4");
+        let err = export(&rec, &dept, &out, |_, _| {}).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("fragment 1 missing between 0 and 2"),
+            "{err}"
+        );
+        assert!(!out.exists());
+        let e = export_with(&rec, &dept, &out, Gaps::Allow, |_, _| {}).unwrap();
+        assert_eq!(e.gaps.len(), 1);
+        assert!(matches!(
+            e.gaps[0],
+            StoreError::Gap {
+                before: 0,
+                after: 2,
+                ..
+            }
+        ));
+        // The hole stays a hole: the fragment after it keeps its distance from the first.
+        let bytes = fs::read(&e.files[0]).unwrap();
+        let frags = &bytes[bx(b"ftyp", &[1u8; 16]).len()..];
+        let times: Vec<u64> = frags
+            .chunks(fragment(0).len())
+            .map(|f| mp4::first_decode_time(f).unwrap())
+            .collect();
+        assert_eq!(times, vec![0, 18000]);
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub use manifest::{Manifest, Marker, ObjectEntry, Status};
 pub use recording::{RecordingWriter, recover};
 pub use ring::{Ring, RingEntry, StreamInit};
 pub use verify::{
-    Digests, ReadAndHash, Verified, check_contiguous, read_manifest, verify, verify_manifest,
+    Digests, ReadAndHash, Verified, check_contiguous, gaps, read_manifest, verify, verify_manifest,
     verify_manifest_with,
 };
 

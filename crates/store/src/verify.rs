@@ -266,20 +266,29 @@ pub fn verify(dir: &Path) -> Result<Verified, StoreError> {
 /// [`verify_manifest_with`] leaves this out: the ingest server stores what a box has, gap or
 /// not, rather than leave the rest of a recording on the box for ever; verify and export name it.
 pub fn check_contiguous(v: &Verified) -> Result<(), StoreError> {
-    for (i, pair) in v.fragment_ids.windows(2).enumerate() {
-        let (prev, this) = (&pair[0], &pair[1]);
-        if prev.stream == this.stream && prev.seq.checked_add(1) != Some(this.seq) {
-            let e = &v.manifest.fragments[i + 1];
-            return Err(StoreError::Gap {
-                object: describe("fragment", e),
-                file: e.file.escape_debug().to_string(),
-                stream: hex::encode(&this.stream[..4]),
-                before: prev.seq,
-                after: this.seq,
-            });
-        }
+    match gaps(v).into_iter().next() {
+        Some(gap) => Err(gap),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Every gap [`check_contiguous`] would name ([`StoreError::Gap`]), in order: for an export
+/// that writes what is there, hole and all, once someone decided a gap is a loss on the box.
+pub fn gaps(v: &Verified) -> Vec<StoreError> {
+    v.fragment_ids
+        .windows(2)
+        .zip(v.manifest.fragments.get(1..).unwrap_or_default())
+        .filter(|(pair, _)| {
+            pair[0].stream == pair[1].stream && pair[0].seq.checked_add(1) != Some(pair[1].seq)
+        })
+        .map(|(pair, e)| StoreError::Gap {
+            object: describe("fragment", e),
+            file: e.file.escape_debug().to_string(),
+            stream: hex::encode(&pair[1].stream[..4]),
+            before: pair[0].seq,
+            after: pair[1].seq,
+        })
+        .collect()
 }
 
 /// Checks the files in `dir` against a manifest that is not (yet) stored there: the ingest
@@ -521,13 +530,24 @@ mod tests {
         assert!(err.contains("fragment 2 (frag-000003.nfx)"), "{err}");
 
         let t = tempfile::tempdir().unwrap();
-        let dir = recording(t.path(), &[([1; 16], (10..16).collect())]);
-        hide_fragments(&dir, &[1, 2, 3]);
+        let dir = recording(t.path(), &[([1; 16], (10..17).collect())]);
+        hide_fragments(&dir, &[1, 2, 3, 5]);
         let err = verify(&dir).unwrap_err().to_string();
         assert!(
             err.contains("fragments 11 to 13 missing between 10 and 14"),
             "{err}"
         );
+        // Every gap, for an export that writes what is there.
+        let mut v = verify_manifest(&dir, read_manifest(&dir).unwrap()).unwrap();
+        let all: Vec<String> = gaps(&v).iter().map(|g| g.to_string()).collect();
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert!(
+            all[1].contains("fragment 15 missing between 14 and 16"),
+            "{all:?}"
+        );
+        v.manifest.fragments.clear();
+        v.fragment_ids.clear();
+        assert!(gaps(&v).is_empty());
     }
 
     #[test]
