@@ -348,10 +348,20 @@ pub fn recover(
     Ok(done)
 }
 
+/// A journal is a line per event; far below this even for a day-long recording.
+const MAX_JOURNAL_BYTES: u64 = 64 << 20;
+
 fn read_journal(dir: &Path) -> Vec<Journal> {
-    let Ok(f) = File::open(dir.join("journal.jsonl")) else {
+    // Only a regular file of sane size: recovery must not hang on a FIFO or eat a planted
+    // endless file.
+    let Ok((f, len)) = crate::verify::open_regular(&dir.join("journal.jsonl")) else {
         return Vec::new();
     };
+    if len > MAX_JOURNAL_BYTES {
+        log::error!(dir = dir.display().to_string().as_str(), bytes = len; "journal too large to be one: recording not recovered");
+        return Vec::new();
+    }
+    let f = std::io::Read::take(f, MAX_JOURNAL_BYTES);
     // A torn last line (power cut mid-append) ends the journal; everything before it counts.
     BufReader::new(f)
         .lines()
@@ -359,13 +369,19 @@ fn read_journal(dir: &Path) -> Vec<Journal> {
         .collect()
 }
 
+/// The largest sealed object recovery reads: a header's plaintext bound plus its framing.
+const MAX_OBJECT_BYTES: u64 = neoflix_seal::MAX_PLAINTEXT_LEN + (1 << 20);
+
 fn entry_from_files(
     dir: &Path,
     index: u64,
     file: String,
 ) -> Result<Option<ObjectEntry>, StoreError> {
     let key_file = key_name(&file);
-    let (Ok(sealed), Ok(key)) = (fs::read(dir.join(&file)), fs::read(dir.join(&key_file))) else {
+    let (Ok(sealed), Ok(key)) = (
+        crate::verify::read_regular(&dir.join(&file), MAX_OBJECT_BYTES),
+        crate::verify::read_regular(&dir.join(&key_file), 64 << 10),
+    ) else {
         return Ok(None);
     };
     Ok(Some(ObjectEntry {
