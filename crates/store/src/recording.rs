@@ -650,6 +650,18 @@ mod tests {
     }
 
     #[test]
+    fn recovery_does_not_wait_on_a_fifo_journal() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("rec-fifo");
+        fs::create_dir_all(&dir).unwrap();
+        let journal = dir.join("journal.jsonl");
+        let c = std::ffi::CString::new(journal.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Returning is the test: before, opening the FIFO waited for a writer for ever.
+        recover(t.path(), "k", SystemTime::now()).unwrap();
+    }
+
+    #[test]
     fn recovery_seals_an_open_recording_as_interrupted() {
         let t = tempfile::tempdir().unwrap();
         let dept = DepartmentSecretKey::generate().unwrap();
