@@ -591,6 +591,12 @@ impl Engine {
         }
         self.refresh_environment();
         self.watchdog();
+        // Catching up after a storage outage goes on a slice at a time.
+        if self.recordings.behind()
+            && let Some(outcome) = self.sync_recordings()
+        {
+            self.feed(outcome);
+        }
         let at = self.now();
         self.feed(Event::Tick { at });
     }

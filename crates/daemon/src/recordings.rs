@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use neoflix_recorder::{StopReason, Trigger};
 use neoflix_seal::DepartmentPublicKey;
@@ -17,9 +17,12 @@ use neoflix_store::{Marker, RecordingWriter, Ring, StoreError};
 
 /// Markers kept for a recording whose storage fails; past this they are dropped (and logged).
 const MAX_PENDING_MARKS: usize = 1000;
-/// Stopped recordings waiting for storage to close them; past this the oldest is left for the
-/// recovery at the next start (sealed as `interrupted`), with what it has on disk.
+/// Stopped recordings waiting for storage to close them; past this the oldest is given up: what
+/// it has on disk is sealed as `interrupted` at the next start, what it still owed is lost.
 const MAX_CLOSING: usize = 8;
+/// Longest one [`Recordings::sync`] works: catching up on a long outage (hundreds of fragments,
+/// several fsyncs each) must not stall the engine, whose ticks feed systemd's watchdog.
+const SYNC_BUDGET: Duration = Duration::from_millis(250);
 
 /// What storage work finished, for logs, events and the upload.
 #[derive(Debug)]
@@ -60,6 +63,8 @@ struct Pending {
     writer: Option<RecordingWriter>,
     /// Fragments up to this one were in the ring at the trigger: its pre-roll.
     preroll_through: Option<u64>,
+    /// Fragments up to this one belong to recordings before it, never to this one.
+    after: Option<u64>,
     marks: VecDeque<(String, Trigger, SystemTime)>,
     stop_note: Option<(StopReason, SystemTime)>,
 }
@@ -80,6 +85,8 @@ pub struct Recordings {
     recipient: DepartmentPublicKey,
     open: Option<Pending>,
     closing: VecDeque<Closing>,
+    /// The last sync ran out of time with work left (not a failure: it goes on at the next).
+    behind: bool,
 }
 
 impl Recordings {
@@ -91,6 +98,7 @@ impl Recordings {
             recipient,
             open: None,
             closing: VecDeque::new(),
+            behind: false,
         }
     }
 
@@ -111,18 +119,27 @@ impl Recordings {
 
     /// Whether any storage work is owed.
     pub fn owes_work(&self) -> bool {
-        !self.closing.is_empty() || self.open.as_ref().is_some_and(|p| p.writer.is_none())
+        self.behind
+            || !self.closing.is_empty()
+            || self.open.as_ref().is_some_and(|p| p.writer.is_none())
+    }
+
+    /// Whether the last [`Recordings::sync`] stopped for time with work left: call it again soon.
+    pub fn behind(&self) -> bool {
+        self.behind
     }
 
     /// A new recording; everything now in the ring is its pre-roll. Returns its id.
     pub fn start(&mut self, trigger: Trigger, now: SystemTime, ring: &mut Ring) -> String {
         let id = self.new_id(now);
+        let after = self.closing.back().and_then(|c| c.through);
         self.open = Some(Pending {
             id: id.clone(),
             trigger,
             trigger_utc: now,
             writer: None,
             preroll_through: ring.newest_seq(),
+            after,
             marks: VecDeque::new(),
             stop_note: None,
         });
@@ -154,8 +171,13 @@ impl Recordings {
         if self.closing.len() >= MAX_CLOSING
             && let Some(lost) = self.closing.pop_front()
         {
-            log::error!(recording = lost.rec.id.as_str();
-                "storage has failed for too long: this recording is left as it is on disk, sealed as interrupted at the next start");
+            // Its fragments must not slide into the next recording: forget them.
+            let gone = match lost.through {
+                Some(t) => ring.discard_through(t).unwrap_or_default().len(),
+                None => 0,
+            };
+            log::error!(recording = lost.rec.id.as_str(), fragments_lost = gone, on_disk = lost.rec.writer.is_some();
+                "storage has failed for too long: recording given up (what reached the disk is sealed as interrupted at the next start)");
         }
         self.closing.push_back(Closing {
             rec,
@@ -169,15 +191,29 @@ impl Recordings {
     /// Does all owed work, oldest recording first; stops at the first failure, which is
     /// returned with the work still owed. What finished is appended to `done`.
     pub fn sync(&mut self, ring: &mut Ring, done: &mut Vec<Done>) -> Result<(), StoreError> {
-        let result = self.sync_all(ring, done);
+        let deadline = Instant::now() + SYNC_BUDGET;
+        let result = self.sync_all(ring, done, deadline);
+        self.behind = matches!(result, Ok(false));
         self.hold(ring);
-        result
+        result.map(|_| ())
     }
 
-    fn sync_all(&mut self, ring: &mut Ring, done: &mut Vec<Done>) -> Result<(), StoreError> {
+    /// `Ok(true)` when all is done, `Ok(false)` when time ran out first.
+    fn sync_all(
+        &mut self,
+        ring: &mut Ring,
+        done: &mut Vec<Done>,
+        deadline: Instant,
+    ) -> Result<bool, StoreError> {
         while let Some(c) = self.closing.front_mut() {
             let (root, device, recipient) = (&self.root, &self.device, &self.recipient);
-            bring_up_to_date(&mut c.rec, c.through, ring, root, device, recipient, done)?;
+            let to = Claims {
+                through: c.through,
+                deadline,
+            };
+            if !bring_up_to_date(&mut c.rec, to, ring, root, device, recipient, done)? {
+                return Ok(false);
+            }
             let w = c.rec.writer.as_ref().expect("opened above");
             let manifest = w.finalize(c.reason.as_str(), c.stop_utc)?;
             let c = self.closing.pop_front().expect("front exists");
@@ -189,17 +225,13 @@ impl Recordings {
             });
         }
         if let Some(p) = &mut self.open {
-            bring_up_to_date(
-                p,
-                None,
-                ring,
-                &self.root,
-                &self.device,
-                &self.recipient,
-                done,
-            )?;
+            let to = Claims {
+                through: None,
+                deadline,
+            };
+            return bring_up_to_date(p, to, ring, &self.root, &self.device, &self.recipient, done);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The ring keeps what recordings still have to claim.
@@ -231,17 +263,25 @@ impl Recordings {
     }
 }
 
-/// Creates the recording if needed, claims its fragments (up to `through`, or all), writes its
-/// pending markers and stop note.
+/// How far a recording claims in one go.
+struct Claims {
+    /// Its last fragment, if it is stopped; `None`: everything in the ring.
+    through: Option<u64>,
+    /// When to stop for now.
+    deadline: Instant,
+}
+
+/// Creates the recording if needed, claims its fragments (up to `to.through`, or all), writes its
+/// pending markers and stop note. `Ok(false)` when the deadline came first.
 fn bring_up_to_date(
     p: &mut Pending,
-    through: Option<u64>,
+    to: Claims,
     ring: &mut Ring,
     root: &std::path::Path,
     device: &str,
     recipient: &DepartmentPublicKey,
     done: &mut Vec<Done>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     if p.writer.is_none() {
         p.writer = Some(RecordingWriter::create(
             root,
@@ -257,9 +297,16 @@ fn bring_up_to_date(
         });
     }
     let w = p.writer.as_mut().expect("created above");
+    // Anything older belongs to a recording before this one (given up, or not yet closed).
+    if let Some(after) = p.after {
+        ring.discard_through(after)?;
+    }
     while let Some(entry) = ring.oldest() {
-        if through.is_some_and(|t| entry.seq > t) {
+        if to.through.is_some_and(|t| entry.seq > t) {
             break;
+        }
+        if Instant::now() >= to.deadline {
+            return Ok(false);
         }
         let seq = entry.seq;
         let init = ring
@@ -283,5 +330,83 @@ fn bring_up_to_date(
         w.stop_requested(reason.as_str(), at)?;
         p.stop_note = None;
     }
-    Ok(())
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use neoflix_seal::{DepartmentSecretKey, Kind, ObjectId, seal};
+
+    const STREAM: [u8; 16] = [7; 16];
+
+    fn push(ring: &mut Ring, seq: u64) {
+        let id = ObjectId {
+            stream: STREAM,
+            seq,
+            kind: Kind::Fragment,
+        };
+        let (k, s) = seal(&id, &[seq as u8; 64]).unwrap();
+        ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
+            .unwrap();
+    }
+
+    /// With the recordings path unusable (a file where the directory should be: refused even
+    /// to root), stopped recordings pile up; the oldest past the limit is given up, and its
+    /// fragments must not end up in a later recording once storage works again.
+    #[test]
+    fn stopped_recordings_wait_for_storage_and_keep_to_their_own_fragments() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("recordings");
+        std::fs::write(&root, b"not a directory").unwrap();
+        let (mut ring, _) =
+            Ring::open(&t.path().join("ring"), Duration::from_secs(2), 1 << 30).unwrap();
+        let init = ObjectId {
+            stream: STREAM,
+            seq: 0,
+            kind: Kind::Init,
+        };
+        let (k, s) = seal(&init, b"init").unwrap();
+        ring.begin_stream(STREAM, &s, k).unwrap();
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let mut recs = Recordings::new(root.clone(), "room-1".into(), dept.public_key());
+        let mut done = Vec::new();
+        let mut seq = 0;
+        let mut ids = Vec::new();
+        // Ten recordings of three fragments each, every one refused by storage.
+        for _ in 0..MAX_CLOSING + 2 {
+            ids.push(recs.start(Trigger::Pedal, SystemTime::now(), &mut ring));
+            for _ in 0..3 {
+                push(&mut ring, seq);
+                seq += 1;
+                assert!(recs.sync(&mut ring, &mut done).is_err());
+            }
+            recs.mark("m".into(), Trigger::Control, SystemTime::now());
+            recs.finalize(StopReason::Shutdown, SystemTime::now(), &mut ring);
+            assert!(recs.sync(&mut ring, &mut done).is_err());
+        }
+        assert!(recs.owes_work());
+        assert!(done.is_empty());
+        // Storage works again: every recording still waited for is closed, in order, each with
+        // exactly its own three fragments; the two given up are gone with their fragments.
+        std::fs::remove_file(&root).unwrap();
+        while recs.owes_work() {
+            recs.sync(&mut ring, &mut done).unwrap();
+        }
+        let finalized: Vec<(String, usize)> = done
+            .iter()
+            .filter_map(|d| match d {
+                Done::Finalized { id, fragments, .. } => Some((id.clone(), *fragments)),
+                _ => None,
+            })
+            .collect();
+        let expected: Vec<(String, usize)> = ids[2..].iter().map(|id| (id.clone(), 3)).collect();
+        assert_eq!(finalized, expected);
+        assert!(ring.is_empty());
+        let marks = done
+            .iter()
+            .filter(|d| matches!(d, Done::Marked { .. }))
+            .count();
+        assert_eq!(marks, MAX_CLOSING);
+    }
 }

@@ -142,12 +142,24 @@ impl RecordingWriter {
         let mut line = serde_json::to_vec(event).expect("journal events serialize");
         line.push(b'\n');
         let path = self.dir.join("journal.jsonl");
-        self.journal
+        let before = self.journal.metadata().map(|m| m.len());
+        let written = self
+            .journal
             .write_all(&line)
-            .map_err(StoreError::io("append", &path))?;
-        self.journal
-            .sync_data()
-            .map_err(StoreError::io("fsync", &path))
+            .map_err(StoreError::io("append", &path))
+            .and_then(|()| {
+                self.journal
+                    .sync_data()
+                    .map_err(StoreError::io("fsync", &path))
+            });
+        if written.is_err()
+            && let Ok(len) = before
+        {
+            // A full disk can take half a line; the retry appends it whole, and recovery reads
+            // the journal only up to its first unreadable line. Cut the half line off.
+            let _ = self.journal.set_len(len);
+        }
+        written
     }
 
     fn wrap_and_write_key(
@@ -226,15 +238,23 @@ impl RecordingWriter {
         if !moved {
             fsutil::move_file(&entry.path, &dest)?;
         }
-        fsutil::sync_dir(&self.dir)?;
         let duration_ms = entry.duration.as_millis() as u64;
-        self.append(&Journal::Fragment {
-            index,
-            init: init_index,
-            duration_ms,
-            captured_utc: utc(entry.captured),
-            preroll,
-        })?;
+        let journaled = fsutil::sync_dir(&self.dir).and_then(|()| {
+            self.append(&Journal::Fragment {
+                index,
+                init: init_index,
+                duration_ms,
+                captured_utc: utc(entry.captured),
+                preroll,
+            })
+        });
+        if let Err(e) = journaled {
+            // Not a part of the recording yet: back to the ring where it belongs, so that nothing
+            // (the upload, an eviction) finds it half-claimed. If even that fails, the retry
+            // finds it here.
+            let _ = fs::rename(&dest, &entry.path);
+            return Err(e);
+        }
         self.first_frame.get_or_insert(entry.captured);
         self.video += entry.duration;
         if preroll {

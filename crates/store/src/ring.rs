@@ -57,6 +57,17 @@ pub struct Ring {
     held_through: Option<u64>,
 }
 
+/// Deletes a fragment's file. Already gone is fine: a claim that failed half-way may have moved
+/// it into a recording.
+fn delete(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(StoreError::io("remove evicted", path)(e))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn hex16(s: &[u8; 16]) -> String {
     s.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -148,25 +159,64 @@ impl Ring {
             captured,
         });
         let mut evicted = Vec::new();
-        while self.entries.len() > 1 {
-            let front = &self.entries[0];
-            let held = self.held_through.is_some_and(|h| front.seq <= h);
-            let over_time = !held && self.total.saturating_sub(front.duration) >= self.preroll;
-            let over_bytes = self.bytes > self.max_bytes;
-            if !(over_time || over_bytes) {
+        // By age, among the fragments no recording waits for: the oldest go while the rest
+        // still cover the pre-roll. Held ones are older (they lead the queue) and do not count:
+        // the next recording's pre-roll stays the pre-roll, not everything since the failure.
+        let held = |e: &RingEntry, h: Option<u64>| h.is_some_and(|h| e.seq <= h);
+        let first_free = self
+            .entries
+            .iter()
+            .position(|e| !held(e, self.held_through))
+            .unwrap_or(self.entries.len());
+        let mut free_total: Duration = self
+            .entries
+            .iter()
+            .skip(first_free)
+            .map(|e| e.duration)
+            .sum();
+        while first_free + 1 < self.entries.len() {
+            let oldest_free = self.entries[first_free].duration;
+            if free_total.saturating_sub(oldest_free) < self.preroll {
                 break;
             }
-            if held {
-                log::error!(fragment = front.seq, max_bytes = self.max_bytes;
-                    "ring full while the recordings storage fails: the oldest unclaimed fragment of the recording is lost");
-            }
-            let e = self.pop_front().expect("len > 1");
-            fs::remove_file(&e.path).map_err(StoreError::io("remove evicted", &e.path))?;
+            let e = self.remove_at(first_free).expect("index is valid");
+            free_total = free_total.saturating_sub(e.duration);
             evicted.push(e.seq);
+            delete(&e.path)?;
             // `e` drops here: its key is zeroized, the fragment is noise from now on.
+        }
+        // By bytes, oldest first, held or not: the ring's bound is absolute.
+        while self.entries.len() > 1 && self.bytes > self.max_bytes {
+            let e = self.pop_front().expect("len > 1");
+            if held(&e, self.held_through) {
+                log::error!(fragment = e.seq, max_bytes = self.max_bytes;
+                    "ring full while the recordings storage fails: the oldest unclaimed fragment of a recording is lost");
+            }
+            evicted.push(e.seq);
+            delete(&e.path)?;
         }
         self.gc_inits();
         Ok(evicted)
+    }
+
+    fn remove_at(&mut self, i: usize) -> Option<RingEntry> {
+        let e = self.entries.remove(i)?;
+        self.total = self.total.saturating_sub(e.duration);
+        self.bytes -= e.size;
+        Some(e)
+    }
+
+    /// Takes out and forgets every fragment up to `seq` (a recording given up): their files are
+    /// deleted and their keys zeroized.
+    pub fn discard_through(&mut self, seq: u64) -> Result<Vec<u64>, StoreError> {
+        let mut gone = Vec::new();
+        while self.entries.front().is_some_and(|e| e.seq <= seq) {
+            let e = self.pop_front().expect("front exists");
+            gone.push(e.seq);
+            delete(&e.path)?;
+        }
+        self.gc_inits();
+        Ok(gone)
     }
 
     fn pop_front(&mut self) -> Option<RingEntry> {
@@ -363,13 +413,27 @@ mod tests {
             assert!(push(&mut ring, seq).is_empty(), "held: nothing evicted");
         }
         assert_eq!(ring.oldest().unwrap().seq, 0);
+        // Held through 3 (a stopped recording still owed them): what comes after is pre-roll
+        // again and ages out as usual, without waiting for the held ones to go.
         ring.hold_through(Some(3));
+        let mut aged = Vec::new();
+        for seq in 6..9 {
+            aged.extend(push(&mut ring, seq));
+        }
+        assert_eq!(
+            aged,
+            vec![4, 5, 6],
+            "pre-roll after the held ones is still 2 s"
+        );
+        assert_eq!(ring.oldest().unwrap().seq, 0);
+        assert_eq!(ring.discard_through(1).unwrap(), vec![0, 1]);
+        assert_eq!(ring.oldest().unwrap().seq, 2);
         ring.purge().unwrap();
-        assert_eq!((ring.len(), ring.newest_seq()), (4, Some(3)));
+        assert_eq!((ring.len(), ring.newest_seq()), (2, Some(3)));
         // Bytes still bound a held ring: the oldest go first.
         let (k, s) = sealed([1; 16], 0, Kind::Init, 10);
         ring.begin_stream([1; 16], &s, k).unwrap();
-        for seq in 6..20 {
+        for seq in 10..24 {
             push(&mut ring, seq);
         }
         assert!(ring.bytes() <= 1500);
