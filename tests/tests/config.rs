@@ -135,8 +135,9 @@ fn thousands_of_errors_give_a_screenful_and_long_values_are_cut() {
     let lab = Lab::new();
     let cfg = lab.path("noisy.toml");
     let mut text = format!(
-        "device_id = \"{}\"\n[capture]\nsource = \"test\"\n",
-        "é".repeat(100_000)
+        "device_id = \"{}\"\n[capture]\nsource = \"test\"\n\"\\u001b]0;owned\\u0007{}\" = 1\n",
+        "é".repeat(100_000),
+        "k".repeat(100_000)
     );
     for i in 0..40_000 {
         text.push_str(&format!("unknown_{i} = 1\n"));
@@ -152,17 +153,20 @@ fn thousands_of_errors_give_a_screenful_and_long_values_are_cut() {
         &err[..err.len().min(2000)]
     );
     assert!(
-        err.contains("40002 errors"),
+        err.contains("40003 errors"),
         "{}",
         &err[..err.len().min(2000)]
     );
     assert!(err.lines().count() <= 30, "{} lines", err.lines().count());
-    assert!(err.contains("and 39982 more"), "{err}");
+    assert!(err.contains("and 39983 more"), "{err}");
+    // An unknown key is outside text too: escaped and cut, never a terminal escape.
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+    assert!(err.contains("capture.\\u{1b}]0;owned\\u{7}kkk"), "{err}");
     // The first errors by line, with the offending value cut to a readable length.
     assert!(err.contains(&format!("{f}:1: device_id: '")), "{err}");
     assert!(err.len() < 4000, "{} bytes of errors", err.len());
     assert!(
-        err.contains(&format!("{f}:4: capture.unknown_0: unknown option")),
+        err.contains(&format!("{f}:5: capture.unknown_0: unknown option")),
         "{err}"
     );
 }

@@ -114,9 +114,12 @@ impl Walker {
         }
     }
 
+    /// The dotted name; a key from the file (an unknown one can be anything) is cut and
+    /// escaped like a value.
     fn option_name(section: &Section, key: &str) -> String {
+        let key = cut(key, 60).escape_debug().to_string();
         if section.name.is_empty() {
-            key.to_string()
+            key
         } else {
             format!("{}.{key}", section.name)
         }
@@ -316,12 +319,15 @@ impl Walker {
 /// A value from the file, quoted for a message: control characters escaped and cut to a length
 /// that fits a line, so a long or hostile value cannot flood or forge the output.
 fn shown(value: &str) -> String {
-    const MAX_CHARS: usize = 60;
-    let cut = match value.char_indices().nth(MAX_CHARS) {
-        Some((at, _)) => format!("{}…", &value[..at]),
-        None => value.to_string(),
-    };
-    format!("'{}'", cut.escape_debug())
+    format!("'{}'", cut(value, 60).escape_debug())
+}
+
+/// At most `max` characters, with an ellipsis when something was cut.
+fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]).into(),
+        None => text.into(),
+    }
 }
 
 fn type_name(v: &DeValue) -> &'static str {
@@ -364,6 +370,8 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
         Err(e) => {
             let line = e.span().map(|s| w.line_of(s.start)).unwrap_or(1);
             let msg = e.message().trim().to_string();
+            // The parser quotes the file; keep that to a line, escaped.
+            let msg = cut(&msg, 200).escape_debug().to_string();
             w.error(line, String::new(), format!("TOML syntax error: {msg}"));
             return Err(ConfigError::Invalid {
                 file: file.into(),
