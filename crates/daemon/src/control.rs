@@ -25,6 +25,9 @@ const MAX_CONNECTIONS: usize = 64;
 /// long one waits for a place. `neoflix ctl` waits 30 s, so idle clients are gone well before a
 /// real one gives up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one connection keeps its place, however busy: a client polling every few seconds
+/// on a kept-open connection must not hold a place for ever. It may reconnect.
+const MAX_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Binds the socket (replacing a stale one) with mode 0660.
 pub fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
@@ -123,7 +126,8 @@ async fn client(stream: UnixStream, inbox: mpsc::Sender<Input>, mut stop: watch:
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
-    loop {
+    let opened = tokio::time::Instant::now();
+    while opened.elapsed() < MAX_LIFETIME {
         line.clear();
         let mut limited = (&mut reader).take(MAX_LINE as u64 + 1);
         let n = tokio::select! {

@@ -141,13 +141,20 @@ async fn poll(
                     log::warn!(device = s.device.as_str(); "retained MQTT command ignored: commands must not be retained");
                 } else if p.payload.len() > neoflix_mqtt::MAX_COMMAND_BYTES {
                     log::warn!(device = s.device.as_str(), bytes = p.payload.len(); "oversized MQTT command ignored");
-                } else if commands.try_send(p.payload.to_vec()).is_err() {
-                    log::warn!(device = s.device.as_str(); "MQTT commands arrive faster than they can be carried out: one dropped");
+                } else if let Err(e) = commands.try_send(p.payload.to_vec()) {
+                    let error = if matches!(e, mpsc::error::TrySendError::Closed(_)) {
+                        // Not "busy": nothing will ever carry it out. Say so where IT looks.
+                        log::error!(device = s.device.as_str(); "MQTT command handler has stopped: commands cannot be carried out until neoflixd restarts");
+                        "command handler stopped: restart neoflixd (see its journal)"
+                    } else {
+                        log::warn!(device = s.device.as_str(); "MQTT commands arrive faster than they can be carried out: one dropped");
+                        "busy: too many commands at once, try again"
+                    };
                     let reply = CommandReply {
                         request_id: CommandError::request_id_of(&p.payload),
                         cmd: None,
                         ok: false,
-                        error: Some("busy: too many commands at once, try again".into()),
+                        error: Some(error.into()),
                         recording: None,
                     };
                     let _ = client.try_publish(
