@@ -390,3 +390,145 @@ fn malformed_bodies_are_client_errors_and_unsealed_objects_are_refused() {
         201
     );
 }
+
+#[test]
+fn connections_that_never_start_tls_cannot_lock_out_a_device() {
+    let lab = Lab::new();
+    lab.pki(&["room-a"]);
+    let mut ingest = lab.ingest_config_with(
+        1 << 20,
+        "[limits]\nmax_connections = 4\nmax_connections_per_device = 2\n",
+    );
+    ingest.start();
+    // Hosts without a certificate (a port scanner, a stuck proxy, anyone on the ward network)
+    // open connections and never send a byte: eight times as many as the server has slots.
+    let flood: Vec<std::net::TcpStream> = (0..32)
+        .map(|_| std::net::TcpStream::connect(&ingest.addr).expect("plain TCP connects"))
+        .collect();
+    let a = cert(&lab, "room-a");
+    let obj = sealed_file(&lab, "a.nfx", 0, b"a fragment");
+    let (code, body) = put_object(&lab, &ingest, &a, "rec", "frag-000000.nfx", &obj);
+    assert_eq!(
+        code,
+        201,
+        "room-a could not upload while hosts without a certificate held connections open: {body}\n{}",
+        ingest.log_text()
+    );
+    // The flood was really there and is cut by the handshake timeout.
+    ingest.wait_log("every idle handshake cut", |log| {
+        log.matches("TLS handshake timed out").count() == 32
+    });
+    drop(flood);
+}
+
+#[test]
+fn a_device_over_its_limit_is_refused_at_once_and_cannot_lock_out_another() {
+    let lab = Lab::new();
+    lab.pki(&["room-greedy", "room-b"]);
+    let mut ingest = lab.ingest_config_with(
+        1 << 20,
+        "[limits]\nmax_connections = 4\nmax_connections_per_device = 2\n",
+    );
+    ingest.start();
+    // room-greedy holds its two connections, idle.
+    let _held: Vec<RawTls> = (0..2)
+        .map(|_| RawTls::connect(&lab, &ingest, "room-greedy").expect("room-greedy connects"))
+        .collect();
+    // Over its limit, a request gets 503 with Retry-After.
+    let greedy = cert(&lab, "room-greedy");
+    let (code, head_and_body) = curl(
+        &lab,
+        &ingest,
+        Some((&greedy.0, &greedy.1)),
+        &["-m", "20", "-D", "-"],
+        "/v1/recordings",
+    );
+    assert_eq!(code, 503, "{head_and_body}");
+    assert!(
+        head_and_body.to_lowercase().contains("retry-after: 5")
+            && head_and_body.contains("max_connections_per_device"),
+        "{head_and_body}"
+    );
+    // Then it opens 16 more at once, completes the handshakes and never sends a request: each
+    // is a connection the server must refuse without letting it sit on a slot.
+    thread::scope(|s| {
+        for _ in 0..16 {
+            s.spawn(|| {
+                if let Ok(mut c) = RawTls::connect(&lab, &ingest, "room-greedy") {
+                    // Until the server closes it (or 30 s pass).
+                    let _ = c.status(Duration::from_secs(30));
+                }
+            });
+        }
+        let greedy_refusals = |log: &str| {
+            log.lines()
+                .filter(|l| l.contains("device=room-greedy") && l.contains("too many connections"))
+                .count()
+        };
+        ingest.wait_log("room-greedy's extra connections refused", |log| {
+            greedy_refusals(log) >= 3
+        });
+        // Another device uploads meanwhile.
+        let b = cert(&lab, "room-b");
+        let obj = sealed_file(&lab, "b.nfx", 0, b"a fragment");
+        let (code, body) = put_object(&lab, &ingest, &b, "rec", "frag-000000.nfx", &obj);
+        assert_eq!(
+            code,
+            201,
+            "room-b could not upload while room-greedy kept opening connections over its limit: {body}\n{}",
+            ingest.log_text()
+        );
+        ingest.wait_log("all 17 of room-greedy's extra connections refused", |log| {
+            greedy_refusals(log) == 17
+        });
+    });
+}
+
+#[test]
+fn a_full_server_answers_503_naming_the_limit_and_serves_again_once_a_slot_frees() {
+    let lab = Lab::new();
+    lab.pki(&["room-a", "room-b"]);
+    let mut ingest = lab.ingest_config_with(
+        1 << 20,
+        "[limits]\nmax_connections = 2\nmax_connections_per_device = 2\n",
+    );
+    ingest.start();
+    let held: Vec<RawTls> = (0..2)
+        .map(|_| RawTls::connect(&lab, &ingest, "room-a").expect("room-a connects"))
+        .collect();
+    let b = cert(&lab, "room-b");
+    let get = || {
+        curl(
+            &lab,
+            &ingest,
+            Some((&b.0, &b.1)),
+            &["-m", "20", "-D", "-"],
+            "/v1/recordings",
+        )
+    };
+    // Not a wait in the accept queue with no word: a clear answer the box backs off on.
+    let (code, head_and_body) = get();
+    assert_eq!(code, 503, "{head_and_body}\n{}", ingest.log_text());
+    assert!(
+        head_and_body.to_lowercase().contains("retry-after: 5")
+            && head_and_body.contains("limits.max_connections"),
+        "{head_and_body}"
+    );
+    ingest.wait_log("the refusal", |log| {
+        log.lines()
+            .any(|l| l.contains("device=room-b") && l.contains("every connection slot is taken"))
+    });
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = get();
+        if code == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "room-b still refused 20 s after room-a closed its connections: {code} {body}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -24,9 +24,18 @@ pub struct IngestConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Connections served at once, all devices together; further ones wait in the kernel's
-    /// accept queue.
+    /// Connections served at once, all devices together. Only a connection that completed
+    /// its handshake, named its device and is within that device's limit takes one; when all
+    /// are taken it is answered 503 with `Retry-After`.
     pub max_connections: usize,
+    /// Connections in their TLS handshake at once (or being refused after it). Kept apart
+    /// from `max_connections` so that hosts without a certificate, or a device reconnecting
+    /// over its limit, never hold the slots of devices being served; further connections wait
+    /// in the kernel's accept queue.
+    pub max_handshakes: usize,
+    /// Seconds a TLS handshake may take before the connection is closed: a handshake is a few
+    /// round trips, so anything much slower is a host holding a handshake slot.
+    pub handshake_timeout_secs: u64,
     /// Connections one device (one certificate common name) may hold at once; the box uploads
     /// 8 objects at a time, the rest is headroom for connections a restarted box left behind.
     /// Further connections get 503 and are closed, so a misbehaving device cannot hold the
@@ -48,6 +57,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 2048,
+            max_handshakes: 256,
+            handshake_timeout_secs: 5,
             max_connections_per_device: 16,
             min_bytes_per_sec: 4096,
             rate_grace_secs: 10,
@@ -67,6 +78,18 @@ impl Limits {
             v.push(format!(
                 "limits.max_connections = {}: must be between 1 and 1048576",
                 self.max_connections
+            ));
+        }
+        if self.max_handshakes == 0 || self.max_handshakes > 1 << 16 {
+            v.push(format!(
+                "limits.max_handshakes = {}: must be between 1 and 65536",
+                self.max_handshakes
+            ));
+        }
+        if self.handshake_timeout_secs == 0 || self.handshake_timeout_secs > 60 {
+            v.push(format!(
+                "limits.handshake_timeout_secs = {}: must be between 1 and 60",
+                self.handshake_timeout_secs
             ));
         }
         if self.max_connections_per_device == 0
@@ -174,6 +197,8 @@ mod tests {
         assert!(Limits::default().problems().is_empty());
         let bad = Limits {
             max_connections: 4,
+            max_handshakes: 0,
+            handshake_timeout_secs: 61,
             max_connections_per_device: 5,
             min_bytes_per_sec: 0,
             rate_grace_secs: 7200,
@@ -181,6 +206,8 @@ mod tests {
         };
         let p = bad.problems().join("\n");
         for option in [
+            "max_handshakes = 0",
+            "handshake_timeout_secs = 61",
             "max_connections_per_device = 5",
             "min_bytes_per_sec = 0",
             "rate_grace_secs = 7200",

@@ -151,12 +151,26 @@ fn storage_error(e: StorageError) -> Resp {
     error(status, e.to_string())
 }
 
-/// The answer to every request on a connection over `limits.max_connections_per_device`.
-pub fn too_many_connections() -> Resp {
-    let mut r = error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "too many connections from this device (limits.max_connections_per_device): close some and retry",
-    );
+/// Why a connection is refused right after its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionRefusal {
+    /// Its device already holds `limits.max_connections_per_device`.
+    DeviceLimit,
+    /// Every one of `limits.max_connections` is taken.
+    ServerFull,
+}
+
+/// The answer to the request on a refused connection: 503 with `Retry-After`, naming the limit.
+pub fn refused(why: ConnectionRefusal) -> Resp {
+    let msg = match why {
+        ConnectionRefusal::DeviceLimit => {
+            "too many connections from this device (limits.max_connections_per_device): close some and retry"
+        }
+        ConnectionRefusal::ServerFull => {
+            "the server is serving all the connections it may (limits.max_connections): retry later"
+        }
+    };
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, msg);
     r.headers_mut()
         .insert("retry-after", hyper::header::HeaderValue::from_static("5"));
     r

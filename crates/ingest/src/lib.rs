@@ -30,10 +30,12 @@ use tokio::sync::{Semaphore, watch};
 
 pub use config::IngestConfig;
 
-/// A TLS handshake must complete within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection refused for its device's limit gets this long to read its 503.
-const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A refused connection's request head must arrive within this: the 503 answers a request, so
+/// it waits for one, but not for long, since the connection holds a handshake slot meanwhile.
+const REFUSAL_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
+/// A refused connection is closed after this at the latest, answered or not (its 503 is a few
+/// hundred bytes: writing it never waits on the client's window).
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest read buffer of one connection.
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -71,6 +73,12 @@ pub async fn run(
         &cfg.storage.dir,
         cfg.storage.max_object_bytes,
     )?);
+    // Two pools: one for connections not yet admitted (in their handshake, or being refused)
+    // and one for admitted connections. A connection holds exactly one slot at a time, and
+    // only an authenticated device within its own limit ever takes one of `slots`, so hosts
+    // without a certificate and devices over their limit cannot crowd out the others.
+    let handshakes = Arc::new(Semaphore::new(cfg.limits.max_handshakes));
+    let handshake_timeout = Duration::from_secs(cfg.limits.handshake_timeout_secs);
     let slots = Arc::new(Semaphore::new(cfg.limits.max_connections));
     let per_device = limits::DeviceSlots::new(cfg.limits.max_connections_per_device);
     let budget = limits::Budget::new(cfg.limits.max_buffered_bytes);
@@ -83,9 +91,11 @@ pub async fn run(
     log::info!(listen = cfg.listen.as_str(), storage = cfg.storage.dir.display().to_string().as_str(); "neoflix-ingest listening");
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
+        // Accepting only with a handshake slot in hand leaves further connections in the
+        // kernel's accept queue rather than in memory.
+        let handshake = tokio::select! {
             _ = &mut shutdown => break,
-            p = slots.clone().acquire_owned() => p.expect("semaphore never closes"),
+            p = handshakes.clone().acquire_owned() => p.expect("semaphore never closes"),
         };
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => break,
@@ -100,20 +110,20 @@ pub async fn run(
         };
         let acceptor = tls.current();
         let store = store.clone();
+        let slots = slots.clone();
         let per_device = per_device.clone();
         let budget = budget.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let peer = peer.to_string();
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     log::warn!(peer = peer.as_str(); "TLS handshake refused: {}", esc(&e.to_string()));
                     return;
                 }
                 Err(_) => {
-                    log::warn!(peer = peer.as_str(); "TLS handshake timed out");
+                    log::warn!(peer = peer.as_str(); "TLS handshake timed out (limits.handshake_timeout_secs)");
                     return;
                 }
             };
@@ -128,19 +138,32 @@ pub async fn run(
                 },
                 None => return,
             };
-            let Some(_device_slot) = per_device.try_take(&device) else {
-                log::warn!(device = esc(&device).as_str(), peer = peer.as_str(); "too many connections from this device (limits.max_connections_per_device): answering 503");
-                // A clear answer rather than a silent close, on a short leash: this connection
-                // holds one of the server's slots.
-                let service = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(http::too_many_connections())
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .keep_alive(false)
-                    .serve_connection(TokioIo::new(tls), service);
-                let _ = tokio::time::timeout(REFUSAL_TIMEOUT, conn).await;
-                return;
+            let admitted = match per_device.try_take(&device) {
+                None => Err(http::ConnectionRefusal::DeviceLimit),
+                Some(d) => match slots.try_acquire_owned() {
+                    Ok(p) => Ok((d, p)),
+                    Err(_) => Err(http::ConnectionRefusal::ServerFull),
+                },
             };
+            let (_device_slot, _permit) = match admitted {
+                Ok(a) => a,
+                Err(why) => {
+                    match why {
+                        http::ConnectionRefusal::DeviceLimit => {
+                            log::warn!(device = esc(&device).as_str(), peer = peer.as_str(); "too many connections from this device (limits.max_connections_per_device): answering 503")
+                        }
+                        http::ConnectionRefusal::ServerFull => {
+                            log::warn!(device = esc(&device).as_str(), peer = peer.as_str(); "every connection slot is taken (limits.max_connections): answering 503")
+                        }
+                    }
+                    // The refusal keeps its handshake slot until it is closed, at most
+                    // REFUSAL_TIMEOUT from now, so refusals too are bounded in number.
+                    refuse(tls, why).await;
+                    drop(handshake);
+                    return;
+                }
+            };
+            drop(handshake);
             let ctx = Arc::new(http::Ctx {
                 store,
                 device,
@@ -169,6 +192,24 @@ pub async fn run(
     let _ = stop_tx.send(true);
     log::info!("neoflix-ingest stopping");
     Ok(())
+}
+
+/// Answers a refused connection's request 503 and closes it: the request head gets
+/// REFUSAL_HEAD_TIMEOUT to arrive, the whole exchange REFUSAL_TIMEOUT.
+async fn refuse(
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    why: http::ConnectionRefusal,
+) {
+    let service = hyper::service::service_fn(move |_req| async move {
+        Ok::<_, std::convert::Infallible>(http::refused(why))
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(REFUSAL_HEAD_TIMEOUT)
+        .keep_alive(false)
+        .max_buf_size(READ_BUFFER)
+        .serve_connection(TokioIo::new(tls), service);
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, conn).await;
 }
 
 #[cfg(test)]
