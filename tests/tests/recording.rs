@@ -81,11 +81,13 @@ fn preroll_and_duration_match_what_the_clinician_did() {
     );
     let p = ffprobe(&out);
     // 10 s pre-roll + about 20 s recorded (as the test measured it: an emulated or loaded
-    // machine stretches it) + 2 s post-roll, within about one fragment.
+    // machine stretches it) + 2 s post-roll, less at most about one fragment. A slow machine
+    // (qemu-user in scripts/cross-arm64) may have a few seconds of video still being encoded at
+    // the trigger, which arrive after it and are recorded too: more, never less.
     let expected = m.preroll_secs + recorded + 2.0;
     assert!(
-        (p.duration - expected).abs() <= 1.5,
-        "duration {} s, expected {expected:.1} ± 1.5",
+        p.duration >= expected - 1.5 && p.duration <= expected + 5.0,
+        "duration {} s, expected {expected:.1} (-1.5, +5)",
         p.duration
     );
     assert!(
