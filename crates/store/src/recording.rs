@@ -490,7 +490,10 @@ fn recover_one(
             .get(&e.index)
             .copied()
             .unwrap_or((last_init, 0, false));
-        e.init = Some(init);
+        // The journal is only trusted as far as the files agree: an init segment that is not
+        // there would make the recovered recording unreadable as a whole.
+        let known = (init as usize) < m.init_segments.len();
+        e.init = Some(if known { init } else { last_init });
         e.duration_ms = Some(ms);
         m.duration_secs += ms as f64 / 1000.0;
         if preroll {
@@ -679,6 +682,27 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         // Returning is the test: before, opening the FIFO waited for a writer for ever.
         recover(t.path(), "k", SystemTime::now()).unwrap();
+    }
+
+    #[test]
+    fn recovery_trusts_the_journal_only_as_far_as_the_files_agree() {
+        let t = tempfile::tempdir().unwrap();
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let mut ring = ring_with(&t.path().join("ring"), 2);
+        drop(record(&t.path().join("rec"), &mut ring, &dept)); // the crash
+        let dir = t.path().join("rec/rec-1");
+        // A journal naming an init segment the recording does not have.
+        let journal = fs::read_to_string(dir.join("journal.jsonl")).unwrap();
+        assert!(journal.contains("\"init\":0"), "{journal}");
+        fs::write(
+            dir.join("journal.jsonl"),
+            journal.replace("\"init\":0", "\"init\":7"),
+        )
+        .unwrap();
+        recover(&t.path().join("rec"), "k", SystemTime::now()).unwrap();
+        // Before, the recovered manifest pointed at init 7 and nothing could read the recording.
+        let v = verify(&dir).unwrap();
+        assert_eq!(v.manifest.fragments.len(), 2);
     }
 
     #[test]
