@@ -382,10 +382,18 @@ impl Engine {
         }
         let at = self.now();
         self.feed(Event::Shutdown { at });
+        // Still catching up after an outage: finish while systemd waits for us (it waits 30 s,
+        // TimeoutStopSec), a slice at a time; a failure ends it.
+        let stopping = Instant::now();
+        while self.recordings.behind() && stopping.elapsed() < Duration::from_secs(20) {
+            if let Some(outcome) = self.sync_recordings() {
+                self.feed(outcome);
+            }
+        }
         self.publish_changes();
         if self.recordings.owes_work() {
             log::error!(device = self.settings.device_id.as_str();
-                "stopping while the recordings storage fails: what reached the disk is sealed as interrupted at the next start; the rest is lost with its keys");
+                "stopping before the recordings storage caught up: what reached the disk is sealed as interrupted at the next start; the rest is lost with its keys");
         }
         // What is left in the ring is pre-roll (or was owed to a recording that storage refused):
         // it dies with its keys.
