@@ -386,7 +386,7 @@ impl Storage {
             }
         }
         // This makes the recording complete, and only if no manifest is there yet.
-        if !write_exclusive(&final_manifest, manifest_bytes)? {
+        if !write_whole(&final_manifest, manifest_bytes, Place::Exclusive)? {
             return match self.already_complete(&dir, device, id, manifest_bytes)? {
                 Some(done) => Ok(done),
                 None => Err(StorageError::Conflict(
@@ -397,7 +397,7 @@ impl Storage {
         // A crash before the receipt is written leaves a complete recording without one: the
         // box's next PUT of the same manifest gets it rebuilt.
         let receipt = receipt(device, id, manifest_bytes, &m);
-        write_atomic(&dir.join("receipt.json"), &receipt)?;
+        write_whole(&dir.join("receipt.json"), &receipt, Place::Replace)?;
         Ok((receipt, Stored::Created))
     }
 
@@ -427,7 +427,7 @@ impl Storage {
                 let m: neoflix_store::Manifest = serde_json::from_slice(manifest_bytes)
                     .map_err(|e| StorageError::Manifest(format!("stored manifest: {e}")))?;
                 let r = receipt(device, id, manifest_bytes, &m);
-                write_atomic(&path, &r)?;
+                write_whole(&path, &r, Place::Replace)?;
                 Ok(Some((r, Stored::Same)))
             }
             Err(e) => Err(e.into()),
@@ -454,8 +454,18 @@ fn receipt(device: &str, id: &str, manifest_bytes: &[u8], m: &neoflix_store::Man
     serde_json::to_vec_pretty(&receipt).expect("receipt serializes")
 }
 
-/// Writes `path` whole (temp, fsync, link) unless it exists: `false` then, nothing changed.
-fn write_exclusive(path: &Path, bytes: &[u8]) -> Result<bool, StorageError> {
+/// How a file written whole takes its place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Replace whatever is there (rename).
+    Replace,
+    /// Only if nothing is there (hard link): a concurrent writer can never be overwritten.
+    Exclusive,
+}
+
+/// Writes `path` whole: a temporary file of its own, fsync, then into place and fsync of the
+/// directory. `false` when `Place::Exclusive` found the name taken: nothing changed.
+fn write_whole(path: &Path, bytes: &[u8], place: Place) -> Result<bool, StorageError> {
     let dir = path.parent().expect("inside a recording dir");
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
@@ -470,14 +480,18 @@ fn write_exclusive(path: &Path, bytes: &[u8]) -> Result<bool, StorageError> {
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        match fs::hard_link(&tmp, path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => return Err(e.into()),
+        match place {
+            Place::Replace => fs::rename(&tmp, path)?,
+            Place::Exclusive => match fs::hard_link(&tmp, path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+                Err(e) => return Err(e.into()),
+            },
         }
         sync_dir(dir)?;
         Ok(true)
     })();
+    // After a rename there is nothing left to remove; after a link or a failure there is.
     let _ = fs::remove_file(&tmp);
     result
 }
@@ -529,30 +543,6 @@ impl neoflix_store::Digests for RecordedDigests {
         }
         neoflix_store::ReadAndHash.size_and_sha256(path)
     }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
-    let dir = path.parent().expect("inside a recording dir");
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        random_suffix()
-    ));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]
