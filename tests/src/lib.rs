@@ -196,6 +196,18 @@ impl Lab {
 
 /// A CA made with `neoflix pki` in `<lab>/ca`.
 impl Lab {
+    /// A TLS client trusting the lab's CA, with the certificate `neoflix pki` issued to `name`.
+    pub fn client_tls(&self, name: &str) -> Result<rustls::ClientConfig, neoflix_pki::PkiError> {
+        let ca = self.path("ca");
+        neoflix_pki::client_tls(
+            &ca.join("ca.crt"),
+            Some((
+                &ca.join(format!("{name}.crt")),
+                &ca.join(format!("{name}.key")),
+            )),
+        )
+    }
+
     /// Creates the CA (once) and issues `names` as devices.
     pub fn pki(&self, devices: &[&str]) -> PathBuf {
         let ca = self.path("ca");
@@ -370,15 +382,7 @@ pub struct RawTls(rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStr
 impl RawTls {
     /// Connects and completes the handshake.
     pub fn connect(lab: &Lab, ingest: &Ingest, name: &str) -> std::io::Result<RawTls> {
-        let ca = lab.path("ca");
-        let cfg = neoflix_pki::client_tls(
-            &ca.join("ca.crt"),
-            Some((
-                &ca.join(format!("{name}.crt")),
-                &ca.join(format!("{name}.key")),
-            )),
-        )
-        .map_err(std::io::Error::other)?;
+        let cfg = lab.client_tls(name).map_err(std::io::Error::other)?;
         let server = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("an IP name");
         let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), server)
             .map_err(std::io::Error::other)?;
@@ -800,15 +804,7 @@ impl MqttProbe {
         o.set_keep_alive(Duration::from_secs(5));
         o.set_max_packet_size(1 << 20, 1 << 20);
         if let Some((lab, name)) = identity {
-            let ca = lab.path("ca");
-            let cfg = neoflix_pki::client_tls(
-                &ca.join("ca.crt"),
-                Some((
-                    &ca.join(format!("{name}.crt")),
-                    &ca.join(format!("{name}.key")),
-                )),
-            )
-            .unwrap();
+            let cfg = lab.client_tls(name).unwrap();
             o.set_transport(rumqttc::Transport::tls_with_config(
                 rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(cfg)),
             ));
