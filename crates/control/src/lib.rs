@@ -19,6 +19,28 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+/// Longest request line accepted; anything longer is not a control request.
+pub const MAX_LINE: usize = 4096;
+
+/// Reads one request line as the daemon does (the line may end in a newline): at most
+/// [`MAX_LINE`] bytes, UTF-8, one JSON [`Request`]. The error is the refusal to send back.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    if line.len() > MAX_LINE {
+        return Err(format!("request longer than {MAX_LINE} bytes"));
+    }
+    let text = std::str::from_utf8(line).map_err(|e| {
+        format!(
+            "request is not UTF-8 text (invalid byte at offset {}); send one JSON object per line",
+            e.valid_up_to()
+        )
+    })?;
+    serde_json::from_str::<Request>(text.trim()).map_err(|e| {
+        format!(
+            "not a control request ({e}); send one JSON object per line, e.g. {{\"cmd\":\"status\"}}"
+        )
+    })
+}
+
 /// A request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 // Commands without arguments are empty struct variants: serde ignores extra fields of unit
@@ -253,6 +275,20 @@ fn connect(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_checked_before_they_are_read_as_requests() {
+        assert_eq!(
+            parse_request(b"{\"cmd\":\"status\"}\n"),
+            Ok(Request::Status {})
+        );
+        let e = parse_request(b"{\"cmd\":\"st\xffatus\"}\n").unwrap_err();
+        assert!(e.contains("not UTF-8 text (invalid byte at offset 10)"));
+        let e = parse_request(&vec![b'a'; MAX_LINE + 1]).unwrap_err();
+        assert!(e.contains("longer than 4096"));
+        let e = parse_request(b"{\"cmd\":\"explode\"}").unwrap_err();
+        assert!(e.contains("not a control request"));
+    }
 
     #[test]
     fn wire_form_is_as_documented() {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use neoflix_control::{Reply, Request};
+use neoflix_control::{MAX_LINE, Reply, parse_request};
 use neoflix_recorder::Trigger;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -14,8 +14,6 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use crate::DaemonError;
 use crate::engine::Input;
 
-/// Longest request line accepted; anything longer is not a control request.
-const MAX_LINE: usize = 4096;
 /// Clients served at once; more wait for a place.
 const MAX_CLIENTS: usize = 8;
 /// Connections held at once, served or waiting for a place; past that a connection is answered
@@ -104,24 +102,6 @@ fn reply_line(reply: &Reply) -> Vec<u8> {
     out
 }
 
-/// Why a line is not a request, or the request.
-fn parse_line(line: &[u8]) -> Result<Request, String> {
-    if line.len() > MAX_LINE {
-        return Err(format!("request longer than {MAX_LINE} bytes"));
-    }
-    let text = std::str::from_utf8(line).map_err(|e| {
-        format!(
-            "request is not UTF-8 text (invalid byte at offset {}); send one JSON object per line",
-            e.valid_up_to()
-        )
-    })?;
-    serde_json::from_str::<Request>(text.trim()).map_err(|e| {
-        format!(
-            "not a control request ({e}); send one JSON object per line, e.g. {{\"cmd\":\"status\"}}"
-        )
-    })
-}
-
 async fn client(stream: UnixStream, inbox: mpsc::Sender<Input>, mut stop: watch::Receiver<bool>) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -142,7 +122,7 @@ async fn client(stream: UnixStream, inbox: mpsc::Sender<Input>, mut stop: watch:
             return;
         }
         let too_long = line.len() > MAX_LINE;
-        let reply = match parse_line(&line) {
+        let reply = match parse_request(&line) {
             Err(refusal) => Reply::error(refusal),
             Ok(req) => {
                 let (tx, rx) = oneshot::channel();
@@ -162,24 +142,5 @@ async fn client(stream: UnixStream, inbox: mpsc::Sender<Input>, mut stop: watch:
         if !matches!(sent, Ok(Ok(()))) || too_long {
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_are_checked_before_they_are_read_as_requests() {
-        assert_eq!(
-            parse_line(b"{\"cmd\":\"status\"}\n"),
-            Ok(Request::Status {})
-        );
-        let e = parse_line(b"{\"cmd\":\"st\xffatus\"}\n").unwrap_err();
-        assert!(e.contains("not UTF-8 text (invalid byte at offset 10)"));
-        let e = parse_line(&vec![b'a'; MAX_LINE + 1]).unwrap_err();
-        assert!(e.contains("longer than 4096"));
-        let e = parse_line(b"{\"cmd\":\"explode\"}").unwrap_err();
-        assert!(e.contains("not a control request"));
     }
 }
