@@ -82,8 +82,11 @@ pub fn load_crls(
     cas: &[CertificateDer<'static>],
 ) -> anyhow::Result<Vec<CertificateRevocationListDer<'static>>> {
     let fix = "point tls.crl at the CRL of the client_ca (`neoflix pki revoke` and `neoflix pki crl` write ca.crl), or remove the option";
-    let text = std::fs::read(path)
-        .with_context(|| format!("tls.crl {}: cannot read it; {fix}", path.display()))?;
+    // Re-read every few seconds: a regular file of bounded size only (a CRL of a hundred
+    // thousand revocations is a few MiB).
+    let text = neoflix_logging::read_small_file(path, 64 << 20)
+        .with_context(|| format!("tls.crl: {fix}"))?
+        .into_bytes();
     let mut crls = Vec::new();
     for (i, pem) in x509_parser::pem::Pem::iter_from_buffer(&text).enumerate() {
         let pem = pem.map_err(|e| {
