@@ -73,8 +73,13 @@ fn start_ingest(dir: &Path, ca: &Path) -> (Proc, u16) {
 }
 
 /// A sealed recording of `n` 1 MiB fragments, written by the real store code.
-fn synth_recording(root: &Path, n: u64) -> PathBuf {
-    let dept = neoflix_seal::DepartmentSecretKey::generate().unwrap();
+fn synth_recording(root: &Path, ca: &Path, n: u64) -> PathBuf {
+    let dept = neoflix_seal::DepartmentPublicKey::from_bytes(&[9; 32]).unwrap();
+    let signer = neoflix_store::SigningIdentity::from_pem(
+        &std::fs::read(ca.join("bench-box.crt")).unwrap(),
+        &std::fs::read(ca.join("bench-box.key")).unwrap(),
+    )
+    .unwrap();
     let (mut ring, _) =
         neoflix_store::Ring::open(&root.join("ring"), Duration::from_secs(1), 1 << 40).unwrap();
     let recs = root.join("recordings");
@@ -83,7 +88,7 @@ fn synth_recording(root: &Path, n: u64) -> PathBuf {
         "bench-rec",
         "bench-box",
         "control",
-        &dept.public_key(),
+        &dept,
         SystemTime::now(),
     )
     .unwrap();
@@ -101,13 +106,14 @@ fn synth_recording(root: &Path, n: u64) -> PathBuf {
         let init = ring.init(&stream).unwrap();
         w.claim(&e, &init, false).unwrap();
     }
-    w.finalize("control", SystemTime::now()).unwrap();
+    w.finalize("control", SystemTime::now(), Some(&signer))
+        .unwrap();
     recs
 }
 
 fn throughput(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime) -> (f64, f64) {
     let n = 200u64;
-    let recs = synth_recording(dir, n);
+    let recs = synth_recording(dir, ca, n);
     let bytes: u64 = walk_size(&recs);
     let (_ingest, port) = start_ingest(dir, ca);
     let settings = neoflix_daemon::uplink::UplinkSettings {
@@ -116,6 +122,7 @@ fn throughput(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime) -> (f64, f64)
         cert: ca.join("bench-box.crt"),
         key: ca.join("bench-box.key"),
         recordings_dir: recs.clone(),
+        receipts: receipts(ca, port),
     };
     let client = neoflix_daemon::uplink::client(&settings).unwrap();
     let status = Arc::new(Mutex::new(neoflix_daemon::uplink::UploadStatus::default()));
@@ -151,7 +158,7 @@ fn throughput(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime) -> (f64, f64)
     let _ = std::fs::write(&blob, &all);
     // The recording was delivered and removed: re-make it for nginx's byte count.
     let blob_bytes = if all.is_empty() {
-        let recs = synth_recording(&dir.join("again"), n);
+        let recs = synth_recording(&dir.join("again"), ca, n);
         let mut all = Vec::new();
         for e in std::fs::read_dir(recs.join("bench-rec")).unwrap().flatten() {
             all.extend(std::fs::read(e.path()).unwrap());
@@ -231,6 +238,16 @@ fn walk_size(dir: &Path) -> u64 {
     n
 }
 
+fn receipts(ca: &Path, port: u16) -> Arc<neoflix_daemon::uplink::ReceiptCheck> {
+    Arc::new(
+        neoflix_daemon::uplink::ReceiptCheck::new(
+            &std::fs::read(ca.join("ca.crt")).unwrap(),
+            &format!("https://127.0.0.1:{port}"),
+        )
+        .unwrap(),
+    )
+}
+
 fn client_for(ca: &Path, name: &str) -> reqwest::Client {
     let s = neoflix_daemon::uplink::UplinkSettings {
         url: String::new(),
@@ -238,6 +255,7 @@ fn client_for(ca: &Path, name: &str) -> reqwest::Client {
         cert: ca.join(format!("{name}.crt")),
         key: ca.join(format!("{name}.key")),
         recordings_dir: PathBuf::new(),
+        receipts: receipts(ca, 1),
     };
     neoflix_daemon::uplink::client(&s).unwrap()
 }

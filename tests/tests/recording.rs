@@ -14,7 +14,7 @@ const CAPTURE_320: &str =
     "source = \"test\"\nwidth = 320\nheight = 240\nfps = 15\nfragment_secs = 1\nbitrate_kbps = 300";
 
 fn manifest(dir: &Path) -> neoflix_store::Manifest {
-    neoflix_store::verify(dir)
+    neoflix_format::verify(dir)
         .expect("recording verifies")
         .manifest
 }
@@ -250,7 +250,7 @@ fn no_plaintext_on_the_box_and_every_tampering_is_named() {
         let mut m: neoflix_store::Manifest =
             serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
         m.fragments[1].key_sha256 = m.fragments[0].key_sha256.clone();
-        m.chain = neoflix_store::manifest::chain(&m.recording_id, &m.init_segments, &m.fragments);
+        m.chain = neoflix_format::manifest::chain(&m.recording_id, &m.init_segments, &m.fragments);
         fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
     });
     for err in [err, verr] {

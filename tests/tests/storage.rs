@@ -74,7 +74,7 @@ fn stop_and_check(lab: &Lab, d: &mut Daemon, slept_secs: f64, preroll_secs: f64)
     });
     let recs = lab.recordings();
     assert_eq!(recs.len(), 1, "{recs:?}");
-    let m = neoflix_store::verify(&recs[0])
+    let m = neoflix_format::verify(&recs[0])
         .expect("the recording verifies (no gap in its fragments)")
         .manifest;
     assert!(m.preroll_secs >= preroll_secs - 1.0, "{m:?}");

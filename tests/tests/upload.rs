@@ -41,7 +41,7 @@ fn complete(dir: &Path) -> bool {
 }
 
 fn assert_server_copy_plays(lab: &Lab, dir: &Path) -> neoflix_store::Manifest {
-    let m = neoflix_store::verify(dir)
+    let m = neoflix_format::verify(dir)
         .expect("the server's copy verifies")
         .manifest;
     let out = lab.path(&format!("{}.mp4", m.recording_id));

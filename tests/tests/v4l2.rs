@@ -41,7 +41,7 @@ fn records_a_v4l2_camera_at_the_configured_resolution() {
     assert_eq!(d.terminate(), 0);
 
     let rec = lab.recordings().pop().expect("a recording");
-    let m = neoflix_store::verify(&rec)
+    let m = neoflix_format::verify(&rec)
         .expect("recording verifies")
         .manifest;
     let durations: Vec<u64> = m.fragments.iter().filter_map(|f| f.duration_ms).collect();

@@ -3,18 +3,16 @@
 //! Exit codes: 0 success, 1 failure (the message says what and what to do), 2 invalid input
 //! (a config with errors, a bad command line).
 
-use std::fs;
-use std::io::{IsTerminal, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use neoflix_control::Request;
-use neoflix_seal::{DepartmentPublicKey, DepartmentSecretKey};
 
 mod fleet;
+mod review;
 
 /// Neoflix: sealed video review of resuscitations.
 #[derive(Parser)]
@@ -58,15 +56,31 @@ enum Command {
         /// them (its storage failed while it recorded): a gap may also be removed video.
         #[arg(long)]
         allow_gaps: bool,
+        /// The department CA certificate: the recording must be signed by the room box it names
+        /// with a certificate this CA issued.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Export a recording that is not signed (recorded by a box without a signing
+        /// identity): nothing then proves which box recorded it. A signature that is there is
+        /// still checked, and a bad one refused.
+        #[arg(long)]
+        allow_unsigned: bool,
     },
-    /// Check a recording: without a key, every file against the manifest and its hash chain;
-    /// with the department key, also every encrypted chunk.
+    /// Check a recording: its signature (who recorded it, the manifest unchanged), every file
+    /// against the manifest and its hash chain, and with the department key every encrypted
+    /// chunk.
     Verify {
         /// The recording directory.
         recording: PathBuf,
+        /// The department CA certificate, to check the signer's certificate.
+        #[arg(long)]
+        ca: Option<PathBuf>,
         /// The department secret key (department.key).
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Check an unsigned recording's files anyway (it is still reported as unsigned).
+        #[arg(long)]
+        allow_unsigned: bool,
     },
     /// Configuration files.
     Config {
@@ -180,60 +194,16 @@ fn printable_error(e: anyhow::Error) -> anyhow::Error {
     anyhow::anyhow!(printable(&format!("{e:#}")))
 }
 
-fn read_secret_key(path: &Path) -> anyhow::Result<DepartmentSecretKey> {
-    // A key file is one short line: anything else (a FIFO, a device, a huge file) is refused
-    // before it is read. The path is the operator's, so a symlink to the key is fine.
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .with_context(|| format!("cannot read department key {}", path.display()))?;
-    let meta = f.metadata()?;
-    if !meta.is_file() || meta.len() > 4096 {
-        bail!(
-            "department key {} is not a key file (a regular file of one line); give the department.key that `neoflix keygen` wrote",
-            path.display()
-        );
-    }
-    let mut text = zeroize::Zeroizing::new(String::new());
-    std::io::Read::read_to_string(&mut std::io::Read::take(f, 4096), &mut text)
-        .with_context(|| format!("cannot read department key {}", path.display()))?;
-    DepartmentSecretKey::from_file_text(&text)
-        .with_context(|| format!("department key {}", path.display()))
-}
-
 fn keygen(out: &Path, force: bool) -> anyhow::Result<()> {
-    fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let (skp, pkp) = (out.join("department.key"), out.join("department.pub"));
-    if !force && (skp.exists() || pkp.exists()) {
-        bail!(
-            "{} already holds a department key; recordings sealed to it open only with it. Use --force to replace it",
-            out.display()
-        );
-    }
-    let sk = DepartmentSecretKey::generate()?;
-    let pk = sk.public_key();
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&skp)
-        .with_context(|| format!("cannot write {}", skp.display()))?;
-    f.write_all(sk.to_file_text().as_bytes())?;
-    f.sync_all()?;
-    fs::write(&pkp, pk.to_file_text())
-        .with_context(|| format!("cannot write {}", pkp.display()))?;
-    // Recheck the public file parses, so a truncated write is caught here, not in a room box.
-    DepartmentPublicKey::from_file_text(&fs::read_to_string(&pkp)?)?;
+    let k = review::keygen(out, force)?;
     println!(
         "secret key: {} (mode 0600; keep it off room boxes)",
-        skp.display()
+        k.secret.display()
     );
     println!(
         "public key: {} (key id {}; install it on room boxes)",
-        pkp.display(),
-        pk.key_id()
+        k.public.display(),
+        k.key_id
     );
     Ok(())
 }
@@ -267,8 +237,14 @@ fn ctl(socket: &Path, action: CtlAction) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn export(recording: &Path, key: &Path, output: &Path, allow_gaps: bool) -> anyhow::Result<()> {
-    let sk = read_secret_key(key)?;
+fn export(
+    recording: &Path,
+    key: &Path,
+    output: &Path,
+    allow_gaps: bool,
+    policy: &review::Policy,
+) -> anyhow::Result<()> {
+    let sk = review::read_secret_key(key)?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
@@ -286,7 +262,7 @@ fn export(recording: &Path, key: &Path, output: &Path, allow_gaps: bool) -> anyh
     } else {
         neoflix_export::Gaps::Refuse
     };
-    let result = neoflix_export::export_with(recording, &sk, output, gaps, |done, total| {
+    let result = review::export(recording, &sk, output, policy, gaps, |done, total| {
         if let Some(b) = &bar {
             b.set_length(total as u64);
             b.set_position(done as u64);
@@ -295,14 +271,18 @@ fn export(recording: &Path, key: &Path, output: &Path, allow_gaps: bool) -> anyh
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let hint = match &result {
-        Err(neoflix_export::ExportError::Store(neoflix_store::StoreError::Gap { .. })) => {
+    let hint = match result
+        .as_ref()
+        .err()
+        .and_then(|e| e.downcast_ref::<neoflix_export::ExportError>())
+    {
+        Some(neoflix_export::ExportError::Format(neoflix_format::FormatError::Gap { .. })) => {
             "; if the box lost these fragments (its storage failed while it recorded), --allow-gaps writes the rest with the hole"
         }
         _ => "",
     };
     let exported = result
-        .map_err(|e| anyhow::anyhow!("{e}{hint}"))
+        .map_err(|e| anyhow::anyhow!("{e:#}{hint}"))
         .with_context(|| {
             format!(
                 "export of {} failed; nothing was written",
@@ -311,6 +291,7 @@ fn export(recording: &Path, key: &Path, output: &Path, allow_gaps: bool) -> anyh
         })
         .map_err(printable_error)?;
     let m = &exported.manifest;
+    eprintln!("{}", printable(&review::describe(&exported.custody)));
     for f in &exported.files {
         println!("{}", f.display());
     }
@@ -328,33 +309,31 @@ fn export(recording: &Path, key: &Path, output: &Path, allow_gaps: bool) -> anyh
         m.fragments.len(),
         m.markers.len(),
         match m.status {
-            neoflix_store::Status::Complete => "complete",
-            neoflix_store::Status::Interrupted => "INTERRUPTED (sealed after a crash or power cut)",
+            neoflix_format::Status::Complete => "complete",
+            neoflix_format::Status::Interrupted =>
+                "INTERRUPTED (sealed after a crash or power cut)",
         }
     );
     Ok(())
 }
 
-fn verify(recording: &Path, key: Option<&Path>) -> anyhow::Result<()> {
-    let m = match key {
-        None => neoflix_store::verify(recording)
-            .map(|v| v.manifest)
-            .map_err(|e| printable_error(e.into()))?,
-        Some(k) => neoflix_export::check(recording, &read_secret_key(k)?)
-            .map_err(|e| printable_error(e.into()))?,
-    };
+fn verify(recording: &Path, key: Option<&Path>, policy: &review::Policy) -> anyhow::Result<()> {
+    let key = key.map(review::read_secret_key).transpose()?;
+    let v = review::verify(recording, policy, key.as_ref()).map_err(printable_error)?;
+    let m = &v.manifest;
     println!(
         "{}: OK, {} fragments, {} s, chain {}{}",
         printable(&m.recording_id),
         m.fragments.len(),
         m.duration_secs,
         printable(m.chain.get(..16).unwrap_or(&m.chain)),
-        if key.is_some() {
+        if v.opened {
             ", every chunk authenticated"
         } else {
             " (files and chain only; add --key to authenticate the video)"
         }
     );
+    println!("{}", printable(&review::describe(&v.custody)));
     Ok(())
 }
 
@@ -453,10 +432,19 @@ fn main() -> ExitCode {
             key,
             output,
             allow_gaps,
-        } => export(&recording, &key, &output, allow_gaps).map(|()| ExitCode::SUCCESS),
-        Command::Verify { recording, key } => {
-            verify(&recording, key.as_deref()).map(|()| ExitCode::SUCCESS)
-        }
+            ca,
+            allow_unsigned,
+        } => review::Policy::new(ca.as_deref(), allow_unsigned)
+            .and_then(|p| export(&recording, &key, &output, allow_gaps, &p))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Verify {
+            recording,
+            ca,
+            key,
+            allow_unsigned,
+        } => review::Policy::new(ca.as_deref(), allow_unsigned)
+            .and_then(|p| verify(&recording, key.as_deref(), &p))
+            .map(|()| ExitCode::SUCCESS),
         Command::Config {
             action: ConfigAction::Validate { file },
         } => config_validate(&file),

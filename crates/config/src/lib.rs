@@ -109,6 +109,17 @@ pub struct Upload {
     pub key: PathBuf,
 }
 
+/// `[signing]`: the identity each recording's manifest is signed with — a device certificate
+/// from the department CA and its key. Absent: the `[upload]` certificate and key; with
+/// neither, recordings are unsigned and the status says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signing {
+    /// This device's certificate (PEM, its common name the device id; intermediates may follow).
+    pub cert: PathBuf,
+    /// This device's private key (PEM).
+    pub key: PathBuf,
+}
+
 /// A GPIO line, by name or offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LineRef {
@@ -189,6 +200,8 @@ pub struct Config {
     pub control: Control,
     /// `[upload]`, if configured.
     pub upload: Option<Upload>,
+    /// The signing identity: `[signing]`, else the `[upload]` certificate and key, else none.
+    pub signing: Option<Signing>,
     /// `[mqtt]`, if configured.
     pub mqtt: Option<Mqtt>,
     /// `[pedal]`, a GPIO foot pedal, if configured.

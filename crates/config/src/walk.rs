@@ -9,7 +9,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::{
     Capture, Config, ConfigError, Control, FootSwitch, GpioLine, LineRef, Mqtt, Readiness,
-    Recordings, Ring, SourceKind, Upload,
+    Recordings, Ring, Signing, SourceKind, Upload,
 };
 
 /// One problem in a config file.
@@ -292,7 +292,7 @@ impl Walker {
                 let line = self.line_of(k.span().start);
                 let opt = Self::option_name(&s, k.get_ref());
                 let hint = if s.name.is_empty() && matches!(v.get_ref(), DeValue::Table(_)) {
-                    "unknown section (known: [capture], [ring], [recordings], [control], [upload], [mqtt], [pedal], [foot_switch], [light], [privacy_switch], [readiness])"
+                    "unknown section (known: [capture], [ring], [recordings], [control], [upload], [signing], [mqtt], [pedal], [foot_switch], [light], [privacy_switch], [readiness])"
                         .to_string()
                 } else {
                     "unknown option (see docs/config.md for the options of this section)"
@@ -550,6 +550,37 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
         None
     };
 
+    // The identity manifests are signed with: `[signing]` when given, else the upload identity.
+    let signing = if root.get("signing").is_some() {
+        let mut sg = w.section(root, "signing");
+        let mut file = |w: &mut Walker, key: &str, what: &str| {
+            let (p, line) = w.path(&mut sg, key, "");
+            if p.is_absolute()
+                && let Err(e) = std::fs::File::open(&p)
+            {
+                w.error(
+                    line,
+                    format!("signing.{key}"),
+                    format!("cannot read {}: {e}; {what}", p.display()),
+                );
+            }
+            p
+        };
+        let cert = file(
+            &mut w,
+            "cert",
+            "this device's certificate from the department CA (neoflix pki issue --device ID)",
+        );
+        let key = file(&mut w, "key", "this device's private key");
+        w.finish(sg);
+        Some(Signing { cert, key })
+    } else {
+        upload.as_ref().map(|u| Signing {
+            cert: u.cert.clone(),
+            key: u.key.clone(),
+        })
+    };
+
     let mqtt = if root.get("mqtt").is_some() {
         let mut m = w.section(root, "mqtt");
         let (url, uline) = w.string(&mut m, "url", "");
@@ -684,6 +715,7 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
         "recordings",
         "control",
         "upload",
+        "signing",
         "mqtt",
         "pedal",
         "foot_switch",
@@ -734,6 +766,7 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
         },
         control: Control { socket },
         upload,
+        signing,
         mqtt,
         pedal,
         light,
@@ -754,9 +787,8 @@ mod tests {
 
     fn recipient() -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        let sk = neoflix_seal::DepartmentSecretKey::generate().unwrap();
-        f.write_all(sk.public_key().to_file_text().as_bytes())
-            .unwrap();
+        let pk = neoflix_seal::DepartmentPublicKey::from_bytes(&[9; 32]).unwrap();
+        f.write_all(pk.to_file_text().as_bytes()).unwrap();
         f
     }
 
@@ -864,8 +896,9 @@ mod tests {
     #[test]
     fn a_secret_key_as_recipient_is_refused() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        let sk = neoflix_seal::DepartmentSecretKey::generate().unwrap();
-        f.write_all(sk.to_file_text().as_bytes()).unwrap();
+        // The first word of a secret key file is enough to be told apart.
+        let secret = format!("{} {}\n", neoflix_seal::keys::SEC_TAG, "11".repeat(32));
+        f.write_all(secret.as_bytes()).unwrap();
         let text = format!(
             "device_id = \"r\"\n[recordings]\nrecipient = \"{}\"\n",
             f.path().display()

@@ -132,6 +132,10 @@ pub struct Status {
     /// The upload queue, when upload is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload: Option<UploadQueue>,
+    /// Who signs this box's recordings (the signing certificate's name); `null` when the box
+    /// has no signing identity and its recordings are unsigned (their custody cannot be proven).
+    #[serde(default)]
+    pub signer: Option<String>,
     /// Days until the device certificate expires (negative: expired), when upload is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_days_left: Option<i64>,

@@ -74,6 +74,8 @@ pub struct EngineSettings {
     pub recordings_dir: PathBuf,
     /// The department key data keys are wrapped to.
     pub recipient: DepartmentPublicKey,
+    /// Signs each recording's manifest; `None`: recordings are unsigned (the status says so).
+    pub signer: Option<Arc<neoflix_store::SigningIdentity>>,
     /// Woken after every claim and finalize, when upload is configured.
     pub uplink_wake: Option<Arc<tokio::sync::Notify>>,
     /// The upload queue, for the status.
@@ -264,6 +266,7 @@ impl Engine {
             settings.recordings_dir.clone(),
             settings.device_id.clone(),
             settings.recipient.clone(),
+            settings.signer.clone(),
         );
         Engine {
             settings,
@@ -860,6 +863,7 @@ impl Engine {
                 }
             }),
             cert_days_left: self.env.cert_days_left,
+            signer: self.settings.signer.as_ref().map(|s| s.name().to_string()),
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_secs: self.started.elapsed().as_secs(),
             time_utc: utc(SystemTime::now()),

@@ -49,6 +49,16 @@ pub enum DaemonError {
         /// What is wrong.
         message: String,
     },
+    /// The signing identity (`[signing]`, or the `[upload]` certificate and key) is unusable.
+    #[error("signing identity {cert} / {key}: {message}")]
+    Signing {
+        /// The certificate path.
+        cert: String,
+        /// The key path.
+        key: String,
+        /// What is wrong, and what to do.
+        message: String,
+    },
     /// The ring or recordings directory is unusable.
     #[error(transparent)]
     Store(#[from] neoflix_store::StoreError),
@@ -108,6 +118,24 @@ impl Devices {
     }
 }
 
+/// Reads the signing certificate and key; any problem refuses the start, like a bad department
+/// key: a box that signs with the wrong identity would record what the server then refuses.
+fn load_signer(
+    sg: &neoflix_config::Signing,
+) -> Result<neoflix_store::SigningIdentity, DaemonError> {
+    let err = |message: String| DaemonError::Signing {
+        cert: sg.cert.display().to_string(),
+        key: sg.key.display().to_string(),
+        message,
+    };
+    let cert = neoflix_logging::read_small_file(&sg.cert, 1 << 20)
+        .map_err(|e| err(format!("certificate: {e}")))?;
+    let key =
+        neoflix_logging::read_small_file(&sg.key, 1 << 20).map_err(|e| err(format!("key: {e}")))?;
+    neoflix_store::SigningIdentity::from_pem(cert.as_bytes(), key.as_bytes())
+        .map_err(|e| err(e.to_string()))
+}
+
 /// Translates the config's capture section.
 pub fn capture_settings(cfg: &Config) -> CaptureSettings {
     let c = &cfg.capture;
@@ -147,11 +175,26 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         }
     })?;
     let device = cfg.device_id.clone();
+    let signer = match &cfg.signing {
+        Some(sg) => {
+            let id = load_signer(sg)?;
+            if id.name() != device {
+                log::warn!(device = device.as_str(), signer = id.name(); "the signing certificate names another device than device_id: the server will refuse this box's recordings until they agree");
+            }
+            log::info!(device = device.as_str(), signer = id.name(); "recordings are signed");
+            Some(Arc::new(id))
+        }
+        None => {
+            log::warn!(device = device.as_str(); "no signing identity ([signing] or [upload]): recordings are unsigned, their custody cannot be proven");
+            None
+        }
+    };
 
     let recovered = neoflix_store::recover(
         &cfg.recordings.dir,
         &recipient.key_id().0,
         SystemTime::now(),
+        signer.as_deref(),
     )?;
     for id in &recovered {
         log::warn!(device = device.as_str(), recording = id.as_str(); "recording was left open by a crash or power cut: sealed as interrupted");
@@ -175,6 +218,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 cert: u.cert.clone(),
                 key: u.key.clone(),
                 recordings_dir: cfg.recordings.dir.clone(),
+                receipts: Arc::new(uplink::ReceiptCheck::new(
+                    neoflix_logging::read_small_file(&u.ca, 1 << 20)
+                        .map_err(|e| uplink::UplinkError::from(format!("upload.ca: {e}")))?
+                        .as_bytes(),
+                    &u.url,
+                )?),
             };
             let client = uplink::client(&s)?;
             match std::fs::read(&u.cert)
@@ -238,6 +287,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         },
         recordings_dir: cfg.recordings.dir.clone(),
         recipient,
+        signer,
         uplink_wake: uplink.as_ref().map(|u| u.3.clone()),
         upload_status: uplink.as_ref().map(|u| u.2.clone()),
         device_cert: cfg.upload.as_ref().map(|u| u.cert.clone()),

@@ -9,11 +9,12 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use neoflix_recorder::{StopReason, Trigger};
 use neoflix_seal::DepartmentPublicKey;
-use neoflix_store::{Marker, RecordingWriter, Ring, StoreError};
+use neoflix_store::{Marker, RecordingWriter, Ring, SigningIdentity, StoreError};
 
 /// Markers kept for a recording whose storage fails; past this they are dropped (and logged).
 const MAX_PENDING_MARKS: usize = 1000;
@@ -83,6 +84,8 @@ pub struct Recordings {
     root: PathBuf,
     device: String,
     recipient: DepartmentPublicKey,
+    /// Signs each manifest; `None` on a box without a signing identity.
+    signer: Option<Arc<SigningIdentity>>,
     open: Option<Pending>,
     closing: VecDeque<Closing>,
     /// The last sync ran out of time with work left (not a failure: it goes on at the next).
@@ -91,11 +94,17 @@ pub struct Recordings {
 
 impl Recordings {
     /// Recordings of `device` under `root`, keys wrapped to `recipient`.
-    pub fn new(root: PathBuf, device: String, recipient: DepartmentPublicKey) -> Self {
+    pub fn new(
+        root: PathBuf,
+        device: String,
+        recipient: DepartmentPublicKey,
+        signer: Option<Arc<SigningIdentity>>,
+    ) -> Self {
         Recordings {
             root,
             device,
             recipient,
+            signer,
             open: None,
             closing: VecDeque::new(),
             behind: false,
@@ -215,7 +224,7 @@ impl Recordings {
                 return Ok(false);
             }
             let w = c.rec.writer.as_ref().expect("opened above");
-            let manifest = w.finalize(c.reason.as_str(), c.stop_utc)?;
+            let manifest = w.finalize(c.reason.as_str(), c.stop_utc, self.signer.as_deref())?;
             let c = self.closing.pop_front().expect("front exists");
             done.push(Done::Finalized {
                 id: c.rec.id,
@@ -336,7 +345,7 @@ fn bring_up_to_date(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use neoflix_seal::{DepartmentSecretKey, Kind, ObjectId, seal};
+    use neoflix_seal::{DepartmentPublicKey, Kind, ObjectId, seal};
 
     const STREAM: [u8; 16] = [7; 16];
 
@@ -368,8 +377,9 @@ mod tests {
         };
         let (k, s) = seal(&init, b"init").unwrap();
         ring.begin_stream(STREAM, &s, k).unwrap();
-        let dept = DepartmentSecretKey::generate().unwrap();
-        let mut recs = Recordings::new(root.clone(), "room-1".into(), dept.public_key());
+        // Any public key: nothing is opened here.
+        let dept = DepartmentPublicKey::from_bytes(&[9; 32]).unwrap();
+        let mut recs = Recordings::new(root.clone(), "room-1".into(), dept, None);
         let mut done = Vec::new();
         let mut seq = 0;
         let mut ids = Vec::new();

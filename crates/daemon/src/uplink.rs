@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use serde::Deserialize;
+use neoflix_format::MANIFEST_FILE;
+use neoflix_format::custody::SIGNATURE_FILE;
 use tokio::sync::{Notify, Semaphore, watch};
 
 /// PUTs in flight at once.
@@ -34,6 +35,67 @@ pub struct UplinkSettings {
     pub key: PathBuf,
     /// The recordings directory.
     pub recordings_dir: PathBuf,
+    /// Checks the server's signed receipts.
+    pub receipts: Arc<ReceiptCheck>,
+}
+
+/// Checks a receipt: signed by a server certificate of the upload CA for the host the box
+/// uploads to, and about exactly the manifest the box holds.
+pub struct ReceiptCheck {
+    /// The upload CA.
+    trust: neoflix_format::TrustAnchors,
+    /// The host of `upload.url`: the name the server's certificate must carry.
+    server_name: String,
+}
+
+impl std::fmt::Debug for ReceiptCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReceiptCheck({})", self.server_name)
+    }
+}
+
+impl ReceiptCheck {
+    /// From the upload CA (PEM) and URL.
+    pub fn new(ca_pem: &[u8], url: &str) -> Result<Self, UplinkError> {
+        let trust = neoflix_format::TrustAnchors::from_pem(ca_pem, None)
+            .map_err(|e| UplinkError(format!("upload.ca: {e}")))?;
+        let server_name = reqwest::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+            .ok_or_else(|| UplinkError(format!("upload.url {url}: no host")))?;
+        Ok(ReceiptCheck { trust, server_name })
+    }
+
+    /// Checks a receipt answered for `manifest` (the bytes the box uploaded) of recording `id`;
+    /// returns the receipt and its signer's name.
+    pub fn check(
+        &self,
+        body: &[u8],
+        id: &str,
+        manifest: &[u8],
+        chain: &str,
+    ) -> Result<(neoflix_format::Receipt, String), String> {
+        let (signed, receipt) = neoflix_format::SignedReceipt::from_json(body)
+            .map_err(|e| format!("{id}: unreadable receipt: {e}"))?;
+        let signer = self
+            .trust
+            .check_server(
+                &signed.signature,
+                signed.receipt.as_bytes(),
+                &self.server_name,
+                std::time::SystemTime::now(),
+            )
+            .map_err(|e| format!("{id}: the receipt's signature: {e}"))?;
+        if receipt.recording_id != id
+            || receipt.manifest_sha256 != neoflix_format::sha256_hex(manifest)
+            || receipt.chain != chain
+        {
+            return Err(format!(
+                "{id}: the server's receipt does not match the local manifest"
+            ));
+        }
+        Ok((receipt, signer.name))
+    }
 }
 
 /// The upload queue, as the status reports it.
@@ -56,6 +118,12 @@ pub struct UploadStatus {
 #[error("upload: {0}")]
 pub struct UplinkError(String);
 
+impl From<String> for UplinkError {
+    fn from(s: String) -> Self {
+        UplinkError(s)
+    }
+}
+
 /// Builds the HTTPS client with the device's certificate.
 pub fn client(s: &UplinkSettings) -> Result<reqwest::Client, UplinkError> {
     let tls = neoflix_pki::client_tls(&s.ca, Some((&s.cert, &s.key)))
@@ -66,18 +134,6 @@ pub fn client(s: &UplinkSettings) -> Result<reqwest::Client, UplinkError> {
         .timeout(Duration::from_secs(120))
         .build()
         .map_err(|e| UplinkError(e.to_string()))
-}
-
-#[derive(Deserialize)]
-struct ServerStatus {
-    complete: bool,
-    objects: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct Receipt {
-    manifest_sha256: String,
-    chain: String,
 }
 
 /// PUTs one object (idempotent: the server answers 200 for an identical one it has).
@@ -141,6 +197,7 @@ type Known = HashMap<String, HashSet<String>>;
 
 struct Pass<'a> {
     client: &'a reqwest::Client,
+    receipts: &'a ReceiptCheck,
     base: String,
     dir: PathBuf,
     status: &'a Mutex<UploadStatus>,
@@ -158,7 +215,8 @@ impl Pass<'_> {
         match r.status().as_u16() {
             404 => Ok((HashSet::new(), false)),
             200 => {
-                let s: ServerStatus = r.json().await.map_err(|e| format!("GET {id}: {e}"))?;
+                let s: neoflix_format::protocol::RecordingState =
+                    r.json().await.map_err(|e| format!("GET {id}: {e}"))?;
                 Ok((s.objects.into_iter().collect(), s.complete))
             }
             code => Err(format!(
@@ -178,7 +236,7 @@ impl Pass<'_> {
             .map(|(name, _, _)| name)
             .filter(|n| is_object(n))
             .collect();
-        let manifest = tokio::fs::read(rdir.join("manifest.json")).await.ok();
+        let manifest = tokio::fs::read(rdir.join(MANIFEST_FILE)).await.ok();
         if !known.contains_key(id) {
             let (has, _complete) = self.server_has(id).await?;
             known.insert(id.to_string(), has);
@@ -226,6 +284,23 @@ impl Pass<'_> {
         let Some(manifest) = manifest else {
             return Ok(false);
         };
+        // The signature goes only with the manifest it signs: one left by a finalize that was
+        // retried is replaced before any manifest exists, and must never reach the server.
+        if rdir.join(SIGNATURE_FILE).exists() && !confirmed.contains(SIGNATURE_FILE) {
+            if let Err(e) = put_object(
+                self.client.clone(),
+                self.base.clone(),
+                self.dir.clone(),
+                id.to_string(),
+                SIGNATURE_FILE.to_string(),
+            )
+            .await
+            {
+                known.remove(id);
+                return Err(e);
+            }
+            confirmed.insert(SIGNATURE_FILE.to_string());
+        }
         let r = self
             .client
             .put(format!("{}/v1/recordings/{id}/manifest", self.base))
@@ -242,19 +317,16 @@ impl Pass<'_> {
                 r.text().await.unwrap_or_default().trim()
             ));
         }
-        let receipt: Receipt = r
-            .json()
+        let body = r
+            .bytes()
             .await
             .map_err(|e| format!("{id}: unreadable receipt: {e}"))?;
-        let local_manifest: neoflix_store::Manifest =
-            serde_json::from_slice(&manifest).map_err(|e| format!("{id}: local manifest: {e}"))?;
-        if receipt.manifest_sha256 != neoflix_seal::sha256_hex(&manifest)
-            || receipt.chain != local_manifest.chain
-        {
-            return Err(format!(
-                "{id}: the server's receipt does not match the local manifest; keeping the recording"
-            ));
-        }
+        let local_manifest = neoflix_format::verify::parse_manifest(&manifest)
+            .map_err(|e| format!("{id}: local manifest: {e}"))?;
+        let (receipt, server) = self
+            .receipts
+            .check(&body, id, &manifest, &local_manifest.chain)
+            .map_err(|e| format!("{e}; keeping the recording"))?;
         // Only now, with the receipt checked, does the local copy go.
         let rdir2 = rdir.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -268,12 +340,12 @@ impl Pass<'_> {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("{id}: delivered, but removing the local copy failed: {e}"))?;
         known.remove(id);
-        log::info!(recording = id, fragments = local_manifest.fragments.len(); "recording delivered: receipt checked, local copy removed");
+        log::info!(recording = id, fragments = local_manifest.fragments.len(), server = server.as_str(), signed_by = receipt.signed_by.as_str(), receipt = String::from_utf8_lossy(&body).as_ref(); "recording delivered: the server's signed receipt checked, local copy removed");
         self.events.send(neoflix_mqtt::Event::UploadDone {
             recording: id.to_string(),
         });
         let mut st = self.status.lock().expect("status lock");
-        st.last_success_utc = Some(neoflix_store::utc(std::time::SystemTime::now()));
+        st.last_success_utc = Some(neoflix_format::utc(std::time::SystemTime::now()));
         st.delivered += 1;
         Ok(true)
     }
@@ -346,6 +418,7 @@ pub async fn run(
     loop {
         let pass = Pass {
             client: &client,
+            receipts: &settings.receipts,
             base: base.clone(),
             dir: settings.recordings_dir.clone(),
             status: &status,

@@ -1,8 +1,10 @@
 //! Export: from a sealed recording to an MP4 that ffmpeg and a browser play.
 //!
-//! [`export`] first checks the recording without the key ([`neoflix_store::verify()`]: every file's
-//! size, SHA-256 and header, the hash chain, no fragment missing from the middle of a capture
-//! stream), then, with the department secret key, unwraps each data key, authenticates every
+//! [`export`] first checks the recording without the key: its custody (the room box's
+//! signature over the manifest, by the device the manifest names, under the department CA —
+//! [`Signatures`] says what is required), then [`neoflix_format::verify()`] (every file's size,
+//! SHA-256 and header, the hash chain, no fragment missing from the middle of a capture
+//! stream); then, with the department secret key, unwraps each data key, authenticates every
 //! chunk, checks that each object is the one its place in the manifest says (kind, stream, the
 //! sequence number verification read, now authenticated), and writes the init segment followed by the fragments,
 //! their decode times rebased to start at zero. Anything wrong is an [`ExportError`] naming the
@@ -22,8 +24,13 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use neoflix_seal::{DepartmentSecretKey, Kind, WRAPPED_KEY_LEN, WrappedKey};
-use neoflix_store::{Manifest, ObjectEntry, StoreError};
+use neoflix_format::custody::{self, Custody};
+use neoflix_format::files::read_regular;
+use neoflix_format::{
+    FormatError, Kind, Manifest, ObjectEntry, SignatureError, TrustAnchors, WRAPPED_KEY_LEN,
+    WrappedKey,
+};
+use neoflix_open::DepartmentSecretKey;
 use thiserror::Error;
 
 /// Why an export failed.
@@ -32,7 +39,11 @@ use thiserror::Error;
 pub enum ExportError {
     /// The recording does not match its manifest (see the wrapped error for the object).
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Format(#[from] FormatError),
+    /// The recording's signature does not prove who recorded it or that its manifest is
+    /// unchanged (or it has none, and unsigned recordings were not allowed).
+    #[error("{0}")]
+    Custody(#[from] SignatureError),
     /// The recording was sealed to another department key.
     #[error(
         "the recording was sealed to department key {recording}, but the given key is {given}: use that department's department.key"
@@ -71,10 +82,12 @@ pub enum ExportError {
 pub struct Exported {
     /// The manifest of the recording.
     pub manifest: Manifest,
+    /// Who signed it, or that nobody did (only with [`Signatures::AllowUnsigned`]).
+    pub custody: Custody,
     /// The files written, in order (one per capture stream).
     pub files: Vec<PathBuf>,
-    /// The gaps written as holes ([`StoreError::Gap`]); empty unless [`Gaps::Allow`].
-    pub gaps: Vec<StoreError>,
+    /// The gaps written as holes ([`FormatError::Gap`]); empty unless [`Gaps::Allow`].
+    pub gaps: Vec<FormatError>,
 }
 
 /// What export does with fragments missing from the middle of a capture stream.
@@ -86,6 +99,26 @@ pub enum Gaps {
     /// [`Exported::gaps`]: for a recording whose box lost fragments while its storage failed,
     /// once someone has looked at the gaps and decided so.
     Allow,
+}
+
+/// What export requires of a recording's signature. A signature that is there but does not
+/// hold (an edited manifest, a replaced object, another box's certificate) is refused always.
+#[derive(Clone, Copy)]
+pub enum Signatures<'a> {
+    /// Signed by the device the manifest names, with a certificate of this CA.
+    Require(&'a TrustAnchors),
+    /// An unsigned recording is exported too (its custody is not proven: say so to the user);
+    /// a signed one is checked against the CA if one is given, else only for integrity.
+    AllowUnsigned(Option<&'a TrustAnchors>),
+}
+
+/// How to export.
+#[derive(Clone, Copy)]
+pub struct Options<'a> {
+    /// What is required of the signature.
+    pub signatures: Signatures<'a>,
+    /// What to do with fragments missing from the middle of a capture stream.
+    pub gaps: Gaps,
 }
 
 fn object_error(kind: &str, e: &ObjectEntry, problem: impl ToString) -> ExportError {
@@ -107,21 +140,17 @@ fn open_object(
     e: &ObjectEntry,
     key: &DepartmentSecretKey,
     expect: Kind,
-) -> Result<(neoflix_seal::Header, Vec<u8>), ExportError> {
+) -> Result<(neoflix_format::Header, Vec<u8>), ExportError> {
     // Regular files only, no larger than verification found them: the buffer is sized by that.
-    let sealed = neoflix_store::verify::read_regular(&dir.join(&e.file), e.size)
-        .map_err(|err| object_error(kind, e, err))?;
-    let record =
-        neoflix_store::verify::read_regular(&dir.join(&e.key_file), WRAPPED_KEY_LEN as u64)
-            .map_err(|err| {
-                object_error(kind, e, format!("{}: {err}", e.key_file.escape_debug()))
-            })?;
+    let sealed =
+        read_regular(&dir.join(&e.file), e.size).map_err(|err| object_error(kind, e, err))?;
+    let record = read_regular(&dir.join(&e.key_file), WRAPPED_KEY_LEN as u64)
+        .map_err(|err| object_error(kind, e, format!("{}: {err}", e.key_file.escape_debug())))?;
     let wrapped = WrappedKey::from_bytes(&record).map_err(|err| object_error(kind, e, err))?;
-    let data_key = wrapped
-        .unwrap_for(key, &sealed)
-        .map_err(|err| object_error(kind, e, err))?;
+    let data_key =
+        neoflix_open::unwrap(&wrapped, key, &sealed).map_err(|err| object_error(kind, e, err))?;
     let (header, plain) =
-        neoflix_seal::open(&data_key, &sealed).map_err(|err| object_error(kind, e, err))?;
+        neoflix_open::open(&data_key, &sealed).map_err(|err| object_error(kind, e, err))?;
     if header.id.kind != expect {
         return Err(object_error(kind, e, "holds the wrong kind of object"));
     }
@@ -149,26 +178,39 @@ pub fn export(
     dir: &Path,
     key: &DepartmentSecretKey,
     out: &Path,
+    options: Options<'_>,
     progress: impl FnMut(usize, usize),
 ) -> Result<Exported, ExportError> {
-    assemble(dir, key, Some(out), Gaps::Refuse, progress)
+    assemble(dir, key, Some(out), options, progress)
 }
 
-/// [`export`], with a choice about gaps in the sequence numbers.
-pub fn export_with(
+/// Checks everything [`export`] checks (custody, every tag, every object's identity and order)
+/// without writing anything.
+pub fn check(
     dir: &Path,
     key: &DepartmentSecretKey,
-    out: &Path,
-    gaps: Gaps,
-    progress: impl FnMut(usize, usize),
+    options: Options<'_>,
 ) -> Result<Exported, ExportError> {
-    assemble(dir, key, Some(out), gaps, progress)
+    assemble(dir, key, None, options, |_, _| {})
 }
 
-/// Checks everything [`export`] checks (every tag, every object's identity and order) without
-/// writing anything.
-pub fn check(dir: &Path, key: &DepartmentSecretKey) -> Result<Manifest, ExportError> {
-    assemble(dir, key, None, Gaps::Refuse, |_, _| {}).map(|e| e.manifest)
+/// Checks the custody of the recording in `dir` as `signatures` requires: what `neoflix verify`
+/// and export both do before anything else.
+pub fn check_custody(
+    dir: &Path,
+    manifest_bytes: &[u8],
+    manifest: &Manifest,
+    signatures: Signatures<'_>,
+) -> Result<Custody, SignatureError> {
+    let trust = match signatures {
+        Signatures::Require(t) => Some(t),
+        Signatures::AllowUnsigned(t) => t,
+    };
+    let custody = custody::check_recording(dir, manifest_bytes, manifest, trust)?;
+    if custody == Custody::Unsigned && matches!(signatures, Signatures::Require(_)) {
+        return Err(SignatureError::Unsigned);
+    }
+    Ok(custody)
 }
 
 fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
@@ -247,16 +289,19 @@ fn assemble(
     dir: &Path,
     key: &DepartmentSecretKey,
     out: Option<&Path>,
-    gaps: Gaps,
+    options: Options<'_>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Exported, ExportError> {
-    let (verified, gaps) = match gaps {
-        Gaps::Refuse => (neoflix_store::verify(dir)?, Vec::new()),
-        Gaps::Allow => {
-            let v = neoflix_store::verify_manifest(dir, neoflix_store::read_manifest(dir)?)?;
-            let gaps = neoflix_store::gaps(&v);
-            (v, gaps)
+    // Custody first: the manifest is trusted for nothing until its signature holds.
+    let (manifest_bytes, manifest) = neoflix_format::verify::read_manifest_bytes(dir)?;
+    let custody = check_custody(dir, &manifest_bytes, &manifest, options.signatures)?;
+    let verified = neoflix_format::verify_manifest(dir, manifest)?;
+    let gaps = match options.gaps {
+        Gaps::Refuse => {
+            neoflix_format::check_contiguous(&verified)?;
+            Vec::new()
         }
+        Gaps::Allow => neoflix_format::gaps(&verified),
     };
     let manifest = verified.manifest;
     let given = key.public_key().key_id().0;
@@ -348,6 +393,7 @@ fn assemble(
     }
     Ok(Exported {
         manifest,
+        custody,
         files,
         gaps,
     })
@@ -356,9 +402,17 @@ fn assemble(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use neoflix_seal::{ObjectId, seal};
+    use neoflix_format::{ObjectId, SigningIdentity};
+    use neoflix_pki::{Ca, Role};
+    use neoflix_seal::seal;
     use neoflix_store::{RecordingWriter, Ring};
     use std::time::{Duration, SystemTime};
+
+    /// Unsigned recordings, for the checks below the signature.
+    const UNSIGNED: Options<'static> = Options {
+        signatures: Signatures::AllowUnsigned(None),
+        gaps: Gaps::Refuse,
+    };
 
     use crate::mp4::tests::bx;
 
@@ -372,6 +426,14 @@ mod tests {
 
     /// A recording spanning two capture streams (a camera restart), three fragments each.
     fn two_stream_recording(root: &Path, dept: &DepartmentSecretKey) -> PathBuf {
+        recording_signed_by(root, dept, None)
+    }
+
+    fn recording_signed_by(
+        root: &Path,
+        dept: &DepartmentSecretKey,
+        signer: Option<&SigningIdentity>,
+    ) -> PathBuf {
         let (mut ring, _) =
             Ring::open(&root.join("ring"), Duration::from_secs(100), 1 << 30).unwrap();
         let mut w = RecordingWriter::create(
@@ -413,7 +475,7 @@ mod tests {
                 seq += 1;
             }
         }
-        w.finalize("control", SystemTime::now()).unwrap();
+        w.finalize("control", SystemTime::now(), signer).unwrap();
         root.join("rec/r")
     }
 
@@ -424,7 +486,7 @@ mod tests {
         let rec = two_stream_recording(t.path(), &dept);
         let out = t.path().join("out.mp4");
         let mut calls = Vec::new();
-        let e = export(&rec, &dept, &out, |d, n| calls.push((d, n))).unwrap();
+        let e = export(&rec, &dept, &out, UNSIGNED, |d, n| calls.push((d, n))).unwrap();
         assert_eq!(e.files, vec![out.clone(), t.path().join("out-part2.mp4")]);
         assert_eq!(calls.last(), Some(&(6, 6)));
         for (file, stream) in e.files.iter().zip([[1u8; 16], [2u8; 16]]) {
@@ -439,7 +501,7 @@ mod tests {
                 .collect();
             assert_eq!(times, vec![0, 9000, 18000]);
         }
-        assert!(check(&rec, &dept).is_ok());
+        assert!(check(&rec, &dept, UNSIGNED).is_ok());
     }
 
     /// Issue 8, item 6: an export is plaintext video; it was created with the umask's mode
@@ -457,7 +519,7 @@ mod tests {
         let stale = t.path().join(".out-part2.mp4.partial");
         fs::write(&stale, b"stale").unwrap();
         fs::set_permissions(&stale, fs::Permissions::from_mode(0o666)).unwrap();
-        let e = export(&rec, &dept, &out, |_, _| {}).unwrap();
+        let e = export(&rec, &dept, &out, UNSIGNED, |_, _| {}).unwrap();
         for f in &e.files {
             let mode = fs::metadata(f).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{} has mode {mode:o}", f.display());
@@ -471,26 +533,36 @@ mod tests {
         let dept = DepartmentSecretKey::generate().unwrap();
         let rec = two_stream_recording(t.path(), &dept);
         // The second of the first stream's three fragments removed and hidden.
-        let mut m = neoflix_store::verify(&rec).unwrap().manifest;
+        let mut m = neoflix_format::verify(&rec).unwrap().manifest;
         m.fragments.remove(1);
         for (i, e) in m.fragments.iter_mut().enumerate() {
             e.index = i as u64;
         }
-        m.chain = neoflix_store::manifest::chain(&m.recording_id, &m.init_segments, &m.fragments);
+        m.chain = neoflix_format::manifest::chain(&m.recording_id, &m.init_segments, &m.fragments);
         fs::write(rec.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
         let out = t.path().join("out.mp4");
-        let err = export(&rec, &dept, &out, |_, _| {}).unwrap_err();
+        let err = export(&rec, &dept, &out, UNSIGNED, |_, _| {}).unwrap_err();
         assert!(
             err.to_string()
                 .contains("fragment 1 missing between 0 and 2"),
             "{err}"
         );
         assert!(!out.exists());
-        let e = export_with(&rec, &dept, &out, Gaps::Allow, |_, _| {}).unwrap();
+        let e = export(
+            &rec,
+            &dept,
+            &out,
+            Options {
+                gaps: Gaps::Allow,
+                ..UNSIGNED
+            },
+            |_, _| {},
+        )
+        .unwrap();
         assert_eq!(e.gaps.len(), 1);
         assert!(matches!(
             e.gaps[0],
-            StoreError::Gap {
+            FormatError::Gap {
                 before: 0,
                 after: 2,
                 ..
@@ -513,7 +585,7 @@ mod tests {
         let rec = two_stream_recording(t.path(), &dept);
         let other = DepartmentSecretKey::generate().unwrap();
         let out = t.path().join("out.mp4");
-        let err = export(&rec, &other, &out, |_, _| {}).unwrap_err();
+        let err = export(&rec, &other, &out, UNSIGNED, |_, _| {}).unwrap_err();
         assert!(matches!(err, ExportError::WrongKey { .. }), "{err}");
         assert!(!out.exists());
     }
@@ -524,7 +596,7 @@ mod tests {
         let dept = DepartmentSecretKey::generate().unwrap();
         let rec = two_stream_recording(t.path(), &dept);
         // Damage the last fragment: by then the first part was complete, the second one open.
-        let m = neoflix_store::verify(&rec).unwrap().manifest;
+        let m = neoflix_format::verify(&rec).unwrap().manifest;
         let last = m.fragments.last().unwrap();
         let p = rec.join(&last.file);
         let mut b = fs::read(&p).unwrap();
@@ -532,10 +604,10 @@ mod tests {
         fs::write(&p, &b).unwrap();
         // Rewrite the manifest to match, so that only the chunk tags can tell.
         let mut m = m;
-        m.fragments[5].sha256 = neoflix_seal::sha256_hex(&b);
-        m.chain = neoflix_store::manifest::chain(&m.recording_id, &m.init_segments, &m.fragments);
+        m.fragments[5].sha256 = neoflix_format::sha256_hex(&b);
+        m.chain = neoflix_format::manifest::chain(&m.recording_id, &m.init_segments, &m.fragments);
         fs::write(rec.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
-        let err = export(&rec, &dept, &t.path().join("o.mp4"), |_, _| {}).unwrap_err();
+        let err = export(&rec, &dept, &t.path().join("o.mp4"), UNSIGNED, |_, _| {}).unwrap_err();
         assert!(
             err.to_string().contains("fragment 5 (frag-000005.nfx)"),
             "{err}"
@@ -549,5 +621,145 @@ mod tests {
             left.iter().all(|n| !n.to_string_lossy().contains("mp4")),
             "{left:?}"
         );
+    }
+
+    struct Pki {
+        _dir: tempfile::TempDir,
+        ca: Ca,
+        trust: TrustAnchors,
+    }
+
+    fn pki() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::init(&dir.path().join("ca"), "Test CA").unwrap();
+        let trust =
+            TrustAnchors::from_pem(&fs::read(dir.path().join("ca/ca.crt")).unwrap(), None).unwrap();
+        Pki {
+            _dir: dir,
+            ca,
+            trust,
+        }
+    }
+
+    fn identity(ca: &Ca, name: &str) -> SigningIdentity {
+        let (crt, key) = ca.issue(name, Role::Device, None).unwrap();
+        SigningIdentity::from_pem(&fs::read(crt).unwrap(), &fs::read(key).unwrap()).unwrap()
+    }
+
+    fn require(p: &Pki) -> Options<'_> {
+        Options {
+            signatures: Signatures::Require(&p.trust),
+            gaps: Gaps::Refuse,
+        }
+    }
+
+    #[test]
+    fn a_signed_recording_exports_and_names_its_signer() {
+        let t = tempfile::tempdir().unwrap();
+        let p = pki();
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let rec = recording_signed_by(t.path(), &dept, Some(&identity(&p.ca, "room")));
+        let e = export(&rec, &dept, &t.path().join("o.mp4"), require(&p), |_, _| {}).unwrap();
+        match e.custody {
+            Custody::Signed(s) => {
+                assert_eq!(s.name, "room");
+                assert!(s.chain_checked);
+            }
+            Custody::Unsigned => panic!("signed recording reported unsigned"),
+        }
+    }
+
+    #[test]
+    fn an_unsigned_or_stripped_recording_is_refused_unless_allowed() {
+        let t = tempfile::tempdir().unwrap();
+        let p = pki();
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let rec = recording_signed_by(t.path(), &dept, Some(&identity(&p.ca, "room")));
+        fs::remove_file(rec.join("manifest.sig")).unwrap();
+        let out = t.path().join("o.mp4");
+        let err = export(&rec, &dept, &out, require(&p), |_, _| {}).unwrap_err();
+        assert!(
+            matches!(err, ExportError::Custody(SignatureError::Unsigned)),
+            "{err}"
+        );
+        assert!(!out.exists());
+        let allow = Options {
+            signatures: Signatures::AllowUnsigned(Some(&p.trust)),
+            gaps: Gaps::Refuse,
+        };
+        let e = export(&rec, &dept, &out, allow, |_, _| {}).unwrap();
+        assert_eq!(e.custody, Custody::Unsigned);
+    }
+
+    #[test]
+    fn an_edited_manifest_or_a_replaced_object_is_refused_even_when_allowing_unsigned() {
+        let t = tempfile::tempdir().unwrap();
+        let p = pki();
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let rec = recording_signed_by(t.path(), &dept, Some(&identity(&p.ca, "room")));
+        let original = fs::read(rec.join("manifest.json")).unwrap();
+        let allow = Options {
+            signatures: Signatures::AllowUnsigned(None),
+            gaps: Gaps::Refuse,
+        };
+        // One byte of the stop reason.
+        let edited = String::from_utf8(original.clone()).unwrap().replace(
+            "\"stop_reason\": \"control\"",
+            "\"stop_reason\": \"contrOl\"",
+        );
+        assert_ne!(edited.as_bytes(), &original[..]);
+        fs::write(rec.join("manifest.json"), &edited).unwrap();
+        let err = export(&rec, &dept, &t.path().join("o.mp4"), allow, |_, _| {}).unwrap_err();
+        assert!(
+            err.to_string().contains("changed after it was signed"),
+            "{err}"
+        );
+
+        // A fragment replaced by one sealed correctly to the department key, the manifest's
+        // digest and chain rewritten to match: the signature no longer covers the manifest.
+        let mut m: Manifest = serde_json::from_slice(&original).unwrap();
+        let id = ObjectId {
+            stream: [1; 16],
+            seq: 1,
+            kind: Kind::Fragment,
+        };
+        let (k, forged) = seal(&id, &fragment(9000 * 101)).unwrap();
+        fs::write(rec.join(&m.fragments[1].file), &forged).unwrap();
+        fs::write(
+            rec.join(&m.fragments[1].key_file),
+            k.wrap(&dept.public_key(), &forged).unwrap().as_bytes(),
+        )
+        .unwrap();
+        m.fragments[1].sha256 = neoflix_format::sha256_hex(&forged);
+        m.fragments[1].size = forged.len() as u64;
+        m.fragments[1].key_sha256 =
+            neoflix_format::sha256_hex(&fs::read(rec.join(&m.fragments[1].key_file)).unwrap());
+        m.chain = neoflix_format::manifest::chain(&m.recording_id, &m.init_segments, &m.fragments);
+        fs::write(
+            rec.join("manifest.json"),
+            serde_json::to_vec_pretty(&m).unwrap(),
+        )
+        .unwrap();
+        // Without the signature the forgery is whole: only custody tells.
+        assert!(neoflix_format::verify(&rec).is_ok());
+        let err = export(&rec, &dept, &t.path().join("o.mp4"), require(&p), |_, _| {}).unwrap_err();
+        assert!(matches!(err, ExportError::Custody(_)), "{err}");
+    }
+
+    #[test]
+    fn another_rooms_or_another_cas_signature_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let p = pki();
+        let rogue = pki();
+        let dept = DepartmentSecretKey::generate().unwrap();
+        // The recording says "room"; room-2's genuine certificate signed it.
+        let rec = recording_signed_by(t.path(), &dept, Some(&identity(&p.ca, "room-2")));
+        let err = export(&rec, &dept, &t.path().join("o.mp4"), require(&p), |_, _| {}).unwrap_err();
+        assert!(err.to_string().contains("signed by room-2"), "{err}");
+        // A certificate for "room" made by someone else's CA.
+        let t2 = tempfile::tempdir().unwrap();
+        let rec = recording_signed_by(t2.path(), &dept, Some(&identity(&rogue.ca, "room")));
+        let err = export(&rec, &dept, &t.path().join("o.mp4"), require(&p), |_, _| {}).unwrap_err();
+        assert!(err.to_string().contains("not trusted"), "{err}");
     }
 }

@@ -9,6 +9,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
+use neoflix_format::custody::{MAX_SIGNATURE_BYTES, Signature};
+use neoflix_format::protocol::{
+    ErrorBody, ObjectName, ObjectStored, RecordingList, RecordingState, RecordingSummary,
+};
+use neoflix_format::{HEADER_LEN, Kind, WRAPPED_KEY_LEN, WrappedKey, parse_header};
+
+use crate::custody::Custody;
 use crate::limits::{Budget, Held, RateGuard};
 use crate::storage::{Storage, StorageError, Stored, Upload};
 
@@ -31,6 +38,8 @@ pub struct Ctx {
     pub rate: RateLimit,
     /// Bytes of request bodies all requests together may hold in memory.
     pub budget: Budget,
+    /// Checks manifests' signatures and signs receipts.
+    pub custody: Arc<Custody>,
 }
 
 /// `limits.min_bytes_per_sec` and `limits.rate_grace_secs`.
@@ -120,8 +129,8 @@ async fn next_frame(
 
 type Resp = Response<Full<Bytes>>;
 
-fn json(status: StatusCode, v: serde_json::Value) -> Resp {
-    let mut body = serde_json::to_vec(&v).expect("json serializes");
+fn json(status: StatusCode, v: &impl serde::Serialize) -> Resp {
+    let mut body = serde_json::to_vec(v).expect("json serializes");
     body.push(b'\n');
     Response::builder()
         .status(status)
@@ -131,7 +140,7 @@ fn json(status: StatusCode, v: serde_json::Value) -> Resp {
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
-    json(status, serde_json::json!({ "error": msg.into() }))
+    json(status, &ErrorBody { error: msg.into() })
 }
 
 fn storage_error(e: StorageError) -> Resp {
@@ -270,19 +279,20 @@ struct Head {
 #[derive(Clone, Copy)]
 enum Expect {
     /// A sealed object: its 56-byte header, of this kind.
-    Sealed(neoflix_seal::Kind),
-    /// A key record: exactly [`neoflix_seal::WRAPPED_KEY_LEN`] bytes.
+    Sealed(Kind),
+    /// A key record: exactly [`WRAPPED_KEY_LEN`] bytes.
     KeyRecord,
+    /// The box's signature over the manifest: a whole signature file of at most
+    /// [`MAX_SIGNATURE_BYTES`], checked for form here and for what it proves with the manifest.
+    Signature,
 }
 
 impl Head {
-    fn for_name(name: &str) -> Head {
-        let expect = if name.ends_with(".key") {
-            Expect::KeyRecord
-        } else if name.starts_with("init-") {
-            Expect::Sealed(neoflix_seal::Kind::Init)
-        } else {
-            Expect::Sealed(neoflix_seal::Kind::Fragment)
+    fn for_name(name: ObjectName) -> Head {
+        let expect = match name {
+            ObjectName::Sealed(kind, _) => Expect::Sealed(kind),
+            ObjectName::KeyRecord(..) => Expect::KeyRecord,
+            ObjectName::Signature => Expect::Signature,
         };
         Head {
             expect,
@@ -291,10 +301,12 @@ impl Head {
         }
     }
 
+    /// Bytes of the body checked before it is stored (all of it for a key record or signature).
     fn needed(&self) -> usize {
         match self.expect {
-            Expect::Sealed(_) => neoflix_seal::HEADER_LEN,
-            Expect::KeyRecord => neoflix_seal::WRAPPED_KEY_LEN,
+            Expect::Sealed(_) => HEADER_LEN,
+            Expect::KeyRecord => WRAPPED_KEY_LEN,
+            Expect::Signature => MAX_SIGNATURE_BYTES as usize,
         }
     }
 
@@ -302,11 +314,17 @@ impl Head {
     /// the head as soon as it is complete, so a wrong body is refused before it is stored.
     fn feed(&mut self, data: &[u8], total: u64) -> Result<(), Refusal> {
         if let Expect::KeyRecord = self.expect
-            && total > neoflix_seal::WRAPPED_KEY_LEN as u64
+            && total > WRAPPED_KEY_LEN as u64
         {
             return Err(Refusal::NotSealed(format!(
-                "a key record is {} bytes, this body is longer",
-                neoflix_seal::WRAPPED_KEY_LEN
+                "a key record is {WRAPPED_KEY_LEN} bytes, this body is longer"
+            )));
+        }
+        if let Expect::Signature = self.expect
+            && total > MAX_SIGNATURE_BYTES
+        {
+            return Err(Refusal::NotSealed(format!(
+                "a signature is at most {MAX_SIGNATURE_BYTES} bytes, this body is longer"
             )));
         }
         if !self.checked {
@@ -339,7 +357,7 @@ impl Head {
 fn check_object_start(expect: Expect, head: &[u8]) -> Result<(), String> {
     match expect {
         Expect::Sealed(kind) => {
-            let h = neoflix_seal::parse_header(head).map_err(|e| e.to_string())?;
+            let h = parse_header(head).map_err(|e| e.to_string())?;
             if h.id.kind != kind {
                 return Err(format!(
                     "the name says {kind:?}, the header {:?}",
@@ -348,9 +366,12 @@ fn check_object_start(expect: Expect, head: &[u8]) -> Result<(), String> {
             }
         }
         Expect::KeyRecord => {
-            let k = neoflix_seal::WrappedKey::from_bytes(head).map_err(|e| e.to_string())?;
-            neoflix_seal::parse_header(k.object_header())
+            let k = WrappedKey::from_bytes(head).map_err(|e| e.to_string())?;
+            parse_header(k.object_header())
                 .map_err(|e| format!("the key record's object header: {e}"))?;
+        }
+        Expect::Signature => {
+            Signature::from_json(head).map_err(|e| e.to_string())?;
         }
     }
     Ok(())
@@ -428,7 +449,12 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
         (&Method::GET, ["v1", "recordings"]) => match blocking(move || store.list(&device)).await {
             Ok(list) => json(
                 StatusCode::OK,
-                serde_json::json!({ "recordings": list.into_iter().map(|(id, complete)| serde_json::json!({"id": id, "complete": complete})).collect::<Vec<_>>() }),
+                &RecordingList {
+                    recordings: list
+                        .into_iter()
+                        .map(|(id, complete)| RecordingSummary { id, complete })
+                        .collect(),
+                },
             ),
             Err(e) => storage_error(e),
         },
@@ -438,7 +464,11 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
             match blocking(move || store.status(&device, &rid)).await {
                 Ok((objects, complete)) => json(
                     StatusCode::OK,
-                    serde_json::json!({ "recording_id": id, "complete": complete, "objects": objects }),
+                    &RecordingState {
+                        recording_id: id,
+                        complete,
+                        objects,
+                    },
                 ),
                 Err(e) => storage_error(e),
             }
@@ -458,7 +488,13 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
             if !held.grow(batch) {
                 return refusal(Refusal::Busy);
             }
-            let head = Head::for_name(name);
+            let Some(object) = ObjectName::parse(name) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "not an object name (init-NNN.nfx|key, frag-NNNNNN.nfx|key, manifest.sig)",
+                );
+            };
+            let head = Head::for_name(object);
             let (id, name) = (id.to_string(), name.to_string());
             let s2 = store.clone();
             let up = match blocking(move || s2.begin(&device, &id, &name)).await {
@@ -470,12 +506,19 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
                 Err(r) => return refusal(r),
             };
             match blocking(move || store.commit(up, &expected)).await {
-                Ok(Stored::Created) => {
-                    json(StatusCode::CREATED, serde_json::json!({ "stored": true }))
-                }
+                Ok(Stored::Created) => json(
+                    StatusCode::CREATED,
+                    &ObjectStored {
+                        stored: true,
+                        already: false,
+                    },
+                ),
                 Ok(Stored::Same) => json(
                     StatusCode::OK,
-                    serde_json::json!({ "stored": true, "already": true }),
+                    &ObjectStored {
+                        stored: true,
+                        already: true,
+                    },
                 ),
                 Err(e) => storage_error(e),
             }
@@ -501,9 +544,10 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
             let id = id.to_string();
             let rid = id.clone();
             let dev = device.clone();
+            let custody = ctx.custody.clone();
             // The budget is held until the parsed manifest is gone too.
             match blocking(move || {
-                let r = store.complete(&dev, &rid, &body);
+                let r = store.complete(&dev, &rid, &body, &custody);
                 drop(held);
                 r
             })
@@ -549,7 +593,7 @@ mod tests {
     }
 
     fn fed(name: &str, body: &[u8], piece: usize) -> Result<(), String> {
-        let mut head = Head::for_name(name);
+        let mut head = Head::for_name(ObjectName::parse(name).expect("an object name"));
         let mut total = 0u64;
         for p in body.chunks(piece.max(1)) {
             total += p.len() as u64;
@@ -568,13 +612,15 @@ mod tests {
     fn only_sealed_objects_and_key_records_pass_in_any_framing() {
         let (_, frag) = sealed(neoflix_seal::Kind::Fragment);
         let (_, init) = sealed(neoflix_seal::Kind::Init);
-        let dept = neoflix_seal::DepartmentSecretKey::generate().unwrap();
+        let dept = neoflix_open::DepartmentSecretKey::generate().unwrap();
         let (key, frag2) = sealed(neoflix_seal::Kind::Fragment);
         let record = key.wrap(&dept.public_key(), &frag2).unwrap();
         for piece in [1, 7, 56, 4096] {
             fed("frag-000001.nfx", &frag, piece).unwrap();
             fed("init-000.nfx", &init, piece).unwrap();
             fed("frag-000001.key", record.as_bytes(), piece).unwrap();
+            assert!(fed("manifest.sig", b"{\"format\":\"x\"}", piece).is_err());
+            assert!(fed("manifest.sig", &frag, piece).is_err());
             assert!(fed("frag-000001.nfx", b"sealed bytes of A", piece).is_err());
             assert!(fed("frag-000001.nfx", &vec![0u8; 4096], piece).is_err());
             assert!(

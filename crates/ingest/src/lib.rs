@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod custody;
 pub mod http;
 pub mod limits;
 pub mod storage;
@@ -69,6 +70,23 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let tls = tls::Reloading::new(&cfg)?;
+    let server_identity = {
+        use anyhow::Context as _;
+        let cert = neoflix_logging::read_small_file(&cfg.tls.cert, 1 << 20)
+            .with_context(|| format!("tls.cert {}", cfg.tls.cert.display()))?;
+        let key = neoflix_logging::read_small_file(&cfg.tls.key, 1 << 20)
+            .with_context(|| format!("tls.key {}", cfg.tls.key.display()))?;
+        neoflix_format::SigningIdentity::from_pem(cert.as_bytes(), key.as_bytes()).with_context(
+            || {
+                format!(
+                    "tls.cert {} / tls.key {}: the server signs receipts with them",
+                    cfg.tls.cert.display(),
+                    cfg.tls.key.display()
+                )
+            },
+        )?
+    };
+    let custody = Arc::new(custody::Custody::new(tls.clone(), server_identity));
     let store = Arc::new(storage::Storage::open(
         &cfg.storage.dir,
         cfg.storage.max_object_bytes,
@@ -113,6 +131,7 @@ pub async fn run(
         let slots = slots.clone();
         let per_device = per_device.clone();
         let budget = budget.clone();
+        let custody = custody.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let peer = peer.to_string();
@@ -170,6 +189,7 @@ pub async fn run(
                 peer,
                 rate,
                 budget,
+                custody,
             });
             let service = hyper::service::service_fn(move |req| http::handle(req, ctx.clone()));
             let conn = hyper::server::conn::http1::Builder::new()

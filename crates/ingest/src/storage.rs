@@ -12,8 +12,15 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use neoflix_format::MANIFEST_FILE;
+use neoflix_format::custody::{MAX_SIGNATURE_BYTES, SIGNATURE_FILE};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
+
+use crate::custody::Custody;
+
+/// The signed receipt of a complete recording, beside its manifest.
+pub const RECEIPT_FILE: &str = "receipt.json";
 
 /// Why a storage operation was refused.
 #[derive(Debug, Error)]
@@ -54,30 +61,12 @@ impl From<std::io::Error> for StorageError {
     }
 }
 
-/// Whether a recording id is acceptable as a directory name.
-pub fn valid_recording_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
+pub use neoflix_format::protocol::valid_recording_id;
 
-/// Whether `name` is an object name: `init-NNN.nfx|key` or `frag-NNNNNN.nfx|key`.
+/// Whether `name` is an object name: `init-NNN.nfx|key`, `frag-NNNNNN.nfx|key` or
+/// `manifest.sig`.
 pub fn valid_object_name(name: &str) -> bool {
-    let Some((stem, ext)) = name.split_once('.') else {
-        return false;
-    };
-    if ext != "nfx" && ext != "key" {
-        return false;
-    }
-    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
-    match stem.split_once('-') {
-        Some(("init", d)) => digits(d, 3),
-        Some(("frag", d)) => digits(d, 6),
-        _ => false,
-    }
+    neoflix_format::protocol::ObjectName::parse(name).is_some()
 }
 
 /// Outcome of a PUT.
@@ -263,7 +252,7 @@ impl Storage {
         up.file.sync_all()?;
         let target = up.dir.join(&up.name);
         let _recording = self.recording_lock(&up.dir);
-        if up.dir.join("manifest.json").exists() {
+        if up.dir.join(MANIFEST_FILE).exists() {
             return Err(StorageError::Conflict("the recording is complete".into()));
         }
         match fs::hard_link(&up.tmp, &target) {
@@ -301,7 +290,7 @@ impl Storage {
             .filter(|n| valid_object_name(n))
             .collect();
         names.sort();
-        Ok((names, dir.join("manifest.json").exists()))
+        Ok((names, dir.join(MANIFEST_FILE).exists()))
     }
 
     /// The device's recordings: (id, complete).
@@ -317,7 +306,7 @@ impl Storage {
             .map(|e| {
                 (
                     e.file_name().to_string_lossy().to_string(),
-                    e.path().join("manifest.json").exists(),
+                    e.path().join(MANIFEST_FILE).exists(),
                 )
             })
             .filter(|(n, _)| valid_recording_id(n))
@@ -338,15 +327,16 @@ impl Storage {
         device: &str,
         id: &str,
         manifest_bytes: &[u8],
+        custody: &Custody,
     ) -> Result<(Vec<u8>, Stored), StorageError> {
         let dir = self.recording_dir(device, id)?;
         let _recording = self.recording_lock(&dir);
-        let final_manifest = dir.join("manifest.json");
-        if let Some(done) = self.already_complete(&dir, device, id, manifest_bytes)? {
+        let final_manifest = dir.join(MANIFEST_FILE);
+        if let Some(done) = self.already_complete(&dir, device, id, manifest_bytes, custody)? {
             return Ok(done);
         }
-        let m: neoflix_store::Manifest = serde_json::from_slice(manifest_bytes)
-            .map_err(|e| StorageError::Manifest(format!("not a manifest: {e}")))?;
+        let m = neoflix_format::verify::parse_manifest(manifest_bytes)
+            .map_err(StorageError::Manifest)?;
         if m.recording_id != id {
             return Err(StorageError::Manifest(format!(
                 "manifest is for recording '{}', not '{id}'",
@@ -362,7 +352,21 @@ impl Storage {
         if !dir.exists() {
             return Err(StorageError::NotFound);
         }
-        let v = neoflix_store::verify_manifest_with(&dir, m, &RecordedDigests)
+        // Custody before anything is read on the manifest's word: who signed, and that it is
+        // the device uploading it.
+        let sig = match read_small_object(&dir.join(SIGNATURE_FILE)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StorageError::Manifest(format!(
+                    "the recording is not signed: upload {SIGNATURE_FILE} (the box's signature over this manifest) first; a box without a signing identity cannot deliver to this server"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let signer = custody
+            .check(device, manifest_bytes, &m, &sig)
+            .map_err(|e| StorageError::Manifest(format!("signature: {e}")))?;
+        let v = neoflix_format::verify_manifest_with(&dir, m, &RecordedDigests)
             .map_err(|e| StorageError::Manifest(e.to_string()))?;
         let m = v.manifest;
         let listed: HashSet<&str> = m
@@ -370,6 +374,7 @@ impl Storage {
             .iter()
             .chain(&m.fragments)
             .flat_map(|e| [e.file.as_str(), e.key_file.as_str()])
+            .chain([SIGNATURE_FILE])
             .collect();
         // Objects a box uploaded and then dropped in its crash recovery are not the recording's,
         // and temporary files of uploads cut off by a crash of this server are nobody's. A
@@ -387,7 +392,7 @@ impl Storage {
         }
         // This makes the recording complete, and only if no manifest is there yet.
         if !write_whole(&final_manifest, manifest_bytes, Place::Exclusive)? {
-            return match self.already_complete(&dir, device, id, manifest_bytes)? {
+            return match self.already_complete(&dir, device, id, manifest_bytes, custody)? {
                 Some(done) => Ok(done),
                 None => Err(StorageError::Conflict(
                     "the recording is complete with another manifest".into(),
@@ -396,8 +401,12 @@ impl Storage {
         }
         // A crash before the receipt is written leaves a complete recording without one: the
         // box's next PUT of the same manifest gets it rebuilt.
-        let receipt = receipt(device, id, manifest_bytes, &m);
-        write_whole(&dir.join("receipt.json"), &receipt, Place::Replace)?;
+        let receipt = custody
+            .receipt(device, manifest_bytes, &m, &signer)
+            .map_err(|e| {
+                StorageError::Io(std::io::Error::other(format!("signing the receipt: {e}")))
+            })?;
+        write_whole(&dir.join(RECEIPT_FILE), &receipt, Place::Replace)?;
         Ok((receipt, Stored::Created))
     }
 
@@ -409,8 +418,9 @@ impl Storage {
         device: &str,
         id: &str,
         manifest_bytes: &[u8],
+        custody: &Custody,
     ) -> Result<Option<(Vec<u8>, Stored)>, StorageError> {
-        let existing = match fs::read(dir.join("manifest.json")) {
+        let existing = match fs::read(dir.join(MANIFEST_FILE)) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -420,13 +430,23 @@ impl Storage {
                 "the recording is complete with another manifest".into(),
             ));
         }
-        let path = dir.join("receipt.json");
+        let path = dir.join(RECEIPT_FILE);
         match fs::read(&path) {
             Ok(r) => Ok(Some((r, Stored::Same))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let m: neoflix_store::Manifest = serde_json::from_slice(manifest_bytes)
+                let m = neoflix_format::verify::parse_manifest(manifest_bytes)
                     .map_err(|e| StorageError::Manifest(format!("stored manifest: {e}")))?;
-                let r = receipt(device, id, manifest_bytes, &m);
+                debug_assert_eq!(m.recording_id, id);
+                let sig = read_small_object(&dir.join(SIGNATURE_FILE))?;
+                let sign_err = |e: neoflix_format::SignatureError| {
+                    StorageError::Io(std::io::Error::other(format!(
+                        "rebuilding the receipt: {e}"
+                    )))
+                };
+                let signer = custody.signer_of(manifest_bytes, &sig).map_err(sign_err)?;
+                let r = custody
+                    .receipt(device, manifest_bytes, &m, &signer)
+                    .map_err(sign_err)?;
                 write_whole(&path, &r, Place::Replace)?;
                 Ok(Some((r, Stored::Same)))
             }
@@ -435,23 +455,9 @@ impl Storage {
     }
 }
 
-/// The receipt for a stored manifest.
-fn receipt(device: &str, id: &str, manifest_bytes: &[u8], m: &neoflix_store::Manifest) -> Vec<u8> {
-    let bytes = m
-        .init_segments
-        .iter()
-        .chain(&m.fragments)
-        .fold(0u64, |n, e| n.saturating_add(e.size));
-    let receipt = serde_json::json!({
-        "recording_id": id,
-        "device_id": device,
-        "received_utc": neoflix_store::utc(std::time::SystemTime::now()),
-        "manifest_sha256": neoflix_seal::sha256_hex(manifest_bytes),
-        "chain": m.chain,
-        "fragments": m.fragments.len(),
-        "bytes": bytes,
-    });
-    serde_json::to_vec_pretty(&receipt).expect("receipt serializes")
+/// Reads a small file the server wrote itself (a stored signature).
+fn read_small_object(path: &Path) -> std::io::Result<Vec<u8>> {
+    neoflix_format::files::read_regular(path, MAX_SIGNATURE_BYTES)
 }
 
 /// How a file written whole takes its place.
@@ -517,7 +523,7 @@ fn record_digest(file: &fs::File, sha: &[u8; 32], size: u64) {
 /// Digests recorded at upload, falling back to reading the file.
 struct RecordedDigests;
 
-impl neoflix_store::Digests for RecordedDigests {
+impl neoflix_format::Digests for RecordedDigests {
     fn size_and_sha256(&self, path: &Path) -> std::io::Result<(u64, String)> {
         use std::os::unix::ffi::OsStrExt;
         let c =
@@ -541,7 +547,7 @@ impl neoflix_store::Digests for RecordedDigests {
         {
             return Ok((size, sha.to_string()));
         }
-        neoflix_store::ReadAndHash.size_and_sha256(path)
+        neoflix_format::ReadAndHash.size_and_sha256(path)
     }
 }
 
@@ -623,13 +629,19 @@ mod tests {
 #[cfg(test)]
 mod race_tests {
     use super::*;
+    use crate::custody::testing::TestPki;
     use std::sync::{Arc, Barrier};
     use std::time::{Duration, SystemTime};
 
     /// A finished recording of `n` small fragments written by the real store code, uploaded into
     /// `s` as device `dev`; returns (recording id, its manifest's bytes).
-    fn uploaded_recording(tmp: &Path, s: &Storage, n: u64) -> (String, Vec<u8>) {
-        let dept = neoflix_seal::DepartmentSecretKey::generate().unwrap();
+    fn uploaded_recording(
+        tmp: &Path,
+        s: &Storage,
+        n: u64,
+        signer: &neoflix_format::SigningIdentity,
+    ) -> (String, Vec<u8>) {
+        let dept = neoflix_open::DepartmentSecretKey::generate().unwrap();
         let (mut ring, _) =
             neoflix_store::Ring::open(&tmp.join("ring"), Duration::from_secs(1), 1 << 30).unwrap();
         let recs = tmp.join("recordings");
@@ -656,7 +668,8 @@ mod race_tests {
             let init = ring.init(&stream).unwrap();
             w.claim(&e, &init, false).unwrap();
         }
-        w.finalize("control", SystemTime::now()).unwrap();
+        w.finalize("control", SystemTime::now(), Some(signer))
+            .unwrap();
         let dir = fs::read_dir(&recs).unwrap().next().unwrap().unwrap().path();
         let rec = dir.file_name().unwrap().to_string_lossy().to_string();
         for f in fs::read_dir(&dir).unwrap() {
@@ -680,18 +693,21 @@ mod race_tests {
         for trial in 0..3 {
             let d = tempfile::tempdir().unwrap();
             let s = Arc::new(Storage::open(&d.path().join("srv"), 1 << 20).unwrap());
-            let (rec, manifest) = uploaded_recording(d.path(), &s, 4);
-            // Twenty different valid manifests: the same JSON, each with its own trailing space.
+            let pki = Arc::new(TestPki::new());
+            let (rec, manifest) = uploaded_recording(d.path(), &s, 4, &pki.device("dev"));
+            // Twenty manifests at once: the signed one ten times, and ten others (the same JSON
+            // with trailing spaces, which the signature does not cover).
             let n = 20;
             let barrier = Arc::new(Barrier::new(n));
             let results: Vec<(Vec<u8>, Completed)> = (0..n)
                 .map(|i| {
                     let (s, rec, barrier) = (s.clone(), rec.clone(), barrier.clone());
+                    let pki = pki.clone();
                     let mut m = manifest.clone();
-                    m.extend(std::iter::repeat_n(b' ', i));
+                    m.extend(std::iter::repeat_n(b' ', i % 2));
                     std::thread::spawn(move || {
                         barrier.wait();
-                        let r = s.complete("dev", &rec, &m);
+                        let r = s.complete("dev", &rec, &m, &pki.custody);
                         (m, r)
                     })
                 })
@@ -711,26 +727,76 @@ mod race_tests {
                 })
                 .collect();
             assert_eq!(winners.len(), 1, "trial {trial}: {outcomes:#?}");
-            for (_, r) in &results {
-                assert!(
-                    matches!(r, Ok((_, Stored::Created)) | Err(StorageError::Conflict(_))),
-                    "trial {trial}: {outcomes:#?}"
-                );
-            }
             let (won, receipt) = (&winners[0].0, &winners[0].1.as_ref().unwrap().0);
+            assert_eq!(won, &manifest, "trial {trial}: an unsigned manifest won");
+            for (m, r) in &results {
+                if m == &manifest {
+                    assert!(
+                        matches!(r, Ok((got, _)) if got == receipt),
+                        "trial {trial}: {outcomes:#?}"
+                    );
+                } else {
+                    assert!(
+                        matches!(
+                            r,
+                            Err(StorageError::Conflict(_) | StorageError::Manifest(_))
+                        ),
+                        "trial {trial}: {outcomes:#?}"
+                    );
+                }
+            }
             let dir = d.path().join("srv/dev").join(&rec);
             assert_eq!(&fs::read(dir.join("manifest.json")).unwrap(), won);
             assert_eq!(&fs::read(dir.join("receipt.json")).unwrap(), receipt);
-            let r: serde_json::Value = serde_json::from_slice(receipt).unwrap();
-            assert_eq!(r["manifest_sha256"], neoflix_seal::sha256_hex(won));
+            let (_, r) = neoflix_format::SignedReceipt::from_json(receipt).unwrap();
+            assert_eq!(r.manifest_sha256, neoflix_format::sha256_hex(won));
+            assert_eq!(r.signed_by, "dev");
         }
+    }
+
+    #[test]
+    fn only_a_manifest_signed_by_the_uploading_device_gets_a_receipt() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Storage::open(&d.path().join("srv"), 1 << 20).unwrap();
+        let pki = TestPki::new();
+        // Signed by room-2's genuine certificate, uploaded by (and naming) "dev".
+        let (rec, manifest) = uploaded_recording(d.path(), &s, 2, &pki.device("room-2"));
+        let err = s
+            .complete("dev", &rec, &manifest, &pki.custody)
+            .unwrap_err();
+        assert!(err.to_string().contains("signed by room-2"), "{err}");
+        // One byte of the manifest changed (the stop reason).
+        let edited = String::from_utf8(manifest.clone())
+            .unwrap()
+            .replace("\"control\"", "\"c0ntrol\"");
+        let err = s
+            .complete("dev", &rec, edited.as_bytes(), &pki.custody)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("changed after it was signed"),
+            "{err}"
+        );
+        // No signature at all.
+        fs::remove_file(d.path().join("srv/dev").join(&rec).join(SIGNATURE_FILE)).unwrap();
+        let err = s
+            .complete("dev", &rec, &manifest, &pki.custody)
+            .unwrap_err();
+        assert!(err.to_string().contains("not signed"), "{err}");
+        assert!(
+            !d.path()
+                .join("srv/dev")
+                .join(&rec)
+                .join(MANIFEST_FILE)
+                .exists()
+        );
     }
 
     #[test]
     fn completion_never_sweeps_a_live_upload() {
         let d = tempfile::tempdir().unwrap();
         let s = Storage::open(&d.path().join("srv"), 1 << 20).unwrap();
-        let (rec, manifest) = uploaded_recording(d.path(), &s, 2);
+        let pki = TestPki::new();
+        let (rec, manifest) = uploaded_recording(d.path(), &s, 2, &pki.device("dev"));
         // An upload still receiving its body while the manifest lands.
         let mut live = s.begin("dev", &rec, "frag-000050.nfx").unwrap();
         live.write(b"half").unwrap();
@@ -740,7 +806,7 @@ mod race_tests {
         let stale = dir.join(".frag-000051.nfx.0123456789abcdef.tmp");
         fs::write(&stale, b"crashed").unwrap();
         assert_eq!(
-            s.complete("dev", &rec, &manifest).unwrap().1,
+            s.complete("dev", &rec, &manifest, &pki.custody).unwrap().1,
             Stored::Created
         );
         assert!(

@@ -16,8 +16,12 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::IngestConfig;
 
+/// The client-certificate verifier devices are admitted with (CA and CRL): the same one checks
+/// the certificate a recording's manifest was signed with.
+pub type DeviceVerifier = Arc<dyn rustls::server::danger::ClientCertVerifier>;
+
 /// Builds the acceptor from the config's files; every error names the file and what to do.
-pub fn acceptor(cfg: &IngestConfig) -> anyhow::Result<TlsAcceptor> {
+pub fn acceptor(cfg: &IngestConfig) -> anyhow::Result<(TlsAcceptor, DeviceVerifier)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let t = &cfg.tls;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
@@ -62,7 +66,7 @@ pub fn acceptor(cfg: &IngestConfig) -> anyhow::Result<TlsAcceptor> {
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(certs, key)
         .with_context(|| {
             format!(
@@ -71,7 +75,7 @@ pub fn acceptor(cfg: &IngestConfig) -> anyhow::Result<TlsAcceptor> {
                 t.key.display()
             )
         })?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), verifier))
 }
 
 /// Reads `tls.crl`: every PEM block in it must be a CRL issued and signed by one of `cas`, and
@@ -140,7 +144,7 @@ const CRL_POLL: Duration = Duration::from_secs(2);
 /// one they were accepted with.
 pub struct Reloading {
     cfg: crate::IngestConfig,
-    current: RwLock<TlsAcceptor>,
+    current: RwLock<(TlsAcceptor, DeviceVerifier)>,
     /// The CRL file's (modification time, size) when last read.
     seen: std::sync::Mutex<Option<(SystemTime, u64)>>,
 }
@@ -167,6 +171,16 @@ impl Reloading {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    /// The device verifier in use (the CRL as last reloaded).
+    pub fn verifier(&self) -> DeviceVerifier {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
             .clone()
     }
 

@@ -17,10 +17,12 @@ use std::time::{Duration, SystemTime};
 use neoflix_seal::{DataKey, DepartmentPublicKey};
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{self, FORMAT};
 use crate::{
     Manifest, Marker, ObjectEntry, RingEntry, Status, StoreError, StreamInit, fsutil, utc,
 };
+use neoflix_format::custody::{Purpose, SIGNATURE_FILE};
+use neoflix_format::manifest::{self, FORMAT};
+use neoflix_format::{MANIFEST_FILE, SigningIdentity};
 
 /// One line of `journal.jsonl`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -298,9 +300,14 @@ impl RecordingWriter {
         })
     }
 
-    /// Writes the manifest, which closes the recording. On failure nothing is lost: call it again
-    /// once storage works.
-    pub fn finalize(&self, reason: &str, now: SystemTime) -> Result<Manifest, StoreError> {
+    /// Writes the manifest, signed by `signer` when the box has a signing identity, which closes
+    /// the recording. On failure nothing is lost: call it again once storage works.
+    pub fn finalize(
+        &self,
+        reason: &str,
+        now: SystemTime,
+        signer: Option<&SigningIdentity>,
+    ) -> Result<Manifest, StoreError> {
         let chain = manifest::chain(&self.id, &self.inits, &self.fragments);
         let m = Manifest {
             format: FORMAT.into(),
@@ -320,7 +327,7 @@ impl RecordingWriter {
             fragments: self.fragments.clone(),
             chain,
         };
-        write_manifest(&self.dir, &m)?;
+        write_manifest(&self.dir, &m, signer, now)?;
         Ok(m)
     }
 }
@@ -329,10 +336,35 @@ fn round_ms(d: Duration) -> f64 {
     d.as_millis() as f64 / 1000.0
 }
 
-fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), StoreError> {
+/// Writes `manifest.sig` (when there is a signer), then `manifest.json`: the manifest's
+/// presence is what closes a recording, so a signed recording is never seen without its
+/// signature. A signature left by an earlier attempt is replaced: it is over other bytes.
+fn write_manifest(
+    dir: &Path,
+    m: &Manifest,
+    signer: Option<&SigningIdentity>,
+    now: SystemTime,
+) -> Result<(), StoreError> {
     let mut json = serde_json::to_vec_pretty(m).expect("manifest serializes");
     json.push(b'\n');
-    fsutil::write_atomic(&dir.join("manifest.json"), &json, 0o600)
+    let sig_path = dir.join(SIGNATURE_FILE);
+    match signer {
+        Some(id) => {
+            let sig =
+                id.sign(Purpose::Manifest, &json, now)
+                    .map_err(|source| StoreError::Sign {
+                        recording: m.recording_id.clone(),
+                        source,
+                    })?;
+            fsutil::write_atomic(&sig_path, &sig.to_json(), 0o600)?;
+        }
+        None => match fs::remove_file(&sig_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("remove", &sig_path)(e)),
+        },
+    }
+    fsutil::write_atomic(&dir.join(MANIFEST_FILE), &json, 0o600)
 }
 
 /// Seals every recording under `root` that has no manifest as `interrupted`. Returns their ids.
@@ -343,6 +375,7 @@ pub fn recover(
     root: &Path,
     recipient_key_id: &str,
     now: SystemTime,
+    signer: Option<&SigningIdentity>,
 ) -> Result<Vec<String>, StoreError> {
     let mut done = Vec::new();
     let Ok(list) = fs::read_dir(root) else {
@@ -361,7 +394,7 @@ pub fn recover(
             .unwrap_or_default()
             .to_string_lossy()
             .to_string();
-        if recover_one(&dir, &id, recipient_key_id, now)? {
+        if recover_one(&dir, &id, recipient_key_id, now, signer)? {
             done.push(id);
         }
     }
@@ -374,7 +407,7 @@ const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 fn read_journal(dir: &Path) -> Vec<Journal> {
     // Only a regular file of sane size: recovery must not hang on a FIFO or eat a planted
     // endless file.
-    let Ok((f, len)) = crate::verify::open_regular(&dir.join("journal.jsonl")) else {
+    let Ok((f, len)) = neoflix_format::files::open_regular(&dir.join("journal.jsonl")) else {
         return Vec::new();
     };
     if len > MAX_JOURNAL_BYTES {
@@ -399,8 +432,8 @@ fn entry_from_files(
 ) -> Result<Option<ObjectEntry>, StoreError> {
     let key_file = key_name(&file);
     let (Ok(sealed), Ok(key)) = (
-        crate::verify::read_regular(&dir.join(&file), MAX_OBJECT_BYTES),
-        crate::verify::read_regular(&dir.join(&key_file), 64 << 10),
+        neoflix_format::files::read_regular(&dir.join(&file), MAX_OBJECT_BYTES),
+        neoflix_format::files::read_regular(&dir.join(&key_file), 64 << 10),
     ) else {
         return Ok(None);
     };
@@ -421,6 +454,7 @@ fn recover_one(
     id: &str,
     recipient_key_id: &str,
     now: SystemTime,
+    signer: Option<&SigningIdentity>,
 ) -> Result<bool, StoreError> {
     let journal = read_journal(dir);
     let mut m = Manifest {
@@ -528,15 +562,17 @@ fn recover_one(
         }
     }
     m.chain = manifest::chain(id, &m.init_segments, &m.fragments);
-    write_manifest(dir, &m)?;
+    write_manifest(dir, &m, signer, now)?;
     Ok(true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Ring, verify};
-    use neoflix_seal::{DepartmentSecretKey, Kind, ObjectId, seal};
+    use crate::Ring;
+    use neoflix_format::verify;
+    use neoflix_open::DepartmentSecretKey;
+    use neoflix_seal::{Kind, ObjectId, seal};
 
     fn ring_with(dir: &Path, n: u64) -> Ring {
         let (mut ring, _) = Ring::open(dir, Duration::from_secs(100), 1 << 30).unwrap();
@@ -592,7 +628,7 @@ mod tests {
         let mut ring = ring_with(&t.path().join("ring"), 5);
         let mut w = record(&t.path().join("rec"), &mut ring, &dept);
         w.mark("intubation", "control", SystemTime::now()).unwrap();
-        let m = w.finalize("control", SystemTime::now()).unwrap();
+        let m = w.finalize("control", SystemTime::now(), None).unwrap();
         assert_eq!(m.fragments.len(), 5);
         assert_eq!(m.init_segments.len(), 1);
         assert_eq!(m.duration_secs, 5.0);
@@ -624,7 +660,7 @@ mod tests {
         );
 
         // Editing the manifest to hide the deletion breaks the chain.
-        let mut m = crate::verify::read_manifest(&dir).unwrap();
+        let mut m = neoflix_format::read_manifest(&dir).unwrap();
         m.fragments.remove(2);
         for (i, e) in m.fragments.iter_mut().enumerate() {
             e.index = i as u64;
@@ -666,7 +702,7 @@ mod tests {
             let seq = e.seq;
             ring.take(seq).unwrap();
         }
-        let m = w.finalize("control", SystemTime::now()).unwrap();
+        let m = w.finalize("control", SystemTime::now(), None).unwrap();
         assert_eq!(m.fragments.len(), 3);
         let v = verify::verify(&dir).unwrap();
         assert_eq!(v.manifest.fragments.len(), 3);
@@ -681,7 +717,7 @@ mod tests {
         let c = std::ffi::CString::new(journal.to_str().unwrap()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         // Returning is the test: before, opening the FIFO waited for a writer for ever.
-        recover(t.path(), "k", SystemTime::now()).unwrap();
+        recover(t.path(), "k", SystemTime::now(), None).unwrap();
     }
 
     #[test]
@@ -699,7 +735,7 @@ mod tests {
             journal.replace("\"init\":0", "\"init\":7"),
         )
         .unwrap();
-        recover(&t.path().join("rec"), "k", SystemTime::now()).unwrap();
+        recover(&t.path().join("rec"), "k", SystemTime::now(), None).unwrap();
         // Before, the recovered manifest pointed at init 7 and nothing could read the recording.
         let v = verify(&dir).unwrap();
         assert_eq!(v.manifest.fragments.len(), 2);
@@ -729,6 +765,7 @@ mod tests {
             &t.path().join("rec"),
             &dept.public_key().key_id().0,
             SystemTime::now(),
+            None,
         )
         .unwrap();
         assert_eq!(ids, vec!["rec-1".to_string()]);
@@ -753,14 +790,14 @@ mod tests {
         .unwrap();
         drop(empty);
         assert!(
-            recover(&t.path().join("rec"), "x", SystemTime::now())
+            recover(&t.path().join("rec"), "x", SystemTime::now(), None)
                 .unwrap()
                 .is_empty()
         );
         assert!(!t.path().join("rec/rec-2").exists());
         // Idempotent: a sealed recording is left alone.
         assert!(
-            recover(&t.path().join("rec"), "x", SystemTime::now())
+            recover(&t.path().join("rec"), "x", SystemTime::now(), None)
                 .unwrap()
                 .is_empty()
         );

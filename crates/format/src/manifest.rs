@@ -3,6 +3,13 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// The manifest's file name in a recording directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// The largest manifest read: 64 MiB, several times that of a 24-hour recording of 1-second
+/// fragments.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
 /// The manifest format tag.
 pub const FORMAT: &str = "neoflix-recording-v1";
 

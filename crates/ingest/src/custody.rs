@@ -1,0 +1,149 @@
+//! What the server vouches for: it stores a recording only when the room box's signature over
+//! its manifest holds — made by the very device whose certificate uploaded it, under the CA and
+//! CRL devices are admitted with — and it answers with a receipt signed by its own key.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use neoflix_format::custody::{Purpose, Signature, Signer};
+use neoflix_format::{Manifest, Receipt, SignatureError, SignedReceipt, SigningIdentity};
+
+use crate::tls::{DeviceVerifier, Reloading};
+
+/// Where the device verifier comes from: the reloading acceptor (the CRL follows its file), or
+/// a fixed one.
+enum Verifier {
+    Reloading(Arc<Reloading>),
+    Fixed(DeviceVerifier),
+}
+
+/// The server's side of custody.
+pub struct Custody {
+    /// Checks signers' certificates.
+    verifier: Verifier,
+    /// The server's key and certificate (`tls.key`, `tls.cert`): signs receipts.
+    server: SigningIdentity,
+}
+
+impl Custody {
+    /// Checks signers with the verifier devices are admitted with, as it is reloaded.
+    pub fn new(tls: Arc<Reloading>, server: SigningIdentity) -> Self {
+        Custody {
+            verifier: Verifier::Reloading(tls),
+            server,
+        }
+    }
+
+    /// Checks signers with `verifier`.
+    pub fn with_verifier(verifier: DeviceVerifier, server: SigningIdentity) -> Self {
+        Custody {
+            verifier: Verifier::Fixed(verifier),
+            server,
+        }
+    }
+
+    /// Checks the signature file `sig` over `manifest_bytes` uploaded by `device`: the
+    /// manifest unchanged since signed, signed by `device` itself with a certificate valid now.
+    pub fn check(
+        &self,
+        device: &str,
+        manifest_bytes: &[u8],
+        m: &Manifest,
+        sig: &[u8],
+    ) -> Result<Signer, SignatureError> {
+        let sig = Signature::from_json(sig)?;
+        let verifier = match &self.verifier {
+            Verifier::Reloading(r) => r.verifier(),
+            Verifier::Fixed(v) => v.clone(),
+        };
+        let signer = sig.check_with_client_verifier(
+            Purpose::Manifest,
+            manifest_bytes,
+            verifier.as_ref(),
+            SystemTime::now(),
+        )?;
+        for (expected, what) in [(device, "upload"), (m.device_id.as_str(), "manifest")] {
+            if signer.name != expected {
+                return Err(SignatureError::WrongSigner {
+                    signer: signer.name,
+                    expected: expected.to_string(),
+                    what: if what == "upload" {
+                        "uploading device"
+                    } else {
+                        "manifest"
+                    },
+                });
+            }
+        }
+        Ok(signer)
+    }
+
+    /// Who signed a stored signature file (for a receipt rebuilt after a crash: the check was
+    /// made when the manifest was stored).
+    pub fn signer_of(&self, manifest_bytes: &[u8], sig: &[u8]) -> Result<Signer, SignatureError> {
+        Signature::from_json(sig)?.check(Purpose::Manifest, manifest_bytes)
+    }
+
+    /// The signed receipt for a stored manifest.
+    pub fn receipt(
+        &self,
+        device: &str,
+        manifest_bytes: &[u8],
+        m: &Manifest,
+        signer: &Signer,
+    ) -> Result<Vec<u8>, SignatureError> {
+        let now = SystemTime::now();
+        let r = Receipt::for_manifest(device, manifest_bytes, m, &signer.name, now);
+        Ok(SignedReceipt::sign(&r, &self.server, now)?.to_json())
+    }
+}
+
+/// A department CA in a temporary directory, a room box's identity and the server's custody,
+/// for tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use neoflix_pki::{Ca, Role};
+
+    pub(crate) struct TestPki {
+        pub(crate) _dir: tempfile::TempDir,
+        pub(crate) ca: Ca,
+        pub(crate) custody: Custody,
+    }
+
+    impl TestPki {
+        pub(crate) fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let ca = Ca::init(&dir.path().join("ca"), "Test CA").unwrap();
+            let (crt, key) = ca.issue("localhost", Role::Server, None).unwrap();
+            let server = SigningIdentity::from_pem(
+                &std::fs::read(crt).unwrap(),
+                &std::fs::read(key).unwrap(),
+            )
+            .unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            let pem = std::fs::read(dir.path().join("ca/ca.crt")).unwrap();
+            use rustls_pki_types::pem::PemObject;
+            for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                Arc::new(rustls::crypto::ring::default_provider()),
+            )
+            .build()
+            .unwrap();
+            TestPki {
+                _dir: dir,
+                ca,
+                custody: Custody::with_verifier(verifier, server),
+            }
+        }
+
+        pub(crate) fn device(&self, name: &str) -> SigningIdentity {
+            let (crt, key) = self.ca.issue(name, Role::Device, None).unwrap();
+            SigningIdentity::from_pem(&std::fs::read(crt).unwrap(), &std::fs::read(key).unwrap())
+                .unwrap()
+        }
+    }
+}
