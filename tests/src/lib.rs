@@ -62,6 +62,9 @@ pub struct Lab {
     pub dir: tempfile::TempDir,
     /// The device id the daemon's config gets.
     pub device: String,
+    /// Whether [`Lab::config`] gives the box a signing identity (as every real box has) when
+    /// the config has no `[upload]` or `[signing]` of its own.
+    pub signing: bool,
 }
 
 impl Lab {
@@ -85,7 +88,45 @@ impl Lab {
         Lab {
             dir,
             device: device.to_string(),
+            signing: true,
         }
+    }
+
+    /// A lab whose box has no signing identity: it records unsigned recordings.
+    pub fn unsigned(mut self) -> Lab {
+        self.signing = false;
+        self
+    }
+
+    /// What `neoflix verify` and `export` are given about custody in this lab: the CA when
+    /// there is one, `--allow-unsigned` for an unsigned lab.
+    pub fn custody_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.ca().exists() {
+            args.extend(["--ca".into(), self.ca().display().to_string()]);
+        }
+        if !self.signing {
+            args.push("--allow-unsigned".into());
+        }
+        args
+    }
+
+    /// The department CA certificate (made by [`Lab::pki`]).
+    pub fn ca(&self) -> PathBuf {
+        self.path("ca/ca.crt")
+    }
+
+    /// The `[signing]` section for this lab's device, issuing its certificate if needed.
+    pub fn signing_section(&self) -> String {
+        let ca = self.path("ca");
+        if !ca.join(format!("{}.crt", self.device)).exists() {
+            self.pki(&[&self.device]);
+        }
+        format!(
+            "[signing]\ncert = \"{}\"\nkey = \"{}\"\n",
+            ca.join(format!("{}.crt", self.device)).display(),
+            ca.join(format!("{}.key", self.device)).display()
+        )
     }
 
     /// A path below the scratch area.
@@ -100,6 +141,13 @@ impl Lab {
 
     /// Writes a config with the given `[capture]` lines and extra sections, and returns its path.
     pub fn config(&self, capture: &str, preroll_secs: u32, extra: &str) -> PathBuf {
+        let signing = if self.signing && !extra.contains("[upload]") && !extra.contains("[signing]")
+        {
+            self.signing_section()
+        } else {
+            String::new()
+        };
+        let extra = format!("{extra}\n{signing}");
         let text = format!(
             "device_id = \"{device}\"\n\
              [capture]\n{capture}\n\
@@ -160,16 +208,20 @@ impl Lab {
         v
     }
 
-    /// Exports a recording; returns the command's output.
+    /// Exports a recording, its signer checked against the lab's CA (an unsigned lab's with
+    /// `--allow-unsigned`); returns the command's output.
     pub fn export(&self, recording: &Path, out: &Path) -> Output {
-        neoflix(&[
-            "export",
-            recording.to_str().unwrap(),
-            "--key",
-            self.key().to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ])
+        let mut args = vec![
+            "export".to_string(),
+            recording.display().to_string(),
+            "--key".into(),
+            self.key().display().to_string(),
+            "-o".into(),
+            out.display().to_string(),
+        ];
+        args.extend(self.custody_args());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        neoflix(&args)
     }
 
     /// Every regular file below the scratch area's daemon-written directories.
@@ -233,6 +285,9 @@ impl Lab {
             );
         }
         for d in devices {
+            if ca.join(format!("{d}.crt")).exists() {
+                continue;
+            }
             let out = neoflix(&["pki", "issue", "--dir", ca.to_str().unwrap(), "--device", d]);
             assert!(
                 out.status.success(),

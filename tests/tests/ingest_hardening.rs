@@ -197,7 +197,7 @@ fn many_large_manifests_at_once_stay_within_the_memory_budget() {
     // The budget comes back: once the crowd is gone, a manifest is read (and refused) again.
     let (code, body) = put(&a);
     assert_eq!(code, 400, "{body}");
-    assert!(body.contains("not a manifest"), "{body}");
+    assert!(body.contains("not a valid manifest"), "{body}");
 }
 
 #[test]

@@ -511,8 +511,14 @@ fn open_all_ways(lab: &Lab, dir: &Path) -> [(i32, String); 3] {
         )
     };
     let d = dir.to_str().unwrap();
-    let v = neoflix_e2e::neoflix(&["verify", d]);
-    let vk = neoflix_e2e::neoflix(&["verify", d, "--key", lab.key().to_str().unwrap()]);
+    let policy = lab.custody_args();
+    let with = |args: &[&str]| {
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend(policy.iter().map(String::as_str));
+        neoflix_e2e::neoflix(&a)
+    };
+    let v = with(&["verify", d]);
+    let vk = with(&["verify", d, "--key", lab.key().to_str().unwrap()]);
     let out = lab.path(&format!(
         "{}.mp4",
         dir.file_name().unwrap().to_string_lossy()
@@ -532,7 +538,8 @@ fn open_all_ways(lab: &Lab, dir: &Path) -> [(i32, String); 3] {
 fn a_header_whose_length_wraps_is_a_named_error_not_an_abort() {
     use hpke::{Deserializable, OpModeS, Serializable};
     type Kem = hpke::kem::X25519HkdfSha256;
-    let lab = Lab::new();
+    // Forged manifests: the checks below the signature, on an unsigned recording.
+    let lab = Lab::new().unsigned();
     let rec = short_recording(&lab);
     let copy = copy_recording(&lab, &rec, "wrapped-length");
 
@@ -578,7 +585,8 @@ fn a_header_whose_length_wraps_is_a_named_error_not_an_abort() {
 /// key, and export wrote an MP4 with a hole.
 #[test]
 fn a_fragment_removed_from_the_middle_is_named_even_with_the_chain_recomputed() {
-    let lab = Lab::new();
+    // Forged manifests: the checks below the signature, on an unsigned recording.
+    let lab = Lab::new().unsigned();
     let rec = short_recording(&lab);
     let copy = copy_recording(&lab, &rec, "hidden-gap");
     let header = |name: &str| {
@@ -625,6 +633,7 @@ fn a_fragment_removed_from_the_middle_is_named_even_with_the_chain_recomputed() 
         "-o",
         out.to_str().unwrap(),
         "--allow-gaps",
+        "--allow-unsigned",
     ]);
     let stderr = String::from_utf8_lossy(&e.stderr);
     assert!(e.status.success() && stderr.contains(&named), "{stderr}");
@@ -692,7 +701,8 @@ fn neoflix_capped(args: &[&str]) -> (Option<i32>, String) {
 /// waited for ever on a FIFO. Only regular files are read, their size checked first.
 #[test]
 fn verify_and_export_read_only_regular_files() {
-    let lab = Lab::new();
+    // Forged manifests: the checks below the signature, on an unsigned recording.
+    let lab = Lab::new().unsigned();
     let rec = short_recording(&lab);
     let key = lab.key();
     let mut wrong = Vec::new();
@@ -702,11 +712,18 @@ fn verify_and_export_read_only_regular_files() {
         let d = copy.to_str().unwrap();
         let out = lab.path(&format!("{name}.mp4"));
         for args in [
-            vec!["verify", d],
-            vec!["verify", d, "--key", key.to_str().unwrap()],
+            vec!["verify", d, "--allow-unsigned"],
+            vec![
+                "verify",
+                d,
+                "--allow-unsigned",
+                "--key",
+                key.to_str().unwrap(),
+            ],
             vec![
                 "export",
                 d,
+                "--allow-unsigned",
                 "--key",
                 key.to_str().unwrap(),
                 "-o",
@@ -783,7 +800,8 @@ fn verify_and_export_read_only_regular_files() {
 /// Issue 8, item 6: verify printed ids from the manifest raw, terminal escape sequences included.
 #[test]
 fn ids_and_names_from_the_manifest_are_printed_escaped() {
-    let lab = Lab::new();
+    // Forged manifests: the checks below the signature, on an unsigned recording.
+    let lab = Lab::new().unsigned();
     let rec = short_recording(&lab);
     // Sets the terminal's title, then clears the screen.
     let hostile = "rec\u{1b}]0;owned\u{7}\u{1b}[2J";
@@ -831,5 +849,149 @@ fn exported_mp4s_are_readable_by_their_owner_only() {
         let mode = fs::metadata(out).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{} has mode {mode:o}", out.display());
         assert!(ffprobe(out).duration > 5.0);
+    }
+}
+
+/// Changes one character of `dir/manifest.json` in place: the bytes a signature covers.
+fn edit_manifest_byte(dir: &Path, after: &str) {
+    let p = dir.join("manifest.json");
+    let mut text = fs::read_to_string(&p).unwrap();
+    let at = text.find(after).expect("field in manifest") + after.len();
+    let c = text.as_bytes()[at];
+    let new = if c == b'0' { '1' } else { '0' };
+    text.replace_range(at..at + 1, &new.to_string());
+    fs::write(&p, text).unwrap();
+}
+
+/// Signs `dir/manifest.json` with `name`'s certificate and key from the CA in `ca_dir`.
+fn resign(dir: &Path, ca_dir: &Path, name: &str) {
+    let id = neoflix_format::SigningIdentity::from_pem(
+        &fs::read(ca_dir.join(format!("{name}.crt"))).unwrap(),
+        &fs::read(ca_dir.join(format!("{name}.key"))).unwrap(),
+    )
+    .unwrap();
+    let sig = id
+        .sign(
+            neoflix_format::custody::Purpose::Manifest,
+            &fs::read(dir.join("manifest.json")).unwrap(),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+    fs::write(dir.join("manifest.sig"), sig.to_json()).unwrap();
+}
+
+/// Issue 9: anyone with `department.pub` could replace a fragment with one sealed by
+/// themselves, recompute the chain, and verify said every chunk authenticated; marker labels,
+/// trigger and times could be edited freely. Now the room box signs the manifest: verify,
+/// verify --key and export name the signer, and name every forgery.
+#[test]
+fn a_signed_recording_names_its_signer_and_every_forgery_is_named() {
+    let lab = Lab::new();
+    let rec = short_recording(&lab);
+    let all = |dir: &Path, expect_code: i32, named: &str| -> Vec<String> {
+        ["verify", "verify --key", "export"]
+            .into_iter()
+            .zip(open_all_ways(&lab, dir))
+            .filter(|(_, (code, text))| *code != expect_code || !text.contains(named))
+            .map(|(what, (code, text))| format!("{what}: exit code {code}: {text}"))
+            .collect()
+    };
+    let mut wrong = all(&rec, 0, "signed by room-e2e");
+    wrong.extend(all(&rec, 0, "checked against the department CA"));
+
+    // One digit of the trigger time.
+    let edited = copy_recording(&lab, &rec, "edited-time");
+    edit_manifest_byte(&edited, "\"trigger_utc\": \"2");
+    wrong.extend(all(&edited, 1, "manifest was changed after it was signed"));
+
+    // A fragment replaced by one sealed correctly to the department's public key, under the
+    // same object id, the manifest's digests and chain recomputed to match.
+    let replaced = copy_recording(&lab, &rec, "replaced");
+    let genuine = fs::read(replaced.join("frag-000002.nfx")).unwrap();
+    let header = neoflix_format::parse_header(&genuine).unwrap();
+    let (key, forged) = neoflix_seal::seal(&header.id, b"moof of someone else's video").unwrap();
+    let department = neoflix_seal::DepartmentPublicKey::from_file_text(
+        &fs::read_to_string(lab.path("keys/department.pub")).unwrap(),
+    )
+    .unwrap();
+    let record = key.wrap(&department, &forged).unwrap();
+    replace_object(&replaced, "fragments", 2, &forged, record.as_bytes());
+    wrong.extend(all(
+        &replaced,
+        1,
+        "manifest was changed after it was signed",
+    ));
+
+    // The forgery signed by another room's genuine certificate.
+    let ca_dir = lab.pki(&["room-2"]);
+    resign(&replaced, &ca_dir, "room-2");
+    wrong.extend(all(
+        &replaced,
+        1,
+        "signed by room-2, but the manifest is from room-e2e",
+    ));
+
+    // Signed by a "room-e2e" certificate from a CA of the forger's own.
+    let rogue = lab.path("rogue-ca");
+    let ca = neoflix_pki::Ca::init(&rogue, "Rogue CA").unwrap();
+    ca.issue("room-e2e", neoflix_pki::Role::Device, None)
+        .unwrap();
+    resign(&replaced, &rogue, "room-e2e");
+    wrong.extend(all(&replaced, 1, "is not trusted"));
+
+    // The signature removed: refused unless the reviewer allows unsigned recordings, and then
+    // reported as unsigned.
+    let stripped = copy_recording(&lab, &rec, "stripped");
+    fs::remove_file(stripped.join("manifest.sig")).unwrap();
+    wrong.extend(all(&stripped, 1, "not signed"));
+    let out = lab.path("stripped-allowed.mp4");
+    let e = neoflix_e2e::neoflix(&[
+        "export",
+        stripped.to_str().unwrap(),
+        "--key",
+        lab.key().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--allow-unsigned",
+    ]);
+    let stderr = String::from_utf8_lossy(&e.stderr);
+    if !e.status.success() || !stderr.contains("UNSIGNED") {
+        wrong.push(format!("export --allow-unsigned: {stderr}"));
+    }
+    // Export without --ca says what it needs.
+    let e = neoflix_e2e::neoflix(&[
+        "export",
+        rec.to_str().unwrap(),
+        "--key",
+        lab.key().to_str().unwrap(),
+        "-o",
+        lab.path("no-ca.mp4").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&e.stderr);
+    if e.status.code() != Some(1) || !stderr.contains("give --ca") {
+        wrong.push(format!("export without --ca: {stderr}"));
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// Issue 9: a box without a signing identity records, and says in its status that its
+/// recordings are unsigned; one with an identity names it.
+#[test]
+fn the_status_names_the_signer_or_says_recordings_are_unsigned() {
+    for (lab, signer) in [
+        (Lab::new().unsigned(), None),
+        (Lab::new(), Some("room-e2e".to_string())),
+    ] {
+        lab.config(CAPTURE_320, 2, "");
+        let mut d = lab.start();
+        let st = d.wait_for("the control socket", Duration::from_secs(30), |_| true);
+        assert_eq!(st.signer, signer);
+        let log = d.log_text();
+        assert_eq!(
+            log.contains("recordings are unsigned"),
+            signer.is_none(),
+            "{log}"
+        );
+        assert_eq!(d.terminate(), 0);
     }
 }

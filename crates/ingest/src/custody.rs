@@ -78,6 +78,26 @@ impl Custody {
         Ok(signer)
     }
 
+    /// Checks signers against the CA certificates in `client_ca_pem` (no CRL), signing receipts
+    /// with `server`: for tools and harnesses that serve without a TLS acceptor.
+    pub fn from_pem(client_ca_pem: &[u8], server: SigningIdentity) -> Result<Self, SignatureError> {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(client_ca_pem) {
+            let c = c.map_err(|e| SignatureError::Identity(format!("CA file: {e}")))?;
+            roots
+                .add(c)
+                .map_err(|e| SignatureError::Identity(format!("CA certificate: {e}")))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .map_err(|e| SignatureError::Identity(format!("CA: {e}")))?;
+        Ok(Self::with_verifier(verifier, server))
+    }
+
     /// Who signed a stored signature file (for a receipt rebuilt after a crash: the check was
     /// made when the manifest was stored).
     pub fn signer_of(&self, manifest_bytes: &[u8], sig: &[u8]) -> Result<Signer, SignatureError> {
@@ -121,22 +141,11 @@ pub(crate) mod testing {
                 &std::fs::read(key).unwrap(),
             )
             .unwrap();
-            let mut roots = rustls::RootCertStore::empty();
             let pem = std::fs::read(dir.path().join("ca/ca.crt")).unwrap();
-            use rustls_pki_types::pem::PemObject;
-            for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-                roots.add(c.unwrap()).unwrap();
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                Arc::new(rustls::crypto::ring::default_provider()),
-            )
-            .build()
-            .unwrap();
             TestPki {
                 _dir: dir,
                 ca,
-                custody: Custody::with_verifier(verifier, server),
+                custody: Custody::from_pem(&pem, server).unwrap(),
             }
         }
 
