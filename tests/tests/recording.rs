@@ -227,7 +227,9 @@ fn no_plaintext_on_the_box_and_every_tampering_is_named() {
         verr.contains("fragment 5 (frag-000005.nfx)"),
         "verify without key: {verr}"
     );
-    // Deleting a fragment and hiding it in the manifest: the chain catches it, without any key.
+    // Deleting a fragment and hiding it in the manifest: the signature over the manifest
+    // catches it, without any key (the hash chain does on an unsigned recording:
+    // crates/store/tests/verify.rs).
     let (err, verr) = tampered("hidden", &|d| {
         let p = d.join("manifest.json");
         let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
@@ -239,11 +241,12 @@ fn no_plaintext_on_the_box_and_every_tampering_is_named() {
         fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
         fs::remove_file(d.join("frag-000005.nfx")).unwrap();
     });
-    assert!(err.contains("hash chain"), "{err}");
-    assert!(verr.contains("hash chain"), "{verr}");
+    assert!(err.contains("changed after it was signed"), "{err}");
+    assert!(verr.contains("changed after it was signed"), "{verr}");
     // A key record copied onto another fragment, with the manifest and its chain rewritten to
-    // match: the files check out, but each key record carries its object's header (and HPKE
-    // binds the key to it), so even verify without a key names it.
+    // match: the signature names the edited manifest (and on an unsigned recording each key
+    // record carries its object's header, so verify without a key names it: see
+    // a_rekeyed_fragment_of_an_unsigned_recording_is_named_without_a_key).
     let (err, verr) = tampered("rekeyed", &|d| {
         fs::copy(d.join("frag-000000.key"), d.join("frag-000001.key")).unwrap();
         let p = d.join("manifest.json");
@@ -254,11 +257,7 @@ fn no_plaintext_on_the_box_and_every_tampering_is_named() {
         fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
     });
     for err in [err, verr] {
-        assert!(
-            err.contains("fragment 1 (frag-000001.nfx)")
-                && err.contains("key record was written for another object"),
-            "{err}"
-        );
+        assert!(err.contains("changed after it was signed"), "{err}");
     }
 }
 
@@ -971,6 +970,23 @@ fn a_signed_recording_names_its_signer_and_every_forgery_is_named() {
     if e.status.code() != Some(1) || !stderr.contains("give --ca") {
         wrong.push(format!("export without --ca: {stderr}"));
     }
+    // The box's certificate revoked (its key stolen, say): with the CRL, its signature is no
+    // longer trusted.
+    let ca = lab.path("ca");
+    let r = neoflix_e2e::neoflix(&["pki", "revoke", "--dir", ca.to_str().unwrap(), "room-e2e"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v = neoflix_e2e::neoflix(&[
+        "verify",
+        rec.to_str().unwrap(),
+        "--ca",
+        lab.ca().to_str().unwrap(),
+        "--crl",
+        ca.join("ca.crl").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&v.stderr);
+    if v.status.code() != Some(1) || !stderr.contains("is not trusted") {
+        wrong.push(format!("verify --crl after revocation: {stderr}"));
+    }
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
@@ -994,4 +1010,30 @@ fn the_status_names_the_signer_or_says_recordings_are_unsigned() {
         );
         assert_eq!(d.terminate(), 0);
     }
+}
+
+/// Below the signature, on an unsigned recording: a key record copied onto another fragment,
+/// with the manifest and its chain rewritten to match: the files check out, but each key record
+/// carries its object's header (and HPKE binds the key to it), so even verify without a key
+/// names it.
+#[test]
+fn a_rekeyed_fragment_of_an_unsigned_recording_is_named_without_a_key() {
+    let lab = Lab::new().unsigned();
+    let rec = short_recording(&lab);
+    let copy = copy_recording(&lab, &rec, "rekeyed");
+    fs::copy(copy.join("frag-000000.key"), copy.join("frag-000001.key")).unwrap();
+    forge_manifest(&copy, |m| {
+        m["fragments"][1]["key_sha256"] = m["fragments"][0]["key_sha256"].clone();
+    });
+    let wrong: Vec<String> = ["verify", "verify --key", "export"]
+        .into_iter()
+        .zip(open_all_ways(&lab, &copy))
+        .filter(|(_, (code, text))| {
+            *code != 1
+                || !(text.contains("fragment 1 (frag-000001.nfx)")
+                    && text.contains("key record was written for another object"))
+        })
+        .map(|(what, (code, text))| format!("{what}: exit code {code}: {text}"))
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:#?}");
 }

@@ -60,6 +60,10 @@ enum Command {
         /// with a certificate this CA issued.
         #[arg(long)]
         ca: Option<PathBuf>,
+        /// The department CA's CRL (`ca.crl`): a recording signed with a revoked certificate
+        /// is refused.
+        #[arg(long)]
+        crl: Option<PathBuf>,
         /// Export a recording that is not signed (recorded by a box without a signing
         /// identity): nothing then proves which box recorded it. A signature that is there is
         /// still checked, and a bad one refused.
@@ -75,6 +79,10 @@ enum Command {
         /// The department CA certificate, to check the signer's certificate.
         #[arg(long)]
         ca: Option<PathBuf>,
+        /// The department CA's CRL (`ca.crl`): a recording signed with a revoked certificate
+        /// fails.
+        #[arg(long)]
+        crl: Option<PathBuf>,
         /// The department secret key (department.key).
         #[arg(long)]
         key: Option<PathBuf>,
@@ -433,16 +441,18 @@ fn main() -> ExitCode {
             output,
             allow_gaps,
             ca,
+            crl,
             allow_unsigned,
-        } => review::Policy::new(ca.as_deref(), allow_unsigned)
+        } => review::Policy::new(ca.as_deref(), crl.as_deref(), allow_unsigned)
             .and_then(|p| export(&recording, &key, &output, allow_gaps, &p))
             .map(|()| ExitCode::SUCCESS),
         Command::Verify {
             recording,
             ca,
+            crl,
             key,
             allow_unsigned,
-        } => review::Policy::new(ca.as_deref(), allow_unsigned)
+        } => review::Policy::new(ca.as_deref(), crl.as_deref(), allow_unsigned)
             .and_then(|p| verify(&recording, key.as_deref(), &p))
             .map(|()| ExitCode::SUCCESS),
         Command::Config {

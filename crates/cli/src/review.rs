@@ -91,15 +91,24 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// From `--ca` and `--allow-unsigned`.
-    pub fn new(ca: Option<&Path>, allow_unsigned: bool) -> anyhow::Result<Self> {
-        let trust = match ca {
-            None => None,
-            Some(p) => {
-                let pem = neoflix_logging::read_small_file(p, 1 << 20)
-                    .with_context(|| format!("--ca {}", p.display()))?;
+    /// From `--ca`, `--crl` and `--allow-unsigned`.
+    pub fn new(
+        ca: Option<&Path>,
+        crl: Option<&Path>,
+        allow_unsigned: bool,
+    ) -> anyhow::Result<Self> {
+        let read = |p: &Path, what: &str| {
+            neoflix_logging::read_small_file(p, 16 << 20)
+                .with_context(|| format!("{what} {}", p.display()))
+        };
+        let trust = match (ca, crl) {
+            (None, None) => None,
+            (None, Some(_)) => bail!("--crl needs --ca (the CA that signed the CRL)"),
+            (Some(p), crl) => {
+                let pem = read(p, "--ca")?;
+                let crl = crl.map(|c| read(c, "--crl")).transpose()?;
                 Some(
-                    TrustAnchors::from_pem(pem.as_bytes(), None)
+                    TrustAnchors::from_pem(pem.as_bytes(), crl.as_deref().map(str::as_bytes))
                         .with_context(|| format!("--ca {}", p.display()))?,
                 )
             }
@@ -246,11 +255,11 @@ mod tests {
 
     #[test]
     fn export_without_a_ca_needs_allow_unsigned_and_verify_says_what_it_did_not_check() {
-        let p = Policy::new(None, false).unwrap();
+        let p = Policy::new(None, None, false).unwrap();
         let err = p.for_export().err().expect("refused");
         assert!(err.to_string().contains("--ca"), "{err}");
         assert!(matches!(
-            Policy::new(None, true).unwrap().for_export().unwrap(),
+            Policy::new(None, None, true).unwrap().for_export().unwrap(),
             Signatures::AllowUnsigned(None)
         ));
         assert!(matches!(p.for_verify(), Signatures::AllowUnsigned(None)));

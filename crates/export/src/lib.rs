@@ -42,7 +42,7 @@ pub enum ExportError {
     Format(#[from] FormatError),
     /// The recording's signature does not prove who recorded it or that its manifest is
     /// unchanged (or it has none, and unsigned recordings were not allowed).
-    #[error("{0}")]
+    #[error(transparent)]
     Custody(#[from] SignatureError),
     /// The recording was sealed to another department key.
     #[error(
