@@ -115,7 +115,30 @@ fn a_recording_arrives_while_it_runs_and_leaves_the_box_after_the_receipt() {
     // Bit-identical: every object hashes to what the box's manifest says it sealed.
     let m = assert_server_copy_plays(&lab, &srv);
     assert_eq!(m.device_id, "room-e2e");
-    assert!(srv.join("receipt.json").exists());
+    // The receipt is the server's signature over what it stored, and the box logged it.
+    let (signed, receipt) =
+        neoflix_format::SignedReceipt::from_json(&fs::read(srv.join("receipt.json")).unwrap())
+            .unwrap();
+    let trust = neoflix_format::TrustAnchors::from_pem(&fs::read(lab.ca()).unwrap(), None).unwrap();
+    let server = trust
+        .check_server(
+            &signed.signature,
+            signed.receipt.as_bytes(),
+            "127.0.0.1",
+            std::time::SystemTime::now(),
+        )
+        .expect("a receipt signed by the server's certificate");
+    assert_eq!(server.name, "127.0.0.1");
+    assert_eq!(
+        (receipt.signed_by.as_str(), receipt.device_id.as_str()),
+        ("room-e2e", "room-e2e")
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("the server's signed receipt checked")
+            && log.contains(&receipt.manifest_sha256),
+        "{log}"
+    );
     assert!(
         !stale.exists(),
         "a stale temporary file survived completion"
