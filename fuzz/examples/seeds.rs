@@ -1,17 +1,30 @@
 //! Writes the seed corpora `fuzz/corpus/<target>/seed-*` from the crates' own writers: a real
-//! recording (ring, claims, markers, journal, manifest, sealed objects and key records wrapped
-//! to the fixed fuzz department key), requests and replies as the programs send them, and the
-//! example configs; and the recording's sealed objects as `fuzz/fixtures/recording`. Run: `cargo run --manifest-path fuzz/Cargo.toml --example seeds`.
-//! Sealing is randomised, so a rerun rewrites the seeds with other bytes of the same shape.
+//! recording (ring, claims, markers, journal, manifest signed by the device, sealed objects and
+//! key records wrapped to the fixed fuzz department key), requests and replies as the programs
+//! send them, the server's signed receipt for the upload seed, and the example configs; and
+//! the recording's files as `fuzz/fixtures/recording`. Run:
+//! `cargo run --manifest-path fuzz/Cargo.toml --example seeds`.
+//!
+//! The department PKI of the fixtures (`fuzz/fixtures/pki`: CA certificate, the device
+//! `room-1` and the server `ingest`, each with its key) is issued for 100 years when it is
+//! missing and kept otherwise, so that a rerun does not change who signs; remove the directory
+//! for a new one. Sealing and signing are randomised, so a rerun rewrites the seeds with other
+//! bytes of the same shape.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use neoflix_control::{Reply, Request};
-use neoflix_fuzz::{AUTO_DIGEST, INGEST_DEVICE, department_key};
+use neoflix_format::custody::SIGNATURE_FILE;
+use neoflix_format::{MANIFEST_FILE, Manifest};
+use neoflix_fuzz::{AUTO_DIGEST, INGEST_DEVICE, INGEST_SERVER, department_key};
+use neoflix_pki::{Ca, Role};
 use neoflix_seal::{Kind, ObjectId, seal};
-use neoflix_store::{Manifest, RecordingWriter, Ring};
+use neoflix_store::{RecordingWriter, Ring};
+
+/// Lifetime of the fixture certificates: long enough never to expire under the fuzzer.
+const PKI_DAYS: i64 = 36_500;
 
 type Seeds = Vec<(&'static str, Vec<u8>)>;
 
@@ -53,9 +66,45 @@ fn key_file_seeds() -> Seeds {
     ]
 }
 
-/// A recording written as neoflixd writes one: returns its directory and manifest.
+/// Issues the fixture PKI into `fuzz/fixtures/pki` unless it is there: the CA's certificate
+/// (not its key: nothing more is issued from it), and certificate and key of the device and
+/// the server.
+fn pki(work: &Path) {
+    let dir = neoflix_fuzz::pki_dir();
+    let files = [
+        "ca.crt".to_string(),
+        format!("{INGEST_DEVICE}.crt"),
+        format!("{INGEST_DEVICE}.key"),
+        format!("{INGEST_SERVER}.crt"),
+        format!("{INGEST_SERVER}.key"),
+    ];
+    if files.iter().all(|f| dir.join(f).is_file()) {
+        return;
+    }
+    let ca_dir = work.join("ca");
+    let ca = Ca::init(&ca_dir, "Neoflix fuzz department CA").expect("CA");
+    ca.issue(INGEST_DEVICE, Role::Device, Some(PKI_DAYS))
+        .expect("device certificate");
+    ca.issue(INGEST_SERVER, Role::Server, Some(PKI_DAYS))
+        .expect("server certificate");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("pki fixture directory");
+    for f in files {
+        fs::copy(ca_dir.join(&f), dir.join(&f)).expect("pki fixture file");
+    }
+}
+
+/// A recording written as neoflixd writes one, its manifest signed by the device: returns its
+/// directory and manifest.
 fn recording(root: &Path) -> (PathBuf, Manifest) {
-    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    // Its times are those of a box in service (and a signature is judged at its time): not
+    // before the fixture certificates were issued.
+    let t0 = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(1_800_000_000).max(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
     let (mut ring, _) =
         Ring::open(&root.join("ring"), Duration::from_secs(60), 1 << 30).expect("ring");
     let stream = [9; 16];
@@ -116,7 +165,11 @@ fn recording(root: &Path) -> (PathBuf, Manifest) {
     let dir = w.dir().to_owned();
     let journal = fs::read(dir.join("journal.jsonl")).expect("journal");
     let m = w
-        .finalize("pedal", t0 + Duration::from_secs(3))
+        .finalize(
+            "pedal",
+            t0 + Duration::from_secs(3),
+            Some(&neoflix_fuzz::identity(INGEST_DEVICE)),
+        )
         .expect("finalize");
     fs::write(root.join("journal.jsonl"), journal).expect("keep journal");
     (dir, m)
@@ -138,15 +191,19 @@ fn manifest_seeds(dir: &Path, m: &Manifest) -> Seeds {
     ]
 }
 
-/// Keeps the recording's objects as the fixture the manifest and journal targets read.
+/// Keeps the recording's objects, manifest and signature as the fixture the manifest and
+/// journal targets read.
 fn write_fixture(dir: &Path, m: &Manifest) {
     let fixture = neoflix_fuzz::fixture_dir();
     let _ = fs::remove_dir_all(&fixture);
     fs::create_dir_all(&fixture).expect("fixture directory");
-    for e in m.init_segments.iter().chain(&m.fragments) {
-        for name in [&e.file, &e.key_file] {
-            fs::copy(dir.join(name), fixture.join(name)).expect("fixture file");
-        }
+    let objects = m
+        .init_segments
+        .iter()
+        .chain(&m.fragments)
+        .flat_map(|e| [e.file.as_str(), e.key_file.as_str()]);
+    for name in objects.chain([MANIFEST_FILE, SIGNATURE_FILE]) {
+        fs::copy(dir.join(name), fixture.join(name)).expect("fixture file");
     }
 }
 
@@ -171,15 +228,25 @@ fn ingest_seeds(dir: &Path, m: &Manifest) -> Seeds {
         }
     }
     let objects_only = upload.clone();
-    let manifest = fs::read(dir.join("manifest.json")).expect("manifest");
-    upload.extend(put("/v1/recordings/rec-1/manifest", &manifest));
+    let manifest = fs::read(dir.join(MANIFEST_FILE)).expect("manifest");
+    let put_manifest = put("/v1/recordings/rec-1/manifest", &manifest);
+    // As the uplink sends them: the signature first, then the manifest it signs.
+    let sig = fs::read(dir.join(SIGNATURE_FILE)).expect("signature");
+    upload.extend(put(
+        &format!("/v1/recordings/rec-1/objects/{SIGNATURE_FILE}"),
+        &sig,
+    ));
+    upload.extend(&put_manifest);
     upload.extend(b"GET /v1/recordings/rec-1 HTTP/1.1\r\nhost: ingest\r\n\r\n");
     upload.extend(b"GET /v1/recordings HTTP/1.1\r\nhost: ingest\r\n\r\n");
     let mut resume = objects_only.clone();
     resume.extend(b"GET /v1/recordings/rec-1 HTTP/1.1\r\nhost: ingest\r\n\r\n");
+    let mut unsigned = objects_only;
+    unsigned.extend(&put_manifest);
     vec![
         ("upload", upload),
         ("resume", resume),
+        ("unsigned", unsigned),
         (
             "traversal",
             b"GET /v1/recordings/../etc HTTP/1.1\r\nhost: ingest\r\n\r\nGET /v1/recordings/%2e%2e HTTP/1.1\r\nhost: ingest\r\n\r\n".to_vec(),
@@ -189,6 +256,25 @@ fn ingest_seeds(dir: &Path, m: &Manifest) -> Seeds {
             b"PUT /v1/recordings/rec-2/objects/frag-000000.nfx HTTP/1.1\r\nhost: ingest\r\ntransfer-encoding: chunked\r\ncontent-digest: sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:\r\n\r\n0\r\n\r\n".to_vec(),
         ),
     ]
+}
+
+/// The device's signature over the seed manifest, and the receipt the ingest target answers
+/// for the upload seed: the JSON, a NUL, then the signed document (what the target splits).
+fn signature_seeds(dir: &Path, upload: &[u8]) -> Seeds {
+    let mut manifest = fs::read(dir.join(SIGNATURE_FILE)).expect("signature");
+    manifest.push(0);
+    manifest.extend(fs::read(dir.join(MANIFEST_FILE)).expect("manifest"));
+    let answers = neoflix_fuzz::answers(&neoflix_fuzz::Ingest::new().serve(upload));
+    let receipt = answers
+        .iter()
+        .filter(|(status, _)| status == "201 Created")
+        .find_map(|(_, body)| {
+            neoflix_format::SignedReceipt::from_json(body.as_bytes())
+                .is_ok()
+                .then(|| body.clone().into_bytes())
+        })
+        .unwrap_or_else(|| panic!("the upload seed got no receipt: {answers:?}"));
+    vec![("manifest", manifest), ("receipt", receipt)]
 }
 
 fn bx(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
@@ -291,9 +377,17 @@ fn control_seeds() -> Seeds {
 fn main() {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
     let work = neoflix_fuzz::scratch("seeds");
+    pki(&work);
     let (dir, m) = recording(&work);
     let journal = fs::read(work.join("journal.jsonl")).expect("journal");
     write_fixture(&dir, &m);
+    let ingest = ingest_seeds(&dir, &m);
+    let upload = &ingest
+        .iter()
+        .find(|(n, _)| *n == "upload")
+        .expect("upload")
+        .1;
+    let signature = signature_seeds(&dir, upload);
     let targets: Vec<(&str, Seeds)> = vec![
         ("sealed", sealed_seeds()),
         ("key_file", key_file_seeds()),
@@ -302,7 +396,8 @@ fn main() {
         ("mp4", mp4_seeds()),
         ("mqtt_command", mqtt_seeds()),
         ("control_line", control_seeds()),
-        ("ingest_http", ingest_seeds(&dir, &m)),
+        ("ingest_http", ingest),
+        ("signature", signature),
         (
             "config",
             vec![(

@@ -1,8 +1,10 @@
-//! Department key files (`department.pub`, `department.key`), as the CLI and neoflixd read them.
+//! Department key files: `department.pub` as neoflixd and the CLI read it (`neoflix-seal`),
+//! `department.key` as review and export read it (`neoflix-open`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use neoflix_seal::{DepartmentPublicKey, DepartmentSecretKey};
+use neoflix_open::DepartmentSecretKey;
+use neoflix_seal::DepartmentPublicKey;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

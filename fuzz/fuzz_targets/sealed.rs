@@ -1,11 +1,14 @@
 //! Sealed objects and their key records, as `neoflix export` and `neoflix verify` read them:
-//! a key record (the first 144 bytes) and a sealed object (the rest).
+//! a key record (the first 144 bytes) and a sealed object (the rest). The layouts are
+//! `neoflix-format`'s; unwrapping and opening `neoflix-open`'s.
 #![no_main]
 
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use neoflix_seal::{DataKey, DepartmentSecretKey, Kind, ObjectId, WrappedKey, open, parse_header};
+use neoflix_format::{Kind, ObjectId, WrappedKey, parse_header};
+use neoflix_open::{DepartmentSecretKey, open, unwrap};
+use neoflix_seal::DataKey;
 
 struct Keys {
     department: DepartmentSecretKey,
@@ -38,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = open(&keys.other, sealed);
     if let Ok(rec) = WrappedKey::from_bytes(record) {
         assert_eq!(rec.as_bytes(), record);
-        if let Ok(key) = rec.unwrap_for(&keys.department, sealed)
+        if let Ok(key) = unwrap(&rec, &keys.department, sealed)
             && let Ok((header, plaintext)) = open(&key, sealed)
         {
             assert_eq!(plaintext.len() as u64, header.plaintext_len);

@@ -6,17 +6,19 @@
 //! recovered recording that verifies). A panic, an overflow (the targets are built with debug
 //! assertions, so overflow checks are on), a hang or unbounded memory is a finding.
 //!
-//! Layout: the fixed department key the sealed seeds are made with, scratch directories on
-//! tmpfs for the parsers that read files, the seed recording's objects, a guard on the
-//! manifest walk's paths, and an in-process
-//! `neoflix-ingest` connection for the HTTP target.
+//! Layout: the fixed department key the sealed seeds are made with, the fixed department PKI
+//! (`fixtures/pki`: CA, the device that signs the seed recording, the server that signs
+//! receipts), scratch directories on tmpfs for the parsers that read files, the seed
+//! recording's files, a guard on the manifest walk's paths, and an in-process `neoflix-ingest`
+//! connection for the HTTP target.
 #![deny(missing_docs)]
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine as _;
-use neoflix_seal::DepartmentSecretKey;
+use neoflix_format::{SigningIdentity, TrustAnchors};
+use neoflix_open::DepartmentSecretKey;
 use sha2::{Digest, Sha256};
 
 /// The department secret key every sealed seed is wrapped to. A fixed key lets the fuzzer reach
@@ -28,16 +30,65 @@ pub fn department_key() -> DepartmentSecretKey {
     DepartmentSecretKey::from_file_text(DEPARTMENT_KEY).expect("the fixed fuzz key parses")
 }
 
-/// Splits a `sealed` target input: the first [`neoflix_seal::WRAPPED_KEY_LEN`] bytes are a key
-/// record, the rest is the sealed object (short inputs are all key record).
+/// Splits a `sealed` target input: the first [`neoflix_format::WRAPPED_KEY_LEN`] bytes are a
+/// key record, the rest is the sealed object (short inputs are all key record).
 pub fn split_sealed(data: &[u8]) -> (&[u8], &[u8]) {
-    data.split_at(data.len().min(neoflix_seal::WRAPPED_KEY_LEN))
+    data.split_at(data.len().min(neoflix_format::WRAPPED_KEY_LEN))
+}
+
+/// Splits a `signature` target input at its first NUL byte: a signature file or a signed
+/// receipt (JSON, which holds no raw NUL) before it, the document it signs after it (empty
+/// without a NUL).
+pub fn split_signature(data: &[u8]) -> (&[u8], &[u8]) {
+    match data.iter().position(|&b| b == 0) {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &[]),
+    }
+}
+
+/// The name of the ingest target's server certificate (and of the `host` its seeds send).
+pub const INGEST_SERVER: &str = "ingest";
+
+/// Where the fixed department PKI of the targets lives: `ca.crt`, the device certificate and
+/// key `room-1.crt`/`.key` ([`INGEST_DEVICE`]) and the server's `ingest.crt`/`.key`
+/// ([`INGEST_SERVER`]), issued for 100 years by the seed writer. Their keys protect nothing.
+pub fn pki_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pki")
+}
+
+fn pki_file(name: &str) -> Vec<u8> {
+    let path = pki_dir().join(name);
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run the seeds example)", path.display()))
+}
+
+/// The fixed department CA certificate (PEM).
+pub fn ca_pem() -> Vec<u8> {
+    pki_file("ca.crt")
+}
+
+/// The fixed department CA as the CLI's `--ca` loads it.
+pub fn trust_anchors() -> TrustAnchors {
+    TrustAnchors::from_pem(&ca_pem(), None).expect("the fixture CA loads")
+}
+
+/// The signing identity (certificate and key) named `name` in [`pki_dir`].
+pub fn identity(name: &str) -> SigningIdentity {
+    SigningIdentity::from_pem(
+        &pki_file(&format!("{name}.crt")),
+        &pki_file(&format!("{name}.key")),
+    )
+    .unwrap_or_else(|e| panic!("fixture identity {name}: {e}"))
 }
 
 /// A fresh directory for one target process, on tmpfs where there is one: the file-reading
 /// targets write and fsync on every run, which on a disk would cost more than the parsing.
 /// `NEOFLIX_FUZZ_TMP` (set by `scripts/fuzz`, which removes it afterwards) overrides the base.
+/// Each call gets its own directory, so that the harness tests, which share a process, do not
+/// share one.
 pub fn scratch(name: &str) -> PathBuf {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let base = std::env::var_os("NEOFLIX_FUZZ_TMP")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -48,31 +99,42 @@ pub fn scratch(name: &str) -> PathBuf {
                 std::env::temp_dir()
             }
         });
-    let dir = base.join(format!("neoflix-fuzz-{name}-{}", std::process::id()));
+    let dir = base.join(format!("neoflix-fuzz-{name}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch directory");
     dir
 }
 
-/// Where the seed writer keeps the sealed objects of its recording (`init-000.nfx` and
-/// `.key`, `frag-000000.nfx`...): the manifest seeds name them, the journal target recovers them.
+/// Where the seed writer keeps its recording: the sealed objects and key records
+/// (`init-000.nfx` and `.key`, `frag-000000.nfx`...), which the manifest seeds name and the
+/// journal target recovers, and `manifest.json` with the device's `manifest.sig` over it.
 pub fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/recording")
 }
 
-/// The files of [`fixture_dir`], by name.
-pub fn fixture_files() -> Vec<(String, Vec<u8>)> {
+/// The sealed objects and key records of [`fixture_dir`], by name (not its manifest and
+/// signature, which a recording still open does not have).
+pub fn fixture_objects() -> Vec<(String, Vec<u8>)> {
     let dir = fixture_dir();
     let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e} (run the seeds example)", dir.display()))
         .map(|e| {
             let e = e.expect("fixture entry");
             let name = e.file_name().to_string_lossy().into_owned();
-            (name, std::fs::read(e.path()).expect("fixture file"))
+            (name, e.path())
         })
+        .filter(|(name, _)| name.ends_with(".nfx") || name.ends_with(".key"))
+        .map(|(name, path)| (name, std::fs::read(path).expect("fixture file")))
         .collect();
     files.sort();
     files
+}
+
+/// One file of [`fixture_dir`].
+pub fn fixture_file(name: &str) -> Vec<u8> {
+    let path = fixture_dir().join(name);
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run the seeds example)", path.display()))
 }
 
 /// Digests for `verify_manifest_with` that read and hash like `neoflix verify`, after checking
@@ -83,7 +145,7 @@ pub struct Contained {
     pub dir: PathBuf,
 }
 
-impl neoflix_store::Digests for Contained {
+impl neoflix_format::Digests for Contained {
     fn size_and_sha256(&self, path: &Path) -> std::io::Result<(u64, String)> {
         let rel = path
             .strip_prefix(&self.dir)
@@ -93,11 +155,12 @@ impl neoflix_store::Digests for Contained {
             parts.len() <= 1 && parts.iter().all(|c| matches!(c, Component::Normal(_))),
             "manifest name {rel:?} leaves the recording directory"
         );
-        neoflix_store::ReadAndHash.size_and_sha256(path)
+        neoflix_format::ReadAndHash.size_and_sha256(path)
     }
 }
 
-/// The device the ingest target's requests come from (the certificate's name in production).
+/// The device the ingest target's requests come from (the certificate's name in production),
+/// which recorded and signed the seed recording.
 pub const INGEST_DEVICE: &str = "room-1";
 /// The ingest target's object size limit: small, so the fuzzer reaches the refusal.
 pub const INGEST_MAX_OBJECT: u64 = 256 * 1024;
@@ -154,13 +217,18 @@ pub fn with_digests(input: &[u8]) -> Vec<u8> {
 }
 
 /// An in-process `neoflix-ingest` behind the TLS layer: the real routes and storage, on a
-/// scratch tree, spoken to over an in-memory pipe.
+/// scratch tree, spoken to over an in-memory pipe, with custody by the fixed PKI ([`pki_dir`]):
+/// a manifest signed by [`INGEST_DEVICE`] completes and is answered with a receipt signed by
+/// [`INGEST_SERVER`].
 pub struct Ingest {
     rt: tokio::runtime::Runtime,
     root: PathBuf,
     store: Arc<neoflix_ingest::storage::Storage>,
     /// Shared by every run, as by every request of a server: a leak shows as refusals.
     budget: neoflix_ingest::limits::Budget,
+    /// Checks manifest signatures against the fixture CA and signs receipts: built once, as
+    /// the server builds it at start.
+    custody: Arc<neoflix_ingest::custody::Custody>,
 }
 
 impl Ingest {
@@ -175,11 +243,16 @@ impl Ingest {
             .build()
             .expect("runtime");
         let budget = neoflix_ingest::limits::Budget::new(4 * INGEST_MAX_OBJECT);
+        let custody = Arc::new(
+            neoflix_ingest::custody::Custody::from_pem(&ca_pem(), identity(INGEST_SERVER))
+                .expect("custody from the fixture PKI"),
+        );
         Ingest {
             rt,
             root,
             store,
             budget,
+            custody,
         }
     }
 
@@ -199,6 +272,7 @@ impl Ingest {
                 grace: std::time::Duration::from_secs(3600),
             },
             budget: self.budget.clone(),
+            custody: self.custody.clone(),
         });
         let answer = self.rt.block_on(async move {
             let (client, server) = tokio::io::duplex(64 * 1024);
@@ -224,10 +298,31 @@ impl Ingest {
     }
 }
 
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
 impl Default for Ingest {
     fn default() -> Self {
         Ingest::new()
     }
+}
+
+/// The answers on one ingest connection, split at their status lines: (status line such as
+/// `201 Created`, body). Good enough for the JSON answers of this protocol, whose bodies never
+/// hold `HTTP/1.1 `.
+pub fn answers(raw: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(raw);
+    text.split("HTTP/1.1 ")
+        .skip(1)
+        .map(|a| {
+            let status = a.lines().next().unwrap_or_default().to_string();
+            let body = a.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+            (status, body)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -243,25 +338,67 @@ mod tests {
         assert!(String::from_utf8_lossy(&out).contains(&want));
     }
 
-    /// The upload seed must reach the manifest check and pass it, or the fuzzer starts far from
-    /// the code that matters.
-    #[test]
-    fn the_upload_seed_makes_a_complete_recording() {
-        let seed = std::fs::read(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/ingest_http/seed-upload"),
+    fn corpus_seed(path: &str) -> Vec<u8> {
+        std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("corpus")
+                .join(path),
         )
-        .expect("seed (run the seeds example)");
-        let answer = String::from_utf8_lossy(&Ingest::new().serve(&seed)).into_owned();
-        let created = answer.matches("HTTP/1.1 201 Created").count();
-        assert_eq!(created, 7, "six objects and the manifest stored: {answer}");
-        assert!(answer.contains("\"complete\":true"), "{answer}");
+        .expect("seed (run the seeds example)")
+    }
+
+    /// The upload seed must reach the manifest and custody checks and pass them, or the fuzzer
+    /// starts far from the code that matters: six objects, the signature and the manifest are
+    /// stored, and the answer is a receipt the fixture server signed for the seed recording.
+    #[test]
+    fn the_upload_seed_completes_with_a_signed_receipt() {
+        let answers = answers(&Ingest::new().serve(&corpus_seed("ingest_http/seed-upload")));
+        let created: Vec<_> = answers
+            .iter()
+            .filter(|(status, _)| status == "201 Created")
+            .collect();
+        assert_eq!(
+            created.len(),
+            8,
+            "six objects, the signature and the manifest stored: {answers:?}"
+        );
+        let (signed, receipt) =
+            neoflix_format::SignedReceipt::from_json(created[7].1.as_bytes()).expect("a receipt");
+        let signer = trust_anchors()
+            .check_server(
+                &signed.signature,
+                signed.receipt.as_bytes(),
+                INGEST_SERVER,
+                std::time::SystemTime::now(),
+            )
+            .expect("signed by the fixture server");
+        assert_eq!(signer.name, INGEST_SERVER);
+        assert_eq!(receipt.device_id, INGEST_DEVICE);
+        assert_eq!(receipt.signed_by, INGEST_DEVICE);
+        assert_eq!(
+            receipt.manifest_sha256,
+            neoflix_format::sha256_hex(&fixture_file("manifest.json"))
+        );
+        assert!(
+            answers.iter().any(|(_, b)| b.contains("\"complete\":true")),
+            "{answers:?}"
+        );
+    }
+
+    /// Without the signature the same upload is refused at the custody check.
+    #[test]
+    fn the_unsigned_seed_is_refused_for_want_of_a_signature() {
+        let answers = answers(&Ingest::new().serve(&corpus_seed("ingest_http/seed-unsigned")));
+        let last = answers.last().expect("answers");
+        assert!(!last.0.starts_with('2'), "{answers:?}");
+        assert!(last.1.contains("not signed"), "{answers:?}");
     }
 
     fn recording_with(name: &str, file: &str, seed: &str) -> PathBuf {
         let root = scratch(name);
         let dir = root.join("rec-1");
         std::fs::create_dir_all(&dir).unwrap();
-        for (name, bytes) in fixture_files() {
+        for (name, bytes) in fixture_objects() {
             std::fs::write(dir.join(name), bytes).unwrap();
         }
         let seed = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -271,13 +408,53 @@ mod tests {
         root
     }
 
-    /// The manifest seed and the fixture objects are one recording that verifies whole.
+    /// The manifest seed and the fixture objects are one recording that verifies whole, and
+    /// the fixture's signature over it holds: the device's, under the fixture CA.
     #[test]
     fn the_manifest_seed_verifies_against_the_fixture() {
         let root = recording_with("test-manifest", "manifest.json", "manifest/seed-recording");
-        let v = neoflix_store::verify(&root.join("rec-1"));
+        let dir = root.join("rec-1");
+        std::fs::write(
+            dir.join(neoflix_format::custody::SIGNATURE_FILE),
+            fixture_file(neoflix_format::custody::SIGNATURE_FILE),
+        )
+        .unwrap();
+        let (bytes, m) = neoflix_format::verify::read_manifest_bytes(&dir).unwrap();
+        let custody =
+            neoflix_format::custody::check_recording(&dir, &bytes, &m, Some(&trust_anchors()));
+        let v = neoflix_format::verify(&dir);
         std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(bytes, fixture_file("manifest.json"));
+        match custody.expect("custody holds") {
+            neoflix_format::custody::Custody::Signed(s) => {
+                assert_eq!(s.name, INGEST_DEVICE);
+                assert!(s.chain_checked);
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(v.expect("verifies").manifest.fragments.len(), 2);
+    }
+
+    /// The signature seed is the fixture's signature and manifest, and it checks.
+    #[test]
+    fn the_signature_seeds_check() {
+        let seed = corpus_seed("signature/seed-manifest");
+        let (sig, doc) = split_signature(&seed);
+        let sig = neoflix_format::Signature::from_json(sig).expect("a signature");
+        assert_eq!(doc, fixture_file("manifest.json"));
+        let signer = trust_anchors().check_device(&sig, doc).expect("checks");
+        assert_eq!(signer.name, INGEST_DEVICE);
+        let seed = corpus_seed("signature/seed-receipt");
+        let (receipt, _) = split_signature(&seed);
+        let (signed, r) = neoflix_format::SignedReceipt::from_json(receipt).expect("a receipt");
+        assert_eq!(r.device_id, INGEST_DEVICE);
+        signed
+            .signature
+            .check(
+                neoflix_format::custody::Purpose::Receipt,
+                signed.receipt.as_bytes(),
+            )
+            .expect("checks");
     }
 
     /// The journal seed recovers into a recording that verifies, markers included.
@@ -285,8 +462,8 @@ mod tests {
     fn the_journal_seed_recovers_a_recording_that_verifies() {
         let root = recording_with("test-journal", "journal.jsonl", "journal/seed-recording");
         let now = std::time::SystemTime::now();
-        let ids = neoflix_store::recover(&root, "0123456789abcdef", now).unwrap();
-        let v = neoflix_store::verify(&root.join("rec-1"));
+        let ids = neoflix_store::recover(&root, "0123456789abcdef", now, None).unwrap();
+        let v = neoflix_format::verify(&root.join("rec-1"));
         std::fs::remove_dir_all(&root).unwrap();
         assert_eq!(ids, ["rec-1"]);
         assert_eq!(v.expect("verifies").manifest.markers.len(), 2);
