@@ -97,14 +97,13 @@ fn pki(work: &Path) {
 /// A recording written as neoflixd writes one, its manifest signed by the device: returns its
 /// directory and manifest.
 fn recording(root: &Path) -> (PathBuf, Manifest) {
-    // Its times are those of a box in service (and a signature is judged at its time): not
-    // before the fixture certificates were issued.
-    let t0 = SystemTime::UNIX_EPOCH
-        + Duration::from_secs(1_800_000_000).max(
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default(),
-        );
+    // Timed by the clock, as a box's recording is: its signature is judged at its signing time,
+    // which must lie within the fixture certificates' validity (from an hour before they were
+    // issued) and not ahead of the server's clock. Whole seconds, a minute ago.
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("a clock after 1970");
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs() - 60);
     let (mut ring, _) =
         Ring::open(&root.join("ring"), Duration::from_secs(60), 1 << 30).expect("ring");
     let stream = [9; 16];
