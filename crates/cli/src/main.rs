@@ -131,7 +131,20 @@ enum PkiAction {
         #[arg(long, allow_hyphen_values = true)]
         days: Option<i64>,
     },
-    /// Revoke the certificate issued for NAME and re-sign DIR/ca.crl.
+    /// Renew NAME's certificate before it expires: a new key and certificate in DIR/NAME.crt
+    /// and DIR/NAME.key, the old certificate left valid (what it signed still verifies).
+    Renew {
+        /// The CA directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The device id or server name.
+        name: String,
+        /// Lifetime in days (default 398).
+        #[arg(long, allow_hyphen_values = true)]
+        days: Option<i64>,
+    },
+    /// Revoke every certificate issued for NAME (a lost or stolen key) and re-sign DIR/ca.crl:
+    /// recordings it signed no longer verify with the CRL.
     Revoke {
         /// The CA directory.
         #[arg(long)]
@@ -394,6 +407,13 @@ fn pki(action: PkiAction) -> anyhow::Result<()> {
             };
             let (crt, key) = ca.issue(&name, role, days)?;
             println!("{}\n{}", crt.display(), key.display());
+        }
+        PkiAction::Renew { dir, name, days } => {
+            let (crt, key) = Ca::open(&dir)?.renew(&name, days)?;
+            println!("{}\n{}", crt.display(), key.display());
+            eprintln!(
+                "renewed '{name}': install both files where the old ones were; the old certificate stays valid until it expires"
+            );
         }
         PkiAction::Revoke { dir, name } => {
             let crl = Ca::open(&dir)?.revoke(&name)?;

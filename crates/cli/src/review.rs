@@ -172,9 +172,12 @@ pub fn verify(
             (e.manifest, e.custody, true)
         }
         None => {
+            // One reading of the manifest for the signature and the files: read twice, the
+            // second could be another manifest than the one whose signature was checked.
             let (bytes, m) = neoflix_format::verify::read_manifest_bytes(dir)?;
             let custody = neoflix_export::check_custody(dir, &bytes, &m, signatures)?;
-            let v = neoflix_format::verify(dir)?;
+            let v = neoflix_format::verify_manifest(dir, m)?;
+            neoflix_format::check_contiguous(&v)?;
             (v.manifest, custody, false)
         }
     };

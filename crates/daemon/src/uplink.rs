@@ -17,6 +17,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use neoflix_format::MANIFEST_FILE;
 use neoflix_format::custody::SIGNATURE_FILE;
+use neoflix_format::manifest::MAX_MANIFEST_BYTES;
 use tokio::sync::{Notify, Semaphore, watch};
 
 /// PUTs in flight at once.
@@ -66,12 +67,14 @@ impl ReceiptCheck {
         Ok(ReceiptCheck { trust, server_name })
     }
 
-    /// Checks a receipt answered for `manifest` (the bytes the box uploaded) of recording `id`;
-    /// returns the receipt and its signer's name.
+    /// Checks a receipt answered for `manifest` (the bytes the box uploaded) of recording `id`
+    /// by `device`: for this recording, this manifest, this device and its signature; returns
+    /// the receipt and its signer's name.
     pub fn check(
         &self,
         body: &[u8],
         id: &str,
+        device: &str,
         manifest: &[u8],
         chain: &str,
     ) -> Result<(neoflix_format::Receipt, String), String> {
@@ -89,6 +92,8 @@ impl ReceiptCheck {
         if receipt.recording_id != id
             || receipt.manifest_sha256 != neoflix_format::sha256_hex(manifest)
             || receipt.chain != chain
+            || receipt.device_id != device
+            || receipt.signed_by != device
         {
             return Err(format!(
                 "{id}: the server's receipt does not match the local manifest"
@@ -144,7 +149,7 @@ async fn put_object(
     id: String,
     name: String,
 ) -> Result<(), String> {
-    let bytes = tokio::fs::read(dir.join(&id).join(&name))
+    let bytes = read_local(dir.join(&id).join(&name), MAX_LOCAL_OBJECT)
         .await
         .map_err(|e| format!("{id}/{name}: {e}"))?;
     let digest = base64::engine::general_purpose::STANDARD
@@ -160,8 +165,45 @@ async fn put_object(
         200 | 201 => Ok(()),
         code => Err(format!(
             "PUT {id}/{name}: HTTP {code}: {}",
-            r.text().await.unwrap_or_default().trim()
+            error_text(r).await
         )),
+    }
+}
+
+/// The largest sealed object the box writes: 1 GiB of plaintext and its tags, with room.
+const MAX_LOCAL_OBJECT: u64 = neoflix_format::MAX_PLAINTEXT_LEN + (32 << 20);
+/// The largest answer read from the server (a listing of a day-long recording's objects, or a
+/// receipt, is far smaller): a misbehaving server cannot make the box hold more.
+const MAX_ANSWER: usize = 16 << 20;
+
+/// Reads a file of the box's own recordings off the runtime: a regular file (no link, never
+/// waiting on a FIFO) of at most `max` bytes.
+async fn read_local(path: PathBuf, max: u64) -> std::io::Result<Vec<u8>> {
+    tokio::task::spawn_blocking(move || neoflix_format::files::read_regular(&path, max))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// An answer's body, refused beyond `max` bytes.
+async fn bounded_body(mut r: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = r.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > max {
+            return Err(format!("the server's answer is larger than {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// An error answer's text, cut short: it goes into the log and the status.
+async fn error_text(r: reqwest::Response) -> String {
+    let body = bounded_body(r, 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&body);
+    let text = text.trim();
+    match text.char_indices().nth(300) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
     }
 }
 
@@ -215,14 +257,14 @@ impl Pass<'_> {
         match r.status().as_u16() {
             404 => Ok((HashSet::new(), false)),
             200 => {
-                let s: neoflix_format::protocol::RecordingState =
-                    r.json().await.map_err(|e| format!("GET {id}: {e}"))?;
+                let body = bounded_body(r, MAX_ANSWER)
+                    .await
+                    .map_err(|e| format!("GET {id}: {e}"))?;
+                let s: neoflix_format::protocol::RecordingState = serde_json::from_slice(&body)
+                    .map_err(|e| format!("GET {id}: not the protocol's answer: {e}"))?;
                 Ok((s.objects.into_iter().collect(), s.complete))
             }
-            code => Err(format!(
-                "GET {id}: HTTP {code}: {}",
-                r.text().await.unwrap_or_default().trim()
-            )),
+            code => Err(format!("GET {id}: HTTP {code}: {}", error_text(r).await)),
         }
     }
 
@@ -236,7 +278,11 @@ impl Pass<'_> {
             .map(|(name, _, _)| name)
             .filter(|n| is_object(n))
             .collect();
-        let manifest = tokio::fs::read(rdir.join(MANIFEST_FILE)).await.ok();
+        let manifest = match read_local(rdir.join(MANIFEST_FILE), MAX_MANIFEST_BYTES).await {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("{id}/{MANIFEST_FILE}: {e}")),
+        };
         if !known.contains_key(id) {
             let (has, _complete) = self.server_has(id).await?;
             known.insert(id.to_string(), has);
@@ -314,18 +360,23 @@ impl Pass<'_> {
             known.remove(id);
             return Err(format!(
                 "PUT {id}/manifest: HTTP {code}: {}",
-                r.text().await.unwrap_or_default().trim()
+                error_text(r).await
             ));
         }
-        let body = r
-            .bytes()
+        let body = bounded_body(r, MAX_ANSWER)
             .await
             .map_err(|e| format!("{id}: unreadable receipt: {e}"))?;
         let local_manifest = neoflix_format::verify::parse_manifest(&manifest)
             .map_err(|e| format!("{id}: local manifest: {e}"))?;
         let (receipt, server) = self
             .receipts
-            .check(&body, id, &manifest, &local_manifest.chain)
+            .check(
+                &body,
+                id,
+                &local_manifest.device_id,
+                &manifest,
+                &local_manifest.chain,
+            )
             .map_err(|e| format!("{e}; keeping the recording"))?;
         // Only now, with the receipt checked, does the local copy go.
         let rdir2 = rdir.clone();
@@ -452,5 +503,25 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod local_files {
+    use super::*;
+
+    /// A FIFO planted in a recording directory hung the uplink for ever (it read with
+    /// `tokio::fs::read`, which waits for a writer).
+    #[tokio::test]
+    async fn a_fifo_in_a_recording_is_refused_not_waited_on() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("frag-000001.nfx");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let r = tokio::time::timeout(Duration::from_secs(10), read_local(fifo, MAX_LOCAL_OBJECT))
+            .await
+            .expect("read_local waited on a FIFO");
+        assert!(r.unwrap_err().to_string().contains("FIFO"));
     }
 }

@@ -146,6 +146,23 @@ fn open_object(
         read_regular(&dir.join(&e.file), e.size).map_err(|err| object_error(kind, e, err))?;
     let record = read_regular(&dir.join(&e.key_file), WRAPPED_KEY_LEN as u64)
         .map_err(|err| object_error(kind, e, format!("{}: {err}", e.key_file.escape_debug())))?;
+    // Checked again on the bytes about to be opened: the files may have changed since
+    // verification hashed them, and only these digests are covered by the box's signature.
+    for (what, bytes, expected) in [
+        (&e.file, &sealed, &e.sha256),
+        (&e.key_file, &record, &e.key_sha256),
+    ] {
+        if neoflix_format::sha256_hex(bytes) != *expected {
+            return Err(object_error(
+                kind,
+                e,
+                format!(
+                    "{}: SHA-256 differs from the manifest: changed since it was verified",
+                    what.escape_debug()
+                ),
+            ));
+        }
+    }
     let wrapped = WrappedKey::from_bytes(&record).map_err(|err| object_error(kind, e, err))?;
     let data_key =
         neoflix_open::unwrap(&wrapped, key, &sealed).map_err(|err| object_error(kind, e, err))?;
@@ -761,5 +778,30 @@ mod tests {
         let rec = recording_signed_by(t2.path(), &dept, Some(&identity(&rogue.ca, "room")));
         let err = export(&rec, &dept, &t.path().join("o.mp4"), require(&p), |_, _| {}).unwrap_err();
         assert!(err.to_string().contains("not trusted"), "{err}");
+    }
+
+    /// The bytes opened are the bytes the manifest (and so the signature) vouches for: an
+    /// object swapped after verification read the directory (a network share, a backup being
+    /// restored) for one sealed anew under the same id is refused, not exported as signed.
+    #[test]
+    fn an_object_swapped_after_verification_is_refused_when_opened() {
+        let t = tempfile::tempdir().unwrap();
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let rec = two_stream_recording(t.path(), &dept);
+        let m = neoflix_format::verify(&rec).unwrap().manifest;
+        let e = &m.fragments[1];
+        let genuine = fs::read(rec.join(&e.file)).unwrap();
+        let id = neoflix_format::parse_header(&genuine).unwrap().id;
+        // Same id, same length: only the digest tells.
+        let (k, forged) = seal(&id, &fragment(9000 * 101)).unwrap();
+        assert_eq!(forged.len(), genuine.len());
+        fs::write(rec.join(&e.file), &forged).unwrap();
+        fs::write(
+            rec.join(&e.key_file),
+            k.wrap(&dept.public_key(), &forged).unwrap().as_bytes(),
+        )
+        .unwrap();
+        let err = open_object(&rec, "fragment", e, &dept, Kind::Fragment).unwrap_err();
+        assert!(err.to_string().contains("SHA-256"), "{err}");
     }
 }

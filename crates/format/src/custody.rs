@@ -234,19 +234,26 @@ impl Signature {
     pub fn from_json(bytes: &[u8]) -> Result<Self, SignatureError> {
         let s: Signature = serde_json::from_slice(bytes)
             .map_err(|e| SignatureError::Malformed(format!("not a Neoflix signature: {e}")))?;
-        if s.format != SIGNATURE_FORMAT {
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks the form: the format tag and 1 to [`MAX_CERTIFICATES`] certificates. Every way
+    /// of reading a signature goes through this (inside a receipt too).
+    pub fn validate(&self) -> Result<(), SignatureError> {
+        if self.format != SIGNATURE_FORMAT {
             return Err(SignatureError::Malformed(format!(
                 "format '{}' is not {SIGNATURE_FORMAT}",
-                s.format.escape_debug()
+                self.format.escape_debug()
             )));
         }
-        if s.certificates.is_empty() || s.certificates.len() > MAX_CERTIFICATES {
+        if self.certificates.is_empty() || self.certificates.len() > MAX_CERTIFICATES {
             return Err(SignatureError::Malformed(format!(
                 "carries {} certificates (1 to {MAX_CERTIFICATES} expected)",
-                s.certificates.len()
+                self.certificates.len()
             )));
         }
-        Ok(s)
+        Ok(())
     }
 
     /// The signature file's bytes.
@@ -282,6 +289,7 @@ impl Signature {
     /// certificate it carries. Says nothing yet about whether that certificate is trusted: see
     /// [`TrustAnchors`] or [`Signature::check_with_client_verifier`].
     pub fn check(&self, purpose: Purpose, doc: &[u8]) -> Result<Signer, SignatureError> {
+        self.validate()?;
         let what = purpose.name();
         if self.purpose != purpose {
             return Err(SignatureError::Malformed(format!(
@@ -327,8 +335,11 @@ impl Signature {
     ) -> Result<Signer, SignatureError> {
         let mut signer = self.check(purpose, doc)?;
         let chain = self.chain()?;
+        let (ee, rest) = chain
+            .split_first()
+            .ok_or_else(|| SignatureError::Malformed("no certificate".into()))?;
         verifier
-            .verify_client_cert(&chain[0], &chain[1..], unix(at))
+            .verify_client_cert(ee, rest, unix(at))
             .map_err(|e| SignatureError::Untrusted {
                 signer: signer.name.clone(),
                 reason: e.to_string(),
@@ -409,11 +420,14 @@ impl TrustAnchors {
     ) -> Result<Signer, SignatureError> {
         let mut signer = sig.check(Purpose::Receipt, doc)?;
         let chain = sig.chain()?;
+        let (ee, rest) = chain
+            .split_first()
+            .ok_or_else(|| SignatureError::Malformed("no certificate".into()))?;
         let name = ServerName::try_from(server_name.to_string()).map_err(|_| {
             SignatureError::Identity(format!("'{server_name}' is not a server name"))
         })?;
         self.servers
-            .verify_server_cert(&chain[0], &chain[1..], &name, &[], unix(now))
+            .verify_server_cert(ee, rest, &name, &[], unix(now))
             .map_err(|e| SignatureError::Untrusted {
                 signer: signer.name.clone(),
                 reason: e.to_string(),
@@ -614,6 +628,49 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("does not belong"), "{err}");
         assert!(SigningIdentity::from_pem(b"", b"").is_err());
+    }
+
+    /// A receipt whose signature carries no certificate was not validated on the way in and
+    /// panicked the box's receipt check (index out of range).
+    #[test]
+    fn a_receipt_signature_without_certificates_is_an_error_not_a_panic() {
+        let pki = Pki::new();
+        let server = pki.identity("localhost", Role::Server);
+        let r = crate::Receipt {
+            recording_id: "r".into(),
+            device_id: "d".into(),
+            received_utc: "t".into(),
+            manifest_sha256: "x".into(),
+            chain: "c".into(),
+            fragments: 1,
+            bytes: 1,
+            signed_by: "d".into(),
+        };
+        let mut signed = crate::SignedReceipt::sign(&r, &server, SystemTime::now()).unwrap();
+        signed.signature.certificates.clear();
+        let body = signed.to_json();
+        match crate::SignedReceipt::from_json(&body) {
+            Err(SignatureError::Malformed(_)) => {}
+            Err(e) => panic!("unexpected {e}"),
+            Ok((s, _)) => {
+                let err = pki
+                    .trust()
+                    .check_server(
+                        &s.signature,
+                        s.receipt.as_bytes(),
+                        "localhost",
+                        SystemTime::now(),
+                    )
+                    .unwrap_err();
+                assert!(matches!(err, SignatureError::Malformed(_)), "{err}");
+            }
+        }
+        assert!(matches!(
+            signed
+                .signature
+                .check(Purpose::Receipt, signed.receipt.as_bytes()),
+            Err(SignatureError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -94,6 +94,7 @@ impl SignedReceipt {
     pub fn from_json(bytes: &[u8]) -> Result<(Self, Receipt), SignatureError> {
         let s: SignedReceipt = serde_json::from_slice(bytes)
             .map_err(|e| SignatureError::Malformed(format!("not a signed receipt: {e}")))?;
+        s.signature.validate()?;
         let r: Receipt = serde_json::from_str(&s.receipt)
             .map_err(|e| SignatureError::Malformed(format!("not a receipt: {e}")))?;
         Ok((s, r))

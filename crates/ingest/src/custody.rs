@@ -10,6 +10,9 @@ use neoflix_format::{Manifest, Receipt, SignatureError, SignedReceipt, SigningId
 
 use crate::tls::{DeviceVerifier, Reloading};
 
+/// How far a box's signing time may be ahead of the server's clock.
+const MAX_CLOCK_AHEAD: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Where the device verifier comes from: the reloading acceptor (the CRL follows its file), or
 /// a fixed one.
 enum Verifier {
@@ -56,11 +59,23 @@ impl Custody {
             Verifier::Reloading(r) => r.verifier(),
             Verifier::Fixed(v) => v.clone(),
         };
+        // The certificate is judged when the box signed, as every later reader judges it: a
+        // recording signed in time and delivered after the certificate expired (a box offline
+        // for a while) is not refused for ever. Revocation applies whenever it was signed, and
+        // a signing time ahead of the server's clock is refused rather than trusted.
+        let now = SystemTime::now();
+        let at = sig.signed_at()?;
+        if at > now + MAX_CLOCK_AHEAD {
+            return Err(SignatureError::Malformed(format!(
+                "signed at {}, later than this server's clock allows: the room box's clock is ahead (check its time synchronisation)",
+                sig.signed_utc.escape_debug()
+            )));
+        }
         let signer = sig.check_with_client_verifier(
             Purpose::Manifest,
             manifest_bytes,
             verifier.as_ref(),
-            SystemTime::now(),
+            at,
         )?;
         for (expected, what) in [(device, "upload"), (m.device_id.as_str(), "manifest")] {
             if signer.name != expected {
@@ -154,5 +169,62 @@ pub(crate) mod testing {
             SigningIdentity::from_pem(&std::fs::read(crt).unwrap(), &std::fs::read(key).unwrap())
                 .unwrap()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::TestPki;
+    use super::*;
+    use neoflix_pki::Role;
+    use std::time::Duration;
+
+    fn manifest(device: &str) -> (Vec<u8>, Manifest) {
+        let text = format!(
+            r#"{{"format":"neoflix-recording-v1","device_id":"{device}","recording_id":"r","status":"complete","trigger":"pedal","stop_reason":"pedal","first_frame_utc":null,"trigger_utc":"t","stop_utc":"t","preroll_secs":0.0,"duration_secs":0.0,"recipient_key_id":"k","markers":[],"init_segments":[],"fragments":[],"chain":"c"}}"#
+        );
+        let m = neoflix_format::verify::parse_manifest(text.as_bytes()).unwrap();
+        (text.into_bytes(), m)
+    }
+
+    /// A recording signed while the box's certificate was valid, delivered after it expired,
+    /// was refused for ever (the server judged the certificate now); one signed after expiry,
+    /// or with a clock far ahead, still is.
+    #[test]
+    fn the_certificate_is_judged_when_the_box_signed() {
+        let pki = TestPki::new();
+        // Valid from two days ago until yesterday.
+        let (crt, key) = pki.ca.issue("dev", Role::Device, Some(-1)).unwrap();
+        let id =
+            SigningIdentity::from_pem(&std::fs::read(crt).unwrap(), &std::fs::read(key).unwrap())
+                .unwrap();
+        let (bytes, m) = manifest("dev");
+        let day = Duration::from_secs(86_400);
+        let in_time = id
+            .sign(Purpose::Manifest, &bytes, SystemTime::now() - day - day / 2)
+            .unwrap();
+        let signer = pki
+            .custody
+            .check("dev", &bytes, &m, &in_time.to_json())
+            .unwrap();
+        assert_eq!(signer.name, "dev");
+        let late = id
+            .sign(Purpose::Manifest, &bytes, SystemTime::now())
+            .unwrap();
+        let err = pki
+            .custody
+            .check("dev", &bytes, &m, &late.to_json())
+            .unwrap_err();
+        assert!(matches!(err, SignatureError::Untrusted { .. }), "{err}");
+        let ahead = pki.device("dev2");
+        let (bytes2, m2) = manifest("dev2");
+        let future = ahead
+            .sign(Purpose::Manifest, &bytes2, SystemTime::now() + day)
+            .unwrap();
+        let err = pki
+            .custody
+            .check("dev2", &bytes2, &m2, &future.to_json())
+            .unwrap_err();
+        assert!(err.to_string().contains("clock is ahead"), "{err}");
     }
 }

@@ -62,7 +62,9 @@ pub enum PkiError {
     #[error("'{0}' is not a valid name: use letters, digits, '-', '_' and '.', at most 64")]
     BadName(String),
     /// Already issued, not revoked.
-    #[error("a certificate for '{0}' is already issued and valid: revoke it first to re-issue")]
+    #[error(
+        "a certificate for '{0}' is already issued and valid: `neoflix pki renew` issues a new one beside it (before it expires), `revoke` withdraws it (a lost or stolen key)"
+    )]
     AlreadyIssued(String),
     /// Nothing issued under that name.
     #[error("no certificate was issued for '{0}' by this CA")]
@@ -247,16 +249,42 @@ impl Ca {
         role: Role,
         days: Option<i64>,
     ) -> Result<(PathBuf, PathBuf), PkiError> {
-        if !valid_name(name) || name == "ca" || name == "index" {
-            return Err(PkiError::BadName(name.into()));
-        }
-        let mut index = self.load_index()?;
+        let index = self.load_index()?;
         if index
             .issued
             .iter()
             .any(|i| i.name == name && i.revoked.is_none())
         {
             return Err(PkiError::AlreadyIssued(name.into()));
+        }
+        self.issue_into(index, name, role, days)
+    }
+
+    /// Issues a new certificate and key for `name`, which holds a valid certificate, with the
+    /// same role, *without* revoking the old one: renewal before expiry. The old certificate
+    /// stays valid until it expires, so what it signed (recordings' manifests) still verifies;
+    /// revocation is for a lost or stolen key, and refuses everything that key ever signed.
+    pub fn renew(&self, name: &str, days: Option<i64>) -> Result<(PathBuf, PathBuf), PkiError> {
+        let index = self.load_index()?;
+        let role = index
+            .issued
+            .iter()
+            .rev()
+            .find(|i| i.name == name && i.revoked.is_none())
+            .map(|i| i.role)
+            .ok_or_else(|| PkiError::Unknown(name.into()))?;
+        self.issue_into(index, name, role, days)
+    }
+
+    fn issue_into(
+        &self,
+        mut index: Index,
+        name: &str,
+        role: Role,
+        days: Option<i64>,
+    ) -> Result<(PathBuf, PathBuf), PkiError> {
+        if !valid_name(name) || name == "ca" || name == "index" {
+            return Err(PkiError::BadName(name.into()));
         }
         let issuer = self.issuer()?;
         let key = KeyPair::generate()?;
@@ -304,15 +332,23 @@ impl Ca {
         Ok((crt, keyp))
     }
 
-    /// Revokes the valid certificate issued for `name` and re-signs `ca.crl`.
+    /// Revokes every valid certificate issued for `name` (a renewed one and its predecessor
+    /// alike: a lost key is the name's, not one certificate's) and re-signs `ca.crl`.
     pub fn revoke(&self, name: &str) -> Result<PathBuf, PkiError> {
         let mut index = self.load_index()?;
-        let entry = index
+        let now = rfc3339(OffsetDateTime::now_utc());
+        let mut any = false;
+        for entry in index
             .issued
             .iter_mut()
-            .find(|i| i.name == name && i.revoked.is_none())
-            .ok_or_else(|| PkiError::Unknown(name.into()))?;
-        entry.revoked = Some(rfc3339(OffsetDateTime::now_utc()));
+            .filter(|i| i.name == name && i.revoked.is_none())
+        {
+            entry.revoked = Some(now.clone());
+            any = true;
+        }
+        if !any {
+            return Err(PkiError::Unknown(name.into()));
+        }
         self.write_crl(&mut index)?;
         self.save_index(&index)?;
         Ok(self.dir.join("ca.crl"))
@@ -448,6 +484,34 @@ pub fn days_left(pem: &[u8]) -> Result<i64, PkiError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn renewal_keeps_the_old_certificate_valid_and_revocation_takes_both() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = super::Ca::init(&d.path().join("ca"), "CA").unwrap();
+        let (crt, _) = ca.issue("room-1", super::Role::Device, None).unwrap();
+        let old = std::fs::read(&crt).unwrap();
+        assert!(matches!(
+            ca.issue("room-1", super::Role::Device, None),
+            Err(super::PkiError::AlreadyIssued(_))
+        ));
+        let (crt2, _) = ca.renew("room-1", None).unwrap();
+        assert_ne!(std::fs::read(&crt2).unwrap(), old);
+        let list = ca.list().unwrap();
+        let valid = |l: &[super::Issued]| {
+            l.iter()
+                .filter(|i| i.name == "room-1" && i.revoked.is_none())
+                .count()
+        };
+        assert_eq!(valid(&list), 2, "renewal revoked the old certificate");
+        assert!(list.iter().all(|i| i.role == super::Role::Device));
+        ca.revoke("room-1").unwrap();
+        assert_eq!(valid(&ca.list().unwrap()), 0);
+        assert!(matches!(
+            ca.renew("room-1", None),
+            Err(super::PkiError::Unknown(_))
+        ));
+    }
+
     use super::*;
 
     #[test]

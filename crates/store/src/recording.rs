@@ -401,6 +401,50 @@ pub fn recover(
     Ok(done)
 }
 
+/// Signs every finalized recording under `root` that has no signature: recordings closed before
+/// this box had a signing identity (an upgrade, a certificate installed later), which a server
+/// that requires signatures would otherwise refuse for ever. Like crash recovery, the box vouches
+/// for what its own disk holds. Returns their ids.
+pub fn sign_unsigned(
+    root: &Path,
+    signer: &SigningIdentity,
+    now: SystemTime,
+) -> Result<Vec<String>, StoreError> {
+    let mut done = Vec::new();
+    let Ok(list) = fs::read_dir(root) else {
+        return Ok(done);
+    };
+    let mut dirs: Vec<PathBuf> = list
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .map(|e| e.path())
+        .filter(|d| d.join(MANIFEST_FILE).exists() && !d.join(SIGNATURE_FILE).exists())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let path = dir.join(MANIFEST_FILE);
+        let bytes = neoflix_format::files::read_regular(
+            &path,
+            neoflix_format::manifest::MAX_MANIFEST_BYTES,
+        )
+        .map_err(StoreError::io("read", &path))?;
+        let id = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        let sig = signer
+            .sign(Purpose::Manifest, &bytes, now)
+            .map_err(|source| StoreError::Sign {
+                recording: id.clone(),
+                source,
+            })?;
+        fsutil::write_atomic(&dir.join(SIGNATURE_FILE), &sig.to_json(), 0o600)?;
+        done.push(id);
+    }
+    Ok(done)
+}
+
 /// A journal is a line per event; far below this even for a day-long recording.
 const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 
@@ -798,6 +842,39 @@ mod tests {
         // Idempotent: a sealed recording is left alone.
         assert!(
             recover(&t.path().join("rec"), "x", SystemTime::now(), None)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn recordings_finalized_without_a_signer_are_signed_once_one_is_installed() {
+        let t = tempfile::tempdir().unwrap();
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let mut ring = ring_with(&t.path().join("ring"), 3);
+        let w = record(&t.path().join("rec"), &mut ring, &dept);
+        w.finalize("control", SystemTime::now(), None).unwrap();
+        let dir = w.dir().to_path_buf();
+        assert!(!dir.join(SIGNATURE_FILE).exists());
+        let ca_dir = t.path().join("ca");
+        let ca = neoflix_pki::Ca::init(&ca_dir, "CA").unwrap();
+        let (crt, key) = ca.issue("room-1", neoflix_pki::Role::Device, None).unwrap();
+        let id =
+            SigningIdentity::from_pem(&fs::read(crt).unwrap(), &fs::read(key).unwrap()).unwrap();
+        let signed = sign_unsigned(&t.path().join("rec"), &id, SystemTime::now()).unwrap();
+        assert_eq!(signed.len(), 1);
+        let trust =
+            neoflix_format::TrustAnchors::from_pem(&fs::read(ca_dir.join("ca.crt")).unwrap(), None)
+                .unwrap();
+        let (bytes, m) = neoflix_format::verify::read_manifest_bytes(&dir).unwrap();
+        let custody = neoflix_format::custody::check_recording(&dir, &bytes, &m, Some(&trust));
+        assert!(
+            matches!(custody, Ok(neoflix_format::custody::Custody::Signed(_))),
+            "{custody:?}"
+        );
+        // Already signed ones are left alone.
+        assert!(
+            sign_unsigned(&t.path().join("rec"), &id, SystemTime::now())
                 .unwrap()
                 .is_empty()
         );
