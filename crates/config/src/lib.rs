@@ -29,13 +29,143 @@ use thiserror::Error;
 
 pub use walk::Problem;
 
-/// Where frames come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceKind {
-    /// GStreamer's test pattern.
-    Test,
-    /// A V4L2 camera.
-    V4l2,
+/// Declares an option with a fixed set of values: the enum, its names as written in the file
+/// (one list, so the parser, the error message and the docs cannot disagree), `as_str`, `FromStr`
+/// and `Display`.
+macro_rules! choice {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            /// Every value as written in the config, in the documented order.
+            pub const NAMES: &'static [&'static str] = &[$($text),+];
+
+            /// The value as written in the config.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $text, )+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownChoice;
+
+            fn from_str(s: &str) -> Result<Self, UnknownChoice> {
+                match s {
+                    $( $text => Ok($name::$variant), )+
+                    _ => Err(UnknownChoice {
+                        value: s.to_string(),
+                        allowed: Self::NAMES,
+                    }),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Choice for $name {
+            const NAMES: &'static [&'static str] = $name::NAMES;
+        }
+    };
+}
+
+/// An option whose value is one of a fixed set of names.
+pub trait Choice: std::str::FromStr<Err = UnknownChoice> + Copy {
+    /// Every accepted name.
+    const NAMES: &'static [&'static str];
+}
+
+/// A value that is none of an option's names.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{} is not one of: {}", walk::shown(value), allowed.join(", "))]
+pub struct UnknownChoice {
+    /// The value as written.
+    pub value: String,
+    /// The accepted names.
+    pub allowed: &'static [&'static str],
+}
+
+choice! {
+    /// `capture.source`: where frames come from.
+    pub enum SourceKind {
+        /// GStreamer's test pattern.
+        Test = "test",
+        /// A V4L2 camera.
+        V4l2 = "v4l2",
+    }
+}
+
+choice! {
+    /// `capture.input_format`: what a V4L2 camera is asked to deliver.
+    pub enum InputFormat {
+        /// Uncompressed frames, encoded here.
+        Raw = "raw",
+        /// Motion JPEG, decoded and encoded here.
+        Mjpeg = "mjpeg",
+        /// The camera's own H.264, passed through without encoding.
+        H264 = "h264",
+    }
+}
+
+choice! {
+    /// `capture.encoder`: which H.264 encoder, or probe for one.
+    pub enum EncoderChoice {
+        /// Probe: hardware first (Jetson, Pi 4), then x264.
+        Auto = "auto",
+        /// Software x264.
+        X264 = "x264enc",
+        /// The Raspberry Pi 4's V4L2 memory-to-memory encoder.
+        V4l2 = "v4l2h264enc",
+        /// NVIDIA Jetson NVENC.
+        NvV4l2 = "nvv4l2h264enc",
+    }
+}
+
+choice! {
+    /// `capture.x264_preset`: x264's speed preset; slower ones than `medium` cannot keep up
+    /// with live video on a room box.
+    pub enum X264Preset {
+        /// Least CPU, largest files at a given quality.
+        Ultrafast = "ultrafast",
+        /// Between `ultrafast` and `veryfast`.
+        Superfast = "superfast",
+        /// The default.
+        Veryfast = "veryfast",
+        /// A little more CPU than `veryfast`.
+        Faster = "faster",
+        /// More CPU again.
+        Fast = "fast",
+        /// The slowest offered: most CPU, smallest files.
+        Medium = "medium",
+    }
+}
+
+choice! {
+    /// `bias` of a GPIO input: the line's pull resistor.
+    pub enum Bias {
+        /// Leave the line as the board configured it.
+        AsIs = "as-is",
+        /// No pull.
+        Disabled = "disabled",
+        /// Pull up (a switch to ground, with `active_low = true`).
+        PullUp = "pull-up",
+        /// Pull down (a switch to 3.3 V).
+        PullDown = "pull-down",
+    }
 }
 
 /// `[capture]`
@@ -45,8 +175,8 @@ pub struct Capture {
     pub source: SourceKind,
     /// V4L2 device node.
     pub device: PathBuf,
-    /// `raw`, `mjpeg` or `h264` (V4L2 only).
-    pub input_format: String,
+    /// What a V4L2 camera is asked to deliver.
+    pub input_format: InputFormat,
     /// Frame width in pixels.
     pub width: u32,
     /// Frame height in pixels.
@@ -55,12 +185,12 @@ pub struct Capture {
     pub fps: u32,
     /// Fragment length (and keyframe interval) in seconds.
     pub fragment_secs: u32,
-    /// `auto` or an encoder factory name.
-    pub encoder: String,
+    /// The encoder, or `auto`.
+    pub encoder: EncoderChoice,
     /// Target bitrate.
     pub bitrate_kbps: u32,
     /// x264 speed preset.
-    pub x264_preset: String,
+    pub x264_preset: X264Preset,
 }
 
 /// `[ring]`
@@ -127,8 +257,8 @@ pub struct GpioLine {
     pub line: LineRef,
     /// The line is low when the pedal is pressed / the light is on.
     pub active_low: bool,
-    /// Inputs: `as-is`, `disabled`, `pull-up`, `pull-down`.
-    pub bias: String,
+    /// Inputs: the line's pull.
+    pub bias: Bias,
     /// Inputs: the kernel's debounce period (0: none).
     pub debounce_ms: u32,
 }
@@ -159,8 +289,8 @@ pub struct FootSwitch {
     pub device: Option<PathBuf>,
     /// Or the device's name as the kernel reports it.
     pub name: Option<String>,
-    /// The key the pedal sends (`KEY_B`, `BTN_LEFT`, ...); checked to be a Linux key name.
-    pub key: String,
+    /// The key the pedal sends (`KEY_B`, `BTN_LEFT`, ...).
+    pub key: evdev::KeyCode,
     /// Grab the device so its key reaches nothing else.
     pub grab: bool,
 }

@@ -8,8 +8,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::{
-    Capture, Config, ConfigError, Control, FootSwitch, GpioLine, LineRef, Mqtt, Readiness,
-    Recordings, Ring, SourceKind, Upload,
+    Bias, Capture, Choice, Config, ConfigError, Control, EncoderChoice, FootSwitch, GpioLine,
+    InputFormat, LineRef, Mqtt, Readiness, Recordings, Ring, SourceKind, Upload, X264Preset,
 };
 
 /// One problem in a config file.
@@ -153,6 +153,34 @@ impl Walker {
         }
     }
 
+    /// One of a fixed set of names, parsed into its type here, once.
+    fn choice<T: Choice>(&mut self, s: &mut Section, key: &str, default: T) -> T {
+        let Some((v, line, opt)) = self.value(s, key) else {
+            return default;
+        };
+        match v.get_ref() {
+            DeValue::String(st) => match st.parse::<T>() {
+                Ok(c) => c,
+                Err(e) => {
+                    self.error(line, opt, e.to_string());
+                    default
+                }
+            },
+            other => {
+                self.error(
+                    line,
+                    opt,
+                    format!(
+                        "expected a string (one of: {}), found {}",
+                        T::NAMES.join(", "),
+                        type_name(other)
+                    ),
+                );
+                default
+            }
+        }
+    }
+
     fn int(
         &mut self,
         s: &mut Section,
@@ -262,18 +290,11 @@ impl Walker {
         let line_ref = self.line_ref(&mut sec, "line");
         let active_low = self.boolean(&mut sec, "active_low", false);
         let (bias, debounce_ms) = if input {
-            let (bias, bl) = self.string(&mut sec, "bias", "as-is");
-            one_of(
-                self,
-                &bias,
-                bl,
-                &format!("{name}.bias"),
-                &["as-is", "disabled", "pull-up", "pull-down"],
-            );
+            let bias = self.choice(&mut sec, "bias", Bias::AsIs);
             let (d, _) = self.int(&mut sec, "debounce_ms", 20, (0, 1000), " milliseconds");
             (bias, d as u32)
         } else {
-            ("as-is".to_string(), 0)
+            (Bias::AsIs, 0)
         };
         self.finish(sec);
         Some(GpioLine {
@@ -318,7 +339,7 @@ impl Walker {
 
 /// A value from the file, quoted for a message: control characters escaped and cut to a length
 /// that fits a line, so a long or hostile value cannot flood or forge the output.
-fn shown(value: &str) -> String {
+pub(crate) fn shown(value: &str) -> String {
     format!("'{}'", cut(value, 60).escape_debug())
 }
 
@@ -340,18 +361,6 @@ fn type_name(v: &DeValue) -> &'static str {
         DeValue::Array(_) => "an array",
         DeValue::Table(_) => "a table",
     }
-}
-
-fn one_of(w: &mut Walker, value: &str, line: usize, opt: &str, allowed: &[&str]) -> bool {
-    if allowed.contains(&value) {
-        return true;
-    }
-    w.error(
-        line,
-        opt.into(),
-        format!("{} is not one of: {}", shown(value), allowed.join(", ")),
-    );
-    false
 }
 
 pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), ConfigError> {
@@ -403,45 +412,16 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
     }
 
     let mut cap = w.section(root, "capture");
-    let (source, line) = w.string(&mut cap, "source", "test");
-    one_of(&mut w, &source, line, "capture.source", &["test", "v4l2"]);
+    let source = w.choice(&mut cap, "source", SourceKind::Test);
     let (device, _) = w.path(&mut cap, "device", "/dev/video0");
-    let (input_format, line) = w.string(&mut cap, "input_format", "raw");
-    one_of(
-        &mut w,
-        &input_format,
-        line,
-        "capture.input_format",
-        &["raw", "mjpeg", "h264"],
-    );
+    let input_format = w.choice(&mut cap, "input_format", InputFormat::Raw);
     let (width, _) = w.int(&mut cap, "width", 1280, (16, 7680), " pixels");
     let (height, _) = w.int(&mut cap, "height", 720, (16, 4320), " pixels");
     let (fps, _) = w.int(&mut cap, "fps", 30, (1, 120), " frames per second");
     let (fragment_secs, _) = w.int(&mut cap, "fragment_secs", 1, (1, 10), " seconds");
-    let (encoder, line) = w.string(&mut cap, "encoder", "auto");
-    one_of(
-        &mut w,
-        &encoder,
-        line,
-        "capture.encoder",
-        &["auto", "x264enc", "v4l2h264enc", "nvv4l2h264enc"],
-    );
+    let encoder = w.choice(&mut cap, "encoder", EncoderChoice::Auto);
     let (bitrate_kbps, _) = w.int(&mut cap, "bitrate_kbps", 4000, (100, 100_000), " kbit/s");
-    let (x264_preset, line) = w.string(&mut cap, "x264_preset", "veryfast");
-    one_of(
-        &mut w,
-        &x264_preset,
-        line,
-        "capture.x264_preset",
-        &[
-            "ultrafast",
-            "superfast",
-            "veryfast",
-            "faster",
-            "fast",
-            "medium",
-        ],
-    );
+    let x264_preset = w.choice(&mut cap, "x264_preset", X264Preset::Veryfast);
     w.finish(cap);
 
     let mut ring = w.section(root, "ring");
@@ -651,16 +631,18 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
                 "set exactly one of device (/dev/input/by-id/...) or name (as in /proc/bus/input/devices)".into(),
             );
         }
-        let (key, kline) = w.string(&mut f, "key", "KEY_B");
-        if !(key.starts_with("KEY_") || key.starts_with("BTN_"))
-            || key.parse::<evdev::KeyCode>().is_err()
-        {
-            w.error(
-                kline,
-                "foot_switch.key".into(),
-                format!("{} is not a key name: use a Linux key code name such as KEY_B or BTN_LEFT (evtest shows what the pedal sends)", shown(&key)),
-            );
-        }
+        let (name_of_key, kline) = w.string(&mut f, "key", "KEY_B");
+        let key = match name_of_key.parse::<evdev::KeyCode>() {
+            Ok(k) if name_of_key.starts_with("KEY_") || name_of_key.starts_with("BTN_") => k,
+            _ => {
+                w.error(
+                    kline,
+                    "foot_switch.key".into(),
+                    format!("{} is not a key name: use a Linux key code name such as KEY_B or BTN_LEFT (evtest shows what the pedal sends)", shown(&name_of_key)),
+                );
+                evdev::KeyCode::KEY_B
+            }
+        };
         let grab = w.boolean(&mut f, "grab", true);
         w.finish(f);
         Some(FootSwitch {
@@ -705,11 +687,7 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
     let cfg = Config {
         device_id,
         capture: Capture {
-            source: if source == "v4l2" {
-                SourceKind::V4l2
-            } else {
-                SourceKind::Test
-            },
+            source,
             device,
             input_format,
             width: width as u32,
@@ -906,7 +884,7 @@ mod tests {
         assert_eq!((m.prefix.as_str(), m.home_assistant), ("neoflix", true));
         let p = c.pedal.unwrap();
         assert_eq!(p.line, LineRef::Name("pedal".into()));
-        assert_eq!((p.debounce_ms, p.bias.as_str()), (20, "pull-down"));
+        assert_eq!((p.debounce_ms, p.bias), (20, Bias::PullDown));
         assert_eq!(c.light.unwrap().line, LineRef::Offset(1));
         assert!(c.privacy_switch.is_none());
         assert!(c.foot_switch.unwrap().grab);
@@ -953,12 +931,67 @@ mod tests {
                 .foot_switch
                 .unwrap()
                 .key,
-            "KEY_F13"
+            evdev::KeyCode::KEY_F13
         );
         assert!(crate::check_topic_prefix("hospital/nicu").is_ok());
         for bad in ["", "a/#", "a/+/b", "/a", "a/"] {
             assert!(crate::check_topic_prefix(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn fixed_choices_are_parsed_into_their_types() {
+        let c = ok("");
+        assert_eq!(
+            (
+                c.capture.input_format,
+                c.capture.encoder,
+                c.capture.x264_preset
+            ),
+            (InputFormat::Raw, EncoderChoice::Auto, X264Preset::Veryfast)
+        );
+        let c = ok(
+            "[capture]\nsource = \"v4l2\"\ninput_format = \"mjpeg\"\nencoder = \"v4l2h264enc\"\nx264_preset = \"ultrafast\"\n\
+                    [privacy_switch]\nchip = \"c\"\nline = 3\nbias = \"pull-up\"\n",
+        );
+        assert_eq!(c.capture.source, SourceKind::V4l2);
+        assert_eq!(c.capture.input_format, InputFormat::Mjpeg);
+        assert_eq!(c.capture.encoder, EncoderChoice::V4l2);
+        assert_eq!(c.capture.x264_preset, X264Preset::Ultrafast);
+        assert_eq!(c.privacy_switch.unwrap().bias, Bias::PullUp);
+        // Every documented name reads back as itself.
+        fn round_trip<T: Choice + std::fmt::Display>() {
+            for name in T::NAMES {
+                assert_eq!(name.parse::<T>().unwrap().to_string(), *name);
+            }
+        }
+        round_trip::<SourceKind>();
+        round_trip::<InputFormat>();
+        round_trip::<EncoderChoice>();
+        round_trip::<X264Preset>();
+        round_trip::<Bias>();
+    }
+
+    #[test]
+    fn a_bad_choice_names_the_option_the_line_and_every_accepted_value() {
+        let r = recipient();
+        let text = format!(
+            "device_id = \"r\"\n[recordings]\nrecipient = \"{}\"\n\
+             [capture]\ninput_format = \"yuyv\"\nencoder = \"x265enc\"\nx264_preset = \"placebo\"\nsource = 1\n\
+             [pedal]\nchip = \"c\"\nline = 1\nbias = \"PULL-UP\"\n",
+            r.path().display()
+        );
+        let err = parse("e.toml", &text).unwrap_err().to_string();
+        for expected in [
+            "e.toml:5: capture.input_format: 'yuyv' is not one of: raw, mjpeg, h264",
+            "e.toml:6: capture.encoder: 'x265enc' is not one of: auto, x264enc, v4l2h264enc, nvv4l2h264enc",
+            "e.toml:7: capture.x264_preset: 'placebo' is not one of: ultrafast, superfast, veryfast, faster, fast, medium",
+            "e.toml:8: capture.source: expected a string (one of: test, v4l2), found an integer",
+            "e.toml:12: pedal.bias: 'PULL-UP' is not one of: as-is, disabled, pull-up, pull-down",
+        ] {
+            assert!(err.contains(expected), "{expected}\n{err}");
+        }
+        assert!(err.starts_with("5 errors"), "{err}");
     }
 
     #[test]
