@@ -11,10 +11,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use neoflix_cli::fleet;
 use neoflix_control::Request;
 use neoflix_seal::{DepartmentPublicKey, DepartmentSecretKey};
-
-mod fleet;
 
 /// Neoflix: sealed video review of resuscitations.
 #[derive(Parser)]
@@ -461,7 +460,9 @@ fn main() -> ExitCode {
             action: ConfigAction::Validate { file },
         } => config_validate(&file),
         Command::Pki { action } => pki(action).map(|()| ExitCode::SUCCESS),
-        Command::Fleet(args) => fleet::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Fleet(args) => fleet::run(args)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
     };
     match result {
         Ok(code) => code,
