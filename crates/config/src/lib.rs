@@ -25,81 +25,9 @@ mod walk;
 
 use std::path::{Path, PathBuf};
 
-use thiserror::Error;
+pub use neoflix_confwalk::{Choice, ConfigError, MAX_CONFIG_BYTES, Problem, UnknownChoice};
 
-pub use walk::Problem;
-
-/// Declares an option with a fixed set of values: the enum, its names as written in the file
-/// (one list, so the parser, the error message and the docs cannot disagree), `as_str`, `FromStr`
-/// and `Display`.
-macro_rules! choice {
-    (
-        $(#[$meta:meta])*
-        pub enum $name:ident {
-            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $( $(#[$vmeta])* $variant, )+
-        }
-
-        impl $name {
-            /// Every value as written in the config, in the documented order.
-            pub const NAMES: &'static [&'static str] = &[$($text),+];
-
-            /// The value as written in the config.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $( $name::$variant => $text, )+
-                }
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = UnknownChoice;
-
-            fn from_str(s: &str) -> Result<Self, UnknownChoice> {
-                match s {
-                    $( $text => Ok($name::$variant), )+
-                    _ => Err(UnknownChoice {
-                        value: s.to_string(),
-                        allowed: Self::NAMES,
-                    }),
-                }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl Choice for $name {
-            const NAMES: &'static [&'static str] = $name::NAMES;
-        }
-    };
-}
-
-/// An option whose value is one of a fixed set of names.
-pub trait Choice: std::str::FromStr<Err = UnknownChoice> + Copy {
-    /// Every accepted name.
-    const NAMES: &'static [&'static str];
-}
-
-/// A value that is none of an option's names.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{} is not one of: {}", walk::shown(value), allowed.join(", "))]
-pub struct UnknownChoice {
-    /// The value as written.
-    pub value: String,
-    /// The accepted names.
-    pub allowed: &'static [&'static str],
-}
-
-choice! {
+neoflix_confwalk::choice! {
     /// `capture.source`: where frames come from.
     pub enum SourceKind {
         /// GStreamer's test pattern.
@@ -109,7 +37,7 @@ choice! {
     }
 }
 
-choice! {
+neoflix_confwalk::choice! {
     /// `capture.input_format`: what a V4L2 camera is asked to deliver.
     pub enum InputFormat {
         /// Uncompressed frames, encoded here.
@@ -121,7 +49,7 @@ choice! {
     }
 }
 
-choice! {
+neoflix_confwalk::choice! {
     /// `capture.encoder`: which H.264 encoder, or probe for one.
     pub enum EncoderChoice {
         /// Probe: hardware first (Jetson, Pi 4), then x264.
@@ -135,7 +63,7 @@ choice! {
     }
 }
 
-choice! {
+neoflix_confwalk::choice! {
     /// `capture.x264_preset`: x264's speed preset; slower ones than `medium` cannot keep up
     /// with live video on a room box.
     pub enum X264Preset {
@@ -154,7 +82,7 @@ choice! {
     }
 }
 
-choice! {
+neoflix_confwalk::choice! {
     /// `bias` of a GPIO input: the line's pull resistor.
     pub enum Bias {
         /// Leave the line as the board configured it.
@@ -352,57 +280,9 @@ pub fn check_topic_prefix(prefix: &str) -> Result<(), String> {
 /// The default config path.
 pub const DEFAULT_PATH: &str = "/etc/neoflix/neoflixd.toml";
 
-/// Why a config was refused.
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file could not be read: typically a wrong path, missing permissions, or a path that
-    /// is not a config file at all (a device, a FIFO, something far too large).
-    #[error(transparent)]
-    Read(#[from] neoflix_logging::SmallFileError),
-    /// The file has problems; all of them are counted, the first screenful listed.
-    #[error("{}", show_problems(file, problems))]
-    Invalid {
-        /// The file name as given.
-        file: String,
-        /// Every problem found.
-        problems: Vec<Problem>,
-    },
-}
-
-fn plural(n: usize) -> String {
-    if n == 1 {
-        "1 error".into()
-    } else {
-        format!("{n} errors")
-    }
-}
-
-/// Problems listed in full; the rest are counted. A screenful: more would scroll the first (and
-/// usually the cause of the others) out of sight.
-const SHOWN_PROBLEMS: usize = 20;
-
-fn show_problems(file: &str, problems: &[Problem]) -> String {
-    let mut out = format!("{} in {file}:", plural(problems.len()));
-    for p in problems.iter().take(SHOWN_PROBLEMS) {
-        out.push_str(&format!("\n  {p}"));
-    }
-    if problems.len() > SHOWN_PROBLEMS {
-        out.push_str(&format!(
-            "\n  ... and {} more: fix these first",
-            problems.len() - SHOWN_PROBLEMS
-        ));
-    }
-    out
-}
-
-/// The largest config file read: the documented example is 5 KiB; anything near this is the wrong
-/// file, and reading it whole must not be able to exhaust memory.
-pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
-
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<(Config, Vec<Problem>), ConfigError> {
-    let text = neoflix_logging::read_small_file(path, MAX_CONFIG_BYTES)?;
+    let text = neoflix_confwalk::read(path)?;
     parse(&path.display().to_string(), &text)
 }
 
