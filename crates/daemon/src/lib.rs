@@ -371,10 +371,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         .map_err(|_| DaemonError::Engine("engine thread panicked".into()))?;
     // The fleet link goes last: it reports the finalized recording, then says offline.
     let _ = fleet_stop_tx.send(true);
-    if let Some(t) = fleet_task {
-        if let Ok(Err(e)) = t.await {
-            log::error!(device = device.as_str(); "mqtt: {e}");
-        }
+    if let Some(t) = fleet_task
+        && let Ok(Err(e)) = t.await
+    {
+        log::error!(device = device.as_str(); "mqtt: {e}");
     }
     let _ = std::fs::remove_file(&cfg.control.socket);
     Ok(())
