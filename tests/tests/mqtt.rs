@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use neoflix_control::State;
 use neoflix_e2e::{Lab, Message, Mosquitto, MqttProbe, neoflix};
 use serde_json::Value;
 
@@ -372,7 +373,7 @@ fn mutual_tls_with_an_acl_keeps_each_device_to_its_own_topics() {
             .all(|m| m.json["request_id"] != "hijack" && m.json.get("forged").is_none()),
         "room-b reached room-a's topics"
     );
-    assert_eq!(d.status().state, "ready");
+    assert_eq!(d.status().state, State::Ready);
     assert!(
         broker.log_text().contains("Denied PUBLISH from"),
         "{}",

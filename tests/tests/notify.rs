@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use neoflix_control::State;
 use neoflix_e2e::{Daemon, Lab};
 
 /// The watchdog period the host test gives the daemon.
@@ -207,7 +208,7 @@ fn a_camera_that_stops_delivering_stops_the_watchdog_pings() {
     sleep(Duration::from_secs(4));
     assert_eq!(systemd.pings_since(t), 0, "pings went on without frames");
     let s = d.wait_for("the camera fault", Duration::from_secs(20), |s| {
-        s.state == "fault"
+        s.state == State::Fault
     });
     assert!(s.reasons[0].contains("no video"), "{s:?}");
 

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use neoflix_control::State;
 use neoflix_e2e::{Daemon, Lab};
 use serde_json::Value;
 
@@ -108,7 +109,7 @@ fn gpio_pedal_starts_marks_and_stops_and_the_light_follows() {
     });
     wait_light(&d, true);
     pedal(false);
-    assert_eq!(s.state, "recording");
+    assert_eq!(s.state, State::Recording);
     sleep(Duration::from_secs(1));
 
     // Contact bounce shorter than the debounce period: no event at all.
@@ -249,7 +250,7 @@ fn gpio_privacy_switch_stops_the_recording_and_keeps_nothing() {
     });
     privacy_switch(true);
     let s = d.wait_for("privacy", Duration::from_secs(10), |s| s.privacy);
-    assert_eq!(s.state, "privacy");
+    assert_eq!(s.state, State::Privacy);
     assert_eq!(
         s.recordings_finalized, 1,
         "privacy finalizes the open recording"

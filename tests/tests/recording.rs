@@ -5,7 +5,7 @@ use std::path::Path;
 use std::thread::sleep;
 use std::time::Duration;
 
-use neoflix_control::Request;
+use neoflix_control::{Request, State};
 use neoflix_e2e::{Lab, ffmpeg_errors, ffprobe, plaintext_mark};
 use neoflix_store::Status;
 
@@ -343,7 +343,7 @@ fn control_requests_that_make_no_sense_are_refused_with_a_reason() {
     assert_eq!(r.error.as_deref(), Some("not recording"));
     assert!(d.ctl(Request::Privacy { on: true }).ok);
     let s = d.status();
-    assert_eq!((s.state.as_str(), s.ready), ("privacy", false));
+    assert_eq!((s.state, s.ready), (State::Privacy, false));
     let r = d.ctl(Request::Start {});
     assert!(r.error.unwrap().contains("privacy"));
     sleep(Duration::from_secs(2));

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::thread::sleep;
 use std::time::Duration;
 
-use neoflix_control::Request;
+use neoflix_control::{Request, State};
 use neoflix_e2e::{Daemon, Lab, ffmpeg_errors, ffprobe};
 
 const CAPTURE: &str =
@@ -54,7 +54,7 @@ impl Drop for Tmpfs {
 
 fn storage_fault(d: &mut Daemon) {
     let s = d.wait_for("a storage fault", Duration::from_secs(30), |s| {
-        s.state == "fault"
+        s.state == State::Fault
     });
     assert!(!s.ready);
     assert!(
@@ -110,7 +110,7 @@ fn a_recordings_disk_read_only_at_the_trigger_loses_nothing_once_writable() {
     sleep(Duration::from_secs(3));
     disk.remount("rw");
     d.wait_for("recording again", Duration::from_secs(30), |s| {
-        s.state == "recording" && s.ready
+        s.state == State::Recording && s.ready
     });
     assert!(d.log_text().contains("storage works again"));
     sleep(Duration::from_secs(2));
@@ -143,7 +143,7 @@ fn a_recordings_disk_that_fills_mid_recording_loses_nothing_once_enlarged() {
     sleep(Duration::from_secs(4));
     disk.remount("size=64m");
     d.wait_for("recording again", Duration::from_secs(30), |s| {
-        s.state == "recording" && s.ready
+        s.state == State::Recording && s.ready
     });
     std::fs::remove_file(&filler).unwrap();
     sleep(Duration::from_secs(2));

@@ -27,7 +27,7 @@ pub mod settings;
 
 pub use error::CaptureError;
 pub use pipeline::{Capture, CaptureEvent, FrameStats, Output, probe_encoder};
-pub use settings::{CaptureSettings, Encoder, InputFormat, Source};
+pub use settings::{CaptureSettings, Encoder, InputFormat, Source, X264Preset};
 
 /// Initializes GStreamer and registers the statically linked fMP4 muxer. Idempotent.
 pub fn init() -> Result<(), CaptureError> {

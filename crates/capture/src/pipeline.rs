@@ -337,7 +337,7 @@ where
         match encoder {
             Encoder::X264 => {
                 enc.set_property_from_str("tune", "zerolatency");
-                enc.set_property_from_str("speed-preset", &s.x264_preset);
+                enc.set_property_from_str("speed-preset", s.x264_preset.nick());
                 enc.set_property("key-int-max", keyint);
                 enc.set_property("bitrate", s.bitrate_kbps);
                 // The test pattern (and a cut in the room) makes x264 insert scene-cut keyframes,

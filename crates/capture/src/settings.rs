@@ -65,6 +65,38 @@ impl Encoder {
     pub const PROBE_ORDER: [Encoder; 3] = [Encoder::NvV4l2, Encoder::V4l2, Encoder::X264];
 }
 
+/// x264's speed preset: how much CPU it spends per frame. The slower presets beyond `Medium`
+/// cannot keep up with live video on a room box, so they are not offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum X264Preset {
+    /// Least CPU, largest files at a given quality.
+    Ultrafast,
+    /// Between `Ultrafast` and `Veryfast`.
+    Superfast,
+    /// The default.
+    Veryfast,
+    /// A little more CPU than `Veryfast`.
+    Faster,
+    /// More CPU again.
+    Fast,
+    /// The slowest offered.
+    Medium,
+}
+
+impl X264Preset {
+    /// x264enc's name for it (its `speed-preset` property).
+    pub fn nick(self) -> &'static str {
+        match self {
+            X264Preset::Ultrafast => "ultrafast",
+            X264Preset::Superfast => "superfast",
+            X264Preset::Veryfast => "veryfast",
+            X264Preset::Faster => "faster",
+            X264Preset::Fast => "fast",
+            X264Preset::Medium => "medium",
+        }
+    }
+}
+
 /// Everything the pipeline is built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaptureSettings {
@@ -82,8 +114,8 @@ pub struct CaptureSettings {
     pub encoder: Option<Encoder>,
     /// Target bitrate in kbit/s.
     pub bitrate_kbps: u32,
-    /// x264 speed preset (`ultrafast` .. `placebo`), used only by x264enc.
-    pub x264_preset: String,
+    /// x264 speed preset, used only by x264enc.
+    pub x264_preset: X264Preset,
 }
 
 impl Default for CaptureSettings {
@@ -96,7 +128,7 @@ impl Default for CaptureSettings {
             fragment_secs: 1,
             encoder: None,
             bitrate_kbps: 4000,
-            x264_preset: "veryfast".into(),
+            x264_preset: X264Preset::Veryfast,
         }
     }
 }

@@ -9,10 +9,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use neoflix_cli::{fleet, review};
 use neoflix_control::Request;
-
-mod fleet;
-mod review;
 
 /// Neoflix: sealed video review of resuscitations.
 #[derive(Parser)]
@@ -479,7 +477,9 @@ fn main() -> ExitCode {
             action: ConfigAction::Validate { file },
         } => config_validate(&file),
         Command::Pki { action } => pki(action).map(|()| ExitCode::SUCCESS),
-        Command::Fleet(args) => fleet::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Fleet(args) => fleet::run(args)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
     };
     match result {
         Ok(code) => code,

@@ -25,17 +25,75 @@ mod walk;
 
 use std::path::{Path, PathBuf};
 
-use thiserror::Error;
+pub use neoflix_confwalk::{Choice, ConfigError, MAX_CONFIG_BYTES, Problem, UnknownChoice};
 
-pub use walk::Problem;
+neoflix_confwalk::choice! {
+    /// `capture.source`: where frames come from.
+    pub enum SourceKind {
+        /// GStreamer's test pattern.
+        Test = "test",
+        /// A V4L2 camera.
+        V4l2 = "v4l2",
+    }
+}
 
-/// Where frames come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceKind {
-    /// GStreamer's test pattern.
-    Test,
-    /// A V4L2 camera.
-    V4l2,
+neoflix_confwalk::choice! {
+    /// `capture.input_format`: what a V4L2 camera is asked to deliver.
+    pub enum InputFormat {
+        /// Uncompressed frames, encoded here.
+        Raw = "raw",
+        /// Motion JPEG, decoded and encoded here.
+        Mjpeg = "mjpeg",
+        /// The camera's own H.264, passed through without encoding.
+        H264 = "h264",
+    }
+}
+
+neoflix_confwalk::choice! {
+    /// `capture.encoder`: which H.264 encoder, or probe for one.
+    pub enum EncoderChoice {
+        /// Probe: hardware first (Jetson, Pi 4), then x264.
+        Auto = "auto",
+        /// Software x264.
+        X264 = "x264enc",
+        /// The Raspberry Pi 4's V4L2 memory-to-memory encoder.
+        V4l2 = "v4l2h264enc",
+        /// NVIDIA Jetson NVENC.
+        NvV4l2 = "nvv4l2h264enc",
+    }
+}
+
+neoflix_confwalk::choice! {
+    /// `capture.x264_preset`: x264's speed preset; slower ones than `medium` cannot keep up
+    /// with live video on a room box.
+    pub enum X264Preset {
+        /// Least CPU, largest files at a given quality.
+        Ultrafast = "ultrafast",
+        /// Between `ultrafast` and `veryfast`.
+        Superfast = "superfast",
+        /// The default.
+        Veryfast = "veryfast",
+        /// A little more CPU than `veryfast`.
+        Faster = "faster",
+        /// More CPU again.
+        Fast = "fast",
+        /// The slowest offered: most CPU, smallest files.
+        Medium = "medium",
+    }
+}
+
+neoflix_confwalk::choice! {
+    /// `bias` of a GPIO input: the line's pull resistor.
+    pub enum Bias {
+        /// Leave the line as the board configured it.
+        AsIs = "as-is",
+        /// No pull.
+        Disabled = "disabled",
+        /// Pull up (a switch to ground, with `active_low = true`).
+        PullUp = "pull-up",
+        /// Pull down (a switch to 3.3 V).
+        PullDown = "pull-down",
+    }
 }
 
 /// `[capture]`
@@ -45,8 +103,8 @@ pub struct Capture {
     pub source: SourceKind,
     /// V4L2 device node.
     pub device: PathBuf,
-    /// `raw`, `mjpeg` or `h264` (V4L2 only).
-    pub input_format: String,
+    /// What a V4L2 camera is asked to deliver.
+    pub input_format: InputFormat,
     /// Frame width in pixels.
     pub width: u32,
     /// Frame height in pixels.
@@ -55,12 +113,12 @@ pub struct Capture {
     pub fps: u32,
     /// Fragment length (and keyframe interval) in seconds.
     pub fragment_secs: u32,
-    /// `auto` or an encoder factory name.
-    pub encoder: String,
+    /// The encoder, or `auto`.
+    pub encoder: EncoderChoice,
     /// Target bitrate.
     pub bitrate_kbps: u32,
     /// x264 speed preset.
-    pub x264_preset: String,
+    pub x264_preset: X264Preset,
 }
 
 /// `[ring]`
@@ -138,8 +196,8 @@ pub struct GpioLine {
     pub line: LineRef,
     /// The line is low when the pedal is pressed / the light is on.
     pub active_low: bool,
-    /// Inputs: `as-is`, `disabled`, `pull-up`, `pull-down`.
-    pub bias: String,
+    /// Inputs: the line's pull.
+    pub bias: Bias,
     /// Inputs: the kernel's debounce period (0: none).
     pub debounce_ms: u32,
 }
@@ -170,8 +228,8 @@ pub struct FootSwitch {
     pub device: Option<PathBuf>,
     /// Or the device's name as the kernel reports it.
     pub name: Option<String>,
-    /// The key the pedal sends (`KEY_B`, `BTN_LEFT`, ...); checked to be a Linux key name.
-    pub key: String,
+    /// The key the pedal sends (`KEY_B`, `BTN_LEFT`, ...).
+    pub key: evdev::KeyCode,
     /// Grab the device so its key reaches nothing else.
     pub grab: bool,
 }
@@ -235,57 +293,9 @@ pub fn check_topic_prefix(prefix: &str) -> Result<(), String> {
 /// The default config path.
 pub const DEFAULT_PATH: &str = "/etc/neoflix/neoflixd.toml";
 
-/// Why a config was refused.
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file could not be read: typically a wrong path, missing permissions, or a path that
-    /// is not a config file at all (a device, a FIFO, something far too large).
-    #[error(transparent)]
-    Read(#[from] neoflix_logging::SmallFileError),
-    /// The file has problems; all of them are counted, the first screenful listed.
-    #[error("{}", show_problems(file, problems))]
-    Invalid {
-        /// The file name as given.
-        file: String,
-        /// Every problem found.
-        problems: Vec<Problem>,
-    },
-}
-
-fn plural(n: usize) -> String {
-    if n == 1 {
-        "1 error".into()
-    } else {
-        format!("{n} errors")
-    }
-}
-
-/// Problems listed in full; the rest are counted. A screenful: more would scroll the first (and
-/// usually the cause of the others) out of sight.
-const SHOWN_PROBLEMS: usize = 20;
-
-fn show_problems(file: &str, problems: &[Problem]) -> String {
-    let mut out = format!("{} in {file}:", plural(problems.len()));
-    for p in problems.iter().take(SHOWN_PROBLEMS) {
-        out.push_str(&format!("\n  {p}"));
-    }
-    if problems.len() > SHOWN_PROBLEMS {
-        out.push_str(&format!(
-            "\n  ... and {} more: fix these first",
-            problems.len() - SHOWN_PROBLEMS
-        ));
-    }
-    out
-}
-
-/// The largest config file read: the documented example is 5 KiB; anything near this is the wrong
-/// file, and reading it whole must not be able to exhaust memory.
-pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
-
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<(Config, Vec<Problem>), ConfigError> {
-    let text = neoflix_logging::read_small_file(path, MAX_CONFIG_BYTES)?;
+    let text = neoflix_confwalk::read(path)?;
     parse(&path.display().to_string(), &text)
 }
 

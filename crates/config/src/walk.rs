@@ -1,447 +1,109 @@
-//! The strict walker: reads the spanned TOML tree, takes each known option, and reports what is
-//! left over, wrong or out of range, with lines.
+//! `neoflixd.toml` read with the shared strict walker (`neoflix-confwalk`): each known option
+//! taken with its type, range and default, every problem collected with its line.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 
-use toml::Spanned;
-use toml::de::{DeTable, DeValue};
+use neoflix_confwalk::{DeTable, DeValue, Section, Walker, shown, type_name};
 
 use crate::{
-    Capture, Config, ConfigError, Control, FootSwitch, GpioLine, LineRef, Mqtt, Readiness,
-    Recordings, Ring, Signing, SourceKind, Upload,
+    Bias, Capture, Config, ConfigError, Control, EncoderChoice, FootSwitch, GpioLine, InputFormat,
+    LineRef, Mqtt, Problem, Readiness, Recordings, Ring, Signing, SourceKind, Upload, X264Preset,
 };
 
-/// One problem in a config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The file as named by the caller.
-    pub file: String,
-    /// 1-based line.
-    pub line: usize,
-    /// The option, dotted (`capture.fps`), or empty for a syntax error.
-    pub option: String,
-    /// What is wrong and what to do.
-    pub message: String,
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.option.is_empty() {
-            write!(f, "{}:{}: {}", self.file, self.line, self.message)
-        } else {
-            write!(
-                f,
-                "{}:{}: {}: {}",
-                self.file, self.line, self.option, self.message
-            )
-        }
-    }
-}
-
-struct Walker {
-    file: String,
-    /// Offsets of the text's newlines, so a line number is a binary search, not a scan from the
-    /// start for each problem (which made 40 000 problems take seconds).
-    newlines: Vec<usize>,
-    errors: Vec<Problem>,
-    warnings: Vec<Problem>,
-}
-
-/// A table being read, with the keys taken so far.
-struct Section<'a, 'i> {
-    name: &'static str,
-    table: Option<&'a DeTable<'i>>,
-    line: usize,
-    taken: HashSet<String>,
-}
-
-impl Walker {
-    fn line_of(&self, offset: usize) -> usize {
-        self.newlines.partition_point(|&nl| nl < offset) + 1
-    }
-
-    fn error(&mut self, line: usize, option: String, message: String) {
-        self.errors.push(Problem {
-            file: self.file.clone(),
-            line,
-            option,
-            message,
-        });
-    }
-
-    fn warn(&mut self, line: usize, option: String, message: String) {
-        self.warnings.push(Problem {
-            file: self.file.clone(),
-            line,
-            option,
-            message,
-        });
-    }
-
-    fn section<'a, 'i>(&mut self, root: &'a DeTable<'i>, name: &'static str) -> Section<'a, 'i> {
-        match root.get(name) {
-            None => Section {
-                name,
-                table: None,
-                line: 1,
-                taken: HashSet::new(),
-            },
-            Some(v) => {
-                let line = self.line_of(v.span().start);
-                match v.get_ref() {
-                    DeValue::Table(t) => Section {
-                        name,
-                        table: Some(t),
-                        line,
-                        taken: HashSet::new(),
-                    },
-                    other => {
-                        self.error(
-                            line,
-                            name.into(),
-                            format!("expected a table [{name}], found {}", type_name(other)),
-                        );
-                        Section {
-                            name,
-                            table: None,
-                            line,
-                            taken: HashSet::new(),
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// The dotted name; a key from the file (an unknown one can be anything) is cut and
-    /// escaped like a value.
-    fn option_name(section: &Section, key: &str) -> String {
-        let key = cut(key, 60).escape_debug().to_string();
-        if section.name.is_empty() {
-            key
-        } else {
-            format!("{}.{key}", section.name)
-        }
-    }
-
-    fn value<'a, 'i>(
-        &mut self,
-        s: &mut Section<'a, 'i>,
-        key: &str,
-    ) -> Option<(&'a Spanned<DeValue<'i>>, usize, String)> {
-        s.taken.insert(key.to_string());
-        let v = s.table?.get(key)?;
-        let line = self.line_of(v.span().start);
-        Some((v, line, Self::option_name(s, key)))
-    }
-
-    fn string(&mut self, s: &mut Section, key: &str, default: &str) -> (String, usize) {
-        match self.value(s, key) {
-            None => (default.to_string(), s.line),
-            Some((v, line, opt)) => match v.get_ref() {
-                DeValue::String(st) => (st.to_string(), line),
-                other => {
-                    self.error(
-                        line,
-                        opt,
-                        format!("expected a string, found {}", type_name(other)),
-                    );
-                    (default.to_string(), line)
-                }
-            },
-        }
-    }
-
-    fn int(
-        &mut self,
-        s: &mut Section,
-        key: &str,
-        default: u64,
-        range: (u64, u64),
-        unit: &str,
-    ) -> (u64, usize) {
-        let Some((v, line, opt)) = self.value(s, key) else {
-            return (default, s.line);
-        };
-        let DeValue::Integer(i) = v.get_ref() else {
-            self.error(
-                line,
+/// A GPIO line: a name (string) or an offset (whole number).
+fn line_ref(w: &mut Walker, s: &mut Section, key: &str) -> LineRef {
+    match w.value(s, key) {
+        None => {
+            let opt = Walker::option_name(s, key);
+            w.error(
+                s.line(),
                 opt,
-                format!(
-                    "expected a whole number{unit}, found {}",
-                    type_name(v.get_ref())
-                ),
+                "missing: the line's name (\"pedal\") or offset (17)",
             );
-            return (default, line);
-        };
-        let digits = i.as_str().replace('_', "");
-        match i128::from_str_radix(&digits, i.radix()) {
-            Ok(n) if n >= range.0 as i128 && n <= range.1 as i128 => (n as u64, line),
-            Ok(n) => {
-                self.error(
+            LineRef::Offset(0)
+        }
+        Some((v, line, opt)) => match v.get_ref() {
+            DeValue::String(n) if !n.is_empty() => LineRef::Name(n.to_string()),
+            DeValue::Integer(_) => {
+                let (n, _) = w.int(s, key, 0, (0, 511), "");
+                LineRef::Offset(n as u32)
+            }
+            other => {
+                w.error(
                     line,
                     opt,
-                    format!(
-                        "{n} is out of range: allowed {} to {}{unit}",
-                        range.0, range.1
-                    ),
-                );
-                (default, line)
-            }
-            Err(_) => {
-                self.error(
-                    line,
-                    opt,
-                    format!("{} is not a valid number", shown(i.as_str())),
-                );
-                (default, line)
-            }
-        }
-    }
-
-    fn boolean(&mut self, s: &mut Section, key: &str, default: bool) -> bool {
-        match self.value(s, key) {
-            None => default,
-            Some((v, line, opt)) => match v.get_ref() {
-                DeValue::Boolean(b) => *b,
-                other => {
-                    self.error(
-                        line,
-                        opt,
-                        format!("expected true or false, found {}", type_name(other)),
-                    );
-                    default
-                }
-            },
-        }
-    }
-
-    /// A GPIO line: a name (string) or an offset (whole number).
-    fn line_ref(&mut self, s: &mut Section, key: &str) -> LineRef {
-        match self.value(s, key) {
-            None => {
-                let opt = Self::option_name(s, key);
-                self.error(
-                    s.line,
-                    opt,
-                    "missing: the line's name (\"pedal\") or offset (17)".into(),
+                    format!("expected a line name or offset, found {}", type_name(other)),
                 );
                 LineRef::Offset(0)
             }
-            Some((v, line, opt)) => match v.get_ref() {
-                DeValue::String(n) if !n.is_empty() => LineRef::Name(n.to_string()),
-                DeValue::Integer(_) => {
-                    let (n, _) = self.int(s, key, 0, (0, 511), "");
-                    LineRef::Offset(n as u32)
-                }
-                other => {
-                    self.error(
-                        line,
-                        opt,
-                        format!("expected a line name or offset, found {}", type_name(other)),
-                    );
-                    LineRef::Offset(0)
-                }
-            },
-        }
-    }
-
-    /// `[pedal]`, `[light]`, `[privacy_switch]`: a chip, a line and how to read it.
-    fn gpio(&mut self, root: &DeTable, name: &'static str, input: bool) -> Option<GpioLine> {
-        root.get(name)?;
-        let mut sec = self.section(root, name);
-        let (chip, line) = self.string(&mut sec, "chip", "");
-        if chip.is_empty() {
-            self.error(
-                line,
-                format!("{name}.chip"),
-                "missing: the GPIO chip's path (/dev/gpiochip0) or label (pinctrl-bcm2711)".into(),
-            );
-        }
-        let line_ref = self.line_ref(&mut sec, "line");
-        let active_low = self.boolean(&mut sec, "active_low", false);
-        let (bias, debounce_ms) = if input {
-            let (bias, bl) = self.string(&mut sec, "bias", "as-is");
-            one_of(
-                self,
-                &bias,
-                bl,
-                &format!("{name}.bias"),
-                &["as-is", "disabled", "pull-up", "pull-down"],
-            );
-            let (d, _) = self.int(&mut sec, "debounce_ms", 20, (0, 1000), " milliseconds");
-            (bias, d as u32)
-        } else {
-            ("as-is".to_string(), 0)
-        };
-        self.finish(sec);
-        Some(GpioLine {
-            chip,
-            line: line_ref,
-            active_low,
-            bias,
-            debounce_ms,
-        })
-    }
-
-    fn finish(&mut self, s: Section) {
-        let Some(t) = s.table else { return };
-        for (k, v) in t.iter() {
-            if !s.taken.contains(k.get_ref().as_ref()) {
-                let line = self.line_of(k.span().start);
-                let opt = Self::option_name(&s, k.get_ref());
-                let hint = if s.name.is_empty() && matches!(v.get_ref(), DeValue::Table(_)) {
-                    "unknown section (known: [capture], [ring], [recordings], [control], [upload], [signing], [mqtt], [pedal], [foot_switch], [light], [privacy_switch], [readiness])"
-                        .to_string()
-                } else {
-                    "unknown option (see docs/config.md for the options of this section)"
-                        .to_string()
-                };
-                self.error(line, opt, hint);
-            }
-        }
-    }
-
-    fn path(&mut self, s: &mut Section, key: &str, default: &str) -> (PathBuf, usize) {
-        let (p, line) = self.string(s, key, default);
-        if !p.starts_with('/') {
-            self.error(
-                line,
-                Self::option_name(s, key),
-                format!("{} must be an absolute path", shown(&p)),
-            );
-        }
-        (PathBuf::from(p), line)
+        },
     }
 }
 
-/// A value from the file, quoted for a message: control characters escaped and cut to a length
-/// that fits a line, so a long or hostile value cannot flood or forge the output.
-fn shown(value: &str) -> String {
-    format!("'{}'", cut(value, 60).escape_debug())
-}
-
-/// At most `max` characters, with an ellipsis when something was cut.
-fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    match text.char_indices().nth(max) {
-        Some((at, _)) => format!("{}…", &text[..at]).into(),
-        None => text.into(),
-    }
-}
-
-fn type_name(v: &DeValue) -> &'static str {
-    match v {
-        DeValue::String(_) => "a string",
-        DeValue::Integer(_) => "an integer",
-        DeValue::Float(_) => "a float",
-        DeValue::Boolean(_) => "a boolean",
-        DeValue::Datetime(_) => "a date-time",
-        DeValue::Array(_) => "an array",
-        DeValue::Table(_) => "a table",
-    }
-}
-
-fn one_of(w: &mut Walker, value: &str, line: usize, opt: &str, allowed: &[&str]) -> bool {
-    if allowed.contains(&value) {
-        return true;
-    }
-    w.error(
-        line,
-        opt.into(),
-        format!("{} is not one of: {}", shown(value), allowed.join(", ")),
-    );
-    false
+/// `[pedal]`, `[light]`, `[privacy_switch]`: a chip, a line and how to read it.
+fn gpio(w: &mut Walker, root: &DeTable, name: &'static str, input: bool) -> Option<GpioLine> {
+    let mut sec = w.optional_section(root, name)?;
+    let chip = w
+        .required_string(
+            &mut sec,
+            "chip",
+            "the GPIO chip's path (/dev/gpiochip0) or label (pinctrl-bcm2711)",
+        )
+        .map(|(c, _)| c)
+        .unwrap_or_default();
+    let line_ref = line_ref(w, &mut sec, "line");
+    let active_low = w.boolean(&mut sec, "active_low", false);
+    let (bias, debounce_ms) = if input {
+        let bias = w.choice(&mut sec, "bias", Bias::AsIs);
+        let (d, _) = w.int(&mut sec, "debounce_ms", 20, (0, 1000), " milliseconds");
+        (bias, d as u32)
+    } else {
+        (Bias::AsIs, 0)
+    };
+    w.finish(sec);
+    Some(GpioLine {
+        chip,
+        line: line_ref,
+        active_low,
+        bias,
+        debounce_ms,
+    })
 }
 
 pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), ConfigError> {
-    let mut w = Walker {
-        file: file.to_string(),
-        newlines: text
-            .bytes()
-            .enumerate()
-            .filter_map(|(i, b)| (b == b'\n').then_some(i))
-            .collect(),
-        errors: Vec::new(),
-        warnings: Vec::new(),
+    let mut w = Walker::new(file, text).documented_in("docs/config.md");
+    let Some(root) = w.parse(text) else {
+        return Err(w.into_result().expect_err("a syntax error is an error"));
     };
-    let root = match DeTable::parse(text) {
-        Ok(t) => t,
-        Err(e) => {
-            let line = e.span().map(|s| w.line_of(s.start)).unwrap_or(1);
-            let msg = e.message().trim().to_string();
-            // The parser quotes the file; keep that to a line, escaped.
-            let msg = cut(&msg, 200).escape_debug().to_string();
-            w.error(line, String::new(), format!("TOML syntax error: {msg}"));
-            return Err(ConfigError::Invalid {
-                file: file.into(),
-                problems: w.errors,
-            });
-        }
-    };
-    let root = root.get_ref();
-    let mut top = Section {
-        name: "",
-        table: Some(root),
-        line: 1,
-        taken: HashSet::new(),
-    };
+    let root = &root;
+    let mut top = w.root(root);
 
     let (device_id, line) = w.string(&mut top, "device_id", "");
     if device_id.is_empty() {
         w.error(
             line,
-            "device_id".into(),
-            "missing: name this room box, e.g. device_id = \"nicu-room-1\"".into(),
+            "device_id",
+            "missing: name this room box, e.g. device_id = \"nicu-room-1\"",
         );
     } else if device_id.len() > 64
         || !device_id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
     {
-        w.error(line, "device_id".into(), format!("{} may hold only letters, digits, '-', '_' and '.', at most 64 of them (it names MQTT topics and recordings)", shown(&device_id)));
+        w.error(line, "device_id", format!("{} may hold only letters, digits, '-', '_' and '.', at most 64 of them (it names MQTT topics and recordings)", shown(&device_id)));
     }
 
     let mut cap = w.section(root, "capture");
-    let (source, line) = w.string(&mut cap, "source", "test");
-    one_of(&mut w, &source, line, "capture.source", &["test", "v4l2"]);
+    let source = w.choice(&mut cap, "source", SourceKind::Test);
     let (device, _) = w.path(&mut cap, "device", "/dev/video0");
-    let (input_format, line) = w.string(&mut cap, "input_format", "raw");
-    one_of(
-        &mut w,
-        &input_format,
-        line,
-        "capture.input_format",
-        &["raw", "mjpeg", "h264"],
-    );
+    let input_format = w.choice(&mut cap, "input_format", InputFormat::Raw);
     let (width, _) = w.int(&mut cap, "width", 1280, (16, 7680), " pixels");
     let (height, _) = w.int(&mut cap, "height", 720, (16, 4320), " pixels");
     let (fps, _) = w.int(&mut cap, "fps", 30, (1, 120), " frames per second");
     let (fragment_secs, _) = w.int(&mut cap, "fragment_secs", 1, (1, 10), " seconds");
-    let (encoder, line) = w.string(&mut cap, "encoder", "auto");
-    one_of(
-        &mut w,
-        &encoder,
-        line,
-        "capture.encoder",
-        &["auto", "x264enc", "v4l2h264enc", "nvv4l2h264enc"],
-    );
+    let encoder = w.choice(&mut cap, "encoder", EncoderChoice::Auto);
     let (bitrate_kbps, _) = w.int(&mut cap, "bitrate_kbps", 4000, (100, 100_000), " kbit/s");
-    let (x264_preset, line) = w.string(&mut cap, "x264_preset", "veryfast");
-    one_of(
-        &mut w,
-        &x264_preset,
-        line,
-        "capture.x264_preset",
-        &[
-            "ultrafast",
-            "superfast",
-            "veryfast",
-            "faster",
-            "fast",
-            "medium",
-        ],
-    );
+    let x264_preset = w.choice(&mut cap, "x264_preset", X264Preset::Veryfast);
     w.finish(cap);
 
     let mut ring = w.section(root, "ring");
@@ -455,7 +117,7 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
         " bytes",
     );
     if ring_dir.starts_with("/run") && preroll_secs > 600 {
-        w.warn(pl, "ring.preroll_secs".into(), format!("{preroll_secs} s of pre-roll in {} (RAM on most systems): put a long pre-roll on disk", ring_dir.display()));
+        w.warn(pl, "ring.preroll_secs", format!("{preroll_secs} s of pre-roll in {} (RAM on most systems): put a long pre-roll on disk", ring_dir.display()));
     }
     w.finish(ring);
 
@@ -480,10 +142,10 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
     w.finish(rec);
     if recipient.is_absolute() {
         match neoflix_logging::read_small_file(&recipient, 64 << 10) {
-            Err(e) => w.error(rline, "recordings.recipient".into(), format!("{e}; copy the department public key there (neoflix keygen writes department.pub)")),
+            Err(e) => w.error(rline, "recordings.recipient", format!("{e}; copy the department public key there (neoflix keygen writes department.pub)")),
             Ok(t) => {
                 if let Err(e) = neoflix_seal::DepartmentPublicKey::from_file_text(&t) {
-                    w.error(rline, "recordings.recipient".into(), format!("{}: {e}", recipient.display()));
+                    w.error(rline, "recordings.recipient", format!("{}: {e}", recipient.display()));
                 }
             }
         }
@@ -492,7 +154,7 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
         // Recovery would take the ring for a recording, or the ring wipe would take recordings.
         w.error(
             1,
-            "ring.dir".into(),
+            "ring.dir",
             format!(
                 "{} and recordings.dir {} must not contain one another",
                 ring_dir.display(),
@@ -505,13 +167,12 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
     let (socket, _) = w.path(&mut control, "socket", "/run/neoflix/control.sock");
     w.finish(control);
 
-    let upload = if root.get("upload").is_some() {
-        let mut up = w.section(root, "upload");
+    let upload = if let Some(mut up) = w.optional_section(root, "upload") {
         let (url, line) = w.string(&mut up, "url", "");
         if !url.starts_with("https://") {
             w.error(
                 line,
-                "upload.url".into(),
+                "upload.url",
                 format!(
                     "{} must be an https:// URL of the ingest server",
                     shown(&url)
@@ -551,10 +212,9 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
     };
 
     // The identity manifests are signed with: `[signing]` when given, else the upload identity.
-    let signing = if root.get("signing").is_some() {
-        let mut sg = w.section(root, "signing");
-        let mut file = |w: &mut Walker, key: &str, what: &str| {
-            let (p, line) = w.path(&mut sg, key, "");
+    let signing = if let Some(mut sg) = w.optional_section(root, "signing") {
+        let file = |w: &mut Walker, sg: &mut Section, key: &str, what: &str| {
+            let (p, line) = w.path(sg, key, "");
             if p.is_absolute()
                 && let Err(e) = std::fs::File::open(&p)
             {
@@ -568,10 +228,11 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
         };
         let cert = file(
             &mut w,
+            &mut sg,
             "cert",
             "this device's certificate from the department CA (neoflix pki issue --device ID)",
         );
-        let key = file(&mut w, "key", "this device's private key");
+        let key = file(&mut w, &mut sg, "key", "this device's private key");
         w.finish(sg);
         Some(Signing { cert, key })
     } else {
@@ -581,14 +242,13 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
         })
     };
 
-    let mqtt = if root.get("mqtt").is_some() {
-        let mut m = w.section(root, "mqtt");
+    let mqtt = if let Some(mut m) = w.optional_section(root, "mqtt") {
         let (url, uline) = w.string(&mut m, "url", "");
         let tls = url.starts_with("mqtts://");
         if !tls && !url.starts_with("mqtt://") {
             w.error(
                 uline,
-                "mqtt.url".into(),
+                "mqtt.url",
                 format!(
                     "{} must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]",
                     shown(&url)
@@ -596,13 +256,15 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
             );
         }
         let mut file = |w: &mut Walker, key: &str, what: &str| -> Option<PathBuf> {
-            m.table?.get(key)?;
+            if !m.has(key) {
+                return None;
+            }
             let (p, line) = w.path(&mut m, key, "");
             if !tls {
                 w.error(
                     line,
                     format!("mqtt.{key}"),
-                    "only for mqtts:// URLs: use mqtts:// or remove it".into(),
+                    "only for mqtts:// URLs: use mqtts:// or remove it",
                 );
             } else if p.is_absolute()
                 && let Err(e) = std::fs::File::open(&p)
@@ -625,28 +287,27 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
         if tls && ca.is_none() {
             w.error(
                 uline,
-                "mqtt.ca".into(),
-                "missing: mqtts:// needs the CA certificate that issued the broker's certificate"
-                    .into(),
+                "mqtt.ca",
+                "missing: mqtts:// needs the CA certificate that issued the broker's certificate",
             );
         }
         if cert.is_some() != key.is_some() {
             w.error(
                 uline,
-                "mqtt.cert".into(),
-                "cert and key go together: set both for mutual TLS, or neither".into(),
+                "mqtt.cert",
+                "cert and key go together: set both for mutual TLS, or neither",
             );
         }
         let (prefix, pline) = w.string(&mut m, "prefix", "neoflix");
         if let Err(e) = crate::check_topic_prefix(&prefix) {
-            w.error(pline, "mqtt.prefix".into(), e);
+            w.error(pline, "mqtt.prefix", e);
         }
         let (status_interval_secs, _) =
             w.int(&mut m, "status_interval_secs", 30, (5, 3600), " seconds");
         let home_assistant = w.boolean(&mut m, "home_assistant", false);
         let (discovery_prefix, dline) = w.string(&mut m, "discovery_prefix", "homeassistant");
         if let Err(e) = crate::check_topic_prefix(&discovery_prefix) {
-            w.error(dline, "mqtt.discovery_prefix".into(), e);
+            w.error(dline, "mqtt.discovery_prefix", e);
         }
         w.finish(m);
         Some(Mqtt {
@@ -662,36 +323,31 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
         None
     };
 
-    let pedal = w.gpio(root, "pedal", true);
-    let light = w.gpio(root, "light", false);
-    let privacy_switch = w.gpio(root, "privacy_switch", true);
-    let foot_switch = if root.get("foot_switch").is_some() {
-        let mut f = w.section(root, "foot_switch");
-        let device = f
-            .table
-            .and_then(|t| t.get("device"))
-            .map(|_| w.path(&mut f, "device", "").0);
-        let name = f
-            .table
-            .and_then(|t| t.get("name"))
-            .map(|_| w.string(&mut f, "name", "").0);
+    let pedal = gpio(&mut w, root, "pedal", true);
+    let light = gpio(&mut w, root, "light", false);
+    let privacy_switch = gpio(&mut w, root, "privacy_switch", true);
+    let foot_switch = if let Some(mut f) = w.optional_section(root, "foot_switch") {
+        let device = f.has("device").then(|| w.path(&mut f, "device", "").0);
+        let name = f.has("name").then(|| w.string(&mut f, "name", "").0);
         if device.is_some() == name.is_some() {
             w.error(
-                f.line,
-                "foot_switch.device".into(),
-                "set exactly one of device (/dev/input/by-id/...) or name (as in /proc/bus/input/devices)".into(),
+                f.line(),
+                "foot_switch.device",
+                "set exactly one of device (/dev/input/by-id/...) or name (as in /proc/bus/input/devices)",
             );
         }
-        let (key, kline) = w.string(&mut f, "key", "KEY_B");
-        if !(key.starts_with("KEY_") || key.starts_with("BTN_"))
-            || key.parse::<evdev::KeyCode>().is_err()
-        {
-            w.error(
-                kline,
-                "foot_switch.key".into(),
-                format!("{} is not a key name: use a Linux key code name such as KEY_B or BTN_LEFT (evtest shows what the pedal sends)", shown(&key)),
-            );
-        }
+        let (name_of_key, kline) = w.string(&mut f, "key", "KEY_B");
+        let key = match name_of_key.parse::<evdev::KeyCode>() {
+            Ok(k) if name_of_key.starts_with("KEY_") || name_of_key.starts_with("BTN_") => k,
+            _ => {
+                w.error(
+                    kline,
+                    "foot_switch.key",
+                    format!("{} is not a key name: use a Linux key code name such as KEY_B or BTN_LEFT (evtest shows what the pedal sends)", shown(&name_of_key)),
+                );
+                evdev::KeyCode::KEY_B
+            }
+        };
         let grab = w.boolean(&mut f, "grab", true);
         w.finish(f);
         Some(FootSwitch {
@@ -709,39 +365,12 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
     let (cert_min_days, _) = w.int(&mut r, "cert_min_days", 14, (0, 365), " days");
     w.finish(r);
 
-    for name in [
-        "capture",
-        "ring",
-        "recordings",
-        "control",
-        "upload",
-        "signing",
-        "mqtt",
-        "pedal",
-        "foot_switch",
-        "light",
-        "privacy_switch",
-        "readiness",
-    ] {
-        top.taken.insert(name.into());
-    }
     w.finish(top);
-
-    if !w.errors.is_empty() {
-        w.errors.sort_by_key(|p| p.line);
-        return Err(ConfigError::Invalid {
-            file: file.into(),
-            problems: w.errors,
-        });
-    }
+    let warnings = w.into_result()?;
     let cfg = Config {
         device_id,
         capture: Capture {
-            source: if source == "v4l2" {
-                SourceKind::V4l2
-            } else {
-                SourceKind::Test
-            },
+            source,
             device,
             input_format,
             width: width as u32,
@@ -777,7 +406,7 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
             cert_min_days: cert_min_days as u32,
         },
     };
-    Ok((cfg, w.warnings))
+    Ok((cfg, warnings))
 }
 
 #[cfg(test)]
@@ -939,7 +568,7 @@ mod tests {
         assert_eq!((m.prefix.as_str(), m.home_assistant), ("neoflix", true));
         let p = c.pedal.unwrap();
         assert_eq!(p.line, LineRef::Name("pedal".into()));
-        assert_eq!((p.debounce_ms, p.bias.as_str()), (20, "pull-down"));
+        assert_eq!((p.debounce_ms, p.bias), (20, Bias::PullDown));
         assert_eq!(c.light.unwrap().line, LineRef::Offset(1));
         assert!(c.privacy_switch.is_none());
         assert!(c.foot_switch.unwrap().grab);
@@ -986,12 +615,67 @@ mod tests {
                 .foot_switch
                 .unwrap()
                 .key,
-            "KEY_F13"
+            evdev::KeyCode::KEY_F13
         );
         assert!(crate::check_topic_prefix("hospital/nicu").is_ok());
         for bad in ["", "a/#", "a/+/b", "/a", "a/"] {
             assert!(crate::check_topic_prefix(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn fixed_choices_are_parsed_into_their_types() {
+        let c = ok("");
+        assert_eq!(
+            (
+                c.capture.input_format,
+                c.capture.encoder,
+                c.capture.x264_preset
+            ),
+            (InputFormat::Raw, EncoderChoice::Auto, X264Preset::Veryfast)
+        );
+        let c = ok(
+            "[capture]\nsource = \"v4l2\"\ninput_format = \"mjpeg\"\nencoder = \"v4l2h264enc\"\nx264_preset = \"ultrafast\"\n\
+                    [privacy_switch]\nchip = \"c\"\nline = 3\nbias = \"pull-up\"\n",
+        );
+        assert_eq!(c.capture.source, SourceKind::V4l2);
+        assert_eq!(c.capture.input_format, InputFormat::Mjpeg);
+        assert_eq!(c.capture.encoder, EncoderChoice::V4l2);
+        assert_eq!(c.capture.x264_preset, X264Preset::Ultrafast);
+        assert_eq!(c.privacy_switch.unwrap().bias, Bias::PullUp);
+        // Every documented name reads back as itself.
+        fn round_trip<T: crate::Choice + std::fmt::Display>() {
+            for name in T::NAMES {
+                assert_eq!(name.parse::<T>().unwrap().to_string(), *name);
+            }
+        }
+        round_trip::<SourceKind>();
+        round_trip::<InputFormat>();
+        round_trip::<EncoderChoice>();
+        round_trip::<X264Preset>();
+        round_trip::<Bias>();
+    }
+
+    #[test]
+    fn a_bad_choice_names_the_option_the_line_and_every_accepted_value() {
+        let r = recipient();
+        let text = format!(
+            "device_id = \"r\"\n[recordings]\nrecipient = \"{}\"\n\
+             [capture]\ninput_format = \"yuyv\"\nencoder = \"x265enc\"\nx264_preset = \"placebo\"\nsource = 1\n\
+             [pedal]\nchip = \"c\"\nline = 1\nbias = \"PULL-UP\"\n",
+            r.path().display()
+        );
+        let err = parse("e.toml", &text).unwrap_err().to_string();
+        for expected in [
+            "e.toml:5: capture.input_format: 'yuyv' is not one of: raw, mjpeg, h264",
+            "e.toml:6: capture.encoder: 'x265enc' is not one of: auto, x264enc, v4l2h264enc, nvv4l2h264enc",
+            "e.toml:7: capture.x264_preset: 'placebo' is not one of: ultrafast, superfast, veryfast, faster, fast, medium",
+            "e.toml:8: capture.source: expected a string (one of: test, v4l2), found an integer",
+            "e.toml:12: pedal.bias: 'PULL-UP' is not one of: as-is, disabled, pull-up, pull-down",
+        ] {
+            assert!(err.contains(expected), "{expected}\n{err}");
+        }
+        assert!(err.starts_with("5 errors"), "{err}");
     }
 
     #[test]

@@ -66,13 +66,51 @@ pub enum Request {
     Status {},
 }
 
+/// The recorder's state as the status reports it; on the wire its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// `starting`: no video yet.
+    Starting,
+    /// `buffering`: the pre-roll is filling.
+    Buffering,
+    /// `ready`: the pre-roll is full.
+    Ready,
+    /// `recording`: a recording is open (post-roll included).
+    Recording,
+    /// `privacy`: nothing is captured or kept.
+    Privacy,
+    /// `fault`: the camera or the recordings' storage failed; a recording may still be open.
+    Fault,
+}
+
+impl State {
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Buffering => "buffering",
+            State::Ready => "ready",
+            State::Recording => "recording",
+            State::Privacy => "privacy",
+            State::Fault => "fault",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The daemon's status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     /// This room box.
     pub device_id: String,
-    /// `starting`, `buffering`, `ready`, `recording`, `privacy`, `fault`.
-    pub state: String,
+    /// The recorder's state.
+    pub state: State,
     /// Whether a trigger now captures everything the settings promise.
     pub ready: bool,
     /// Why not ready: the first of `reasons`.
@@ -295,6 +333,25 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_status_reads_with_its_typed_state_and_writes_back_the_same() {
+        let doc = include_str!("../../../docs/mqtt.md");
+        let example = doc
+            .split("## Status")
+            .nth(1)
+            .and_then(|s| s.split("```json").nth(1))
+            .and_then(|s| s.split("```").next())
+            .expect("docs/mqtt.md has a status example");
+        let status: Status = serde_json::from_str(example).unwrap();
+        assert_eq!(status.state, State::Ready);
+        let back = serde_json::to_value(&status).unwrap();
+        assert_eq!(back["state"], "ready");
+        assert_eq!(
+            back,
+            serde_json::from_str::<serde_json::Value>(example).unwrap()
+        );
+    }
+
+    #[test]
     fn wire_form_is_as_documented() {
         assert_eq!(
             serde_json::to_string(&Request::Status {}).unwrap(),
@@ -313,6 +370,19 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+        for state in [
+            State::Starting,
+            State::Buffering,
+            State::Ready,
+            State::Recording,
+            State::Privacy,
+            State::Fault,
+        ] {
+            let wire = serde_json::to_string(&state).unwrap();
+            assert_eq!(wire, format!("\"{}\"", state.as_str()));
+            assert_eq!(serde_json::from_str::<State>(&wire).unwrap(), state);
+        }
+        assert!(serde_json::from_str::<State>(r#""Recording""#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"start","x":1}"#).is_err());
         assert_eq!(
             serde_json::to_string(&Reply::error("no")).unwrap(),

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use neoflix_control::{MAX_LINE, Reply, parse_request};
-use neoflix_recorder::Trigger;
+use neoflix_control::{MAX_LINE, Reply, State, parse_request};
+use neoflix_recorder::{Phase, Trigger};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -26,6 +26,19 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one connection keeps its place, however busy: a client polling every few seconds
 /// on a kept-open connection must not hold a place for ever. It may reconnect.
 const MAX_LIFETIME: Duration = Duration::from_secs(60);
+
+/// The recorder's phase as the protocol names it: the two enums are kept apart so that the
+/// recorder stays free of the wire format, and this match makes a new phase a compile error here.
+pub fn wire_state(phase: Phase) -> State {
+    match phase {
+        Phase::Starting => State::Starting,
+        Phase::Buffering => State::Buffering,
+        Phase::Ready => State::Ready,
+        Phase::Recording => State::Recording,
+        Phase::Privacy => State::Privacy,
+        Phase::Fault => State::Fault,
+    }
+}
 
 /// Binds the socket (replacing a stale one) with mode 0660.
 pub fn bind(path: &Path) -> Result<UnixListener, DaemonError> {

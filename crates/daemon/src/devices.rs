@@ -54,12 +54,13 @@ pub fn resolve(cfg: &GpioLine) -> Result<(PathBuf, u32), String> {
     Ok((chip, offset))
 }
 
-fn bias(name: &str) -> Option<Bias> {
-    match name {
-        "pull-up" => Some(Bias::PullUp),
-        "pull-down" => Some(Bias::PullDown),
-        "disabled" => Some(Bias::Disabled),
-        _ => None,
+/// The kernel's bias for the configured one; `as-is` asks for none.
+fn bias(bias: neoflix_config::Bias) -> Option<Bias> {
+    match bias {
+        neoflix_config::Bias::AsIs => None,
+        neoflix_config::Bias::Disabled => Some(Bias::Disabled),
+        neoflix_config::Bias::PullUp => Some(Bias::PullUp),
+        neoflix_config::Bias::PullDown => Some(Bias::PullDown),
     }
 }
 
@@ -77,7 +78,7 @@ async fn request_line(cfg: &GpioLine, output: bool) -> Result<gpiocdev::Request,
             b.as_input()
                 .with_edge_detection(EdgeDetection::BothEdges)
                 .with_debounce_period(Duration::from_millis(cfg.debounce_ms.into()));
-            if let Some(bias) = bias(&cfg.bias) {
+            if let Some(bias) = bias(cfg.bias) {
                 b.with_bias(bias);
             }
         }
@@ -253,13 +254,6 @@ pub async fn drive_light(
             return;
         }
     }
-}
-
-/// The key a foot switch sends, by its Linux name (`KEY_B`, `BTN_LEFT`).
-pub fn key_code(name: &str) -> Result<evdev::KeyCode, String> {
-    name.parse::<evdev::KeyCode>().map_err(|_| {
-        format!("foot_switch.key: '{name}' is not a Linux key name (evtest shows what the pedal sends, e.g. KEY_B)")
-    })
 }
 
 fn open_foot_switch(cfg: &FootSwitch) -> Result<(PathBuf, evdev::Device), String> {

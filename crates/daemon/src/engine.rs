@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use neoflix_capture::{Capture, CaptureEvent, CaptureSettings, Output};
 use neoflix_control::{Reply, Request, Status};
-use neoflix_recorder::{Action, Event, Recorder, Trigger};
+use neoflix_recorder::{Action, Event, Phase, Recorder, Trigger};
 use neoflix_seal::{DataKey, DepartmentPublicKey, Kind, ObjectId};
 use neoflix_store::Ring;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -112,7 +112,7 @@ struct Environment {
 /// What a status change is judged by: the substance, not the counters.
 #[derive(Debug, PartialEq)]
 struct Summary {
-    state: &'static str,
+    state: Phase,
     reasons: Vec<String>,
     recording: Option<String>,
     upload_pending: Option<usize>,
@@ -532,7 +532,7 @@ impl Engine {
     fn publish_changes(&mut self) {
         let s = self.recorder.as_ref().expect("recorder present").status();
         let reasons = self.reasons();
-        let privacy = s.state == "privacy";
+        let privacy = s.state == Phase::Privacy;
         let pattern =
             crate::health::light_pattern(s.recording, s.ready, reasons.is_empty(), privacy);
         self.settings.light.send_if_modified(|p| {
@@ -825,10 +825,10 @@ impl Engine {
         let frames = self.frame_stats();
         Status {
             device_id: self.settings.device_id.clone(),
-            state: s.state.to_string(),
+            state: crate::control::wire_state(s.state),
             ready: reasons.is_empty(),
             reason: reasons.first().cloned(),
-            privacy: s.state == "privacy",
+            privacy: s.state == Phase::Privacy,
             reasons,
             preroll_secs: s.preroll.as_millis() as f64 / 1000.0,
             recording: self.recordings.open_id().map(str::to_string),

@@ -28,8 +28,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use neoflix_capture::{CaptureSettings, Encoder, InputFormat, Source};
-use neoflix_config::{Config, SourceKind};
+use neoflix_capture::{CaptureSettings, Encoder, InputFormat, Source, X264Preset};
+use neoflix_config::{Config, EncoderChoice, SourceKind};
 use neoflix_seal::DepartmentPublicKey;
 use neoflix_store::Ring;
 use thiserror::Error;
@@ -144,10 +144,10 @@ pub fn capture_settings(cfg: &Config) -> CaptureSettings {
             SourceKind::Test => Source::Test,
             SourceKind::V4l2 => Source::V4l2 {
                 device: c.device.clone(),
-                format: match c.input_format.as_str() {
-                    "mjpeg" => InputFormat::Mjpeg,
-                    "h264" => InputFormat::H264,
-                    _ => InputFormat::Raw,
+                format: match c.input_format {
+                    neoflix_config::InputFormat::Raw => InputFormat::Raw,
+                    neoflix_config::InputFormat::Mjpeg => InputFormat::Mjpeg,
+                    neoflix_config::InputFormat::H264 => InputFormat::H264,
                 },
             },
         },
@@ -155,9 +155,21 @@ pub fn capture_settings(cfg: &Config) -> CaptureSettings {
         height: c.height,
         fps: c.fps,
         fragment_secs: c.fragment_secs,
-        encoder: Encoder::from_factory(&c.encoder),
+        encoder: match c.encoder {
+            EncoderChoice::Auto => None,
+            EncoderChoice::X264 => Some(Encoder::X264),
+            EncoderChoice::V4l2 => Some(Encoder::V4l2),
+            EncoderChoice::NvV4l2 => Some(Encoder::NvV4l2),
+        },
         bitrate_kbps: c.bitrate_kbps,
-        x264_preset: c.x264_preset.clone(),
+        x264_preset: match c.x264_preset {
+            neoflix_config::X264Preset::Ultrafast => X264Preset::Ultrafast,
+            neoflix_config::X264Preset::Superfast => X264Preset::Superfast,
+            neoflix_config::X264Preset::Veryfast => X264Preset::Veryfast,
+            neoflix_config::X264Preset::Faster => X264Preset::Faster,
+            neoflix_config::X264Preset::Fast => X264Preset::Fast,
+            neoflix_config::X264Preset::Medium => X264Preset::Medium,
+        },
     }
 }
 
@@ -253,12 +265,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             ))
         }
     };
-    let foot_key = cfg
-        .foot_switch
-        .as_ref()
-        .map(|f| devices::key_code(&f.key))
-        .transpose()
-        .map_err(DaemonError::Device)?;
+    let foot_key = cfg.foot_switch.as_ref().map(|f| f.key);
     let fleet_settings = match &cfg.mqtt {
         None => None,
         Some(m) => Some(fleet::FleetSettings {
@@ -419,10 +426,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         .map_err(|_| DaemonError::Engine("engine thread panicked".into()))?;
     // The fleet link goes last: it reports the finalized recording, then says offline.
     let _ = fleet_stop_tx.send(true);
-    if let Some(t) = fleet_task {
-        if let Ok(Err(e)) = t.await {
-            log::error!(device = device.as_str(); "mqtt: {e}");
-        }
+    if let Some(t) = fleet_task
+        && let Ok(Err(e)) = t.await
+    {
+        log::error!(device = device.as_str(); "mqtt: {e}");
     }
     let _ = std::fs::remove_file(&cfg.control.socket);
     Ok(())

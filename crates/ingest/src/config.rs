@@ -1,28 +1,31 @@
-//! `neoflix-ingest.toml`. Relative paths are taken from the config file's directory.
+//! `neoflix-ingest.toml`, read strictly with the walker `neoflixd.toml` is read with
+//! (`neoflix-confwalk`): unknown options, wrong types, values out of range, addresses that are
+//! not addresses and files that cannot be read are each reported as a [`Problem`] naming the
+//! file, the line and the option, all at once. Relative paths are taken from the config file's
+//! directory. Specified in `docs/ingest.md`.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+pub use neoflix_confwalk::{ConfigError, Problem};
+use neoflix_confwalk::{DeTable, Section, Walker, shown};
 
 /// The server's configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IngestConfig {
     /// Address to listen on, e.g. `0.0.0.0:8443`.
-    pub listen: String,
+    pub listen: SocketAddr,
     /// TLS material.
     pub tls: Tls,
     /// Where recordings are kept.
     pub storage: StorageConfig,
     /// What one device, one connection and all requests together may hold.
-    #[serde(default)]
     pub limits: Limits,
 }
 
 /// `[limits]`: the bounds that keep one device (or one stolen certificate) from starving the
 /// others and keep the server's memory bounded whatever the clients send.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Connections served at once, all devices together. Only a connection that completed
     /// its handshake, named its device and is within that device's limit takes one; when all
@@ -70,60 +73,12 @@ impl Default for Limits {
 /// The smallest `limits.max_buffered_bytes`: room for the largest manifest and its parsed form.
 pub const MIN_BUFFERED_BYTES: u64 = 2 * crate::http::MAX_MANIFEST;
 
-impl Limits {
-    /// Every limit that cannot work, each naming the option and its value.
-    pub fn problems(&self) -> Vec<String> {
-        let mut v = Vec::new();
-        if self.max_connections == 0 || self.max_connections > 1 << 20 {
-            v.push(format!(
-                "limits.max_connections = {}: must be between 1 and 1048576",
-                self.max_connections
-            ));
-        }
-        if self.max_handshakes == 0 || self.max_handshakes > 1 << 16 {
-            v.push(format!(
-                "limits.max_handshakes = {}: must be between 1 and 65536",
-                self.max_handshakes
-            ));
-        }
-        if self.handshake_timeout_secs == 0 || self.handshake_timeout_secs > 60 {
-            v.push(format!(
-                "limits.handshake_timeout_secs = {}: must be between 1 and 60",
-                self.handshake_timeout_secs
-            ));
-        }
-        if self.max_connections_per_device == 0
-            || self.max_connections_per_device > self.max_connections
-        {
-            v.push(format!(
-                "limits.max_connections_per_device = {}: must be between 1 and limits.max_connections ({})",
-                self.max_connections_per_device, self.max_connections
-            ));
-        }
-        if self.min_bytes_per_sec == 0 {
-            v.push("limits.min_bytes_per_sec = 0: must be at least 1 (a body that never sends would hold its slot)".into());
-        }
-        if self.rate_grace_secs > 3600 {
-            v.push(format!(
-                "limits.rate_grace_secs = {}: at most 3600",
-                self.rate_grace_secs
-            ));
-        }
-        // The semaphore that enforces it counts in usize and caps at usize::MAX >> 3.
-        let max_budget = (usize::MAX >> 3) as u64;
-        if self.max_buffered_bytes < MIN_BUFFERED_BYTES || self.max_buffered_bytes > max_budget {
-            v.push(format!(
-                "limits.max_buffered_bytes = {}: must be at least {MIN_BUFFERED_BYTES} (the largest manifest and its parsed form)",
-                self.max_buffered_bytes
-            ));
-        }
-        v
-    }
-}
+/// The largest `limits.max_buffered_bytes`: the semaphore that enforces it counts in `usize`
+/// and caps at `usize::MAX >> 3`.
+const MAX_BUFFERED_BYTES: u64 = (usize::MAX >> 3) as u64;
 
 /// `[tls]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tls {
     /// The server's certificate chain (PEM).
     pub cert: PathBuf,
@@ -132,59 +87,231 @@ pub struct Tls {
     /// CA certificate(s) whose devices may upload (PEM, one or more in the file).
     pub client_ca: PathBuf,
     /// Certificate revocation list(s) of those CAs (PEM), optional.
-    #[serde(default)]
     pub crl: Option<PathBuf>,
 }
 
 /// `[storage]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageConfig {
     /// Root of the tree `<dir>/<device>/<recording>/`.
     pub dir: PathBuf,
     /// Largest accepted object body.
-    #[serde(default = "default_max_object")]
     pub max_object_bytes: u64,
 }
 
-fn default_max_object() -> u64 {
-    64 * 1024 * 1024
-}
+/// The default config path.
+pub const DEFAULT_PATH: &str = "/etc/neoflix/neoflix-ingest.toml";
 
 impl IngestConfig {
-    /// Reads a config file; errors name the file and, for syntax and type errors, the line.
-    pub fn load(path: &Path) -> anyhow::Result<IngestConfig> {
-        // Bounded: a config is a few KiB, and a wrong path (/dev/zero, a FIFO) must not hang
-        // or exhaust the server.
-        let text = neoflix_logging::read_small_file(path, 1 << 20)?;
-        let mut cfg: IngestConfig = toml::from_str(&text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start].matches('\n').count() + 1)
-                .unwrap_or(1);
-            anyhow::anyhow!("{}:{line}: {}", path.display(), e.message())
-        })?;
+    /// Reads and checks a config file: the config and its warnings, or every problem.
+    pub fn load(path: &Path) -> Result<(IngestConfig, Vec<Problem>), ConfigError> {
+        let text = neoflix_confwalk::read(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
-            &mut cfg.tls.cert,
-            &mut cfg.tls.key,
-            &mut cfg.tls.client_ca,
-            &mut cfg.storage.dir,
-        ] {
-            if p.is_relative() {
-                *p = base.join(&*p);
+        IngestConfig::parse(&path.display().to_string(), &text, base)
+    }
+
+    /// Checks config text; `file` names it in messages, relative paths are taken from `base`.
+    pub fn parse(
+        file: &str,
+        text: &str,
+        base: &Path,
+    ) -> Result<(IngestConfig, Vec<Problem>), ConfigError> {
+        let mut w = Walker::new(file, text).documented_in("docs/ingest.md");
+        let Some(root) = w.parse(text) else {
+            return Err(w.into_result().expect_err("a syntax error is an error"));
+        };
+        let cfg = walk(&mut w, &root, base);
+        let warnings = w.into_result()?;
+        Ok((cfg, warnings))
+    }
+}
+
+/// A file option: resolved against `base`, and it must be a regular file this user can open.
+fn file(w: &mut Walker, s: &mut Section, key: &str, base: &Path, what: &str) -> Option<PathBuf> {
+    let (p, line) = w.required_string(s, key, what)?;
+    let p = base.join(p);
+    let opt = Walker::option_name(s, key);
+    // Not opened before it is known to be a regular file: opening a FIFO would wait for a
+    // writer.
+    let problem = match std::fs::metadata(&p) {
+        Err(e) => Some(format!("cannot read {}: {e}; {what}", p.display())),
+        Ok(m) if !m.is_file() => Some(format!("{} is not a regular file; {what}", p.display())),
+        Ok(_) => std::fs::File::open(&p)
+            .err()
+            .map(|e| format!("cannot read {}: {e}; {what}", p.display())),
+    };
+    if let Some(problem) = problem {
+        w.error(line, opt, problem);
+    }
+    Some(p)
+}
+
+fn walk(w: &mut Walker, root: &DeTable, base: &Path) -> IngestConfig {
+    let mut top = w.root(root);
+    let listen = match w.required_string(
+        &mut top,
+        "listen",
+        "the address devices connect to, e.g. listen = \"0.0.0.0:8443\"",
+    ) {
+        None => None,
+        Some((l, line)) => match l.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                w.error(
+                    line,
+                    "listen",
+                    format!(
+                        "{} is not an IP address and port: use e.g. \"0.0.0.0:8443\" (every IPv4 interface), \"[::]:8443\" (every interface) or one address of this host",
+                        shown(&l)
+                    ),
+                );
+                None
             }
-        }
-        if let Some(crl) = cfg.tls.crl.as_mut()
-            && crl.is_relative()
-        {
-            *crl = base.join(&*crl);
-        }
-        let problems = cfg.limits.problems();
-        if !problems.is_empty() {
-            anyhow::bail!("{}: {}", path.display(), problems.join("; "));
-        }
-        Ok(cfg)
+        },
+    };
+
+    let mut t = w.section(root, "tls");
+    let cert = file(
+        w,
+        &mut t,
+        "cert",
+        base,
+        "the server's certificate chain (PEM; neoflix pki issue --server NAME writes NAME.crt)",
+    );
+    let key = file(
+        w,
+        &mut t,
+        "key",
+        base,
+        "the server's private key (PEM), readable by neoflix-ingest only",
+    );
+    let client_ca = file(
+        w,
+        &mut t,
+        "client_ca",
+        base,
+        "the CA certificate(s) whose devices may upload (PEM; the ca.crt of neoflix pki init)",
+    );
+    let crl = if t.has("crl") {
+        file(
+            w,
+            &mut t,
+            "crl",
+            base,
+            "the revocation list(s) of client_ca (PEM; neoflix pki crl writes ca.crl)",
+        )
+    } else {
+        w.warn(
+            t.line(),
+            "tls.crl",
+            "not set: revocation is off, so a device whose key is lost can upload until its certificate expires; set it to the CA's ca.crl",
+        );
+        None
+    };
+    w.finish(t);
+
+    let mut st = w.section(root, "storage");
+    let dir = w
+        .required_string(
+            &mut st,
+            "dir",
+            "the directory recordings are kept in, e.g. dir = \"/var/lib/neoflix-ingest\"",
+        )
+        .map(|(d, _)| base.join(d));
+    let (max_object_bytes, _) = w.int(
+        &mut st,
+        "max_object_bytes",
+        64 * 1024 * 1024,
+        (64 * 1024, 1 << 32),
+        " bytes",
+    );
+    w.finish(st);
+
+    let d = Limits::default();
+    let mut l = w.section(root, "limits");
+    let (max_connections, _) = w.int(
+        &mut l,
+        "max_connections",
+        d.max_connections as u64,
+        (1, 1 << 20),
+        " connections",
+    );
+    let (max_handshakes, _) = w.int(
+        &mut l,
+        "max_handshakes",
+        d.max_handshakes as u64,
+        (1, 1 << 16),
+        " connections",
+    );
+    let (handshake_timeout_secs, _) = w.int(
+        &mut l,
+        "handshake_timeout_secs",
+        d.handshake_timeout_secs,
+        (1, 60),
+        " seconds",
+    );
+    let (max_connections_per_device, pline) = w.int(
+        &mut l,
+        "max_connections_per_device",
+        d.max_connections_per_device as u64,
+        (1, 1 << 20),
+        " connections",
+    );
+    if max_connections_per_device > max_connections {
+        w.error(
+            pline,
+            "limits.max_connections_per_device",
+            format!(
+                "{max_connections_per_device} is more than limits.max_connections ({max_connections}): one device could take every slot; lower it or raise max_connections"
+            ),
+        );
+    }
+    let (min_bytes_per_sec, _) = w.int(
+        &mut l,
+        "min_bytes_per_sec",
+        d.min_bytes_per_sec,
+        (1, 1 << 30),
+        " bytes per second (0 would let a body that never sends hold its slot)",
+    );
+    let (rate_grace_secs, _) = w.int(
+        &mut l,
+        "rate_grace_secs",
+        d.rate_grace_secs,
+        (0, 3600),
+        " seconds",
+    );
+    let (max_buffered_bytes, _) = w.int(
+        &mut l,
+        "max_buffered_bytes",
+        d.max_buffered_bytes,
+        (MIN_BUFFERED_BYTES, MAX_BUFFERED_BYTES),
+        " bytes (at least the largest manifest and its parsed form)",
+    );
+    w.finish(l);
+    w.finish(top);
+
+    IngestConfig {
+        // Placeholders where a problem was reported: the caller gets the problems, not these.
+        listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8443))),
+        tls: Tls {
+            cert: cert.unwrap_or_default(),
+            key: key.unwrap_or_default(),
+            client_ca: client_ca.unwrap_or_default(),
+            crl,
+        },
+        storage: StorageConfig {
+            dir: dir.unwrap_or_default(),
+            max_object_bytes,
+        },
+        limits: Limits {
+            max_connections: max_connections as usize,
+            max_handshakes: max_handshakes as usize,
+            handshake_timeout_secs,
+            max_connections_per_device: max_connections_per_device as usize,
+            min_bytes_per_sec,
+            rate_grace_secs,
+            max_buffered_bytes,
+        },
     }
 }
 
@@ -192,28 +319,143 @@ impl IngestConfig {
 mod tests {
     use super::*;
 
-    #[test]
-    fn defaults_are_valid_and_every_bad_limit_is_named() {
-        assert!(Limits::default().problems().is_empty());
-        let bad = Limits {
-            max_connections: 4,
-            max_handshakes: 0,
-            handshake_timeout_secs: 61,
-            max_connections_per_device: 5,
-            min_bytes_per_sec: 0,
-            rate_grace_secs: 7200,
-            max_buffered_bytes: 1024,
-        };
-        let p = bad.problems().join("\n");
-        for option in [
-            "max_handshakes = 0",
-            "handshake_timeout_secs = 61",
-            "max_connections_per_device = 5",
-            "min_bytes_per_sec = 0",
-            "rate_grace_secs = 7200",
-            "max_buffered_bytes = 1024",
-        ] {
-            assert!(p.contains(option), "{option} not named in:\n{p}");
+    /// A directory with the three TLS files (their contents are the TLS module's business).
+    fn tls_dir() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["server.crt", "server.key", "ca.crt", "ca.crl"] {
+            std::fs::write(d.path().join(f), "PEM").unwrap();
         }
+        d
+    }
+
+    const GOOD: &str = "listen = \"127.0.0.1:8443\"\n\
+                        [tls]\ncert = \"server.crt\"\nkey = \"server.key\"\nclient_ca = \"ca.crt\"\ncrl = \"ca.crl\"\n\
+                        [storage]\ndir = \"store\"\n";
+
+    fn problems(text: &str, base: &Path) -> Vec<String> {
+        match IngestConfig::parse("i.toml", text, base) {
+            Err(ConfigError::Invalid { problems, .. }) => {
+                problems.iter().map(|p| p.to_string()).collect()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_good_config_reads_with_defaults_and_paths_from_its_directory() {
+        let d = tls_dir();
+        let (c, warnings) = IngestConfig::parse("i.toml", GOOD, d.path()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(c.listen, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(c.tls.cert, d.path().join("server.crt"));
+        assert_eq!(c.tls.crl, Some(d.path().join("ca.crl")));
+        assert_eq!(c.storage.dir, d.path().join("store"));
+        assert_eq!(c.storage.max_object_bytes, 64 << 20);
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid_apart_from_its_files() {
+        let text = include_str!("../../../config/neoflix-ingest.toml");
+        let d = tempfile::tempdir().unwrap();
+        let found = problems(text, d.path());
+        assert!(!found.is_empty());
+        for p in &found {
+            assert!(p.contains("cannot read"), "{p}");
+        }
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_with_line_and_option() {
+        let d = tls_dir();
+        let text = "listen = \"ingest.example:8443\"\n\
+                    [tls]\ncert = \"server.crt\"\nkey = \"missing.key\"\nclient_ca = \".\"\nocsp = true\n\
+                    [storage]\nmax_object_bytes = 0\n\
+                    [limits]\nmax_connections = 4\nmax_handshakes = 0\nhandshake_timeout_secs = 61\n\
+                    max_connections_per_device = 5\nmin_bytes_per_sec = 0\nrate_grace_secs = 7200\n\
+                    max_buffered_bytes = 1024\n\
+                    [extra]\n";
+        let found = problems(text, d.path());
+        let lines: Vec<&str> = found
+            .iter()
+            .map(|p| p.split(": ").next().unwrap().trim_start_matches("i.toml:"))
+            .collect();
+        let options: Vec<&str> = found
+            .iter()
+            .map(|p| p.split(": ").nth(1).unwrap())
+            .collect();
+        assert_eq!(
+            options,
+            [
+                "listen",
+                "tls.key",
+                "tls.client_ca",
+                "tls.ocsp",
+                "storage.dir",
+                "storage.max_object_bytes",
+                "limits.max_handshakes",
+                "limits.handshake_timeout_secs",
+                "limits.max_connections_per_device",
+                "limits.min_bytes_per_sec",
+                "limits.rate_grace_secs",
+                "limits.max_buffered_bytes",
+                "extra",
+            ],
+            "{found:#?}"
+        );
+        assert_eq!(
+            lines,
+            [
+                "1", "4", "5", "6", "7", "8", "11", "12", "13", "14", "15", "16", "17"
+            ]
+        );
+        let all = found.join("\n");
+        for expected in [
+            "'ingest.example:8443' is not an IP address and port",
+            "cannot read",
+            "is not a regular file",
+            "unknown option (see docs/ingest.md",
+            "storage.dir: missing:",
+            "5 is more than limits.max_connections (4)",
+            "unknown section (known: [tls], [storage], [limits])",
+        ] {
+            assert!(all.contains(expected), "{expected}\n{all}");
+        }
+    }
+
+    #[test]
+    fn a_missing_section_names_each_required_option_and_no_crl_is_a_warning() {
+        let d = tempfile::tempdir().unwrap();
+        let found = problems("", d.path());
+        for option in [
+            "listen",
+            "tls.cert",
+            "tls.key",
+            "tls.client_ca",
+            "storage.dir",
+        ] {
+            assert!(
+                found
+                    .iter()
+                    .any(|p| p.contains(&format!(": {option}: missing:"))),
+                "{option}: {found:#?}"
+            );
+        }
+        let d = tls_dir();
+        let text = GOOD.replace("crl = \"ca.crl\"\n", "");
+        let (c, warnings) = IngestConfig::parse("i.toml", &text, d.path()).unwrap();
+        assert_eq!(c.tls.crl, None);
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0].option, "tls.crl");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let found = problems("listen = \"a\"\n[tls\n", Path::new("."));
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].starts_with("i.toml:2: TOML syntax error"),
+            "{found:?}"
+        );
     }
 }

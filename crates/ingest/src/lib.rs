@@ -58,7 +58,7 @@ pub fn esc(s: &str) -> String {
 /// Binds the configured address; returns the listener (tests bind port 0 and read it back).
 pub async fn bind(cfg: &IngestConfig) -> anyhow::Result<TcpListener> {
     use anyhow::Context;
-    TcpListener::bind(&cfg.listen)
+    TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))
 }
@@ -106,7 +106,7 @@ pub async fn run(
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(tls.clone().watch(stop_rx.clone()));
-    log::info!(listen = cfg.listen.as_str(), storage = cfg.storage.dir.display().to_string().as_str(); "neoflix-ingest listening");
+    log::info!(listen = cfg.listen.to_string().as_str(), storage = cfg.storage.dir.display().to_string().as_str(); "neoflix-ingest listening");
     tokio::pin!(shutdown);
     loop {
         // Accepting only with a handshake slot in hand leaves further connections in the

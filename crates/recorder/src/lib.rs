@@ -270,17 +270,35 @@ pub enum State {
 }
 
 impl State {
-    /// Lowercase name for the status.
-    pub fn name(&self) -> &'static str {
+    /// The state without its data, as the status reports it.
+    pub fn phase(&self) -> Phase {
         match self {
-            State::Starting => "starting",
-            State::Buffering => "buffering",
-            State::Ready => "ready",
-            State::Recording(_) => "recording",
-            State::Privacy => "privacy",
-            State::Fault { .. } => "fault",
+            State::Starting => Phase::Starting,
+            State::Buffering => Phase::Buffering,
+            State::Ready => Phase::Ready,
+            State::Recording(_) => Phase::Recording,
+            State::Privacy => Phase::Privacy,
+            State::Fault { .. } => Phase::Fault,
         }
     }
+}
+
+/// What the status reports as the state: [`State`] without its data, except that a recorder
+/// whose storage fails reports [`Phase::Fault`] whatever its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// No fragment seen yet.
+    Starting,
+    /// The pre-roll is filling.
+    Buffering,
+    /// Pre-roll full.
+    Ready,
+    /// A recording is open (post-roll included).
+    Recording,
+    /// Privacy mode.
+    Privacy,
+    /// The camera or the recordings' storage failed.
+    Fault,
 }
 
 /// An open recording, as the recorder sees it.
@@ -332,8 +350,8 @@ const MAX_RETRY: Duration = Duration::from_secs(10);
 /// A snapshot for status reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
-    /// State name.
-    pub state: &'static str,
+    /// The state as reported.
+    pub state: Phase,
     /// Pre-roll full and the camera delivering: a trigger now captures what the settings promise.
     pub ready: bool,
     /// A recording is open (post-roll included).
@@ -403,7 +421,7 @@ impl Recorder {
         {
             // A recording whose storage fails is not "recording" to anyone who must act on it.
             return Status {
-                state: "fault",
+                state: Phase::Fault,
                 ready: false,
                 recording,
                 preroll: self.ring,
@@ -411,7 +429,7 @@ impl Recorder {
             };
         }
         Status {
-            state: self.state.name(),
+            state: self.state.phase(),
             ready,
             recording,
             preroll: self.ring,

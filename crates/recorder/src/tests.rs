@@ -62,15 +62,15 @@ fn finalized(actions: &[Action]) -> Vec<StopReason> {
 #[test]
 fn starts_buffering_and_becomes_ready_when_the_preroll_is_full() {
     let r = Recorder::new(settings());
-    assert_eq!(r.status().state, "starting");
+    assert_eq!(r.status().state, Phase::Starting);
     assert!(!r.status().ready);
     let (r, _) = with_fragments(r, 0, 5);
-    assert_eq!(r.status().state, "buffering");
+    assert_eq!(r.status().state, Phase::Buffering);
     assert!(r.status().reason.unwrap().contains("5 of 10"));
     let (r, _) = with_fragments(r, 5, 4);
-    assert_eq!(r.status().state, "buffering", "9 of 10 s is not full");
+    assert_eq!(r.status().state, Phase::Buffering, "9 of 10 s is not full");
     let (r, _) = with_fragments(r, 9, 1);
-    assert_eq!(r.status().state, "ready");
+    assert_eq!(r.status().state, Phase::Ready);
     assert!(r.status().ready);
 }
 
@@ -135,7 +135,7 @@ fn short_press_while_recording_marks_long_press_stops() {
     let (r, a) = run(r, vec![Event::PedalUp { at: s(33) }]);
     assert!(a.is_empty());
     // No fragment came in this test's 22 s of recording: the watchdog noticed.
-    assert_eq!(r.status().state, "fault");
+    assert_eq!(r.status().state, Phase::Fault);
 }
 
 #[test]
@@ -348,7 +348,7 @@ fn privacy_stops_recording_purges_and_refuses_until_off() {
             Action::PurgeRing
         ]
     );
-    assert_eq!(r.status().state, "privacy");
+    assert_eq!(r.status().state, Phase::Privacy);
     assert!(!r.status().ready);
     let (r, a) = run(r, vec![Event::PedalDown { at: s(13) }]);
     assert!(matches!(&a[..], [Action::Refuse { reason }] if reason.contains("privacy")));
@@ -369,7 +369,7 @@ fn privacy_stops_recording_purges_and_refuses_until_off() {
         }],
     );
     assert_eq!(a, vec![Action::ResumeCapture]);
-    assert_eq!(r.status().state, "starting");
+    assert_eq!(r.status().state, Phase::Starting);
     assert_eq!(r.status().preroll, Duration::ZERO);
 }
 
@@ -377,9 +377,9 @@ fn privacy_stops_recording_purges_and_refuses_until_off() {
 fn camera_watchdog_faults_and_recovers() {
     let r = ready();
     let (r, _) = run(r, vec![Event::Tick { at: s(14) }]);
-    assert_eq!(r.status().state, "ready");
+    assert_eq!(r.status().state, Phase::Ready);
     let (r, _) = run(r, vec![Event::Tick { at: s(15) }]);
-    assert_eq!(r.status().state, "fault");
+    assert_eq!(r.status().state, Phase::Fault);
     assert!(r.status().reason.unwrap().contains("no video"));
     let (r, _) = run(
         r,
@@ -389,7 +389,7 @@ fn camera_watchdog_faults_and_recovers() {
             ring: s(10),
         }],
     );
-    assert_eq!(r.status().state, "ready");
+    assert_eq!(r.status().state, Phase::Ready);
     let (r, _) = run(
         r,
         vec![Event::CameraLost {
@@ -397,7 +397,7 @@ fn camera_watchdog_faults_and_recovers() {
             reason: "device gone".into(),
         }],
     );
-    assert_eq!(r.status().state, "fault");
+    assert_eq!(r.status().state, Phase::Fault);
     assert!(!r.status().ready);
 }
 
@@ -432,7 +432,7 @@ fn camera_loss_during_a_recording_keeps_it_open() {
             by: Trigger::Control,
         }],
     );
-    assert_eq!(r.status().state, "fault");
+    assert_eq!(r.status().state, Phase::Fault);
     let (r, _) = run(
         r,
         vec![Event::Fragment {
@@ -441,7 +441,7 @@ fn camera_loss_during_a_recording_keeps_it_open() {
             ring: s(1),
         }],
     );
-    assert_eq!(r.status().state, "buffering");
+    assert_eq!(r.status().state, Phase::Buffering);
 }
 
 #[test]
@@ -595,7 +595,7 @@ fn exhaustive_invariants_over_event_sequences() {
             if storage_failing {
                 let st = next.status();
                 assert!(
-                    !st.ready && matches!(st.state, "fault" | "privacy"),
+                    !st.ready && matches!(st.state, Phase::Fault | Phase::Privacy),
                     "failing storage must not look fine: {st:?}"
                 );
             }
@@ -628,7 +628,10 @@ fn storage_failures_are_reported_retried_and_lose_no_claim() {
     );
     assert!(a.is_empty());
     let st = r.status();
-    assert_eq!((st.state, st.ready, st.recording), ("fault", false, true));
+    assert_eq!(
+        (st.state, st.ready, st.recording),
+        (Phase::Fault, false, true)
+    );
     assert_eq!(st.reason.as_deref(), Some("storage: read-only file system"));
     // Fragments wait in the ring: no claim is asked for while storage fails.
     let (r, a) = with_fragments(r, 11, 1);
@@ -667,10 +670,10 @@ fn storage_failures_are_reported_retried_and_lose_no_claim() {
     );
     assert_eq!(finalized(&a), vec![StopReason::Requested(Trigger::Control)]);
     assert!(a.contains(&Action::Light { on: false }));
-    assert_eq!(r.status().state, "fault");
+    assert_eq!(r.status().state, Phase::Fault);
     // Storage works again: the fault clears and claims resume for the next recording.
     let (r, _) = run(r, vec![Event::StorageRecovered { at: s(16) }]);
-    assert_eq!(r.status().state, "ready");
+    assert_eq!(r.status().state, Phase::Ready);
     let (r, _) = run(
         r,
         vec![Event::Start {
@@ -701,7 +704,7 @@ fn storage_retries_go_on_in_privacy_mode() {
             },
         ],
     );
-    assert_eq!(r.status().state, "privacy");
+    assert_eq!(r.status().state, Phase::Privacy);
     let (_, a) = run(r, vec![Event::Tick { at: s(20) }]);
     assert_eq!(a, vec![Action::Retry]);
 }
