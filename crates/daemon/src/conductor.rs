@@ -184,6 +184,8 @@ pub struct Links {
     pub capture_facts: watch::Receiver<capture::Facts>,
     /// Kernel and file facts.
     pub environment: watch::Receiver<Environment>,
+    /// Bumped after every upload pass, when upload is configured: the queue may have changed.
+    pub upload_passes: Option<watch::Receiver<u64>>,
     /// Beaten every tick, for the watchdog.
     pub pulse: Pulse,
 }
@@ -217,12 +219,15 @@ pub struct Conductor {
     /// Storage's thread still runs.
     storage_open: bool,
     storage_facts: watch::Receiver<storage::Facts>,
+    /// Storage's facts can still change.
+    storage_facts_open: bool,
     capture: watch::Sender<Wanted>,
     capture_reports: mpsc::Receiver<capture::Report>,
     /// Capture supervision still runs.
     capture_open: bool,
     capture_facts: watch::Receiver<capture::Facts>,
     environment: watch::Receiver<Environment>,
+    upload_passes: Option<watch::Receiver<u64>>,
     tick: Interval,
     pulse: Pulse,
     status: status::Publisher,
@@ -235,6 +240,8 @@ enum Step {
     Capture(Option<capture::Report>),
     /// A waiting storage command went out.
     Sent,
+    /// What storage or the uplink shows the status changed: publish it now, not at the next tick.
+    Changed,
     Tick,
 }
 
@@ -243,6 +250,17 @@ async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Waits for a change; a closed watch is forgotten.
+async fn changed<T>(rx: &mut Option<watch::Receiver<T>>) {
+    if let Some(w) = rx
+        && w.changed().await.is_ok()
+    {
+        return;
+    }
+    *rx = None;
+    std::future::pending().await
 }
 
 impl Conductor {
@@ -283,11 +301,13 @@ impl Conductor {
             storage_reports: links.storage_reports,
             storage_open: true,
             storage_facts: links.storage_facts,
+            storage_facts_open: true,
             capture: links.capture,
             capture_reports: links.capture_reports,
             capture_open: true,
             capture_facts: links.capture_facts,
             environment: links.environment,
+            upload_passes: links.upload_passes,
             tick,
             pulse: links.pulse,
             status,
@@ -358,6 +378,12 @@ impl Conductor {
                 }
                 Step::Sent
             }
+            r = self.storage_facts.changed(), if self.storage_facts_open => {
+                // Closed: storage has stopped; its last reports are still read above.
+                self.storage_facts_open = r.is_ok();
+                Step::Changed
+            }
+            _ = changed(&mut self.upload_passes) => Step::Changed,
             _ = self.tick.tick() => Step::Tick,
         }
     }
@@ -406,7 +432,10 @@ impl Conductor {
             Step::Storage(Some(storage::Report::Recovered)) => {
                 self.feed(Event::StorageRecovered { at });
             }
-            Step::Storage(Some(storage::Report::Drained)) | Step::Sent | Step::Input(_) => {}
+            Step::Storage(Some(storage::Report::Drained))
+            | Step::Sent
+            | Step::Changed
+            | Step::Input(_) => {}
             Step::Storage(None) => {
                 if self.inbox.is_some() {
                     log::error!(device = self.device.as_str(); "the storage thread has stopped: nothing more can be recorded; restart neoflixd (systemd's watchdog does)");
@@ -647,6 +676,7 @@ mod tests {
                 capture_reports: capture_reports_rx,
                 capture_facts: capture_facts_rx,
                 environment: environment_rx,
+                upload_passes: None,
                 pulse: Pulse::default(),
             },
         );

@@ -249,6 +249,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         device_cert.as_deref(),
     ));
     let pulses = [Pulse::default(), Pulse::default(), Pulse::default()];
+    let (upload_passes_tx, upload_passes_rx) = watch::channel(0);
 
     let storage = Storage::new(
         StorageSettings {
@@ -302,18 +303,20 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             capture_reports: capture_reports_rx,
             capture_facts: capture_facts_rx.clone(),
             environment: environment_rx,
+            upload_passes: uplink.is_some().then_some(upload_passes_rx),
             pulse: pulses[0].clone(),
         },
     );
     let status_rx = conductor.status();
     let (stop_tx, stop_rx) = watch::channel(false);
     let uplink_task = uplink.map(|(s, client, status, wake)| {
-        tokio::spawn(uplink::run(
+        tokio::spawn(uplink::run_counting(
             s,
             client,
             status,
             wake,
             events.clone(),
+            upload_passes_tx,
             stop_rx.clone(),
         ))
     });

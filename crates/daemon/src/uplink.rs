@@ -340,6 +340,21 @@ pub async fn run(
     events: crate::Events,
     stop: watch::Receiver<bool>,
 ) {
+    let (passes, _) = watch::channel(0);
+    run_counting(settings, client, status, wake, events, passes, stop).await;
+}
+
+/// [`run`], counting passes in `passes`: after each, `status` holds the queue as it is now, for
+/// whoever publishes it.
+pub async fn run_counting(
+    settings: UplinkSettings,
+    client: reqwest::Client,
+    status: Arc<Mutex<UploadStatus>>,
+    wake: Arc<Notify>,
+    events: crate::Events,
+    passes: watch::Sender<u64>,
+    stop: watch::Receiver<bool>,
+) {
     let delivery = Delivery {
         client: &client,
         base: settings.url.trim_end_matches('/').to_string(),
@@ -348,7 +363,7 @@ pub async fn run(
         events: &events,
         known: Known::new(),
     };
-    schedule(delivery, &status, &wake, jitter, stop).await;
+    schedule(delivery, &status, &wake, jitter, &passes, stop).await;
 }
 
 /// One pass over the recordings, again and again.
@@ -412,12 +427,14 @@ impl Schedule {
     }
 }
 
-/// Runs passes as [`Schedule`] says until `stop`, keeping the status's last error.
+/// Runs passes as [`Schedule`] says until `stop`, keeping the status's last error and counting
+/// passes in `done`.
 async fn schedule(
     mut passes: impl Attempt,
     status: &Mutex<UploadStatus>,
     wake: &Notify,
     jitter: fn(Duration) -> Duration,
+    done: &watch::Sender<u64>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut plan = Schedule {
@@ -439,6 +456,7 @@ async fn schedule(
                 status.lock().expect("status lock").last_error = Some(e);
             }
         }
+        done.send_modify(|n| *n += 1);
         match wait {
             // After a failure, wait out the back-off even if woken.
             Wait::Backoff(d) => tokio::select! {
@@ -490,7 +508,8 @@ mod tests {
         let task = {
             let (status, wake) = (status.clone(), wake.clone());
             // No jitter here: the schedule itself is what is tested.
-            tokio::spawn(async move { schedule(passes, &status, &wake, |d| d, stop).await })
+            let done = watch::channel(0).0;
+            tokio::spawn(async move { schedule(passes, &status, &wake, |d| d, &done, stop).await })
         };
         let offsets = |from: usize| -> Vec<u64> {
             ran.lock().unwrap()[from..]
