@@ -172,6 +172,8 @@ pub struct Links {
     pub inbox: mpsc::Receiver<Input>,
     /// Storage's inbox.
     pub storage: mpsc::Sender<ToStorage>,
+    /// Shared with storage: at most one tick waits in its inbox.
+    pub storage_ticks: storage::TickGate,
     /// What storage reports.
     pub storage_reports: mpsc::Receiver<storage::Report>,
     /// What storage shows the status.
@@ -213,6 +215,7 @@ pub struct Conductor {
     /// `None` from shutdown on: new commands are answered "shutting down".
     inbox: Option<mpsc::Receiver<Input>>,
     storage: mpsc::Sender<ToStorage>,
+    storage_ticks: storage::TickGate,
     /// Storage commands waiting for room in storage's inbox, oldest first.
     outbox: VecDeque<ToStorage>,
     storage_reports: mpsc::Receiver<storage::Report>,
@@ -297,6 +300,7 @@ impl Conductor {
             capturing: false,
             inbox: Some(links.inbox),
             storage: links.storage,
+            storage_ticks: links.storage_ticks,
             outbox: VecDeque::new(),
             storage_reports: links.storage_reports,
             storage_open: true,
@@ -449,9 +453,11 @@ impl Conductor {
             Step::Capture(Some(capture::Report::Stopped) | None) => self.capture_open = false,
             Step::Tick => {
                 self.pulse.beat();
-                if self.outbox.is_empty() {
-                    // Storage's catching up goes on a slice at a time; a full inbox needs no tick.
-                    let _ = self.storage.try_send(ToStorage::Tick);
+                if self.outbox.is_empty()
+                    && self.storage_ticks.take()
+                    && self.storage.try_send(ToStorage::Tick).is_err()
+                {
+                    self.storage_ticks.release();
                 }
                 self.feed(Event::Tick { at });
             }
@@ -628,6 +634,7 @@ mod tests {
         storage_rx: Option<mpsc::Receiver<ToStorage>>,
         reports: mpsc::Sender<storage::Report>,
         storage_facts: Option<watch::Sender<storage::Facts>>,
+        ticks: storage::TickGate,
         status: watch::Receiver<Published>,
         _capture: (
             watch::Receiver<Wanted>,
@@ -645,6 +652,7 @@ mod tests {
         let (wanted_tx, wanted_rx) = watch::channel(Wanted::Running);
         let (capture_reports, capture_reports_rx) = mpsc::channel(8);
         let (capture_facts, capture_facts_rx) = watch::channel(capture::Facts::default());
+        let ticks = storage::TickGate::default();
         let (environment, environment_rx) = watch::channel(Environment {
             free_bytes: None,
             clock_synced: true,
@@ -670,6 +678,7 @@ mod tests {
             Links {
                 inbox: inbox_rx,
                 storage: storage_tx.clone(),
+                storage_ticks: ticks.clone(),
                 storage_reports: reports_rx,
                 storage_facts: storage_facts_rx,
                 capture: wanted_tx,
@@ -688,6 +697,7 @@ mod tests {
             storage_rx: Some(storage_rx),
             reports,
             storage_facts: Some(storage_facts),
+            ticks,
             status,
             _capture: (wanted_rx, capture_reports, capture_facts, environment),
         }
@@ -846,6 +856,7 @@ mod tests {
                 recipient: dept.public_key(),
                 events: Events::default(),
                 uplink_wake: None,
+                ticks: rig.ticks.clone(),
             },
             ring,
             rig.storage_facts.take().unwrap(),

@@ -249,6 +249,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         device_cert.as_deref(),
     ));
     let pulses = [Pulse::default(), Pulse::default(), Pulse::default()];
+    let storage_ticks = storage::TickGate::default();
     let (upload_passes_tx, upload_passes_rx) = watch::channel(0);
 
     let storage = Storage::new(
@@ -258,6 +259,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             recipient,
             events: events.clone(),
             uplink_wake: uplink.as_ref().map(|u| u.3.clone()),
+            ticks: storage_ticks.clone(),
         },
         ring,
         storage_facts_tx,
@@ -297,6 +299,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         conductor::Links {
             inbox: rx,
             storage: storage_tx.clone(),
+            storage_ticks,
             storage_reports: storage_reports_rx,
             storage_facts: storage_facts_rx,
             capture: wanted_tx,

@@ -10,6 +10,7 @@
 //! the recorder's retry ([`ToStorage::Sync`]) does it later.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use neoflix_recorder::{StopReason, Trigger};
@@ -90,7 +91,8 @@ pub enum ToStorage {
     },
     /// Delete what the ring holds for no recording, and forget its keys (privacy).
     PurgeRing,
-    /// About every 100 ms: catching up after an outage goes on a slice at a time.
+    /// About every 100 ms, never more than one waiting ([`TickGate`]): storage is alive, and
+    /// catching up after an outage goes on a slice at a time.
     Tick,
     /// Answer [`Report::Drained`] once everything sent before is done.
     Drain,
@@ -130,6 +132,24 @@ pub struct Facts {
     pub error: Option<String>,
 }
 
+/// Lets at most one [`ToStorage::Tick`] wait in storage's inbox: storage that has fallen behind
+/// (a slow disk, catching up after an outage) must not find the next command queued behind a
+/// pile of ticks, each worth a slice of catching up.
+#[derive(Debug, Clone, Default)]
+pub struct TickGate(Arc<AtomicBool>);
+
+impl TickGate {
+    /// Whether a tick may go now; from now on one counts as waiting.
+    pub fn take(&self) -> bool {
+        !self.0.swap(true, Ordering::AcqRel)
+    }
+
+    /// The waiting tick was handled (or could not be sent).
+    pub fn release(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// What storage needs.
 pub struct StorageSettings {
     /// This room box.
@@ -142,6 +162,8 @@ pub struct StorageSettings {
     pub events: Events,
     /// Woken after every claim and finalize, when upload is configured.
     pub uplink_wake: Option<Arc<Notify>>,
+    /// Shared with the conductor, who sends the ticks.
+    pub ticks: TickGate,
 }
 
 /// The ring and the recordings, and what storage remembers of its own health.
@@ -151,6 +173,7 @@ pub struct Storage {
     recordings: Recordings,
     events: Events,
     uplink_wake: Option<Arc<Notify>>,
+    ticks: TickGate,
     /// The last storage error, reported until storage works again.
     error: Option<String>,
     /// The recordings' owed work failed at the last try (and the recorder heard so).
@@ -179,6 +202,7 @@ impl Storage {
             ring,
             events: settings.events,
             uplink_wake: settings.uplink_wake,
+            ticks: settings.ticks,
             error: None,
             recordings_failing: false,
             finalized: 0,
@@ -198,7 +222,21 @@ impl Storage {
             .name("neoflix-storage".into())
             .spawn(move || {
                 loop {
-                    let msg = inbox.blocking_recv().unwrap_or(ToStorage::Shutdown);
+                    // Behind after an outage: catch up whenever nothing else waits.
+                    let msg = if self.recordings.behind() {
+                        match inbox.try_recv() {
+                            Ok(msg) => msg,
+                            Err(mpsc::error::TryRecvError::Empty) => {
+                                for r in self.catch_up() {
+                                    let _ = reports.blocking_send(r);
+                                }
+                                continue;
+                            }
+                            Err(mpsc::error::TryRecvError::Disconnected) => ToStorage::Shutdown,
+                        }
+                    } else {
+                        inbox.blocking_recv().unwrap_or(ToStorage::Shutdown)
+                    };
                     let (out, last) = self.step(msg);
                     for r in out {
                         // The conductor always drains its reports; gone means shutting down.
@@ -222,6 +260,14 @@ impl Storage {
         };
         self.publish();
         (out, last)
+    }
+
+    /// One slice of catching up, with nothing else to do.
+    fn catch_up(&mut self) -> Vec<Report> {
+        self.pulse.beat();
+        let out = self.sync().into_iter().collect();
+        self.publish();
+        out
     }
 
     fn handle(&mut self, msg: ToStorage) -> Vec<Report> {
@@ -294,6 +340,7 @@ impl Storage {
                 }
             }
             ToStorage::Tick => {
+                self.ticks.release();
                 if self.recordings.behind() {
                     out.extend(self.sync());
                 }
@@ -412,5 +459,20 @@ impl Storage {
             *f = facts;
             changed
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_most_one_tick_waits() {
+        let gate = TickGate::default();
+        let storage = gate.clone();
+        assert!(gate.take());
+        assert!(!gate.take(), "a second tick while one waits");
+        storage.release();
+        assert!(gate.take());
     }
 }
