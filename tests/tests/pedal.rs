@@ -249,12 +249,14 @@ fn gpio_privacy_switch_stops_the_recording_and_keeps_nothing() {
         s.recording.is_some()
     });
     privacy_switch(true);
-    let s = d.wait_for("privacy", Duration::from_secs(10), |s| s.privacy);
-    assert_eq!(s.state, State::Privacy);
-    assert_eq!(
-        s.recordings_finalized, 1,
-        "privacy finalizes the open recording"
+    // Privacy finalizes the open recording: the status says privacy as soon as the recorder
+    // decided, and counts the recording once storage has written its manifest, a moment later.
+    let s = d.wait_for(
+        "privacy, with the open recording finalized",
+        Duration::from_secs(10),
+        |s| s.privacy && s.recordings_finalized == 1,
     );
+    assert_eq!(s.state, State::Privacy);
     sleep(Duration::from_secs(2));
     assert_eq!(
         std::fs::read_dir(lab.path("ring")).unwrap().count(),

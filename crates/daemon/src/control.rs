@@ -1,4 +1,7 @@
 //! The Unix control socket: JSON lines, see `docs/control.md`.
+//!
+//! `status` is answered from the published status (a watch, [`crate::status`]); the other
+//! requests are commands, carried out by the conductor through its inbox.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -12,7 +15,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::DaemonError;
-use crate::engine::Input;
+use crate::conductor::{Command, Input};
+use crate::status::Published;
 
 /// Clients served at once; more wait for a place.
 const MAX_CLIENTS: usize = 8;
@@ -63,6 +67,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
 pub async fn serve(
     listener: UnixListener,
     inbox: mpsc::Sender<Input>,
+    status: watch::Receiver<Published>,
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
@@ -79,14 +84,15 @@ pub async fn serve(
                         let _ = stream.try_write(&reply_line(&busy()));
                         continue;
                     };
-                    let (slots, inbox, mut stop) = (slots.clone(), inbox.clone(), stop.clone());
+                    let (slots, inbox, status, mut stop) =
+                        (slots.clone(), inbox.clone(), status.clone(), stop.clone());
                     tokio::spawn(async move {
                         let place = tokio::select! {
                             _ = stop.changed() => return,
                             p = tokio::time::timeout(IDLE_TIMEOUT, slots.acquire_owned()) => p,
                         };
                         match place {
-                            Ok(Ok(_place)) => client(stream, inbox, stop).await,
+                            Ok(Ok(_place)) => client(stream, inbox, status, stop).await,
                             _ => {
                                 let _ = stream.try_write(&reply_line(&busy()));
                             }
@@ -115,7 +121,12 @@ fn reply_line(reply: &Reply) -> Vec<u8> {
     out
 }
 
-async fn client(stream: UnixStream, inbox: mpsc::Sender<Input>, mut stop: watch::Receiver<bool>) {
+async fn client(
+    stream: UnixStream,
+    inbox: mpsc::Sender<Input>,
+    status: watch::Receiver<Published>,
+    mut stop: watch::Receiver<bool>,
+) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
@@ -135,15 +146,20 @@ async fn client(stream: UnixStream, inbox: mpsc::Sender<Input>, mut stop: watch:
             return;
         }
         let too_long = line.len() > MAX_LINE;
-        let reply = match parse_request(&line) {
+        let reply = match parse_request(&line).map(Command::of) {
             Err(refusal) => Reply::error(refusal),
-            Ok(req) => {
-                let (tx, rx) = oneshot::channel();
-                if inbox
-                    .send(Input::Request(req, Trigger::Control, tx))
-                    .await
-                    .is_err()
-                {
+            Ok(None) => Reply {
+                status: Some(status.borrow().status.clone()),
+                ..Reply::ok()
+            },
+            Ok(Some(command)) => {
+                let (reply, rx) = oneshot::channel();
+                let input = Input::Command {
+                    command,
+                    by: Trigger::Control,
+                    reply,
+                };
+                if inbox.send(input).await.is_err() {
                     Reply::error("neoflixd is shutting down")
                 } else {
                     rx.await

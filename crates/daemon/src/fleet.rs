@@ -3,11 +3,11 @@
 //! Three tasks, so that nothing waits on the broker and the broker never waits on us:
 //! - the **poll** task only drives rumqttc's event loop (reconnecting with jittered back-off) and
 //!   hands incoming commands to a bounded queue;
-//! - the **publisher** publishes the retained status on every change and every
-//!   `status_interval`, events as they come, and re-announces (status, subscription, discovery)
-//!   on every (re)connection;
-//! - the **commander** carries commands out through the engine's inbox, like `neoflix ctl`, and
-//!   answers each on the reply topic.
+//! - the **publisher** publishes the retained status (read from the published status, a watch)
+//!   when it changes in substance and every `status_interval`, events as they come, and
+//!   re-announces (status, subscription, discovery) on every (re)connection;
+//! - the **commander** carries commands out through the conductor's inbox, like `neoflix ctl`,
+//!   and answers each on the reply topic.
 //!
 //! Publishing uses `try_publish`: when the broker is away, rumqttc's bounded request queue fills
 //! and further messages are dropped (the retained status is re-sent on reconnect), so capture and
@@ -15,13 +15,13 @@
 
 use std::time::Duration;
 
-use neoflix_control::Request;
 use neoflix_mqtt::{Action, Backoff, Broker, CommandError, CommandReply, OFFLINE, Topics};
 use neoflix_recorder::Trigger;
 use rumqttc::{AsyncClient, LastWill, Packet, QoS};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::engine::Input;
+use crate::conductor::{Command, Input};
+use crate::status::{Published, Summary};
 
 /// What the fleet link needs.
 #[derive(Debug, Clone)]
@@ -38,11 +38,16 @@ pub struct FleetSettings {
     pub discovery_prefix: Option<String>,
 }
 
-/// Asks the engine something, as a local `neoflix ctl` would. `None` when the engine is gone.
-async fn ask(inbox: &mpsc::Sender<Input>, req: Request) -> Option<neoflix_control::Reply> {
-    let (tx, rx) = oneshot::channel();
+/// Has the conductor carry out a command, as a local `neoflix ctl` would. `None` when the
+/// conductor is gone.
+async fn ask(inbox: &mpsc::Sender<Input>, command: Command) -> Option<neoflix_control::Reply> {
+    let (reply, rx) = oneshot::channel();
     inbox
-        .send(Input::Request(req, Trigger::Mqtt, tx))
+        .send(Input::Command {
+            command,
+            by: Trigger::Mqtt,
+            reply,
+        })
         .await
         .ok()?;
     rx.await.ok()
@@ -58,7 +63,7 @@ fn now_utc() -> String {
 pub async fn run(
     s: FleetSettings,
     inbox: mpsc::Sender<Input>,
-    changes: watch::Receiver<u64>,
+    status: watch::Receiver<Published>,
     events: mpsc::Receiver<neoflix_mqtt::Event>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), neoflix_mqtt::BrokerError> {
@@ -92,7 +97,7 @@ pub async fn run(
         cmd_rx,
         stop.clone(),
     ));
-    publisher(s, client, inbox, changes, events, connected_rx, stop).await;
+    publisher(s, client, status, events, connected_rx, stop).await;
     let _ = commander.await;
     // Give the goodbye a moment to reach the broker, then end the event loop.
     let mut poller = poller;
@@ -193,8 +198,7 @@ async fn poll(
 async fn publisher(
     s: FleetSettings,
     client: AsyncClient,
-    inbox: mpsc::Sender<Input>,
-    mut changes: watch::Receiver<u64>,
+    mut status: watch::Receiver<Published>,
     mut events: mpsc::Receiver<neoflix_mqtt::Event>,
     mut connected: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
@@ -202,7 +206,9 @@ async fn publisher(
     let mut every = tokio::time::interval(s.status_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut events_open = true;
-    let mut changes_open = true;
+    let mut status_open = true;
+    // What the last status published said; a new one goes out when it says something else.
+    let mut published: Option<Summary> = None;
     let publish_status = |client: &AsyncClient, json: Vec<u8>| {
         if let Err(e) = client.try_publish(&s.topics.status, QoS::AtLeastOnce, true, json) {
             log::debug!("MQTT status not queued: {e}");
@@ -210,9 +216,10 @@ async fn publisher(
     };
     loop {
         // Biased, events before the goodbye: the recording finalized at shutdown is reported.
-        let announce = tokio::select! {
+        // `announce`: a (re)connection; `due`: the status goes out whether it changed or not.
+        let (announce, due) = tokio::select! {
             biased;
-            r = connected.changed() => { if r.is_err() { return; } true }
+            r = connected.changed() => { if r.is_err() { return; } (true, true) }
             ev = events.recv(), if events_open => {
                 let Some(ev) = ev else { events_open = false; continue };
                 let msg = neoflix_mqtt::Published { device: s.device.clone(), time_utc: now_utc(), event: ev };
@@ -221,8 +228,8 @@ async fn publisher(
                 }
                 continue;
             }
-            r = changes.changed(), if changes_open => { changes_open = r.is_ok(); false }
-            _ = every.tick() => false,
+            r = status.changed(), if status_open => { status_open = r.is_ok(); (false, false) }
+            _ = every.tick() => (false, true),
             _ = stop.changed() => {
                 let _ = client.try_publish(&s.topics.status, QoS::AtLeastOnce, true, OFFLINE);
                 let _ = client.try_disconnect();
@@ -244,17 +251,11 @@ async fn publisher(
                 }
             }
         }
-        let status = tokio::select! {
-            r = ask(&inbox, Request::Status {}) => r,
-            _ = stop.changed() => {
-                let _ = client.try_publish(&s.topics.status, QoS::AtLeastOnce, true, OFFLINE);
-                let _ = client.try_disconnect();
-                return;
-            }
-        };
-        // None: the engine has stopped; the goodbye follows with `stop`.
-        if let Some(st) = status.and_then(|r| r.status) {
+        let st = status.borrow_and_update().status.clone();
+        let summary = Summary::of(&st);
+        if due || published.as_ref() != Some(&summary) {
             publish_status(&client, serde_json::to_vec(&st).unwrap_or_default());
+            published = Some(summary);
         }
     }
 }
@@ -290,17 +291,17 @@ async fn commander(
             }
             Ok(cmd) => {
                 let name = cmd.action.name();
-                let req = match cmd.action {
-                    Action::Start => Some(Request::Start {}),
-                    Action::Stop => Some(Request::Stop {}),
-                    Action::Mark { label } => Some(Request::Mark { label }),
-                    Action::Privacy { on } => Some(Request::Privacy { on }),
+                let command = match cmd.action {
+                    Action::Start => Some(Command::Start),
+                    Action::Stop => Some(Command::Stop),
+                    Action::Mark { label } => Some(Command::Mark { label }),
+                    Action::Privacy { on } => Some(Command::Privacy { on }),
                     Action::Ping => None,
                 };
-                let answer = match req {
+                let answer = match command {
                     None => Some(neoflix_control::Reply::ok()),
-                    Some(req) => tokio::select! {
-                        r = ask(&inbox, req) => r,
+                    Some(command) => tokio::select! {
+                        r = ask(&inbox, command) => r,
                         _ = stop.changed() => return,
                     },
                 };

@@ -4,23 +4,31 @@
 //! production, anything in tests) and runs until that future completes, then finalizes the open
 //! recording and returns.
 //!
-//! Threads and tasks: GStreamer's streaming thread seals every muxer output in memory and sends it
-//! into the engine's bounded inbox; the engine thread ([`engine`]) owns the ring, the open
-//! recording and the recorder state machine and does all storage I/O; on the async runtime, the
-//! control socket ([`control`]) and a 100 ms ticker feed the same inbox.
-//!
-//! Layout: [`engine`] the engine thread, [`recordings`] the recordings it writes and the storage
-//! work they owe, [`control`] the Unix control socket, [`uplink`] the
-//! upload to the department, [`fleet`] MQTT status/events/commands, [`devices`] pedal, foot
-//! switch, privacy switch and light, [`health`] what `ready` means.
+//! Parts, each with one job, talking through typed messages over bounded channels (and watches
+//! for state that only the latest value of matters):
+//! - [`capture`] supervises the pipeline (restarts with back-off); GStreamer's streaming thread
+//!   seals every muxer output in memory and sends it into storage's inbox;
+//! - [`storage`], on a thread of its own, owns the ring and the recordings on disk
+//!   ([`recordings`]) and does all storage I/O, in order, reporting what the recorder must hear;
+//! - [`conductor`] drives the recorder state machine (`neoflix-recorder`, the one place of
+//!   decisions): commands, pedal edges, storage and capture reports and a 100 ms tick in, storage
+//!   commands and what capture should do out; it publishes the typed status ([`status`], a watch);
+//! - readers of that watch: the control socket ([`control`]), MQTT ([`fleet`]), systemd
+//!   ([`systemd`]: READY, STATUS, the watchdog) and the recording light ([`devices`]);
+//! - [`devices`] also turns the pedal, foot switch and privacy switch into timestamped edges;
+//!   [`uplink`] uploads finished and running recordings; [`health`] says what `ready` means.
 #![deny(missing_docs)]
 
+pub mod capture;
+pub mod conductor;
 pub mod control;
 pub mod devices;
-pub mod engine;
 pub mod fleet;
 pub mod health;
 pub mod recordings;
+pub mod status;
+pub mod storage;
+pub mod systemd;
 pub mod uplink;
 
 use std::collections::BTreeMap;
@@ -35,7 +43,9 @@ use neoflix_store::Ring;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
-use engine::{Engine, EngineSettings, Input};
+use conductor::{Conductor, ConductorSettings, Input, RecordingIds};
+use storage::{Storage, StorageSettings, ToStorage};
+use systemd::Pulse;
 
 /// Why the daemon could not start.
 #[derive(Debug, Error)]
@@ -79,9 +89,9 @@ pub enum DaemonError {
     /// A device setting is unusable.
     #[error("{0}")]
     Device(String),
-    /// The engine thread could not be started or died.
-    #[error("engine: {0}")]
-    Engine(String),
+    /// The storage thread could not be started, or a part of the daemon died.
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// Where fleet events go: a bounded queue to the MQTT link, or nowhere. Never waits: when the
@@ -282,49 +292,97 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     }
     let (events_tx, events_rx) = mpsc::channel::<neoflix_mqtt::Event>(256);
     let events = Events(fleet_settings.as_ref().map(|_| events_tx));
-    let (changes_tx, changes_rx) = watch::channel(0u64);
-    let (light_tx, light_rx) = watch::channel(health::Pattern::SlowBlink);
     let devices = Devices::default();
+    let device_cert = cfg.upload.as_ref().map(|u| u.cert.clone());
+    let ids = RecordingIds::on_disk(device.clone(), &cfg.recordings.dir)
+        .map_err(|e| DaemonError::Internal(format!("{}: {e}", cfg.recordings.dir.display())))?;
+
+    // The parts' channels. Storage's inbox carries the pipeline's sealed output and the
+    // conductor's commands, in order.
+    let (storage_tx, storage_rx) = mpsc::channel::<ToStorage>(64);
+    let (storage_reports_tx, storage_reports_rx) = mpsc::channel(64);
+    let (storage_facts_tx, storage_facts_rx) = watch::channel(storage::Facts::default());
+    let (wanted_tx, wanted_rx) = watch::channel(capture::Wanted::Running);
+    let (capture_reports_tx, capture_reports_rx) = mpsc::channel(8);
+    let (capture_facts_tx, capture_facts_rx) = watch::channel(capture::Facts::default());
+    let (environment_tx, environment_rx) = watch::channel(status::Environment::gather(
+        &cfg.recordings.dir,
+        device_cert.as_deref(),
+    ));
+    let pulses = [Pulse::default(), Pulse::default(), Pulse::default()];
+    let storage_ticks = storage::TickGate::default();
+    let (upload_passes_tx, upload_passes_rx) = watch::channel(0);
+
+    let storage = Storage::new(
+        StorageSettings {
+            device_id: device.clone(),
+            recordings_dir: cfg.recordings.dir.clone(),
+            recipient,
+            signer: signer.clone(),
+            events: events.clone(),
+            uplink_wake: uplink.as_ref().map(|u| u.3.clone()),
+            ticks: storage_ticks.clone(),
+        },
+        ring,
+        storage_facts_tx,
+        pulses[1].clone(),
+    );
+    let storage_thread = storage
+        .spawn(storage_rx, storage_reports_tx)
+        .map_err(|e| DaemonError::Internal(format!("cannot start the storage thread: {e}")))?;
 
     let (tx, rx) = mpsc::channel::<Input>(64);
-    let settings = EngineSettings {
-        device_id: device.clone(),
-        capture: capture_settings(&cfg),
-        recorder: neoflix_recorder::Settings {
-            preroll: Duration::from_secs(cfg.ring.preroll_secs.into()),
-            long_press: Duration::from_millis(cfg.recordings.long_press_ms.into()),
-            max_duration: Duration::from_secs(cfg.recordings.max_duration_secs.into()),
-            post_roll: Duration::from_secs(cfg.recordings.post_roll_secs.into()),
-            camera_timeout: (fragment * 3).max(Duration::from_secs(5)),
+    let conductor = Conductor::new(
+        ConductorSettings {
+            device_id: device.clone(),
+            recorder: neoflix_recorder::Settings {
+                preroll: Duration::from_secs(cfg.ring.preroll_secs.into()),
+                long_press: Duration::from_millis(cfg.recordings.long_press_ms.into()),
+                max_duration: Duration::from_secs(cfg.recordings.max_duration_secs.into()),
+                post_roll: Duration::from_secs(cfg.recordings.post_roll_secs.into()),
+                camera_timeout: (fragment * 3).max(Duration::from_secs(5)),
+            },
+            status: status::StatusSettings {
+                device_id: device.clone(),
+                // Sealing, fMP4 boxes and the encoder's overshoot: a tenth on top of the nominal
+                // bitrate.
+                full_recording_bytes: u64::from(cfg.capture.bitrate_kbps)
+                    * 125
+                    * u64::from(cfg.recordings.max_duration_secs)
+                    * 11
+                    / 10,
+                readiness: cfg.readiness.clone(),
+                signer: signer.as_ref().map(|s| s.name().to_string()),
+            },
+            ids,
+            events: events.clone(),
+            devices: devices.clone(),
+            upload_status: uplink.as_ref().map(|u| u.2.clone()),
         },
-        recordings_dir: cfg.recordings.dir.clone(),
-        recipient,
-        signer,
-        uplink_wake: uplink.as_ref().map(|u| u.3.clone()),
-        upload_status: uplink.as_ref().map(|u| u.2.clone()),
-        device_cert: cfg.upload.as_ref().map(|u| u.cert.clone()),
-        events: events.clone(),
-        changes: changes_tx,
-        light: light_tx,
-        devices: devices.clone(),
-        readiness: cfg.readiness.clone(),
-        // Sealing, fMP4 boxes and the encoder's overshoot: a tenth on top of the nominal bitrate.
-        full_recording_bytes: u64::from(cfg.capture.bitrate_kbps)
-            * 125
-            * u64::from(cfg.recordings.max_duration_secs)
-            * 11
-            / 10,
-        watchdog: sd_notify::watchdog_enabled(),
-    };
-    let engine = Engine::new(settings, ring, tx.clone());
+        conductor::Links {
+            inbox: rx,
+            storage: storage_tx.clone(),
+            storage_ticks,
+            storage_reports: storage_reports_rx,
+            storage_facts: storage_facts_rx,
+            capture: wanted_tx,
+            capture_reports: capture_reports_rx,
+            capture_facts: capture_facts_rx.clone(),
+            environment: environment_rx,
+            upload_passes: uplink.is_some().then_some(upload_passes_rx),
+            pulse: pulses[0].clone(),
+        },
+    );
+    let status_rx = conductor.status();
     let (stop_tx, stop_rx) = watch::channel(false);
     let uplink_task = uplink.map(|(s, client, status, wake)| {
-        tokio::spawn(uplink::run(
+        tokio::spawn(uplink::run_counting(
             s,
             client,
             status,
             wake,
             events.clone(),
+            upload_passes_tx,
             stop_rx.clone(),
         ))
     });
@@ -360,10 +418,28 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             l.clone(),
             devices.clone(),
             tx.clone(),
-            light_rx,
+            status_rx.clone(),
             stop_rx.clone(),
         )));
     }
+    let environment_task = tokio::spawn(status::watch_environment(
+        cfg.recordings.dir.clone(),
+        device_cert,
+        environment_tx,
+        stop_rx.clone(),
+    ));
+    let systemd_task = tokio::spawn(systemd::run(
+        sd_notify::watchdog_enabled(),
+        status_rx.clone(),
+        capture_facts_rx,
+        vec![
+            ("conductor", pulses[0].clone()),
+            ("storage", pulses[1].clone()),
+            ("capture", pulses[2].clone()),
+        ],
+        systemd::SdNotify,
+        stop_rx.clone(),
+    ));
     // The fleet link stops last, on its own signal: it reports the recording finalized at
     // shutdown, then says offline.
     let (fleet_stop_tx, fleet_stop_rx) = watch::channel(false);
@@ -371,44 +447,37 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         tokio::spawn(fleet::run(
             f,
             tx.clone(),
-            changes_rx,
+            status_rx.clone(),
             events_rx,
             fleet_stop_rx,
         ))
     });
-    // Bound before the engine starts: once systemd hears READY, `neoflix ctl` works.
+    // Bound before capture starts: once systemd hears READY, `neoflix ctl` works.
     let listener = control::bind(&cfg.control.socket)?;
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("neoflix-engine".into())
-        .spawn(move || {
-            engine.run(rx);
-            let _ = done_tx.send(());
-        })
-        .map_err(|e| DaemonError::Engine(e.to_string()))?;
-
-    let control_task = tokio::spawn(control::serve(listener, tx.clone(), stop_rx.clone()));
-    let ticker = {
-        let tx = tx.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_millis(100));
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = every.tick() => { let _ = tx.try_send(Input::Tick); }
-                    _ = stop.changed() => break,
-                }
-            }
-        })
-    };
+    let capture_task = tokio::spawn(capture::supervise(
+        capture::Gstreamer(capture_settings(&cfg)),
+        device.clone(),
+        capture::Links {
+            storage: storage_tx,
+            wanted: wanted_rx,
+            reports: capture_reports_tx,
+            facts: capture_facts_tx,
+            pulse: pulses[2].clone(),
+        },
+    ));
+    let conductor_task = tokio::spawn(conductor.run());
+    let control_task = tokio::spawn(control::serve(
+        listener,
+        tx.clone(),
+        status_rx,
+        stop_rx.clone(),
+    ));
     log::info!(device = device.as_str(), socket = cfg.control.socket.display().to_string().as_str(); "neoflixd running");
 
     shutdown.await;
     log::info!(device = device.as_str(); "shutting down: finalizing any open recording");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
-    let _ = ticker.await;
     let _ = control_task.await;
     if let Some(t) = uplink_task {
         let _ = t.await;
@@ -416,14 +485,21 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     for t in device_tasks {
         let _ = t.await;
     }
-    // The engine finishes what is queued before the shutdown, so nothing claimed is lost.
-    tx.send(Input::Shutdown)
-        .await
-        .map_err(|_| DaemonError::Engine("engine stopped early".into()))?;
+    let _ = environment_task.await;
+    let _ = systemd_task.await;
+    // The conductor finishes what is queued before the shutdown, stops capture, lets storage
+    // take the pipeline's last output and finalizes the open recording: nothing claimed is lost.
+    let _ = tx.send(Input::Shutdown).await;
     drop(tx);
-    done_rx
+    conductor_task
         .await
-        .map_err(|_| DaemonError::Engine("engine thread panicked".into()))?;
+        .map_err(|e| DaemonError::Internal(format!("the conductor failed: {e}")))?;
+    let _ = capture_task.await;
+    tokio::task::spawn_blocking(move || storage_thread.join())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| DaemonError::Internal("the storage thread panicked".into()))?;
     // The fleet link goes last: it reports the finalized recording, then says offline.
     let _ = fleet_stop_tx.send(true);
     if let Some(t) = fleet_task

@@ -2,10 +2,11 @@
 //! each with the storage work it still owes (creating its directory, claiming its fragments from
 //! the ring, markers, the stop note, its manifest).
 //!
-//! The recorder decides; this carries out. Work is recorded first and done in [`Recordings::sync`],
-//! oldest recording first; a failure leaves the work pending (fragments stay in the ring, held
-//! there for the recording) and is returned, so the engine can tell the recorder, which asks for
-//! a retry. Storage that recovers within the ring's `max_bytes` loses nothing.
+//! The recorder decides; this carries out, on the storage thread ([`crate::storage`]). Work is
+//! recorded first and done in [`Recordings::sync`], oldest recording first; a failure leaves the
+//! work pending (fragments stay in the ring, held there for the recording) and is returned, so
+//! storage can report it and the recorder asks for a retry. Storage that recovers within the
+//! ring's `max_bytes` loses nothing.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ const MAX_PENDING_MARKS: usize = 1000;
 /// it has on disk is sealed as `interrupted` at the next start, what it still owed is lost.
 const MAX_CLOSING: usize = 8;
 /// Longest one [`Recordings::sync`] works: catching up on a long outage (hundreds of fragments,
-/// several fsyncs each) must not stall the engine, whose ticks feed systemd's watchdog.
+/// several fsyncs each) must not stall the storage loop, whose progress systemd's watchdog checks.
 const SYNC_BUDGET: Duration = Duration::from_millis(250);
 
 /// What storage work finished, for logs, events and the upload.
@@ -138,22 +139,29 @@ impl Recordings {
         self.behind
     }
 
-    /// A new recording; everything now in the ring is its pre-roll. Returns its id.
-    pub fn start(&mut self, trigger: Trigger, now: SystemTime, ring: &mut Ring) -> String {
-        let id = self.new_id(now);
+    /// Opens recording `id` (decided by the conductor, see [`crate::conductor::RecordingIds`]);
+    /// fragments up to `preroll_through` (the last one the recorder had seen at the trigger) are
+    /// its pre-roll, everything after belongs to it too.
+    pub fn start(
+        &mut self,
+        id: String,
+        trigger: Trigger,
+        now: SystemTime,
+        preroll_through: Option<u64>,
+        ring: &mut Ring,
+    ) {
         let after = self.closing.back().and_then(|c| c.through);
         self.open = Some(Pending {
-            id: id.clone(),
+            id,
             trigger,
             trigger_utc: now,
             writer: None,
-            preroll_through: ring.newest_seq(),
+            preroll_through,
             after,
             marks: VecDeque::new(),
             stop_note: None,
         });
         self.hold(ring);
-        id
     }
 
     /// A marker for the open recording.
@@ -174,8 +182,15 @@ impl Recordings {
         }
     }
 
-    /// Closes the open recording: what is in the ring now still belongs to it.
-    pub fn finalize(&mut self, reason: StopReason, now: SystemTime, ring: &mut Ring) {
+    /// Closes the open recording: fragments up to `through` (the last one the recorder had seen
+    /// when it decided to stop) still belong to it; later ones are the next pre-roll.
+    pub fn finalize(
+        &mut self,
+        reason: StopReason,
+        now: SystemTime,
+        through: Option<u64>,
+        ring: &mut Ring,
+    ) {
         let Some(rec) = self.open.take() else { return };
         if self.closing.len() >= MAX_CLOSING
             && let Some(lost) = self.closing.pop_front()
@@ -192,7 +207,7 @@ impl Recordings {
             rec,
             reason,
             stop_utc: now,
-            through: ring.newest_seq(),
+            through,
         });
         self.hold(ring);
     }
@@ -251,24 +266,6 @@ impl Recordings {
             self.closing.back().and_then(|c| c.through)
         };
         ring.hold_through(through);
-    }
-
-    fn new_id(&self, now: SystemTime) -> String {
-        let t = time::OffsetDateTime::from(now);
-        let fmt = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
-        let base = format!("{}-{}", self.device, t.format(&fmt).unwrap_or_default());
-        let taken = |id: &str| {
-            self.root.join(id).exists()
-                || self.open.as_ref().is_some_and(|p| p.id == id)
-                || self.closing.iter().any(|c| c.rec.id == id)
-        };
-        let mut id = base.clone();
-        let mut n = 2;
-        while taken(&id) {
-            id = format!("{base}-{n}");
-            n += 1;
-        }
-        id
     }
 }
 
@@ -384,15 +381,25 @@ mod tests {
         let mut seq = 0;
         let mut ids = Vec::new();
         // Ten recordings of three fragments each, every one refused by storage.
-        for _ in 0..MAX_CLOSING + 2 {
-            ids.push(recs.start(Trigger::Pedal, SystemTime::now(), &mut ring));
+        for n in 0..MAX_CLOSING + 2 {
+            let id = format!("room-1-{n}");
+            let preroll = ring.newest_seq();
+            recs.start(
+                id.clone(),
+                Trigger::Pedal,
+                SystemTime::now(),
+                preroll,
+                &mut ring,
+            );
+            ids.push(id);
             for _ in 0..3 {
                 push(&mut ring, seq);
                 seq += 1;
                 assert!(recs.sync(&mut ring, &mut done).is_err());
             }
             recs.mark("m".into(), Trigger::Control, SystemTime::now());
-            recs.finalize(StopReason::Shutdown, SystemTime::now(), &mut ring);
+            let through = ring.newest_seq();
+            recs.finalize(StopReason::Shutdown, SystemTime::now(), through, &mut ring);
             assert!(recs.sync(&mut ring, &mut done).is_err());
         }
         assert!(recs.owes_work());

@@ -5,7 +5,7 @@
 //! server (`GET /v1/recordings/{id}`) what it holds of each recording it does not know yet, PUTs
 //! the objects the server lacks (bounded concurrency, each PUT idempotent), and once a recording
 //! has its manifest and every object is on the server, PUTs the manifest, checks the receipt
-//! against the local manifest and only then deletes the local copy. The engine wakes it after
+//! against the local manifest and only then deletes the local copy. Storage wakes it after
 //! every claimed fragment, so a recording is on the server about one fragment after it stops.
 //! Failures back off exponentially with jitter (1 s to 60 s).
 
@@ -461,48 +461,218 @@ pub async fn run(
     status: Arc<Mutex<UploadStatus>>,
     wake: Arc<Notify>,
     events: crate::Events,
+    stop: watch::Receiver<bool>,
+) {
+    let (passes, _) = watch::channel(0);
+    run_counting(settings, client, status, wake, events, passes, stop).await;
+}
+
+/// [`run`], counting passes in `passes`: after each, `status` holds the queue as it is now, for
+/// whoever publishes it.
+pub async fn run_counting(
+    settings: UplinkSettings,
+    client: reqwest::Client,
+    status: Arc<Mutex<UploadStatus>>,
+    wake: Arc<Notify>,
+    events: crate::Events,
+    passes: watch::Sender<u64>,
+    stop: watch::Receiver<bool>,
+) {
+    let delivery = Delivery {
+        client: &client,
+        receipts: &settings.receipts,
+        base: settings.url.trim_end_matches('/').to_string(),
+        dir: settings.recordings_dir.clone(),
+        status: &status,
+        events: &events,
+        known: Known::new(),
+    };
+    schedule(delivery, &status, &wake, jitter, &passes, stop).await;
+}
+
+/// One pass over the recordings, again and again.
+trait Attempt {
+    /// One pass; the error says what failed.
+    fn attempt(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// The real passes, and what they remember in between.
+struct Delivery<'a> {
+    client: &'a reqwest::Client,
+    receipts: &'a ReceiptCheck,
+    base: String,
+    dir: PathBuf,
+    status: &'a Mutex<UploadStatus>,
+    events: &'a crate::Events,
+    known: Known,
+}
+
+impl Attempt for Delivery<'_> {
+    async fn attempt(&mut self) -> Result<(), String> {
+        let pass = Pass {
+            client: self.client,
+            receipts: self.receipts,
+            base: self.base.clone(),
+            dir: self.dir.clone(),
+            status: self.status,
+            events: self.events,
+        };
+        pass.run(&mut self.known).await
+    }
+}
+
+/// When the next pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// After a failure: this long (before jitter), even if woken.
+    Backoff(Duration),
+    /// After a success: until woken, or this long at most.
+    Idle(Duration),
+}
+
+/// The retry schedule: after a failure 1 s, doubling to 60 s; after a success the next pass when
+/// the storage side wakes the uplink (a claim, a finalize) or 10 s later.
+#[derive(Debug)]
+struct Schedule {
+    backoff: Duration,
+}
+
+impl Schedule {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(60);
+    const IDLE: Duration = Duration::from_secs(10);
+
+    fn after(&mut self, ok: bool) -> Wait {
+        if ok {
+            self.backoff = Self::FIRST;
+            return Wait::Idle(Self::IDLE);
+        }
+        let wait = self.backoff;
+        self.backoff = (wait * 2).min(Self::MAX);
+        Wait::Backoff(wait)
+    }
+}
+
+/// Runs passes as [`Schedule`] says until `stop`, keeping the status's last error and counting
+/// passes in `done`.
+async fn schedule(
+    mut passes: impl Attempt,
+    status: &Mutex<UploadStatus>,
+    wake: &Notify,
+    jitter: fn(Duration) -> Duration,
+    done: &watch::Sender<u64>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let base = settings.url.trim_end_matches('/').to_string();
-    let mut known = Known::new();
-    let mut backoff = Duration::from_secs(1);
+    let mut plan = Schedule {
+        backoff: Schedule::FIRST,
+    };
     loop {
-        let pass = Pass {
-            client: &client,
-            receipts: &settings.receipts,
-            base: base.clone(),
-            dir: settings.recordings_dir.clone(),
-            status: &status,
-            events: &events,
-        };
         let result = tokio::select! {
-            r = pass.run(&mut known) => r,
+            r = passes.attempt() => r,
             _ = stop.changed() => return,
         };
-        let wait = match result {
-            Ok(()) => {
-                backoff = Duration::from_secs(1);
-                status.lock().expect("status lock").last_error = None;
-                Duration::from_secs(10)
-            }
+        let wait = plan.after(result.is_ok());
+        match result {
+            Ok(()) => status.lock().expect("status lock").last_error = None,
             Err(e) => {
-                log::warn!(retry_secs = backoff.as_secs(); "upload: {e}; retrying (recordings stay on the box until the server confirms them)");
+                let retry_secs = match wait {
+                    Wait::Backoff(d) | Wait::Idle(d) => d.as_secs(),
+                };
+                log::warn!(retry_secs = retry_secs; "upload: {e}; retrying (recordings stay on the box until the server confirms them)");
                 status.lock().expect("status lock").last_error = Some(e);
-                let w = jitter(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(60));
-                // After a failure, wait out the back-off even if woken.
-                tokio::select! {
-                    _ = tokio::time::sleep(w) => {}
-                    _ = stop.changed() => return,
-                }
-                continue;
             }
-        };
-        tokio::select! {
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => return,
         }
+        done.send_modify(|n| *n += 1);
+        match wait {
+            // After a failure, wait out the back-off even if woken.
+            Wait::Backoff(d) => tokio::select! {
+                _ = tokio::time::sleep(jitter(d)) => {}
+                _ = stop.changed() => return,
+            },
+            Wait::Idle(d) => tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(d) => {}
+                _ = stop.changed() => return,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    /// Passes that fail while `failing` says so, and when each ran.
+    struct Scripted {
+        failing: Arc<Mutex<bool>>,
+        ran: Arc<Mutex<Vec<Instant>>>,
+    }
+
+    impl Attempt for Scripted {
+        async fn attempt(&mut self) -> Result<(), String> {
+            self.ran.lock().unwrap().push(Instant::now());
+            match *self.failing.lock().unwrap() {
+                true => Err("connection refused".into()),
+                false => Ok(()),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_passes_back_off_to_a_minute_and_a_success_starts_over() {
+        let failing = Arc::new(Mutex::new(true));
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(Mutex::new(UploadStatus::default()));
+        let wake = Arc::new(Notify::new());
+        let (stop_tx, stop) = watch::channel(false);
+        let passes = Scripted {
+            failing: failing.clone(),
+            ran: ran.clone(),
+        };
+        let t0 = Instant::now();
+        let task = {
+            let (status, wake) = (status.clone(), wake.clone());
+            // No jitter here: the schedule itself is what is tested.
+            let done = watch::channel(0).0;
+            tokio::spawn(async move { schedule(passes, &status, &wake, |d| d, &done, stop).await })
+        };
+        let offsets = |from: usize| -> Vec<u64> {
+            ran.lock().unwrap()[from..]
+                .iter()
+                .map(|t| (*t - t0).as_secs())
+                .collect()
+        };
+        tokio::time::sleep(Duration::from_secs(200)).await;
+        // 1, 2, 4, ... capped at 60 s between passes.
+        assert_eq!(offsets(0), vec![0, 1, 3, 7, 15, 31, 63, 123, 183]);
+        assert_eq!(
+            status.lock().unwrap().last_error.as_deref(),
+            Some("connection refused")
+        );
+        // Woken during a back-off (a fragment was claimed): the back-off is still waited out,
+        // and the wake is not lost: one more pass follows the next success at once.
+        wake.notify_one();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(ran.lock().unwrap().len(), 9);
+
+        // The server is back: the next pass succeeds and the error clears.
+        *failing.lock().unwrap() = false;
+        tokio::time::sleep(Duration::from_secs(45)).await;
+        assert_eq!(offsets(9), vec![243, 243]);
+        assert_eq!(status.lock().unwrap().last_error, None);
+        // Idle: a pass every 10 s, or at once when woken.
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert_eq!(offsets(11), vec![253, 263]);
+        wake.notify_one();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(offsets(13), vec![271]);
+        // A new failure starts the back-off over at 1 s.
+        *failing.lock().unwrap() = true;
+        tokio::time::sleep(Duration::from_secs(14)).await;
+        assert_eq!(offsets(14), vec![281, 282, 284]);
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
     }
 }
 

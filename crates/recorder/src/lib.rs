@@ -3,7 +3,10 @@
 //!
 //! It does no I/O and reads no clock: every [`Event`] carries the monotonic time `at` at which it
 //! happened, and [`Recorder::handle`] returns the new recorder and the [`Action`]s the daemon must
-//! carry out. That is what lets every clinician rule below be unit-tested exhaustively.
+//! carry out. That is what lets every clinician rule below be unit-tested exhaustively. For pedal
+//! events `at` is the time of the edge on the pedal (the kernel's timestamp), so it may be
+//! earlier than that of an event handled before it: a press is measured from its press edge to
+//! its release edge, however late either reaches the recorder.
 //!
 //! Clinician semantics (all durations configurable in [`Settings`]):
 //! - a pedal press (or `start` command) when not recording **starts** a recording at once; the
@@ -127,12 +130,13 @@ pub enum Event {
     },
     /// The pedal went down.
     PedalDown {
-        /// When.
+        /// When the edge happened on the pedal (not when it was read).
         at: Duration,
     },
     /// The pedal came up.
     PedalUp {
-        /// When.
+        /// When the edge happened on the pedal (not when it was read); the press lasted from
+        /// its `PedalDown`'s `at` to this.
         at: Duration,
     },
     /// Start a recording.

@@ -155,6 +155,48 @@ fn long_press_detected_on_release_when_no_tick_came() {
     assert!(!r.status().recording);
 }
 
+/// Edges carry the pedal's time, not the time they were read: a release that reaches the
+/// recorder after later ticks still ends a short press, a marker.
+#[test]
+fn a_press_is_timed_by_its_edges_even_when_the_release_arrives_late() {
+    let (r, _) = run(
+        ready(),
+        vec![Event::Start {
+            at: s(11),
+            by: Trigger::Control,
+        }],
+    );
+    let (r, a) = run(
+        r,
+        vec![
+            Event::PedalDown { at: s(20) },
+            Event::Tick { at: ms(21_600) },
+            Event::Tick { at: ms(21_900) },
+            // Released at 21.5 s on the pedal, read after the tick at 21.9 s.
+            Event::PedalUp { at: ms(21_500) },
+        ],
+    );
+    assert_eq!(
+        a,
+        vec![Action::Mark {
+            by: Trigger::Pedal,
+            label: String::new()
+        }]
+    );
+    assert!(r.status().recording);
+    // Both edges of a 2.5 s press read together, long after: a stop all the same.
+    let (r, a) = run(
+        r,
+        vec![
+            Event::PedalDown { at: s(30) },
+            Event::PedalUp { at: ms(32_500) },
+            Event::Tick { at: s(40) },
+        ],
+    );
+    assert_eq!(finalized(&a), vec![StopReason::Requested(Trigger::Pedal)]);
+    assert!(!r.status().recording);
+}
+
 #[test]
 fn fragments_while_recording_are_claimed_and_not_before() {
     let (r, a) = with_fragments(Recorder::new(settings()), 0, 3);
