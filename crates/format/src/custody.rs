@@ -32,7 +32,7 @@ pub const SIGNATURE_FORMAT: &str = "neoflix-signature-v1";
 /// The largest signature file read: a certificate chain of a few certificates fits many times.
 pub const MAX_SIGNATURE_BYTES: u64 = 64 * 1024;
 /// At most this many certificates travel with a signature (end entity and intermediates).
-const MAX_CERTIFICATES: usize = 8;
+pub const MAX_CERTIFICATES: usize = 8;
 
 /// What a signature vouches for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
