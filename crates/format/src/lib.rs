@@ -5,7 +5,7 @@
 //! per object, a manifest that lists every object with its SHA-256 under a hash chain, and the
 //! room box's signature over the manifest. This crate knows the layout of each, checks a
 //! directory against its manifest ([`verify()`]), and signs and checks signatures
-//! ([`custody`]); it holds no department key and links no HPKE or AES-GCM code, so the ingest
+//! ([`custody`]); it holds no department key and depends on no HPKE or AES-GCM crate, so the ingest
 //! server can depend on it without being able to open what it stores. Sealing lives in
 //! `neoflix-seal` (the room box), opening in `neoflix-open` (review and export only).
 //!
