@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use neoflix_control::{State, Status};
+// Text from outside (device ids, reasons, broker errors) is printed with control characters escaped.
+use neoflix_logging::escape_controls as printable;
 use rumqttc::{Client, Event, Packet, QoS};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -319,19 +321,6 @@ impl Fleet {
             .filter(|r| r.status().is_some_and(|s| s.state == state))
             .count()
     }
-}
-
-/// Text from outside as it may be printed: control characters escaped.
-fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_debug().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 /// The live view's first line: the broker, how many devices and recording, and the broker's

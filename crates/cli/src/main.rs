@@ -10,7 +10,10 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use neoflix_cli::{fleet, review};
+// Outside text (ids and file names from a manifest) is printed with its control characters
+// escaped, so a crafted id cannot move the cursor, retitle or clear the reviewer's terminal.
 use neoflix_control::Request;
+use neoflix_logging::escape_controls as printable;
 
 /// Neoflix: sealed video review of resuscitations.
 #[derive(Parser)]
@@ -194,23 +197,9 @@ enum ConfigAction {
     },
 }
 
-/// Outside text (ids and file names from a manifest) as it may be printed: control characters
-/// escaped, so a crafted id cannot move the cursor, retitle or clear the reviewer's terminal.
-fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_debug().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 /// An error of verify or export, whose messages quote the manifest: escaped as a whole.
 fn printable_error(e: anyhow::Error) -> anyhow::Error {
-    anyhow::anyhow!(printable(&format!("{e:#}")))
+    anyhow::anyhow!(printable(&format!("{e:#}")).into_owned())
 }
 
 fn keygen(out: &Path, force: bool) -> anyhow::Result<()> {
