@@ -18,6 +18,7 @@ use base64::Engine as _;
 use neoflix_format::MANIFEST_FILE;
 use neoflix_format::custody::SIGNATURE_FILE;
 use neoflix_format::manifest::MAX_MANIFEST_BYTES;
+use neoflix_format::protocol::ObjectName;
 use tokio::sync::{Notify, Semaphore, watch};
 
 /// PUTs in flight at once.
@@ -230,8 +231,13 @@ async fn listing(dir: PathBuf) -> std::io::Result<Vec<Entry>> {
     .map_err(std::io::Error::other)?
 }
 
+/// A sealed object or key record: uploaded as soon as it is there. (The signature goes only
+/// with its manifest.)
 fn is_object(name: &str) -> bool {
-    !name.starts_with('.') && (name.ends_with(".nfx") || name.ends_with(".key"))
+    matches!(
+        ObjectName::parse(name),
+        Some(ObjectName::Sealed(..) | ObjectName::KeyRecord(..))
+    )
 }
 
 /// What the uplink remembers between passes: objects the server confirmed, per recording.
@@ -479,12 +485,14 @@ pub async fn run_counting(
     stop: watch::Receiver<bool>,
 ) {
     let delivery = Delivery {
-        client: &client,
-        receipts: &settings.receipts,
-        base: settings.url.trim_end_matches('/').to_string(),
-        dir: settings.recordings_dir.clone(),
-        status: &status,
-        events: &events,
+        pass: Pass {
+            client: &client,
+            receipts: &settings.receipts,
+            base: settings.url.trim_end_matches('/').to_string(),
+            dir: settings.recordings_dir.clone(),
+            status: &status,
+            events: &events,
+        },
         known: Known::new(),
     };
     schedule(delivery, &status, &wake, jitter, &passes, stop).await;
@@ -498,26 +506,15 @@ trait Attempt {
 
 /// The real passes, and what they remember in between.
 struct Delivery<'a> {
-    client: &'a reqwest::Client,
-    receipts: &'a ReceiptCheck,
-    base: String,
-    dir: PathBuf,
-    status: &'a Mutex<UploadStatus>,
-    events: &'a crate::Events,
+    /// What every pass works with.
+    pass: Pass<'a>,
+    /// Objects the server confirmed, per recording.
     known: Known,
 }
 
 impl Attempt for Delivery<'_> {
     async fn attempt(&mut self) -> Result<(), String> {
-        let pass = Pass {
-            client: self.client,
-            receipts: self.receipts,
-            base: self.base.clone(),
-            dir: self.dir.clone(),
-            status: self.status,
-            events: self.events,
-        };
-        pass.run(&mut self.known).await
+        self.pass.run(&mut self.known).await
     }
 }
 
