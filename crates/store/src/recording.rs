@@ -367,6 +367,21 @@ fn write_manifest(
     fsutil::write_atomic(&dir.join(MANIFEST_FILE), &json, 0o600)
 }
 
+/// The recording directories under `root` that `keep` accepts, in id order, with their ids.
+fn recording_dirs(root: &Path, keep: impl Fn(&Path) -> bool) -> Vec<(PathBuf, String)> {
+    let Ok(list) = fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<(PathBuf, String)> = list
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .map(|e| (e.path(), e.file_name().to_string_lossy().to_string()))
+        .filter(|(d, _)| keep(d))
+        .collect();
+    dirs.sort();
+    dirs
+}
+
 /// Seals every recording under `root` that has no manifest as `interrupted`. Returns their ids.
 ///
 /// What survives is what was claimed completely: a fragment file with its key record. The
@@ -378,22 +393,7 @@ pub fn recover(
     signer: Option<&SigningIdentity>,
 ) -> Result<Vec<String>, StoreError> {
     let mut done = Vec::new();
-    let Ok(list) = fs::read_dir(root) else {
-        return Ok(done);
-    };
-    let mut dirs: Vec<PathBuf> = list
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-        .map(|e| e.path())
-        .filter(|d| !d.join("manifest.json").exists())
-        .collect();
-    dirs.sort();
-    for dir in dirs {
-        let id = dir
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .to_string();
+    for (dir, id) in recording_dirs(root, |d| !d.join(MANIFEST_FILE).exists()) {
         if recover_one(&dir, &id, recipient_key_id, now, signer)? {
             done.push(id);
         }
@@ -404,45 +404,39 @@ pub fn recover(
 /// Signs every finalized recording under `root` that has no signature: recordings closed before
 /// this box had a signing identity (an upgrade, a certificate installed later), which a server
 /// that requires signatures would otherwise refuse for ever. Like crash recovery, the box vouches
-/// for what its own disk holds. Returns their ids.
-pub fn sign_unsigned(
-    root: &Path,
+/// for what its own disk holds. Returns the ids signed. A recording that cannot be signed (its
+/// manifest unreadable) is logged and left as it is: it must not keep the box from recording.
+pub fn sign_unsigned(root: &Path, signer: &SigningIdentity, now: SystemTime) -> Vec<String> {
+    let unsigned = |d: &Path| d.join(MANIFEST_FILE).exists() && !d.join(SIGNATURE_FILE).exists();
+    let mut done = Vec::new();
+    for (dir, id) in recording_dirs(root, unsigned) {
+        match sign_existing(&dir, &id, signer, now) {
+            Ok(()) => done.push(id),
+            Err(e) => {
+                log::warn!(recording = id.as_str(), error = e.to_string().as_str(); "cannot sign a recording finalized unsigned: it stays unsigned (the server will refuse it)")
+            }
+        }
+    }
+    done
+}
+
+fn sign_existing(
+    dir: &Path,
+    id: &str,
     signer: &SigningIdentity,
     now: SystemTime,
-) -> Result<Vec<String>, StoreError> {
-    let mut done = Vec::new();
-    let Ok(list) = fs::read_dir(root) else {
-        return Ok(done);
-    };
-    let mut dirs: Vec<PathBuf> = list
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-        .map(|e| e.path())
-        .filter(|d| d.join(MANIFEST_FILE).exists() && !d.join(SIGNATURE_FILE).exists())
-        .collect();
-    dirs.sort();
-    for dir in dirs {
-        let path = dir.join(MANIFEST_FILE);
-        let bytes = neoflix_format::files::read_regular(
-            &path,
-            neoflix_format::manifest::MAX_MANIFEST_BYTES,
-        )
-        .map_err(StoreError::io("read", &path))?;
-        let id = dir
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .to_string();
-        let sig = signer
-            .sign(Purpose::Manifest, &bytes, now)
-            .map_err(|source| StoreError::Sign {
-                recording: id.clone(),
-                source,
-            })?;
-        fsutil::write_atomic(&dir.join(SIGNATURE_FILE), &sig.to_json(), 0o600)?;
-        done.push(id);
-    }
-    Ok(done)
+) -> Result<(), StoreError> {
+    let path = dir.join(MANIFEST_FILE);
+    let bytes =
+        neoflix_format::files::read_regular(&path, neoflix_format::manifest::MAX_MANIFEST_BYTES)
+            .map_err(StoreError::io("read", &path))?;
+    let sig = signer
+        .sign(Purpose::Manifest, &bytes, now)
+        .map_err(|source| StoreError::Sign {
+            recording: id.to_string(),
+            source,
+        })?;
+    fsutil::write_atomic(&dir.join(SIGNATURE_FILE), &sig.to_json(), 0o600)
 }
 
 /// A journal is a line per event; far below this even for a day-long recording.
@@ -861,8 +855,15 @@ mod tests {
         let (crt, key) = ca.issue("room-1", neoflix_pki::Role::Device, None).unwrap();
         let id =
             SigningIdentity::from_pem(&fs::read(crt).unwrap(), &fs::read(key).unwrap()).unwrap();
-        let signed = sign_unsigned(&t.path().join("rec"), &id, SystemTime::now()).unwrap();
-        assert_eq!(signed.len(), 1);
+        // A FIFO posing as another recording's manifest is skipped, not waited on, and does not
+        // stop the real one from being signed.
+        let odd = t.path().join("rec/odd");
+        fs::create_dir_all(&odd).unwrap();
+        let c = std::ffi::CString::new(odd.join(MANIFEST_FILE).to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let signed = sign_unsigned(&t.path().join("rec"), &id, SystemTime::now());
+        assert_eq!(signed, vec!["rec-1".to_string()]);
         let trust =
             neoflix_format::TrustAnchors::from_pem(&fs::read(ca_dir.join("ca.crt")).unwrap(), None)
                 .unwrap();
@@ -873,10 +874,6 @@ mod tests {
             "{custody:?}"
         );
         // Already signed ones are left alone.
-        assert!(
-            sign_unsigned(&t.path().join("rec"), &id, SystemTime::now())
-                .unwrap()
-                .is_empty()
-        );
+        assert!(sign_unsigned(&t.path().join("rec"), &id, SystemTime::now()).is_empty());
     }
 }
