@@ -92,6 +92,7 @@ fn missing(before: &u64, after: &u64) -> String {
 
 /// Why a signature (a room box's over a manifest, or the server's over a receipt) does not
 /// prove what it should.
+#[cfg(feature = "native")]
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum SignatureError {

@@ -19,29 +19,44 @@
 //! Layout: [`object`] the sealed-object header, [`key_record`] the wrapped-key record,
 //! [`manifest`] the manifest and its hash chain, [`files`] careful reads of a recording's files,
 //! [`mod@verify`] key-less checks of a recording directory, [`custody`] device and server
-//! signatures, [`receipt`] the server's signed receipt, [`protocol`] the upload protocol's
+//! signatures, [`receipt`] the server's signed receipt, [`reviewer`] the reviewer file and sign-in check
+//! (`docs/review.md`), [`review_api`] the review page's sign-in and download messages, [`protocol`] the upload protocol's
 //! names and messages. The formats are specified in `docs/sealed-format.md` and
-//! `docs/upload-protocol.md`.
+//! `docs/upload-protocol.md`. The default feature `native` brings the modules that read files
+//! and check certificates (custody, files, verify, receipt, protocol); the browser's build
+//! (`neoflix-web`, wasm32) goes without it.
 #![deny(missing_docs)]
 
+#[cfg(feature = "native")]
 pub mod custody;
 mod error;
+#[cfg(feature = "native")]
 pub mod files;
 pub mod key_record;
 pub mod manifest;
 pub mod object;
+#[cfg(feature = "native")]
 pub mod protocol;
+#[cfg(feature = "native")]
 pub mod receipt;
+pub mod review_api;
+pub mod reviewer;
+#[cfg(feature = "native")]
 pub mod verify;
 
+#[cfg(feature = "native")]
 pub use custody::{Signature, Signer, SigningIdentity, TrustAnchors};
-pub use error::{FormatError, SignatureError};
+pub use error::FormatError;
+#[cfg(feature = "native")]
+pub use error::SignatureError;
 pub use key_record::{WRAPPED_KEY_LEN, WrappedKey};
 pub use manifest::{MANIFEST_FILE, Manifest, Marker, ObjectEntry, Status};
 pub use object::{
     CHUNK_SIZE, HEADER_LEN, Header, Kind, MAX_PLAINTEXT_LEN, ObjectId, chunk_count, parse_header,
 };
+#[cfg(feature = "native")]
 pub use receipt::{Receipt, SignedReceipt};
+#[cfg(feature = "native")]
 pub use verify::{
     Digests, ReadAndHash, Verified, check_contiguous, gaps, read_manifest, verify, verify_manifest,
     verify_manifest_with,

@@ -18,6 +18,8 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod reviewer;
+
 use aead_stream::DecryptorBE32;
 use aes_gcm::{Aes256Gcm, KeyInit};
 use hpke::{
@@ -67,6 +69,13 @@ pub enum OpenError {
     /// The operating system could not supply random bytes.
     #[error("no randomness available from the operating system: {0}")]
     Random(String),
+    /// A reviewer's passphrase does not open their wrapped key (a wrong passphrase, or a wrapped
+    /// key copied to another reviewer's name, department key or salt).
+    #[error("the passphrase does not open this reviewer's key")]
+    Passphrase,
+    /// A reviewer file or its parameters cannot be used (names the field).
+    #[error("reviewer: {0}")]
+    Reviewer(String),
 }
 
 impl From<SealError> for OpenError {

@@ -1,9 +1,15 @@
-//! Round trips and attacks on the sealed format, from both sides.
+//! Round trips and attacks on the sealed format, from both sides. Built for wasm32 they run in
+//! headless Chromium (`scripts/test-wasm`): the browser opens recordings with this code.
+
+#[cfg(target_arch = "wasm32")]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
 
 mod objects {
     use crate::*;
     use neoflix_format::{Kind, MAX_PLAINTEXT_LEN, ObjectId};
     use neoflix_seal::seal;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn id(seq: u64) -> ObjectId {
         ObjectId {
@@ -158,6 +164,8 @@ mod robustness {
     use crate::*;
     use neoflix_format::{Kind, ObjectId};
     use neoflix_seal::seal;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     /// Deterministic xorshift, so a failure reproduces.
     fn rng(seed: &mut u64) -> u64 {
@@ -213,6 +221,8 @@ mod wrapping {
     use crate::*;
     use neoflix_format::{Kind, ObjectId, WRAPPED_KEY_LEN};
     use neoflix_seal::seal;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn wrapped_key_opens_only_its_own_object_with_the_right_department_key() {
@@ -248,6 +258,8 @@ mod wrapping {
 
 mod keys {
     use crate::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn key_files_round_trip_and_are_told_apart() {
