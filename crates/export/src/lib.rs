@@ -6,18 +6,19 @@
 //! SHA-256 and header, the hash chain, no fragment missing from the middle of a capture
 //! stream); then, with the department secret key, unwraps each data key, authenticates every
 //! chunk, checks that each object is the one its place in the manifest says (kind, stream, the
-//! sequence number verification read, now authenticated), and writes the init segment followed by the fragments,
-//! their decode times rebased to start at zero. Anything wrong is an [`ExportError`] naming the
-//! object; nothing is written unless everything checks, and the output appears atomically.
+//! sequence number verification read, now authenticated), and indexes every fragment's samples
+//! with [`neoflix_mp4::Progressive`]. Only then, in a second pass that opens and checks each
+//! fragment again (so that no more than one fragment is held in memory), it writes a progressive
+//! MP4 (`moov` first, starting at zero, its full duration in the header: what browsers, VLC,
+//! QuickTime and the Windows player need to show the length and seek), with the recording's
+//! markers as chapters, and beside it the same chapters as WebVTT (`OUT.chapters.vtt`).
+//! Anything wrong is an [`ExportError`] naming the object; nothing is written unless everything
+//! checks, and the output appears atomically.
 //!
 //! A recording that spans a camera restart has one init segment per capture stream; each stream
-//! becomes its own file (`OUT.mp4`, `OUT-part2.mp4`, ...), since one fMP4 file cannot change
+//! becomes its own file (`OUT.mp4`, `OUT-part2.mp4`, ...), since one MP4 track cannot change
 //! codec configuration midway.
-//!
-//! Layout: [`mp4`] the box walking needed to rebase fragment times.
 #![deny(missing_docs)]
-
-pub mod mp4;
 
 use std::fs;
 use std::io::Write;
@@ -30,6 +31,7 @@ use neoflix_format::{
     FormatError, Kind, Manifest, ObjectEntry, SignatureError, TrustAnchors, WRAPPED_KEY_LEN,
     WrappedKey,
 };
+use neoflix_mp4::{Chapter, Layout, Progressive};
 use neoflix_open::DepartmentSecretKey;
 use thiserror::Error;
 
@@ -67,6 +69,18 @@ pub enum ExportError {
     /// The recording holds no video.
     #[error("the recording holds no fragments: nothing to export")]
     Empty,
+    /// The time range asked for holds no video of the recording.
+    #[error(
+        "no video between {from_secs} s and {to_secs} s: the recording is {duration_secs} s long"
+    )]
+    EmptyRange {
+        /// Start of the range, seconds from the first frame.
+        from_secs: f64,
+        /// End of the range.
+        to_secs: f64,
+        /// The manifest's duration.
+        duration_secs: f64,
+    },
     /// Writing the output failed.
     #[error("cannot write {}: {source}", path.display())]
     Write {
@@ -84,8 +98,11 @@ pub struct Exported {
     pub manifest: Manifest,
     /// Who signed it, or that nobody did (only with [`Signatures::AllowUnsigned`]).
     pub custody: Custody,
-    /// The files written, in order (one per capture stream).
+    /// The MP4 files written, in order (one per capture stream).
     pub files: Vec<PathBuf>,
+    /// The WebVTT chapter files written beside them (`OUT.chapters.vtt`), for the parts that
+    /// have markers.
+    pub chapter_files: Vec<PathBuf>,
     /// The gaps written as holes ([`FormatError::Gap`]); empty unless [`Gaps::Allow`].
     pub gaps: Vec<FormatError>,
 }
@@ -119,6 +136,9 @@ pub struct Options<'a> {
     pub signatures: Signatures<'a>,
     /// What to do with fragments missing from the middle of a capture stream.
     pub gaps: Gaps,
+    /// Only this part of the recording, `(from, to)` in seconds from its first frame: from the
+    /// keyframe at or before `from` to the last frame that starts before `to`. `None`: all.
+    pub range: Option<(f64, f64)>,
 }
 
 fn object_error(kind: &str, e: &ObjectEntry, problem: impl ToString) -> ExportError {
@@ -190,7 +210,17 @@ fn part_path(out: &Path, n: usize) -> PathBuf {
     out.with_file_name(format!("{stem}-part{}.{ext}", n + 1))
 }
 
-/// Exports `dir` to `out`. `progress(done, total)` is called after each fragment.
+/// The WebVTT chapter file beside the MP4 `part`: `OUT.chapters.vtt` beside `OUT.mp4`.
+fn chapters_path(part: &Path) -> PathBuf {
+    let stem = part
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    part.with_file_name(format!("{stem}.chapters.vtt"))
+}
+
+/// Exports `dir` to `out`. `progress(done, total)` is called after each fragment opened: every
+/// fragment is opened twice, once to check and index it, once to write it.
 pub fn export(
     dir: &Path,
     key: &DepartmentSecretKey,
@@ -237,68 +267,55 @@ fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
     }
 }
 
-/// One output file being written: everything of one capture stream.
+/// One capture stream: its init segment, its fragments, and the index of their samples.
 struct Part {
     /// Index of the init segment it decodes with.
     init: u64,
-    /// Decode time of its first fragment, subtracted from all of them.
-    base: u64,
-    /// The open temporary file, its path and the final path (`None` when only checking).
-    file: Option<(fs::File, PathBuf, PathBuf)>,
+    /// Indexes (into the manifest's fragments) of its fragments, in order.
+    fragments: Vec<usize>,
+    /// The samples of its fragments, indexed as they were checked.
+    writer: Progressive,
 }
 
-impl Part {
-    fn open(
-        out: Option<&Path>,
-        n: usize,
-        init: u64,
-        base: u64,
-        init_plain: &[u8],
-    ) -> Result<Part, ExportError> {
-        let file = match out {
-            None => None,
-            Some(out) => {
-                let path = part_path(out, n);
-                let name = path.file_name().unwrap_or_default().to_string_lossy();
-                let tmp = path.with_file_name(format!(".{name}.partial"));
-                // Plaintext video: readable by its owner only. A fresh file (a stale one of a
-                // killed export is removed, never reused with its mode) renamed over the
-                // output, so an existing file's wider mode does not carry over either.
-                match fs::remove_file(&tmp) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(write_error(&tmp)(e));
-                    }
-                    _ => {}
-                }
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(write_error(&tmp))?;
-                f.write_all(init_plain).map_err(write_error(&tmp))?;
-                Some((f, tmp, path))
-            }
-        };
-        Ok(Part { init, base, file })
-    }
+/// A file being written: its temporary path and where it goes once everything checked.
+struct Pending {
+    tmp: PathBuf,
+    path: PathBuf,
+}
 
-    fn write(&mut self, bytes: &[u8]) -> Result<(), ExportError> {
-        match &mut self.file {
-            Some((f, tmp, _)) => f.write_all(bytes).map_err(write_error(tmp)),
-            None => Ok(()),
+/// Creates `path`'s temporary sibling, readable by its owner only. A stale one of a killed
+/// export is removed, never reused with its mode, and the file is renamed over the output later,
+/// so an existing file's wider mode does not carry over either.
+fn create_private(path: &Path) -> Result<(fs::File, Pending), ExportError> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.partial"));
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(write_error(&tmp)(e));
         }
+        _ => {}
     }
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(write_error(&tmp))?;
+    Ok((
+        f,
+        Pending {
+            tmp,
+            path: path.to_owned(),
+        },
+    ))
+}
 
-    /// Flushes the part; returns (temporary, final) paths to rename once everything checked.
-    fn close(self) -> Result<Option<(PathBuf, PathBuf)>, ExportError> {
-        match self.file {
-            Some((f, tmp, path)) => {
-                f.sync_all().map_err(write_error(&tmp))?;
-                Ok(Some((tmp, path)))
-            }
-            None => Ok(None),
-        }
+/// A marker as a chapter title: its label, or its number and who set it when it has none.
+fn chapter_title(n: usize, m: &neoflix_format::Marker) -> String {
+    if m.label.trim().is_empty() {
+        format!("Marker {} ({})", n + 1, m.by)
+    } else {
+        m.label.clone()
     }
 }
 
@@ -320,7 +337,7 @@ fn assemble(
         }
         Gaps::Allow => neoflix_format::gaps(&verified),
     };
-    let manifest = verified.manifest;
+    let manifest = &verified.manifest;
     let given = key.public_key().key_id().0;
     if manifest.recipient_key_id != given {
         return Err(ExportError::WrongKey {
@@ -339,81 +356,163 @@ fn assemble(
         }
         inits.push((header, plain));
     }
+    let chapters: Vec<Chapter> = manifest
+        .markers
+        .iter()
+        .enumerate()
+        .map(|(n, m)| Chapter::new(m.offset_secs, &chapter_title(n, m)))
+        .collect();
 
-    // Parts are written to temporary files and renamed only when everything checked.
-    let total = manifest.fragments.len();
-    let mut done_parts: Vec<(PathBuf, PathBuf)> = Vec::new();
-    let mut current: Option<Part> = None;
-    let result = (|| {
-        for (done, e) in manifest.fragments.iter().enumerate() {
-            // verify() checked every fragment names an init segment of this recording.
-            let Some((init_index, (init_header, init_plain))) = e
-                .init
-                .and_then(|i| Some((i, inits.get(usize::try_from(i).ok()?)?)))
-            else {
-                return Err(object_error(
-                    "fragment",
-                    e,
-                    "refers to no init segment of this recording",
-                ));
-            };
-            let (header, mut plain) = open_object(dir, "fragment", e, key, Kind::Fragment)?;
-            // verify() checked the order and contiguity of the sequence numbers it read from the
-            // headers; now that the header is authenticated, it must be the one verify() read.
-            if verified.fragment_ids.get(done) != Some(&header.id) {
-                return Err(object_error("fragment", e, CHANGED));
+    // Pass 1: open and check every fragment, index its samples per capture stream.
+    let total = manifest.fragments.len() * if out.is_some() { 2 } else { 1 };
+    let mut parts: Vec<Part> = Vec::new();
+    // Where the current stream starts, in seconds from the first frame: the fragments before it.
+    let mut elapsed_ms = 0u64;
+    for (done, e) in manifest.fragments.iter().enumerate() {
+        // verify() checked every fragment names an init segment of this recording.
+        let Some((init_index, (init_header, init_plain))) = e
+            .init
+            .and_then(|i| Some((i, inits.get(usize::try_from(i).ok()?)?)))
+        else {
+            return Err(object_error(
+                "fragment",
+                e,
+                "refers to no init segment of this recording",
+            ));
+        };
+        let plain = open_fragment(dir, key, &verified, done)?;
+        if plain.0.id.stream != init_header.id.stream {
+            return Err(object_error(
+                "fragment",
+                e,
+                "belongs to another capture stream than its init segment",
+            ));
+        }
+        if parts.last().map(|p| p.init) != Some(init_index) {
+            let init_entry = &manifest.init_segments[init_index as usize];
+            let mut writer = Progressive::new(init_plain)
+                .map_err(|err| object_error("init segment", init_entry, err))?;
+            let start = elapsed_ms as f64 / 1000.0;
+            let shifted: Vec<Chapter> = chapters
+                .iter()
+                .map(|c| Chapter {
+                    start_secs: c.start_secs - start,
+                    title: c.title.clone(),
+                })
+                .collect();
+            writer.chapters(&shifted);
+            if let Some((from, to)) = options.range {
+                writer.range(from - start, to - start);
             }
-            if header.id.stream != init_header.id.stream {
-                return Err(object_error(
-                    "fragment",
-                    e,
-                    "belongs to another capture stream than its init segment",
-                ));
-            }
-            if current.as_ref().map(|p| p.init) != Some(init_index) {
-                if let Some(part) = current.take() {
-                    done_parts.extend(part.close()?);
-                }
-                let base = mp4::first_decode_time(&plain)
-                    .map_err(|err| object_error("fragment", e, err))?;
-                let n = done_parts.len();
-                current = Some(Part::open(out, n, init_index, base, init_plain)?);
-            }
-            let part = current.as_mut().expect("opened above");
-            mp4::rebase_decode_time(&mut plain, part.base)
-                .map_err(|err| object_error("fragment", e, err))?;
-            part.write(&plain)?;
-            progress(done + 1, total);
+            parts.push(Part {
+                init: init_index,
+                fragments: Vec::new(),
+                writer,
+            });
         }
-        if let Some(part) = current.take() {
-            done_parts.extend(part.close()?);
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        for (tmp, _) in &done_parts {
-            let _ = fs::remove_file(tmp);
-        }
-        if let Some(Part {
-            file: Some((_, tmp, _)),
-            ..
-        }) = current
-        {
-            let _ = fs::remove_file(tmp);
-        }
-        return Err(e);
+        let part = parts.last_mut().expect("pushed above");
+        part.writer
+            .push_fragment(&plain.1)
+            .map_err(|err| object_error("fragment", e, err))?;
+        part.fragments.push(done);
+        elapsed_ms = elapsed_ms.saturating_add(e.duration_ms.unwrap_or(0));
+        progress(done + 1, total);
     }
+
+    // The cut and the headers of each file; a part outside the range is not written.
+    let mut layouts: Vec<(Vec<usize>, Layout)> = Vec::new();
+    for part in parts {
+        let init_entry = &manifest.init_segments[part.init as usize];
+        match part.writer.finish() {
+            Ok(layout) => layouts.push((part.fragments, layout)),
+            Err(neoflix_mp4::Mp4Error::Empty { .. }) if options.range.is_some() => {}
+            Err(err) => return Err(object_error("init segment", init_entry, err)),
+        }
+    }
+    if let (Some((from_secs, to_secs)), true) = (options.range, layouts.is_empty()) {
+        return Err(ExportError::EmptyRange {
+            from_secs,
+            to_secs,
+            duration_secs: manifest.duration_secs,
+        });
+    }
+
     let mut files = Vec::new();
-    for (tmp, path) in done_parts {
-        fs::rename(&tmp, &path).map_err(write_error(&path))?;
-        files.push(path);
+    let mut chapter_files = Vec::new();
+    if let Some(out) = out {
+        // Pass 2: each file written to a temporary one, renamed only when all are complete.
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut done = manifest.fragments.len();
+        let written = (|| {
+            for (n, (fragments, layout)) in layouts.iter().enumerate() {
+                let path = part_path(out, n);
+                let (mut f, p) = create_private(&path)?;
+                let tmp = p.tmp.clone();
+                pending.push(p);
+                f.write_all(layout.head()).map_err(write_error(&tmp))?;
+                for (i, &index) in fragments.iter().enumerate() {
+                    let (_, plain) = open_fragment(dir, key, &verified, index)?;
+                    let e = &manifest.fragments[index];
+                    for piece in layout
+                        .media(i, &plain)
+                        .map_err(|err| object_error("fragment", e, err))?
+                    {
+                        f.write_all(piece).map_err(write_error(&tmp))?;
+                    }
+                    done += 1;
+                    progress(done, total);
+                }
+                f.sync_all().map_err(write_error(&tmp))?;
+                if !layout.chapters().is_empty() {
+                    let vtt =
+                        neoflix_mp4::webvtt_chapters(layout.chapters(), layout.duration_secs());
+                    let (mut f, p) = create_private(&chapters_path(&path))?;
+                    let tmp = p.tmp.clone();
+                    pending.push(p);
+                    f.write_all(vtt.as_bytes()).map_err(write_error(&tmp))?;
+                    f.sync_all().map_err(write_error(&tmp))?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = written {
+            for p in &pending {
+                let _ = fs::remove_file(&p.tmp);
+            }
+            return Err(e);
+        }
+        for p in pending {
+            fs::rename(&p.tmp, &p.path).map_err(write_error(&p.path))?;
+            if p.path.extension().is_some_and(|x| x == "vtt") {
+                chapter_files.push(p.path);
+            } else {
+                files.push(p.path);
+            }
+        }
     }
     Ok(Exported {
-        manifest,
+        manifest: verified.manifest,
         custody,
         files,
+        chapter_files,
         gaps,
     })
+}
+
+/// Opens fragment `index` of the manifest and checks that its authenticated header is the one
+/// verification read (order and contiguity were checked on those).
+fn open_fragment(
+    dir: &Path,
+    key: &DepartmentSecretKey,
+    verified: &neoflix_format::Verified,
+    index: usize,
+) -> Result<(neoflix_format::Header, Vec<u8>), ExportError> {
+    let e = &verified.manifest.fragments[index];
+    let (header, plain) = open_object(dir, "fragment", e, key, Kind::Fragment)?;
+    if verified.fragment_ids.get(index) != Some(&header.id) {
+        return Err(object_error("fragment", e, CHANGED));
+    }
+    Ok((header, plain))
 }
 
 #[cfg(test)]
@@ -429,16 +528,62 @@ mod tests {
     const UNSIGNED: Options<'static> = Options {
         signatures: Signatures::AllowUnsigned(None),
         gaps: Gaps::Refuse,
+        range: None,
     };
 
-    use crate::mp4::tests::bx;
+    /// A real isofmp4mux stream (see crates/mp4/testdata/README.md): 1 s, 1 s and 0.4 s.
+    const INIT: &[u8] = include_bytes!("../../mp4/testdata/init.mp4");
+    const FRAGMENTS: [&[u8]; 3] = [
+        include_bytes!("../../mp4/testdata/frag0.m4s"),
+        include_bytes!("../../mp4/testdata/frag1.m4s"),
+        include_bytes!("../../mp4/testdata/frag2.m4s"),
+    ];
+    const DURATIONS_MS: [u64; 3] = [1000, 1000, 400];
 
-    /// A minimal fragment whose `tfdt` is `t`.
-    fn fragment(t: u64) -> Vec<u8> {
-        let mut tfdt = vec![1, 0, 0, 0];
-        tfdt.extend_from_slice(&t.to_be_bytes());
-        let traf = bx(b"traf", &bx(b"tfdt", &tfdt));
-        [bx(b"moof", &traf), bx(b"mdat", &t.to_be_bytes())].concat()
+    /// The top-level boxes of a file: (type, payload).
+    fn top_level(file: &[u8]) -> Vec<([u8; 4], &[u8])> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos + 8 <= file.len() {
+            let size = u32::from_be_bytes(file[pos..pos + 4].try_into().unwrap()) as usize;
+            assert!(
+                size >= 8 && pos + size <= file.len(),
+                "a box of size {size}"
+            );
+            out.push((
+                file[pos + 4..pos + 8].try_into().unwrap(),
+                &file[pos + 8..pos + size],
+            ));
+            pos += size;
+        }
+        assert_eq!(pos, file.len());
+        out
+    }
+
+    /// A progressive MP4's kinds of top-level boxes and its duration in ms (from `mvhd`).
+    fn progressive(path: &Path) -> (Vec<[u8; 4]>, u64) {
+        let bytes = fs::read(path).unwrap();
+        let boxes = top_level(&bytes);
+        let moov = boxes.iter().find(|b| &b.0 == b"moov").unwrap().1;
+        let mvhd = top_level(moov)[0];
+        assert_eq!(&mvhd.0, b"mvhd");
+        let ms = u32::from_be_bytes(mvhd.1[16..20].try_into().unwrap());
+        (boxes.iter().map(|b| b.0).collect(), u64::from(ms))
+    }
+
+    /// Sets the recording's markers: (seconds from the first frame, label).
+    fn set_markers(rec: &Path, markers: &[(f64, &str)]) {
+        let mut m = neoflix_format::verify(rec).unwrap().manifest;
+        m.markers = markers
+            .iter()
+            .map(|&(offset_secs, label)| neoflix_format::Marker {
+                utc: "2026-11-28T12:00:00Z".into(),
+                offset_secs,
+                label: label.into(),
+                by: "pedal".into(),
+            })
+            .collect();
+        fs::write(rec.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
     }
 
     /// A recording spanning two capture streams (a camera restart), three fragments each.
@@ -470,22 +615,22 @@ mod tests {
                     seq: 0,
                     kind: Kind::Init,
                 },
-                &bx(b"ftyp", &stream),
+                INIT,
             )
             .unwrap();
             ring.begin_stream(stream, &s, k).unwrap();
-            for i in 0..3u64 {
+            for i in 0..3 {
                 let (k, s) = seal(
                     &ObjectId {
                         stream,
                         seq,
                         kind: Kind::Fragment,
                     },
-                    &fragment(9000 * (100 + i)),
+                    FRAGMENTS[i],
                 )
                 .unwrap();
-                ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
-                    .unwrap();
+                let duration = Duration::from_millis(DURATIONS_MS[i]);
+                ring.push(seq, &s, k, duration, SystemTime::now()).unwrap();
                 let entry = ring.take(seq).unwrap();
                 let init = ring.init(&stream).unwrap();
                 w.claim(&entry, &init, false).unwrap();
@@ -505,19 +650,14 @@ mod tests {
         let mut calls = Vec::new();
         let e = export(&rec, &dept, &out, UNSIGNED, |d, n| calls.push((d, n))).unwrap();
         assert_eq!(e.files, vec![out.clone(), t.path().join("out-part2.mp4")]);
-        assert_eq!(calls.last(), Some(&(6, 6)));
-        for (file, stream) in e.files.iter().zip([[1u8; 16], [2u8; 16]]) {
-            let bytes = fs::read(file).unwrap();
-            let init = bx(b"ftyp", &stream);
-            assert!(bytes.starts_with(&init));
-            let frags = &bytes[init.len()..];
-            let one = fragment(0).len();
-            let times: Vec<u64> = frags
-                .chunks(one)
-                .map(|f| mp4::first_decode_time(f).unwrap())
-                .collect();
-            assert_eq!(times, vec![0, 9000, 18000]);
+        // Every fragment opened twice: to check it, then to write it.
+        assert_eq!(calls.last(), Some(&(12, 12)));
+        for file in &e.files {
+            let (boxes, ms) = progressive(file);
+            assert_eq!(boxes, [*b"ftyp", *b"moov", *b"mdat"], "moov first");
+            assert_eq!(ms, 2400, "each stream from 0 to its end");
         }
+        assert!(e.chapter_files.is_empty(), "no markers, no chapters");
         assert!(check(&rec, &dept, UNSIGNED).is_ok());
     }
 
@@ -586,13 +726,75 @@ mod tests {
             }
         ));
         // The hole stays a hole: the fragment after it keeps its distance from the first.
+        assert_eq!(progressive(&e.files[0]).1, 2400);
+    }
+
+    #[test]
+    fn markers_become_chapters_of_the_part_they_fall_in_with_a_webvtt_file_beside_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let rec = two_stream_recording(t.path(), &dept);
+        // The second stream starts 2.4 s in (the durations of the first one's fragments).
+        set_markers(&rec, &[(0.5, "cord --> clamped"), (1.5, ""), (3.0, "late")]);
+        let out = t.path().join("out.mp4");
+        let e = export(&rec, &dept, &out, UNSIGNED, |_, _| {}).unwrap();
+        assert_eq!(
+            e.chapter_files,
+            [
+                t.path().join("out.chapters.vtt"),
+                t.path().join("out-part2.chapters.vtt")
+            ]
+        );
+        let first = fs::read_to_string(&e.chapter_files[0]).unwrap();
+        assert_eq!(
+            first,
+            "WEBVTT\n\n1\n00:00:00.000 --> 00:00:00.500\nStart\n\n\
+             2\n00:00:00.500 --> 00:00:01.500\ncord --&gt; clamped\n\n\
+             3\n00:00:01.500 --> 00:00:02.400\nMarker 2 (pedal)\n"
+        );
+        let second = fs::read_to_string(&e.chapter_files[1]).unwrap();
+        assert!(
+            second.contains("00:00:00.600 --> 00:00:02.400\nlate\n"),
+            "{second}"
+        );
+        assert!(!second.contains("clamped"));
+        for f in e.files.iter().chain(&e.chapter_files) {
+            let mode = fs::metadata(f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+        }
         let bytes = fs::read(&e.files[0]).unwrap();
-        let frags = &bytes[bx(b"ftyp", &[1u8; 16]).len()..];
-        let times: Vec<u64> = frags
-            .chunks(fragment(0).len())
-            .map(|f| mp4::first_decode_time(f).unwrap())
-            .collect();
-        assert_eq!(times, vec![0, 18000]);
+        let moov = top_level(&bytes)[1].1;
+        let traks = top_level(moov).iter().filter(|b| &b.0 == b"trak").count();
+        assert_eq!(traks, 2, "video and the chapter text track");
+    }
+
+    #[test]
+    fn a_time_range_writes_only_the_parts_it_covers_from_a_keyframe() {
+        let t = tempfile::tempdir().unwrap();
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let rec = two_stream_recording(t.path(), &dept);
+        let out = t.path().join("out.mp4");
+        let range = |from, to| Options {
+            range: Some((from, to)),
+            ..UNSIGNED
+        };
+        // Within the first stream: from its keyframe at 1 s to the last frame before 1.9 s.
+        let e = export(&rec, &dept, &out, range(1.2, 1.9), |_, _| {}).unwrap();
+        assert_eq!(e.files, std::slice::from_ref(&out));
+        assert_eq!(progressive(&out).1, 900);
+        // Within the second (which starts at 2.4 s): only it, named as the first file.
+        let e = export(&rec, &dept, &out, range(2.5, 3.0), |_, _| {}).unwrap();
+        assert_eq!(e.files, std::slice::from_ref(&out));
+        assert_eq!(progressive(&out).1, 600);
+        // Across both.
+        let e = export(&rec, &dept, &out, range(2.0, 3.0), |_, _| {}).unwrap();
+        assert_eq!(e.files.len(), 2);
+        // Past the end: nothing.
+        fs::remove_file(&out).unwrap();
+        let err = export(&rec, &dept, &out, range(10.0, 20.0), |_, _| {}).unwrap_err();
+        assert!(matches!(err, ExportError::EmptyRange { .. }), "{err}");
+        assert!(!out.exists());
     }
 
     #[test]
@@ -667,6 +869,7 @@ mod tests {
         Options {
             signatures: Signatures::Require(&p.trust),
             gaps: Gaps::Refuse,
+            range: None,
         }
     }
 
@@ -703,6 +906,7 @@ mod tests {
         let allow = Options {
             signatures: Signatures::AllowUnsigned(Some(&p.trust)),
             gaps: Gaps::Refuse,
+            range: None,
         };
         let e = export(&rec, &dept, &out, allow, |_, _| {}).unwrap();
         assert_eq!(e.custody, Custody::Unsigned);
@@ -718,6 +922,7 @@ mod tests {
         let allow = Options {
             signatures: Signatures::AllowUnsigned(None),
             gaps: Gaps::Refuse,
+            range: None,
         };
         // One byte of the stop reason.
         let edited = String::from_utf8(original.clone()).unwrap().replace(
@@ -740,7 +945,7 @@ mod tests {
             seq: 1,
             kind: Kind::Fragment,
         };
-        let (k, forged) = seal(&id, &fragment(9000 * 101)).unwrap();
+        let (k, forged) = seal(&id, FRAGMENTS[1]).unwrap();
         fs::write(rec.join(&m.fragments[1].file), &forged).unwrap();
         fs::write(
             rec.join(&m.fragments[1].key_file),
@@ -793,7 +998,7 @@ mod tests {
         let genuine = fs::read(rec.join(&e.file)).unwrap();
         let id = neoflix_format::parse_header(&genuine).unwrap().id;
         // Same id, same length: only the digest tells.
-        let (k, forged) = seal(&id, &fragment(9000 * 101)).unwrap();
+        let (k, forged) = seal(&id, FRAGMENTS[1]).unwrap();
         assert_eq!(forged.len(), genuine.len());
         fs::write(rec.join(&e.file), &forged).unwrap();
         fs::write(
