@@ -1,0 +1,923 @@
+// The review page (docs/review.md): sign in, list recordings, play one, download it.
+//
+// Keys live only in the WebAssembly module (neoflix_web.js): the passphrase is stretched
+// there, the department key unlocked there, every sealed object opened there. This file moves
+// bytes between the API, the module and the <video> element (Media Source Extensions); it never
+// makes a plaintext file for playback. Text from the server is set with textContent only.
+
+import init, { stretch, Keyring, MediaInit, Download } from "./neoflix_web.js";
+
+/** Seconds of video kept fetched ahead of the playhead. */
+const AHEAD_SECS = 20;
+/** Seconds kept behind the playhead; older buffered media is removed (SourceBuffer quota). */
+const BEHIND_SECS = 30;
+
+const state = {
+  /** The signed-in reviewer's name, or null. */
+  user: null,
+  /** The session's CSRF token, sent with every POST. */
+  csrf: null,
+  /** The unlocked department key (WASM memory); freed at sign-out. */
+  keyring: null,
+  /** The open player, torn down when the view changes. */
+  player: null,
+  /** Counts views: an async render whose view is no longer the current one stops. */
+  view: 0,
+};
+
+const $ = (sel, root = document) => root.querySelector(sel);
+
+/** Builds an element: el("p", {class: "x"}, "text", child...). Strings become text nodes. */
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === false || v === null || v === undefined) continue;
+    if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (k === "text") e.textContent = v;
+    else e.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children) {
+    if (c === null || c === undefined) continue;
+    e.append(typeof c === "string" ? document.createTextNode(c) : c);
+  }
+  return e;
+}
+
+function showAlert(message) {
+  const a = $("#alert");
+  a.textContent = message || "";
+  a.hidden = !message;
+}
+
+class HttpError extends Error {
+  constructor(status, message, retryAfter) {
+    super(message);
+    this.status = status;
+    this.retryAfter = retryAfter;
+  }
+}
+
+/** Calls the JSON API; a 401 outside sign-in ends the session in this tab. `raw`: the
+ * response itself; `text`: its body as text (for the WebAssembly to parse and check). */
+async function api(method, path, body, { raw = false, text = false } = {}) {
+  const headers = {};
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET" && state.csrf) headers["X-Neoflix-CSRF"] = state.csrf;
+  const r = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    credentials: "same-origin",
+    cache: "no-store",
+  });
+  if (!r.ok) {
+    let message = `${r.status} ${r.statusText}`;
+    try {
+      const j = await r.json();
+      if (j && typeof j.error === "string") message = j.error;
+    } catch (_) {
+      // Not JSON: keep the status line.
+    }
+    if (r.status === 401 && state.keyring && !path.startsWith("/api/login")) {
+      forget();
+      route();
+      showAlert("Your session has ended (expired, or ended on the server): sign in again.");
+    }
+    throw new HttpError(r.status, message, r.headers.get("Retry-After"));
+  }
+  if (raw) return r;
+  if (text) return r.text();
+  if (r.status === 204) return null;
+  return r.json();
+}
+
+/** Forgets the key and the session in this tab. */
+function forget() {
+  stopPlayer();
+  if (state.keyring) {
+    state.keyring.free();
+  }
+  state.keyring = null;
+  state.user = null;
+  state.csrf = null;
+  $("#who").hidden = true;
+  $("#signout").hidden = true;
+}
+
+// ---- formatting -------------------------------------------------------------------------
+
+function clock(secs, { sign = false, tenths = false } = {}) {
+  if (!Number.isFinite(secs)) return "–";
+  const neg = secs < 0;
+  let s = Math.abs(secs);
+  const h = Math.floor(s / 3600);
+  s -= h * 3600;
+  const m = Math.floor(s / 60);
+  s -= m * 60;
+  const whole = Math.floor(s);
+  let out = (h ? `${h}:${String(m).padStart(2, "0")}` : `${m}`) + `:${String(whole).padStart(2, "0")}`;
+  if (tenths) out += `.${Math.floor((s - whole) * 10)}`;
+  if (neg) return `−${out}`;
+  return sign ? `+${out}` : out;
+}
+
+function localTime(utc, withDate = true) {
+  if (!utc) return "–";
+  const d = new Date(utc);
+  if (Number.isNaN(d.getTime())) return "–";
+  return withDate
+    ? d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" })
+    : d.toLocaleTimeString(undefined, { timeStyle: "medium" });
+}
+
+// ---- routing ----------------------------------------------------------------------------
+
+function navigate(path) {
+  history.pushState({}, "", path);
+  route();
+}
+
+function setView(name) {
+  document.body.dataset.view = name;
+}
+
+function route() {
+  state.view += 1;
+  stopPlayer();
+  showAlert("");
+  if (!state.keyring) {
+    renderSignIn();
+    return;
+  }
+  const m = location.pathname.match(/^\/recordings\/([^/]+)$/);
+  if (m) renderPlayer(decodeURIComponent(m[1]), new URLSearchParams(location.search).get("device"));
+  else renderList();
+}
+
+// ---- sign-in ----------------------------------------------------------------------------
+
+async function renderSignIn() {
+  setView("signin");
+  const main = $("#main");
+  const status = el("p", { class: "status", role: "status", "aria-live": "polite" });
+  const user = el("input", { id: "user", name: "user", autocomplete: "username", required: true, autocapitalize: "off", spellcheck: "false" });
+  const pass = el("input", { id: "passphrase", name: "passphrase", type: "password", autocomplete: "current-password", required: true });
+  const button = el("button", { type: "submit" }, "Sign in");
+  const form = el(
+    "form",
+    { class: "signin", id: "signin" },
+    el("h2", {}, "Sign in"),
+    el("p", { class: "hint" }, "Your passphrase unlocks the department key in this tab only; the server never sees it, and a reload asks for it again."),
+    el("label", { for: "user" }, "Name"),
+    user,
+    el("label", { for: "passphrase" }, "Passphrase"),
+    pass,
+    button,
+    status,
+  );
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    button.disabled = true;
+    showAlert("");
+    try {
+      await signIn(user.value.trim(), pass.value, status);
+      pass.value = "";
+      route();
+    } catch (e) {
+      status.textContent = "";
+      if (e instanceof HttpError && e.status === 401) showAlert("Wrong name or passphrase.");
+      else if (e instanceof HttpError && e.status === 429)
+        showAlert(`Too many failed sign-ins: try again in ${e.retryAfter || "a few"} seconds.`);
+      else showAlert(`Cannot sign in: ${e.message}`);
+      pass.select();
+    } finally {
+      button.disabled = false;
+    }
+  });
+  main.replaceChildren(form);
+  // A session cookie may outlive a reload; the key does not. Offer the name back.
+  try {
+    const s = await api("GET", "/api/session");
+    if (s && s.user && !user.value) user.value = s.user;
+  } catch (_) {
+    // Not signed in: nothing to fill.
+  }
+  (user.value ? pass : user).focus();
+}
+
+async function signIn(name, passphrase, status) {
+  status.textContent = "Checking the name…";
+  const params = await api("POST", "/api/login/params", { user: name });
+  status.textContent = "Stretching the passphrase (about a second)…";
+  // Let the status paint before the stretch holds the thread.
+  await new Promise((r) => setTimeout(r, 30));
+  const stretched = stretch(passphrase, JSON.stringify(params));
+  let keyring;
+  try {
+    status.textContent = "Signing in…";
+    const answer = await api("POST", "/api/login", { user: name, auth: stretched.authKey() });
+    keyring = stretched.unlock(JSON.stringify(answer));
+    state.user = answer.user;
+    state.csrf = answer.csrf;
+  } finally {
+    stretched.free();
+  }
+  state.keyring = keyring;
+  $("#who").textContent = `Signed in as ${state.user}`;
+  $("#who").hidden = false;
+  $("#signout").hidden = false;
+  status.textContent = "";
+}
+
+async function signOut() {
+  try {
+    if (state.csrf) await api("POST", "/api/logout");
+  } catch (_) {
+    // Signed out in this tab all the same.
+  }
+  forget();
+  history.pushState({}, "", "/");
+  route();
+}
+
+// ---- recordings list --------------------------------------------------------------------
+
+async function renderList() {
+  setView("list");
+  const main = $("#main");
+  const params = new URLSearchParams(location.search);
+  const room = el("select", { id: "room", name: "device" }, el("option", { value: "" }, "All rooms"));
+  const since = el("input", { id: "since", name: "since", type: "date", value: params.get("since") || "" });
+  const until = el("input", { id: "until", name: "until", type: "date", value: params.get("until") || "" });
+  const filters = el(
+    "form",
+    { class: "filters", role: "search" },
+    el("label", { for: "room" }, "Room"),
+    room,
+    el("label", { for: "since" }, "From"),
+    since,
+    el("label", { for: "until" }, "To"),
+    until,
+    el("button", { type: "submit" }, "Filter"),
+  );
+  const fleet = el("section", { class: "fleet", "aria-labelledby": "fleet-h" }, el("h2", { id: "fleet-h" }, "Rooms"));
+  const table = el("table", { class: "recordings" });
+  const listStatus = el("p", { class: "status", role: "status", "aria-live": "polite" }, "Loading recordings…");
+  main.replaceChildren(fleet, el("section", { "aria-labelledby": "rec-h" }, el("h2", { id: "rec-h" }, "Recordings"), filters, listStatus, table));
+  filters.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const q = new URLSearchParams();
+    if (room.value) q.set("device", room.value);
+    if (since.value) q.set("since", since.value);
+    if (until.value) q.set("until", until.value);
+    navigate(`/${q.toString() ? `?${q}` : ""}`);
+  });
+  renderFleet(fleet);
+
+  const q = new URLSearchParams();
+  if (params.get("device")) q.set("device", params.get("device"));
+  // Dates are the reviewer's local days.
+  if (params.get("since")) q.set("since", new Date(`${params.get("since")}T00:00:00`).toISOString());
+  if (params.get("until")) q.set("until", new Date(`${params.get("until")}T23:59:59.999`).toISOString());
+  const view = state.view;
+  let all;
+  let list;
+  try {
+    [all, list] = await Promise.all([api("GET", "/api/recordings"), api("GET", `/api/recordings?${q}`)]);
+  } catch (e) {
+    if (view !== state.view) return;
+    listStatus.textContent = "";
+    showAlert(`Cannot list recordings: ${e.message}`);
+    return;
+  }
+  if (view !== state.view) return;
+  for (const d of [...new Set(all.recordings.map((r) => r.device))].sort()) {
+    room.append(el("option", { value: d, selected: d === params.get("device") }, d));
+  }
+  // The server's order: newest first (by trigger, or by arrival while uploading).
+  const rows = list.recordings;
+  listStatus.textContent = rows.length ? `${rows.length} recording${rows.length === 1 ? "" : "s"}` : "No recordings match.";
+  if (list.truncated) {
+    // The server answers the newest 1000 (docs/review.md): older ones need a narrower filter.
+    listStatus.textContent += " (the newest only: choose a room or dates to see older ones)";
+  }
+  const head = el("tr", {}, ...["Room", "Started", "Duration", "Pre-roll", "Markers", "Trigger", "Stop reason", "Status", "Upload", ""].map((h) => el("th", { scope: "col" }, h)));
+  table.replaceChildren(el("caption", { class: "visually-hidden" }, "Recordings, newest first"), el("thead", {}, head), el("tbody", {}, ...rows.map(row)));
+}
+
+function row(r) {
+  const uploading = r.upload !== "complete";
+  const href = `/recordings/${encodeURIComponent(r.id)}?device=${encodeURIComponent(r.device)}`;
+  const open = uploading
+    ? el("span", { class: "muted" }, "still uploading")
+    : el("a", { href, class: "open", "aria-label": `Open the recording of ${r.device} at ${localTime(r.trigger_utc)}`, onclick: (ev) => { ev.preventDefault(); navigate(href); } }, "Open");
+  const markers = Array.isArray(r.markers) ? r.markers.length : Number(r.markers) || 0;
+  return el(
+    "tr",
+    { "data-recording": r.id, "data-device": r.device, "data-upload": r.upload, class: uploading ? "uploading" : null },
+    el("td", {}, String(r.device)),
+    el("td", {}, localTime(r.first_frame_utc || r.trigger_utc)),
+    el("td", {}, uploading && !r.duration_secs ? "–" : clock(r.duration_secs)),
+    el("td", {}, clock(r.preroll_secs)),
+    el("td", {}, String(markers)),
+    el("td", {}, String(r.trigger || "–")),
+    el("td", {}, String(r.stop_reason || "–")),
+    el("td", {}, r.status === "interrupted" ? "interrupted" : uploading ? "–" : "complete"),
+    el("td", {}, uploading ? "uploading…" : "complete"),
+    el("td", {}, open),
+  );
+}
+
+async function renderFleet(section) {
+  const view = state.view;
+  let fleet;
+  try {
+    fleet = await api("GET", "/api/fleet");
+  } catch (e) {
+    if (view !== state.view) return;
+    section.append(el("p", { class: "muted" }, `Room status unavailable: ${e.message}`));
+    return;
+  }
+  if (view !== state.view) return;
+  const devices = fleet.devices || [];
+  if (!devices.length) {
+    section.append(el("p", { class: "muted" }, "No room status (the server has no MQTT broker configured, or no room has reported)."));
+    return;
+  }
+  const tiles = el("ul", { class: "tiles" });
+  for (const d of devices) {
+    const reasons = Array.isArray(d.reasons) ? d.reasons : [];
+    tiles.append(
+      el(
+        "li",
+        { class: `tile ${d.ready ? "ready" : "not-ready"}`, "data-device": d.device },
+        el("h3", {}, String(d.device)),
+        el("p", { class: "state" }, d.ready ? "Ready" : "Not ready", ` · ${String(d.state || "unknown")}`),
+        reasons.length ? el("ul", { class: "reasons" }, ...reasons.map((x) => el("li", {}, String(x)))) : null,
+        d.updated_utc ? el("p", { class: "muted" }, `updated ${localTime(d.updated_utc)}`) : null,
+      ),
+    );
+  }
+  section.append(tiles);
+}
+
+// ---- player -----------------------------------------------------------------------------
+
+function stopPlayer() {
+  if (state.player) {
+    state.player.stop();
+    state.player = null;
+  }
+}
+
+/** Plays one recording (checked by the WebAssembly: `Keyring.checkRecording`): sealed objects
+ * fetched around the playhead, opened in WASM, fed to MSE. */
+class Player {
+  constructor(rec, video, onError) {
+    this.rec = rec;
+    this.video = video;
+    this.onError = onError;
+    this.stopped = false;
+    this.base = rec.objects;
+    this.query = `?device=${encodeURIComponent(rec.device)}`;
+    // Each fragment's place on the recording's timeline, as the check computed it.
+    this.starts = rec.fragments.map((f) => f.start_secs);
+    this.ends = rec.fragments.map((f) => f.end_secs);
+    this.duration = rec.duration_secs;
+    this.appended = new Set();
+    /** Opened init segments by index: {plain, media, stream, mime}. */
+    this.inits = new Map();
+    this.currentInit = null;
+    this.frameSecs = 1 / 25;
+    this.wake = null;
+    this.pumping = false;
+  }
+
+  async start() {
+    this.ms = new MediaSource();
+    this.url = URL.createObjectURL(this.ms);
+    this.video.src = this.url;
+    await new Promise((r) => this.ms.addEventListener("sourceopen", r, { once: true }));
+    URL.revokeObjectURL(this.url);
+    const init = await this.openInit(this.rec.fragments[0].init);
+    if (this.stopped) return;
+    if (!MediaSource.isTypeSupported(init.mime)) {
+      throw new Error(`this browser cannot play ${init.mime}`);
+    }
+    this.sb = this.ms.addSourceBuffer(init.mime);
+    this.sb.mode = "segments";
+    this.ms.duration = this.duration;
+    for (const ev of ["timeupdate", "seeking", "play", "ratechange"]) {
+      this.video.addEventListener(ev, () => this.poke());
+    }
+    this.pump();
+  }
+
+  stop() {
+    this.stopped = true;
+    this.poke();
+    this.video.removeAttribute("src");
+    this.video.load();
+    // Their WebAssembly memory is not the garbage collector's to free.
+    for (const init of this.inits.values()) init.media.free();
+    this.inits.clear();
+  }
+
+  poke() {
+    if (this.wake) {
+      const w = this.wake;
+      this.wake = null;
+      w();
+    }
+  }
+
+  objectUrl(name) {
+    return `${this.base}${encodeURIComponent(name)}${this.query}`;
+  }
+
+  async fetchBytes(name) {
+    const r = await api("GET", this.objectUrl(name), undefined, { raw: true });
+    return new Uint8Array(await r.arrayBuffer());
+  }
+
+  /** Fetches and opens one object; `stream` checks a fragment against its init's. */
+  async openEntry(kind, entry, stream) {
+    const [sealed, record] = await Promise.all([this.fetchBytes(entry.file), this.fetchBytes(entry.key_file)]);
+    // Signed out, or another view, while fetching: the keyring may be gone.
+    if (this.stopped) throw new Error("stopped");
+    return { plain: state.keyring.open(kind, sealed, record, entry.sha256, entry.key_sha256, stream), sealed };
+  }
+
+  async openInit(index) {
+    if (this.inits.has(index)) return this.inits.get(index);
+    const { plain, sealed } = await this.openEntry("init", this.rec.inits[index]);
+    const media = new MediaInit(plain);
+    const init = { plain, media, stream: Keyring.streamOf(sealed), mime: media.mime() };
+    if (this.stopped) {
+      media.free();
+      throw new Error("stopped");
+    }
+    this.inits.set(index, init);
+    return init;
+  }
+
+  async openFragment(i) {
+    const entry = this.rec.fragments[i];
+    const init = await this.openInit(entry.init);
+    const { plain } = await this.openEntry("fragment", entry, init.stream);
+    return { plain, init, initIndex: entry.init };
+  }
+
+  /** The next fragment the playhead needs, or -1. */
+  wanted() {
+    const t = this.video.currentTime;
+    for (let i = 0; i < this.starts.length; i++) {
+      if (this.ends[i] <= t - 0.05 || this.starts[i] > t + AHEAD_SECS) continue;
+      if (!this.appended.has(i)) return i;
+    }
+    return -1;
+  }
+
+  async pump() {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      while (!this.stopped) {
+        await this.trim();
+        const i = this.wanted();
+        if (i < 0) {
+          this.maybeEnd();
+          await new Promise((r) => {
+            this.wake = r;
+            setTimeout(() => this.poke(), 1000);
+          });
+          continue;
+        }
+        const { plain, init, initIndex } = await this.openFragment(i);
+        if (this.stopped) break;
+        await this.append(i, plain, init, initIndex);
+      }
+    } catch (e) {
+      if (!this.stopped) this.onError(e);
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  async append(i, plain, init, initIndex) {
+    if (this.currentInit !== initIndex) {
+      // A camera restart: the other stream's init segment first (its codecs may differ).
+      if (this.currentInit !== null && this.sb.changeType) this.sb.changeType(init.mime);
+      await this.appendBuffer(init.plain);
+      this.currentInit = initIndex;
+    }
+    const frame = init.media.frameSecs(plain);
+    if (frame > 0 && frame <= 1) this.frameSecs = frame;
+    this.sb.timestampOffset = init.media.timestampOffset(plain, this.starts[i], this.ends[i]);
+    try {
+      await this.appendBuffer(plain);
+    } catch (e) {
+      if (e.name !== "QuotaExceededError") throw e;
+      await this.trim(true);
+      await this.appendBuffer(plain);
+    }
+    this.appended.add(i);
+  }
+
+  appendBuffer(bytes) {
+    return new Promise((resolve, reject) => {
+      const done = () => {
+        this.sb.removeEventListener("updateend", done);
+        this.sb.removeEventListener("error", fail);
+        resolve();
+      };
+      const fail = () => {
+        this.sb.removeEventListener("updateend", done);
+        this.sb.removeEventListener("error", fail);
+        reject(new Error("the browser could not decode the media"));
+      };
+      this.sb.addEventListener("updateend", done);
+      this.sb.addEventListener("error", fail);
+      try {
+        this.sb.appendBuffer(bytes);
+      } catch (e) {
+        this.sb.removeEventListener("updateend", done);
+        this.sb.removeEventListener("error", fail);
+        reject(e);
+      }
+    });
+  }
+
+  removeRange(from, to) {
+    return new Promise((resolve) => {
+      this.sb.addEventListener("updateend", resolve, { once: true });
+      this.sb.remove(from, to);
+    });
+  }
+
+  /** Removes media far from the playhead (behind, and far ahead after a backward seek). */
+  async trim(hard = false) {
+    const t = this.video.currentTime;
+    const behind = hard ? 2 : BEHIND_SECS;
+    const ahead = hard ? AHEAD_SECS : AHEAD_SECS * 3;
+    const b = this.sb.buffered;
+    if (!b.length) return;
+    const lo = b.start(0);
+    const hi = b.end(b.length - 1);
+    if (lo < t - behind) {
+      await this.removeRange(0, Math.max(0, t - behind / 2));
+      for (const i of this.appended) if (this.ends[i] <= t - behind / 2) this.appended.delete(i);
+    }
+    if (hi > t + ahead) {
+      await this.removeRange(t + ahead, hi);
+      for (const i of this.appended) if (this.starts[i] >= t + ahead) this.appended.delete(i);
+    }
+    // The browser may evict on its own: forget what it no longer holds.
+    const buffered = this.sb.buffered;
+    for (const i of this.appended) {
+      const mid = (this.starts[i] + this.ends[i]) / 2;
+      let held = false;
+      for (let k = 0; k < buffered.length; k++) if (buffered.start(k) <= mid && mid <= buffered.end(k)) held = true;
+      if (!held) this.appended.delete(i);
+    }
+  }
+
+  /** Once the last fragment is in, tell the browser the stream ends (so playback can reach it). */
+  maybeEnd() {
+    const last = this.starts.length - 1;
+    if (this.appended.has(last) && this.ms.readyState === "open" && !this.sb.updating) {
+      try {
+        this.ms.endOfStream();
+      } catch (_) {
+        // A concurrent update: try again on the next wake-up.
+      }
+    }
+  }
+}
+
+async function renderPlayer(id, device) {
+  setView("player");
+  const main = $("#main");
+  main.replaceChildren(el("p", { class: "status", role: "status" }, "Opening the recording…"));
+  const view = state.view;
+  let rec;
+  try {
+    const answer = await api("GET", `/api/recordings/${encodeURIComponent(id)}${device ? `?device=${encodeURIComponent(device)}` : ""}`, undefined, { text: true });
+    if (view !== state.view) return;
+    // Parsed and checked once, in the WebAssembly: the same recording as asked for, sealed to
+    // this key, each fragment's place computed; the page uses only what this gives.
+    rec = JSON.parse(state.keyring.checkRecording(answer, id, device || undefined));
+  } catch (e) {
+    if (view !== state.view) return;
+    main.replaceChildren(el("p", {}, el("a", { href: "/", onclick: (ev) => { ev.preventDefault(); navigate("/"); } }, "← All recordings")));
+    showAlert(e.status === 409 ? `Not yet: ${e.message}` : `Cannot open the recording: ${e.message}`);
+    return;
+  }
+  const preroll = rec.preroll_secs;
+  const firstFrame = new Date(rec.first_frame_utc || new Date(new Date(rec.trigger_utc).getTime() - preroll * 1000).toISOString());
+
+  const video = el("video", { id: "video", "aria-label": `Recording of ${rec.device}`, playsinline: true, preload: "auto" });
+  const sinceTrigger = el("output", { id: "since-trigger", "aria-label": "Time since the trigger" }, "–");
+  const wall = el("output", { id: "wall-clock", "aria-label": "Wall-clock time" }, "–");
+  const position = el("output", { id: "position", "aria-label": "Position" }, "–");
+  const scrub = el("input", { id: "scrub", type: "range", min: "0", max: String(rec.duration_secs), step: "0.01", value: "0", "aria-label": "Seek" });
+  const playBtn = el("button", { type: "button", id: "play", "aria-keyshortcuts": "Space k" }, "Play");
+  const speed = el("select", { id: "speed", "aria-label": "Playback speed" }, ...[0.25, 0.5, 1, 1.5, 2, 4].map((r) => el("option", { value: String(r), selected: r === 1 }, `${r}×`)));
+  const chapters = el("ol", { class: "chapters", id: "chapters", "aria-label": "Markers" });
+  const markerRail = el("div", { class: "markers", "aria-hidden": "true" });
+  const status = el("p", { class: "status", role: "status", "aria-live": "polite" });
+
+  const seek = (t) => {
+    video.currentTime = Math.max(0, Math.min(t, video.duration || rec.duration_secs));
+  };
+  const markers = rec.markers;
+  for (const mk of markers) {
+    const label = mk.label;
+    const at = mk.offset_secs;
+    const button = el("button", { type: "button", class: "chapter", "data-offset": at }, el("span", { class: "t" }, clock(at - preroll, { sign: true })), " ", el("span", { class: "label" }, label));
+    button.addEventListener("click", () => seek(at));
+    chapters.append(el("li", {}, button));
+    const pin = el("span", { class: "pin", title: label });
+    pin.style.left = `${(100 * at) / rec.duration_secs}%`;
+    pin.append(el("span", { class: "pin-label" }, label));
+    markerRail.append(pin);
+  }
+
+  const fromIn = el("input", { id: "from", type: "text", inputmode: "decimal", value: "0", size: "8" });
+  const toIn = el("input", { id: "to", type: "text", inputmode: "decimal", value: String(rec.duration_secs), size: "8" });
+  const dlStatus = el("p", { class: "status", role: "status", "aria-live": "polite", id: "download-status" });
+  const download = el(
+    "form",
+    { class: "download", id: "download" },
+    el("h3", {}, "Download"),
+    el("p", { class: "hint" }, "Made in this browser from the sealed recording; the download is recorded in the audit log. Times in seconds from the start of the recording (or m:ss)."),
+    el("label", { for: "from" }, "From"),
+    fromIn,
+    el("label", { for: "to" }, "To"),
+    toIn,
+    el("button", { type: "submit", id: "download-range" }, "Download range"),
+    el("button", { type: "button", id: "download-whole" }, "Download whole recording"),
+    dlStatus,
+  );
+
+  const back = el("a", { href: "/", onclick: (ev) => { ev.preventDefault(); navigate("/"); } }, "← All recordings");
+  main.replaceChildren(
+    el("p", {}, back),
+    el("h2", {}, `${rec.device} · ${localTime(rec.trigger_utc)}`),
+    el(
+      "dl",
+      { class: "facts" },
+      el("dt", {}, "Trigger"), el("dd", {}, rec.trigger),
+      el("dt", {}, "Stop reason"), el("dd", {}, rec.stop_reason),
+      el("dt", {}, "Status"), el("dd", {}, rec.status),
+      el("dt", {}, "Duration"), el("dd", {}, clock(rec.duration_secs)),
+      el("dt", {}, "Pre-roll"), el("dd", {}, clock(preroll)),
+    ),
+    el("div", { class: "stage" }, video),
+    el("div", { class: "timeline" }, scrub, markerRail),
+    el(
+      "div",
+      { class: "controls", role: "group", "aria-label": "Player controls" },
+      playBtn,
+      el("button", { type: "button", id: "frame-back", "aria-keyshortcuts": ",", title: "Previous frame (,)" }, "◀ frame"),
+      el("button", { type: "button", id: "frame-next", "aria-keyshortcuts": ".", title: "Next frame (.)" }, "frame ▶"),
+      el("button", { type: "button", id: "next-marker", "aria-keyshortcuts": "m", title: "Next marker (M)" }, "Next marker"),
+      el("label", { for: "speed" }, "Speed"),
+      speed,
+      el("span", { class: "clock" }, "Since trigger ", sinceTrigger),
+      el("span", { class: "clock" }, "Wall clock ", wall),
+      el("span", { class: "clock" }, "Position ", position),
+    ),
+    status,
+    el("h3", {}, "Markers"),
+    markers.length ? chapters : el("p", { class: "muted" }, "No markers."),
+    ...(rec.markers_left_out ? [el("p", { class: "muted" }, `${rec.markers_left_out} more markers in the manifest are not shown (outside the recording, or beyond the first ${markers.length}).`)] : []),
+    download,
+    el(
+      "details",
+      { class: "keys" },
+      el("summary", {}, "Keyboard shortcuts"),
+      el(
+        "dl",
+        {},
+        ...[
+          ["Space or K", "play / pause"],
+          ["L", "play; again: faster (up to 4×)"],
+          ["J", "slower; at 1× or paused: back 5 s"],
+          ["← / →", "back / forward 5 s (with Shift: 1 s)"],
+          [", / .", "previous / next frame"],
+          ["Home / End", "start / end"],
+          ["M / Shift+M", "next / previous marker"],
+        ].flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]),
+      ),
+    ),
+  );
+
+  const fail = (e) => {
+    status.textContent = "";
+    showAlert(`Playback stopped: ${e.message}`);
+  };
+  const player = new Player(rec, video, fail);
+  state.player = player;
+
+  const frameStep = (dir) => {
+    video.pause();
+    seek(video.currentTime + dir * player.frameSecs);
+  };
+  const nextMarker = (dir) => {
+    const t = video.currentTime;
+    const list = dir > 0 ? markers.filter((x) => x.offset_secs > t + 0.05) : markers.filter((x) => x.offset_secs < t - 0.5).reverse();
+    if (list.length) seek(list[0].offset_secs);
+  };
+  const togglePlay = () => (video.paused ? video.play().catch(fail) : video.pause());
+  playBtn.addEventListener("click", togglePlay);
+  $("#frame-back").addEventListener("click", () => frameStep(-1));
+  $("#frame-next").addEventListener("click", () => frameStep(1));
+  $("#next-marker").addEventListener("click", () => nextMarker(1));
+  speed.addEventListener("change", () => {
+    video.playbackRate = Number(speed.value);
+  });
+  video.addEventListener("ratechange", () => {
+    speed.value = String(video.playbackRate);
+  });
+  scrub.addEventListener("input", () => seek(Number(scrub.value)));
+  const tick = () => {
+    const t = video.currentTime;
+    sinceTrigger.textContent = clock(t - preroll, { sign: true, tenths: true });
+    wall.textContent = localTime(new Date(firstFrame.getTime() + t * 1000).toISOString(), false);
+    position.textContent = `${clock(t, { tenths: true })} / ${clock(video.duration)}`;
+    if (document.activeElement !== scrub) scrub.value = String(t);
+    playBtn.textContent = video.paused ? "Play" : "Pause";
+    for (const b of chapters.querySelectorAll("button")) {
+      const at = Number(b.dataset.offset);
+      b.classList.toggle("passed", at <= t + 0.05);
+    }
+  };
+  for (const ev of ["timeupdate", "seeked", "play", "pause", "durationchange", "loadedmetadata"]) video.addEventListener(ev, tick);
+
+  player.keys = (ev) => {
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    const tag = ev.target && ev.target.tagName;
+    if (tag === "INPUT" || tag === "SELECT" || tag === "TEXTAREA") return;
+    const k = ev.key;
+    if ((k === " " || k === "Enter") && tag === "BUTTON") return;
+    const handled = {
+      " ": togglePlay,
+      k: togglePlay,
+      K: togglePlay,
+      l: () => (video.paused ? video.play().catch(fail) : (video.playbackRate = Math.min(4, video.playbackRate * 2))),
+      L: () => (video.paused ? video.play().catch(fail) : (video.playbackRate = Math.min(4, video.playbackRate * 2))),
+      j: () => (!video.paused && video.playbackRate > 1 ? (video.playbackRate /= 2) : seek(video.currentTime - 5)),
+      J: () => (!video.paused && video.playbackRate > 1 ? (video.playbackRate /= 2) : seek(video.currentTime - 5)),
+      ArrowLeft: () => seek(video.currentTime - (ev.shiftKey ? 1 : 5)),
+      ArrowRight: () => seek(video.currentTime + (ev.shiftKey ? 1 : 5)),
+      ",": () => frameStep(-1),
+      ".": () => frameStep(1),
+      Home: () => seek(0),
+      End: () => seek(video.duration || rec.duration_secs),
+      m: () => nextMarker(1),
+      M: () => nextMarker(ev.shiftKey ? -1 : 1),
+    }[k];
+    if (handled) {
+      ev.preventDefault();
+      handled();
+    }
+  };
+  document.addEventListener("keydown", player.keys);
+  const stop = player.stop.bind(player);
+  player.stop = () => {
+    document.removeEventListener("keydown", player.keys);
+    stop();
+  };
+
+  const runDownload = async (from, to) => {
+    dlStatus.textContent = "Recording the download in the audit log…";
+    showAlert("");
+    try {
+      await downloadRange(rec, from, to, (msg) => (dlStatus.textContent = msg));
+    } catch (e) {
+      dlStatus.textContent = "";
+      showAlert(`Download failed: ${e.message}`);
+    }
+  };
+  download.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const from = parseTime(fromIn.value);
+    const to = parseTime(toIn.value);
+    if (!(from >= 0 && to > from)) {
+      showAlert("Give a range: From before To, in seconds or m:ss.");
+      return;
+    }
+    runDownload(from, Math.min(to, rec.duration_secs));
+  });
+  $("#download-whole").addEventListener("click", () => runDownload(0, rec.duration_secs));
+
+  status.textContent = "Opening the first fragments…";
+  try {
+    await player.start();
+    status.textContent = "";
+  } catch (e) {
+    // A player stopped by another view or a sign-out says nothing on the view that follows.
+    if (!player.stopped) fail(e);
+  }
+  if (!player.stopped) video.focus();
+}
+
+function parseTime(s) {
+  const parts = String(s).trim().split(":").map(Number);
+  if (!parts.length || parts.some((p) => !Number.isFinite(p))) return NaN;
+  return parts.reduce((acc, p) => acc * 60 + p, 0);
+}
+
+/** Audits, then builds the MP4 of `from..to` in WASM, one file per capture stream. */
+async function downloadRange(rec, from, to, say) {
+  const q = `?device=${encodeURIComponent(rec.device)}`;
+  await api("POST", `/api/recordings/${encodeURIComponent(rec.id)}/download${q}`, { from_secs: from, to_secs: to });
+  const fetchBytes = async (name) => {
+    const r = await api("GET", `${rec.objects}${encodeURIComponent(name)}${q}`, undefined, { raw: true });
+    return new Uint8Array(await r.arrayBuffer());
+  };
+  const keyring = state.keyring;
+  const open = async (kind, e, stream) => {
+    const [sealed, record] = await Promise.all([fetchBytes(e.file), fetchBytes(e.key_file)]);
+    // Signed out (the keyring freed) while fetching: stop here.
+    if (state.keyring !== keyring) throw new Error("signed out");
+    return { plain: keyring.open(kind, sealed, record, e.sha256, e.key_sha256, stream), sealed };
+  };
+  const placed = rec.fragments.map((f) => ({ f, start: f.start_secs, end: f.end_secs }));
+  const streams = [...new Set(placed.filter((p) => p.end > from && p.start < to).map((p) => p.f.init))];
+  const base = `${rec.device}-${rec.trigger_utc}`.replace(/[^A-Za-z0-9._-]/g, "_");
+  const whole = from <= 0 && to >= rec.duration_secs;
+  for (const [n, initIndex] of streams.entries()) {
+    const pieces = placed.filter((p) => p.f.init === initIndex && p.end > from && p.start < to);
+    say(`Opening the init segment of stream ${n + 1} of ${streams.length}…`);
+    const init = await open("init", rec.inits[initIndex]);
+    const stream = Keyring.streamOf(init.sealed);
+    const dl = new Download(
+      init.plain,
+      pieces[0].start,
+      Math.max(from, pieces[0].start),
+      Math.min(to, pieces[pieces.length - 1].end),
+      Float64Array.from(rec.markers.map((mk) => mk.offset_secs)),
+      rec.markers.map((mk) => mk.label),
+    );
+    try {
+      // Two passes, as `neoflix export` does: the first indexes every fragment and keeps none,
+      // the second opens each again and keeps only what it adds to the file, each piece its
+      // own Blob (which the browser may keep on disk). So a long recording never needs all its
+      // decrypted fragments in the tab's memory at once, let alone twice.
+      const where = streams.length > 1 ? ` (stream ${n + 1})` : "";
+      for (const [k, p] of pieces.entries()) {
+        say(`Indexing fragment ${k + 1} of ${pieces.length}${where}…`);
+        dl.push((await open("fragment", p.f, stream)).plain);
+      }
+      dl.finish();
+      const parts = [new Blob([dl.head()])];
+      for (const [k, p] of pieces.entries()) {
+        say(`Writing fragment ${k + 1} of ${pieces.length}${where}…`);
+        parts.push(new Blob([dl.media(k, (await open("fragment", p.f, stream)).plain)]));
+      }
+      const suffix = (whole ? "" : `-${Math.round(from)}s-${Math.round(to)}s`) + (streams.length > 1 ? `-stream${n + 1}` : "");
+      save(new Blob(parts, { type: "video/mp4" }), `${base}${suffix}.mp4`);
+      save(new Blob([dl.webvttChapters()], { type: "text/vtt" }), `${base}${suffix}.chapters.vtt`);
+    } finally {
+      dl.free();
+    }
+  }
+  say(`Downloaded ${streams.length > 1 ? `${streams.length} files (one per camera stream)` : "the file"}.`);
+}
+
+function save(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const a = el("a", { href: url, download: name, hidden: true });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+// ---- start --------------------------------------------------------------------------------
+
+async function main() {
+  // The page must need nothing the Content-Security-Policy forbids; count what it blocks so
+  // that the browser test can see a violation.
+  document.addEventListener("securitypolicyviolation", (ev) => {
+    document.body.dataset.cspViolations = String(Number(document.body.dataset.cspViolations || 0) + 1);
+    console.error(`blocked by the Content-Security-Policy: ${ev.violatedDirective} ${ev.blockedURI}`);
+  });
+  $("#signout").addEventListener("click", signOut);
+  $("#home").addEventListener("click", (ev) => {
+    ev.preventDefault();
+    if (state.keyring) navigate("/");
+  });
+  window.addEventListener("popstate", route);
+  try {
+    await init();
+  } catch (e) {
+    showAlert(`This browser cannot run the review page's WebAssembly: ${e.message}`);
+    return;
+  }
+  route();
+}
+
+main();
