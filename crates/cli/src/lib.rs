@@ -4,7 +4,8 @@
 //! Layout: [`fleet`] the fleet view: every room box's retained status read from the department
 //! broker as the shared [`neoflix_control::Status`], shown as a table for people or as JSON for
 //! scripts; [`review`] the department keys, and verify and export in the order custody demands
-//! (the signature, then the files, then every chunk).
+//! (the signature, then the files, then every chunk); [`reviewer`] enrolling a reviewer of the
+//! review page.
 //!
 //! ```
 //! use neoflix_cli::fleet::Fleet;
@@ -17,3 +18,4 @@
 
 pub mod fleet;
 pub mod review;
+pub mod reviewer;

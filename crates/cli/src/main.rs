@@ -42,7 +42,8 @@ enum Command {
         #[command(subcommand)]
         action: CtlAction,
     },
-    /// Check a recording and write it as one playable MP4.
+    /// Check a recording and write it as one MP4 (moov first, markers as chapters) per capture
+    /// stream, with the chapters also as WebVTT beside it (OUT.chapters.vtt).
     Export {
         /// The recording directory.
         recording: PathBuf,
@@ -70,6 +71,12 @@ enum Command {
         /// still checked, and a bad one refused.
         #[arg(long)]
         allow_unsigned: bool,
+        /// Export from this many seconds after the first frame (from the keyframe at or before).
+        #[arg(long, value_name = "SECS", requires = "to")]
+        from: Option<f64>,
+        /// Export up to this many seconds after the first frame.
+        #[arg(long, value_name = "SECS", requires = "from")]
+        to: Option<f64>,
     },
     /// Check a recording: its signature (who recorded it, the manifest unchanged), every file
     /// against the manifest and its hash chain, and with the department key every encrypted
@@ -103,6 +110,32 @@ enum Command {
     Pki {
         #[command(subcommand)]
         action: PkiAction,
+    },
+    /// Reviewers of the review page (`docs/review.md`).
+    Reviewer {
+        #[command(subcommand)]
+        action: ReviewerAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReviewerAction {
+    /// Make a reviewer file (needs the department key): NAME signs in to the review page with a
+    /// passphrase that opens recordings in their browser. Import the file on the server with
+    /// `neoflix-ingest reviewer import`.
+    Enrol {
+        /// The reviewer's sign-in name (A-Z a-z 0-9 - _ .).
+        name: String,
+        /// The department secret key (department.key).
+        #[arg(long)]
+        key: PathBuf,
+        /// Read the passphrase from the first line of this file instead of asking twice on the
+        /// terminal.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// The reviewer file to write (mode 0600; an existing file is never replaced).
+        #[arg(short, long)]
+        output: PathBuf,
     },
 }
 
@@ -216,6 +249,33 @@ fn keygen(out: &Path, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn reviewer(action: ReviewerAction) -> anyhow::Result<()> {
+    let ReviewerAction::Enrol {
+        name,
+        key,
+        passphrase_file,
+        output,
+    } = action;
+    let dept = review::read_secret_key(&key)?;
+    let passphrase = match passphrase_file {
+        Some(f) => neoflix_cli::reviewer::passphrase_from_file(&f)?,
+        None => neoflix_cli::reviewer::passphrase_from_terminal(&name)?,
+    };
+    let now = neoflix_format::utc(std::time::SystemTime::now());
+    let file = neoflix_cli::reviewer::enrol(&name, &dept, &passphrase, &output, &now)?;
+    println!(
+        "reviewer {} enrolled for department key {}: {} (mode 0600)",
+        file.name,
+        file.department_key_id,
+        output.display()
+    );
+    println!(
+        "on the server: neoflix-ingest --config CFG reviewer import {}",
+        output.display()
+    );
+    Ok(())
+}
+
 fn ctl(socket: &Path, action: CtlAction) -> anyhow::Result<ExitCode> {
     let req = match action {
         CtlAction::Start => Request::Start {},
@@ -250,6 +310,7 @@ fn export(
     key: &Path,
     output: &Path,
     allow_gaps: bool,
+    range: Option<(f64, f64)>,
     policy: &review::Policy,
 ) -> anyhow::Result<()> {
     let sk = review::read_secret_key(key)?;
@@ -257,7 +318,7 @@ fn export(
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
             indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:40}] {pos}/{len} fragments ({eta})",
+                "{msg} [{bar:40}] {pos}/{len} fragments opened ({eta})",
             )
             .expect("valid template")
             .progress_chars("=> "),
@@ -270,12 +331,20 @@ fn export(
     } else {
         neoflix_export::Gaps::Refuse
     };
-    let result = review::export(recording, &sk, output, policy, gaps, |done, total| {
-        if let Some(b) = &bar {
-            b.set_length(total as u64);
-            b.set_position(done as u64);
-        }
-    });
+    let result = review::export(
+        recording,
+        &sk,
+        output,
+        policy,
+        gaps,
+        range,
+        |done, total| {
+            if let Some(b) = &bar {
+                b.set_length(total as u64);
+                b.set_position(done as u64);
+            }
+        },
+    );
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -300,7 +369,7 @@ fn export(
         .map_err(printable_error)?;
     let m = &exported.manifest;
     eprintln!("{}", printable(&review::describe(&exported.custody)));
-    for f in &exported.files {
+    for f in exported.files.iter().chain(&exported.chapter_files) {
         println!("{}", f.display());
     }
     for gap in &exported.gaps {
@@ -450,8 +519,13 @@ fn main() -> ExitCode {
             ca,
             crl,
             allow_unsigned,
+            from,
+            to,
         } => review::Policy::new(ca.as_deref(), crl.as_deref(), allow_unsigned)
-            .and_then(|p| export(&recording, &key, &output, allow_gaps, &p))
+            .and_then(|p| {
+                let range = from.zip(to);
+                export(&recording, &key, &output, allow_gaps, range, &p)
+            })
             .map(|()| ExitCode::SUCCESS),
         Command::Verify {
             recording,
@@ -466,6 +540,7 @@ fn main() -> ExitCode {
             action: ConfigAction::Validate { file },
         } => config_validate(&file),
         Command::Pki { action } => pki(action).map(|()| ExitCode::SUCCESS),
+        Command::Reviewer { action } => reviewer(action).map(|()| ExitCode::SUCCESS),
         Command::Fleet(args) => fleet::run(args)
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into),

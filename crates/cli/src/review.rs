@@ -167,6 +167,7 @@ pub fn verify(
                 Options {
                     signatures,
                     gaps: Gaps::Refuse,
+                    range: None,
                 },
             )?;
             (e.manifest, e.custody, true)
@@ -201,6 +202,7 @@ pub fn export(
     out: &Path,
     policy: &Policy,
     gaps: Gaps,
+    range: Option<(f64, f64)>,
     progress: impl FnMut(usize, usize),
 ) -> anyhow::Result<Exported> {
     let signatures = policy.for_export()?;
@@ -208,7 +210,11 @@ pub fn export(
         dir,
         key,
         out,
-        Options { signatures, gaps },
+        Options {
+            signatures,
+            gaps,
+            range,
+        },
         progress,
     )?)
 }

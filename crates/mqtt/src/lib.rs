@@ -14,6 +14,8 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod fleet;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
