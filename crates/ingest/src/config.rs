@@ -21,6 +21,66 @@ pub struct IngestConfig {
     pub storage: StorageConfig,
     /// What one device, one connection and all requests together may hold.
     pub limits: Limits,
+    /// `[review]`: the reviewers' HTTPS listener, if configured.
+    pub review: Option<Review>,
+    /// `[database]`: reviewers, sessions, the recordings index and the audit log.
+    pub database: Database,
+    /// `[mqtt]`: the department broker the fleet view subscribes to, if configured.
+    pub mqtt: Option<Mqtt>,
+}
+
+/// `[review]`: the HTTPS listener people use (the review page and its JSON API). No client
+/// certificate: reviewers sign in with a passphrase (docs/review.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Review {
+    /// Address to listen on, e.g. `0.0.0.0:443`.
+    pub listen: SocketAddr,
+    /// Certificate chain browsers see (PEM); `[tls] cert` unless set, e.g. one from the
+    /// hospital's CA that browsers already trust.
+    pub cert: PathBuf,
+    /// Its private key (PEM); `[tls] key` unless set.
+    pub key: PathBuf,
+    /// The page's files (`index.html` and what it loads), installed by the package.
+    pub assets: PathBuf,
+    /// A session ends after this many seconds without a request.
+    pub session_idle_secs: u64,
+    /// A session ends this many seconds after sign-in in any case.
+    pub session_max_secs: u64,
+}
+
+/// Where the review assets are installed by the package.
+pub const DEFAULT_ASSETS: &str = "/usr/share/neoflix-ingest/review";
+/// Where the database is unless `[database] path` says otherwise.
+pub const DEFAULT_DATABASE: &str = "/var/lib/neoflix-ingest/neoflix.db";
+
+/// `[database]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Database {
+    /// The SQLite file (created 0600 with its directory).
+    pub path: PathBuf,
+    /// Whether the file named a `[database]` section: with neither it nor `[review]` the server
+    /// runs without a database, as before the review page existed.
+    pub configured: bool,
+}
+
+/// `[mqtt]`: the broker the room boxes publish their status to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mqtt {
+    /// `mqtt://host[:port]` or `mqtts://host[:port]`.
+    pub url: String,
+    /// The CA of the broker's certificate (mqtts).
+    pub ca: Option<PathBuf>,
+    /// This server's certificate and key (mutual TLS).
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// Topic prefix the boxes use.
+    pub prefix: String,
+}
+
+impl IngestConfig {
+    /// Whether the server keeps a database: `[review]` needs one, `[database]` asks for one.
+    pub fn uses_database(&self) -> bool {
+        self.review.is_some() || self.database.configured
+    }
 }
 
 /// `[limits]`: the bounds that keep one device (or one stolen certificate) from starving the
@@ -146,29 +206,43 @@ fn file(w: &mut Walker, s: &mut Section, key: &str, base: &Path, what: &str) -> 
     Some(p)
 }
 
+/// A required `IP:PORT` option (`option` is its full name for messages).
+fn listen_addr(
+    w: &mut Walker,
+    s: &mut Section,
+    key: &str,
+    option: &str,
+    what: &str,
+    example: &str,
+) -> Option<SocketAddr> {
+    let (l, line) = w.required_string(s, key, &format!("{what}, e.g. {key} = \"{example}\""))?;
+    match l.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            w.error(
+                line,
+                option,
+                format!(
+                    "{} is not an IP address and port: use e.g. \"{example}\" (every IPv4 interface), \"[::]:{}\" (every interface) or one address of this host",
+                    shown(&l),
+                    example.rsplit(':').next().unwrap_or_default()
+                ),
+            );
+            None
+        }
+    }
+}
+
 fn walk(w: &mut Walker, root: &DeTable, base: &Path) -> IngestConfig {
     let mut top = w.root(root);
-    let listen = match w.required_string(
+    let listen = listen_addr(
+        w,
         &mut top,
         "listen",
-        "the address devices connect to, e.g. listen = \"0.0.0.0:8443\"",
-    ) {
-        None => None,
-        Some((l, line)) => match l.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                w.error(
-                    line,
-                    "listen",
-                    format!(
-                        "{} is not an IP address and port: use e.g. \"0.0.0.0:8443\" (every IPv4 interface), \"[::]:8443\" (every interface) or one address of this host",
-                        shown(&l)
-                    ),
-                );
-                None
-            }
-        },
-    };
+        "listen",
+        "the address devices connect to",
+        "0.0.0.0:8443",
+    );
 
     let mut t = w.section(root, "tls");
     let cert = file(
@@ -288,8 +362,139 @@ fn walk(w: &mut Walker, root: &DeTable, base: &Path) -> IngestConfig {
         " bytes (at least the largest manifest and its parsed form)",
     );
     w.finish(l);
+
+    let review = w.optional_section(root, "review").map(|mut r| {
+        let listen = listen_addr(
+            w,
+            &mut r,
+            "listen",
+            "review.listen",
+            "the address reviewers' browsers connect to",
+            "0.0.0.0:443",
+        );
+        let cert = r
+            .has("cert")
+            .then(|| {
+                file(
+                    w,
+                    &mut r,
+                    "cert",
+                    base,
+                    "the certificate chain browsers see (PEM)",
+                )
+            })
+            .flatten();
+        let key = r
+            .has("key")
+            .then(|| {
+                file(
+                    w,
+                    &mut r,
+                    "key",
+                    base,
+                    "the private key of review.cert (PEM)",
+                )
+            })
+            .flatten();
+        if cert.is_some() != key.is_some() {
+            w.error(
+                r.line(),
+                "review.cert",
+                "cert and key go together: set both, or neither to use [tls] cert and key",
+            );
+        }
+        let (assets, _) = w.string(&mut r, "assets", DEFAULT_ASSETS);
+        let (session_idle_secs, _) =
+            w.int(&mut r, "session_idle_secs", 1800, (60, 86_400), " seconds");
+        let (session_max_secs, mline) = w.int(
+            &mut r,
+            "session_max_secs",
+            28_800,
+            (60, 7 * 86_400),
+            " seconds",
+        );
+        if session_max_secs < session_idle_secs {
+            w.error(
+                mline,
+                "review.session_max_secs",
+                format!(
+                    "{session_max_secs} is less than review.session_idle_secs ({session_idle_secs})"
+                ),
+            );
+        }
+        w.finish(r);
+        (
+            listen,
+            cert.zip(key),
+            base.join(assets),
+            session_idle_secs,
+            session_max_secs,
+        )
+    });
+
+    let db_section = w.optional_section(root, "database");
+    let configured = db_section.is_some();
+    let db_path = match db_section {
+        None => PathBuf::from(DEFAULT_DATABASE),
+        Some(mut d) => {
+            let (p, _) = w.string(&mut d, "path", DEFAULT_DATABASE);
+            w.finish(d);
+            base.join(p)
+        }
+    };
+
+    let mqtt = w.optional_section(root, "mqtt").map(|mut m| {
+        let (url, uline) = match w.required_string(&mut m, "url", "the broker, e.g. url = \"mqtts://broker.example:8883\"") {
+            Some(u) => u,
+            None => (String::new(), m.line()),
+        };
+        let opt_file = |w: &mut Walker, m: &mut Section, key: &str, what: &str| {
+            if m.has(key) { file(w, m, key, base, what) } else { None }
+        };
+        let ca = opt_file(w, &mut m, "ca", "the CA certificate that issued the broker's certificate (PEM)");
+        let cert = opt_file(w, &mut m, "cert", "this server's certificate for the broker (PEM)");
+        let key = opt_file(w, &mut m, "key", "this server's private key for the broker (PEM)");
+        if cert.is_some() != key.is_some() {
+            w.error(uline, "mqtt.cert", "cert and key go together: set both for mutual TLS, or neither");
+        }
+        let identity = cert.zip(key);
+        if !url.is_empty()
+            && let Err(e) = neoflix_mqtt::Broker::new(&url, ca.clone(), identity.clone())
+        {
+            w.error(uline, "mqtt.url", e.to_string());
+        }
+        let (prefix, pline) = w.string(&mut m, "prefix", "neoflix");
+        if prefix.is_empty()
+            || prefix.len() > 64
+            || prefix.starts_with('/')
+            || prefix.ends_with('/')
+            || prefix.contains(['+', '#', '\0'])
+        {
+            w.error(pline, "mqtt.prefix", format!("{} is not a usable topic prefix: 1 to 64 characters, no '+', '#', leading or trailing '/'", shown(&prefix)));
+        }
+        w.finish(m);
+        Mqtt { url, ca, identity, prefix }
+    });
     w.finish(top);
 
+    let review = review.map(
+        |(l, identity, assets, session_idle_secs, session_max_secs)| {
+            let (cert, key) = identity.unwrap_or_else(|| {
+                (
+                    cert.clone().unwrap_or_default(),
+                    key.clone().unwrap_or_default(),
+                )
+            });
+            Review {
+                listen: l.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 443))),
+                cert,
+                key,
+                assets,
+                session_idle_secs,
+                session_max_secs,
+            }
+        },
+    );
     IngestConfig {
         // Placeholders where a problem was reported: the caller gets the problems, not these.
         listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8443))),
@@ -312,6 +517,12 @@ fn walk(w: &mut Walker, root: &DeTable, base: &Path) -> IngestConfig {
             rate_grace_secs,
             max_buffered_bytes,
         },
+        review,
+        database: Database {
+            path: db_path,
+            configured,
+        },
+        mqtt,
     }
 }
 
@@ -417,7 +628,7 @@ mod tests {
             "unknown option (see docs/ingest.md",
             "storage.dir: missing:",
             "5 is more than limits.max_connections (4)",
-            "unknown section (known: [tls], [storage], [limits])",
+            "unknown section (known: [tls], [storage], [limits], [review], [database], [mqtt])",
         ] {
             assert!(all.contains(expected), "{expected}\n{all}");
         }
@@ -447,6 +658,55 @@ mod tests {
         assert_eq!(c.tls.crl, None);
         assert_eq!(warnings.len(), 1);
         assert_eq!(warnings[0].option, "tls.crl");
+    }
+
+    #[test]
+    fn review_database_and_mqtt_take_their_defaults_and_name_their_problems() {
+        let d = tls_dir();
+        let (c, _) = IngestConfig::parse("i.toml", GOOD, d.path()).unwrap();
+        assert_eq!((c.review.clone(), c.mqtt.clone()), (None, None));
+        assert!(!c.uses_database(), "no review, no database: as before");
+        assert_eq!(c.database.path, PathBuf::from(DEFAULT_DATABASE));
+        let text = format!("{GOOD}[review]\nlisten = \"127.0.0.1:8444\"\n");
+        let (c, _) = IngestConfig::parse("i.toml", &text, d.path()).unwrap();
+        let r = c.review.clone().unwrap();
+        assert_eq!(r.listen, "127.0.0.1:8444".parse().unwrap());
+        assert_eq!(
+            (r.cert, r.key),
+            (c.tls.cert.clone(), c.tls.key.clone()),
+            "[tls] by default"
+        );
+        assert_eq!(r.assets, PathBuf::from(DEFAULT_ASSETS));
+        assert_eq!((r.session_idle_secs, r.session_max_secs), (1800, 28800));
+        assert!(c.uses_database());
+        let text = format!(
+            "{GOOD}[review]\nlisten = \"127.0.0.1:8444\"\ncert = \"ca.crt\"\nkey = \"ca.crl\"\nassets = \"www\"\n\
+             [database]\npath = \"db/n.db\"\n[mqtt]\nurl = \"mqtts://broker:8883\"\nca = \"ca.crt\"\nprefix = \"site/a\"\n"
+        );
+        let (c, _) = IngestConfig::parse("i.toml", &text, d.path()).unwrap();
+        let r = c.review.unwrap();
+        assert_eq!(r.cert, d.path().join("ca.crt"));
+        assert_eq!(r.assets, d.path().join("www"));
+        assert_eq!(c.database.path, d.path().join("db/n.db"));
+        let m = c.mqtt.unwrap();
+        assert_eq!(
+            (m.url.as_str(), m.prefix.as_str()),
+            ("mqtts://broker:8883", "site/a")
+        );
+        let text = format!(
+            "{GOOD}[review]\nlisten = \"here\"\ncert = \"ca.crt\"\nsession_idle_secs = 7200\nsession_max_secs = 3600\n\
+             [mqtt]\nurl = \"mqtts://broker\"\nprefix = \"a/#\"\n"
+        );
+        let found = problems(&text, d.path()).join("\n");
+        for expected in [
+            "review.listen: 'here' is not an IP address",
+            "review.cert: cert and key go together",
+            "review.session_max_secs: 3600 is less than",
+            "mqtt.url",
+            "mqtt.prefix",
+        ] {
+            assert!(found.contains(expected), "{expected}\n{found}");
+        }
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Ctx {
     pub budget: Budget,
     /// Checks manifests' signatures and signs receipts.
     pub custody: Arc<Custody>,
+    /// The recordings index to keep in step, when the server keeps a database.
+    pub index: Option<Arc<crate::db::Db>>,
 }
 
 /// `limits.min_bytes_per_sec` and `limits.rate_grace_secs`.
@@ -127,9 +129,11 @@ async fn next_frame(
     }
 }
 
-type Resp = Response<Full<Bytes>>;
+/// An answer of either listener.
+pub(crate) type Resp = Response<Full<Bytes>>;
 
-fn json(status: StatusCode, v: &impl serde::Serialize) -> Resp {
+/// A JSON answer (one line).
+pub(crate) fn json(status: StatusCode, v: &impl serde::Serialize) -> Resp {
     let mut body = serde_json::to_vec(v).expect("json serializes");
     body.push(b'\n');
     Response::builder()
@@ -139,7 +143,8 @@ fn json(status: StatusCode, v: &impl serde::Serialize) -> Resp {
         .expect("valid response")
 }
 
-fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
+/// `{"error": msg}`: what every refusal of either listener looks like.
+pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
     json(status, &ErrorBody { error: msg.into() })
 }
 
@@ -495,9 +500,9 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
                 );
             };
             let head = Head::for_name(object);
-            let (id, name) = (id.to_string(), name.to_string());
-            let s2 = store.clone();
-            let up = match blocking(move || s2.begin(&device, &id, &name)).await {
+            let (rid, name) = (id.to_string(), name.to_string());
+            let (s2, dev) = (store.clone(), device.clone());
+            let up = match blocking(move || s2.begin(&dev, &rid, &name)).await {
                 Ok(u) => u,
                 Err(e) => return storage_error(e),
             };
@@ -505,7 +510,17 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
                 Ok(u) => u,
                 Err(r) => return refusal(r),
             };
-            match blocking(move || store.commit(up, &expected)).await {
+            let index = ctx.index.clone();
+            let (dev, rid) = (device.clone(), id.to_string());
+            match blocking(move || {
+                let r = store.commit(up, &expected);
+                if let (Ok(Stored::Created), Some(db)) = (&r, index) {
+                    crate::index::object_landed(&db, &dev, &rid);
+                }
+                r
+            })
+            .await
+            {
                 Ok(Stored::Created) => json(
                     StatusCode::CREATED,
                     &ObjectStored {
@@ -545,9 +560,13 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
             let rid = id.clone();
             let dev = device.clone();
             let custody = ctx.custody.clone();
+            let index = ctx.index.clone();
             // The budget is held until the parsed manifest is gone too.
             match blocking(move || {
                 let r = store.complete(&dev, &rid, &body, &custody);
+                if let (Ok((receipt, Stored::Created)), Some(db)) = (&r, &index) {
+                    crate::index::manifest_accepted(db, &dev, &rid, &body, receipt);
+                }
                 drop(held);
                 r
             })

@@ -10,18 +10,33 @@
 //! never holds the department's secret key. The protocol is specified in
 //! `docs/upload-protocol.md`.
 //!
+//! With `[review]`, a second listener serves people over HTTPS: the review page, its JSON API,
+//! sign-in with a passphrase, an append-only hash-chained audit log (`docs/review.md`). The
+//! server stores sealed objects and wrapped keys; it cannot open either.
+//!
 //! Layout: [`config`] the server's config, [`tls`] the mTLS acceptor, [`storage`] the
-//! filesystem tree, [`http`] the protocol's routes.
+//! filesystem tree, [`http`] the protocol's routes; [`db`] the database (reviewers, sessions,
+//! recordings index, audit), [`audit`] the audit chain, [`ratelimit`] the sign-in limits,
+//! [`index`] keeping the recordings index in step with storage, [`review`] the review listener,
+//! [`fleet`] the boxes' MQTT status for the fleet tiles.
 #![deny(missing_docs)]
 
+pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod custody;
+pub mod db;
+pub mod fleet;
 pub mod http;
+pub mod index;
 pub mod limits;
+pub mod ratelimit;
+pub mod review;
 pub mod storage;
 pub mod tls;
 
 use std::future::Future;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +54,10 @@ const REFUSAL_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest read buffer of one connection.
 const READ_BUFFER: usize = 64 * 1024;
+/// How long, and for how many bytes, a closed connection's unread input is drained (see
+/// [`linger`]).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: u64 = 64 << 20;
 
 /// An outside string made safe for one log line: control characters (a newline that would
 /// start a forged line), quotes, backslashes and everything outside printable ASCII are escaped
@@ -105,6 +124,36 @@ pub async fn run(
         grace: Duration::from_secs(cfg.limits.rate_grace_secs),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
+    let index = if cfg.uses_database() {
+        use anyhow::Context as _;
+        let path = cfg.database.path.clone();
+        let db = tokio::task::spawn_blocking(move || db::Db::open(&path))
+            .await
+            .context("opening the database")?
+            .with_context(|| "[database] path: the server keeps reviewers, sessions, the recordings index and the audit log there")?;
+        let db = Arc::new(db);
+        tokio::spawn(index::scan_at_start(db.clone(), cfg.storage.dir.clone()));
+        Some(db)
+    } else {
+        None
+    };
+    let fleet = cfg.mqtt.clone().map(|m| {
+        let view = Arc::new(fleet::FleetView::default());
+        tokio::spawn(fleet::run(m, view.clone(), stop_rx.clone()));
+        view
+    });
+    if let (Some(r), Some(db)) = (&cfg.review, &index) {
+        let prepared = review::prepare(
+            r,
+            db.clone(),
+            cfg.storage.dir.clone(),
+            cfg.storage.max_object_bytes,
+            limits::Budget::new(cfg.limits.max_buffered_bytes),
+            fleet.clone(),
+        )
+        .await?;
+        tokio::spawn(review::serve(prepared, stop_rx.clone()));
+    }
     tokio::spawn(tls.clone().watch(stop_rx.clone()));
     log::info!(listen = cfg.listen.to_string().as_str(), storage = cfg.storage.dir.display().to_string().as_str(); "neoflix-ingest listening");
     tokio::pin!(shutdown);
@@ -132,9 +181,12 @@ pub async fn run(
         let per_device = per_device.clone();
         let budget = budget.clone();
         let custody = custody.clone();
+        let index = index.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let peer = peer.to_string();
+            // A second handle on the socket outlives the TLS stream hyper closes, for `linger`.
+            let lingering = tcp.as_fd().try_clone_to_owned().ok();
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
@@ -178,6 +230,7 @@ pub async fn run(
                     // The refusal keeps its handshake slot until it is closed, at most
                     // REFUSAL_TIMEOUT from now, so refusals too are bounded in number.
                     refuse(tls, why).await;
+                    linger(lingering).await;
                     drop(handshake);
                     return;
                 }
@@ -190,6 +243,7 @@ pub async fn run(
                 rate,
                 budget,
                 custody,
+                index,
             });
             let service = hyper::service::service_fn(move |req| http::handle(req, ctx.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
@@ -207,11 +261,42 @@ pub async fn run(
                     let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
                 }
             }
+            linger(lingering).await;
         });
     }
     let _ = stop_tx.send(true);
     log::info!("neoflix-ingest stopping");
     Ok(())
+}
+
+/// Closes a connection whose answer has been written without a reset: hyper closes a
+/// connection whose request body it did not read (a 413, a 503), and closing a socket with
+/// input unread makes the kernel answer with a reset, which discards the answer at a client that
+/// is still sending (curl uploading a 200 MiB file sees "connection reset", not the 413). So:
+/// half-close, then read and discard until the client closes too, for at most [`LINGER_TIME`]
+/// and [`LINGER_BYTES`]; the connection's slot is held meanwhile, so lingering is bounded too.
+async fn linger(socket: Option<std::os::fd::OwnedFd>) {
+    use tokio::io::AsyncReadExt;
+    let Some(fd) = socket else { return };
+    let std_socket = std::net::TcpStream::from(fd);
+    let _ = std_socket.shutdown(std::net::Shutdown::Write);
+    if std_socket.set_nonblocking(true).is_err() {
+        return;
+    }
+    let Ok(mut socket) = tokio::net::TcpStream::from_std(std_socket) else {
+        return;
+    };
+    let mut buf = vec![0u8; READ_BUFFER];
+    let mut drained = 0u64;
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        while drained < LINGER_BYTES {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n as u64,
+            }
+        }
+    })
+    .await;
 }
 
 /// Answers a refused connection's request 503 and closes it: the request head gets

@@ -1,13 +1,14 @@
 //! `neoflix-ingest --config FILE`: the department server. `--check-config` checks the file (every
-//! problem at once, then the TLS files' contents) and exits.
+//! problem at once, then the TLS files' contents) and exits. The subcommands `reviewer` and
+//! `audit` work on the server's database, also while it runs.
 //!
-//! Exit codes: 0 success, 1 failure while running, 2 a config that cannot work.
+//! Exit codes: 0 success, 1 failure (or a broken audit chain), 2 a config that cannot work.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// Neoflix department server: receives sealed recordings from room boxes over mutual TLS.
 #[derive(Parser)]
@@ -20,6 +21,83 @@ struct Args {
     /// 0 when it would start, 2 when not.
     #[arg(long)]
     check_config: bool,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Manage the reviewers the review chair enrolled (`neoflix reviewer enrol`).
+    Reviewer {
+        #[command(subcommand)]
+        command: ReviewerCmd,
+    },
+    /// Print the audit log.
+    Audit {
+        /// As a JSON array.
+        #[arg(long)]
+        json: bool,
+        /// Recompute the hash chain: name the first entry that does not match (exit 1), print
+        /// the head hash.
+        #[arg(long)]
+        verify: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReviewerCmd {
+    /// Import a `.reviewer` file.
+    Import {
+        /// The file `neoflix reviewer enrol` wrote.
+        file: PathBuf,
+        /// Replace a reviewer of the same name (its sessions end).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List the reviewers: name, department key id, created, locked by the rate limit.
+    List,
+    /// Remove a reviewer: it cannot sign in, its sessions end at once.
+    Remove {
+        /// The reviewer's name.
+        name: String,
+    },
+}
+
+fn admin(path: &std::path::Path, cmd: Cmd) -> ExitCode {
+    let cfg = match neoflix_ingest::IngestConfig::load(path) {
+        Ok((c, _)) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let run = || -> anyhow::Result<bool> {
+        let db = neoflix_ingest::db::Db::open(&cfg.database.path).context(
+            "[database] path (run this as the server's user, e.g. sudo -u neoflix-ingest)",
+        )?;
+        use neoflix_ingest::admin;
+        let (text, ok) = match cmd {
+            Cmd::Reviewer { command } => match command {
+                ReviewerCmd::Import { file, replace } => (
+                    admin::import(&db, &file, replace, &mut std::io::stderr())? + "\n",
+                    true,
+                ),
+                ReviewerCmd::List => (admin::list(&db)?, true),
+                ReviewerCmd::Remove { name } => (admin::remove(&db, &name)? + "\n", true),
+            },
+            Cmd::Audit { json, verify } => admin::audit(&db, json, verify)?,
+        };
+        print!("{text}");
+        Ok(ok)
+    };
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("neoflix-ingest: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {
@@ -38,6 +116,14 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         eprintln!("{}: {e:#}", path.display());
         return ExitCode::from(2);
     }
+    if let Some(r) = &cfg.review {
+        let review = neoflix_ingest::review::acceptor(&r.cert, &r.key)
+            .and_then(|_| neoflix_ingest::review::Assets::load(&r.assets));
+        if let Err(e) = review {
+            eprintln!("{}: [review]: {e:#}", path.display());
+            return ExitCode::from(2);
+        }
+    }
     println!(
         "{}: config OK{}",
         path.display(),
@@ -52,6 +138,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(cmd) = args.command {
+        return admin(&args.config, cmd);
+    }
     if args.check_config {
         return check_config(&args.config);
     }

@@ -1,0 +1,1124 @@
+//! The server's database: reviewers, sessions, the recordings index, sign-in failures, the
+//! audit log and the server secret, behind a small typed API ([`Db`]).
+//!
+//! SQLite by default, one connection behind a mutex (callers on the async runtime go through
+//! `spawn_blocking`). All SQL lives in this module and is plain SQL that PostgreSQL also speaks,
+//! so another backend can take this module's place; the schema is versioned
+//! (`PRAGMA user_version`). The audit table refuses `UPDATE` and `DELETE` by trigger; its hash
+//! chain ([`crate::audit`]) shows edits made behind the database's back.
+
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use neoflix_format::reviewer::{Kdf, ReviewerFile, ReviewerName};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::audit::{self, Entry, Event};
+
+/// The schema this code writes: [`MIGRATIONS`] applied in order.
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How long a write waits for another process (the subcommands while the server runs).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SCHEMA: &str = "
+CREATE TABLE reviewers (
+    name TEXT PRIMARY KEY,
+    department_key_id TEXT NOT NULL,
+    created_utc TEXT NOT NULL,
+    kdf TEXT NOT NULL,
+    verifier TEXT NOT NULL,
+    wrapped_key TEXT NOT NULL,
+    imported_utc TEXT NOT NULL
+);
+CREATE TABLE name_failures (
+    name TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL,
+    last_failure INTEGER NOT NULL
+);
+CREATE TABLE address_failures (
+    client TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX address_failures_client ON address_failures (client, at);
+CREATE TABLE sessions (
+    token_sha256 TEXT PRIMARY KEY,
+    csrf TEXT NOT NULL,
+    reviewer TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL
+);
+CREATE INDEX sessions_reviewer ON sessions (reviewer);
+CREATE TABLE recordings (
+    device TEXT NOT NULL,
+    id TEXT NOT NULL,
+    upload TEXT NOT NULL,
+    first_seen_utc TEXT NOT NULL,
+    status TEXT,
+    trigger_source TEXT,
+    stop_reason TEXT,
+    first_frame_utc TEXT,
+    trigger_utc TEXT,
+    stop_utc TEXT,
+    preroll_secs DOUBLE PRECISION,
+    duration_secs DOUBLE PRECISION,
+    markers TEXT,
+    signer TEXT,
+    recipient_key_id TEXT,
+    PRIMARY KEY (device, id)
+);
+CREATE INDEX recordings_id ON recordings (id);
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    utc TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    recording TEXT NOT NULL,
+    client TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TABLE secrets (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+";
+
+/// Version 2: the recordings each session opened. A sealed object is served only to a session
+/// that opened its recording, so no reviewer fetches one without a `recording-opened` entry
+/// in the audit log. The rows go with their session.
+const SCHEMA_V2: &str = "
+CREATE TABLE opened (
+    token_sha256 TEXT NOT NULL REFERENCES sessions (token_sha256) ON DELETE CASCADE,
+    device TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (token_sha256, device, id)
+);
+";
+
+/// Each version's schema change, from version 0 (an empty file) on.
+const MIGRATIONS: [&str; 2] = [SCHEMA, SCHEMA_V2];
+
+/// A database operation that failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// The file cannot be created or opened: typically a missing directory or a service user
+    /// without write access to it (`[database] path`).
+    #[error("database {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// SQLite said no: a locked database for longer than the busy timeout, a full disk, or a
+    /// file that is not this program's database.
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// The file was written by a newer version of this program.
+    #[error(
+        "database schema version {0} is newer than this program's ({SCHEMA_VERSION}): upgrade neoflix-ingest"
+    )]
+    Newer(i64),
+    /// A reviewer of that name exists (import without `--replace`).
+    #[error("a reviewer named {0} exists: remove it first, or import with --replace")]
+    ReviewerExists(String),
+    /// A stored value is not what this program writes (edited by hand).
+    #[error("database: stored {0} is unreadable")]
+    Corrupt(String),
+}
+
+/// A reviewer as stored, with the state of its sign-in name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reviewer {
+    /// The file the chair made.
+    pub file: ReviewerFile,
+    /// When it was imported (RFC 3339 UTC).
+    pub imported_utc: String,
+}
+
+/// How `add_reviewer` went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// A new reviewer.
+    New,
+    /// An existing one replaced (`--replace`); its sessions ended.
+    Replaced,
+}
+
+/// A session as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// Its reviewer.
+    pub reviewer: String,
+    /// Its CSRF token.
+    pub csrf: String,
+    /// Sign-in time (unix seconds).
+    pub created: i64,
+    /// Last request (unix seconds).
+    pub last_seen: i64,
+}
+
+/// Which sign-in limit refused an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The name's failures in a row.
+    Name,
+    /// The address's failures in the window.
+    Address,
+}
+
+impl Limit {
+    /// As the audit log names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Name => "name",
+            Limit::Address => "address",
+        }
+    }
+}
+
+/// What a sign-in attempt came to ([`Db::sign_in`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// Refused unchecked by a rate limit, for this many more seconds.
+    Refused {
+        /// Seconds until it may try again.
+        retry_after_secs: i64,
+        /// Which limit.
+        limit: Limit,
+    },
+    /// Checked and wrong, or not a reviewer: counted against the name and the address.
+    Wrong,
+    /// Checked and right: the name's count starts again.
+    Right(Box<Reviewer>),
+}
+
+/// A recording in the list (docs/review.md, "A recording Summary").
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    /// The box's recording id.
+    pub id: String,
+    /// The box.
+    pub device: String,
+    /// `uploading` or `complete`.
+    pub upload: String,
+    /// `complete` or `interrupted` (from the manifest).
+    pub status: Option<String>,
+    /// What started it.
+    pub trigger: Option<String>,
+    /// Why it stopped.
+    pub stop_reason: Option<String>,
+    /// First frame (start of the pre-roll).
+    pub first_frame_utc: Option<String>,
+    /// The trigger.
+    pub trigger_utc: Option<String>,
+    /// The stop.
+    pub stop_utc: Option<String>,
+    /// Seconds before the trigger.
+    pub preroll_secs: Option<f64>,
+    /// Seconds in all.
+    pub duration_secs: Option<f64>,
+    /// The manifest's markers (`utc`, `offset_secs`, `label`, `by`).
+    pub markers: serde_json::Value,
+    /// The device certificate that signed the manifest.
+    pub signer: Option<String>,
+}
+
+/// The fields of a complete recording the index keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completed<'a> {
+    /// The checked manifest.
+    pub manifest: &'a neoflix_format::Manifest,
+    /// Who signed it (from the receipt).
+    pub signer: Option<String>,
+}
+
+/// Filters of the recordings list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only this device.
+    pub device: Option<String>,
+    /// Trigger at or after (normalised RFC 3339 UTC, as [`neoflix_format::utc`] writes).
+    pub since: Option<String>,
+    /// Trigger at or before.
+    pub until: Option<String>,
+}
+
+/// A session's `last_seen` is written when it is at least this old: sessions expire within a
+/// minute of their idle time.
+pub const LAST_SEEN_STEP_SECS: i64 = 60;
+
+/// Most recordings one list answers (newest first); narrower filters reach older ones.
+pub const MAX_LISTED: usize = 1000;
+
+/// The database.
+pub struct Db {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+/// Now, unix seconds.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Now, RFC 3339 UTC with milliseconds.
+pub fn now_utc() -> String {
+    neoflix_format::utc(std::time::SystemTime::now())
+}
+
+impl Db {
+    /// Opens (creating, mode 0600, its directory 0700) and migrates the database.
+    pub fn open(path: &Path) -> Result<Db, DbError> {
+        let open_err = |source| DbError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(open_err)?;
+        }
+        // Created 0600 before SQLite opens it: the WAL and shared-memory files take its mode.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(open_err)?;
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(DbError::Newer(version));
+        }
+        // Outside any transaction, on every connection: `opened` rows go with their session.
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        if version < SCHEMA_VERSION {
+            let tx = conn.unchecked_transaction()?;
+            for m in &MIGRATIONS[version as usize..] {
+                tx.execute_batch(m)?;
+            }
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
+        }
+        Ok(Db {
+            conn: Mutex::new(conn),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding it leaves SQLite's state consistent (transactions roll back).
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The server's random secret (made on first use): it derives the sign-in parameters of
+    /// names that are not reviewers.
+    pub fn server_secret(&self) -> Result<[u8; 32], DbError> {
+        let c = self.conn();
+        let found: Option<String> = c
+            .query_row(
+                "SELECT value FROM secrets WHERE name = 'login-params'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(v) = found {
+            return hex::decode(&v)
+                .ok()
+                .and_then(|v| <[u8; 32]>::try_from(v).ok())
+                .ok_or_else(|| DbError::Corrupt("server secret".into()));
+        }
+        let mut s = [0u8; 32];
+        getrandom::fill(&mut s)
+            .map_err(|e| DbError::Corrupt(format!("no randomness for the server secret: {e}")))?;
+        // Another process may have made one meanwhile: the first one stays.
+        c.execute(
+            "INSERT INTO secrets (name, value) VALUES ('login-params', ?1) ON CONFLICT (name) DO NOTHING",
+            params![hex::encode(s)],
+        )?;
+        drop(c);
+        self.server_secret()
+    }
+
+    // --- reviewers ---
+
+    /// Stores a reviewer; an existing name is refused unless `replace` (its sessions end).
+    pub fn add_reviewer(&self, f: &ReviewerFile, replace: bool) -> Result<Added, DbError> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists: bool = tx
+            .query_row(
+                "SELECT COUNT(*) FROM reviewers WHERE name = ?1",
+                params![f.name.as_str()],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)?;
+        if exists && !replace {
+            return Err(DbError::ReviewerExists(f.name.to_string()));
+        }
+        let kdf = serde_json::to_string(&f.kdf).expect("kdf serializes");
+        tx.execute(
+            "DELETE FROM reviewers WHERE name = ?1",
+            params![f.name.as_str()],
+        )?;
+        tx.execute(
+            "DELETE FROM sessions WHERE reviewer = ?1",
+            params![f.name.as_str()],
+        )?;
+        tx.execute(
+            "INSERT INTO reviewers (name, department_key_id, created_utc, kdf, verifier, wrapped_key, imported_utc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                f.name.as_str(),
+                f.department_key_id,
+                f.created_utc,
+                kdf,
+                f.verifier,
+                f.wrapped_key,
+                now_utc()
+            ],
+        )?;
+        tx.commit()?;
+        Ok(if exists { Added::Replaced } else { Added::New })
+    }
+
+    /// A reviewer by name.
+    pub fn reviewer(&self, name: &str) -> Result<Option<Reviewer>, DbError> {
+        reviewer_in(&self.conn(), name)
+    }
+
+    /// One sign-in attempt of `name` from `address` (see [`crate::ratelimit::address_key`])
+    /// with `auth_key`, at `now`: the limits, the check and the count in one transaction.
+    /// Attempts sent in parallel are thereby limited exactly as attempts sent one after the
+    /// other; checked one by one against counts read before any was counted, they were not.
+    pub fn sign_in(
+        &self,
+        name: &str,
+        address: &str,
+        auth_key: &[u8],
+        now: i64,
+    ) -> Result<Attempt, DbError> {
+        use crate::ratelimit;
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (failures, last) = name_failures_in(&tx, name)?;
+        let times = address_failures_in(&tx, address, now - ratelimit::ADDRESS_WINDOW_SECS)?;
+        let refused = ratelimit::address_retry_after(&times, now)
+            .map(|s| (s, Limit::Address))
+            .or_else(|| ratelimit::name_retry_after(failures, last, now).map(|s| (s, Limit::Name)));
+        if let Some((retry_after_secs, limit)) = refused {
+            return Ok(Attempt::Refused {
+                retry_after_secs,
+                limit,
+            });
+        }
+        let reviewer = reviewer_in(&tx, name)?;
+        let right = match &reviewer {
+            Some(r) => r.file.check_auth(auth_key),
+            None => {
+                // As much work as a known name costs.
+                let _ = neoflix_format::reviewer::verifier_of(auth_key);
+                false
+            }
+        };
+        let attempt = match reviewer.filter(|_| right) {
+            Some(r) => {
+                tx.execute("DELETE FROM name_failures WHERE name = ?1", params![name])?;
+                Attempt::Right(Box::new(r))
+            }
+            None => {
+                add_failure_in(&tx, name, address, now)?;
+                Attempt::Wrong
+            }
+        };
+        tx.commit()?;
+        Ok(attempt)
+    }
+
+    /// Every reviewer, by name.
+    pub fn reviewers(&self) -> Result<Vec<Reviewer>, DbError> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT name, department_key_id, created_utc, kdf, verifier, wrapped_key, imported_utc FROM reviewers ORDER BY name",
+        )?;
+        let rows = st.query_map([], row_reviewer)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(check_reviewer(r?)?);
+        }
+        Ok(out)
+    }
+
+    /// Removes a reviewer, its sessions and its failure count at once; `false` if unknown.
+    pub fn remove_reviewer(&self, name: &str) -> Result<bool, DbError> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute("DELETE FROM reviewers WHERE name = ?1", params![name])?;
+        tx.execute("DELETE FROM sessions WHERE reviewer = ?1", params![name])?;
+        tx.execute("DELETE FROM name_failures WHERE name = ?1", params![name])?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    // --- sign-in failures ---
+
+    /// A name's failures in a row and the time of the last (unix seconds).
+    pub fn name_failures(&self, name: &str) -> Result<(u32, i64), DbError> {
+        name_failures_in(&self.conn(), name)
+    }
+
+    /// Counts a failure against a name and an address at `now`.
+    pub fn add_failure(&self, name: &str, address: &str, now: i64) -> Result<(), DbError> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        add_failure_in(&tx, name, address, now)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A right passphrase: the name's count starts again.
+    pub fn clear_failures(&self, name: &str) -> Result<(), DbError> {
+        self.conn()
+            .execute("DELETE FROM name_failures WHERE name = ?1", params![name])?;
+        Ok(())
+    }
+
+    /// The times of an address's recent failures (unix seconds).
+    pub fn address_failures(&self, address: &str, since: i64) -> Result<Vec<i64>, DbError> {
+        address_failures_in(&self.conn(), address, since)
+    }
+
+    // --- sessions ---
+
+    /// Starts a session.
+    pub fn add_session(
+        &self,
+        token_sha256: &str,
+        csrf: &str,
+        reviewer: &str,
+        now: i64,
+    ) -> Result<(), DbError> {
+        self.conn().execute(
+            "INSERT INTO sessions (token_sha256, csrf, reviewer, created, last_seen) VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![token_sha256, csrf, reviewer, now],
+        )?;
+        Ok(())
+    }
+
+    /// A live session, its `last_seen` moved to `now`; one past its idle or maximum age (or
+    /// of a removed reviewer) is deleted and `None`.
+    pub fn session(
+        &self,
+        token_sha256: &str,
+        now: i64,
+        idle_secs: i64,
+        max_secs: i64,
+    ) -> Result<Option<Session>, DbError> {
+        let c = self.conn();
+        let s = c
+            .query_row(
+                "SELECT s.reviewer, s.csrf, s.created, s.last_seen FROM sessions s JOIN reviewers r ON r.name = s.reviewer WHERE s.token_sha256 = ?1",
+                params![token_sha256],
+                |r| {
+                    Ok(Session {
+                        reviewer: r.get(0)?,
+                        csrf: r.get(1)?,
+                        created: r.get(2)?,
+                        last_seen: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?;
+        match s {
+            Some(s) if now - s.last_seen < idle_secs && now - s.created < max_secs => {
+                // Every object fetch comes through here: a write (and its fsync) per request
+                // would be most of the database's work, so the idle clock moves once a minute.
+                if now - s.last_seen < LAST_SEEN_STEP_SECS {
+                    return Ok(Some(s));
+                }
+                c.execute(
+                    "UPDATE sessions SET last_seen = ?2 WHERE token_sha256 = ?1",
+                    params![token_sha256, now],
+                )?;
+                Ok(Some(Session {
+                    last_seen: now,
+                    ..s
+                }))
+            }
+            _ => {
+                c.execute(
+                    "DELETE FROM sessions WHERE token_sha256 = ?1",
+                    params![token_sha256],
+                )?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Notes that the session opened `device`/`id` (after its opening was audited).
+    pub fn mark_opened(&self, token_sha256: &str, device: &str, id: &str) -> Result<(), DbError> {
+        self.conn().execute(
+            "INSERT INTO opened (token_sha256, device, id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            params![token_sha256, device, id],
+        )?;
+        Ok(())
+    }
+
+    /// Whether the session opened `device`/`id`.
+    pub fn opened(&self, token_sha256: &str, device: &str, id: &str) -> Result<bool, DbError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT 1 FROM opened WHERE token_sha256 = ?1 AND device = ?2 AND id = ?3",
+                params![token_sha256, device, id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Ends a session.
+    pub fn remove_session(&self, token_sha256: &str) -> Result<(), DbError> {
+        self.conn().execute(
+            "DELETE FROM sessions WHERE token_sha256 = ?1",
+            params![token_sha256],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes sessions past their idle or maximum age.
+    pub fn expire_sessions(
+        &self,
+        now: i64,
+        idle_secs: i64,
+        max_secs: i64,
+    ) -> Result<usize, DbError> {
+        Ok(self.conn().execute(
+            "DELETE FROM sessions WHERE last_seen <= ?1 OR created <= ?2",
+            params![now - idle_secs, now - max_secs],
+        )?)
+    }
+
+    // --- recordings index ---
+
+    /// A recording's first object landed: indexed as `uploading` unless known.
+    pub fn index_uploading(&self, device: &str, id: &str) -> Result<(), DbError> {
+        self.conn().execute(
+            "INSERT INTO recordings (device, id, upload, first_seen_utc) VALUES (?1, ?2, 'uploading', ?3) ON CONFLICT (device, id) DO NOTHING",
+            params![device, id, now_utc()],
+        )?;
+        Ok(())
+    }
+
+    /// A recording's manifest was accepted: indexed as `complete` with its fields.
+    pub fn index_complete(&self, device: &str, id: &str, done: &Completed) -> Result<(), DbError> {
+        let m = done.manifest;
+        let status = match m.status {
+            neoflix_format::Status::Complete => "complete",
+            neoflix_format::Status::Interrupted => "interrupted",
+        };
+        let markers = serde_json::to_string(&m.markers).expect("markers serialize");
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO recordings (device, id, upload, first_seen_utc) VALUES (?1, ?2, 'complete', ?3) ON CONFLICT (device, id) DO NOTHING",
+            params![device, id, now_utc()],
+        )?;
+        tx.execute(
+            "UPDATE recordings SET upload = 'complete', status = ?3, trigger_source = ?4, stop_reason = ?5, first_frame_utc = ?6, trigger_utc = ?7, stop_utc = ?8, preroll_secs = ?9, duration_secs = ?10, markers = ?11, signer = ?12, recipient_key_id = ?13 WHERE device = ?1 AND id = ?2",
+            params![
+                device,
+                id,
+                status,
+                m.trigger,
+                m.stop_reason,
+                m.first_frame_utc,
+                m.trigger_utc,
+                m.stop_utc,
+                m.preroll_secs,
+                m.duration_secs,
+                markers,
+                done.signer,
+                m.recipient_key_id
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every indexed (device, id, complete).
+    pub fn indexed(&self) -> Result<Vec<(String, String, bool)>, DbError> {
+        let c = self.conn();
+        let mut st = c.prepare("SELECT device, id, upload FROM recordings")?;
+        let v = st
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, String>(2)? == "complete"))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(v)
+    }
+
+    /// The recipient key ids of complete recordings.
+    pub fn recipient_key_ids(&self) -> Result<Vec<String>, DbError> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT DISTINCT recipient_key_id FROM recordings WHERE recipient_key_id IS NOT NULL",
+        )?;
+        let v = st
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(v)
+    }
+
+    /// The recordings list, newest first (by trigger, or by arrival while uploading).
+    /// At most [`MAX_LISTED`] + 1, so that the caller can tell the list was cut.
+    pub fn recordings(&self, f: &Filter) -> Result<Vec<Summary>, DbError> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT id, device, upload, status, trigger_source, stop_reason, first_frame_utc, trigger_utc, stop_utc, preroll_secs, duration_secs, markers, signer FROM recordings
+             WHERE (?1 IS NULL OR device = ?1)
+               AND (?2 IS NULL OR trigger_utc >= ?2)
+               AND (?3 IS NULL OR trigger_utc <= ?3)
+             ORDER BY COALESCE(trigger_utc, first_seen_utc) DESC, device, id
+             LIMIT ?4",
+        )?;
+        let v = st
+            .query_map(
+                params![f.device, f.since, f.until, MAX_LISTED as i64 + 1],
+                row_summary,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(v)
+    }
+
+    /// The recordings of that id (one per device holding it).
+    pub fn recordings_with_id(&self, id: &str) -> Result<Vec<Summary>, DbError> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT id, device, upload, status, trigger_source, stop_reason, first_frame_utc, trigger_utc, stop_utc, preroll_secs, duration_secs, markers, signer FROM recordings WHERE id = ?1 ORDER BY device",
+        )?;
+        let v = st
+            .query_map(params![id], row_summary)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(v)
+    }
+
+    // --- audit ---
+
+    /// Appends an entry to the audit log, chained to the last one.
+    pub fn append_audit(&self, e: &Event) -> Result<Entry, DbError> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let last: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let entry = Entry::next(last.as_ref().map(|(s, h)| (*s, h.as_str())), now_utc(), e);
+        tx.execute(
+            "INSERT INTO audit (seq, utc, actor, action, recording, client, detail, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                entry.seq,
+                entry.utc,
+                entry.actor,
+                entry.action,
+                entry.recording,
+                entry.client,
+                entry.detail,
+                entry.prev,
+                entry.hash
+            ],
+        )?;
+        tx.commit()?;
+        // A copy of each entry's hash outside the database (the journal, and whatever the
+        // hospital forwards it to): whoever can write the database can recompute the chain,
+        // but not the log lines already written.
+        log::info!(
+            seq = entry.seq,
+            action = entry.action.as_str(),
+            actor = crate::esc(&entry.actor).as_str(),
+            recording = crate::esc(&entry.recording).as_str(),
+            hash = entry.hash.as_str();
+            "audit entry appended"
+        );
+        Ok(entry)
+    }
+
+    /// The whole audit log, in order.
+    pub fn audit(&self) -> Result<Vec<Entry>, DbError> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT seq, utc, actor, action, recording, client, detail, prev, hash FROM audit ORDER BY seq",
+        )?;
+        let v = st
+            .query_map([], |r| {
+                Ok(Entry {
+                    seq: r.get(0)?,
+                    utc: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    recording: r.get(4)?,
+                    client: r.get(5)?,
+                    detail: r.get(6)?,
+                    prev: r.get(7)?,
+                    hash: r.get(8)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(v)
+    }
+
+    /// Recomputes the chain: the head hash, or the first entry that does not match.
+    pub fn verify_audit(&self) -> Result<Result<String, audit::Broken>, DbError> {
+        Ok(audit::verify(&self.audit()?))
+    }
+}
+
+fn reviewer_in(c: &Connection, name: &str) -> Result<Option<Reviewer>, DbError> {
+    let row = c
+        .query_row(
+            "SELECT name, department_key_id, created_utc, kdf, verifier, wrapped_key, imported_utc FROM reviewers WHERE name = ?1",
+            params![name],
+            row_reviewer,
+        )
+        .optional()?;
+    row.map(check_reviewer).transpose()
+}
+
+fn name_failures_in(c: &Connection, name: &str) -> Result<(u32, i64), DbError> {
+    Ok(c.query_row(
+        "SELECT failures, last_failure FROM name_failures WHERE name = ?1",
+        params![name],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?.clamp(0, u32::MAX as i64) as u32,
+                r.get(1)?,
+            ))
+        },
+    )
+    .optional()?
+    .unwrap_or((0, 0)))
+}
+
+fn address_failures_in(c: &Connection, address: &str, since: i64) -> Result<Vec<i64>, DbError> {
+    let mut st = c.prepare("SELECT at FROM address_failures WHERE client = ?1 AND at >= ?2")?;
+    let v = st
+        .query_map(params![address, since], |r| r.get(0))?
+        .collect::<Result<Vec<i64>, _>>()?;
+    Ok(v)
+}
+
+fn add_failure_in(c: &Connection, name: &str, address: &str, now: i64) -> Result<(), DbError> {
+    c.execute(
+        "INSERT INTO name_failures (name, failures, last_failure) VALUES (?1, 1, ?2)
+         ON CONFLICT (name) DO UPDATE SET failures = name_failures.failures + 1, last_failure = ?2",
+        params![name, now],
+    )?;
+    c.execute(
+        "INSERT INTO address_failures (client, at) VALUES (?1, ?2)",
+        params![address, now],
+    )?;
+    // Nothing older than the longest window matters: the tables stay small.
+    c.execute(
+        "DELETE FROM address_failures WHERE at < ?1",
+        params![now - crate::ratelimit::ADDRESS_WINDOW_SECS],
+    )?;
+    c.execute(
+        "DELETE FROM name_failures WHERE last_failure < ?1",
+        params![now - 86_400],
+    )?;
+    Ok(())
+}
+
+type ReviewerRow = (String, String, String, String, String, String, String);
+
+fn row_reviewer(r: &rusqlite::Row) -> rusqlite::Result<ReviewerRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
+
+/// Rebuilds the file from a row and checks it as an imported file is checked: a row edited by
+/// hand into something unusable is refused, not used.
+fn check_reviewer(row: ReviewerRow) -> Result<Reviewer, DbError> {
+    let (name, department_key_id, created_utc, kdf, verifier, wrapped_key, imported_utc) = row;
+    let corrupt = || DbError::Corrupt(format!("reviewer {}", crate::esc(&name)));
+    let kdf: Kdf = serde_json::from_str(&kdf).map_err(|_| corrupt())?;
+    let file = ReviewerFile {
+        format: neoflix_format::reviewer::FORMAT.into(),
+        name: ReviewerName::parse(&name).map_err(|_| corrupt())?,
+        department_key_id,
+        created_utc,
+        kdf,
+        verifier,
+        wrapped_key,
+    };
+    file.check().map_err(|_| corrupt())?;
+    Ok(Reviewer { file, imported_utc })
+}
+
+fn row_summary(r: &rusqlite::Row) -> rusqlite::Result<Summary> {
+    let markers: Option<String> = r.get(11)?;
+    Ok(Summary {
+        id: r.get(0)?,
+        device: r.get(1)?,
+        upload: r.get(2)?,
+        status: r.get(3)?,
+        trigger: r.get(4)?,
+        stop_reason: r.get(5)?,
+        first_frame_utc: r.get(6)?,
+        trigger_utc: r.get(7)?,
+        stop_utc: r.get(8)?,
+        preroll_secs: r.get(9)?,
+        duration_secs: r.get(10)?,
+        markers: markers
+            .and_then(|m| serde_json::from_str(&m).ok())
+            .unwrap_or_else(|| serde_json::json!([])),
+        signer: r.get(12)?,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use base64::Engine as _;
+    use neoflix_format::reviewer::{KEY_LEN, SALT_LEN, WRAPPED_LEN, verifier_of};
+
+    /// A reviewer whose auth key is `[auth; 32]`.
+    pub(crate) fn reviewer(name: &str, auth: u8) -> ReviewerFile {
+        ReviewerFile {
+            format: neoflix_format::reviewer::FORMAT.into(),
+            name: ReviewerName::parse(name).unwrap(),
+            department_key_id: "0123456789abcdef".into(),
+            created_utc: "2026-11-28T10:15:02.120Z".into(),
+            kdf: Kdf::recommended(&[7; SALT_LEN]),
+            verifier: hex::encode(verifier_of(&[auth; KEY_LEN])),
+            wrapped_key: base64::engine::general_purpose::STANDARD.encode([2; WRAPPED_LEN]),
+        }
+    }
+
+    fn db() -> (tempfile::TempDir, Db) {
+        let d = tempfile::tempdir().unwrap();
+        let db = Db::open(&d.path().join("sub/neoflix.db")).unwrap();
+        (d, db)
+    }
+
+    #[test]
+    fn the_file_is_private_and_reopens_at_the_same_schema() {
+        use std::os::unix::fs::PermissionsExt;
+        let (d, db) = db();
+        let p = d.path().join("sub/neoflix.db");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let secret = db.server_secret().unwrap();
+        drop(db);
+        let again = Db::open(&p).unwrap();
+        assert_eq!(again.server_secret().unwrap(), secret, "stable");
+    }
+
+    #[test]
+    fn reviewers_are_added_refused_twice_replaced_and_removed_with_their_sessions() {
+        let (_d, db) = db();
+        assert_eq!(
+            db.add_reviewer(&reviewer("alice", 1), false).unwrap(),
+            Added::New
+        );
+        assert!(matches!(
+            db.add_reviewer(&reviewer("alice", 2), false),
+            Err(DbError::ReviewerExists(_))
+        ));
+        db.add_session("t1", "c1", "alice", 100).unwrap();
+        assert_eq!(
+            db.add_reviewer(&reviewer("alice", 2), true).unwrap(),
+            Added::Replaced
+        );
+        assert!(
+            db.session("t1", 101, 1800, 28800).unwrap().is_none(),
+            "replaced: sessions end"
+        );
+        assert!(
+            db.reviewer("alice")
+                .unwrap()
+                .unwrap()
+                .file
+                .check_auth(&[2; 32])
+        );
+        db.add_session("t2", "c2", "alice", 100).unwrap();
+        assert!(db.session("t2", 101, 1800, 28800).unwrap().is_some());
+        assert!(db.remove_reviewer("alice").unwrap());
+        assert!(!db.remove_reviewer("alice").unwrap());
+        assert!(db.session("t2", 102, 1800, 28800).unwrap().is_none());
+        assert!(db.reviewers().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_idle_clock_moves_once_a_minute_and_still_expires_sessions() {
+        let (_d, db) = db();
+        db.add_reviewer(&reviewer("carol", 1), false).unwrap();
+        db.add_session("t", "c", "carol", 0).unwrap();
+        let seen = |db: &Db| -> i64 {
+            db.conn()
+                .query_row("SELECT last_seen FROM sessions", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(
+            db.session("t", 30, 100, 28800).unwrap().unwrap().last_seen,
+            0
+        );
+        assert_eq!(seen(&db), 0, "no write within the minute");
+        assert_eq!(
+            db.session("t", 60, 100, 28800).unwrap().unwrap().last_seen,
+            60
+        );
+        assert_eq!(seen(&db), 60);
+        assert!(
+            db.session("t", 160, 100, 28800).unwrap().is_none(),
+            "idle 100 s"
+        );
+    }
+
+    #[test]
+    fn a_list_stops_after_its_limit_and_says_so_by_one_more() {
+        let (_d, db) = db();
+        for i in 0..MAX_LISTED + 5 {
+            db.index_uploading("room-1", &format!("r{i:05}")).unwrap();
+        }
+        let all = db
+            .recordings(&Filter {
+                device: None,
+                since: None,
+                until: None,
+            })
+            .unwrap();
+        assert_eq!(all.len(), MAX_LISTED + 1);
+    }
+
+    #[test]
+    fn what_a_session_opened_is_its_own_and_goes_with_it() {
+        let (_d, db) = db();
+        db.add_reviewer(&reviewer("bob", 1), false).unwrap();
+        db.add_session("t", "c", "bob", 0).unwrap();
+        db.add_session("u", "c", "bob", 0).unwrap();
+        assert!(!db.opened("t", "room-1", "r1").unwrap());
+        db.mark_opened("t", "room-1", "r1").unwrap();
+        db.mark_opened("t", "room-1", "r1").unwrap();
+        assert!(db.opened("t", "room-1", "r1").unwrap());
+        assert!(!db.opened("t", "room-2", "r1").unwrap(), "another device's");
+        assert!(
+            !db.opened("u", "room-1", "r1").unwrap(),
+            "another session's"
+        );
+        db.remove_session("t").unwrap();
+        assert!(!db.opened("t", "room-1", "r1").unwrap());
+        let rows: i64 = db
+            .conn()
+            .query_row("SELECT COUNT(*) FROM opened", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0, "gone with the session");
+        assert!(
+            db.mark_opened("gone", "room-1", "r1").is_err(),
+            "no session"
+        );
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("v1.db");
+        let c = Connection::open(&p).unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        drop(c);
+        let db = Db::open(&p).unwrap();
+        db.add_reviewer(&reviewer("bob", 1), false).unwrap();
+        db.add_session("t", "c", "bob", 0).unwrap();
+        db.mark_opened("t", "room-1", "r1").unwrap();
+        drop(db);
+        assert!(Db::open(&p).unwrap().opened("t", "room-1", "r1").unwrap());
+    }
+
+    #[test]
+    fn sessions_end_when_idle_or_old() {
+        let (_d, db) = db();
+        db.add_reviewer(&reviewer("bob", 1), false).unwrap();
+        db.add_session("t", "c", "bob", 0).unwrap();
+        assert!(db.session("t", 1799, 1800, 3000).unwrap().is_some());
+        assert!(db.session("t", 2999, 1800, 3000).unwrap().is_some());
+        assert!(
+            db.session("t", 3000, 1800, 3000).unwrap().is_none(),
+            "max age"
+        );
+        db.add_session("u", "c", "bob", 0).unwrap();
+        assert!(db.session("u", 1800, 1800, 3000).unwrap().is_none(), "idle");
+    }
+
+    #[test]
+    fn the_audit_table_refuses_update_and_delete_and_chains() {
+        let (_d, db) = db();
+        for actor in ["a", "b"] {
+            db.append_audit(&Event {
+                actor: actor.into(),
+                action: audit::Action::SignIn,
+                recording: String::new(),
+                client: "cli".into(),
+                detail: serde_json::json!({}),
+            })
+            .unwrap();
+        }
+        let c = db.conn();
+        assert!(c.execute("UPDATE audit SET actor = 'x'", []).is_err());
+        assert!(c.execute("DELETE FROM audit", []).is_err());
+        drop(c);
+        let head = db.verify_audit().unwrap().unwrap();
+        assert_eq!(head, db.audit().unwrap()[1].hash);
+    }
+
+    #[test]
+    fn failures_count_per_name_and_address_and_clear() {
+        let (_d, db) = db();
+        for t in 0..3 {
+            db.add_failure("eve", "10.0.0.1", 1000 + t).unwrap();
+        }
+        assert_eq!(db.name_failures("eve").unwrap(), (3, 1002));
+        assert_eq!(db.address_failures("10.0.0.1", 0).unwrap().len(), 3);
+        db.clear_failures("eve").unwrap();
+        assert_eq!(db.name_failures("eve").unwrap(), (0, 0));
+    }
+}

@@ -1,0 +1,193 @@
+//! Keeps the database's recordings index in step with the storage tree: a row when a
+//! recording's first object lands (`uploading`), its manifest's fields when the manifest is
+//! accepted (`complete`), and at start a scan that indexes what the database does not know (an
+//! upgrade, a restored backup, an index write that failed). An index failure never fails an
+//! upload: it is logged, and the next start repairs it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use neoflix_format::MANIFEST_FILE;
+
+use crate::db::{Completed, Db};
+use crate::storage::RECEIPT_FILE;
+
+/// Objects landed for `device`/`id`.
+pub fn object_landed(db: &Db, device: &str, id: &str) {
+    if let Err(e) = db.index_uploading(device, id) {
+        log::error!(device = crate::esc(device).as_str(), recording = crate::esc(id).as_str(), error = crate::esc(&e.to_string()).as_str(); "cannot index the recording (the upload is not affected; the next start indexes it)");
+    }
+}
+
+/// The manifest of `device`/`id` was accepted: its bytes and the receipt.
+pub fn manifest_accepted(db: &Db, device: &str, id: &str, manifest: &[u8], receipt: &[u8]) {
+    if let Err(e) = index_complete(db, device, id, manifest, Some(receipt)) {
+        log::error!(device = crate::esc(device).as_str(), recording = crate::esc(id).as_str(), error = crate::esc(&e).as_str(); "cannot index the complete recording (the upload is not affected; the next start indexes it)");
+    }
+}
+
+fn index_complete(
+    db: &Db,
+    device: &str,
+    id: &str,
+    manifest: &[u8],
+    receipt: Option<&[u8]>,
+) -> Result<(), String> {
+    let m = neoflix_format::verify::parse_manifest(manifest)?;
+    let signer = receipt
+        .and_then(|r| neoflix_format::SignedReceipt::from_json(r).ok())
+        .map(|(_, r)| r.signed_by);
+    db.index_complete(
+        device,
+        id,
+        &Completed {
+            manifest: &m,
+            signer,
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Indexes every recording of the storage tree the index lacks or still has as uploading
+/// although its manifest is there. Returns how many rows it wrote. Blocking.
+pub fn scan(db: &Db, root: &Path) -> Result<usize, String> {
+    let known: std::collections::HashMap<(String, String), bool> = db
+        .indexed()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(d, i, c)| ((d, i), c))
+        .collect();
+    let mut written = 0;
+    let devices = match std::fs::read_dir(root) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(format!("{}: {e}", root.display())),
+    };
+    for dev in devices.filter_map(|e| e.ok()) {
+        let Ok(device) = dev.file_name().into_string() else {
+            continue;
+        };
+        if device.starts_with('.') || !dev.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let Ok(recs) = std::fs::read_dir(dev.path()) else {
+            continue;
+        };
+        for rec in recs.filter_map(|e| e.ok()) {
+            let Ok(id) = rec.file_name().into_string() else {
+                continue;
+            };
+            if !crate::storage::valid_recording_id(&id)
+                || !rec.file_type().is_ok_and(|t| t.is_dir())
+            {
+                continue;
+            }
+            let dir = rec.path();
+            let complete_on_disk = dir.join(MANIFEST_FILE).is_file();
+            let key = (device.clone(), id.clone());
+            match (known.get(&key), complete_on_disk) {
+                (Some(true), _) | (Some(false), false) => continue,
+                (_, true) => {
+                    let manifest = neoflix_format::files::read_regular(
+                        &dir.join(MANIFEST_FILE),
+                        neoflix_format::manifest::MAX_MANIFEST_BYTES,
+                    )
+                    .map_err(|e| format!("{}: {e}", dir.display()))?;
+                    let receipt =
+                        neoflix_format::files::read_regular(&dir.join(RECEIPT_FILE), 1 << 20).ok();
+                    match index_complete(db, &device, &id, &manifest, receipt.as_deref()) {
+                        Ok(()) => written += 1,
+                        Err(e) => {
+                            log::warn!(device = crate::esc(&device).as_str(), recording = crate::esc(&id).as_str(), error = crate::esc(&e).as_str(); "a stored manifest cannot be indexed: left out of the review list")
+                        }
+                    }
+                }
+                (None, false) => {
+                    db.index_uploading(&device, &id)
+                        .map_err(|e| e.to_string())?;
+                    written += 1;
+                }
+            }
+        }
+    }
+    Ok(written)
+}
+
+/// Runs [`scan`] off the runtime and logs what it did.
+pub async fn scan_at_start(db: Arc<Db>, root: std::path::PathBuf) {
+    let r = tokio::task::spawn_blocking(move || scan(&db, &root)).await;
+    match r {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => {
+            log::info!(recordings = n; "recordings index: indexed what the storage tree holds and the index lacked")
+        }
+        Ok(Err(e)) => {
+            log::error!(error = crate::esc(&e).as_str(); "recordings index: the start-up scan failed; the review list may lack recordings")
+        }
+        Err(e) => {
+            log::error!(error = crate::esc(&e.to_string()).as_str(); "recordings index: the start-up scan panicked")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(device: &str, id: &str) -> Vec<u8> {
+        let m = neoflix_format::Manifest {
+            format: neoflix_format::manifest::FORMAT.into(),
+            device_id: device.into(),
+            recording_id: id.into(),
+            status: neoflix_format::Status::Interrupted,
+            trigger: "pedal".into(),
+            stop_reason: "interrupted".into(),
+            first_frame_utc: Some("2026-11-28T10:00:00.000Z".into()),
+            trigger_utc: "2026-11-28T10:00:03.000Z".into(),
+            stop_utc: "2026-11-28T10:01:00.000Z".into(),
+            preroll_secs: 3.0,
+            duration_secs: 60.0,
+            recipient_key_id: "0123456789abcdef".into(),
+            markers: vec![],
+            init_segments: vec![],
+            fragments: vec![],
+            chain: String::new(),
+        };
+        serde_json::to_vec(&m).unwrap()
+    }
+
+    #[test]
+    fn the_start_up_scan_indexes_what_the_index_lacks_once() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("store");
+        std::fs::create_dir_all(root.join("room-1/rec-a")).unwrap();
+        std::fs::create_dir_all(root.join("room-1/rec-b")).unwrap();
+        std::fs::create_dir_all(root.join("room-2/.tmp")).unwrap();
+        std::fs::write(
+            root.join("room-1/rec-b/manifest.json"),
+            manifest("room-1", "rec-b"),
+        )
+        .unwrap();
+        std::fs::write(root.join("stray-file"), b"x").unwrap();
+        let db = Db::open(&d.path().join("n.db")).unwrap();
+        // An upload the index saw start; its manifest landed while the index was failing.
+        db.index_uploading("room-1", "rec-b").unwrap();
+        assert_eq!(scan(&db, &root).unwrap(), 2);
+        let mut rows = db.indexed().unwrap();
+        rows.sort();
+        assert_eq!(
+            rows,
+            [
+                ("room-1".into(), "rec-a".into(), false),
+                ("room-1".into(), "rec-b".into(), true)
+            ]
+        );
+        let s = &db.recordings_with_id("rec-b").unwrap()[0];
+        assert_eq!(
+            (s.status.as_deref(), s.duration_secs),
+            (Some("interrupted"), Some(60.0))
+        );
+        assert_eq!(scan(&db, &root).unwrap(), 0, "nothing left to do");
+        assert_eq!(scan(&db, &d.path().join("absent")).unwrap(), 0);
+    }
+}

@@ -1,0 +1,661 @@
+//! The review API's routes (docs/review.md, "The JSON API").
+//!
+//! Helpers answer `Result<_, Resp>`: the error is the answer already made (401, 403, ...),
+//! returned once per request, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use neoflix_format::review_api::{
+    DownloadRequest, LoginAnswer, LoginRequest, Params, ParamsRequest, SessionAnswer,
+};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::State;
+use super::guard::{self, Route};
+use crate::audit::{Action, Event};
+use crate::db::{Attempt, Db, DbError, Filter, Limit, Session, Summary, now_secs};
+use crate::http::{Resp, error, json as json_resp};
+use crate::ratelimit;
+
+/// Largest JSON request body.
+const MAX_BODY: usize = 4 * 1024;
+/// A request body must arrive within this.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn internal(e: impl std::fmt::Display) -> Resp {
+    log::error!(error = crate::esc(&e.to_string()).as_str(); "review: database error");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the server's database failed; see its log",
+    )
+}
+
+fn too_many(secs: i64) -> Resp {
+    let mut r = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("too many failed sign-ins: try again in {secs} s"),
+    );
+    r.headers_mut().insert(
+        "retry-after",
+        secs.max(1).to_string().parse().expect("digits"),
+    );
+    r
+}
+
+/// Runs `f` on the database off the runtime.
+async fn db<T: Send + 'static>(
+    st: &State,
+    f: impl FnOnce(&Db) -> Result<T, DbError> + Send + 'static,
+) -> Result<T, Resp> {
+    let d = st.db.clone();
+    match tokio::task::spawn_blocking(move || f(&d)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(internal(e)),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+/// Appends to the audit log; a failure to audit refuses what was to be audited.
+async fn audit(st: &State, e: Event) -> Result<(), Resp> {
+    db(st, move |d| d.append_audit(&e).map(|_| ())).await
+}
+
+fn event(
+    actor: &str,
+    action: Action,
+    recording: String,
+    client: &str,
+    detail: serde_json::Value,
+) -> Event {
+    Event {
+        actor: actor.to_string(),
+        action,
+        recording,
+        client: client.to_string(),
+        detail,
+    }
+}
+
+/// Handles one request: routes it and adds the headers every answer carries.
+pub async fn handle(
+    req: Request<Incoming>,
+    st: Arc<State>,
+    peer: SocketAddr,
+) -> Result<Resp, std::convert::Infallible> {
+    let r = guard::route(req.method(), req.uri().path());
+    let api = r.is_api();
+    let method = req.method().clone();
+    let path: String = req.uri().path().chars().take(200).collect();
+    let resp = match dispatch(req, r, &st, peer).await {
+        Ok(r) | Err(r) => r,
+    };
+    if resp.status().is_server_error() || resp.status() == StatusCode::FORBIDDEN {
+        log::warn!(peer = peer.to_string().as_str(), status = resp.status().as_u16(); "review: {} {}", crate::esc(method.as_str()), crate::esc(&path));
+    } else {
+        log::debug!(peer = peer.to_string().as_str(), status = resp.status().as_u16(); "review: {} {}", crate::esc(method.as_str()), crate::esc(&path));
+    }
+    Ok(guard::secure(resp, api))
+}
+
+fn header<'r>(req: &'r Request<Incoming>, name: &str) -> Option<&'r str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn check_origin(req: &Request<Incoming>) -> Result<(), Resp> {
+    if guard::origin_allowed(req.headers()) {
+        Ok(())
+    } else {
+        Err(error(StatusCode::FORBIDDEN, "cross-origin request refused"))
+    }
+}
+
+fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The request's live session, or 401.
+async fn session(req: &Request<Incoming>, st: &State) -> Result<(String, Session), Resp> {
+    let unauthorized = || error(StatusCode::UNAUTHORIZED, "not signed in");
+    let Some(token) = guard::cookie_token(header(req, "cookie")) else {
+        return Err(unauthorized());
+    };
+    let h = token_hash(token);
+    let (idle, max) = (st.idle_secs, st.max_secs);
+    let hh = h.clone();
+    match db(st, move |d| d.session(&hh, now_secs(), idle, max)).await? {
+        Some(s) => Ok((h, s)),
+        None => Err(unauthorized()),
+    }
+}
+
+/// A session and its CSRF token and Origin: what every state-changing request needs.
+async fn session_for_change(
+    req: &Request<Incoming>,
+    st: &State,
+) -> Result<(String, Session), Resp> {
+    check_origin(req)?;
+    let s = session(req, st).await?;
+    if !guard::csrf_ok(header(req, guard::CSRF_HEADER), &s.1.csrf) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "missing or wrong X-Neoflix-CSRF header",
+        ));
+    }
+    Ok(s)
+}
+
+async fn body_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Resp> {
+    let body = Limited::new(req.into_body(), MAX_BODY);
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
+        Err(_) => return Err(error(StatusCode::REQUEST_TIMEOUT, "request body too slow")),
+        Ok(Err(_)) => {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {MAX_BODY} bytes or cut short"),
+            ));
+        }
+        Ok(Ok(b)) => b.to_bytes(),
+    };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}")))
+}
+
+fn expires_utc(s: &Session, idle: i64, max: i64) -> String {
+    let at = (s.last_seen + idle).min(s.created + max).max(0) as u64;
+    neoflix_format::utc(std::time::UNIX_EPOCH + Duration::from_secs(at))
+}
+
+fn random_hex() -> String {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).expect("the OS has randomness");
+    hex::encode(b)
+}
+
+async fn dispatch(
+    req: Request<Incoming>,
+    r: Route,
+    st: &Arc<State>,
+    peer: SocketAddr,
+) -> Result<Resp, Resp> {
+    let client = super::client_of(peer);
+    match r {
+        Route::Page => Ok(Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .body(Full::new(st.assets.index.clone()))
+            .expect("valid response")),
+        Route::Asset(name) => match st.assets.files.get(&name) {
+            Some((bytes, ctype)) => Ok(Response::builder()
+                .header("content-type", *ctype)
+                .body(Full::new(bytes.clone()))
+                .expect("valid response")),
+            None => Err(error(StatusCode::NOT_FOUND, "no such asset")),
+        },
+        Route::NotFound => Err(error(StatusCode::NOT_FOUND, "not found")),
+        Route::WrongMethod => Err(error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed here",
+        )),
+        Route::LoginParams => {
+            check_origin(&req)?;
+            let p: ParamsRequest = body_json(req).await?;
+            let name = p.user;
+            if neoflix_format::reviewer::ReviewerName::parse(&name).is_err() {
+                return Err(error(StatusCode::BAD_REQUEST, "not a reviewer name"));
+            }
+            let n = name.clone();
+            let known = db(st, move |d| d.reviewer(&n)).await?;
+            let kdf = match known {
+                Some(r) => r.file.kdf,
+                None => guard::unknown_kdf(&st.secret, &name),
+            };
+            Ok(json_resp(StatusCode::OK, &Params { kdf }))
+        }
+        Route::Login => login(req, st, peer, &client).await,
+        Route::Session => {
+            let (_, s) = session(&req, st).await?;
+            let expires_utc = expires_utc(&s, st.idle_secs, st.max_secs);
+            Ok(json_resp(
+                StatusCode::OK,
+                &SessionAnswer {
+                    user: s.reviewer,
+                    csrf: s.csrf,
+                    expires_utc,
+                },
+            ))
+        }
+        Route::Logout => {
+            let (h, s) = session_for_change(&req, st).await?;
+            db(st, move |d| d.remove_session(&h)).await?;
+            audit(
+                st,
+                event(
+                    &s.reviewer,
+                    Action::SignOut,
+                    String::new(),
+                    &client,
+                    json!({}),
+                ),
+            )
+            .await?;
+            Ok(Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .header("set-cookie", guard::cleared_cookie())
+                .body(Full::new(Bytes::new()))
+                .expect("valid response"))
+        }
+        Route::Recordings => {
+            session(&req, st).await?;
+            let f = filter(req.uri().query())?;
+            let mut list = db(st, move |d| d.recordings(&f)).await?;
+            let truncated = list.len() > crate::db::MAX_LISTED;
+            list.truncate(crate::db::MAX_LISTED);
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({ "recordings": list, "truncated": truncated }),
+            ))
+        }
+        Route::Recording(id) => {
+            let (h, s) = session(&req, st).await?;
+            let rec = resolve(st, &id, query_param(req.uri().query(), "device")).await?;
+            let dir = st.storage.join(&rec.device).join(&rec.id);
+            let manifest = read_manifest(&dir).await?;
+            let e = event(
+                &s.reviewer,
+                Action::RecordingOpened,
+                format!("{}/{}", rec.device, rec.id),
+                &client,
+                json!({}),
+            );
+            let (dev, rid) = (rec.device.clone(), rec.id.clone());
+            // Audited first: the session may fetch its objects only once the log says so.
+            db(st, move |d| {
+                d.append_audit(&e)?;
+                d.mark_opened(&h, &dev, &rid)
+            })
+            .await?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({
+                    "device": rec.device,
+                    "id": rec.id,
+                    "summary": rec,
+                    "manifest": manifest,
+                    "objects": format!("/api/recordings/{}/objects/", rec.id),
+                }),
+            ))
+        }
+        Route::Object(id, name) => {
+            let (h, _) = session(&req, st).await?;
+            let rec = resolve(st, &id, query_param(req.uri().query(), "device")).await?;
+            let (dev, rid) = (rec.device.clone(), rec.id.clone());
+            if !db(st, move |d| d.opened(&h, &dev, &rid)).await? {
+                return Err(error(
+                    StatusCode::FORBIDDEN,
+                    "open the recording first (GET /api/recordings/{id}): its opening is audited",
+                ));
+            }
+            let dir = st.storage.join(&rec.device).join(&rec.id);
+            let max = st.max_object;
+            // Where the object is and its size, from the manifest: only what it lists is served.
+            let located = tokio::task::spawn_blocking(
+                move || -> Result<Option<(std::path::PathBuf, u64)>, String> {
+                    let bytes = neoflix_format::files::read_regular(
+                        &dir.join(neoflix_format::MANIFEST_FILE),
+                        neoflix_format::manifest::MAX_MANIFEST_BYTES,
+                    )
+                    .map_err(|e| e.to_string())?;
+                    let m = neoflix_format::verify::parse_manifest(&bytes)?;
+                    let size = m.init_segments.iter().chain(&m.fragments).find_map(|e| {
+                        if e.file == name {
+                            Some(e.size)
+                        } else if e.key_file == name {
+                            Some(neoflix_format::WRAPPED_KEY_LEN as u64)
+                        } else {
+                            None
+                        }
+                    });
+                    Ok(size.map(|size| (dir.join(&name), size.min(max))))
+                },
+            )
+            .await
+            .map_err(internal)?;
+            let (path, size) = match located {
+                Ok(Some(l)) => l,
+                Ok(None) => {
+                    return Err(error(
+                        StatusCode::NOT_FOUND,
+                        "the recording's manifest lists no such object",
+                    ));
+                }
+                Err(e) => return Err(unreadable(&e)),
+            };
+            // Objects are held whole while they are sent: all of them together within the
+            // budget, so that many reviewers (or one script) cannot take the server's memory.
+            let mut held = st.budget.empty();
+            if !held.grow(size) {
+                return Err(Response::builder()
+                    .status(StatusCode::SERVICE_UNAVAILABLE)
+                    .header("retry-after", "1")
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(
+                        br#"{"error":"the server is sending as much as it may hold at once; try again"}"#,
+                    )))
+                    .expect("valid response"));
+            }
+            let read = tokio::task::spawn_blocking(move || {
+                neoflix_format::files::read_regular(&path, size).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(internal)?;
+            match read {
+                Ok(bytes) => Ok(Response::builder()
+                    .header("content-type", "application/octet-stream")
+                    .body(Full::new(Bytes::from_owner(HeldBytes {
+                        bytes,
+                        _held: held,
+                    })))
+                    .expect("valid response")),
+                Err(e) => Err(unreadable(&e)),
+            }
+        }
+        Route::Download(id) => {
+            let (_, s) = session_for_change(&req, st).await?;
+            let device = query_param(req.uri().query(), "device");
+            let d: DownloadRequest = body_json(req).await?;
+            if let Some(why) = d.problem() {
+                return Err(error(StatusCode::BAD_REQUEST, why));
+            }
+            let rec = resolve(st, &id, device).await?;
+            audit(
+                st,
+                event(
+                    &s.reviewer,
+                    Action::Download,
+                    format!("{}/{}", rec.device, rec.id),
+                    &client,
+                    json!({ "from_secs": d.from_secs, "to_secs": d.to_secs }),
+                ),
+            )
+            .await?;
+            Ok(Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(Full::new(Bytes::new()))
+                .expect("valid response"))
+        }
+        Route::Fleet => {
+            session(&req, st).await?;
+            let v = match &st.fleet {
+                Some(f) => f.json(time::OffsetDateTime::now_utc()),
+                None => json!({ "devices": [] }),
+            };
+            Ok(json_resp(StatusCode::OK, &v))
+        }
+    }
+}
+
+/// An object's bytes and the share of the budget they hold until hyper has sent them.
+struct HeldBytes {
+    bytes: Vec<u8>,
+    /// Returned to the budget when hyper drops the body.
+    _held: crate::limits::Held,
+}
+
+impl AsRef<[u8]> for HeldBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// A stored object that cannot be read: the server's fault, logged, not the client's.
+fn unreadable(e: &str) -> Resp {
+    log::error!(error = crate::esc(e).as_str(); "review: cannot read a stored object");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "cannot read the object; see the server's log",
+    )
+}
+
+/// `POST /api/login`.
+async fn login(
+    req: Request<Incoming>,
+    st: &Arc<State>,
+    peer: SocketAddr,
+    client: &str,
+) -> Result<Resp, Resp> {
+    check_origin(&req)?;
+    let json_type = header(&req, "content-type").is_some_and(|c| {
+        c.split(';')
+            .next()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if !json_type {
+        return Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "sign-in needs Content-Type: application/json",
+        ));
+    }
+    let l: LoginRequest = body_json(req).await?;
+    if neoflix_format::reviewer::ReviewerName::parse(&l.user).is_err() {
+        return Err(error(StatusCode::BAD_REQUEST, "not a reviewer name"));
+    }
+    let name = l.user;
+    let now = now_secs();
+    let address = ratelimit::address_key(peer.ip());
+    let auth = B64.decode(l.auth.trim()).unwrap_or_default();
+    let (n, a) = (name.clone(), address.clone());
+    let attempt = db(st, move |d| d.sign_in(&n, &a, &auth, now)).await?;
+    let r = match attempt {
+        Attempt::Right(r) => r,
+        Attempt::Refused {
+            retry_after_secs: secs,
+            limit,
+        } => {
+            let lock = match limit {
+                Limit::Name => format!("name:{name}"),
+                Limit::Address => format!("address:{address}"),
+            };
+            let first = st
+                .refusals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .first_of_lock(&lock, now, secs);
+            if first {
+                audit(
+                    st,
+                    event(
+                        &name,
+                        Action::SignInRefused,
+                        String::new(),
+                        client,
+                        json!({ "limit": limit.as_str(), "retry_after_secs": secs }),
+                    ),
+                )
+                .await?;
+            }
+            return Err(too_many(secs));
+        }
+        Attempt::Wrong => {
+            audit(
+                st,
+                event(
+                    &name,
+                    Action::SignInFailed,
+                    String::new(),
+                    client,
+                    json!({}),
+                ),
+            )
+            .await?;
+            return Err(error(StatusCode::UNAUTHORIZED, "wrong name or passphrase"));
+        }
+    };
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).expect("the OS has randomness");
+    let token = B64URL.encode(raw);
+    let csrf = random_hex();
+    let (h, c2, n) = (token_hash(&token), csrf.clone(), name.clone());
+    let (idle, max) = (st.idle_secs, st.max_secs);
+    db(st, move |d| {
+        // Sessions nobody came back to go here, so the table stays as small as the live ones.
+        d.expire_sessions(now, idle, max)?;
+        d.add_session(&h, &c2, &n, now)
+    })
+    .await?;
+    audit(
+        st,
+        event(&name, Action::SignIn, String::new(), client, json!({})),
+    )
+    .await?;
+    let s = Session {
+        reviewer: name.clone(),
+        csrf: csrf.clone(),
+        created: now,
+        last_seen: now,
+    };
+    let expires_utc = expires_utc(&s, st.idle_secs, st.max_secs);
+    let mut resp = json_resp(
+        StatusCode::OK,
+        &LoginAnswer {
+            user: name,
+            csrf,
+            wrapped_key: r.file.wrapped_key,
+            department_key_id: r.file.department_key_id,
+            salt: r.file.kdf.salt,
+            expires_utc,
+        },
+    );
+    resp.headers_mut().insert(
+        "set-cookie",
+        guard::session_cookie(&token).parse().expect("a cookie"),
+    );
+    Ok(resp)
+}
+
+/// One query parameter, taken only when its value needs no decoding.
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key && !v.is_empty()).then(|| v.to_string())
+    })
+}
+
+fn filter(query: Option<&str>) -> Result<Filter, Resp> {
+    let time = |key: &str| -> Result<Option<String>, Resp> {
+        match query_param(query, key) {
+            None => Ok(None),
+            Some(v) => {
+                // `+` of an offset arrives as a space or %2B: Z is what the page sends.
+                let v = v.replace("%3A", ":").replace("%3a", ":");
+                neoflix_format::parse_utc(&v)
+                    .map(|t| Some(neoflix_format::utc(t)))
+                    .ok_or_else(|| {
+                        error(
+                            StatusCode::BAD_REQUEST,
+                            format!("{key}: not an RFC 3339 time"),
+                        )
+                    })
+            }
+        }
+    };
+    Ok(Filter {
+        device: query_param(query, "device"),
+        since: time("since")?,
+        until: time("until")?,
+    })
+}
+
+/// The one complete recording `id` names (on `device`, when given).
+async fn resolve(st: &State, id: &str, device: Option<String>) -> Result<Summary, Resp> {
+    let i = id.to_string();
+    let mut found = db(st, move |d| d.recordings_with_id(&i)).await?;
+    if let Some(dev) = &device {
+        found.retain(|s| &s.device == dev);
+    }
+    match found.len() {
+        0 => Err(error(StatusCode::NOT_FOUND, "no such recording")),
+        1 => {
+            let s = found.pop().expect("one");
+            if s.upload != "complete" {
+                return Err(error(
+                    StatusCode::CONFLICT,
+                    "the recording is still uploading",
+                ));
+            }
+            Ok(s)
+        }
+        _ => {
+            let devices: Vec<String> = found.into_iter().map(|s| s.device).collect();
+            Err(json_resp(
+                StatusCode::CONFLICT,
+                &json!({
+                    "error": format!("several devices hold a recording with this id ({}): add ?device=", devices.join(", ")),
+                    "devices": devices,
+                }),
+            ))
+        }
+    }
+}
+
+async fn read_manifest(dir: &std::path::Path) -> Result<serde_json::Value, Resp> {
+    let p = dir.join(neoflix_format::MANIFEST_FILE);
+    let r = tokio::task::spawn_blocking(move || {
+        neoflix_format::files::read_regular(&p, neoflix_format::manifest::MAX_MANIFEST_BYTES)
+    })
+    .await
+    .map_err(internal)?;
+    match r.map(|b| serde_json::from_slice::<serde_json::Value>(&b)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(internal(format!("stored manifest: {e}"))),
+        Err(e) => Err(internal(format!("stored manifest: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_and_time_filters() {
+        assert_eq!(
+            query_param(Some("device=room-1&x=2"), "device"),
+            Some("room-1".into())
+        );
+        assert_eq!(query_param(Some("device="), "device"), None);
+        assert_eq!(query_param(None, "device"), None);
+        let f = filter(Some(
+            "since=2026-11-28T10:00:00Z&until=2026-11-28T11:00:00.5Z",
+        ))
+        .unwrap();
+        assert_eq!(f.since.as_deref(), Some("2026-11-28T10:00:00.000Z"));
+        assert_eq!(f.until.as_deref(), Some("2026-11-28T11:00:00.500Z"));
+        assert!(filter(Some("since=yesterday")).is_err());
+    }
+
+    #[test]
+    fn an_objects_share_of_the_budget_returns_when_its_body_is_dropped() {
+        let budget = crate::limits::Budget::new(100);
+        let mut held = budget.empty();
+        assert!(held.grow(60));
+        let body = Bytes::from_owner(HeldBytes {
+            bytes: vec![7; 60],
+            _held: held,
+        });
+        let copy = body.clone();
+        drop(body);
+        assert_eq!(budget.available(), 40, "held while any handle is alive");
+        assert!(!budget.empty().grow(41));
+        drop(copy);
+        assert_eq!(budget.available(), 100);
+    }
+}
