@@ -328,6 +328,29 @@ fn mp4_seeds() -> Seeds {
     ]
 }
 
+/// The real isofmp4mux stream of crates/mp4/testdata in the target's framing: options, range,
+/// then length-prefixed init segment and fragments.
+fn mp4_progressive_seeds() -> Seeds {
+    let pieces: [&[u8]; 4] = [
+        include_bytes!("../../crates/mp4/testdata/init.mp4"),
+        include_bytes!("../../crates/mp4/testdata/frag0.m4s"),
+        include_bytes!("../../crates/mp4/testdata/frag1.m4s"),
+        include_bytes!("../../crates/mp4/testdata/frag2.m4s"),
+    ];
+    let framed = |options: u8, from: u8, to: u8| {
+        let mut b = vec![options, from, to];
+        for p in pieces {
+            b.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            b.extend_from_slice(p);
+        }
+        b
+    };
+    vec![
+        ("gstreamer", framed(0, 0, 0)),
+        ("gstreamer-range-chapters", framed(3, 12, 20)),
+    ]
+}
+
 fn mqtt_seeds() -> Seeds {
     [
         ("start", r#"{"cmd":"start","request_id":"r1"}"#),
@@ -393,6 +416,7 @@ fn main() {
         ("manifest", manifest_seeds(&dir, &m)),
         ("journal", vec![("recording", journal)]),
         ("mp4", mp4_seeds()),
+        ("mp4_progressive", mp4_progressive_seeds()),
         ("mqtt_command", mqtt_seeds()),
         ("control_line", control_seeds()),
         ("ingest_http", ingest),

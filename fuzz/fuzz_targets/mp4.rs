@@ -1,8 +1,8 @@
-//! Decrypted fMP4 fragments, as `neoflix export` walks their boxes to rebase decode times.
+//! Decrypted fMP4 fragments, as their decode time is read and rebased in place.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use neoflix_export::mp4::{first_decode_time, rebase_decode_time};
+use neoflix_mp4::{first_decode_time, rebase_decode_time};
 
 fuzz_target!(|data: &[u8]| {
     let first = first_decode_time(data);

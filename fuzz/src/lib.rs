@@ -273,6 +273,7 @@ impl Ingest {
             },
             budget: self.budget.clone(),
             custody: self.custody.clone(),
+            index: None,
         });
         let answer = self.rt.block_on(async move {
             let (client, server) = tokio::io::duplex(64 * 1024);

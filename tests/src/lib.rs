@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use neoflix_control::{Reply, Request, Status};
 
+pub mod browser;
+pub use browser::Browser;
+
 /// Path of a workspace binary: next to the test executable, or in `NEOFLIX_E2E_BIN_DIR` (the
 /// arm64 build, for instance).
 pub fn bin(name: &str) -> PathBuf {
@@ -137,6 +140,47 @@ impl Lab {
     /// The department secret key file.
     pub fn key(&self) -> PathBuf {
         self.path("keys/department.key")
+    }
+
+    /// `neoflix-ingest --config <lab>/ingest.toml ARGS`, the admin's subcommands: (exit code,
+    /// stdout, stderr).
+    pub fn ingest_admin(&self, args: &[&str]) -> (i32, String, String) {
+        let out = command("neoflix-ingest")
+            .arg("--config")
+            .arg(self.path("ingest.toml"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The chair's enrolment on the workstation with the department key: `neoflix reviewer
+    /// enrol NAME` with `passphrase` (from a file), written to `<lab>/NAME.reviewer`.
+    pub fn enrol_reviewer(&self, name: &str, passphrase: &str) -> PathBuf {
+        let pass = self.path(&format!("{name}.pass"));
+        std::fs::write(&pass, format!("{passphrase}\n")).unwrap();
+        let file = self.path(&format!("{name}.reviewer"));
+        let out = neoflix(&[
+            "reviewer",
+            "enrol",
+            name,
+            "--key",
+            self.key().to_str().unwrap(),
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+            "-o",
+            file.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "reviewer enrol: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        file
     }
 
     /// Writes a config with the given `[capture]` lines and extra sections, and returns its path.
@@ -478,6 +522,25 @@ impl RawTls {
 impl Drop for Ingest {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Polls `cond` every 100 ms until it holds; fails after `limit`, naming `what` and showing
+/// `log()` (a program's log, say).
+pub fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut cond: impl FnMut() -> bool,
+    log: &dyn Fn() -> String,
+) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -532,3 +532,54 @@ fn a_full_server_answers_503_naming_the_limit_and_serves_again_once_a_slot_frees
         thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Regression: a body the server refuses part-way (413) made it close the connection with the
+/// client's bytes unread, so the kernel answered the client's next segments with a reset, and a
+/// client still sending (curl uploading a file) lost the 413 and saw "connection reset" instead
+/// — now and then, under load (`upload::the_server_refuses_strangers_and_keeps_devices_apart`).
+/// The server now half-closes and drains for a bounded while, so the client keeps sending
+/// until it reads the answer.
+#[test]
+fn a_client_still_sending_a_refused_body_gets_its_413_not_a_reset() {
+    let lab = Lab::new();
+    lab.pki(&["room-a"]);
+    let mut ingest = lab.ingest_config_with(1 << 20, "");
+    ingest.start();
+    let head = |framing: &str| {
+        format!(
+            "PUT /v1/recordings/r/objects/frag-000001.nfx HTTP/1.1\r\nHost: 127.0.0.1\r\n{}\r\n{framing}\r\n\r\n",
+            digest_header(b"unused")
+        )
+    };
+    for framing in ["Content-Length: 67108864", "Transfer-Encoding: chunked"] {
+        let mut c = RawTls::connect(&lab, &ingest, "room-a").expect("connects");
+        c.send(head(framing).as_bytes()).unwrap();
+        // A sealed header first, so that the size is what is refused, then 16 MiB more than the
+        // server takes: far more than the kernel buffers on loopback.
+        let piece = vec![0u8; 64 * 1024];
+        let mut sent = 0usize;
+        let mut first = true;
+        while sent < 17 << 20 {
+            let mut body = if first {
+                let obj = sealed_file(&lab, "h.nfx", 1, b"x");
+                fs::read(obj).unwrap()[..neoflix_seal::HEADER_LEN].to_vec()
+            } else {
+                piece.clone()
+            };
+            first = false;
+            if framing.starts_with("Transfer") {
+                let mut chunk = format!("{:x}\r\n", body.len()).into_bytes();
+                chunk.append(&mut body);
+                chunk.extend_from_slice(b"\r\n");
+                body = chunk;
+            }
+            if let Err(e) = c.send(&body) {
+                panic!(
+                    "{framing}: sending failed after {sent} bytes ({e}): the server reset the connection instead of letting the client read its answer"
+                );
+            }
+            sent += body.len();
+        }
+        assert_eq!(c.status(Duration::from_secs(10)), Some(413), "{framing}");
+    }
+}

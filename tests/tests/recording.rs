@@ -381,13 +381,15 @@ fn a_short_recording_has_its_preroll_and_plays() {
     d.wait_ready(Duration::from_secs(120));
     let started = d.ctl(Request::Start {});
     assert!(started.ok, "{started:?}");
-    sleep(Duration::from_secs(4));
+    // Marked mid-way: a marker after the last frame (at the stop) is no chapter of the file.
+    sleep(Duration::from_secs(2));
     assert!(
         d.ctl(Request::Mark {
             label: "arm".into()
         })
         .ok
     );
+    sleep(Duration::from_secs(2));
     assert!(d.ctl(Request::Stop {}).ok);
     d.wait_for(
         "the recording to be finalized",
@@ -414,6 +416,145 @@ fn a_short_recording_has_its_preroll_and_plays() {
     assert!((p.duration - 7.0).abs() <= 1.5, "duration {} s", p.duration);
     assert_eq!((p.width, p.height, p.codec.as_str()), (320, 180, "h264"));
     assert_eq!(ffmpeg_errors(&out), "", "ffmpeg reported decode errors");
+
+    // Issue 10: a progressive file (moov first, so that browsers show the duration and seek),
+    // as long as the manifest says within one fragment, the marker a chapter, also as WebVTT.
+    assert_eq!(top_level_boxes(&out), ["ftyp", "moov", "mdat"]);
+    assert!(
+        (p.duration - m.duration_secs).abs() <= 1.05,
+        "duration {} s, manifest {} s",
+        p.duration,
+        m.duration_secs
+    );
+    let chapters = ffprobe_chapters(&out);
+    let arm = chapters
+        .iter()
+        .find(|(_, title)| title == "arm")
+        .unwrap_or_else(|| panic!("no chapter 'arm' in {chapters:?}; markers {:?}", m.markers));
+    assert!(
+        (arm.0 - m.markers[0].offset_secs).abs() < 0.01,
+        "chapter at {} s, marker at {} s",
+        arm.0,
+        m.markers[0].offset_secs
+    );
+    let vtt_path = lab.path("short.chapters.vtt");
+    let stdout = String::from_utf8_lossy(&e.stdout);
+    assert!(stdout.contains(vtt_path.to_str().unwrap()), "{stdout}");
+    let vtt = fs::read_to_string(&vtt_path).unwrap();
+    let cues = webvtt_cues(&vtt);
+    assert!(
+        cues.iter().any(|(start, end, title)| title == "arm"
+            && (start - m.markers[0].offset_secs).abs() < 0.01
+            && (end - p.duration).abs() < 0.01),
+        "{vtt}"
+    );
+
+    // A range: from the keyframe at or before --from (one a second here) to --to.
+    let clip = lab.path("clip.mp4");
+    let mut args: Vec<String> = [
+        "export",
+        recs[0].to_str().unwrap(),
+        "--key",
+        lab.key().to_str().unwrap(),
+        "-o",
+        clip.to_str().unwrap(),
+        "--from",
+        "2.5",
+        "--to",
+        "5",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(lab.custody_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let e = neoflix_e2e::neoflix(&args);
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    let c = ffprobe(&clip);
+    assert!(
+        c.duration >= 2.5 - 0.1 && c.duration <= 3.5 + 0.1,
+        "clip of {} s, expected 2.5 s plus up to one keyframe interval",
+        c.duration
+    );
+    assert_eq!(top_level_boxes(&clip), ["ftyp", "moov", "mdat"]);
+    assert_eq!(ffmpeg_errors(&clip), "", "ffmpeg reported decode errors");
+}
+
+/// The types of a file's top-level boxes, in order.
+fn top_level_boxes(file: &Path) -> Vec<String> {
+    let b = fs::read(file).unwrap();
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while pos + 8 <= b.len() {
+        let size = u32::from_be_bytes(b[pos..pos + 4].try_into().unwrap()) as u64;
+        let size = match size {
+            1 => u64::from_be_bytes(b[pos + 8..pos + 16].try_into().unwrap()),
+            0 => (b.len() - pos) as u64,
+            s => s,
+        };
+        out.push(String::from_utf8_lossy(&b[pos + 4..pos + 8]).into_owned());
+        assert!(size >= 8, "box of size {size}");
+        pos += size as usize;
+    }
+    assert_eq!(pos, b.len(), "the boxes end with the file");
+    out
+}
+
+/// `ffprobe -show_chapters`: (start in seconds, title) of each chapter.
+fn ffprobe_chapters(file: &Path) -> Vec<(f64, String)> {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-print_format", "json", "-show_chapters"])
+        .arg(file)
+        .output()
+        .expect("ffprobe is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["chapters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["start_time"].as_str().unwrap().parse().unwrap(),
+                c["tags"]["title"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Parses a WebVTT chapter file strictly enough to fail on a broken one: the header, then
+/// cues of an optional identifier, `HH:MM:SS.mmm --> HH:MM:SS.mmm` and one line of text.
+fn webvtt_cues(vtt: &str) -> Vec<(f64, f64, String)> {
+    let mut blocks = vtt.split("\n\n");
+    assert_eq!(blocks.next().map(str::trim_end), Some("WEBVTT"), "{vtt}");
+    let time = |t: &str| -> f64 {
+        let p: Vec<&str> = t.split(':').collect();
+        assert_eq!(p.len(), 3, "time {t}");
+        let (s, ms) = p[2].split_once('.').expect("milliseconds");
+        assert_eq!(
+            (p[0].len(), p[1].len(), s.len(), ms.len()),
+            (2, 2, 2, 3),
+            "time {t}"
+        );
+        p[0].parse::<f64>().unwrap() * 3600.0
+            + p[1].parse::<f64>().unwrap() * 60.0
+            + s.parse::<f64>().unwrap()
+            + ms.parse::<f64>().unwrap() / 1000.0
+    };
+    blocks
+        .filter(|b| !b.trim().is_empty())
+        .map(|b| {
+            let lines: Vec<&str> = b.lines().collect();
+            assert_eq!(lines.len(), 3, "cue {b:?}");
+            let (start, end) = lines[1].split_once(" --> ").expect("timing line");
+            let (start, end) = (time(start), time(end));
+            assert!(start <= end, "cue {b:?}");
+            (start, end, lines[2].to_string())
+        })
+        .collect()
 }
 
 // ---- Opening hostile recordings (issue 8, items 4-6) ----------------------------------------

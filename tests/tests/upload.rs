@@ -4,10 +4,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use neoflix_control::Request;
-use neoflix_e2e::{Daemon, Lab, curl, ffmpeg_errors, ffprobe, neoflix};
+use neoflix_e2e::{Daemon, Lab, curl, ffmpeg_errors, ffprobe, neoflix, wait_until};
 
 const CAPTURE: &str = "source = \"test\"\nwidth = 320\nheight = 240\nfps = 15\nbitrate_kbps = 300";
 
@@ -17,23 +17,6 @@ fn server_recordings(lab: &Lab, device: &str) -> Vec<PathBuf> {
         .unwrap_or_default();
     v.sort();
     v
-}
-
-fn wait_until(
-    what: &str,
-    limit: Duration,
-    mut cond: impl FnMut() -> bool,
-    log: &dyn Fn() -> String,
-) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\n{}",
-            log()
-        );
-        sleep(Duration::from_millis(100));
-    }
 }
 
 fn complete(dir: &Path) -> bool {
