@@ -92,6 +92,13 @@ pub enum Mp4Error {
         /// The limit ([`crate::MAX_SAMPLES_PER_TRACK`]).
         limit: u32,
     },
+    /// A fragment was refused before this call: what was indexed of it cannot be trusted, and
+    /// the fragments after it would be numbered wrongly, so the writer takes nothing more.
+    #[error("fragment {fragment} was refused; start again from the init segment")]
+    Refused {
+        /// Index of the fragment that was refused, from 0.
+        fragment: usize,
+    },
     /// Nothing to write: no samples at all, or none in the time range asked for.
     #[error("nothing to write: {problem}")]
     Empty {

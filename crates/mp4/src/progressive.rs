@@ -64,6 +64,8 @@ pub struct Progressive {
     fragments: Vec<usize>,
     chapters: Vec<Chapter>,
     range: Option<(f64, f64)>,
+    /// The fragment that was refused, if one was: from then on nothing is taken.
+    refused: Option<usize>,
 }
 
 impl Progressive {
@@ -78,6 +80,7 @@ impl Progressive {
             fragments: Vec::new(),
             chapters: Vec::new(),
             range: None,
+            refused: None,
         })
     }
 
@@ -104,7 +107,21 @@ impl Progressive {
     /// bytes. Fragments must come in decode order; a gap in decode time (a lost fragment) is
     /// kept as a gap by lengthening the sample before it, and a fragment that starts within the
     /// previous fragment's last sample shortens that sample.
+    ///
+    /// After an error the writer takes nothing more ([`Mp4Error::Refused`]): a fragment with
+    /// several tracks may be indexed in part, and a later fragment would take its number.
     pub fn push_fragment(&mut self, fragment: &[u8]) -> Result<(), Mp4Error> {
+        if let Some(fragment) = self.refused {
+            return Err(Mp4Error::Refused { fragment });
+        }
+        let result = self.index_fragment(fragment);
+        if result.is_err() {
+            self.refused = Some(self.fragments.len());
+        }
+        result
+    }
+
+    fn index_fragment(&mut self, fragment: &[u8]) -> Result<(), Mp4Error> {
         let index = self.fragments.len();
         let parsed = parse_fragment(&self.init, fragment, index)?;
         for traf in parsed {
@@ -132,7 +149,10 @@ impl Progressive {
                         // A fragment's last duration is the muxer's estimate (a live camera's
                         // next frame comes when it comes): an overlap shortens that sample. A
                         // start at or before the sample itself is going back.
-                        let last = ti.samples.last_mut().expect("next_dts set by a sample");
+                        let last = ti
+                            .samples
+                            .last_mut()
+                            .ok_or_else(|| track_err("decode time set without a sample"))?;
                         let overlap = ti.next_dts - dts;
                         last.duration = u64::from(last.duration)
                             .checked_sub(overlap)
@@ -146,7 +166,10 @@ impl Progressive {
                     }
                     if dts > ti.next_dts {
                         // A hole: the last sample before it lasts until the fragment after it.
-                        let last = ti.samples.last_mut().expect("next_dts set by a sample");
+                        let last = ti
+                            .samples
+                            .last_mut()
+                            .ok_or_else(|| track_err("decode time set without a sample"))?;
                         last.duration = dts
                             .checked_sub(ti.next_dts)
                             .and_then(|gap| u64::from(last.duration).checked_add(gap))
@@ -200,6 +223,9 @@ impl Progressive {
 
     /// Makes the cut and builds everything before the media data. See [`Layout`].
     pub fn finish(self) -> Result<Layout, Mp4Error> {
+        if let Some(fragment) = self.refused {
+            return Err(Mp4Error::Refused { fragment });
+        }
         Finisher::new(self)?.layout()
     }
 }

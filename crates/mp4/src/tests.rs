@@ -607,6 +607,12 @@ fn a_gap_in_decode_time_lengthens_the_sample_before_it_and_going_back_is_refused
         ),
         "{err}"
     );
+    // Regression: the writer went on after a refused fragment, and the next one took its
+    // number, so a second pass given every fragment would write the wrong bytes.
+    let err = p.push_fragment(&frag(12000)).unwrap_err();
+    assert!(matches!(err, Mp4Error::Refused { fragment: 1 }), "{err}");
+    let err = p.finish().unwrap_err();
+    assert!(matches!(err, Mp4Error::Refused { fragment: 1 }), "{err}");
 }
 
 #[test]
