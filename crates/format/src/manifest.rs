@@ -23,6 +23,25 @@ pub enum Status {
     Interrupted,
 }
 
+impl Status {
+    /// The name in the manifest, and in the server's index.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Complete => "complete",
+            Status::Interrupted => "interrupted",
+        }
+    }
+
+    /// The status [`Status::as_str`] names.
+    pub fn parse(s: &str) -> Option<Status> {
+        match s {
+            "complete" => Some(Status::Complete),
+            "interrupted" => Some(Status::Interrupted),
+            _ => None,
+        }
+    }
+}
+
 /// A marker a clinician added.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Marker {

@@ -1,9 +1,9 @@
-//! The review page's sign-in and download messages, typed once for the server that writes or
-//! reads them and the page's WebAssembly that reads or writes them (`docs/review.md`, "The
-//! JSON API").
+//! The review page's messages, typed once for the server that writes or reads them and the
+//! page's WebAssembly that reads or writes them (`docs/review.md`, "The JSON API").
 
 use serde::{Deserialize, Serialize};
 
+use crate::manifest::{Manifest, Marker, Status};
 use crate::reviewer::Kdf;
 
 /// `POST /api/login/params` and the first half of `POST /api/login`: who signs in.
@@ -84,9 +84,108 @@ impl DownloadRequest {
     }
 }
 
+/// Where a recording stands on the server: its objects are arriving, or its manifest was
+/// accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Upload {
+    /// Objects have arrived, the manifest not yet: listed, not yet opened.
+    Uploading,
+    /// The manifest was checked and accepted.
+    Complete,
+}
+
+impl Upload {
+    /// The name on the wire and in the server's index.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Upload::Uploading => "uploading",
+            Upload::Complete => "complete",
+        }
+    }
+
+    /// The state [`Upload::as_str`] names.
+    pub fn parse(s: &str) -> Option<Upload> {
+        match s {
+            "uploading" => Some(Upload::Uploading),
+            "complete" => Some(Upload::Complete),
+            _ => None,
+        }
+    }
+}
+
+/// A recording in the list (`docs/review.md`, "A recording Summary"). The fields from the
+/// manifest are `None` while it is uploading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// The box's recording id.
+    pub id: String,
+    /// The box.
+    pub device: String,
+    /// Uploading or complete.
+    pub upload: Upload,
+    /// Complete or interrupted.
+    pub status: Option<Status>,
+    /// What started it.
+    pub trigger: Option<String>,
+    /// Why it stopped.
+    pub stop_reason: Option<String>,
+    /// First frame (start of the pre-roll).
+    pub first_frame_utc: Option<String>,
+    /// The trigger.
+    pub trigger_utc: Option<String>,
+    /// The stop.
+    pub stop_utc: Option<String>,
+    /// Seconds before the trigger.
+    pub preroll_secs: Option<f64>,
+    /// Seconds in all.
+    pub duration_secs: Option<f64>,
+    /// The manifest's markers.
+    #[serde(default)]
+    pub markers: Vec<Marker>,
+    /// The device certificate that signed the manifest.
+    pub signer: Option<String>,
+}
+
+/// The answer to `GET /api/recordings`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordingsAnswer {
+    /// Newest first.
+    pub recordings: Vec<Summary>,
+    /// There are more than were listed: narrow the filter.
+    pub truncated: bool,
+}
+
+/// The answer to `GET /api/recordings/{id}`: what the page checks and plays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordingAnswer {
+    /// The box.
+    pub device: String,
+    /// The recording id.
+    pub id: String,
+    /// Its row in the list.
+    pub summary: Summary,
+    /// The server's copy of its manifest.
+    pub manifest: Manifest,
+    /// Where its objects are: this, then an object's name.
+    pub objects: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_states_have_one_name_on_the_wire_and_in_the_index() {
+        for u in [Upload::Uploading, Upload::Complete] {
+            assert_eq!(Upload::parse(u.as_str()), Some(u));
+            assert_eq!(
+                serde_json::to_string(&u).unwrap(),
+                format!("\"{}\"", u.as_str())
+            );
+        }
+        assert_eq!(Upload::parse("done"), None);
+    }
 
     #[test]
     fn a_download_range_must_be_one_the_page_could_make() {

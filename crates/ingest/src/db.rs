@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use neoflix_format::reviewer::{Kdf, ReviewerFile, ReviewerName};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use serde::Serialize;
 use thiserror::Error;
 
 use crate::audit::{self, Entry, Event};
@@ -204,36 +203,7 @@ pub enum Attempt {
     Right(Box<Reviewer>),
 }
 
-/// A recording in the list (docs/review.md, "A recording Summary").
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Summary {
-    /// The box's recording id.
-    pub id: String,
-    /// The box.
-    pub device: String,
-    /// `uploading` or `complete`.
-    pub upload: String,
-    /// `complete` or `interrupted` (from the manifest).
-    pub status: Option<String>,
-    /// What started it.
-    pub trigger: Option<String>,
-    /// Why it stopped.
-    pub stop_reason: Option<String>,
-    /// First frame (start of the pre-roll).
-    pub first_frame_utc: Option<String>,
-    /// The trigger.
-    pub trigger_utc: Option<String>,
-    /// The stop.
-    pub stop_utc: Option<String>,
-    /// Seconds before the trigger.
-    pub preroll_secs: Option<f64>,
-    /// Seconds in all.
-    pub duration_secs: Option<f64>,
-    /// The manifest's markers (`utc`, `offset_secs`, `label`, `by`).
-    pub markers: serde_json::Value,
-    /// The device certificate that signed the manifest.
-    pub signer: Option<String>,
-}
+pub use neoflix_format::review_api::{Summary, Upload};
 
 /// The fields of a complete recording the index keeps.
 #[derive(Debug, Clone, PartialEq)]
@@ -631,8 +601,8 @@ impl Db {
     /// A recording's first object landed: indexed as `uploading` unless known.
     pub fn index_uploading(&self, device: &str, id: &str) -> Result<(), DbError> {
         self.conn().execute(
-            "INSERT INTO recordings (device, id, upload, first_seen_utc) VALUES (?1, ?2, 'uploading', ?3) ON CONFLICT (device, id) DO NOTHING",
-            params![device, id, now_utc()],
+            "INSERT INTO recordings (device, id, upload, first_seen_utc) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (device, id) DO NOTHING",
+            params![device, id, Upload::Uploading.as_str(), now_utc()],
         )?;
         Ok(())
     }
@@ -640,19 +610,16 @@ impl Db {
     /// A recording's manifest was accepted: indexed as `complete` with its fields.
     pub fn index_complete(&self, device: &str, id: &str, done: &Completed) -> Result<(), DbError> {
         let m = done.manifest;
-        let status = match m.status {
-            neoflix_format::Status::Complete => "complete",
-            neoflix_format::Status::Interrupted => "interrupted",
-        };
+        let status = m.status.as_str();
         let markers = serde_json::to_string(&m.markers).expect("markers serialize");
         let mut c = self.conn();
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
-            "INSERT INTO recordings (device, id, upload, first_seen_utc) VALUES (?1, ?2, 'complete', ?3) ON CONFLICT (device, id) DO NOTHING",
-            params![device, id, now_utc()],
+            "INSERT INTO recordings (device, id, upload, first_seen_utc) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (device, id) DO NOTHING",
+            params![device, id, Upload::Complete.as_str(), now_utc()],
         )?;
         tx.execute(
-            "UPDATE recordings SET upload = 'complete', status = ?3, trigger_source = ?4, stop_reason = ?5, first_frame_utc = ?6, trigger_utc = ?7, stop_utc = ?8, preroll_secs = ?9, duration_secs = ?10, markers = ?11, signer = ?12, recipient_key_id = ?13 WHERE device = ?1 AND id = ?2",
+            "UPDATE recordings SET upload = ?14, status = ?3, trigger_source = ?4, stop_reason = ?5, first_frame_utc = ?6, trigger_utc = ?7, stop_utc = ?8, preroll_secs = ?9, duration_secs = ?10, markers = ?11, signer = ?12, recipient_key_id = ?13 WHERE device = ?1 AND id = ?2",
             params![
                 device,
                 id,
@@ -666,7 +633,8 @@ impl Db {
                 m.duration_secs,
                 markers,
                 done.signer,
-                m.recipient_key_id
+                m.recipient_key_id,
+                Upload::Complete.as_str()
             ],
         )?;
         tx.commit()?;
@@ -679,7 +647,7 @@ impl Db {
         let mut st = c.prepare("SELECT device, id, upload FROM recordings")?;
         let v = st
             .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get::<_, String>(2)? == "complete"))
+                Ok((r.get(0)?, r.get(1)?, upload_of(r, 2)? == Upload::Complete))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(v)
@@ -892,13 +860,36 @@ fn check_reviewer(row: ReviewerRow) -> Result<Reviewer, DbError> {
     Ok(Reviewer { file, imported_utc })
 }
 
+/// A column the index wrote that does not read back: the database was changed by hand.
+fn unreadable(column: usize, what: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        column,
+        rusqlite::types::Type::Text,
+        format!("not {what}: the recordings index was changed outside neoflix-ingest").into(),
+    )
+}
+
+fn upload_of(r: &rusqlite::Row, column: usize) -> rusqlite::Result<Upload> {
+    let s: String = r.get(column)?;
+    Upload::parse(&s).ok_or_else(|| unreadable(column, "an upload state"))
+}
+
 fn row_summary(r: &rusqlite::Row) -> rusqlite::Result<Summary> {
-    let markers: Option<String> = r.get(11)?;
+    let status = match r.get::<_, Option<String>>(3)? {
+        None => None,
+        Some(s) => Some(
+            neoflix_format::Status::parse(&s).ok_or_else(|| unreadable(3, "a recording status"))?,
+        ),
+    };
+    let markers = match r.get::<_, Option<String>>(11)? {
+        None => Vec::new(),
+        Some(m) => serde_json::from_str(&m).map_err(|_| unreadable(11, "a list of markers"))?,
+    };
     Ok(Summary {
         id: r.get(0)?,
         device: r.get(1)?,
-        upload: r.get(2)?,
-        status: r.get(3)?,
+        upload: upload_of(r, 2)?,
+        status,
         trigger: r.get(4)?,
         stop_reason: r.get(5)?,
         first_frame_utc: r.get(6)?,
@@ -906,9 +897,7 @@ fn row_summary(r: &rusqlite::Row) -> rusqlite::Result<Summary> {
         stop_utc: r.get(8)?,
         preroll_secs: r.get(9)?,
         duration_secs: r.get(10)?,
-        markers: markers
-            .and_then(|m| serde_json::from_str(&m).ok())
-            .unwrap_or_else(|| serde_json::json!([])),
+        markers,
         signer: r.get(12)?,
     })
 }
@@ -1028,6 +1017,31 @@ pub(crate) mod tests {
             })
             .unwrap();
         assert_eq!(all.len(), MAX_LISTED + 1);
+    }
+
+    #[test]
+    fn a_row_changed_by_hand_is_refused_naming_what_it_is_not() {
+        let (_d, db) = db();
+        db.index_uploading("room-1", "r1").unwrap();
+        let all = Filter::default();
+        assert_eq!(db.recordings(&all).unwrap()[0].upload, Upload::Uploading);
+        for (set, what) in [
+            ("upload = 'done'", "not an upload state"),
+            (
+                "upload = 'complete', status = 'fine'",
+                "not a recording status",
+            ),
+            (
+                "status = 'complete', markers = '{'",
+                "not a list of markers",
+            ),
+        ] {
+            db.conn()
+                .execute_batch(&format!("UPDATE recordings SET {set}"))
+                .unwrap();
+            let err = db.recordings(&all).unwrap_err().to_string();
+            assert!(err.contains(what), "{set}: {err}");
+        }
     }
 
     #[test]

@@ -184,8 +184,8 @@ mod tests {
         );
         let s = &db.recordings_with_id("rec-b").unwrap()[0];
         assert_eq!(
-            (s.status.as_deref(), s.duration_secs),
-            (Some("interrupted"), Some(60.0))
+            (s.status, s.duration_secs),
+            (Some(neoflix_format::Status::Interrupted), Some(60.0))
         );
         assert_eq!(scan(&db, &root).unwrap(), 0, "nothing left to do");
         assert_eq!(scan(&db, &d.path().join("absent")).unwrap(), 0);

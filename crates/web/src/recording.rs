@@ -10,10 +10,11 @@
 //! has; they cap what would otherwise grow the page without bound (markers, text). Each
 //! fragment's place on the timeline is computed here, once, from the manifest's lengths.
 
+use neoflix_format::ObjectEntry;
 use neoflix_format::manifest::FORMAT;
-use neoflix_format::{Manifest, ObjectEntry};
+use neoflix_format::review_api::{RecordingAnswer, Upload};
 use neoflix_mp4::chapters::safe_title;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::WebError;
 
@@ -44,28 +45,6 @@ pub struct Asked<'a> {
     pub device: Option<&'a str>,
     /// The department key unlocked in this tab (its id).
     pub key_id: &'a str,
-}
-
-/// The raw answer, as the server sends it (`docs/review.md`, "The JSON API").
-#[derive(Debug, Deserialize)]
-struct Answer {
-    device: String,
-    id: String,
-    summary: Summary,
-    manifest: Manifest,
-    objects: String,
-}
-
-/// The fields of the answer's summary (the list's row) that must agree with the manifest.
-#[derive(Debug, Deserialize)]
-struct Summary {
-    id: String,
-    device: String,
-    upload: String,
-    #[serde(default)]
-    trigger_utc: Option<String>,
-    #[serde(default)]
-    duration_secs: Option<f64>,
 }
 
 /// One sealed object and its key record, as the page fetches and opens them.
@@ -184,7 +163,7 @@ fn object(what: &str, e: &ObjectEntry) -> Result<Object, WebError> {
 impl Recording {
     /// Parses and checks the answer's JSON text against what the page asked for.
     pub fn check(answer_json: &str, asked: &Asked<'_>) -> Result<Recording, WebError> {
-        let a: Answer = serde_json::from_str(answer_json)
+        let a: RecordingAnswer = serde_json::from_str(answer_json)
             .map_err(|e| refuse(format!("the server's answer is not a recording: {e}")))?;
         let m = &a.manifest;
         if !plain(asked.id) {
@@ -222,7 +201,7 @@ impl Recording {
                 short(&a.objects)
             )));
         }
-        if a.summary.upload != "complete" {
+        if a.summary.upload != Upload::Complete {
             return Err(refuse("the recording is still uploading".into()));
         }
         if m.format != FORMAT {
@@ -331,11 +310,7 @@ impl Recording {
             objects,
             trigger: short(&m.trigger),
             stop_reason: short(&m.stop_reason),
-            status: match m.status {
-                neoflix_format::Status::Complete => "complete",
-                neoflix_format::Status::Interrupted => "interrupted",
-            }
-            .into(),
+            status: m.status.as_str().into(),
             trigger_utc: short(&m.trigger_utc),
             first_frame_utc: m.first_frame_utc.as_deref().map(short),
             preroll_secs: m.preroll_secs,

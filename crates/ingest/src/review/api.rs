@@ -14,8 +14,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
+use neoflix_format::Manifest;
 use neoflix_format::review_api::{
-    DownloadRequest, LoginAnswer, LoginRequest, Params, ParamsRequest, SessionAnswer,
+    DownloadRequest, LoginAnswer, LoginRequest, Params, ParamsRequest, RecordingAnswer,
+    RecordingsAnswer, SessionAnswer,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -24,7 +26,7 @@ use sha2::{Digest, Sha256};
 use super::State;
 use super::guard::{self, Route};
 use crate::audit::{Action, Event};
-use crate::db::{Attempt, Db, DbError, Filter, Limit, Session, Summary, now_secs};
+use crate::db::{Attempt, Db, DbError, Filter, Limit, Session, Summary, Upload, now_secs};
 use crate::http::{Resp, error, json as json_resp};
 use crate::ratelimit;
 
@@ -262,7 +264,10 @@ async fn dispatch(
             list.truncate(crate::db::MAX_LISTED);
             Ok(json_resp(
                 StatusCode::OK,
-                &json!({ "recordings": list, "truncated": truncated }),
+                &RecordingsAnswer {
+                    recordings: list,
+                    truncated,
+                },
             ))
         }
         Route::Recording(id) => {
@@ -286,13 +291,13 @@ async fn dispatch(
             .await?;
             Ok(json_resp(
                 StatusCode::OK,
-                &json!({
-                    "device": rec.device,
-                    "id": rec.id,
-                    "summary": rec,
-                    "manifest": manifest,
-                    "objects": format!("/api/recordings/{}/objects/", rec.id),
-                }),
+                &RecordingAnswer {
+                    device: rec.device.clone(),
+                    id: rec.id.clone(),
+                    objects: format!("/api/recordings/{}/objects/", rec.id),
+                    summary: rec,
+                    manifest,
+                },
             ))
         }
         Route::Object(id, name) => {
@@ -586,7 +591,7 @@ async fn resolve(st: &State, id: &str, device: Option<String>) -> Result<Summary
         0 => Err(error(StatusCode::NOT_FOUND, "no such recording")),
         1 => {
             let s = found.pop().expect("one");
-            if s.upload != "complete" {
+            if s.upload != Upload::Complete {
                 return Err(error(
                     StatusCode::CONFLICT,
                     "the recording is still uploading",
@@ -607,14 +612,14 @@ async fn resolve(st: &State, id: &str, device: Option<String>) -> Result<Summary
     }
 }
 
-async fn read_manifest(dir: &std::path::Path) -> Result<serde_json::Value, Resp> {
+async fn read_manifest(dir: &std::path::Path) -> Result<Manifest, Resp> {
     let p = dir.join(neoflix_format::MANIFEST_FILE);
     let r = tokio::task::spawn_blocking(move || {
         neoflix_format::files::read_regular(&p, neoflix_format::manifest::MAX_MANIFEST_BYTES)
     })
     .await
     .map_err(internal)?;
-    match r.map(|b| serde_json::from_slice::<serde_json::Value>(&b)) {
+    match r.map(|b| serde_json::from_slice::<Manifest>(&b)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(internal(format!("stored manifest: {e}"))),
         Err(e) => Err(internal(format!("stored manifest: {e}"))),
