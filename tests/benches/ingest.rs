@@ -123,6 +123,7 @@ fn throughput(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime) -> (f64, f64)
         key: ca.join("bench-box.key"),
         recordings_dir: recs.clone(),
         receipts: receipts(ca, port),
+        device: "bench-box".into(),
     };
     let client = neoflix_daemon::uplink::client(&settings).unwrap();
     let status = Arc::new(Mutex::new(neoflix_daemon::uplink::UploadStatus::default()));
@@ -256,6 +257,7 @@ fn client_for(ca: &Path, name: &str) -> reqwest::Client {
         key: ca.join(format!("{name}.key")),
         recordings_dir: PathBuf::new(),
         receipts: receipts(ca, 1),
+        device: name.into(),
     };
     neoflix_daemon::uplink::client(&s).unwrap()
 }

@@ -105,6 +105,7 @@ fn a_recording_arrives_while_it_runs_and_leaves_the_box_after_the_receipt() {
     let trust = neoflix_format::TrustAnchors::from_pem(&fs::read(lab.ca()).unwrap(), None).unwrap();
     let server = trust
         .check_server(
+            neoflix_format::custody::Purpose::Receipt,
             &signed.signature,
             signed.receipt.as_bytes(),
             "127.0.0.1",

@@ -251,6 +251,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                         .as_bytes(),
                     &u.url,
                 )?),
+                device: device.clone(),
             };
             let client = uplink::client(&s)?;
             match std::fs::read(&u.cert)

@@ -37,8 +37,10 @@ pub struct UplinkSettings {
     pub key: PathBuf,
     /// The recordings directory.
     pub recordings_dir: PathBuf,
-    /// Checks the server's signed receipts.
+    /// Checks the server's signed receipts and withdrawal notices.
     pub receipts: Arc<ReceiptCheck>,
+    /// This box's device id: a withdrawal notice must name it.
+    pub device: String,
 }
 
 /// Checks a receipt: signed by a server certificate of the upload CA for the host the box
@@ -84,6 +86,7 @@ impl ReceiptCheck {
         let signer = self
             .trust
             .check_server(
+                neoflix_format::custody::Purpose::Receipt,
                 &signed.signature,
                 signed.receipt.as_bytes(),
                 &self.server_name,
@@ -101,6 +104,38 @@ impl ReceiptCheck {
             ));
         }
         Ok((receipt, signer.name))
+    }
+}
+
+impl ReceiptCheck {
+    /// Checks a withdrawal notice (the server's `410 Gone` for recording `id`): signed like a
+    /// receipt, for this recording of this device. Returns the notice and its signer's name.
+    pub fn check_withdrawal(
+        &self,
+        body: &[u8],
+        id: &str,
+        device: &str,
+    ) -> Result<(neoflix_format::Withdrawal, String), String> {
+        let (signed, notice) = neoflix_format::SignedWithdrawal::from_json(body)
+            .map_err(|e| format!("{id}: unreadable withdrawal notice: {e}"))?;
+        let signer = self
+            .trust
+            .check_server(
+                neoflix_format::custody::Purpose::Withdrawal,
+                &signed.signature,
+                signed.withdrawal.as_bytes(),
+                &self.server_name,
+                std::time::SystemTime::now(),
+            )
+            .map_err(|e| format!("{id}: the withdrawal notice's signature: {e}"))?;
+        if notice.recording_id != id || notice.device_id != device {
+            return Err(format!(
+                "{id}: the withdrawal notice is for {}/{}, not this recording of {device}",
+                neoflix_logging::escape_controls(&notice.device_id),
+                neoflix_logging::escape_controls(&notice.recording_id)
+            ));
+        }
+        Ok((notice, signer.name))
     }
 }
 
@@ -243,6 +278,27 @@ fn is_object(name: &str) -> bool {
 /// What the uplink remembers between passes: objects the server confirmed, per recording.
 type Known = HashMap<String, HashSet<String>>;
 
+/// What the server holds of a recording.
+enum Held {
+    /// These objects; and whether it is complete.
+    Objects(HashSet<String>),
+    /// Nothing: the recording was withdrawn. The server's signed notice.
+    Withdrawn(Vec<u8>),
+}
+
+/// Removes a recording directory of the box's and makes that durable.
+async fn remove_local(rdir: PathBuf) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        std::fs::remove_dir_all(&rdir)?;
+        if let Some(parent) = rdir.parent() {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 struct Pass<'a> {
     client: &'a reqwest::Client,
     receipts: &'a ReceiptCheck,
@@ -250,10 +306,11 @@ struct Pass<'a> {
     dir: PathBuf,
     status: &'a Mutex<UploadStatus>,
     events: &'a crate::Events,
+    device: String,
 }
 
 impl Pass<'_> {
-    async fn server_has(&self, id: &str) -> Result<(HashSet<String>, bool), String> {
+    async fn server_has(&self, id: &str) -> Result<Held, String> {
         let r = self
             .client
             .get(format!("{}/v1/recordings/{id}", self.base))
@@ -261,14 +318,20 @@ impl Pass<'_> {
             .await
             .map_err(|e| format!("GET {id}: {e}"))?;
         match r.status().as_u16() {
-            404 => Ok((HashSet::new(), false)),
+            404 => Ok(Held::Objects(HashSet::new())),
+            410 => {
+                let body = bounded_body(r, MAX_ANSWER)
+                    .await
+                    .map_err(|e| format!("GET {id}: {e}"))?;
+                Ok(Held::Withdrawn(body))
+            }
             200 => {
                 let body = bounded_body(r, MAX_ANSWER)
                     .await
                     .map_err(|e| format!("GET {id}: {e}"))?;
                 let s: neoflix_format::protocol::RecordingState = serde_json::from_slice(&body)
                     .map_err(|e| format!("GET {id}: not the protocol's answer: {e}"))?;
-                Ok((s.objects.into_iter().collect(), s.complete))
+                Ok(Held::Objects(s.objects.into_iter().collect()))
             }
             code => Err(format!("GET {id}: HTTP {code}: {}", error_text(r).await)),
         }
@@ -290,8 +353,14 @@ impl Pass<'_> {
             Err(e) => return Err(format!("{id}/{MANIFEST_FILE}: {e}")),
         };
         if !known.contains_key(id) {
-            let (has, _complete) = self.server_has(id).await?;
-            known.insert(id.to_string(), has);
+            match self.server_has(id).await? {
+                Held::Objects(has) => {
+                    known.insert(id.to_string(), has);
+                }
+                Held::Withdrawn(notice) => {
+                    return self.withdrawn(id, &notice, manifest.is_some()).await;
+                }
+            }
         }
         let confirmed = known.get_mut(id).expect("inserted above");
         let missing: Vec<String> = local
@@ -385,17 +454,9 @@ impl Pass<'_> {
             )
             .map_err(|e| format!("{e}; keeping the recording"))?;
         // Only now, with the receipt checked, does the local copy go.
-        let rdir2 = rdir.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::remove_dir_all(&rdir2)?;
-            if let Some(parent) = rdir2.parent() {
-                std::fs::File::open(parent)?.sync_all()?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("{id}: delivered, but removing the local copy failed: {e}"))?;
+        remove_local(rdir)
+            .await
+            .map_err(|e| format!("{id}: delivered, but removing the local copy failed: {e}"))?;
         known.remove(id);
         log::info!(recording = id, fragments = local_manifest.fragments.len(), server = server.as_str(), signed_by = receipt.signed_by.as_str(), receipt = String::from_utf8_lossy(&body).as_ref(); "recording delivered: the server's signed receipt checked, local copy removed");
         self.events.send(neoflix_mqtt::Event::UploadDone {
@@ -404,6 +465,25 @@ impl Pass<'_> {
         let mut st = self.status.lock().expect("status lock");
         st.last_success_utc = Some(neoflix_format::utc(std::time::SystemTime::now()));
         st.delivered += 1;
+        Ok(true)
+    }
+
+    /// The server answered that recording `id` was withdrawn: with the notice checked, the
+    /// local copy goes. Not while it is still being recorded (no manifest yet): the recorder
+    /// owns that directory until it stops, and the next pass asks again.
+    async fn withdrawn(&self, id: &str, body: &[u8], finalized: bool) -> Result<bool, String> {
+        let (notice, server) = self
+            .receipts
+            .check_withdrawal(body, id, &self.device)
+            .map_err(|e| format!("{e}; keeping the recording"))?;
+        if !finalized {
+            log::debug!(recording = id; "recording withdrawn by the department: deleting it once it stops");
+            return Ok(false);
+        }
+        remove_local(self.dir.join(id))
+            .await
+            .map_err(|e| format!("{id}: withdrawn, but removing the local copy failed: {e}"))?;
+        log::warn!(recording = id, server = server.as_str(), withdrawn_utc = notice.withdrawn_utc.as_str(), notice = String::from_utf8_lossy(body).as_ref(); "recording withdrawn by the department: the server's signed notice checked, local copy deleted");
         Ok(true)
     }
 
@@ -492,6 +572,7 @@ pub async fn run_counting(
             dir: settings.recordings_dir.clone(),
             status: &status,
             events: &events,
+            device: settings.device.clone(),
         },
         known: Known::new(),
     };

@@ -42,6 +42,8 @@ pub enum Purpose {
     Manifest,
     /// The department server's receipt for a stored recording.
     Receipt,
+    /// The department server's notice that a recording was withdrawn.
+    Withdrawal,
 }
 
 impl Purpose {
@@ -49,6 +51,7 @@ impl Purpose {
         match self {
             Purpose::Manifest => "manifest",
             Purpose::Receipt => "receipt",
+            Purpose::Withdrawal => "withdrawal",
         }
     }
 }
@@ -409,16 +412,18 @@ impl TrustAnchors {
         sig.check_with_client_verifier(Purpose::Manifest, doc, self.devices.as_ref(), at)
     }
 
-    /// Checks the server's signature over a receipt: by a server certificate of this CA for
-    /// `server_name` (the host the box uploads to), valid at `now`.
+    /// Checks the server's signature over a receipt or a withdrawal notice (`purpose`): by a
+    /// server certificate of this CA for `server_name` (the host the box uploads to), valid at
+    /// `now`.
     pub fn check_server(
         &self,
+        purpose: Purpose,
         sig: &Signature,
         doc: &[u8],
         server_name: &str,
         now: SystemTime,
     ) -> Result<Signer, SignatureError> {
-        let mut signer = sig.check(Purpose::Receipt, doc)?;
+        let mut signer = sig.check(purpose, doc)?;
         let chain = sig.chain()?;
         let (ee, rest) = chain
             .split_first()
@@ -572,12 +577,35 @@ mod tests {
         ));
         let signer = pki
             .trust()
-            .check_server(&receipt, doc, "localhost", SystemTime::now())
+            .check_server(
+                Purpose::Receipt,
+                &receipt,
+                doc,
+                "localhost",
+                SystemTime::now(),
+            )
             .unwrap();
         assert_eq!(signer.name, "localhost");
+        // A receipt is no withdrawal notice: a box must not delete a recording on the strength
+        // of the server's word that it stored it.
         assert!(matches!(
-            pki.trust()
-                .check_server(&receipt, doc, "ingest.example", SystemTime::now()),
+            pki.trust().check_server(
+                Purpose::Withdrawal,
+                &receipt,
+                doc,
+                "localhost",
+                SystemTime::now()
+            ),
+            Err(SignatureError::Malformed(_))
+        ));
+        assert!(matches!(
+            pki.trust().check_server(
+                Purpose::Receipt,
+                &receipt,
+                doc,
+                "ingest.example",
+                SystemTime::now()
+            ),
             Err(SignatureError::Untrusted { .. })
         ));
         // A device's key signing a "receipt" is not a server.
@@ -586,7 +614,7 @@ mod tests {
             .unwrap();
         assert!(
             pki.trust()
-                .check_server(&fake, doc, "localhost", SystemTime::now())
+                .check_server(Purpose::Receipt, &fake, doc, "localhost", SystemTime::now())
                 .is_err()
         );
     }
@@ -656,6 +684,7 @@ mod tests {
                 let err = pki
                     .trust()
                     .check_server(
+                        Purpose::Receipt,
                         &s.signature,
                         s.receipt.as_bytes(),
                         "localhost",

@@ -55,7 +55,7 @@ pub use object::{
     CHUNK_SIZE, HEADER_LEN, Header, Kind, MAX_PLAINTEXT_LEN, ObjectId, chunk_count, parse_header,
 };
 #[cfg(feature = "native")]
-pub use receipt::{Receipt, SignedReceipt};
+pub use receipt::{Receipt, SignedReceipt, SignedWithdrawal, Withdrawal};
 #[cfg(feature = "native")]
 pub use verify::{
     Digests, ReadAndHash, Verified, check_contiguous, gaps, read_manifest, verify, verify_manifest,

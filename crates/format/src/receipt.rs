@@ -1,5 +1,6 @@
-//! The department server's receipt for a stored recording, signed with the server's key: the
-//! room box deletes its copy only against a receipt it has checked, and logs it.
+//! The department server's signed statements to a room box, signed with the server's key: the
+//! receipt for a stored recording, and the notice that a recording was withdrawn. The box
+//! deletes its copy only against one of them that it has checked, and logs it.
 
 use std::time::SystemTime;
 
@@ -98,5 +99,62 @@ impl SignedReceipt {
         let r: Receipt = serde_json::from_str(&s.receipt)
             .map_err(|e| SignatureError::Malformed(format!("not a receipt: {e}")))?;
         Ok((s, r))
+    }
+}
+
+/// What the server states when a recording was withdrawn: the room box that still holds a copy
+/// deletes it. The reason stays in the server's audit log; it is free text about people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Withdrawal {
+    /// The recording.
+    pub recording_id: String,
+    /// The room box that recorded it.
+    pub device_id: String,
+    /// When it was withdrawn.
+    pub withdrawn_utc: String,
+}
+
+/// A withdrawal notice as the server answers it (`410 Gone`) and keeps it: the notice's JSON
+/// exactly as signed, and the server's signature over it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedWithdrawal {
+    /// The [`Withdrawal`] as JSON, the bytes the signature covers.
+    pub withdrawal: String,
+    /// The server's signature ([`Purpose::Withdrawal`]).
+    pub signature: Signature,
+}
+
+impl SignedWithdrawal {
+    /// Signs `notice` with the server's identity.
+    pub fn sign(
+        notice: &Withdrawal,
+        server: &SigningIdentity,
+        now: SystemTime,
+    ) -> Result<Self, SignatureError> {
+        let text = serde_json::to_string(notice).expect("a notice serializes");
+        let signature = server.sign(Purpose::Withdrawal, text.as_bytes(), now)?;
+        Ok(SignedWithdrawal {
+            withdrawal: text,
+            signature,
+        })
+    }
+
+    /// The answer body, and the file the server keeps.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("a notice serializes");
+        v.push(b'\n');
+        v
+    }
+
+    /// Parses an answer; the notice inside is parsed too, but nothing is checked yet.
+    pub fn from_json(bytes: &[u8]) -> Result<(Self, Withdrawal), SignatureError> {
+        let s: SignedWithdrawal = serde_json::from_slice(bytes)
+            .map_err(|e| SignatureError::Malformed(format!("not a signed withdrawal: {e}")))?;
+        s.signature.validate()?;
+        let w: Withdrawal = serde_json::from_str(&s.withdrawal)
+            .map_err(|e| SignatureError::Malformed(format!("not a withdrawal: {e}")))?;
+        Ok((s, w))
     }
 }

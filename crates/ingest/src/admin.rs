@@ -1,5 +1,6 @@
-//! The administrator's subcommands (`reviewer import|list|remove`, `audit`): they work on the
-//! database while the server runs (SQLite waits for the server's writes to finish).
+//! The administrator's subcommands (`reviewer import|list|remove`, `audit`, `withdraw`): they
+//! work on the database and the storage while the server runs (SQLite waits for the server's
+//! writes to finish; a withdrawal and an upload racing are settled in `storage`).
 
 use std::io::Write;
 use std::path::Path;
@@ -8,8 +9,10 @@ use anyhow::Context;
 use neoflix_format::reviewer::ReviewerFile;
 use serde_json::json;
 
+use crate::IngestConfig;
 use crate::audit::{Action, Event};
 use crate::db::{Added, Db, now_secs};
+use crate::storage::Storage;
 
 fn admin_event(action: Action, detail: serde_json::Value) -> Event {
     Event {
@@ -19,6 +22,99 @@ fn admin_event(action: Action, detail: serde_json::Value) -> Event {
         client: "cli".into(),
         detail,
     }
+}
+
+/// The longest withdrawal reason kept: a sentence or two, not a document.
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// `withdraw ID [--device DEV] --reason TEXT`: the recording is deleted from storage (key
+/// records first), forgotten by the index, and its room box is told to delete its copy the
+/// next time it asks; the audit log keeps who, when and why, and nothing of the video.
+pub fn withdraw(
+    cfg: &IngestConfig,
+    db: &Db,
+    id: &str,
+    device: Option<&str>,
+    reason: &str,
+) -> anyhow::Result<String> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
+        anyhow::bail!(
+            "--reason must say why, in 1 to {MAX_REASON_CHARS} characters (it goes into the audit log)"
+        );
+    }
+    if !neoflix_format::protocol::valid_recording_id(id) {
+        anyhow::bail!("{} is not a recording id", crate::esc(id));
+    }
+    let store = Storage::open(&cfg.storage.dir, cfg.storage.max_object_bytes)?;
+    let device = match device {
+        Some(d) => {
+            if !neoflix_format::protocol::valid_recording_id(d) {
+                anyhow::bail!("{} is not a room box's name", crate::esc(d));
+            }
+            d.to_string()
+        }
+        None => {
+            let mut holders: Vec<String> = db
+                .recordings_with_id(id)?
+                .into_iter()
+                .map(|s| s.device)
+                .collect();
+            for d in std::fs::read_dir(&cfg.storage.dir)
+                .with_context(|| format!("storage.dir {}", cfg.storage.dir.display()))?
+                .filter_map(|e| e.ok())
+            {
+                let name = d.file_name().to_string_lossy().into_owned();
+                if d.path().join(id).is_dir() && !holders.contains(&name) {
+                    holders.push(name);
+                }
+            }
+            match holders.len() {
+                0 => anyhow::bail!(
+                    "this server holds no recording {id}: to withdraw it before it arrives, name its room with --device"
+                ),
+                1 => holders.pop().expect("one"),
+                _ => anyhow::bail!(
+                    "several rooms hold a recording {id} ({}): name one with --device",
+                    holders.join(", ")
+                ),
+            }
+        }
+    };
+    if store.withdrawn(&device, id)?.is_some() {
+        writeln!(
+            std::io::stderr(),
+            "note: {device}/{id} was withdrawn before; finishing its deletion"
+        )?;
+    }
+    let now = std::time::SystemTime::now();
+    let notice = neoflix_format::SignedWithdrawal::sign(
+        &neoflix_format::Withdrawal {
+            recording_id: id.to_string(),
+            device_id: device.clone(),
+            withdrawn_utc: neoflix_format::utc(now),
+        },
+        &crate::server_identity(cfg)?,
+        now,
+    )
+    .context("signing the withdrawal notice")?;
+    // The log says so before anything goes: a crash after this is finished at the server's
+    // next start, and a deletion never happens without its entry.
+    db.append_audit(&Event {
+        actor: "admin".into(),
+        action: Action::RecordingWithdrawn,
+        recording: format!("{device}/{id}"),
+        client: "cli".into(),
+        detail: json!({ "reason": reason }),
+    })?;
+    let shredded = store
+        .withdraw(&device, id, &notice.to_json())
+        .with_context(|| format!("deleting {device}/{id} (run the command again to finish)"))?;
+    db.forget_recording(&device, id)?;
+    Ok(format!(
+        "withdrew {device}/{id}: {} key records and {} other files deleted; the room box deletes its copy when it next asks",
+        shredded.key_records, shredded.other_files
+    ))
 }
 
 /// `reviewer import FILE [--replace]`: warnings go to `warn`.

@@ -29,6 +29,8 @@ pub enum Action {
     ReviewerImported,
     /// `reviewer remove`.
     ReviewerRemoved,
+    /// `withdraw`: the recording is deleted everywhere; the reason is in the detail.
+    RecordingWithdrawn,
 }
 
 impl Action {
@@ -43,6 +45,7 @@ impl Action {
             Action::Download => "download",
             Action::ReviewerImported => "reviewer-imported",
             Action::ReviewerRemoved => "reviewer-removed",
+            Action::RecordingWithdrawn => "recording-withdrawn",
         }
     }
 }

@@ -552,6 +552,23 @@ impl Db {
         }
     }
 
+    /// Forgets a deleted recording: its row in the index and the sessions' right to its
+    /// objects. Returns whether it was indexed.
+    pub fn forget_recording(&self, device: &str, id: &str) -> Result<bool, DbError> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "DELETE FROM opened WHERE device = ?1 AND id = ?2",
+            params![device, id],
+        )?;
+        let n = tx.execute(
+            "DELETE FROM recordings WHERE device = ?1 AND id = ?2",
+            params![device, id],
+        )?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
     /// Notes that the session opened `device`/`id` (after its opening was audited).
     pub fn mark_opened(&self, token_sha256: &str, device: &str, id: &str) -> Result<(), DbError> {
         self.conn().execute(

@@ -149,6 +149,13 @@ pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
 }
 
 fn storage_error(e: StorageError) -> Resp {
+    if let StorageError::Withdrawn(notice) = e {
+        return Response::builder()
+            .status(StatusCode::GONE)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(notice)))
+            .expect("valid response");
+    }
     let status = match &e {
         StorageError::BadName(_) | StorageError::Digest(_) | StorageError::Manifest(_) => {
             StatusCode::BAD_REQUEST
@@ -157,7 +164,7 @@ fn storage_error(e: StorageError) -> Resp {
         StorageError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         StorageError::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
         StorageError::NotFound => StatusCode::NOT_FOUND,
-        StorageError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        StorageError::Io(_) | StorageError::Withdrawn(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if status == StatusCode::INTERNAL_SERVER_ERROR || status == StatusCode::INSUFFICIENT_STORAGE {
         log::error!("storage: {}", crate::esc(&e.to_string()));

@@ -82,34 +82,43 @@ pub async fn bind(cfg: &IngestConfig) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {}", cfg.listen))
 }
 
+/// The server's signing identity, the `[tls]` certificate and key: it signs receipts and
+/// withdrawal notices, which the boxes check against their upload CA.
+pub fn server_identity(cfg: &IngestConfig) -> anyhow::Result<neoflix_format::SigningIdentity> {
+    use anyhow::Context as _;
+    let cert = neoflix_logging::read_small_file(&cfg.tls.cert, 1 << 20)
+        .with_context(|| format!("tls.cert {}", cfg.tls.cert.display()))?;
+    let key = neoflix_logging::read_small_file(&cfg.tls.key, 1 << 20)
+        .with_context(|| format!("tls.key {}", cfg.tls.key.display()))?;
+    neoflix_format::SigningIdentity::from_pem(cert.as_bytes(), key.as_bytes()).with_context(|| {
+        format!(
+            "tls.cert {} / tls.key {}: the server signs receipts and withdrawal notices with them",
+            cfg.tls.cert.display(),
+            cfg.tls.key.display()
+        )
+    })
+}
+
 /// Serves until `shutdown` completes, then lets open requests finish.
 pub async fn run(
     cfg: IngestConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    use anyhow::Context as _;
     let tls = tls::Reloading::new(&cfg)?;
-    let server_identity = {
-        use anyhow::Context as _;
-        let cert = neoflix_logging::read_small_file(&cfg.tls.cert, 1 << 20)
-            .with_context(|| format!("tls.cert {}", cfg.tls.cert.display()))?;
-        let key = neoflix_logging::read_small_file(&cfg.tls.key, 1 << 20)
-            .with_context(|| format!("tls.key {}", cfg.tls.key.display()))?;
-        neoflix_format::SigningIdentity::from_pem(cert.as_bytes(), key.as_bytes()).with_context(
-            || {
-                format!(
-                    "tls.cert {} / tls.key {}: the server signs receipts with them",
-                    cfg.tls.cert.display(),
-                    cfg.tls.key.display()
-                )
-            },
-        )?
-    };
-    let custody = Arc::new(custody::Custody::new(tls.clone(), server_identity));
+    let custody = Arc::new(custody::Custody::new(tls.clone(), server_identity(&cfg)?));
     let store = Arc::new(storage::Storage::open(
         &cfg.storage.dir,
         cfg.storage.max_object_bytes,
     )?);
+    let finishing = store.clone();
+    let finished = tokio::task::spawn_blocking(move || finishing.finish_withdrawals())
+        .await?
+        .context("finishing the withdrawals a crash interrupted")?;
+    for (device, id, s) in &finished {
+        log::warn!(device = esc(device).as_str(), recording = esc(id).as_str(), key_records = s.key_records, other_files = s.other_files; "a withdrawal interrupted by a crash was finished");
+    }
     // Two pools: one for connections not yet admitted (in their handshake, or being refused)
     // and one for admitted connections. A connection holds exactly one slot at a time, and
     // only an authenticated device within its own limit ever takes one of `slots`, so hosts
@@ -132,6 +141,15 @@ pub async fn run(
             .context("opening the database")?
             .with_context(|| "[database] path: the server keeps reviewers, sessions, the recordings index and the audit log there")?;
         let db = Arc::new(db);
+        let forgetting = db.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), db::DbError> {
+            for (device, id, _) in &finished {
+                forgetting.forget_recording(device, id)?;
+            }
+            Ok(())
+        })
+        .await?
+        .context("removing withdrawn recordings from the index")?;
         tokio::spawn(index::scan_at_start(db.clone(), cfg.storage.dir.clone()));
         Some(db)
     } else {

@@ -22,6 +22,19 @@ use crate::custody::Custody;
 /// The signed receipt of a complete recording, beside its manifest.
 pub const RECEIPT_FILE: &str = "receipt.json";
 
+/// The directory, in a device's directory, of the signed notices of its withdrawn recordings
+/// (`<id>.json`). Its name is no recording id, so nothing lists it as one.
+pub const WITHDRAWN_DIR: &str = ".withdrawn";
+
+/// What a deletion removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shredded {
+    /// Key records (`*.key`): removed first, and made durable before anything else goes.
+    pub key_records: usize,
+    /// Every other file: sealed objects, manifest, signature, receipt, temporary files.
+    pub other_files: usize,
+}
+
 /// Why a storage operation was refused.
 #[derive(Debug, Error)]
 pub enum StorageError {
@@ -46,6 +59,10 @@ pub enum StorageError {
     /// The manifest does not match the stored objects.
     #[error("manifest refused: {0}")]
     Manifest(String),
+    /// The recording was withdrawn: the server's signed notice, which the box that recorded it
+    /// checks before it deletes its copy.
+    #[error("the recording was withdrawn by the department")]
+    Withdrawn(Vec<u8>),
     /// Another I/O error.
     #[error("storage I/O: {0}")]
     Io(std::io::Error),
@@ -208,6 +225,7 @@ impl Storage {
             )));
         }
         let dir = self.recording_dir(device, id)?;
+        self.refuse_withdrawn(device, id)?;
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -257,6 +275,14 @@ impl Storage {
         }
         match fs::hard_link(&up.tmp, &target) {
             Ok(()) => {
+                // A withdrawal by another process (the admin's command) may have listed the
+                // directory before this link: whichever of the two sees the other removes it.
+                if let Some((device, id)) = self.device_and_id(&up.dir)
+                    && let Err(e) = self.refuse_withdrawn(&device, &id)
+                {
+                    let _ = fs::remove_file(&target);
+                    return Err(e);
+                }
                 sync_dir(&up.dir)?;
                 Ok(Stored::Created)
             }
@@ -274,9 +300,144 @@ impl Storage {
         }
     }
 
+    /// The device and recording of a recording directory under the root.
+    fn device_and_id(&self, dir: &Path) -> Option<(String, String)> {
+        let rel = dir.strip_prefix(&self.root).ok()?;
+        let mut parts = rel.iter().map(|p| p.to_string_lossy().into_owned());
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(device), Some(id), None) => Some((device, id)),
+            _ => None,
+        }
+    }
+
+    fn notice_path(&self, device: &str, id: &str) -> PathBuf {
+        self.device_dir(device)
+            .join(WITHDRAWN_DIR)
+            .join(format!("{id}.json"))
+    }
+
+    /// The signed withdrawal notice of a recording, if it was withdrawn.
+    pub fn withdrawn(&self, device: &str, id: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.recording_dir(device, id)?;
+        match read_small_object(&self.notice_path(device, id)) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn refuse_withdrawn(&self, device: &str, id: &str) -> Result<(), StorageError> {
+        match self.withdrawn(device, id)? {
+            Some(notice) => Err(StorageError::Withdrawn(notice)),
+            None => Ok(()),
+        }
+    }
+
+    /// Withdraws a recording: keeps the signed `notice` (so that the box that recorded it,
+    /// asking later, deletes its copy, and nothing of it is taken again), then deletes what is
+    /// stored of it ([`Storage::shred`]). The notice is written first, so that a crash part-way
+    /// is finished at the next start ([`Storage::finish_withdrawals`]). A recording the server
+    /// holds nothing of yet can be withdrawn too: it is refused when it arrives.
+    pub fn withdraw(
+        &self,
+        device: &str,
+        id: &str,
+        notice: &[u8],
+    ) -> Result<Shredded, StorageError> {
+        let dir = self.recording_dir(device, id)?;
+        let notices = self.device_dir(device).join(WITHDRAWN_DIR);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&notices)?;
+        if self.withdrawn(device, id)?.is_none() {
+            write_whole(&self.notice_path(device, id), notice, Place::Replace)?;
+        }
+        self.shred(&dir)
+    }
+
+    /// Deletes a recording directory so that what is left at any moment opens nothing: every
+    /// key record first, made durable (without the wrapped data keys the sealed objects are
+    /// noise to everyone, the department included), then everything else, then the directory.
+    /// A directory already gone is no error.
+    pub fn shred(&self, dir: &Path) -> Result<Shredded, StorageError> {
+        let mut done = Shredded::default();
+        // An upload linking a file in while this runs makes the directory non-empty again; a
+        // few rounds take what it linked (it also removes it itself, seeing the notice).
+        for _ in 0..5 {
+            let names: Vec<std::ffi::OsString> = match fs::read_dir(dir) {
+                Ok(l) => l.filter_map(|e| e.ok()).map(|e| e.file_name()).collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(done),
+                Err(e) => return Err(e.into()),
+            };
+            let is_key = |n: &std::ffi::OsString| {
+                let n = n.to_string_lossy();
+                n.ends_with(".key") || n.contains(".key.")
+            };
+            for n in names.iter().filter(|n| is_key(n)) {
+                remove_if_there(&dir.join(n))?;
+                done.key_records += 1;
+            }
+            sync_dir(dir)?;
+            for n in names.iter().filter(|n| !is_key(n)) {
+                remove_if_there(&dir.join(n))?;
+                done.other_files += 1;
+            }
+            match fs::remove_dir(dir) {
+                Ok(()) => {
+                    if let Some(parent) = dir.parent() {
+                        sync_dir(parent)?;
+                    }
+                    return Ok(done);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(done),
+                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StorageError::Conflict(format!(
+            "{}: files keep appearing while it is deleted",
+            dir.display()
+        )))
+    }
+
+    /// Finishes the withdrawals a crash interrupted: every recording directory that has a
+    /// notice is shredded. Returns the recordings finished.
+    pub fn finish_withdrawals(&self) -> Result<Vec<(String, String, Shredded)>, StorageError> {
+        let mut finished = Vec::new();
+        let devices = match fs::read_dir(&self.root) {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(finished),
+            Err(e) => return Err(e.into()),
+        };
+        for d in devices.filter_map(|e| e.ok()) {
+            let device = d.file_name().to_string_lossy().into_owned();
+            let notices = match fs::read_dir(d.path().join(WITHDRAWN_DIR)) {
+                Ok(l) => l,
+                Err(_) => continue,
+            };
+            for n in notices.filter_map(|e| e.ok()) {
+                let name = n.file_name().to_string_lossy().into_owned();
+                let Some(id) = name.strip_suffix(".json") else {
+                    continue;
+                };
+                if !valid_recording_id(id) {
+                    continue;
+                }
+                let dir = d.path().join(id);
+                if fs::symlink_metadata(&dir).is_ok() {
+                    let s = self.shred(&dir)?;
+                    finished.push((device.clone(), id.to_string(), s));
+                }
+            }
+        }
+        Ok(finished)
+    }
+
     /// What the server holds of a recording: (object names, complete).
     pub fn status(&self, device: &str, id: &str) -> Result<(Vec<String>, bool), StorageError> {
         let dir = self.recording_dir(device, id)?;
+        self.refuse_withdrawn(device, id)?;
         let list = match fs::read_dir(&dir) {
             Ok(l) => l,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -310,6 +471,7 @@ impl Storage {
                 )
             })
             .filter(|(n, _)| valid_recording_id(n))
+            .filter(|(n, _)| !self.notice_path(device, n).exists())
             .collect();
         v.sort();
         Ok(v)
@@ -330,6 +492,7 @@ impl Storage {
         custody: &Custody,
     ) -> Result<(Vec<u8>, Stored), StorageError> {
         let dir = self.recording_dir(device, id)?;
+        self.refuse_withdrawn(device, id)?;
         let _recording = self.recording_lock(&dir);
         let final_manifest = dir.join(MANIFEST_FILE);
         if let Some(done) = self.already_complete(&dir, device, id, manifest_bytes, custody)? {
@@ -456,6 +619,14 @@ impl Storage {
 }
 
 /// Reads a small file the server wrote itself (a stored signature).
+fn remove_if_there(path: &Path) -> Result<(), StorageError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn read_small_object(path: &Path) -> std::io::Result<Vec<u8>> {
     neoflix_format::files::read_regular(path, MAX_SIGNATURE_BYTES)
 }
@@ -687,6 +858,79 @@ mod race_tests {
 
     /// What [`Storage::complete`] answered.
     type Completed = Result<(Vec<u8>, Stored), StorageError>;
+
+    #[test]
+    fn a_withdrawn_recording_is_deleted_refused_from_then_on_and_a_crash_part_way_finished() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Storage::open(&d.path().join("srv"), 1 << 20).unwrap();
+        let pki = TestPki::new();
+        let signer = pki.device("dev");
+        let (rec, manifest) = uploaded_recording(d.path(), &s, 3, &signer);
+        s.complete("dev", &rec, &manifest, &pki.custody).unwrap();
+        let dir = d.path().join("srv/dev").join(&rec);
+        let count = |suffix: &str| {
+            fs::read_dir(&dir)
+                .map(|l| {
+                    l.filter(|e| {
+                        e.as_ref()
+                            .unwrap()
+                            .file_name()
+                            .to_string_lossy()
+                            .ends_with(suffix)
+                    })
+                    .count()
+                })
+                .unwrap_or(0)
+        };
+        let keys = count(".key");
+        assert_eq!(keys, 4, "an init segment and three fragments");
+        let others = fs::read_dir(&dir).unwrap().count() - keys;
+
+        let shredded = s.withdraw("dev", &rec, b"{\"notice\":1}").unwrap();
+        assert_eq!(shredded.key_records, keys);
+        assert_eq!(shredded.other_files, others);
+        assert!(!dir.exists());
+        assert_eq!(
+            s.withdrawn("dev", &rec).unwrap().as_deref(),
+            Some(&b"{\"notice\":1}"[..])
+        );
+        let gone = |r: Result<(), StorageError>| match r {
+            Err(StorageError::Withdrawn(n)) => assert_eq!(n, b"{\"notice\":1}"),
+            other => panic!("{other:?}"),
+        };
+        gone(s.status("dev", &rec).map(|_| ()));
+        gone(s.begin("dev", &rec, "frag-000000.nfx").map(|_| ()));
+        gone(s.complete("dev", &rec, &manifest, &pki.custody).map(|_| ()));
+        assert!(s.list("dev").unwrap().is_empty());
+        assert_eq!(s.withdrawn("dev", "other").unwrap(), None);
+
+        // A crash after the key records went and before the rest: the next start finishes it,
+        // and a withdrawal without a directory (nothing had arrived) is nothing to finish.
+        let s = Storage::open(&d.path().join("srv2"), 1 << 20).unwrap();
+        let (rec2, _) = uploaded_recording(&d.path().join("second"), &s, 2, &signer);
+        let dir2 = d.path().join("srv2/dev").join(&rec2);
+        fs::create_dir_all(d.path().join("srv2/dev").join(WITHDRAWN_DIR)).unwrap();
+        write_whole(&s.notice_path("dev", &rec2), b"{}", Place::Replace).unwrap();
+        for f in fs::read_dir(&dir2).unwrap() {
+            let p = f.unwrap().path();
+            if p.to_string_lossy().ends_with(".key") {
+                fs::remove_file(p).unwrap();
+            }
+        }
+        write_whole(
+            &s.notice_path("dev", "never-arrived"),
+            b"{}",
+            Place::Replace,
+        )
+        .unwrap();
+        let finished = s.finish_withdrawals().unwrap();
+        assert_eq!(finished.len(), 1, "{finished:?}");
+        assert_eq!(finished[0].1, rec2);
+        assert_eq!(finished[0].2.key_records, 0);
+        assert!(finished[0].2.other_files >= 3);
+        assert!(!dir2.exists());
+        assert!(s.finish_withdrawals().unwrap().is_empty());
+    }
 
     #[test]
     fn racing_manifests_store_one_and_give_exactly_it_a_receipt() {

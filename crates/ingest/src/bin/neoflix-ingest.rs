@@ -1,6 +1,6 @@
 //! `neoflix-ingest --config FILE`: the department server. `--check-config` checks the file (every
-//! problem at once, then the TLS files' contents) and exits. The subcommands `reviewer` and
-//! `audit` work on the server's database, also while it runs.
+//! problem at once, then the TLS files' contents) and exits. The subcommands `reviewer`,
+//! `audit` and `withdraw` work on the server's database and storage, also while it runs.
 //!
 //! Exit codes: 0 success, 1 failure (or a broken audit chain), 2 a config that cannot work.
 
@@ -41,6 +41,19 @@ enum Cmd {
         /// the head hash.
         #[arg(long)]
         verify: bool,
+    },
+    /// Withdraw a recording: delete it from storage (key records first), forget it, and have
+    /// its room box delete its copy when it next asks. The audit log keeps why.
+    Withdraw {
+        /// The recording id.
+        id: String,
+        /// The room box that recorded it: needed when several hold the id, or when the server
+        /// holds nothing of it yet.
+        #[arg(long)]
+        device: Option<String>,
+        /// Why (for the audit log; no names of patients).
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -86,6 +99,10 @@ fn admin(path: &std::path::Path, cmd: Cmd) -> ExitCode {
                 ReviewerCmd::Remove { name } => (admin::remove(&db, &name)? + "\n", true),
             },
             Cmd::Audit { json, verify } => admin::audit(&db, json, verify)?,
+            Cmd::Withdraw { id, device, reason } => (
+                admin::withdraw(&cfg, &db, &id, device.as_deref(), &reason)? + "\n",
+                true,
+            ),
         };
         print!("{text}");
         Ok(ok)

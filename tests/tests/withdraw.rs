@@ -1,0 +1,146 @@
+//! Withdrawal end to end: the real neoflix-ingest and its admin command, a real room box that is
+//! cut off from the server while the recording is withdrawn, and what each side holds after.
+
+use std::fs;
+use std::path::Path;
+use std::thread::sleep;
+use std::time::Duration;
+
+use neoflix_control::Request;
+use neoflix_e2e::{Lab, wait_until};
+use serde_json::Value;
+
+const CAPTURE: &str = "source = \"test\"\nwidth = 320\nheight = 240\nfps = 15\nbitrate_kbps = 300";
+
+fn objects_in(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .map(|l| {
+            l.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".nfx"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_recording_withdrawn_while_its_box_is_offline_is_deleted_on_both_sides_and_audited() {
+    let lab = Lab::new();
+    lab.pki(&["room-e2e"]);
+    let db = lab.path("db/neoflix.db");
+    let mut ingest = lab.ingest_config_with(
+        64 << 20,
+        &format!("[database]\npath = \"{}\"\n", db.display()),
+    );
+    ingest.start();
+    lab.config(CAPTURE, 3, &lab.upload_section(&ingest, "room-e2e"));
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+
+    // Part of the recording reaches the server live; then the server is gone and the box
+    // finishes the recording alone.
+    let id = d.ctl(Request::Start {}).recording.unwrap();
+    let srv = lab.path("server/room-e2e").join(&id);
+    wait_until(
+        "fragments on the server while it records",
+        Duration::from_secs(30),
+        || objects_in(&srv) >= 3,
+        &|| d.log_text() + &ingest.log_text(),
+    );
+    ingest.kill9();
+    sleep(Duration::from_secs(2));
+    assert!(d.ctl(Request::Stop {}).ok);
+    let local = lab.path("recordings").join(&id);
+    wait_until(
+        "the box's manifest",
+        Duration::from_secs(20),
+        || local.join("manifest.json").exists(),
+        &|| d.log_text(),
+    );
+
+    // Refusals name what is wrong and change nothing.
+    let (code, _, err) = lab.ingest_admin(&["withdraw", &id, "--reason", " "]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--reason"), "{err}");
+    let (code, _, err) = lab.ingest_admin(&["withdraw", "no-such-recording", "--reason", "x"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--device"), "{err}");
+    assert!(srv.exists());
+
+    // Withdrawn with the server down: its storage and index lose the recording at once.
+    let (code, out, err) = lab.ingest_admin(&[
+        "withdraw",
+        &id,
+        "--reason",
+        "the parents withdrew consent (form 2026-117)",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("withdrew room-e2e/{id}")), "{out}");
+    assert!(!srv.exists(), "the server's copy is deleted");
+    let notice = lab
+        .path("server/room-e2e/.withdrawn")
+        .join(format!("{id}.json"));
+    let kept = fs::read_to_string(&notice).unwrap();
+    assert!(
+        !kept.contains("parents"),
+        "the reason stays in the audit log: {kept}"
+    );
+
+    // The box comes back online: it asks, checks the signed notice, and deletes its copy; it
+    // uploads nothing of it again.
+    ingest.start();
+    wait_until(
+        "the box to delete its copy",
+        Duration::from_secs(60),
+        || !local.exists(),
+        &|| d.log_text() + &ingest.log_text(),
+    );
+    assert!(
+        d.log_text()
+            .contains("recording withdrawn by the department: the server's signed notice checked"),
+        "{}",
+        d.log_text()
+    );
+    assert!(!srv.exists(), "nothing of it was uploaded again");
+
+    // The box goes on: its next recording is delivered as before.
+    d.wait_ready(Duration::from_secs(60));
+    let next = d.ctl(Request::Start {}).recording.unwrap();
+    sleep(Duration::from_secs(2));
+    assert!(d.ctl(Request::Stop {}).ok);
+    wait_until(
+        "the next recording delivered",
+        Duration::from_secs(60),
+        || lab.recordings().is_empty(),
+        &|| d.log_text(),
+    );
+    assert!(
+        lab.path("server/room-e2e")
+            .join(&next)
+            .join("manifest.json")
+            .exists()
+    );
+
+    // The audit log keeps who, when and why, and its chain holds.
+    let (code, out, err) = lab.ingest_admin(&["audit", "--verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("recording-withdrawn"), "{out}");
+    let (_, json_out, _) = lab.ingest_admin(&["audit", "--json"]);
+    let entries: Value = serde_json::from_str(&json_out).unwrap();
+    let w = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "recording-withdrawn")
+        .expect("a withdrawal entry");
+    assert_eq!(w["recording"], format!("room-e2e/{id}").as_str());
+    assert_eq!(w["actor"], "admin");
+    let detail: Value = match &w["detail"] {
+        Value::String(s) => serde_json::from_str(s).unwrap(),
+        v => v.clone(),
+    };
+    assert_eq!(
+        detail["reason"],
+        "the parents withdrew consent (form 2026-117)"
+    );
+    assert_eq!(d.terminate(), 0);
+}
