@@ -27,6 +27,238 @@ fn admin_event(action: Action, detail: serde_json::Value) -> Event {
 /// The longest withdrawal reason kept: a sentence or two, not a document.
 pub const MAX_REASON_CHARS: usize = 500;
 
+/// The room a recording id belongs to: `device` when given (checked as a name), else the one
+/// room the index or the storage knows it from. `before` says what `--device` is for when none
+/// does.
+fn holder(
+    cfg: &IngestConfig,
+    db: &Db,
+    id: &str,
+    device: Option<&str>,
+    before: &str,
+) -> anyhow::Result<String> {
+    if !neoflix_format::protocol::valid_recording_id(id) {
+        anyhow::bail!("{} is not a recording id", crate::esc(id));
+    }
+    if let Some(d) = device {
+        if !neoflix_format::protocol::valid_recording_id(d) {
+            anyhow::bail!("{} is not a room box's name", crate::esc(d));
+        }
+        return Ok(d.to_string());
+    }
+    let mut holders: Vec<String> = db
+        .recordings_with_id(id)?
+        .into_iter()
+        .map(|s| s.device)
+        .collect();
+    let rooms = match std::fs::read_dir(&cfg.storage.dir) {
+        Ok(l) => l.filter_map(|e| e.ok()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            return Err(e).with_context(|| format!("storage.dir {}", cfg.storage.dir.display()));
+        }
+    };
+    for d in rooms {
+        let name = d.file_name().to_string_lossy().into_owned();
+        if d.path().join(id).is_dir() && !holders.contains(&name) {
+            holders.push(name);
+        }
+    }
+    match holders.len() {
+        0 => anyhow::bail!(
+            "this server holds no recording {id}: to {before}, name its room with --device"
+        ),
+        1 => Ok(holders.pop().expect("one")),
+        _ => anyhow::bail!(
+            "several rooms hold a recording {id} ({}): name one with --device",
+            holders.join(", ")
+        ),
+    }
+}
+
+/// A reason for the audit log: trimmed, 1 to [`MAX_REASON_CHARS`] characters.
+fn reason_of<'a>(reason: &'a str, flag: &str) -> anyhow::Result<&'a str> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
+        anyhow::bail!(
+            "{flag} must say why, in 1 to {MAX_REASON_CHARS} characters (it goes into the audit log)"
+        );
+    }
+    Ok(reason)
+}
+
+/// `hold ID [--device DEV] --reason TEXT`, or `--release`: a legal hold keeps a recording past
+/// its retention date until released.
+pub fn hold(
+    cfg: &IngestConfig,
+    db: &Db,
+    id: &str,
+    device: Option<&str>,
+    reason: Option<&str>,
+    release: bool,
+) -> anyhow::Result<String> {
+    let device = holder(cfg, db, id, device, "hold it before it arrives")?;
+    let recording = format!("{device}/{id}");
+    if release {
+        if !db.release(&device, id)? {
+            anyhow::bail!("{recording} is not held");
+        }
+        db.append_audit(&Event {
+            actor: "admin".into(),
+            action: Action::LegalHoldReleased,
+            recording: recording.clone(),
+            client: "cli".into(),
+            detail: json!({ "reason": reason.map(str::trim).unwrap_or_default() }),
+        })?;
+        return Ok(format!(
+            "released the hold on {recording}: retention applies to it again"
+        ));
+    }
+    let Some(reason) = reason else {
+        anyhow::bail!("say why with --reason TEXT (or --release to end a hold)");
+    };
+    let reason = reason_of(reason, "--reason")?;
+    let new = db.hold(&device, id, reason)?;
+    db.append_audit(&Event {
+        actor: "admin".into(),
+        action: Action::LegalHold,
+        recording: recording.clone(),
+        client: "cli".into(),
+        detail: json!({ "reason": reason, "new": new }),
+    })?;
+    Ok(if new {
+        format!("held {recording}: kept past its retention date until released")
+    } else {
+        format!("{recording} was held already; its reason is now the one given")
+    })
+}
+
+/// `purge [--dry-run] [--now UTC]`: applies retention now (or as it would at `now`).
+pub fn purge(
+    cfg: &IngestConfig,
+    db: &Db,
+    dry_run: bool,
+    now: Option<&str>,
+) -> anyhow::Result<String> {
+    let Some(r) = cfg.retention else {
+        anyhow::bail!(
+            "the config has no [retention]: add it (keep_days = 30 is the default) to delete recordings past their date"
+        );
+    };
+    let now = match now {
+        None => std::time::SystemTime::now(),
+        Some(t) => neoflix_format::parse_utc(t).with_context(|| {
+            format!(
+                "--now {}: not an RFC 3339 time such as 2026-12-01T00:00:00Z",
+                crate::esc(t)
+            )
+        })?,
+    };
+    let store = Storage::open(&cfg.storage.dir, cfg.storage.max_object_bytes)?;
+    let done = crate::retention::purge(&store, db, r.keep_days, now, dry_run, "admin", "cli")?;
+    let mut out = String::new();
+    for p in &done {
+        out.push_str(&match p.shredded {
+            None => format!(
+                "would delete {}/{} (kept until {})\n",
+                p.device, p.id, p.until_utc
+            ),
+            Some(s) => format!(
+                "deleted {}/{} (kept until {}): {} key records, {} other files\n",
+                p.device, p.id, p.until_utc, s.key_records, s.other_files
+            ),
+        });
+    }
+    out.push_str(&format!(
+        "{} recording{} {} (keep_days = {}, at {})\n",
+        done.len(),
+        if done.len() == 1 { "" } else { "s" },
+        if dry_run { "due" } else { "deleted" },
+        r.keep_days,
+        neoflix_format::utc(now)
+    ));
+    Ok(out)
+}
+
+/// One line of `recordings --json`.
+#[derive(Debug, serde::Serialize)]
+pub struct Listed {
+    /// The box.
+    pub device: String,
+    /// The recording.
+    pub id: String,
+    /// `uploading` or `complete`.
+    pub upload: crate::db::Upload,
+    /// Its first frame (while uploading, when its first object arrived).
+    pub start_utc: String,
+    /// Seconds of video.
+    pub duration_secs: Option<f64>,
+    /// What retention does with it now; `null` without `[retention]`.
+    pub retention: Option<crate::retention::Verdict>,
+    /// The legal hold's reason.
+    pub hold: Option<String>,
+}
+
+/// `recordings [--json]`: every recording the index holds, with its retention date and hold.
+pub fn recordings(cfg: &IngestConfig, db: &Db, as_json: bool) -> anyhow::Result<String> {
+    let now = std::time::SystemTime::now();
+    let listed: Vec<Listed> = db
+        .lifecycle()?
+        .into_iter()
+        .map(|r| Listed {
+            retention: cfg
+                .retention
+                .map(|k| crate::retention::verdict(&r, k.keep_days, now)),
+            device: r.device,
+            id: r.id,
+            upload: r.upload,
+            start_utc: r.start_utc,
+            duration_secs: r.duration_secs,
+            hold: r.hold,
+        })
+        .collect();
+    if as_json {
+        let mut s = serde_json::to_string_pretty(&listed).expect("rows serialize");
+        s.push('\n');
+        return Ok(s);
+    }
+    use crate::retention::Verdict;
+    let mut out = format!(
+        "{:<16} {:<38} {:<10} {:<24} {:>9}  {}\n",
+        "ROOM", "RECORDING", "UPLOAD", "STARTED", "SECONDS", "RETENTION"
+    );
+    for l in &listed {
+        let retention = match &l.retention {
+            None => "kept (no [retention])".to_string(),
+            Some(Verdict::Keep { until_utc }) => format!("deleted after {until_utc}"),
+            Some(Verdict::Due { until_utc }) => format!("due since {until_utc}"),
+            Some(Verdict::Held { until_utc, reason }) => format!(
+                "held past {until_utc}: {}",
+                neoflix_logging::escape_controls(reason)
+            ),
+            Some(Verdict::Uploading) => "judged once complete".into(),
+            Some(Verdict::Unreadable) => "kept: its start time does not read".into(),
+        };
+        let retention = match (&l.hold, &l.retention) {
+            (Some(reason), Some(Verdict::Keep { .. })) => format!(
+                "{retention}; held: {}",
+                neoflix_logging::escape_controls(reason)
+            ),
+            _ => retention,
+        };
+        out.push_str(&format!(
+            "{:<16} {:<38} {:<10} {:<24} {:>9}  {}\n",
+            neoflix_logging::escape_controls(&l.device),
+            neoflix_logging::escape_controls(&l.id),
+            l.upload.as_str(),
+            neoflix_logging::escape_controls(&l.start_utc),
+            l.duration_secs.map_or("-".into(), |d| format!("{d:.1}")),
+            retention
+        ));
+    }
+    Ok(out)
+}
+
 /// `withdraw ID [--device DEV] --reason TEXT`: the recording is deleted from storage (key
 /// records first), forgotten by the index, and its room box is told to delete its copy the
 /// next time it asks; the audit log keeps who, when and why, and nothing of the video.
@@ -37,50 +269,20 @@ pub fn withdraw(
     device: Option<&str>,
     reason: &str,
 ) -> anyhow::Result<String> {
-    let reason = reason.trim();
-    if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
+    let reason = reason_of(reason, "--reason")?;
+    let store = Storage::open(&cfg.storage.dir, cfg.storage.max_object_bytes)?;
+    let device = holder(cfg, db, id, device, "withdraw it before it arrives")?;
+    if let Some(h) = db
+        .lifecycle()?
+        .into_iter()
+        .find(|r| r.device == device && r.id == id)
+        .and_then(|r| r.hold)
+    {
         anyhow::bail!(
-            "--reason must say why, in 1 to {MAX_REASON_CHARS} characters (it goes into the audit log)"
+            "{device}/{id} is under a legal hold ({}): release it first (hold {id} --release), with the privacy officer",
+            neoflix_logging::escape_controls(&h)
         );
     }
-    if !neoflix_format::protocol::valid_recording_id(id) {
-        anyhow::bail!("{} is not a recording id", crate::esc(id));
-    }
-    let store = Storage::open(&cfg.storage.dir, cfg.storage.max_object_bytes)?;
-    let device = match device {
-        Some(d) => {
-            if !neoflix_format::protocol::valid_recording_id(d) {
-                anyhow::bail!("{} is not a room box's name", crate::esc(d));
-            }
-            d.to_string()
-        }
-        None => {
-            let mut holders: Vec<String> = db
-                .recordings_with_id(id)?
-                .into_iter()
-                .map(|s| s.device)
-                .collect();
-            for d in std::fs::read_dir(&cfg.storage.dir)
-                .with_context(|| format!("storage.dir {}", cfg.storage.dir.display()))?
-                .filter_map(|e| e.ok())
-            {
-                let name = d.file_name().to_string_lossy().into_owned();
-                if d.path().join(id).is_dir() && !holders.contains(&name) {
-                    holders.push(name);
-                }
-            }
-            match holders.len() {
-                0 => anyhow::bail!(
-                    "this server holds no recording {id}: to withdraw it before it arrives, name its room with --device"
-                ),
-                1 => holders.pop().expect("one"),
-                _ => anyhow::bail!(
-                    "several rooms hold a recording {id} ({}): name one with --device",
-                    holders.join(", ")
-                ),
-            }
-        }
-    };
     if store.withdrawn(&device, id)?.is_some() {
         writeln!(
             std::io::stderr(),

@@ -31,6 +31,12 @@ pub enum Action {
     ReviewerRemoved,
     /// `withdraw`: the recording is deleted everywhere; the reason is in the detail.
     RecordingWithdrawn,
+    /// Retention deleted a recording past its date.
+    RecordingDeleted,
+    /// `hold`: a legal hold placed (or its reason changed).
+    LegalHold,
+    /// `hold --release`.
+    LegalHoldReleased,
 }
 
 impl Action {
@@ -46,6 +52,9 @@ impl Action {
             Action::ReviewerImported => "reviewer-imported",
             Action::ReviewerRemoved => "reviewer-removed",
             Action::RecordingWithdrawn => "recording-withdrawn",
+            Action::RecordingDeleted => "recording-deleted",
+            Action::LegalHold => "legal-hold",
+            Action::LegalHoldReleased => "legal-hold-released",
         }
     }
 }

@@ -27,7 +27,20 @@ pub struct IngestConfig {
     pub database: Database,
     /// `[mqtt]`: the department broker the fleet view subscribes to, if configured.
     pub mqtt: Option<Mqtt>,
+    /// `[retention]`: how long recordings are kept, if the server deletes them by itself.
+    pub retention: Option<Retention>,
 }
+
+/// `[retention]`: the server deletes a recording this long after it started, unless it is
+/// held (docs/ingest.md, "Retention").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Days after the recording's first frame.
+    pub keep_days: u32,
+}
+
+/// The most days `[retention] keep_days` may say: ten years, beyond any unit's policy.
+pub const MAX_KEEP_DAYS: u32 = 3650;
 
 /// `[review]`: the HTTPS listener people use (the review page and its JSON API). No client
 /// certificate: reviewers sign in with a passphrase (docs/review.md).
@@ -77,9 +90,10 @@ pub struct Mqtt {
 }
 
 impl IngestConfig {
-    /// Whether the server keeps a database: `[review]` needs one, `[database]` asks for one.
+    /// Whether the server keeps a database: `[review]` and `[retention]` need one, `[database]`
+    /// asks for one.
     pub fn uses_database(&self) -> bool {
-        self.review.is_some() || self.database.configured
+        self.review.is_some() || self.database.configured || self.retention.is_some()
     }
 }
 
@@ -475,6 +489,19 @@ fn walk(w: &mut Walker, root: &DeTable, base: &Path) -> IngestConfig {
         w.finish(m);
         Mqtt { url, ca, identity, prefix }
     });
+    let retention = w.optional_section(root, "retention").map(|mut r| {
+        let (keep_days, _) = w.int(
+            &mut r,
+            "keep_days",
+            30,
+            (1, u64::from(MAX_KEEP_DAYS)),
+            " days",
+        );
+        w.finish(r);
+        Retention {
+            keep_days: keep_days as u32,
+        }
+    });
     w.finish(top);
 
     let review = review.map(
@@ -523,6 +550,7 @@ fn walk(w: &mut Walker, root: &DeTable, base: &Path) -> IngestConfig {
             configured,
         },
         mqtt,
+        retention,
     }
 }
 
@@ -628,7 +656,7 @@ mod tests {
             "unknown option (see docs/ingest.md",
             "storage.dir: missing:",
             "5 is more than limits.max_connections (4)",
-            "unknown section (known: [tls], [storage], [limits], [review], [database], [mqtt])",
+            "unknown section (known: [tls], [storage], [limits], [review], [database], [mqtt], [retention])",
         ] {
             assert!(all.contains(expected), "{expected}\n{all}");
         }

@@ -104,8 +104,20 @@ CREATE TABLE opened (
 );
 ";
 
+/// Version 3: legal holds, which keep a recording past its retention date. Kept apart from the
+/// index so that a hold can be placed on a recording that has not arrived yet.
+const SCHEMA_V3: &str = "
+CREATE TABLE holds (
+    device TEXT NOT NULL,
+    id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    utc TEXT NOT NULL,
+    PRIMARY KEY (device, id)
+);
+";
+
 /// Each version's schema change, from version 0 (an empty file) on.
-const MIGRATIONS: [&str; 2] = [SCHEMA, SCHEMA_V2];
+const MIGRATIONS: [&str; 3] = [SCHEMA, SCHEMA_V2, SCHEMA_V3];
 
 /// A database operation that failed.
 #[derive(Debug, Error)]
@@ -204,6 +216,23 @@ pub enum Attempt {
 }
 
 pub use neoflix_format::review_api::{Summary, Upload};
+
+/// A recording as retention sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lifecycle {
+    /// The box.
+    pub device: String,
+    /// The recording.
+    pub id: String,
+    /// Uploading or complete.
+    pub upload: Upload,
+    /// Its first frame (RFC 3339 UTC); while uploading, when its first object arrived.
+    pub start_utc: String,
+    /// Seconds of video, once complete.
+    pub duration_secs: Option<f64>,
+    /// The legal hold's reason, if it is held.
+    pub hold: Option<String>,
+}
 
 /// The fields of a complete recording the index keeps.
 #[derive(Debug, Clone, PartialEq)]
@@ -550,6 +579,56 @@ impl Db {
                 Ok(None)
             }
         }
+    }
+
+    /// Places a legal hold (or replaces its reason). Returns whether there was none.
+    pub fn hold(&self, device: &str, id: &str, reason: &str) -> Result<bool, DbError> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let existed = tx
+            .query_row(
+                "SELECT 1 FROM holds WHERE device = ?1 AND id = ?2",
+                params![device, id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        tx.execute(
+            "INSERT INTO holds (device, id, reason, utc) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (device, id) DO UPDATE SET reason = excluded.reason, utc = excluded.utc",
+            params![device, id, reason, now_utc()],
+        )?;
+        tx.commit()?;
+        Ok(!existed)
+    }
+
+    /// Releases a legal hold. Returns whether there was one.
+    pub fn release(&self, device: &str, id: &str) -> Result<bool, DbError> {
+        let n = self.conn().execute(
+            "DELETE FROM holds WHERE device = ?1 AND id = ?2",
+            params![device, id],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Every indexed recording with what retention needs: newest first.
+    pub fn lifecycle(&self) -> Result<Vec<Lifecycle>, DbError> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT r.device, r.id, r.upload, COALESCE(r.first_frame_utc, r.trigger_utc, r.first_seen_utc), r.duration_secs, h.reason FROM recordings r LEFT JOIN holds h ON h.device = r.device AND h.id = r.id ORDER BY 4 DESC, r.device, r.id",
+        )?;
+        let v = st
+            .query_map([], |r| {
+                Ok(Lifecycle {
+                    device: r.get(0)?,
+                    id: r.get(1)?,
+                    upload: upload_of(r, 2)?,
+                    start_utc: r.get(3)?,
+                    duration_secs: r.get(4)?,
+                    hold: r.get(5)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(v)
     }
 
     /// Forgets a deleted recording: its row in the index and the sessions' right to its

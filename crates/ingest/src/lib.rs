@@ -31,6 +31,7 @@ pub mod http;
 pub mod index;
 pub mod limits;
 pub mod ratelimit;
+pub mod retention;
 pub mod review;
 pub mod storage;
 pub mod tls;
@@ -99,6 +100,49 @@ pub fn server_identity(cfg: &IngestConfig) -> anyhow::Result<neoflix_format::Sig
     })
 }
 
+/// Applies retention a minute after the start (once the index has caught up with the
+/// storage), then every [`retention::EVERY`], until `stop`.
+async fn apply_retention(
+    store: Arc<storage::Storage>,
+    db: Arc<db::Db>,
+    keep_days: u32,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut wait = Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = retention::EVERY;
+        let (store, db) = (store.clone(), db.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            retention::purge(
+                &store,
+                &db,
+                keep_days,
+                std::time::SystemTime::now(),
+                false,
+                "retention",
+                "server",
+            )
+        })
+        .await;
+        match done {
+            Ok(Ok(list)) => {
+                for p in list {
+                    let s = p.shredded.unwrap_or_default();
+                    log::info!(device = esc(&p.device).as_str(), recording = esc(&p.id).as_str(), until_utc = p.until_utc.as_str(), key_records = s.key_records, other_files = s.other_files; "retention: recording deleted past its date");
+                }
+            }
+            Ok(Err(e)) => {
+                log::error!(error = esc(&format!("{e:#}")).as_str(); "retention could not be applied: retried within the hour");
+            }
+            Err(e) => log::error!(error = esc(&e.to_string()).as_str(); "retention task failed"),
+        }
+    }
+}
+
 /// Serves until `shutdown` completes, then lets open requests finish.
 pub async fn run(
     cfg: IngestConfig,
@@ -113,11 +157,11 @@ pub async fn run(
         cfg.storage.max_object_bytes,
     )?);
     let finishing = store.clone();
-    let finished = tokio::task::spawn_blocking(move || finishing.finish_withdrawals())
+    let finished = tokio::task::spawn_blocking(move || finishing.finish_deletions())
         .await?
-        .context("finishing the withdrawals a crash interrupted")?;
+        .context("finishing the deletions a crash interrupted")?;
     for (device, id, s) in &finished {
-        log::warn!(device = esc(device).as_str(), recording = esc(id).as_str(), key_records = s.key_records, other_files = s.other_files; "a withdrawal interrupted by a crash was finished");
+        log::warn!(device = esc(device).as_str(), recording = esc(id).as_str(), key_records = s.key_records, other_files = s.other_files; "a deletion interrupted by a crash was finished");
     }
     // Two pools: one for connections not yet admitted (in their handshake, or being refused)
     // and one for admitted connections. A connection holds exactly one slot at a time, and
@@ -151,6 +195,21 @@ pub async fn run(
         .await?
         .context("removing withdrawn recordings from the index")?;
         tokio::spawn(index::scan_at_start(db.clone(), cfg.storage.dir.clone()));
+        match cfg.retention {
+            Some(r) => {
+                tokio::spawn(apply_retention(
+                    store.clone(),
+                    db.clone(),
+                    r.keep_days,
+                    stop_rx.clone(),
+                ));
+            }
+            None => {
+                log::warn!(
+                    "no [retention] in the config: recordings are kept until deleted by hand (neoflix-ingest withdraw)"
+                );
+            }
+        }
         Some(db)
     } else {
         None

@@ -26,6 +26,10 @@ pub const RECEIPT_FILE: &str = "receipt.json";
 /// (`<id>.json`). Its name is no recording id, so nothing lists it as one.
 pub const WITHDRAWN_DIR: &str = ".withdrawn";
 
+/// The directory, in a device's directory, of the markers of deletions under way
+/// (`<id>`): a crash part-way leaves one, and the next start finishes the deletion.
+pub const DELETING_DIR: &str = ".deleting";
+
 /// What a deletion removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Shredded {
@@ -336,7 +340,7 @@ impl Storage {
     /// Withdraws a recording: keeps the signed `notice` (so that the box that recorded it,
     /// asking later, deletes its copy, and nothing of it is taken again), then deletes what is
     /// stored of it ([`Storage::shred`]). The notice is written first, so that a crash part-way
-    /// is finished at the next start ([`Storage::finish_withdrawals`]). A recording the server
+    /// is finished at the next start ([`Storage::finish_deletions`]). A recording the server
     /// holds nothing of yet can be withdrawn too: it is refused when it arrives.
     pub fn withdraw(
         &self,
@@ -354,6 +358,23 @@ impl Storage {
             write_whole(&self.notice_path(device, id), notice, Place::Replace)?;
         }
         self.shred(&dir)
+    }
+
+    /// Deletes a recording (retention): a marker first, so that a crash part-way is finished
+    /// at the next start, then [`Storage::shred`], then the marker.
+    pub fn delete(&self, device: &str, id: &str) -> Result<Shredded, StorageError> {
+        let dir = self.recording_dir(device, id)?;
+        let markers = self.device_dir(device).join(DELETING_DIR);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&markers)?;
+        let marker = markers.join(id);
+        write_whole(&marker, b"", Place::Replace)?;
+        let done = self.shred(&dir)?;
+        remove_if_there(&marker)?;
+        sync_dir(&markers)?;
+        Ok(done)
     }
 
     /// Deletes a recording directory so that what is left at any moment opens nothing: every
@@ -401,9 +422,10 @@ impl Storage {
         )))
     }
 
-    /// Finishes the withdrawals a crash interrupted: every recording directory that has a
-    /// notice is shredded. Returns the recordings finished.
-    pub fn finish_withdrawals(&self) -> Result<Vec<(String, String, Shredded)>, StorageError> {
+    /// Finishes the deletions a crash interrupted: every recording directory that has a
+    /// withdrawal notice or a deletion marker is shredded (and the marker removed). Returns the
+    /// recordings finished.
+    pub fn finish_deletions(&self) -> Result<Vec<(String, String, Shredded)>, StorageError> {
         let mut finished = Vec::new();
         let devices = match fs::read_dir(&self.root) {
             Ok(l) => l,
@@ -412,22 +434,26 @@ impl Storage {
         };
         for d in devices.filter_map(|e| e.ok()) {
             let device = d.file_name().to_string_lossy().into_owned();
-            let notices = match fs::read_dir(d.path().join(WITHDRAWN_DIR)) {
-                Ok(l) => l,
-                Err(_) => continue,
-            };
-            for n in notices.filter_map(|e| e.ok()) {
-                let name = n.file_name().to_string_lossy().into_owned();
-                let Some(id) = name.strip_suffix(".json") else {
+            for (marks, suffix) in [(WITHDRAWN_DIR, ".json"), (DELETING_DIR, "")] {
+                let Ok(list) = fs::read_dir(d.path().join(marks)) else {
                     continue;
                 };
-                if !valid_recording_id(id) {
-                    continue;
-                }
-                let dir = d.path().join(id);
-                if fs::symlink_metadata(&dir).is_ok() {
-                    let s = self.shred(&dir)?;
-                    finished.push((device.clone(), id.to_string(), s));
+                for n in list.filter_map(|e| e.ok()) {
+                    let name = n.file_name().to_string_lossy().into_owned();
+                    let Some(id) = name.strip_suffix(suffix) else {
+                        continue;
+                    };
+                    if !valid_recording_id(id) {
+                        continue;
+                    }
+                    let dir = d.path().join(id);
+                    if fs::symlink_metadata(&dir).is_ok() {
+                        let s = self.shred(&dir)?;
+                        finished.push((device.clone(), id.to_string(), s));
+                    }
+                    if marks == DELETING_DIR {
+                        remove_if_there(&n.path())?;
+                    }
                 }
             }
         }
@@ -923,13 +949,13 @@ mod race_tests {
             Place::Replace,
         )
         .unwrap();
-        let finished = s.finish_withdrawals().unwrap();
+        let finished = s.finish_deletions().unwrap();
         assert_eq!(finished.len(), 1, "{finished:?}");
         assert_eq!(finished[0].1, rec2);
         assert_eq!(finished[0].2.key_records, 0);
         assert!(finished[0].2.other_files >= 3);
         assert!(!dir2.exists());
-        assert!(s.finish_withdrawals().unwrap().is_empty());
+        assert!(s.finish_deletions().unwrap().is_empty());
     }
 
     #[test]

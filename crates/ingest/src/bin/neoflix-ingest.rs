@@ -1,6 +1,7 @@
 //! `neoflix-ingest --config FILE`: the department server. `--check-config` checks the file (every
-//! problem at once, then the TLS files' contents) and exits. The subcommands `reviewer`,
-//! `audit` and `withdraw` work on the server's database and storage, also while it runs.
+//! problem at once, then the TLS files' contents) and exits. The subcommands (`reviewer`,
+//! `audit`, `recordings`, `hold`, `purge`, `withdraw`) work on the server's database and
+//! storage, also while it runs.
 //!
 //! Exit codes: 0 success, 1 failure (or a broken audit chain), 2 a config that cannot work.
 
@@ -41,6 +42,37 @@ enum Cmd {
         /// the head hash.
         #[arg(long)]
         verify: bool,
+    },
+    /// Apply retention now: delete every recording past `[retention] keep_days` that is not
+    /// held (key records first), audited.
+    Purge {
+        /// Print what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Apply it as at this time (RFC 3339, e.g. 2026-12-01T00:00:00Z) instead of now.
+        #[arg(long)]
+        now: Option<String>,
+    },
+    /// Place a legal hold on a recording (kept past its retention date), or release one.
+    Hold {
+        /// The recording id.
+        id: String,
+        /// The room box that recorded it (needed when several hold the id, or before it
+        /// arrives).
+        #[arg(long)]
+        device: Option<String>,
+        /// Why (for the audit log).
+        #[arg(long, required_unless_present = "release")]
+        reason: Option<String>,
+        /// End the hold.
+        #[arg(long)]
+        release: bool,
+    },
+    /// List the recordings the index holds, with their retention date and hold.
+    Recordings {
+        /// As a JSON array.
+        #[arg(long)]
+        json: bool,
     },
     /// Withdraw a recording: delete it from storage (key records first), forget it, and have
     /// its room box delete its copy when it next asks. The audit log keeps why.
@@ -99,6 +131,26 @@ fn admin(path: &std::path::Path, cmd: Cmd) -> ExitCode {
                 ReviewerCmd::Remove { name } => (admin::remove(&db, &name)? + "\n", true),
             },
             Cmd::Audit { json, verify } => admin::audit(&db, json, verify)?,
+            Cmd::Purge { dry_run, now } => {
+                (admin::purge(&cfg, &db, dry_run, now.as_deref())?, true)
+            }
+            Cmd::Hold {
+                id,
+                device,
+                reason,
+                release,
+            } => (
+                admin::hold(
+                    &cfg,
+                    &db,
+                    &id,
+                    device.as_deref(),
+                    reason.as_deref(),
+                    release,
+                )? + "\n",
+                true,
+            ),
+            Cmd::Recordings { json } => (admin::recordings(&cfg, &db, json)?, true),
             Cmd::Withdraw { id, device, reason } => (
                 admin::withdraw(&cfg, &db, &id, device.as_deref(), &reason)? + "\n",
                 true,
