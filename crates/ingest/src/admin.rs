@@ -71,7 +71,7 @@ fn holder(
         1 => Ok(holders.pop().expect("one")),
         _ => anyhow::bail!(
             "several rooms hold a recording {id} ({}): name one with --device",
-            holders.join(", ")
+            crate::esc(&holders.join(", "))
         ),
     }
 }
@@ -100,16 +100,19 @@ pub fn hold(
     let device = holder(cfg, db, id, device, "hold it before it arrives")?;
     let recording = format!("{device}/{id}");
     if release {
-        if !db.release(&device, id)? {
+        let reason = reason.map(|r| reason_of(r, "--reason")).transpose()?;
+        if db.hold_of(&device, id)?.is_none() {
             anyhow::bail!("{recording} is not held");
         }
+        // Audited before it is released: retention may delete the recording right after.
         db.append_audit(&Event {
             actor: "admin".into(),
             action: Action::LegalHoldReleased,
             recording: recording.clone(),
             client: "cli".into(),
-            detail: json!({ "reason": reason.map(str::trim).unwrap_or_default() }),
+            detail: json!({ "reason": reason.unwrap_or_default() }),
         })?;
+        db.release(&device, id)?;
         return Ok(format!(
             "released the hold on {recording}: retention applies to it again"
         ));
@@ -157,26 +160,34 @@ pub fn purge(
     let store = Storage::open(&cfg.storage.dir, cfg.storage.max_object_bytes)?;
     let done = crate::retention::purge(&store, db, r.keep_days, now, dry_run, "admin", "cli")?;
     let mut out = String::new();
+    let mut failed = 0;
     for p in &done {
-        out.push_str(&match p.shredded {
-            None => format!(
-                "would delete {}/{} (kept until {})\n",
-                p.device, p.id, p.until_utc
+        let what = format!("{}/{} (kept until {})", p.device, p.id, p.until_utc);
+        out.push_str(&match &p.outcome {
+            Ok(None) => format!("would delete {what}\n"),
+            Ok(Some(s)) => format!(
+                "deleted {what}: {} key records, {} other files\n",
+                s.key_records, s.other_files
             ),
-            Some(s) => format!(
-                "deleted {}/{} (kept until {}): {} key records, {} other files\n",
-                p.device, p.id, p.until_utc, s.key_records, s.other_files
-            ),
+            Err(e) => {
+                failed += 1;
+                format!("FAILED to delete {what}: {}\n", crate::esc(e))
+            }
         });
     }
+    let n = done.len() - failed;
     out.push_str(&format!(
-        "{} recording{} {} (keep_days = {}, at {})\n",
-        done.len(),
-        if done.len() == 1 { "" } else { "s" },
+        "{n} recording{} {} (keep_days = {}, as of {})\n",
+        if n == 1 { "" } else { "s" },
         if dry_run { "due" } else { "deleted" },
         r.keep_days,
         neoflix_format::utc(now)
     ));
+    if failed > 0 {
+        anyhow::bail!(
+            "{out}{failed} could not be deleted: run purge again once the cause is fixed"
+        );
+    }
     Ok(out)
 }
 
@@ -189,8 +200,10 @@ pub struct Listed {
     pub id: String,
     /// `uploading` or `complete`.
     pub upload: crate::db::Upload,
-    /// Its first frame (while uploading, when its first object arrived).
-    pub start_utc: String,
+    /// When its first object reached the server: retention counts from this.
+    pub received_utc: String,
+    /// Its first frame by the box's clock, once complete.
+    pub first_frame_utc: Option<String>,
     /// Seconds of video.
     pub duration_secs: Option<f64>,
     /// What retention does with it now; `null` without `[retention]`.
@@ -212,7 +225,8 @@ pub fn recordings(cfg: &IngestConfig, db: &Db, as_json: bool) -> anyhow::Result<
             device: r.device,
             id: r.id,
             upload: r.upload,
-            start_utc: r.start_utc,
+            received_utc: r.received_utc,
+            first_frame_utc: r.first_frame_utc,
             duration_secs: r.duration_secs,
             hold: r.hold,
         })
@@ -225,7 +239,7 @@ pub fn recordings(cfg: &IngestConfig, db: &Db, as_json: bool) -> anyhow::Result<
     use crate::retention::Verdict;
     let mut out = format!(
         "{:<16} {:<38} {:<10} {:<24} {:>9}  {}\n",
-        "ROOM", "RECORDING", "UPLOAD", "STARTED", "SECONDS", "RETENTION"
+        "ROOM", "RECORDING", "UPLOAD", "RECEIVED", "SECONDS", "RETENTION"
     );
     for l in &listed {
         let retention = match &l.retention {
@@ -236,7 +250,6 @@ pub fn recordings(cfg: &IngestConfig, db: &Db, as_json: bool) -> anyhow::Result<
                 "held past {until_utc}: {}",
                 neoflix_logging::escape_controls(reason)
             ),
-            Some(Verdict::Uploading) => "judged once complete".into(),
             Some(Verdict::Unreadable) => "kept: its start time does not read".into(),
         };
         let retention = match (&l.hold, &l.retention) {
@@ -251,7 +264,7 @@ pub fn recordings(cfg: &IngestConfig, db: &Db, as_json: bool) -> anyhow::Result<
             neoflix_logging::escape_controls(&l.device),
             neoflix_logging::escape_controls(&l.id),
             l.upload.as_str(),
-            neoflix_logging::escape_controls(&l.start_utc),
+            neoflix_logging::escape_controls(&l.received_utc),
             l.duration_secs.map_or("-".into(), |d| format!("{d:.1}")),
             retention
         ));
@@ -272,12 +285,7 @@ pub fn withdraw(
     let reason = reason_of(reason, "--reason")?;
     let store = Storage::open(&cfg.storage.dir, cfg.storage.max_object_bytes)?;
     let device = holder(cfg, db, id, device, "withdraw it before it arrives")?;
-    if let Some(h) = db
-        .lifecycle()?
-        .into_iter()
-        .find(|r| r.device == device && r.id == id)
-        .and_then(|r| r.hold)
-    {
+    if let Some(h) = db.hold_of(&device, id)? {
         anyhow::bail!(
             "{device}/{id} is under a legal hold ({}): release it first (hold {id} --release), with the privacy officer",
             neoflix_logging::escape_controls(&h)

@@ -119,6 +119,16 @@ impl Custody {
         Signature::from_json(sig)?.check(Purpose::Manifest, manifest_bytes)
     }
 
+    /// A stored withdrawal notice signed again now, with the server's current certificate: a
+    /// box offline past a renewal checks the certificate as valid at the time it asks.
+    pub fn resign_withdrawal(&self, stored: &[u8]) -> Result<Vec<u8>, SignatureError> {
+        let (_, notice) = neoflix_format::SignedWithdrawal::from_json(stored)?;
+        Ok(
+            neoflix_format::SignedWithdrawal::sign(&notice, &self.server, SystemTime::now())?
+                .to_json(),
+        )
+    }
+
     /// The signed receipt for a stored manifest.
     pub fn receipt(
         &self,

@@ -226,8 +226,12 @@ pub struct Lifecycle {
     pub id: String,
     /// Uploading or complete.
     pub upload: Upload,
-    /// Its first frame (RFC 3339 UTC); while uploading, when its first object arrived.
-    pub start_utc: String,
+    /// When its first object reached this server, by the server's clock (RFC 3339 UTC): what
+    /// retention counts from. Boxes upload while they record, so this is the recording's start
+    /// unless its box was offline; a box's clock is not trusted with deleting.
+    pub received_utc: String,
+    /// Its first frame by the box's clock, once complete.
+    pub first_frame_utc: Option<String>,
     /// Seconds of video, once complete.
     pub duration_secs: Option<f64>,
     /// The legal hold's reason, if it is held.
@@ -601,6 +605,18 @@ impl Db {
         Ok(!existed)
     }
 
+    /// The reason of the legal hold on `device`/`id`, if it is held (indexed or not).
+    pub fn hold_of(&self, device: &str, id: &str) -> Result<Option<String>, DbError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT reason FROM holds WHERE device = ?1 AND id = ?2",
+                params![device, id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Releases a legal hold. Returns whether there was one.
     pub fn release(&self, device: &str, id: &str) -> Result<bool, DbError> {
         let n = self.conn().execute(
@@ -614,7 +630,7 @@ impl Db {
     pub fn lifecycle(&self) -> Result<Vec<Lifecycle>, DbError> {
         let c = self.conn();
         let mut st = c.prepare(
-            "SELECT r.device, r.id, r.upload, COALESCE(r.first_frame_utc, r.trigger_utc, r.first_seen_utc), r.duration_secs, h.reason FROM recordings r LEFT JOIN holds h ON h.device = r.device AND h.id = r.id ORDER BY 4 DESC, r.device, r.id",
+            "SELECT r.device, r.id, r.upload, r.first_seen_utc, r.first_frame_utc, r.duration_secs, h.reason FROM recordings r LEFT JOIN holds h ON h.device = r.device AND h.id = r.id ORDER BY r.first_seen_utc DESC, r.device, r.id",
         )?;
         let v = st
             .query_map([], |r| {
@@ -622,9 +638,10 @@ impl Db {
                     device: r.get(0)?,
                     id: r.get(1)?,
                     upload: upload_of(r, 2)?,
-                    start_utc: r.get(3)?,
-                    duration_secs: r.get(4)?,
-                    hold: r.get(5)?,
+                    received_utc: r.get(3)?,
+                    first_frame_utc: r.get(4)?,
+                    duration_secs: r.get(5)?,
+                    hold: r.get(6)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

@@ -148,6 +148,19 @@ pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
     json(status, &ErrorBody { error: msg.into() })
 }
 
+/// `410 Gone` with the withdrawal notice, signed again now (the stored one if that fails).
+fn gone(custody: &Custody, stored: Vec<u8>) -> Resp {
+    let notice = custody.resign_withdrawal(&stored).unwrap_or_else(|e| {
+        log::error!(error = crate::esc(&e.to_string()).as_str(); "a stored withdrawal notice cannot be signed again: sending it as stored");
+        stored
+    });
+    Response::builder()
+        .status(StatusCode::GONE)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(notice)))
+        .expect("valid response")
+}
+
 fn storage_error(e: StorageError) -> Resp {
     if let StorageError::Withdrawn(notice) = e {
         return Response::builder()
@@ -457,6 +470,15 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let store = ctx.store.clone();
     let device = ctx.device.clone();
+    if let ["v1", "recordings", id, ..] = parts.as_slice() {
+        let (store, device, id) = (store.clone(), device.clone(), id.to_string());
+        match blocking(move || store.withdrawn(&device, &id)).await {
+            Ok(Some(notice)) => return gone(&ctx.custody, notice),
+            // A bad id is answered by the route itself.
+            Ok(None) | Err(StorageError::BadName(_)) => {}
+            Err(e) => return storage_error(e),
+        }
+    }
     match (req.method(), parts.as_slice()) {
         (&Method::GET, ["v1", "recordings"]) => match blocking(move || store.list(&device)).await {
             Ok(list) => json(

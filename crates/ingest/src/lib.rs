@@ -131,8 +131,16 @@ async fn apply_retention(
         match done {
             Ok(Ok(list)) => {
                 for p in list {
-                    let s = p.shredded.unwrap_or_default();
-                    log::info!(device = esc(&p.device).as_str(), recording = esc(&p.id).as_str(), until_utc = p.until_utc.as_str(), key_records = s.key_records, other_files = s.other_files; "retention: recording deleted past its date");
+                    let (device, id) = (esc(&p.device), esc(&p.id));
+                    match p.outcome {
+                        Ok(s) => {
+                            let s = s.unwrap_or_default();
+                            log::info!(device = device.as_str(), recording = id.as_str(), until_utc = p.until_utc.as_str(), key_records = s.key_records, other_files = s.other_files; "retention: recording deleted past its date");
+                        }
+                        Err(e) => {
+                            log::error!(device = device.as_str(), recording = id.as_str(), until_utc = p.until_utc.as_str(), error = esc(&e).as_str(); "retention: a recording past its date could not be deleted: retried within the hour");
+                        }
+                    }
                 }
             }
             Ok(Err(e)) => {
@@ -156,12 +164,26 @@ pub async fn run(
         &cfg.storage.dir,
         cfg.storage.max_object_bytes,
     )?);
+    if cfg.retention.is_none() {
+        log::warn!(
+            "no [retention] in the config: recordings are kept until deleted by hand (neoflix-ingest withdraw)"
+        );
+    }
     let finishing = store.clone();
-    let finished = tokio::task::spawn_blocking(move || finishing.finish_deletions())
+    let marked = tokio::task::spawn_blocking(move || finishing.finish_deletions())
         .await?
-        .context("finishing the deletions a crash interrupted")?;
-    for (device, id, s) in &finished {
-        log::warn!(device = esc(device).as_str(), recording = esc(id).as_str(), key_records = s.key_records, other_files = s.other_files; "a deletion interrupted by a crash was finished");
+        .context("listing the withdrawn and deleted recordings")?;
+    for f in &marked {
+        let (device, id) = (esc(&f.device), esc(&f.id));
+        match &f.outcome {
+            Ok(None) => {}
+            Ok(Some(s)) => {
+                log::warn!(device = device.as_str(), recording = id.as_str(), key_records = s.key_records, other_files = s.other_files; "a deletion interrupted by a crash was finished")
+            }
+            Err(e) => {
+                log::error!(device = device.as_str(), recording = id.as_str(), error = esc(&e.to_string()).as_str(); "a deletion interrupted by a crash cannot be finished: the next start tries again")
+            }
+        }
     }
     // Two pools: one for connections not yet admitted (in their handshake, or being refused)
     // and one for admitted connections. A connection holds exactly one slot at a time, and
@@ -187,28 +209,21 @@ pub async fn run(
         let db = Arc::new(db);
         let forgetting = db.clone();
         tokio::task::spawn_blocking(move || -> Result<(), db::DbError> {
-            for (device, id, _) in &finished {
-                forgetting.forget_recording(device, id)?;
+            for f in &marked {
+                forgetting.forget_recording(&f.device, &f.id)?;
             }
             Ok(())
         })
         .await?
         .context("removing withdrawn recordings from the index")?;
         tokio::spawn(index::scan_at_start(db.clone(), cfg.storage.dir.clone()));
-        match cfg.retention {
-            Some(r) => {
-                tokio::spawn(apply_retention(
-                    store.clone(),
-                    db.clone(),
-                    r.keep_days,
-                    stop_rx.clone(),
-                ));
-            }
-            None => {
-                log::warn!(
-                    "no [retention] in the config: recordings are kept until deleted by hand (neoflix-ingest withdraw)"
-                );
-            }
+        if let Some(r) = cfg.retention {
+            tokio::spawn(apply_retention(
+                store.clone(),
+                db.clone(),
+                r.keep_days,
+                stop_rx.clone(),
+            ));
         }
         Some(db)
     } else {

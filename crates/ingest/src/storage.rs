@@ -30,6 +30,17 @@ pub const WITHDRAWN_DIR: &str = ".withdrawn";
 /// (`<id>`): a crash part-way leaves one, and the next start finishes the deletion.
 pub const DELETING_DIR: &str = ".deleting";
 
+/// A recording withdrawn or being deleted, as [`Storage::finish_deletions`] found it.
+#[derive(Debug)]
+pub struct Finished {
+    /// The box.
+    pub device: String,
+    /// The recording.
+    pub id: String,
+    /// What was deleted of it now (`None`: nothing was left), or why that failed.
+    pub outcome: Result<Option<Shredded>, StorageError>,
+}
+
 /// What a deletion removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Shredded {
@@ -349,26 +360,35 @@ impl Storage {
         notice: &[u8],
     ) -> Result<Shredded, StorageError> {
         let dir = self.recording_dir(device, id)?;
-        let notices = self.device_dir(device).join(WITHDRAWN_DIR);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&notices)?;
+        self.marker_dir(device, WITHDRAWN_DIR)?;
         if self.withdrawn(device, id)?.is_none() {
             write_whole(&self.notice_path(device, id), notice, Place::Replace)?;
         }
         self.shred(&dir)
     }
 
+    /// A device's directory of notices or markers, created and made durable (with the device
+    /// directory itself): a marker whose directory a crash lost would let the key records go
+    /// without a trace of why.
+    fn marker_dir(&self, device: &str, name: &str) -> Result<PathBuf, StorageError> {
+        let dev = self.device_dir(device);
+        let dir = dev.join(name);
+        if !dir.is_dir() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)?;
+            sync_dir(&dev)?;
+            sync_dir(&self.root)?;
+        }
+        Ok(dir)
+    }
+
     /// Deletes a recording (retention): a marker first, so that a crash part-way is finished
     /// at the next start, then [`Storage::shred`], then the marker.
     pub fn delete(&self, device: &str, id: &str) -> Result<Shredded, StorageError> {
         let dir = self.recording_dir(device, id)?;
-        let markers = self.device_dir(device).join(DELETING_DIR);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&markers)?;
+        let markers = self.marker_dir(device, DELETING_DIR)?;
         let marker = markers.join(id);
         write_whole(&marker, b"", Place::Replace)?;
         let done = self.shred(&dir)?;
@@ -396,13 +416,11 @@ impl Storage {
                 n.ends_with(".key") || n.contains(".key.")
             };
             for n in names.iter().filter(|n| is_key(n)) {
-                remove_if_there(&dir.join(n))?;
-                done.key_records += 1;
+                done.key_records += usize::from(remove_if_there(&dir.join(n))?);
             }
             sync_dir(dir)?;
             for n in names.iter().filter(|n| !is_key(n)) {
-                remove_if_there(&dir.join(n))?;
-                done.other_files += 1;
+                done.other_files += usize::from(remove_if_there(&dir.join(n))?);
             }
             match fs::remove_dir(dir) {
                 Ok(()) => {
@@ -423,13 +441,15 @@ impl Storage {
     }
 
     /// Finishes the deletions a crash interrupted: every recording directory that has a
-    /// withdrawal notice or a deletion marker is shredded (and the marker removed). Returns the
-    /// recordings finished.
-    pub fn finish_deletions(&self) -> Result<Vec<(String, String, Shredded)>, StorageError> {
-        let mut finished = Vec::new();
+    /// withdrawal notice or a deletion marker is shredded (and the marker removed). Returns
+    /// every recording so marked, withdrawn or deleted (for the index to forget), with what was
+    /// finished of it now, or why that failed: one failure stops neither the others nor the
+    /// server.
+    pub fn finish_deletions(&self) -> Result<Vec<Finished>, StorageError> {
+        let mut all = Vec::new();
         let devices = match fs::read_dir(&self.root) {
             Ok(l) => l,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(finished),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(all),
             Err(e) => return Err(e.into()),
         };
         for d in devices.filter_map(|e| e.ok()) {
@@ -447,17 +467,24 @@ impl Storage {
                         continue;
                     }
                     let dir = d.path().join(id);
-                    if fs::symlink_metadata(&dir).is_ok() {
-                        let s = self.shred(&dir)?;
-                        finished.push((device.clone(), id.to_string(), s));
-                    }
-                    if marks == DELETING_DIR {
-                        remove_if_there(&n.path())?;
-                    }
+                    let outcome = if fs::symlink_metadata(&dir).is_ok() {
+                        self.shred(&dir).map(Some)
+                    } else {
+                        Ok(None)
+                    };
+                    let outcome = match (outcome, marks == DELETING_DIR) {
+                        (Ok(s), true) => remove_if_there(&n.path()).map(|_| s),
+                        (o, _) => o,
+                    };
+                    all.push(Finished {
+                        device: device.clone(),
+                        id: id.to_string(),
+                        outcome,
+                    });
                 }
             }
         }
-        Ok(finished)
+        Ok(all)
     }
 
     /// What the server holds of a recording: (object names, complete).
@@ -645,10 +672,11 @@ impl Storage {
 }
 
 /// Reads a small file the server wrote itself (a stored signature).
-fn remove_if_there(path: &Path) -> Result<(), StorageError> {
+/// Removes a file; `false` when it was already gone.
+fn remove_if_there(path: &Path) -> Result<bool, StorageError> {
     match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
@@ -950,12 +978,22 @@ mod race_tests {
         )
         .unwrap();
         let finished = s.finish_deletions().unwrap();
-        assert_eq!(finished.len(), 1, "{finished:?}");
-        assert_eq!(finished[0].1, rec2);
-        assert_eq!(finished[0].2.key_records, 0);
-        assert!(finished[0].2.other_files >= 3);
+        let done: Vec<(&str, Option<Shredded>)> = finished
+            .iter()
+            .map(|f| (f.id.as_str(), *f.outcome.as_ref().unwrap()))
+            .collect();
+        assert_eq!(done.len(), 2, "{finished:?}");
+        let shredded = done.iter().find(|(id, _)| *id == rec2).unwrap().1.unwrap();
+        assert_eq!(shredded.key_records, 0);
+        assert!(shredded.other_files >= 3);
+        assert!(done.contains(&("never-arrived", None)));
         assert!(!dir2.exists());
-        assert!(s.finish_deletions().unwrap().is_empty());
+        assert!(
+            s.finish_deletions()
+                .unwrap()
+                .iter()
+                .all(|f| matches!(f.outcome, Ok(None)))
+        );
     }
 
     #[test]
