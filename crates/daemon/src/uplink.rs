@@ -105,9 +105,7 @@ impl ReceiptCheck {
         }
         Ok((receipt, signer.name))
     }
-}
 
-impl ReceiptCheck {
     /// Checks a withdrawal notice (the server's `410 Gone` for recording `id`): signed like a
     /// receipt, for this recording of this device. Returns the notice and its signer's name.
     pub fn check_withdrawal(
@@ -280,7 +278,7 @@ type Known = HashMap<String, HashSet<String>>;
 
 /// What the server holds of a recording.
 enum Held {
-    /// These objects; and whether it is complete.
+    /// These objects (none: nothing yet).
     Objects(HashSet<String>),
     /// Nothing: the recording was withdrawn. The server's signed notice.
     Withdrawn(Vec<u8>),
