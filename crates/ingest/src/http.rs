@@ -154,6 +154,10 @@ fn gone(custody: &Custody, stored: Vec<u8>) -> Resp {
         log::error!(error = crate::esc(&e.to_string()).as_str(); "a stored withdrawal notice cannot be signed again: sending it as stored");
         stored
     });
+    gone_as_is(notice)
+}
+
+fn gone_as_is(notice: Vec<u8>) -> Resp {
     Response::builder()
         .status(StatusCode::GONE)
         .header("content-type", "application/json")
@@ -162,12 +166,9 @@ fn gone(custody: &Custody, stored: Vec<u8>) -> Resp {
 }
 
 fn storage_error(e: StorageError) -> Resp {
+    // Withdrawn while this request ran: the notice as stored (fresh enough).
     if let StorageError::Withdrawn(notice) = e {
-        return Response::builder()
-            .status(StatusCode::GONE)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(notice)))
-            .expect("valid response");
+        return gone_as_is(notice);
     }
     let status = match &e {
         StorageError::BadName(_) | StorageError::Digest(_) | StorageError::Manifest(_) => {
