@@ -1,6 +1,7 @@
-//! The administrator's subcommands (`reviewer import|list|remove`, `audit`, `withdraw`): they
-//! work on the database and the storage while the server runs (SQLite waits for the server's
-//! writes to finish; a withdrawal and an upload racing are settled in `storage`).
+//! The administrator's subcommands (`reviewer import|list|remove`, `audit`, `recordings`,
+//! `hold`, `purge`, `withdraw`): they work on the database and the storage while the server
+//! runs (SQLite waits for the server's writes to finish; a withdrawal and an upload racing are
+//! settled in `storage`).
 
 use std::io::Write;
 use std::path::Path;
