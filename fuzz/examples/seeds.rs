@@ -257,8 +257,9 @@ fn ingest_seeds(dir: &Path, m: &Manifest) -> Seeds {
     ]
 }
 
-/// The device's signature over the seed manifest, and the receipt the ingest target answers
-/// for the upload seed: the JSON, a NUL, then the signed document (what the target splits).
+/// The device's signature over the seed manifest, the receipt the ingest target answers for the
+/// upload seed, and a withdrawal notice by the same server: the JSON, a NUL, then the signed
+/// document (what the target splits; a receipt or notice carries its document inside).
 fn signature_seeds(dir: &Path, upload: &[u8]) -> Seeds {
     let mut manifest = fs::read(dir.join(SIGNATURE_FILE)).expect("signature");
     manifest.push(0);
@@ -273,7 +274,22 @@ fn signature_seeds(dir: &Path, upload: &[u8]) -> Seeds {
                 .then(|| body.clone().into_bytes())
         })
         .unwrap_or_else(|| panic!("the upload seed got no receipt: {answers:?}"));
-    vec![("manifest", manifest), ("receipt", receipt)]
+    let withdrawal = neoflix_format::SignedWithdrawal::sign(
+        &neoflix_format::Withdrawal {
+            recording_id: "rec-1".into(),
+            device_id: neoflix_fuzz::INGEST_DEVICE.into(),
+            withdrawn_utc: "2026-11-28T10:15:02.120Z".into(),
+        },
+        &neoflix_fuzz::identity(neoflix_fuzz::INGEST_SERVER),
+        std::time::SystemTime::now(),
+    )
+    .expect("the fixture server signs")
+    .to_json();
+    vec![
+        ("manifest", manifest),
+        ("receipt", receipt),
+        ("withdrawal", withdrawal),
+    ]
 }
 
 fn bx(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {

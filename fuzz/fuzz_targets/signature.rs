@@ -1,13 +1,14 @@
-//! Signatures and receipts from outside: a `manifest.sig` as the ingest server, `neoflix verify`
-//! and export read it, and a signed receipt as neoflixd's uplink reads the server's answer. The
-//! input is the JSON, a NUL byte, then the document the signature is checked over.
+//! Signatures, receipts and withdrawal notices from outside: a `manifest.sig` as the ingest
+//! server, `neoflix verify` and export read it, and a signed receipt or withdrawal notice as
+//! neoflixd's uplink reads the server's answer. The input is the JSON, a NUL byte, then the
+//! document the signature is checked over.
 #![no_main]
 
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use neoflix_format::custody::Purpose;
-use neoflix_format::{Signature, SignedReceipt, TrustAnchors};
+use neoflix_format::{Signature, SignedReceipt, SignedWithdrawal, TrustAnchors};
 
 fn anchors() -> &'static TrustAnchors {
     static ANCHORS: OnceLock<TrustAnchors> = OnceLock::new();
@@ -21,14 +22,12 @@ fn checked(sig: &Signature, purpose: Purpose, doc: &[u8]) {
         return;
     };
     assert!(!signer.chain_checked);
-    let other = match purpose {
-        Purpose::Manifest => Purpose::Receipt,
-        Purpose::Receipt => Purpose::Manifest,
-    };
-    assert!(
-        sig.check(other, doc).is_err(),
-        "a {purpose:?} signature passed as a {other:?} signature"
-    );
+    for other in [Purpose::Manifest, Purpose::Receipt, Purpose::Withdrawal] {
+        assert!(
+            other == purpose || sig.check(other, doc).is_err(),
+            "a {purpose:?} signature passed as a {other:?} signature"
+        );
+    }
     let mut longer = doc.to_vec();
     longer.push(b'\n');
     assert!(
@@ -37,8 +36,8 @@ fn checked(sig: &Signature, purpose: Purpose, doc: &[u8]) {
     );
     let anchored = match purpose {
         Purpose::Manifest => anchors().check_device(sig, doc),
-        Purpose::Receipt => match sig.signed_at() {
-            Ok(at) => anchors().check_server(sig, doc, neoflix_fuzz::INGEST_SERVER, at),
+        Purpose::Receipt | Purpose::Withdrawal => match sig.signed_at() {
+            Ok(at) => anchors().check_server(purpose, sig, doc, neoflix_fuzz::INGEST_SERVER, at),
             Err(e) => Err(e),
         },
     };
@@ -64,6 +63,16 @@ fuzz_target!(|data: &[u8]| {
             &signed.signature,
             Purpose::Receipt,
             signed.receipt.as_bytes(),
+        );
+    }
+    if let Ok((signed, notice)) = SignedWithdrawal::from_json(json) {
+        let (again, notice_again) =
+            SignedWithdrawal::from_json(&signed.to_json()).expect("a written notice parses");
+        assert_eq!((again, notice_again), (signed.clone(), notice));
+        checked(
+            &signed.signature,
+            Purpose::Withdrawal,
+            signed.withdrawal.as_bytes(),
         );
     }
 });

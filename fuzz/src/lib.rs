@@ -367,6 +367,7 @@ mod tests {
             neoflix_format::SignedReceipt::from_json(created[7].1.as_bytes()).expect("a receipt");
         let signer = trust_anchors()
             .check_server(
+                neoflix_format::custody::Purpose::Receipt,
                 &signed.signature,
                 signed.receipt.as_bytes(),
                 INGEST_SERVER,
@@ -456,6 +457,19 @@ mod tests {
                 signed.receipt.as_bytes(),
             )
             .expect("checks");
+        let seed = corpus_seed("signature/seed-withdrawal");
+        let (notice, _) = split_signature(&seed);
+        let (signed, w) = neoflix_format::SignedWithdrawal::from_json(notice).expect("a notice");
+        assert_eq!(w.device_id, INGEST_DEVICE);
+        trust_anchors()
+            .check_server(
+                neoflix_format::custody::Purpose::Withdrawal,
+                &signed.signature,
+                signed.withdrawal.as_bytes(),
+                INGEST_SERVER,
+                std::time::SystemTime::now(),
+            )
+            .expect("checks as the fixture server's notice");
     }
 
     /// The journal seed recovers into a recording that verifies, markers included.
