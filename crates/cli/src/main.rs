@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use neoflix_cli::{fleet, review};
+use neoflix_format::reviewer::Role;
 // Outside text (ids and file names from a manifest) is printed with its control characters
 // escaped, so a crafted id cannot move the cursor, retitle or clear the reviewer's terminal.
 use neoflix_control::Request;
@@ -136,7 +137,18 @@ enum ReviewerAction {
         /// The reviewer file to write (mode 0600; an existing file is never replaced).
         #[arg(short, long)]
         output: PathBuf,
+        /// What the person may do; repeat for several: chair (watches; consent, withdrawal,
+        /// teaching library), reviewer (watches), privacy-officer (audit log, retention report;
+        /// no video), it-admin (rooms' status; no video). Roles without video get no key.
+        #[arg(long = "role", value_name = "ROLE", default_value = "reviewer", value_parser = parse_role)]
+        roles: Vec<Role>,
     },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| {
+        format!("unknown role {s:?}: use chair, reviewer, privacy-officer or it-admin")
+    })
 }
 
 #[derive(Subcommand)]
@@ -255,19 +267,29 @@ fn reviewer(action: ReviewerAction) -> anyhow::Result<()> {
         key,
         passphrase_file,
         output,
+        mut roles,
     } = action;
+    roles.sort();
+    roles.dedup();
     let dept = review::read_secret_key(&key)?;
     let passphrase = match passphrase_file {
         Some(f) => neoflix_cli::reviewer::passphrase_from_file(&f)?,
         None => neoflix_cli::reviewer::passphrase_from_terminal(&name)?,
     };
     let now = neoflix_format::utc(std::time::SystemTime::now());
-    let file = neoflix_cli::reviewer::enrol(&name, &dept, &passphrase, &output, &now)?;
+    let file = neoflix_cli::reviewer::enrol(&name, &dept, &passphrase, &roles, &output, &now)?;
+    let roles: Vec<&str> = file.roles.iter().map(|r| r.as_str()).collect();
     println!(
-        "reviewer {} enrolled for department key {}: {} (mode 0600)",
+        "{} enrolled as {} for department key {}: {} (mode 0600){}",
         file.name,
+        roles.join(", "),
         file.department_key_id,
-        output.display()
+        output.display(),
+        if file.wrapped_key.is_none() {
+            "; no video: the file holds no department key"
+        } else {
+            ""
+        }
     );
     println!(
         "on the server: neoflix-ingest --config CFG reviewer import {}",

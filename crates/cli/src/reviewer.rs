@@ -7,7 +7,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use neoflix_format::reviewer::{Kdf, ReviewerFile, ReviewerName, SALT_LEN};
+use neoflix_format::reviewer::{Kdf, ReviewerFile, ReviewerName, Role, SALT_LEN};
 use neoflix_open::DepartmentSecretKey;
 use zeroize::Zeroizing;
 
@@ -20,14 +20,21 @@ pub fn enrol(
     name: &str,
     dept: &DepartmentSecretKey,
     passphrase: &str,
+    roles: &[Role],
     out: &Path,
     now: &str,
 ) -> anyhow::Result<ReviewerFile> {
     let name = ReviewerName::parse(name)?;
     let mut salt = [0u8; SALT_LEN];
     getrandom::fill(&mut salt).context("no randomness available for the salt")?;
-    let file =
-        neoflix_open::reviewer::enrol(&name, dept, passphrase, Kdf::recommended(&salt), now)?;
+    let file = neoflix_open::reviewer::enrol(
+        &name,
+        dept,
+        passphrase,
+        Kdf::recommended(&salt),
+        roles,
+        now,
+    )?;
     let mut text = serde_json::to_vec_pretty(&file)?;
     text.push(b'\n');
     // The file allows offline guessing of the passphrase: the owner's only, and never replacing
@@ -129,22 +136,52 @@ mod tests {
         fs::write(&pass, "a long enough passphrase\n").unwrap();
         let p = passphrase_from_file(&pass).unwrap();
         assert_eq!(p.as_str(), "a long enough passphrase");
-        let made = enrol("alice", &dept, &p, &out, "2026-11-28T10:00:00.000Z").unwrap();
+        let made = enrol(
+            "alice",
+            &dept,
+            &p,
+            &[Role::Reviewer],
+            &out,
+            "2026-11-28T10:00:00.000Z",
+        )
+        .unwrap();
         let mode = fs::metadata(&out).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let parsed = ReviewerFile::parse(&fs::read(&out).unwrap()).unwrap();
         assert_eq!(parsed, made);
         assert_eq!(parsed.department_key_id, dept.public_key().key_id().0);
-        let again = enrol("alice", &dept, &p, &out, "2026-11-28T10:00:00.000Z").unwrap_err();
+        let again = enrol(
+            "alice",
+            &dept,
+            &p,
+            &[Role::Reviewer],
+            &out,
+            "2026-11-28T10:00:00.000Z",
+        )
+        .unwrap_err();
         assert!(format!("{again:#}").contains("never replaced"), "{again:#}");
         let bad = enrol(
             "../bob",
             &dept,
             &p,
+            &[Role::Reviewer],
             &dir.path().join("b"),
             "2026-11-28T10:00:00.000Z",
         );
         assert!(format!("{:#}", bad.unwrap_err()).contains("name"));
+        let officer = dir.path().join("olga.reviewer");
+        let made = enrol(
+            "olga",
+            &dept,
+            &p,
+            &[Role::PrivacyOfficer],
+            &officer,
+            "2026-11-28T10:00:00.000Z",
+        )
+        .unwrap();
+        assert_eq!(made.wrapped_key, None, "no video: no key");
+        let text = fs::read_to_string(&officer).unwrap();
+        assert!(text.contains("privacy-officer"), "{text}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{Manifest, Marker, Status};
-use crate::reviewer::Kdf;
+use crate::reviewer::{Kdf, Role};
 
 /// `POST /api/login/params` and the first half of `POST /api/login`: who signs in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,8 +36,11 @@ pub struct LoginAnswer {
     pub user: String,
     /// The session's CSRF token, for the `X-Neoflix-CSRF` header.
     pub csrf: String,
-    /// Base64 of nonce || AES-256-GCM(wrap key, department secret key).
-    pub wrapped_key: String,
+    /// What the person may do.
+    pub roles: Vec<Role>,
+    /// Base64 of nonce || AES-256-GCM(wrap key, department secret key); `None` for roles that
+    /// do not watch video.
+    pub wrapped_key: Option<String>,
     /// The department key the wrapped key is.
     pub department_key_id: String,
     /// The reviewer's salt: the page checks it is the one it stretched with.
@@ -51,6 +54,8 @@ pub struct LoginAnswer {
 pub struct SessionAnswer {
     /// The reviewer signed in.
     pub user: String,
+    /// What the person may do (as the server holds it now).
+    pub roles: Vec<Role>,
     /// The session's CSRF token.
     pub csrf: String,
     /// When the session ends at the latest unless used.
@@ -114,6 +119,208 @@ impl Upload {
     }
 }
 
+/// The three consent questions (`docs/privacy.md`, "Consent").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Question {
+    /// To be filmed at all.
+    Filmed,
+    /// To be watched by the review team.
+    Review,
+    /// To be used for teaching or research.
+    Use,
+}
+
+impl Question {
+    /// Every question, in the order the page asks them.
+    pub const ALL: [Question; 3] = [Question::Filmed, Question::Review, Question::Use];
+
+    /// The name on the wire and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Question::Filmed => "filmed",
+            Question::Review => "review",
+            Question::Use => "use",
+        }
+    }
+
+    /// The question [`Question::as_str`] names.
+    pub fn parse(s: &str) -> Option<Question> {
+        Question::ALL.into_iter().find(|q| q.as_str() == s)
+    }
+}
+
+/// An answer to a consent question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    /// Not asked or not answered yet.
+    #[default]
+    Pending,
+    /// Given.
+    Granted,
+    /// Refused.
+    Refused,
+}
+
+impl Answer {
+    /// The name on the wire and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Answer::Pending => "pending",
+            Answer::Granted => "granted",
+            Answer::Refused => "refused",
+        }
+    }
+
+    /// The answer [`Answer::as_str`] names.
+    pub fn parse(s: &str) -> Option<Answer> {
+        [Answer::Pending, Answer::Granted, Answer::Refused]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+}
+
+/// One question's answer as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Recorded {
+    /// The answer.
+    pub answer: Answer,
+    /// Who recorded it (a chair's name); `None` while never recorded.
+    pub by: Option<String>,
+    /// When (RFC 3339 UTC).
+    pub utc: Option<String>,
+    /// The chair's note.
+    #[serde(default)]
+    pub note: String,
+    /// The consent form's reference.
+    #[serde(default)]
+    pub form_ref: String,
+}
+
+/// A recording's consent, one answer per question.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Consent {
+    /// To be filmed.
+    pub filmed: Recorded,
+    /// To be reviewed.
+    pub review: Recorded,
+    /// To be used for teaching or research.
+    #[serde(rename = "use")]
+    pub use_: Recorded,
+}
+
+impl Consent {
+    /// The answer to `q`.
+    pub fn get(&self, q: Question) -> &Recorded {
+        match q {
+            Question::Filmed => &self.filmed,
+            Question::Review => &self.review,
+            Question::Use => &self.use_,
+        }
+    }
+
+    /// The answer to `q`, to change.
+    pub fn get_mut(&mut self, q: Question) -> &mut Recorded {
+        match q {
+            Question::Filmed => &mut self.filmed,
+            Question::Review => &mut self.review,
+            Question::Use => &mut self.use_,
+        }
+    }
+
+    /// Whether a refusal means the recording must go: refusing to be filmed or reviewed.
+    pub fn refused(&self) -> Option<Question> {
+        [Question::Filmed, Question::Review]
+            .into_iter()
+            .find(|q| self.get(*q).answer == Answer::Refused)
+    }
+}
+
+/// Longest consent note or withdrawal reason, in characters.
+pub const MAX_NOTE_CHARS: usize = 500;
+/// Longest consent form reference, in characters.
+pub const MAX_FORM_REF_CHARS: usize = 100;
+
+/// Why a free text cannot go into the log: too long, or with control characters (which could
+/// forge lines in an export).
+fn text_problem(what: &str, text: &str, max: usize, required: bool) -> Option<String> {
+    if required && text.trim().is_empty() {
+        return Some(format!(
+            "{what} must not be empty: it goes into the audit log"
+        ));
+    }
+    if text.chars().count() > max {
+        return Some(format!("{what} is longer than {max} characters"));
+    }
+    if text.chars().any(char::is_control) {
+        return Some(format!(
+            "{what} must be one line without control characters"
+        ));
+    }
+    None
+}
+
+/// `POST /api/recordings/{id}/consent`: a chair records one answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentRequest {
+    /// The question.
+    pub question: Question,
+    /// The answer.
+    pub answer: Answer,
+    /// A note (at most [`MAX_NOTE_CHARS`]).
+    #[serde(default)]
+    pub note: String,
+    /// The consent form's reference (at most [`MAX_FORM_REF_CHARS`]).
+    #[serde(default)]
+    pub form_ref: String,
+}
+
+impl ConsentRequest {
+    /// What is wrong with it, if anything.
+    pub fn problem(&self) -> Option<String> {
+        text_problem("note", &self.note, MAX_NOTE_CHARS, false)
+            .or_else(|| text_problem("form_ref", &self.form_ref, MAX_FORM_REF_CHARS, false))
+    }
+}
+
+/// `POST /api/recordings/{id}/withdraw`: a chair withdraws a recording.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WithdrawRequest {
+    /// Why (at most [`MAX_NOTE_CHARS`]), for the audit log.
+    pub reason: String,
+}
+
+impl WithdrawRequest {
+    /// What is wrong with it, if anything.
+    pub fn problem(&self) -> Option<String> {
+        text_problem("reason", &self.reason, MAX_NOTE_CHARS, true)
+    }
+}
+
+/// `POST /api/recordings/{id}/teaching`: a chair moves a recording into the teaching library
+/// (`days`: kept that long from now) or out of it (`days: null`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeachingRequest {
+    /// Days to keep it from now; `None` takes it out of the library.
+    pub days: Option<u32>,
+}
+
+/// A recording's place in its lifecycle (`docs/privacy.md`, "Retention").
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Lifecycle {
+    /// When it is deleted (RFC 3339 UTC); `None` while nothing deletes it (no retention
+    /// configured, or a legal hold past its date).
+    pub delete_after_utc: Option<String>,
+    /// Under a legal hold.
+    pub held: bool,
+    /// In the teaching library until then.
+    pub teaching_until_utc: Option<String>,
+}
+
 /// A recording in the list (`docs/review.md`, "A recording Summary"). The fields from the
 /// manifest are `None` while it is uploading.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,6 +352,16 @@ pub struct Summary {
     pub markers: Vec<Marker>,
     /// The device certificate that signed the manifest.
     pub signer: Option<String>,
+    /// When its first object reached the server, by the server's clock: what retention counts
+    /// from.
+    #[serde(default)]
+    pub received_utc: String,
+    /// The answers to the consent questions.
+    #[serde(default)]
+    pub consent: Consent,
+    /// When it is deleted, held, or in the teaching library.
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
 }
 
 /// The answer to `GET /api/recordings`.
@@ -154,6 +371,8 @@ pub struct RecordingsAnswer {
     pub recordings: Vec<Summary>,
     /// There are more than were listed: narrow the filter.
     pub truncated: bool,
+    /// The department's policy: a recording whose review consent is pending may be opened.
+    pub review_while_pending: bool,
 }
 
 /// The answer to `GET /api/recordings/{id}`: what the page checks and plays.

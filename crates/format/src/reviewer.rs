@@ -159,6 +159,67 @@ impl Kdf {
     }
 }
 
+/// What a person enrolled may do on the review page (`docs/review.md`, "Roles"). The server
+/// checks the signed-in person's roles on every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Watches, and decides: consent, withdrawal, the teaching library.
+    Chair,
+    /// Watches recordings.
+    Reviewer,
+    /// Reads the audit log and the retention report; no video.
+    PrivacyOfficer,
+    /// Sees the rooms' status; no video.
+    ItAdmin,
+}
+
+impl Role {
+    /// Every role, in the order the page lists them.
+    pub const ALL: [Role; 4] = [
+        Role::Chair,
+        Role::Reviewer,
+        Role::PrivacyOfficer,
+        Role::ItAdmin,
+    ];
+
+    /// The name in files, on the wire and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Chair => "chair",
+            Role::Reviewer => "reviewer",
+            Role::PrivacyOfficer => "privacy-officer",
+            Role::ItAdmin => "it-admin",
+        }
+    }
+
+    /// The role [`Role::as_str`] names.
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Whether the role watches video, and so its file carries the wrapped department key.
+    pub fn watches(self) -> bool {
+        matches!(self, Role::Chair | Role::Reviewer)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The roles of a file written before roles existed: it could only watch.
+fn reviewer_only() -> Vec<Role> {
+    vec![Role::Reviewer]
+}
+
+/// Whether any of `roles` watches video.
+pub fn watches(roles: &[Role]) -> bool {
+    roles.iter().any(|r| r.watches())
+}
+
 /// A reviewer file, checked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,12 +232,17 @@ pub struct ReviewerFile {
     pub department_key_id: String,
     /// When the chair enrolled this reviewer (RFC 3339 UTC).
     pub created_utc: String,
+    /// What the person may do; a file without the field is a reviewer's.
+    #[serde(default = "reviewer_only")]
+    pub roles: Vec<Role>,
     /// How the passphrase is stretched.
     pub kdf: Kdf,
     /// `hex(SHA-256("neoflix-reviewer-v1 verifier" || auth_key))`.
     pub verifier: String,
-    /// Base64 of nonce || AES-256-GCM(wrap_key, department secret key), [`WRAPPED_LEN`] bytes.
-    pub wrapped_key: String,
+    /// Base64 of nonce || AES-256-GCM(wrap_key, department secret key), [`WRAPPED_LEN`] bytes;
+    /// present exactly when a role watches video ([`Role::watches`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapped_key: Option<String>,
 }
 
 impl ReviewerFile {
@@ -218,10 +284,31 @@ impl ReviewerFile {
         if self.verifier_bytes().is_none() {
             return field("verifier is not 64 hex digits".into());
         }
-        if self.wrapped_bytes().is_none() {
-            return field(format!("wrapped_key is not base64 of {WRAPPED_LEN} bytes"));
+        if self.roles.is_empty() {
+            return field(
+                "roles is empty: give at least one of chair, reviewer, privacy-officer, it-admin"
+                    .into(),
+            );
         }
-        Ok(())
+        let mut seen = self.roles.clone();
+        seen.sort();
+        seen.dedup();
+        if seen.len() != self.roles.len() {
+            return field("roles names a role twice".into());
+        }
+        match (&self.wrapped_key, watches(&self.roles)) {
+            (Some(_), true) if self.wrapped_bytes().is_none() => {
+                field(format!("wrapped_key is not base64 of {WRAPPED_LEN} bytes"))
+            }
+            (None, true) => field(
+                "wrapped_key is missing, but a role (chair, reviewer) watches video: enrol again"
+                    .into(),
+            ),
+            (Some(_), false) => field(
+                "wrapped_key is present, but no role watches video: a privacy officer's or IT admin's file carries no department key; enrol again".into(),
+            ),
+            _ => Ok(()),
+        }
     }
 
     fn verifier_bytes(&self) -> Option<[u8; 32]> {
@@ -230,11 +317,16 @@ impl ReviewerFile {
             .and_then(|v| <[u8; 32]>::try_from(v).ok())
     }
 
-    /// The wrapped key's bytes.
+    /// The wrapped key's bytes, if the file has one.
     pub fn wrapped_bytes(&self) -> Option<[u8; WRAPPED_LEN]> {
-        B64.decode(&self.wrapped_key)
+        B64.decode(self.wrapped_key.as_deref()?)
             .ok()
             .and_then(|v| <[u8; WRAPPED_LEN]>::try_from(v).ok())
+    }
+
+    /// Whether the person has `role`.
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
     }
 
     /// Whether `auth_key` is the one this reviewer's passphrase gives: compares its verifier in
@@ -287,9 +379,10 @@ mod tests {
             name: ReviewerName::parse("alice").unwrap(),
             department_key_id: "0123456789abcdef".into(),
             created_utc: "2026-11-28T10:15:02.120Z".into(),
+            roles: vec![Role::Reviewer],
             kdf: Kdf::recommended(&[7; SALT_LEN]),
             verifier: hex::encode(verifier_of(&[1; KEY_LEN])),
-            wrapped_key: B64.encode([2; WRAPPED_LEN]),
+            wrapped_key: Some(B64.encode([2; WRAPPED_LEN])),
         }
     }
 
@@ -318,7 +411,11 @@ mod tests {
             (|f| f.kdf.parallelism = 64, "kdf.parallelism"),
             (|f| f.kdf.salt = "AAAA".into(), "kdf.salt"),
             (|f| f.verifier = "00".into(), "verifier"),
-            (|f| f.wrapped_key = "AAAA".into(), "wrapped_key"),
+            (|f| f.wrapped_key = Some("AAAA".into()), "wrapped_key"),
+            (|f| f.wrapped_key = None, "wrapped_key is missing"),
+            (|f| f.roles = vec![Role::PrivacyOfficer], "no role watches"),
+            (|f| f.roles = vec![], "roles is empty"),
+            (|f| f.roles = vec![Role::Chair, Role::Chair], "twice"),
         ];
         for (spoil, named) in cases {
             let mut f = sample();
@@ -326,6 +423,29 @@ mod tests {
             let e = ReviewerFile::parse(&serde_json::to_vec(&f).unwrap()).unwrap_err();
             assert!(e.to_string().contains(named), "{named}: {e}");
         }
+    }
+
+    #[test]
+    fn roles_read_by_name_and_a_file_without_them_is_a_reviewers() {
+        for r in Role::ALL {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+            assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{r}\""));
+        }
+        assert_eq!(Role::parse("admin"), None);
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v.as_object_mut().unwrap().remove("roles");
+        let f = ReviewerFile::parse(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(f.roles, vec![Role::Reviewer]);
+        let mut officer = sample();
+        officer.roles = vec![Role::PrivacyOfficer, Role::ItAdmin];
+        officer.wrapped_key = None;
+        let text = serde_json::to_string(&officer).unwrap();
+        assert!(!text.contains("wrapped_key"), "{text}");
+        let back = ReviewerFile::parse(text.as_bytes()).unwrap();
+        assert!(back.has(Role::ItAdmin) && !back.has(Role::Chair));
+        assert!(back.wrapped_bytes().is_none());
+        v["roles"] = serde_json::json!(["owner"]);
+        assert!(ReviewerFile::parse(&serde_json::to_vec(&v).unwrap()).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! label, so the one tells nothing of the other.
 //!
 //! ```
-//! use neoflix_format::reviewer::{Kdf, ReviewerName};
+//! use neoflix_format::reviewer::{Kdf, ReviewerName, Role};
 //! use neoflix_open::DepartmentSecretKey;
 //! use neoflix_open::reviewer::{derive, enrol, unwrap_department_key};
 //! let dept = DepartmentSecretKey::generate().unwrap();
@@ -16,7 +16,7 @@
 //! kdf.memory_kib = 19_456; // the smallest allowed, to keep the example quick
 //! kdf.iterations = 2;
 //! let name = ReviewerName::parse("alice").unwrap();
-//! let file = enrol(&name, &dept, "correct horse battery", kdf, "2026-11-28T10:00:00.000Z").unwrap();
+//! let file = enrol(&name, &dept, "correct horse battery", kdf, &[Role::Reviewer], "2026-11-28T10:00:00.000Z").unwrap();
 //! // At sign-in, in the browser:
 //! let (auth, wrap) = derive("correct horse battery", &file.kdf).unwrap();
 //! assert!(file.check_auth(auth.as_bytes())); // what the server checks
@@ -31,8 +31,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hpke::{Deserializable, Serializable, kem::X25519HkdfSha256};
 use neoflix_format::reviewer::{
-    AUTH_INFO, FORMAT, KEY_LEN, Kdf, ReviewerFile, ReviewerName, SALT_LEN, WRAP_INFO, WRAPPED_LEN,
-    verifier_of, wrap_aad,
+    AUTH_INFO, FORMAT, KEY_LEN, Kdf, ReviewerFile, ReviewerName, Role, SALT_LEN, WRAP_INFO,
+    WRAPPED_LEN, verifier_of, wrap_aad,
 };
 use zeroize::Zeroizing;
 
@@ -101,6 +101,7 @@ pub fn enrol(
     dept: &DepartmentSecretKey,
     passphrase: &str,
     kdf: Kdf,
+    roles: &[Role],
     created_utc: &str,
 ) -> Result<ReviewerFile, OpenError> {
     if passphrase.chars().count() < MIN_PASSPHRASE_CHARS {
@@ -113,6 +114,35 @@ pub fn enrol(
         .map_err(|e| OpenError::Reviewer(e.to_string()))?;
     let (auth, wrap) = derive(passphrase, &kdf)?;
     let key_id = dept.public_key().key_id().0;
+    let wrapped_key = if neoflix_format::reviewer::watches(roles) {
+        Some(B64.encode(wrap_for(&wrap, name, dept, &key_id, &salt)?))
+    } else {
+        // A role without video gets no key: the server could not hand one out if it tried.
+        None
+    };
+    let file = ReviewerFile {
+        format: FORMAT.into(),
+        name: name.clone(),
+        department_key_id: key_id,
+        created_utc: created_utc.into(),
+        roles: roles.to_vec(),
+        kdf,
+        verifier: hex::encode(verifier_of(auth.as_bytes())),
+        wrapped_key,
+    };
+    file.check()
+        .map_err(|e| OpenError::Reviewer(e.to_string()))?;
+    Ok(file)
+}
+
+/// nonce || AES-256-GCM(wrap, the department secret key).
+fn wrap_for(
+    wrap: &WrapKey,
+    name: &ReviewerName,
+    dept: &DepartmentSecretKey,
+    key_id: &str,
+    salt: &[u8; SALT_LEN],
+) -> Result<Vec<u8>, OpenError> {
     let mut nonce = [0u8; 12];
     getrandom::fill(&mut nonce).map_err(|e| OpenError::Random(e.to_string()))?;
     let secret: Zeroizing<[u8; 32]> = Zeroizing::new(dept.0.to_bytes().into());
@@ -122,7 +152,7 @@ pub fn enrol(
             &Nonce::try_from(&nonce[..]).expect("12 bytes"),
             Payload {
                 msg: secret.as_ref(),
-                aad: &wrap_aad(name, &key_id, &salt),
+                aad: &wrap_aad(name, key_id, salt),
             },
         )
         .map_err(|_| OpenError::Reviewer("AES-GCM failed to wrap the key".into()))?;
@@ -130,18 +160,7 @@ pub fn enrol(
     wrapped.extend_from_slice(&nonce);
     wrapped.extend_from_slice(&sealed);
     debug_assert_eq!(wrapped.len(), WRAPPED_LEN);
-    let file = ReviewerFile {
-        format: FORMAT.into(),
-        name: name.clone(),
-        department_key_id: key_id,
-        created_utc: created_utc.into(),
-        kdf,
-        verifier: hex::encode(verifier_of(auth.as_bytes())),
-        wrapped_key: B64.encode(&wrapped),
-    };
-    file.check()
-        .map_err(|e| OpenError::Reviewer(e.to_string()))?;
-    Ok(file)
+    Ok(wrapped)
 }
 
 /// Opens a reviewer's wrapped department key with the wrap key from [`derive()`]. Fails with
@@ -201,7 +220,7 @@ mod tests {
     fn the_passphrase_opens_the_key_and_the_server_checks_only_the_auth_key() {
         let dept = DepartmentSecretKey::generate().unwrap();
         let name = ReviewerName::parse("alice").unwrap();
-        let file = enrol(&name, &dept, PASS, quick_kdf(1), NOW).unwrap();
+        let file = enrol(&name, &dept, PASS, quick_kdf(1), &[Role::Reviewer], NOW).unwrap();
         let (auth, wrap) = derive(PASS, &file.kdf).unwrap();
         assert!(file.check_auth(auth.as_bytes()));
         // The auth key is not the wrap key: the server, which sees the first, cannot open.
@@ -228,7 +247,7 @@ mod tests {
         let dept = DepartmentSecretKey::generate().unwrap();
         let alice = ReviewerName::parse("alice").unwrap();
         let bob = ReviewerName::parse("bob").unwrap();
-        let file = enrol(&alice, &dept, PASS, quick_kdf(2), NOW).unwrap();
+        let file = enrol(&alice, &dept, PASS, quick_kdf(2), &[Role::Reviewer], NOW).unwrap();
         let wrapped = file.wrapped_bytes().unwrap();
         let (auth, wrap) = derive("another long passphrase", &file.kdf).unwrap();
         assert!(!file.check_auth(auth.as_bytes()));
@@ -255,7 +274,7 @@ mod tests {
     fn short_passphrases_and_out_of_bounds_parameters_are_refused() {
         let dept = DepartmentSecretKey::generate().unwrap();
         let name = ReviewerName::parse("alice").unwrap();
-        let e = enrol(&name, &dept, "short", quick_kdf(1), NOW).unwrap_err();
+        let e = enrol(&name, &dept, "short", quick_kdf(1), &[Role::Reviewer], NOW).unwrap_err();
         assert!(e.to_string().contains("fewer than 12"), "{e}");
         let mut k = quick_kdf(1);
         k.memory_kib = 8;

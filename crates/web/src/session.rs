@@ -66,8 +66,14 @@ impl Stretched {
         }
         let name =
             ReviewerName::parse(&answer.user).map_err(|e| WebError::Argument(e.to_string()))?;
+        let Some(wrapped_key) = &answer.wrapped_key else {
+            return Err(WebError::Unlock(
+                "this sign-in carries no department key: the roles it has do not watch video"
+                    .into(),
+            ));
+        };
         let wrapped: [u8; WRAPPED_LEN] = B64
-            .decode(&answer.wrapped_key)
+            .decode(wrapped_key)
             .ok()
             .and_then(|v| v.try_into().ok())
             .ok_or_else(|| {
@@ -103,7 +109,15 @@ mod tests {
         kdf.memory_kib = *MEMORY_KIB.start();
         kdf.iterations = 2;
         let name = ReviewerName::parse(name).unwrap();
-        enrol(&name, dept, PASS, kdf, "2026-11-28T10:00:00.000Z").unwrap()
+        enrol(
+            &name,
+            dept,
+            PASS,
+            kdf,
+            &[neoflix_format::reviewer::Role::Reviewer],
+            "2026-11-28T10:00:00.000Z",
+        )
+        .unwrap()
     }
 
     /// What the server answers `/api/login` with for this reviewer file.
@@ -111,6 +125,7 @@ mod tests {
         serde_json::to_string(&LoginAnswer {
             user: file.name.to_string(),
             csrf: "x".into(),
+            roles: file.roles.clone(),
             wrapped_key: file.wrapped_key.clone(),
             department_key_id: file.department_key_id.clone(),
             salt: file.kdf.salt.clone(),
