@@ -13,7 +13,9 @@ use serde_json::json;
 use crate::IngestConfig;
 use crate::audit::{Action, Event};
 use crate::db::{Added, Db, now_secs};
+use crate::lifecycle::{Cause, Who};
 use crate::storage::Storage;
+use neoflix_format::review_api::{Answer, Consent, Question};
 
 fn admin_event(action: Action, detail: serde_json::Value) -> Event {
     Event {
@@ -163,7 +165,7 @@ pub fn purge(
     let mut out = String::new();
     let mut failed = 0;
     for p in &done {
-        let what = format!("{}/{} (kept until {})", p.device, p.id, p.until_utc);
+        let what = format!("{}/{} ({})", p.device, p.id, p.why());
         out.push_str(&match &p.outcome {
             Ok(None) => format!("would delete {what}\n"),
             Ok(Some(s)) => format!(
@@ -207,22 +209,39 @@ pub struct Listed {
     pub first_frame_utc: Option<String>,
     /// Seconds of video.
     pub duration_secs: Option<f64>,
+    /// The answers to the three consent questions.
+    pub consent: Consent,
     /// What retention does with it now; `null` without `[retention]`.
     pub retention: Option<crate::retention::Verdict>,
     /// The legal hold's reason.
     pub hold: Option<String>,
+    /// In the teaching library until then.
+    pub teaching_until_utc: Option<String>,
 }
 
-/// `recordings [--json]`: every recording the index holds, with its retention date and hold.
+/// A consent answer in a column: `g`ranted, `r`efused or `-` pending, per question.
+fn consent_cell(c: &Consent) -> String {
+    Question::ALL
+        .iter()
+        .map(|q| match c.get(*q).answer {
+            Answer::Granted => 'g',
+            Answer::Refused => 'r',
+            Answer::Pending => '-',
+        })
+        .collect()
+}
+
+/// `recordings [--json]`: every recording the index holds, with its consent, retention date
+/// and hold.
 pub fn recordings(cfg: &IngestConfig, db: &Db, as_json: bool) -> anyhow::Result<String> {
     let now = std::time::SystemTime::now();
-    let listed: Vec<Listed> = db
-        .lifecycle()?
-        .into_iter()
-        .map(|r| Listed {
+    let mut listed = Vec::new();
+    for r in db.retained()? {
+        listed.push(Listed {
             retention: cfg
                 .retention
-                .map(|k| crate::retention::verdict(&r, k.keep_days, now)),
+                .map(|k| crate::retention::verdict_of(&r, k.keep_days, now)),
+            consent: db.consent_of(&r.device, &r.id)?,
             device: r.device,
             id: r.id,
             upload: r.upload,
@@ -230,8 +249,9 @@ pub fn recordings(cfg: &IngestConfig, db: &Db, as_json: bool) -> anyhow::Result<
             first_frame_utc: r.first_frame_utc,
             duration_secs: r.duration_secs,
             hold: r.hold,
-        })
-        .collect();
+            teaching_until_utc: r.teaching_until_utc,
+        });
+    }
     if as_json {
         let mut s = serde_json::to_string_pretty(&listed).expect("rows serialize");
         s.push('\n');
@@ -239,14 +259,18 @@ pub fn recordings(cfg: &IngestConfig, db: &Db, as_json: bool) -> anyhow::Result<
     }
     use crate::retention::Verdict;
     let mut out = format!(
-        "{:<16} {:<38} {:<10} {:<24} {:>9}  {}\n",
-        "ROOM", "RECORDING", "UPLOAD", "RECEIVED", "SECONDS", "RETENTION"
+        "{:<16} {:<38} {:<10} {:<24} {:>9}  {:<7}  {}\n",
+        "ROOM", "RECORDING", "UPLOAD", "RECEIVED", "SECONDS", "CONSENT", "RETENTION"
     );
     for l in &listed {
         let retention = match &l.retention {
             None => "kept (no [retention])".to_string(),
             Some(Verdict::Keep { until_utc }) => format!("deleted after {until_utc}"),
+            Some(Verdict::Teaching { until_utc }) => {
+                format!("teaching library, deleted after {until_utc}")
+            }
             Some(Verdict::Due { until_utc }) => format!("due since {until_utc}"),
+            Some(Verdict::Refused) => "due: consent refused".into(),
             Some(Verdict::Held { until_utc, reason }) => format!(
                 "held past {until_utc}: {}",
                 neoflix_logging::escape_controls(reason)
@@ -254,22 +278,24 @@ pub fn recordings(cfg: &IngestConfig, db: &Db, as_json: bool) -> anyhow::Result<
             Some(Verdict::Unreadable) => "kept: its start time does not read".into(),
         };
         let retention = match (&l.hold, &l.retention) {
-            (Some(reason), Some(Verdict::Keep { .. })) => format!(
+            (Some(reason), Some(Verdict::Keep { .. } | Verdict::Teaching { .. })) => format!(
                 "{retention}; held: {}",
                 neoflix_logging::escape_controls(reason)
             ),
             _ => retention,
         };
         out.push_str(&format!(
-            "{:<16} {:<38} {:<10} {:<24} {:>9}  {}\n",
+            "{:<16} {:<38} {:<10} {:<24} {:>9}  {:<7}  {}\n",
             neoflix_logging::escape_controls(&l.device),
             neoflix_logging::escape_controls(&l.id),
             l.upload.as_str(),
             neoflix_logging::escape_controls(&l.received_utc),
             l.duration_secs.map_or("-".into(), |d| format!("{d:.1}")),
+            consent_cell(&l.consent),
             retention
         ));
     }
+    out.push_str("CONSENT: filmed, review, use: g granted, r refused, - pending\n");
     Ok(out)
 }
 
@@ -286,42 +312,29 @@ pub fn withdraw(
     let reason = reason_of(reason, "--reason")?;
     let store = Storage::open(&cfg.storage.dir, cfg.storage.max_object_bytes)?;
     let device = holder(cfg, db, id, device, "withdraw it before it arrives")?;
-    if let Some(h) = db.hold_of(&device, id)? {
-        anyhow::bail!(
-            "{device}/{id} is under a legal hold ({}): release it first (hold {id} --release), with the privacy officer",
-            neoflix_logging::escape_controls(&h)
-        );
-    }
     if store.withdrawn(&device, id)?.is_some() {
         writeln!(
             std::io::stderr(),
             "note: {device}/{id} was withdrawn before; finishing its deletion"
         )?;
     }
-    let now = std::time::SystemTime::now();
-    let notice = neoflix_format::SignedWithdrawal::sign(
-        &neoflix_format::Withdrawal {
-            recording_id: id.to_string(),
-            device_id: device.clone(),
-            withdrawn_utc: neoflix_format::utc(now),
-        },
-        &crate::server_identity(cfg)?,
-        now,
+    let identity = crate::server_identity(cfg)?;
+    let who = Who {
+        actor: "admin",
+        client: "cli",
+    };
+    let shredded = crate::lifecycle::withdraw(
+        &store,
+        db,
+        &identity,
+        &device,
+        id,
+        who,
+        reason,
+        Cause::Withdrawal,
+        std::time::SystemTime::now(),
     )
-    .context("signing the withdrawal notice")?;
-    // The log says so before anything goes: a crash after this is finished at the server's
-    // next start, and a deletion never happens without its entry.
-    db.append_audit(&Event {
-        actor: "admin".into(),
-        action: Action::RecordingWithdrawn,
-        recording: format!("{device}/{id}"),
-        client: "cli".into(),
-        detail: json!({ "reason": reason }),
-    })?;
-    let shredded = store
-        .withdraw(&device, id, &notice.to_json())
-        .with_context(|| format!("deleting {device}/{id} (run the command again to finish)"))?;
-    db.forget_recording(&device, id)?;
+    .with_context(|| format!("withdrawing {device}/{id} (run the command again to finish)"))?;
     Ok(format!(
         "withdrew {device}/{id}: {} key records and {} other files deleted; the room box deletes its copy when it next asks",
         shredded.key_records, shredded.other_files
@@ -351,21 +364,42 @@ pub fn import(db: &Db, file: &Path, replace: bool, warn: &mut dyn Write) -> anyh
         json!({
             "name": r.name.as_str(),
             "department_key_id": r.department_key_id,
-            "replaced": added == Added::Replaced,
+            "roles": r.roles,
+            "replaced": added != Added::New,
         }),
     ))?;
+    let roles = roles_text(&r.roles);
     Ok(match added {
-        Added::New => format!("imported reviewer {}", r.name),
-        Added::Replaced => format!("replaced reviewer {} (its sessions ended)", r.name),
+        Added::New => format!("imported {} as {roles}", r.name),
+        Added::Replaced(before) if before != r.roles => {
+            db.append_audit(&admin_event(
+                Action::RolesChanged,
+                json!({ "name": r.name.as_str(), "roles": r.roles, "before": before }),
+            ))?;
+            format!(
+                "replaced {} (its sessions ended); roles changed from {} to {roles}",
+                r.name,
+                roles_text(&before)
+            )
+        }
+        Added::Replaced(_) => format!("replaced {} as {roles} (its sessions ended)", r.name),
     })
 }
 
-/// `reviewer list`: name, key id, created, locked.
+fn roles_text(roles: &[neoflix_format::reviewer::Role]) -> String {
+    roles
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `reviewer list`: name, roles, key id, created, locked.
 pub fn list(db: &Db) -> anyhow::Result<String> {
     let now = now_secs();
     let mut out = format!(
-        "{:<24} {:<16} {:<24} {}\n",
-        "NAME", "KEY ID", "CREATED", "LOCKED"
+        "{:<24} {:<34} {:<16} {:<24} {}\n",
+        "NAME", "ROLES", "KEY ID", "CREATED", "LOCKED"
     );
     for r in db.reviewers()? {
         let (failures, last) = db.name_failures(r.file.name.as_str())?;
@@ -374,8 +408,12 @@ pub fn list(db: &Db) -> anyhow::Result<String> {
             None => "no".into(),
         };
         out.push_str(&format!(
-            "{:<24} {:<16} {:<24} {}\n",
-            r.file.name, r.file.department_key_id, r.file.created_utc, locked
+            "{:<24} {:<34} {:<16} {:<24} {}\n",
+            r.file.name,
+            roles_text(&r.file.roles),
+            r.file.department_key_id,
+            r.file.created_utc,
+            locked
         ));
     }
     Ok(out)

@@ -37,6 +37,16 @@ pub enum Action {
     LegalHold,
     /// `hold --release`.
     LegalHoldReleased,
+    /// A chair recorded a consent answer (question, answer, note, form reference, before).
+    ConsentSet,
+    /// A chair placed a recording in the teaching library (or moved its date).
+    TeachingAdded,
+    /// A recording left the teaching library (a chair, or its use consent no longer granted).
+    TeachingRemoved,
+    /// A re-imported reviewer file changed a person's roles.
+    RolesChanged,
+    /// Someone signed in asked for what their roles do not allow.
+    Forbidden,
 }
 
 impl Action {
@@ -55,8 +65,34 @@ impl Action {
             Action::RecordingDeleted => "recording-deleted",
             Action::LegalHold => "legal-hold",
             Action::LegalHoldReleased => "legal-hold-released",
+            Action::ConsentSet => "consent-set",
+            Action::TeachingAdded => "teaching-added",
+            Action::TeachingRemoved => "teaching-removed",
+            Action::RolesChanged => "roles-changed",
+            Action::Forbidden => "forbidden",
         }
     }
+
+    /// Every action, as the privacy officer's page offers them as a filter.
+    pub const ALL: [Action; 17] = [
+        Action::SignIn,
+        Action::SignInFailed,
+        Action::SignInRefused,
+        Action::SignOut,
+        Action::RecordingOpened,
+        Action::Download,
+        Action::ReviewerImported,
+        Action::ReviewerRemoved,
+        Action::RecordingWithdrawn,
+        Action::RecordingDeleted,
+        Action::LegalHold,
+        Action::LegalHoldReleased,
+        Action::ConsentSet,
+        Action::TeachingAdded,
+        Action::TeachingRemoved,
+        Action::RolesChanged,
+        Action::Forbidden,
+    ];
 }
 
 /// An entry before it is chained: what the caller says happened.
@@ -157,6 +193,62 @@ impl Entry {
     }
 }
 
+/// Which entries the privacy officer's page asks for; `None` matches any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Exactly this actor.
+    pub actor: Option<String>,
+    /// Exactly this action.
+    pub action: Option<String>,
+    /// Exactly this recording (`device/id`).
+    pub recording: Option<String>,
+    /// At or after (normalised RFC 3339 UTC).
+    pub since: Option<String>,
+    /// At or before.
+    pub until: Option<String>,
+}
+
+/// The CSV export's header line.
+pub const CSV_HEADER: &str = "seq,utc,actor,action,recording,client,detail,prev,hash\r\n";
+
+/// One CSV field (RFC 4180): quoted when it holds a comma, quote or line end. A field that a
+/// spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab, CR first) gets a leading `'`
+/// (OWASP's advice for CSV exports): the CSV is for reading; `audit --json` is the exact copy
+/// whose hashes verify.
+pub fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+impl Entry {
+    /// The entry as a CSV line (with CRLF).
+    pub fn csv_line(&self) -> String {
+        let seq = self.seq.to_string();
+        let fields = [
+            seq.as_str(),
+            &self.utc,
+            &self.actor,
+            &self.action,
+            &self.recording,
+            &self.client,
+            &self.detail,
+            &self.prev,
+            &self.hash,
+        ];
+        let mut line = fields.map(csv_field).join(",");
+        line.push_str("\r\n");
+        line
+    }
+}
+
 /// Where a chain breaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broken {
@@ -219,6 +311,18 @@ mod tests {
             v.push(e);
         }
         v
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_and_formulas_defused() {
+        assert_eq!(csv_field("alice"), "alice");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field(r#"{"note":"x"}"#), r#""{""note"":""x""}""#);
+        assert_eq!(csv_field("=HYPERLINK(1)"), "'=HYPERLINK(1)");
+        assert_eq!(csv_field("-x"), "'-x");
+        assert_eq!(csv_field("line\nbreak"), "\"line\nbreak\"");
+        let line = chain(1)[0].csv_line();
+        assert!(line.ends_with("\r\n") && line.starts_with("1,"), "{line}");
     }
 
     #[test]

@@ -29,6 +29,16 @@ pub struct IngestConfig {
     pub mqtt: Option<Mqtt>,
     /// `[retention]`: how long recordings are kept, if the server deletes them by itself.
     pub retention: Option<Retention>,
+    /// `[consent]`: the department's consent policy.
+    pub consent: ConsentPolicy,
+}
+
+/// `[consent]` (docs/privacy.md, "Consent").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsentPolicy {
+    /// A recording whose review consent is pending may be opened (flagged on the page): the
+    /// deferred-consent practice of units that review resuscitations today.
+    pub review_while_pending: bool,
 }
 
 /// `[retention]`: the server deletes a recording this long after it started, unless it is
@@ -502,6 +512,18 @@ fn walk(w: &mut Walker, root: &DeTable, base: &Path) -> IngestConfig {
             keep_days: keep_days as u32,
         }
     });
+    let consent = match w.optional_section(root, "consent") {
+        Some(mut c) => {
+            let review_while_pending = w.boolean(&mut c, "review_while_pending", true);
+            w.finish(c);
+            ConsentPolicy {
+                review_while_pending,
+            }
+        }
+        None => ConsentPolicy {
+            review_while_pending: true,
+        },
+    };
     w.finish(top);
 
     let review = review.map(
@@ -551,6 +573,7 @@ fn walk(w: &mut Walker, root: &DeTable, base: &Path) -> IngestConfig {
         },
         mqtt,
         retention,
+        consent,
     }
 }
 
@@ -656,7 +679,7 @@ mod tests {
             "unknown option (see docs/ingest.md",
             "storage.dir: missing:",
             "5 is more than limits.max_connections (4)",
-            "unknown section (known: [tls], [storage], [limits], [review], [database], [mqtt], [retention])",
+            "unknown section (known: [tls], [storage], [limits], [review], [database], [mqtt], [retention], [consent])",
         ] {
             assert!(all.contains(expected), "{expected}\n{all}");
         }

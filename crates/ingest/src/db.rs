@@ -116,8 +116,48 @@ CREATE TABLE holds (
 );
 ";
 
+/// Version 4: roles (a reviewer imported before roles existed could only watch), consent
+/// answers and the teaching library. Consent and teaching rows go with their recording.
+/// `wrapped_key` is empty for roles without video.
+const SCHEMA_V4: &str = "
+ALTER TABLE reviewers ADD COLUMN roles TEXT NOT NULL DEFAULT 'reviewer';
+CREATE TABLE consent (
+    device TEXT NOT NULL,
+    id TEXT NOT NULL,
+    question TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    recorded_by TEXT NOT NULL,
+    utc TEXT NOT NULL,
+    note TEXT NOT NULL,
+    form_ref TEXT NOT NULL,
+    PRIMARY KEY (device, id, question)
+);
+CREATE TABLE teaching (
+    device TEXT NOT NULL,
+    id TEXT NOT NULL,
+    until_utc TEXT NOT NULL,
+    added_by TEXT NOT NULL,
+    utc TEXT NOT NULL,
+    PRIMARY KEY (device, id)
+);
+";
+
 /// Each version's schema change, from version 0 (an empty file) on.
-const MIGRATIONS: [&str; 3] = [SCHEMA, SCHEMA_V2, SCHEMA_V3];
+const MIGRATIONS: [&str; 4] = [SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+
+/// The columns of a recording's row in the list, with its consent, hold and teaching place
+/// ([`row_summary`] reads them in this order).
+const SUMMARY: &str = "SELECT r.id, r.device, r.upload, r.status, r.trigger_source, r.stop_reason, r.first_frame_utc, r.trigger_utc, r.stop_utc, r.preroll_secs, r.duration_secs, r.markers, r.signer,
+    r.first_seen_utc, h.reason IS NOT NULL, t.until_utc,
+    cf.answer, cf.recorded_by, cf.utc, cf.note, cf.form_ref,
+    cr.answer, cr.recorded_by, cr.utc, cr.note, cr.form_ref,
+    cu.answer, cu.recorded_by, cu.utc, cu.note, cu.form_ref
+  FROM recordings r
+  LEFT JOIN holds h ON h.device = r.device AND h.id = r.id
+  LEFT JOIN teaching t ON t.device = r.device AND t.id = r.id
+  LEFT JOIN consent cf ON cf.device = r.device AND cf.id = r.id AND cf.question = 'filmed'
+  LEFT JOIN consent cr ON cr.device = r.device AND cr.id = r.id AND cr.question = 'review'
+  LEFT JOIN consent cu ON cu.device = r.device AND cu.id = r.id AND cu.question = 'use'";
 
 /// A database operation that failed.
 #[derive(Debug, Error)]
@@ -159,12 +199,12 @@ pub struct Reviewer {
 }
 
 /// How `add_reviewer` went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Added {
     /// A new reviewer.
     New,
-    /// An existing one replaced (`--replace`); its sessions ended.
-    Replaced,
+    /// An existing one replaced (`--replace`); its sessions ended. Its roles before.
+    Replaced(Vec<Role>),
 }
 
 /// A session as stored.
@@ -172,6 +212,8 @@ pub enum Added {
 pub struct Session {
     /// Its reviewer.
     pub reviewer: String,
+    /// The reviewer's roles, as stored now (a re-import changes them at the next request).
+    pub roles: Vec<Role>,
     /// Its CSRF token.
     pub csrf: String,
     /// Sign-in time (unix seconds).
@@ -215,11 +257,13 @@ pub enum Attempt {
     Right(Box<Reviewer>),
 }
 
+use neoflix_format::review_api::{Answer, Consent, Lifecycle, Question, Recorded};
 pub use neoflix_format::review_api::{Summary, Upload};
+use neoflix_format::reviewer::Role;
 
 /// A recording as retention sees it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Lifecycle {
+pub struct Retained {
     /// The box.
     pub device: String,
     /// The recording.
@@ -236,6 +280,10 @@ pub struct Lifecycle {
     pub duration_secs: Option<f64>,
     /// The legal hold's reason, if it is held.
     pub hold: Option<String>,
+    /// In the teaching library until then (RFC 3339 UTC).
+    pub teaching_until_utc: Option<String>,
+    /// Consent to film or review it was refused.
+    pub refused: bool,
 }
 
 /// The fields of a complete recording the index keeps.
@@ -377,14 +425,14 @@ impl Db {
     pub fn add_reviewer(&self, f: &ReviewerFile, replace: bool) -> Result<Added, DbError> {
         let mut c = self.conn();
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists: bool = tx
+        let before: Option<String> = tx
             .query_row(
-                "SELECT COUNT(*) FROM reviewers WHERE name = ?1",
+                "SELECT roles FROM reviewers WHERE name = ?1",
                 params![f.name.as_str()],
-                |r| r.get::<_, i64>(0),
+                |r| r.get(0),
             )
-            .map(|n| n > 0)?;
-        if exists && !replace {
+            .optional()?;
+        if before.is_some() && !replace {
             return Err(DbError::ReviewerExists(f.name.to_string()));
         }
         let kdf = serde_json::to_string(&f.kdf).expect("kdf serializes");
@@ -397,19 +445,24 @@ impl Db {
             params![f.name.as_str()],
         )?;
         tx.execute(
-            "INSERT INTO reviewers (name, department_key_id, created_utc, kdf, verifier, wrapped_key, imported_utc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO reviewers (name, department_key_id, created_utc, kdf, verifier, wrapped_key, imported_utc, roles) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 f.name.as_str(),
                 f.department_key_id,
                 f.created_utc,
                 kdf,
                 f.verifier,
-                f.wrapped_key,
-                now_utc()
+                f.wrapped_key.as_deref().unwrap_or(""),
+                now_utc(),
+                roles_text(&f.roles)
             ],
         )?;
         tx.commit()?;
-        Ok(if exists { Added::Replaced } else { Added::New })
+        Ok(match before {
+            None => Added::New,
+            // Rows this code wrote read back; a hand-edited one is shown as it reads.
+            Some(b) => Added::Replaced(roles_of(&b).unwrap_or_default()),
+        })
     }
 
     /// A reviewer by name.
@@ -469,7 +522,7 @@ impl Db {
     pub fn reviewers(&self) -> Result<Vec<Reviewer>, DbError> {
         let c = self.conn();
         let mut st = c.prepare(
-            "SELECT name, department_key_id, created_utc, kdf, verifier, wrapped_key, imported_utc FROM reviewers ORDER BY name",
+            "SELECT name, department_key_id, created_utc, kdf, verifier, wrapped_key, imported_utc, roles FROM reviewers ORDER BY name",
         )?;
         let rows = st.query_map([], row_reviewer)?;
         let mut out = Vec::new();
@@ -547,11 +600,14 @@ impl Db {
         let c = self.conn();
         let s = c
             .query_row(
-                "SELECT s.reviewer, s.csrf, s.created, s.last_seen FROM sessions s JOIN reviewers r ON r.name = s.reviewer WHERE s.token_sha256 = ?1",
+                "SELECT s.reviewer, s.csrf, s.created, s.last_seen, r.roles FROM sessions s JOIN reviewers r ON r.name = s.reviewer WHERE s.token_sha256 = ?1",
                 params![token_sha256],
                 |r| {
+                    let roles: String = r.get(4)?;
                     Ok(Session {
                         reviewer: r.get(0)?,
+                        // A hand-edited row grants nothing rather than failing every request.
+                        roles: roles_of(&roles).unwrap_or_default(),
                         csrf: r.get(1)?,
                         created: r.get(2)?,
                         last_seen: r.get(3)?,
@@ -627,14 +683,16 @@ impl Db {
     }
 
     /// Every indexed recording with what retention needs: newest first.
-    pub fn lifecycle(&self) -> Result<Vec<Lifecycle>, DbError> {
+    pub fn retained(&self) -> Result<Vec<Retained>, DbError> {
         let c = self.conn();
         let mut st = c.prepare(
-            "SELECT r.device, r.id, r.upload, r.first_seen_utc, r.first_frame_utc, r.duration_secs, h.reason FROM recordings r LEFT JOIN holds h ON h.device = r.device AND h.id = r.id ORDER BY r.first_seen_utc DESC, r.device, r.id",
+            "SELECT r.device, r.id, r.upload, r.first_seen_utc, r.first_frame_utc, r.duration_secs, h.reason, t.until_utc,
+                EXISTS (SELECT 1 FROM consent c WHERE c.device = r.device AND c.id = r.id AND c.question IN ('filmed', 'review') AND c.answer = 'refused')
+             FROM recordings r LEFT JOIN holds h ON h.device = r.device AND h.id = r.id LEFT JOIN teaching t ON t.device = r.device AND t.id = r.id ORDER BY r.first_seen_utc DESC, r.device, r.id",
         )?;
         let v = st
             .query_map([], |r| {
-                Ok(Lifecycle {
+                Ok(Retained {
                     device: r.get(0)?,
                     id: r.get(1)?,
                     upload: upload_of(r, 2)?,
@@ -642,10 +700,95 @@ impl Db {
                     first_frame_utc: r.get(4)?,
                     duration_secs: r.get(5)?,
                     hold: r.get(6)?,
+                    teaching_until_utc: r.get(7)?,
+                    refused: r.get(8)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(v)
+    }
+
+    // --- consent and the teaching library ---
+
+    /// Records one consent answer (replacing the last one to that question).
+    pub fn set_consent(
+        &self,
+        device: &str,
+        id: &str,
+        question: Question,
+        r: &Recorded,
+    ) -> Result<(), DbError> {
+        self.conn().execute(
+            "INSERT INTO consent (device, id, question, answer, recorded_by, utc, note, form_ref) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (device, id, question) DO UPDATE SET answer = excluded.answer, recorded_by = excluded.recorded_by, utc = excluded.utc, note = excluded.note, form_ref = excluded.form_ref",
+            params![
+                device,
+                id,
+                question.as_str(),
+                r.answer.as_str(),
+                r.by.as_deref().unwrap_or(""),
+                r.utc.as_deref().unwrap_or(""),
+                r.note,
+                r.form_ref
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// A recording's consent answers (all pending when none was recorded).
+    pub fn consent_of(&self, device: &str, id: &str) -> Result<Consent, DbError> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT question, answer, recorded_by, utc, note, form_ref FROM consent WHERE device = ?1 AND id = ?2",
+        )?;
+        let mut out = Consent::default();
+        let rows = st.query_map(params![device, id], |r| {
+            let q: String = r.get(0)?;
+            let q = Question::parse(&q).ok_or_else(|| unreadable(0, "a consent question"))?;
+            Ok((q, recorded(r, 1)?))
+        })?;
+        for row in rows {
+            let (q, rec) = row?;
+            *out.get_mut(q) = rec;
+        }
+        Ok(out)
+    }
+
+    /// Places a recording in the teaching library until `until_utc` (or moves its date).
+    pub fn set_teaching(
+        &self,
+        device: &str,
+        id: &str,
+        until_utc: &str,
+        by: &str,
+    ) -> Result<(), DbError> {
+        self.conn().execute(
+            "INSERT INTO teaching (device, id, until_utc, added_by, utc) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (device, id) DO UPDATE SET until_utc = excluded.until_utc, added_by = excluded.added_by, utc = excluded.utc",
+            params![device, id, until_utc, by, now_utc()],
+        )?;
+        Ok(())
+    }
+
+    /// The teaching library's date for a recording, if it is in it.
+    pub fn teaching_of(&self, device: &str, id: &str) -> Result<Option<String>, DbError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT until_utc FROM teaching WHERE device = ?1 AND id = ?2",
+                params![device, id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Takes a recording out of the teaching library. Returns whether it was in it.
+    pub fn remove_teaching(&self, device: &str, id: &str) -> Result<bool, DbError> {
+        let n = self.conn().execute(
+            "DELETE FROM teaching WHERE device = ?1 AND id = ?2",
+            params![device, id],
+        )?;
+        Ok(n > 0)
     }
 
     /// Forgets a deleted recording: its row in the index and the sessions' right to its
@@ -657,6 +800,12 @@ impl Db {
             "DELETE FROM opened WHERE device = ?1 AND id = ?2",
             params![device, id],
         )?;
+        for table in ["consent", "teaching"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE device = ?1 AND id = ?2"),
+                params![device, id],
+            )?;
+        }
         let n = tx.execute(
             "DELETE FROM recordings WHERE device = ?1 AND id = ?2",
             params![device, id],
@@ -782,14 +931,14 @@ impl Db {
     /// At most [`MAX_LISTED`] + 1, so that the caller can tell the list was cut.
     pub fn recordings(&self, f: &Filter) -> Result<Vec<Summary>, DbError> {
         let c = self.conn();
-        let mut st = c.prepare(
-            "SELECT id, device, upload, status, trigger_source, stop_reason, first_frame_utc, trigger_utc, stop_utc, preroll_secs, duration_secs, markers, signer FROM recordings
-             WHERE (?1 IS NULL OR device = ?1)
-               AND (?2 IS NULL OR trigger_utc >= ?2)
-               AND (?3 IS NULL OR trigger_utc <= ?3)
-             ORDER BY COALESCE(trigger_utc, first_seen_utc) DESC, device, id
-             LIMIT ?4",
-        )?;
+        let mut st = c.prepare(&format!(
+            "{SUMMARY}
+             WHERE (?1 IS NULL OR r.device = ?1)
+               AND (?2 IS NULL OR r.trigger_utc >= ?2)
+               AND (?3 IS NULL OR r.trigger_utc <= ?3)
+             ORDER BY COALESCE(r.trigger_utc, r.first_seen_utc) DESC, r.device, r.id
+             LIMIT ?4"
+        ))?;
         let v = st
             .query_map(
                 params![f.device, f.since, f.until, MAX_LISTED as i64 + 1],
@@ -802,9 +951,7 @@ impl Db {
     /// The recordings of that id (one per device holding it).
     pub fn recordings_with_id(&self, id: &str) -> Result<Vec<Summary>, DbError> {
         let c = self.conn();
-        let mut st = c.prepare(
-            "SELECT id, device, upload, status, trigger_source, stop_reason, first_frame_utc, trigger_utc, stop_utc, preroll_secs, duration_secs, markers, signer FROM recordings WHERE id = ?1 ORDER BY device",
-        )?;
+        let mut st = c.prepare(&format!("{SUMMARY} WHERE r.id = ?1 ORDER BY r.device"))?;
         let v = st
             .query_map(params![id], row_summary)?
             .collect::<Result<Vec<_>, _>>()?;
@@ -878,6 +1025,48 @@ impl Db {
         Ok(v)
     }
 
+    /// The entries `f` matches, newest first, at most `limit`.
+    pub fn audit_matching(
+        &self,
+        f: &audit::AuditFilter,
+        limit: usize,
+    ) -> Result<Vec<Entry>, DbError> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT seq, utc, actor, action, recording, client, detail, prev, hash FROM audit
+             WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR action = ?2)
+               AND (?3 IS NULL OR recording = ?3) AND (?4 IS NULL OR utc >= ?4)
+               AND (?5 IS NULL OR utc <= ?5)
+             ORDER BY seq DESC LIMIT ?6",
+        )?;
+        let v = st
+            .query_map(
+                params![
+                    f.actor,
+                    f.action,
+                    f.recording,
+                    f.since,
+                    f.until,
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                |r| {
+                    Ok(Entry {
+                        seq: r.get(0)?,
+                        utc: r.get(1)?,
+                        actor: r.get(2)?,
+                        action: r.get(3)?,
+                        recording: r.get(4)?,
+                        client: r.get(5)?,
+                        detail: r.get(6)?,
+                        prev: r.get(7)?,
+                        hash: r.get(8)?,
+                    })
+                },
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(v)
+    }
+
     /// Recomputes the chain: the head hash, or the first entry that does not match.
     pub fn verify_audit(&self) -> Result<Result<String, audit::Broken>, DbError> {
         Ok(audit::verify(&self.audit()?))
@@ -887,7 +1076,7 @@ impl Db {
 fn reviewer_in(c: &Connection, name: &str) -> Result<Option<Reviewer>, DbError> {
     let row = c
         .query_row(
-            "SELECT name, department_key_id, created_utc, kdf, verifier, wrapped_key, imported_utc FROM reviewers WHERE name = ?1",
+            "SELECT name, department_key_id, created_utc, kdf, verifier, wrapped_key, imported_utc, roles FROM reviewers WHERE name = ?1",
             params![name],
             row_reviewer,
         )
@@ -940,7 +1129,16 @@ fn add_failure_in(c: &Connection, name: &str, address: &str, now: i64) -> Result
     Ok(())
 }
 
-type ReviewerRow = (String, String, String, String, String, String, String);
+type ReviewerRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+);
 
 fn row_reviewer(r: &rusqlite::Row) -> rusqlite::Result<ReviewerRow> {
     Ok((
@@ -951,13 +1149,29 @@ fn row_reviewer(r: &rusqlite::Row) -> rusqlite::Result<ReviewerRow> {
         r.get(4)?,
         r.get(5)?,
         r.get(6)?,
+        r.get(7)?,
     ))
+}
+
+/// Roles as the `roles` column holds them: their names, comma-separated.
+fn roles_text(roles: &[Role]) -> String {
+    roles
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The roles of a `roles` column; `None` if any name is unknown.
+fn roles_of(text: &str) -> Option<Vec<Role>> {
+    text.split(',').map(Role::parse).collect()
 }
 
 /// Rebuilds the file from a row and checks it as an imported file is checked: a row edited by
 /// hand into something unusable is refused, not used.
 fn check_reviewer(row: ReviewerRow) -> Result<Reviewer, DbError> {
-    let (name, department_key_id, created_utc, kdf, verifier, wrapped_key, imported_utc) = row;
+    let (name, department_key_id, created_utc, kdf, verifier, wrapped_key, imported_utc, roles) =
+        row;
     let corrupt = || DbError::Corrupt(format!("reviewer {}", crate::esc(&name)));
     let kdf: Kdf = serde_json::from_str(&kdf).map_err(|_| corrupt())?;
     let file = ReviewerFile {
@@ -965,9 +1179,10 @@ fn check_reviewer(row: ReviewerRow) -> Result<Reviewer, DbError> {
         name: ReviewerName::parse(&name).map_err(|_| corrupt())?,
         department_key_id,
         created_utc,
+        roles: roles_of(&roles).ok_or_else(corrupt)?,
         kdf,
         verifier,
-        wrapped_key,
+        wrapped_key: (!wrapped_key.is_empty()).then_some(wrapped_key),
     };
     file.check().map_err(|_| corrupt())?;
     Ok(Reviewer { file, imported_utc })
@@ -1012,6 +1227,33 @@ fn row_summary(r: &rusqlite::Row) -> rusqlite::Result<Summary> {
         duration_secs: r.get(10)?,
         markers,
         signer: r.get(12)?,
+        received_utc: r.get(13)?,
+        consent: Consent {
+            filmed: recorded(r, 16)?,
+            review: recorded(r, 21)?,
+            use_: recorded(r, 26)?,
+        },
+        lifecycle: Lifecycle {
+            // Filled in by the caller, who knows the policy and the time.
+            delete_after_utc: None,
+            held: r.get(14)?,
+            teaching_until_utc: r.get(15)?,
+        },
+    })
+}
+
+/// One consent answer from five columns from `at` on; no row is `pending`, never recorded.
+fn recorded(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Recorded> {
+    let Some(answer) = r.get::<_, Option<String>>(at)? else {
+        return Ok(Recorded::default());
+    };
+    let nonempty = |s: String| (!s.is_empty()).then_some(s);
+    Ok(Recorded {
+        answer: Answer::parse(&answer).ok_or_else(|| unreadable(at, "a consent answer"))?,
+        by: nonempty(r.get(at + 1)?),
+        utc: nonempty(r.get(at + 2)?),
+        note: r.get(at + 3)?,
+        form_ref: r.get(at + 4)?,
     })
 }
 
@@ -1029,8 +1271,9 @@ pub(crate) mod tests {
             department_key_id: "0123456789abcdef".into(),
             created_utc: "2026-11-28T10:15:02.120Z".into(),
             kdf: Kdf::recommended(&[7; SALT_LEN]),
+            roles: vec![Role::Reviewer],
             verifier: hex::encode(verifier_of(&[auth; KEY_LEN])),
-            wrapped_key: base64::engine::general_purpose::STANDARD.encode([2; WRAPPED_LEN]),
+            wrapped_key: Some(base64::engine::general_purpose::STANDARD.encode([2; WRAPPED_LEN])),
         }
     }
 
@@ -1056,6 +1299,79 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn consent_and_the_teaching_library_show_in_the_list_and_go_with_the_recording() {
+        let (_d, db) = db();
+        db.index_uploading("room-1", "r1").unwrap();
+        let listed = |db: &Db| db.recordings_with_id("r1").unwrap();
+        assert_eq!(listed(&db)[0].consent, Consent::default(), "pending");
+        let granted = Recorded {
+            answer: Answer::Granted,
+            by: Some("dr.chair".into()),
+            utc: Some("2026-11-29T10:00:00.000Z".into()),
+            note: "mother, by phone".into(),
+            form_ref: "CF-2026-114".into(),
+        };
+        db.set_consent("room-1", "r1", Question::Use, &granted)
+            .unwrap();
+        db.set_consent("room-1", "r1", Question::Review, &granted)
+            .unwrap();
+        db.set_teaching("room-1", "r1", "2031-01-01T00:00:00.000Z", "dr.chair")
+            .unwrap();
+        let s = &listed(&db)[0];
+        assert_eq!(s.consent.use_, granted);
+        assert_eq!(s.consent.review, granted);
+        assert_eq!(s.consent.filmed.answer, Answer::Pending);
+        assert_eq!(
+            s.lifecycle.teaching_until_utc.as_deref(),
+            Some("2031-01-01T00:00:00.000Z")
+        );
+        assert!(!s.lifecycle.held);
+        assert_eq!(db.consent_of("room-1", "r1").unwrap(), s.consent);
+        let refused = Recorded {
+            answer: Answer::Refused,
+            ..granted.clone()
+        };
+        db.set_consent("room-1", "r1", Question::Filmed, &refused)
+            .unwrap();
+        let r = &db.retained().unwrap()[0];
+        assert!(r.refused);
+        assert_eq!(
+            r.teaching_until_utc.as_deref(),
+            Some("2031-01-01T00:00:00.000Z")
+        );
+        db.forget_recording("room-1", "r1").unwrap();
+        assert_eq!(db.consent_of("room-1", "r1").unwrap(), Consent::default());
+        assert_eq!(db.teaching_of("room-1", "r1").unwrap(), None);
+    }
+
+    #[test]
+    fn roles_are_stored_with_the_reviewer_and_read_by_every_session() {
+        let (_d, db) = db();
+        let mut officer = reviewer("olga", 3);
+        officer.roles = vec![Role::PrivacyOfficer];
+        officer.wrapped_key = None;
+        assert_eq!(db.add_reviewer(&officer, false).unwrap(), Added::New);
+        let back = db.reviewer("olga").unwrap().unwrap();
+        assert_eq!(back.file, officer, "no key, the officer's role");
+        db.add_session("t", "c", "olga", 100).unwrap();
+        assert_eq!(
+            db.session("t", 100, 600, 3600).unwrap().unwrap().roles,
+            vec![Role::PrivacyOfficer]
+        );
+        let mut chair = reviewer("olga", 3);
+        chair.roles = vec![Role::Chair, Role::PrivacyOfficer];
+        assert_eq!(
+            db.add_reviewer(&chair, true).unwrap(),
+            Added::Replaced(vec![Role::PrivacyOfficer])
+        );
+        db.add_session("t2", "c", "olga", 100).unwrap();
+        assert_eq!(
+            db.session("t2", 100, 600, 3600).unwrap().unwrap().roles,
+            vec![Role::Chair, Role::PrivacyOfficer]
+        );
+    }
+
+    #[test]
     fn reviewers_are_added_refused_twice_replaced_and_removed_with_their_sessions() {
         let (_d, db) = db();
         assert_eq!(
@@ -1069,7 +1385,7 @@ pub(crate) mod tests {
         db.add_session("t1", "c1", "alice", 100).unwrap();
         assert_eq!(
             db.add_reviewer(&reviewer("alice", 2), true).unwrap(),
-            Added::Replaced
+            Added::Replaced(vec![Role::Reviewer])
         );
         assert!(
             db.session("t1", 101, 1800, 28800).unwrap().is_none(),

@@ -29,6 +29,7 @@ pub mod db;
 pub mod fleet;
 pub mod http;
 pub mod index;
+pub mod lifecycle;
 pub mod limits;
 pub mod ratelimit;
 pub mod retention;
@@ -135,10 +136,10 @@ async fn apply_retention(
                     match p.outcome {
                         Ok(s) => {
                             let s = s.unwrap_or_default();
-                            log::info!(device = device.as_str(), recording = id.as_str(), until_utc = p.until_utc.as_str(), key_records = s.key_records, other_files = s.other_files; "retention: recording deleted past its date");
+                            log::info!(device = device.as_str(), recording = id.as_str(), why = p.why().as_str(), key_records = s.key_records, other_files = s.other_files; "retention: recording deleted");
                         }
-                        Err(e) => {
-                            log::error!(device = device.as_str(), recording = id.as_str(), until_utc = p.until_utc.as_str(), error = esc(&e).as_str(); "retention: a recording past its date could not be deleted: retried within the hour");
+                        Err(ref e) => {
+                            log::error!(device = device.as_str(), recording = id.as_str(), why = p.why().as_str(), error = esc(e).as_str(); "retention: a recording past its date could not be deleted: retried within the hour");
                         }
                     }
                 }
@@ -159,6 +160,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let tls = tls::Reloading::new(&cfg)?;
+    let identity = Arc::new(server_identity(&cfg)?);
     let custody = Arc::new(custody::Custody::new(tls.clone(), server_identity(&cfg)?));
     let store = Arc::new(storage::Storage::open(
         &cfg.storage.dir,
@@ -242,6 +244,12 @@ pub async fn run(
             cfg.storage.max_object_bytes,
             limits::Budget::new(cfg.limits.max_buffered_bytes),
             fleet.clone(),
+            review::Lifecycle {
+                store: store.clone(),
+                identity: identity.clone(),
+                keep_days: cfg.retention.map(|r| r.keep_days),
+                consent: cfg.consent,
+            },
         )
         .await?;
         tokio::spawn(review::serve(prepared, stop_rx.clone()));

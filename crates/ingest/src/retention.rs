@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::audit::{Action, Event};
-use crate::db::{Db, DbError, Lifecycle};
+use crate::db::{Db, DbError, Retained};
 use crate::storage::{Shredded, Storage};
 
 /// How often the server applies retention: the issue asks for at least daily; an hour keeps a
@@ -38,6 +38,15 @@ pub enum Verdict {
         /// Why it is held.
         reason: String,
     },
+    /// In the teaching library, which keeps it until its own date (past the usual one or
+    /// not).
+    Teaching {
+        /// The library's date for it.
+        until_utc: String,
+    },
+    /// Consent to film or review it was refused: delete now. (Refusing withdraws it at once;
+    /// this finishes one whose withdrawal was interrupted or whose hold was released.)
+    Refused,
     /// Past its date: delete.
     Due {
         /// Its retention date.
@@ -56,21 +65,73 @@ pub fn until(received: SystemTime, keep_days: u32) -> Option<SystemTime> {
         .filter(|u| *u <= last)
 }
 
-/// What retention does with `r` at `now`. A recording still uploading is judged the same way:
-/// an upload abandoned half-way must not outlive the policy either.
-pub fn verdict(r: &Lifecycle, keep_days: u32, now: SystemTime) -> Verdict {
-    let Some(until) = neoflix_format::parse_utc(&r.received_utc).and_then(|t| until(t, keep_days))
-    else {
+impl Verdict {
+    /// When the recording is deleted, as the page shows it: `None` while a hold keeps it or
+    /// its time does not read.
+    pub fn delete_after_utc(&self) -> Option<String> {
+        match self {
+            Verdict::Keep { until_utc }
+            | Verdict::Teaching { until_utc }
+            | Verdict::Due { until_utc } => Some(until_utc.clone()),
+            Verdict::Held { .. } | Verdict::Unreadable | Verdict::Refused => None,
+        }
+    }
+}
+
+/// What retention does with a recording received at `received_utc`, held for `hold` (its
+/// reason), in the teaching library until `teaching_until_utc`, and whose filming or review
+/// was `refused`, at `now`. A recording still uploading is judged the same way: an upload
+/// abandoned half-way must not outlive the policy either. The library's date replaces the
+/// usual one; a hold keeps it past either, and past a refusal.
+pub fn verdict(
+    received_utc: &str,
+    hold: Option<&str>,
+    teaching_until_utc: Option<&str>,
+    refused: bool,
+    keep_days: u32,
+    now: SystemTime,
+) -> Verdict {
+    if refused && hold.is_none() {
+        return Verdict::Refused;
+    }
+    let date = match teaching_until_utc {
+        Some(t) => neoflix_format::parse_utc(t),
+        None => neoflix_format::parse_utc(received_utc).and_then(|t| until(t, keep_days)),
+    };
+    let Some(until) = date else {
         return Verdict::Unreadable;
     };
     let until_utc = neoflix_format::utc(until);
-    match (&r.hold, until <= now) {
+    match (hold, until <= now) {
+        (_, false) if teaching_until_utc.is_some() => Verdict::Teaching { until_utc },
         (_, false) => Verdict::Keep { until_utc },
         (Some(reason), true) => Verdict::Held {
             until_utc,
-            reason: reason.clone(),
+            reason: reason.to_string(),
         },
         (None, true) => Verdict::Due { until_utc },
+    }
+}
+
+/// [`verdict`] of an index row.
+pub fn verdict_of(r: &Retained, keep_days: u32, now: SystemTime) -> Verdict {
+    verdict(
+        &r.received_utc,
+        r.hold.as_deref(),
+        r.teaching_until_utc.as_deref(),
+        r.refused,
+        keep_days,
+        now,
+    )
+}
+
+impl Purged {
+    /// Why it went, as a line says it.
+    pub fn why(&self) -> String {
+        match &self.until_utc {
+            Some(u) => format!("kept until {u}"),
+            None => "consent to film or review refused".into(),
+        }
     }
 }
 
@@ -81,8 +142,8 @@ pub struct Purged {
     pub device: String,
     /// The recording.
     pub id: String,
-    /// Its retention date.
-    pub until_utc: String,
+    /// Its retention date; `None` when it went because consent was refused.
+    pub until_utc: Option<String>,
     /// What went (`None` in a dry run), or why it could not.
     pub outcome: Result<Option<Shredded>, String>,
 }
@@ -101,14 +162,25 @@ pub fn purge(
     client: &str,
 ) -> Result<Vec<Purged>, RetentionError> {
     let mut out = Vec::new();
-    for r in db.lifecycle()? {
-        let Verdict::Due { until_utc } = verdict(&r, keep_days, now) else {
-            continue;
+    for r in db.retained()? {
+        let until_utc = match verdict_of(&r, keep_days, now) {
+            Verdict::Due { until_utc } => Some(until_utc),
+            Verdict::Refused => None,
+            _ => continue,
         };
         let outcome = if dry_run {
             Ok(None)
         } else {
-            delete_one(store, db, &r, keep_days, &until_utc, now, actor, client)
+            delete_one(
+                store,
+                db,
+                &r,
+                keep_days,
+                until_utc.as_deref(),
+                now,
+                actor,
+                client,
+            )
         };
         if matches!(outcome, Ok(None)) && !dry_run {
             continue; // held since the list was read
@@ -127,20 +199,20 @@ pub fn purge(
 fn delete_one(
     store: &Storage,
     db: &Db,
-    r: &Lifecycle,
+    r: &Retained,
     keep_days: u32,
-    until_utc: &str,
+    until_utc: Option<&str>,
     now: SystemTime,
     actor: &str,
     client: &str,
 ) -> Result<Option<Shredded>, String> {
     let recording = format!("{}/{}", r.device, r.id);
-    // A hold placed while this ran wins.
-    if db
-        .hold_of(&r.device, &r.id)
-        .map_err(|e| e.to_string())?
-        .is_some()
-    {
+    // A hold placed, or a teaching date set, while this ran wins.
+    let held = db.hold_of(&r.device, &r.id).map_err(|e| e.to_string())?;
+    let teaching = db
+        .teaching_of(&r.device, &r.id)
+        .map_err(|e| e.to_string())?;
+    if held.is_some() || teaching != r.teaching_until_utc {
         return Ok(None);
     }
     db.append_audit(&Event {
@@ -149,7 +221,7 @@ fn delete_one(
         recording,
         client: client.into(),
         detail: json!({
-            "reason": "retention",
+            "reason": if until_utc.is_some() { "retention" } else { "consent refused" },
             "keep_days": keep_days,
             "until_utc": until_utc,
             "applied_as_of_utc": neoflix_format::utc(now),
@@ -167,8 +239,8 @@ mod tests {
     use super::*;
     use crate::db::Upload;
 
-    fn row(upload: Upload, received: &str, hold: Option<&str>) -> Lifecycle {
-        Lifecycle {
+    fn row(upload: Upload, received: &str, hold: Option<&str>) -> Retained {
+        Retained {
             device: "room-1".into(),
             id: "r".into(),
             upload,
@@ -176,6 +248,8 @@ mod tests {
             first_frame_utc: None,
             duration_secs: Some(60.0),
             hold: hold.map(Into::into),
+            teaching_until_utc: None,
+            refused: false,
         }
     }
 
@@ -189,20 +263,20 @@ mod tests {
         let until_utc = "2026-12-01T10:00:00.000Z".to_string();
         let r = row(Upload::Complete, received, None);
         assert_eq!(
-            verdict(&r, 30, at("2026-12-01T09:59:59Z")),
+            verdict_of(&r, 30, at("2026-12-01T09:59:59Z")),
             Verdict::Keep {
                 until_utc: until_utc.clone()
             }
         );
         assert_eq!(
-            verdict(&r, 30, at("2026-12-01T10:00:00Z")),
+            verdict_of(&r, 30, at("2026-12-01T10:00:00Z")),
             Verdict::Due {
                 until_utc: until_utc.clone()
             }
         );
         let later = at("2027-06-01T00:00:00Z");
         assert_eq!(
-            verdict(
+            verdict_of(
                 &row(Upload::Complete, received, Some("court order")),
                 30,
                 later
@@ -214,8 +288,52 @@ mod tests {
         );
         // An upload abandoned half-way is not kept for ever.
         assert_eq!(
-            verdict(&row(Upload::Uploading, received, None), 30, later),
+            verdict_of(&row(Upload::Uploading, received, None), 30, later),
             Verdict::Due { until_utc }
+        );
+    }
+
+    #[test]
+    fn the_teaching_library_keeps_a_recording_until_its_own_date_and_a_hold_past_that() {
+        let received = "2026-11-01T10:00:00.000Z";
+        let mut r = row(Upload::Complete, received, None);
+        r.teaching_until_utc = Some("2028-01-01T00:00:00.000Z".into());
+        let teaching = Verdict::Teaching {
+            until_utc: "2028-01-01T00:00:00.000Z".into(),
+        };
+        assert_eq!(verdict_of(&r, 30, at("2027-06-01T00:00:00Z")), teaching);
+        assert_eq!(
+            teaching.delete_after_utc().as_deref(),
+            Some("2028-01-01T00:00:00.000Z")
+        );
+        let due = verdict_of(&r, 30, at("2028-01-01T00:00:00Z"));
+        assert!(matches!(due, Verdict::Due { .. }), "{due:?}");
+        // A library date sooner than the usual one is the date: the chair chose it.
+        r.teaching_until_utc = Some("2026-11-10T00:00:00.000Z".into());
+        assert!(matches!(
+            verdict_of(&r, 30, at("2026-11-20T00:00:00Z")),
+            Verdict::Due { .. }
+        ));
+        r.hold = Some("inquest".into());
+        let held = verdict_of(&r, 30, at("2030-01-01T00:00:00Z"));
+        assert!(matches!(held, Verdict::Held { .. }), "{held:?}");
+        assert_eq!(held.delete_after_utc(), None);
+        r.refused = true;
+        let held = verdict_of(&r, 30, at("2026-11-20T00:00:00Z"));
+        assert!(
+            matches!(held, Verdict::Held { .. }),
+            "a hold outlasts a refusal: {held:?}"
+        );
+        r.hold = None;
+        assert_eq!(
+            verdict_of(&r, 30, at("2026-11-02T00:00:00Z")),
+            Verdict::Refused
+        );
+        r.refused = false;
+        r.teaching_until_utc = Some("never".into());
+        assert_eq!(
+            verdict_of(&r, 30, at("2030-01-01T00:00:00Z")),
+            Verdict::Unreadable
         );
     }
 
@@ -224,7 +342,7 @@ mod tests {
         let later = at("2027-06-01T00:00:00Z");
         for received in ["yesterday", "", "9999-12-30T00:00:00Z"] {
             assert_eq!(
-                verdict(&row(Upload::Complete, received, None), 3650, later),
+                verdict_of(&row(Upload::Complete, received, None), 3650, later),
                 Verdict::Unreadable,
                 "{received}"
             );

@@ -99,7 +99,7 @@ enum ReviewerCmd {
         #[arg(long)]
         replace: bool,
     },
-    /// List the reviewers: name, department key id, created, locked by the rate limit.
+    /// List the reviewers: name, roles, department key id, created, locked by the rate limit.
     List,
     /// Remove a reviewer: it cannot sign in, its sessions end at once.
     Remove {

@@ -16,19 +16,36 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use neoflix_format::Manifest;
 use neoflix_format::review_api::{
-    DownloadRequest, LoginAnswer, LoginRequest, Params, ParamsRequest, RecordingAnswer,
-    RecordingsAnswer, SessionAnswer,
+    Answer, ConsentRequest, DownloadRequest, LoginAnswer, LoginRequest, Params, ParamsRequest,
+    Question, RecordingAnswer, RecordingsAnswer, SessionAnswer, TeachingRequest, WithdrawRequest,
 };
+use neoflix_format::reviewer::Role;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::State;
 use super::guard::{self, Route};
-use crate::audit::{Action, Event};
+use crate::audit::{Action, AuditFilter, Event};
 use crate::db::{Attempt, Db, DbError, Filter, Limit, Session, Summary, Upload, now_secs};
 use crate::http::{Resp, error, json as json_resp};
+use crate::lifecycle::{Cause, Consequence, LifecycleError, Who};
 use crate::ratelimit;
+
+/// Most audit entries the page lists at once (newest first); filters reach older ones.
+const MAX_AUDIT_LISTED: usize = 500;
+/// Most entries one CSV export holds.
+const MAX_AUDIT_EXPORTED: usize = 200_000;
+
+/// Who may watch recordings.
+const WATCH: &[Role] = &[Role::Chair, Role::Reviewer];
+/// Who may list recordings (the privacy officer for the retention report: times, rooms,
+/// consent, dates; no video).
+const LIST: &[Role] = &[Role::Chair, Role::Reviewer, Role::PrivacyOfficer];
+/// Who decides consent, withdrawal and the teaching library.
+const CHAIR: &[Role] = &[Role::Chair];
+/// Who reads the audit log on the page.
+const AUDIT: &[Role] = &[Role::PrivacyOfficer];
 
 /// Largest JSON request body.
 const MAX_BODY: usize = 4 * 1024;
@@ -157,6 +174,78 @@ async fn session_for_change(
     Ok(s)
 }
 
+/// Refuses (403, audited) a signed-in person none of whose roles is in `roles`.
+async fn allow(
+    st: &State,
+    s: &Session,
+    roles: &[Role],
+    what: &str,
+    client: &str,
+) -> Result<(), Resp> {
+    if s.roles.iter().any(|r| roles.contains(r)) {
+        return Ok(());
+    }
+    let needed: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    audit(
+        st,
+        event(
+            &s.reviewer,
+            Action::Forbidden,
+            String::new(),
+            client,
+            json!({ "asked": what, "roles": s.roles }),
+        ),
+    )
+    .await?;
+    Err(error(
+        StatusCode::FORBIDDEN,
+        format!(
+            "{what} needs the role {}: ask the chair, who enrols people with their roles",
+            needed.join(" or ")
+        ),
+    ))
+}
+
+/// Whether the recording may be opened under its consent and the department's policy.
+fn openable(s: &Summary, st: &State) -> Result<(), Resp> {
+    if let Some(q) = s.consent.refused() {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "consent to {} this recording was refused: nobody may open it, and it is being deleted",
+                if q == Question::Filmed {
+                    "film"
+                } else {
+                    "review"
+                }
+            ),
+        ));
+    }
+    if s.consent.review.answer == Answer::Pending && !st.lifecycle.consent.review_while_pending {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "consent to review this recording is pending, and the department's policy ([consent] review_while_pending = false) allows opening it only once granted",
+        ));
+    }
+    Ok(())
+}
+
+/// Fills in when `s` is deleted, as retention would see it now.
+fn with_lifecycle(mut s: Summary, st: &State, now: std::time::SystemTime) -> Summary {
+    if let Some(keep_days) = st.lifecycle.keep_days {
+        let v = crate::retention::verdict(
+            &s.received_utc,
+            s.lifecycle.held.then_some(""),
+            s.lifecycle.teaching_until_utc.as_deref(),
+            s.consent.refused().is_some(),
+            keep_days,
+            now,
+        );
+        s.lifecycle.delete_after_utc = v.delete_after_utc();
+    }
+    s
+}
+
 async fn body_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Resp> {
     let body = Limited::new(req.into_body(), MAX_BODY);
     let bytes = match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
@@ -231,6 +320,7 @@ async fn dispatch(
                 StatusCode::OK,
                 &SessionAnswer {
                     user: s.reviewer,
+                    roles: s.roles,
                     csrf: s.csrf,
                     expires_utc,
                 },
@@ -257,22 +347,31 @@ async fn dispatch(
                 .expect("valid response"))
         }
         Route::Recordings => {
-            session(&req, st).await?;
+            let (_, s) = session(&req, st).await?;
+            allow(st, &s, LIST, "listing recordings", &client).await?;
             let f = filter(req.uri().query())?;
             let mut list = db(st, move |d| d.recordings(&f)).await?;
             let truncated = list.len() > crate::db::MAX_LISTED;
             list.truncate(crate::db::MAX_LISTED);
+            let now = std::time::SystemTime::now();
             Ok(json_resp(
                 StatusCode::OK,
                 &RecordingsAnswer {
-                    recordings: list,
+                    recordings: list
+                        .into_iter()
+                        .map(|r| with_lifecycle(r, st, now))
+                        .collect(),
                     truncated,
+                    review_while_pending: st.lifecycle.consent.review_while_pending,
                 },
             ))
         }
         Route::Recording(id) => {
             let (h, s) = session(&req, st).await?;
-            let rec = resolve(st, &id, query_param(req.uri().query(), "device")).await?;
+            allow(st, &s, WATCH, "opening a recording", &client).await?;
+            let rec = resolve(st, &id, query_param(req.uri().query(), "device"), true).await?;
+            openable(&rec, st)?;
+            let pending = rec.consent.review.answer == Answer::Pending;
             let dir = st.storage.join(&rec.device).join(&rec.id);
             let manifest = read_manifest(&dir).await?;
             let e = event(
@@ -280,8 +379,9 @@ async fn dispatch(
                 Action::RecordingOpened,
                 format!("{}/{}", rec.device, rec.id),
                 &client,
-                json!({}),
+                json!({ "review_consent_pending": pending }),
             );
+            let rec = with_lifecycle(rec, st, std::time::SystemTime::now());
             let (dev, rid) = (rec.device.clone(), rec.id.clone());
             // Audited first: the session may fetch its objects only once the log says so.
             db(st, move |d| {
@@ -301,8 +401,11 @@ async fn dispatch(
             ))
         }
         Route::Object(id, name) => {
-            let (h, _) = session(&req, st).await?;
-            let rec = resolve(st, &id, query_param(req.uri().query(), "device")).await?;
+            let (h, s) = session(&req, st).await?;
+            allow(st, &s, WATCH, "fetching a recording's objects", &client).await?;
+            let rec = resolve(st, &id, query_param(req.uri().query(), "device"), true).await?;
+            // Consent refused after the recording was opened stops it at the next object.
+            openable(&rec, st)?;
             let (dev, rid) = (rec.device.clone(), rec.id.clone());
             if !db(st, move |d| d.opened(&h, &dev, &rid)).await? {
                 return Err(error(
@@ -376,12 +479,14 @@ async fn dispatch(
         }
         Route::Download(id) => {
             let (_, s) = session_for_change(&req, st).await?;
+            allow(st, &s, WATCH, "downloading a recording", &client).await?;
             let device = query_param(req.uri().query(), "device");
             let d: DownloadRequest = body_json(req).await?;
             if let Some(why) = d.problem() {
                 return Err(error(StatusCode::BAD_REQUEST, why));
             }
-            let rec = resolve(st, &id, device).await?;
+            let rec = resolve(st, &id, device, true).await?;
+            openable(&rec, st)?;
             audit(
                 st,
                 event(
@@ -399,6 +504,8 @@ async fn dispatch(
                 .expect("valid response"))
         }
         Route::Fleet => {
+            // Every role: whether the rooms work is everyone's business, and tells nothing of
+            // what was recorded.
             session(&req, st).await?;
             let v = match &st.fleet {
                 Some(f) => f.json(time::OffsetDateTime::now_utc()),
@@ -406,6 +513,173 @@ async fn dispatch(
             };
             Ok(json_resp(StatusCode::OK, &v))
         }
+        Route::Consent(id) => {
+            let (_, s) = session_for_change(&req, st).await?;
+            allow(st, &s, CHAIR, "recording consent", &client).await?;
+            let device = query_param(req.uri().query(), "device");
+            let c: ConsentRequest = body_json(req).await?;
+            if let Some(why) = c.problem() {
+                return Err(error(StatusCode::BAD_REQUEST, why));
+            }
+            let rec = resolve(st, &id, device, false).await?;
+            let (store, identity) = (st.lifecycle.store.clone(), st.lifecycle.identity.clone());
+            let (actor, client) = (s.reviewer.clone(), client.clone());
+            let outcome = change(st, move |d| {
+                crate::lifecycle::set_consent(
+                    &store,
+                    d,
+                    &identity,
+                    &rec.device,
+                    &rec.id,
+                    &rec.consent,
+                    &c,
+                    Who {
+                        actor: &actor,
+                        client: &client,
+                    },
+                    std::time::SystemTime::now(),
+                )
+            })
+            .await?;
+            let outcome = match outcome {
+                Consequence::None => "recorded",
+                Consequence::Withdrawn(_) => "withdrawn",
+                Consequence::KeptUnderHold(_) => "kept-under-hold",
+                Consequence::LeftTeaching => "left-teaching",
+            };
+            Ok(json_resp(StatusCode::OK, &json!({ "outcome": outcome })))
+        }
+        Route::Withdraw(id) => {
+            let (_, s) = session_for_change(&req, st).await?;
+            allow(st, &s, CHAIR, "withdrawing a recording", &client).await?;
+            let device = query_param(req.uri().query(), "device");
+            let w: WithdrawRequest = body_json(req).await?;
+            if let Some(why) = w.problem() {
+                return Err(error(StatusCode::BAD_REQUEST, why));
+            }
+            let rec = resolve(st, &id, device, false).await?;
+            let (store, identity) = (st.lifecycle.store.clone(), st.lifecycle.identity.clone());
+            let (actor, client) = (s.reviewer.clone(), client.clone());
+            let shredded = change(st, move |d| {
+                crate::lifecycle::withdraw(
+                    &store,
+                    d,
+                    &identity,
+                    &rec.device,
+                    &rec.id,
+                    Who {
+                        actor: &actor,
+                        client: &client,
+                    },
+                    w.reason.trim(),
+                    Cause::Withdrawal,
+                    std::time::SystemTime::now(),
+                )
+            })
+            .await?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({
+                    "key_records": shredded.key_records,
+                    "other_files": shredded.other_files,
+                }),
+            ))
+        }
+        Route::Teaching(id) => {
+            let (_, s) = session_for_change(&req, st).await?;
+            allow(st, &s, CHAIR, "changing the teaching library", &client).await?;
+            let device = query_param(req.uri().query(), "device");
+            let t: TeachingRequest = body_json(req).await?;
+            let rec = resolve(st, &id, device, true).await?;
+            let (actor, client) = (s.reviewer.clone(), client.clone());
+            let until = change(st, move |d| {
+                crate::lifecycle::teaching(
+                    d,
+                    &rec.device,
+                    &rec.id,
+                    &rec.consent,
+                    t.days,
+                    Who {
+                        actor: &actor,
+                        client: &client,
+                    },
+                    std::time::SystemTime::now(),
+                )
+            })
+            .await?;
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({ "teaching_until_utc": until }),
+            ))
+        }
+        Route::Audit => {
+            let (_, s) = session(&req, st).await?;
+            allow(st, &s, AUDIT, "reading the audit log", &client).await?;
+            let query = req.uri().query();
+            let f = audit_filter(query)?;
+            let csv = query_param(query, "format").as_deref() == Some("csv");
+            let limit = if csv {
+                MAX_AUDIT_EXPORTED
+            } else {
+                MAX_AUDIT_LISTED
+            };
+            let (mut entries, chain) = db(st, move |d| {
+                Ok((d.audit_matching(&f, limit + 1)?, d.verify_audit()?))
+            })
+            .await?;
+            let truncated = entries.len() > limit;
+            entries.truncate(limit);
+            let chain = match chain {
+                Ok(head) => json!({ "intact": true, "head": head }),
+                Err(b) => json!({ "intact": false, "broken_at": b.seq, "why": b.why }),
+            };
+            if csv {
+                if truncated {
+                    return Err(error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("more than {MAX_AUDIT_EXPORTED} entries match: narrow the dates"),
+                    ));
+                }
+                let mut body = String::from(crate::audit::CSV_HEADER);
+                for e in entries.iter().rev() {
+                    body.push_str(&e.csv_line());
+                }
+                return Ok(Response::builder()
+                    .header("content-type", "text/csv; charset=utf-8")
+                    .header(
+                        "content-disposition",
+                        "attachment; filename=\"neoflix-audit.csv\"",
+                    )
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("valid response"));
+            }
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({
+                    "entries": entries,
+                    "truncated": truncated,
+                    "chain": chain,
+                    "actions": crate::audit::Action::ALL.map(|a| a.as_str()),
+                }),
+            ))
+        }
+    }
+}
+
+/// Runs a lifecycle change off the runtime; its refusals become answers the chair can act on.
+async fn change<T: Send + 'static>(
+    st: &State,
+    f: impl FnOnce(&Db) -> Result<T, LifecycleError> + Send + 'static,
+) -> Result<T, Resp> {
+    let d = st.db.clone();
+    match tokio::task::spawn_blocking(move || f(&d)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e @ (LifecycleError::Held { .. } | LifecycleError::NoUseConsent(_)))) => {
+            Err(error(StatusCode::CONFLICT, e.to_string()))
+        }
+        Ok(Err(e @ LifecycleError::Days)) => Err(error(StatusCode::BAD_REQUEST, e.to_string())),
+        Ok(Err(e)) => Err(internal(e)),
+        Err(e) => Err(internal(e)),
     }
 }
 
@@ -524,6 +798,7 @@ async fn login(
     .await?;
     let s = Session {
         reviewer: name.clone(),
+        roles: r.file.roles.clone(),
         csrf: csrf.clone(),
         created: now,
         last_seen: now,
@@ -534,6 +809,7 @@ async fn login(
         &LoginAnswer {
             user: name,
             csrf,
+            roles: r.file.roles.clone(),
             wrapped_key: r.file.wrapped_key,
             department_key_id: r.file.department_key_id,
             salt: r.file.kdf.salt,
@@ -580,8 +856,85 @@ fn filter(query: Option<&str>) -> Result<Filter, Resp> {
     })
 }
 
-/// The one complete recording `id` names (on `device`, when given).
-async fn resolve(st: &State, id: &str, device: Option<String>) -> Result<Summary, Resp> {
+/// A query value percent-decoded (`+` a space), at most 200 bytes, valid UTF-8.
+fn decoded(query: Option<&str>, key: &str) -> Result<Option<String>, Resp> {
+    let Some(raw) = query.and_then(|q| {
+        q.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (k == key && !v.is_empty()).then_some(v)
+        })
+    }) else {
+        return Ok(None);
+    };
+    let bad = || {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("{key}: not a readable value"),
+        )
+    };
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = bytes.next().and_then(|c| (c as char).to_digit(16));
+                let lo = bytes.next().and_then(|c| (c as char).to_digit(16));
+                match (hi, lo) {
+                    (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+                    _ => return Err(bad()),
+                }
+            }
+            b => out.push(b),
+        }
+        if out.len() > 200 {
+            return Err(bad());
+        }
+    }
+    String::from_utf8(out).map(Some).map_err(|_| bad())
+}
+
+fn audit_filter(query: Option<&str>) -> Result<AuditFilter, Resp> {
+    let time = |key: &str| -> Result<Option<String>, Resp> {
+        decoded(query, key)?
+            .map(|v| {
+                neoflix_format::parse_utc(&v)
+                    .map(neoflix_format::utc)
+                    .ok_or_else(|| {
+                        error(
+                            StatusCode::BAD_REQUEST,
+                            format!("{key}: not an RFC 3339 time"),
+                        )
+                    })
+            })
+            .transpose()
+    };
+    let action = decoded(query, "action")?;
+    if let Some(a) = &action
+        && !crate::audit::Action::ALL.iter().any(|k| k.as_str() == a)
+    {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "action: not an action the audit log records",
+        ));
+    }
+    Ok(AuditFilter {
+        actor: decoded(query, "actor")?,
+        action,
+        recording: decoded(query, "recording")?,
+        since: time("since")?,
+        until: time("until")?,
+    })
+}
+
+/// The one recording `id` names (on `device`, when given); `complete`: only once its manifest
+/// was accepted.
+async fn resolve(
+    st: &State,
+    id: &str,
+    device: Option<String>,
+    complete: bool,
+) -> Result<Summary, Resp> {
     let i = id.to_string();
     let mut found = db(st, move |d| d.recordings_with_id(&i)).await?;
     if let Some(dev) = &device {
@@ -591,7 +944,7 @@ async fn resolve(st: &State, id: &str, device: Option<String>) -> Result<Summary
         0 => Err(error(StatusCode::NOT_FOUND, "no such recording")),
         1 => {
             let s = found.pop().expect("one");
-            if s.upload != Upload::Complete {
+            if complete && s.upload != Upload::Complete {
                 return Err(error(
                     StatusCode::CONFLICT,
                     "the recording is still uploading",
@@ -645,6 +998,23 @@ mod tests {
         assert_eq!(f.since.as_deref(), Some("2026-11-28T10:00:00.000Z"));
         assert_eq!(f.until.as_deref(), Some("2026-11-28T11:00:00.500Z"));
         assert!(filter(Some("since=yesterday")).is_err());
+    }
+
+    #[test]
+    fn audit_filters_are_decoded_and_checked() {
+        let f = audit_filter(Some(
+            "actor=dr.chair&action=consent-set&recording=room-1%2Fr-1&since=2026-11-28T10%3A00%3A00Z&format=csv",
+        ))
+        .unwrap();
+        assert_eq!(f.actor.as_deref(), Some("dr.chair"));
+        assert_eq!(f.recording.as_deref(), Some("room-1/r-1"));
+        assert_eq!(f.since.as_deref(), Some("2026-11-28T10:00:00.000Z"));
+        assert!(audit_filter(Some("action=drop-table")).is_err());
+        assert!(audit_filter(Some("actor=%zz")).is_err());
+        assert!(audit_filter(Some("actor=%ff%fe")).is_err());
+        assert!(audit_filter(Some(&format!("actor={}", "a".repeat(201)))).is_err());
+        assert!(audit_filter(Some("until=soon")).is_err());
+        assert_eq!(audit_filter(None).unwrap(), AuditFilter::default());
     }
 
     #[test]

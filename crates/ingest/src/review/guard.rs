@@ -17,7 +17,7 @@ pub const CSP: &str = "default-src 'none'; script-src 'self' 'wasm-unsafe-eval';
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// `GET /`, `GET /recordings/{id}`: the page.
+    /// `GET /`, `GET /recordings/{id}`, `GET /audit`: the page.
     Page,
     /// `GET /assets/{file}`.
     Asset(String),
@@ -39,6 +39,14 @@ pub enum Route {
     Download(String),
     /// `GET /api/fleet`.
     Fleet,
+    /// `POST /api/recordings/{id}/consent`.
+    Consent(String),
+    /// `POST /api/recordings/{id}/withdraw`.
+    Withdraw(String),
+    /// `POST /api/recordings/{id}/teaching`.
+    Teaching(String),
+    /// `GET /api/audit` (`?format=csv` for the export).
+    Audit,
     /// A known path with another method.
     WrongMethod,
     /// Anything else.
@@ -74,6 +82,7 @@ pub fn route(method: &hyper::Method, path: &str) -> Route {
     let (route, wants_post) = match parts.as_slice() {
         [""] => (Route::Page, false),
         ["recordings", id] if plain_name(id) => (Route::Page, false),
+        ["audit"] => (Route::Page, false),
         ["assets", f] if plain_name(f) => (Route::Asset(f.to_string()), false),
         ["api", "login", "params"] => (Route::LoginParams, true),
         ["api", "login"] => (Route::Login, true),
@@ -88,6 +97,16 @@ pub fn route(method: &hyper::Method, path: &str) -> Route {
             (Route::Download(id.to_string()), true)
         }
         ["api", "fleet"] => (Route::Fleet, false),
+        ["api", "recordings", id, "consent"] if plain_name(id) => {
+            (Route::Consent(id.to_string()), true)
+        }
+        ["api", "recordings", id, "withdraw"] if plain_name(id) => {
+            (Route::Withdraw(id.to_string()), true)
+        }
+        ["api", "recordings", id, "teaching"] if plain_name(id) => {
+            (Route::Teaching(id.to_string()), true)
+        }
+        ["api", "audit"] => (Route::Audit, false),
         _ => return Route::NotFound,
     };
     if (wants_post && post) || (!wants_post && get) {
@@ -239,6 +258,24 @@ mod tests {
             Route::Asset("app.wasm".into())
         );
         assert_eq!(route(&Method::POST, "/api/login"), Route::Login);
+        assert_eq!(route(&Method::GET, "/audit"), Route::Page);
+        assert_eq!(route(&Method::GET, "/api/audit"), Route::Audit);
+        assert_eq!(
+            route(&Method::POST, "/api/recordings/r1/withdraw"),
+            Route::Withdraw("r1".into())
+        );
+        assert_eq!(
+            route(&Method::GET, "/api/recordings/r1/withdraw"),
+            Route::WrongMethod
+        );
+        assert_eq!(
+            route(&Method::POST, "/api/recordings/r1/consent"),
+            Route::Consent("r1".into())
+        );
+        assert_eq!(
+            route(&Method::POST, "/api/recordings/r1/teaching"),
+            Route::Teaching("r1".into())
+        );
         assert_eq!(route(&Method::GET, "/api/login"), Route::WrongMethod);
         assert_eq!(route(&Method::POST, "/api/session"), Route::WrongMethod);
         assert_eq!(

@@ -154,6 +154,21 @@ pub struct State {
     pub secret: [u8; 32],
     /// The locks whose first refusal is audited already.
     pub refusals: std::sync::Mutex<crate::ratelimit::Refusals>,
+    /// The lifecycle: storage to withdraw from, the identity that signs withdrawal notices, and
+    /// the department's policies.
+    pub lifecycle: Lifecycle,
+}
+
+/// What the chair's lifecycle changes need (docs/privacy.md).
+pub struct Lifecycle {
+    /// The recordings.
+    pub store: Arc<crate::storage::Storage>,
+    /// Signs withdrawal notices, as `withdraw` does.
+    pub identity: Arc<neoflix_format::SigningIdentity>,
+    /// `[retention] keep_days`, if the server deletes by itself.
+    pub keep_days: Option<u32>,
+    /// `[consent]`.
+    pub consent: crate::config::ConsentPolicy,
 }
 
 /// Everything the listener needs, checked before the server starts.
@@ -174,6 +189,7 @@ pub async fn prepare(
     max_object: u64,
     budget: crate::limits::Budget,
     fleet: Option<Arc<FleetView>>,
+    lifecycle: Lifecycle,
 ) -> anyhow::Result<Prepared> {
     let assets = Assets::load(&cfg.assets)?;
     let acceptor = acceptor(&cfg.cert, &cfg.key)?;
@@ -198,6 +214,7 @@ pub async fn prepare(
             fleet,
             secret,
             refusals: Default::default(),
+            lifecycle,
         }),
     })
 }
