@@ -17,7 +17,10 @@ const state = {
   user: null,
   /** The session's CSRF token, sent with every POST. */
   csrf: null,
-  /** The unlocked department key (WASM memory); freed at sign-out. */
+  /** What the person may do: chair, reviewer, privacy-officer, it-admin. */
+  roles: [],
+  /** The unlocked department key (WASM memory); freed at sign-out. Null for roles that do
+   * not watch video. */
   keyring: null,
   /** The open player, torn down when the view changes. */
   player: null,
@@ -43,9 +46,11 @@ function el(tag, attrs = {}, ...children) {
   return e;
 }
 
-function showAlert(message) {
+/** Shows a message at the bottom of the page: a problem, or (`ok`) what a change did. */
+function showAlert(message, ok = false) {
   const a = $("#alert");
   a.textContent = message || "";
+  a.classList.toggle("ok", ok);
   a.hidden = !message;
 }
 
@@ -78,7 +83,7 @@ async function api(method, path, body, { raw = false, text = false } = {}) {
     } catch (_) {
       // Not JSON: keep the status line.
     }
-    if (r.status === 401 && state.keyring && !path.startsWith("/api/login")) {
+    if (r.status === 401 && state.user && !path.startsWith("/api/login")) {
       forget();
       route();
       showAlert("Your session has ended (expired, or ended on the server): sign in again.");
@@ -99,7 +104,9 @@ function forget() {
   }
   state.keyring = null;
   state.user = null;
+  state.roles = [];
   state.csrf = null;
+  $("#nav").hidden = true;
   $("#who").hidden = true;
   $("#signout").hidden = true;
 }
@@ -141,17 +148,24 @@ function setView(name) {
   document.body.dataset.view = name;
 }
 
+const has = (role) => state.roles.includes(role);
+/** Whether this person watches video (and so holds the department key). */
+const watches = () => has("chair") || has("reviewer");
+
 function route() {
   state.view += 1;
   stopPlayer();
+  closeDialog();
   showAlert("");
-  if (!state.keyring) {
+  if (!state.user) {
     renderSignIn();
     return;
   }
   const m = location.pathname.match(/^\/recordings\/([^/]+)$/);
-  if (m) renderPlayer(decodeURIComponent(m[1]), new URLSearchParams(location.search).get("device"));
-  else renderList();
+  if (m && state.keyring) renderPlayer(decodeURIComponent(m[1]), new URLSearchParams(location.search).get("device"));
+  else if (location.pathname === "/audit" && has("privacy-officer")) renderAudit();
+  else if (has("chair") || has("reviewer") || has("privacy-officer")) renderList();
+  else renderRooms();
 }
 
 // ---- sign-in ----------------------------------------------------------------------------
@@ -216,16 +230,22 @@ async function signIn(name, passphrase, status) {
   try {
     status.textContent = "Signing in…";
     const answer = await api("POST", "/api/login", { user: name, auth: stretched.authKey() });
-    keyring = stretched.unlock(JSON.stringify(answer));
+    // Roles without video get no key: nothing to unlock.
+    keyring = answer.wrapped_key ? stretched.unlock(JSON.stringify(answer)) : null;
     state.user = answer.user;
+    state.roles = Array.isArray(answer.roles) ? answer.roles : [];
     state.csrf = answer.csrf;
   } finally {
     stretched.free();
   }
   state.keyring = keyring;
-  $("#who").textContent = `Signed in as ${state.user}`;
+  const roleNames = { chair: "chair", reviewer: "reviewer", "privacy-officer": "privacy officer", "it-admin": "IT admin" };
+  $("#who").textContent = `Signed in as ${state.user} (${state.roles.map((r) => roleNames[r] || r).join(", ")})`;
   $("#who").hidden = false;
   $("#signout").hidden = false;
+  $("#nav-audit").hidden = !has("privacy-officer");
+  $("#nav-recordings").hidden = !(watches() || has("privacy-officer"));
+  $("#nav").hidden = false;
   status.textContent = "";
 }
 
@@ -301,16 +321,49 @@ async function renderList() {
     // The server answers the newest 1000 (docs/review.md): older ones need a narrower filter.
     listStatus.textContent += " (the newest only: choose a room or dates to see older ones)";
   }
-  const head = el("tr", {}, ...["Room", "Started", "Duration", "Pre-roll", "Markers", "Trigger", "Stop reason", "Status", "Upload", ""].map((h) => el("th", { scope: "col" }, h)));
-  table.replaceChildren(el("caption", { class: "visually-hidden" }, "Recordings, newest first"), el("thead", {}, head), el("tbody", {}, ...rows.map(row)));
+  const head = el("tr", {}, ...["Room", "Started", "Duration", "Pre-roll", "Markers", "Trigger", "Stop reason", "Status", "Upload", "Consent", "Kept", ""].map((h) => el("th", { scope: "col" }, h)));
+  const policy = { reviewWhilePending: list.review_while_pending !== false };
+  table.replaceChildren(el("caption", { class: "visually-hidden" }, "Recordings, newest first"), el("thead", {}, head), el("tbody", {}, ...rows.map((r) => row(r, policy))));
 }
 
-function row(r) {
+const ANSWER_MARK = { granted: "✓", refused: "✗", pending: "?" };
+const QUESTIONS = [["filmed", "Filmed"], ["review", "Review"], ["use", "Teaching/research"]];
+
+/** The consent cell: each question's answer, in words for screen readers and as a mark. */
+function consentCell(r, policy) {
+  const c = r.consent || {};
+  const items = QUESTIONS.map(([q, name]) => {
+    const a = (c[q] && c[q].answer) || "pending";
+    return el("span", { class: `consent ${a}`, "data-question": q, "data-answer": a, title: `${name}: ${a}` }, `${name[0]}${ANSWER_MARK[a] || "?"}`, el("span", { class: "visually-hidden" }, ` ${name} ${a};`));
+  });
+  const review = (c.review && c.review.answer) || "pending";
+  const flag = review === "pending" ? el("span", { class: "flag", "data-flag": "review-pending" }, policy.reviewWhilePending ? "review consent pending" : "closed until review consent") : null;
+  return el("td", { class: "consent-cell" }, ...items, flag);
+}
+
+/** "deleted in N days", held, or in the teaching library. */
+function keptCell(r) {
+  const l = r.lifecycle || {};
+  if (l.held) return el("td", { "data-kept": "held" }, "legal hold");
+  const days = l.delete_after_utc ? Math.max(0, Math.ceil((new Date(l.delete_after_utc).getTime() - Date.now()) / 86400000)) : null;
+  const when = days === null ? "kept (no retention)" : days === 0 ? "deleted today" : `deleted in ${days} day${days === 1 ? "" : "s"}`;
+  if (l.teaching_until_utc) return el("td", { "data-kept": "teaching", title: `teaching library until ${localTime(l.teaching_until_utc)}` }, `teaching library; ${when}`);
+  return el("td", { "data-kept": days === null ? "kept" : String(days) }, when);
+}
+
+function row(r, policy) {
   const uploading = r.upload !== "complete";
   const href = `/recordings/${encodeURIComponent(r.id)}?device=${encodeURIComponent(r.device)}`;
-  const open = uploading
-    ? el("span", { class: "muted" }, "still uploading")
-    : el("a", { href, class: "open", "aria-label": `Open the recording of ${r.device} at ${localTime(r.trigger_utc)}`, onclick: (ev) => { ev.preventDefault(); navigate(href); } }, "Open");
+  const review = (r.consent && r.consent.review && r.consent.review.answer) || "pending";
+  const closed = review === "refused" || (review === "pending" && !policy.reviewWhilePending);
+  let open;
+  if (!watches()) open = null;
+  else if (uploading) open = el("span", { class: "muted" }, "still uploading");
+  else if (closed) open = el("span", { class: "muted" }, review === "refused" ? "review refused" : "awaiting consent");
+  else open = el("a", { href, class: "open", "aria-label": `Open the recording of ${r.device} at ${localTime(r.trigger_utc)}`, onclick: (ev) => { ev.preventDefault(); navigate(href); } }, "Open");
+  const manage = has("chair")
+    ? el("button", { type: "button", class: "manage", "aria-label": `Consent and lifecycle of the recording of ${r.device} at ${localTime(r.trigger_utc || r.received_utc)}`, onclick: () => openLifecycle(r) }, "Consent…")
+    : null;
   const markers = Array.isArray(r.markers) ? r.markers.length : Number(r.markers) || 0;
   return el(
     "tr",
@@ -324,8 +377,211 @@ function row(r) {
     el("td", {}, String(r.stop_reason || "–")),
     el("td", {}, r.status === "interrupted" ? "interrupted" : uploading ? "–" : "complete"),
     el("td", {}, uploading ? "uploading…" : "complete"),
-    el("td", {}, open),
+    consentCell(r, policy),
+    keptCell(r),
+    el("td", {}, open, manage ? " " : null, manage),
   );
+}
+
+// ---- the chair's lifecycle dialog ---------------------------------------------------------
+
+function closeDialog() {
+  const d = $("#lifecycle");
+  if (d) d.remove();
+}
+
+/** Consent, the teaching library and withdrawal of one recording: the chair's decisions, each
+ * recorded in the audit log by the server. */
+function openLifecycle(r) {
+  closeDialog();
+  const q = `?device=${encodeURIComponent(r.device)}`;
+  const base = `/api/recordings/${encodeURIComponent(r.id)}`;
+  const status = el("p", { class: "status", role: "status", "aria-live": "polite", id: "lifecycle-status" });
+  const done = (message) => {
+    closeDialog();
+    route();
+    if (message) showAlert(message, true);
+  };
+  const c = r.consent || {};
+  const rows = QUESTIONS.map(([key, name]) => {
+    const cur = c[key] || { answer: "pending" };
+    const by = cur.by ? ` (by ${cur.by}, ${localTime(cur.utc)})` : "";
+    return el("tr", { "data-question": key }, el("th", { scope: "row" }, name), el("td", {}, `${cur.answer}${by}`), el("td", {}, cur.form_ref || ""), el("td", {}, cur.note || ""));
+  });
+  const question = el("select", { id: "consent-question" }, ...QUESTIONS.map(([k, n]) => el("option", { value: k }, n)));
+  const answer = el("select", { id: "consent-answer" }, ...["granted", "refused", "pending"].map((a) => el("option", { value: a }, a)));
+  const formRef = el("input", { id: "consent-form-ref", maxlength: "100", size: "16" });
+  const note = el("input", { id: "consent-note", maxlength: "500", size: "40" });
+  const consentForm = el(
+    "form",
+    { id: "consent-form", class: "consent-form" },
+    el("label", { for: "consent-question" }, "Question"), question,
+    el("label", { for: "consent-answer" }, "Answer"), answer,
+    el("label", { for: "consent-form-ref" }, "Form reference"), formRef,
+    el("label", { for: "consent-note" }, "Note"), note,
+    el("button", { type: "submit", id: "consent-save" }, "Record answer"),
+  );
+  consentForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const refusing = answer.value === "refused" && question.value !== "use";
+    if (refusing && !confirm("Refusing consent to film or review deletes this recording now, here and on the room's box. It cannot be undone. Record the refusal?")) return;
+    try {
+      const out = await api("POST", `${base}/consent${q}`, { question: question.value, answer: answer.value, note: note.value, form_ref: formRef.value });
+      const said = {
+        withdrawn: "Consent refused: the recording was deleted.",
+        "kept-under-hold": "Consent refused, but a legal hold keeps the recording; nobody can open it.",
+        "left-teaching": "Recorded; the recording left the teaching library.",
+      };
+      done(said[out.outcome] || "Consent recorded.");
+    } catch (e) {
+      status.textContent = `Not recorded: ${e.message}`;
+    }
+  });
+
+  const l = r.lifecycle || {};
+  const days = el("input", { id: "teaching-days", type: "number", min: "1", max: "3650", value: "365", size: "6" });
+  const teaching = el(
+    "form",
+    { id: "teaching-form" },
+    el("p", {}, l.teaching_until_utc ? `In the teaching library until ${localTime(l.teaching_until_utc)}.` : "Not in the teaching library (needs consent to teaching/research use)."),
+    el("label", { for: "teaching-days" }, "Keep for (days)"), days,
+    el("button", { type: "submit", id: "teaching-add" }, l.teaching_until_utc ? "Change date" : "Add to teaching library"),
+    l.teaching_until_utc ? el("button", { type: "button", id: "teaching-remove", onclick: async () => {
+      try {
+        await api("POST", `${base}/teaching${q}`, { days: null });
+        done("Taken out of the teaching library: the usual retention applies.");
+      } catch (e) {
+        status.textContent = `Not changed: ${e.message}`;
+      }
+    } }, "Take out") : null,
+  );
+  teaching.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      const out = await api("POST", `${base}/teaching${q}`, { days: Number(days.value) });
+      done(`In the teaching library until ${localTime(out.teaching_until_utc)}.`);
+    } catch (e) {
+      status.textContent = `Not changed: ${e.message}`;
+    }
+  });
+
+  const reason = el("input", { id: "withdraw-reason", maxlength: "500", size: "40", required: true });
+  const confirmBox = el("input", { id: "withdraw-confirm", type: "checkbox", required: true });
+  const withdraw = el(
+    "form",
+    { id: "withdraw-form", class: "danger" },
+    el("p", {}, "Withdrawal deletes the recording from this server and from the room's box. Only the audit entry (who, when, why) remains. It cannot be undone."),
+    el("label", { for: "withdraw-reason" }, "Reason"), reason,
+    el("label", { for: "withdraw-confirm" }, confirmBox, " I understand the recording is deleted for good"),
+    el("button", { type: "submit", id: "withdraw" }, "Withdraw and delete"),
+  );
+  withdraw.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    if (!confirmBox.checked || !reason.value.trim()) {
+      status.textContent = "Give a reason and tick the confirmation to withdraw.";
+      return;
+    }
+    try {
+      await api("POST", `${base}/withdraw${q}`, { reason: reason.value });
+      done("Withdrawn: the recording was deleted; the room's box deletes its copy when it next connects.");
+    } catch (e) {
+      status.textContent = `Not withdrawn: ${e.message}`;
+    }
+  });
+
+  const dialog = el(
+    "dialog",
+    { id: "lifecycle", "aria-labelledby": "lifecycle-h" },
+    el("h2", { id: "lifecycle-h" }, `${r.device} · ${localTime(r.trigger_utc || r.received_utc)}`),
+    el("h3", {}, "Consent"),
+    el("table", { class: "consent-table" }, el("thead", {}, el("tr", {}, ...["Question", "Answer", "Form", "Note"].map((h) => el("th", { scope: "col" }, h)))), el("tbody", {}, ...rows)),
+    consentForm,
+    el("h3", {}, "Teaching library"),
+    teaching,
+    el("h3", {}, "Withdraw"),
+    withdraw,
+    status,
+    el("button", { type: "button", id: "lifecycle-close", onclick: closeDialog }, "Close"),
+  );
+  document.body.append(dialog);
+  dialog.showModal();
+}
+
+// ---- rooms only (IT admin) ----------------------------------------------------------------
+
+function renderRooms() {
+  setView("rooms");
+  const fleet = el("section", { class: "fleet", "aria-labelledby": "fleet-h" }, el("h2", { id: "fleet-h" }, "Rooms"));
+  $("#main").replaceChildren(fleet);
+  renderFleet(fleet);
+}
+
+// ---- the privacy officer's audit log -----------------------------------------------------
+
+async function renderAudit() {
+  setView("audit");
+  const main = $("#main");
+  const params = new URLSearchParams(location.search);
+  const actor = el("input", { id: "audit-actor", value: params.get("actor") || "", size: "14" });
+  const action = el("select", { id: "audit-action" }, el("option", { value: "" }, "Any action"));
+  const recording = el("input", { id: "audit-recording", value: params.get("recording") || "", size: "24", placeholder: "room/recording-id" });
+  const since = el("input", { id: "audit-since", type: "date", value: params.get("since") || "" });
+  const until = el("input", { id: "audit-until", type: "date", value: params.get("until") || "" });
+  const form = el(
+    "form",
+    { class: "filters", role: "search", id: "audit-filters" },
+    el("label", { for: "audit-actor" }, "Who"), actor,
+    el("label", { for: "audit-action" }, "Action"), action,
+    el("label", { for: "audit-recording" }, "Recording"), recording,
+    el("label", { for: "audit-since" }, "From"), since,
+    el("label", { for: "audit-until" }, "To"), until,
+    el("button", { type: "submit" }, "Filter"),
+  );
+  const q = new URLSearchParams();
+  for (const [k, v] of [["actor", actor.value.trim()], ["recording", recording.value.trim()], ["action", params.get("action") || ""]]) if (v) q.set(k, v);
+  if (params.get("since")) q.set("since", new Date(`${params.get("since")}T00:00:00`).toISOString());
+  if (params.get("until")) q.set("until", new Date(`${params.get("until")}T23:59:59.999`).toISOString());
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const p = new URLSearchParams();
+    for (const [k, v] of [["actor", actor.value.trim()], ["action", action.value], ["recording", recording.value.trim()], ["since", since.value], ["until", until.value]]) if (v) p.set(k, v);
+    navigate(`/audit${p.toString() ? `?${p}` : ""}`);
+  });
+  const csv = new URLSearchParams(q);
+  csv.set("format", "csv");
+  const exportLink = el("a", { href: `/api/audit?${csv}`, download: "neoflix-audit.csv", id: "audit-export" }, "Export CSV");
+  const chain = el("p", { id: "audit-chain", role: "status" });
+  const table = el("table", { class: "audit", id: "audit-table" });
+  main.replaceChildren(el("section", { "aria-labelledby": "audit-h" }, el("h2", { id: "audit-h" }, "Audit log"), form, el("p", {}, exportLink), chain, table));
+  const view = state.view;
+  let a;
+  try {
+    a = await api("GET", `/api/audit?${q}`);
+  } catch (e) {
+    if (view !== state.view) return;
+    showAlert(`Cannot read the audit log: ${e.message}`);
+    return;
+  }
+  if (view !== state.view) return;
+  for (const name of a.actions || []) action.append(el("option", { value: name, selected: name === params.get("action") }, name));
+  chain.className = a.chain && a.chain.intact ? "ok" : "broken";
+  chain.dataset.intact = String(!!(a.chain && a.chain.intact));
+  chain.textContent = a.chain && a.chain.intact
+    ? "The log's hash chain is intact: no entry was changed, removed or reordered."
+    : `The log's hash chain is broken at entry ${a.chain ? a.chain.broken_at : "?"}: ${a.chain ? a.chain.why : ""}. Tell the IT department; keep the journal's copy of the hashes.`;
+  const head = el("tr", {}, ...["#", "When", "Who", "Action", "Recording", "From", "Details"].map((h) => el("th", { scope: "col" }, h)));
+  const body = el("tbody", {}, ...a.entries.map((e) => el(
+    "tr",
+    { "data-seq": e.seq, "data-action": e.action },
+    el("td", {}, String(e.seq)),
+    el("td", {}, localTime(e.utc)),
+    el("td", {}, e.actor),
+    el("td", {}, e.action),
+    el("td", {}, e.recording),
+    el("td", {}, e.client),
+    el("td", { class: "detail" }, e.detail === "{}" ? "" : e.detail),
+  )));
+  table.replaceChildren(el("caption", {}, `${a.entries.length} entr${a.entries.length === 1 ? "y" : "ies"}, newest first${a.truncated ? " (the newest only: narrow the filter or export)" : ""}`), el("thead", {}, head), body);
 }
 
 async function renderFleet(section) {
@@ -908,8 +1164,14 @@ async function main() {
   $("#signout").addEventListener("click", signOut);
   $("#home").addEventListener("click", (ev) => {
     ev.preventDefault();
-    if (state.keyring) navigate("/");
+    if (state.user) navigate("/");
   });
+  for (const [id, path] of [["#nav-recordings", "/"], ["#nav-audit", "/audit"]]) {
+    $(id).addEventListener("click", (ev) => {
+      ev.preventDefault();
+      if (state.user) navigate(path);
+    });
+  }
   window.addEventListener("popstate", route);
   try {
     await init();
