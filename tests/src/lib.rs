@@ -161,20 +161,31 @@ impl Lab {
     /// The chair's enrolment on the workstation with the department key: `neoflix reviewer
     /// enrol NAME` with `passphrase` (from a file), written to `<lab>/NAME.reviewer`.
     pub fn enrol_reviewer(&self, name: &str, passphrase: &str) -> PathBuf {
+        self.enrol_as(name, passphrase, &["reviewer"])
+    }
+
+    /// [`Lab::enrol_reviewer`] with `roles` (`chair`, `reviewer`, `privacy-officer`,
+    /// `it-admin`).
+    pub fn enrol_as(&self, name: &str, passphrase: &str, roles: &[&str]) -> PathBuf {
         let pass = self.path(&format!("{name}.pass"));
         std::fs::write(&pass, format!("{passphrase}\n")).unwrap();
         let file = self.path(&format!("{name}.reviewer"));
-        let out = neoflix(&[
+        let key = self.key();
+        let mut args = vec![
             "reviewer",
             "enrol",
             name,
             "--key",
-            self.key().to_str().unwrap(),
+            key.to_str().unwrap(),
             "--passphrase-file",
             pass.to_str().unwrap(),
             "-o",
             file.to_str().unwrap(),
-        ]);
+        ];
+        for r in roles {
+            args.extend(["--role", r]);
+        }
+        let out = neoflix(&args);
         assert!(
             out.status.success(),
             "reviewer enrol: {}",

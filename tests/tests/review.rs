@@ -133,17 +133,20 @@ fn a_reviewer_watches_seeks_and_downloads_in_chromium_and_the_server_sees_no_pla
 
     // The chair enrols alice where the department key lives; the server's admin imports her.
     let alice = lab.enrol_reviewer("alice", PASSPHRASE);
+    let cora = lab.enrol_as("cora", PASSPHRASE, &["chair"]);
+    let olga = lab.enrol_as("olga", PASSPHRASE, &["privacy-officer"]);
     let rport = free_port();
     let extra = format!(
-        "[review]\nlisten = \"127.0.0.1:{rport}\"\nassets = \"{}\"\n[database]\npath = \"{}\"\n[mqtt]\nurl = \"{}\"\n",
+        "[review]\nlisten = \"127.0.0.1:{rport}\"\nassets = \"{}\"\n[database]\npath = \"{}\"\n[mqtt]\nurl = \"{}\"\n[retention]\nkeep_days = 30\n",
         assets.display(),
         lab.path("db/neoflix.db").display(),
         broker.url(false)
     );
     let mut ingest = lab.ingest_config_with(64 << 20, &extra);
-    let (code, out, err) = lab.ingest_admin(&["reviewer", "import", alice.to_str().unwrap()]);
-    let out = out + &err;
-    assert_eq!(code, 0, "{out}");
+    for f in [&alice, &cora, &olga] {
+        let (code, out, err) = lab.ingest_admin(&["reviewer", "import", f.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
     ingest.start();
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", rport)).is_err() {
@@ -585,7 +588,7 @@ fn a_reviewer_watches_seeks_and_downloads_in_chromium_and_the_server_sees_no_pla
         .unwrap();
     let count = |action: &str| entries.iter().filter(|e| e["action"] == action).count();
     let rec = format!("room-e2e/{id}");
-    assert_eq!(count("reviewer-imported"), 1, "{out}");
+    assert_eq!(count("reviewer-imported"), 3, "{out}");
     assert!(count("sign-in-failed") >= 2, "{out}");
     assert_eq!(count("sign-in"), 3, "{out}");
     assert_eq!(count("sign-out"), 1, "{out}");
@@ -599,6 +602,8 @@ fn a_reviewer_watches_seeks_and_downloads_in_chromium_and_the_server_sees_no_pla
             .all(|e| e["recording"] == rec.as_str() && e["actor"] == "alice"),
         "{out}"
     );
+
+    chair_and_privacy_officer(&b, &lab, &mut d, &ingest, &id);
 
     // The server never saw plaintext: not in its storage, its database or its log.
     drop(b);
@@ -624,4 +629,163 @@ fn a_reviewer_watches_seeks_and_downloads_in_chromium_and_the_server_sees_no_pla
             found.unwrap()
         );
     }
+}
+
+/// The chair records consent and withdraws a second recording on the page; the privacy officer
+/// sees no video, and reads, filters and exports the audit log.
+fn chair_and_privacy_officer(
+    b: &Browser,
+    lab: &Lab,
+    d: &mut neoflix_e2e::Daemon,
+    ingest: &neoflix_e2e::Ingest,
+    id: &str,
+) {
+    d.wait_ready(Duration::from_secs(60));
+    let second = d.ctl(Request::Start {}).recording.expect("a recording id");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(d.ctl(Request::Stop {}).ok);
+    let srv = lab.path("server/room-e2e").join(&second);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !srv.join("manifest.json").exists() {
+        assert!(Instant::now() < deadline, "{}", ingest.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let row = format!("tr[data-recording=\"{id}\"]");
+    let row2 = format!("tr[data-recording=\"{second}\"]");
+
+    sign_in(b, "cora", PASSPHRASE);
+    b.wait(
+        "the chair's list, with both recordings complete",
+        Duration::from_secs(30),
+        &format!(
+            "document.body.dataset.view === 'list' && document.querySelector('{row} button.manage') && (document.querySelector('{row2}') || {{dataset: {{}}}}).dataset.upload === 'complete'"
+        ),
+    );
+    assert_eq!(
+        b.eval(
+            "const r = document.querySelector(arguments[0]); return [...r.querySelectorAll('.consent')].map((c) => c.dataset.answer).concat([r.querySelector('[data-kept]').textContent, !!r.querySelector('[data-flag=review-pending]')])",
+            json!([row])
+        ),
+        json!(["pending", "pending", "pending", "deleted in 30 days", true]),
+        "consent pending and flagged, deletion date shown"
+    );
+    b.click(&b.element(&format!("{row} button.manage")));
+    b.element("dialog#lifecycle[open] #consent-form");
+    b.eval(
+        "document.querySelector('#consent-question').value = 'review'; document.querySelector('#consent-answer').value = 'granted';",
+        json!([]),
+    );
+    b.type_into(&b.element("#consent-form-ref"), "CF-2026-114");
+    b.type_into(&b.element("#consent-note"), "mother, at the bedside");
+    snap(b, "consent-dialog");
+    b.click(&b.element("#consent-save"));
+    b.wait(
+        "review consent shown as granted",
+        Duration::from_secs(20),
+        &format!(
+            "!document.querySelector('dialog#lifecycle') && (document.querySelector('{row} [data-question=review]') || {{dataset: {{}}}}).dataset.answer === 'granted'"
+        ),
+    );
+    assert_eq!(
+        b.eval(
+            "return !!document.querySelector(arguments[0] + ' [data-flag=review-pending]')",
+            json!([row])
+        ),
+        json!(false)
+    );
+    snap(b, "consent-granted");
+
+    // Withdrawal: the button asks for a reason and a confirmation first.
+    b.click(&b.element(&format!("{row2} button.manage")));
+    b.element("dialog#lifecycle[open] #withdraw-form");
+    b.type_into(&b.element("#withdraw-reason"), "parents withdrew consent");
+    b.click(&b.element("#withdraw"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(srv.exists(), "not without the confirmation ticked");
+    b.click(&b.element("#withdraw-confirm"));
+    b.click(&b.element("#withdraw"));
+    b.wait(
+        "the withdrawn recording gone from the list",
+        Duration::from_secs(20),
+        &format!(
+            "document.body.dataset.view === 'list' && document.querySelector('{row}') && !document.querySelector('{row2}') && document.querySelector('#alert').textContent.includes('Withdrawn')"
+        ),
+    );
+    assert!(
+        !srv.exists(),
+        "the withdrawn recording is gone from storage"
+    );
+    b.click(&b.element("#signout"));
+    b.element("form#signin input[name=passphrase]");
+
+    // The privacy officer: the list without video, and the audit log.
+    sign_in(b, "olga", PASSPHRASE);
+    b.wait(
+        "the officer's list",
+        Duration::from_secs(30),
+        &format!("document.body.dataset.view === 'list' && document.querySelector('{row}')"),
+    );
+    assert_eq!(
+        b.eval(
+            "return [!!document.querySelector('a.open'), !!document.querySelector('button.manage'), document.querySelector('#nav-audit').hidden]",
+            json!([])
+        ),
+        json!([false, false, false]),
+        "no video, no chair's controls, the audit log offered"
+    );
+    b.click(&b.element("#nav-audit"));
+    b.wait(
+        "the audit log",
+        Duration::from_secs(20),
+        "document.body.dataset.view === 'audit' && document.querySelector('#audit-table tbody tr')",
+    );
+    assert_eq!(
+        b.eval(
+            "return document.querySelector('#audit-chain').dataset.intact",
+            json!([])
+        ),
+        "true"
+    );
+    let actions = b.eval(
+        "return [...document.querySelectorAll('#audit-table tbody tr')].map((r) => r.dataset.action)",
+        json!([]),
+    );
+    for a in [
+        "consent-set",
+        "recording-withdrawn",
+        "sign-in",
+        "recording-opened",
+    ] {
+        assert!(
+            actions.as_array().unwrap().iter().any(|x| x == a),
+            "{a}: {actions}"
+        );
+    }
+    snap(b, "audit-log");
+    b.eval(
+        "document.querySelector('#audit-action').value = 'consent-set'; document.querySelector('#audit-filters button[type=submit]').click();",
+        json!([]),
+    );
+    b.wait(
+        "the filtered log",
+        Duration::from_secs(20),
+        "document.body.dataset.view === 'audit' && location.search.includes('action=consent-set') && document.querySelector('#audit-table tbody tr')",
+    );
+    assert_eq!(
+        b.eval(
+            "return [...document.querySelectorAll('#audit-table tbody tr')].map((r) => r.dataset.action)",
+            json!([])
+        ),
+        json!(["consent-set"])
+    );
+    b.click(&b.element("#audit-export"));
+    let csv = downloaded(&b.downloads(), ".csv", 1);
+    let text = fs::read_to_string(&csv[0]).unwrap();
+    assert!(text.starts_with("seq,utc,actor,action,"), "{text}");
+    assert_eq!(
+        text.lines().count(),
+        2,
+        "the header and the one entry: {text}"
+    );
+    assert!(text.contains(",cora,consent-set,"), "{text}");
 }

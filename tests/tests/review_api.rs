@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use neoflix_control::Request;
 use neoflix_e2e::{Lab, free_port, wait_until};
 use neoflix_format::reviewer::{
-    Kdf, ReviewerFile, ReviewerName, SALT_LEN, WRAPPED_LEN, verifier_of,
+    Kdf, ReviewerFile, ReviewerName, Role, SALT_LEN, WRAPPED_LEN, verifier_of,
 };
 use serde_json::{Value, json};
 
@@ -21,14 +21,21 @@ const CSP: &str = "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; sty
 /// A reviewer file whose auth key is `[auth; 32]` (what `neoflix reviewer enrol` makes, with a
 /// stand-in wrapped key: the server never opens it).
 fn reviewer_file(lab: &Lab, name: &str, auth: u8) -> std::path::PathBuf {
+    reviewer_file_as(lab, name, auth, &[Role::Reviewer])
+}
+
+/// [`reviewer_file`] with `roles` (and no wrapped key when none of them watches).
+fn reviewer_file_as(lab: &Lab, name: &str, auth: u8, roles: &[Role]) -> std::path::PathBuf {
     let f = ReviewerFile {
         format: neoflix_format::reviewer::FORMAT.into(),
         name: ReviewerName::parse(name).unwrap(),
         department_key_id: "0123456789abcdef".into(),
         created_utc: "2026-11-28T10:15:02.120Z".into(),
+        roles: roles.to_vec(),
         kdf: Kdf::recommended(&[auth; SALT_LEN]),
         verifier: hex_of(&verifier_of(&[auth; 32])),
-        wrapped_key: B64.encode([auth; WRAPPED_LEN]),
+        wrapped_key: neoflix_format::reviewer::watches(roles)
+            .then(|| B64.encode([auth; WRAPPED_LEN])),
     };
     let p = lab.path(&format!("{name}.reviewer"));
     fs::write(&p, serde_json::to_vec(&f).unwrap()).unwrap();
