@@ -144,3 +144,118 @@ fn a_recording_withdrawn_while_its_box_is_offline_is_deleted_on_both_sides_and_a
     );
     assert_eq!(d.terminate(), 0);
 }
+
+/// A crash at the worst moment: `withdraw` is killed (SIGKILL, by strace at the system call)
+/// as it unlinks the first sealed object, after every key record went. The objects left are
+/// noise without their keys; the server's next start finishes the deletion and the index
+/// forgets the recording.
+#[test]
+fn a_withdrawal_killed_between_key_and_object_deletion_is_finished_at_restart() {
+    let lab = Lab::new();
+    lab.pki(&["room-e2e"]);
+    let db = lab.path("db/neoflix.db");
+    let mut ingest = lab.ingest_config_with(
+        64 << 20,
+        &format!("[database]\npath = \"{}\"\n", db.display()),
+    );
+    ingest.start();
+    lab.config(CAPTURE, 3, &lab.upload_section(&ingest, "room-e2e"));
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    let id = d.ctl(Request::Start {}).recording.unwrap();
+    sleep(Duration::from_secs(2));
+    assert!(d.ctl(Request::Stop {}).ok);
+    let srv = lab.path("server/room-e2e").join(&id);
+    wait_until(
+        "the recording on the server",
+        Duration::from_secs(60),
+        || srv.join("manifest.json").exists() && lab.recordings().is_empty(),
+        &|| d.log_text() + &ingest.log_text(),
+    );
+    assert_eq!(d.terminate(), 0);
+    let names = || -> Vec<String> {
+        fs::read_dir(&srv)
+            .map(|l| {
+                l.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before = names();
+    let keys = before.iter().filter(|n| n.ends_with(".key")).count();
+    assert!(keys >= 2 && objects_in(&srv) >= 2, "{before:?}");
+
+    // Killed as it unlinks whichever file that is not a key record comes first.
+    let mut strace = std::process::Command::new("strace");
+    strace.args([
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=unlink,unlinkat",
+    ]);
+    strace.args(["-e", "inject=unlink,unlinkat:signal=SIGKILL"]);
+    for n in before.iter().filter(|n| !n.ends_with(".key")) {
+        strace.arg("-P").arg(srv.join(n));
+    }
+    let out = strace
+        .arg(neoflix_e2e::bin("neoflix-ingest"))
+        .arg("--config")
+        .arg(lab.path("ingest.toml"))
+        .args(["withdraw", &id, "--reason", "parents withdrew"])
+        .output()
+        .expect("strace runs (scripts/test installs it)");
+    // strace dies of its tracee's signal, as a shell would show it.
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(
+        out.status.signal().or(out.status.code().map(|c| c - 128)),
+        Some(9),
+        "killed by SIGKILL at the first object: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left = names();
+    assert_eq!(
+        left.iter().filter(|n| n.ends_with(".key")).count(),
+        0,
+        "every key record went first: {left:?}"
+    );
+    assert_eq!(
+        left.len(),
+        before.len() - keys,
+        "nothing else went: {left:?}"
+    );
+    assert!(
+        lab.path("server/room-e2e/.withdrawn")
+            .join(format!("{id}.json"))
+            .exists(),
+        "the notice was written before anything was deleted"
+    );
+
+    // The next start finishes what the crash left, and the index forgets it.
+    ingest.kill9();
+    ingest.start();
+    wait_until(
+        "the interrupted deletion finished",
+        Duration::from_secs(30),
+        || !srv.exists(),
+        &|| ingest.log_text(),
+    );
+    assert!(
+        ingest
+            .log_text()
+            .contains("a deletion interrupted by a crash was finished"),
+        "{}",
+        ingest.log_text()
+    );
+    let (code, out, err) = lab.ingest_admin(&["recordings", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        Value::Array(vec![])
+    );
+    let (code, out, err) = lab.ingest_admin(&["audit", "--verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.matches("recording-withdrawn").count(), 1, "{out}");
+}
