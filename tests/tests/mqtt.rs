@@ -123,7 +123,7 @@ fn status_is_retained_and_commands_drive_the_recorder() {
         false,
     );
     p.wait(&event, "marker", Duration::from_secs(10), |m| {
-        m.json["event"] == "marker" && m.json["label"] == "drug given" && m.json["by"] == "mqtt"
+        m.json["event"] == "marker" && m.json["labelled"] == true && m.json["by"] == "mqtt"
     });
 
     // Bad commands: an error reply where there is someone to answer, never a crash or a stall.

@@ -47,6 +47,11 @@ fn preroll_and_duration_match_what_the_clinician_did() {
         Duration::from_secs(20),
         |s| s.recordings_finalized == 1,
     );
+    let log = d.log_text();
+    assert!(
+        !log.contains("intubation"),
+        "the label in the box's log: {log}"
+    );
     assert_eq!(d.terminate(), 0);
 
     let recs = lab.recordings();
@@ -61,7 +66,19 @@ fn preroll_and_duration_match_what_the_clinician_did() {
         m.preroll_secs
     );
     assert_eq!(m.markers.len(), 1);
-    assert_eq!(m.markers[0].label, "intubation");
+    // The label is sealed to the department: in no file and no log line of the box.
+    let sealed = m.markers[0]
+        .sealed_label
+        .as_deref()
+        .expect("a sealed label");
+    let dept =
+        neoflix_open::DepartmentSecretKey::from_file_text(&fs::read_to_string(lab.key()).unwrap())
+            .unwrap();
+    assert_eq!(
+        neoflix_open::open_label(&dept, &id, &m.markers[0].utc, sealed).unwrap(),
+        "intubation"
+    );
+    assert_eq!(m.markers[0].label, "");
     // The marker came about 10 s into the recording (as the test measured it, which a loaded
     // machine stretches), and the recording began with its pre-roll; the fragment being encoded
     // at the trigger (1 s) is not in the pre-roll yet but its time is.

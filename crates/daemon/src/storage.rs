@@ -417,12 +417,14 @@ impl Storage {
                 log::info!(device = device, recording = id.as_str(), trigger = trigger.as_str(); "recording started");
             }
             Done::Marked { id, marker } => {
-                log::info!(recording = id.as_str(), offset_secs = marker.offset_secs, by = marker.by.as_str(), label = marker.label.as_str(); "marker");
+                // The label is sealed in the recording; neither the journal nor the broker gets it.
+                let labelled = marker.sealed_label.is_some();
+                log::info!(recording = id.as_str(), offset_secs = marker.offset_secs, by = marker.by.as_str(), labelled = labelled; "marker");
                 self.events.send(neoflix_mqtt::Event::Marker {
                     recording: id,
                     offset_secs: marker.offset_secs,
                     by: marker.by,
-                    label: marker.label,
+                    labelled,
                 });
             }
             Done::Finalized {

@@ -310,12 +310,25 @@ fn create_private(path: &Path) -> Result<(fs::File, Pending), ExportError> {
     ))
 }
 
-/// A marker as a chapter title: its label, or its number and who set it when it has none.
-fn chapter_title(n: usize, m: &neoflix_format::Marker) -> String {
-    if m.label.trim().is_empty() {
+/// A marker as a chapter title: its label (opened with the department key when sealed), or
+/// its number and who set it when it has none, or says why it does not open.
+fn chapter_title(
+    n: usize,
+    m: &neoflix_format::Marker,
+    recording_id: &str,
+    key: &DepartmentSecretKey,
+) -> String {
+    let label = match &m.sealed_label {
+        Some(s) => match neoflix_open::open_label(key, recording_id, &m.utc, s) {
+            Ok(l) => l,
+            Err(_) => return format!("Marker {} (its label does not open)", n + 1),
+        },
+        None => m.label.clone(),
+    };
+    if label.trim().is_empty() {
         format!("Marker {} ({})", n + 1, m.by)
     } else {
-        m.label.clone()
+        label
     }
 }
 
@@ -360,7 +373,12 @@ fn assemble(
         .markers
         .iter()
         .enumerate()
-        .map(|(n, m)| Chapter::new(m.offset_secs, &chapter_title(n, m)))
+        .map(|(n, m)| {
+            Chapter::new(
+                m.offset_secs,
+                &chapter_title(n, m, &manifest.recording_id, key),
+            )
+        })
         .collect();
 
     // Pass 1: open and check every fragment, index its samples per capture stream.
@@ -580,6 +598,7 @@ mod tests {
                 utc: "2026-11-28T12:00:00Z".into(),
                 offset_secs,
                 label: label.into(),
+                sealed_label: None,
                 by: "pedal".into(),
             })
             .collect();

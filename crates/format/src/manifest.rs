@@ -49,10 +49,45 @@ pub struct Marker {
     pub utc: String,
     /// Seconds from the first frame of the recording.
     pub offset_secs: f64,
-    /// Free text (empty for a pedal marker).
+    /// Free text in clear: only in manifests written before labels were sealed; empty since.
     pub label: String,
+    /// The label sealed to the department key (`docs/sealed-format.md`, "Marker labels"):
+    /// base64 of the HPKE encapsulated key (32 bytes) and ciphertext. `None` for a marker
+    /// without a label (a pedal's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_label: Option<String>,
     /// `pedal`, `mqtt` or `control`.
     pub by: String,
+}
+
+/// The HPKE `info` of a sealed marker label.
+pub const LABEL_INFO: &[u8] = b"neoflix marker label v1";
+/// The longest label sealed, in bytes: longer text is cut at a character boundary.
+pub const MAX_LABEL_BYTES: usize = 1024;
+/// The longest `sealed_label` read, in characters.
+pub const MAX_SEALED_LABEL_CHARS: usize = 4 * (32 + MAX_LABEL_BYTES + 16).div_ceil(3);
+
+/// The HPKE associated data of a marker's sealed label: `"neoflix-marker-v1" 0x00 recording id
+/// 0x00 the marker's utc`. A label moved to another recording or marker does not open.
+pub fn label_aad(recording_id: &str, utc: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(20 + recording_id.len() + utc.len());
+    aad.extend_from_slice(b"neoflix-marker-v1\0");
+    aad.extend_from_slice(recording_id.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(utc.as_bytes());
+    aad
+}
+
+/// `text` cut to at most `max` bytes at a character boundary.
+pub fn cut_to(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// One sealed object (init segment or fragment) and its wrapped key.
@@ -166,6 +201,7 @@ mod tests {
             utc: "t".into(),
             offset_secs: 0.0,
             label: String::new(),
+            sealed_label: None,
             by: "pedal".into(),
         };
         for text in [

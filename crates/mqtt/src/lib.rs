@@ -277,8 +277,9 @@ pub enum Event {
         offset_secs: f64,
         /// Who added it.
         by: String,
-        /// Its label.
-        label: String,
+        /// Whether it has a label. The text itself is sealed in the recording: a broker is no
+        /// place for words about a patient.
+        labelled: bool,
     },
     /// The department server confirmed a recording; the box deleted its copy.
     UploadDone {

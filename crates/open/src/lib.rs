@@ -76,6 +76,12 @@ pub enum OpenError {
     /// A reviewer file or its parameters cannot be used (names the field).
     #[error("reviewer: {0}")]
     Reviewer(String),
+    /// A marker's sealed label does not open with this department key for this marker
+    /// (another department, a label moved from another marker, or altered bytes).
+    #[error(
+        "the marker's label does not open with this department key (another department's, moved from another marker, or altered)"
+    )]
+    Label,
 }
 
 impl From<SealError> for OpenError {
@@ -167,6 +173,41 @@ pub fn unwrap(
     let key = DataKey::from_array(k);
     k.zeroize();
     Ok(key)
+}
+
+/// Opens a marker's sealed label (`Marker::sealed_label`) of the marker at `utc` of
+/// `recording_id`: fails for another department's key, another recording or marker, or
+/// altered bytes.
+pub fn open_label(
+    dept: &DepartmentSecretKey,
+    recording_id: &str,
+    utc: &str,
+    sealed_label: &str,
+) -> Result<String, OpenError> {
+    use base64::Engine as _;
+    use neoflix_format::manifest::{LABEL_INFO, MAX_SEALED_LABEL_CHARS, label_aad};
+    let bad = || OpenError::Format(FormatError::BadWrappedKey("not a sealed label"));
+    if sealed_label.len() > MAX_SEALED_LABEL_CHARS {
+        return Err(bad());
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(sealed_label)
+        .map_err(|_| bad())?;
+    if bytes.len() < 32 + 16 {
+        return Err(bad());
+    }
+    let (enc, ct) = bytes.split_at(32);
+    let enc = <X25519HkdfSha256 as hpke::Kem>::EncappedKey::from_bytes(enc).map_err(|_| bad())?;
+    let pt = hpke::single_shot_open::<AesGcm256, HkdfSha256, X25519HkdfSha256>(
+        &OpModeR::Base,
+        &dept.0,
+        &enc,
+        LABEL_INFO,
+        ct,
+        &label_aad(recording_id, utc),
+    )
+    .map_err(|_| OpenError::Label)?;
+    String::from_utf8(pt).map_err(|_| OpenError::Label)
 }
 
 /// Opens a sealed object: checks its header, its length and every chunk's tag.

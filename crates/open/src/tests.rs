@@ -254,6 +254,43 @@ mod wrapping {
         assert!(matches!(unwrap(&bad, &dept, &s2), Err(OpenError::Unwrap)));
         assert!(WrappedKey::from_bytes(b"short").is_err());
     }
+
+    #[test]
+    fn a_sealed_label_opens_only_for_its_marker_with_the_right_department_key() {
+        use neoflix_format::manifest::{MAX_LABEL_BYTES, MAX_SEALED_LABEL_CHARS};
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let other = DepartmentSecretKey::generate().unwrap();
+        let (id, utc) = ("room-1-20261129T101500Z", "2026-11-29T10:15:07.250Z");
+        let sealed =
+            neoflix_seal::seal_label(&dept.public_key(), id, utc, "adrenaline 0.1 ml").unwrap();
+        assert!(!sealed.contains("adrenaline"));
+        assert_eq!(
+            open_label(&dept, id, utc, &sealed).unwrap(),
+            "adrenaline 0.1 ml"
+        );
+        for (key, rid, at) in [
+            (&other, id, utc),
+            (&dept, "room-1-20261129T101600Z", utc),
+            (&dept, id, "2026-11-29T10:15:08.000Z"),
+        ] {
+            assert!(matches!(
+                open_label(key, rid, at, &sealed),
+                Err(OpenError::Label)
+            ));
+        }
+        for bad in ["", "!!", "AAAA", &"A".repeat(MAX_SEALED_LABEL_CHARS + 4)] {
+            assert!(open_label(&dept, id, utc, bad).is_err(), "{bad:.20}");
+        }
+        // The longest label fits the bound the reader applies; a longer one is cut, whole
+        // characters only.
+        let long = "é".repeat(MAX_LABEL_BYTES);
+        let sealed = neoflix_seal::seal_label(&dept.public_key(), id, utc, &long).unwrap();
+        assert!(sealed.len() <= MAX_SEALED_LABEL_CHARS);
+        assert_eq!(
+            open_label(&dept, id, utc, &sealed).unwrap(),
+            "é".repeat(MAX_LABEL_BYTES / 2)
+        );
+    }
 }
 
 mod keys {

@@ -23,16 +23,18 @@
 //! ```
 //!
 //! Layout: [`keys`] the department public key and its file format, [`object`] sealing an
-//! object, [`wrap`] data keys and their HPKE wrapping.
+//! object, [`wrap`] data keys and their HPKE wrapping, [`label`] marker labels.
 #![deny(missing_docs)]
 
 mod error;
 pub mod keys;
+pub mod label;
 pub mod object;
 pub mod wrap;
 
 pub use error::SealError;
 pub use keys::DepartmentPublicKey;
+pub use label::seal_label;
 pub use neoflix_format::{
     CHUNK_SIZE, HEADER_LEN, Header, KeyId, Kind, MAX_PLAINTEXT_LEN, ObjectId, WRAPPED_KEY_LEN,
     WrappedKey, parse_header, sha256_hex,

@@ -275,16 +275,31 @@ impl RecordingWriter {
         Ok(())
     }
 
-    /// Adds a marker.
+    /// Adds a marker. Its label is sealed to the department before anything is written: the
+    /// text a clinician typed is about a patient, and never lands on the box's storage.
     pub fn mark(&mut self, label: &str, by: &str, now: SystemTime) -> Result<Marker, StoreError> {
         let offset = self
             .first_frame
             .and_then(|f| now.duration_since(f).ok())
             .unwrap_or_default();
+        let at = utc(now);
+        let sealed_label = if label.is_empty() {
+            None
+        } else {
+            Some(
+                neoflix_seal::seal_label(&self.recipient, &self.id, &at, label).map_err(|e| {
+                    StoreError::Seal {
+                        what: "a marker's label".into(),
+                        source: e,
+                    }
+                })?,
+            )
+        };
         let m = Marker {
-            utc: utc(now),
+            utc: at,
             offset_secs: round_ms(offset),
-            label: label.into(),
+            label: String::new(),
+            sealed_label,
             by: by.into(),
         };
         self.append(&Journal::Marker(m.clone()))?;
@@ -671,8 +686,20 @@ mod tests {
         assert_eq!(m.init_segments.len(), 1);
         assert_eq!(m.duration_secs, 5.0);
         assert_eq!(m.preroll_secs, 5.0);
-        assert_eq!(m.markers[0].label, "intubation");
+        // Sealed: neither the manifest nor the journal holds the words.
+        let mk = &m.markers[0];
+        assert_eq!(mk.label, "");
+        let sealed = mk.sealed_label.as_deref().unwrap();
+        assert_eq!(
+            neoflix_open::open_label(&dept, "rec-1", &mk.utc, sealed).unwrap(),
+            "intubation"
+        );
         let dir = t.path().join("rec/rec-1");
+        for f in ["manifest.json", "journal.jsonl"] {
+            if let Ok(text) = fs::read_to_string(dir.join(f)) {
+                assert!(!text.contains("intubation"), "{f}: {text}");
+            }
+        }
         verify(&dir).unwrap();
         assert!(fs::read_dir(t.path().join("ring")).unwrap().all(|e| {
             e.unwrap()

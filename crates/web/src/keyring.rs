@@ -54,6 +54,21 @@ impl Keyring {
         &self.key_id
     }
 
+    /// Opens a marker's sealed label (see `neoflix_open::open_label`).
+    pub fn open_label(
+        &self,
+        recording_id: &str,
+        utc: &str,
+        sealed_label: &str,
+    ) -> Result<String, WebError> {
+        Ok(neoflix_open::open_label(
+            &self.dept,
+            recording_id,
+            utc,
+            sealed_label,
+        )?)
+    }
+
     /// Checks the sealed bytes and the key record against the manifest's digests, unwraps the
     /// data key, opens the object (every chunk authenticated) and checks that its header is
     /// what the manifest's place for it says.

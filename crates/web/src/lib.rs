@@ -137,6 +137,7 @@ impl JsKeyring {
             id,
             device: device.as_deref(),
             key_id: self.0.key_id(),
+            keyring: Some(&self.0),
         };
         let checked = recording::Recording::check(answer_json, &asked)?;
         serde_json::to_string(&checked).map_err(|e| WebError::Argument(e.to_string()))

@@ -37,7 +37,7 @@ const MAX_TEXT_BYTES: usize = 100;
 const DURATION_SLACK_SECS: f64 = 0.5;
 
 /// What the page asked for: `/recordings/<id>[?device=<room>]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Asked<'a> {
     /// The recording id in the page's address.
     pub id: &'a str,
@@ -45,6 +45,8 @@ pub struct Asked<'a> {
     pub device: Option<&'a str>,
     /// The department key unlocked in this tab (its id).
     pub key_id: &'a str,
+    /// The key itself, to open the markers' sealed labels; without it they show as sealed.
+    pub keyring: Option<&'a crate::Keyring>,
 }
 
 /// One sealed object and its key record, as the page fetches and opens them.
@@ -293,7 +295,14 @@ impl Recording {
                 break;
             }
             if (0.0..=duration_secs).contains(&mk.offset_secs) {
-                let label = safe_title(&mk.label);
+                let label = match (&mk.sealed_label, asked.keyring) {
+                    (None, _) => safe_title(&mk.label),
+                    (Some(s), Some(k)) => match k.open_label(&a.id, &mk.utc, s) {
+                        Ok(l) => safe_title(&l),
+                        Err(_) => format!("Marker {} (its label does not open)", n + 1),
+                    },
+                    (Some(_), None) => format!("Marker {} (label sealed)", n + 1),
+                };
                 markers.push(Marker {
                     offset_secs: mk.offset_secs,
                     label: if label.trim().is_empty() {
@@ -370,6 +379,7 @@ mod tests {
             id: ID,
             device: Some("room-1"),
             key_id: KEY,
+            keyring: None,
         }
     }
 
@@ -402,6 +412,40 @@ mod tests {
             ..asked()
         };
         assert!(Recording::check(&answer().to_string(), &any_room).is_ok());
+    }
+
+    #[test]
+    fn sealed_labels_open_with_the_tabs_key_and_only_for_their_own_marker() {
+        let dept = neoflix_open::DepartmentSecretKey::generate().unwrap();
+        let keyring = crate::Keyring::new(dept.clone());
+        let mut a = answer();
+        a["manifest"]["recipient_key_id"] = keyring.key_id().into();
+        let (utc, moved) = ("2026-11-28T10:00:01.500Z", "2026-11-28T10:00:02.500Z");
+        let seal = |at: &str, text: &str| {
+            neoflix_seal::seal_label(&dept.public_key(), ID, at, text).unwrap()
+        };
+        a["manifest"]["markers"] = json!([
+            { "utc": utc, "offset_secs": 1.5, "label": "", "sealed_label": seal(utc, "adrenaline <b>0.1</b>"), "by": "mqtt" },
+            // Moved from the marker before: it does not open here.
+            { "utc": moved, "offset_secs": 2.5, "label": "", "sealed_label": seal(utc, "moved"), "by": "mqtt" },
+        ]);
+        let asked = Asked {
+            key_id: keyring.key_id(),
+            keyring: Some(&keyring),
+            ..asked()
+        };
+        let r = Recording::check(&a.to_string(), &asked).unwrap();
+        assert_eq!(
+            r.markers[0].label, "adrenaline <b>0.1</b>",
+            "text, set as text"
+        );
+        assert_eq!(r.markers[1].label, "Marker 2 (its label does not open)");
+        let without = Asked {
+            keyring: None,
+            ..asked
+        };
+        let r = Recording::check(&a.to_string(), &without).unwrap();
+        assert_eq!(r.markers[0].label, "Marker 1 (label sealed)");
     }
 
     #[test]
