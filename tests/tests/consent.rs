@@ -152,12 +152,12 @@ async fn roles_consent_teaching_and_withdrawal_are_each_checked_applied_and_audi
         "no video, no key: {officer_file}"
     );
 
-    // Two recordings from a real box.
+    // Three recordings from a real box.
     lab.config(CAPTURE, 3, &lab.upload_section(&ingest, "room-e2e"));
     let mut d = lab.start();
     d.wait_ready(Duration::from_secs(60));
     let mut ids = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let id = d.ctl(Request::Start {}).recording.unwrap();
         std::thread::sleep(Duration::from_secs(2));
         assert!(d.ctl(Request::Stop {}).ok);
@@ -171,7 +171,7 @@ async fn roles_consent_teaching_and_withdrawal_are_each_checked_applied_and_audi
         d.wait_ready(Duration::from_secs(60));
         ids.push(id);
     }
-    let (kept, refused) = (ids[0].clone(), ids[1].clone());
+    let (kept, refused, plain) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
 
     let chair = api.sign_in("chair", PASS).await;
     let rita = api.sign_in("rita", PASS).await;
@@ -183,10 +183,10 @@ async fn roles_consent_teaching_and_withdrawal_are_each_checked_applied_and_audi
     let deadline = Instant::now() + Duration::from_secs(20);
     let rows = loop {
         let l = api.listed(&chair).await;
-        if l.len() == 2 && l.iter().all(|r| r["upload"] == "complete") {
+        if l.len() == 3 && l.iter().all(|r| r["upload"] == "complete") {
             break l;
         }
-        assert!(Instant::now() < deadline, "never both complete: {l:?}");
+        assert!(Instant::now() < deadline, "never all complete: {l:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     for r in &rows {
@@ -206,7 +206,7 @@ async fn roles_consent_teaching_and_withdrawal_are_each_checked_applied_and_audi
     assert_eq!(api.get(&ian, &open(&kept)).await.status(), 403);
     assert_eq!(api.get(&ian, "/api/recordings").await.status(), 403);
     assert_eq!(api.get(&ian, "/api/fleet").await.status(), 200);
-    assert_eq!(api.listed(&olga).await.len(), 2, "the retention report");
+    assert_eq!(api.listed(&olga).await.len(), 3, "the retention report");
     assert_eq!(api.get(&rita, "/api/audit").await.status(), 403);
     let r = api
         .post(
@@ -299,12 +299,15 @@ async fn roles_consent_teaching_and_withdrawal_are_each_checked_applied_and_audi
     );
     assert_eq!(api.get(&rita, &open(&refused)).await.status(), 404);
     let listed = api.listed(&chair).await;
-    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed.len(), 2, "{listed:?}");
 
-    // A purge a day past keep_days keeps the teaching recording.
+    // A purge a day past keep_days deletes exactly the expired one, not the teaching one.
     let (code, out, err) = lab.ingest_admin(&["purge", "--now", &days_from_now(31)]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("0 recordings deleted"), "{out}");
+    assert!(out.contains(&format!("deleted room-e2e/{plain}")), "{out}");
+    assert!(out.contains("1 recording deleted"), "{out}");
+    assert!(!out.contains(kept.as_str()), "{out}");
+    assert!(lab.path("server/room-e2e").join(&kept).exists());
     let (code, out, _) = lab.ingest_admin(&["recordings"]);
     assert_eq!(code, 0);
     assert!(
@@ -402,4 +405,30 @@ async fn roles_consent_teaching_and_withdrawal_are_each_checked_applied_and_audi
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("roles-changed"), "{out}");
     assert_eq!(d.terminate(), 0);
+
+    // Someone with the database file edits a consent entry by hand (past the trigger that
+    // refuses it): the chain names the entry, on the command line and on the officer's page.
+    let seq: i64 = {
+        let c = rusqlite::Connection::open(lab.path("db/neoflix.db")).unwrap();
+        c.execute_batch("DROP TRIGGER audit_no_update").unwrap();
+        let seq = c
+            .query_row(
+                "SELECT MIN(seq) FROM audit WHERE action = 'consent-set'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        c.execute(
+            "UPDATE audit SET detail = replace(detail, 'granted', 'refused') WHERE seq = ?1",
+            [seq],
+        )
+        .unwrap();
+        seq
+    };
+    let (code, out, _) = lab.ingest_admin(&["audit", "--verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("BROKEN at entry {seq}")), "{out}");
+    let a: Value = api.get(&olga, "/api/audit").await.json().await.unwrap();
+    assert_eq!(a["chain"]["intact"], false, "{}", a["chain"]);
+    assert_eq!(a["chain"]["broken_at"], seq);
 }
