@@ -208,6 +208,35 @@ async fn roles_consent_teaching_and_withdrawal_are_each_checked_applied_and_audi
     assert_eq!(api.get(&ian, "/api/fleet").await.status(), 200);
     assert_eq!(api.listed(&olga).await.len(), 3, "the retention report");
     assert_eq!(api.get(&rita, "/api/audit").await.status(), 403);
+    // Every change and every video request is the chair's or a reviewer's only; refused
+    // requests repeated are audited once per session and request.
+    for who in [&olga, &ian] {
+        for (path, body) in [
+            (
+                format!("/api/recordings/{kept}/consent"),
+                json!({"question": "review", "answer": "granted"}),
+            ),
+            (
+                format!("/api/recordings/{kept}/withdraw"),
+                json!({"reason": "x"}),
+            ),
+            (
+                format!("/api/recordings/{kept}/teaching"),
+                json!({"days": 30}),
+            ),
+            (format!("/api/recordings/{kept}/download"), json!({})),
+        ] {
+            for _ in 0..3 {
+                assert_eq!(
+                    api.post(who, &path, body.clone()).await.status(),
+                    403,
+                    "{path}"
+                );
+            }
+        }
+        let object = format!("/api/recordings/{kept}/objects/frag-000000.nfx");
+        assert_eq!(api.get(who, &object).await.status(), 403);
+    }
     let r = api
         .post(
             &rita,
@@ -239,7 +268,18 @@ async fn roles_consent_teaching_and_withdrawal_are_each_checked_applied_and_audi
         .unwrap();
     assert_eq!(row["consent"]["review"]["answer"], "granted");
     assert_eq!(row["consent"]["review"]["by"], "chair");
+    assert_eq!(
+        row["consent"]["review"]["form_ref"], "",
+        "notes and forms are for the chair and the privacy officer"
+    );
+    let row = api
+        .listed(&olga)
+        .await
+        .into_iter()
+        .find(|r| r["id"] == kept.as_str())
+        .unwrap();
     assert_eq!(row["consent"]["review"]["form_ref"], "CF-114");
+    assert_eq!(row["consent"]["review"]["note"], "mother, in person");
     let r = api
         .post(
             &chair,
@@ -366,6 +406,21 @@ async fn roles_consent_teaching_and_withdrawal_are_each_checked_applied_and_audi
         .map(|e| e["action"].as_str().unwrap())
         .collect();
     assert_eq!(actions, ["recording-withdrawn", "consent-set"], "{a}");
+    let forbidden = api
+        .get(&olga, "/api/audit?action=forbidden&actor=ian")
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let asked: Vec<String> = forbidden["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["detail"].as_str().unwrap().to_string())
+        .collect();
+    // ian's: opening, the list, then one each for consent, withdraw, teaching, download and
+    // objects, however often each was asked.
+    assert_eq!(asked.len(), 7, "{asked:#?}");
     let r = api.get(&olga, "/api/audit?format=csv").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
@@ -379,6 +434,7 @@ async fn roles_consent_teaching_and_withdrawal_are_each_checked_applied_and_audi
         "legal-hold",
         "recording-withdrawn",
         "recording-opened",
+        "audit-read",
     ] {
         assert!(csv.contains(&format!(",{action},")), "{action}:\n{csv}");
     }

@@ -242,8 +242,14 @@ pub const MAX_NOTE_CHARS: usize = 500;
 /// Longest consent form reference, in characters.
 pub const MAX_FORM_REF_CHARS: usize = 100;
 
+/// Unicode's bidirectional overrides and isolates: text that shows in another order than it
+/// reads, in the page and in an export.
+fn reorders(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}')
+}
+
 /// Why a free text cannot go into the log: too long, or with control characters (which could
-/// forge lines in an export).
+/// forge lines in an export) or bidirectional overrides (which could make it read otherwise).
 fn text_problem(what: &str, text: &str, max: usize, required: bool) -> Option<String> {
     if required && text.trim().is_empty() {
         return Some(format!(
@@ -253,9 +259,9 @@ fn text_problem(what: &str, text: &str, max: usize, required: bool) -> Option<St
     if text.chars().count() > max {
         return Some(format!("{what} is longer than {max} characters"));
     }
-    if text.chars().any(char::is_control) {
+    if text.chars().any(|c| c.is_control() || reorders(c)) {
         return Some(format!(
-            "{what} must be one line without control characters"
+            "{what} must be one line without control characters or direction overrides"
         ));
     }
     None
@@ -417,6 +423,35 @@ mod tests {
         assert!(r(Some(f64::NAN), Some(1.0)).is_some());
         assert!(r(Some(5.0), Some(5.0)).is_some());
         assert!(r(Some(5.0), Some(2.0)).is_some());
+    }
+
+    #[test]
+    fn notes_and_reasons_are_one_line_of_plain_text() {
+        let c = |note: &str| ConsentRequest {
+            question: Question::Review,
+            answer: Answer::Granted,
+            note: note.into(),
+            form_ref: String::new(),
+        };
+        assert_eq!(c("mother, at the bedside").problem(), None);
+        assert_eq!(c("").problem(), None);
+        for bad in [
+            "two\nlines",
+            "tab\there",
+            "evil\u{202E}txt.exe",
+            &"x".repeat(501),
+        ] {
+            assert!(c(bad).problem().is_some(), "{bad:?}");
+        }
+        let w = |reason: &str| WithdrawRequest {
+            reason: reason.into(),
+        };
+        assert!(w("  ").problem().is_some(), "a withdrawal says why");
+        assert_eq!(w("parents withdrew").problem(), None);
+        assert!(
+            serde_json::from_str::<ConsentRequest>(r#"{"question":"sharing","answer":"granted"}"#)
+                .is_err()
+        );
     }
 
     #[test]

@@ -13,7 +13,13 @@ use serde_json::json;
 use crate::IngestConfig;
 use crate::audit::{Action, Event};
 use crate::db::{Added, Db, now_secs};
-use crate::lifecycle::{Cause, Who};
+use crate::lifecycle::{Cause, Keeper, Who};
+
+/// The admin's subcommands, as the audit log names them.
+const ADMIN: Who = Who {
+    actor: "admin",
+    client: "cli",
+};
 use crate::storage::Storage;
 use neoflix_format::review_api::{Answer, Consent, Question};
 
@@ -116,6 +122,32 @@ pub fn hold(
             detail: json!({ "reason": reason.unwrap_or_default() }),
         })?;
         db.release(&device, id)?;
+        // A recording whose filming or review was refused was kept only by the hold.
+        if db.consent_of(&device, id)?.refused().is_some() {
+            let store = Storage::open(&cfg.storage.dir, cfg.storage.max_object_bytes)?;
+            let identity = crate::server_identity(cfg)?;
+            let keeper = Keeper {
+                store: &store,
+                db,
+                identity: &identity,
+            };
+            let s = keeper
+                .withdraw(
+                    &device,
+                    id,
+                    ADMIN,
+                    "consent refused; the legal hold was released",
+                    Cause::ConsentRefused,
+                    std::time::SystemTime::now(),
+                )
+                .with_context(|| {
+                    format!("released the hold on {recording}, but withdrawing it (consent refused) failed: run withdraw {id}")
+                })?;
+            return Ok(format!(
+                "released the hold on {recording}; its consent was refused, so it was withdrawn ({} key records, {} other files deleted)",
+                s.key_records, s.other_files
+            ));
+        }
         return Ok(format!(
             "released the hold on {recording}: retention applies to it again"
         ));
@@ -161,7 +193,13 @@ pub fn purge(
         })?,
     };
     let store = Storage::open(&cfg.storage.dir, cfg.storage.max_object_bytes)?;
-    let done = crate::retention::purge(&store, db, r.keep_days, now, dry_run, "admin", "cli")?;
+    let identity = crate::server_identity(cfg)?;
+    let keeper = Keeper {
+        store: &store,
+        db,
+        identity: &identity,
+    };
+    let done = crate::retention::purge(&keeper, r.keep_days, now, dry_run, ADMIN)?;
     let mut out = String::new();
     let mut failed = 0;
     for p in &done {
@@ -319,22 +357,21 @@ pub fn withdraw(
         )?;
     }
     let identity = crate::server_identity(cfg)?;
-    let who = Who {
-        actor: "admin",
-        client: "cli",
-    };
-    let shredded = crate::lifecycle::withdraw(
-        &store,
+    let keeper = Keeper {
+        store: &store,
         db,
-        &identity,
-        &device,
-        id,
-        who,
-        reason,
-        Cause::Withdrawal,
-        std::time::SystemTime::now(),
-    )
-    .with_context(|| format!("withdrawing {device}/{id} (run the command again to finish)"))?;
+        identity: &identity,
+    };
+    let shredded = keeper
+        .withdraw(
+            &device,
+            id,
+            ADMIN,
+            reason,
+            Cause::Withdrawal,
+            std::time::SystemTime::now(),
+        )
+        .with_context(|| format!("withdrawing {device}/{id} (run the command again to finish)"))?;
     Ok(format!(
         "withdrew {device}/{id}: {} key records and {} other files deleted; the room box deletes its copy when it next asks",
         shredded.key_records, shredded.other_files
@@ -358,30 +395,38 @@ pub fn import(db: &Db, file: &Path, replace: bool, warn: &mut dyn Write) -> anyh
             list.join(", ")
         )?;
     }
-    let added = db.add_reviewer(&r, replace)?;
+    let before = db.reviewer(r.name.as_str())?.map(|b| b.file.roles);
+    if before.is_some() && !replace {
+        anyhow::bail!(
+            "a reviewer named {} exists: add --replace to replace them (their sessions end)",
+            r.name
+        );
+    }
+    // Audited first: the log never lacks a change the database holds.
     db.append_audit(&admin_event(
         Action::ReviewerImported,
         json!({
             "name": r.name.as_str(),
             "department_key_id": r.department_key_id,
             "roles": r.roles,
-            "replaced": added != Added::New,
+            "replaced": before.is_some(),
         }),
     ))?;
+    if let Some(b) = before.as_ref().filter(|b| **b != r.roles) {
+        db.append_audit(&admin_event(
+            Action::RolesChanged,
+            json!({ "name": r.name.as_str(), "roles": r.roles, "before": b }),
+        ))?;
+    }
+    let added = db.add_reviewer(&r, replace)?;
     let roles = roles_text(&r.roles);
     Ok(match added {
         Added::New => format!("imported {} as {roles}", r.name),
-        Added::Replaced(before) if before != r.roles => {
-            db.append_audit(&admin_event(
-                Action::RolesChanged,
-                json!({ "name": r.name.as_str(), "roles": r.roles, "before": before }),
-            ))?;
-            format!(
-                "replaced {} (its sessions ended); roles changed from {} to {roles}",
-                r.name,
-                roles_text(&before)
-            )
-        }
+        Added::Replaced(before) if before != r.roles => format!(
+            "replaced {} (its sessions ended); roles changed from {} to {roles}",
+            r.name,
+            roles_text(&before)
+        ),
         Added::Replaced(_) => format!("replaced {} as {roles} (its sessions ended)", r.name),
     })
 }

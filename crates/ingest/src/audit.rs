@@ -45,8 +45,11 @@ pub enum Action {
     TeachingRemoved,
     /// A re-imported reviewer file changed a person's roles.
     RolesChanged,
-    /// Someone signed in asked for what their roles do not allow.
+    /// Someone signed in asked for what their roles do not allow (the first time per session
+    /// and request).
     Forbidden,
+    /// The privacy officer read or exported the audit log (with the filters).
+    AuditRead,
 }
 
 impl Action {
@@ -70,11 +73,12 @@ impl Action {
             Action::TeachingRemoved => "teaching-removed",
             Action::RolesChanged => "roles-changed",
             Action::Forbidden => "forbidden",
+            Action::AuditRead => "audit-read",
         }
     }
 
     /// Every action, as the privacy officer's page offers them as a filter.
-    pub const ALL: [Action; 17] = [
+    pub const ALL: [Action; 18] = [
         Action::SignIn,
         Action::SignInFailed,
         Action::SignInRefused,
@@ -92,6 +96,7 @@ impl Action {
         Action::TeachingRemoved,
         Action::RolesChanged,
         Action::Forbidden,
+        Action::AuditRead,
     ];
 }
 
@@ -261,16 +266,42 @@ pub struct Broken {
 /// Checks a whole chain in order: the head hash (or [`GENESIS`] for an empty log), or the first
 /// entry that does not match.
 pub fn verify(entries: &[Entry]) -> Result<String, Broken> {
-    let mut prev = GENESIS.to_string();
-    for (want_seq, e) in (1i64..).zip(entries) {
+    let mut chain = Chain::default();
+    for e in entries {
+        chain.feed(e)?;
+    }
+    Ok(chain.head)
+}
+
+/// A chain checked entry by entry, so that a long log is read in pieces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    /// The hash of the last entry checked ([`GENESIS`] before the first).
+    pub head: String,
+    /// The sequence number the next entry must have.
+    pub next_seq: i64,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Chain {
+            head: GENESIS.to_string(),
+            next_seq: 1,
+        }
+    }
+}
+
+impl Chain {
+    /// Checks the next entry against the chain so far.
+    pub fn feed(&mut self, e: &Entry) -> Result<(), Broken> {
         let broken = |why: String| Broken { seq: e.seq, why };
-        if e.seq != want_seq {
+        if e.seq != self.next_seq {
             return Err(broken(format!(
-                "sequence number {} where {want_seq} was expected (an entry is missing)",
-                e.seq
+                "sequence number {} where {} was expected (an entry is missing)",
+                e.seq, self.next_seq
             )));
         }
-        if e.prev != prev {
+        if e.prev != self.head {
             return Err(broken(
                 "its prev is not the previous entry's hash".to_string(),
             ));
@@ -280,9 +311,10 @@ pub fn verify(entries: &[Entry]) -> Result<String, Broken> {
                 "its fields do not give its hash (edited after it was written)".to_string(),
             ));
         }
-        prev = e.hash.clone();
+        self.head = e.hash.clone();
+        self.next_seq += 1;
+        Ok(())
     }
-    Ok(prev)
 }
 
 #[cfg(test)]

@@ -663,14 +663,7 @@ impl Db {
 
     /// The reason of the legal hold on `device`/`id`, if it is held (indexed or not).
     pub fn hold_of(&self, device: &str, id: &str) -> Result<Option<String>, DbError> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT reason FROM holds WHERE device = ?1 AND id = ?2",
-                params![device, id],
-                |r| r.get(0),
-            )
-            .optional()?)
+        hold_in(&self.conn(), device, id)
     }
 
     /// Releases a legal hold. Returns whether there was one.
@@ -710,6 +703,36 @@ impl Db {
 
     // --- consent and the teaching library ---
 
+    /// Runs `f` in one transaction and appends the audit entries it collects in the same one:
+    /// a change and its entries are written together or not at all, and what `f` read (a
+    /// hold, the consent, whether the recording is still indexed) cannot change before it
+    /// commits. An error from `f` rolls everything back.
+    pub fn atomically<T, E: From<DbError>>(
+        &self,
+        f: impl FnOnce(&Connection, &mut Vec<Event>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut c = self.conn();
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(DbError::from)?;
+        let mut events = Vec::new();
+        let out = f(&tx, &mut events)?;
+        let mut entries = Vec::with_capacity(events.len());
+        for e in &events {
+            entries.push(append_audit_in(&tx, e)?);
+        }
+        tx.commit().map_err(DbError::from)?;
+        for e in &entries {
+            log_entry(e);
+        }
+        Ok(out)
+    }
+
+    /// A recording's consent answers (all pending when none was recorded).
+    pub fn consent_of(&self, device: &str, id: &str) -> Result<Consent, DbError> {
+        consent_in(&self.conn(), device, id)
+    }
+
     /// Records one consent answer (replacing the last one to that question).
     pub fn set_consent(
         &self,
@@ -718,40 +741,12 @@ impl Db {
         question: Question,
         r: &Recorded,
     ) -> Result<(), DbError> {
-        self.conn().execute(
-            "INSERT INTO consent (device, id, question, answer, recorded_by, utc, note, form_ref) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (device, id, question) DO UPDATE SET answer = excluded.answer, recorded_by = excluded.recorded_by, utc = excluded.utc, note = excluded.note, form_ref = excluded.form_ref",
-            params![
-                device,
-                id,
-                question.as_str(),
-                r.answer.as_str(),
-                r.by.as_deref().unwrap_or(""),
-                r.utc.as_deref().unwrap_or(""),
-                r.note,
-                r.form_ref
-            ],
-        )?;
-        Ok(())
+        set_consent_in(&self.conn(), device, id, question, r)
     }
 
-    /// A recording's consent answers (all pending when none was recorded).
-    pub fn consent_of(&self, device: &str, id: &str) -> Result<Consent, DbError> {
-        let c = self.conn();
-        let mut st = c.prepare(
-            "SELECT question, answer, recorded_by, utc, note, form_ref FROM consent WHERE device = ?1 AND id = ?2",
-        )?;
-        let mut out = Consent::default();
-        let rows = st.query_map(params![device, id], |r| {
-            let q: String = r.get(0)?;
-            let q = Question::parse(&q).ok_or_else(|| unreadable(0, "a consent question"))?;
-            Ok((q, recorded(r, 1)?))
-        })?;
-        for row in rows {
-            let (q, rec) = row?;
-            *out.get_mut(q) = rec;
-        }
-        Ok(out)
+    /// The teaching library's date for a recording, if it is in it.
+    pub fn teaching_of(&self, device: &str, id: &str) -> Result<Option<String>, DbError> {
+        teaching_in(&self.conn(), device, id)
     }
 
     /// Places a recording in the teaching library until `until_utc` (or moves its date).
@@ -762,33 +757,12 @@ impl Db {
         until_utc: &str,
         by: &str,
     ) -> Result<(), DbError> {
-        self.conn().execute(
-            "INSERT INTO teaching (device, id, until_utc, added_by, utc) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (device, id) DO UPDATE SET until_utc = excluded.until_utc, added_by = excluded.added_by, utc = excluded.utc",
-            params![device, id, until_utc, by, now_utc()],
-        )?;
-        Ok(())
-    }
-
-    /// The teaching library's date for a recording, if it is in it.
-    pub fn teaching_of(&self, device: &str, id: &str) -> Result<Option<String>, DbError> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT until_utc FROM teaching WHERE device = ?1 AND id = ?2",
-                params![device, id],
-                |r| r.get(0),
-            )
-            .optional()?)
+        set_teaching_in(&self.conn(), device, id, until_utc, by)
     }
 
     /// Takes a recording out of the teaching library. Returns whether it was in it.
     pub fn remove_teaching(&self, device: &str, id: &str) -> Result<bool, DbError> {
-        let n = self.conn().execute(
-            "DELETE FROM teaching WHERE device = ?1 AND id = ?2",
-            params![device, id],
-        )?;
-        Ok(n > 0)
+        remove_teaching_in(&self.conn(), device, id)
     }
 
     /// Forgets a deleted recording: its row in the index and the sessions' right to its
@@ -962,43 +936,8 @@ impl Db {
 
     /// Appends an entry to the audit log, chained to the last one.
     pub fn append_audit(&self, e: &Event) -> Result<Entry, DbError> {
-        let mut c = self.conn();
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let last: Option<(i64, String)> = tx
-            .query_row(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let entry = Entry::next(last.as_ref().map(|(s, h)| (*s, h.as_str())), now_utc(), e);
-        tx.execute(
-            "INSERT INTO audit (seq, utc, actor, action, recording, client, detail, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                entry.seq,
-                entry.utc,
-                entry.actor,
-                entry.action,
-                entry.recording,
-                entry.client,
-                entry.detail,
-                entry.prev,
-                entry.hash
-            ],
-        )?;
-        tx.commit()?;
-        // A copy of each entry's hash outside the database (the journal, and whatever the
-        // hospital forwards it to): whoever can write the database can recompute the chain,
-        // but not the log lines already written.
-        log::info!(
-            seq = entry.seq,
-            action = entry.action.as_str(),
-            actor = crate::esc(&entry.actor).as_str(),
-            recording = crate::esc(&entry.recording).as_str(),
-            hash = entry.hash.as_str();
-            "audit entry appended"
-        );
-        Ok(entry)
+        self.atomically(|c, _| append_audit_in(c, e))
+            .inspect(log_entry)
     }
 
     /// The whole audit log, in order.
@@ -1008,19 +947,7 @@ impl Db {
             "SELECT seq, utc, actor, action, recording, client, detail, prev, hash FROM audit ORDER BY seq",
         )?;
         let v = st
-            .query_map([], |r| {
-                Ok(Entry {
-                    seq: r.get(0)?,
-                    utc: r.get(1)?,
-                    actor: r.get(2)?,
-                    action: r.get(3)?,
-                    recording: r.get(4)?,
-                    client: r.get(5)?,
-                    detail: r.get(6)?,
-                    prev: r.get(7)?,
-                    hash: r.get(8)?,
-                })
-            })?
+            .query_map([], row_entry)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(v)
     }
@@ -1049,28 +976,199 @@ impl Db {
                     f.until,
                     i64::try_from(limit).unwrap_or(i64::MAX)
                 ],
-                |r| {
-                    Ok(Entry {
-                        seq: r.get(0)?,
-                        utc: r.get(1)?,
-                        actor: r.get(2)?,
-                        action: r.get(3)?,
-                        recording: r.get(4)?,
-                        client: r.get(5)?,
-                        detail: r.get(6)?,
-                        prev: r.get(7)?,
-                        hash: r.get(8)?,
-                    })
-                },
+                row_entry,
             )?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(v)
     }
 
-    /// Recomputes the chain: the head hash, or the first entry that does not match.
+    /// Recomputes the chain: the head hash, or the first entry that does not match. Read in
+    /// pieces, the lock let go between them: a long log does not stop sign-ins and uploads'
+    /// index writes while it is checked.
     pub fn verify_audit(&self) -> Result<Result<String, audit::Broken>, DbError> {
-        Ok(audit::verify(&self.audit()?))
+        self.verify_audit_in_pieces(5000)
     }
+
+    fn verify_audit_in_pieces(
+        &self,
+        piece_len: i64,
+    ) -> Result<Result<String, audit::Broken>, DbError> {
+        let mut chain = audit::Chain::default();
+        let mut after = i64::MIN;
+        loop {
+            let piece: Vec<Entry> = {
+                let c = self.conn();
+                let mut st = c.prepare_cached(
+                    "SELECT seq, utc, actor, action, recording, client, detail, prev, hash FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                st.query_map(params![after, piece_len], row_entry)?
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            for e in &piece {
+                if let Err(b) = chain.feed(e) {
+                    return Ok(Err(b));
+                }
+            }
+            match piece.last() {
+                Some(last) if piece.len() as i64 == piece_len => after = last.seq,
+                _ => return Ok(Ok(chain.head)),
+            }
+        }
+    }
+}
+
+/// Appends `e` to the audit log within the caller's transaction.
+fn append_audit_in(c: &Connection, e: &Event) -> Result<Entry, DbError> {
+    let last: Option<(i64, String)> = c
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let entry = Entry::next(last.as_ref().map(|(s, h)| (*s, h.as_str())), now_utc(), e);
+    c.execute(
+        "INSERT INTO audit (seq, utc, actor, action, recording, client, detail, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            entry.seq,
+            entry.utc,
+            entry.actor,
+            entry.action,
+            entry.recording,
+            entry.client,
+            entry.detail,
+            entry.prev,
+            entry.hash
+        ],
+    )?;
+    Ok(entry)
+}
+
+/// A copy of each entry's hash outside the database (the journal, and whatever the hospital
+/// forwards it to): whoever can write the database can recompute the chain, but not the log
+/// lines already written. Called once the entry is committed.
+fn log_entry(entry: &Entry) {
+    log::info!(
+        seq = entry.seq,
+        action = entry.action.as_str(),
+        actor = crate::esc(&entry.actor).as_str(),
+        recording = crate::esc(&entry.recording).as_str(),
+        hash = entry.hash.as_str();
+        "audit entry appended"
+    );
+}
+
+fn row_entry(r: &rusqlite::Row) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        seq: r.get(0)?,
+        utc: r.get(1)?,
+        actor: r.get(2)?,
+        action: r.get(3)?,
+        recording: r.get(4)?,
+        client: r.get(5)?,
+        detail: r.get(6)?,
+        prev: r.get(7)?,
+        hash: r.get(8)?,
+    })
+}
+
+/// Whether `device`/`id` is in the recordings index.
+pub fn indexed_in(c: &Connection, device: &str, id: &str) -> Result<bool, DbError> {
+    Ok(c.query_row(
+        "SELECT 1 FROM recordings WHERE device = ?1 AND id = ?2",
+        params![device, id],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some())
+}
+
+/// The reason of the legal hold on `device`/`id`, if it is held.
+pub fn hold_in(c: &Connection, device: &str, id: &str) -> Result<Option<String>, DbError> {
+    Ok(c.query_row(
+        "SELECT reason FROM holds WHERE device = ?1 AND id = ?2",
+        params![device, id],
+        |r| r.get(0),
+    )
+    .optional()?)
+}
+
+/// A recording's consent answers (all pending when none was recorded).
+pub fn consent_in(c: &Connection, device: &str, id: &str) -> Result<Consent, DbError> {
+    let mut st = c.prepare_cached(
+        "SELECT question, answer, recorded_by, utc, note, form_ref FROM consent WHERE device = ?1 AND id = ?2",
+    )?;
+    let mut out = Consent::default();
+    let rows = st.query_map(params![device, id], |r| {
+        let q: String = r.get(0)?;
+        let q = Question::parse(&q).ok_or_else(|| unreadable(0, "a consent question"))?;
+        Ok((q, recorded(r, 1)?))
+    })?;
+    for row in rows {
+        let (q, rec) = row?;
+        *out.get_mut(q) = rec;
+    }
+    Ok(out)
+}
+
+/// Records one consent answer (replacing the last one to that question).
+pub fn set_consent_in(
+    c: &Connection,
+    device: &str,
+    id: &str,
+    question: Question,
+    r: &Recorded,
+) -> Result<(), DbError> {
+    c.execute(
+        "INSERT INTO consent (device, id, question, answer, recorded_by, utc, note, form_ref) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (device, id, question) DO UPDATE SET answer = excluded.answer, recorded_by = excluded.recorded_by, utc = excluded.utc, note = excluded.note, form_ref = excluded.form_ref",
+        params![
+            device,
+            id,
+            question.as_str(),
+            r.answer.as_str(),
+            r.by.as_deref().unwrap_or(""),
+            r.utc.as_deref().unwrap_or(""),
+            r.note,
+            r.form_ref
+        ],
+    )?;
+    Ok(())
+}
+
+/// The teaching library's date for a recording, if it is in it.
+pub fn teaching_in(c: &Connection, device: &str, id: &str) -> Result<Option<String>, DbError> {
+    Ok(c.query_row(
+        "SELECT until_utc FROM teaching WHERE device = ?1 AND id = ?2",
+        params![device, id],
+        |r| r.get(0),
+    )
+    .optional()?)
+}
+
+/// Places a recording in the teaching library until `until_utc` (or moves its date).
+pub fn set_teaching_in(
+    c: &Connection,
+    device: &str,
+    id: &str,
+    until_utc: &str,
+    by: &str,
+) -> Result<(), DbError> {
+    c.execute(
+        "INSERT INTO teaching (device, id, until_utc, added_by, utc) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (device, id) DO UPDATE SET until_utc = excluded.until_utc, added_by = excluded.added_by, utc = excluded.utc",
+        params![device, id, until_utc, by, now_utc()],
+    )?;
+    Ok(())
+}
+
+/// Takes a recording out of the teaching library. Returns whether it was in it.
+pub fn remove_teaching_in(c: &Connection, device: &str, id: &str) -> Result<bool, DbError> {
+    let n = c.execute(
+        "DELETE FROM teaching WHERE device = ?1 AND id = ?2",
+        params![device, id],
+    )?;
+    Ok(n > 0)
 }
 
 fn reviewer_in(c: &Connection, name: &str) -> Result<Option<Reviewer>, DbError> {
@@ -1551,6 +1649,37 @@ pub(crate) mod tests {
         drop(c);
         let head = db.verify_audit().unwrap().unwrap();
         assert_eq!(head, db.audit().unwrap()[1].hash);
+    }
+
+    #[test]
+    fn the_chain_read_in_pieces_is_the_chain_read_whole() {
+        let (_d, db) = db();
+        for n in 0..7 {
+            db.append_audit(&Event {
+                actor: format!("a{n}"),
+                action: audit::Action::SignIn,
+                recording: String::new(),
+                client: "cli".into(),
+                detail: serde_json::json!({}),
+            })
+            .unwrap();
+        }
+        let whole = audit::verify(&db.audit().unwrap());
+        for piece in [1, 2, 3, 7, 8] {
+            assert_eq!(db.verify_audit_in_pieces(piece).unwrap(), whole, "{piece}");
+        }
+        let c = db.conn();
+        c.execute_batch("DROP TRIGGER audit_no_update").unwrap();
+        c.execute("UPDATE audit SET actor = 'x' WHERE seq = 5", [])
+            .unwrap();
+        drop(c);
+        for piece in [1, 2, 4, 5, 100] {
+            assert_eq!(
+                db.verify_audit_in_pieces(piece).unwrap().unwrap_err().seq,
+                5,
+                "{piece}"
+            );
+        }
     }
 
     #[test]

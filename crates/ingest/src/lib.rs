@@ -104,8 +104,7 @@ pub fn server_identity(cfg: &IngestConfig) -> anyhow::Result<neoflix_format::Sig
 /// Applies retention a minute after the start (once the index has caught up with the
 /// storage), then every [`retention::EVERY`], until `stop`.
 async fn apply_retention(
-    store: Arc<storage::Storage>,
-    db: Arc<db::Db>,
+    parts: Arc<lifecycle::Shared>,
     keep_days: u32,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -116,16 +115,17 @@ async fn apply_retention(
             _ = tokio::time::sleep(wait) => {}
         }
         wait = retention::EVERY;
-        let (store, db) = (store.clone(), db.clone());
+        let parts = parts.clone();
         let done = tokio::task::spawn_blocking(move || {
             retention::purge(
-                &store,
-                &db,
+                &parts.keeper(),
                 keep_days,
                 std::time::SystemTime::now(),
                 false,
-                "retention",
-                "server",
+                lifecycle::Who {
+                    actor: "retention",
+                    client: "server",
+                },
             )
         })
         .await;
@@ -201,7 +201,7 @@ pub async fn run(
         grace: Duration::from_secs(cfg.limits.rate_grace_secs),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let index = if cfg.uses_database() {
+    let kept = if cfg.uses_database() {
         use anyhow::Context as _;
         let path = cfg.database.path.clone();
         let db = tokio::task::spawn_blocking(move || db::Db::open(&path))
@@ -219,15 +219,39 @@ pub async fn run(
         .await?
         .context("removing withdrawn recordings from the index")?;
         tokio::spawn(index::scan_at_start(db.clone(), cfg.storage.dir.clone()));
-        if let Some(r) = cfg.retention {
-            tokio::spawn(apply_retention(
-                store.clone(),
-                db.clone(),
-                r.keep_days,
-                stop_rx.clone(),
-            ));
+        let parts = Arc::new(lifecycle::Shared {
+            store: store.clone(),
+            db: db.clone(),
+            identity: identity.clone(),
+        });
+        // A refusal whose withdrawal a crash interrupted is finished before anyone can ask.
+        let finishing = parts.clone();
+        let refusals = tokio::task::spawn_blocking(move || {
+            finishing.keeper().finish_refusals(
+                lifecycle::Who {
+                    actor: "server",
+                    client: "server",
+                },
+                std::time::SystemTime::now(),
+            )
+        })
+        .await?
+        .context("withdrawing recordings whose consent was refused")?;
+        for f in refusals {
+            let (device, id) = (esc(&f.device), esc(&f.id));
+            match f.outcome {
+                Ok(_) => {
+                    log::warn!(device = device.as_str(), recording = id.as_str(); "a recording whose consent was refused was withdrawn at start")
+                }
+                Err(e) => {
+                    log::error!(device = device.as_str(), recording = id.as_str(), error = esc(&e).as_str(); "a recording whose consent was refused cannot be withdrawn: the next start tries again")
+                }
+            }
         }
-        Some(db)
+        if let Some(r) = cfg.retention {
+            tokio::spawn(apply_retention(parts.clone(), r.keep_days, stop_rx.clone()));
+        }
+        Some((db, parts))
     } else {
         None
     };
@@ -236,7 +260,8 @@ pub async fn run(
         tokio::spawn(fleet::run(m, view.clone(), stop_rx.clone()));
         view
     });
-    if let (Some(r), Some(db)) = (&cfg.review, &index) {
+    let index = kept.as_ref().map(|(db, _)| db.clone());
+    if let (Some(r), Some((db, parts))) = (&cfg.review, &kept) {
         let prepared = review::prepare(
             r,
             db.clone(),
@@ -244,9 +269,8 @@ pub async fn run(
             cfg.storage.max_object_bytes,
             limits::Budget::new(cfg.limits.max_buffered_bytes),
             fleet.clone(),
-            review::Lifecycle {
-                store: store.clone(),
-                identity: identity.clone(),
+            review::Keeping {
+                parts: parts.clone(),
                 keep_days: cfg.retention.map(|r| r.keep_days),
                 consent: cfg.consent,
             },

@@ -7,8 +7,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::audit::{Action, Event};
-use crate::db::{Db, DbError, Retained};
-use crate::storage::{Shredded, Storage};
+use crate::db::{self, DbError, Retained};
+use crate::lifecycle::{Cause, Keeper, LifecycleError, Who};
+use crate::storage::Shredded;
 
 /// How often the server applies retention: the issue asks for at least daily; an hour keeps a
 /// recording at most an hour past its date.
@@ -148,42 +149,43 @@ pub struct Purged {
     pub outcome: Result<Option<Shredded>, String>,
 }
 
-/// Deletes every recording due at `now` (none in a dry run): for each, its hold is looked at
-/// again, then the audit entry, then storage (key records first), then the index. A failure
-/// with one recording is its outcome and the others go on. `actor` names who applies it
-/// (`retention` for the server, `admin` for `purge`).
+/// Deletes every recording due at `now` (none in a dry run): for each, its hold and teaching
+/// date are looked at again in the transaction that writes its audit entry, then storage
+/// (key records first), then the index. One whose filming or review was refused is withdrawn
+/// (its box is told to delete its copy). A failure with one recording is its outcome and the
+/// others go on. `who` names who applies it (`retention` for the server, `admin` for `purge`).
 pub fn purge(
-    store: &Storage,
-    db: &Db,
+    keeper: &Keeper,
     keep_days: u32,
     now: SystemTime,
     dry_run: bool,
-    actor: &str,
-    client: &str,
+    who: Who,
 ) -> Result<Vec<Purged>, RetentionError> {
     let mut out = Vec::new();
-    for r in db.retained()? {
+    for r in keeper.db.retained()? {
         let until_utc = match verdict_of(&r, keep_days, now) {
             Verdict::Due { until_utc } => Some(until_utc),
             Verdict::Refused => None,
             _ => continue,
         };
-        let outcome = if dry_run {
-            Ok(None)
-        } else {
-            delete_one(
-                store,
-                db,
-                &r,
-                keep_days,
-                until_utc.as_deref(),
+        let outcome = match (&until_utc, dry_run) {
+            (_, true) => Ok(None),
+            (Some(until), false) => delete_one(keeper, &r, keep_days, until, now, who),
+            (None, false) => match keeper.withdraw(
+                &r.device,
+                &r.id,
+                who,
+                "consent refused",
+                Cause::ConsentRefused,
                 now,
-                actor,
-                client,
-            )
+            ) {
+                Ok(s) => Ok(Some(s)),
+                Err(LifecycleError::Held { .. }) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            },
         };
         if matches!(outcome, Ok(None)) && !dry_run {
-            continue; // held since the list was read
+            continue; // held (or placed in the library) since the list was read
         }
         out.push(Purged {
             device: r.device,
@@ -195,41 +197,49 @@ pub fn purge(
     Ok(out)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn delete_one(
-    store: &Storage,
-    db: &Db,
+    keeper: &Keeper,
     r: &Retained,
     keep_days: u32,
-    until_utc: Option<&str>,
+    until_utc: &str,
     now: SystemTime,
-    actor: &str,
-    client: &str,
+    who: Who,
 ) -> Result<Option<Shredded>, String> {
     let recording = format!("{}/{}", r.device, r.id);
-    // A hold placed, or a teaching date set, while this ran wins.
-    let held = db.hold_of(&r.device, &r.id).map_err(|e| e.to_string())?;
-    let teaching = db
-        .teaching_of(&r.device, &r.id)
-        .map_err(|e| e.to_string())?;
-    if held.is_some() || teaching != r.teaching_until_utc {
-        return Ok(None);
+    // A hold placed, or a teaching date set, while this ran wins; the check and the entry are
+    // one transaction.
+    let decided = keeper.db.atomically(|c, events| -> Result<bool, DbError> {
+        let held = db::hold_in(c, &r.device, &r.id)?;
+        let teaching = db::teaching_in(c, &r.device, &r.id)?;
+        if held.is_some() || teaching != r.teaching_until_utc {
+            return Ok(false);
+        }
+        events.push(Event {
+            actor: who.actor.into(),
+            action: Action::RecordingDeleted,
+            recording,
+            client: who.client.into(),
+            detail: json!({
+                "reason": "retention",
+                "keep_days": keep_days,
+                "until_utc": until_utc,
+                "applied_as_of_utc": neoflix_format::utc(now),
+            }),
+        });
+        Ok(true)
+    });
+    match decided {
+        Ok(true) => {}
+        Ok(false) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
     }
-    db.append_audit(&Event {
-        actor: actor.into(),
-        action: Action::RecordingDeleted,
-        recording,
-        client: client.into(),
-        detail: json!({
-            "reason": if until_utc.is_some() { "retention" } else { "consent refused" },
-            "keep_days": keep_days,
-            "until_utc": until_utc,
-            "applied_as_of_utc": neoflix_format::utc(now),
-        }),
-    })
-    .map_err(|e| e.to_string())?;
-    let shredded = store.delete(&r.device, &r.id).map_err(|e| e.to_string())?;
-    db.forget_recording(&r.device, &r.id)
+    let shredded = keeper
+        .store
+        .delete(&r.device, &r.id)
+        .map_err(|e| e.to_string())?;
+    keeper
+        .db
+        .forget_recording(&r.device, &r.id)
         .map_err(|e| e.to_string())?;
     Ok(Some(shredded))
 }

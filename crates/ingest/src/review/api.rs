@@ -29,13 +29,14 @@ use super::guard::{self, Route};
 use crate::audit::{Action, AuditFilter, Event};
 use crate::db::{Attempt, Db, DbError, Filter, Limit, Session, Summary, Upload, now_secs};
 use crate::http::{Resp, error, json as json_resp};
-use crate::lifecycle::{Cause, Consequence, LifecycleError, Who};
+use crate::lifecycle::{Cause, Consequence, Keeper, LifecycleError, Who};
 use crate::ratelimit;
 
 /// Most audit entries the page lists at once (newest first); filters reach older ones.
 const MAX_AUDIT_LISTED: usize = 500;
-/// Most entries one CSV export holds.
-const MAX_AUDIT_EXPORTED: usize = 200_000;
+/// Most entries one CSV export holds: some 30 MB, built whole in memory; a longer span is
+/// exported in pieces (by dates) or with `audit --json` on the server.
+const MAX_AUDIT_EXPORTED: usize = 100_000;
 
 /// Who may watch recordings.
 const WATCH: &[Role] = &[Role::Chair, Role::Reviewer];
@@ -174,29 +175,44 @@ async fn session_for_change(
     Ok(s)
 }
 
-/// Refuses (403, audited) a signed-in person none of whose roles is in `roles`.
+/// Most (session, request) pairs whose refusal is remembered as audited; past it the memory
+/// starts again (and the next refusals are audited once more).
+const MAX_FORBIDDEN_REMEMBERED: usize = 4096;
+
+/// Refuses (403) a signed-in person none of whose roles is in `roles`. The first refusal of
+/// each request per session is audited: a loop of refused requests cannot fill the log, which
+/// never shrinks.
 async fn allow(
     st: &State,
-    s: &Session,
+    (token, s): &(String, Session),
     roles: &[Role],
-    what: &str,
+    what: &'static str,
     client: &str,
 ) -> Result<(), Resp> {
     if s.roles.iter().any(|r| roles.contains(r)) {
         return Ok(());
     }
     let needed: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-    audit(
-        st,
-        event(
-            &s.reviewer,
-            Action::Forbidden,
-            String::new(),
-            client,
-            json!({ "asked": what, "roles": s.roles }),
-        ),
-    )
-    .await?;
+    let first = {
+        let mut seen = st.forbidden.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= MAX_FORBIDDEN_REMEMBERED {
+            seen.clear();
+        }
+        seen.insert((token.clone(), what))
+    };
+    if first {
+        audit(
+            st,
+            event(
+                &s.reviewer,
+                Action::Forbidden,
+                String::new(),
+                client,
+                json!({ "asked": what, "roles": s.roles }),
+            ),
+        )
+        .await?;
+    }
     Err(error(
         StatusCode::FORBIDDEN,
         format!(
@@ -221,7 +237,7 @@ fn openable(s: &Summary, st: &State) -> Result<(), Resp> {
             ),
         ));
     }
-    if s.consent.review.answer == Answer::Pending && !st.lifecycle.consent.review_while_pending {
+    if s.consent.review.answer == Answer::Pending && !st.keeping.consent.review_while_pending {
         return Err(error(
             StatusCode::FORBIDDEN,
             "consent to review this recording is pending, and the department's policy ([consent] review_while_pending = false) allows opening it only once granted",
@@ -230,9 +246,19 @@ fn openable(s: &Summary, st: &State) -> Result<(), Resp> {
     Ok(())
 }
 
+/// `s` without the consent notes and form references.
+fn without_notes(mut s: Summary) -> Summary {
+    for q in Question::ALL {
+        let r = s.consent.get_mut(q);
+        r.note.clear();
+        r.form_ref.clear();
+    }
+    s
+}
+
 /// Fills in when `s` is deleted, as retention would see it now.
 fn with_lifecycle(mut s: Summary, st: &State, now: std::time::SystemTime) -> Summary {
-    if let Some(keep_days) = st.lifecycle.keep_days {
+    if let Some(keep_days) = st.keeping.keep_days {
         let v = crate::retention::verdict(
             &s.received_utc,
             s.lifecycle.held.then_some(""),
@@ -347,28 +373,33 @@ async fn dispatch(
                 .expect("valid response"))
         }
         Route::Recordings => {
-            let (_, s) = session(&req, st).await?;
-            allow(st, &s, LIST, "listing recordings", &client).await?;
+            let who = session(&req, st).await?;
+            allow(st, &who, LIST, "listing recordings", &client).await?;
+            let s = who.1;
             let f = filter(req.uri().query())?;
             let mut list = db(st, move |d| d.recordings(&f)).await?;
             let truncated = list.len() > crate::db::MAX_LISTED;
             list.truncate(crate::db::MAX_LISTED);
             let now = std::time::SystemTime::now();
+            // The chair's notes and form references are for who decides and who audits.
+            let notes = s.roles.contains(&Role::Chair) || s.roles.contains(&Role::PrivacyOfficer);
             Ok(json_resp(
                 StatusCode::OK,
                 &RecordingsAnswer {
                     recordings: list
                         .into_iter()
                         .map(|r| with_lifecycle(r, st, now))
+                        .map(|r| if notes { r } else { without_notes(r) })
                         .collect(),
                     truncated,
-                    review_while_pending: st.lifecycle.consent.review_while_pending,
+                    review_while_pending: st.keeping.consent.review_while_pending,
                 },
             ))
         }
         Route::Recording(id) => {
-            let (h, s) = session(&req, st).await?;
-            allow(st, &s, WATCH, "opening a recording", &client).await?;
+            let who = session(&req, st).await?;
+            allow(st, &who, WATCH, "opening a recording", &client).await?;
+            let (h, s) = who;
             let rec = resolve(st, &id, query_param(req.uri().query(), "device"), true).await?;
             openable(&rec, st)?;
             let pending = rec.consent.review.answer == Answer::Pending;
@@ -401,8 +432,9 @@ async fn dispatch(
             ))
         }
         Route::Object(id, name) => {
-            let (h, s) = session(&req, st).await?;
-            allow(st, &s, WATCH, "fetching a recording's objects", &client).await?;
+            let who = session(&req, st).await?;
+            allow(st, &who, WATCH, "fetching a recording's objects", &client).await?;
+            let h = who.0;
             let rec = resolve(st, &id, query_param(req.uri().query(), "device"), true).await?;
             // Consent refused after the recording was opened stops it at the next object.
             openable(&rec, st)?;
@@ -478,8 +510,9 @@ async fn dispatch(
             }
         }
         Route::Download(id) => {
-            let (_, s) = session_for_change(&req, st).await?;
-            allow(st, &s, WATCH, "downloading a recording", &client).await?;
+            let who = session_for_change(&req, st).await?;
+            allow(st, &who, WATCH, "downloading a recording", &client).await?;
+            let s = who.1;
             let device = query_param(req.uri().query(), "device");
             let d: DownloadRequest = body_json(req).await?;
             if let Some(why) = d.problem() {
@@ -514,24 +547,20 @@ async fn dispatch(
             Ok(json_resp(StatusCode::OK, &v))
         }
         Route::Consent(id) => {
-            let (_, s) = session_for_change(&req, st).await?;
-            allow(st, &s, CHAIR, "recording consent", &client).await?;
+            let who = session_for_change(&req, st).await?;
+            allow(st, &who, CHAIR, "recording consent", &client).await?;
+            let s = who.1;
             let device = query_param(req.uri().query(), "device");
             let c: ConsentRequest = body_json(req).await?;
             if let Some(why) = c.problem() {
                 return Err(error(StatusCode::BAD_REQUEST, why));
             }
             let rec = resolve(st, &id, device, false).await?;
-            let (store, identity) = (st.lifecycle.store.clone(), st.lifecycle.identity.clone());
             let (actor, client) = (s.reviewer.clone(), client.clone());
-            let outcome = change(st, move |d| {
-                crate::lifecycle::set_consent(
-                    &store,
-                    d,
-                    &identity,
+            let outcome = change(st, move |k| {
+                k.set_consent(
                     &rec.device,
                     &rec.id,
-                    &rec.consent,
                     &c,
                     Who {
                         actor: &actor,
@@ -550,21 +579,18 @@ async fn dispatch(
             Ok(json_resp(StatusCode::OK, &json!({ "outcome": outcome })))
         }
         Route::Withdraw(id) => {
-            let (_, s) = session_for_change(&req, st).await?;
-            allow(st, &s, CHAIR, "withdrawing a recording", &client).await?;
+            let who = session_for_change(&req, st).await?;
+            allow(st, &who, CHAIR, "withdrawing a recording", &client).await?;
+            let s = who.1;
             let device = query_param(req.uri().query(), "device");
             let w: WithdrawRequest = body_json(req).await?;
             if let Some(why) = w.problem() {
                 return Err(error(StatusCode::BAD_REQUEST, why));
             }
             let rec = resolve(st, &id, device, false).await?;
-            let (store, identity) = (st.lifecycle.store.clone(), st.lifecycle.identity.clone());
             let (actor, client) = (s.reviewer.clone(), client.clone());
-            let shredded = change(st, move |d| {
-                crate::lifecycle::withdraw(
-                    &store,
-                    d,
-                    &identity,
+            let shredded = change(st, move |k| {
+                k.withdraw(
                     &rec.device,
                     &rec.id,
                     Who {
@@ -586,18 +612,17 @@ async fn dispatch(
             ))
         }
         Route::Teaching(id) => {
-            let (_, s) = session_for_change(&req, st).await?;
-            allow(st, &s, CHAIR, "changing the teaching library", &client).await?;
+            let who = session_for_change(&req, st).await?;
+            allow(st, &who, CHAIR, "changing the teaching library", &client).await?;
+            let s = who.1;
             let device = query_param(req.uri().query(), "device");
             let t: TeachingRequest = body_json(req).await?;
             let rec = resolve(st, &id, device, true).await?;
             let (actor, client) = (s.reviewer.clone(), client.clone());
-            let until = change(st, move |d| {
-                crate::lifecycle::teaching(
-                    d,
+            let until = change(st, move |k| {
+                k.teaching(
                     &rec.device,
                     &rec.id,
-                    &rec.consent,
                     t.days,
                     Who {
                         actor: &actor,
@@ -613,11 +638,27 @@ async fn dispatch(
             ))
         }
         Route::Audit => {
-            let (_, s) = session(&req, st).await?;
-            allow(st, &s, AUDIT, "reading the audit log", &client).await?;
+            let who = session(&req, st).await?;
+            allow(st, &who, AUDIT, "reading the audit log", &client).await?;
+            let s = who.1;
             let query = req.uri().query();
             let f = audit_filter(query)?;
             let csv = query_param(query, "format").as_deref() == Some("csv");
+            // Reading it is in it too: the log holds consent notes and who watched what.
+            audit(
+                st,
+                event(
+                    &s.reviewer,
+                    Action::AuditRead,
+                    String::new(),
+                    &client,
+                    json!({
+                        "actor": f.actor, "action": f.action, "recording": f.recording,
+                        "since": f.since, "until": f.until, "csv": csv,
+                    }),
+                ),
+            )
+            .await?;
             let limit = if csv {
                 MAX_AUDIT_EXPORTED
             } else {
@@ -669,13 +710,18 @@ async fn dispatch(
 /// Runs a lifecycle change off the runtime; its refusals become answers the chair can act on.
 async fn change<T: Send + 'static>(
     st: &State,
-    f: impl FnOnce(&Db) -> Result<T, LifecycleError> + Send + 'static,
+    f: impl FnOnce(&Keeper) -> Result<T, LifecycleError> + Send + 'static,
 ) -> Result<T, Resp> {
-    let d = st.db.clone();
-    match tokio::task::spawn_blocking(move || f(&d)).await {
+    let parts = st.keeping.parts.clone();
+    match tokio::task::spawn_blocking(move || f(&parts.keeper())).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e @ (LifecycleError::Held { .. } | LifecycleError::NoUseConsent(_)))) => {
-            Err(error(StatusCode::CONFLICT, e.to_string()))
+        Ok(Err(
+            e @ (LifecycleError::Held { .. }
+            | LifecycleError::NoUseConsent(_)
+            | LifecycleError::RefusalIsFinal { .. }),
+        )) => Err(error(StatusCode::CONFLICT, e.to_string())),
+        Ok(Err(e @ LifecycleError::NotFound(_))) => {
+            Err(error(StatusCode::NOT_FOUND, e.to_string()))
         }
         Ok(Err(e @ LifecycleError::Days)) => Err(error(StatusCode::BAD_REQUEST, e.to_string())),
         Ok(Err(e)) => Err(internal(e)),

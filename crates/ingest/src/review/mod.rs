@@ -154,17 +154,17 @@ pub struct State {
     pub secret: [u8; 32],
     /// The locks whose first refusal is audited already.
     pub refusals: std::sync::Mutex<crate::ratelimit::Refusals>,
-    /// The lifecycle: storage to withdraw from, the identity that signs withdrawal notices, and
-    /// the department's policies.
-    pub lifecycle: Lifecycle,
+    /// What consent, withdrawal and the teaching library work on, and the department's
+    /// policies.
+    pub keeping: Keeping,
+    /// The (session, request) pairs whose refusal is audited already.
+    pub forbidden: std::sync::Mutex<std::collections::HashSet<(String, &'static str)>>,
 }
 
 /// What the chair's lifecycle changes need (docs/privacy.md).
-pub struct Lifecycle {
-    /// The recordings.
-    pub store: Arc<crate::storage::Storage>,
-    /// Signs withdrawal notices, as `withdraw` does.
-    pub identity: Arc<neoflix_format::SigningIdentity>,
+pub struct Keeping {
+    /// Storage, database and the identity that signs withdrawal notices.
+    pub parts: Arc<crate::lifecycle::Shared>,
     /// `[retention] keep_days`, if the server deletes by itself.
     pub keep_days: Option<u32>,
     /// `[consent]`.
@@ -189,7 +189,7 @@ pub async fn prepare(
     max_object: u64,
     budget: crate::limits::Budget,
     fleet: Option<Arc<FleetView>>,
-    lifecycle: Lifecycle,
+    keeping: Keeping,
 ) -> anyhow::Result<Prepared> {
     let assets = Assets::load(&cfg.assets)?;
     let acceptor = acceptor(&cfg.cert, &cfg.key)?;
@@ -214,7 +214,8 @@ pub async fn prepare(
             fleet,
             secret,
             refusals: Default::default(),
-            lifecycle,
+            keeping,
+            forbidden: Default::default(),
         }),
     })
 }
