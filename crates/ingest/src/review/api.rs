@@ -246,6 +246,12 @@ fn openable(s: &Summary, st: &State) -> Result<(), Resp> {
     Ok(())
 }
 
+/// Whether the person sees consent notes and form references: they are for who decides and
+/// who audits.
+fn sees_notes(s: &Session) -> bool {
+    s.roles.contains(&Role::Chair) || s.roles.contains(&Role::PrivacyOfficer)
+}
+
 /// `s` without the consent notes and form references.
 fn without_notes(mut s: Summary) -> Summary {
     for q in Question::ALL {
@@ -381,8 +387,7 @@ async fn dispatch(
             let truncated = list.len() > crate::db::MAX_LISTED;
             list.truncate(crate::db::MAX_LISTED);
             let now = std::time::SystemTime::now();
-            // The chair's notes and form references are for who decides and who audits.
-            let notes = s.roles.contains(&Role::Chair) || s.roles.contains(&Role::PrivacyOfficer);
+            let notes = sees_notes(&s);
             Ok(json_resp(
                 StatusCode::OK,
                 &RecordingsAnswer {
@@ -413,6 +418,11 @@ async fn dispatch(
                 json!({ "review_consent_pending": pending }),
             );
             let rec = with_lifecycle(rec, st, std::time::SystemTime::now());
+            let rec = if sees_notes(&s) {
+                rec
+            } else {
+                without_notes(rec)
+            };
             let (dev, rid) = (rec.device.clone(), rec.id.clone());
             // Audited first: the session may fetch its objects only once the log says so.
             db(st, move |d| {
