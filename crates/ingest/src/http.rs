@@ -545,7 +545,7 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
             match blocking(move || {
                 let r = store.commit(up, &expected);
                 if let (Ok(Stored::Created), Some(db)) = (&r, index) {
-                    crate::index::object_landed(&db, &dev, &rid);
+                    crate::index::object_landed(&db, &store, &dev, &rid);
                 }
                 r
             })
@@ -595,7 +595,7 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
             match blocking(move || {
                 let r = store.complete(&dev, &rid, &body, &custody);
                 if let (Ok((receipt, Stored::Created)), Some(db)) = (&r, &index) {
-                    crate::index::manifest_accepted(db, &dev, &rid, &body, receipt);
+                    crate::index::manifest_accepted(db, &store, &dev, &rid, &body, receipt);
                 }
                 drop(held);
                 r

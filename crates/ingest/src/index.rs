@@ -10,19 +10,45 @@ use std::sync::Arc;
 use neoflix_format::MANIFEST_FILE;
 
 use crate::db::{Completed, Db};
-use crate::storage::RECEIPT_FILE;
+use crate::storage::{RECEIPT_FILE, Storage};
 
 /// Objects landed for `device`/`id`.
-pub fn object_landed(db: &Db, device: &str, id: &str) {
+pub fn object_landed(db: &Db, store: &Storage, device: &str, id: &str) {
     if let Err(e) = db.index_uploading(device, id) {
         log::error!(device = crate::esc(device).as_str(), recording = crate::esc(id).as_str(), error = crate::esc(&e.to_string()).as_str(); "cannot index the recording (the upload is not affected; the next start indexes it)");
     }
+    unless_withdrawn(db, store, device, id);
 }
 
 /// The manifest of `device`/`id` was accepted: its bytes and the receipt.
-pub fn manifest_accepted(db: &Db, device: &str, id: &str, manifest: &[u8], receipt: &[u8]) {
+pub fn manifest_accepted(
+    db: &Db,
+    store: &Storage,
+    device: &str,
+    id: &str,
+    manifest: &[u8],
+    receipt: &[u8],
+) {
     if let Err(e) = index_complete(db, device, id, manifest, Some(receipt)) {
         log::error!(device = crate::esc(device).as_str(), recording = crate::esc(id).as_str(), error = crate::esc(&e).as_str(); "cannot index the complete recording (the upload is not affected; the next start indexes it)");
+    }
+    unless_withdrawn(db, store, device, id);
+}
+
+/// An upload that passed storage's check just before a withdrawal's notice was written can
+/// index its recording after the withdrawal made the index forget it: looked at after every
+/// index write, the notice removes the row again (the withdrawal deletes what landed).
+fn unless_withdrawn(db: &Db, store: &Storage, device: &str, id: &str) {
+    let forget = match store.withdrawn(device, id) {
+        Ok(Some(_)) => db.forget_recording(device, id).map(|_| ()),
+        Ok(None) => Ok(()),
+        Err(e) => {
+            log::error!(device = crate::esc(device).as_str(), recording = crate::esc(id).as_str(), error = crate::esc(&e.to_string()).as_str(); "cannot read the withdrawal notices (the next start settles the index)");
+            Ok(())
+        }
+    };
+    if let Err(e) = forget {
+        log::error!(device = crate::esc(device).as_str(), recording = crate::esc(id).as_str(), error = crate::esc(&e.to_string()).as_str(); "cannot remove a withdrawn recording from the index (the next start does)");
     }
 }
 
@@ -154,6 +180,28 @@ mod tests {
             chain: String::new(),
         };
         serde_json::to_vec(&m).unwrap()
+    }
+
+    #[test]
+    fn an_upload_indexed_after_its_withdrawal_leaves_no_row() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Storage::open(&d.path().join("store"), 1 << 20).unwrap();
+        let db = Db::open(&d.path().join("n.db")).unwrap();
+        object_landed(&db, &store, "room-1", "rec-a");
+        assert_eq!(db.indexed().unwrap().len(), 1, "an upload is indexed");
+        store.withdraw("room-1", "rec-a", b"{}").unwrap();
+        db.forget_recording("room-1", "rec-a").unwrap();
+        // The racing upload's index write comes last.
+        object_landed(&db, &store, "room-1", "rec-a");
+        manifest_accepted(
+            &db,
+            &store,
+            "room-1",
+            "rec-a",
+            &manifest("room-1", "rec-a"),
+            b"{}",
+        );
+        assert!(db.indexed().unwrap().is_empty(), "{:?}", db.indexed());
     }
 
     #[test]

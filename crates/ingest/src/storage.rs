@@ -460,6 +460,10 @@ impl Storage {
                 };
                 for n in list.filter_map(|e| e.ok()) {
                     let name = n.file_name().to_string_lossy().into_owned();
+                    if name.starts_with('.') && name.ends_with(".tmp") {
+                        remove_stale_temp(&n.path());
+                        continue;
+                    }
                     let Some(id) = name.strip_suffix(suffix) else {
                         continue;
                     };
@@ -696,6 +700,19 @@ enum Place {
 
 /// Writes `path` whole: a temporary file of its own, fsync, then into place and fsync of the
 /// directory. `false` when `Place::Exclusive` found the name taken: nothing changed.
+/// A temporary file a crash left between its creation and its rename: removed once a minute
+/// old, so that one another process (an admin command) is writing right now is left alone.
+fn remove_stale_temp(path: &Path) {
+    let stale = fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age >= std::time::Duration::from_secs(60));
+    if stale && let Err(e) = fs::remove_file(path) {
+        log::warn!(path = path.display().to_string().as_str(), error = e.to_string().as_str(); "cannot remove a temporary file a crash left");
+    }
+}
+
 fn write_whole(path: &Path, bytes: &[u8], place: Place) -> Result<bool, StorageError> {
     let dir = path.parent().expect("inside a recording dir");
     let tmp = dir.join(format!(
@@ -994,6 +1011,25 @@ mod race_tests {
                 .iter()
                 .all(|f| matches!(f.outcome, Ok(None)))
         );
+
+        // Temporary files a crash left in the marker directories go once they are stale; a
+        // fresh one (another process writing it now) stays.
+        let marks = d.path().join("srv2/dev").join(WITHDRAWN_DIR);
+        let (stale, fresh) = (
+            marks.join(".x.json.ab12.tmp"),
+            marks.join(".y.json.cd34.tmp"),
+        );
+        fs::write(&stale, b"{").unwrap();
+        fs::write(&fresh, b"{").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+            .unwrap();
+        s.finish_deletions().unwrap();
+        assert!(!stale.exists());
+        assert!(fresh.exists());
     }
 
     #[test]
