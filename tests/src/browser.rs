@@ -223,6 +223,29 @@ impl Browser {
         self.cmd("POST", &format!("/element/{}/click", e.0), json!({}));
     }
 
+    /// The text of the page's open `confirm()`/`alert()` dialog, waited for up to 10 s.
+    pub fn dialog_text(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, v) = self.call_status(
+                "GET",
+                &format!("/session/{}/alert/text", self.session),
+                None,
+            );
+            if status == 200 {
+                return v["value"].as_str().unwrap_or_default().to_string();
+            }
+            assert!(Instant::now() < deadline, "no dialog opened: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Answers the open dialog: OK (`true`) or Cancel.
+    pub fn answer_dialog(&self, ok: bool) {
+        let what = if ok { "accept" } else { "dismiss" };
+        self.cmd("POST", &format!("/alert/{what}"), json!({}));
+    }
+
     /// Presses and releases `key` (a character, or a WebDriver key code such as `"\u{E011}"`
     /// for Home) on whatever has the focus.
     pub fn press(&self, key: &str) {

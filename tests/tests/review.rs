@@ -644,8 +644,8 @@ fn a_reviewer_watches_seeks_and_downloads_in_chromium_and_the_server_sees_no_pla
     }
 }
 
-/// The chair records consent and withdraws a second recording on the page; the privacy officer
-/// sees no video, and reads, filters and exports the audit log.
+/// The chair records consent, refuses it for a second recording and withdraws a third on the
+/// page; the privacy officer sees no video, and reads, filters and exports the audit log.
 fn chair_and_privacy_officer(
     b: &Browser,
     lab: &Lab,
@@ -653,25 +653,33 @@ fn chair_and_privacy_officer(
     ingest: &neoflix_e2e::Ingest,
     id: &str,
 ) {
-    d.wait_ready(Duration::from_secs(60));
-    let second = d.ctl(Request::Start {}).recording.expect("a recording id");
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(d.ctl(Request::Stop {}).ok);
-    let srv = lab.path("server/room-e2e").join(&second);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !srv.join("manifest.json").exists() {
-        assert!(Instant::now() < deadline, "{}", ingest.log_text());
-        std::thread::sleep(Duration::from_millis(200));
+    let mut more = Vec::new();
+    for _ in 0..2 {
+        d.wait_ready(Duration::from_secs(60));
+        let next = d.ctl(Request::Start {}).recording.expect("a recording id");
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(d.ctl(Request::Stop {}).ok);
+        let srv = lab.path("server/room-e2e").join(&next);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !srv.join("manifest.json").exists() {
+            assert!(Instant::now() < deadline, "{}", ingest.log_text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        more.push(next);
     }
+    let (second, third) = (&more[0], &more[1]);
+    let srv = lab.path("server/room-e2e").join(second);
+    let srv3 = lab.path("server/room-e2e").join(third);
     let row = format!("tr[data-recording=\"{id}\"]");
     let row2 = format!("tr[data-recording=\"{second}\"]");
+    let row3 = format!("tr[data-recording=\"{third}\"]");
 
     sign_in(b, "cora", PASSPHRASE);
     b.wait(
         "the chair's list, with both recordings complete",
         Duration::from_secs(30),
         &format!(
-            "document.body.dataset.view === 'list' && document.querySelector('{row} button.manage') && (document.querySelector('{row2}') || {{dataset: {{}}}}).dataset.upload === 'complete'"
+            "document.body.dataset.view === 'list' && document.querySelector('{row} button.manage') && (document.querySelector('{row2}') || {{dataset: {{}}}}).dataset.upload === 'complete' && (document.querySelector('{row3}') || {{dataset: {{}}}}).dataset.upload === 'complete'"
         ),
     );
     assert_eq!(
@@ -707,6 +715,41 @@ fn chair_and_privacy_officer(
         json!(false)
     );
     snap(b, "consent-granted");
+
+    // Refusing review consent deletes the recording: the page asks first; Cancel changes
+    // nothing, OK refuses, and the recording is gone from storage and the list.
+    b.click(&b.element(&format!("{row3} button.manage")));
+    b.element("dialog#lifecycle[open] #consent-form");
+    b.eval(
+        "document.querySelector('#consent-question').value = 'review'; document.querySelector('#consent-answer').value = 'refused';",
+        json!([]),
+    );
+    b.type_into(&b.element("#consent-note"), "father, at the bedside");
+    b.click(&b.element("#consent-save"));
+    assert!(
+        b.dialog_text().contains("deletes this recording"),
+        "the refusal is confirmed first"
+    );
+    b.answer_dialog(false);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(srv3.exists(), "Cancel refuses nothing");
+    b.click(&b.element("#consent-save"));
+    b.dialog_text();
+    b.answer_dialog(true);
+    b.wait(
+        "the refused recording gone from the list",
+        Duration::from_secs(20),
+        &format!(
+            "document.body.dataset.view === 'list' && document.querySelector('{row}') && !document.querySelector('{row3}') && document.querySelector('#alert').textContent.includes('Consent refused')"
+        ),
+    );
+    assert!(!srv3.exists(), "the refused recording is gone from storage");
+    assert!(
+        lab.path("server/room-e2e/.withdrawn")
+            .join(format!("{third}.json"))
+            .exists(),
+        "its box is told to delete its copy"
+    );
 
     // Withdrawal: the button asks for a reason and a confirmation first.
     b.click(&b.element(&format!("{row2} button.manage")));
@@ -789,7 +832,8 @@ fn chair_and_privacy_officer(
             "return [...document.querySelectorAll('#audit-table tbody tr')].map((r) => r.dataset.action)",
             json!([])
         ),
-        json!(["consent-set"])
+        json!(["consent-set", "consent-set"]),
+        "the grant and the refusal, nothing else"
     );
     b.click(&b.element("#audit-export"));
     let csv = downloaded(&b.downloads(), ".csv", 1);
@@ -797,8 +841,9 @@ fn chair_and_privacy_officer(
     assert!(text.starts_with("seq,utc,actor,action,"), "{text}");
     assert_eq!(
         text.lines().count(),
-        2,
-        "the header and the one entry: {text}"
+        3,
+        "the header and the two entries: {text}"
     );
+    assert!(text.contains("refused"), "{text}");
     assert!(text.contains(",cora,consent-set,"), "{text}");
 }
