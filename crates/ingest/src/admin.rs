@@ -15,6 +15,30 @@ use crate::audit::{Action, Event};
 use crate::db::{Added, Db, now_secs};
 use crate::lifecycle::{Cause, Keeper, Who};
 
+/// What the subcommands that delete work on besides the database: the storage, and the
+/// server's identity that signs withdrawal notices.
+struct Parts {
+    store: Storage,
+    identity: neoflix_format::SigningIdentity,
+}
+
+impl Parts {
+    fn open(cfg: &IngestConfig) -> anyhow::Result<Parts> {
+        Ok(Parts {
+            store: Storage::open(&cfg.storage.dir, cfg.storage.max_object_bytes)?,
+            identity: crate::server_identity(cfg)?,
+        })
+    }
+
+    fn keeper<'a>(&'a self, db: &'a Db) -> Keeper<'a> {
+        Keeper {
+            store: &self.store,
+            db,
+            identity: &self.identity,
+        }
+    }
+}
+
 /// The admin's subcommands, as the audit log names them.
 const ADMIN: Who = Who {
     actor: "admin",
@@ -113,25 +137,22 @@ pub fn hold(
         if db.hold_of(&device, id)?.is_none() {
             anyhow::bail!("{recording} is not held");
         }
-        // Audited before it is released: retention may delete the recording right after.
-        db.append_audit(&Event {
-            actor: "admin".into(),
-            action: Action::LegalHoldReleased,
-            recording: recording.clone(),
-            client: "cli".into(),
-            detail: json!({ "reason": reason.unwrap_or_default() }),
+        // The release and its entry are one transaction: retention may delete right after.
+        db.atomically(|c, events| {
+            events.push(Event {
+                actor: "admin".into(),
+                action: Action::LegalHoldReleased,
+                recording: recording.clone(),
+                client: "cli".into(),
+                detail: json!({ "reason": reason.unwrap_or_default() }),
+            });
+            crate::db::release_in(c, &device, id)
         })?;
-        db.release(&device, id)?;
         // A recording whose filming or review was refused was kept only by the hold.
         if db.consent_of(&device, id)?.refused().is_some() {
-            let store = Storage::open(&cfg.storage.dir, cfg.storage.max_object_bytes)?;
-            let identity = crate::server_identity(cfg)?;
-            let keeper = Keeper {
-                store: &store,
-                db,
-                identity: &identity,
-            };
-            let s = keeper
+            let parts = Parts::open(cfg)?;
+            let s = parts
+                .keeper(db)
                 .withdraw(
                     &device,
                     id,
@@ -156,13 +177,16 @@ pub fn hold(
         anyhow::bail!("say why with --reason TEXT (or --release to end a hold)");
     };
     let reason = reason_of(reason, "--reason")?;
-    let new = db.hold(&device, id, reason)?;
-    db.append_audit(&Event {
-        actor: "admin".into(),
-        action: Action::LegalHold,
-        recording: recording.clone(),
-        client: "cli".into(),
-        detail: json!({ "reason": reason, "new": new }),
+    let new = db.atomically(|c, events| {
+        let new = crate::db::hold_place_in(c, &device, id, reason)?;
+        events.push(Event {
+            actor: "admin".into(),
+            action: Action::LegalHold,
+            recording: recording.clone(),
+            client: "cli".into(),
+            detail: json!({ "reason": reason, "new": new }),
+        });
+        Ok::<_, crate::db::DbError>(new)
     })?;
     Ok(if new {
         format!("held {recording}: kept past its retention date until released")
@@ -192,14 +216,8 @@ pub fn purge(
             )
         })?,
     };
-    let store = Storage::open(&cfg.storage.dir, cfg.storage.max_object_bytes)?;
-    let identity = crate::server_identity(cfg)?;
-    let keeper = Keeper {
-        store: &store,
-        db,
-        identity: &identity,
-    };
-    let done = crate::retention::purge(&keeper, r.keep_days, now, dry_run, ADMIN)?;
+    let parts = Parts::open(cfg)?;
+    let done = crate::retention::purge(&parts.keeper(db), r.keep_days, now, dry_run, ADMIN)?;
     let mut out = String::new();
     let mut failed = 0;
     for p in &done {
@@ -348,21 +366,16 @@ pub fn withdraw(
     reason: &str,
 ) -> anyhow::Result<String> {
     let reason = reason_of(reason, "--reason")?;
-    let store = Storage::open(&cfg.storage.dir, cfg.storage.max_object_bytes)?;
+    let parts = Parts::open(cfg)?;
     let device = holder(cfg, db, id, device, "withdraw it before it arrives")?;
-    if store.withdrawn(&device, id)?.is_some() {
+    if parts.store.withdrawn(&device, id)?.is_some() {
         writeln!(
             std::io::stderr(),
             "note: {device}/{id} was withdrawn before; finishing its deletion"
         )?;
     }
-    let identity = crate::server_identity(cfg)?;
-    let keeper = Keeper {
-        store: &store,
-        db,
-        identity: &identity,
-    };
-    let shredded = keeper
+    let shredded = parts
+        .keeper(db)
         .withdraw(
             &device,
             id,

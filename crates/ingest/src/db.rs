@@ -643,22 +643,7 @@ impl Db {
 
     /// Places a legal hold (or replaces its reason). Returns whether there was none.
     pub fn hold(&self, device: &str, id: &str, reason: &str) -> Result<bool, DbError> {
-        let mut c = self.conn();
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let existed = tx
-            .query_row(
-                "SELECT 1 FROM holds WHERE device = ?1 AND id = ?2",
-                params![device, id],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-        tx.execute(
-            "INSERT INTO holds (device, id, reason, utc) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (device, id) DO UPDATE SET reason = excluded.reason, utc = excluded.utc",
-            params![device, id, reason, now_utc()],
-        )?;
-        tx.commit()?;
-        Ok(!existed)
+        self.atomically(|c, _| hold_place_in(c, device, id, reason))
     }
 
     /// The reason of the legal hold on `device`/`id`, if it is held (indexed or not).
@@ -668,11 +653,7 @@ impl Db {
 
     /// Releases a legal hold. Returns whether there was one.
     pub fn release(&self, device: &str, id: &str) -> Result<bool, DbError> {
-        let n = self.conn().execute(
-            "DELETE FROM holds WHERE device = ?1 AND id = ?2",
-            params![device, id],
-        )?;
-        Ok(n > 0)
+        release_in(&self.conn(), device, id)
     }
 
     /// Every indexed recording with what retention needs: newest first.
@@ -749,22 +730,6 @@ impl Db {
         teaching_in(&self.conn(), device, id)
     }
 
-    /// Places a recording in the teaching library until `until_utc` (or moves its date).
-    pub fn set_teaching(
-        &self,
-        device: &str,
-        id: &str,
-        until_utc: &str,
-        by: &str,
-    ) -> Result<(), DbError> {
-        set_teaching_in(&self.conn(), device, id, until_utc, by)
-    }
-
-    /// Takes a recording out of the teaching library. Returns whether it was in it.
-    pub fn remove_teaching(&self, device: &str, id: &str) -> Result<bool, DbError> {
-        remove_teaching_in(&self.conn(), device, id)
-    }
-
     /// Forgets a deleted recording: its row in the index and the sessions' right to its
     /// objects. Returns whether it was indexed.
     pub fn forget_recording(&self, device: &str, id: &str) -> Result<bool, DbError> {
@@ -835,12 +800,13 @@ impl Db {
     // --- recordings index ---
 
     /// A recording's first object landed: indexed as `uploading` unless known.
-    pub fn index_uploading(&self, device: &str, id: &str) -> Result<(), DbError> {
-        self.conn().execute(
+    /// Returns whether the row is new.
+    pub fn index_uploading(&self, device: &str, id: &str) -> Result<bool, DbError> {
+        let n = self.conn().execute(
             "INSERT INTO recordings (device, id, upload, first_seen_utc) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (device, id) DO NOTHING",
             params![device, id, Upload::Uploading.as_str(), now_utc()],
         )?;
-        Ok(())
+        Ok(n > 0)
     }
 
     /// A recording's manifest was accepted: indexed as `complete` with its fields.
@@ -1091,6 +1057,30 @@ pub fn hold_in(c: &Connection, device: &str, id: &str) -> Result<Option<String>,
         |r| r.get(0),
     )
     .optional()?)
+}
+
+/// Places a legal hold (or replaces its reason). Returns whether there was none.
+pub fn hold_place_in(
+    c: &Connection,
+    device: &str,
+    id: &str,
+    reason: &str,
+) -> Result<bool, DbError> {
+    let existed = hold_in(c, device, id)?.is_some();
+    c.execute(
+        "INSERT INTO holds (device, id, reason, utc) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (device, id) DO UPDATE SET reason = excluded.reason, utc = excluded.utc",
+        params![device, id, reason, now_utc()],
+    )?;
+    Ok(!existed)
+}
+
+/// Releases a legal hold. Returns whether there was one.
+pub fn release_in(c: &Connection, device: &str, id: &str) -> Result<bool, DbError> {
+    let n = c.execute(
+        "DELETE FROM holds WHERE device = ?1 AND id = ?2",
+        params![device, id],
+    )?;
+    Ok(n > 0)
 }
 
 /// A recording's consent answers (all pending when none was recorded).
@@ -1413,8 +1403,14 @@ pub(crate) mod tests {
             .unwrap();
         db.set_consent("room-1", "r1", Question::Review, &granted)
             .unwrap();
-        db.set_teaching("room-1", "r1", "2031-01-01T00:00:00.000Z", "dr.chair")
-            .unwrap();
+        set_teaching_in(
+            &db.conn(),
+            "room-1",
+            "r1",
+            "2031-01-01T00:00:00.000Z",
+            "dr.chair",
+        )
+        .unwrap();
         let s = &listed(&db)[0];
         assert_eq!(s.consent.use_, granted);
         assert_eq!(s.consent.review, granted);

@@ -14,10 +14,15 @@ use crate::storage::{RECEIPT_FILE, Storage};
 
 /// Objects landed for `device`/`id`.
 pub fn object_landed(db: &Db, store: &Storage, device: &str, id: &str) {
-    if let Err(e) = db.index_uploading(device, id) {
-        log::error!(device = crate::esc(device).as_str(), recording = crate::esc(id).as_str(), error = crate::esc(&e.to_string()).as_str(); "cannot index the recording (the upload is not affected; the next start indexes it)");
+    match db.index_uploading(device, id) {
+        // Only a new row can be one a withdrawal forgot: the notice is read once a recording,
+        // not once a fragment.
+        Ok(true) => unless_withdrawn(db, store, device, id),
+        Ok(false) => {}
+        Err(e) => {
+            log::error!(device = crate::esc(device).as_str(), recording = crate::esc(id).as_str(), error = crate::esc(&e.to_string()).as_str(); "cannot index the recording (the upload is not affected; the next start indexes it)");
+        }
     }
-    unless_withdrawn(db, store, device, id);
 }
 
 /// The manifest of `device`/`id` was accepted: its bytes and the receipt.
