@@ -164,6 +164,30 @@ impl Lab {
         self.enrol_as(name, passphrase, &["reviewer"])
     }
 
+    /// A recording of about `secs` seconds by `d` (room `device`), waited for until the server
+    /// holds its manifest and the box has deleted its copy, and the box is ready again; its id.
+    pub fn record_delivered(
+        &self,
+        d: &mut Daemon,
+        ingest: &Ingest,
+        device: &str,
+        secs: u64,
+    ) -> String {
+        d.wait_ready(Duration::from_secs(60));
+        let id = d.ctl(Request::Start {}).recording.expect("a recording id");
+        std::thread::sleep(Duration::from_secs(secs));
+        assert!(d.ctl(Request::Stop {}).ok);
+        let srv = self.path("server").join(device).join(&id);
+        wait_until(
+            "the recording delivered to the server",
+            Duration::from_secs(60),
+            || srv.join("manifest.json").exists() && self.recordings().is_empty(),
+            &|| d.log_text() + &ingest.log_text(),
+        );
+        d.wait_ready(Duration::from_secs(60));
+        id
+    }
+
     /// [`Lab::enrol_reviewer`] with `roles` (`chair`, `reviewer`, `privacy-officer`,
     /// `it-admin`).
     pub fn enrol_as(&self, name: &str, passphrase: &str, roles: &[&str]) -> PathBuf {

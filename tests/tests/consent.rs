@@ -5,7 +5,6 @@
 use std::fs;
 use std::time::{Duration, Instant, SystemTime};
 
-use neoflix_control::Request;
 use neoflix_e2e::{Lab, free_port, wait_until};
 use serde_json::{Value, json};
 
@@ -155,22 +154,9 @@ async fn roles_consent_teaching_and_withdrawal_are_each_checked_applied_and_audi
     // Three recordings from a real box.
     lab.config(CAPTURE, 3, &lab.upload_section(&ingest, "room-e2e"));
     let mut d = lab.start();
-    d.wait_ready(Duration::from_secs(60));
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        let id = d.ctl(Request::Start {}).recording.unwrap();
-        std::thread::sleep(Duration::from_secs(2));
-        assert!(d.ctl(Request::Stop {}).ok);
-        let srv = lab.path("server/room-e2e").join(&id);
-        wait_until(
-            "the recording on the server",
-            Duration::from_secs(60),
-            || srv.join("manifest.json").exists() && lab.recordings().is_empty(),
-            &|| d.log_text() + &ingest.log_text(),
-        );
-        d.wait_ready(Duration::from_secs(60));
-        ids.push(id);
-    }
+    let ids: Vec<String> = (0..3)
+        .map(|_| lab.record_delivered(&mut d, &ingest, "room-e2e", 2))
+        .collect();
     let (kept, refused, plain) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
 
     let chair = api.sign_in("chair", PASS).await;

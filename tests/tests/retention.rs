@@ -1,10 +1,8 @@
 //! Retention end to end: real recordings from a real room box on the real neoflix-ingest, its
 //! admin commands (`recordings`, `hold`, `purge --now`) and its audit log.
 
-use std::thread::sleep;
 use std::time::{Duration, SystemTime};
 
-use neoflix_control::Request;
 use neoflix_e2e::{Lab, wait_until};
 use serde_json::Value;
 
@@ -39,22 +37,9 @@ fn purge_deletes_exactly_the_recordings_past_their_date_and_not_the_held_ones() 
     ingest.start();
     lab.config(CAPTURE, 3, &lab.upload_section(&ingest, "room-e2e"));
     let mut d = lab.start();
-    d.wait_ready(Duration::from_secs(60));
-    let mut ids = Vec::new();
-    for _ in 0..2 {
-        let id = d.ctl(Request::Start {}).recording.unwrap();
-        sleep(Duration::from_secs(2));
-        assert!(d.ctl(Request::Stop {}).ok);
-        let srv = lab.path("server/room-e2e").join(&id);
-        wait_until(
-            "the recording on the server",
-            Duration::from_secs(60),
-            || srv.join("manifest.json").exists() && lab.recordings().is_empty(),
-            &|| d.log_text() + &ingest.log_text(),
-        );
-        d.wait_ready(Duration::from_secs(60));
-        ids.push(id);
-    }
+    let ids: Vec<String> = (0..2)
+        .map(|_| lab.record_delivered(&mut d, &ingest, "room-e2e", 2))
+        .collect();
     let (old, held) = (&ids[0], &ids[1]);
     wait_until(
         "both recordings indexed as complete",

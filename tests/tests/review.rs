@@ -653,20 +653,9 @@ fn chair_and_privacy_officer(
     ingest: &neoflix_e2e::Ingest,
     id: &str,
 ) {
-    let mut more = Vec::new();
-    for _ in 0..2 {
-        d.wait_ready(Duration::from_secs(60));
-        let next = d.ctl(Request::Start {}).recording.expect("a recording id");
-        std::thread::sleep(Duration::from_secs(2));
-        assert!(d.ctl(Request::Stop {}).ok);
-        let srv = lab.path("server/room-e2e").join(&next);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !srv.join("manifest.json").exists() {
-            assert!(Instant::now() < deadline, "{}", ingest.log_text());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        more.push(next);
-    }
+    let more: Vec<String> = (0..2)
+        .map(|_| lab.record_delivered(d, ingest, "room-e2e", 2))
+        .collect();
     let (second, third) = (&more[0], &more[1]);
     let srv = lab.path("server/room-e2e").join(second);
     let srv3 = lab.path("server/room-e2e").join(third);

@@ -161,17 +161,8 @@ fn a_withdrawal_killed_between_key_and_object_deletion_is_finished_at_restart() 
     ingest.start();
     lab.config(CAPTURE, 3, &lab.upload_section(&ingest, "room-e2e"));
     let mut d = lab.start();
-    d.wait_ready(Duration::from_secs(60));
-    let id = d.ctl(Request::Start {}).recording.unwrap();
-    sleep(Duration::from_secs(2));
-    assert!(d.ctl(Request::Stop {}).ok);
+    let id = lab.record_delivered(&mut d, &ingest, "room-e2e", 2);
     let srv = lab.path("server/room-e2e").join(&id);
-    wait_until(
-        "the recording on the server",
-        Duration::from_secs(60),
-        || srv.join("manifest.json").exists() && lab.recordings().is_empty(),
-        &|| d.log_text() + &ingest.log_text(),
-    );
     assert_eq!(d.terminate(), 0);
     let names = || -> Vec<String> {
         fs::read_dir(&srv)
