@@ -354,12 +354,14 @@ function keptCell(r) {
 function row(r, policy) {
   const uploading = r.upload !== "complete";
   const href = `/recordings/${encodeURIComponent(r.id)}?device=${encodeURIComponent(r.device)}`;
-  const review = (r.consent && r.consent.review && r.consent.review.answer) || "pending";
-  const closed = review === "refused" || (review === "pending" && !policy.reviewWhilePending);
+  const answer = (q) => (r.consent && r.consent[q] && r.consent[q].answer) || "pending";
+  const review = answer("review");
+  const refused = review === "refused" || answer("filmed") === "refused";
+  const closed = refused || (review === "pending" && !policy.reviewWhilePending);
   let open;
   if (!watches()) open = null;
   else if (uploading) open = el("span", { class: "muted" }, "still uploading");
-  else if (closed) open = el("span", { class: "muted" }, review === "refused" ? "review refused" : "awaiting consent");
+  else if (closed) open = el("span", { class: "muted" }, refused ? "consent refused" : "awaiting consent");
   else open = el("a", { href, class: "open", "aria-label": `Open the recording of ${r.device} at ${localTime(r.trigger_utc)}`, onclick: (ev) => { ev.preventDefault(); navigate(href); } }, "Open");
   const manage = has("chair")
     ? el("button", { type: "button", class: "manage", "aria-label": `Consent and lifecycle of the recording of ${r.device} at ${localTime(r.trigger_utc || r.received_utc)}`, onclick: () => openLifecycle(r) }, "Consent…")
