@@ -139,7 +139,9 @@ fn parse_traf(
         track: track_id,
         problem: "no such track in the init segment",
     })?;
-    let mut base = if flags & 0x01 != 0 {
+    // A trun's data offset counts from this base, however many truns came before; a trun
+    // without one continues where the previous trun's data ended (§8.8.8.1).
+    let traf_base = if flags & 0x01 != 0 {
         usize::try_from(r.u64()?).map_err(|_| Mp4Error::Field {
             path: "moof/traf/tfhd",
             problem: "base data offset beyond the fragment",
@@ -149,6 +151,7 @@ fn parse_traf(
     } else {
         previous_end
     };
+    let mut base = traf_base;
     if flags & 0x02 != 0 {
         r.skip(4)?; // sample description index: one entry is all a progressive file copies
     }
@@ -200,7 +203,7 @@ fn parse_traf(
         let count = r.u32()?;
         if tr & 0x01 != 0 {
             let offset = r.u32()? as i32;
-            base = base
+            base = traf_base
                 .checked_add_signed(offset as isize)
                 .filter(|&b| b <= fragment.len())
                 .ok_or(Mp4Error::Field {

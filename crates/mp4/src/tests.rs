@@ -569,6 +569,53 @@ fn video_and_audio_tracks_are_interleaved_and_written_with_their_own_tables() {
 }
 
 #[test]
+fn each_trun_data_offset_counts_from_the_moof_when_runs_of_two_tracks_interleave() {
+    // Regression: isofmp4mux writes a fragment with sound as runs of video and sound taking
+    // turns in the mdat, every trun with its own offset from the moof. The second video run's
+    // offset was added to where the first run ended, and the fragment was refused.
+    let init = InitInfo::parse(&init_segment((3000, 0, NON_SYNC))).unwrap();
+    let data: Vec<u8> = (0..24).collect();
+    let mfhd = full_box(b"mfhd", 0, 0, &1u32.to_be_bytes());
+    let traf = |track, truns: Vec<u8>| {
+        bx(
+            b"traf",
+            &[
+                tfhd(0x2_0000, track, &[]),
+                full_box(b"tfdt", 1, 0, &0u64.to_be_bytes()),
+                truns,
+            ]
+            .concat(),
+        )
+    };
+    let run =
+        |at: usize, size: u32| trun(0, 0x01 | 0x200, Some(at as i32), None, &[[0, size, 0, 0]]);
+    let moof = |m: usize| {
+        let d = m + 8;
+        bx(
+            b"moof",
+            &[
+                mfhd.clone(),
+                traf(1, [run(d, 8), run(d + 12, 8)].concat()),
+                traf(2, [run(d + 8, 4), run(d + 20, 4)].concat()),
+            ]
+            .concat(),
+        )
+    };
+    let len = moof(0).len();
+    let f = [moof(len), bx(b"mdat", &data)].concat();
+    let t = parse_fragment(&init, &f, 0).unwrap();
+    let bytes = |track: usize| -> Vec<&[u8]> {
+        t[track]
+            .samples
+            .iter()
+            .map(|s| &f[s.range.clone()])
+            .collect()
+    };
+    assert_eq!(bytes(0), [&data[0..8], &data[12..20]]);
+    assert_eq!(bytes(1), [&data[8..12], &data[20..24]]);
+}
+
+#[test]
 fn a_gap_in_decode_time_lengthens_the_sample_before_it_and_going_back_is_refused() {
     // Regression (a real V4L2 camera, vivid in the VM lab): a fragment's last sample duration is
     // the muxer's estimate, and the next fragment may start a little before it ends. That
