@@ -42,3 +42,45 @@ pub enum CaptureError {
         debug: Option<String>,
     },
 }
+
+/// The part of the pipeline an error belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The camera, its caps and its decoder (or anything that names no element).
+    Camera,
+    /// Conversion for and the H.264 encoder itself.
+    Encoder,
+    /// The sound branch: microphone, conversion, Opus encoder.
+    Audio,
+    /// The muxer and the sink.
+    Output,
+}
+
+impl CaptureError {
+    /// Which part of the pipeline failed, from the element the error names.
+    pub fn part(&self) -> Part {
+        match self {
+            CaptureError::Element { element, .. } => part_of_element(element),
+            CaptureError::MissingElement { element, .. } => match element.as_str() {
+                "audiotestsrc" | "alsasrc" | "audioconvert" | "audioresample" | "opusenc" => {
+                    Part::Audio
+                }
+                "x264enc" | "v4l2h264enc" | "nvv4l2h264enc" | "videoconvert" => Part::Encoder,
+                "isofmp4mux" | "appsink" => Part::Output,
+                _ => Part::Camera,
+            },
+            CaptureError::NoEncoder { .. } => Part::Encoder,
+            _ => Part::Camera,
+        }
+    }
+}
+
+/// The part an element of the pipeline belongs to, by the name the pipeline gave it.
+fn part_of_element(name: &str) -> Part {
+    match name {
+        n if n.starts_with("audio-") => Part::Audio,
+        "convert" | "raw-caps" | "encode-queue" | "encoder" | "encoder-caps" => Part::Encoder,
+        "muxer" | "sink" => Part::Output,
+        _ => Part::Camera,
+    }
+}

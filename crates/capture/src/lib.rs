@@ -5,7 +5,13 @@
 //! ```text
 //! videotestsrc | v4l2src ─▶ [jpegdec] ─▶ videoconvert ─▶ I420 ─▶ H.264 encoder ─▶ h264parse
 //!     ─▶ isofmp4mux (keyframe requested at each fragment boundary) ─▶ appsink ─▶ your callback
+//! audiotestsrc | alsasrc ─▶ S16LE (level meter) ─▶ opusenc ─┘   (when sound is configured)
 //! ```
+//!
+//! Sound is a second track in the same fragments, cut on the video's boundaries, on the same
+//! clock. An error names the element that posted it; [`CaptureError::part`] says whether that is
+//! the camera, the encoder or the sound, so supervision can go on without the microphone or
+//! fall back to another encoder.
 //!
 //! The encoder is probed from the element factories present (`nvv4l2h264enc` on a Jetson with
 //! NVENC, `v4l2h264enc` on a Pi 4, else `x264enc`) unless the settings name one; cameras that emit
@@ -26,8 +32,13 @@ pub mod pipeline;
 pub mod settings;
 
 pub use error::CaptureError;
-pub use pipeline::{Capture, CaptureEvent, FrameStats, Output, probe_encoder};
-pub use settings::{CaptureSettings, Encoder, InputFormat, Source, X264Preset};
+pub use error::Part;
+pub use pipeline::{
+    AudioMeter, AudioStats, Capture, CaptureEvent, FrameStats, Output, SILENCE_DBFS, probe_encoder,
+};
+pub use settings::{
+    AudioSettings, AudioSource, CaptureSettings, Encoder, InputFormat, Source, X264Preset,
+};
 
 /// Initializes GStreamer and registers the statically linked fMP4 muxer. Idempotent.
 pub fn init() -> Result<(), CaptureError> {

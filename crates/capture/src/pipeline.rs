@@ -8,7 +8,9 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
-use crate::{CaptureError, CaptureSettings, Encoder, InputFormat, Source};
+use crate::{
+    AudioSettings, AudioSource, CaptureError, CaptureSettings, Encoder, InputFormat, Source,
+};
 
 /// One piece of fMP4 out of the muxer.
 #[derive(Debug)]
@@ -43,6 +45,96 @@ pub struct Capture {
     pipeline: gst::Pipeline,
     encoder: Encoder,
     frames: Arc<FrameCounter>,
+    audio: Option<Arc<AudioMeter>>,
+}
+
+/// The loudness of the sound leaving the audio source, for the level meter in the status.
+///
+/// Written by the streaming thread (one buffer at a time), read by supervision: the peak of the
+/// second of media before the last completed one, so a reader always sees a whole second.
+#[derive(Debug)]
+pub struct AudioMeter {
+    buffers: AtomicU64,
+    /// Start of the second being measured, media time in ns (`u64::MAX`: none yet).
+    window_start: AtomicU64,
+    /// Peak sample magnitude of the second being measured.
+    peak_now: AtomicU64,
+    /// Peak of the last whole second (`u64::MAX`: none yet).
+    peak_last: AtomicU64,
+}
+
+impl Default for AudioMeter {
+    fn default() -> Self {
+        AudioMeter {
+            buffers: AtomicU64::new(0),
+            window_start: AtomicU64::new(u64::MAX),
+            peak_now: AtomicU64::new(0),
+            peak_last: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+/// A snapshot of [`AudioMeter`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct AudioStats {
+    /// Buffers of sound delivered by the source since the pipeline started.
+    pub buffers: u64,
+    /// Peak level over the last whole second, dBFS (0 is full scale; digital silence reads
+    /// [`SILENCE_DBFS`]); `None` before the first second is complete.
+    pub peak_dbfs: Option<f64>,
+}
+
+/// What digital silence reads on the meter: below the quietest 16-bit sample.
+pub const SILENCE_DBFS: f64 = -100.0;
+
+/// The largest magnitude among interleaved signed 16-bit little-endian samples.
+pub fn peak_s16le(samples: &[u8]) -> u64 {
+    samples
+        .chunks_exact(2)
+        .map(|s| u64::from(i16::from_le_bytes([s[0], s[1]]).unsigned_abs()))
+        .max()
+        .unwrap_or(0)
+}
+
+/// A 16-bit sample magnitude in dBFS, rounded to 0.1 dB.
+pub fn dbfs(peak: u64) -> f64 {
+    if peak == 0 {
+        return SILENCE_DBFS;
+    }
+    let db = 20.0 * (peak.min(32768) as f64 / 32768.0).log10();
+    (db * 10.0).round() / 10.0
+}
+
+impl AudioMeter {
+    const WINDOW_NS: u64 = 1_000_000_000;
+
+    /// Counts one buffer of S16LE sound that starts at media time `pts_ns`.
+    pub fn measure(&self, pts_ns: Option<u64>, samples: &[u8]) {
+        self.buffers.fetch_add(1, Ordering::Relaxed);
+        let peak = peak_s16le(samples);
+        let Some(pts) = pts_ns else {
+            self.peak_now.fetch_max(peak, Ordering::Relaxed);
+            return;
+        };
+        let start = self.window_start.load(Ordering::Relaxed);
+        if start == u64::MAX {
+            self.window_start.store(pts, Ordering::Relaxed);
+        } else if pts.saturating_sub(start) >= Self::WINDOW_NS {
+            let done = self.peak_now.swap(0, Ordering::Relaxed);
+            self.peak_last.store(done, Ordering::Relaxed);
+            self.window_start.store(pts, Ordering::Relaxed);
+        }
+        self.peak_now.fetch_max(peak, Ordering::Relaxed);
+    }
+
+    /// What has been measured so far.
+    pub fn stats(&self) -> AudioStats {
+        let last = self.peak_last.load(Ordering::Relaxed);
+        AudioStats {
+            buffers: self.buffers.load(Ordering::Relaxed),
+            peak_dbfs: (last != u64::MAX).then(|| dbfs(last)),
+        }
+    }
 }
 
 /// Frames seen leaving the source, and frames it skipped, since the pipeline started.
@@ -127,6 +219,10 @@ fn package_of(factory: &str) -> &'static str {
         }
         "v4l2src" | "jpegdec" => "gstreamer1.0-plugins-good",
         "h264parse" => "gstreamer1.0-plugins-bad",
+        "audiotestsrc" | "audioconvert" | "audioresample" | "opusenc" => {
+            "gstreamer1.0-plugins-base"
+        }
+        "alsasrc" => "gstreamer1.0-alsa",
         "x264enc" => "gstreamer1.0-plugins-ugly",
         _ => "the GStreamer plugin that provides it",
     }
@@ -152,9 +248,14 @@ impl Capture {
         let pipeline = build(settings, &encoder, sink)?;
         let frames = Arc::new(FrameCounter::default());
         count_frames(&pipeline, settings.fps, frames.clone())?;
+        let audio = match &settings.audio {
+            Some(_) => Some(meter_audio(&pipeline)?),
+            None => None,
+        };
         if let Err(e) = pipeline.set_state(gst::State::Playing) {
-            // The real reason is on the bus; take it from there if it is already posted.
-            let detail = pipeline
+            // The real reason is on the bus, naming the element; take it from there if it is
+            // already posted.
+            let posted = pipeline
                 .bus()
                 .and_then(|b| {
                     b.timed_pop_filtered(
@@ -162,16 +263,21 @@ impl Capture {
                         &[gst::MessageType::Error],
                     )
                 })
-                .map(|m| error_from_message(&m).to_string())
-                .unwrap_or_else(|| e.to_string());
+                .map(|m| error_from_message(&m));
             let _ = pipeline.set_state(gst::State::Null);
-            return Err(CaptureError::Start(detail));
+            return Err(posted.unwrap_or_else(|| CaptureError::Start(e.to_string())));
         }
         Ok(Capture {
             pipeline,
             encoder,
             frames,
+            audio,
         })
+    }
+
+    /// What the sound's level meter measured, when the pipeline has sound.
+    pub fn audio_stats(&self) -> Option<AudioStats> {
+        self.audio.as_ref().map(|m| m.stats())
     }
 
     /// Frames delivered and dropped by the source so far.
@@ -244,6 +350,25 @@ fn count_frames(
         gst::PadProbeReturn::Ok
     });
     Ok(())
+}
+
+/// Measures the sound where it is S16LE at the configured rate, before the encoder.
+fn meter_audio(pipeline: &gst::Pipeline) -> Result<Arc<AudioMeter>, CaptureError> {
+    let pad = pipeline
+        .by_name("audio-caps")
+        .and_then(|s| s.static_pad("src"))
+        .ok_or_else(|| CaptureError::Build("the audio caps filter has no src pad".into()))?;
+    let meter = Arc::new(AudioMeter::default());
+    let m = meter.clone();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if let Some(buffer) = info.buffer()
+            && let Ok(map) = buffer.map_readable()
+        {
+            m.measure(buffer.pts().map(|t| t.nseconds()), map.as_slice());
+        }
+        gst::PadProbeReturn::Ok
+    });
+    Ok(meter)
 }
 
 fn source_name(msg: &gst::Message) -> String {
@@ -384,7 +509,7 @@ where
         "fragment-duration",
         u64::from(s.fragment_secs) * 1_000_000_000,
     );
-    chain.push(mux);
+    chain.push(mux.clone());
 
     let appsink = gst_app::AppSink::builder()
         .name("sink")
@@ -399,7 +524,65 @@ where
         .add_many(&chain)
         .map_err(|e| CaptureError::Build(e.to_string()))?;
     gst::Element::link_many(&chain).map_err(|e| CaptureError::Build(e.to_string()))?;
+    // Linked after the video, so the video is the first track and the sound the second.
+    if let Some(a) = &s.audio {
+        let audio = audio_chain(a)?;
+        pipeline
+            .add_many(&audio)
+            .map_err(|e| CaptureError::Build(e.to_string()))?;
+        gst::Element::link_many(&audio).map_err(|e| CaptureError::Build(e.to_string()))?;
+        if let Some(last) = audio.last() {
+            last.link(&mux)
+                .map_err(|e| CaptureError::Build(format!("linking the sound to the muxer: {e}")))?;
+        }
+    }
     Ok(pipeline)
+}
+
+/// The sound's branch, source to Opus encoder. Its elements are named `audio-*`, so an error
+/// they post is known to be the sound's ([`CaptureError::part`]).
+fn audio_chain(a: &AudioSettings) -> Result<Vec<gst::Element>, CaptureError> {
+    let src = match &a.source {
+        AudioSource::Test => {
+            let src = make("audiotestsrc", "audio-source")?;
+            src.set_property("is-live", true);
+            src.set_property_from_str("wave", "ticks");
+            src.set_property("volume", 0.5f64);
+            src
+        }
+        AudioSource::Alsa { device } => {
+            let src = make("alsasrc", "audio-source")?;
+            src.set_property("device", device);
+            // The pipeline keeps the system clock, which fragment boundaries and the video
+            // follow; the sound card's clock is slaved to it instead of driving it.
+            src.set_property("provide-clock", false);
+            src
+        }
+    };
+    let caps = caps_filter(
+        "audio-caps",
+        gst::Caps::builder("audio/x-raw")
+            .field("format", "S16LE")
+            .field("layout", "interleaved")
+            .field("rate", a.rate as i32)
+            .field("channels", a.channels as i32)
+            .build(),
+    )?;
+    let queue = make("queue", "audio-queue")?;
+    // Bounded by time: a stalled encoder backs up to the source, which drops samples itself.
+    queue.set_property("max-size-buffers", 0u32);
+    queue.set_property("max-size-bytes", 0u32);
+    queue.set_property("max-size-time", 2_000_000_000u64);
+    let enc = make("opusenc", "audio-encoder")?;
+    enc.set_property("bitrate", (a.bitrate_kbps * 1000) as i32);
+    Ok(vec![
+        src,
+        make("audioconvert", "audio-convert")?,
+        make("audioresample", "audio-resample")?,
+        caps,
+        queue,
+        enc,
+    ])
 }
 
 fn appsink_callbacks<F>(mut sink: F) -> gst_app::AppSinkCallbacks
@@ -526,6 +709,90 @@ mod tests {
         cap.stop(Duration::from_secs(2));
     }
 
+    /// Each track fragment's start, seconds, by handler.
+    fn starts(info: &neoflix_mp4::InitInfo, fragment: &[u8]) -> Vec<(neoflix_mp4::Handler, f64)> {
+        neoflix_mp4::parse_fragment(info, fragment, 0)
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let track = info.track(t.track_id).unwrap();
+                let first = t.samples.first().expect("a track fragment with samples");
+                let pts = first.decode_time as f64 + f64::from(first.composition_offset);
+                (track.handler, pts / f64::from(track.timescale))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sound_is_an_opus_track_in_the_same_fragments_starting_with_the_picture() {
+        let settings = CaptureSettings {
+            audio: Some(AudioSettings {
+                source: AudioSource::Test,
+                channels: 1,
+                rate: 48_000,
+                bitrate_kbps: 32,
+            }),
+            ..small()
+        };
+        let (tx, rx) = mpsc::sync_channel(64);
+        let cap = Capture::start(&settings, move |o| tx.send(o).map_err(|e| e.to_string()))
+            .expect("pipeline starts");
+        let Output::Init { data } = rx.recv_timeout(Duration::from_secs(20)).unwrap() else {
+            panic!("no init segment first")
+        };
+        let info = neoflix_mp4::InitInfo::parse(&data).unwrap();
+        let mime = info.mime_codecs().unwrap();
+        assert!(
+            mime.starts_with("video/mp4; codecs=\"avc1.") && mime.ends_with(",opus\""),
+            "{mime}"
+        );
+        assert_eq!(info.tracks[1].handler, neoflix_mp4::Handler::Audio);
+        let frame = 1.0 / f64::from(settings.fps);
+        for _ in 0..3 {
+            let Output::Fragment { data, .. } = rx.recv_timeout(Duration::from_secs(20)).unwrap()
+            else {
+                panic!("expected a fragment")
+            };
+            let s = starts(&info, &data);
+            assert_eq!(s.len(), 2, "both tracks in every fragment: {s:?}");
+            let (video, audio) = (s[0].1, s[1].1);
+            assert!(
+                (video - audio).abs() <= frame,
+                "sound starts {:.4} s from the picture: {s:?}",
+                audio - video
+            );
+        }
+        let stats = cap.audio_stats().expect("a meter");
+        assert!(stats.buffers > 0);
+        // The test source ticks at half volume: about -6 dBFS at its peak.
+        let peak = stats.peak_dbfs.expect("a whole second measured");
+        assert!((-12.0..=0.0).contains(&peak), "{peak}");
+        cap.stop(Duration::from_secs(2));
+    }
+
+    #[test]
+    fn an_absent_microphone_is_an_error_of_the_sound() {
+        let settings = CaptureSettings {
+            audio: Some(AudioSettings {
+                source: AudioSource::Alsa {
+                    device: "hw:CARD=NoSuchCard,DEV=0".into(),
+                },
+                channels: 1,
+                rate: 48_000,
+                bitrate_kbps: 32,
+            }),
+            ..small()
+        };
+        let err = match Capture::start(&settings, |_| Ok(())) {
+            Err(e) => e,
+            Ok(cap) => match cap.next_event(Duration::from_secs(5)) {
+                Some(CaptureEvent::Error(e)) => e,
+                other => panic!("no error for a missing microphone: {other:?}"),
+            },
+        };
+        assert_eq!(err.part(), crate::Part::Audio, "{err}");
+    }
+
     #[test]
     fn missing_v4l2_device_is_a_start_error_naming_the_device() {
         let s = CaptureSettings {
@@ -557,7 +824,29 @@ mod tests {
 
 #[cfg(test)]
 mod frame_tests {
-    use super::FrameCounter;
+    use super::{AudioMeter, FrameCounter, SILENCE_DBFS, dbfs, peak_s16le};
+
+    fn s16(samples: &[i16]) -> Vec<u8> {
+        samples.iter().flat_map(|s| s.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn the_meter_reports_the_peak_of_the_last_whole_second() {
+        assert_eq!(peak_s16le(&s16(&[3, -32768, 7])), 32768);
+        assert_eq!(dbfs(32768), 0.0);
+        assert_eq!(dbfs(16384), -6.0);
+        assert_eq!(dbfs(0), SILENCE_DBFS);
+        let m = AudioMeter::default();
+        let ms = 1_000_000u64;
+        m.measure(Some(0), &s16(&[100, -16384]));
+        m.measure(Some(500 * ms), &s16(&[3000]));
+        assert_eq!(m.stats().peak_dbfs, None, "no whole second yet");
+        m.measure(Some(1000 * ms), &s16(&[0, 1]));
+        assert_eq!(m.stats().peak_dbfs, Some(-6.0));
+        m.measure(Some(2000 * ms), &s16(&[0]));
+        assert_eq!(m.stats().peak_dbfs, Some(dbfs(1)));
+        assert_eq!(m.stats().buffers, 4);
+    }
 
     #[test]
     fn gaps_in_timestamps_count_as_dropped_frames() {

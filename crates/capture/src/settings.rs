@@ -116,6 +116,44 @@ pub struct CaptureSettings {
     pub bitrate_kbps: u32,
     /// x264 speed preset, used only by x264enc.
     pub x264_preset: X264Preset,
+    /// Sound, muxed into the same fragments; `None`: a silent recording.
+    pub audio: Option<AudioSettings>,
+}
+
+/// Where sound comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AudioSource {
+    /// GStreamer's `audiotestsrc`, live: a short tick at every whole second of the pipeline's
+    /// clock, so sound and picture can be checked against each other.
+    Test,
+    /// An ALSA capture device.
+    Alsa {
+        /// The ALSA name, e.g. `hw:CARD=Mic,DEV=0` or `default`.
+        device: String,
+    },
+}
+
+/// How sound is captured and encoded (Opus).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudioSettings {
+    /// Sound source.
+    pub source: AudioSource,
+    /// 1 (mono) or 2.
+    pub channels: u32,
+    /// Samples per second: one of Opus' rates (8, 12, 16, 24 or 48 kHz).
+    pub rate: u32,
+    /// Opus target bitrate in kbit/s.
+    pub bitrate_kbps: u32,
+}
+
+impl AudioSettings {
+    /// The device, as the status names it.
+    pub fn device_name(&self) -> String {
+        match &self.source {
+            AudioSource::Test => "test".into(),
+            AudioSource::Alsa { device } => device.clone(),
+        }
+    }
 }
 
 impl Default for CaptureSettings {
@@ -129,6 +167,7 @@ impl Default for CaptureSettings {
             encoder: None,
             bitrate_kbps: 4000,
             x264_preset: X264Preset::Veryfast,
+            audio: None,
         }
     }
 }
