@@ -34,7 +34,8 @@ pub mod settings;
 pub use error::CaptureError;
 pub use error::Part;
 pub use pipeline::{
-    AudioMeter, AudioStats, Capture, CaptureEvent, FrameStats, Output, SILENCE_DBFS, probe_encoder,
+    AudioMeter, AudioStats, Capture, CaptureEvent, FrameStats, Output, SILENCE_DBFS, probe_audio,
+    probe_encoder,
 };
 pub use settings::{
     AudioSettings, AudioSource, CaptureSettings, Encoder, InputFormat, Source, X264Preset,

@@ -219,7 +219,7 @@ fn package_of(factory: &str) -> &'static str {
         }
         "v4l2src" | "jpegdec" => "gstreamer1.0-plugins-good",
         "h264parse" => "gstreamer1.0-plugins-bad",
-        "audiotestsrc" | "audioconvert" | "audioresample" | "opusenc" => {
+        "audiotestsrc" | "audioconvert" | "audioresample" | "opusenc" | "fakesink" => {
             "gstreamer1.0-plugins-base"
         }
         "alsasrc" => "gstreamer1.0-alsa",
@@ -350,6 +350,67 @@ fn count_frames(
         gst::PadProbeReturn::Ok
     });
     Ok(())
+}
+
+/// Whether the sound source of `audio` delivers samples now: a short pipeline of the source, its
+/// conversion and a fake sink, run until the first buffer (or an error, or `timeout`). Blocks.
+/// Supervision uses it to notice that a missing microphone is back without disturbing the
+/// running capture.
+pub fn probe_audio(audio: &AudioSettings, timeout: Duration) -> Result<(), CaptureError> {
+    crate::init()?;
+    let pipeline = gst::Pipeline::with_name("neoflix-audio-probe");
+    let mut chain = audio_chain(audio)?;
+    chain.truncate(4); // source, convert, resample, caps: not the encoder
+    chain.push(make("fakesink", "audio-probe-sink")?);
+    pipeline
+        .add_many(&chain)
+        .map_err(|e| CaptureError::Build(e.to_string()))?;
+    gst::Element::link_many(&chain).map_err(|e| CaptureError::Build(e.to_string()))?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+    if let Some(pad) = pipeline
+        .by_name("audio-caps")
+        .and_then(|c| c.static_pad("src"))
+    {
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            let _ = tx.try_send(());
+            gst::PadProbeReturn::Remove
+        });
+    }
+    let result = (|| {
+        let bus = pipeline
+            .bus()
+            .ok_or_else(|| CaptureError::Build("no bus".into()))?;
+        if let Err(e) = pipeline.set_state(gst::State::Playing) {
+            return Err(bus
+                .timed_pop_filtered(
+                    gst::ClockTime::from_mseconds(500),
+                    &[gst::MessageType::Error],
+                )
+                .map(|m| error_from_message(&m))
+                .unwrap_or_else(|| CaptureError::Start(e.to_string())));
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if rx.try_recv().is_ok() {
+                return Ok(());
+            }
+            if let Some(m) = bus.timed_pop_filtered(
+                gst::ClockTime::from_mseconds(50),
+                &[gst::MessageType::Error],
+            ) {
+                return Err(error_from_message(&m));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(CaptureError::Element {
+                    element: "audio-source".into(),
+                    message: format!("no sound within {} s", timeout.as_secs_f32()),
+                    debug: None,
+                });
+            }
+        }
+    })();
+    let _ = pipeline.set_state(gst::State::Null);
+    result
 }
 
 /// Measures the sound where it is S16LE at the configured rate, before the encoder.
@@ -791,6 +852,14 @@ mod tests {
             },
         };
         assert_eq!(err.part(), crate::Part::Audio, "{err}");
+        let probed =
+            probe_audio(settings.audio.as_ref().unwrap(), Duration::from_secs(2)).unwrap_err();
+        assert_eq!(probed.part(), crate::Part::Audio, "{probed}");
+        let test_tone = AudioSettings {
+            source: AudioSource::Test,
+            ..settings.audio.clone().unwrap()
+        };
+        probe_audio(&test_tone, Duration::from_secs(5)).expect("the test tone delivers samples");
     }
 
     #[test]

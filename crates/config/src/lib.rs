@@ -38,6 +38,16 @@ neoflix_confwalk::choice! {
 }
 
 neoflix_confwalk::choice! {
+    /// `audio.source`: where sound comes from.
+    pub enum AudioSourceKind {
+        /// GStreamer's test tone: a tick every second.
+        Test = "test",
+        /// An ALSA capture device.
+        Alsa = "alsa",
+    }
+}
+
+neoflix_confwalk::choice! {
     /// `capture.input_format`: what a V4L2 camera is asked to deliver.
     pub enum InputFormat {
         /// Uncompressed frames, encoded here.
@@ -120,6 +130,24 @@ pub struct Capture {
     /// x264 speed preset.
     pub x264_preset: X264Preset,
 }
+
+/// `[audio]`: sound, muxed with the video. Absent: recordings are silent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audio {
+    /// `test` or `alsa`.
+    pub source: AudioSourceKind,
+    /// The ALSA device name, e.g. `hw:CARD=Mic,DEV=0` or `default`.
+    pub device: String,
+    /// 1 or 2.
+    pub channels: u32,
+    /// Samples per second: 8000, 12000, 16000, 24000 or 48000 (Opus' rates).
+    pub rate: u32,
+    /// Opus bitrate.
+    pub bitrate_kbps: u32,
+}
+
+/// The sample rates Opus encodes natively; others would be resampled to one of them anyway.
+pub const OPUS_RATES: [u32; 5] = [8000, 12000, 16000, 24000, 48000];
 
 /// `[ring]`
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +278,8 @@ pub struct Config {
     pub device_id: String,
     /// `[capture]`
     pub capture: Capture,
+    /// `[audio]`, if configured.
+    pub audio: Option<Audio>,
     /// `[ring]`
     pub ring: Ring,
     /// `[recordings]`

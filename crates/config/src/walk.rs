@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use neoflix_confwalk::{DeTable, DeValue, Section, Walker, shown, type_name};
 
 use crate::{
-    Bias, Capture, Config, ConfigError, Control, EncoderChoice, FootSwitch, GpioLine, InputFormat,
-    LineRef, Mqtt, Problem, Readiness, Recordings, Ring, Signing, SourceKind, Upload, X264Preset,
+    Audio, AudioSourceKind, Bias, Capture, Config, ConfigError, Control, EncoderChoice, FootSwitch,
+    GpioLine, InputFormat, LineRef, Mqtt, Problem, Readiness, Recordings, Ring, Signing,
+    SourceKind, Upload, X264Preset,
 };
 
 /// A GPIO line: a name (string) or an offset (whole number).
@@ -105,6 +106,46 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
     let (bitrate_kbps, _) = w.int(&mut cap, "bitrate_kbps", 4000, (100, 100_000), " kbit/s");
     let x264_preset = w.choice(&mut cap, "x264_preset", X264Preset::Veryfast);
     w.finish(cap);
+
+    let audio = if let Some(mut a) = w.optional_section(root, "audio") {
+        let source = w.choice(&mut a, "source", AudioSourceKind::Alsa);
+        let (device, dline) = w.string(&mut a, "device", "default");
+        if device.is_empty() || device.len() > 128 || device.chars().any(char::is_control) {
+            w.error(
+                dline,
+                "audio.device",
+                format!("{} is not an ALSA device name: use one that arecord -L lists, e.g. hw:CARD=Mic,DEV=0 or default", shown(&device)),
+            );
+        }
+        let (channels, _) = w.int(&mut a, "channels", 1, (1, 2), " channels");
+        let (rate, rline) = w.int(
+            &mut a,
+            "rate",
+            48_000,
+            (8000, 48_000),
+            " samples per second",
+        );
+        if !crate::OPUS_RATES.contains(&(rate as u32)) {
+            w.error(
+                rline,
+                "audio.rate",
+                format!(
+                    "{rate} is not a rate Opus encodes: use 8000, 12000, 16000, 24000 or 48000"
+                ),
+            );
+        }
+        let (bitrate_kbps, _) = w.int(&mut a, "bitrate_kbps", 32, (6, 256), " kbit/s");
+        w.finish(a);
+        Some(Audio {
+            source,
+            device,
+            channels: channels as u32,
+            rate: rate as u32,
+            bitrate_kbps: bitrate_kbps as u32,
+        })
+    } else {
+        None
+    };
 
     let mut ring = w.section(root, "ring");
     let (ring_dir, _) = w.path(&mut ring, "dir", "/run/neoflix/ring");
@@ -381,6 +422,7 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
             bitrate_kbps: bitrate_kbps as u32,
             x264_preset,
         },
+        audio,
         ring: Ring {
             dir: ring_dir,
             preroll_secs: preroll_secs as u32,
@@ -676,6 +718,53 @@ mod tests {
             assert!(err.contains(expected), "{expected}\n{err}");
         }
         assert!(err.starts_with("5 errors"), "{err}");
+    }
+
+    #[test]
+    fn sound_is_off_without_its_section_and_checked_with_it() {
+        assert_eq!(ok("").audio, None);
+        let a = ok("[audio]\n").audio.unwrap();
+        assert_eq!(
+            (
+                a.source,
+                a.device.as_str(),
+                a.channels,
+                a.rate,
+                a.bitrate_kbps
+            ),
+            (AudioSourceKind::Alsa, "default", 1, 48_000, 32)
+        );
+        let a = ok("[audio]\nsource = \"alsa\"\ndevice = \"hw:CARD=Loopback,DEV=1\"\nchannels = 2\nrate = 16000\nbitrate_kbps = 64\n")
+            .audio
+            .unwrap();
+        assert_eq!(
+            (a.device.as_str(), a.channels, a.rate, a.bitrate_kbps),
+            ("hw:CARD=Loopback,DEV=1", 2, 16_000, 64)
+        );
+        let r = recipient();
+        let text = format!(
+            "device_id = \"r\"\n[recordings]\nrecipient = \"{}\"\n\
+             [audio]\nsource = \"pulse\"\ndevice = \"\"\nchannels = 6\nrate = 44100\nbitrate_kbps = 1000\nvolume = 3\n",
+            r.path().display()
+        );
+        let err = parse("a.toml", &text).unwrap_err().to_string();
+        for expected in [
+            "a.toml:5: audio.source: 'pulse' is not one of: test, alsa",
+            "a.toml:6: audio.device: '' is not an ALSA device name",
+            "a.toml:7: audio.channels: 6 is out of range",
+            "a.toml:8: audio.rate: 44100 is not a rate Opus encodes",
+            "a.toml:9: audio.bitrate_kbps: 1000 is out of range",
+            "a.toml:10: audio.volume",
+        ] {
+            assert!(err.contains(expected), "{expected}\n{err}");
+        }
+        round_trip_audio();
+        fn round_trip_audio() {
+            use crate::Choice;
+            for name in AudioSourceKind::NAMES {
+                assert_eq!(name.parse::<AudioSourceKind>().unwrap().to_string(), *name);
+            }
+        }
     }
 
     #[test]

@@ -162,6 +162,12 @@ pub struct Status {
     pub time_utc: String,
     /// The H.264 encoder in use.
     pub encoder: String,
+    /// Why x264 replaced the hardware encoder, once it did (until `neoflixd` restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_fallback: Option<String>,
+    /// The sound, when `[audio]` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<AudioStatus>,
     /// Recordings finalized since start.
     pub recordings_finalized: u64,
     /// The last storage error, if one is unresolved.
@@ -181,6 +187,22 @@ pub struct Status {
 
 fn yes() -> bool {
     true
+}
+
+/// The microphone, as the status shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudioStatus {
+    /// The configured ALSA device (`test` for the test tone).
+    pub device: String,
+    /// Samples arrived in the last two seconds.
+    pub flowing: bool,
+    /// The loudest sample of the last second, dBFS (0 is full scale, -100 digital silence);
+    /// absent until a second has been measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_dbfs: Option<f64>,
+    /// Why there is no sound, while the microphone is missing: recordings go on without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<String>,
 }
 
 /// What waits to be delivered to the department.

@@ -10,6 +10,13 @@
 //! into storage's inbox ([`Sink`]), with back-pressure on the streaming thread rather than an
 //! unbounded queue.
 //!
+//! Two parts may fail without costing the video. A microphone that is missing or fails
+//! ([`Part::Audio`]) makes the pipeline start again at once without sound; the microphone is
+//! probed every [`AUDIO_RETRY`] and taken back with a restart only while no recording is open, so
+//! a recording never has a gap for it. A hardware encoder that fails [`ENCODER_ATTEMPTS`] times
+//! in a row ([`Part::Encoder`]) is replaced by x264 until the daemon restarts, unless the config
+//! names the encoder. Both show in [`Facts`], so the status says so.
+//!
 //! The pipeline is behind [`Launcher`] and [`Pipeline`] ([`Gstreamer`] in production), so the
 //! restart logic is unit-tested with a fake one and paused time.
 
@@ -17,7 +24,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use neoflix_capture::{Capture, CaptureEvent, CaptureSettings, FrameStats, Output};
+pub use neoflix_capture::Part;
+use neoflix_capture::{
+    AudioStats, Capture, CaptureEvent, CaptureSettings, Encoder, FrameStats, Output,
+};
 use neoflix_seal::{Kind, ObjectId};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -32,6 +42,14 @@ const POLL: Duration = Duration::from_millis(100);
 const DRAIN: Duration = Duration::from_secs(2);
 /// The frame rate in the status is measured over this long.
 const FPS_WINDOW: Duration = Duration::from_secs(5);
+/// A missing microphone is probed again this often.
+pub const AUDIO_RETRY: Duration = Duration::from_secs(30);
+/// How long a probe may wait for the microphone's first samples.
+const AUDIO_PROBE: Duration = Duration::from_secs(2);
+/// Sound that has not arrived for this long is not flowing.
+const AUDIO_STALL: Duration = Duration::from_secs(2);
+/// Consecutive failures of a probed hardware encoder before x264 takes over.
+pub const ENCODER_ATTEMPTS: u32 = 3;
 
 /// What the conductor wants from capture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,11 +74,56 @@ pub enum Report {
     Stopped,
 }
 
+/// Why a pipeline failed, and which part of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// What failed, for the status and the log.
+    pub reason: String,
+    /// Camera, encoder, sound or output.
+    pub part: Part,
+}
+
+impl Failure {
+    /// A failure of `part`.
+    pub fn new(part: Part, reason: impl Into<String>) -> Failure {
+        Failure {
+            reason: reason.into(),
+            part,
+        }
+    }
+}
+
+/// How the next pipeline is to be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// With the configured sound (false: the microphone is missing, video alone).
+    pub audio: bool,
+    /// With x264 in place of the probed hardware encoder.
+    pub fallback: bool,
+}
+
+/// The sound, as the status shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudioFacts {
+    /// The configured device (`test` for the test tone).
+    pub device: String,
+    /// Samples arrived lately.
+    pub flowing: bool,
+    /// Peak level over the last second, dBFS.
+    pub peak_dbfs: Option<f64>,
+    /// Why there is no sound, while the microphone is missing.
+    pub missing: Option<String>,
+}
+
 /// What capture supervision shows the status and the watchdog.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Facts {
     /// The H.264 encoder of the last pipeline started.
     pub encoder: String,
+    /// Why x264 replaced the hardware encoder, once it did.
+    pub encoder_fallback: Option<String>,
+    /// The sound, when configured.
+    pub audio: Option<AudioFacts>,
     /// Frames delivered by the camera since start, across pipelines (the watchdog's evidence).
     pub frames: u64,
     /// Frames the camera skipped since start.
@@ -211,8 +274,10 @@ pub trait Pipeline: Send + 'static {
     fn encoder(&self) -> String;
     /// Frames delivered and dropped by the camera so far.
     fn frame_stats(&self) -> FrameStats;
+    /// The sound's meter, when this pipeline has sound.
+    fn audio(&self) -> Option<AudioStats>;
     /// Why the pipeline stopped working, if it did. Never waits.
-    fn failure(&self) -> Option<String>;
+    fn failure(&self) -> Option<Failure>;
     /// Stops it, first letting the fragment in progress out for up to `drain`. Blocks.
     fn stop(self, drain: Option<Duration>);
 }
@@ -222,18 +287,66 @@ pub trait Launcher: Send + 'static {
     /// What it starts.
     type Pipeline: Pipeline;
     /// Builds and starts a pipeline whose output goes to `sink`. Blocks.
-    fn launch(&mut self, sink: Sink) -> Result<Self::Pipeline, String>;
+    fn launch(&mut self, sink: Sink, attempt: Attempt) -> Result<Self::Pipeline, Failure>;
+    /// The configured sound device, if sound is configured.
+    fn audio_device(&self) -> Option<String>;
+    /// Whether the microphone delivers samples now. Blocks for up to a few seconds.
+    fn probe_audio(&mut self) -> Result<(), String>;
+    /// The encoder a failing one may be replaced with: `Some` only when the last launch used a
+    /// hardware encoder that was probed, not named in the config.
+    fn fallback_encoder(&self) -> Option<String>;
 }
 
 /// The real pipeline: GStreamer, through `neoflix-capture`.
 #[derive(Debug, Clone)]
-pub struct Gstreamer(pub CaptureSettings);
+pub struct Gstreamer {
+    settings: CaptureSettings,
+    /// The encoder the last launch probed, when the config leaves it to the probe.
+    probed: Option<Encoder>,
+}
+
+impl Gstreamer {
+    /// Pipelines built from `settings`.
+    pub fn new(settings: CaptureSettings) -> Gstreamer {
+        Gstreamer {
+            settings,
+            probed: None,
+        }
+    }
+}
 
 impl Launcher for Gstreamer {
     type Pipeline = Capture;
 
-    fn launch(&mut self, sink: Sink) -> Result<Capture, String> {
-        Capture::start(&self.0, sink.into_callback()).map_err(|e| e.to_string())
+    fn launch(&mut self, sink: Sink, attempt: Attempt) -> Result<Capture, Failure> {
+        let mut settings = self.settings.clone();
+        if !attempt.audio {
+            settings.audio = None;
+        }
+        if attempt.fallback {
+            settings.encoder = Some(Encoder::X264);
+        } else if settings.encoder.is_none() {
+            self.probed = neoflix_capture::probe_encoder(None).ok();
+        }
+        Capture::start(&settings, sink.into_callback()).map_err(|e| Failure::new(e.part(), e.to_string()))
+    }
+
+    fn audio_device(&self) -> Option<String> {
+        self.settings.audio.as_ref().map(|a| a.device_name())
+    }
+
+    fn probe_audio(&mut self) -> Result<(), String> {
+        let Some(audio) = &self.settings.audio else {
+            return Ok(());
+        };
+        neoflix_capture::probe_audio(audio, AUDIO_PROBE).map_err(|e| e.to_string())
+    }
+
+    fn fallback_encoder(&self) -> Option<String> {
+        match &self.probed {
+            Some(Encoder::NvV4l2 | Encoder::V4l2) => Some(Encoder::X264.factory().to_string()),
+            _ => None,
+        }
     }
 }
 
@@ -246,10 +359,14 @@ impl Pipeline for Capture {
         Capture::frame_stats(self)
     }
 
-    fn failure(&self) -> Option<String> {
+    fn audio(&self) -> Option<AudioStats> {
+        self.audio_stats()
+    }
+
+    fn failure(&self) -> Option<Failure> {
         match self.next_event(Duration::ZERO)? {
-            CaptureEvent::Error(e) => Some(e.to_string()),
-            CaptureEvent::Eos => Some("the camera stream ended".to_string()),
+            CaptureEvent::Error(e) => Some(Failure::new(e.part(), e.to_string())),
+            CaptureEvent::Eos => Some(Failure::new(Part::Camera, "the camera stream ended")),
         }
     }
 
@@ -273,6 +390,8 @@ pub struct Links {
     pub facts: watch::Sender<Facts>,
     /// Beaten every poll, for the watchdog.
     pub pulse: Pulse,
+    /// Whether a recording is open: the microphone is taken back only while none is.
+    pub recording: Box<dyn Fn() -> bool + Send>,
 }
 
 /// A started pipeline and the flags its sink shares with supervision.
@@ -315,8 +434,30 @@ impl Tally {
     }
 }
 
+/// The sound, as supervision keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Sound {
+    /// Not configured.
+    Off,
+    /// Configured and used.
+    On,
+    /// Configured, but the microphone failed: pipelines start without it.
+    Missing {
+        reason: String,
+        /// When to probe it again.
+        probe_at: Instant,
+    },
+}
+
 struct Supervisor<L: Launcher> {
     device: String,
+    sound: Sound,
+    /// When the sound's buffer count last grew (or its pipeline started), and the count then.
+    heard: (Instant, u64),
+    /// Consecutive encoder failures without video in between.
+    encoder_failures: u32,
+    /// x264 replaced the probed hardware encoder.
+    fallback: bool,
     /// Shared with the blocking thread that starts a pipeline.
     launcher: Arc<Mutex<L>>,
     links: Links,
@@ -332,8 +473,16 @@ struct Supervisor<L: Launcher> {
 /// the pipeline, letting its last fragment out, and reports [`Report::Stopped`].
 pub async fn supervise<L: Launcher>(launcher: L, device: String, links: Links) {
     let now = Instant::now();
+    let sound = match launcher.audio_device() {
+        Some(_) => Sound::On,
+        None => Sound::Off,
+    };
     let mut s = Supervisor {
         device,
+        sound,
+        heard: (now, 0),
+        encoder_failures: 0,
+        fallback: false,
         launcher: Arc::new(Mutex::new(launcher)),
         links,
         seq: Arc::default(),
@@ -369,7 +518,10 @@ pub async fn supervise<L: Launcher>(launcher: L, device: String, links: Links) {
         tokio::select! {
             r = s.links.wanted.changed() => if r.is_err() { break },
             _ = sleep_until(start_at), if start_at.is_some() => s.start().await,
-            _ = poll.tick() => s.poll().await,
+            _ = poll.tick() => {
+                s.poll().await;
+                s.retry_sound().await;
+            }
         }
     }
     s.stop_pipeline(Some(DRAIN)).await;
@@ -389,39 +541,123 @@ impl<L: Launcher> Supervisor<L> {
         let sink = Sink::new(self.links.storage.clone(), self.seq.clone());
         let (stopping, delivered) = (sink.stopping.clone(), sink.delivered.clone());
         let launcher = self.launcher.clone();
+        let attempt = Attempt {
+            audio: self.sound == Sound::On,
+            fallback: self.fallback,
+        };
         let started = tokio::task::spawn_blocking(move || {
             launcher
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .launch(sink)
+                .launch(sink, attempt)
         })
         .await
-        .unwrap_or_else(|e| Err(format!("starting the pipeline panicked: {e}")));
+        .unwrap_or_else(|e| {
+            Err(Failure::new(
+                Part::Camera,
+                format!("starting the pipeline panicked: {e}"),
+            ))
+        });
         match started {
             Ok(pipeline) => {
                 let encoder = pipeline.encoder();
-                log::info!(device = self.device.as_str(), encoder = encoder.as_str(); "capture started");
+                log::info!(device = self.device.as_str(), encoder = encoder.as_str(), audio = attempt.audio; "capture started");
                 self.links.facts.send_modify(|f| f.encoder = encoder);
+                self.heard = (Instant::now(), 0);
                 self.running = Some(Running {
                     pipeline,
                     stopping,
                     delivered,
                 });
             }
-            Err(reason) => self.failed(reason).await,
+            Err(failure) => self.failed(failure).await,
         }
+    }
+
+    /// Probes a missing microphone when it is time and no recording is open; when it answers,
+    /// the pipeline is restarted with it (its last fragment let out first).
+    async fn retry_sound(&mut self) {
+        let Sound::Missing { probe_at, .. } = &self.sound else {
+            return;
+        };
+        let now = Instant::now();
+        if now < *probe_at || (self.links.recording)() || *self.links.wanted.borrow() != Wanted::Running {
+            return;
+        }
+        let launcher = self.launcher.clone();
+        let probed = tokio::task::spawn_blocking(move || {
+            launcher
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .probe_audio()
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("probing the microphone panicked: {e}")));
+        match probed {
+            Ok(()) => {
+                log::info!(device = self.device.as_str(); "microphone is back: restarting capture with sound");
+                self.sound = Sound::On;
+                self.stop_pipeline(Some(DRAIN)).await;
+                self.restart_at = Some(Instant::now());
+            }
+            Err(reason) => {
+                log::debug!(device = self.device.as_str(); "microphone still missing: {reason}");
+                self.sound = Sound::Missing {
+                    reason,
+                    probe_at: Instant::now() + AUDIO_RETRY,
+                };
+            }
+        }
+        self.publish_sound(None);
+    }
+
+    /// Publishes the sound's facts; `stats` from the running pipeline.
+    fn publish_sound(&mut self, stats: Option<AudioStats>) {
+        let Some(device) = self.launcher_audio_device() else {
+            return;
+        };
+        let now = Instant::now();
+        if let Some(st) = stats
+            && st.buffers > self.heard.1
+        {
+            self.heard = (now, st.buffers);
+        }
+        let audio = AudioFacts {
+            device,
+            flowing: stats.is_some() && now - self.heard.0 < AUDIO_STALL,
+            peak_dbfs: stats.and_then(|s| s.peak_dbfs),
+            missing: match &self.sound {
+                Sound::Missing { reason, .. } => Some(reason.clone()),
+                _ => None,
+            },
+        };
+        self.links.facts.send_if_modified(|f| {
+            let changed = f.audio.as_ref() != Some(&audio);
+            f.audio = Some(audio);
+            changed
+        });
+    }
+
+    fn launcher_audio_device(&self) -> Option<String> {
+        self.launcher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .audio_device()
     }
 
     async fn poll(&mut self) {
         self.links.pulse.beat();
         if let Some(r) = &self.running {
-            if let Some(reason) = r.pipeline.failure() {
+            if let Some(failure) = r.pipeline.failure() {
                 self.stop_pipeline(None).await;
-                self.failed(reason).await;
+                self.failed(failure).await;
             } else if r.delivered.load(Ordering::Relaxed) > 0 {
                 self.backoff.reset();
+                self.encoder_failures = 0;
             }
         }
+        let sound = self.running.as_ref().and_then(|r| r.pipeline.audio());
+        self.publish_sound(sound);
         let now = Instant::now();
         let total = self
             .tally
@@ -448,11 +684,51 @@ impl<L: Launcher> Supervisor<L> {
         }
     }
 
-    async fn failed(&mut self, reason: String) {
+    async fn failed(&mut self, failure: Failure) {
+        let Failure { reason, part } = failure;
+        let now = Instant::now();
+        if part == Part::Audio && self.sound == Sound::On {
+            // The video must not wait for the microphone: start again at once without it.
+            log::warn!(device = self.device.as_str(), retry_secs = AUDIO_RETRY.as_secs();
+                "microphone failed: {reason}; recording video without sound; check the microphone and audio.device");
+            self.sound = Sound::Missing {
+                reason,
+                probe_at: now + AUDIO_RETRY,
+            };
+            self.restart_at = Some(now);
+            self.publish_sound(None);
+            return;
+        }
+        if part == Part::Encoder && !self.fallback {
+            let hardware = self
+                .launcher
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .fallback_encoder();
+            if let Some(replacement) = hardware {
+                self.encoder_failures += 1;
+                if self.encoder_failures >= ENCODER_ATTEMPTS {
+                    let encoder = self.links.facts.borrow().encoder.clone();
+                    let why = format!(
+                        "the hardware encoder failed {} times in a row ({reason}); using {replacement} until neoflixd restarts",
+                        self.encoder_failures
+                    );
+                    log::error!(device = self.device.as_str(), encoder = encoder.as_str(); "{why}");
+                    self.fallback = true;
+                    self.backoff.reset();
+                    self.restart_at = Some(now);
+                    self.links
+                        .facts
+                        .send_modify(|f| f.encoder_fallback = Some(why));
+                    let _ = self.links.reports.send(Report::Failed { reason }).await;
+                    return;
+                }
+            }
+        }
         let wait = self.backoff.failed();
         log::error!(device = self.device.as_str(), retry_secs = wait.as_secs();
             "capture failed: {reason}; check the camera cable and capture.device; retrying");
-        self.restart_at = Some(Instant::now() + wait);
+        self.restart_at = Some(now + wait);
         let _ = self.links.reports.send(Report::Failed { reason }).await;
     }
 }
@@ -464,8 +740,10 @@ mod tests {
 
     /// What the fake camera does when started.
     enum Plan {
-        /// Refuses to start.
+        /// Refuses to start: the camera is at fault.
         Refuse(&'static str),
+        /// Refuses to start, `part` at fault.
+        RefuseAs(Part, &'static str),
         /// Starts; delivers an init segment and a fragment if `video`.
         Start { video: bool },
     }
@@ -474,16 +752,25 @@ mod tests {
     struct Shared {
         plans: VecDeque<Plan>,
         launches: Vec<Instant>,
+        /// How each launch was asked to build its pipeline.
+        attempts: Vec<Attempt>,
         /// Set by the test: the running pipeline fails with this.
         fail: Option<String>,
         /// How each pipeline was stopped.
         stops: Vec<Option<Duration>>,
+        /// Sound configured, on this device.
+        audio_device: Option<String>,
+        /// What each microphone probe answers, and when they were made.
+        probes: VecDeque<Result<(), String>>,
+        probed: Vec<Instant>,
+        /// The encoder is a probed hardware one.
+        hardware: bool,
     }
 
     #[derive(Clone, Default)]
     struct Fake(Arc<Mutex<Shared>>);
 
-    struct FakePipeline(Arc<Mutex<Shared>>);
+    struct FakePipeline(Arc<Mutex<Shared>>, bool);
 
     impl Pipeline for FakePipeline {
         fn encoder(&self) -> String {
@@ -495,8 +782,15 @@ mod tests {
                 dropped: 1,
             }
         }
-        fn failure(&self) -> Option<String> {
-            self.0.lock().unwrap().fail.take()
+        fn audio(&self) -> Option<AudioStats> {
+            self.1.then_some(AudioStats {
+                buffers: 1,
+                peak_dbfs: Some(-20.0),
+            })
+        }
+        fn failure(&self) -> Option<Failure> {
+            let reason = self.0.lock().unwrap().fail.take()?;
+            Some(Failure::new(Part::Camera, reason))
         }
         fn stop(self, drain: Option<Duration>) {
             self.0.lock().unwrap().stops.push(drain);
@@ -505,24 +799,39 @@ mod tests {
 
     impl Launcher for Fake {
         type Pipeline = FakePipeline;
-        fn launch(&mut self, sink: Sink) -> Result<FakePipeline, String> {
+        fn launch(&mut self, sink: Sink, attempt: Attempt) -> Result<FakePipeline, Failure> {
             let mut s = self.0.lock().unwrap();
             s.launches.push(Instant::now());
+            s.attempts.push(attempt);
             match s.plans.pop_front().unwrap_or(Plan::Refuse("no plan left")) {
-                Plan::Refuse(why) => Err(why.to_string()),
+                Plan::Refuse(why) => Err(Failure::new(Part::Camera, why)),
+                Plan::RefuseAs(part, why) => Err(Failure::new(part, why)),
                 Plan::Start { video } => {
                     if video {
                         let mut out = sink.into_callback();
-                        out(Output::Init { data: vec![1; 32] })?;
+                        let fail = |e| Failure::new(Part::Output, e);
+                        out(Output::Init { data: vec![1; 32] }).map_err(fail)?;
                         out(Output::Fragment {
                             data: vec![2; 64],
                             pts: Duration::ZERO,
                             duration: Duration::from_secs(1),
-                        })?;
+                        })
+                        .map_err(fail)?;
                     }
-                    Ok(FakePipeline(self.0.clone()))
+                    Ok(FakePipeline(self.0.clone(), attempt.audio))
                 }
             }
+        }
+        fn audio_device(&self) -> Option<String> {
+            self.0.lock().unwrap().audio_device.clone()
+        }
+        fn probe_audio(&mut self) -> Result<(), String> {
+            let mut s = self.0.lock().unwrap();
+            s.probed.push(Instant::now());
+            s.probes.pop_front().unwrap_or(Err("no probe planned".into()))
+        }
+        fn fallback_encoder(&self) -> Option<String> {
+            self.0.lock().unwrap().hardware.then(|| "x264enc".into())
         }
     }
 
@@ -533,11 +842,19 @@ mod tests {
         storage: mpsc::Receiver<ToStorage>,
         facts: watch::Receiver<Facts>,
         t0: Instant,
+        /// Whether a recording is open, as supervision sees it.
+        recording: Arc<AtomicBool>,
     }
 
     fn harness(plans: Vec<Plan>) -> Harness {
+        harness_with(plans, |_| {})
+    }
+
+    fn harness_with(plans: Vec<Plan>, setup: impl FnOnce(&mut Shared)) -> Harness {
         let fake = Fake::default();
         fake.0.lock().unwrap().plans = plans.into();
+        setup(&mut fake.0.lock().unwrap());
+        let recording = Arc::new(AtomicBool::new(false));
         let (storage_tx, storage) = mpsc::channel(16);
         let (wanted, wanted_rx) = watch::channel(Wanted::Running);
         let (reports_tx, reports) = mpsc::channel(16);
@@ -548,6 +865,10 @@ mod tests {
             reports: reports_tx,
             facts: facts_tx,
             pulse: Pulse::default(),
+            recording: {
+                let r = recording.clone();
+                Box::new(move || r.load(Ordering::Relaxed))
+            },
         };
         let t0 = Instant::now();
         tokio::spawn(supervise(fake.clone(), "room-1".into(), links));
@@ -558,6 +879,7 @@ mod tests {
             storage,
             facts,
             t0,
+            recording,
         }
     }
 
@@ -647,6 +969,95 @@ mod tests {
         assert_eq!(h.reports.recv().await, Some(Report::Stopped));
         assert_eq!(h.fake.0.lock().unwrap().stops, vec![None, Some(DRAIN)]);
         assert!(h.reports.recv().await.is_none(), "supervision has ended");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_microphone_costs_no_video_and_comes_back_only_between_recordings() {
+        let mut h = harness_with(
+            vec![
+                Plan::RefuseAs(Part::Audio, "alsasrc: no such card"),
+                Plan::Start { video: true },
+                Plan::Start { video: true },
+            ],
+            |s| {
+                s.audio_device = Some("hw:CARD=Mic".into());
+                s.probes = vec![Err("still no card".into()), Ok(())].into();
+            },
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Video at once, without sound; the camera is not at fault.
+        assert_eq!(h.launches(), secs(&[0.0, 0.0]));
+        let attempts = h.fake.0.lock().unwrap().attempts.clone();
+        assert_eq!(
+            attempts.iter().map(|a| a.audio).collect::<Vec<_>>(),
+            [true, false]
+        );
+        assert!(h.reports.try_recv().is_err(), "{:?}", h.reports.try_recv());
+        assert!(matches!(h.storage.try_recv(), Ok(ToStorage::Init { .. })));
+        let audio = h.facts.borrow().audio.clone().unwrap();
+        assert_eq!(audio.device, "hw:CARD=Mic");
+        assert!(!audio.flowing);
+        assert_eq!(audio.missing.as_deref(), Some("alsasrc: no such card"));
+
+        // A recording is open: the microphone is not probed, so its return costs no gap.
+        h.recording.store(true, Ordering::Relaxed);
+        tokio::time::sleep(AUDIO_RETRY + Duration::from_secs(5)).await;
+        assert!(h.fake.0.lock().unwrap().probed.is_empty());
+        // Between recordings it is probed: still missing, then back 30 s later.
+        h.recording.store(false, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(h.fake.0.lock().unwrap().probed.len(), 1);
+        assert_eq!(h.launches().len(), 2);
+        tokio::time::sleep(AUDIO_RETRY).await;
+        let s = h.fake.0.lock().unwrap();
+        assert_eq!(s.probed.len(), 2);
+        assert_eq!(s.attempts.last().map(|a| a.audio), Some(true));
+        assert_eq!(s.launches.len(), 3);
+        assert_eq!(s.stops, vec![Some(DRAIN)], "the last fragment let out first");
+        drop(s);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let audio = h.facts.borrow().audio.clone().unwrap();
+        assert_eq!(audio.missing, None);
+        assert!(audio.flowing);
+        assert_eq!(audio.peak_dbfs, Some(-20.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_hardware_encoder_gives_way_to_x264_after_three_attempts() {
+        let mut h = harness_with(
+            vec![
+                Plan::RefuseAs(Part::Encoder, "encoder: device busy"),
+                Plan::RefuseAs(Part::Encoder, "encoder: device busy"),
+                Plan::Refuse("camera: unplugged"),
+                Plan::RefuseAs(Part::Encoder, "encoder: device busy"),
+                Plan::Start { video: true },
+            ],
+            |s| s.hardware = true,
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // A camera failure in between does not count; the third encoder failure switches at
+        // once.
+        assert_eq!(h.launches(), secs(&[0.0, 1.0, 3.0, 7.0, 7.0]));
+        let s = h.fake.0.lock().unwrap();
+        assert_eq!(
+            s.attempts.iter().map(|a| a.fallback).collect::<Vec<_>>(),
+            [false, false, false, false, true]
+        );
+        drop(s);
+        let why = h.facts.borrow().encoder_fallback.clone().unwrap();
+        assert!(why.contains("failed 3 times") && why.contains("x264enc"), "{why}");
+        assert_eq!(std::iter::from_fn(|| h.reports.try_recv().ok()).count(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_encoder_named_in_the_config_is_never_replaced() {
+        let h = harness((0..6).map(|_| Plan::RefuseAs(Part::Encoder, "busy")).collect());
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        let s = h.fake.0.lock().unwrap();
+        assert_eq!(s.attempts.len(), 6);
+        assert!(s.attempts.iter().all(|a| !a.fallback));
+        drop(s);
+        assert_eq!(h.facts.borrow().encoder_fallback, None);
     }
 
     #[test]

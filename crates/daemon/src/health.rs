@@ -32,6 +32,20 @@ pub struct Facts<'a> {
     pub upload_error: Option<&'a str>,
     /// Input and output devices and their state (`ok` or what is wrong).
     pub devices: &'a BTreeMap<String, String>,
+    /// The microphone, when sound is configured.
+    pub audio: Option<Sound<'a>>,
+}
+
+/// The microphone's part in readiness: a recording without the sound it was set up to have is
+/// not everything the settings promise, though the video goes on.
+#[derive(Debug, Clone, Copy)]
+pub struct Sound<'a> {
+    /// The configured device.
+    pub device: &'a str,
+    /// Why it is missing, while it is.
+    pub missing: Option<&'a str>,
+    /// The camera runs but no sound has arrived lately.
+    pub silent: bool,
 }
 
 /// Every reason the room is not ready, most urgent first; empty means ready.
@@ -56,6 +70,21 @@ pub fn reasons(f: &Facts) -> Vec<String> {
         if state != "ok" {
             r.push(format!("{name}: {state}"));
         }
+    }
+    match &f.audio {
+        Some(Sound {
+            device,
+            missing: Some(why),
+            ..
+        }) => r.push(format!(
+            "microphone {device} missing: recording video without sound ({why})"
+        )),
+        Some(Sound {
+            device,
+            silent: true,
+            ..
+        }) => r.push(format!("microphone {device}: no sound arriving")),
+        _ => {}
     }
     if f.require_clock_sync && !f.clock_synced {
         r.push("clock not synchronised: check NTP (systemd-timesyncd or chrony)".into());
@@ -142,7 +171,30 @@ mod tests {
             cert_min_days: 14,
             upload_error: None,
             devices,
+            audio: None,
         }
+    }
+
+    #[test]
+    fn a_missing_or_silent_microphone_is_a_reason() {
+        let none = BTreeMap::new();
+        let sound = |missing, silent| Facts {
+            audio: Some(Sound {
+                device: "hw:CARD=Mic",
+                missing,
+                silent,
+            }),
+            ..facts(&none)
+        };
+        assert!(reasons(&sound(None, false)).is_empty());
+        assert_eq!(
+            reasons(&sound(Some("no such card"), false)),
+            ["microphone hw:CARD=Mic missing: recording video without sound (no such card)"]
+        );
+        assert_eq!(
+            reasons(&sound(None, true)),
+            ["microphone hw:CARD=Mic: no sound arriving"]
+        );
     }
 
     #[test]

@@ -36,7 +36,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use neoflix_capture::{CaptureSettings, Encoder, InputFormat, Source, X264Preset};
+use neoflix_capture::{
+    AudioSettings, AudioSource, CaptureSettings, Encoder, InputFormat, Source, X264Preset,
+};
 use neoflix_config::{Config, EncoderChoice, SourceKind};
 use neoflix_seal::DepartmentPublicKey;
 use neoflix_store::Ring;
@@ -180,6 +182,17 @@ pub fn capture_settings(cfg: &Config) -> CaptureSettings {
             neoflix_config::X264Preset::Fast => X264Preset::Fast,
             neoflix_config::X264Preset::Medium => X264Preset::Medium,
         },
+        audio: cfg.audio.as_ref().map(|a| AudioSettings {
+            source: match a.source {
+                neoflix_config::AudioSourceKind::Test => AudioSource::Test,
+                neoflix_config::AudioSourceKind::Alsa => AudioSource::Alsa {
+                    device: a.device.clone(),
+                },
+            },
+            channels: a.channels,
+            rate: a.rate,
+            bitrate_kbps: a.bitrate_kbps,
+        }),
     }
 }
 
@@ -456,7 +469,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     // Bound before capture starts: once systemd hears READY, `neoflix ctl` works.
     let listener = control::bind(&cfg.control.socket)?;
     let capture_task = tokio::spawn(capture::supervise(
-        capture::Gstreamer(capture_settings(&cfg)),
+        capture::Gstreamer::new(capture_settings(&cfg)),
         device.clone(),
         capture::Links {
             storage: storage_tx,
@@ -464,6 +477,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             reports: capture_reports_tx,
             facts: capture_facts_tx,
             pulse: pulses[2].clone(),
+            recording: {
+                let status = status_rx.clone();
+                Box::new(move || status.borrow().status.recording.is_some())
+            },
         },
     ));
     let conductor_task = tokio::spawn(conductor.run());

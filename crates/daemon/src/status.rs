@@ -138,6 +138,12 @@ pub fn build(
         cert_min_days: settings.readiness.cert_min_days.into(),
         upload_error: facts.upload.and_then(|u| u.last_error.as_deref()),
         devices: facts.devices,
+        audio: facts.capture.audio.as_ref().map(|a| health::Sound {
+            device: &a.device,
+            missing: a.missing.as_deref(),
+            // Sound is expected only while the camera's pipeline runs.
+            silent: !a.flowing && !facts.capture.paused && r.ready,
+        }),
     });
     let state = crate::control::wire_state(r.state);
     let privacy = state == neoflix_control::State::Privacy;
@@ -159,6 +165,13 @@ pub fn build(
         recording_secs,
         recording_started_utc: facts.recording.map(|o| o.started_utc.clone()),
         encoder: facts.capture.encoder.clone(),
+        encoder_fallback: facts.capture.encoder_fallback.clone(),
+        audio: facts.capture.audio.as_ref().map(|a| neoflix_control::AudioStatus {
+            device: a.device.clone(),
+            flowing: a.flowing,
+            peak_dbfs: a.peak_dbfs,
+            missing: a.missing.clone(),
+        }),
         recordings_finalized: facts.storage.finalized,
         storage_error: facts.storage.error.clone(),
         storage_free_bytes: env.free_bytes,
@@ -243,6 +256,10 @@ pub struct Publisher {
     sent: Instant,
     /// A camera fault event went out and the camera has not recovered since.
     camera_fault_reported: bool,
+    /// The same for the microphone.
+    microphone_fault_reported: bool,
+    /// The encoder fallback's fault event went out (once: it lasts until a restart).
+    encoder_fault_reported: bool,
 }
 
 impl Publisher {
@@ -257,6 +274,8 @@ impl Publisher {
             started: now,
             sent: now,
             camera_fault_reported: false,
+            microphone_fault_reported: false,
+            encoder_fault_reported: false,
         }
     }
 
@@ -271,6 +290,7 @@ impl Publisher {
         let now = Instant::now();
         let new = build(&self.settings, facts, SystemTime::now(), now - self.started);
         self.camera_fault_event(facts.recorder);
+        self.capture_fault_events(facts.capture);
         let changed = {
             let old = self.tx.borrow();
             if old.status.reasons != new.status.reasons {
@@ -299,6 +319,32 @@ impl Publisher {
             }
             (None, true) => self.camera_fault_reported = false,
             _ => {}
+        }
+    }
+}
+
+impl Publisher {
+    /// One fault event when the microphone goes missing (again after it came back), and one
+    /// when x264 replaces the hardware encoder.
+    fn capture_fault_events(&mut self, c: &capture::Facts) {
+        let missing = c.audio.as_ref().and_then(|a| a.missing.as_ref());
+        match (missing, self.microphone_fault_reported) {
+            (Some(reason), false) => {
+                self.events.send(neoflix_mqtt::Event::Fault {
+                    component: "microphone".into(),
+                    reason: reason.clone(),
+                });
+                self.microphone_fault_reported = true;
+            }
+            (None, true) => self.microphone_fault_reported = false,
+            _ => {}
+        }
+        if let (Some(reason), false) = (&c.encoder_fallback, self.encoder_fault_reported) {
+            self.events.send(neoflix_mqtt::Event::Fault {
+                component: "encoder".into(),
+                reason: reason.clone(),
+            });
+            self.encoder_fault_reported = true;
         }
     }
 }
@@ -418,6 +464,13 @@ mod tests {
             dropped: 3,
             fps: 14.96,
             paused: false,
+            encoder_fallback: Some("the hardware encoder failed 3 times in a row".into()),
+            audio: Some(capture::AudioFacts {
+                device: "hw:CARD=Mic".into(),
+                flowing: true,
+                peak_dbfs: Some(-23.5),
+                missing: None,
+            }),
         };
         let env = Environment {
             free_bytes: Some(500),
@@ -450,6 +503,12 @@ mod tests {
             ("x264enc", 15.0, 3)
         );
         assert_eq!(s.recordings_finalized, 2);
+        assert!(s.encoder_fallback.as_deref().unwrap().contains("3 times"));
+        let audio = s.audio.as_ref().unwrap();
+        assert_eq!(
+            (audio.device.as_str(), audio.flowing, audio.peak_dbfs),
+            ("hw:CARD=Mic", true, Some(-23.5))
+        );
         assert_eq!(s.uptime_secs, 7);
         assert_eq!(s.time_utc, "1970-01-01T00:00:00Z");
         // Too little room for a full recording: not ready, and said so; the light still says

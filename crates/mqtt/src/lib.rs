@@ -288,7 +288,8 @@ pub enum Event {
     },
     /// Something stopped working: camera, storage, an input device.
     Fault {
-        /// `camera`, `storage`, `pedal`, `foot_switch`, `privacy_switch`.
+        /// `camera`, `microphone`, `encoder`, `storage`, `pedal`, `foot_switch`,
+        /// `privacy_switch`.
         component: String,
         /// What is wrong.
         reason: String,
