@@ -746,6 +746,60 @@ pub fn ffprobe(file: &Path) -> Probe {
     }
 }
 
+/// One stream of a media file, as ffprobe reads it.
+#[derive(Debug, Clone)]
+pub struct StreamProbe {
+    /// `video` or `audio`.
+    pub kind: String,
+    /// `h264`, `opus`, ...
+    pub codec: String,
+    /// When its first frame is presented, seconds.
+    pub start: f64,
+    /// Its duration, seconds.
+    pub duration: f64,
+    /// Audio: channels and sample rate.
+    pub channels: u64,
+    /// See `channels`.
+    pub sample_rate: u64,
+}
+
+/// Every stream of `file`.
+pub fn ffprobe_streams(file: &Path) -> Vec<StreamProbe> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-print_format", "json", "-show_streams"])
+        .arg(file)
+        .output()
+        .expect("ffprobe is installed (scripts/test installs ffmpeg)");
+    assert!(
+        out.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let num = |s: &serde_json::Value, k: &str| -> f64 {
+        s[k].as_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    v["streams"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|s| StreamProbe {
+            kind: s["codec_type"].as_str().unwrap_or("").into(),
+            codec: s["codec_name"].as_str().unwrap_or("").into(),
+            start: num(s, "start_time"),
+            duration: num(s, "duration"),
+            channels: s["channels"].as_u64().unwrap_or(0),
+            sample_rate: s["sample_rate"]
+                .as_str()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0),
+        })
+        .collect()
+}
+
 /// Decodes `file` fully with ffmpeg; returns whatever it printed at level error.
 pub fn ffmpeg_errors(file: &Path) -> String {
     let out = Command::new("ffmpeg")

@@ -57,6 +57,26 @@ pub enum Part {
 }
 
 impl CaptureError {
+    /// One line for the status: the element and its message, and of GStreamer's debug detail
+    /// only its last line, which is where plugins put the system's words (`No such device`).
+    pub fn summary(&self) -> String {
+        match self {
+            CaptureError::Element {
+                element,
+                message,
+                debug,
+            } => {
+                let detail = debug
+                    .as_deref()
+                    .and_then(|d| d.lines().map(str::trim).rfind(|l| !l.is_empty()))
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default();
+                format!("element '{element}' failed: {message}{detail}")
+            }
+            other => other.to_string().replace('\n', " "),
+        }
+    }
+
     /// Which part of the pipeline failed, from the element the error names.
     pub fn part(&self) -> Part {
         match self {

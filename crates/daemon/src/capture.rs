@@ -328,7 +328,10 @@ impl Launcher for Gstreamer {
         } else if settings.encoder.is_none() {
             self.probed = neoflix_capture::probe_encoder(None).ok();
         }
-        Capture::start(&settings, sink.into_callback()).map_err(|e| Failure::new(e.part(), e.to_string()))
+        Capture::start(&settings, sink.into_callback()).map_err(|e| {
+            log::debug!("capture start failed: {e}");
+            Failure::new(e.part(), e.summary())
+        })
     }
 
     fn audio_device(&self) -> Option<String> {
@@ -339,7 +342,7 @@ impl Launcher for Gstreamer {
         let Some(audio) = &self.settings.audio else {
             return Ok(());
         };
-        neoflix_capture::probe_audio(audio, AUDIO_PROBE).map_err(|e| e.to_string())
+        neoflix_capture::probe_audio(audio, AUDIO_PROBE).map_err(|e| e.summary())
     }
 
     fn fallback_encoder(&self) -> Option<String> {
@@ -365,7 +368,10 @@ impl Pipeline for Capture {
 
     fn failure(&self) -> Option<Failure> {
         match self.next_event(Duration::ZERO)? {
-            CaptureEvent::Error(e) => Some(Failure::new(e.part(), e.to_string())),
+            CaptureEvent::Error(e) => {
+                log::debug!("capture failed: {e}");
+                Some(Failure::new(e.part(), e.summary()))
+            }
             CaptureEvent::Eos => Some(Failure::new(Part::Camera, "the camera stream ended")),
         }
     }
@@ -581,7 +587,10 @@ impl<L: Launcher> Supervisor<L> {
             return;
         };
         let now = Instant::now();
-        if now < *probe_at || (self.links.recording)() || *self.links.wanted.borrow() != Wanted::Running {
+        if now < *probe_at
+            || (self.links.recording)()
+            || *self.links.wanted.borrow() != Wanted::Running
+        {
             return;
         }
         let launcher = self.launcher.clone();
@@ -828,7 +837,9 @@ mod tests {
         fn probe_audio(&mut self) -> Result<(), String> {
             let mut s = self.0.lock().unwrap();
             s.probed.push(Instant::now());
-            s.probes.pop_front().unwrap_or(Err("no probe planned".into()))
+            s.probes
+                .pop_front()
+                .unwrap_or(Err("no probe planned".into()))
         }
         fn fallback_encoder(&self) -> Option<String> {
             self.0.lock().unwrap().hardware.then(|| "x264enc".into())
@@ -1013,7 +1024,11 @@ mod tests {
         assert_eq!(s.probed.len(), 2);
         assert_eq!(s.attempts.last().map(|a| a.audio), Some(true));
         assert_eq!(s.launches.len(), 3);
-        assert_eq!(s.stops, vec![Some(DRAIN)], "the last fragment let out first");
+        assert_eq!(
+            s.stops,
+            vec![Some(DRAIN)],
+            "the last fragment let out first"
+        );
         drop(s);
         tokio::time::sleep(Duration::from_millis(200)).await;
         let audio = h.facts.borrow().audio.clone().unwrap();
@@ -1045,13 +1060,20 @@ mod tests {
         );
         drop(s);
         let why = h.facts.borrow().encoder_fallback.clone().unwrap();
-        assert!(why.contains("failed 3 times") && why.contains("x264enc"), "{why}");
+        assert!(
+            why.contains("failed 3 times") && why.contains("x264enc"),
+            "{why}"
+        );
         assert_eq!(std::iter::from_fn(|| h.reports.try_recv().ok()).count(), 4);
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_encoder_named_in_the_config_is_never_replaced() {
-        let h = harness((0..6).map(|_| Plan::RefuseAs(Part::Encoder, "busy")).collect());
+        let h = harness(
+            (0..6)
+                .map(|_| Plan::RefuseAs(Part::Encoder, "busy"))
+                .collect(),
+        );
         tokio::time::sleep(Duration::from_secs(40)).await;
         let s = h.fake.0.lock().unwrap();
         assert_eq!(s.attempts.len(), 6);

@@ -166,12 +166,16 @@ pub fn build(
         recording_started_utc: facts.recording.map(|o| o.started_utc.clone()),
         encoder: facts.capture.encoder.clone(),
         encoder_fallback: facts.capture.encoder_fallback.clone(),
-        audio: facts.capture.audio.as_ref().map(|a| neoflix_control::AudioStatus {
-            device: a.device.clone(),
-            flowing: a.flowing,
-            peak_dbfs: a.peak_dbfs,
-            missing: a.missing.clone(),
-        }),
+        audio: facts
+            .capture
+            .audio
+            .as_ref()
+            .map(|a| neoflix_control::AudioStatus {
+                device: a.device.clone(),
+                flowing: a.flowing,
+                peak_dbfs: a.peak_dbfs,
+                missing: a.missing.clone(),
+            }),
         recordings_finalized: facts.storage.finalized,
         storage_error: facts.storage.error.clone(),
         storage_free_bytes: env.free_bytes,

@@ -1,0 +1,139 @@
+//! Issue 12: sound. A recording has the room's sound in the same sealed fragments as its
+//! picture, from the pre-roll on, exported in sync; the status meters it; privacy mode stops it;
+//! a missing microphone is a readiness reason and costs no video.
+
+use std::time::Duration;
+
+use neoflix_control::Request;
+use neoflix_e2e::{Lab, ffmpeg_errors, ffprobe_streams};
+
+const CAPTURE: &str = "source = \"test\"\nwidth = 320\nheight = 180\nfps = 15\nbitrate_kbps = 300\nx264_preset = \"ultrafast\"";
+const FRAME_SECS: f64 = 1.0 / 15.0;
+
+#[test]
+fn sound_is_recorded_from_the_preroll_on_exported_in_sync_and_metered() {
+    let lab = Lab::new();
+    lab.config(
+        CAPTURE,
+        3,
+        "[audio]\nsource = \"test\"\nchannels = 1\nrate = 48000\nbitrate_kbps = 32\n",
+    );
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(120));
+    // The test tone ticks at half volume: its peak is about -6 dBFS.
+    let s = d.wait_for("a metered second of sound", Duration::from_secs(20), |s| {
+        s.audio.as_ref().is_some_and(|a| a.peak_dbfs.is_some())
+    });
+    let audio = s.audio.unwrap();
+    assert_eq!(audio.device, "test");
+    assert!(audio.flowing && audio.missing.is_none(), "{audio:?}");
+    let peak = audio.peak_dbfs.unwrap();
+    assert!((-12.0..=0.0).contains(&peak), "peak {peak} dBFS");
+
+    assert!(d.ctl(Request::Start {}).ok);
+    d.wait_for("6 s recorded", Duration::from_secs(30), |s| {
+        s.recording_secs.unwrap_or(0.0) >= 6.0
+    });
+    assert!(d.ctl(Request::Stop {}).ok);
+    d.wait_for("the recording finalized", Duration::from_secs(30), |s| {
+        s.recordings_finalized == 1
+    });
+
+    // Privacy mode stops the sound with the picture.
+    assert!(d.ctl(Request::Privacy { on: true }).ok);
+    let s = d.wait_for(
+        "sound stopped in privacy mode",
+        Duration::from_secs(10),
+        |s| s.audio.as_ref().is_some_and(|a| !a.flowing),
+    );
+    assert!(s.privacy);
+    assert!(
+        !s.reasons.iter().any(|r| r.contains("microphone")),
+        "privacy is no microphone fault: {:?}",
+        s.reasons
+    );
+    assert!(d.ctl(Request::Privacy { on: false }).ok);
+    d.wait_for("sound back after privacy", Duration::from_secs(20), |s| {
+        s.audio.as_ref().is_some_and(|a| a.flowing)
+    });
+    assert_eq!(d.terminate(), 0);
+
+    let recs = lab.recordings();
+    assert_eq!(recs.len(), 1);
+    let out = lab.path("with-sound.mp4");
+    let e = lab.export(&recs[0], &out);
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    let streams = ffprobe_streams(&out);
+    let video = streams.iter().find(|s| s.kind == "video").expect("video");
+    let sound = streams
+        .iter()
+        .find(|s| s.kind == "audio")
+        .unwrap_or_else(|| panic!("no sound in the export: {streams:?}"));
+    assert_eq!(
+        (sound.codec.as_str(), sound.channels, sound.sample_rate),
+        ("opus", 1, 48_000)
+    );
+    // In sync: sound and picture start within one frame of each other, and the sound lasts as
+    // long as the picture (pre-roll included) within one frame plus one Opus packet.
+    assert!(
+        (sound.start - video.start).abs() <= FRAME_SECS,
+        "sound starts at {} s, picture at {} s",
+        sound.start,
+        video.start
+    );
+    assert!(
+        (sound.duration - video.duration).abs() <= FRAME_SECS + 0.02,
+        "sound {} s, picture {} s",
+        sound.duration,
+        video.duration
+    );
+    // Recorded: 3 s of pre-roll and 3 s after the trigger.
+    assert!(video.duration >= 5.5, "pre-roll and recording: {video:?}");
+    assert_eq!(ffmpeg_errors(&out), "", "ffmpeg reported decode errors");
+}
+
+#[test]
+fn a_missing_microphone_is_a_readiness_reason_and_costs_no_video() {
+    let lab = Lab::new();
+    lab.config(
+        CAPTURE,
+        2,
+        "[audio]\nsource = \"alsa\"\ndevice = \"hw:CARD=NoSuchMicrophone,DEV=0\"\n",
+    );
+    let mut d = lab.start();
+    let s = d.wait_for(
+        "the microphone reported missing",
+        Duration::from_secs(60),
+        |s| s.audio.as_ref().is_some_and(|a| a.missing.is_some()) && s.camera_fps > 0.0,
+    );
+    assert!(!s.ready);
+    assert!(
+        s.reasons
+            .iter()
+            .any(|r| r.starts_with("microphone hw:CARD=NoSuchMicrophone,DEV=0 missing")),
+        "{:?}",
+        s.reasons
+    );
+    // Said in one line, naming what ALSA said.
+    let missing = s.audio.unwrap().missing.unwrap();
+    assert!(
+        missing.contains("No such device") && !missing.contains('\n'),
+        "{missing}"
+    );
+    assert_ne!(s.state, neoflix_control::State::Fault);
+    // A recording still has its picture.
+    assert!(d.ctl(Request::Start {}).ok);
+    d.wait_for("2 s recorded", Duration::from_secs(30), |s| {
+        s.recording_secs.unwrap_or(0.0) >= 2.0
+    });
+    assert!(d.ctl(Request::Stop {}).ok);
+    d.wait_for("the recording finalized", Duration::from_secs(30), |s| {
+        s.recordings_finalized == 1
+    });
+    assert_eq!(d.terminate(), 0);
+    let out = lab.path("silent.mp4");
+    let e = lab.export(&lab.recordings()[0], &out);
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    let kinds: Vec<String> = ffprobe_streams(&out).into_iter().map(|s| s.kind).collect();
+    assert_eq!(kinds, ["video"]);
+}
