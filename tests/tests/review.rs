@@ -159,8 +159,16 @@ fn a_reviewer_watches_seeks_and_downloads_in_chromium_and_the_server_sees_no_pla
     }
     let base = format!("https://127.0.0.1:{rport}");
 
-    // A box records with a pre-roll and two markers, one of them with markup in its label.
-    lab.config(CAPTURE, 3, &lab.upload_section(&ingest, "room-e2e"));
+    // A box records, with sound, a pre-roll and two markers, one of them with markup in its
+    // label.
+    lab.config(
+        CAPTURE,
+        3,
+        &format!(
+            "{}\n[audio]\nsource = \"test\"\n",
+            lab.upload_section(&ingest, "room-e2e")
+        ),
+    );
     let mut d = lab.start();
     d.wait_ready(Duration::from_secs(60));
     let id = d.ctl(Request::Start {}).recording.expect("a recording id");
@@ -319,6 +327,12 @@ fn a_reviewer_watches_seeks_and_downloads_in_chromium_and_the_server_sees_no_pla
         .as_f64()
         .unwrap();
     assert!(t2 > t1, "currentTime advances: {t1} then {t2}");
+    // The sound plays with the picture: Chromium decoded the Opus track of the same stream.
+    b.wait(
+        "decoded sound",
+        Duration::from_secs(10),
+        "document.querySelector('video').webkitAudioDecodedByteCount > 0",
+    );
     let clock = b.text("#since-trigger");
     assert!(!clock.is_empty() && clock != "–", "clock {clock:?}");
 
@@ -440,6 +454,14 @@ fn a_reviewer_watches_seeks_and_downloads_in_chromium_and_the_server_sees_no_pla
     b.click(&b.element("#download-whole"));
     let whole = downloaded(&b.downloads(), ".mp4", 1);
     let p = ffprobe(&whole[0]);
+    let kinds: Vec<(String, String)> = neoflix_e2e::ffprobe_streams(&whole[0])
+        .into_iter()
+        .map(|s| (s.kind, s.codec))
+        .collect();
+    assert!(
+        kinds.contains(&("audio".into(), "opus".into())),
+        "the download has the sound: {kinds:?}"
+    );
     assert!(
         (p.duration - duration).abs() < 0.6,
         "whole download {} s, manifest {duration} s",
