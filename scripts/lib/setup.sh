@@ -2,8 +2,8 @@
 # lacks. Sourced, not run.
 
 # System packages: GStreamer 1.22 (headers for gstreamer-rs, the plugins the pipeline uses:
-# videotestsrc/videoconvert from base, v4l2src/jpegdec from good, h264parse from bad, x264enc
-# from ugly), gst-launch for the benchmark baseline, ffmpeg/ffprobe to check exports, curl as an
+# videotestsrc/videoconvert and audiotestsrc/opusenc from base, alsasrc from -alsa, v4l2src/jpegdec
+# from good, h264parse from bad, x264enc from ugly), gst-launch for the benchmark baseline, ffmpeg/ffprobe to check exports, curl as an
 # independent HTTPS client in the upload tests, mosquitto as the department broker in the MQTT
 # tests and the demo (started by them on loopback, never as a system service), Chromium and its
 # WebDriver for the review page's browser test and the opening code's wasm32 tests, certutil to
@@ -13,7 +13,7 @@ NEOFLIX_APT_PACKAGES=(
   pkg-config build-essential
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
-  gstreamer1.0-plugins-ugly gstreamer1.0-tools
+  gstreamer1.0-plugins-ugly gstreamer1.0-alsa gstreamer1.0-tools
   ffmpeg curl mosquitto
   chromium chromium-driver libnss3-tools
   strace

@@ -42,7 +42,12 @@ CONFFILES:${PN} = "${sysconfdir}/neoflix/department.pub ${sysconfdir}/neoflix/ne
 RDEPENDS:${PN} = "\
     gstreamer1.0 \
     gstreamer1.0-plugins-bad-videoparsersbad \
+    gstreamer1.0-plugins-base-alsa \
     gstreamer1.0-plugins-base-app \
+    gstreamer1.0-plugins-base-audioconvert \
+    gstreamer1.0-plugins-base-audioresample \
+    gstreamer1.0-plugins-base-audiotestsrc \
+    gstreamer1.0-plugins-base-opus \
     gstreamer1.0-plugins-base-videoconvertscale \
     gstreamer1.0-plugins-base-videotestsrc \
     gstreamer1.0-plugins-good-jpeg \
