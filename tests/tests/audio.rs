@@ -137,3 +137,95 @@ fn a_missing_microphone_is_a_readiness_reason_and_costs_no_video() {
     let kinds: Vec<String> = ffprobe_streams(&out).into_iter().map(|s| s.kind).collect();
     assert_eq!(kinds, ["video"]);
 }
+
+/// A real ALSA capture device: the kernel's `snd-aloop` loopback card, loaded inside the VM lab.
+/// A tone played into one side is captured from the other, as a USB microphone would deliver it.
+#[test]
+#[ignore = "needs the snd-aloop kernel module: run under the VM lab (scripts/test does)"]
+fn records_sound_from_a_real_alsa_capture_device() {
+    let loaded = std::process::Command::new("modprobe")
+        .args(["snd-aloop", "index=5", "id=Loopback"])
+        .output()
+        .expect("modprobe");
+    assert!(
+        loaded.status.success(),
+        "modprobe snd-aloop: {}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    // A 440 Hz tone at a quarter of full scale (-12 dBFS) into playback device 0; the loopback
+    // hands it to capture device 1.
+    let mut tone = std::process::Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "audiotestsrc",
+            "is-live=true",
+            "freq=440",
+            "volume=0.25",
+            "!",
+            "audio/x-raw,format=S16LE,rate=48000,channels=1",
+            "!",
+            "alsasink",
+            "device=hw:CARD=Loopback,DEV=0",
+        ])
+        .spawn()
+        .expect("gst-launch-1.0 (gstreamer1.0-tools, gstreamer1.0-alsa)");
+    let lab = Lab::new();
+    lab.config(
+        CAPTURE,
+        2,
+        "[audio]\nsource = \"alsa\"\ndevice = \"hw:CARD=Loopback,DEV=1\"\nrate = 48000\n",
+    );
+    let mut d = lab.start();
+    let s = d.wait_for("the tone metered", Duration::from_secs(120), |s| {
+        s.ready && s.audio.as_ref().is_some_and(|a| a.peak_dbfs.is_some())
+    });
+    let audio = s.audio.unwrap();
+    let peak = audio.peak_dbfs.unwrap();
+    assert!(audio.flowing, "{audio:?}");
+    assert!(
+        (-15.0..=-9.0).contains(&peak),
+        "a -12 dBFS tone read {peak} dBFS"
+    );
+    assert!(d.ctl(Request::Start {}).ok);
+    d.wait_for("4 s recorded", Duration::from_secs(60), |s| {
+        s.recording_secs.unwrap_or(0.0) >= 4.0
+    });
+    assert!(d.ctl(Request::Stop {}).ok);
+    d.wait_for("the recording finalized", Duration::from_secs(30), |s| {
+        s.recordings_finalized == 1
+    });
+    assert_eq!(d.terminate(), 0);
+    let _ = tone.kill();
+    let _ = tone.wait();
+    let out = lab.path("alsa.mp4");
+    let e = lab.export(&lab.recordings()[0], &out);
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    let streams = ffprobe_streams(&out);
+    let sound = streams
+        .iter()
+        .find(|s| s.kind == "audio")
+        .unwrap_or_else(|| panic!("no sound: {streams:?}"));
+    assert_eq!(sound.codec, "opus");
+    let video = streams.iter().find(|s| s.kind == "video").unwrap();
+    assert!(
+        (sound.duration - video.duration).abs() <= FRAME_SECS + 0.05,
+        "{streams:?}"
+    );
+    // The tone is in the file: ffmpeg's volumedetect reads its level back.
+    let vd = std::process::Command::new("ffmpeg")
+        .args(["-v", "info", "-nostats", "-i"])
+        .arg(&out)
+        .args(["-map", "0:a", "-af", "volumedetect", "-f", "null", "-"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&vd.stderr);
+    let max = text
+        .lines()
+        .find_map(|l| l.split("max_volume: ").nth(1))
+        .and_then(|v| v.trim_end_matches(" dB").trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no max_volume in {text}"));
+    assert!(
+        (-15.0..=-9.0).contains(&max),
+        "the recorded tone peaks at {max} dB"
+    );
+}
