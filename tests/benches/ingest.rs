@@ -102,9 +102,9 @@ fn synth_recording(root: &Path, ca: &Path, n: u64) -> PathBuf {
         let (k, s) = neoflix_seal::seal(&id(seq, neoflix_seal::Kind::Fragment), &plain).unwrap();
         ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
             .unwrap();
-        let e = ring.take(seq).unwrap();
         let init = ring.init(&stream).unwrap();
-        w.claim(&e, &init, false).unwrap();
+        w.claim(ring.get(seq).unwrap(), &init, false).unwrap();
+        ring.keep(seq).unwrap();
     }
     w.finalize("control", SystemTime::now(), Some(&signer))
         .unwrap();

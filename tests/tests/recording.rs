@@ -1195,3 +1195,82 @@ fn a_rekeyed_fragment_of_an_unsigned_recording_is_named_without_a_key() {
         .collect();
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+/// Issue 12: twins, or a second resuscitation minutes later. A recording started ten seconds
+/// after the previous one started (two after it stopped) still gets its full pre-roll: the
+/// first one's end, kept in the ring, is the second one's beginning too.
+#[test]
+fn back_to_back_recordings_ten_seconds_apart_each_get_their_full_preroll() {
+    let lab = Lab::new();
+    lab.config(CAPTURE_320, 8, "");
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(120));
+    let a = d.ctl(Request::Start {}).recording.expect("a recording id");
+    let started = std::time::Instant::now();
+    sleep(Duration::from_secs(8));
+    assert!(d.ctl(Request::Stop {}).ok);
+    // Ready again at once: the ring still holds a full pre-roll.
+    let s = d.wait_for("the first finalized", Duration::from_secs(30), |s| {
+        s.recordings_finalized == 1
+    });
+    assert!(s.preroll_secs >= 7.0, "pre-roll after the stop: {s:?}");
+    sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
+    let b = d.ctl(Request::Start {}).recording.expect("a recording id");
+    assert_ne!(a, b);
+    sleep(Duration::from_secs(3));
+    assert!(d.ctl(Request::Stop {}).ok);
+    d.wait_for("the second finalized", Duration::from_secs(30), |s| {
+        s.recordings_finalized == 2
+    });
+    assert_eq!(d.terminate(), 0);
+
+    let recs = lab.recordings();
+    assert_eq!(recs.len(), 2);
+    let (ma, mb) = (
+        neoflix_format::verify(&recs[0])
+            .expect("first verifies")
+            .manifest,
+        neoflix_format::verify(&recs[1])
+            .expect("second verifies")
+            .manifest,
+    );
+    assert_eq!(ma.recording_id, a);
+    assert!(
+        mb.preroll_secs >= 7.5,
+        "the second recording's pre-roll: {} s of 8",
+        mb.preroll_secs
+    );
+    // Its first fragments are the first recording's last ones: the same sealed bytes, each
+    // recording with its own copy and its own key record.
+    let shared: Vec<&neoflix_store::ObjectEntry> = mb
+        .fragments
+        .iter()
+        .filter(|f| ma.fragments.iter().any(|g| g.sha256 == f.sha256))
+        .collect();
+    assert!(
+        shared.len() >= 5,
+        "{} fragments of the first recording open the second",
+        shared.len()
+    );
+    assert_eq!(shared[0].sha256, mb.fragments[0].sha256);
+    for f in &shared {
+        let g = ma.fragments.iter().find(|g| g.sha256 == f.sha256).unwrap();
+        assert_ne!(
+            f.key_sha256, g.key_sha256,
+            "each recording wraps its own key"
+        );
+    }
+    // Both play whole.
+    for (rec, name) in [(&recs[0], "a.mp4"), (&recs[1], "b.mp4")] {
+        let out = lab.path(name);
+        let e = lab.export(rec, &out);
+        assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+        assert_eq!(ffmpeg_errors(&out), "", "{name}");
+    }
+    let pb = ffprobe(&lab.path("b.mp4"));
+    assert!(
+        pb.duration >= 10.5,
+        "the second recording plays {} s",
+        pb.duration
+    );
+}

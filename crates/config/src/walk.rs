@@ -760,7 +760,6 @@ mod tests {
         }
         round_trip_audio();
         fn round_trip_audio() {
-            use crate::Choice;
             for name in AudioSourceKind::NAMES {
                 assert_eq!(name.parse::<AudioSourceKind>().unwrap().to_string(), *name);
             }

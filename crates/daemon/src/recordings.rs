@@ -65,8 +65,10 @@ struct Pending {
     writer: Option<RecordingWriter>,
     /// Fragments up to this one were in the ring at the trigger: its pre-roll.
     preroll_through: Option<u64>,
-    /// Fragments up to this one belong to recordings before it, never to this one.
+    /// Unclaimed fragments up to this one belong to recordings before it, never to this one.
     after: Option<u64>,
+    /// The last fragment it claimed: it claims on from there, kept fragments included.
+    claimed: Option<u64>,
     marks: VecDeque<(String, Trigger, SystemTime)>,
     stop_note: Option<(StopReason, SystemTime)>,
 }
@@ -158,6 +160,7 @@ impl Recordings {
             writer: None,
             preroll_through,
             after,
+            claimed: None,
             marks: VecDeque::new(),
             stop_note: None,
         });
@@ -258,7 +261,8 @@ impl Recordings {
         Ok(true)
     }
 
-    /// The ring keeps what recordings still have to claim.
+    /// The ring keeps what recordings still have to claim: unclaimed fragments, and kept ones
+    /// that the open recording has yet to claim as its pre-roll.
     fn hold(&self, ring: &mut Ring) {
         let through = if self.open.is_some() {
             Some(u64::MAX)
@@ -266,6 +270,13 @@ impl Recordings {
             self.closing.back().and_then(|c| c.through)
         };
         ring.hold_through(through);
+        let waiting = self.open.as_ref().is_some_and(|p| {
+            p.preroll_through
+                .is_some_and(|t| p.claimed.is_none_or(|c| c < t))
+        });
+        if let Err(e) = ring.hold_kept(waiting) {
+            log::error!("ring: {e}");
+        }
     }
 }
 
@@ -303,11 +314,13 @@ fn bring_up_to_date(
         });
     }
     let w = p.writer.as_mut().expect("created above");
-    // Anything older belongs to a recording before this one (given up, or not yet closed).
+    // Anything unclaimed and older belongs to a recording before this one (given up).
     if let Some(after) = p.after {
         ring.discard_through(after)?;
     }
-    while let Some(entry) = ring.oldest() {
+    // Kept fragments first (the end of the recordings before, within the pre-roll), then the
+    // unclaimed ones.
+    while let Some(entry) = ring.next_after(p.claimed) {
         if to.through.is_some_and(|t| entry.seq > t) {
             break;
         }
@@ -320,8 +333,9 @@ fn bring_up_to_date(
             .ok_or(StoreError::NotInRing { seq })?;
         let preroll = p.preroll_through.is_some_and(|t| seq <= t);
         w.claim(entry, &init, preroll)?;
-        // Claimed: out of the ring, its key zeroized as the entry drops.
-        ring.take(seq)?;
+        // Claimed: the ring keeps it as pre-roll for a next recording while it is within it.
+        ring.keep(seq)?;
+        p.claimed = Some(seq);
         log::debug!(recording = p.id.as_str(), fragment = seq; "claimed");
     }
     while let Some((label, by, at)) = p.marks.front() {
@@ -419,11 +433,86 @@ mod tests {
             .collect();
         let expected: Vec<(String, usize)> = ids[2..].iter().map(|id| (id.clone(), 3)).collect();
         assert_eq!(finalized, expected);
-        assert!(ring.is_empty());
+        // What is left is the last recording's end, kept as the next one's pre-roll.
+        assert!(
+            ring.duration() <= Duration::from_secs(2),
+            "{:?}",
+            ring.duration()
+        );
         let marks = done
             .iter()
             .filter(|d| matches!(d, Done::Marked { .. }))
             .count();
         assert_eq!(marks, MAX_CLOSING);
+    }
+
+    /// Twins: a recording started soon after another stopped gets its full pre-roll, the end of
+    /// the one before included, each recording with its own file and wrapped key.
+    #[test]
+    fn a_recording_started_soon_after_a_stop_gets_its_full_preroll() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("recordings");
+        let (mut ring, _) =
+            Ring::open(&t.path().join("ring"), Duration::from_secs(3), 1 << 30).unwrap();
+        let init = ObjectId {
+            stream: STREAM,
+            seq: 0,
+            kind: Kind::Init,
+        };
+        let (k, s) = seal(&init, b"init").unwrap();
+        ring.begin_stream(STREAM, &s, k).unwrap();
+        let dept = DepartmentPublicKey::from_bytes(&[9; 32]).unwrap();
+        let mut recs = Recordings::new(root.clone(), "room-1".into(), dept, None);
+        let mut done = Vec::new();
+        for seq in 0..5 {
+            push(&mut ring, seq);
+        }
+        // The first: 3 s of pre-roll (2, 3, 4) and 3 s after the trigger (5, 6, 7).
+        recs.start(
+            "a".into(),
+            Trigger::Pedal,
+            SystemTime::now(),
+            Some(4),
+            &mut ring,
+        );
+        recs.sync(&mut ring, &mut done).unwrap();
+        for seq in 5..8 {
+            push(&mut ring, seq);
+            recs.sync(&mut ring, &mut done).unwrap();
+        }
+        recs.finalize(StopReason::Shutdown, SystemTime::now(), Some(7), &mut ring);
+        recs.sync(&mut ring, &mut done).unwrap();
+        // One second later the second: its pre-roll is 6, 7 (the first one's end) and 8.
+        assert_eq!(ring.duration(), Duration::from_secs(3));
+        push(&mut ring, 8);
+        assert_eq!(ring.duration(), Duration::from_secs(3));
+        recs.start(
+            "b".into(),
+            Trigger::Pedal,
+            SystemTime::now(),
+            Some(8),
+            &mut ring,
+        );
+        // Fragments arriving before storage gets to it do not push the kept ones out.
+        push(&mut ring, 9);
+        push(&mut ring, 10);
+        recs.sync(&mut ring, &mut done).unwrap();
+        recs.finalize(StopReason::Shutdown, SystemTime::now(), Some(10), &mut ring);
+        recs.sync(&mut ring, &mut done).unwrap();
+        let read = |id: &str| -> neoflix_store::Manifest {
+            serde_json::from_slice(&std::fs::read(root.join(id).join("manifest.json")).unwrap())
+                .unwrap()
+        };
+        let (a, b) = (read("a"), read("b"));
+        assert_eq!((a.fragments.len(), a.preroll_secs), (6, 3.0));
+        assert_eq!((b.fragments.len(), b.preroll_secs), (5, 3.0));
+        // The same sealed fragments, each recording with its own file and key record.
+        assert_eq!(a.fragments[4].sha256, b.fragments[0].sha256);
+        assert_eq!(a.fragments[5].sha256, b.fragments[1].sha256);
+        assert_ne!(a.fragments[4].key_sha256, b.fragments[0].key_sha256);
+        std::fs::remove_file(root.join("a").join(&a.fragments[4].file)).unwrap();
+        assert!(root.join("b").join(&b.fragments[0].file).exists());
+        // Nothing older than the pre-roll keeps its key in the ring.
+        assert!(ring.duration() <= Duration::from_secs(3));
     }
 }

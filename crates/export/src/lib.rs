@@ -650,9 +650,9 @@ mod tests {
                 .unwrap();
                 let duration = Duration::from_millis(DURATIONS_MS[i]);
                 ring.push(seq, &s, k, duration, SystemTime::now()).unwrap();
-                let entry = ring.take(seq).unwrap();
                 let init = ring.init(&stream).unwrap();
-                w.claim(&entry, &init, false).unwrap();
+                w.claim(ring.get(seq).unwrap(), &init, false).unwrap();
+                ring.keep(seq).unwrap();
                 seq += 1;
             }
         }

@@ -906,9 +906,9 @@ mod race_tests {
                     .unwrap();
             ring.push(seq, &sealed, k, Duration::from_secs(1), SystemTime::now())
                 .unwrap();
-            let e = ring.take(seq).unwrap();
             let init = ring.init(&stream).unwrap();
-            w.claim(&e, &init, false).unwrap();
+            w.claim(ring.get(seq).unwrap(), &init, false).unwrap();
+            ring.keep(seq).unwrap();
         }
         w.finalize("control", SystemTime::now(), Some(signer))
             .unwrap();

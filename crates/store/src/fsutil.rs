@@ -37,18 +37,20 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(StoreError::io("fsync directory", dir))
 }
 
-/// Moves a file: a rename where both paths share a filesystem; otherwise a copy, fsync and
-/// delete of the source. The bytes are moved as they are (sealed), never decrypted.
-pub fn move_file(from: &Path, to: &Path) -> Result<(), StoreError> {
-    match fs::rename(from, to) {
-        Ok(()) => Ok(()),
+/// Gives `to` the contents of `from`, which stays: a hard link where both are on one file
+/// system, else a copy written atomically. Either way the bytes are on stable storage when it
+/// returns (the ring writes without syncing; a recording's fragment must survive a power cut).
+pub fn link_or_copy(from: &Path, to: &Path) -> Result<(), StoreError> {
+    match fs::hard_link(from, to) {
+        Ok(()) => fs::File::open(to)
+            .and_then(|f| f.sync_all())
+            .map_err(StoreError::io("sync", to)),
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
             let bytes = fs::read(from).map_err(StoreError::io("read", from))?;
-            write_atomic(to, &bytes, 0o600)?;
-            fs::remove_file(from).map_err(StoreError::io("remove", from))
+            write_atomic(to, &bytes, 0o600)
         }
         Err(e) => Err(StoreError::Io {
-            op: "rename",
+            op: "link",
             path: from.to_owned(),
             source: e,
         }),

@@ -207,13 +207,15 @@ impl RecordingWriter {
         Ok(index)
     }
 
-    /// Claims a fragment of the ring. `init` is the init segment of its stream. The caller takes
-    /// it out of the ring only once this succeeded: a failed claim loses nothing, and a claim
+    /// Claims a fragment of the ring. `init` is the init segment of its stream. The ring keeps
+    /// its own file and key (as the pre-roll of a next recording, see [`crate::Ring::keep`]):
+    /// the recording gets a second link to the sealed file, or a copy where the ring is on
+    /// another file system, and its own wrapped key. A failed claim loses nothing, and a claim
     /// may be tried again after a failure at any step.
     ///
     /// Order matters for crash safety: the wrapped key is on disk before the sealed fragment is
-    /// moved in, so a fragment in a recording always has its key; the journal line comes last,
-    /// and the fragment counts only once it is written.
+    /// placed, so a fragment in a recording always has its key; the fragment's bytes are synced
+    /// before the journal line, which comes last: the fragment counts only once it is written.
     pub fn claim(
         &mut self,
         entry: &RingEntry,
@@ -227,18 +229,16 @@ impl RecordingWriter {
         let index = self.fragments.len() as u64;
         let file = format!("frag-{index:06}.nfx");
         let dest = self.dir.join(&file);
-        // An earlier attempt may have moved the file in before a later step failed.
-        let moved = !entry.path.exists() && dest.exists();
-        let from = if moved { &dest } else { &entry.path };
         let what = format!("fragment {index}");
         // Only the header is needed to bind the wrapped key to the object.
         let mut header = vec![0u8; neoflix_seal::HEADER_LEN];
-        File::open(from)
+        File::open(&entry.path)
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
-            .map_err(StoreError::io("read", from))?;
+            .map_err(StoreError::io("read", &entry.path))?;
         let key_sha256 = self.wrap_and_write_key(&entry.key, &header, &key_name(&file), &what)?;
-        if !moved {
-            fsutil::move_file(&entry.path, &dest)?;
+        // An earlier attempt may have placed it before a later step failed.
+        if !dest.exists() {
+            fsutil::link_or_copy(&entry.path, &dest)?;
         }
         let duration_ms = entry.duration.as_millis() as u64;
         let journaled = fsutil::sync_dir(&self.dir).and_then(|()| {
@@ -251,10 +251,9 @@ impl RecordingWriter {
             })
         });
         if let Err(e) = journaled {
-            // Not a part of the recording yet: back to the ring where it belongs, so that nothing
-            // (the upload, an eviction) finds it half-claimed. If even that fails, the retry
-            // finds it here.
-            let _ = fs::rename(&dest, &entry.path);
+            // Not a part of the recording yet: the ring still has it, so that nothing (the
+            // upload) finds it half-claimed. If even the removal fails, the retry finds it here.
+            let _ = fs::remove_file(&dest);
             return Err(e);
         }
         self.first_frame.get_or_insert(entry.captured);
@@ -665,13 +664,19 @@ mod tests {
             SystemTime::now(),
         )
         .unwrap();
+        claim_all(&mut w, ring, None);
+        w
+    }
+
+    /// Claims every fragment after `after`, as the daemon does; the ring keeps them.
+    fn claim_all(w: &mut RecordingWriter, ring: &mut Ring, mut after: Option<u64>) {
         let init = ring.init(&[3; 16]).unwrap();
-        while let Some(e) = ring.oldest() {
+        while let Some(e) = ring.next_after(after) {
             w.claim(e, &init, true).unwrap();
             let seq = e.seq;
-            ring.take(seq).unwrap();
+            ring.keep(seq).unwrap();
+            after = Some(seq);
         }
-        w
     }
 
     #[test]
@@ -701,12 +706,18 @@ mod tests {
             }
         }
         verify(&dir).unwrap();
-        assert!(fs::read_dir(t.path().join("ring")).unwrap().all(|e| {
-            e.unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with("init-")
-        }));
+        // The ring keeps what it still counts as pre-roll, and no file more.
+        let ring_fragments = fs::read_dir(t.path().join("ring"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("frag-")
+            })
+            .count();
+        assert_eq!(ring_fragments, ring.len());
 
         let f = dir.join("frag-000003.nfx");
         let mut bytes = fs::read(&f).unwrap();
@@ -751,22 +762,22 @@ mod tests {
         )
         .unwrap();
         let init = ring.init(&[3; 16]).unwrap();
-        w.claim(ring.oldest().unwrap(), &init, true).unwrap();
-        ring.take(0).unwrap();
+        w.claim(ring.next_after(None).unwrap(), &init, true)
+            .unwrap();
+        ring.keep(0).unwrap();
         // The recording's directory goes away (a disk unmounted under us): the claim fails and
         // the fragment, file and key, is still the ring's.
         let dir = root.join("rec-1");
         let aside = t.path().join("aside");
         fs::rename(&dir, &aside).unwrap();
-        assert!(w.claim(ring.oldest().unwrap(), &init, true).is_err());
-        assert_eq!(ring.oldest().unwrap().seq, 1);
-        assert!(ring.oldest().unwrap().path.exists());
+        assert!(
+            w.claim(ring.next_after(Some(0)).unwrap(), &init, true)
+                .is_err()
+        );
+        assert_eq!(ring.next_after(Some(0)).unwrap().seq, 1);
+        assert!(ring.next_after(Some(0)).unwrap().path.exists());
         fs::rename(&aside, &dir).unwrap();
-        while let Some(e) = ring.oldest() {
-            w.claim(e, &init, true).unwrap();
-            let seq = e.seq;
-            ring.take(seq).unwrap();
-        }
+        claim_all(&mut w, &mut ring, Some(0));
         let m = w.finalize("control", SystemTime::now(), None).unwrap();
         assert_eq!(m.fragments.len(), 3);
         let v = verify::verify(&dir).unwrap();

@@ -1,4 +1,8 @@
 //! The pre-roll ring: sealed fragments on storage, their keys in RAM only.
+//!
+//! A fragment a recording claims stays in the ring as a *kept* fragment (the recording has its
+//! own link or copy of the sealed file and its own wrapped key) for as long as it is within the
+//! pre-roll, so a recording started soon after a stop still gets its full pre-roll.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
@@ -55,6 +59,15 @@ pub struct Ring {
     /// Fragments up to this sequence number belong to a recording that has not claimed them yet
     /// (its storage failed): they are not evicted for age nor purged, only for `max_bytes`.
     held_through: Option<u64>,
+    /// Fragments a recording has claimed, kept (sealed file and key) as the pre-roll of a next
+    /// recording started soon after: twins, or a second resuscitation minutes later, each get
+    /// their full pre-roll. Older than every unclaimed fragment; evicted by age like them, so no
+    /// key outlives the pre-roll by more than a fragment.
+    kept: VecDeque<RingEntry>,
+    kept_total: Duration,
+    kept_bytes: u64,
+    /// A recording has yet to claim kept fragments as its pre-roll: age does not evict them.
+    hold_kept: bool,
 }
 
 /// Deletes a fragment's file. Already gone is fine: a claim that failed half-way may have moved
@@ -101,6 +114,10 @@ impl Ring {
                 total: Duration::ZERO,
                 bytes: 0,
                 held_through: None,
+                kept: VecDeque::new(),
+                kept_total: Duration::ZERO,
+                kept_bytes: 0,
+                hold_kept: false,
             },
             removed,
         ))
@@ -185,7 +202,17 @@ impl Ring {
             delete(&e.path)?;
             // `e` drops here: its key is zeroized, the fragment is noise from now on.
         }
-        // By bytes, oldest first, held or not: the ring's bound is absolute.
+        self.evict_kept(&mut evicted)?;
+        // By bytes, oldest first: kept fragments (safe in a recording already) before anything
+        // unclaimed, then held or not: the ring's bound is absolute.
+        while self.bytes + self.kept_bytes > self.max_bytes
+            && let Some(e) = self.kept.pop_front()
+        {
+            self.kept_total = self.kept_total.saturating_sub(e.duration);
+            self.kept_bytes -= e.size;
+            evicted.push(e.seq);
+            delete(&e.path)?;
+        }
         while self.entries.len() > 1 && self.bytes > self.max_bytes {
             let e = self.pop_front().expect("len > 1");
             if held(&e, self.held_through) {
@@ -197,6 +224,63 @@ impl Ring {
         }
         self.gc_inits();
         Ok(evicted)
+    }
+
+    /// Evicts kept fragments by age: the oldest goes while everything newer still covers the
+    /// pre-roll, unless a recording has yet to claim them.
+    fn evict_kept(&mut self, evicted: &mut Vec<u64>) -> Result<(), StoreError> {
+        if self.hold_kept {
+            return Ok(());
+        }
+        while let Some(oldest) = self.kept.front() {
+            let newer = self.kept_total.saturating_sub(oldest.duration) + self.total;
+            if newer < self.preroll {
+                break;
+            }
+            let e = self.kept.pop_front().expect("front exists");
+            self.kept_total = self.kept_total.saturating_sub(e.duration);
+            self.kept_bytes -= e.size;
+            evicted.push(e.seq);
+            delete(&e.path)?;
+            // `e` drops here: its key is zeroized.
+        }
+        Ok(())
+    }
+
+    /// A recording has claimed fragment `seq` (a copy or a second link of its sealed file):
+    /// the ring keeps it as pre-roll for a next recording, for as long as it is within the
+    /// pre-roll. Already kept: nothing to do.
+    pub fn keep(&mut self, seq: u64) -> Result<(), StoreError> {
+        if self.kept.iter().any(|e| e.seq == seq) {
+            return Ok(());
+        }
+        let e = self.take(seq)?;
+        self.kept_total += e.duration;
+        self.kept_bytes += e.size;
+        self.kept.push_back(e);
+        let mut evicted = Vec::new();
+        self.evict_kept(&mut evicted)?;
+        if !evicted.is_empty() {
+            log::debug!(fragments = format!("{evicted:?}").as_str(); "kept fragments evicted from ring, keys zeroized");
+        }
+        Ok(())
+    }
+
+    /// Whether kept fragments wait for a recording to claim them as its pre-roll: while they do,
+    /// age does not evict them. Released, those past the pre-roll go at once.
+    pub fn hold_kept(&mut self, hold: bool) -> Result<(), StoreError> {
+        self.hold_kept = hold;
+        let mut evicted = Vec::new();
+        self.evict_kept(&mut evicted)
+    }
+
+    /// The oldest fragment, kept or unclaimed, after `seq` (from the oldest with `None`): what
+    /// a recording that has claimed up to `seq` claims next.
+    pub fn next_after(&self, seq: Option<u64>) -> Option<&RingEntry> {
+        self.kept
+            .iter()
+            .chain(self.entries.iter())
+            .find(|e| seq.is_none_or(|s| e.seq > s))
     }
 
     fn remove_at(&mut self, i: usize) -> Option<RingEntry> {
@@ -227,7 +311,12 @@ impl Ring {
     }
 
     fn gc_inits(&mut self) {
-        let live: Vec<[u8; 16]> = self.entries.iter().map(|e| e.stream).collect();
+        let live: Vec<[u8; 16]> = self
+            .kept
+            .iter()
+            .chain(self.entries.iter())
+            .map(|e| e.stream)
+            .collect();
         let current = self.current;
         self.inits.retain(|s, init| {
             let keep = Some(*s) == current || live.contains(s);
@@ -245,12 +334,6 @@ impl Ring {
         self.held_through = seq;
     }
 
-    /// The oldest fragment, left in the ring: a recording claims it, then [`Ring::take`]s it,
-    /// so a failed claim loses nothing.
-    pub fn oldest(&self) -> Option<&RingEntry> {
-        self.entries.front()
-    }
-
     /// The newest fragment's sequence number.
     pub fn newest_seq(&self) -> Option<u64> {
         self.entries.back().map(|e| e.seq)
@@ -264,8 +347,16 @@ impl Ring {
         out
     }
 
-    /// Takes one fragment out of the ring (a recording claims it).
-    pub fn take(&mut self, seq: u64) -> Result<RingEntry, StoreError> {
+    /// Fragment `seq`, kept or unclaimed, while the ring holds it.
+    pub fn get(&self, seq: u64) -> Option<&RingEntry> {
+        self.kept
+            .iter()
+            .chain(self.entries.iter())
+            .find(|e| e.seq == seq)
+    }
+
+    /// Takes one unclaimed fragment out of the ring; its file stays where it is.
+    fn take(&mut self, seq: u64) -> Result<RingEntry, StoreError> {
         let pos = self
             .entries
             .iter()
@@ -293,29 +384,33 @@ impl Ring {
         for e in drop {
             fs::remove_file(&e.path).map_err(StoreError::io("remove", &e.path))?;
         }
+        while let Some(e) = self.kept.pop_front() {
+            delete(&e.path)?;
+        }
+        (self.kept_total, self.kept_bytes) = (Duration::ZERO, 0);
         self.current = None;
         self.gc_inits();
         Ok(())
     }
 
-    /// Video held.
+    /// Video held, kept fragments included: the pre-roll a recording started now would get.
     pub fn duration(&self) -> Duration {
-        self.total
+        self.total + self.kept_total
     }
 
-    /// Sealed bytes held.
+    /// Sealed bytes held, kept fragments included.
     pub fn bytes(&self) -> u64 {
-        self.bytes
+        self.bytes + self.kept_bytes
     }
 
-    /// Number of fragments held.
+    /// Number of fragments held, kept ones included.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.kept.len()
     }
 
     /// Whether the ring is empty.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.kept.is_empty()
     }
 }
 
@@ -355,6 +450,49 @@ mod tests {
         assert_eq!(ring.duration(), Duration::from_secs(3));
         assert_eq!(files(d.path()).len(), 4, "{:?}", files(d.path()));
         assert!(!d.path().join("frag-0000000000.nfx").exists());
+    }
+
+    #[test]
+    fn claimed_fragments_are_kept_within_the_preroll_and_go_first_when_bytes_run_out() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ring, _) = Ring::open(d.path(), Duration::from_secs(3), 1 << 30).unwrap();
+        let (k, s) = sealed([1; 16], 0, Kind::Init, 10);
+        ring.begin_stream([1; 16], &s, k).unwrap();
+        let push = |ring: &mut Ring, seq: u64| {
+            let (k, s) = sealed([1; 16], seq, Kind::Fragment, 100);
+            ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
+                .unwrap()
+        };
+        ring.hold_through(Some(u64::MAX));
+        for seq in 0..3 {
+            push(&mut ring, seq);
+            ring.keep(seq).unwrap();
+            ring.keep(seq).unwrap(); // twice is once
+        }
+        assert_eq!(ring.duration(), Duration::from_secs(3));
+        assert_eq!(ring.next_after(None).map(|e| e.seq), Some(0));
+        assert_eq!(ring.next_after(Some(1)).map(|e| e.seq), Some(2));
+        // Newer video pushes the oldest kept fragment out, its file with it.
+        let evicted = push(&mut ring, 3);
+        assert_eq!(evicted, vec![0]);
+        assert!(!d.path().join("frag-0000000000.nfx").exists());
+        // Held for a recording that has yet to claim them: none go, until released.
+        ring.hold_kept(true).unwrap();
+        assert!(push(&mut ring, 4).is_empty());
+        assert_eq!(ring.duration(), Duration::from_secs(4));
+        ring.hold_kept(false).unwrap();
+        assert_eq!(ring.next_after(None).map(|e| e.seq), Some(2));
+        assert_eq!(ring.duration(), Duration::from_secs(3));
+        // Out of bytes: kept fragments go before unclaimed ones.
+        ring.max_bytes = ring.bytes() - 1;
+        let evicted = push(&mut ring, 5);
+        assert!(evicted.contains(&2), "{evicted:?}");
+        assert!(ring.next_after(None).is_some_and(|e| e.seq >= 3));
+        // Privacy: kept ones go too.
+        ring.hold_through(None);
+        ring.purge().unwrap();
+        assert!(ring.is_empty());
+        assert!(files(d.path()).is_empty(), "{:?}", files(d.path()));
     }
 
     #[test]
@@ -412,7 +550,7 @@ mod tests {
         for seq in 1..6 {
             assert!(push(&mut ring, seq).is_empty(), "held: nothing evicted");
         }
-        assert_eq!(ring.oldest().unwrap().seq, 0);
+        assert_eq!(ring.next_after(None).unwrap().seq, 0);
         // Held through 3 (a stopped recording still owed them): what comes after is pre-roll
         // again and ages out as usual, without waiting for the held ones to go.
         ring.hold_through(Some(3));
@@ -425,9 +563,9 @@ mod tests {
             vec![4, 5, 6],
             "pre-roll after the held ones is still 2 s"
         );
-        assert_eq!(ring.oldest().unwrap().seq, 0);
+        assert_eq!(ring.next_after(None).unwrap().seq, 0);
         assert_eq!(ring.discard_through(1).unwrap(), vec![0, 1]);
-        assert_eq!(ring.oldest().unwrap().seq, 2);
+        assert_eq!(ring.next_after(None).unwrap().seq, 2);
         ring.purge().unwrap();
         assert_eq!((ring.len(), ring.newest_seq()), (2, Some(3)));
         // Bytes still bound a held ring: the oldest go first.
@@ -437,7 +575,7 @@ mod tests {
             push(&mut ring, seq);
         }
         assert!(ring.bytes() <= 1500);
-        assert!(ring.oldest().unwrap().seq > 0);
+        assert!(ring.next_after(None).unwrap().seq > 0);
         ring.hold_through(None);
         ring.purge().unwrap();
         assert!(ring.is_empty());
@@ -462,7 +600,7 @@ mod tests {
             ring.init(&[1; 16]).is_none(),
             "stream 1 has no fragments left"
         );
-        assert!(ring.take(0).is_err());
-        assert_eq!(ring.take(11).unwrap().seq, 11);
+        assert!(ring.keep(0).is_err(), "evicted: nothing to keep");
+        assert_eq!(ring.get(11).unwrap().seq, 11);
     }
 }

@@ -41,9 +41,9 @@ mod tests {
                 let (k, s) = seal(&id(seq, Kind::Fragment), &[seq as u8; 100]).unwrap();
                 ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
                     .unwrap();
-                let entry = ring.take(seq).unwrap();
                 let init = ring.init(stream).unwrap();
-                w.claim(&entry, &init, false).unwrap();
+                w.claim(ring.get(seq).unwrap(), &init, false).unwrap();
+                ring.keep(seq).unwrap();
             }
         }
         w.finalize("control", SystemTime::now(), None).unwrap();
