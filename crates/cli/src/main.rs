@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use neoflix_cli::{fleet, review};
+use neoflix_cli::{camera, fleet, review};
 use neoflix_format::reviewer::Role;
 // Outside text (ids and file names from a manifest) is printed with its control characters
 // escaped, so a crafted id cannot move the cursor, retitle or clear the reviewer's terminal.
@@ -107,6 +107,11 @@ enum Command {
     /// Every room box's status from the department's MQTT broker: a table that refreshes in
     /// place, or `--once --json` for scripts.
     Fleet(fleet::Args),
+    /// V4L2 cameras: list them with their formats and controls, try controls live.
+    Camera {
+        #[command(subcommand)]
+        action: camera::Action,
+    },
     /// A small private CA for departments without one.
     Pki {
         #[command(subcommand)]
@@ -562,6 +567,7 @@ fn main() -> ExitCode {
             action: ConfigAction::Validate { file },
         } => config_validate(&file),
         Command::Pki { action } => pki(action).map(|()| ExitCode::SUCCESS),
+        Command::Camera { action } => camera::run(action).map(|()| ExitCode::SUCCESS),
         Command::Reviewer { action } => reviewer(action).map(|()| ExitCode::SUCCESS),
         Command::Fleet(args) => fleet::run(args)
             .map(|()| ExitCode::SUCCESS)

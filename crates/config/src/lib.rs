@@ -50,6 +50,8 @@ neoflix_confwalk::choice! {
 neoflix_confwalk::choice! {
     /// `capture.input_format`: what a V4L2 camera is asked to deliver.
     pub enum InputFormat {
+        /// Uncompressed if the camera delivers the size at the rate so, else Motion JPEG.
+        Auto = "auto",
         /// Uncompressed frames, encoded here.
         Raw = "raw",
         /// Motion JPEG, decoded and encoded here.
@@ -111,10 +113,15 @@ neoflix_confwalk::choice! {
 pub struct Capture {
     /// `test` or `v4l2`.
     pub source: SourceKind,
-    /// V4L2 device node.
+    /// V4L2 device: a stable name (`/dev/v4l/by-id/...`) or a node.
     pub device: PathBuf,
+    /// Or the camera with this USB serial number, wherever it is plugged in.
+    pub serial: Option<String>,
     /// What a V4L2 camera is asked to deliver.
     pub input_format: InputFormat,
+    /// `[capture.controls]`: camera controls, applied at every start of capture (so after every
+    /// re-plug), in the file's order.
+    pub controls: Vec<(String, ControlValue)>,
     /// Frame width in pixels.
     pub width: u32,
     /// Frame height in pixels.
@@ -129,6 +136,17 @@ pub struct Capture {
     pub bitrate_kbps: u32,
     /// x264 speed preset.
     pub x264_preset: X264Preset,
+}
+
+/// The setting of one camera control.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlValue {
+    /// `"auto"`: the camera decides.
+    Auto,
+    /// A number (or a boolean, as 0 and 1).
+    Value(i64),
+    /// A menu entry's name, e.g. `"50hz"`.
+    Entry(String),
 }
 
 /// `[audio]`: sound, muxed with the video. Absent: recordings are silent.

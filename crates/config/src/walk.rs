@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use neoflix_confwalk::{DeTable, DeValue, Section, Walker, shown, type_name};
 
 use crate::{
-    Audio, AudioSourceKind, Bias, Capture, Config, ConfigError, Control, EncoderChoice, FootSwitch,
-    GpioLine, InputFormat, LineRef, Mqtt, Problem, Readiness, Recordings, Ring, Signing,
-    SourceKind, Upload, X264Preset,
+    Audio, AudioSourceKind, Bias, Capture, Config, ConfigError, Control, ControlValue,
+    EncoderChoice, FootSwitch, GpioLine, InputFormat, LineRef, Mqtt, Problem, Readiness,
+    Recordings, Ring, Signing, SourceKind, Upload, X264Preset,
 };
 
 /// A GPIO line: a name (string) or an offset (whole number).
@@ -97,7 +97,22 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
     let mut cap = w.section(root, "capture");
     let source = w.choice(&mut cap, "source", SourceKind::Test);
     let (device, _) = w.path(&mut cap, "device", "/dev/video0");
-    let input_format = w.choice(&mut cap, "input_format", InputFormat::Raw);
+    let serial = cap.has("serial").then(|| {
+        let (serial, line) = w.string(&mut cap, "serial", "");
+        if serial.is_empty() || serial.len() > 128 || serial.chars().any(char::is_control) {
+            w.error(
+                line,
+                "capture.serial",
+                format!(
+                    "{} is not a USB serial number (neoflix camera list shows them)",
+                    shown(&serial)
+                ),
+            );
+        }
+        serial
+    });
+    let input_format = w.choice(&mut cap, "input_format", InputFormat::Auto);
+    let controls = camera_controls(&mut w, &mut cap);
     let (width, _) = w.int(&mut cap, "width", 1280, (16, 7680), " pixels");
     let (height, _) = w.int(&mut cap, "height", 720, (16, 4320), " pixels");
     let (fps, _) = w.int(&mut cap, "fps", 30, (1, 120), " frames per second");
@@ -413,7 +428,9 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
         capture: Capture {
             source,
             device,
+            serial,
             input_format,
+            controls,
             width: width as u32,
             height: height as u32,
             fps: fps as u32,
@@ -449,6 +466,91 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
         },
     };
     Ok((cfg, warnings))
+}
+
+/// `[capture.controls]`: each key a control, each value `"auto"`, a number, a boolean or a
+/// menu entry's name. The four a room needs are checked here; other names are the camera's own
+/// (`neoflix camera list`), checked against the camera when capture starts.
+fn camera_controls(w: &mut Walker, cap: &mut Section) -> Vec<(String, ControlValue)> {
+    let Some((v, line, _)) = w.value(cap, "controls") else {
+        return Vec::new();
+    };
+    let DeValue::Table(t) = v.get_ref() else {
+        w.error(
+            line,
+            "capture.controls",
+            "expected a table [capture.controls]",
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    // In the file's order: a camera's own controls may depend on one another (an automatic
+    // mode before the value it lets through).
+    let mut entries: Vec<_> = t.iter().collect();
+    entries.sort_by_key(|(k, _)| k.span().start);
+    for (k, v) in entries {
+        let key = k.get_ref().to_string();
+        let line = w.line_of(k.span().start);
+        let opt = format!(
+            "capture.controls.{}",
+            neoflix_confwalk::cut(&key, 60).escape_debug()
+        );
+        let value = match v.get_ref() {
+            DeValue::String(s) if s.as_ref() == "auto" => ControlValue::Auto,
+            DeValue::String(s) if s.len() <= 64 && !s.chars().any(char::is_control) => {
+                ControlValue::Entry(s.to_string())
+            }
+            DeValue::Integer(i) => match i.as_str().parse::<i64>() {
+                Ok(n) => ControlValue::Value(n),
+                Err(_) => {
+                    w.error(line, opt, "expected a whole number");
+                    continue;
+                }
+            },
+            DeValue::Boolean(b) => ControlValue::Value(i64::from(*b)),
+            other => {
+                w.error(
+                    line,
+                    opt,
+                    format!(
+                        "expected \"auto\", a number, true/false or a menu entry's name, found {}",
+                        type_name(other)
+                    ),
+                );
+                continue;
+            }
+        };
+        let problem = match (key.as_str(), &value) {
+            ("power_line_frequency", ControlValue::Entry(e))
+                if ["50hz", "60hz", "disabled", "auto"].contains(&e.to_ascii_lowercase().replace(' ', "").as_str()) =>
+            {
+                None
+            }
+            ("power_line_frequency", _) => Some("use \"50hz\" (Europe, most of Asia and Africa), \"60hz\" (the Americas) or \"disabled\"".to_string()),
+            ("exposure", ControlValue::Value(n)) if !(1..=100_000).contains(n) => {
+                Some(format!("{n} is out of range: 1-100000 (units of 100 µs), or \"auto\""))
+            }
+            ("white_balance", ControlValue::Value(n)) if !(1000..=15_000).contains(n) => {
+                Some(format!("{n} is out of range: 1000-15000 kelvin, or \"auto\""))
+            }
+            ("focus", ControlValue::Value(n)) if !(0..=10_000).contains(n) => {
+                Some(format!("{n} is out of range: 0-10000 (the camera's focus units)"))
+            }
+            ("exposure" | "white_balance" | "focus", ControlValue::Entry(e)) => {
+                Some(format!("'{e}': use \"auto\" or a number"))
+            }
+            _ => None,
+        };
+        if let Some(p) = problem {
+            w.error(line, opt, p);
+            continue;
+        }
+        if key == "focus" && value == ControlValue::Auto {
+            w.warn(line, opt, "a wall camera with automatic focus hunts when people move in front of it: fix the focus (neoflix camera set DEVICE focus=N to find N)");
+        }
+        out.push((key, value));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -674,7 +776,7 @@ mod tests {
                 c.capture.encoder,
                 c.capture.x264_preset
             ),
-            (InputFormat::Raw, EncoderChoice::Auto, X264Preset::Veryfast)
+            (InputFormat::Auto, EncoderChoice::Auto, X264Preset::Veryfast)
         );
         let c = ok(
             "[capture]\nsource = \"v4l2\"\ninput_format = \"mjpeg\"\nencoder = \"v4l2h264enc\"\nx264_preset = \"ultrafast\"\n\
@@ -709,7 +811,7 @@ mod tests {
         );
         let err = parse("e.toml", &text).unwrap_err().to_string();
         for expected in [
-            "e.toml:5: capture.input_format: 'yuyv' is not one of: raw, mjpeg, h264",
+            "e.toml:5: capture.input_format: 'yuyv' is not one of: auto, raw, mjpeg, h264",
             "e.toml:6: capture.encoder: 'x265enc' is not one of: auto, x264enc, v4l2h264enc, nvv4l2h264enc",
             "e.toml:7: capture.x264_preset: 'placebo' is not one of: ultrafast, superfast, veryfast, faster, fast, medium",
             "e.toml:8: capture.source: expected a string (one of: test, v4l2), found an integer",
@@ -718,6 +820,52 @@ mod tests {
             assert!(err.contains(expected), "{expected}\n{err}");
         }
         assert!(err.starts_with("5 errors"), "{err}");
+    }
+
+    #[test]
+    fn camera_controls_and_serial_are_read_in_order_and_checked() {
+        let c = ok(
+            "[capture]\nserial = \"A1B2C3\"\n[capture.controls]\npower_line_frequency = \"50hz\"\nexposure = \"auto\"\nwhite_balance = 4600\nfocus = 20\nbrightness = 140\nbacklight_compensation = true\n",
+        );
+        assert_eq!(c.capture.serial.as_deref(), Some("A1B2C3"));
+        assert_eq!(
+            c.capture.controls,
+            [
+                (
+                    "power_line_frequency".to_string(),
+                    ControlValue::Entry("50hz".into())
+                ),
+                ("exposure".to_string(), ControlValue::Auto),
+                ("white_balance".to_string(), ControlValue::Value(4600)),
+                ("focus".to_string(), ControlValue::Value(20)),
+                ("brightness".to_string(), ControlValue::Value(140)),
+                ("backlight_compensation".to_string(), ControlValue::Value(1)),
+            ]
+        );
+        let r = recipient();
+        let text = format!(
+            "device_id = \"r\"\n[recordings]\nrecipient = \"{}\"\n\
+             [capture.controls]\npower_line_frequency = \"55hz\"\nexposure = 0\nwhite_balance = \"warm\"\nfocus = \"auto\"\nzoom = [1]\n",
+            r.path().display()
+        );
+        let err = parse("k.toml", &text).unwrap_err().to_string();
+        for expected in [
+            "k.toml:5: capture.controls.power_line_frequency: use \"50hz\"",
+            "k.toml:6: capture.controls.exposure: 0 is out of range",
+            "k.toml:7: capture.controls.white_balance: 'warm': use \"auto\" or a number",
+            "k.toml:9: capture.controls.zoom: expected \"auto\", a number",
+        ] {
+            assert!(err.contains(expected), "{expected}\n{err}");
+        }
+        let (_, warnings) = parse(
+            "f.toml",
+            &format!(
+                "device_id = \"r\"\n[recordings]\nrecipient = \"{}\"\n[capture.controls]\nfocus = \"auto\"\n",
+                r.path().display()
+            ),
+        )
+        .unwrap();
+        assert_eq!(warnings[0].option, "capture.controls.focus");
     }
 
     #[test]

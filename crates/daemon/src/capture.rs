@@ -25,8 +25,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 pub use neoflix_capture::Part;
+use std::path::PathBuf;
+
 use neoflix_capture::{
-    AudioStats, Capture, CaptureEvent, CaptureSettings, Encoder, FrameStats, Output,
+    AudioStats, Capture, CaptureEvent, CaptureSettings, Encoder, FrameStats, InputFormat, Output,
+    Source,
 };
 use neoflix_seal::{Kind, ObjectId};
 use tokio::sync::{mpsc, watch};
@@ -292,24 +295,101 @@ pub trait Launcher: Send + 'static {
     fn audio_device(&self) -> Option<String>;
     /// Whether the microphone delivers samples now. Blocks for up to a few seconds.
     fn probe_audio(&mut self) -> Result<(), String>;
+    /// Whether the camera is plugged in now; `None` for a source that cannot be unplugged.
+    /// Cheap (a `stat`): asked at every poll while the camera is missing.
+    fn camera_present(&self) -> Option<bool>;
     /// The encoder a failing one may be replaced with: `Some` only when the last launch used a
     /// hardware encoder that was probed, not named in the config.
     fn fallback_encoder(&self) -> Option<String>;
+}
+
+/// How a V4L2 camera is found and set up at each start of capture (so after every re-plug).
+#[derive(Debug, Clone)]
+pub struct CameraChoice {
+    /// The configured device: a stable name (`/dev/v4l/by-id/...`) or a node.
+    pub device: PathBuf,
+    /// Or the camera with this USB serial number.
+    pub serial: Option<String>,
+    /// What to ask of it.
+    pub wanted: neoflix_camera::Wanted,
+    /// Controls to set.
+    pub controls: Vec<neoflix_camera::ControlSetting>,
+}
+
+impl CameraChoice {
+    /// Finds the camera, chooses its mode for `settings` (size and rate), sets its controls and
+    /// returns the source to build the pipeline from. Blocks (a few ioctls).
+    fn prepare(&self, settings: &CaptureSettings) -> Result<Source, Failure> {
+        let camera_failure = |reason: String| Failure::new(Part::Camera, reason);
+        let node = match &self.serial {
+            Some(serial) => neoflix_camera::by_serial(serial)
+                .map_err(|e| camera_failure(format!("missing: {e}")))?,
+            None => self.device.clone(),
+        };
+        if !node.exists() {
+            return Err(camera_failure(format!(
+                "missing: {} is not there (unplugged? neoflix camera list shows the cameras)",
+                node.display()
+            )));
+        }
+        let camera = neoflix_camera::describe(&node).map_err(|e| camera_failure(e.to_string()))?;
+        let mode = neoflix_camera::mode::choose(
+            &camera.formats,
+            self.wanted,
+            settings.width,
+            settings.height,
+            settings.fps,
+        )
+        .map_err(|e| camera_failure(format!("{} ({}): {e}", node.display(), camera.card)))?;
+        log::info!(device = node.display().to_string().as_str(), card = camera.card.as_str(),
+            format = mode.fourcc.as_str(), width = settings.width, height = settings.height, fps = mode.fps;
+            "camera mode chosen");
+        if !self.controls.is_empty() {
+            match neoflix_camera::set_controls(&camera.path, &self.controls) {
+                Ok(set) => {
+                    let set: Vec<String> = set.iter().map(|(n, v)| format!("{n}={v}")).collect();
+                    log::info!(device = node.display().to_string().as_str(), controls = set.join(" ").as_str(); "camera controls set");
+                }
+                // The picture matters more than its tuning: record with what the camera has.
+                Err(e) => log::warn!(device = node.display().to_string().as_str();
+                    "camera controls not set: {e}; check [capture.controls] against neoflix camera list"),
+            }
+        }
+        Ok(Source::V4l2 {
+            device: camera.path,
+            format: match mode.kind {
+                neoflix_camera::Kind::Mjpeg => InputFormat::Mjpeg,
+                neoflix_camera::Kind::H264 => InputFormat::H264,
+                _ => InputFormat::Raw,
+            },
+        })
+    }
+
+    /// Whether the camera is there now (its node, or a device with its serial number).
+    fn present(&self) -> bool {
+        match &self.serial {
+            Some(serial) => neoflix_camera::serial_present(serial),
+            None => self.device.exists(),
+        }
+    }
 }
 
 /// The real pipeline: GStreamer, through `neoflix-capture`.
 #[derive(Debug, Clone)]
 pub struct Gstreamer {
     settings: CaptureSettings,
+    /// The V4L2 camera, when the source is one.
+    camera: Option<CameraChoice>,
     /// The encoder the last launch probed, when the config leaves it to the probe.
     probed: Option<Encoder>,
 }
 
 impl Gstreamer {
-    /// Pipelines built from `settings`.
-    pub fn new(settings: CaptureSettings) -> Gstreamer {
+    /// Pipelines built from `settings`, from the camera `camera` finds.
+    pub fn new(settings: CaptureSettings, camera: Option<CameraChoice>) -> Gstreamer {
         Gstreamer {
             settings,
+            camera,
             probed: None,
         }
     }
@@ -320,6 +400,9 @@ impl Launcher for Gstreamer {
 
     fn launch(&mut self, sink: Sink, attempt: Attempt) -> Result<Capture, Failure> {
         let mut settings = self.settings.clone();
+        if let Some(camera) = &self.camera {
+            settings.source = camera.prepare(&settings)?;
+        }
         if !attempt.audio {
             settings.audio = None;
         }
@@ -343,6 +426,10 @@ impl Launcher for Gstreamer {
             return Ok(());
         };
         neoflix_capture::probe_audio(audio, AUDIO_PROBE).map_err(|e| e.summary())
+    }
+
+    fn camera_present(&self) -> Option<bool> {
+        self.camera.as_ref().map(CameraChoice::present)
     }
 
     fn fallback_encoder(&self) -> Option<String> {
@@ -464,6 +551,8 @@ struct Supervisor<L: Launcher> {
     encoder_failures: u32,
     /// x264 replaced the probed hardware encoder.
     fallback: bool,
+    /// The camera is unplugged: it is started again the moment it is back, not on a back-off.
+    camera_gone: bool,
     /// Shared with the blocking thread that starts a pipeline.
     launcher: Arc<Mutex<L>>,
     links: Links,
@@ -489,6 +578,7 @@ pub async fn supervise<L: Launcher>(launcher: L, device: String, links: Links) {
         heard: (now, 0),
         encoder_failures: 0,
         fallback: false,
+        camera_gone: false,
         launcher: Arc::new(Mutex::new(launcher)),
         links,
         seq: Arc::default(),
@@ -511,8 +601,8 @@ pub async fn supervise<L: Launcher>(launcher: L, device: String, links: Links) {
                 s.stop_pipeline(None).await;
                 s.restart_at = None;
             }
-            // Back from privacy: at once, not after a back-off.
-            Wanted::Running if s.running.is_none() && s.restart_at.is_none() => {
+            // Back from privacy: at once, not after a back-off (an unplugged camera waits).
+            Wanted::Running if s.running.is_none() && s.restart_at.is_none() && !s.camera_gone => {
                 s.restart_at = Some(Instant::now());
             }
             Wanted::Running => {}
@@ -647,6 +737,13 @@ impl<L: Launcher> Supervisor<L> {
         });
     }
 
+    fn camera_present(&self) -> Option<bool> {
+        self.launcher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .camera_present()
+    }
+
     fn launcher_audio_device(&self) -> Option<String> {
         self.launcher
             .lock()
@@ -656,6 +753,22 @@ impl<L: Launcher> Supervisor<L> {
 
     async fn poll(&mut self) {
         self.links.pulse.beat();
+        if self.camera_gone && self.camera_present() == Some(true) {
+            log::info!(device = self.device.as_str(); "camera is back: starting capture");
+            self.camera_gone = false;
+            self.backoff.reset();
+            self.restart_at = Some(Instant::now());
+        }
+        if self.running.is_some() && self.camera_present() == Some(false) {
+            // A V4L2 camera unbound mid-stream leaves the pipeline waiting for frames that
+            // never come, without an error: its node going away is the sign.
+            self.stop_pipeline(None).await;
+            self.failed(Failure::new(
+                Part::Camera,
+                "missing: unplugged (its device node is gone); plug it back in",
+            ))
+            .await;
+        }
         if let Some(r) = &self.running {
             if let Some(failure) = r.pipeline.failure() {
                 self.stop_pipeline(None).await;
@@ -734,6 +847,19 @@ impl<L: Launcher> Supervisor<L> {
                 }
             }
         }
+        if part == Part::Camera && self.camera_present() == Some(false) {
+            // Unplugged: watched for at every poll, started again the moment it is back.
+            let reason = if reason.starts_with("missing") {
+                reason
+            } else {
+                format!("missing ({reason})")
+            };
+            log::error!(device = self.device.as_str(); "camera {reason}: capture starts again the moment it is back");
+            self.camera_gone = true;
+            self.restart_at = None;
+            let _ = self.links.reports.send(Report::Failed { reason }).await;
+            return;
+        }
         let wait = self.backoff.failed();
         log::error!(device = self.device.as_str(), retry_secs = wait.as_secs();
             "capture failed: {reason}; check the camera cable and capture.device; retrying");
@@ -774,6 +900,8 @@ mod tests {
         probed: Vec<Instant>,
         /// The encoder is a probed hardware one.
         hardware: bool,
+        /// Whether the camera is plugged in, for a camera that can be unplugged.
+        present: Option<bool>,
     }
 
     #[derive(Clone, Default)]
@@ -843,6 +971,9 @@ mod tests {
         }
         fn fallback_encoder(&self) -> Option<String> {
             self.0.lock().unwrap().hardware.then(|| "x264enc".into())
+        }
+        fn camera_present(&self) -> Option<bool> {
+            self.0.lock().unwrap().present
         }
     }
 
@@ -1065,6 +1196,42 @@ mod tests {
             "{why}"
         );
         assert_eq!(std::iter::from_fn(|| h.reports.try_recv().ok()).count(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unplugged_camera_is_started_again_the_moment_it_is_back() {
+        let mut h = harness_with(
+            vec![Plan::Start { video: true }, Plan::Start { video: true }],
+            |s| s.present = Some(true),
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Unplugged mid-recording: the node is gone, and the pipeline waits for frames without
+        // an error (as v4l2src does when vivid is unbound). Noticed within a poll.
+        h.fake.0.lock().unwrap().present = Some(false);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        match h.reports.try_recv() {
+            Ok(Report::Failed { reason }) => {
+                assert!(reason.starts_with("missing: unplugged"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            h.fake.0.lock().unwrap().stops,
+            vec![None],
+            "stopped, nothing to drain"
+        );
+        // No restarts while it is away, however long, nor a back-off to wait out when it is
+        // back (a privacy toggle meanwhile does not start it either).
+        h.wanted.send_replace(Wanted::Paused);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        h.wanted.send_replace(Wanted::Running);
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert_eq!(h.launches().len(), 1);
+        h.fake.0.lock().unwrap().present = Some(true);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let l = h.launches();
+        assert_eq!(l.len(), 2, "{l:?}");
+        assert!(h.reports.try_recv().is_err());
     }
 
     #[tokio::test(start_paused = true)]

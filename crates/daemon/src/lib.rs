@@ -156,8 +156,11 @@ pub fn capture_settings(cfg: &Config) -> CaptureSettings {
             SourceKind::Test => Source::Test,
             SourceKind::V4l2 => Source::V4l2 {
                 device: c.device.clone(),
+                // `auto` is decided against the camera at each start (capture::CameraChoice).
                 format: match c.input_format {
-                    neoflix_config::InputFormat::Raw => InputFormat::Raw,
+                    neoflix_config::InputFormat::Auto | neoflix_config::InputFormat::Raw => {
+                        InputFormat::Raw
+                    }
                     neoflix_config::InputFormat::Mjpeg => InputFormat::Mjpeg,
                     neoflix_config::InputFormat::H264 => InputFormat::H264,
                 },
@@ -194,6 +197,38 @@ pub fn capture_settings(cfg: &Config) -> CaptureSettings {
             bitrate_kbps: a.bitrate_kbps,
         }),
     }
+}
+
+/// How the V4L2 camera is found, its mode chosen and its controls set at each start of
+/// capture; `None` for the test source.
+pub fn camera_choice(cfg: &Config) -> Option<capture::CameraChoice> {
+    let c = &cfg.capture;
+    if c.source != SourceKind::V4l2 {
+        return None;
+    }
+    use neoflix_camera::{ControlSetting, Kind, Setting, Wanted};
+    Some(capture::CameraChoice {
+        device: c.device.clone(),
+        serial: c.serial.clone(),
+        wanted: match c.input_format {
+            neoflix_config::InputFormat::Auto => Wanted::Auto,
+            neoflix_config::InputFormat::Raw => Wanted::Only(Kind::Raw),
+            neoflix_config::InputFormat::Mjpeg => Wanted::Only(Kind::Mjpeg),
+            neoflix_config::InputFormat::H264 => Wanted::Only(Kind::H264),
+        },
+        controls: c
+            .controls
+            .iter()
+            .map(|(name, v)| ControlSetting {
+                name: name.clone(),
+                setting: match v {
+                    neoflix_config::ControlValue::Auto => Setting::Auto,
+                    neoflix_config::ControlValue::Value(n) => Setting::Value(*n),
+                    neoflix_config::ControlValue::Entry(e) => Setting::Entry(e.clone()),
+                },
+            })
+            .collect(),
+    })
 }
 
 /// Runs the daemon until `shutdown` completes.
@@ -469,7 +504,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     // Bound before capture starts: once systemd hears READY, `neoflix ctl` works.
     let listener = control::bind(&cfg.control.socket)?;
     let capture_task = tokio::spawn(capture::supervise(
-        capture::Gstreamer::new(capture_settings(&cfg)),
+        capture::Gstreamer::new(capture_settings(&cfg), camera_choice(&cfg)),
         device.clone(),
         capture::Links {
             storage: storage_tx,

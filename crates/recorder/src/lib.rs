@@ -432,8 +432,13 @@ impl Recorder {
                 reason: Some(format!("storage: {}", f.reason)),
             };
         }
+        // Nor is a recording whose camera is gone: the video it promises is not being made.
+        let state = match (&self.state, &self.camera_fault) {
+            (State::Recording(_), Some(_)) => Phase::Fault,
+            _ => self.state.phase(),
+        };
         Status {
-            state: self.state.phase(),
+            state,
             ready,
             recording,
             preroll: self.ring,
