@@ -1274,3 +1274,40 @@ fn back_to_back_recordings_ten_seconds_apart_each_get_their_full_preroll() {
         pb.duration
     );
 }
+
+/// Issue 12: a camera that encodes H.264 itself is passed through: its fragments follow its
+/// keyframe interval (2 s here, though `fragment_secs` asks for 1), the status says so, and the
+/// recording verifies and plays.
+#[test]
+fn a_cameras_own_h264_is_passed_through_in_fragments_of_its_keyframe_interval() {
+    let lab = Lab::new();
+    lab.config(
+        "source = \"test-h264\"\nwidth = 320\nheight = 180\nfps = 15\nfragment_secs = 1\nbitrate_kbps = 300",
+        4,
+        "",
+    );
+    let mut d = lab.start();
+    let s = d.wait_ready(Duration::from_secs(120));
+    assert_eq!(s.encoder, "passthrough");
+    assert_eq!(s.fragment_secs, 2.0, "{s:?}");
+    assert!(d.ctl(Request::Start {}).ok);
+    d.wait_for("8 s recorded", Duration::from_secs(60), |s| {
+        s.recording_secs.unwrap_or(0.0) >= 8.0
+    });
+    assert!(d.ctl(Request::Stop {}).ok);
+    d.wait_for("finalized", Duration::from_secs(30), |s| {
+        s.recordings_finalized == 1
+    });
+    assert_eq!(d.terminate(), 0);
+    let rec = lab.recordings().pop().expect("a recording");
+    let m = neoflix_format::verify(&rec).expect("verifies").manifest;
+    let durations: Vec<u64> = m.fragments.iter().filter_map(|f| f.duration_ms).collect();
+    assert!(
+        durations.iter().all(|d| (1900..=2100).contains(d)),
+        "{durations:?}"
+    );
+    let out = lab.path("passthrough.mp4");
+    let e = lab.export(&rec, &out);
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    assert_eq!(ffmpeg_errors(&out), "");
+}

@@ -12,6 +12,9 @@ const EXPOSURE_AUTO: u32 = 0x009a_0901;
 const EXPOSURE_ABSOLUTE: u32 = 0x009a_0902;
 const FOCUS_ABSOLUTE: u32 = 0x009a_090a;
 const FOCUS_AUTO: u32 = 0x009a_090c;
+/// `V4L2_CID_MPEG_VIDEO_H264_I_PERIOD` and `V4L2_CID_MPEG_VIDEO_GOP_SIZE`: a camera's own
+/// encoder's keyframe interval, in frames.
+pub const KEYFRAME_INTERVAL: [u32; 2] = [0x0099_0a66, 0x0099_09cb];
 /// `V4L2_EXPOSURE_AUTO` and `V4L2_EXPOSURE_APERTURE_PRIORITY` (what UVC cameras call auto),
 /// `V4L2_EXPOSURE_MANUAL`.
 const EXPOSURE_MODE_AUTO: i64 = 0;

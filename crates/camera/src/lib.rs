@@ -336,6 +336,28 @@ pub fn by_serial(serial: &str) -> Result<PathBuf, CameraError> {
         .ok_or_else(|| CameraError::NoSerial(serial.to_string()))
 }
 
+/// Asks a camera that encodes H.264 itself for a keyframe every `frames` frames, through the
+/// standard H.264 I-frame period or GOP size control (UVC 1.5 cameras offer one of them).
+/// `Ok(None)` when it offers neither: its fragments then follow its own keyframe interval.
+pub fn set_keyframe_interval(path: &Path, frames: u32) -> Result<Option<i64>, CameraError> {
+    let camera = describe(path)?;
+    let Some(control) = camera
+        .controls
+        .iter()
+        .find(|c| controls::KEYFRAME_INTERVAL.contains(&c.id) && !c.read_only)
+    else {
+        return Ok(None);
+    };
+    let set = set_controls(
+        &camera.path,
+        &[ControlSetting {
+            name: control.name.clone(),
+            setting: Setting::Value(i64::from(frames).clamp(control.min, control.max)),
+        }],
+    )?;
+    Ok(set.first().map(|(_, v)| *v))
+}
+
 /// Sets controls on the camera at `path`, in order; returns each control's value after.
 pub fn set_controls(
     path: &Path,

@@ -242,7 +242,8 @@ impl Capture {
             Source::V4l2 {
                 format: InputFormat::H264,
                 ..
-            } => Encoder::Passthrough,
+            }
+            | Source::TestH264 { .. } => Encoder::Passthrough,
             _ => probe_encoder(settings.encoder.as_ref())?,
         };
         let pipeline = build(settings, &encoder, sink)?;
@@ -476,6 +477,42 @@ where
             let src = make("videotestsrc", "source")?;
             src.set_property("is-live", true);
             chain.push(src);
+        }
+        Source::TestH264 { keyframe_secs } => {
+            let src = make("videotestsrc", "source")?;
+            src.set_property("is-live", true);
+            chain.push(src);
+            chain.push(caps_filter(
+                "camera-caps",
+                gst::Caps::builder("video/x-raw")
+                    .field("format", "I420")
+                    .field("width", s.width as i32)
+                    .field("height", s.height as i32)
+                    .field("framerate", framerate)
+                    .build(),
+            )?);
+            // The "camera's" encoder: part of the camera, so the muxer's keyframe requests never
+            // reach it, as they never reach a USB camera's.
+            let enc = make("x264enc", "camera-encoder")?;
+            enc.set_property_from_str("tune", "zerolatency");
+            enc.set_property_from_str("speed-preset", "ultrafast");
+            enc.set_property("key-int-max", s.fps * keyframe_secs);
+            enc.set_property("bitrate", s.bitrate_kbps);
+            enc.set_property("option-string", "scenecut=0");
+            if let Some(pad) = enc.static_pad("src") {
+                pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, |_, info| {
+                    let keyframe_request = info.event().is_some_and(|e| {
+                        e.type_() == gst::EventType::CustomUpstream
+                            && e.structure().is_some_and(|s| s.name() == "GstForceKeyUnit")
+                    });
+                    if keyframe_request {
+                        gst::PadProbeReturn::Drop
+                    } else {
+                        gst::PadProbeReturn::Ok
+                    }
+                });
+            }
+            chain.push(enc);
         }
         Source::V4l2 { device, format } => {
             let src = make("v4l2src", "source")?;
@@ -860,6 +897,29 @@ mod tests {
             ..settings.audio.clone().unwrap()
         };
         probe_audio(&test_tone, Duration::from_secs(5)).expect("the test tone delivers samples");
+    }
+
+    #[test]
+    fn a_camera_with_its_own_h264_sets_the_fragment_length_by_its_keyframe_interval() {
+        let settings = CaptureSettings {
+            source: Source::TestH264 { keyframe_secs: 2 },
+            ..small()
+        };
+        let (tx, rx) = mpsc::sync_channel(64);
+        let cap = Capture::start(&settings, move |o| tx.send(o).map_err(|e| e.to_string()))
+            .expect("pipeline starts");
+        assert_eq!(cap.encoder(), &Encoder::Passthrough);
+        let mut durations = Vec::new();
+        while durations.len() < 3 {
+            if let Output::Fragment { duration, .. } =
+                rx.recv_timeout(Duration::from_secs(20)).unwrap()
+            {
+                durations.push(duration);
+            }
+        }
+        // The muxer asks for a keyframe each second; the camera keeps to its own 2 s.
+        assert_eq!(durations, [Duration::from_secs(2); 3]);
+        cap.stop(Duration::from_secs(2));
     }
 
     #[test]

@@ -7,6 +7,13 @@ use std::path::PathBuf;
 pub enum Source {
     /// GStreamer's `videotestsrc`, live: runs on any machine (tests, demo).
     Test,
+    /// The test pattern delivered as a UVC camera with its own H.264 encoder delivers it: encoded
+    /// with a fixed keyframe interval of its own (which ignores the muxer's requests) and passed
+    /// through, so fragments follow that interval.
+    TestH264 {
+        /// The "camera's" keyframe interval, in seconds.
+        keyframe_secs: u32,
+    },
     /// A V4L2 (UVC or CSI bridge) camera.
     V4l2 {
         /// Device node, e.g. `/dev/video0`.

@@ -32,6 +32,9 @@ neoflix_confwalk::choice! {
     pub enum SourceKind {
         /// GStreamer's test pattern.
         Test = "test",
+        /// The test pattern as a camera that encodes H.264 itself (a keyframe every 2 s),
+        /// passed through: for trying a UVC H.264 camera's behaviour without one.
+        TestH264 = "test-h264",
         /// A V4L2 camera.
         V4l2 = "v4l2",
     }

@@ -689,7 +689,7 @@ mod tests {
         );
         let err = parse("c.toml", &text).unwrap_err().to_string();
         assert!(
-            err.contains("c.toml:3: capture.source: 'usb' is not one of: test, v4l2"),
+            err.contains("c.toml:3: capture.source: 'usb' is not one of: test, test-h264, v4l2"),
             "{err}"
         );
         assert!(err.contains("capture.encoder"), "{err}");
@@ -814,7 +814,7 @@ mod tests {
             "e.toml:5: capture.input_format: 'yuyv' is not one of: auto, raw, mjpeg, h264",
             "e.toml:6: capture.encoder: 'x265enc' is not one of: auto, x264enc, v4l2h264enc, nvv4l2h264enc",
             "e.toml:7: capture.x264_preset: 'placebo' is not one of: ultrafast, superfast, veryfast, faster, fast, medium",
-            "e.toml:8: capture.source: expected a string (one of: test, v4l2), found an integer",
+            "e.toml:8: capture.source: expected a string (one of: test, test-h264, v4l2), found an integer",
             "e.toml:12: pedal.bias: 'PULL-UP' is not one of: as-is, disabled, pull-up, pull-down",
         ] {
             assert!(err.contains(expected), "{expected}\n{err}");

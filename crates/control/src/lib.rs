@@ -145,6 +145,10 @@ pub struct Status {
     /// Frames the camera skipped since the daemon started.
     #[serde(default)]
     pub camera_dropped_frames: u64,
+    /// The length of the last fragment, seconds: `capture.fragment_secs`, or the camera's own
+    /// keyframe interval when its H.264 is passed through (0 before the first fragment).
+    #[serde(default)]
+    pub fragment_secs: f64,
     /// Whether the kernel reports the clock synchronised (NTP).
     #[serde(default)]
     pub clock_synced: bool,

@@ -135,6 +135,8 @@ pub struct Facts {
     pub fps: f64,
     /// Capture is stopped on purpose (privacy mode).
     pub paused: bool,
+    /// The length of the last fragment, seconds (0 before the first).
+    pub fragment_secs: f64,
 }
 
 /// The wait before restarting a failed pipeline: 1 s, doubling to 30 s, back to 1 s once a
@@ -178,6 +180,9 @@ pub struct Sink {
     stopping: Arc<AtomicBool>,
     /// Fragments this pipeline delivered; video flows once there is one.
     delivered: Arc<AtomicU64>,
+    /// The length of the last fragment, ms: the keyframe interval decides it when a camera's
+    /// own H.264 is passed through.
+    fragment_ms: Arc<AtomicU64>,
 }
 
 impl Sink {
@@ -187,6 +192,7 @@ impl Sink {
             seq,
             stopping: Arc::default(),
             delivered: Arc::default(),
+            fragment_ms: Arc::default(),
         }
     }
 
@@ -232,6 +238,8 @@ impl Sink {
                     );
                     data.zeroize();
                     let (key, sealed) = sealed.map_err(|e| e.to_string())?;
+                    self.fragment_ms
+                        .store(duration.as_millis() as u64, Ordering::Relaxed);
                     let captured = SystemTime::now()
                         .checked_sub(duration)
                         .unwrap_or_else(SystemTime::now);
@@ -344,6 +352,21 @@ impl CameraChoice {
         log::info!(device = node.display().to_string().as_str(), card = camera.card.as_str(),
             format = mode.fourcc.as_str(), width = settings.width, height = settings.height, fps = mode.fps;
             "camera mode chosen");
+        if mode.kind == neoflix_camera::Kind::H264 {
+            // Passed through, its keyframes are the camera's: ask for one per fragment.
+            let frames = settings.fps * settings.fragment_secs;
+            match neoflix_camera::set_keyframe_interval(&camera.path, frames) {
+                Ok(Some(set)) => {
+                    log::info!(device = node.display().to_string().as_str(), frames = set;
+                    "camera keyframe interval set")
+                }
+                Ok(None) => log::warn!(device = node.display().to_string().as_str();
+                    "the camera offers no keyframe interval control: fragments follow its own keyframes (the status shows their length)"),
+                Err(e) => {
+                    log::warn!(device = node.display().to_string().as_str(); "camera keyframe interval not set: {e}")
+                }
+            }
+        }
         if !self.controls.is_empty() {
             match neoflix_camera::set_controls(&camera.path, &self.controls) {
                 Ok(set) => {
@@ -492,6 +515,7 @@ struct Running<P> {
     pipeline: P,
     stopping: Arc<AtomicBool>,
     delivered: Arc<AtomicU64>,
+    fragment_ms: Arc<AtomicU64>,
 }
 
 impl<P: Pipeline> Running<P> {
@@ -635,7 +659,11 @@ impl<L: Launcher> Supervisor<L> {
     async fn start(&mut self) {
         self.restart_at = None;
         let sink = Sink::new(self.links.storage.clone(), self.seq.clone());
-        let (stopping, delivered) = (sink.stopping.clone(), sink.delivered.clone());
+        let (stopping, delivered, fragment_ms) = (
+            sink.stopping.clone(),
+            sink.delivered.clone(),
+            sink.fragment_ms.clone(),
+        );
         let launcher = self.launcher.clone();
         let attempt = Attempt {
             audio: self.sound == Sound::On,
@@ -664,6 +692,7 @@ impl<L: Launcher> Supervisor<L> {
                     pipeline,
                     stopping,
                     delivered,
+                    fragment_ms,
                 });
             }
             Err(failure) => self.failed(failure).await,
@@ -780,6 +809,19 @@ impl<L: Launcher> Supervisor<L> {
         }
         let sound = self.running.as_ref().and_then(|r| r.pipeline.audio());
         self.publish_sound(sound);
+        if let Some(ms) = self
+            .running
+            .as_ref()
+            .map(|r| r.fragment_ms.load(Ordering::Relaxed))
+            .filter(|ms| *ms > 0)
+        {
+            let secs = ms as f64 / 1000.0;
+            self.links.facts.send_if_modified(|f| {
+                let changed = f.fragment_secs != secs;
+                f.fragment_secs = secs;
+                changed
+            });
+        }
         let now = Instant::now();
         let total = self
             .tally

@@ -154,6 +154,7 @@ pub fn capture_settings(cfg: &Config) -> CaptureSettings {
     CaptureSettings {
         source: match c.source {
             SourceKind::Test => Source::Test,
+            SourceKind::TestH264 => Source::TestH264 { keyframe_secs: 2 },
             SourceKind::V4l2 => Source::V4l2 {
                 device: c.device.clone(),
                 // `auto` is decided against the camera at each start (capture::CameraChoice).

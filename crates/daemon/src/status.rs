@@ -184,6 +184,7 @@ pub fn build(
             .is_none_or(|f| f >= settings.full_recording_bytes),
         camera_fps: (facts.capture.fps * 10.0).round() / 10.0,
         camera_dropped_frames: facts.capture.dropped,
+        fragment_secs: facts.capture.fragment_secs,
         clock_synced: env.clock_synced,
         inputs: facts.devices.clone(),
         upload: facts.upload.map(|u| UploadQueue {
@@ -469,6 +470,7 @@ mod tests {
             fps: 14.96,
             paused: false,
             encoder_fallback: Some("the hardware encoder failed 3 times in a row".into()),
+            fragment_secs: 2.0,
             audio: Some(capture::AudioFacts {
                 device: "hw:CARD=Mic".into(),
                 flowing: true,
@@ -508,6 +510,7 @@ mod tests {
         );
         assert_eq!(s.recordings_finalized, 2);
         assert!(s.encoder_fallback.as_deref().unwrap().contains("3 times"));
+        assert_eq!(s.fragment_secs, 2.0);
         let audio = s.audio.as_ref().unwrap();
         assert_eq!(
             (audio.device.as_str(), audio.flowing, audio.peak_dbfs),

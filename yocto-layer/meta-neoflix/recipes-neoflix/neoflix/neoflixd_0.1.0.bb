@@ -6,7 +6,11 @@ require neoflix.inc
 
 NEOFLIX_CRATE = "neoflix-daemon"
 
-DEPENDS += "gstreamer1.0 gstreamer1.0-plugins-base"
+# clang-native (meta-clang): the v4l crate generates its V4L2 bindings with bindgen, which needs
+# libclang; the target's kernel headers come from the sysroot.
+DEPENDS += "gstreamer1.0 gstreamer1.0-plugins-base clang-native"
+export LIBCLANG_PATH = "${STAGING_LIBDIR_NATIVE}"
+export BINDGEN_EXTRA_CLANG_ARGS = "--sysroot=${STAGING_DIR_TARGET}"
 
 SRC_URI += "\
     file://department.pub \
@@ -20,7 +24,7 @@ SYSTEMD_AUTO_ENABLE:${PN} = "enable"
 
 USERADD_PACKAGES = "${PN}"
 GROUPADD_PARAM:${PN} = "--system neoflix; --system gpio"
-USERADD_PARAM:${PN} = "--system --home-dir ${localstatedir}/lib/neoflix --no-create-home --shell /sbin/nologin --gid neoflix --groups video,input,gpio neoflix"
+USERADD_PARAM:${PN} = "--system --home-dir ${localstatedir}/lib/neoflix --no-create-home --shell /sbin/nologin --gid neoflix --groups video,input,gpio,audio neoflix"
 
 do_install:append() {
     install -d ${D}${systemd_system_unitdir} ${D}${nonarch_libdir}/tmpfiles.d ${D}${nonarch_base_libdir}/udev/rules.d
