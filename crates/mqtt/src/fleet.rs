@@ -184,10 +184,18 @@ impl Fleet {
     /// The table for people: one line per device, sorted by device id. Everything from the
     /// boxes is printed with control characters escaped, so a box cannot drive the terminal.
     pub fn table(&self, now: OffsetDateTime) -> String {
-        let line = |cells: [&str; 8]| {
+        let line = |cells: [&str; 9]| {
             let l = format!(
-                "{:<16} {:<10} {:<5} {:<9} {:<11} {:<9} {:<9} {}",
-                cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7]
+                "{:<16} {:<10} {:<5} {:<9} {:<11} {:<9} {:<9} {:<8} {}",
+                cells[0],
+                cells[1],
+                cells[2],
+                cells[3],
+                cells[4],
+                cells[5],
+                cells[6],
+                cells[7],
+                cells[8]
             );
             format!("{}\n", l.trim_end())
         };
@@ -199,6 +207,7 @@ impl Fleet {
             "QUEUE",
             "FREE",
             "SEEN",
+            "MIC",
             "WHY NOT READY",
         ]);
         for row in self.rows(now) {
@@ -219,6 +228,18 @@ impl Fleet {
                 Some(a) => format!("{a}s ago"),
                 None => "-".into(),
             };
+            // The microphone's level, so a dead or muted one shows before a review finds a
+            // silent recording.
+            let mic = match row.status.and_then(|s| s.audio.as_ref()) {
+                None => "-".to_string(),
+                Some(a) if a.missing.is_some() => "missing".into(),
+                Some(a) if !a.flowing => "no sound".into(),
+                Some(a) => match a.peak_dbfs {
+                    Some(p) if p <= -90.0 => "silent".into(),
+                    Some(p) => format!("{p:.0} dB"),
+                    None => "-".into(),
+                },
+            };
             let why = match row.error {
                 Some(e) => format!("cannot read its status: {e}"),
                 None => row.reasons.join("; "),
@@ -231,6 +252,7 @@ impl Fleet {
                 &queue,
                 &free,
                 &seen,
+                &mic,
                 &printable(&why),
             ]));
         }
@@ -367,6 +389,34 @@ mod tests {
         assert!(rows[0].get("error").is_none());
         assert_eq!(rows[1]["status"], Value::Null);
         assert!(rows[1]["error"].is_string());
+    }
+
+    #[test]
+    fn the_table_shows_each_microphone_so_a_dead_one_is_seen() {
+        let mut f = Fleet::default();
+        let mic = |audio: serde_json::Value| status(json!({ "audio": audio }));
+        f.update(
+            "a",
+            &mic(json!({"device": "hw:1", "flowing": true, "peak_dbfs": -23.4})),
+        );
+        f.update(
+            "b",
+            &mic(json!({"device": "hw:1", "flowing": true, "peak_dbfs": -100.0})),
+        );
+        f.update(
+            "c",
+            &mic(json!({"device": "hw:1", "flowing": false, "missing": "no card"})),
+        );
+        f.update("d", &mic(json!({"device": "hw:1", "flowing": false})));
+        f.update("e", &status(json!({})));
+        let t = f.table(NOW);
+        let mics: Vec<&str> = t
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().nth(8).unwrap_or(""))
+            .collect();
+        assert!(t.lines().next().unwrap().contains(" MIC "), "{t}");
+        assert_eq!(mics, ["-23", "silent", "missing", "no", "-"], "{t}");
     }
 
     #[test]
