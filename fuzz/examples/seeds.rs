@@ -147,12 +147,14 @@ fn recording(root: &Path) -> (PathBuf, Manifest) {
     )
     .expect("create");
     let init = ring.init(&stream).expect("init in ring");
-    // As neoflixd claims: the oldest fragment first, taken out of the ring once claimed.
+    // As neoflixd claims: the oldest fragment first, kept in the ring once claimed.
     let mut preroll = true;
-    while let Some(e) = ring.oldest() {
+    let mut claimed = None;
+    while let Some(e) = ring.next_after(claimed) {
         let seq = e.seq;
         w.claim(e, &init, preroll).expect("claim");
-        ring.take(seq).expect("take");
+        ring.keep(seq).expect("keep");
+        claimed = Some(seq);
         preroll = false;
     }
     w.mark("intubation", "pedal", t0 + Duration::from_millis(1500))

@@ -1193,16 +1193,17 @@ mod tests {
         assert_eq!(h.fake.0.lock().unwrap().probed.len(), 1);
         assert_eq!(h.launches().len(), 2);
         tokio::time::sleep(AUDIO_RETRY).await;
-        let s = h.fake.0.lock().unwrap();
-        assert_eq!(s.probed.len(), 2);
-        assert_eq!(s.attempts.last().map(|a| a.audio), Some(true));
-        assert_eq!(s.launches.len(), 3);
-        assert_eq!(
-            s.stops,
-            vec![Some(DRAIN)],
-            "the last fragment let out first"
-        );
-        drop(s);
+        {
+            let s = h.fake.0.lock().unwrap();
+            assert_eq!(s.probed.len(), 2);
+            assert_eq!(s.attempts.last().map(|a| a.audio), Some(true));
+            assert_eq!(s.launches.len(), 3);
+            assert_eq!(
+                s.stops,
+                vec![Some(DRAIN)],
+                "the last fragment let out first"
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let audio = h.facts.borrow().audio.clone().unwrap();
         assert_eq!(audio.missing, None);
