@@ -153,7 +153,7 @@ fn recording(root: &Path) -> (PathBuf, Manifest) {
     while let Some(e) = ring.next_after(claimed) {
         let seq = e.seq;
         w.claim(e, &init, preroll).expect("claim");
-        ring.keep(seq).expect("keep");
+        ring.keep(seq);
         claimed = Some(seq);
         preroll = false;
     }

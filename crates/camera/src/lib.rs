@@ -239,7 +239,7 @@ pub fn describe(path: &Path) -> Result<Camera, CameraError> {
     })
 }
 
-/// Sizes listed per format at most: a driver with stepwise sizes is summarised by its bounds.
+/// Sizes listed per format at most.
 const MAX_SIZES: usize = 64;
 
 fn formats(node: &Path, dev: &v4l::Device) -> Result<Vec<Format>, CameraError> {
@@ -249,40 +249,56 @@ fn formats(node: &Path, dev: &v4l::Device) -> Result<Vec<Format>, CameraError> {
             let fourcc = d.fourcc.str().unwrap_or("????").to_string();
             let mut sizes = Vec::new();
             for fs in dev.enum_framesizes(d.fourcc).unwrap_or_default() {
-                let bounds = match fs.size {
-                    v4l::framesize::FrameSizeEnum::Discrete(s) => vec![(s.width, s.height)],
-                    v4l::framesize::FrameSizeEnum::Stepwise(s) => {
-                        vec![(s.min_width, s.min_height), (s.max_width, s.max_height)]
-                    }
-                };
-                for (w, h) in bounds {
-                    if sizes.len() >= MAX_SIZES {
-                        break;
-                    }
-                    let mut fps: Vec<f64> = dev
-                        .enum_frameintervals(d.fourcc, w, h)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .flat_map(|i| match i.interval {
-                            v4l::frameinterval::FrameIntervalEnum::Discrete(f) => vec![f],
-                            v4l::frameinterval::FrameIntervalEnum::Stepwise(s) => {
-                                vec![s.min, s.max]
-                            }
-                        })
-                        .filter(|f| f.numerator > 0)
-                        .map(|f| {
-                            let r = f64::from(f.denominator) / f64::from(f.numerator);
-                            (r * 100.0).round() / 100.0
-                        })
-                        .collect();
-                    fps.sort_by(|a, b| b.total_cmp(a));
-                    fps.dedup();
-                    sizes.push(SizeRates {
-                        width: w,
-                        height: h,
-                        fps,
-                    });
+                if sizes.len() >= MAX_SIZES {
+                    break;
                 }
+                // A range is one entry: its rates are asked at its largest size, where they
+                // are lowest.
+                let (w, h, up_to) = match fs.size {
+                    v4l::framesize::FrameSizeEnum::Discrete(s) => (s.width, s.height, None),
+                    v4l::framesize::FrameSizeEnum::Stepwise(s) => (
+                        s.min_width,
+                        s.min_height,
+                        Some(mode::Steps {
+                            max_width: s.max_width,
+                            max_height: s.max_height,
+                            step_width: s.step_width,
+                            step_height: s.step_height,
+                        }),
+                    ),
+                };
+                let (qw, qh) = up_to.map_or((w, h), |u| (u.max_width, u.max_height));
+                let rate = |f: v4l::Fraction| {
+                    (f.numerator > 0).then(|| {
+                        let r = f64::from(f.denominator) / f64::from(f.numerator);
+                        (r * 100.0).round() / 100.0
+                    })
+                };
+                let mut fps = Vec::new();
+                let mut fps_range = None;
+                for i in dev
+                    .enum_frameintervals(d.fourcc, qw, qh)
+                    .unwrap_or_default()
+                {
+                    match i.interval {
+                        v4l::frameinterval::FrameIntervalEnum::Discrete(f) => fps.extend(rate(f)),
+                        // The longest interval is the lowest rate.
+                        v4l::frameinterval::FrameIntervalEnum::Stepwise(s) => {
+                            if let (Some(lo), Some(hi)) = (rate(s.max), rate(s.min)) {
+                                fps_range = Some((lo.min(hi), lo.max(hi)));
+                            }
+                        }
+                    }
+                }
+                fps.sort_by(|a, b| b.total_cmp(a));
+                fps.dedup();
+                sizes.push(SizeRates {
+                    width: w,
+                    height: h,
+                    up_to,
+                    fps,
+                    fps_range,
+                });
             }
             out.push(Format {
                 kind: Kind::of(&fourcc),
@@ -352,7 +368,12 @@ pub fn set_keyframe_interval(path: &Path, frames: u32) -> Result<Option<i64>, Ca
         &camera.path,
         &[ControlSetting {
             name: control.name.clone(),
-            setting: Setting::Value(i64::from(frames).clamp(control.min, control.max)),
+            // A driver may report its range upside down: taken as it comes, never a panic.
+            setting: Setting::Value(
+                i64::from(frames)
+                    .max(control.min.min(control.max))
+                    .min(control.max.max(control.min)),
+            ),
         }],
     )?;
     Ok(set.first().map(|(_, v)| *v))

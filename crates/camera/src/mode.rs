@@ -31,15 +31,70 @@ impl Kind {
     }
 }
 
-/// One size of one format and the frame rates it offers there.
+/// One size of one format (or a range of sizes) and the frame rates it offers there.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SizeRates {
-    /// Width in pixels.
+    /// Width in pixels (the smallest, for a range).
     pub width: u32,
-    /// Height in pixels.
+    /// Height in pixels (the smallest, for a range).
     pub height: u32,
-    /// Frame rates offered, highest first.
+    /// A driver that takes any size in a range (CSI bridges, some USB cameras) says so here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up_to: Option<Steps>,
+    /// Frame rates offered, highest first (for a range of sizes: at its largest).
     pub fps: Vec<f64>,
+    /// A driver that takes any rate in a range: lowest and highest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fps_range: Option<(f64, f64)>,
+}
+
+/// The largest size of a range of sizes and its steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Steps {
+    /// Largest width.
+    pub max_width: u32,
+    /// Largest height.
+    pub max_height: u32,
+    /// Width step.
+    pub step_width: u32,
+    /// Height step.
+    pub step_height: u32,
+}
+
+impl SizeRates {
+    /// Whether it offers `width`×`height`.
+    pub fn has_size(&self, width: u32, height: u32) -> bool {
+        match self.up_to {
+            None => self.width == width && self.height == height,
+            Some(s) => {
+                let on = |v: u32, min: u32, max: u32, step: u32| {
+                    (min..=max).contains(&v) && (v - min) % step.max(1) == 0
+                };
+                on(width, self.width, s.max_width, s.step_width)
+                    && on(height, self.height, s.max_height, s.step_height)
+            }
+        }
+    }
+
+    /// Whether it offers `fps` frames per second. A camera gives the rates it lists, not others
+    /// (nothing here drops or repeats frames), so a listed rate must be the one asked for;
+    /// 29.97 serves 30.
+    pub fn has_rate(&self, fps: u32) -> bool {
+        let fps = f64::from(fps);
+        self.fps.iter().any(|r| (r - fps).abs() <= 0.06)
+            || self
+                .fps_range
+                .is_some_and(|(lo, hi)| lo - 0.06 <= fps && fps <= hi + 0.06)
+    }
+
+    /// The highest rate it offers.
+    pub fn best_rate(&self) -> Option<f64> {
+        let listed = self.fps.first().copied();
+        match (listed, self.fps_range) {
+            (Some(a), Some((_, b))) => Some(a.max(b)),
+            (a, r) => a.or(r.map(|(_, hi)| hi)),
+        }
+    }
 }
 
 /// One format a camera offers.
@@ -80,11 +135,6 @@ pub struct Mode {
 #[error("{0}")]
 pub struct NoMode(pub String);
 
-/// Whether `offered` frames per second serve `fps` (cameras report 30000/1001 as 29.97).
-fn serves(offered: f64, fps: u32) -> bool {
-    offered + 0.05 >= f64::from(fps)
-}
-
 /// Picks the mode for `width`×`height` at `fps`: uncompressed when the camera offers that (a
 /// USB 2 camera lists raw only at the rates its bus carries), else Motion JPEG; H.264 only when
 /// asked for. When nothing fits, says what the camera offers at that size or, failing that, its
@@ -105,9 +155,10 @@ pub fn choose(
     };
     for kind in order {
         for f in formats.iter().filter(|f| f.kind == *kind) {
-            let fits = f.sizes.iter().any(|s| {
-                s.width == width && s.height == height && s.fps.iter().any(|r| serves(*r, fps))
-            });
+            let fits = f
+                .sizes
+                .iter()
+                .any(|s| s.has_size(width, height) && s.has_rate(fps));
             if fits {
                 return Ok(Mode {
                     kind: *kind,
@@ -125,17 +176,17 @@ pub fn choose(
         .iter()
         .filter(|f| f.kind != Kind::Other)
         .filter_map(|f| {
-            let s = f
-                .sizes
-                .iter()
-                .find(|s| s.width == width && s.height == height)?;
-            let best = s.fps.first()?;
-            Some(format!("{} up to {best} fps", f.fourcc))
+            let s = f.sizes.iter().find(|s| s.has_size(width, height))?;
+            let rates: Vec<String> = s.fps.iter().map(|r| format!("{r}")).collect();
+            match s.fps_range {
+                Some((lo, hi)) => Some(format!("{} at {lo}–{hi} fps", f.fourcc)),
+                None => Some(format!("{} at {} fps", f.fourcc, rates.join("/"))),
+            }
         })
         .collect();
     let hint = if !at_size.is_empty() {
         format!(
-            "at {width}x{height} it offers {}: lower capture.fps or set capture.input_format",
+            "at {width}x{height} it offers {}: set capture.fps to one of those rates or capture.input_format",
             at_size.join(", ")
         )
     } else {
@@ -143,8 +194,14 @@ pub fn choose(
             .iter()
             .filter(|f| order.contains(&f.kind))
             .flat_map(|f| f.sizes.iter())
-            .filter(|s| s.fps.iter().any(|r| serves(*r, fps)))
-            .map(|s| format!("{}x{}", s.width, s.height))
+            .filter(|s| s.has_rate(fps))
+            .map(|s| match s.up_to {
+                None => format!("{}x{}", s.width, s.height),
+                Some(u) => format!(
+                    "{}x{} to {}x{}",
+                    s.width, s.height, u.max_width, u.max_height
+                ),
+            })
             .collect();
         sizes.sort();
         sizes.dedup();
@@ -176,7 +233,9 @@ mod tests {
                 .map(|(w, h, r)| SizeRates {
                     width: *w,
                     height: *h,
+                    up_to: None,
                     fps: r.to_vec(),
+                    fps_range: None,
                 })
                 .collect(),
         }
@@ -212,6 +271,11 @@ mod tests {
         assert_eq!(pick(640, 480, 30, Wanted::Auto).unwrap(), "YUYV");
         assert_eq!(pick(1280, 720, 30, Wanted::Auto).unwrap(), "MJPG");
         assert_eq!(pick(1280, 720, 10, Wanted::Auto).unwrap(), "YUYV");
+        // A rate it does not list is not offered: the camera would refuse 20 fps.
+        assert_eq!(
+            pick(640, 480, 20, Wanted::Auto).map_err(|e| e.0.len() > 0),
+            Err(true)
+        );
         assert_eq!(
             pick(1920, 1080, 30, Wanted::Only(Kind::H264)).unwrap(),
             "H264"
@@ -231,13 +295,34 @@ mod tests {
         let e = choose(&c, Wanted::Only(Kind::Raw), 1920, 1080, 30).unwrap_err();
         assert_eq!(
             e.0,
-            "the camera offers no RAW mode of 1920x1080 at 30 fps; at 1920x1080 it offers YUYV up to 5 fps, MJPG up to 30 fps, H264 up to 30 fps: lower capture.fps or set capture.input_format"
+            "the camera offers no RAW mode of 1920x1080 at 30 fps; at 1920x1080 it offers YUYV at 5 fps, MJPG at 30 fps, H264 at 30 fps: set capture.fps to one of those rates or capture.input_format"
         );
         let e = choose(&c, Wanted::Auto, 1024, 768, 30).unwrap_err();
         assert!(
             e.0.ends_with("at 30 fps it offers 1280x720, 1920x1080, 640x480: set capture.width and capture.height to one of them"),
             "{e}"
         );
+        // A CSI bridge: any size in steps of 2 (rates at the largest), any rate up to 30.
+        let csi = vec![Format {
+            fourcc: "YUYV".into(),
+            description: String::new(),
+            kind: Kind::Raw,
+            sizes: vec![SizeRates {
+                width: 32,
+                height: 32,
+                up_to: Some(Steps {
+                    max_width: 3280,
+                    max_height: 2464,
+                    step_width: 2,
+                    step_height: 2,
+                }),
+                fps: vec![],
+                fps_range: Some((1.0, 30.0)),
+            }],
+        }];
+        assert!(choose(&csi, Wanted::Auto, 1280, 720, 25).is_ok());
+        assert!(choose(&csi, Wanted::Auto, 1281, 720, 25).is_err());
+        assert!(choose(&csi, Wanted::Auto, 1280, 720, 60).is_err());
         let e = choose(&c, Wanted::Auto, 1024, 768, 60).unwrap_err();
         assert!(
             e.0.ends_with("it offers no uncompressed or MJPEG mode at 60 fps at all"),

@@ -92,8 +92,18 @@ fn text(c: &Camera) -> String {
             printable(&f.description)
         );
         for s in &f.sizes {
-            let fps: Vec<String> = s.fps.iter().map(|r| format!("{r}")).collect();
-            let _ = writeln!(o, "    {}x{} at {} fps", s.width, s.height, fps.join(", "));
+            let size = match s.up_to {
+                None => format!("{}x{}", s.width, s.height),
+                Some(u) => format!(
+                    "{}x{} to {}x{} in steps of {}x{}",
+                    s.width, s.height, u.max_width, u.max_height, u.step_width, u.step_height
+                ),
+            };
+            let mut fps: Vec<String> = s.fps.iter().map(|r| format!("{r}")).collect();
+            if let Some((lo, hi)) = s.fps_range {
+                fps.push(format!("any of {lo}-{hi}"));
+            }
+            let _ = writeln!(o, "    {size} at {} fps", fps.join(", "));
         }
     }
     if !c.controls.is_empty() {

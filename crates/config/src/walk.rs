@@ -496,7 +496,10 @@ fn camera_controls(w: &mut Walker, cap: &mut Section) -> Vec<(String, ControlVal
             neoflix_confwalk::cut(&key, 60).escape_debug()
         );
         let value = match v.get_ref() {
-            DeValue::String(s) if s.as_ref() == "auto" => ControlValue::Auto,
+            // Power-line frequency's "auto" is one of its menu entries, not an automatic mode.
+            DeValue::String(s) if s.as_ref() == "auto" && key != "power_line_frequency" => {
+                ControlValue::Auto
+            }
             DeValue::String(s) if s.len() <= 64 && !s.chars().any(char::is_control) => {
                 ControlValue::Entry(s.to_string())
             }

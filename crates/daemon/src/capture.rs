@@ -43,10 +43,18 @@ use crate::systemd::Pulse;
 const POLL: Duration = Duration::from_millis(100);
 /// How long the fragment in progress may take to come out of the muxer at shutdown.
 const DRAIN: Duration = Duration::from_secs(2);
+/// How often supervision looks whether the camera is plugged in.
+const PRESENCE_EVERY: Duration = Duration::from_millis(300);
 /// The frame rate in the status is measured over this long.
 const FPS_WINDOW: Duration = Duration::from_secs(5);
-/// A missing microphone is probed again this often.
+/// A missing microphone is probed this often. After each failure in the pipeline the first
+/// probe waits twice as long as the last time, up to [`AUDIO_RETRY_MAX`]: one that answers a
+/// probe but fails in the pipeline would otherwise cost the pre-roll two restarts every 30 s.
 pub const AUDIO_RETRY: Duration = Duration::from_secs(30);
+/// The longest wait between probes of a missing microphone.
+pub const AUDIO_RETRY_MAX: Duration = Duration::from_secs(600);
+/// Sound that has worked this long makes the next failure wait [`AUDIO_RETRY`] again.
+const AUDIO_SETTLED: Duration = Duration::from_secs(300);
 /// How long a probe may wait for the microphone's first samples.
 const AUDIO_PROBE: Duration = Duration::from_secs(2);
 /// Sound that has not arrived for this long is not flowing.
@@ -304,7 +312,8 @@ pub trait Launcher: Send + 'static {
     /// Whether the microphone delivers samples now. Blocks for up to a few seconds.
     fn probe_audio(&mut self) -> Result<(), String>;
     /// Whether the camera is plugged in now; `None` for a source that cannot be unplugged.
-    /// Cheap (a `stat`): asked at every poll while the camera is missing.
+    /// Cheap (a `stat`, or a walk of `/dev` and sysfs for a serial number): asked a few times
+    /// a second.
     fn camera_present(&self) -> Option<bool>;
     /// The encoder a failing one may be replaced with: `Some` only when the last launch used a
     /// hardware encoder that was probed, not named in the config.
@@ -367,16 +376,18 @@ impl CameraChoice {
                 }
             }
         }
-        if !self.controls.is_empty() {
-            match neoflix_camera::set_controls(&camera.path, &self.controls) {
-                Ok(set) => {
-                    let set: Vec<String> = set.iter().map(|(n, v)| format!("{n}={v}")).collect();
-                    log::info!(device = node.display().to_string().as_str(), controls = set.join(" ").as_str(); "camera controls set");
-                }
-                // The picture matters more than its tuning: record with what the camera has.
+        // One by one: a control this camera lacks costs only itself. The picture matters more
+        // than its tuning: the camera records with what it has.
+        let mut set = Vec::new();
+        for control in &self.controls {
+            match neoflix_camera::set_controls(&camera.path, std::slice::from_ref(control)) {
+                Ok(done) => set.extend(done.iter().map(|(n, v)| format!("{n}={v}"))),
                 Err(e) => log::warn!(device = node.display().to_string().as_str();
-                    "camera controls not set: {e}; check [capture.controls] against neoflix camera list"),
+                    "camera control not set: {e}; check [capture.controls] against neoflix camera list"),
             }
+        }
+        if !set.is_empty() {
+            log::info!(device = node.display().to_string().as_str(), controls = set.join(" ").as_str(); "camera controls set");
         }
         Ok(Source::V4l2 {
             device: camera.path,
@@ -571,12 +582,18 @@ struct Supervisor<L: Launcher> {
     sound: Sound,
     /// When the sound's buffer count last grew (or its pipeline started), and the count then.
     heard: (Instant, u64),
+    /// The wait before the next probe of a microphone that goes missing.
+    audio_retry: Duration,
+    /// When the running pipeline started with sound.
+    sound_since: Option<Instant>,
     /// Consecutive encoder failures without video in between.
     encoder_failures: u32,
     /// x264 replaced the probed hardware encoder.
     fallback: bool,
     /// The camera is unplugged: it is started again the moment it is back, not on a back-off.
     camera_gone: bool,
+    /// When the camera's presence was last looked at.
+    presence_checked: Instant,
     /// Shared with the blocking thread that starts a pipeline.
     launcher: Arc<Mutex<L>>,
     links: Links,
@@ -600,9 +617,12 @@ pub async fn supervise<L: Launcher>(launcher: L, device: String, links: Links) {
         device,
         sound,
         heard: (now, 0),
+        audio_retry: AUDIO_RETRY,
+        sound_since: None,
         encoder_failures: 0,
         fallback: false,
         camera_gone: false,
+        presence_checked: now,
         launcher: Arc::new(Mutex::new(launcher)),
         links,
         seq: Arc::default(),
@@ -688,6 +708,7 @@ impl<L: Launcher> Supervisor<L> {
                 log::info!(device = self.device.as_str(), encoder = encoder.as_str(), audio = attempt.audio; "capture started");
                 self.links.facts.send_modify(|f| f.encoder = encoder);
                 self.heard = (Instant::now(), 0);
+                self.sound_since = attempt.audio.then(Instant::now);
                 self.running = Some(Running {
                     pipeline,
                     stopping,
@@ -722,6 +743,8 @@ impl<L: Launcher> Supervisor<L> {
         .await
         .unwrap_or_else(|e| Err(format!("probing the microphone panicked: {e}")));
         match probed {
+            // A recording may have started while the probe ran: it must not get a gap.
+            Ok(()) if (self.links.recording)() => {}
             Ok(()) => {
                 log::info!(device = self.device.as_str(); "microphone is back: restarting capture with sound");
                 self.sound = Sound::On;
@@ -729,6 +752,7 @@ impl<L: Launcher> Supervisor<L> {
                 self.restart_at = Some(Instant::now());
             }
             Err(reason) => {
+                // A probe disturbs nothing: tried again at the first pace.
                 log::debug!(device = self.device.as_str(); "microphone still missing: {reason}");
                 self.sound = Sound::Missing {
                     reason,
@@ -782,13 +806,19 @@ impl<L: Launcher> Supervisor<L> {
 
     async fn poll(&mut self) {
         self.links.pulse.beat();
-        if self.camera_gone && self.camera_present() == Some(true) {
+        // Presence is a stat of the device (a walk of /dev and sysfs when the camera is chosen
+        // by serial number): every few polls is soon enough.
+        let look = Instant::now() - self.presence_checked >= PRESENCE_EVERY;
+        if look {
+            self.presence_checked = Instant::now();
+        }
+        if look && self.camera_gone && self.camera_present() == Some(true) {
             log::info!(device = self.device.as_str(); "camera is back: starting capture");
             self.camera_gone = false;
             self.backoff.reset();
             self.restart_at = Some(Instant::now());
         }
-        if self.running.is_some() && self.camera_present() == Some(false) {
+        if look && self.running.is_some() && self.camera_present() == Some(false) {
             // A V4L2 camera unbound mid-stream leaves the pipeline waiting for frames that
             // never come, without an error: its node going away is the sign.
             self.stop_pipeline(None).await;
@@ -853,11 +883,16 @@ impl<L: Launcher> Supervisor<L> {
         let now = Instant::now();
         if part == Part::Audio && self.sound == Sound::On {
             // The video must not wait for the microphone: start again at once without it.
-            log::warn!(device = self.device.as_str(), retry_secs = AUDIO_RETRY.as_secs();
+            if self.sound_since.is_some_and(|t| now - t >= AUDIO_SETTLED) {
+                self.audio_retry = AUDIO_RETRY;
+            }
+            let wait = self.audio_retry;
+            self.audio_retry = (wait * 2).min(AUDIO_RETRY_MAX);
+            log::warn!(device = self.device.as_str(), retry_secs = wait.as_secs();
                 "microphone failed: {reason}; recording video without sound; check the microphone and audio.device");
             self.sound = Sound::Missing {
                 reason,
-                probe_at: now + AUDIO_RETRY,
+                probe_at: now + wait,
             };
             self.restart_at = Some(now);
             self.publish_sound(None);
@@ -1209,6 +1244,24 @@ mod tests {
         assert_eq!(audio.missing, None);
         assert!(audio.flowing);
         assert_eq!(audio.peak_dbfs, Some(-20.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_microphone_that_answers_probes_but_fails_in_the_pipeline_is_tried_less_often() {
+        let mut plans = Vec::new();
+        for _ in 0..4 {
+            plans.push(Plan::RefuseAs(Part::Audio, "alsasrc: I/O error"));
+            plans.push(Plan::Start { video: true });
+        }
+        let h = harness_with(plans, |s| {
+            s.audio_device = Some("hw:CARD=Mic".into());
+            s.probes = (0..4).map(|_| Ok(())).collect();
+        });
+        tokio::time::sleep(Duration::from_secs(1000)).await;
+        let s = h.fake.0.lock().unwrap();
+        let probes: Vec<u64> = s.probed.iter().map(|t| (*t - h.t0).as_secs()).collect();
+        // 30 s after the first failure, then 60 and 120 s after the next ones.
+        assert_eq!(probes, [30, 90, 210, 450], "{probes:?}");
     }
 
     #[tokio::test(start_paused = true)]

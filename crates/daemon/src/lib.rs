@@ -221,7 +221,7 @@ pub fn camera_choice(cfg: &Config) -> Option<capture::CameraChoice> {
             .controls
             .iter()
             .map(|(name, v)| ControlSetting {
-                name: name.clone(),
+                name: neoflix_camera::controls::normalize(name),
                 setting: match v {
                     neoflix_config::ControlValue::Auto => Setting::Auto,
                     neoflix_config::ControlValue::Value(n) => Setting::Value(*n),

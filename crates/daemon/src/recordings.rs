@@ -67,6 +67,8 @@ struct Pending {
     preroll_through: Option<u64>,
     /// Unclaimed fragments up to this one belong to recordings before it, never to this one.
     after: Option<u64>,
+    /// The first fragment of its pre-roll: the oldest within the pre-roll at the trigger.
+    from: Option<u64>,
     /// The last fragment it claimed: it claims on from there, kept fragments included.
     claimed: Option<u64>,
     marks: VecDeque<(String, Trigger, SystemTime)>,
@@ -160,6 +162,7 @@ impl Recordings {
             writer: None,
             preroll_through,
             after,
+            from: ring.preroll_start(),
             claimed: None,
             marks: VecDeque::new(),
             stop_note: None,
@@ -262,7 +265,7 @@ impl Recordings {
     }
 
     /// The ring keeps what recordings still have to claim: unclaimed fragments, and kept ones
-    /// that the open recording has yet to claim as its pre-roll.
+    /// that a recording has yet to claim as its pre-roll.
     fn hold(&self, ring: &mut Ring) {
         let through = if self.open.is_some() {
             Some(u64::MAX)
@@ -270,10 +273,14 @@ impl Recordings {
             self.closing.back().and_then(|c| c.through)
         };
         ring.hold_through(through);
-        let waiting = self.open.as_ref().is_some_and(|p| {
+        // Kept fragments wait while any recording, open or stopped but not yet closed (storage
+        // failing or behind), has yet to claim its pre-roll.
+        let owes_preroll = |p: &Pending| {
             p.preroll_through
                 .is_some_and(|t| p.claimed.is_none_or(|c| c < t))
-        });
+        };
+        let waiting = self.open.as_ref().is_some_and(owes_preroll)
+            || self.closing.iter().any(|c| owes_preroll(&c.rec));
         if let Err(e) = ring.hold_kept(waiting) {
             log::error!("ring: {e}");
         }
@@ -320,7 +327,8 @@ fn bring_up_to_date(
     }
     // Kept fragments first (the end of the recordings before, within the pre-roll), then the
     // unclaimed ones.
-    while let Some(entry) = ring.next_after(p.claimed) {
+    let begin = p.from.and_then(|f| f.checked_sub(1));
+    while let Some(entry) = ring.next_after(p.claimed.or(begin)) {
         if to.through.is_some_and(|t| entry.seq > t) {
             break;
         }
@@ -333,9 +341,10 @@ fn bring_up_to_date(
             .ok_or(StoreError::NotInRing { seq })?;
         let preroll = p.preroll_through.is_some_and(|t| seq <= t);
         w.claim(entry, &init, preroll)?;
-        // Claimed: the ring keeps it as pre-roll for a next recording while it is within it.
-        ring.keep(seq)?;
+        // Claimed: noted first, so that nothing after can make it claimed twice; the ring
+        // keeps it as pre-roll for a next recording while it is within it.
         p.claimed = Some(seq);
+        ring.keep(seq);
         log::debug!(recording = p.id.as_str(), fragment = seq; "claimed");
     }
     while let Some((label, by, at)) = p.marks.front() {
@@ -431,7 +440,13 @@ mod tests {
                 _ => None,
             })
             .collect();
-        let expected: Vec<(String, usize)> = ids[2..].iter().map(|id| (id.clone(), 3)).collect();
+        // Each has the last 2 s of the one before as its pre-roll, but for the first one left:
+        // the one before it was given up, and its fragments with it.
+        let expected: Vec<(String, usize)> = ids[2..]
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), if i == 0 { 3 } else { 5 }))
+            .collect();
         assert_eq!(finalized, expected);
         // What is left is the last recording's end, kept as the next one's pre-roll.
         assert!(

@@ -236,10 +236,16 @@ impl RecordingWriter {
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
             .map_err(StoreError::io("read", &entry.path))?;
         let key_sha256 = self.wrap_and_write_key(&entry.key, &header, &key_name(&file), &what)?;
-        // An earlier attempt may have placed it before a later step failed.
-        if !dest.exists() {
-            fsutil::link_or_copy(&entry.path, &dest)?;
+        // An earlier attempt may have left a file there (placed, then a later step failed, and
+        // its removal too), perhaps of another fragment since evicted: placed afresh, and
+        // synced, every time.
+        match fs::remove_file(&dest) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::io("remove", &dest)(e));
+            }
+            _ => {}
         }
+        fsutil::link_or_copy(&entry.path, &dest)?;
         let duration_ms = entry.duration.as_millis() as u64;
         let journaled = fsutil::sync_dir(&self.dir).and_then(|()| {
             self.append(&Journal::Fragment {
@@ -674,7 +680,7 @@ mod tests {
         while let Some(e) = ring.next_after(after) {
             w.claim(e, &init, true).unwrap();
             let seq = e.seq;
-            ring.keep(seq).unwrap();
+            ring.keep(seq);
             after = Some(seq);
         }
     }
@@ -764,7 +770,7 @@ mod tests {
         let init = ring.init(&[3; 16]).unwrap();
         w.claim(ring.next_after(None).unwrap(), &init, true)
             .unwrap();
-        ring.keep(0).unwrap();
+        ring.keep(0);
         // The recording's directory goes away (a disk unmounted under us): the claim fails and
         // the fragment, file and key, is still the ring's.
         let dir = root.join("rec-1");

@@ -62,7 +62,8 @@ pub struct Ring {
     /// Fragments a recording has claimed, kept (sealed file and key) as the pre-roll of a next
     /// recording started soon after: twins, or a second resuscitation minutes later, each get
     /// their full pre-roll. Older than every unclaimed fragment; evicted by age like them, so no
-    /// key outlives the pre-roll by more than a fragment.
+    /// key outlives the pre-roll by more than a fragment, except while a recording has yet to
+    /// claim them (storage failing or behind), when only `max_bytes` evicts them.
     kept: VecDeque<RingEntry>,
     kept_total: Duration,
     kept_bytes: u64,
@@ -249,21 +250,24 @@ impl Ring {
 
     /// A recording has claimed fragment `seq` (a copy or a second link of its sealed file):
     /// the ring keeps it as pre-roll for a next recording, for as long as it is within the
-    /// pre-roll. Already kept: nothing to do.
-    pub fn keep(&mut self, seq: u64) -> Result<(), StoreError> {
+    /// pre-roll. Already kept, or no longer in the ring: nothing to do. Never fails: the claim
+    /// is done, and a file the eviction could not delete is only logged (the next start wipes
+    /// the ring).
+    pub fn keep(&mut self, seq: u64) {
         if self.kept.iter().any(|e| e.seq == seq) {
-            return Ok(());
+            return;
         }
-        let e = self.take(seq)?;
+        let Ok(e) = self.take(seq) else { return };
         self.kept_total += e.duration;
         self.kept_bytes += e.size;
         self.kept.push_back(e);
         let mut evicted = Vec::new();
-        self.evict_kept(&mut evicted)?;
+        if let Err(e) = self.evict_kept(&mut evicted) {
+            log::error!("ring: {e}");
+        }
         if !evicted.is_empty() {
             log::debug!(fragments = format!("{evicted:?}").as_str(); "kept fragments evicted from ring, keys zeroized");
         }
-        Ok(())
     }
 
     /// Whether kept fragments wait for a recording to claim them as its pre-roll: while they do,
@@ -272,6 +276,22 @@ impl Ring {
         self.hold_kept = hold;
         let mut evicted = Vec::new();
         self.evict_kept(&mut evicted)
+    }
+
+    /// The oldest fragment within the pre-roll counted back from the newest: where a recording
+    /// triggered now begins. Older ones may be in the ring, held for recordings still to claim
+    /// them; they are not this one's.
+    pub fn preroll_start(&self) -> Option<u64> {
+        let mut total = Duration::ZERO;
+        let mut start = None;
+        for e in self.entries.iter().rev().chain(self.kept.iter().rev()) {
+            if total >= self.preroll {
+                break;
+            }
+            total += e.duration;
+            start = Some(e.seq);
+        }
+        start
     }
 
     /// The oldest fragment, kept or unclaimed, after `seq` (from the oldest with `None`): what
@@ -384,10 +404,14 @@ impl Ring {
         for e in drop {
             fs::remove_file(&e.path).map_err(StoreError::io("remove", &e.path))?;
         }
-        while let Some(e) = self.kept.pop_front() {
+        // Kept ones a recording has yet to claim as its pre-roll stay, like held ones.
+        while !self.hold_kept
+            && let Some(e) = self.kept.pop_front()
+        {
+            self.kept_total = self.kept_total.saturating_sub(e.duration);
+            self.kept_bytes -= e.size;
             delete(&e.path)?;
         }
-        (self.kept_total, self.kept_bytes) = (Duration::ZERO, 0);
         self.current = None;
         self.gc_inits();
         Ok(())
@@ -466,8 +490,8 @@ mod tests {
         ring.hold_through(Some(u64::MAX));
         for seq in 0..3 {
             push(&mut ring, seq);
-            ring.keep(seq).unwrap();
-            ring.keep(seq).unwrap(); // twice is once
+            ring.keep(seq);
+            ring.keep(seq); // twice is once
         }
         assert_eq!(ring.duration(), Duration::from_secs(3));
         assert_eq!(ring.next_after(None).map(|e| e.seq), Some(0));
@@ -488,8 +512,16 @@ mod tests {
         let evicted = push(&mut ring, 5);
         assert!(evicted.contains(&2), "{evicted:?}");
         assert!(ring.next_after(None).is_some_and(|e| e.seq >= 3));
-        // Privacy: kept ones go too.
+        // Privacy: kept ones go too, unless a recording has yet to claim them.
         ring.hold_through(None);
+        let (k, s) = sealed([1; 16], 6, Kind::Fragment, 100);
+        ring.push(6, &s, k, Duration::from_secs(1), SystemTime::now())
+            .unwrap();
+        ring.keep(6);
+        ring.hold_kept(true).unwrap();
+        ring.purge().unwrap();
+        assert!(ring.get(6).is_some(), "held for a recording");
+        ring.hold_kept(false).unwrap();
         ring.purge().unwrap();
         assert!(ring.is_empty());
         assert!(files(d.path()).is_empty(), "{:?}", files(d.path()));
@@ -600,7 +632,8 @@ mod tests {
             ring.init(&[1; 16]).is_none(),
             "stream 1 has no fragments left"
         );
-        assert!(ring.keep(0).is_err(), "evicted: nothing to keep");
+        ring.keep(0); // evicted: nothing to keep
+        assert!(ring.get(0).is_none());
         assert_eq!(ring.get(11).unwrap().seq, 11);
     }
 }
