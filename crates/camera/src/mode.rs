@@ -68,7 +68,7 @@ impl SizeRates {
             None => self.width == width && self.height == height,
             Some(s) => {
                 let on = |v: u32, min: u32, max: u32, step: u32| {
-                    (min..=max).contains(&v) && (v - min) % step.max(1) == 0
+                    (min..=max).contains(&v) && (v - min).is_multiple_of(step.max(1))
                 };
                 on(width, self.width, s.max_width, s.step_width)
                     && on(height, self.height, s.max_height, s.step_height)
@@ -273,7 +273,7 @@ mod tests {
         assert_eq!(pick(1280, 720, 10, Wanted::Auto).unwrap(), "YUYV");
         // A rate it does not list is not offered: the camera would refuse 20 fps.
         assert_eq!(
-            pick(640, 480, 20, Wanted::Auto).map_err(|e| e.0.len() > 0),
+            pick(640, 480, 20, Wanted::Auto).map_err(|e| !e.0.is_empty()),
             Err(true)
         );
         assert_eq!(
