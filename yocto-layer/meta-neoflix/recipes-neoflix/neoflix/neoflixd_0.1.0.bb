@@ -8,7 +8,7 @@ NEOFLIX_CRATE = "neoflix-daemon"
 
 # clang-native (meta-clang): the v4l crate generates its V4L2 bindings with bindgen, which needs
 # libclang; the target's kernel headers come from the sysroot.
-DEPENDS += "gstreamer1.0 gstreamer1.0-plugins-base clang-native"
+DEPENDS += "clang-native gstreamer1.0 gstreamer1.0-plugins-base"
 export LIBCLANG_PATH = "${STAGING_LIBDIR_NATIVE}"
 export BINDGEN_EXTRA_CLANG_ARGS = "--sysroot=${STAGING_DIR_TARGET}"
 
