@@ -711,18 +711,11 @@ pub struct Probe {
     pub codec: String,
 }
 
-/// Runs ffprobe (counting frames) on `file`.
-pub fn ffprobe(file: &Path) -> Probe {
+/// ffprobe's JSON for `file` with `what` (`-show_streams`, ...).
+fn ffprobe_json(file: &Path, what: &[&str]) -> serde_json::Value {
     let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-count_frames",
-            "-print_format",
-            "json",
-            "-show_format",
-            "-show_streams",
-        ])
+        .args(["-v", "error", "-print_format", "json"])
+        .args(what)
         .arg(file)
         .output()
         .expect("ffprobe is installed (scripts/test installs ffmpeg)");
@@ -731,7 +724,12 @@ pub fn ffprobe(file: &Path) -> Probe {
         "ffprobe failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Runs ffprobe (counting frames) on `file`.
+pub fn ffprobe(file: &Path) -> Probe {
+    let v = ffprobe_json(file, &["-count_frames", "-show_format", "-show_streams"]);
     let s = &v["streams"][0];
     Probe {
         duration: v["format"]["duration"]
@@ -765,17 +763,7 @@ pub struct StreamProbe {
 
 /// Every stream of `file`.
 pub fn ffprobe_streams(file: &Path) -> Vec<StreamProbe> {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-print_format", "json", "-show_streams"])
-        .arg(file)
-        .output()
-        .expect("ffprobe is installed (scripts/test installs ffmpeg)");
-    assert!(
-        out.status.success(),
-        "ffprobe failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = ffprobe_json(file, &["-show_streams"]);
     let num = |s: &serde_json::Value, k: &str| -> f64 {
         s[k].as_str()
             .and_then(|t| t.parse().ok())

@@ -450,6 +450,17 @@ fn error_from_message(msg: &gst::Message) -> CaptureError {
     }
 }
 
+/// Uncompressed I420 at the configured size and rate: what x264 is fed (without `format`, it
+/// picks High 4:4:4, which browsers do not play).
+fn i420_caps(s: &CaptureSettings) -> gst::Caps {
+    gst::Caps::builder("video/x-raw")
+        .field("format", "I420")
+        .field("width", s.width as i32)
+        .field("height", s.height as i32)
+        .field("framerate", gst::Fraction::new(s.fps as i32, 1))
+        .build()
+}
+
 fn caps_filter(name: &str, caps: gst::Caps) -> Result<gst::Element, CaptureError> {
     let f = make("capsfilter", name)?;
     f.set_property("caps", caps);
@@ -482,15 +493,7 @@ where
             let src = make("videotestsrc", "source")?;
             src.set_property("is-live", true);
             chain.push(src);
-            chain.push(caps_filter(
-                "camera-caps",
-                gst::Caps::builder("video/x-raw")
-                    .field("format", "I420")
-                    .field("width", s.width as i32)
-                    .field("height", s.height as i32)
-                    .field("framerate", framerate)
-                    .build(),
-            )?);
+            chain.push(caps_filter("camera-caps", i420_caps(s))?);
             // The "camera's" encoder: part of the camera, so the muxer's keyframe requests never
             // reach it, as they never reach a USB camera's.
             let enc = make("x264enc", "camera-encoder")?;
@@ -539,16 +542,7 @@ where
 
     if *encoder != Encoder::Passthrough {
         chain.push(make("videoconvert", "convert")?);
-        // Without format=I420 x264enc picks High 4:4:4, which browsers do not play.
-        chain.push(caps_filter(
-            "raw-caps",
-            gst::Caps::builder("video/x-raw")
-                .field("format", "I420")
-                .field("width", s.width as i32)
-                .field("height", s.height as i32)
-                .field("framerate", framerate)
-                .build(),
-        )?);
+        chain.push(caps_filter("raw-caps", i420_caps(s))?);
         let q = make("queue", "encode-queue")?;
         // Bounded and leaky-free: a slow encoder backs up to the source, which drops frames
         // itself, instead of this queue growing.

@@ -518,7 +518,7 @@ pub struct Links {
     /// Beaten every poll, for the watchdog.
     pub pulse: Pulse,
     /// Whether a recording is open: the microphone is taken back only while none is.
-    pub recording: Box<dyn Fn() -> bool + Send>,
+    pub recording: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 /// A started pipeline and the flags its sink shares with supervision.
@@ -790,11 +790,18 @@ impl<L: Launcher> Supervisor<L> {
         });
     }
 
-    fn camera_present(&self) -> Option<bool> {
-        self.launcher
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .camera_present()
+    /// Off the runtime: for a camera chosen by serial number it walks `/dev` and sysfs.
+    async fn camera_present(&self) -> Option<bool> {
+        let launcher = self.launcher.clone();
+        tokio::task::spawn_blocking(move || {
+            launcher
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .camera_present()
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     fn launcher_audio_device(&self) -> Option<String> {
@@ -812,13 +819,13 @@ impl<L: Launcher> Supervisor<L> {
         if look {
             self.presence_checked = Instant::now();
         }
-        if look && self.camera_gone && self.camera_present() == Some(true) {
+        if look && self.camera_gone && self.camera_present().await == Some(true) {
             log::info!(device = self.device.as_str(); "camera is back: starting capture");
             self.camera_gone = false;
             self.backoff.reset();
             self.restart_at = Some(Instant::now());
         }
-        if look && self.running.is_some() && self.camera_present() == Some(false) {
+        if look && self.running.is_some() && self.camera_present().await == Some(false) {
             // A V4L2 camera unbound mid-stream leaves the pipeline waiting for frames that
             // never come, without an error: its node going away is the sign.
             self.stop_pipeline(None).await;
@@ -924,7 +931,7 @@ impl<L: Launcher> Supervisor<L> {
                 }
             }
         }
-        if part == Part::Camera && self.camera_present() == Some(false) {
+        if part == Part::Camera && self.camera_present().await == Some(false) {
             // Unplugged: watched for at every poll, started again the moment it is back.
             let reason = if reason.starts_with("missing") {
                 reason

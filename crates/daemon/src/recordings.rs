@@ -369,6 +369,24 @@ mod tests {
 
     const STREAM: [u8; 16] = [7; 16];
 
+    /// A ring under `dir` with `preroll_secs` of pre-roll and a capture stream begun.
+    fn ring(dir: &std::path::Path, preroll_secs: u64) -> Ring {
+        let (mut ring, _) = Ring::open(
+            &dir.join("ring"),
+            Duration::from_secs(preroll_secs),
+            1 << 30,
+        )
+        .unwrap();
+        let init = ObjectId {
+            stream: STREAM,
+            seq: 0,
+            kind: Kind::Init,
+        };
+        let (k, s) = seal(&init, b"init").unwrap();
+        ring.begin_stream(STREAM, &s, k).unwrap();
+        ring
+    }
+
     fn push(ring: &mut Ring, seq: u64) {
         let id = ObjectId {
             stream: STREAM,
@@ -388,15 +406,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().join("recordings");
         std::fs::write(&root, b"not a directory").unwrap();
-        let (mut ring, _) =
-            Ring::open(&t.path().join("ring"), Duration::from_secs(2), 1 << 30).unwrap();
-        let init = ObjectId {
-            stream: STREAM,
-            seq: 0,
-            kind: Kind::Init,
-        };
-        let (k, s) = seal(&init, b"init").unwrap();
-        ring.begin_stream(STREAM, &s, k).unwrap();
+        let mut ring = ring(t.path(), 2);
         // Any public key: nothing is opened here.
         let dept = DepartmentPublicKey::from_bytes(&[9; 32]).unwrap();
         let mut recs = Recordings::new(root.clone(), "room-1".into(), dept, None);
@@ -467,15 +477,7 @@ mod tests {
     fn a_recording_started_soon_after_a_stop_gets_its_full_preroll() {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().join("recordings");
-        let (mut ring, _) =
-            Ring::open(&t.path().join("ring"), Duration::from_secs(3), 1 << 30).unwrap();
-        let init = ObjectId {
-            stream: STREAM,
-            seq: 0,
-            kind: Kind::Init,
-        };
-        let (k, s) = seal(&init, b"init").unwrap();
-        ring.begin_stream(STREAM, &s, k).unwrap();
+        let mut ring = ring(t.path(), 3);
         let dept = DepartmentPublicKey::from_bytes(&[9; 32]).unwrap();
         let mut recs = Recordings::new(root.clone(), "room-1".into(), dept, None);
         let mut done = Vec::new();

@@ -456,6 +456,13 @@ mod tests {
         v
     }
 
+    /// Pushes a 1 s fragment `seq` of stream 1; what it evicted.
+    fn push(ring: &mut Ring, seq: u64) -> Vec<u64> {
+        let (k, s) = sealed([1; 16], seq, Kind::Fragment, 100);
+        ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
+            .unwrap()
+    }
+
     #[test]
     fn evicts_by_seconds_and_deletes_the_files() {
         let d = tempfile::tempdir().unwrap();
@@ -464,11 +471,7 @@ mod tests {
         ring.begin_stream([1; 16], &s, k).unwrap();
         let mut evicted = Vec::new();
         for seq in 0..6 {
-            let (k, s) = sealed([1; 16], seq, Kind::Fragment, 100);
-            evicted.extend(
-                ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
-                    .unwrap(),
-            );
+            evicted.extend(push(&mut ring, seq));
         }
         assert_eq!(evicted, vec![0, 1, 2]);
         assert_eq!(ring.duration(), Duration::from_secs(3));
@@ -482,11 +485,6 @@ mod tests {
         let (mut ring, _) = Ring::open(d.path(), Duration::from_secs(3), 1 << 30).unwrap();
         let (k, s) = sealed([1; 16], 0, Kind::Init, 10);
         ring.begin_stream([1; 16], &s, k).unwrap();
-        let push = |ring: &mut Ring, seq: u64| {
-            let (k, s) = sealed([1; 16], seq, Kind::Fragment, 100);
-            ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
-                .unwrap()
-        };
         ring.hold_through(Some(u64::MAX));
         for seq in 0..3 {
             push(&mut ring, seq);
@@ -514,9 +512,7 @@ mod tests {
         assert!(ring.next_after(None).is_some_and(|e| e.seq >= 3));
         // Privacy: kept ones go too, unless a recording has yet to claim them.
         ring.hold_through(None);
-        let (k, s) = sealed([1; 16], 6, Kind::Fragment, 100);
-        ring.push(6, &s, k, Duration::from_secs(1), SystemTime::now())
-            .unwrap();
+        push(&mut ring, 6);
         ring.keep(6);
         ring.hold_kept(true).unwrap();
         ring.purge().unwrap();
@@ -572,11 +568,6 @@ mod tests {
         let (mut ring, _) = Ring::open(d.path(), Duration::from_secs(2), 1500).unwrap();
         let (k, s) = sealed([1; 16], 0, Kind::Init, 10);
         ring.begin_stream([1; 16], &s, k).unwrap();
-        let push = |ring: &mut Ring, seq: u64| {
-            let (k, s) = sealed([1; 16], seq, Kind::Fragment, 100);
-            ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
-                .unwrap()
-        };
         push(&mut ring, 0);
         ring.hold_through(Some(u64::MAX));
         for seq in 1..6 {
