@@ -54,6 +54,8 @@ pub enum Part {
     Audio,
     /// The muxer and the sink.
     Output,
+    /// Anything of the second camera's branch: its source, decoder, conversion and encoder.
+    SecondView,
 }
 
 impl CaptureError {
@@ -99,6 +101,7 @@ impl CaptureError {
 fn part_of_element(name: &str) -> Part {
     match name {
         n if n.starts_with("audio-") => Part::Audio,
+        n if n.starts_with(crate::pipeline::SECOND_PREFIX) => Part::SecondView,
         "convert" | "raw-caps" | "encode-queue" | "encoder" | "encoder-caps" => Part::Encoder,
         "muxer" | "sink" => Part::Output,
         _ => Part::Camera,

@@ -5,11 +5,13 @@
 //! ```text
 //! videotestsrc | v4l2src ─▶ [jpegdec] ─▶ videoconvert ─▶ I420 ─▶ H.264 encoder ─▶ h264parse
 //!     ─▶ isofmp4mux (keyframe requested at each fragment boundary) ─▶ appsink ─▶ your callback
-//! audiotestsrc | alsasrc ─▶ S16LE (level meter) ─▶ opusenc ─┘   (when sound is configured)
+//! audiotestsrc | alsasrc ─▶ S16LE (level meter) ─▶ opusenc ─┤   (when sound is configured)
+//! second camera ─▶ ... the same video branch ... ─▶ h264parse ─┘   (when a second view is)
 //! ```
 //!
 //! Sound is a second track in the same fragments, cut on the video's boundaries, on the same
-//! clock. An error names the element that posted it; [`CaptureError::part`] says whether that is
+//! clock; a second camera is a third track (a second video track), encoded with the first
+//! view's encoder, rate and keyframe requests, so both views start every fragment together. An error names the element that posted it; [`CaptureError::part`] says whether that is
 //! the camera, the encoder or the sound, so supervision can go on without the microphone or
 //! fall back to another encoder.
 //!
@@ -38,7 +40,7 @@ pub use pipeline::{
     probe_encoder,
 };
 pub use settings::{
-    AudioSettings, AudioSource, CaptureSettings, Encoder, InputFormat, Source, X264Preset,
+    AudioSettings, AudioSource, CaptureSettings, Encoder, InputFormat, Source, View, X264Preset,
 };
 
 /// Initializes GStreamer and registers the statically linked fMP4 muxer. Idempotent.

@@ -238,13 +238,10 @@ impl Capture {
         F: FnMut(Output) -> Result<(), String> + Send + 'static,
     {
         crate::init()?;
-        let encoder = match settings.source {
-            Source::V4l2 {
-                format: InputFormat::H264,
-                ..
-            }
-            | Source::TestH264 { .. } => Encoder::Passthrough,
-            _ => probe_encoder(settings.encoder.as_ref())?,
+        let encoder = if camera_encodes(&settings.source) {
+            Encoder::Passthrough
+        } else {
+            probe_encoder(settings.encoder.as_ref())?
         };
         let pipeline = build(settings, &encoder, sink)?;
         let frames = Arc::new(FrameCounter::default());
@@ -450,15 +447,47 @@ fn error_from_message(msg: &gst::Message) -> CaptureError {
     }
 }
 
-/// Uncompressed I420 at the configured size and rate: what x264 is fed (without `format`, it
-/// picks High 4:4:4, which browsers do not play).
-fn i420_caps(s: &CaptureSettings) -> gst::Caps {
-    gst::Caps::builder("video/x-raw")
-        .field("format", "I420")
-        .field("width", s.width as i32)
-        .field("height", s.height as i32)
-        .field("framerate", gst::Fraction::new(s.fps as i32, 1))
-        .build()
+/// Prefix of the names of the second camera's elements: an error they post is known to be the
+/// second view's ([`CaptureError::part`]).
+pub const SECOND_PREFIX: &str = "view2-";
+
+/// What one video branch is built from: the first view's settings, or the second's with the
+/// first's rate, fragment length and encoder.
+struct Branch<'a> {
+    /// Prefix of its elements' names (empty for the first view).
+    prefix: &'a str,
+    source: &'a Source,
+    width: u32,
+    height: u32,
+    fps: u32,
+    fragment_secs: u32,
+    bitrate_kbps: u32,
+    x264_preset: crate::X264Preset,
+}
+
+impl Branch<'_> {
+    fn name(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn make(&self, factory: &str, name: &str) -> Result<gst::Element, CaptureError> {
+        make(factory, &self.name(name))
+    }
+
+    fn caps_filter(&self, name: &str, caps: gst::Caps) -> Result<gst::Element, CaptureError> {
+        caps_filter(&self.name(name), caps)
+    }
+
+    /// Uncompressed I420 at the branch's size and rate: what x264 is fed (without `format`, it
+    /// picks High 4:4:4, which browsers do not play).
+    fn i420_caps(&self) -> gst::Caps {
+        gst::Caps::builder("video/x-raw")
+            .field("format", "I420")
+            .field("width", self.width as i32)
+            .field("height", self.height as i32)
+            .field("framerate", gst::Fraction::new(self.fps as i32, 1))
+            .build()
+    }
 }
 
 fn caps_filter(name: &str, caps: gst::Caps) -> Result<gst::Element, CaptureError> {
@@ -467,40 +496,173 @@ fn caps_filter(name: &str, caps: gst::Caps) -> Result<gst::Element, CaptureError
     Ok(f)
 }
 
+/// Whether the source delivers H.264 itself, passed through without an encoder.
+fn camera_encodes(source: &Source) -> bool {
+    matches!(
+        source,
+        Source::V4l2 {
+            format: InputFormat::H264,
+            ..
+        } | Source::TestH264 { .. }
+    )
+}
+
+/// The encoder a branch uses: passthrough for a camera with its own H.264, else `probed`.
+fn encoder_of(source: &Source, probed: &Encoder) -> Encoder {
+    if camera_encodes(source) {
+        Encoder::Passthrough
+    } else {
+        probed.clone()
+    }
+}
+
 /// Builds the whole pipeline. Element names (`source`, `decoder`, `encoder`, `muxer`, ...) are
-/// what errors name.
+/// what errors name; the second view's carry [`SECOND_PREFIX`].
 fn build<F>(s: &CaptureSettings, encoder: &Encoder, sink: F) -> Result<gst::Pipeline, CaptureError>
 where
     F: FnMut(Output) -> Result<(), String> + Send + 'static,
 {
     let pipeline = gst::Pipeline::with_name("neoflix-capture");
-    let fps = s.fps as i32;
+    let first = Branch {
+        prefix: "",
+        source: &s.source,
+        width: s.width,
+        height: s.height,
+        fps: s.fps,
+        fragment_secs: s.fragment_secs,
+        bitrate_kbps: s.bitrate_kbps,
+        x264_preset: s.x264_preset,
+    };
+    let mut chain = video_chain(&first, encoder)?;
+    let frame = Duration::from_secs(1) / s.fps.max(1);
+    let mut fragment = Duration::from_secs(u64::from(s.fragment_secs));
+    if s.second.is_some()
+        && let Some(pad) = chain.last().and_then(|e| e.static_pad("src"))
+    {
+        delay_keyframes(&pad, frame);
+        // The next boundary is counted from the delayed keyframe.
+        fragment = fragment.saturating_sub(frame);
+    }
+    let mux = make("isofmp4mux", "muxer")?;
+    mux.set_property("fragment-duration", fragment.as_nanos() as u64);
+    chain.push(mux.clone());
+
+    let appsink = gst_app::AppSink::builder()
+        .name("sink")
+        .sync(false)
+        .buffer_list(true)
+        .max_buffers(4)
+        .build();
+    appsink.set_callbacks(appsink_callbacks(sink));
+    chain.push(appsink.upcast());
+
+    pipeline
+        .add_many(&chain)
+        .map_err(|e| CaptureError::Build(e.to_string()))?;
+    gst::Element::link_many(&chain).map_err(|e| CaptureError::Build(e.to_string()))?;
+    // The muxer puts video tracks before sound: the first view is track 1, then the second view,
+    // then the sound.
+    let mut branches = Vec::new();
+    if let Some(a) = &s.audio {
+        branches.push(("the sound", audio_chain(a)?));
+    }
+    if let Some(v) = &s.second {
+        let second = Branch {
+            prefix: SECOND_PREFIX,
+            source: &v.source,
+            width: v.width,
+            height: v.height,
+            bitrate_kbps: v.bitrate_kbps,
+            ..first
+        };
+        let probed = match encoder {
+            Encoder::Passthrough => probe_encoder(s.encoder.as_ref())?,
+            e => e.clone(),
+        };
+        branches.push((
+            "the second view",
+            video_chain(&second, &encoder_of(&v.source, &probed))?,
+        ));
+    }
+    for (what, branch) in branches {
+        pipeline
+            .add_many(&branch)
+            .map_err(|e| CaptureError::Build(e.to_string()))?;
+        gst::Element::link_many(&branch).map_err(|e| CaptureError::Build(e.to_string()))?;
+        if let Some(last) = branch.last() {
+            last.link(&mux)
+                .map_err(|e| CaptureError::Build(format!("linking {what} to the muxer: {e}")))?;
+        }
+    }
+    Ok(pipeline)
+}
+
+/// Moves the muxer's keyframe requests passing upstream through `pad` one frame later.
+///
+/// The muxer ends a fragment at the first view's keyframe at or after the boundary, and takes
+/// of the second view only keyframe intervals that end by then, yet only once one ends at or
+/// after the boundary. Two cameras tick independently: asked for the same moment, the second
+/// view's keyframe comes after the first's half the time, its interval misses the fragment and
+/// the view lags a whole fragment behind. With the first view asked a frame later, the second
+/// view's keyframe (the first frame at or after the boundary) always comes before the first
+/// view's, so both views start every fragment within two frames of each other.
+fn delay_keyframes(pad: &gst::Pad, frame: Duration) {
+    let by = frame.as_nanos() as u64;
+    pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
+        let moved = info.event().and_then(|e| {
+            let s = e.structure()?;
+            if e.type_() != gst::EventType::CustomUpstream || s.name() != "GstForceKeyUnit" {
+                return None;
+            }
+            let at = s.get::<u64>("running-time").ok()?;
+            if at == u64::MAX {
+                // "As soon as possible": nothing to move.
+                return None;
+            }
+            let mut s = s.to_owned();
+            s.set("running-time", at.saturating_add(by));
+            Some(gst::event::CustomUpstream::new(s))
+        });
+        if let Some(event) = moved {
+            info.data = Some(gst::PadProbeData::Event(event));
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// One view's branch, camera to H.264 in the muxer's stream format.
+fn video_chain(b: &Branch<'_>, encoder: &Encoder) -> Result<Vec<gst::Element>, CaptureError> {
+    let fps = b.fps as i32;
     // Keyframes come from the muxer's force-keyunit requests at each fragment boundary, which
     // follow the clock. The encoder's own interval is only a safety net, set beyond one fragment:
     // counted in frames, it drifts from the clock whenever a camera drops frames (low light, a
     // busy CPU), and every drifted keyframe would split a fragment in two.
-    let keyint = 2 * s.fps * s.fragment_secs;
+    let keyint = 2 * b.fps * b.fragment_secs;
     let framerate = gst::Fraction::new(fps, 1);
     let mut chain: Vec<gst::Element> = Vec::new();
 
-    match &s.source {
+    match b.source {
         Source::Test => {
-            let src = make("videotestsrc", "source")?;
+            let src = b.make("videotestsrc", "source")?;
             src.set_property("is-live", true);
+            if !b.prefix.is_empty() {
+                // Told apart from the first view at a glance.
+                src.set_property_from_str("pattern", "ball");
+            }
             chain.push(src);
         }
         Source::TestH264 { keyframe_secs } => {
-            let src = make("videotestsrc", "source")?;
+            let src = b.make("videotestsrc", "source")?;
             src.set_property("is-live", true);
             chain.push(src);
-            chain.push(caps_filter("camera-caps", i420_caps(s))?);
+            chain.push(b.caps_filter("camera-caps", b.i420_caps())?);
             // The "camera's" encoder: part of the camera, so the muxer's keyframe requests never
             // reach it, as they never reach a USB camera's.
-            let enc = make("x264enc", "camera-encoder")?;
+            let enc = b.make("x264enc", "camera-encoder")?;
             enc.set_property_from_str("tune", "zerolatency");
             enc.set_property_from_str("speed-preset", "ultrafast");
-            enc.set_property("key-int-max", s.fps * keyframe_secs);
-            enc.set_property("bitrate", s.bitrate_kbps);
+            enc.set_property("key-int-max", b.fps * keyframe_secs);
+            enc.set_property("bitrate", b.bitrate_kbps);
             enc.set_property("option-string", "scenecut=0");
             if let Some(pad) = enc.static_pad("src") {
                 pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, |_, info| {
@@ -518,7 +680,7 @@ where
             chain.push(enc);
         }
         Source::V4l2 { device, format } => {
-            let src = make("v4l2src", "source")?;
+            let src = b.make("v4l2src", "source")?;
             src.set_property("device", device.to_string_lossy().to_string());
             chain.push(src);
             let media = match format {
@@ -526,37 +688,37 @@ where
                 InputFormat::Mjpeg => "image/jpeg",
                 InputFormat::H264 => "video/x-h264",
             };
-            chain.push(caps_filter(
+            chain.push(b.caps_filter(
                 "camera-caps",
                 gst::Caps::builder(media)
-                    .field("width", s.width as i32)
-                    .field("height", s.height as i32)
+                    .field("width", b.width as i32)
+                    .field("height", b.height as i32)
                     .field("framerate", framerate)
                     .build(),
             )?);
             if *format == InputFormat::Mjpeg {
-                chain.push(make("jpegdec", "decoder")?);
+                chain.push(b.make("jpegdec", "decoder")?);
             }
         }
     }
 
     if *encoder != Encoder::Passthrough {
-        chain.push(make("videoconvert", "convert")?);
-        chain.push(caps_filter("raw-caps", i420_caps(s))?);
-        let q = make("queue", "encode-queue")?;
+        chain.push(b.make("videoconvert", "convert")?);
+        chain.push(b.caps_filter("raw-caps", b.i420_caps())?);
+        let q = b.make("queue", "encode-queue")?;
         // Bounded and leaky-free: a slow encoder backs up to the source, which drops frames
         // itself, instead of this queue growing.
-        q.set_property("max-size-buffers", 2 * s.fps);
+        q.set_property("max-size-buffers", 2 * b.fps);
         q.set_property("max-size-bytes", 0u32);
         q.set_property("max-size-time", 0u64);
         chain.push(q);
-        let enc = make(encoder.factory(), "encoder")?;
+        let enc = b.make(encoder.factory(), "encoder")?;
         match encoder {
             Encoder::X264 => {
                 enc.set_property_from_str("tune", "zerolatency");
-                enc.set_property_from_str("speed-preset", s.x264_preset.nick());
+                enc.set_property_from_str("speed-preset", b.x264_preset.nick());
                 enc.set_property("key-int-max", keyint);
-                enc.set_property("bitrate", s.bitrate_kbps);
+                enc.set_property("bitrate", b.bitrate_kbps);
                 // The test pattern (and a cut in the room) makes x264 insert scene-cut keyframes,
                 // which would split fragments unevenly.
                 enc.set_property("option-string", "scenecut=0");
@@ -564,14 +726,14 @@ where
             Encoder::V4l2 => {
                 let controls = gst::Structure::builder("controls")
                     .field("h264_i_frame_period", keyint as i32)
-                    .field("video_bitrate", (s.bitrate_kbps * 1000) as i32)
+                    .field("video_bitrate", (b.bitrate_kbps * 1000) as i32)
                     .field("repeat_sequence_header", 1i32)
                     .build();
                 enc.set_property("extra-controls", controls);
             }
             Encoder::NvV4l2 => {
                 enc.set_property("iframeinterval", keyint);
-                enc.set_property("bitrate", s.bitrate_kbps * 1000);
+                enc.set_property("bitrate", b.bitrate_kbps * 1000);
                 enc.set_property("insert-sps-pps", true);
             }
             Encoder::Passthrough => unreachable!("checked above"),
@@ -579,7 +741,7 @@ where
         chain.push(enc);
         if *encoder == Encoder::V4l2 {
             // The Pi's encoder needs a level that fits the frame size, or it refuses to start.
-            chain.push(caps_filter(
+            chain.push(b.caps_filter(
                 "encoder-caps",
                 gst::Caps::builder("video/x-h264")
                     .field("level", "4")
@@ -588,47 +750,15 @@ where
         }
     }
 
-    chain.push(make("h264parse", "parser")?);
-    chain.push(caps_filter(
+    chain.push(b.make("h264parse", "parser")?);
+    chain.push(b.caps_filter(
         "h264-caps",
         gst::Caps::builder("video/x-h264")
             .field("stream-format", "avc")
             .field("alignment", "au")
             .build(),
     )?);
-    let mux = make("isofmp4mux", "muxer")?;
-    mux.set_property(
-        "fragment-duration",
-        u64::from(s.fragment_secs) * 1_000_000_000,
-    );
-    chain.push(mux.clone());
-
-    let appsink = gst_app::AppSink::builder()
-        .name("sink")
-        .sync(false)
-        .buffer_list(true)
-        .max_buffers(4)
-        .build();
-    appsink.set_callbacks(appsink_callbacks(sink));
-    chain.push(appsink.upcast());
-
-    pipeline
-        .add_many(&chain)
-        .map_err(|e| CaptureError::Build(e.to_string()))?;
-    gst::Element::link_many(&chain).map_err(|e| CaptureError::Build(e.to_string()))?;
-    // Linked after the video, so the video is the first track and the sound the second.
-    if let Some(a) = &s.audio {
-        let audio = audio_chain(a)?;
-        pipeline
-            .add_many(&audio)
-            .map_err(|e| CaptureError::Build(e.to_string()))?;
-        gst::Element::link_many(&audio).map_err(|e| CaptureError::Build(e.to_string()))?;
-        if let Some(last) = audio.last() {
-            last.link(&mux)
-                .map_err(|e| CaptureError::Build(format!("linking the sound to the muxer: {e}")))?;
-        }
-    }
-    Ok(pipeline)
+    Ok(chain)
 }
 
 /// The sound's branch, source to Opus encoder. Its elements are named `audio-*`, so an error
@@ -751,6 +881,7 @@ fn split_sample(sample: &gst::Sample) -> Result<Vec<Output>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::View;
     use std::sync::mpsc;
 
     fn small() -> CaptureSettings {
@@ -860,6 +991,92 @@ mod tests {
         let peak = stats.peak_dbfs.expect("a whole second measured");
         assert!((-12.0..=0.0).contains(&peak), "{peak}");
         cap.stop(Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_second_camera_is_a_second_video_track_cut_on_the_same_keyframes() {
+        let settings = CaptureSettings {
+            audio: Some(AudioSettings {
+                source: AudioSource::Test,
+                channels: 1,
+                rate: 48_000,
+                bitrate_kbps: 32,
+            }),
+            second: Some(View {
+                source: Source::Test,
+                width: 160,
+                height: 120,
+                bitrate_kbps: 200,
+            }),
+            ..small()
+        };
+        let (tx, rx) = mpsc::sync_channel(64);
+        let cap = Capture::start(&settings, move |o| tx.send(o).map_err(|e| e.to_string()))
+            .expect("pipeline starts");
+        let Output::Init { data } = rx.recv_timeout(Duration::from_secs(20)).unwrap() else {
+            panic!("no init segment first")
+        };
+        let info = neoflix_mp4::InitInfo::parse(&data).unwrap();
+        use neoflix_mp4::Handler::{Audio, Video};
+        let handlers: Vec<_> = info.tracks.iter().map(|t| t.handler).collect();
+        assert_eq!(handlers, [Video, Video, Audio]);
+        let frame = 1.0 / f64::from(settings.fps);
+        for _ in 0..6 {
+            let Output::Fragment { data, duration, .. } =
+                rx.recv_timeout(Duration::from_secs(20)).unwrap()
+            else {
+                panic!("expected a fragment")
+            };
+            assert!(
+                duration.abs_diff(Duration::from_secs(1)) < Duration::from_millis(60),
+                "{duration:?}"
+            );
+            let trafs = neoflix_mp4::parse_fragment(&info, &data, 0).unwrap();
+            assert_eq!(trafs.len(), 3, "every track in every fragment");
+            for t in trafs.iter().filter(|t| t.track_id != info.tracks[2].id) {
+                assert!(
+                    t.samples.first().is_some_and(|s| s.sync),
+                    "track {} does not start its fragment on a keyframe",
+                    t.track_id
+                );
+            }
+            let s = starts(&info, &data);
+            let (first, second) = (s[0].1, s[1].1);
+            assert!(
+                (first - second).abs() <= 2.0 * frame + 1e-6,
+                "the views start {:.4} s apart: {s:?}",
+                second - first
+            );
+        }
+        cap.stop(Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_failing_second_camera_is_an_error_of_the_second_view() {
+        let settings = CaptureSettings {
+            second: Some(View {
+                source: Source::V4l2 {
+                    device: "/dev/neoflix-no-such-camera".into(),
+                    format: InputFormat::Raw,
+                },
+                width: 320,
+                height: 240,
+                bitrate_kbps: 300,
+            }),
+            ..small()
+        };
+        let e = match Capture::start(&settings, |_| Ok(())) {
+            Err(e) => e,
+            Ok(cap) => loop {
+                match cap.next_event(Duration::from_secs(10)) {
+                    Some(CaptureEvent::Error(e)) => break e,
+                    Some(CaptureEvent::Eos) => panic!("end of stream instead of an error"),
+                    None => {}
+                }
+            },
+        };
+        assert_eq!(e.part(), crate::Part::SecondView, "{e}");
+        assert!(e.summary().contains("view2-source"), "{}", e.summary());
     }
 
     #[test]

@@ -125,6 +125,23 @@ pub struct CaptureSettings {
     pub x264_preset: X264Preset,
     /// Sound, muxed into the same fragments; `None`: a silent recording.
     pub audio: Option<AudioSettings>,
+    /// A second camera, muxed as a second video track into the same fragments on the same
+    /// clock; `None`: one view.
+    pub second: Option<View>,
+}
+
+/// A second camera: its own source, size and bitrate; the frame rate, fragment length and
+/// encoder are the first view's, so both tracks are cut on the same keyframe requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    /// Frame source.
+    pub source: Source,
+    /// Frame width in pixels.
+    pub width: u32,
+    /// Frame height in pixels.
+    pub height: u32,
+    /// Target bitrate in kbit/s.
+    pub bitrate_kbps: u32,
 }
 
 /// Where sound comes from.
@@ -175,6 +192,7 @@ impl Default for CaptureSettings {
             bitrate_kbps: 4000,
             x264_preset: X264Preset::Veryfast,
             audio: None,
+            second: None,
         }
     }
 }
