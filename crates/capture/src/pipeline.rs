@@ -688,14 +688,16 @@ fn video_chain(b: &Branch<'_>, encoder: &Encoder) -> Result<Vec<gst::Element>, C
                 InputFormat::Mjpeg => "image/jpeg",
                 InputFormat::H264 => "video/x-h264",
             };
-            chain.push(b.caps_filter(
-                "camera-caps",
-                gst::Caps::builder(media)
-                    .field("width", b.width as i32)
-                    .field("height", b.height as i32)
-                    .field("framerate", framerate)
-                    .build(),
-            )?);
+            chain.push(
+                b.caps_filter(
+                    "camera-caps",
+                    gst::Caps::builder(media)
+                        .field("width", b.width as i32)
+                        .field("height", b.height as i32)
+                        .field("framerate", framerate)
+                        .build(),
+                )?,
+            );
             if *format == InputFormat::Mjpeg {
                 chain.push(b.make("jpegdec", "decoder")?);
             }
@@ -741,23 +743,27 @@ fn video_chain(b: &Branch<'_>, encoder: &Encoder) -> Result<Vec<gst::Element>, C
         chain.push(enc);
         if *encoder == Encoder::V4l2 {
             // The Pi's encoder needs a level that fits the frame size, or it refuses to start.
-            chain.push(b.caps_filter(
-                "encoder-caps",
-                gst::Caps::builder("video/x-h264")
-                    .field("level", "4")
-                    .build(),
-            )?);
+            chain.push(
+                b.caps_filter(
+                    "encoder-caps",
+                    gst::Caps::builder("video/x-h264")
+                        .field("level", "4")
+                        .build(),
+                )?,
+            );
         }
     }
 
     chain.push(b.make("h264parse", "parser")?);
-    chain.push(b.caps_filter(
-        "h264-caps",
-        gst::Caps::builder("video/x-h264")
-            .field("stream-format", "avc")
-            .field("alignment", "au")
-            .build(),
-    )?);
+    chain.push(
+        b.caps_filter(
+            "h264-caps",
+            gst::Caps::builder("video/x-h264")
+                .field("stream-format", "avc")
+                .field("alignment", "au")
+                .build(),
+        )?,
+    );
     Ok(chain)
 }
 

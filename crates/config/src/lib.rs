@@ -141,6 +141,28 @@ pub struct Capture {
     pub x264_preset: X264Preset,
 }
 
+/// `[second_camera]`: a second view (the resuscitaire from above, say), recorded as a second
+/// video track on the first camera's clock, rate and fragment boundaries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecondCamera {
+    /// `v4l2` (the default here), or a test source.
+    pub source: SourceKind,
+    /// V4L2 device: a stable name (`/dev/v4l/by-id/...`) or a node.
+    pub device: PathBuf,
+    /// Or the camera with this USB serial number.
+    pub serial: Option<String>,
+    /// What it is asked to deliver.
+    pub input_format: InputFormat,
+    /// `[second_camera.controls]`, as `[capture.controls]`.
+    pub controls: Vec<(String, ControlValue)>,
+    /// Frame width in pixels (default: the first camera's).
+    pub width: u32,
+    /// Frame height in pixels (default: the first camera's).
+    pub height: u32,
+    /// Target bitrate (default: the first camera's).
+    pub bitrate_kbps: u32,
+}
+
 /// The setting of one camera control.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlValue {
@@ -299,6 +321,8 @@ pub struct Config {
     pub device_id: String,
     /// `[capture]`
     pub capture: Capture,
+    /// `[second_camera]`, when the room has one.
+    pub second_camera: Option<SecondCamera>,
     /// `[audio]`, if configured.
     pub audio: Option<Audio>,
     /// `[ring]`

@@ -8,7 +8,7 @@ use neoflix_confwalk::{DeTable, DeValue, Section, Walker, shown, type_name};
 use crate::{
     Audio, AudioSourceKind, Bias, Capture, Config, ConfigError, Control, ControlValue,
     EncoderChoice, FootSwitch, GpioLine, InputFormat, LineRef, Mqtt, Problem, Readiness,
-    Recordings, Ring, Signing, SourceKind, Upload, X264Preset,
+    Recordings, Ring, SecondCamera, Signing, SourceKind, Upload, X264Preset,
 };
 
 /// A GPIO line: a name (string) or an offset (whole number).
@@ -97,22 +97,9 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
     let mut cap = w.section(root, "capture");
     let source = w.choice(&mut cap, "source", SourceKind::Test);
     let (device, _) = w.path(&mut cap, "device", "/dev/video0");
-    let serial = cap.has("serial").then(|| {
-        let (serial, line) = w.string(&mut cap, "serial", "");
-        if serial.is_empty() || serial.len() > 128 || serial.chars().any(char::is_control) {
-            w.error(
-                line,
-                "capture.serial",
-                format!(
-                    "{} is not a USB serial number (neoflix camera list shows them)",
-                    shown(&serial)
-                ),
-            );
-        }
-        serial
-    });
+    let serial = usb_serial(&mut w, &mut cap, "capture");
     let input_format = w.choice(&mut cap, "input_format", InputFormat::Auto);
-    let controls = camera_controls(&mut w, &mut cap);
+    let controls = camera_controls(&mut w, &mut cap, "capture");
     let (width, _) = w.int(&mut cap, "width", 1280, (16, 7680), " pixels");
     let (height, _) = w.int(&mut cap, "height", 720, (16, 4320), " pixels");
     let (fps, _) = w.int(&mut cap, "fps", 30, (1, 120), " frames per second");
@@ -121,6 +108,41 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
     let (bitrate_kbps, _) = w.int(&mut cap, "bitrate_kbps", 4000, (100, 100_000), " kbit/s");
     let x264_preset = w.choice(&mut cap, "x264_preset", X264Preset::Veryfast);
     w.finish(cap);
+
+    let second_camera = if let Some(mut sc) = w.optional_section(root, "second_camera") {
+        let source = w.choice(&mut sc, "source", SourceKind::V4l2);
+        let (device, _) = w.path(&mut sc, "device", "/dev/video1");
+        let serial = usb_serial(&mut w, &mut sc, "second_camera");
+        let input_format = w.choice(&mut sc, "input_format", InputFormat::Auto);
+        let controls = camera_controls(&mut w, &mut sc, "second_camera");
+        let (width, _) = w.int(&mut sc, "width", width, (16, 7680), " pixels");
+        let (height, _) = w.int(&mut sc, "height", height, (16, 4320), " pixels");
+        let (bitrate, _) = w.int(
+            &mut sc,
+            "bitrate_kbps",
+            bitrate_kbps,
+            (100, 100_000),
+            " kbit/s",
+        );
+        for shared in ["fps", "fragment_secs", "encoder", "x264_preset"] {
+            if let Some((_, line, _)) = w.value(&mut sc, shared) {
+                w.error(line, format!("second_camera.{shared}"), format!("both views run at capture.{shared}, on one clock and one encoder: remove it here"));
+            }
+        }
+        w.finish(sc);
+        Some(SecondCamera {
+            source,
+            device,
+            serial,
+            input_format,
+            controls,
+            width: width as u32,
+            height: height as u32,
+            bitrate_kbps: bitrate as u32,
+        })
+    } else {
+        None
+    };
 
     let audio = if let Some(mut a) = w.optional_section(root, "audio") {
         let source = w.choice(&mut a, "source", AudioSourceKind::Alsa);
@@ -439,6 +461,7 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
             bitrate_kbps: bitrate_kbps as u32,
             x264_preset,
         },
+        second_camera,
         audio,
         ring: Ring {
             dir: ring_dir,
@@ -468,18 +491,40 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
     Ok((cfg, warnings))
 }
 
+/// `SECTION.serial`: a USB serial number, when given.
+fn usb_serial(w: &mut Walker, sec: &mut Section, section: &str) -> Option<String> {
+    sec.has("serial").then(|| {
+        let (serial, line) = w.string(sec, "serial", "");
+        if serial.is_empty() || serial.len() > 128 || serial.chars().any(char::is_control) {
+            w.error(
+                line,
+                format!("{section}.serial"),
+                format!(
+                    "{} is not a USB serial number (neoflix camera list shows them)",
+                    shown(&serial)
+                ),
+            );
+        }
+        serial
+    })
+}
+
 /// `[capture.controls]`: each key a control, each value `"auto"`, a number, a boolean or a
 /// menu entry's name. The four a room needs are checked here; other names are the camera's own
 /// (`neoflix camera list`), checked against the camera when capture starts.
-fn camera_controls(w: &mut Walker, cap: &mut Section) -> Vec<(String, ControlValue)> {
+fn camera_controls(
+    w: &mut Walker,
+    cap: &mut Section,
+    section: &str,
+) -> Vec<(String, ControlValue)> {
     let Some((v, line, _)) = w.value(cap, "controls") else {
         return Vec::new();
     };
     let DeValue::Table(t) = v.get_ref() else {
         w.error(
             line,
-            "capture.controls",
-            "expected a table [capture.controls]",
+            format!("{section}.controls"),
+            format!("expected a table [{section}.controls]"),
         );
         return Vec::new();
     };
@@ -492,7 +537,7 @@ fn camera_controls(w: &mut Walker, cap: &mut Section) -> Vec<(String, ControlVal
         let key = k.get_ref().to_string();
         let line = w.line_of(k.span().start);
         let opt = format!(
-            "capture.controls.{}",
+            "{section}.controls.{}",
             neoflix_confwalk::cut(&key, 60).escape_debug()
         );
         let value = match v.get_ref() {
@@ -823,6 +868,50 @@ mod tests {
             assert!(err.contains(expected), "{expected}\n{err}");
         }
         assert!(err.starts_with("5 errors"), "{err}");
+    }
+
+    #[test]
+    fn a_second_camera_takes_the_first_ones_size_and_bitrate_unless_given() {
+        let c = ok("[capture]\nwidth = 640\nheight = 360\nbitrate_kbps = 1500\n");
+        assert_eq!(c.second_camera, None);
+        let c = ok(
+            "[capture]\nwidth = 640\nheight = 360\nbitrate_kbps = 1500\n\
+             [second_camera]\ndevice = \"/dev/v4l/by-id/usb-Overhead-video-index0\"\n\
+             [second_camera.controls]\nfocus = 30\n",
+        );
+        let sc = c.second_camera.expect("a second camera");
+        assert_eq!(sc.source, SourceKind::V4l2);
+        assert_eq!((sc.width, sc.height, sc.bitrate_kbps), (640, 360, 1500));
+        assert_eq!(sc.input_format, InputFormat::Auto);
+        assert_eq!(
+            sc.controls,
+            [("focus".to_string(), ControlValue::Value(30))]
+        );
+        let c =
+            ok("[second_camera]\nsource = \"test\"\nwidth = 320\nheight = 240\nserial = \"X9\"\n");
+        let sc = c.second_camera.unwrap();
+        assert_eq!(
+            (sc.source, sc.width, sc.height),
+            (SourceKind::Test, 320, 240)
+        );
+        assert_eq!(sc.serial.as_deref(), Some("X9"));
+
+        let r = recipient();
+        let text = format!(
+            "device_id = \"r\"\n[recordings]\nrecipient = \"{}\"\n\
+             [second_camera]\nsource = \"usb\"\nwidth = 9\nserial = \"\"\nfps = 25\n[second_camera.controls]\nexposure = 0\n",
+            r.path().display()
+        );
+        let err = parse("s.toml", &text).unwrap_err().to_string();
+        for expected in [
+            "s.toml:5: second_camera.source: 'usb' is not one of: test, test-h264, v4l2",
+            "s.toml:6: second_camera.width: 9 is out of range",
+            "s.toml:7: second_camera.serial: '' is not a USB serial number",
+            "s.toml:8: second_camera.fps: both views run at capture.fps",
+            "s.toml:10: second_camera.controls.exposure: 0 is out of range",
+        ] {
+            assert!(err.contains(expected), "{expected}\n{err}");
+        }
     }
 
     #[test]

@@ -172,6 +172,9 @@ pub struct Status {
     /// The sound, when `[audio]` is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio: Option<AudioStatus>,
+    /// The second camera, when `[second_camera]` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second_camera: Option<ViewStatus>,
     /// Recordings finalized since start.
     pub recordings_finalized: u64,
     /// The last storage error, if one is unresolved.
@@ -205,6 +208,16 @@ pub struct AudioStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_dbfs: Option<f64>,
     /// Why there is no sound, while the microphone is missing: recordings go on without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<String>,
+}
+
+/// The second camera, as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewStatus {
+    /// The configured device (its stable name or node, `serial ...`, or `test`).
+    pub device: String,
+    /// Why it is not recorded, while it is missing: recordings go on with the first view.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing: Option<String>,
 }

@@ -59,6 +59,10 @@ const AUDIO_SETTLED: Duration = Duration::from_secs(300);
 const AUDIO_PROBE: Duration = Duration::from_secs(2);
 /// Sound that has not arrived for this long is not flowing.
 const AUDIO_STALL: Duration = Duration::from_secs(2);
+/// A second camera that failed in the pipeline is tried again after this, then twice as long
+/// after each further failure, up to [`AUDIO_RETRY_MAX`]; one that is unplugged, as soon as it
+/// is back. Either way only while no recording is open.
+pub const VIEW_RETRY: Duration = Duration::from_secs(30);
 /// Consecutive failures of a probed hardware encoder before x264 takes over.
 pub const ENCODER_ATTEMPTS: u32 = 3;
 
@@ -109,6 +113,8 @@ impl Failure {
 pub struct Attempt {
     /// With the configured sound (false: the microphone is missing, video alone).
     pub audio: bool,
+    /// With the configured second camera (false: it is missing, the first view alone).
+    pub second: bool,
     /// With x264 in place of the probed hardware encoder.
     pub fallback: bool,
 }
@@ -126,6 +132,15 @@ pub struct AudioFacts {
     pub missing: Option<String>,
 }
 
+/// The second camera, as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewFacts {
+    /// The configured device (`test` for a test source).
+    pub device: String,
+    /// Why it is not recorded, while it is missing.
+    pub missing: Option<String>,
+}
+
 /// What capture supervision shows the status and the watchdog.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Facts {
@@ -135,6 +150,8 @@ pub struct Facts {
     pub encoder_fallback: Option<String>,
     /// The sound, when configured.
     pub audio: Option<AudioFacts>,
+    /// The second camera, when configured.
+    pub second: Option<ViewFacts>,
     /// Frames delivered by the camera since start, across pipelines (the watchdog's evidence).
     pub frames: u64,
     /// Frames the camera skipped since start.
@@ -318,6 +335,11 @@ pub trait Launcher: Send + 'static {
     /// The encoder a failing one may be replaced with: `Some` only when the last launch used a
     /// hardware encoder that was probed, not named in the config.
     fn fallback_encoder(&self) -> Option<String>;
+    /// The configured second camera, if one is configured.
+    fn second_device(&self) -> Option<String>;
+    /// Whether the second camera is plugged in now; `None` for a source that cannot be
+    /// unplugged (or none configured). Cheap, as [`Launcher::camera_present`].
+    fn second_present(&self) -> Option<bool>;
 }
 
 /// How a V4L2 camera is found and set up at each start of capture (so after every re-plug).
@@ -334,9 +356,10 @@ pub struct CameraChoice {
 }
 
 impl CameraChoice {
-    /// Finds the camera, chooses its mode for `settings` (size and rate), sets its controls and
+    /// Finds the camera, chooses its mode for `size` at `settings`' rate, sets its controls and
     /// returns the source to build the pipeline from. Blocks (a few ioctls).
-    fn prepare(&self, settings: &CaptureSettings) -> Result<Source, Failure> {
+    fn prepare(&self, settings: &CaptureSettings, size: (u32, u32)) -> Result<Source, Failure> {
+        let (width, height) = size;
         let camera_failure = |reason: String| Failure::new(Part::Camera, reason);
         let node = match &self.serial {
             Some(serial) => neoflix_camera::by_serial(serial)
@@ -350,16 +373,13 @@ impl CameraChoice {
             )));
         }
         let camera = neoflix_camera::describe(&node).map_err(|e| camera_failure(e.to_string()))?;
-        let mode = neoflix_camera::mode::choose(
-            &camera.formats,
-            self.wanted,
-            settings.width,
-            settings.height,
-            settings.fps,
-        )
-        .map_err(|e| camera_failure(format!("{} ({}): {e}", node.display(), camera.card)))?;
+        let mode =
+            neoflix_camera::mode::choose(&camera.formats, self.wanted, width, height, settings.fps)
+                .map_err(|e| {
+                    camera_failure(format!("{} ({}): {e}", node.display(), camera.card))
+                })?;
         log::info!(device = node.display().to_string().as_str(), card = camera.card.as_str(),
-            format = mode.fourcc.as_str(), width = settings.width, height = settings.height, fps = mode.fps;
+            format = mode.fourcc.as_str(), width = width, height = height, fps = mode.fps;
             "camera mode chosen");
         if mode.kind == neoflix_camera::Kind::H264 {
             // Passed through, its keyframes are the camera's: ask for one per fragment.
@@ -414,16 +434,23 @@ pub struct Gstreamer {
     settings: CaptureSettings,
     /// The V4L2 camera, when the source is one.
     camera: Option<CameraChoice>,
+    /// The second camera, when it is a V4L2 one.
+    second: Option<CameraChoice>,
     /// The encoder the last launch probed, when the config leaves it to the probe.
     probed: Option<Encoder>,
 }
 
 impl Gstreamer {
-    /// Pipelines built from `settings`, from the camera `camera` finds.
-    pub fn new(settings: CaptureSettings, camera: Option<CameraChoice>) -> Gstreamer {
+    /// Pipelines built from `settings`, from the cameras `camera` and `second` find.
+    pub fn new(
+        settings: CaptureSettings,
+        camera: Option<CameraChoice>,
+        second: Option<CameraChoice>,
+    ) -> Gstreamer {
         Gstreamer {
             settings,
             camera,
+            second,
             probed: None,
         }
     }
@@ -435,10 +462,23 @@ impl Launcher for Gstreamer {
     fn launch(&mut self, sink: Sink, attempt: Attempt) -> Result<Capture, Failure> {
         let mut settings = self.settings.clone();
         if let Some(camera) = &self.camera {
-            settings.source = camera.prepare(&settings)?;
+            settings.source = camera.prepare(&settings, (settings.width, settings.height))?;
         }
         if !attempt.audio {
             settings.audio = None;
+        }
+        if !attempt.second {
+            settings.second = None;
+        }
+        if let Some(camera) = &self.second
+            && let Some(size) = settings.second.as_ref().map(|v| (v.width, v.height))
+        {
+            let source = camera
+                .prepare(&settings, size)
+                .map_err(|f| Failure::new(Part::SecondView, f.reason))?;
+            if let Some(view) = settings.second.as_mut() {
+                view.source = source;
+            }
         }
         if attempt.fallback {
             settings.encoder = Some(Encoder::X264);
@@ -471,6 +511,21 @@ impl Launcher for Gstreamer {
             Some(Encoder::NvV4l2 | Encoder::V4l2) => Some(Encoder::X264.factory().to_string()),
             _ => None,
         }
+    }
+
+    fn second_device(&self) -> Option<String> {
+        self.settings.second.as_ref()?;
+        Some(match &self.second {
+            Some(c) => match &c.serial {
+                Some(serial) => format!("serial {serial}"),
+                None => c.device.display().to_string(),
+            },
+            None => "test".into(),
+        })
+    }
+
+    fn second_present(&self) -> Option<bool> {
+        self.second.as_ref().map(CameraChoice::present)
     }
 }
 
@@ -562,30 +617,37 @@ impl Tally {
     }
 }
 
-/// The sound, as supervision keeps it.
+/// A part that may be missing without costing the first view (the sound, the second camera),
+/// as supervision keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Sound {
+enum Extra {
     /// Not configured.
     Off,
     /// Configured and used.
     On,
-    /// Configured, but the microphone failed: pipelines start without it.
+    /// Configured, but it failed: pipelines start without it.
     Missing {
         reason: String,
-        /// When to probe it again.
+        /// When to try it again.
         probe_at: Instant,
     },
 }
 
 struct Supervisor<L: Launcher> {
     device: String,
-    sound: Sound,
+    sound: Extra,
+    /// The second camera.
+    second: Extra,
+    /// The wait before the second camera is tried again after it fails in the pipeline.
+    second_retry: Duration,
     /// When the sound's buffer count last grew (or its pipeline started), and the count then.
     heard: (Instant, u64),
     /// The wait before the next probe of a microphone that goes missing.
     audio_retry: Duration,
     /// When the running pipeline started with sound.
     sound_since: Option<Instant>,
+    /// When the running pipeline started with the second camera.
+    second_since: Option<Instant>,
     /// Consecutive encoder failures without video in between.
     encoder_failures: u32,
     /// x264 replaced the probed hardware encoder.
@@ -610,15 +672,22 @@ struct Supervisor<L: Launcher> {
 pub async fn supervise<L: Launcher>(launcher: L, device: String, links: Links) {
     let now = Instant::now();
     let sound = match launcher.audio_device() {
-        Some(_) => Sound::On,
-        None => Sound::Off,
+        Some(_) => Extra::On,
+        None => Extra::Off,
+    };
+    let second = match launcher.second_device() {
+        Some(_) => Extra::On,
+        None => Extra::Off,
     };
     let mut s = Supervisor {
         device,
         sound,
+        second,
+        second_retry: VIEW_RETRY,
         heard: (now, 0),
         audio_retry: AUDIO_RETRY,
         sound_since: None,
+        second_since: None,
         encoder_failures: 0,
         fallback: false,
         camera_gone: false,
@@ -661,6 +730,7 @@ pub async fn supervise<L: Launcher>(launcher: L, device: String, links: Links) {
             _ = poll.tick() => {
                 s.poll().await;
                 s.retry_sound().await;
+                s.retry_second().await;
             }
         }
     }
@@ -686,7 +756,8 @@ impl<L: Launcher> Supervisor<L> {
         );
         let launcher = self.launcher.clone();
         let attempt = Attempt {
-            audio: self.sound == Sound::On,
+            audio: self.sound == Extra::On,
+            second: self.second == Extra::On,
             fallback: self.fallback,
         };
         let started = tokio::task::spawn_blocking(move || {
@@ -705,10 +776,11 @@ impl<L: Launcher> Supervisor<L> {
         match started {
             Ok(pipeline) => {
                 let encoder = pipeline.encoder();
-                log::info!(device = self.device.as_str(), encoder = encoder.as_str(), audio = attempt.audio; "capture started");
+                log::info!(device = self.device.as_str(), encoder = encoder.as_str(), audio = attempt.audio, second_view = attempt.second; "capture started");
                 self.links.facts.send_modify(|f| f.encoder = encoder);
                 self.heard = (Instant::now(), 0);
                 self.sound_since = attempt.audio.then(Instant::now);
+                self.second_since = attempt.second.then(Instant::now);
                 self.running = Some(Running {
                     pipeline,
                     stopping,
@@ -723,7 +795,7 @@ impl<L: Launcher> Supervisor<L> {
     /// Probes a missing microphone when it is time and no recording is open; when it answers,
     /// the pipeline is restarted with it (its last fragment let out first).
     async fn retry_sound(&mut self) {
-        let Sound::Missing { probe_at, .. } = &self.sound else {
+        let Extra::Missing { probe_at, .. } = &self.sound else {
             return;
         };
         let now = Instant::now();
@@ -747,20 +819,79 @@ impl<L: Launcher> Supervisor<L> {
             Ok(()) if (self.links.recording)() => {}
             Ok(()) => {
                 log::info!(device = self.device.as_str(); "microphone is back: restarting capture with sound");
-                self.sound = Sound::On;
+                self.sound = Extra::On;
                 self.stop_pipeline(Some(DRAIN)).await;
                 self.restart_at = Some(Instant::now());
             }
             Err(reason) => {
                 // A probe disturbs nothing: tried again at the first pace.
                 log::debug!(device = self.device.as_str(); "microphone still missing: {reason}");
-                self.sound = Sound::Missing {
+                self.sound = Extra::Missing {
                     reason,
                     probe_at: Instant::now() + AUDIO_RETRY,
                 };
             }
         }
         self.publish_sound(None);
+    }
+
+    /// Takes a missing second camera back when it is time, it is plugged in and no recording
+    /// is open: the pipeline is restarted with it (its last fragment let out first).
+    async fn retry_second(&mut self) {
+        let Extra::Missing { probe_at, .. } = &self.second else {
+            return;
+        };
+        if Instant::now() < *probe_at
+            || (self.links.recording)()
+            || *self.links.wanted.borrow() != Wanted::Running
+        {
+            return;
+        }
+        let launcher = self.launcher.clone();
+        let present = tokio::task::spawn_blocking(move || {
+            launcher
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .second_present()
+        })
+        .await
+        .ok()
+        .flatten();
+        if present == Some(false) {
+            if let Extra::Missing { probe_at, .. } = &mut self.second {
+                *probe_at = Instant::now() + PRESENCE_EVERY;
+            }
+            return;
+        }
+        log::info!(device = self.device.as_str(); "trying the second camera again: restarting capture with both views");
+        self.second = Extra::On;
+        self.stop_pipeline(Some(DRAIN)).await;
+        self.restart_at = Some(Instant::now());
+        self.publish_second();
+    }
+
+    /// Publishes the second camera's facts.
+    fn publish_second(&mut self) {
+        let Some(device) = self
+            .launcher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .second_device()
+        else {
+            return;
+        };
+        let view = ViewFacts {
+            device,
+            missing: match &self.second {
+                Extra::Missing { reason, .. } => Some(reason.clone()),
+                _ => None,
+            },
+        };
+        self.links.facts.send_if_modified(|f| {
+            let changed = f.second.as_ref() != Some(&view);
+            f.second = Some(view);
+            changed
+        });
     }
 
     /// Publishes the sound's facts; `stats` from the running pipeline.
@@ -779,7 +910,7 @@ impl<L: Launcher> Supervisor<L> {
             flowing: stats.is_some() && now - self.heard.0 < AUDIO_STALL,
             peak_dbfs: stats.and_then(|s| s.peak_dbfs),
             missing: match &self.sound {
-                Sound::Missing { reason, .. } => Some(reason.clone()),
+                Extra::Missing { reason, .. } => Some(reason.clone()),
                 _ => None,
             },
         };
@@ -798,6 +929,20 @@ impl<L: Launcher> Supervisor<L> {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .camera_present()
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Off the runtime, as [`Supervisor::camera_present`].
+    async fn second_present(&self) -> Option<bool> {
+        let launcher = self.launcher.clone();
+        tokio::task::spawn_blocking(move || {
+            launcher
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .second_present()
         })
         .await
         .ok()
@@ -831,6 +976,19 @@ impl<L: Launcher> Supervisor<L> {
             self.stop_pipeline(None).await;
             self.failed(Failure::new(
                 Part::Camera,
+                "missing: unplugged (its device node is gone); plug it back in",
+            ))
+            .await;
+        }
+        if look
+            && self.running.is_some()
+            && self.second == Extra::On
+            && self.second_present().await == Some(false)
+        {
+            // As the first camera: an unbound device posts no error, its node goes away.
+            self.stop_pipeline(None).await;
+            self.failed(Failure::new(
+                Part::SecondView,
                 "missing: unplugged (its device node is gone); plug it back in",
             ))
             .await;
@@ -888,7 +1046,7 @@ impl<L: Launcher> Supervisor<L> {
     async fn failed(&mut self, failure: Failure) {
         let Failure { reason, part } = failure;
         let now = Instant::now();
-        if part == Part::Audio && self.sound == Sound::On {
+        if part == Part::Audio && self.sound == Extra::On {
             // The video must not wait for the microphone: start again at once without it.
             if self.sound_since.is_some_and(|t| now - t >= AUDIO_SETTLED) {
                 self.audio_retry = AUDIO_RETRY;
@@ -897,12 +1055,29 @@ impl<L: Launcher> Supervisor<L> {
             self.audio_retry = (wait * 2).min(AUDIO_RETRY_MAX);
             log::warn!(device = self.device.as_str(), retry_secs = wait.as_secs();
                 "microphone failed: {reason}; recording video without sound; check the microphone and audio.device");
-            self.sound = Sound::Missing {
+            self.sound = Extra::Missing {
                 reason,
                 probe_at: now + wait,
             };
             self.restart_at = Some(now);
             self.publish_sound(None);
+            return;
+        }
+        if part == Part::SecondView && self.second == Extra::On {
+            // The first view must not wait for the second: start again at once without it.
+            if self.second_since.is_some_and(|t| now - t >= AUDIO_SETTLED) {
+                self.second_retry = VIEW_RETRY;
+            }
+            let wait = self.second_retry;
+            self.second_retry = (wait * 2).min(AUDIO_RETRY_MAX);
+            log::warn!(device = self.device.as_str(), retry_secs = wait.as_secs();
+                "second camera failed: {reason}; recording the first view alone; check the second camera and [second_camera]");
+            self.second = Extra::Missing {
+                reason,
+                probe_at: now + wait,
+            };
+            self.restart_at = Some(now);
+            self.publish_second();
             return;
         }
         if part == Part::Encoder && !self.fallback {
@@ -986,6 +1161,10 @@ mod tests {
         hardware: bool,
         /// Whether the camera is plugged in, for a camera that can be unplugged.
         present: Option<bool>,
+        /// A second camera configured, on this device.
+        second_device: Option<String>,
+        /// Whether the second camera is plugged in.
+        second_present: Option<bool>,
     }
 
     #[derive(Clone, Default)]
@@ -1058,6 +1237,12 @@ mod tests {
         }
         fn camera_present(&self) -> Option<bool> {
             self.0.lock().unwrap().present
+        }
+        fn second_device(&self) -> Option<String> {
+            self.0.lock().unwrap().second_device.clone()
+        }
+        fn second_present(&self) -> Option<bool> {
+            self.0.lock().unwrap().second_present
         }
     }
 
@@ -1251,6 +1436,65 @@ mod tests {
         assert_eq!(audio.missing, None);
         assert!(audio.flowing);
         assert_eq!(audio.peak_dbfs, Some(-20.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_or_unplugged_second_camera_costs_the_first_view_nothing() {
+        let mut h = harness_with(
+            vec![
+                Plan::RefuseAs(Part::SecondView, "view2-source: no such device"),
+                Plan::Start { video: true },
+                Plan::Start { video: true },
+                Plan::Start { video: true },
+            ],
+            |s| {
+                s.second_device = Some("/dev/v4l/by-id/overhead".into());
+                s.second_present = Some(true);
+            },
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The first view at once, alone; nothing reported as a camera failure.
+        assert_eq!(h.launches(), secs(&[0.0, 0.0]));
+        let seconds = |h: &Harness| -> Vec<bool> {
+            let s = h.fake.0.lock().unwrap();
+            s.attempts.iter().map(|a| a.second).collect()
+        };
+        assert_eq!(seconds(&h), [true, false]);
+        assert!(h.reports.try_recv().is_err());
+        assert!(matches!(h.storage.try_recv(), Ok(ToStorage::Init { .. })));
+        let view = h.facts.borrow().second.clone().unwrap();
+        assert_eq!(view.device, "/dev/v4l/by-id/overhead");
+        assert_eq!(
+            view.missing.as_deref(),
+            Some("view2-source: no such device")
+        );
+
+        // Not taken back while a recording is open: that would cost the first view a gap.
+        h.recording.store(true, Ordering::Relaxed);
+        tokio::time::sleep(VIEW_RETRY + Duration::from_secs(5)).await;
+        assert_eq!(h.launches().len(), 2);
+        h.recording.store(false, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(seconds(&h), [true, false, true]);
+        assert_eq!(h.fake.0.lock().unwrap().stops, vec![Some(DRAIN)]);
+        assert_eq!(h.facts.borrow().second.clone().unwrap().missing, None);
+
+        // Unplugged mid-stream (no pipeline error, its node goes): at once without it.
+        h.fake.0.lock().unwrap().second_present = Some(false);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(seconds(&h), [true, false, true, false]);
+        let missing = h.facts.borrow().second.clone().unwrap().missing.unwrap();
+        assert!(missing.starts_with("missing: unplugged"), "{missing}");
+        assert!(
+            h.reports.try_recv().is_err(),
+            "not a fault of the room's camera"
+        );
+        // Still unplugged when its time comes: not tried; plugged back: taken back.
+        tokio::time::sleep(VIEW_RETRY * 4).await;
+        assert_eq!(h.launches().len(), 4);
+        h.fake.0.lock().unwrap().second_present = Some(true);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(seconds(&h), [true, false, true, false, true]);
     }
 
     #[tokio::test(start_paused = true)]

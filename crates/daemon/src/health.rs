@@ -34,6 +34,8 @@ pub struct Facts<'a> {
     pub devices: &'a BTreeMap<String, String>,
     /// The microphone, when sound is configured.
     pub audio: Option<Sound<'a>>,
+    /// The second camera, when configured: its device, and why it is missing while it is.
+    pub second_camera: Option<(&'a str, Option<&'a str>)>,
 }
 
 /// The microphone's part in readiness: a recording without the sound it was set up to have is
@@ -85,6 +87,11 @@ pub fn reasons(f: &Facts) -> Vec<String> {
             ..
         }) => r.push(format!("microphone {device}: no sound arriving")),
         _ => {}
+    }
+    if let Some((device, Some(why))) = f.second_camera {
+        r.push(format!(
+            "second camera {device} missing: recording the first view alone ({why})"
+        ));
     }
     if f.require_clock_sync && !f.clock_synced {
         r.push("clock not synchronised: check NTP (systemd-timesyncd or chrony)".into());
@@ -172,6 +179,7 @@ mod tests {
             upload_error: None,
             devices,
             audio: None,
+            second_camera: None,
         }
     }
 

@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use neoflix_capture::{
-    AudioSettings, AudioSource, CaptureSettings, Encoder, InputFormat, Source, X264Preset,
+    AudioSettings, AudioSource, CaptureSettings, Encoder, InputFormat, Source, View, X264Preset,
 };
 use neoflix_config::{Config, EncoderChoice, SourceKind};
 use neoflix_seal::DepartmentPublicKey;
@@ -152,21 +152,7 @@ fn load_signer(
 pub fn capture_settings(cfg: &Config) -> CaptureSettings {
     let c = &cfg.capture;
     CaptureSettings {
-        source: match c.source {
-            SourceKind::Test => Source::Test,
-            SourceKind::TestH264 => Source::TestH264 { keyframe_secs: 2 },
-            SourceKind::V4l2 => Source::V4l2 {
-                device: c.device.clone(),
-                // `auto` is decided against the camera at each start (capture::CameraChoice).
-                format: match c.input_format {
-                    neoflix_config::InputFormat::Auto | neoflix_config::InputFormat::Raw => {
-                        InputFormat::Raw
-                    }
-                    neoflix_config::InputFormat::Mjpeg => InputFormat::Mjpeg,
-                    neoflix_config::InputFormat::H264 => InputFormat::H264,
-                },
-            },
-        },
+        source: source_of(c.source, &c.device, c.input_format),
         width: c.width,
         height: c.height,
         fps: c.fps,
@@ -197,6 +183,35 @@ pub fn capture_settings(cfg: &Config) -> CaptureSettings {
             rate: a.rate,
             bitrate_kbps: a.bitrate_kbps,
         }),
+        second: cfg.second_camera.as_ref().map(|sc| View {
+            source: source_of(sc.source, &sc.device, sc.input_format),
+            width: sc.width,
+            height: sc.height,
+            bitrate_kbps: sc.bitrate_kbps,
+        }),
+    }
+}
+
+/// A camera's source as the config gives it.
+fn source_of(
+    kind: SourceKind,
+    device: &std::path::Path,
+    format: neoflix_config::InputFormat,
+) -> Source {
+    match kind {
+        SourceKind::Test => Source::Test,
+        SourceKind::TestH264 => Source::TestH264 { keyframe_secs: 2 },
+        SourceKind::V4l2 => Source::V4l2 {
+            device: device.to_path_buf(),
+            // `auto` is decided against the camera at each start (capture::CameraChoice).
+            format: match format {
+                neoflix_config::InputFormat::Auto | neoflix_config::InputFormat::Raw => {
+                    InputFormat::Raw
+                }
+                neoflix_config::InputFormat::Mjpeg => InputFormat::Mjpeg,
+                neoflix_config::InputFormat::H264 => InputFormat::H264,
+            },
+        },
     }
 }
 
@@ -204,21 +219,48 @@ pub fn capture_settings(cfg: &Config) -> CaptureSettings {
 /// capture; `None` for the test source.
 pub fn camera_choice(cfg: &Config) -> Option<capture::CameraChoice> {
     let c = &cfg.capture;
-    if c.source != SourceKind::V4l2 {
+    choice_of(
+        c.source,
+        &c.device,
+        c.serial.as_ref(),
+        c.input_format,
+        &c.controls,
+    )
+}
+
+/// The same for the second camera, when one is configured.
+pub fn second_camera_choice(cfg: &Config) -> Option<capture::CameraChoice> {
+    let c = cfg.second_camera.as_ref()?;
+    choice_of(
+        c.source,
+        &c.device,
+        c.serial.as_ref(),
+        c.input_format,
+        &c.controls,
+    )
+}
+
+fn choice_of(
+    kind: SourceKind,
+    device: &std::path::Path,
+    serial: Option<&String>,
+    format: neoflix_config::InputFormat,
+    controls: &[(String, neoflix_config::ControlValue)],
+) -> Option<capture::CameraChoice> {
+    if kind != SourceKind::V4l2 {
         return None;
     }
     use neoflix_camera::{ControlSetting, Kind, Setting, Wanted};
     Some(capture::CameraChoice {
-        device: c.device.clone(),
-        serial: c.serial.clone(),
-        wanted: match c.input_format {
+        device: device.to_path_buf(),
+        serial: serial.cloned(),
+        wanted: match format {
             neoflix_config::InputFormat::Auto => Wanted::Auto,
             neoflix_config::InputFormat::Raw => Wanted::Only(Kind::Raw),
             neoflix_config::InputFormat::Mjpeg => Wanted::Only(Kind::Mjpeg),
             neoflix_config::InputFormat::H264 => Wanted::Only(Kind::H264),
         },
-        controls: c
-            .controls
+        controls: controls
             .iter()
             .map(|(name, v)| ControlSetting {
                 name: neoflix_camera::controls::normalize(name),
@@ -505,7 +547,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     // Bound before capture starts: once systemd hears READY, `neoflix ctl` works.
     let listener = control::bind(&cfg.control.socket)?;
     let capture_task = tokio::spawn(capture::supervise(
-        capture::Gstreamer::new(capture_settings(&cfg), camera_choice(&cfg)),
+        capture::Gstreamer::new(
+            capture_settings(&cfg),
+            camera_choice(&cfg),
+            second_camera_choice(&cfg),
+        ),
         device.clone(),
         capture::Links {
             storage: storage_tx,

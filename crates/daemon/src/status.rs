@@ -144,6 +144,11 @@ pub fn build(
             // Sound is expected only while the camera's pipeline runs.
             silent: !a.flowing && !facts.capture.paused && r.ready,
         }),
+        second_camera: facts
+            .capture
+            .second
+            .as_ref()
+            .map(|v| (v.device.as_str(), v.missing.as_deref())),
     });
     let state = crate::control::wire_state(r.state);
     let privacy = state == neoflix_control::State::Privacy;
@@ -175,6 +180,14 @@ pub fn build(
                 flowing: a.flowing,
                 peak_dbfs: a.peak_dbfs,
                 missing: a.missing.clone(),
+            }),
+        second_camera: facts
+            .capture
+            .second
+            .as_ref()
+            .map(|v| neoflix_control::ViewStatus {
+                device: v.device.clone(),
+                missing: v.missing.clone(),
             }),
         recordings_finalized: facts.storage.finalized,
         storage_error: facts.storage.error.clone(),
@@ -263,6 +276,8 @@ pub struct Publisher {
     camera_fault_reported: bool,
     /// The same for the microphone.
     microphone_fault_reported: bool,
+    /// The same for the second camera.
+    second_camera_fault_reported: bool,
     /// The encoder fallback's fault event went out (once: it lasts until a restart).
     encoder_fault_reported: bool,
 }
@@ -280,6 +295,7 @@ impl Publisher {
             sent: now,
             camera_fault_reported: false,
             microphone_fault_reported: false,
+            second_camera_fault_reported: false,
             encoder_fault_reported: false,
         }
     }
@@ -329,8 +345,8 @@ impl Publisher {
 }
 
 impl Publisher {
-    /// One fault event when the microphone goes missing (again after it came back), and one
-    /// when x264 replaces the hardware encoder.
+    /// One fault event when the microphone or the second camera goes missing (again after it
+    /// came back), and one when x264 replaces the hardware encoder.
     fn capture_fault_events(&mut self, c: &capture::Facts) {
         let missing = c.audio.as_ref().and_then(|a| a.missing.as_ref());
         match (missing, self.microphone_fault_reported) {
@@ -342,6 +358,18 @@ impl Publisher {
                 self.microphone_fault_reported = true;
             }
             (None, true) => self.microphone_fault_reported = false,
+            _ => {}
+        }
+        let missing = c.second.as_ref().and_then(|v| v.missing.as_ref());
+        match (missing, self.second_camera_fault_reported) {
+            (Some(reason), false) => {
+                self.events.send(neoflix_mqtt::Event::Fault {
+                    component: "second_camera".into(),
+                    reason: reason.clone(),
+                });
+                self.second_camera_fault_reported = true;
+            }
+            (None, true) => self.second_camera_fault_reported = false,
             _ => {}
         }
         if let (Some(reason), false) = (&c.encoder_fallback, self.encoder_fault_reported) {
@@ -477,6 +505,10 @@ mod tests {
                 peak_dbfs: Some(-23.5),
                 missing: None,
             }),
+            second: Some(capture::ViewFacts {
+                device: "/dev/v4l/by-id/overhead".into(),
+                missing: Some("missing: unplugged".into()),
+            }),
         };
         let env = Environment {
             free_bytes: Some(500),
@@ -516,6 +548,11 @@ mod tests {
             (audio.device.as_str(), audio.flowing, audio.peak_dbfs),
             ("hw:CARD=Mic", true, Some(-23.5))
         );
+        let second = s.second_camera.as_ref().unwrap();
+        assert_eq!(second.missing.as_deref(), Some("missing: unplugged"));
+        assert!(s.reasons.contains(
+            &"second camera /dev/v4l/by-id/overhead missing: recording the first view alone (missing: unplugged)".to_string()
+        ), "{:?}", s.reasons);
         assert_eq!(s.uptime_secs, 7);
         assert_eq!(s.time_utc, "1970-01-01T00:00:00Z");
         // Too little room for a full recording: not ready, and said so; the light still says
