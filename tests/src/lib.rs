@@ -755,6 +755,10 @@ pub struct StreamProbe {
     pub start: f64,
     /// Its duration, seconds.
     pub duration: f64,
+    /// Video: its frame size.
+    pub width: u64,
+    /// See `width`.
+    pub height: u64,
     /// Audio: channels and sample rate.
     pub channels: u64,
     /// See `channels`.
@@ -779,6 +783,8 @@ pub fn ffprobe_streams(file: &Path) -> Vec<StreamProbe> {
             codec: s["codec_name"].as_str().unwrap_or("").into(),
             start: num(s, "start_time"),
             duration: num(s, "duration"),
+            width: s["width"].as_u64().unwrap_or(0),
+            height: s["height"].as_u64().unwrap_or(0),
             channels: s["channels"].as_u64().unwrap_or(0),
             sample_rate: s["sample_rate"]
                 .as_str()

@@ -781,6 +781,7 @@ impl<L: Launcher> Supervisor<L> {
                 self.heard = (Instant::now(), 0);
                 self.sound_since = attempt.audio.then(Instant::now);
                 self.second_since = attempt.second.then(Instant::now);
+                self.publish_second();
                 self.running = Some(Running {
                     pipeline,
                     stopping,

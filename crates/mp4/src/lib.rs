@@ -28,7 +28,8 @@
 //! Layout: `read` (private) bounded box and field reading; [`rebase`] rewriting a fragment's
 //! decode time in place; [`init`] the init segment's tracks and the codecs string for Media
 //! Source Extensions; [`fragment`] a fragment's samples; [`progressive`] the writer;
-//! [`chapters`] chapter titles and the WebVTT chapter file; `write` (private) box writing;
+//! [`chapters`] chapter titles and the WebVTT chapter file; [`select`] one view (some of the
+//! tracks) of a recording with two cameras; `write` (private) box writing;
 //! [`Mp4Error`] what is wrong, naming the box, fragment or sample.
 #![deny(missing_docs)]
 
@@ -39,6 +40,7 @@ pub mod init;
 pub mod progressive;
 mod read;
 pub mod rebase;
+pub mod select;
 mod write;
 
 pub use chapters::{Chapter, webvtt_chapters};
@@ -47,6 +49,7 @@ pub use fragment::{Sample, TrackSamples, parse_fragment};
 pub use init::{Handler, InitInfo, Track};
 pub use progressive::{Layout, Progressive};
 pub use rebase::{first_decode_time, rebase_decode_time};
+pub use select::{select_fragment, select_init};
 
 /// The most samples one track may have: about 6 days of 30 fps video. Keeps the sample tables
 /// of `moov` (about 12 bytes a sample) far below the 4 GiB a box can hold.

@@ -9,7 +9,9 @@
 //! [`MediaInit::timestamp_offset`] before appending it: the fragment then plays exactly where
 //! the manifest puts it, whatever was appended before.
 
-use neoflix_mp4::{Chapter, Handler, InitInfo, Layout, Progressive, parse_fragment};
+use neoflix_mp4::{
+    Chapter, Handler, InitInfo, Layout, Progressive, parse_fragment, select_fragment, select_init,
+};
 use wasm_bindgen::prelude::wasm_bindgen;
 
 use crate::WebError;
@@ -28,6 +30,8 @@ fn mp4(e: neoflix_mp4::Mp4Error) -> WebError {
 pub struct MediaInit {
     /// The tracks, their timescales and codecs.
     info: InitInfo,
+    /// The opened init segment, from which each view's is cut.
+    init: Vec<u8>,
 }
 
 #[wasm_bindgen]
@@ -37,7 +41,36 @@ impl MediaInit {
     pub fn new(init: &[u8]) -> Result<MediaInit, WebError> {
         Ok(MediaInit {
             info: InitInfo::parse(init).map_err(mp4)?,
+            init: init.to_vec(),
         })
+    }
+
+    /// How many views the stream has: its video tracks (two with a second camera), at most
+    /// [`MAX_VIEWS`].
+    pub fn views(&self) -> u32 {
+        self.video_tracks().len() as u32
+    }
+
+    /// The init segment of view `view` alone, for a `SourceBuffer` of its own: the first view
+    /// with the sound, the second without.
+    #[wasm_bindgen(js_name = viewInit)]
+    pub fn view_init(&self, view: u32) -> Result<Vec<u8>, WebError> {
+        select_init(&self.init, &self.view_tracks(view)?).map_err(mp4)
+    }
+
+    /// The MIME type with codecs of view `view`.
+    #[wasm_bindgen(js_name = viewMime)]
+    pub fn view_mime(&self, view: u32) -> Result<String, WebError> {
+        InitInfo::parse(&self.view_init(view)?)
+            .and_then(|i| i.mime_codecs())
+            .map_err(mp4)
+    }
+
+    /// The opened `fragment` cut to view `view`, for the view's `SourceBuffer` (with the same
+    /// `timestampOffset` as the whole fragment, so the views stay on one clock).
+    #[wasm_bindgen(js_name = viewFragment)]
+    pub fn view_fragment(&self, view: u32, fragment: &[u8]) -> Result<Vec<u8>, WebError> {
+        select_fragment(&self.info, fragment, &self.view_tracks(view)?, 0).map_err(mp4)
     }
 
     /// The type for `MediaSource.addSourceBuffer` and `changeType`, e.g.
@@ -114,6 +147,41 @@ impl MediaInit {
             }
         }
         Ok(0.0)
+    }
+}
+
+/// The most views a recording has: the room camera and a second one.
+pub const MAX_VIEWS: usize = 2;
+
+impl MediaInit {
+    fn video_tracks(&self) -> Vec<u32> {
+        self.info
+            .tracks
+            .iter()
+            .filter(|t| matches!(t.handler, Handler::Video))
+            .map(|t| t.id)
+            .take(MAX_VIEWS)
+            .collect()
+    }
+
+    /// The tracks of view `view`: its video track, and for the first view the tracks that are
+    /// not video (the sound).
+    fn view_tracks(&self, view: u32) -> Result<Vec<u32>, WebError> {
+        let videos = self.video_tracks();
+        let Some(&chosen) = videos.get(view as usize) else {
+            return Err(WebError::Media(format!(
+                "the stream has {} view(s), not a view {}",
+                videos.len(),
+                view + 1
+            )));
+        };
+        Ok(self
+            .info
+            .tracks
+            .iter()
+            .filter(|t| t.id == chosen || (view == 0 && !matches!(t.handler, Handler::Video)))
+            .map(|t| t.id)
+            .collect())
     }
 }
 
@@ -268,6 +336,25 @@ mod tests {
             .map(|w| [w[0].1, w[1].1].concat())
             .collect();
         (init, fragments)
+    }
+
+    #[test]
+    fn a_stream_of_one_camera_is_one_view_and_asking_for_a_second_is_refused() {
+        let (init, frags) = split();
+        let m = MediaInit::new(&init).unwrap();
+        assert_eq!(m.views(), 1);
+        assert_eq!(m.view_mime(0).unwrap(), m.mime().unwrap());
+        let view = m.view_fragment(0, &frags[1]).unwrap();
+        let whole = parse_fragment(&m.info, &frags[1], 0).unwrap();
+        let cut = parse_fragment(&m.info, &view, 0).unwrap();
+        assert_eq!(cut[0].samples.len(), whole[0].samples.len());
+        assert_eq!(
+            m.timestamp_offset(&view, 1.0, 2.0).unwrap(),
+            m.timestamp_offset(&frags[1], 1.0, 2.0).unwrap()
+        );
+        let e = m.view_init(1).unwrap_err().to_string();
+        assert!(e.contains("1 view(s), not a view 2"), "{e}");
+        assert!(m.view_fragment(1, &frags[1]).is_err());
     }
 
     #[test]

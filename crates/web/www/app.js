@@ -628,12 +628,81 @@ function stopPlayer() {
   }
 }
 
+/** One `<video>` with its own MediaSource: the first view (with the sound), or the second
+ * camera's. A browser plays one video track per SourceBuffer, so two views need two. */
+class Lane {
+  constructor(video, view) {
+    this.video = video;
+    this.view = view;
+    this.currentInit = null;
+  }
+
+  async open(mime, duration) {
+    this.ms = new MediaSource();
+    const url = URL.createObjectURL(this.ms);
+    this.video.src = url;
+    await new Promise((r) => this.ms.addEventListener("sourceopen", r, { once: true }));
+    URL.revokeObjectURL(url);
+    if (!MediaSource.isTypeSupported(mime)) {
+      throw new Error(`this browser cannot play ${mime}`);
+    }
+    this.sb = this.ms.addSourceBuffer(mime);
+    this.sb.mode = "segments";
+    this.ms.duration = duration;
+  }
+
+  close() {
+    this.video.removeAttribute("src");
+    this.video.load();
+  }
+
+  appendBuffer(bytes) {
+    return new Promise((resolve, reject) => {
+      const done = () => {
+        this.sb.removeEventListener("updateend", done);
+        this.sb.removeEventListener("error", fail);
+        resolve();
+      };
+      const fail = () => {
+        this.sb.removeEventListener("updateend", done);
+        this.sb.removeEventListener("error", fail);
+        reject(new Error("the browser could not decode the media"));
+      };
+      this.sb.addEventListener("updateend", done);
+      this.sb.addEventListener("error", fail);
+      try {
+        this.sb.appendBuffer(bytes);
+      } catch (e) {
+        this.sb.removeEventListener("updateend", done);
+        this.sb.removeEventListener("error", fail);
+        reject(e);
+      }
+    });
+  }
+
+  removeRange(from, to) {
+    return new Promise((resolve) => {
+      this.sb.addEventListener("updateend", resolve, { once: true });
+      this.sb.remove(from, to);
+    });
+  }
+
+  /** Whether the SourceBuffer holds the moment `t`. */
+  holds(t) {
+    const b = this.sb.buffered;
+    for (let k = 0; k < b.length; k++) if (b.start(k) <= t && t <= b.end(k)) return true;
+    return false;
+  }
+}
+
 /** Plays one recording (checked by the WebAssembly: `Keyring.checkRecording`): sealed objects
- * fetched around the playhead, opened in WASM, fed to MSE. */
+ * fetched around the playhead, opened in WASM, fed to MSE. A recording with a second camera
+ * gets a second, muted `<video>` in `stage`, which follows the first. */
 class Player {
-  constructor(rec, video, onError) {
+  constructor(rec, video, stage, onError) {
     this.rec = rec;
     this.video = video;
+    this.stage = stage;
     this.onError = onError;
     this.stopped = false;
     this.base = rec.objects;
@@ -643,39 +712,86 @@ class Player {
     this.ends = rec.fragments.map((f) => f.end_secs);
     this.duration = rec.duration_secs;
     this.appended = new Set();
-    /** Opened init segments by index: {plain, media, stream, mime}. */
+    /** Opened init segments by index: {plain, media, stream, mime, views, viewInits, viewMimes}. */
     this.inits = new Map();
-    this.currentInit = null;
+    this.lanes = [];
+    this.second = null;
     this.frameSecs = 1 / 25;
     this.wake = null;
     this.pumping = false;
   }
 
   async start() {
-    this.ms = new MediaSource();
-    this.url = URL.createObjectURL(this.ms);
-    this.video.src = this.url;
-    await new Promise((r) => this.ms.addEventListener("sourceopen", r, { once: true }));
-    URL.revokeObjectURL(this.url);
-    const init = await this.openInit(this.rec.fragments[0].init);
+    // Every capture stream's init segment first (a few hundred bytes each): a second camera
+    // in any of them gives the page its second view.
+    const inits = await Promise.all(this.rec.inits.map((_, i) => this.openInit(i)));
     if (this.stopped) return;
-    if (!MediaSource.isTypeSupported(init.mime)) {
-      throw new Error(`this browser cannot play ${init.mime}`);
+    const first = inits[this.rec.fragments[0].init];
+    this.lanes.push(new Lane(this.video, 0));
+    if (inits.some((i) => i.views > 1)) {
+      const second = el("video", { id: "video-2", "aria-label": `Second camera of ${this.rec.device}`, playsinline: true, preload: "auto" });
+      second.muted = true;
+      const gap = el("p", { class: "view-gap", id: "second-missing", hidden: true }, "The second camera was not recorded here.");
+      this.second = { video: second, gap };
+      this.stage.classList.add("two");
+      this.stage.append(el("div", { class: "view" }, second, gap));
+      this.lanes.push(new Lane(second, 1));
+      this.follow(second);
     }
-    this.sb = this.ms.addSourceBuffer(init.mime);
-    this.sb.mode = "segments";
-    this.ms.duration = this.duration;
+    const mimes = [first.views > 1 ? first.viewMimes[0] : first.mime];
+    if (this.second) mimes.push(inits.find((i) => i.views > 1).viewMimes[1]);
+    for (const lane of this.lanes) {
+      await lane.open(mimes[lane.view], this.duration);
+      if (this.stopped) return;
+    }
     for (const ev of ["timeupdate", "seeking", "play", "ratechange"]) {
       this.video.addEventListener(ev, () => this.poke());
     }
     this.pump();
   }
 
+  /** Keeps the second view on the first one's clock: it plays, pauses, seeks and changes speed
+   * with it, and is put back when it drifts. */
+  follow(second) {
+    const v = this.video;
+    const sync = (slack) => {
+      if (Math.abs(second.currentTime - v.currentTime) > slack) second.currentTime = v.currentTime;
+    };
+    v.addEventListener("play", () => {
+      sync(0.05);
+      second.play().catch(() => {});
+    });
+    v.addEventListener("pause", () => {
+      second.pause();
+      sync(0);
+    });
+    v.addEventListener("seeking", () => sync(0));
+    v.addEventListener("ratechange", () => (second.playbackRate = v.playbackRate));
+    v.addEventListener("timeupdate", () => {
+      sync(v.paused ? 0 : 0.25);
+      this.showGap();
+    });
+  }
+
+  /** Says so where the playhead is in a capture stream without the second camera. */
+  showGap() {
+    if (!this.second) return;
+    const t = this.video.currentTime;
+    const i = this.starts.findIndex((s, k) => s <= t && t < this.ends[k]);
+    const init = i < 0 ? null : this.inits.get(this.rec.fragments[i].init);
+    const missing = !!init && init.views < 2;
+    this.second.gap.hidden = !missing;
+    this.second.video.classList.toggle("absent", missing);
+  }
+
   stop() {
     this.stopped = true;
     this.poke();
-    this.video.removeAttribute("src");
-    this.video.load();
+    if (this.lanes.length) for (const lane of this.lanes) lane.close();
+    else {
+      this.video.removeAttribute("src");
+      this.video.load();
+    }
     // Their WebAssembly memory is not the garbage collector's to free.
     for (const init of this.inits.values()) init.media.free();
     this.inits.clear();
@@ -710,10 +826,21 @@ class Player {
     if (this.inits.has(index)) return this.inits.get(index);
     const { plain, sealed } = await this.openEntry("init", this.rec.inits[index]);
     const media = new MediaInit(plain);
-    const init = { plain, media, stream: Keyring.streamOf(sealed), mime: media.mime() };
     if (this.stopped) {
       media.free();
       throw new Error("stopped");
+    }
+    const views = media.views();
+    const viewInits = [];
+    const viewMimes = [];
+    for (let v = 0; views > 1 && v < views; v++) {
+      viewInits.push(media.viewInit(v));
+      viewMimes.push(media.viewMime(v));
+    }
+    const init = { plain, media, stream: Keyring.streamOf(sealed), mime: media.mime(), views, viewInits, viewMimes };
+    if (this.inits.has(index)) {
+      media.free();
+      return this.inits.get(index);
     }
     this.inits.set(index, init);
     return init;
@@ -763,54 +890,31 @@ class Player {
   }
 
   async append(i, plain, init, initIndex) {
-    if (this.currentInit !== initIndex) {
-      // A camera restart: the other stream's init segment first (its codecs may differ).
-      if (this.currentInit !== null && this.sb.changeType) this.sb.changeType(init.mime);
-      await this.appendBuffer(init.plain);
-      this.currentInit = initIndex;
-    }
     const frame = init.media.frameSecs(plain);
     if (frame > 0 && frame <= 1) this.frameSecs = frame;
-    this.sb.timestampOffset = init.media.timestampOffset(plain, this.starts[i], this.ends[i]);
-    try {
-      await this.appendBuffer(plain);
-    } catch (e) {
-      if (e.name !== "QuotaExceededError") throw e;
-      await this.trim(true);
-      await this.appendBuffer(plain);
+    // One offset for every view, from the whole fragment: the views keep their one clock.
+    const offset = init.media.timestampOffset(plain, this.starts[i], this.ends[i]);
+    for (const lane of this.lanes) {
+      if (lane.view >= init.views) continue; // this capture stream had no second camera
+      const whole = init.views < 2;
+      const bytes = whole ? plain : init.media.viewFragment(lane.view, plain);
+      if (lane.currentInit !== initIndex) {
+        // A camera restart: the other stream's init segment first (its codecs may differ).
+        const mime = whole ? init.mime : init.viewMimes[lane.view];
+        if (lane.currentInit !== null && lane.sb.changeType) lane.sb.changeType(mime);
+        await lane.appendBuffer(whole ? init.plain : init.viewInits[lane.view]);
+        lane.currentInit = initIndex;
+      }
+      lane.sb.timestampOffset = offset;
+      try {
+        await lane.appendBuffer(bytes);
+      } catch (e) {
+        if (e.name !== "QuotaExceededError") throw e;
+        await this.trim(true);
+        await lane.appendBuffer(bytes);
+      }
     }
     this.appended.add(i);
-  }
-
-  appendBuffer(bytes) {
-    return new Promise((resolve, reject) => {
-      const done = () => {
-        this.sb.removeEventListener("updateend", done);
-        this.sb.removeEventListener("error", fail);
-        resolve();
-      };
-      const fail = () => {
-        this.sb.removeEventListener("updateend", done);
-        this.sb.removeEventListener("error", fail);
-        reject(new Error("the browser could not decode the media"));
-      };
-      this.sb.addEventListener("updateend", done);
-      this.sb.addEventListener("error", fail);
-      try {
-        this.sb.appendBuffer(bytes);
-      } catch (e) {
-        this.sb.removeEventListener("updateend", done);
-        this.sb.removeEventListener("error", fail);
-        reject(e);
-      }
-    });
-  }
-
-  removeRange(from, to) {
-    return new Promise((resolve) => {
-      this.sb.addEventListener("updateend", resolve, { once: true });
-      this.sb.remove(from, to);
-    });
   }
 
   /** Removes media far from the playhead (behind, and far ahead after a backward seek). */
@@ -818,36 +922,39 @@ class Player {
     const t = this.video.currentTime;
     const behind = hard ? 2 : BEHIND_SECS;
     const ahead = hard ? AHEAD_SECS : AHEAD_SECS * 3;
-    const b = this.sb.buffered;
-    if (!b.length) return;
-    const lo = b.start(0);
-    const hi = b.end(b.length - 1);
-    if (lo < t - behind) {
-      await this.removeRange(0, Math.max(0, t - behind / 2));
-      for (const i of this.appended) if (this.ends[i] <= t - behind / 2) this.appended.delete(i);
+    for (const lane of this.lanes) {
+      const b = lane.sb.buffered;
+      if (!b.length) continue;
+      const lo = b.start(0);
+      const hi = b.end(b.length - 1);
+      if (lo < t - behind) {
+        await lane.removeRange(0, Math.max(0, t - behind / 2));
+        for (const i of this.appended) if (this.ends[i] <= t - behind / 2) this.appended.delete(i);
+      }
+      if (hi > t + ahead) {
+        await lane.removeRange(t + ahead, hi);
+        for (const i of this.appended) if (this.starts[i] >= t + ahead) this.appended.delete(i);
+      }
     }
-    if (hi > t + ahead) {
-      await this.removeRange(t + ahead, hi);
-      for (const i of this.appended) if (this.starts[i] >= t + ahead) this.appended.delete(i);
-    }
-    // The browser may evict on its own: forget what it no longer holds.
-    const buffered = this.sb.buffered;
+    // The browser may evict on its own: forget what a view that should hold it no longer does.
     for (const i of this.appended) {
       const mid = (this.starts[i] + this.ends[i]) / 2;
-      let held = false;
-      for (let k = 0; k < buffered.length; k++) if (buffered.start(k) <= mid && mid <= buffered.end(k)) held = true;
-      if (!held) this.appended.delete(i);
+      const views = this.inits.get(this.rec.fragments[i].init)?.views ?? 1;
+      if (this.lanes.some((lane) => lane.view < views && !lane.holds(mid))) this.appended.delete(i);
     }
   }
 
   /** Once the last fragment is in, tell the browser the stream ends (so playback can reach it). */
   maybeEnd() {
     const last = this.starts.length - 1;
-    if (this.appended.has(last) && this.ms.readyState === "open" && !this.sb.updating) {
-      try {
-        this.ms.endOfStream();
-      } catch (_) {
-        // A concurrent update: try again on the next wake-up.
+    if (!this.appended.has(last)) return;
+    for (const lane of this.lanes) {
+      if (lane.ms.readyState === "open" && !lane.sb.updating) {
+        try {
+          lane.ms.endOfStream();
+        } catch (_) {
+          // A concurrent update: try again on the next wake-up.
+        }
       }
     }
   }
@@ -875,6 +982,7 @@ async function renderPlayer(id, device) {
   const firstFrame = new Date(rec.first_frame_utc || new Date(new Date(rec.trigger_utc).getTime() - preroll * 1000).toISOString());
 
   const video = el("video", { id: "video", "aria-label": `Recording of ${rec.device}`, playsinline: true, preload: "auto" });
+  const stage = el("div", { class: "stage" }, el("div", { class: "view" }, video));
   const sinceTrigger = el("output", { id: "since-trigger", "aria-label": "Time since the trigger" }, "–");
   const wall = el("output", { id: "wall-clock", "aria-label": "Wall-clock time" }, "–");
   const position = el("output", { id: "position", "aria-label": "Position" }, "–");
@@ -931,7 +1039,7 @@ async function renderPlayer(id, device) {
       el("dt", {}, "Duration"), el("dd", {}, clock(rec.duration_secs)),
       el("dt", {}, "Pre-roll"), el("dd", {}, clock(preroll)),
     ),
-    el("div", { class: "stage" }, video),
+    stage,
     el("div", { class: "timeline" }, scrub, markerRail),
     el(
       "div",
@@ -975,7 +1083,7 @@ async function renderPlayer(id, device) {
     status.textContent = "";
     showAlert(`Playback stopped: ${e.message}`);
   };
-  const player = new Player(rec, video, fail);
+  const player = new Player(rec, video, stage, fail);
   state.player = player;
 
   const frameStep = (dir) => {
