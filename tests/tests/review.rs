@@ -858,3 +858,141 @@ fn chair_and_privacy_officer(
     assert!(text.contains("refused"), "{text}");
     assert!(text.contains(",cora,consent-set,"), "{text}");
 }
+
+/// Issue 12: a room with a second camera. The page shows both views side by side, the second
+/// following the first's clock through play, pause and seeks, and the download has both.
+#[test]
+fn two_cameras_play_side_by_side_on_one_clock_and_download_as_two_tracks() {
+    let assets = assets();
+    let lab = Lab::new();
+    lab.pki(&["room-e2e"]);
+    let alice = lab.enrol_reviewer("alice", PASSPHRASE);
+    let rport = free_port();
+    let extra = format!(
+        "[review]\nlisten = \"127.0.0.1:{rport}\"\nassets = \"{}\"\n[database]\npath = \"{}\"\n",
+        assets.display(),
+        lab.path("db/neoflix.db").display(),
+    );
+    let mut ingest = lab.ingest_config_with(64 << 20, &extra);
+    let (code, out, err) = lab.ingest_admin(&["reviewer", "import", alice.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    ingest.start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", rport)).is_err() {
+        assert!(Instant::now() < deadline, "no review listener");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lab.config(
+        CAPTURE,
+        2,
+        &format!(
+            "{}\n[audio]\nsource = \"test\"\n[second_camera]\nsource = \"test\"\nwidth = 160\nheight = 120\nbitrate_kbps = 150\n",
+            lab.upload_section(&ingest, "room-e2e")
+        ),
+    );
+    let mut d = lab.start();
+    d.wait_for("a full pre-roll", Duration::from_secs(60), |s| {
+        s.ready && s.preroll_secs >= 1.9
+    });
+    let id = lab.record_delivered(&mut d, &ingest, "room-e2e", 6);
+
+    let b = Browser::launch(&lab.ca());
+    b.goto(&format!(
+        "https://127.0.0.1:{rport}/recordings/{id}?device=room-e2e"
+    ));
+    b.element("form#signin input[name=user]");
+    sign_in(&b, "alice", PASSPHRASE);
+    b.wait(
+        "both views decoded",
+        Duration::from_secs(40),
+        "document.body.dataset.view === 'player' && document.querySelector('#video-2') && document.querySelector('#video').readyState >= 2 && document.querySelector('#video-2').readyState >= 2",
+    );
+    let sizes = b.eval(
+        "return ['#video', '#video-2'].map((s) => { const v = document.querySelector(s); return [v.videoWidth, v.videoHeight, v.muted]; })",
+        json!([]),
+    );
+    assert_eq!(
+        sizes,
+        json!([[320, 240, false], [160, 120, true]]),
+        "the room camera with its sound, the second camera beside it, muted"
+    );
+    // Side by side: the second view's box is to the right of the first's, on the same row.
+    let boxes = b.eval(
+        "const a = document.querySelector('#video').getBoundingClientRect(), c = document.querySelector('#video-2').getBoundingClientRect(); return [c.left >= a.right - 1, Math.abs(a.top - c.top) < 2, c.width > 50]",
+        json!([]),
+    );
+    assert_eq!(boxes, json!([true, true, true]));
+    snap(&b, "two-views");
+
+    // Played: the second follows the first.
+    b.press(" ");
+    b.wait(
+        "both playing",
+        Duration::from_secs(20),
+        "document.querySelector('#video').currentTime > 2.0 && !document.querySelector('#video-2').paused",
+    );
+    let drift = |b: &Browser| -> f64 {
+        b.eval(
+            "return Math.abs(document.querySelector('#video').currentTime - document.querySelector('#video-2').currentTime)",
+            json!([]),
+        )
+        .as_f64()
+        .unwrap()
+    };
+    assert!(drift(&b) < 0.3, "playing {} s apart", drift(&b));
+    assert!(
+        b.eval(
+            "return document.querySelector('#video-2').webkitDecodedFrameCount",
+            json!([])
+        )
+        .as_i64()
+        .unwrap()
+            > 10
+    );
+    // Paused and sent home: the second is there too.
+    b.press(" ");
+    b.press("\u{E011}");
+    b.wait(
+        "both at the start, paused",
+        Duration::from_secs(10),
+        "document.querySelector('#video').currentTime < 0.3 && document.querySelector('#video-2').paused && document.querySelector('#video-2').currentTime < 0.3",
+    );
+    // A frame step moves both.
+    b.press(".");
+    b.press(".");
+    b.wait(
+        "the second view stepped with the first",
+        Duration::from_secs(10),
+        "((a, c) => a > 0.1 && Math.abs(a - c) < 0.01)(document.querySelector('#video').currentTime, document.querySelector('#video-2').currentTime)",
+    );
+    assert_eq!(
+        b.eval(
+            "return document.querySelector('#second-missing').hidden",
+            json!([])
+        ),
+        json!(true)
+    );
+
+    // The download (made in the browser) has both views and the sound.
+    b.click(&b.element("#download-whole"));
+    let whole = downloaded(&b.downloads(), ".mp4", 1);
+    let streams = neoflix_e2e::ffprobe_streams(&whole[0]);
+    let views: Vec<(String, u64, u64)> = streams
+        .iter()
+        .map(|s| (s.kind.clone(), s.width, s.height))
+        .collect();
+    assert!(
+        views.contains(&("video".into(), 320, 240))
+            && views.contains(&("video".into(), 160, 120))
+            && views.iter().any(|v| v.0 == "audio"),
+        "{views:?}"
+    );
+    assert_eq!(
+        b.eval(
+            "return document.body.dataset.cspViolations || '0'",
+            json!([])
+        ),
+        "0"
+    );
+    assert_eq!(d.terminate(), 0);
+}

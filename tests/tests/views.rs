@@ -59,10 +59,16 @@ fn two_cameras_are_recorded_on_one_clock_and_exported_as_two_tracks() {
     let streams = ffprobe_streams(&out);
     let v = videos(&streams);
     assert_eq!(v.len(), 2, "two video tracks: {streams:?}");
-    assert_eq!((v[0].width, v[0].height), (320, 240), "the room camera first");
+    assert_eq!(
+        (v[0].width, v[0].height),
+        (320, 240),
+        "the room camera first"
+    );
     assert_eq!((v[1].width, v[1].height), (160, 120));
     assert!(
-        streams.iter().any(|s| s.kind == "audio" && s.codec == "opus"),
+        streams
+            .iter()
+            .any(|s| s.kind == "audio" && s.codec == "opus"),
         "{streams:?}"
     );
     // One clock: the views start within two frames (the second camera's keyframe is asked for
@@ -81,13 +87,17 @@ fn two_cameras_are_recorded_on_one_clock_and_exported_as_two_tracks() {
     assert_eq!(ffmpeg_errors(&out), "", "ffmpeg reported decode errors");
 }
 
-/// The vivid module reloaded with two cameras for the test, and as the VM lab loads it after.
+/// The vivid module reloaded with two cameras for the test, and as the VM lab loads it after
+/// (which also brings back a camera the test disconnected).
 struct TwoVivids;
 
 impl TwoVivids {
     fn load() -> TwoVivids {
         let modprobe = |args: &[&str]| {
-            let out = Command::new("modprobe").args(args).output().expect("modprobe");
+            let out = Command::new("modprobe")
+                .args(args)
+                .output()
+                .expect("modprobe");
             assert!(
                 out.status.success(),
                 "modprobe {args:?}: {}",
@@ -108,7 +118,6 @@ impl TwoVivids {
 
 impl Drop for TwoVivids {
     fn drop(&mut self) {
-        let _ = std::fs::write("/sys/bus/platform/drivers/vivid/bind", "vivid.1");
         let _ = Command::new("modprobe").args(["-r", "vivid"]).status();
         let opts = std::env::var("VMLAB_VIVID_OPTS")
             .unwrap_or_else(|_| "n_devs=1 node_types=0x1 num_inputs=1 input_types=0x0".into());
@@ -168,13 +177,26 @@ fn two_v4l2_cameras_record_together_and_losing_the_second_costs_the_first_nothin
     );
     let id = d.ctl(Request::Start {}).recording.expect("a recording");
     sleep(Duration::from_secs(4));
-    // The second camera is unplugged mid-recording.
-    std::fs::write("/sys/bus/platform/drivers/vivid/unbind", "vivid.1").expect("unbind");
+    // The second camera is unplugged mid-recording: vivid's "Disconnect" control unregisters
+    // that camera's nodes the way a USB unplug does (unbinding the driver would take both).
+    let out = Command::new("v4l2-ctl")
+        .args(["-d", &nodes[1].1, "--set-ctrl=disconnect=1"])
+        .output()
+        .expect("v4l2-ctl (v4l-utils, which the VM lab installs)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::remove_file(&stable).unwrap();
     let s = d.wait_for(
         "the second camera reported missing",
         Duration::from_secs(15),
-        |s| s.second_camera.as_ref().is_some_and(|v| v.missing.is_some()),
+        |s| {
+            s.second_camera
+                .as_ref()
+                .is_some_and(|v| v.missing.is_some())
+        },
     );
     assert!(
         s.reasons

@@ -644,11 +644,21 @@ fn one_view_keeps_the_chosen_tracks_with_their_bytes_times_and_keyframes() {
                     90_000,
                     [
                         trun(0, 0x01 | 0x04 | 0x200, Some(d), Some(0), &[[0, 8, 0, 0]]),
-                        trun(1, 0x01 | 0x200 | 0x800, Some(d + 12), None, &[[0, 8, 0, -3000i32 as u32]]),
+                        trun(
+                            1,
+                            0x01 | 0x200 | 0x800,
+                            Some(d + 12),
+                            None,
+                            &[[0, 8, 0, -3000i32 as u32]],
+                        ),
                     ]
                     .concat(),
                 ),
-                traf(2, 48_000, trun(0, 0x01 | 0x200, Some(d + 8), None, &[[0, 4, 0, 0]])),
+                traf(
+                    2,
+                    48_000,
+                    trun(0, 0x01 | 0x200, Some(d + 8), None, &[[0, 4, 0, 0]]),
+                ),
             ]
             .concat(),
         )
@@ -664,7 +674,10 @@ fn one_view_keeps_the_chosen_tracks_with_their_bytes_times_and_keyframes() {
         assert_eq!(view_info.tracks[0], info.tracks[track]);
         let trex = find_path(&view_init, &[b"moov", b"mvex", b"trex"]).unwrap();
         assert_eq!(be_u32(&trex[4..]), keep, "only the chosen track's defaults");
-        assert_eq!(all_boxes(find_path(&view_init, &[b"moov", b"mvex"]).unwrap(), b"trex").len(), 1);
+        assert_eq!(
+            all_boxes(find_path(&view_init, &[b"moov", b"mvex"]).unwrap(), b"trex").len(),
+            1
+        );
 
         let view = select_fragment(&info, &f, &[keep], 0).unwrap();
         assert_eq!(top_level(&view), [*b"moof", *b"mdat"]);
@@ -689,8 +702,14 @@ fn one_view_keeps_the_chosen_tracks_with_their_bytes_times_and_keyframes() {
     // Both tracks again: the same samples, now one run each.
     let both = select_fragment(&info, &f, &[1, 2], 0).unwrap();
     let after = parse_fragment(&info, &both, 0).unwrap();
-    assert_eq!(after.iter().map(|t| t.samples.len()).collect::<Vec<_>>(), [2, 1]);
-    assert_eq!(find_path(&both, &[b"mdat"]).unwrap(), [&data[0..8], &data[12..20], &data[8..12]].concat());
+    assert_eq!(
+        after.iter().map(|t| t.samples.len()).collect::<Vec<_>>(),
+        [2, 1]
+    );
+    assert_eq!(
+        find_path(&both, &[b"mdat"]).unwrap(),
+        [&data[0..8], &data[12..20], &data[8..12]].concat()
+    );
 
     for bad in [&[][..], &[3][..]] {
         assert!(select_init(&init, bad).is_err());

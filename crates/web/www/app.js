@@ -635,6 +635,8 @@ class Lane {
     this.video = video;
     this.view = view;
     this.currentInit = null;
+    /** Fragments this view held right after their append. */
+    this.held = new Set();
   }
 
   async open(mime, duration) {
@@ -754,23 +756,39 @@ class Player {
    * with it, and is put back when it drifts. */
   follow(second) {
     const v = this.video;
-    const sync = (slack) => {
-      if (Math.abs(second.currentTime - v.currentTime) > slack) second.currentTime = v.currentTime;
-    };
     v.addEventListener("play", () => {
-      sync(0.05);
+      this.syncSecond(0.05);
       second.play().catch(() => {});
     });
     v.addEventListener("pause", () => {
       second.pause();
-      sync(0);
+      this.syncSecond(0);
     });
-    v.addEventListener("seeking", () => sync(0));
+    v.addEventListener("seeking", () => this.syncSecond(0));
     v.addEventListener("ratechange", () => (second.playbackRate = v.playbackRate));
     v.addEventListener("timeupdate", () => {
-      sync(v.paused ? 0 : 0.25);
+      this.syncSecond(v.paused ? 0 : 0.25);
       this.showGap();
     });
+  }
+
+  /** Moves the second view to the first one's time when they are more than `slack` apart.
+   * The two cameras' frames do not fall on the same instants: where the second view's media
+   * starts a frame or two after that time (the start of the recording, or of a capture
+   * stream), it goes to its first frame instead, or it would wait there with nothing to show. */
+  syncSecond(slack) {
+    if (!this.second) return;
+    const second = this.second.video;
+    let t = this.video.currentTime;
+    const b = second.buffered;
+    for (let k = 0; k < b.length; k++) {
+      if (t >= b.start(k) && t <= b.end(k)) break;
+      if (t < b.start(k) && b.start(k) - t < 0.25) {
+        t = b.start(k);
+        break;
+      }
+    }
+    if (Math.abs(second.currentTime - t) > slack) second.currentTime = t;
   }
 
   /** Says so where the playhead is in a capture stream without the second camera. */
@@ -905,7 +923,8 @@ class Player {
         await lane.appendBuffer(whole ? init.plain : init.viewInits[lane.view]);
         lane.currentInit = initIndex;
       }
-      lane.sb.timestampOffset = offset;
+      // A frame placed before 0 is dropped, and with it the frames that depend on it.
+      lane.sb.timestampOffset = lane.view === 0 ? offset : Math.max(offset, -init.media.viewStartSecs(lane.view, plain));
       try {
         await lane.appendBuffer(bytes);
       } catch (e) {
@@ -913,8 +932,10 @@ class Player {
         await this.trim(true);
         await lane.appendBuffer(bytes);
       }
+      if (lane.holds((this.starts[i] + this.ends[i]) / 2)) lane.held.add(i);
     }
     this.appended.add(i);
+    this.syncSecond(0.05);
   }
 
   /** Removes media far from the playhead (behind, and far ahead after a backward seek). */
@@ -927,20 +948,28 @@ class Player {
       if (!b.length) continue;
       const lo = b.start(0);
       const hi = b.end(b.length - 1);
+      const forget = (i) => {
+        this.appended.delete(i);
+        for (const l of this.lanes) l.held.delete(i);
+      };
       if (lo < t - behind) {
         await lane.removeRange(0, Math.max(0, t - behind / 2));
-        for (const i of this.appended) if (this.ends[i] <= t - behind / 2) this.appended.delete(i);
+        for (const i of this.appended) if (this.ends[i] <= t - behind / 2) forget(i);
       }
       if (hi > t + ahead) {
         await lane.removeRange(t + ahead, hi);
-        for (const i of this.appended) if (this.starts[i] >= t + ahead) this.appended.delete(i);
+        for (const i of this.appended) if (this.starts[i] >= t + ahead) forget(i);
       }
     }
-    // The browser may evict on its own: forget what a view that should hold it no longer does.
+    // The browser may evict on its own: forget what a view held after its append and no
+    // longer does. (Only what it held: a fragment a view could not use must not be fetched
+    // again and again.)
     for (const i of this.appended) {
       const mid = (this.starts[i] + this.ends[i]) / 2;
-      const views = this.inits.get(this.rec.fragments[i].init)?.views ?? 1;
-      if (this.lanes.some((lane) => lane.view < views && !lane.holds(mid))) this.appended.delete(i);
+      if (this.lanes.some((lane) => lane.held.has(i) && !lane.holds(mid))) {
+        this.appended.delete(i);
+        for (const lane of this.lanes) lane.held.delete(i);
+      }
     }
   }
 
