@@ -112,11 +112,24 @@ pub fn select_fragment(
         fragment: index,
         problem: "too large to rewrite as one view",
     };
+    // A fragment's samples may share bytes and need no bytes in a `trun` (defaults from the
+    // `tfhd`), so a crafted one could make its rewrite many times its size: the rewrite may be
+    // at most the fragment's size again (each sample's 16 bytes of `trun` counted, its bytes
+    // once), which a fragment as a muxer writes it never comes near.
+    let samples: usize = trafs.iter().map(|t| t.samples.len()).sum();
+    let bytes = trafs
+        .iter()
+        .flat_map(|t| &t.samples)
+        .try_fold(0usize, |n, s| n.checked_add(s.range.len()));
+    let limit = fragment.len().saturating_mul(2).saturating_add(4096);
+    match bytes.and_then(|b| b.checked_add(samples.checked_mul(16)?)) {
+        Some(n) if n <= limit => {}
+        _ => return Err(too_big()),
+    }
     let mut out = Vec::new();
     // Where each trun's data offset goes, and its data's offset within the mdat payload.
     let mut offsets = Vec::with_capacity(trafs.len());
     let mut data_len = 0usize;
-    let mut failed = None;
     boxed(&mut out, b"moof", |o| {
         full(o, b"mfhd", 0, 0, |o| o.u32(sequence));
         for t in &trafs {
@@ -132,21 +145,13 @@ pub fn select_fragment(
                         o.u32(s.size);
                         o.u32(if s.sync { SYNC_FLAGS } else { NON_SYNC_FLAGS });
                         o.u32(s.composition_offset as u32);
-                        data_len = match data_len.checked_add(s.range.len()) {
-                            Some(n) => n,
-                            None => {
-                                failed = Some(too_big());
-                                data_len
-                            }
-                        };
+                        // Bounded above: the sum of every kept sample's size.
+                        data_len += s.range.len();
                     }
                 });
             });
         }
     });
-    if let Some(e) = failed {
-        return Err(e);
-    }
     let moof_len = out.len();
     for (at, within) in offsets {
         let offset = moof_len

@@ -718,6 +718,36 @@ fn one_view_keeps_the_chosen_tracks_with_their_bytes_times_and_keyframes() {
 }
 
 #[test]
+fn one_view_of_a_fragment_whose_samples_share_bytes_is_refused_not_multiplied() {
+    // Every trun points at the same 4000 bytes: parsed, it is 300 samples of 4000 bytes each
+    // from a fragment of about 10 KB. Rewritten, it would be 1.2 MB (and a crafted one of 600 KB,
+    // gigabytes).
+    let init = init_segment((3000, 0, NON_SYNC));
+    let info = InitInfo::parse(&init).unwrap();
+    let data = vec![7u8; 4000];
+    let runs = |m: usize| -> Vec<u8> {
+        (0..300)
+            .flat_map(|_| {
+                trun(
+                    0,
+                    0x01 | 0x200,
+                    Some(m as i32 + 8),
+                    None,
+                    &[[0, 4000, 0, 0]],
+                )
+            })
+            .collect()
+    };
+    let f = fragment(tfhd(0x2_0000, 1, &[]), Some(0), runs, &data);
+    assert_eq!(parse_fragment(&info, &f, 0).unwrap()[0].samples.len(), 300);
+    let e = select_fragment(&info, &f, &[1], 3).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "fragment 3: too large to rewrite as one view"
+    );
+}
+
+#[test]
 fn one_view_of_mutated_data_is_an_error_not_a_panic() {
     let info = InitInfo::parse(INIT).unwrap();
     let id = info.tracks[0].id;

@@ -2,8 +2,8 @@
 
 /// Appends a box of type `kind` whose payload `body` writes; its size is patched in after.
 /// Only `moov` and what it holds (the sample limit, [`crate::MAX_SAMPLES_PER_TRACK`], keeps
-/// them far below 4 GiB) and the `moof` of one view of a fragment (smaller than the fragment
-/// it is rewritten from) are written this way.
+/// them far below 4 GiB) and the `moof` of one view of a fragment (at most twice the fragment
+/// it is rewritten from, `select::select_fragment` checks) are written this way.
 pub(crate) fn boxed(out: &mut Vec<u8>, kind: &[u8; 4], body: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);

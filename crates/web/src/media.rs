@@ -67,11 +67,12 @@ impl MediaInit {
     }
 
     /// When view `view`'s picture starts in the opened `fragment`, seconds of its own decode
-    /// time (its first frame's presentation time). The page keeps the second view's first
-    /// frames from falling before the recording's start, where a `SourceBuffer` drops them: its
-    /// camera may tick a frame or two ahead of the first one.
+    /// time (its first frame's presentation time); none when the fragment has no picture of
+    /// it (a second camera that started late). The page keeps the second view's first frames
+    /// from falling before the recording's start, where a `SourceBuffer` drops them: its camera
+    /// may tick a frame or two ahead of the first one.
     #[wasm_bindgen(js_name = viewStartSecs)]
-    pub fn view_start_secs(&self, view: u32, fragment: &[u8]) -> Result<f64, WebError> {
+    pub fn view_start_secs(&self, view: u32, fragment: &[u8]) -> Result<Option<f64>, WebError> {
         let Some(&id) = self.video_tracks().get(view as usize) else {
             return Err(WebError::Media(format!(
                 "the stream has no view {}",
@@ -84,7 +85,7 @@ impl MediaInit {
             .map(|t| t.timescale)
             .filter(|&t| t > 0)
             .ok_or_else(|| WebError::Media("the view's track has no timescale".into()))?;
-        parse_fragment(&self.info, fragment, 0)
+        Ok(parse_fragment(&self.info, fragment, 0)
             .map_err(mp4)?
             .iter()
             .filter(|t| t.track_id == id)
@@ -92,10 +93,7 @@ impl MediaInit {
             .map(|s| {
                 (s.decode_time as f64 + f64::from(s.composition_offset)) / f64::from(timescale)
             })
-            .reduce(f64::min)
-            .ok_or_else(|| {
-                WebError::Media(format!("the fragment has no picture of view {}", view + 1))
-            })
+            .reduce(f64::min))
     }
 
     /// The opened `fragment` cut to view `view`, for the view's `SourceBuffer` (with the same

@@ -637,6 +637,8 @@ class Lane {
     this.currentInit = null;
     /** Fragments this view held right after their append. */
     this.held = new Set();
+    /** Why this view is given up, once it is. */
+    this.broken = null;
   }
 
   async open(mime, duration) {
@@ -765,6 +767,12 @@ class Player {
       this.syncSecond(0);
     });
     v.addEventListener("seeking", () => this.syncSecond(0));
+    // The first view waiting for data holds the second, so it does not run ahead.
+    v.addEventListener("waiting", () => second.pause());
+    v.addEventListener("playing", () => {
+      this.syncSecond(0.05);
+      second.play().catch(() => {});
+    });
     v.addEventListener("ratechange", () => (second.playbackRate = v.playbackRate));
     v.addEventListener("timeupdate", () => {
       this.syncSecond(v.paused ? 0 : 0.25);
@@ -791,15 +799,21 @@ class Player {
     if (Math.abs(second.currentTime - t) > slack) second.currentTime = t;
   }
 
-  /** Says so where the playhead is in a capture stream without the second camera. */
+  /** Hides the second view, saying why, where it has nothing to show at the playhead (its
+   * camera was missing then, or it could not be played), rather than a frame from elsewhere. */
   showGap() {
     if (!this.second) return;
+    const lane = this.lanes[1];
     const t = this.video.currentTime;
     const i = this.starts.findIndex((s, k) => s <= t && t < this.ends[k]);
     const init = i < 0 ? null : this.inits.get(this.rec.fragments[i].init);
-    const missing = !!init && init.views < 2;
-    this.second.gap.hidden = !missing;
-    this.second.video.classList.toggle("absent", missing);
+    let why = null;
+    if (lane && lane.broken) why = `The second camera cannot be played: ${lane.broken}`;
+    else if (init && init.views < 2) why = "The second camera was not recorded here.";
+    else if (lane && this.appended.has(i) && !lane.holds(t)) why = "The second camera has no picture here.";
+    this.second.gap.textContent = why || "";
+    this.second.gap.hidden = !why;
+    this.second.video.classList.toggle("absent", !!why);
   }
 
   stop() {
@@ -913,29 +927,47 @@ class Player {
     // One offset for every view, from the whole fragment: the views keep their one clock.
     const offset = init.media.timestampOffset(plain, this.starts[i], this.ends[i]);
     for (const lane of this.lanes) {
-      if (lane.view >= init.views) continue; // this capture stream had no second camera
-      const whole = init.views < 2;
-      const bytes = whole ? plain : init.media.viewFragment(lane.view, plain);
-      if (lane.currentInit !== initIndex) {
-        // A camera restart: the other stream's init segment first (its codecs may differ).
-        const mime = whole ? init.mime : init.viewMimes[lane.view];
-        if (lane.currentInit !== null && lane.sb.changeType) lane.sb.changeType(mime);
-        await lane.appendBuffer(whole ? init.plain : init.viewInits[lane.view]);
-        lane.currentInit = initIndex;
-      }
-      // A frame placed before 0 is dropped, and with it the frames that depend on it.
-      lane.sb.timestampOffset = lane.view === 0 ? offset : Math.max(offset, -init.media.viewStartSecs(lane.view, plain));
+      // This capture stream had no second camera, or the second view could not be played.
+      if (lane.view >= init.views || lane.broken) continue;
       try {
-        await lane.appendBuffer(bytes);
+        await this.appendTo(lane, i, plain, init, initIndex, offset);
       } catch (e) {
-        if (e.name !== "QuotaExceededError") throw e;
-        await this.trim(true);
-        await lane.appendBuffer(bytes);
+        // The second view costs the first nothing: it is given up, said over it.
+        if (lane.view === 0) throw e;
+        lane.broken = e.message;
+        this.showGap();
       }
-      if (lane.holds((this.starts[i] + this.ends[i]) / 2)) lane.held.add(i);
     }
     this.appended.add(i);
     this.syncSecond(0.05);
+  }
+
+  async appendTo(lane, i, plain, init, initIndex, offset) {
+    const whole = init.views < 2;
+    let laneOffset = offset;
+    if (lane.view > 0) {
+      const start = init.media.viewStartSecs(lane.view, plain);
+      if (start === undefined) return; // no picture of this view in this fragment
+      // A frame placed before 0 is dropped, and with it the frames that depend on it.
+      laneOffset = Math.max(offset, -start);
+    }
+    const bytes = whole ? plain : init.media.viewFragment(lane.view, plain);
+    if (lane.currentInit !== initIndex) {
+      // A camera restart: the other stream's init segment first (its codecs may differ).
+      const mime = whole ? init.mime : init.viewMimes[lane.view];
+      if (lane.currentInit !== null && lane.sb.changeType) lane.sb.changeType(mime);
+      await lane.appendBuffer(whole ? init.plain : init.viewInits[lane.view]);
+      lane.currentInit = initIndex;
+    }
+    lane.sb.timestampOffset = laneOffset;
+    try {
+      await lane.appendBuffer(bytes);
+    } catch (e) {
+      if (e.name !== "QuotaExceededError") throw e;
+      await this.trim(true);
+      await lane.appendBuffer(bytes);
+    }
+    if (lane.holds((this.starts[i] + this.ends[i]) / 2)) lane.held.add(i);
   }
 
   /** Removes media far from the playhead (behind, and far ahead after a backward seek). */
