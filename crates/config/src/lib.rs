@@ -35,6 +35,9 @@ neoflix_confwalk::choice! {
         /// The test pattern as a camera that encodes H.264 itself (a keyframe every 2 s),
         /// passed through: for trying a UVC H.264 camera's behaviour without one.
         TestH264 = "test-h264",
+        /// A black picture with a white frame each second, for checking sound and picture
+        /// against each other with the test tone (`[audio] source = "test"`).
+        TestSync = "test-sync",
         /// A V4L2 camera.
         V4l2 = "v4l2",
     }
@@ -147,11 +150,12 @@ pub struct Capture {
 pub struct SecondCamera {
     /// `v4l2` (the default here), or a test source.
     pub source: SourceKind,
-    /// V4L2 device: a stable name (`/dev/v4l/by-id/...`) or a node.
+    /// V4L2 device: a stable name (`/dev/v4l/by-id/...`) or a node; empty when not given
+    /// (then `serial` is, or the source is a test one).
     pub device: PathBuf,
     /// Or the camera with this USB serial number.
     pub serial: Option<String>,
-    /// What it is asked to deliver.
+    /// What it is asked to deliver: never H.264.
     pub input_format: InputFormat,
     /// `[second_camera.controls]`, as `[capture.controls]`.
     pub controls: Vec<(String, ControlValue)>,

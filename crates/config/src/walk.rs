@@ -97,7 +97,9 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
     let mut cap = w.section(root, "capture");
     let source = w.choice(&mut cap, "source", SourceKind::Test);
     let (device, _) = w.path(&mut cap, "device", "/dev/video0");
+    let first_device = device.clone();
     let serial = usb_serial(&mut w, &mut cap, "capture");
+    let (first_source, first_serial) = (source, serial.clone());
     let input_format = w.choice(&mut cap, "input_format", InputFormat::Auto);
     let controls = camera_controls(&mut w, &mut cap, "capture");
     let (width, _) = w.int(&mut cap, "width", 1280, (16, 7680), " pixels");
@@ -111,9 +113,36 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
 
     let second_camera = if let Some(mut sc) = w.optional_section(root, "second_camera") {
         let source = w.choice(&mut sc, "source", SourceKind::V4l2);
-        let (device, _) = w.path(&mut sc, "device", "/dev/video1");
+        let named = sc.has("device");
+        let (device, dline) = if named {
+            w.path(&mut sc, "device", "/")
+        } else {
+            // Its line: the section's.
+            let (_, line) = w.string(&mut sc, "device", "");
+            (std::path::PathBuf::new(), line)
+        };
         let serial = usb_serial(&mut w, &mut sc, "second_camera");
+        if source == SourceKind::V4l2 {
+            if !named && serial.is_none() {
+                // No default: /dev/video1 is as often the first camera's metadata node.
+                w.error(dline, "second_camera.device", "name the second camera: device (its /dev/v4l/by-id/ name) or serial (neoflix camera list shows both)");
+            } else if (named && first_source == SourceKind::V4l2 && device == first_device)
+                || (serial.is_some() && serial == first_serial)
+            {
+                w.error(
+                    dline,
+                    "second_camera.device",
+                    "this is the camera [capture] records: name the other one",
+                );
+            }
+        }
+        let iline = w.value(&mut sc, "input_format").map(|(_, line, _)| line);
         let input_format = w.choice(&mut sc, "input_format", InputFormat::Auto);
+        if input_format == InputFormat::H264 || source == SourceKind::TestH264 {
+            // A camera's own H.264 keeps its own keyframes, and the muxer needs the second
+            // view's just ahead of the first's to keep both in every fragment.
+            w.error(iline.unwrap_or(dline), "second_camera.input_format", "a second camera is encoded here, so that its keyframes come with the first view's: use auto, raw or mjpeg (and not source = \"test-h264\")");
+        }
         let controls = camera_controls(&mut w, &mut sc, "second_camera");
         let (width, _) = w.int(&mut sc, "width", width, (16, 7680), " pixels");
         let (height, _) = w.int(&mut sc, "height", height, (16, 4320), " pixels");
@@ -737,7 +766,9 @@ mod tests {
         );
         let err = parse("c.toml", &text).unwrap_err().to_string();
         assert!(
-            err.contains("c.toml:3: capture.source: 'usb' is not one of: test, test-h264, v4l2"),
+            err.contains(
+                "c.toml:3: capture.source: 'usb' is not one of: test, test-h264, test-sync, v4l2"
+            ),
             "{err}"
         );
         assert!(err.contains("capture.encoder"), "{err}");
@@ -862,7 +893,7 @@ mod tests {
             "e.toml:5: capture.input_format: 'yuyv' is not one of: auto, raw, mjpeg, h264",
             "e.toml:6: capture.encoder: 'x265enc' is not one of: auto, x264enc, v4l2h264enc, nvv4l2h264enc",
             "e.toml:7: capture.x264_preset: 'placebo' is not one of: ultrafast, superfast, veryfast, faster, fast, medium",
-            "e.toml:8: capture.source: expected a string (one of: test, test-h264, v4l2), found an integer",
+            "e.toml:8: capture.source: expected a string (one of: test, test-h264, test-sync, v4l2), found an integer",
             "e.toml:12: pedal.bias: 'PULL-UP' is not one of: as-is, disabled, pull-up, pull-down",
         ] {
             assert!(err.contains(expected), "{expected}\n{err}");
@@ -904,7 +935,7 @@ mod tests {
         );
         let err = parse("s.toml", &text).unwrap_err().to_string();
         for expected in [
-            "s.toml:5: second_camera.source: 'usb' is not one of: test, test-h264, v4l2",
+            "s.toml:5: second_camera.source: 'usb' is not one of: test, test-h264, test-sync, v4l2",
             "s.toml:6: second_camera.width: 9 is out of range",
             "s.toml:7: second_camera.serial: '' is not a USB serial number",
             "s.toml:8: second_camera.fps: both views run at capture.fps",
@@ -912,6 +943,40 @@ mod tests {
         ] {
             assert!(err.contains(expected), "{expected}\n{err}");
         }
+    }
+
+    #[test]
+    fn a_second_camera_must_be_named_be_another_camera_and_be_encoded_here() {
+        let r = recipient();
+        let bad = |section: &str| -> String {
+            let text = format!(
+                "device_id = \"r\"\n[recordings]\nrecipient = \"{}\"\n[capture]\nsource = \"v4l2\"\ndevice = \"/dev/v4l/by-id/room\"\nserial = \"R1\"\n{section}",
+                r.path().display()
+            );
+            parse("t.toml", &text).unwrap_err().to_string()
+        };
+        let e = bad("[second_camera]\nwidth = 640\n");
+        assert!(
+            e.contains("t.toml:8: second_camera.device: name the second camera"),
+            "{e}"
+        );
+        let e = bad("[second_camera]\ndevice = \"/dev/v4l/by-id/room\"\n");
+        assert!(
+            e.contains("t.toml:9: second_camera.device: this is the camera [capture] records"),
+            "{e}"
+        );
+        let e = bad("[second_camera]\nserial = \"R1\"\n");
+        assert!(e.contains("this is the camera [capture] records"), "{e}");
+        let e = bad("[second_camera]\ndevice = \"/dev/v4l/by-id/top\"\ninput_format = \"h264\"\n");
+        assert!(
+            e.contains("t.toml:10: second_camera.input_format: a second camera is encoded here"),
+            "{e}"
+        );
+        let e = bad("[second_camera]\nsource = \"test-h264\"\n");
+        assert!(
+            e.contains("second_camera.input_format: a second camera is encoded here"),
+            "{e}"
+        );
     }
 
     #[test]
