@@ -87,7 +87,8 @@ impl CaptureError {
                 "audiotestsrc" | "alsasrc" | "audioconvert" | "audioresample" | "opusenc" => {
                     Part::Audio
                 }
-                "x264enc" | "v4l2h264enc" | "nvv4l2h264enc" | "videoconvert" => Part::Encoder,
+                "x264enc" | "v4l2h264enc" | "nvv4l2h264enc" | "videoconvert" | "v4l2convert"
+                | "nvvidconv" => Part::Encoder,
                 "isofmp4mux" | "appsink" => Part::Output,
                 _ => Part::Camera,
             },
@@ -97,13 +98,63 @@ impl CaptureError {
     }
 }
 
+/// The names of the elements that encode (and convert or decode on a board's hardware for the
+/// encoder), in either view.
+const ENCODING: [&str; 6] = [
+    "convert",
+    "raw-caps",
+    "encode-queue",
+    "encoder",
+    "encoder-caps",
+    "hw-decoder",
+];
+
 /// The part an element of the pipeline belongs to, by the name the pipeline gave it.
 fn part_of_element(name: &str) -> Part {
     match name {
         n if n.starts_with("audio-") => Part::Audio,
+        // Either view's encoder failing is the encoder's: a hardware encoder that refuses a
+        // second session gives way to x264 for both. So is a board's own JPEG decoder, which
+        // the fallback replaces with the CPU's.
+        n if ENCODING.contains(&n.strip_prefix(crate::pipeline::SECOND_PREFIX).unwrap_or(n)) => {
+            Part::Encoder
+        }
         n if n.starts_with(crate::pipeline::SECOND_PREFIX) => Part::SecondView,
-        "convert" | "raw-caps" | "encode-queue" | "encoder" | "encoder-caps" => Part::Encoder,
         "muxer" | "sink" => Part::Output,
         _ => Part::Camera,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn element(name: &str) -> CaptureError {
+        CaptureError::Element {
+            element: name.into(),
+            message: "failed".into(),
+            debug: None,
+        }
+    }
+
+    #[test]
+    fn each_element_belongs_to_the_part_supervision_acts_on() {
+        for (name, part) in [
+            ("source", Part::Camera),
+            ("decoder", Part::Camera),
+            ("hw-decoder", Part::Encoder),
+            ("convert", Part::Encoder),
+            ("encoder", Part::Encoder),
+            ("audio-source", Part::Audio),
+            ("muxer", Part::Output),
+            ("view2-source", Part::SecondView),
+            ("view2-decoder", Part::SecondView),
+            // A hardware encoder refusing the second view's session is the encoder's fault:
+            // x264 takes over for both.
+            ("view2-encoder", Part::Encoder),
+            ("view2-hw-decoder", Part::Encoder),
+        ] {
+            assert_eq!(element(name).part(), part, "{name}");
+        }
     }
 }

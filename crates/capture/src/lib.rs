@@ -3,7 +3,7 @@
 //! [`Capture::start`] builds one pipeline, in one function, from [`CaptureSettings`]:
 //!
 //! ```text
-//! videotestsrc | v4l2src ─▶ [jpegdec] ─▶ videoconvert ─▶ I420 ─▶ H.264 encoder ─▶ h264parse
+//! videotestsrc | v4l2src ─▶ [jpeg decoder] ─▶ converter ─▶ raw ─▶ H.264 encoder ─▶ h264parse
 //!     ─▶ isofmp4mux (keyframe requested at each fragment boundary) ─▶ appsink ─▶ your callback
 //! audiotestsrc | alsasrc ─▶ S16LE (level meter) ─▶ opusenc ─┤   (when sound is configured)
 //! second camera ─▶ ... the same video branch ... ─▶ h264parse ─┘   (when a second view is)
@@ -26,12 +26,17 @@
 //! Pipeline errors arrive through [`Capture::next_event`] as [`CaptureError::Element`], naming the
 //! element.
 //!
-//! Layout: [`settings`] holds what the pipeline is built from, [`pipeline`] builds and runs it.
+//! Layout: [`settings`] holds what the pipeline is built from, [`board`] picks each board's
+//! decoding and conversion elements (the Pi 4's ISP, a Jetson's `nvvidconv` into NVMM),
+//! [`pipeline`] builds and runs it.
 #![deny(missing_docs)]
 
+pub mod board;
 mod error;
 pub mod pipeline;
 pub mod settings;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::CaptureError;
 pub use error::Part;

@@ -8,6 +8,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
+use crate::board::Memory;
 use crate::{
     AudioSettings, AudioSource, CaptureError, CaptureSettings, Encoder, InputFormat, Source,
 };
@@ -217,7 +218,8 @@ fn package_of(factory: &str) -> &'static str {
         "videotestsrc" | "videoconvert" | "capsfilter" | "queue" | "appsink" => {
             "gstreamer1.0-plugins-base"
         }
-        "v4l2src" | "jpegdec" => "gstreamer1.0-plugins-good",
+        "v4l2src" | "jpegdec" | "v4l2convert" | "v4l2jpegdec" => "gstreamer1.0-plugins-good",
+        "nvvidconv" => "nvidia-l4t-gstreamer",
         "h264parse" => "gstreamer1.0-plugins-bad",
         "audiotestsrc" | "audioconvert" | "audioresample" | "opusenc" | "fakesink" => {
             "gstreamer1.0-plugins-base"
@@ -313,6 +315,17 @@ impl Capture {
     /// Stops the pipeline: sends end-of-stream so the muxer flushes its last fragment, waits up to
     /// `drain` for it, then shuts the pipeline down.
     pub fn stop(self, drain: Duration) {
+        // A second camera that is gone or failed sends no end of stream, and the muxer would
+        // wait for it past `drain`: its branch is ended at the muxer. A working one's own end
+        // of stream then finds the pad ended already, which is harmless.
+        if let Some(pad) = self
+            .pipeline
+            .by_name(&format!("{SECOND_PREFIX}h264-caps"))
+            .and_then(|e| e.static_pad("src"))
+            .and_then(|p| p.peer())
+        {
+            pad.send_event(gst::event::Eos::new());
+        }
         self.pipeline.send_event(gst::event::Eos::new());
         if let Some(bus) = self.pipeline.bus() {
             let _ = bus.timed_pop_filtered(
@@ -481,12 +494,28 @@ impl Branch<'_> {
     /// Uncompressed I420 at the branch's size and rate: what x264 is fed (without `format`, it
     /// picks High 4:4:4, which browsers do not play).
     fn i420_caps(&self) -> gst::Caps {
-        gst::Caps::builder("video/x-raw")
-            .field("format", "I420")
-            .field("width", self.width as i32)
-            .field("height", self.height as i32)
-            .field("framerate", gst::Fraction::new(self.fps as i32, 1))
-            .build()
+        self.raw_caps(Memory::SystemI420)
+    }
+
+    /// Uncompressed frames at the branch's size and rate, in `memory`.
+    fn raw_caps(&self, memory: Memory) -> gst::Caps {
+        let (width, height) = (self.width as i32, self.height as i32);
+        let framerate = gst::Fraction::new(self.fps as i32, 1);
+        match memory {
+            Memory::SystemI420 => gst::Caps::builder("video/x-raw")
+                .field("format", "I420")
+                .field("width", width)
+                .field("height", height)
+                .field("framerate", framerate)
+                .build(),
+            Memory::NvmmNv12 => gst::Caps::builder("video/x-raw")
+                .features(["memory:NVMM"])
+                .field("format", "NV12")
+                .field("width", width)
+                .field("height", height)
+                .field("framerate", framerate)
+                .build(),
+        }
     }
 }
 
@@ -540,8 +569,11 @@ where
         && let Some(pad) = chain.last().and_then(|e| e.static_pad("src"))
     {
         delay_keyframes(&pad, frame);
-        // The next boundary is counted from the delayed keyframe.
-        fragment = fragment.saturating_sub(frame);
+        // The next boundary is counted from the delayed keyframe (at 1 fps with 1 s fragments
+        // there is no room: fragments then run a frame long).
+        if fragment > frame {
+            fragment -= frame;
+        }
     }
     let mux = make("isofmp4mux", "muxer")?;
     mux.set_property("fragment-duration", fragment.as_nanos() as u64);
@@ -630,6 +662,28 @@ fn delay_keyframes(pad: &gst::Pad, frame: Duration) {
     });
 }
 
+/// Makes white the luma of each I420 frame passing `pad` whose time span holds a whole second
+/// of running time (the frame in which the test tone ticks); `luma` is the luma plane's size.
+fn flash_each_second(pad: &gst::Pad, luma: u64) {
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let Some(buffer) = info.buffer_mut() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let (Some(pts), Some(duration)) = (buffer.pts(), buffer.duration()) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let (start, end) = (pts.nseconds(), pts.nseconds() + duration.nseconds());
+        let second = 1_000_000_000;
+        // The frame spans [start, end): it holds a whole second when one lies in that span.
+        let flash = start % second == 0 || start / second != (end - 1) / second;
+        if flash && let Ok(mut map) = buffer.make_mut().map_writable() {
+            let n = usize::try_from(luma).unwrap_or(usize::MAX).min(map.len());
+            map[..n].fill(235);
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
 /// One view's branch, camera to H.264 in the muxer's stream format.
 fn video_chain(b: &Branch<'_>, encoder: &Encoder) -> Result<Vec<gst::Element>, CaptureError> {
     let fps = b.fps as i32;
@@ -640,6 +694,7 @@ fn video_chain(b: &Branch<'_>, encoder: &Encoder) -> Result<Vec<gst::Element>, C
     let keyint = 2 * b.fps * b.fragment_secs;
     let framerate = gst::Fraction::new(fps, 1);
     let mut chain: Vec<gst::Element> = Vec::new();
+    let conv = crate::board::conversion(encoder, |f| gst::ElementFactory::find(f).is_some())?;
 
     match b.source {
         Source::Test => {
@@ -650,6 +705,19 @@ fn video_chain(b: &Branch<'_>, encoder: &Encoder) -> Result<Vec<gst::Element>, C
                 src.set_property_from_str("pattern", "ball");
             }
             chain.push(src);
+        }
+        Source::TestSync => {
+            let src = b.make("videotestsrc", "source")?;
+            src.set_property("is-live", true);
+            src.set_property_from_str("pattern", "black");
+            chain.push(src);
+            let caps = b.caps_filter("camera-caps", b.i420_caps())?;
+            if let Some(pad) = caps.static_pad("src") {
+                // I420's luma rows are padded to 4 bytes.
+                let stride = u64::from(b.width).div_ceil(4) * 4;
+                flash_each_second(&pad, stride * u64::from(b.height));
+            }
+            chain.push(caps);
         }
         Source::TestH264 { keyframe_secs } => {
             let src = b.make("videotestsrc", "source")?;
@@ -699,14 +767,22 @@ fn video_chain(b: &Branch<'_>, encoder: &Encoder) -> Result<Vec<gst::Element>, C
                 )?,
             );
             if *format == InputFormat::Mjpeg {
-                chain.push(b.make("jpegdec", "decoder")?);
+                // A board's hardware decoder is the encoder's part: the fallback to x264
+                // replaces it with the CPU's (crate::board); the CPU's own is the camera's
+                // (a corrupt picture from it).
+                let name = if conv.jpeg_decoder == "jpegdec" {
+                    "decoder"
+                } else {
+                    "hw-decoder"
+                };
+                chain.push(b.make(conv.jpeg_decoder, name)?);
             }
         }
     }
 
     if *encoder != Encoder::Passthrough {
-        chain.push(b.make("videoconvert", "convert")?);
-        chain.push(b.caps_filter("raw-caps", b.i420_caps())?);
+        chain.push(b.make(conv.converter, "convert")?);
+        chain.push(b.caps_filter("raw-caps", b.raw_caps(conv.memory))?);
         let q = b.make("queue", "encode-queue")?;
         // Bounded and leaky-free: a slow encoder backs up to the source, which drops frames
         // itself, instead of this queue growing.
@@ -1055,6 +1131,43 @@ mod tests {
             );
         }
         cap.stop(Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_stop_lets_the_last_fragment_out_when_the_second_camera_has_gone_silent() {
+        let settings = CaptureSettings {
+            second: Some(View {
+                source: Source::Test,
+                width: 160,
+                height: 120,
+                bitrate_kbps: 200,
+            }),
+            ..small()
+        };
+        let (tx, rx) = mpsc::sync_channel(64);
+        let cap = Capture::start(&settings, move |o| tx.send(o).map_err(|e| e.to_string()))
+            .expect("pipeline starts");
+        for _ in 0..2 {
+            rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        }
+        // The second camera stops delivering, as an unplugged one does: no error, no end.
+        let pad = cap
+            .pipeline
+            .by_name("view2-source")
+            .and_then(|e| e.static_pad("src"))
+            .unwrap();
+        pad.add_probe(gst::PadProbeType::DATA_DOWNSTREAM, |_, _| {
+            gst::PadProbeReturn::Drop
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        while rx.try_recv().is_ok() {}
+        cap.stop(Duration::from_secs(5));
+        // The first view's fragment in progress came out at the stop.
+        let last = rx.try_iter().last();
+        assert!(
+            matches!(last, Some(Output::Fragment { .. })),
+            "no last fragment: {last:?}"
+        );
     }
 
     #[test]

@@ -7,6 +7,10 @@ use std::path::PathBuf;
 pub enum Source {
     /// GStreamer's `videotestsrc`, live: runs on any machine (tests, demo).
     Test,
+    /// A black picture that turns white for the one frame in which each whole second of the
+    /// pipeline's clock falls: with the test tone (a tick each second) it is a clapperboard, so
+    /// sound and picture can be checked against each other in what a player decodes.
+    TestSync,
     /// The test pattern delivered as a UVC camera with its own H.264 encoder delivers it: encoded
     /// with a fixed keyframe interval of its own (which ignores the muxer's requests) and passed
     /// through, so fragments follow that interval.

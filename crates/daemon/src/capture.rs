@@ -403,7 +403,7 @@ impl CameraChoice {
             match neoflix_camera::set_controls(&camera.path, std::slice::from_ref(control)) {
                 Ok(done) => set.extend(done.iter().map(|(n, v)| format!("{n}={v}"))),
                 Err(e) => log::warn!(device = node.display().to_string().as_str();
-                    "camera control not set: {e}; check [capture.controls] against neoflix camera list"),
+                    "camera control not set: {e}; check the camera's controls in the config against neoflix camera list"),
             }
         }
         if !set.is_empty() {
@@ -848,17 +848,9 @@ impl<L: Launcher> Supervisor<L> {
         {
             return;
         }
-        let launcher = self.launcher.clone();
-        let present = tokio::task::spawn_blocking(move || {
-            launcher
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .second_present()
-        })
-        .await
-        .ok()
-        .flatten();
-        if present == Some(false) {
+        let present = self.second_present().await;
+        // A recording may have started while presence was looked at: it must not get a gap.
+        if present == Some(false) || (self.links.recording)() {
             if let Extra::Missing { probe_at, .. } = &mut self.second {
                 *probe_at = Instant::now() + PRESENCE_EVERY;
             }
@@ -866,8 +858,12 @@ impl<L: Launcher> Supervisor<L> {
         }
         log::info!(device = self.device.as_str(); "trying the second camera again: restarting capture with both views");
         self.second = Extra::On;
-        self.stop_pipeline(Some(DRAIN)).await;
-        self.restart_at = Some(Instant::now());
+        // Only a running pipeline is restarted for it; one waiting for its own restart (the
+        // first camera unplugged, a back-off) takes the second camera when it starts.
+        if self.running.is_some() {
+            self.stop_pipeline(Some(DRAIN)).await;
+            self.restart_at = Some(Instant::now());
+        }
         self.publish_second();
     }
 
@@ -986,8 +982,10 @@ impl<L: Launcher> Supervisor<L> {
             && self.second == Extra::On
             && self.second_present().await == Some(false)
         {
-            // As the first camera: an unbound device posts no error, its node goes away.
-            self.stop_pipeline(None).await;
+            // As the first camera: an unbound device posts no error, its node goes away. The
+            // first view's fragment in progress is let out (the second view's branch is ended
+            // at the muxer, see Capture::stop), so the first view loses only the restart.
+            self.stop_pipeline(Some(DRAIN)).await;
             self.failed(Failure::new(
                 Part::SecondView,
                 "missing: unplugged (its device node is gone); plug it back in",
@@ -996,7 +994,10 @@ impl<L: Launcher> Supervisor<L> {
         }
         if let Some(r) = &self.running {
             if let Some(failure) = r.pipeline.failure() {
-                self.stop_pipeline(None).await;
+                // The second view failing leaves the rest of the pipeline working: its fragment
+                // in progress is let out.
+                let drain = (failure.part == Part::SecondView).then_some(DRAIN);
+                self.stop_pipeline(drain).await;
                 self.failed(failure).await;
             } else if r.delivered.load(Ordering::Relaxed) > 0 {
                 self.backoff.reset();
@@ -1484,6 +1485,11 @@ mod tests {
         h.fake.0.lock().unwrap().second_present = Some(false);
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(seconds(&h), [true, false, true, false]);
+        assert_eq!(
+            h.fake.0.lock().unwrap().stops,
+            vec![Some(DRAIN), Some(DRAIN)],
+            "the first view's fragment in progress let out"
+        );
         let missing = h.facts.borrow().second.clone().unwrap().missing.unwrap();
         assert!(missing.starts_with("missing: unplugged"), "{missing}");
         assert!(

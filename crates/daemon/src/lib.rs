@@ -201,6 +201,7 @@ fn source_of(
     match kind {
         SourceKind::Test => Source::Test,
         SourceKind::TestH264 => Source::TestH264 { keyframe_secs: 2 },
+        SourceKind::TestSync => Source::TestSync,
         SourceKind::V4l2 => Source::V4l2 {
             device: device.to_path_buf(),
             // `auto` is decided against the camera at each start (capture::CameraChoice).
