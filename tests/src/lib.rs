@@ -794,6 +794,66 @@ pub fn ffprobe_streams(file: &Path) -> Vec<StreamProbe> {
         .collect()
 }
 
+/// Runs ffmpeg on `file` with `args` (after the input) into nothing; its log, at info level.
+fn ffmpeg_log(file: &Path, args: &[&str]) -> String {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostats", "-i"])
+        .arg(file)
+        .args(args)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg is installed");
+    assert!(
+        out.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// When the first video track of `file` shows a white frame (mean luma above half), seconds on
+/// the file's timeline, as a player decodes it: the flashes of `source = "test-sync"`.
+pub fn ffmpeg_flashes(file: &Path) -> Vec<f64> {
+    let log = ffmpeg_log(
+        file,
+        &[
+            "-map",
+            "0:v:0",
+            "-vf",
+            "signalstats,metadata=print:key=lavfi.signalstats.YAVG",
+        ],
+    );
+    let mut out = Vec::new();
+    let mut at = None;
+    for line in log.lines() {
+        if let Some(t) = line.split("pts_time:").nth(1) {
+            at = t
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.parse::<f64>().ok());
+        } else if let Some(y) = line.split("lavfi.signalstats.YAVG=").nth(1)
+            && let (Some(t), Ok(y)) = (at.take(), y.trim().parse::<f64>())
+            && y > 128.0
+        {
+            out.push(t);
+        }
+    }
+    out
+}
+
+/// When each sound in the first audio track of `file` begins after silence, seconds on the
+/// file's timeline, as a player decodes it: the ticks of the test tone.
+pub fn ffmpeg_sound_onsets(file: &Path) -> Vec<f64> {
+    let log = ffmpeg_log(
+        file,
+        &["-map", "0:a:0", "-af", "silencedetect=noise=-30dB:d=0.2"],
+    );
+    log.lines()
+        .filter_map(|l| l.split("silence_end: ").nth(1))
+        .filter_map(|t| t.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
 /// Decodes `file` fully with ffmpeg; returns whatever it printed at level error.
 pub fn ffmpeg_errors(file: &Path) -> String {
     let out = Command::new("ffmpeg")

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use neoflix_control::Request;
-use neoflix_e2e::{Lab, ffmpeg_errors, ffprobe_streams};
+use neoflix_e2e::{Lab, ffmpeg_errors, ffmpeg_flashes, ffmpeg_sound_onsets, ffprobe_streams};
 
 const CAPTURE: &str = "source = \"test\"\nwidth = 320\nheight = 180\nfps = 15\nbitrate_kbps = 300\nx264_preset = \"ultrafast\"";
 const FRAME_SECS: f64 = 1.0 / 15.0;
@@ -228,4 +228,56 @@ fn records_sound_from_a_real_alsa_capture_device() {
         (-15.0..=-9.0).contains(&max),
         "the recorded tone peaks at {max} dB"
     );
+}
+
+/// Sound and picture in sync as a player decodes the export: the picture flashes white and the
+/// test tone ticks at each whole second of the pipeline's clock (a clapperboard), and each tick
+/// is heard within one frame of the flash it belongs to, from the pre-roll to the end. This also
+/// catches what start times cannot: a delay in an encoder or the muxer.
+#[test]
+fn a_flash_and_its_tick_are_decoded_within_one_frame_of_each_other() {
+    let lab = Lab::new();
+    lab.config(
+        &CAPTURE.replace("source = \"test\"", "source = \"test-sync\""),
+        3,
+        "[audio]\nsource = \"test\"\n",
+    );
+    let mut d = lab.start();
+    d.wait_for("a full pre-roll", Duration::from_secs(60), |s| {
+        s.ready && s.preroll_secs >= 2.9
+    });
+    assert!(d.ctl(Request::Start {}).ok);
+    d.wait_for("8 s recorded", Duration::from_secs(30), |s| {
+        s.recording_secs.unwrap_or(0.0) >= 8.0
+    });
+    assert!(d.ctl(Request::Stop {}).ok);
+    d.wait_for("the recording finalized", Duration::from_secs(30), |s| {
+        s.recordings_finalized == 1
+    });
+    assert_eq!(d.terminate(), 0);
+    let out = lab.path("clapperboard.mp4");
+    let e = lab.export(&lab.recordings()[0], &out);
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+
+    let flashes = ffmpeg_flashes(&out);
+    let ticks = ffmpeg_sound_onsets(&out);
+    // A flash each second: 8 s recorded, the first and last may fall outside.
+    assert!(flashes.len() >= 6, "flashes {flashes:?}");
+    for w in flashes.windows(2) {
+        assert!(
+            (w[1] - w[0] - 1.0).abs() <= FRAME_SECS,
+            "flashes {flashes:?}"
+        );
+    }
+    for f in &flashes {
+        let nearest = ticks
+            .iter()
+            .copied()
+            .min_by(|a, b| (a - f).abs().total_cmp(&(b - f).abs()))
+            .unwrap_or(f64::INFINITY);
+        assert!(
+            (nearest - f).abs() <= FRAME_SECS,
+            "the flash at {f:.3} s is heard at {nearest:.3} s\nflashes {flashes:?}\nticks {ticks:?}"
+        );
+    }
 }
