@@ -98,8 +98,8 @@ impl CaptureError {
     }
 }
 
-/// The names of the elements that encode (and convert or decode on a board's hardware for the
-/// encoder), in either view.
+/// The names of the first view's elements that encode (and convert, or decode on a board's
+/// hardware, for the encoder).
 const ENCODING: [&str; 6] = [
     "convert",
     "raw-caps",
@@ -113,13 +113,12 @@ const ENCODING: [&str; 6] = [
 fn part_of_element(name: &str) -> Part {
     match name {
         n if n.starts_with("audio-") => Part::Audio,
-        // Either view's encoder failing is the encoder's: a hardware encoder that refuses a
-        // second session gives way to x264 for both. So is a board's own JPEG decoder, which
-        // the fallback replaces with the CPU's.
-        n if ENCODING.contains(&n.strip_prefix(crate::pipeline::SECOND_PREFIX).unwrap_or(n)) => {
-            Part::Encoder
-        }
+        // Everything of the second view's is its own, its encoder too: an encoder that refuses
+        // a second session costs the second view, not the first (which may have no fallback).
         n if n.starts_with(crate::pipeline::SECOND_PREFIX) => Part::SecondView,
+        // A board's own JPEG decoder is the encoder's part: the fallback to x264 replaces it
+        // with the CPU's, so a decoder that does not work on a board costs CPU, not video.
+        n if ENCODING.contains(&n) => Part::Encoder,
         "muxer" | "sink" => Part::Output,
         _ => Part::Camera,
     }
@@ -149,10 +148,9 @@ mod tests {
             ("muxer", Part::Output),
             ("view2-source", Part::SecondView),
             ("view2-decoder", Part::SecondView),
-            // A hardware encoder refusing the second view's session is the encoder's fault:
-            // x264 takes over for both.
-            ("view2-encoder", Part::Encoder),
-            ("view2-hw-decoder", Part::Encoder),
+            // An encoder refusing the second view's session costs that view only.
+            ("view2-encoder", Part::SecondView),
+            ("view2-hw-decoder", Part::SecondView),
         ] {
             assert_eq!(element(name).part(), part, "{name}");
         }

@@ -313,27 +313,47 @@ impl Capture {
     }
 
     /// Stops the pipeline: sends end-of-stream so the muxer flushes its last fragment, waits up to
-    /// `drain` for it, then shuts the pipeline down.
-    pub fn stop(self, drain: Duration) {
-        // A second camera that is gone or failed sends no end of stream, and the muxer would
-        // wait for it past `drain`: its branch is ended at the muxer. A working one's own end
-        // of stream then finds the pad ended already, which is harmless.
-        if let Some(pad) = self
-            .pipeline
-            .by_name(&format!("{SECOND_PREFIX}h264-caps"))
-            .and_then(|e| e.static_pad("src"))
-            .and_then(|p| p.peer())
-        {
-            pad.send_event(gst::event::Eos::new());
-        }
+    /// `drain` for it, then shuts the pipeline down. Returns whether the end came through (the
+    /// last fragment is out).
+    pub fn stop(self, drain: Duration) -> bool {
+        let deadline = std::time::Instant::now() + drain;
         self.pipeline.send_event(gst::event::Eos::new());
-        if let Some(bus) = self.pipeline.bus() {
-            let _ = bus.timed_pop_filtered(
-                gst::ClockTime::from_nseconds(drain.as_nanos() as u64),
-                &[gst::MessageType::Eos, gst::MessageType::Error],
-            );
+        let mut done = self.wait_for_eos(deadline - drain / 2);
+        if done.is_none() {
+            // A second camera that is gone or failed sends no end of stream, and the muxer waits
+            // for it: its branch is ended at the muxer, so the first view's fragment comes out.
+            // (Only now: a working camera's own end of stream lets its last frames in.)
+            if let Some(pad) = self
+                .pipeline
+                .by_name(&format!("{SECOND_PREFIX}h264-caps"))
+                .and_then(|e| e.static_pad("src"))
+                .and_then(|p| p.peer())
+            {
+                pad.send_event(gst::event::Eos::new());
+                done = self.wait_for_eos(deadline);
+            }
         }
         // Drop sets the state to Null.
+        done == Some(true)
+    }
+
+    /// Waits until `deadline` for the end of stream: `Some(true)` when it came, `Some(false)`
+    /// when the first view or the output failed (no end will come), `None` at the deadline.
+    /// The second view's errors (a failing source posts more than one) do not end the wait.
+    fn wait_for_eos(&self, deadline: std::time::Instant) -> Option<bool> {
+        let bus = self.pipeline.bus()?;
+        loop {
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            let msg = bus.timed_pop_filtered(
+                gst::ClockTime::from_nseconds(left.as_nanos() as u64),
+                &[gst::MessageType::Eos, gst::MessageType::Error],
+            )?;
+            match msg.view() {
+                gst::MessageView::Eos(_) => return Some(true),
+                _ if source_name(&msg).starts_with(SECOND_PREFIX) => continue,
+                _ => return Some(false),
+            }
+        }
     }
 }
 
@@ -1135,6 +1155,15 @@ mod tests {
 
     #[test]
     fn a_stop_lets_the_last_fragment_out_when_the_second_camera_has_gone_silent() {
+        stop_with_a_dead_second_camera(false);
+    }
+
+    #[test]
+    fn a_stop_lets_the_last_fragment_out_when_the_second_camera_has_failed() {
+        stop_with_a_dead_second_camera(true);
+    }
+
+    fn stop_with_a_dead_second_camera(failed: bool) {
         let settings = CaptureSettings {
             second: Some(View {
                 source: Source::Test,
@@ -1160,8 +1189,25 @@ mod tests {
             gst::PadProbeReturn::Drop
         });
         std::thread::sleep(Duration::from_millis(700));
+        if failed {
+            // It fails as a source does: its own error, then the stream's.
+            let src = cap.pipeline.by_name("view2-source").unwrap();
+            for what in [
+                "Could not read from the device",
+                "Internal data stream error",
+            ] {
+                gst::element_error!(src, gst::ResourceError::Read, ("{}", what));
+            }
+            match cap.next_event(Duration::from_secs(5)) {
+                Some(CaptureEvent::Error(e)) => assert_eq!(e.part(), crate::Part::SecondView),
+                other => panic!("{other:?}"),
+            }
+        }
         while rx.try_recv().is_ok() {}
-        cap.stop(Duration::from_secs(5));
+        assert!(
+            cap.stop(Duration::from_secs(5)),
+            "the end of stream came through"
+        );
         // The first view's fragment in progress came out at the stop.
         let last = rx.try_iter().last();
         assert!(

@@ -126,7 +126,10 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
             if !named && serial.is_none() {
                 // No default: /dev/video1 is as often the first camera's metadata node.
                 w.error(dline, "second_camera.device", "name the second camera: device (its /dev/v4l/by-id/ name) or serial (neoflix camera list shows both)");
-            } else if (named && first_source == SourceKind::V4l2 && device == first_device)
+            } else if (named
+                && first_source == SourceKind::V4l2
+                && first_serial.is_none()
+                && same_file(&device, &first_device))
                 || (serial.is_some() && serial == first_serial)
             {
                 w.error(
@@ -518,6 +521,16 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
         },
     };
     Ok((cfg, warnings))
+}
+
+/// Whether two device paths name the same device: as written, or where both exist, as what
+/// they lead to (a `/dev/v4l/by-id/` name and its `/dev/videoN`).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
 }
 
 /// `SECTION.serial`: a USB serial number, when given.
@@ -948,35 +961,45 @@ mod tests {
     #[test]
     fn a_second_camera_must_be_named_be_another_camera_and_be_encoded_here() {
         let r = recipient();
-        let bad = |section: &str| -> String {
+        let parse_with = |capture: &str, second: &str| {
             let text = format!(
-                "device_id = \"r\"\n[recordings]\nrecipient = \"{}\"\n[capture]\nsource = \"v4l2\"\ndevice = \"/dev/v4l/by-id/room\"\nserial = \"R1\"\n{section}",
+                "device_id = \"r\"\n[recordings]\nrecipient = \"{}\"\n[capture]\nsource = \"v4l2\"\n{capture}\n[second_camera]\n{second}",
                 r.path().display()
             );
-            parse("t.toml", &text).unwrap_err().to_string()
+            parse("t.toml", &text)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         };
-        let e = bad("[second_camera]\nwidth = 640\n");
+        let by_device = "device = \"/dev/v4l/by-id/room\"";
+        let bad = |second: &str| parse_with(by_device, second).unwrap_err();
+        let e = bad("width = 640\n");
         assert!(
-            e.contains("t.toml:8: second_camera.device: name the second camera"),
+            e.contains("t.toml:7: second_camera.device: name the second camera"),
             "{e}"
         );
-        let e = bad("[second_camera]\ndevice = \"/dev/v4l/by-id/room\"\n");
+        let e = bad("device = \"/dev/v4l/by-id/room\"\n");
         assert!(
-            e.contains("t.toml:9: second_camera.device: this is the camera [capture] records"),
+            e.contains("t.toml:8: second_camera.device: this is the camera [capture] records"),
             "{e}"
         );
-        let e = bad("[second_camera]\nserial = \"R1\"\n");
-        assert!(e.contains("this is the camera [capture] records"), "{e}");
-        let e = bad("[second_camera]\ndevice = \"/dev/v4l/by-id/top\"\ninput_format = \"h264\"\n");
+        let e = bad("device = \"/dev/v4l/by-id/top\"\ninput_format = \"h264\"\n");
         assert!(
-            e.contains("t.toml:10: second_camera.input_format: a second camera is encoded here"),
+            e.contains("t.toml:9: second_camera.input_format: a second camera is encoded here"),
             "{e}"
         );
-        let e = bad("[second_camera]\nsource = \"test-h264\"\n");
+        let e = bad("source = \"test-h264\"\n");
         assert!(
             e.contains("second_camera.input_format: a second camera is encoded here"),
             "{e}"
         );
+        parse_with(by_device, "device = \"/dev/v4l/by-id/top\"\n").expect("another camera");
+
+        // The first camera chosen by serial number: the same serial is refused; its `device`
+        // (unused then) is not compared.
+        let by_serial = "serial = \"R1\"";
+        let e = parse_with(by_serial, "serial = \"R1\"\n").unwrap_err();
+        assert!(e.contains("this is the camera [capture] records"), "{e}");
+        parse_with(by_serial, "device = \"/dev/video0\"\n").expect("another camera");
     }
 
     #[test]

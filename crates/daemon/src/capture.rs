@@ -10,10 +10,12 @@
 //! into storage's inbox ([`Sink`]), with back-pressure on the streaming thread rather than an
 //! unbounded queue.
 //!
-//! Two parts may fail without costing the video. A microphone that is missing or fails
+//! Three parts may fail without costing the video. A microphone that is missing or fails
 //! ([`Part::Audio`]) makes the pipeline start again at once without sound; the microphone is
 //! probed every [`AUDIO_RETRY`] and taken back with a restart only while no recording is open, so
-//! a recording never has a gap for it. A hardware encoder that fails [`ENCODER_ATTEMPTS`] times
+//! a recording never has a gap for it. A second camera that fails or is unplugged
+//! ([`Part::SecondView`]) is handled the same way ([`VIEW_RETRY`]), its pipeline's last fragment
+//! let out first. A hardware encoder that fails [`ENCODER_ATTEMPTS`] times
 //! in a row ([`Part::Encoder`]) is replaced by x264 until the daemon restarts, unless the config
 //! names the encoder. Both show in [`Facts`], so the status says so.
 //!
@@ -554,7 +556,13 @@ impl Pipeline for Capture {
 
     fn stop(self, drain: Option<Duration>) {
         match drain {
-            Some(d) => Capture::stop(self, d),
+            Some(d) => {
+                if !Capture::stop(self, d) {
+                    log::warn!(
+                        "capture stopped without its end of stream: the last fragment is lost"
+                    );
+                }
+            }
             None => drop(self),
         }
     }

@@ -691,8 +691,9 @@ class Lane {
     });
   }
 
-  /** Whether the SourceBuffer holds the moment `t`. */
+  /** Whether the SourceBuffer holds the moment `t` (never, once the view is given up). */
   holds(t) {
+    if (this.broken) return false;
     const b = this.sb.buffered;
     for (let k = 0; k < b.length; k++) if (b.start(k) <= t && t <= b.end(k)) return true;
     return false;
@@ -785,7 +786,7 @@ class Player {
    * starts a frame or two after that time (the start of the recording, or of a capture
    * stream), it goes to its first frame instead, or it would wait there with nothing to show. */
   syncSecond(slack) {
-    if (!this.second) return;
+    if (!this.second || this.lanes[1]?.broken) return;
     const second = this.second.video;
     let t = this.video.currentTime;
     const b = second.buffered;
@@ -935,6 +936,7 @@ class Player {
         // The second view costs the first nothing: it is given up, said over it.
         if (lane.view === 0) throw e;
         lane.broken = e.message;
+        lane.held.clear();
         this.showGap();
       }
     }
@@ -976,6 +978,8 @@ class Player {
     const behind = hard ? 2 : BEHIND_SECS;
     const ahead = hard ? AHEAD_SECS : AHEAD_SECS * 3;
     for (const lane of this.lanes) {
+      // A given-up view's media source may be closed: it is touched no more.
+      if (lane.broken) continue;
       const b = lane.sb.buffered;
       if (!b.length) continue;
       const lo = b.start(0);
@@ -1010,7 +1014,7 @@ class Player {
     const last = this.starts.length - 1;
     if (!this.appended.has(last)) return;
     for (const lane of this.lanes) {
-      if (lane.ms.readyState === "open" && !lane.sb.updating) {
+      if (!lane.broken && lane.ms.readyState === "open" && !lane.sb.updating) {
         try {
           lane.ms.endOfStream();
         } catch (_) {
