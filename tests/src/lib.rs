@@ -854,7 +854,10 @@ pub fn ffmpeg_sound_onsets(file: &Path) -> Vec<f64> {
         .collect()
 }
 
-/// Decodes `file` fully with ffmpeg; returns whatever it printed at level error.
+/// Decodes `file` fully with ffmpeg; returns whatever it printed at level error about the file
+/// (not what its own null output says of frame timing: two frames a camera delivered closer
+/// than one frame's time, after a stall, land in one output tick there and are reported, though
+/// the file and its decoding are sound).
 pub fn ffmpeg_errors(file: &Path) -> String {
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-i"])
@@ -867,7 +870,11 @@ pub fn ffmpeg_errors(file: &Path) -> String {
         "ffmpeg failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.starts_with("[null @"))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// Byte patterns that only plaintext video contains: MP4 box headers and x264's SEI text.
