@@ -61,9 +61,9 @@ const AUDIO_SETTLED: Duration = Duration::from_secs(300);
 const AUDIO_PROBE: Duration = Duration::from_secs(2);
 /// Sound that has not arrived for this long is not flowing.
 const AUDIO_STALL: Duration = Duration::from_secs(2);
-/// A second camera that failed in the pipeline is tried again after this, then twice as long
-/// after each further failure, up to [`AUDIO_RETRY_MAX`]; one that is unplugged, as soon as it
-/// is back. Either way only while no recording is open.
+/// A second camera that failed (in the pipeline, or unplugged) is tried again after this, then
+/// twice as long after each further failure, up to [`AUDIO_RETRY_MAX`]; one still unplugged
+/// then, as soon as it is back. Either way only while no recording is open.
 pub const VIEW_RETRY: Duration = Duration::from_secs(30);
 /// Consecutive failures of a probed hardware encoder before x264 takes over.
 pub const ENCODER_ATTEMPTS: u32 = 3;
