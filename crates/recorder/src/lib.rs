@@ -15,9 +15,7 @@
 //!   **long** press (held `long_press`, default 2 s) **stops**: stopping by accident is the
 //!   commonest failure of manual systems, so stopping needs intent;
 //! - a recording that reaches `max_duration` stops by itself;
-//! - after a stop, recording goes on for `post_roll` before the recording is finalized, and then
-//!   until the fragment in progress at that moment is in: it holds the last moments before the
-//!   stop (a camera that sends nothing for `camera_timeout` is not waited for);
+//! - after a stop, recording goes on for `post_roll` before the recording is finalized;
 //! - privacy mode stops any recording, empties the ring and refuses to start until it is off;
 //! - the recording light mirrors "recording" (including post-roll), never anything else;
 //! - storage is the daemon's, but its outcomes are the recorder's to decide on: a failed
@@ -614,8 +612,7 @@ impl Recorder {
         if rec.stopping.is_some() {
             return State::Recording(rec);
         }
-        if self.settings.post_roll.is_zero() && self.storage_fault.is_some() {
-            // Nothing can be claimed while storage fails: there is nothing to wait for.
+        if self.settings.post_roll.is_zero() {
             return self.finalize(reason, actions);
         }
         actions.push(Action::StopRequested { reason });
@@ -634,7 +631,7 @@ impl Recorder {
                 if self.storage_fault.is_none() {
                     actions.push(Action::Claim { seq });
                 }
-                self.check_time(rec, at, true, actions)
+                self.check_time(rec, at, actions)
             }
             Event::Tick { at } => {
                 if let Some(last) = self.last_fragment
@@ -643,7 +640,7 @@ impl Recorder {
                     let quiet = at.saturating_sub(last).as_secs();
                     self.camera_fault = Some(format!("no video for {quiet} s"));
                 }
-                self.check_time(rec, at, false, actions)
+                self.check_time(rec, at, actions)
             }
             Event::PedalDown { at } => {
                 if rec.stopping.is_none() && !self.start_press_held {
@@ -711,18 +708,9 @@ impl Recorder {
         }
     }
 
-    /// `fragment`: `at` is a fragment's arrival (just claimed), not a tick.
-    fn check_time(
-        &mut self,
-        rec: Recording,
-        at: Duration,
-        fragment: bool,
-        actions: &mut Vec<Action>,
-    ) -> State {
+    fn check_time(&mut self, rec: Recording, at: Duration, actions: &mut Vec<Action>) -> State {
         if let Some((until, reason)) = rec.stopping {
-            // The first fragment in at or after `until` is the one that was in progress then:
-            // it holds the last moments before the stop, so the recording ends with it.
-            if (fragment && at >= until) || at >= until + self.settings.camera_timeout {
+            if at >= until {
                 return self.finalize(reason, actions);
             }
             return State::Recording(rec);
