@@ -796,8 +796,14 @@ pub fn ffprobe_streams(file: &Path) -> Vec<StreamProbe> {
 
 /// Runs ffmpeg on `file` with `args` (after the input) into nothing; its log, at info level.
 fn ffmpeg_log(file: &Path, args: &[&str]) -> String {
+    ffmpeg_null(file, &["-hide_banner", "-nostats"], args)
+}
+
+/// Runs ffmpeg with `options`, input `file`, `args`, into nothing; its log.
+fn ffmpeg_null(file: &Path, options: &[&str], args: &[&str]) -> String {
     let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-nostats", "-i"])
+        .args(options)
+        .arg("-i")
         .arg(file)
         .args(args)
         .args(["-f", "null", "-"])
@@ -859,18 +865,7 @@ pub fn ffmpeg_sound_onsets(file: &Path) -> Vec<f64> {
 /// than one frame's time, after a stall, land in one output tick there and are reported, though
 /// the file and its decoding are sound).
 pub fn ffmpeg_errors(file: &Path) -> String {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(file)
-        .args(["-f", "null", "-"])
-        .output()
-        .expect("ffmpeg is installed");
-    assert!(
-        out.status.success(),
-        "ffmpeg failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stderr)
+    ffmpeg_null(file, &["-v", "error"], &[])
         .lines()
         .filter(|l| !l.starts_with("[null @"))
         .map(|l| format!("{l}\n"))
