@@ -778,10 +778,17 @@ mod tests {
         rig.inbox
             .try_send(edge(false, t1 + Duration::from_millis(2500)))
             .unwrap();
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // This rig has no camera: the fragment in progress is waited for until the camera
+        // timeout.
+        tokio::time::sleep(Duration::from_secs(6)).await;
         assert_eq!(
             *storage.lock().unwrap(),
-            vec!["start by control", "mark by pedal", "finalize: pedal"]
+            vec![
+                "start by control",
+                "mark by pedal",
+                "stop requested",
+                "finalize: pedal"
+            ]
         );
         assert!(rig.status.borrow().status.recording.is_none());
     }

@@ -15,7 +15,9 @@
 //!   **long** press (held `long_press`, default 2 s) **stops**: stopping by accident is the
 //!   commonest failure of manual systems, so stopping needs intent;
 //! - a recording that reaches `max_duration` stops by itself;
-//! - after a stop, recording goes on for `post_roll` before the recording is finalized;
+//! - after a stop, recording goes on for `post_roll` before the recording is finalized, and then
+//!   until the fragment in progress at that moment is in: it holds the last moments before the
+//!   stop (a camera that sends nothing for `camera_timeout` is not waited for);
 //! - privacy mode stops any recording, empties the ring and refuses to start until it is off;
 //! - the recording light mirrors "recording" (including post-roll), never anything else;
 //! - storage is the daemon's, but its outcomes are the recorder's to decide on: a failed
@@ -588,6 +590,23 @@ impl Recorder {
         })
     }
 
+    /// A start while a stopped recording is still ending (post-roll, or waiting for the
+    /// fragment in progress): the room wants a recording now, so the ending one is closed
+    /// through what it holds and a new one starts. The moments it had not yet taken are the new
+    /// recording's pre-roll, so nothing is lost between the two.
+    fn restart(
+        &mut self,
+        reason: StopReason,
+        at: Duration,
+        by: Trigger,
+        pedal: bool,
+        actions: &mut Vec<Action>,
+    ) -> State {
+        // The light stays on: `start` sends it on again, and it is never sent off between.
+        actions.push(Action::Finalize { reason });
+        self.start(at, by, pedal, actions)
+    }
+
     fn enter_privacy(&mut self, actions: &mut Vec<Action>) {
         self.ring = Duration::ZERO;
         self.last_fragment = None;
@@ -612,7 +631,8 @@ impl Recorder {
         if rec.stopping.is_some() {
             return State::Recording(rec);
         }
-        if self.settings.post_roll.is_zero() {
+        if self.settings.post_roll.is_zero() && self.storage_fault.is_some() {
+            // Nothing can be claimed while storage fails: there is nothing to wait for.
             return self.finalize(reason, actions);
         }
         actions.push(Action::StopRequested { reason });
@@ -631,7 +651,7 @@ impl Recorder {
                 if self.storage_fault.is_none() {
                     actions.push(Action::Claim { seq });
                 }
-                self.check_time(rec, at, actions)
+                self.check_time(rec, at, true, actions)
             }
             Event::Tick { at } => {
                 if let Some(last) = self.last_fragment
@@ -640,10 +660,13 @@ impl Recorder {
                     let quiet = at.saturating_sub(last).as_secs();
                     self.camera_fault = Some(format!("no video for {quiet} s"));
                 }
-                self.check_time(rec, at, actions)
+                self.check_time(rec, at, false, actions)
             }
             Event::PedalDown { at } => {
-                if rec.stopping.is_none() && !self.start_press_held {
+                if let Some((_, reason)) = rec.stopping {
+                    return self.restart(reason, at, Trigger::Pedal, true, actions);
+                }
+                if !self.start_press_held {
                     rec.pedal_down = Some(at);
                 }
                 State::Recording(rec)
@@ -667,7 +690,10 @@ impl Recorder {
                 }
                 State::Recording(rec)
             }
-            Event::Start { .. } => {
+            Event::Start { at, by } => {
+                if let Some((_, reason)) = rec.stopping {
+                    return self.restart(reason, at, by, false, actions);
+                }
                 actions.push(Action::Refuse {
                     reason: "already recording".into(),
                 });
@@ -708,9 +734,18 @@ impl Recorder {
         }
     }
 
-    fn check_time(&mut self, rec: Recording, at: Duration, actions: &mut Vec<Action>) -> State {
+    /// `fragment`: `at` is a fragment's arrival (just claimed), not a tick.
+    fn check_time(
+        &mut self,
+        rec: Recording,
+        at: Duration,
+        fragment: bool,
+        actions: &mut Vec<Action>,
+    ) -> State {
         if let Some((until, reason)) = rec.stopping {
-            if at >= until {
+            // The first fragment in at or after `until` is the one that was in progress then:
+            // it holds the last moments before the stop, so the recording ends with it.
+            if (fragment && at >= until) || at >= until + self.settings.camera_timeout {
                 return self.finalize(reason, actions);
             }
             return State::Recording(rec);

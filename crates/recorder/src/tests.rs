@@ -128,13 +128,23 @@ fn short_press_while_recording_marks_long_press_stops() {
     );
     assert!(a.is_empty(), "held 1.9 s must not stop yet: {a:?}");
     let (r, a) = run(r, vec![Event::Tick { at: s(32) }]);
-    assert_eq!(finalized(&a), vec![StopReason::Requested(Trigger::Pedal)]);
-    assert!(a.contains(&Action::Light { on: false }));
-    assert!(!r.status().recording);
+    assert_eq!(
+        a,
+        vec![Action::StopRequested {
+            reason: StopReason::Requested(Trigger::Pedal)
+        }]
+    );
     // The release of the stopping press does nothing more.
     let (r, a) = run(r, vec![Event::PedalUp { at: s(33) }]);
     assert!(a.is_empty());
-    // No fragment came in this test's 22 s of recording: the watchdog noticed.
+    // No fragment came in this test's 22 s of recording (the watchdog noticed): the fragment
+    // in progress is not waited for beyond the camera timeout.
+    let (r, a) = run(r, vec![Event::Tick { at: ms(36_900) }]);
+    assert!(finalized(&a).is_empty());
+    let (r, a) = run(r, vec![Event::Tick { at: s(37) }]);
+    assert_eq!(finalized(&a), vec![StopReason::Requested(Trigger::Pedal)]);
+    assert!(a.contains(&Action::Light { on: false }));
+    assert!(!r.status().recording);
     assert_eq!(r.status().state, Phase::Fault);
 }
 
@@ -149,10 +159,144 @@ fn long_press_detected_on_release_when_no_tick_came() {
     );
     let (r, a) = run(
         r,
-        vec![Event::PedalDown { at: s(20) }, Event::PedalUp { at: s(23) }],
+        vec![
+            Event::PedalDown { at: s(20) },
+            Event::PedalUp { at: s(23) },
+            Event::Fragment {
+                at: ms(23_400),
+                seq: 22,
+                ring: s(10),
+            },
+        ],
     );
     assert_eq!(finalized(&a), vec![StopReason::Requested(Trigger::Pedal)]);
     assert!(!r.status().recording);
+}
+
+/// Regression (found by scripts/chaos): a stop finalized at once, through the last fragment
+/// in, so the fragment in progress — up to a fragment's worth of the moments just before the
+/// stop — was not in the recording.
+#[test]
+fn a_stop_waits_for_the_fragment_in_progress_which_holds_its_last_moments() {
+    let (r, _) = run(
+        ready(),
+        vec![Event::Start {
+            at: s(11),
+            by: Trigger::Control,
+        }],
+    );
+    let (r, _) = with_fragments(r, 11, 2);
+    let (r, a) = run(
+        r,
+        vec![Event::Stop {
+            at: ms(13_400),
+            by: Trigger::Control,
+        }],
+    );
+    assert_eq!(
+        a,
+        vec![Action::StopRequested {
+            reason: StopReason::Requested(Trigger::Control)
+        }]
+    );
+    assert!(r.status().recording, "the light stays on until it is in");
+    let (r, a) = run(r, vec![Event::Tick { at: ms(13_800) }]);
+    assert!(a.is_empty(), "{a:?}");
+    // The fragment that was in progress at 13.4 s comes in at 14 s: claimed, then finalized.
+    let (r, a) = run(
+        r,
+        vec![Event::Fragment {
+            at: s(14),
+            seq: 13,
+            ring: s(10),
+        }],
+    );
+    assert_eq!(
+        a[..2],
+        [
+            Action::Claim { seq: 13 },
+            Action::Finalize {
+                reason: StopReason::Requested(Trigger::Control)
+            }
+        ]
+    );
+    assert!(!r.status().recording);
+}
+
+/// A start while the stopped recording waits for its last fragment ends that one and starts
+/// the next at once (a refusal here made a twin's second recording fail to start).
+#[test]
+fn a_start_while_a_stop_waits_ends_that_recording_and_starts_the_next() {
+    let (r, _) = run(
+        ready(),
+        vec![Event::Start {
+            at: s(11),
+            by: Trigger::Control,
+        }],
+    );
+    let (r, _) = with_fragments(r, 11, 2);
+    let (r, _) = run(
+        r,
+        vec![Event::Stop {
+            at: ms(13_400),
+            by: Trigger::Control,
+        }],
+    );
+    let (r, a) = run(
+        r,
+        vec![Event::Start {
+            at: ms(13_600),
+            by: Trigger::Mqtt,
+        }],
+    );
+    assert_eq!(
+        a,
+        vec![
+            Action::Finalize {
+                reason: StopReason::Requested(Trigger::Control)
+            },
+            Action::StartRecording {
+                trigger: Trigger::Mqtt
+            },
+            Action::Light { on: true },
+        ],
+        "the light is never sent off between the two"
+    );
+    assert!(r.status().recording);
+    // The new recording runs on: a fragment is claimed, not a reason to finalize.
+    let (r, a) = run(
+        r,
+        vec![Event::Fragment {
+            at: s(14),
+            seq: 13,
+            ring: s(10),
+        }],
+    );
+    assert_eq!(a, vec![Action::Claim { seq: 13 }]);
+    // A stop of the new one works as usual; a pedal press while that one waits does the same.
+    let (r, _) = run(
+        r,
+        vec![Event::Stop {
+            at: ms(14_500),
+            by: Trigger::Control,
+        }],
+    );
+    let (r, a) = run(r, vec![Event::PedalDown { at: ms(14_700) }]);
+    assert_eq!(
+        a[..2],
+        [
+            Action::Finalize {
+                reason: StopReason::Requested(Trigger::Control)
+            },
+            Action::StartRecording {
+                trigger: Trigger::Pedal
+            },
+        ]
+    );
+    // The press that started it is not a marker when released, nor a stop when held.
+    let (r, a) = run(r, vec![Event::PedalUp { at: s(18) }]);
+    assert!(a.is_empty(), "{a:?}");
+    assert!(r.status().recording);
 }
 
 /// Edges carry the pedal's time, not the time they were read: a release that reaches the
@@ -275,7 +419,18 @@ fn stop_with_post_roll_keeps_claiming_then_finalizes() {
         }],
     );
     assert_eq!(a, vec![Action::Claim { seq: 20 }]);
+    // The post-roll ends at 23 s; the fragment in progress then is waited for.
     let (r, a) = run(r, vec![Event::Tick { at: s(23) }]);
+    assert!(finalized(&a).is_empty());
+    let (r, a) = run(
+        r,
+        vec![Event::Fragment {
+            at: s(23),
+            seq: 21,
+            ring: s(10),
+        }],
+    );
+    assert_eq!(a[0], Action::Claim { seq: 21 });
     assert_eq!(finalized(&a), vec![StopReason::Requested(Trigger::Control)]);
     assert!(!r.status().recording);
 }
