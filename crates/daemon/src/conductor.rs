@@ -37,6 +37,20 @@ const TICK: Duration = Duration::from_millis(100);
 /// is stuck (the watchdog then restarts neoflixd within `WatchdogSec`), and only people make new
 /// ones meanwhile: fragments, and so claims, come through storage.
 const MAX_OUTBOX: usize = 1024;
+/// How long a `start` reply waits for its recording and pre-roll to be on disk. Storage answers
+/// in milliseconds; this bounds a reply behind a disk that hangs (which storage then reports).
+const START_REPLY_WAIT: Duration = Duration::from_secs(2);
+/// `start` replies waiting at most; more are answered at once.
+const MAX_WAITING_REPLIES: usize = 16;
+
+/// A `start` reply held until storage has the recording and its pre-roll on disk, so that an
+/// answered start survives a crash the moment after.
+struct WaitingReply {
+    id: String,
+    reply: Reply,
+    to: oneshot::Sender<Reply>,
+    since: Instant,
+}
 
 /// A command from `neoflix ctl` or MQTT.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +219,8 @@ pub struct Conductor {
     epoch: Instant,
     /// The open recording, from the moment the recorder decided to start it.
     open: Option<OpenRecording>,
+    /// `start` replies waiting for storage (oldest first).
+    waiting_replies: VecDeque<WaitingReply>,
     /// The last fragment the recorder has seen, and the video in the ring then: a recording's
     /// pre-roll and last fragment are what the recorder decided on, not what storage has by the
     /// time it gets the command.
@@ -295,6 +311,7 @@ impl Conductor {
             upload_status: settings.upload_status,
             epoch: Instant::now(),
             open: None,
+            waiting_replies: VecDeque::new(),
             last_seq: None,
             last_ring: Duration::ZERO,
             capturing: false,
@@ -365,6 +382,7 @@ impl Conductor {
             let step = self.next().await;
             self.background(step);
         }
+        self.answer_waiting(|_| true);
         self.publish();
     }
 
@@ -395,10 +413,28 @@ impl Conductor {
     fn input(&mut self, input: Input) {
         match input {
             Input::Command { command, by, reply } => {
+                let started = command == Command::Start;
                 let r = self.command(command, by);
                 // Whoever reads the status next sees what this reply says.
                 self.publish();
-                let _ = reply.send(r);
+                match r.recording.clone() {
+                    Some(id)
+                        if started
+                            && r.ok
+                            && self.storage_open
+                            && self.waiting_replies.len() < MAX_WAITING_REPLIES =>
+                    {
+                        self.waiting_replies.push_back(WaitingReply {
+                            id,
+                            reply: r,
+                            to: reply,
+                            since: Instant::now(),
+                        });
+                    }
+                    _ => {
+                        let _ = reply.send(r);
+                    }
+                }
             }
             Input::Pedal { down, at } => {
                 let at = at.saturating_duration_since(self.epoch);
@@ -430,7 +466,13 @@ impl Conductor {
                 self.capturing = true;
                 self.feed(Event::Fragment { at, seq, ring });
             }
+            Step::Storage(Some(storage::Report::Opened { id })) => {
+                self.answer_waiting(|w| w.id == id);
+            }
             Step::Storage(Some(storage::Report::Failed { reason })) => {
+                // The recording goes on in the ring until storage works again; the room hears
+                // of the failure from the status, not by a start left unanswered.
+                self.answer_waiting(|_| true);
                 self.feed(Event::StorageFailed { at, reason });
             }
             Step::Storage(Some(storage::Report::Recovered)) => {
@@ -446,6 +488,7 @@ impl Conductor {
                 }
                 self.storage_open = false;
                 self.outbox.clear();
+                self.answer_waiting(|_| true);
             }
             Step::Capture(Some(capture::Report::Failed { reason })) => {
                 self.feed(Event::CameraLost { at, reason });
@@ -453,6 +496,7 @@ impl Conductor {
             Step::Capture(Some(capture::Report::Stopped) | None) => self.capture_open = false,
             Step::Tick => {
                 self.pulse.beat();
+                self.answer_waiting(|w| w.since.elapsed() >= START_REPLY_WAIT);
                 if self.outbox.is_empty()
                     && self.storage_ticks.take()
                     && self.storage.try_send(ToStorage::Tick).is_err()
@@ -461,6 +505,17 @@ impl Conductor {
                 }
                 self.feed(Event::Tick { at });
             }
+        }
+    }
+
+    /// Sends the held `start` replies that `now` picks.
+    fn answer_waiting(&mut self, now: impl Fn(&WaitingReply) -> bool) {
+        let (go, stay): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.waiting_replies)
+            .into_iter()
+            .partition(|w| now(w));
+        self.waiting_replies = stay;
+        for w in go {
+            let _ = w.to.send(w.reply);
         }
     }
 
@@ -731,15 +786,22 @@ mod tests {
         }
     }
 
-    /// A storage that only notes what it was asked to do, but ticks.
-    fn note_commands(mut rx: mpsc::Receiver<ToStorage>) -> Arc<Mutex<Vec<String>>> {
+    /// A storage that only notes what it was asked to do, but ticks, and opens a recording at
+    /// once.
+    fn note_commands(
+        mut rx: mpsc::Receiver<ToStorage>,
+        reports: mpsc::Sender<storage::Report>,
+    ) -> Arc<Mutex<Vec<String>>> {
         let noted = Arc::new(Mutex::new(Vec::new()));
         let n = noted.clone();
         tokio::spawn(async move {
             while let Some(m) = rx.recv().await {
                 let what = match m {
                     ToStorage::Tick => continue,
-                    ToStorage::Start { trigger, .. } => format!("start by {}", trigger.as_str()),
+                    ToStorage::Start { trigger, id, .. } => {
+                        let _ = reports.send(storage::Report::Opened { id }).await;
+                        format!("start by {}", trigger.as_str())
+                    }
                     ToStorage::Mark { by, .. } => format!("mark by {}", by.as_str()),
                     ToStorage::Finalize { reason, .. } => format!("finalize: {}", reason.as_str()),
                     ToStorage::Sync => "sync".into(),
@@ -755,7 +817,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_press_is_measured_from_edge_to_edge_not_from_when_it_was_read() {
         let mut rig = rig();
-        let storage = note_commands(rig.storage_rx.take().unwrap());
+        let storage = note_commands(rig.storage_rx.take().unwrap(), rig.reports.clone());
         assert!(rig.command(Command::Start).await.ok);
 
         // A short press whose two edges reach the conductor 3 s late (read late, or the
@@ -842,26 +904,19 @@ mod tests {
         }
     }
 
-    /// The failed start of a recording was once a silently lost recording. Now storage's
-    /// failure goes to the recorder, which reports it and asks for retries with a growing
-    /// back-off (0.5 s, 1 s, 2 s, 4 s, ...); the fragments wait in the ring meanwhile, and the
-    /// retry after the disk came back claims them all.
-    #[tokio::test(start_paused = true)]
-    async fn a_recording_whose_storage_fails_is_retried_with_backoff_and_loses_nothing() {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path().join("recordings");
-        // A file where the directory should be: refused even to root.
-        std::fs::write(&root, b"not a directory").unwrap();
+    /// The real storage over `dir` (recordings in `dir/recordings`), on the test's runtime
+    /// instead of a thread of its own: the timing is the conductor's and the recorder's, the disk
+    /// work the real one. It takes `start_delay` before a recording's start (a slow disk). Returns
+    /// when each sync was asked for.
+    fn real_storage(rig: &mut Rig, dir: &Path, start_delay: Duration) -> Arc<Mutex<Vec<Instant>>> {
         let (ring, _) =
-            neoflix_store::Ring::open(&t.path().join("ring"), Duration::from_secs(2), 1 << 30)
-                .unwrap();
+            neoflix_store::Ring::open(&dir.join("ring"), Duration::from_secs(2), 1 << 30).unwrap();
         // Any public key: nothing is opened here.
         let dept = neoflix_seal::DepartmentPublicKey::from_bytes(&[9; 32]).unwrap();
-        let mut rig = rig();
         let mut storage = storage::Storage::new(
             storage::StorageSettings {
                 device_id: "room-1".into(),
-                recordings_dir: root.clone(),
+                recordings_dir: dir.join("recordings"),
                 recipient: dept,
                 signer: None,
                 events: Events::default(),
@@ -872,8 +927,6 @@ mod tests {
             rig.storage_facts.take().unwrap(),
             Pulse::default(),
         );
-        // Storage, on the test's runtime instead of a thread of its own: the timing is the
-        // conductor's and the recorder's, the disk work the real one.
         let syncs = Arc::new(Mutex::new(Vec::new()));
         let (mut inbox, reports, seen) = (
             rig.storage_rx.take().unwrap(),
@@ -882,8 +935,10 @@ mod tests {
         );
         tokio::spawn(async move {
             while let Some(m) = inbox.recv().await {
-                if matches!(m, ToStorage::Sync) {
-                    seen.lock().unwrap().push(Instant::now());
+                match m {
+                    ToStorage::Sync => seen.lock().unwrap().push(Instant::now()),
+                    ToStorage::Start { .. } => tokio::time::sleep(start_delay).await,
+                    _ => {}
                 }
                 let (out, last) = storage.step(m);
                 for r in out {
@@ -894,6 +949,44 @@ mod tests {
                 }
             }
         });
+        syncs
+    }
+
+    /// Regression (found by scripts/chaos): `start` was answered as soon as the recorder
+    /// decided, before storage had the recording on disk; a crash just after the answer lost
+    /// the recording, or its pre-roll, whose keys were still only in memory.
+    #[tokio::test(start_paused = true)]
+    async fn an_answered_start_has_its_recording_and_preroll_on_disk() {
+        let t = tempfile::tempdir().unwrap();
+        let mut rig = rig();
+        real_storage(&mut rig, t.path(), Duration::from_millis(300));
+        let mut camera = Camera::start(rig.storage_tx.clone()).await;
+        for _ in 0..3 {
+            camera.second().await;
+        }
+        rig.wait_for("ready", |s| s.ready).await;
+        let started = rig.command(Command::Start).await;
+        assert!(started.ok, "{started:?}");
+        let dir = t.path().join("recordings").join(started.recording.unwrap());
+        // What a crash now leaves: recovery seals it as interrupted from the journal.
+        let journal = std::fs::read_to_string(dir.join("journal.jsonl"))
+            .expect("the recording is on disk when start is answered");
+        let fragments = journal.matches("\"event\":\"fragment\"").count();
+        assert!(fragments >= 2, "the 2 s pre-roll is in: {journal}");
+    }
+
+    /// The failed start of a recording was once a silently lost recording. Now storage's
+    /// failure goes to the recorder, which reports it and asks for retries with a growing
+    /// back-off (0.5 s, 1 s, 2 s, 4 s, ...); the fragments wait in the ring meanwhile, and the
+    /// retry after the disk came back claims them all.
+    #[tokio::test(start_paused = true)]
+    async fn a_recording_whose_storage_fails_is_retried_with_backoff_and_loses_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("recordings");
+        // A file where the directory should be: refused even to root.
+        std::fs::write(&root, b"not a directory").unwrap();
+        let mut rig = rig();
+        let syncs = real_storage(&mut rig, t.path(), Duration::ZERO);
 
         let mut camera = Camera::start(rig.storage_tx.clone()).await;
         for _ in 0..3 {

@@ -73,6 +73,8 @@ struct Pending {
     claimed: Option<u64>,
     marks: VecDeque<(String, Trigger, SystemTime)>,
     stop_note: Option<(StopReason, SystemTime)>,
+    /// [`Done::Opened`] was given: its directory and pre-roll are on disk.
+    opened: bool,
 }
 
 /// A stopped recording waiting to be closed.
@@ -166,6 +168,7 @@ impl Recordings {
             claimed: None,
             marks: VecDeque::new(),
             stop_note: None,
+            opened: false,
         });
         self.hold(ring);
     }
@@ -315,10 +318,6 @@ fn bring_up_to_date(
             recipient,
             p.trigger_utc,
         )?);
-        done.push(Done::Opened {
-            id: p.id.clone(),
-            trigger: p.trigger,
-        });
     }
     let w = p.writer.as_mut().expect("created above");
     // Anything unclaimed and older belongs to a recording before this one (given up).
@@ -346,6 +345,15 @@ fn bring_up_to_date(
         p.claimed = Some(seq);
         ring.keep(seq);
         log::debug!(recording = p.id.as_str(), fragment = seq; "claimed");
+    }
+    if !p.opened {
+        // Everything in the ring up to now is in, the pre-roll with it: a crash from here on
+        // costs this recording at most the fragment being written.
+        p.opened = true;
+        done.push(Done::Opened {
+            id: p.id.clone(),
+            trigger: p.trigger,
+        });
     }
     while let Some((label, by, at)) = p.marks.front() {
         let marker = w.mark(label, by.as_str(), *at)?;

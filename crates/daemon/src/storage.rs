@@ -119,6 +119,12 @@ pub enum Report {
     Recovered,
     /// Everything sent before [`ToStorage::Drain`] is done.
     Drained,
+    /// A recording's directory and its whole pre-roll are on disk: from now on a crash costs
+    /// it at most the fragment being written.
+    Opened {
+        /// The recording.
+        id: String,
+    },
 }
 
 /// What the status shows of storage.
@@ -375,27 +381,26 @@ impl Storage {
     }
 
     /// Does the storage work the recordings owe; the outcome is the recorder's to hear.
-    fn sync(&mut self) -> Option<Report> {
+    fn sync(&mut self) -> Vec<Report> {
         let mut done = Vec::new();
         let result = self.recordings.sync(&mut self.ring, &mut done);
-        for d in done {
-            self.announce(d);
-        }
+        let mut out: Vec<Report> = done.into_iter().filter_map(|d| self.announce(d)).collect();
         match result {
             Ok(()) if self.recordings_failing => {
                 log::info!(device = self.device.as_str(); "recordings storage works again: nothing was lost");
                 self.recordings_failing = false;
                 self.error = None;
-                Some(Report::Recovered)
+                out.push(Report::Recovered);
             }
-            Ok(()) => None,
+            Ok(()) => {}
             Err(e) => {
                 let reason = e.to_string();
                 self.failed(reason.clone());
                 self.recordings_failing = true;
-                Some(Report::Failed { reason })
+                out.push(Report::Failed { reason });
             }
         }
+        out
     }
 
     fn failed(&mut self, msg: String) {
@@ -409,12 +414,14 @@ impl Storage {
         self.error = Some(msg);
     }
 
-    /// Logs, publishes and hands on what storage work finished.
-    fn announce(&mut self, done: Done) {
+    /// Logs, publishes and hands on what storage work finished; what the conductor is to hear.
+    fn announce(&mut self, done: Done) -> Option<Report> {
         let device = self.device.as_str();
+        let mut report = None;
         match done {
             Done::Opened { id, trigger } => {
-                log::info!(device = device, recording = id.as_str(), trigger = trigger.as_str(); "recording started");
+                log::info!(device = device, recording = id.as_str(), trigger = trigger.as_str(); "recording started, pre-roll on disk");
+                report = Some(Report::Opened { id });
             }
             Done::Marked { id, marker } => {
                 // The label is sealed in the recording; neither the journal nor the broker gets it.
@@ -446,6 +453,7 @@ impl Storage {
         if let Some(w) = &self.uplink_wake {
             w.notify_one();
         }
+        report
     }
 
     fn publish(&self) {
