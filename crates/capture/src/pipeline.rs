@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -29,6 +29,9 @@ pub enum Output {
         pts: Duration,
         /// Duration of the fragment.
         duration: Duration,
+        /// When its last moment was captured, on this machine's monotonic clock: the
+        /// muxer hands a fragment out a few frames later than that.
+        ends: Instant,
     },
 }
 
@@ -916,7 +919,14 @@ where
     gst_app::AppSinkCallbacks::builder()
         .new_sample(move |appsink| {
             let sample = appsink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-            let outputs = match split_sample(&sample) {
+            // The pipeline's running time now, to place the fragment's end on `Instant`'s clock.
+            let running = appsink
+                .clock()
+                .map(|c| c.time())
+                .zip(appsink.base_time())
+                .and_then(|(now, base)| now.checked_sub(base))
+                .map(|r| Duration::from_nanos(r.nseconds()));
+            let outputs = match split_sample(&sample, running, Instant::now()) {
                 Ok(o) => o,
                 Err(msg) => {
                     gst::element_error!(appsink, gst::StreamError::Format, ("{}", msg));
@@ -934,8 +944,13 @@ where
         .build()
 }
 
-/// Splits one muxer sample into an optional init segment and an optional fragment.
-fn split_sample(sample: &gst::Sample) -> Result<Vec<Output>, String> {
+/// Splits one muxer sample into an optional init segment and an optional fragment. `running`
+/// is the pipeline's running time at `now`, when known.
+fn split_sample(
+    sample: &gst::Sample,
+    running: Option<Duration>,
+    now: Instant,
+) -> Result<Vec<Output>, String> {
     let list = sample
         .buffer_list()
         .ok_or("muxer output without a buffer list")?;
@@ -972,10 +987,15 @@ fn split_sample(sample: &gst::Sample) -> Result<Vec<Output>, String> {
         let map = b.map_readable().map_err(|_| "unreadable fragment buffer")?;
         data.extend_from_slice(map.as_slice());
     }
+    let pts = Duration::from_nanos(pts.nseconds());
+    let duration = Duration::from_nanos(duration.nseconds());
+    // Without a clock (never while playing) the fragment is taken to end now.
+    let late = running.map_or(Duration::ZERO, |r| r.saturating_sub(pts + duration));
     outputs.push(Output::Fragment {
         data,
-        pts: Duration::from_nanos(pts.nseconds()),
-        duration: Duration::from_nanos(duration.nseconds()),
+        pts,
+        duration,
+        ends: now.checked_sub(late).unwrap_or(now),
     });
     Ok(outputs)
 }
@@ -1015,7 +1035,12 @@ mod tests {
                     data,
                     pts,
                     duration,
+                    ends,
                 } => {
+                    // Its end is placed on this machine's clock: passed, and not by hours
+                    // (a clock mix-up), only by the muxer's few frames of delay.
+                    let late = Instant::now().checked_duration_since(ends);
+                    assert!(late.is_some_and(|l| l < Duration::from_secs(5)), "{late:?}");
                     // isofmp4mux writes a `styp` box before each `moof`.
                     assert!(
                         data[..64].windows(4).any(|w| w == b"moof"),

@@ -251,7 +251,10 @@ impl Sink {
                     }
                 }
                 Output::Fragment {
-                    mut data, duration, ..
+                    mut data,
+                    duration,
+                    ends,
+                    ..
                 } => {
                     let stream = stream.ok_or("fragment before the init segment")?;
                     let n = self.seq.fetch_add(1, Ordering::Relaxed);
@@ -276,6 +279,7 @@ impl Sink {
                         key,
                         duration,
                         captured,
+                        ends,
                     }
                 }
             };
@@ -1225,6 +1229,7 @@ mod tests {
                             data: vec![2; 64],
                             pts: Duration::ZERO,
                             duration: Duration::from_secs(1),
+                            ends: std::time::Instant::now(),
                         })
                         .map_err(fail)?;
                     }

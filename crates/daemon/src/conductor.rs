@@ -460,11 +460,17 @@ impl Conductor {
     fn background(&mut self, step: Step) {
         let at = self.now();
         match step {
-            Step::Storage(Some(storage::Report::Stored { seq, ring })) => {
+            Step::Storage(Some(storage::Report::Stored { seq, ring, ends })) => {
                 self.last_seq = Some(seq);
                 self.last_ring = ring;
                 self.capturing = true;
-                self.feed(Event::Fragment { at, seq, ring });
+                let ends = Instant::from_std(ends).saturating_duration_since(self.epoch);
+                self.feed(Event::Fragment {
+                    at,
+                    seq,
+                    ring,
+                    ends,
+                });
             }
             Step::Storage(Some(storage::Report::Opened { id })) => {
                 self.answer_waiting(|w| w.id == id);
@@ -897,6 +903,8 @@ mod tests {
                     key,
                     duration: Duration::from_secs(1),
                     captured: SystemTime::now(),
+                    // The test's clock, which may be paused.
+                    ends: Instant::now().into_std(),
                 })
                 .await
                 .unwrap();

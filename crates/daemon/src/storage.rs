@@ -49,6 +49,8 @@ pub enum ToStorage {
         duration: Duration,
         /// Wall-clock time of its first frame.
         captured: SystemTime,
+        /// When its last moment was captured (monotonic).
+        ends: Instant,
     },
     /// Open a recording.
     Start {
@@ -109,6 +111,8 @@ pub enum Report {
         seq: u64,
         /// Video in the ring now.
         ring: Duration,
+        /// When its last moment was captured.
+        ends: Instant,
     },
     /// The recordings' storage work failed; it stays owed.
     Failed {
@@ -297,6 +301,7 @@ impl Storage {
                 key,
                 duration,
                 captured,
+                ends,
             } => match self.ring.push(seq, &sealed, key, duration, captured) {
                 Ok(evicted) => {
                     if !evicted.is_empty() {
@@ -308,6 +313,7 @@ impl Storage {
                     out.push(Report::Stored {
                         seq,
                         ring: self.ring.duration(),
+                        ends,
                     });
                 }
                 Err(e) => self.failed(e.to_string()),

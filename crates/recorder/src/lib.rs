@@ -31,8 +31,8 @@
 //! use neoflix_recorder::{Action, Event, Recorder, Settings, Trigger};
 //! let s = Settings { preroll: Duration::from_secs(2), ..Settings::default() };
 //! let r = Recorder::new(s);
-//! let (r, _) = r.handle(Event::Fragment { at: Duration::from_secs(1), seq: 0, ring: Duration::from_secs(1) });
-//! let (r, _) = r.handle(Event::Fragment { at: Duration::from_secs(2), seq: 1, ring: Duration::from_secs(2) });
+//! let (r, _) = r.handle(Event::Fragment { at: Duration::from_secs(1), seq: 0, ring: Duration::from_secs(1), ends: Duration::from_secs(1) });
+//! let (r, _) = r.handle(Event::Fragment { at: Duration::from_secs(2), seq: 1, ring: Duration::from_secs(2), ends: Duration::from_secs(2) });
 //! assert!(r.status().ready);
 //! let (r, actions) = r.handle(Event::PedalDown { at: Duration::from_secs(3) });
 //! assert!(actions.contains(&Action::StartRecording { trigger: Trigger::Pedal }));
@@ -129,6 +129,9 @@ pub enum Event {
         seq: u64,
         /// Video in the ring, this fragment included.
         ring: Duration,
+        /// When its last moment was captured: a few frames before `at`, since the muxer hands a
+        /// fragment out only after it ends.
+        ends: Duration,
     },
     /// The pedal went down.
     PedalDown {
@@ -643,7 +646,12 @@ impl Recorder {
 
     fn recording(&mut self, mut rec: Recording, event: Event, actions: &mut Vec<Action>) -> State {
         match event {
-            Event::Fragment { at, seq, ring } => {
+            Event::Fragment {
+                at,
+                seq,
+                ring,
+                ends,
+            } => {
                 self.ring = ring;
                 self.last_fragment = Some(at);
                 self.camera_fault = None;
@@ -651,7 +659,7 @@ impl Recorder {
                 if self.storage_fault.is_none() {
                     actions.push(Action::Claim { seq });
                 }
-                self.check_time(rec, at, true, actions)
+                self.check_time(rec, at, Some(ends), actions)
             }
             Event::Tick { at } => {
                 if let Some(last) = self.last_fragment
@@ -660,7 +668,7 @@ impl Recorder {
                     let quiet = at.saturating_sub(last).as_secs();
                     self.camera_fault = Some(format!("no video for {quiet} s"));
                 }
-                self.check_time(rec, at, false, actions)
+                self.check_time(rec, at, None, actions)
             }
             Event::PedalDown { at } => {
                 if let Some((_, reason)) = rec.stopping {
@@ -734,18 +742,22 @@ impl Recorder {
         }
     }
 
-    /// `fragment`: `at` is a fragment's arrival (just claimed), not a tick.
+    /// `fragment_ends`: `at` is a fragment's arrival (just claimed), not a tick, and its last
+    /// moment was captured then.
     fn check_time(
         &mut self,
         rec: Recording,
         at: Duration,
-        fragment: bool,
+        fragment_ends: Option<Duration>,
         actions: &mut Vec<Action>,
     ) -> State {
         if let Some((until, reason)) = rec.stopping {
-            // The first fragment in at or after `until` is the one that was in progress then:
-            // it holds the last moments before the stop, so the recording ends with it.
-            if (fragment && at >= until) || at >= until + self.settings.camera_timeout {
+            // The first fragment that reaches `until` is the one that was in progress then: it
+            // holds the last moments before the stop, so the recording ends with it. One that
+            // ended just before the stop but arrived after it is not that one.
+            if fragment_ends.is_some_and(|e| e >= until)
+                || at >= until + self.settings.camera_timeout
+            {
                 return self.finalize(reason, actions);
             }
             return State::Recording(rec);

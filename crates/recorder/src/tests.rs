@@ -27,6 +27,7 @@ fn with_fragments(r: Recorder, from: u64, n: u64) -> (Recorder, Vec<Action>) {
             at: s(i + 1),
             seq: i,
             ring: s((i + 1).min(10)),
+            ends: s(i + 1),
         });
         r = next;
         all.extend(a);
@@ -166,6 +167,7 @@ fn long_press_detected_on_release_when_no_tick_came() {
                 at: ms(23_400),
                 seq: 22,
                 ring: s(10),
+                ends: ms(23_400),
             },
         ],
     );
@@ -209,6 +211,7 @@ fn a_stop_waits_for_the_fragment_in_progress_which_holds_its_last_moments() {
             at: s(14),
             seq: 13,
             ring: s(10),
+            ends: s(14),
         }],
     );
     assert_eq!(
@@ -270,6 +273,7 @@ fn a_start_while_a_stop_waits_ends_that_recording_and_starts_the_next() {
             at: s(14),
             seq: 13,
             ring: s(10),
+            ends: s(14),
         }],
     );
     assert_eq!(a, vec![Action::Claim { seq: 13 }]);
@@ -416,6 +420,7 @@ fn stop_with_post_roll_keeps_claiming_then_finalizes() {
             at: s(22),
             seq: 20,
             ring: s(10),
+            ends: s(22),
         }],
     );
     assert_eq!(a, vec![Action::Claim { seq: 20 }]);
@@ -428,6 +433,7 @@ fn stop_with_post_roll_keeps_claiming_then_finalizes() {
             at: s(23),
             seq: 21,
             ring: s(10),
+            ends: s(23),
         }],
     );
     assert_eq!(a[0], Action::Claim { seq: 21 });
@@ -555,6 +561,7 @@ fn privacy_stops_recording_purges_and_refuses_until_off() {
             at: s(13),
             seq: 40,
             ring: s(1),
+            ends: s(13),
         }],
     );
     assert_eq!(a, vec![Action::PurgeRing]);
@@ -584,6 +591,7 @@ fn camera_watchdog_faults_and_recovers() {
             at: s(16),
             seq: 10,
             ring: s(10),
+            ends: s(16),
         }],
     );
     assert_eq!(r.status().state, Phase::Ready);
@@ -636,6 +644,7 @@ fn camera_loss_during_a_recording_keeps_it_open() {
             at: s(32),
             seq: 50,
             ring: s(1),
+            ends: s(32),
         }],
     );
     assert_eq!(r.status().state, Phase::Buffering);
@@ -661,6 +670,7 @@ fn the_watchdog_also_runs_while_recording() {
             at: s(17),
             seq: 10,
             ring: s(0),
+            ends: s(17),
         }],
     );
     assert!(r.status().ready);
@@ -713,6 +723,7 @@ fn exhaustive_invariants_over_event_sequences() {
                 at: s(t),
                 seq: t,
                 ring: s(t.min(10)),
+                ends: s(t),
             },
             Event::PedalDown { at: s(t) },
             Event::PedalUp { at: s(t) },
