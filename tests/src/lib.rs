@@ -59,10 +59,18 @@ pub fn neoflix(args: &[&str]) -> Output {
         .expect("neoflix runs")
 }
 
+/// Where a lab lives: a temporary directory removed with it, or one kept (a lab opened again by
+/// [`Lab::at`], in a VM that outlives the process that made it).
+enum LabDir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
 /// A scratch area with a department key pair.
 pub struct Lab {
-    /// Everything lives below here.
-    pub dir: tempfile::TempDir,
+    dir: LabDir,
+    /// The network namespace neoflixd runs in (`ip netns exec`), if any.
+    pub netns: Option<String>,
     /// The device id the daemon's config gets.
     pub device: String,
     /// Whether [`Lab::config`] gives the box a signing identity (as every real box has) when
@@ -89,9 +97,28 @@ impl Lab {
             String::from_utf8_lossy(&out.stderr)
         );
         Lab {
-            dir,
+            dir: LabDir::Temp(dir),
+            netns: None,
             device: device.to_string(),
             signing: true,
+        }
+    }
+
+    /// The lab made earlier at `dir` for `device`, kept when this value is dropped.
+    pub fn at(dir: &Path, device: &str) -> Lab {
+        Lab {
+            dir: LabDir::Kept(dir.to_owned()),
+            netns: None,
+            device: device.to_string(),
+            signing: true,
+        }
+    }
+
+    /// The lab's directory.
+    pub fn root(&self) -> &Path {
+        match &self.dir {
+            LabDir::Temp(t) => t.path(),
+            LabDir::Kept(p) => p,
         }
     }
 
@@ -134,7 +161,7 @@ impl Lab {
 
     /// A path below the scratch area.
     pub fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
+        self.root().join(rel)
     }
 
     /// The department secret key file.
@@ -257,7 +284,15 @@ impl Lab {
             .append(true)
             .open(self.path("neoflixd.log"))
             .unwrap();
-        let child = command("neoflixd")
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("neoflixd"));
+                c
+            }
+            None => command("neoflixd"),
+        };
+        let child = c
             .arg("--config")
             .arg(self.path("neoflixd.toml"))
             .env("NEOFLIX_LOG", "debug")
@@ -396,7 +431,29 @@ impl Lab {
 
     /// [`Lab::ingest_config`] with `extra` TOML appended (a `[limits]` section, say).
     pub fn ingest_config_with(&self, max_object_bytes: u64, extra: &str) -> Ingest {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        self.ingest_config_at("127.0.0.1", max_object_bytes, extra)
+    }
+
+    /// [`Lab::ingest_config_with`] listening on `ip` (a local address), with a server
+    /// certificate for it.
+    pub fn ingest_config_at(&self, ip: &str, max_object_bytes: u64, extra: &str) -> Ingest {
+        let ca = self.path("ca");
+        if !ca.join(format!("{ip}.crt")).exists() {
+            let out = neoflix(&[
+                "pki",
+                "issue",
+                "--dir",
+                ca.to_str().unwrap(),
+                "--server",
+                ip,
+            ]);
+            assert!(
+                out.status.success(),
+                "pki issue server {ip}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let port = std::net::TcpListener::bind((ip, 0))
             .unwrap()
             .local_addr()
             .unwrap()
@@ -406,14 +463,14 @@ impl Lab {
         std::fs::write(
             &cfg,
             format!(
-                "listen = \"127.0.0.1:{port}\"\n[tls]\ncert = \"{c}/127.0.0.1.crt\"\nkey = \"{c}/127.0.0.1.key\"\nclient_ca = \"{c}/ca.crt\"\ncrl = \"{c}/ca.crl\"\n[storage]\ndir = \"{s}\"\nmax_object_bytes = {max_object_bytes}\n{extra}\n",
+                "listen = \"{ip}:{port}\"\n[tls]\ncert = \"{c}/{ip}.crt\"\nkey = \"{c}/{ip}.key\"\nclient_ca = \"{c}/ca.crt\"\ncrl = \"{c}/ca.crl\"\n[storage]\ndir = \"{s}\"\nmax_object_bytes = {max_object_bytes}\n{extra}\n",
                 c = ca.display(),
                 s = self.path("server").display()
             ),
         )
         .unwrap();
         Ingest {
-            addr: format!("127.0.0.1:{port}"),
+            addr: format!("{ip}:{port}"),
             config: cfg,
             log: self.path("ingest.log"),
             child: None,
@@ -431,6 +488,16 @@ pub struct Ingest {
 }
 
 impl Ingest {
+    /// The server of a config written earlier (by [`Lab::ingest_config`]) listening on `addr`.
+    pub fn from_config(config: PathBuf, addr: String, log: PathBuf) -> Ingest {
+        Ingest {
+            addr,
+            config,
+            log,
+            child: None,
+        }
+    }
+
     /// Starts it and waits until it accepts connections.
     pub fn start(&mut self) {
         let mut c = command("neoflix-ingest");
@@ -459,6 +526,11 @@ impl Ingest {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether it runs (it may have been killed).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// The server's peak resident memory so far, in KiB.
@@ -677,6 +749,11 @@ impl Daemon {
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         let status = c.wait().expect("wait");
         status.code().unwrap_or(-1)
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL: the crash.
