@@ -959,9 +959,9 @@ fn power_cuts(o: &Options, rng: &mut Rng) -> Outcome {
         if over(o, began) {
             break;
         }
-        // Boot, start of both programs and a whole pre-roll take about 4 s here; the cut
-        // lands in the pre-roll, a recording, its finalize or its upload.
-        let after = 3.0 + rng.below(6000) as f64 / 1000.0;
+        // From the command's start, both programs and a whole pre-roll take about 4 s in the
+        // guest; the cut lands in the pre-roll, a recording, its finalize or its upload.
+        let after = 4.0 + rng.below(8000) as f64 / 1000.0;
         let args = vec![
             "--power-cut-boot".into(),
             lab.root().display().to_string(),
