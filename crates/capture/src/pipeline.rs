@@ -976,10 +976,10 @@ fn split_sample(
     let segment = sample
         .segment()
         .and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned());
-    let pts = head
+    let running_pts = head
         .pts()
-        .and_then(|p| segment.as_ref().and_then(|s| s.to_running_time(p)))
-        .unwrap_or(gst::ClockTime::ZERO);
+        .and_then(|p| segment.as_ref().and_then(|s| s.to_running_time(p)));
+    let pts = running_pts.unwrap_or(gst::ClockTime::ZERO);
     let duration = head.duration().unwrap_or(gst::ClockTime::ZERO);
     let bufs: Vec<&gst::BufferRef> = rest.collect();
     let mut data = Vec::with_capacity(bufs.iter().map(|b| b.size()).sum());
@@ -989,8 +989,12 @@ fn split_sample(
     }
     let pts = Duration::from_nanos(pts.nseconds());
     let duration = Duration::from_nanos(duration.nseconds());
-    // Without a clock (never while playing) the fragment is taken to end now.
-    let late = running.map_or(Duration::ZERO, |r| r.saturating_sub(pts + duration));
+    // Without a clock or a timestamp (neither happens while playing) the fragment is taken to
+    // end now: a stop then waits for the next one, never for a fragment long gone.
+    let late = match (running, running_pts) {
+        (Some(r), Some(_)) => r.saturating_sub(pts + duration),
+        _ => Duration::ZERO,
+    };
     outputs.push(Output::Fragment {
         data,
         pts,
@@ -1071,6 +1075,43 @@ mod tests {
                 (track.handler, pts / f64::from(track.timescale))
             })
             .collect()
+    }
+
+    /// A fragment's end is its last timestamp placed on `Instant`'s clock by the running time
+    /// now: what a stop is compared with. Without a timestamp it is taken to end now, so that a
+    /// stop waits for the next fragment rather than for one long gone.
+    #[test]
+    fn a_fragments_end_is_placed_on_this_machines_clock() {
+        gst::init().unwrap();
+        let sample = |pts: Option<gst::ClockTime>| {
+            let mut header = gst::Buffer::from_slice(b"moof".to_vec());
+            {
+                let h = header.get_mut().unwrap();
+                h.set_pts(pts);
+                h.set_duration(gst::ClockTime::from_seconds(1));
+            }
+            let mut list = gst::BufferList::new();
+            {
+                let l = list.get_mut().unwrap();
+                l.add(header);
+                l.add(gst::Buffer::from_slice(b"mdat".to_vec()));
+            }
+            let segment = gst::FormattedSegment::<gst::ClockTime>::new();
+            gst::Sample::builder()
+                .buffer_list(&list)
+                .segment(&segment)
+                .build()
+        };
+        let now = Instant::now();
+        let running = Some(Duration::from_millis(2_500));
+        let end = |s: &gst::Sample| match split_sample(s, running, now).unwrap().pop() {
+            Some(Output::Fragment { ends, .. }) => ends,
+            other => panic!("{other:?}"),
+        };
+        // From 1 s to 2 s of running time, handed out at 2.5 s: it ended 0.5 s ago.
+        let ends = end(&sample(Some(gst::ClockTime::from_seconds(1))));
+        assert_eq!(now - ends, Duration::from_millis(500));
+        assert_eq!(end(&sample(None)), now);
     }
 
     #[test]

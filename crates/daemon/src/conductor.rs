@@ -46,9 +46,13 @@ const MAX_WAITING_REPLIES: usize = 16;
 /// A `start` reply held until storage has the recording and its pre-roll on disk, so that an
 /// answered start survives a crash the moment after.
 struct WaitingReply {
+    /// The recording storage is to open.
     id: String,
+    /// The answer, decided already: only its sending waits.
     reply: Reply,
+    /// The asker.
     to: oneshot::Sender<Reply>,
+    /// When it began to wait, for [`START_REPLY_WAIT`].
     since: Instant,
 }
 
@@ -514,11 +518,11 @@ impl Conductor {
         }
     }
 
-    /// Sends the held `start` replies that `now` picks.
-    fn answer_waiting(&mut self, now: impl Fn(&WaitingReply) -> bool) {
+    /// Sends the held `start` replies that `pick` picks.
+    fn answer_waiting(&mut self, pick: impl Fn(&WaitingReply) -> bool) {
         let (go, stay): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.waiting_replies)
             .into_iter()
-            .partition(|w| now(w));
+            .partition(|w| pick(w));
         self.waiting_replies = stay;
         for w in go {
             let _ = w.to.send(w.reply);

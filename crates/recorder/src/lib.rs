@@ -634,10 +634,6 @@ impl Recorder {
         if rec.stopping.is_some() {
             return State::Recording(rec);
         }
-        if self.settings.post_roll.is_zero() && self.storage_fault.is_some() {
-            // Nothing can be claimed while storage fails: there is nothing to wait for.
-            return self.finalize(reason, actions);
-        }
         actions.push(Action::StopRequested { reason });
         rec.stopping = Some((at + self.settings.post_roll, reason));
         rec.pedal_down = None;
@@ -710,7 +706,7 @@ impl Recorder {
             Event::Stop { at, by } => {
                 if rec.stopping.is_some() {
                     actions.push(Action::Refuse {
-                        reason: "already stopping (post-roll)".into(),
+                        reason: "already stopping".into(),
                     });
                     return State::Recording(rec);
                 }
@@ -769,7 +765,8 @@ impl Recorder {
         if let Some(down) = rec.pedal_down
             && at.saturating_sub(down) >= self.settings.long_press
         {
-            // Stop as soon as the hold is long enough, so the light answers the foot at once.
+            // Stop as soon as the hold is long enough, not at the release; the light goes off
+            // once the fragment in progress is in, within a fragment.
             return self.request_stop(rec, at, StopReason::Requested(Trigger::Pedal), actions);
         }
         State::Recording(rec)

@@ -226,6 +226,57 @@ fn a_stop_waits_for_the_fragment_in_progress_which_holds_its_last_moments() {
     assert!(!r.status().recording);
 }
 
+/// Regression (found by scripts/chaos): the muxer hands a fragment out a few frames after it
+/// ends, so a fragment that ended just before the stop can arrive just after it. Taking it for
+/// the fragment in progress ended the recording a fragment early.
+#[test]
+fn a_fragment_that_ended_before_the_stop_is_not_the_one_in_progress() {
+    let (r, _) = run(
+        ready(),
+        vec![Event::Start {
+            at: s(11),
+            by: Trigger::Control,
+        }],
+    );
+    let (r, _) = with_fragments(r, 11, 2);
+    let (r, _) = run(
+        r,
+        vec![Event::Stop {
+            at: ms(13_050),
+            by: Trigger::Control,
+        }],
+    );
+    let (r, a) = run(
+        r,
+        vec![Event::Fragment {
+            at: ms(13_100),
+            seq: 13,
+            ring: s(10),
+            ends: s(13),
+        }],
+    );
+    assert_eq!(a, vec![Action::Claim { seq: 13 }], "not the last one yet");
+    let (r, a) = run(
+        r,
+        vec![Event::Fragment {
+            at: ms(14_100),
+            seq: 14,
+            ring: s(10),
+            ends: s(14),
+        }],
+    );
+    assert_eq!(
+        a[..2],
+        [
+            Action::Claim { seq: 14 },
+            Action::Finalize {
+                reason: StopReason::Requested(Trigger::Control)
+            }
+        ]
+    );
+    assert!(!r.status().recording);
+}
+
 /// A start while the stopped recording waits for its last fragment ends that one and starts
 /// the next at once (a refusal here made a twin's second recording fail to start).
 #[test]
@@ -867,8 +918,10 @@ fn storage_failures_are_reported_retried_and_lose_no_claim() {
     };
     let (r, at) = retries(r, 11_100, 15_000);
     assert_eq!(at, vec![11_600, 12_600, 14_600]);
-    // A stop while storage fails is still a stop: Finalize is asked for (the daemon keeps it
-    // pending), the light goes off.
+    // A stop while storage fails is still a stop. It waits for the fragment in progress like
+    // any stop (regression, found by scripts/chaos: it finalized at once, and the fragment in
+    // progress, which waits in the ring with the rest, was left out). Then Finalize is asked
+    // for (the daemon keeps it pending), and the light goes off.
     let (r, a) = run(
         r,
         vec![Event::Stop {
@@ -876,7 +929,18 @@ fn storage_failures_are_reported_retried_and_lose_no_claim() {
             by: Trigger::Control,
         }],
     );
+    assert!(finalized(&a).is_empty(), "{a:?}");
+    let (r, a) = run(
+        r,
+        vec![Event::Fragment {
+            at: ms(15_900),
+            seq: 12,
+            ring: s(10),
+            ends: ms(15_850),
+        }],
+    );
     assert_eq!(finalized(&a), vec![StopReason::Requested(Trigger::Control)]);
+    assert!(!a.iter().any(|a| matches!(a, Action::Claim { .. })));
     assert!(a.contains(&Action::Light { on: false }));
     assert_eq!(r.status().state, Phase::Fault);
     // Storage works again: the fault clears and claims resume for the next recording.
