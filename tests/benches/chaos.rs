@@ -310,8 +310,10 @@ fn main() -> ExitCode {
         if let Some(m) = o.max_secs {
             args.extend(["--max-secs".into(), m.to_string()]);
         }
+        // The soak, then up to 300 s of delivery and the accounting.
+        let limit = o.network_secs + 1800;
         total.merge(
-            in_vm("network chaos", &[], &args, None).unwrap_or_else(|e| Outcome {
+            in_vm("network chaos", &[], &args, None, limit).unwrap_or_else(|e| Outcome {
                 failures: vec![format!("network chaos: {e}")],
                 ..Outcome::default()
             }),
@@ -884,19 +886,21 @@ fn account(lab: &Lab, started: &[Started], server: &Path, strays_allowed: bool) 
     out
 }
 
-/// Runs this binary in the VM lab with `args` (and `vm_args` for the lab); returns the outcome
-/// it printed. `power_cut`: the exit status 158 is expected (the cut came while it ran).
+/// Runs this binary in the VM lab with `args` (and `vm_args` for the lab), for at most
+/// `limit_secs`; returns the outcome it printed. `power_cut`: the exit status 158 is expected
+/// (the cut came while it ran).
 fn in_vm(
     what: &str,
     vm_args: &[String],
     args: &[String],
     power_cut: Option<f64>,
+    limit_secs: u64,
 ) -> Result<Outcome, String> {
     let vm = std::env::var("NEOFLIX_VM")
         .map_err(|_| "NEOFLIX_VM is not set: run through scripts/chaos".to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut c = Command::new(&vm);
-    c.args(vm_args);
+    c.args(["-t", &limit_secs.to_string()]).args(vm_args);
     if let Some(after) = power_cut {
         c.args(["--power-cut-after", &format!("{after:.2}")]);
     }
@@ -995,13 +999,21 @@ fn power_cuts(o: &Options, rng: &mut Rng) -> Outcome {
             "--seed".into(),
             rng.next().max(1).to_string(),
         ];
-        match in_vm("a power cut", &vm_args, &args, Some(after)) {
+        match in_vm("a power cut", &vm_args, &args, Some(after), 300) {
             Ok(_) => cuts += 1,
             Err(e) => outcome.failures.push(e),
         }
     }
     let args = vec!["--power-cut-final".into(), lab.root().display().to_string()];
-    match in_vm("the boot after the power cuts", &vm_args, &args, None) {
+    // Delivery of what the cuts left, then the accounting of every recording.
+    let limit = 900 + 10 * u64::from(o.power_cuts);
+    match in_vm(
+        "the boot after the power cuts",
+        &vm_args,
+        &args,
+        None,
+        limit,
+    ) {
         Ok(o) => outcome.merge(o),
         Err(e) => outcome.failures.push(e),
     }
