@@ -62,7 +62,9 @@ pub fn neoflix(args: &[&str]) -> Output {
 /// Where a lab lives: a temporary directory removed with it, or one kept (a lab opened again by
 /// [`Lab::at`], in a VM that outlives the process that made it).
 enum LabDir {
+    /// Removed with the lab.
     Temp(tempfile::TempDir),
+    /// Left in place: another process (a VM boot) made it or goes on with it.
     Kept(PathBuf),
 }
 

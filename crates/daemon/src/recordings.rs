@@ -290,6 +290,18 @@ impl Recordings {
     }
 }
 
+/// Notes, once, that the recording's directory and its pre-roll are on disk: a crash from here
+/// on costs it at most the fragment being written.
+fn opened(opened: &mut bool, id: &str, trigger: Trigger, done: &mut Vec<Done>) {
+    if !*opened {
+        *opened = true;
+        done.push(Done::Opened {
+            id: id.to_string(),
+            trigger,
+        });
+    }
+}
+
 /// How far a recording claims in one go.
 struct Claims {
     /// Its last fragment, if it is stopped; `None`: everything in the ring.
@@ -345,16 +357,14 @@ fn bring_up_to_date(
         p.claimed = Some(seq);
         ring.keep(seq);
         log::debug!(recording = p.id.as_str(), fragment = seq; "claimed");
+        // Its pre-roll is in: the `start` answer need not wait for the catching up after it
+        // (a slow disk, fragments that came meanwhile).
+        if p.preroll_through.is_some_and(|t| seq >= t) {
+            opened(&mut p.opened, &p.id, p.trigger, done);
+        }
     }
-    if !p.opened {
-        // Everything in the ring up to now is in, the pre-roll with it: a crash from here on
-        // costs this recording at most the fragment being written.
-        p.opened = true;
-        done.push(Done::Opened {
-            id: p.id.clone(),
-            trigger: p.trigger,
-        });
-    }
+    // Everything in the ring up to now is in, whatever of the pre-roll it still held.
+    opened(&mut p.opened, &p.id, p.trigger, done);
     while let Some((label, by, at)) = p.marks.front() {
         let marker = w.mark(label, by.as_str(), *at)?;
         p.marks.pop_front();
