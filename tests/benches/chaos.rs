@@ -439,6 +439,19 @@ fn start(d: &Daemon) -> (String, Instant) {
     (id, Instant::now())
 }
 
+/// `stop`, then waits until the recording has ended (with the fragment in progress at the
+/// stop), as a room does before its next start: a start meanwhile ends it at once, without
+/// that fragment, which the next recording holds instead (docs/reliability.md).
+fn stop(d: &mut Daemon) -> bool {
+    let ok = d.ctl(Request::Stop {}).ok;
+    if ok {
+        d.wait_for("the recording to end", Duration::from_secs(30), |s| {
+            s.recording.is_none()
+        });
+    }
+    ok
+}
+
 /// The box killed at random moments and restarted each time.
 fn box_kills(lab: &Lab, o: &Options, rng: &mut Rng, tally: &mut Tally) {
     let began = Instant::now();
@@ -553,7 +566,7 @@ fn server_kills(lab: &Lab, ingest: &mut Ingest, o: &Options, rng: &mut Rng, tall
         samples.push(rss_and_files(pid));
         if let Some((id, at, _)) = open.take_if(|(_, at, length)| at.elapsed() >= *length) {
             let wall_secs = at.elapsed().as_secs_f64();
-            let stopped = d.ctl(Request::Stop {}).ok;
+            let stopped = stop(&mut d);
             last_stop = Some(Instant::now());
             tally.started.push(Started {
                 id,
@@ -565,7 +578,7 @@ fn server_kills(lab: &Lab, ingest: &mut Ingest, o: &Options, rng: &mut Rng, tall
     }
     if let Some((id, at, _)) = open {
         let wall_secs = at.elapsed().as_secs_f64();
-        let stopped = d.ctl(Request::Stop {}).ok;
+        let stopped = stop(&mut d);
         tally.started.push(Started {
             id,
             moment: Moment::ServerMidUpload,
@@ -695,7 +708,7 @@ fn disk_full(
         }
         std::thread::sleep(rng.millis(500, 1500));
         let wall_secs = at.elapsed().as_secs_f64();
-        let stopped = d.ctl(Request::Stop {}).ok;
+        let stopped = stop(&mut d);
         if let Some(filler) = filler {
             // The server refuses (507) meanwhile; the box keeps the recording.
             std::thread::sleep(rng.millis(1000, 5000));
@@ -1063,7 +1076,7 @@ fn power_cut_boot(dir: &Path, rng: &mut Rng) {
             );
         }
         let wall = at.elapsed().as_secs_f64();
-        if d.ctl(Request::Stop {}).ok {
+        if stop(&mut d) {
             note(&lab, "stopped.log", &format!("{id} {wall:.3}"));
         }
         std::thread::sleep(rng.millis(0, 1500));
@@ -1300,7 +1313,7 @@ fn network(o: &Options, rng: &mut Rng) -> Outcome {
         let (id, at) = start(&d);
         std::thread::sleep(rng.millis(500, 4000));
         let wall_secs = at.elapsed().as_secs_f64();
-        let stopped = d.ctl(Request::Stop {}).ok;
+        let stopped = stop(&mut d);
         tally.started.push(Started {
             id,
             moment: Moment::Network,
