@@ -586,9 +586,9 @@ fn server_kills(lab: &Lab, ingest: &mut Ingest, o: &Options, rng: &mut Rng, tall
             stopped,
         });
     }
-    // Let what is owed go out before the box stops, so the numbers are the steady ones.
+    // The samples are all taken the same way, just after a restart of the server; delivery
+    // of what is owed follows.
     wait_for_delivery(lab, Duration::from_secs(120));
-    samples.push(rss_and_files(pid));
     if d.terminate() != 0 {
         tally
             .failures
@@ -608,7 +608,7 @@ fn leak_check(what: &str, samples: &[(u64, usize)], tally: &mut Tally) {
     let peak = samples.iter().map(|s| s.0).max().unwrap_or(0);
     tally.notes.push(format!(
         "{what} over {} server restarts: memory {} KiB early, {} KiB at the end (peak {peak} KiB); open files {} early, {} at the end",
-        samples.len() - 1,
+        samples.len(),
         early.0,
         last.0,
         early.1,
