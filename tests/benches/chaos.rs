@@ -310,8 +310,10 @@ fn main() -> ExitCode {
         if let Some(m) = o.max_secs {
             args.extend(["--max-secs".into(), m.to_string()]);
         }
-        // The soak, then up to 300 s of delivery and the accounting.
-        let limit = o.network_secs + 1800;
+        // The soak, up to 300 s of delivery, and the accounting: about a recording every 3.5 s
+        // of soak, each checked in a few seconds under emulation (a one-hour soak outran a
+        // limit of half an hour for that).
+        let limit = 3 * o.network_secs + 1800;
         total.merge(
             in_vm("network chaos", &[], &args, None, limit).unwrap_or_else(|e| Outcome {
                 failures: vec![format!("network chaos: {e}")],
@@ -1003,9 +1005,10 @@ fn power_cuts(o: &Options, rng: &mut Rng) -> Outcome {
         if over(o, began) {
             break;
         }
-        // From the command's start, both programs and a whole pre-roll take about 4 s in the
-        // guest; the cut lands in the pre-roll, a recording, its finalize or its upload.
-        let after = 4.0 + rng.below(8000) as f64 / 1000.0;
+        // From the command's start, both programs and a whole pre-roll take 5 s or more in the
+        // emulated guest; the cut lands in the pre-roll, a recording, its finalize or its
+        // upload (at 4–12 s, 18 of 25 cuts came before the first recording).
+        let after = 6.0 + rng.below(10000) as f64 / 1000.0;
         let args = vec![
             "--power-cut-boot".into(),
             lab.root().display().to_string(),
@@ -1031,6 +1034,12 @@ fn power_cuts(o: &Options, rng: &mut Rng) -> Outcome {
         Err(e) => outcome.failures.push(e),
     }
     outcome.rows.entry(Moment::PowerCut).or_default().events += cuts;
+    // A few cuts may all come before a recording; many may not.
+    if outcome.recordings == 0 && cuts >= 10 {
+        outcome.failures.push(format!(
+            "power cuts: none of {cuts} boots reached a recording before its cut"
+        ));
+    }
     outcome
 }
 
@@ -1124,11 +1133,7 @@ fn power_cut_final(dir: &Path) -> Outcome {
         .collect();
     let mut outcome = account(&lab, &started, &lab.path("server"), true);
     tally.into_outcome(&mut outcome);
-    if outcome.recordings == 0 {
-        outcome
-            .failures
-            .push("power cuts: no boot reached a recording before its cut".into());
-    }
+
     outcome
 }
 
