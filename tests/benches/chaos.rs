@@ -591,11 +591,7 @@ fn server_kills(lab: &Lab, ingest: &mut Ingest, o: &Options, rng: &mut Rng, tall
     // The samples are all taken the same way, just after a restart of the server; delivery
     // of what is owed follows.
     wait_for_delivery(lab, Duration::from_secs(120));
-    if d.terminate() != 0 {
-        tally
-            .failures
-            .push("neoflixd did not stop cleanly after the server kills".into());
-    }
+    stop_box(d, "the server kills", tally);
     leak_check("the box", &samples, tally);
 }
 
@@ -724,10 +720,28 @@ fn disk_full(
         });
     }
     wait_for_delivery(lab, Duration::from_secs(120));
+    stop_box(d, "the full disks", tally);
+}
+
+/// Lets the box deliver what it owes (up to `limit`), then stops it; a box still holding
+/// recordings or not stopping cleanly fails the run.
+fn finish(lab: &Lab, d: Daemon, limit: Duration, after: &str, tally: &mut Tally) {
+    if !wait_for_delivery(lab, limit) {
+        tally.failures.push(format!(
+            "{} recordings still on the box {} s after {after}",
+            lab.recordings().len(),
+            limit.as_secs()
+        ));
+    }
+    stop_box(d, after, tally);
+}
+
+/// SIGTERM; an unclean stop fails the run.
+fn stop_box(d: Daemon, after: &str, tally: &mut Tally) {
     if d.terminate() != 0 {
         tally
             .failures
-            .push("neoflixd did not stop cleanly after the full disks".into());
+            .push(format!("neoflixd did not stop cleanly after {after}"));
     }
 }
 
@@ -751,17 +765,7 @@ fn deliver_everything(lab: &Lab, ingest: &mut Ingest, tally: &mut Tally) {
     }
     let mut d = lab.start();
     wait_preroll(&mut d);
-    if !wait_for_delivery(lab, Duration::from_secs(300)) {
-        tally.failures.push(format!(
-            "{} recordings still on the box 300 s after the last start",
-            lab.recordings().len()
-        ));
-    }
-    if d.terminate() != 0 {
-        tally
-            .failures
-            .push("neoflixd did not stop cleanly at the end".into());
-    }
+    finish(lab, d, Duration::from_secs(300), "the last start", tally);
 }
 
 /// Every recording the suite started, found on the server (`server`) or, undelivered, on the
@@ -1342,17 +1346,13 @@ fn network(o: &Options, rng: &mut Rng) -> Outcome {
         began.elapsed().as_secs_f64(),
         conditions
     ));
-    if !wait_for_delivery(&lab, Duration::from_secs(300)) {
-        tally.failures.push(format!(
-            "network: {} recordings still on the box 300 s after the network was clean",
-            lab.recordings().len()
-        ));
-    }
-    if d.terminate() != 0 {
-        tally
-            .failures
-            .push("network: neoflixd did not stop cleanly".into());
-    }
+    finish(
+        &lab,
+        d,
+        Duration::from_secs(300),
+        "the network was clean",
+        &mut tally,
+    );
     let mut outcome = account(&lab, &tally.started, &lab.path("server"), false);
     // Each start is one row entry; the events column counts recordings made under chaos.
     tally.events.clear();

@@ -376,6 +376,27 @@ impl Lab {
         )
     }
 
+    /// Issues the server certificate for `ip` (once), from the CA made by [`Lab::pki`].
+    pub fn issue_server(&self, ip: &str) {
+        let ca = self.path("ca");
+        if ca.join(format!("{ip}.crt")).exists() {
+            return;
+        }
+        let out = neoflix(&[
+            "pki",
+            "issue",
+            "--dir",
+            ca.to_str().unwrap(),
+            "--server",
+            ip,
+        ]);
+        assert!(
+            out.status.success(),
+            "pki issue server {ip}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Creates the CA (once) and issues `names` as devices.
     pub fn pki(&self, devices: &[&str]) -> PathBuf {
         let ca = self.path("ca");
@@ -386,19 +407,7 @@ impl Lab {
                 "pki init: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            let out = neoflix(&[
-                "pki",
-                "issue",
-                "--dir",
-                ca.to_str().unwrap(),
-                "--server",
-                "127.0.0.1",
-            ]);
-            assert!(
-                out.status.success(),
-                "pki issue server: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            self.issue_server("127.0.0.1");
         }
         for d in devices {
             if ca.join(format!("{d}.crt")).exists() {
@@ -439,22 +448,7 @@ impl Lab {
     /// [`Lab::ingest_config_with`] listening on `ip` (a local address), with a server
     /// certificate for it.
     pub fn ingest_config_at(&self, ip: &str, max_object_bytes: u64, extra: &str) -> Ingest {
-        let ca = self.path("ca");
-        if !ca.join(format!("{ip}.crt")).exists() {
-            let out = neoflix(&[
-                "pki",
-                "issue",
-                "--dir",
-                ca.to_str().unwrap(),
-                "--server",
-                ip,
-            ]);
-            assert!(
-                out.status.success(),
-                "pki issue server {ip}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        self.issue_server(ip);
         let port = std::net::TcpListener::bind((ip, 0))
             .unwrap()
             .local_addr()
