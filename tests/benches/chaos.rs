@@ -194,8 +194,9 @@ struct Options {
     power_cut_boot: Option<PathBuf>,
     /// Inside the VM lab: the last boot, which lets recovery and delivery finish and accounts.
     power_cut_final: Option<PathBuf>,
-    /// Inside the VM lab: the network phase.
-    network_guest: bool,
+    /// Inside the VM lab: the network phase, which leaves its lab and its starts in this
+    /// directory (shared with the host) for the host to account.
+    network_guest: Option<PathBuf>,
 }
 
 fn options() -> Result<Options, String> {
@@ -225,7 +226,7 @@ fn options() -> Result<Options, String> {
             "--max-secs" => o.max_secs = Some(value("--max-secs")?),
             "--power-cut-boot" => o.power_cut_boot = args.next().map(PathBuf::from),
             "--power-cut-final" => o.power_cut_final = args.next().map(PathBuf::from),
-            "--network-guest" => o.network_guest = true,
+            "--network-guest" => o.network_guest = args.next().map(PathBuf::from),
             // cargo bench passes this; it is not ours.
             "--bench" => {}
             other => {
@@ -282,8 +283,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    if o.network_guest {
-        let outcome = network(&o, &mut rng);
+    if let Some(dir) = &o.network_guest {
+        let outcome = network(&o, &mut rng, dir);
         println!(
             "{RESULT_PREFIX}{}",
             serde_json::to_string(&outcome).unwrap()
@@ -300,26 +301,7 @@ fn main() -> ExitCode {
         total.merge(on_this_host(&o, &mut rng));
     }
     if o.network_secs > 0 {
-        let mut args = vec![
-            "--network-guest".to_string(),
-            "--network-secs".into(),
-            o.network_secs.to_string(),
-            "--seed".into(),
-            rng.next().max(1).to_string(),
-        ];
-        if let Some(m) = o.max_secs {
-            args.extend(["--max-secs".into(), m.to_string()]);
-        }
-        // The soak, up to 300 s of delivery, and the accounting: about a recording every 3.5 s
-        // of soak, each checked in a few seconds under emulation (a one-hour soak outran a
-        // limit of half an hour for that).
-        let limit = 3 * o.network_secs + 1800;
-        total.merge(
-            in_vm("network chaos", &[], &args, None, limit).unwrap_or_else(|e| Outcome {
-                failures: vec![format!("network chaos: {e}")],
-                ..Outcome::default()
-            }),
-        );
+        total.merge(network_chaos(&o, &mut rng));
     }
     if o.power_cuts > 0 {
         total.merge(power_cuts(&o, &mut rng));
@@ -1268,9 +1250,61 @@ fn condition(rng: &mut Rng) -> (String, Option<Vec<String>>) {
     }
 }
 
+/// The network phase: the soak in the VM lab, which copies its lab (keys, the server's
+/// storage, anything left on the box) and its starts to a shared directory; the accounting
+/// here, at the host's speed (under emulation it took longer than an hour's soak).
+fn network_chaos(o: &Options, rng: &mut Rng) -> Outcome {
+    let shared = tempfile::Builder::new()
+        .prefix("neoflix-chaos-net")
+        .tempdir()
+        .expect("tempdir");
+    let mut args = vec![
+        "--network-guest".to_string(),
+        shared.path().display().to_string(),
+        "--network-secs".into(),
+        o.network_secs.to_string(),
+        "--seed".into(),
+        rng.next().max(1).to_string(),
+    ];
+    if let Some(m) = o.max_secs {
+        args.extend(["--max-secs".into(), m.to_string()]);
+    }
+    let vm_args = vec!["-s".to_string(), shared.path().display().to_string()];
+    // The soak, up to 300 s of delivery, and the copy through the share.
+    let limit = o.network_secs + 1800;
+    let mut outcome = match in_vm("network chaos", &vm_args, &args, None, limit) {
+        Ok(o) => o,
+        Err(e) => {
+            return Outcome {
+                failures: vec![format!("network chaos: {e}")],
+                ..Outcome::default()
+            };
+        }
+    };
+    let started: Vec<Started> = match std::fs::read(shared.path().join(NETWORK_STARTED))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            outcome
+                .failures
+                .push(format!("network chaos: the guest's {NETWORK_STARTED}: {e}"));
+            return outcome;
+        }
+    };
+    let lab = Lab::at(&shared.path().join("lab"), "room-e2e");
+    outcome.merge(account(&lab, &started, &lab.path("server"), false));
+    outcome
+}
+
+/// The network phase's starts, left by the guest for the host's accounting.
+const NETWORK_STARTED: &str = "started.json";
+
 /// Box and server apart, netem between them changing every few seconds while recordings are
-/// made, the server restarted now and then; then a clean network, delivery and the accounting.
-fn network(o: &Options, rng: &mut Rng) -> Outcome {
+/// made, the server restarted now and then; then a clean network and delivery. What the
+/// accounting needs goes to `out`.
+fn network(o: &Options, rng: &mut Rng, out: &Path) -> Outcome {
     let veth = Veth::up();
     let mut lab = Lab::new();
     lab.pki(&[&lab.device]);
@@ -1353,12 +1387,31 @@ fn network(o: &Options, rng: &mut Rng) -> Outcome {
         "the network was clean",
         &mut tally,
     );
-    let mut outcome = account(&lab, &tally.started, &lab.path("server"), false);
-    // Each start is one row entry; the events column counts recordings made under chaos.
+    drop(ingest);
+    drop(veth);
+    // What the host's accounting reads: the keys and CA to verify and open, the server's
+    // storage, and whatever the box still holds (counted as undelivered).
+    let copy = out.join("lab");
+    std::fs::create_dir_all(&copy).unwrap();
+    for part in ["keys", "ca", "server", "recordings"] {
+        if lab.path(part).exists() {
+            sh(&[
+                "cp",
+                "-a",
+                &lab.path(part).display().to_string(),
+                &copy.display().to_string(),
+            ]);
+        }
+    }
+    std::fs::write(
+        out.join(NETWORK_STARTED),
+        serde_json::to_vec(&tally.started).unwrap(),
+    )
+    .unwrap();
+    let mut outcome = Outcome::default();
+    // The events column counts network conditions; the accounting adds the recordings.
     tally.events.clear();
     tally.into_outcome(&mut outcome);
     outcome.rows.entry(Moment::Network).or_default().events = conditions.values().sum();
-    drop(ingest);
-    drop(veth);
     outcome
 }
