@@ -121,20 +121,60 @@ pub enum Input {
     Shutdown,
 }
 
-/// Recording ids: `<device>-<UTC trigger time, YYYYMMDDTHHMMSSZ>`, with `-2`, `-3`, ... on a
-/// clash with one on disk at start or one given out since.
-#[derive(Debug)]
+/// Recording ids: `<device>-<UTC trigger time, YYYYMMDDTHHMMSSZ>-<8 random hex digits>`.
+///
+/// The time is for people; the random part is what keeps an id unique. The names on disk are
+/// gone once a recording is delivered, and a clock stepped back (NTP, a box without a
+/// real-time clock booting with an old saved time) would otherwise hand out an id the server
+/// already holds, which it refuses for ever (docs/upload-protocol.md). A persisted counter
+/// would not survive a reflashed SD card; 32 random bits collide only within one clock second,
+/// about once in four billion. A clash with a name on disk at start or one given out since
+/// draws again.
 pub struct RecordingIds {
     device: String,
     taken: BTreeSet<String>,
+    random: Box<dyn FnMut() -> u32 + Send>,
+}
+
+impl std::fmt::Debug for RecordingIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordingIds")
+            .field("device", &self.device)
+            .field("taken", &self.taken.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// 32 bits from the operating system's generator.
+fn os_random() -> u32 {
+    let mut b = [0u8; 4];
+    // getrandom fails only where the kernel has no generator at all; then the clock's
+    // nanoseconds still tell two ids of one second apart.
+    if getrandom::fill(&mut b).is_err() {
+        return SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+    }
+    u32::from_be_bytes(b)
 }
 
 impl RecordingIds {
-    /// Ids for `device`, none of `taken`.
+    /// Ids for `device`, none of `taken`, their random part from the operating system.
     pub fn new(device: String, taken: impl IntoIterator<Item = String>) -> RecordingIds {
+        RecordingIds::with_random(device, taken, os_random)
+    }
+
+    /// Ids whose random part comes from `random` (tests).
+    pub fn with_random(
+        device: String,
+        taken: impl IntoIterator<Item = String>,
+        random: impl FnMut() -> u32 + Send + 'static,
+    ) -> RecordingIds {
         RecordingIds {
             device,
             taken: taken.into_iter().collect(),
+            random: Box::new(random),
         }
     }
 
@@ -155,14 +195,12 @@ impl RecordingIds {
         let t = time::OffsetDateTime::from(now);
         let fmt = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
         let base = format!("{}-{}", self.device, t.format(&fmt).unwrap_or_default());
-        let mut id = base.clone();
-        let mut n = 2;
-        while self.taken.contains(&id) {
-            id = format!("{base}-{n}");
-            n += 1;
+        loop {
+            let id = format!("{base}-{:08x}", (self.random)());
+            if self.taken.insert(id.clone()) {
+                return id;
+            }
         }
-        self.taken.insert(id.clone());
-        id
     }
 }
 
@@ -1071,12 +1109,38 @@ mod tests {
     #[test]
     fn recording_ids_never_clash() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let mut ids = RecordingIds::new("room-1".into(), ["room-1-20270115T080000Z".to_string()]);
-        assert_eq!(ids.next(now), "room-1-20270115T080000Z-2");
-        assert_eq!(ids.next(now), "room-1-20270115T080000Z-3");
+        // A generator that repeats itself: the id on disk and the one given out are drawn
+        // again.
+        let mut draws = [7u32, 9, 7, 9, 11, 7].into_iter();
+        let mut ids = RecordingIds::with_random(
+            "room-1".into(),
+            ["room-1-20270115T080000Z-00000007".to_string()],
+            move || draws.next().unwrap(),
+        );
+        assert_eq!(ids.next(now), "room-1-20270115T080000Z-00000009");
+        assert_eq!(ids.next(now), "room-1-20270115T080000Z-0000000b");
         assert_eq!(
             ids.next(now + Duration::from_secs(1)),
-            "room-1-20270115T080001Z"
+            "room-1-20270115T080001Z-00000007"
+        );
+    }
+
+    /// Issue 15: the clock stepped back to a second whose recording was delivered (its
+    /// directory gone) gave that recording's id again, which the server refuses for ever.
+    #[test]
+    fn a_clock_stepped_back_does_not_give_a_delivered_recordings_id_again() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut ids = RecordingIds::new("room-1".into(), []);
+        let delivered = ids.next(at);
+        // Delivered and deleted from the box; the daemon restarts with nothing on disk, and
+        // the clock says the same second again.
+        let mut after_restart = RecordingIds::new("room-1".into(), []);
+        let again = after_restart.next(at);
+        assert_ne!(again, delivered);
+        assert!(again.starts_with("room-1-20270115T080000Z-"), "{again}");
+        assert!(
+            neoflix_format::protocol::valid_recording_id(&again),
+            "{again}"
         );
     }
 }
