@@ -124,6 +124,7 @@ fn throughput(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime) -> (f64, f64)
         recordings_dir: recs.clone(),
         receipts: receipts(ca, port),
         device: "bench-box".into(),
+        signer: None,
     };
     let client = neoflix_daemon::uplink::client(&settings).unwrap();
     let status = Arc::new(Mutex::new(neoflix_daemon::uplink::UploadStatus::default()));
@@ -258,6 +259,7 @@ fn client_for(ca: &Path, name: &str) -> reqwest::Client {
         recordings_dir: PathBuf::new(),
         receipts: receipts(ca, 1),
         device: name.into(),
+        signer: None,
     };
     neoflix_daemon::uplink::client(&s).unwrap()
 }

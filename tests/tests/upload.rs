@@ -533,3 +533,101 @@ impl Drop for Mount {
             .status();
     }
 }
+
+/// Issue 15: a finalized recording whose id the server already held complete, with another
+/// manifest (a clock stepped back before ids had a random part, a box restored from a backup),
+/// was refused with 409 for ever and never left the box. It is renamed, signed again and
+/// delivered as a recording of its own; its marker's label still opens; the other is untouched.
+#[test]
+fn a_recording_whose_id_the_server_already_holds_is_renamed_and_delivered() {
+    let (lab, mut ingest, mut d) = box_uploading_to_ingest();
+    let first = d.ctl(Request::Start {}).recording.unwrap();
+    sleep(Duration::from_secs(2));
+    assert!(d.ctl(Request::Stop {}).ok);
+    let first_on_server = lab.path("server/room-e2e").join(&first);
+    wait_until(
+        "the first recording to be delivered",
+        Duration::from_secs(60),
+        || lab.recordings().is_empty() && complete(&first_on_server),
+        &|| d.log_text() + &ingest.log_text(),
+    );
+    let first_manifest = fs::read(first_on_server.join("manifest.json")).unwrap();
+    // The second, made while the server is away, with a labelled marker.
+    ingest.kill9();
+    let second = d.ctl(Request::Start {}).recording.unwrap();
+    sleep(Duration::from_millis(1500));
+    assert!(
+        d.ctl(Request::Mark {
+            label: "adrenaline".into()
+        })
+        .ok
+    );
+    sleep(Duration::from_millis(1500));
+    assert!(d.ctl(Request::Stop {}).ok);
+    d.wait_for(
+        "the second recording to be finalized",
+        Duration::from_secs(30),
+        |s| s.recordings_finalized >= 2,
+    );
+    assert_eq!(d.terminate(), 0);
+    // It gets the delivered recording's id, as a clock stepped back could once give it.
+    let signer = neoflix_format::SigningIdentity::from_pem(
+        &fs::read(lab.path("ca/room-e2e.crt")).unwrap(),
+        &fs::read(lab.path("ca/room-e2e.key")).unwrap(),
+    )
+    .unwrap();
+    neoflix_store::rename(
+        &lab.path("recordings"),
+        &second,
+        &first,
+        Some(&signer),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+
+    ingest.start();
+    let d = lab.start();
+    wait_until(
+        "the box to deliver it under a new id",
+        Duration::from_secs(60),
+        || lab.recordings().is_empty(),
+        &|| d.log_text() + &ingest.log_text(),
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("the server holds another recording under this id: renamed"),
+        "{log}"
+    );
+    let on_server = server_recordings(&lab, "room-e2e");
+    assert_eq!(on_server.len(), 2, "{on_server:?}");
+    assert_eq!(
+        fs::read(first_on_server.join("manifest.json")).unwrap(),
+        first_manifest,
+        "the recording the server held is untouched"
+    );
+    let renamed = on_server.iter().find(|p| **p != first_on_server).unwrap();
+    let m = assert_server_copy_plays(&lab, renamed);
+    assert_ne!(m.recording_id, first);
+    // The time people read stays; the random part is new.
+    assert_eq!(m.recording_id[..first.len() - 8], first[..first.len() - 8]);
+    assert_eq!(m.renamed_from.as_deref(), Some(second.as_str()));
+    assert_eq!(m.markers.len(), 1);
+    let dept =
+        neoflix_open::DepartmentSecretKey::from_file_text(&fs::read_to_string(lab.key()).unwrap())
+            .unwrap();
+    let sealed = m.markers[0].sealed_label.as_deref().unwrap();
+    assert_eq!(
+        neoflix_open::open_label(&dept, m.label_recording_id(), &m.markers[0].utc, sealed).unwrap(),
+        "adrenaline"
+    );
+    let v = neoflix(&[
+        "verify",
+        renamed.to_str().unwrap(),
+        "--key",
+        lab.key().to_str().unwrap(),
+        "--ca",
+        lab.ca().to_str().unwrap(),
+    ]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    assert_eq!(d.terminate(), 0);
+}

@@ -145,8 +145,22 @@ impl std::fmt::Debug for RecordingIds {
     }
 }
 
+/// A new id for a recording whose id the server already holds: its random part drawn again
+/// (one of an old form without it gets one), so the time people read stays.
+pub fn renamed_id(id: &str, random: u32) -> String {
+    let kept = match id.rsplit_once('-') {
+        Some((head, tail)) if tail.len() == 8 && tail.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            head
+        }
+        _ => id,
+    };
+    // Ids are at most 128 characters (docs/upload-protocol.md), all ASCII.
+    let kept = &kept[..kept.len().min(128 - 9)];
+    format!("{kept}-{random:08x}")
+}
+
 /// 32 bits from the operating system's generator.
-fn os_random() -> u32 {
+pub fn os_random() -> u32 {
     let mut b = [0u8; 4];
     // getrandom fails only where the kernel has no generator at all; then the clock's
     // nanoseconds still tell two ids of one second apart.
@@ -1123,6 +1137,27 @@ mod tests {
             ids.next(now + Duration::from_secs(1)),
             "room-1-20270115T080001Z-00000007"
         );
+    }
+
+    #[test]
+    fn a_renamed_id_keeps_its_time_and_draws_its_random_part_again() {
+        assert_eq!(
+            renamed_id("room-1-20270115T080000Z-0000000b", 0xdead_beef),
+            "room-1-20270115T080000Z-deadbeef"
+        );
+        // Ids from before the random part.
+        assert_eq!(
+            renamed_id("room-1-20270115T080000Z", 1),
+            "room-1-20270115T080000Z-00000001"
+        );
+        assert_eq!(
+            renamed_id("room-1-20270115T080000Z-2", 1),
+            "room-1-20270115T080000Z-2-00000001"
+        );
+        let long = "r".repeat(128);
+        let renamed = renamed_id(&long, 1);
+        assert_eq!(renamed.len(), 128);
+        assert!(neoflix_format::protocol::valid_recording_id(&renamed));
     }
 
     /// Issue 15: the clock stepped back to a second whose recording was delivered (its

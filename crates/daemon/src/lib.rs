@@ -344,6 +344,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                     &u.url,
                 )?),
                 device: device.clone(),
+                signer: signer.clone(),
             };
             let client = uplink::client(&s)?;
             match std::fs::read(&u.cert)

@@ -41,6 +41,8 @@ pub struct UplinkSettings {
     pub receipts: Arc<ReceiptCheck>,
     /// This box's device id: a withdrawal notice must name it.
     pub device: String,
+    /// Signs a recording's manifest again when it is renamed (an id the server already holds).
+    pub signer: Option<Arc<neoflix_format::SigningIdentity>>,
 }
 
 /// Checks a receipt: signed by a server certificate of the upload CA for the host the box
@@ -274,12 +276,21 @@ fn is_object(name: &str) -> bool {
 }
 
 /// What the uplink remembers between passes: objects the server confirmed, per recording.
-type Known = HashMap<String, HashSet<String>>;
+type Known = HashMap<String, OnServer>;
+
+/// What the server said it holds of a recording.
+#[derive(Debug, Default)]
+struct OnServer {
+    /// The objects confirmed there.
+    objects: HashSet<String>,
+    /// It is complete there: no object can be added, only the same manifest be sent again.
+    complete: bool,
+}
 
 /// What the server holds of a recording.
 enum Held {
     /// These objects (none: nothing yet).
-    Objects(HashSet<String>),
+    Objects(OnServer),
     /// Nothing: the recording was withdrawn. The server's signed notice.
     Withdrawn(Vec<u8>),
 }
@@ -305,6 +316,9 @@ struct Pass<'a> {
     status: &'a Mutex<UploadStatus>,
     events: &'a crate::Events,
     device: String,
+    signer: Option<Arc<neoflix_format::SigningIdentity>>,
+    /// Wakes the next pass at once (a renamed recording is waiting).
+    wake: &'a Notify,
 }
 
 impl Pass<'_> {
@@ -316,7 +330,7 @@ impl Pass<'_> {
             .await
             .map_err(|e| format!("GET {id}: {e}"))?;
         match r.status().as_u16() {
-            404 => Ok(Held::Objects(HashSet::new())),
+            404 => Ok(Held::Objects(OnServer::default())),
             410 => {
                 let body = bounded_body(r, MAX_ANSWER)
                     .await
@@ -329,7 +343,10 @@ impl Pass<'_> {
                     .map_err(|e| format!("GET {id}: {e}"))?;
                 let s: neoflix_format::protocol::RecordingState = serde_json::from_slice(&body)
                     .map_err(|e| format!("GET {id}: not the protocol's answer: {e}"))?;
-                Ok(Held::Objects(s.objects.into_iter().collect()))
+                Ok(Held::Objects(OnServer {
+                    objects: s.objects.into_iter().collect(),
+                    complete: s.complete,
+                }))
             }
             code => Err(format!("GET {id}: HTTP {code}: {}", error_text(r).await)),
         }
@@ -345,11 +362,21 @@ impl Pass<'_> {
             .map(|(name, _, _)| name)
             .filter(|n| is_object(n))
             .collect();
-        let manifest = match read_local(rdir.join(MANIFEST_FILE), MAX_MANIFEST_BYTES).await {
-            Ok(m) => Some(m),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("{id}/{MANIFEST_FILE}: {e}")),
-        };
+        let mut manifest = self.manifest(id).await?;
+        // A rename cut short by a crash: the directory has its new name, the manifest its old
+        // id. Finish it before anything is sent.
+        if let Some(bytes) = &manifest
+            && neoflix_format::verify::parse_manifest(bytes).is_ok_and(|m| m.recording_id != id)
+        {
+            let (dir, signer) = (rdir.clone(), self.signer.clone());
+            tokio::task::spawn_blocking(move || {
+                neoflix_store::readdress(&dir, signer.as_deref(), std::time::SystemTime::now())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("{id}: finishing its rename: {e}"))?;
+            manifest = self.manifest(id).await?;
+        }
         if !known.contains_key(id) {
             match self.server_has(id).await? {
                 Held::Objects(has) => {
@@ -360,10 +387,18 @@ impl Pass<'_> {
                 }
             }
         }
-        let confirmed = known.get_mut(id).expect("inserted above");
+        let on_server = known.get_mut(id).expect("inserted above");
+        if on_server.complete && manifest.is_none() {
+            // The server holds a complete recording under this id, and this one is still
+            // being recorded: nothing can be added there. Once it is finalized its manifest is
+            // refused and it is renamed (below).
+            return Ok(false);
+        }
+        let complete_there = on_server.complete;
+        let confirmed = &mut on_server.objects;
         let missing: Vec<String> = local
             .iter()
-            .filter(|n| !confirmed.contains(*n))
+            .filter(|n| !complete_there && !confirmed.contains(*n))
             .cloned()
             .collect();
         let slots = Arc::new(Semaphore::new(CONCURRENCY));
@@ -405,7 +440,10 @@ impl Pass<'_> {
         };
         // The signature goes only with the manifest it signs: one left by a finalize that was
         // retried is replaced before any manifest exists, and must never reach the server.
-        if rdir.join(SIGNATURE_FILE).exists() && !confirmed.contains(SIGNATURE_FILE) {
+        if rdir.join(SIGNATURE_FILE).exists()
+            && !complete_there
+            && !confirmed.contains(SIGNATURE_FILE)
+        {
             if let Err(e) = put_object(
                 self.client.clone(),
                 self.base.clone(),
@@ -429,6 +467,13 @@ impl Pass<'_> {
             .await
             .map_err(|e| format!("PUT {id}/manifest: {e}"))?;
         let code = r.status().as_u16();
+        if code == 409 {
+            // Complete there with another manifest: another recording has this id (a clock
+            // stepped back before ids had a random part, a box restored from a backup). This
+            // one gets a new id and goes as a recording of its own.
+            known.remove(id);
+            return self.rename(id, error_text(r).await).await.map(|()| false);
+        }
         if code != 200 && code != 201 {
             known.remove(id);
             return Err(format!(
@@ -464,6 +509,41 @@ impl Pass<'_> {
         st.last_success_utc = Some(neoflix_format::utc(std::time::SystemTime::now()));
         st.delivered += 1;
         Ok(true)
+    }
+
+    /// The manifest of recording `id` (`None`: not finalized yet).
+    async fn manifest(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
+        match read_local(self.dir.join(id).join(MANIFEST_FILE), MAX_MANIFEST_BYTES).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{id}/{MANIFEST_FILE}: {e}")),
+        }
+    }
+
+    /// Gives finalized recording `id` a new id, which the next pass delivers.
+    async fn rename(&self, id: &str, why: String) -> Result<(), String> {
+        let new = crate::conductor::renamed_id(id, crate::conductor::os_random());
+        let (dir, from, to, signer) = (
+            self.dir.clone(),
+            id.to_string(),
+            new.clone(),
+            self.signer.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            neoflix_store::rename(
+                &dir,
+                &from,
+                &to,
+                signer.as_deref(),
+                std::time::SystemTime::now(),
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{id}: the server holds another recording under this id ({why}), and renaming this one failed: {e}"))?;
+        log::warn!(recording = id, renamed_to = new.as_str(), server = &*neoflix_logging::escape_controls(&why); "the server holds another recording under this id: renamed, it is delivered under the new id");
+        self.wake.notify_one();
+        Ok(())
     }
 
     /// The server answered that recording `id` was withdrawn: with the notice checked, the
@@ -516,7 +596,7 @@ impl Pass<'_> {
                 continue;
             };
             pending += 1;
-            let confirmed = known.get(id);
+            let confirmed = known.get(id).map(|s| &s.objects);
             bytes += files
                 .iter()
                 .filter(|(name, _, _)| {
@@ -571,6 +651,8 @@ pub async fn run_counting(
             status: &status,
             events: &events,
             device: settings.device.clone(),
+            signer: settings.signer.clone(),
+            wake: &wake,
         },
         known: Known::new(),
     };

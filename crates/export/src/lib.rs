@@ -376,7 +376,7 @@ fn assemble(
         .map(|(n, m)| {
             Chapter::new(
                 m.offset_secs,
-                &chapter_title(n, m, &manifest.recording_id, key),
+                &chapter_title(n, m, manifest.label_recording_id(), key),
             )
         })
         .collect();

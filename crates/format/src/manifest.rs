@@ -123,6 +123,11 @@ pub struct Manifest {
     pub device_id: String,
     /// The recording.
     pub recording_id: String,
+    /// The id the box first gave this recording, when the server already held another
+    /// recording under that id and the box renamed this one (docs/upload-protocol.md). Its
+    /// markers' labels stay sealed to that first id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renamed_from: Option<String>,
     /// Complete or interrupted.
     pub status: Status,
     /// What started it: `pedal`, `mqtt`, `control`.
@@ -149,6 +154,13 @@ pub struct Manifest {
     pub fragments: Vec<ObjectEntry>,
     /// Hash chain over `recording_id`, the init segments and the fragments.
     pub chain: String,
+}
+
+impl Manifest {
+    /// The recording id its marker labels are sealed to: the first one it had.
+    pub fn label_recording_id(&self) -> &str {
+        self.renamed_from.as_deref().unwrap_or(&self.recording_id)
+    }
 }
 
 /// Computes the hash chain: `h0 = SHA-256("neoflix-chain-v1" 0x00 recording_id)`, then for each

@@ -54,6 +54,14 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
             m.format.escape_debug()
         ));
     }
+    if let Some(first) = &m.renamed_from
+        && !crate::protocol::valid_recording_id(first)
+    {
+        return Err(format!(
+            "renamed_from '{}' is not a recording id",
+            first.escape_debug()
+        ));
+    }
     Ok(m)
 }
 

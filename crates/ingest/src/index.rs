@@ -170,6 +170,7 @@ mod tests {
             format: neoflix_format::manifest::FORMAT.into(),
             device_id: device.into(),
             recording_id: id.into(),
+            renamed_from: None,
             status: neoflix_format::Status::Interrupted,
             trigger: "pedal".into(),
             stop_reason: "interrupted".into(),

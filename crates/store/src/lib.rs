@@ -27,5 +27,5 @@ pub mod ring;
 
 pub use error::StoreError;
 pub use neoflix_format::{Manifest, Marker, ObjectEntry, SigningIdentity, Status, utc};
-pub use recording::{RecordingWriter, recover, sign_unsigned};
+pub use recording::{RecordingWriter, readdress, recover, rename, sign_unsigned};
 pub use ring::{Ring, RingEntry, StreamInit};

@@ -333,6 +333,7 @@ impl RecordingWriter {
             format: FORMAT.into(),
             device_id: self.device_id.clone(),
             recording_id: self.id.clone(),
+            renamed_from: None,
             status: Status::Complete,
             trigger: self.trigger.clone(),
             stop_reason: reason.into(),
@@ -385,6 +386,61 @@ fn write_manifest(
         },
     }
     fsutil::write_atomic(&dir.join(MANIFEST_FILE), &json, 0o600)
+}
+
+/// Renames the finalized recording `from` under `root` to `to`: the server holds another
+/// recording under `from` (docs/upload-protocol.md, "A recording id the server already
+/// holds"). The directory is renamed first, then [`readdress`] gives the manifest the new id;
+/// a crash in between leaves a directory whose manifest names another id, which [`readdress`]
+/// finishes. Returns the new directory.
+pub fn rename(
+    root: &Path,
+    from: &str,
+    to: &str,
+    signer: Option<&SigningIdentity>,
+    now: SystemTime,
+) -> Result<PathBuf, StoreError> {
+    let (old, new) = (root.join(from), root.join(to));
+    if new.exists() {
+        return Err(StoreError::io("rename to", &new)(std::io::Error::from(
+            std::io::ErrorKind::AlreadyExists,
+        )));
+    }
+    fs::rename(&old, &new).map_err(StoreError::io("rename", &old))?;
+    File::open(root)
+        .and_then(|d| d.sync_all())
+        .map_err(StoreError::io("sync", root))?;
+    readdress(&new, signer, now)?;
+    Ok(new)
+}
+
+/// Makes a finalized recording's manifest name the recording by its directory's name: a new
+/// `recording_id`, the chain over it, `renamed_from` the first id the recording had (its
+/// marker labels are sealed to that one), signed again. Nothing to do when they agree.
+pub fn readdress(
+    dir: &Path,
+    signer: Option<&SigningIdentity>,
+    now: SystemTime,
+) -> Result<(), StoreError> {
+    let id = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = dir.join(MANIFEST_FILE);
+    let bytes =
+        neoflix_format::files::read_regular(&path, neoflix_format::manifest::MAX_MANIFEST_BYTES)
+            .map_err(StoreError::io("read", &path))?;
+    let mut m = neoflix_format::verify::parse_manifest(&bytes).map_err(|e| {
+        StoreError::io("read", &path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    })?;
+    if m.recording_id == id {
+        return Ok(());
+    }
+    let first = m.renamed_from.take().unwrap_or(m.recording_id);
+    m.renamed_from = Some(first);
+    m.chain = manifest::chain(&id, &m.init_segments, &m.fragments);
+    m.recording_id = id;
+    write_manifest(dir, &m, signer, now)
 }
 
 /// The recording directories under `root` that `keep` accepts, in id order, with their ids.
@@ -519,6 +575,7 @@ fn recover_one(
         format: FORMAT.into(),
         device_id: String::new(),
         recording_id: id.into(),
+        renamed_from: None,
         status: Status::Interrupted,
         trigger: "unknown".into(),
         stop_reason: "interrupted".into(),
@@ -919,5 +976,62 @@ mod tests {
         );
         // Already signed ones are left alone.
         assert!(sign_unsigned(&t.path().join("rec"), &id, SystemTime::now()).is_empty());
+    }
+
+    /// A renamed recording verifies under its new id, signed again, its label opening with
+    /// the first id; a rename a crash cut short (the directory renamed, the manifest not yet)
+    /// is finished by `readdress`, which has nothing to do the second time.
+    #[test]
+    fn a_renamed_recording_verifies_under_its_new_id_and_keeps_its_labels() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("rec");
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let mut ring = ring_with(&t.path().join("ring"), 3);
+        let mut w = record(&root, &mut ring, &dept);
+        w.mark("adrenaline", "control", SystemTime::now()).unwrap();
+        w.finalize("control", SystemTime::now(), None).unwrap();
+        let ca_dir = t.path().join("ca");
+        let ca = neoflix_pki::Ca::init(&ca_dir, "CA").unwrap();
+        let (crt, key) = ca.issue("room-1", neoflix_pki::Role::Device, None).unwrap();
+        let id =
+            SigningIdentity::from_pem(&fs::read(crt).unwrap(), &fs::read(key).unwrap()).unwrap();
+        let trust =
+            neoflix_format::TrustAnchors::from_pem(&fs::read(ca_dir.join("ca.crt")).unwrap(), None)
+                .unwrap();
+        let check = |dir: &Path, rid: &str, first: &str| {
+            let v = verify::verify(dir).unwrap();
+            assert_eq!(v.manifest.recording_id, rid);
+            assert_eq!(v.manifest.renamed_from.as_deref(), Some(first));
+            let (bytes, m) = verify::read_manifest_bytes(dir).unwrap();
+            let custody = neoflix_format::custody::check_recording(dir, &bytes, &m, Some(&trust));
+            assert!(
+                matches!(custody, Ok(neoflix_format::custody::Custody::Signed(_))),
+                "{custody:?}"
+            );
+            let mk = &m.markers[0];
+            let label = neoflix_open::open_label(
+                &dept,
+                m.label_recording_id(),
+                &mk.utc,
+                mk.sealed_label.as_deref().unwrap(),
+            );
+            assert_eq!(label.unwrap(), "adrenaline");
+        };
+
+        let dir = rename(&root, "rec-1", "rec-2", Some(&id), SystemTime::now()).unwrap();
+        assert_eq!(dir, root.join("rec-2"));
+        assert!(!root.join("rec-1").exists());
+        check(&dir, "rec-2", "rec-1");
+        // Renamed again, it keeps the first id for its labels.
+        assert!(rename(&root, "rec-2", "rec-2", Some(&id), SystemTime::now()).is_err());
+        fs::rename(root.join("rec-2"), root.join("rec-3")).unwrap();
+        readdress(&root.join("rec-3"), Some(&id), SystemTime::now()).unwrap();
+        check(&root.join("rec-3"), "rec-3", "rec-1");
+        let before = fs::read(root.join("rec-3").join(MANIFEST_FILE)).unwrap();
+        readdress(&root.join("rec-3"), Some(&id), SystemTime::now()).unwrap();
+        assert_eq!(
+            fs::read(root.join("rec-3").join(MANIFEST_FILE)).unwrap(),
+            before
+        );
     }
 }

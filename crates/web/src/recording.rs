@@ -297,7 +297,7 @@ impl Recording {
             if (0.0..=duration_secs).contains(&mk.offset_secs) {
                 let label = match (&mk.sealed_label, asked.keyring) {
                     (None, _) => safe_title(&mk.label),
-                    (Some(s), Some(k)) => match k.open_label(&a.id, &mk.utc, s) {
+                    (Some(s), Some(k)) => match k.open_label(m.label_recording_id(), &mk.utc, s) {
                         Ok(l) => safe_title(&l),
                         Err(_) => format!("Marker {} (its label does not open)", n + 1),
                     },
