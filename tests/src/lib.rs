@@ -1138,7 +1138,8 @@ impl MqttProbe {
         let id = format!("probe-{}", free_port());
         let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", broker.port);
         o.set_keep_alive(Duration::from_secs(5));
-        o.set_max_packet_size(1 << 20, 1 << 20);
+        // Room for the oversized messages a test plays a hostile publisher with.
+        o.set_max_packet_size(8 << 20, 8 << 20);
         if let Some((lab, name)) = identity {
             let cfg = lab.client_tls(name).unwrap();
             o.set_transport(rumqttc::Transport::tls_with_config(
@@ -1146,7 +1147,9 @@ impl MqttProbe {
             ));
         }
         let (client, mut connection) = rumqttc::Client::new(o, 64);
-        neoflix_mqtt::no_delay(&mut connection.eventloop);
+        let mut n = connection.eventloop.network_options();
+        n.set_tcp_nodelay(true);
+        connection.eventloop.set_network_options(n);
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let subscribed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (s, sub, c, f) = (

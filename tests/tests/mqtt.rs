@@ -535,3 +535,52 @@ fn privacy_over_mqtt_keeps_nothing_and_says_so() {
     d.wait_ready(Duration::from_secs(60));
     assert_eq!(d.terminate(), 0);
 }
+
+/// Issue 15: a retained message over 1 MiB on the command topic made the daemon's MQTT client
+/// drop the connection each time the broker delivered it, at every subscribe, in a loop: the
+/// room showed `offline` until someone cleared the message. The box now tells the broker the
+/// largest packet it takes (MQTT 5), so the broker keeps such a message back: the box stays
+/// connected, visible and commanded.
+#[test]
+fn an_oversized_retained_command_does_not_cost_the_connection() {
+    let lab = Lab::new();
+    let broker = Mosquitto::plain(&lab);
+    lab.config(CAPTURE, 2, &format!("\n{}", mqtt_section(&broker)));
+    let t = "neoflix/room-e2e";
+    let cmd = format!("{t}/cmd");
+    let hostile = MqttProbe::plain(&broker, "neoflix/none");
+    hostile.publish(&cmd, &vec![b'x'; 2 << 20], true);
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    let p = MqttProbe::plain(&broker, &format!("{t}/#"));
+    p.wait(
+        &format!("{t}/status"),
+        "ready status",
+        Duration::from_secs(15),
+        |m| m.json["ready"] == true,
+    );
+    // Long enough for a few rounds of the old loop (one a second or so).
+    std::thread::sleep(Duration::from_secs(8));
+    p.publish(&cmd, br#"{"cmd":"ping","request_id":"after"}"#, false);
+    let r = p.wait(
+        &format!("{t}/reply"),
+        "ping reply",
+        Duration::from_secs(10),
+        reply_to("after"),
+    );
+    assert_eq!(r.json["ok"], true);
+    let offline: Vec<Message> = p
+        .messages()
+        .into_iter()
+        .filter(|m| m.topic.ends_with("/status") && m.json["state"] == "offline")
+        .collect();
+    assert!(offline.is_empty(), "the room went offline: {offline:?}");
+    let log = d.log_text();
+    assert_eq!(
+        log.matches("connected to the MQTT broker").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("MQTT broker unreachable"), "{log}");
+    assert_eq!(d.terminate(), 0);
+}

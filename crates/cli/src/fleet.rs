@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use neoflix_control::State;
 // Text from outside (broker errors) is printed with control characters escaped.
 use neoflix_logging::escape_controls as printable;
-use rumqttc::{Client, Event, Packet, QoS};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::{Client, Event};
 use thiserror::Error;
 use time::OffsetDateTime;
 
@@ -59,7 +61,7 @@ pub enum FleetError {
         /// The broker URL.
         broker: String,
         /// What the connection attempt said (boxed: it is large, and this error is rare).
-        source: Box<rumqttc::ConnectionError>,
+        source: Box<rumqttc::v5::ConnectionError>,
     },
     /// With `--once`: the broker accepted the connection but never acknowledged the
     /// subscription, typically because its ACL denies this client the status topics.
@@ -72,13 +74,20 @@ pub enum FleetError {
     },
     /// The subscription could not be queued: the MQTT client stopped.
     #[error("subscribing: {0}")]
-    Subscribe(#[from] rumqttc::ClientError),
+    Subscribe(Box<rumqttc::v5::ClientError>),
     /// The MQTT client's connection ended for good.
     #[error("MQTT connection closed")]
     Closed,
     /// Writing the output failed (a closed pipe, a full disk).
     #[error("writing the output: {0}")]
     Output(#[from] std::io::Error),
+}
+
+impl From<rumqttc::v5::ClientError> for FleetError {
+    fn from(e: rumqttc::v5::ClientError) -> Self {
+        // Boxed: it holds the whole request, and this error is rare.
+        FleetError::Subscribe(Box::new(e))
+    }
 }
 
 pub use neoflix_mqtt::fleet::{Fleet, Retained, Row, STALE_SECS, age_secs};
@@ -105,7 +114,6 @@ pub fn run(a: Args) -> Result<(), FleetError> {
     let mut opts = broker.options(&format!("neoflix-fleet-{}", std::process::id()))?;
     opts.set_keep_alive(Duration::from_secs(10));
     let (client, mut conn) = Client::new(opts, 16);
-    neoflix_mqtt::no_delay(&mut conn.eventloop);
     let filter = neoflix_mqtt::all_status(&a.prefix);
     let mut fleet = Fleet::default();
     let mut subscribed: Option<Instant> = None;
@@ -126,7 +134,9 @@ pub fn run(a: Args) -> Result<(), FleetError> {
                 dirty = true;
             }
             Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                if let Some(device) = neoflix_mqtt::device_of_status(&a.prefix, &p.topic) {
+                if let Ok(topic) = std::str::from_utf8(&p.topic)
+                    && let Some(device) = neoflix_mqtt::device_of_status(&a.prefix, topic)
+                {
                     fleet.update(device, &p.payload);
                     last_message = Instant::now();
                     dirty = true;
@@ -145,8 +155,8 @@ pub fn run(a: Args) -> Result<(), FleetError> {
                 // rumqttc reconnects at once on the next poll: pace it.
                 std::thread::sleep(Duration::from_secs(1));
             }
-            Err(rumqttc::RecvTimeoutError::Timeout) => {}
-            Err(rumqttc::RecvTimeoutError::Disconnected) => return Err(FleetError::Closed),
+            Err(rumqttc::v5::RecvTimeoutError::Timeout) => {}
+            Err(rumqttc::v5::RecvTimeoutError::Disconnected) => return Err(FleetError::Closed),
         }
         if a.once {
             // Retained statuses arrive right after the subscription is acknowledged; half a

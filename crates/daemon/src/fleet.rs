@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use neoflix_mqtt::{Action, Backoff, Broker, CommandError, CommandReply, OFFLINE, Topics};
 use neoflix_recorder::Trigger;
-use rumqttc::{AsyncClient, LastWill, Packet, QoS};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
+use rumqttc::v5::{AsyncClient, Event};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::conductor::{Command, Input};
@@ -69,15 +71,15 @@ pub async fn run(
 ) -> Result<(), neoflix_mqtt::BrokerError> {
     let mut opts = s.broker.options(&format!("neoflixd-{}", s.device))?;
     opts.set_keep_alive(Duration::from_secs(10));
-    opts.set_clean_session(true);
+    opts.set_clean_start(true);
     opts.set_last_will(LastWill::new(
         &s.topics.status,
         OFFLINE,
         QoS::AtLeastOnce,
         true,
+        None,
     ));
-    let (client, mut eventloop) = AsyncClient::new(opts, 64);
-    neoflix_mqtt::no_delay(&mut eventloop);
+    let (client, eventloop) = AsyncClient::new(opts, 64);
     let (connected_tx, connected_rx) = watch::channel(0u64);
     let (cmd_tx, cmd_rx) = mpsc::channel::<Vec<u8>>(16);
     let (done_tx, done_rx) = watch::channel(false);
@@ -111,9 +113,13 @@ pub async fn run(
     Ok(())
 }
 
+/// A connection that lasted this long was a good one: the next failure is retried from the
+/// shortest delay.
+const STABLE: Duration = Duration::from_secs(30);
+
 /// Drives the event loop: the only place that awaits the network.
 async fn poll(
-    mut eventloop: rumqttc::EventLoop,
+    mut eventloop: rumqttc::v5::EventLoop,
     s: FleetSettings,
     connected: watch::Sender<u64>,
     commands: mpsc::Sender<Vec<u8>>,
@@ -121,6 +127,10 @@ async fn poll(
     mut done: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(30));
+    // When the connection came up: the back-off starts over only after a connection that
+    // lasted, so one the broker (or something between) ends at once is not retried in a
+    // tight loop.
+    let mut up_since = std::time::Instant::now();
     let mut up = false;
     let mut first_failure = true;
     let mut generation = 0;
@@ -130,17 +140,18 @@ async fn poll(
             _ = done.changed() => return,
         };
         match ev {
-            Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
-                backoff.reset();
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                up_since = std::time::Instant::now();
                 up = true;
                 first_failure = true;
                 generation += 1;
                 log::info!(device = s.device.as_str(), broker = format!("{}:{}", s.broker.host, s.broker.port).as_str(); "connected to the MQTT broker");
                 connected.send_replace(generation);
             }
-            Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
-                if p.topic != s.topics.cmd {
-                    log::warn!(device = s.device.as_str(), topic = p.topic.as_str(); "MQTT message on a topic this device does not serve: ignored");
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if p.topic != s.topics.cmd.as_bytes() {
+                    let topic = String::from_utf8_lossy(&p.topic);
+                    log::warn!(device = s.device.as_str(), topic = &*neoflix_logging::escape_controls(&topic); "MQTT message on a topic this device does not serve: ignored");
                 } else if p.retain {
                     // A retained command would run again at every reconnection.
                     log::warn!(device = s.device.as_str(); "retained MQTT command ignored: commands must not be retained");
@@ -170,13 +181,16 @@ async fn poll(
                     );
                 }
             }
-            Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
                 // Our own goodbye is on its way; one more poll sends it.
                 let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
                 return;
             }
             Ok(_) => {}
             Err(e) => {
+                if up && up_since.elapsed() >= STABLE {
+                    backoff.reset();
+                }
                 let wait = backoff.next_delay();
                 if up || first_failure {
                     log::warn!(device = s.device.as_str(), retry_ms = wait.as_millis() as u64; "MQTT broker unreachable: {e}; recording is unaffected, retrying");

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use neoflix_mqtt::fleet::Fleet;
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::{AsyncClient, Event};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
@@ -83,7 +85,6 @@ pub async fn run(cfg: Mqtt, view: Arc<FleetView>, mut stop: watch::Receiver<bool
     };
     opts.set_keep_alive(Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(opts, 16);
-    neoflix_mqtt::no_delay(&mut events);
     let filter = neoflix_mqtt::all_status(&cfg.prefix);
     let mut backoff = neoflix_mqtt::Backoff::new(Duration::from_secs(60));
     loop {
@@ -101,7 +102,9 @@ pub async fn run(cfg: Mqtt, view: Arc<FleetView>, mut stop: watch::Receiver<bool
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if let Some(device) = neoflix_mqtt::device_of_status(&cfg.prefix, &p.topic) {
+                if let Ok(topic) = std::str::from_utf8(&p.topic)
+                    && let Some(device) = neoflix_mqtt::device_of_status(&cfg.prefix, topic)
+                {
                     view.update(device, &p.payload);
                 }
             }

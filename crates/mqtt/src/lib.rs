@@ -26,6 +26,10 @@ use thiserror::Error;
 /// Commands larger than this are refused unread: a command is a few dozen bytes.
 pub const MAX_COMMAND_BYTES: usize = 4096;
 
+/// The largest MQTT packet our clients take (and tell the broker, [`Broker::options`]): far
+/// above any status, event or command of ours.
+pub const MAX_PACKET_BYTES: u32 = 1 << 20;
+
 /// The status payload the broker publishes for a device that vanished.
 pub const OFFLINE: &str = r#"{"state":"offline"}"#;
 
@@ -473,13 +477,22 @@ impl Broker {
         })
     }
 
-    /// Connection options for a client called `client_id`, TLS set up. The caller adds the last
-    /// will and keep-alive.
-    pub fn options(&self, client_id: &str) -> Result<rumqttc::MqttOptions, BrokerError> {
-        let mut o = rumqttc::MqttOptions::new(client_id, self.host.clone(), self.port);
-        // Our own commands are tiny and checked against MAX_COMMAND_BYTES; this only keeps a
-        // hostile retained message from making the client drop the connection in a loop.
-        o.set_max_packet_size(1 << 20, 1 << 20);
+    /// MQTT 5 connection options for a client called `client_id`: TLS set up, Nagle off, and
+    /// the broker told the largest packet this client takes ([`MAX_PACKET_BYTES`]). The caller
+    /// adds the last will and keep-alive.
+    ///
+    /// MQTT 5 because of that limit: a broker keeps back a message larger than the client's
+    /// "Maximum Packet Size" instead of sending it. Under 3.1.1 the client could only refuse
+    /// one by closing the connection, and a retained one came again at every subscribe: one
+    /// oversized retained message took a room box (or the fleet view) offline for good.
+    pub fn options(&self, client_id: &str) -> Result<rumqttc::v5::MqttOptions, BrokerError> {
+        let mut o = rumqttc::v5::MqttOptions::new(client_id, self.host.clone(), self.port);
+        o.set_max_packet_size(Some(MAX_PACKET_BYTES));
+        // MQTT messages are small, and a command or an event held back for the peer's delayed
+        // ACK costs 40 ms per hop.
+        let mut n = o.network_options();
+        n.set_tcp_nodelay(true);
+        o.set_network_options(n);
         if let Some(t) = &self.tls {
             let cfg = neoflix_pki::client_tls(
                 &t.ca,
@@ -491,14 +504,6 @@ impl Broker {
         }
         Ok(o)
     }
-}
-
-/// Turns Nagle's algorithm off: MQTT messages are small and a command or an event held back
-/// for the peer's delayed ACK costs 40 ms per hop.
-pub fn no_delay(eventloop: &mut rumqttc::EventLoop) {
-    let mut n = eventloop.network_options();
-    n.set_tcp_nodelay(true);
-    eventloop.set_network_options(n);
 }
 
 /// Reconnect delays: doubling from 1 s to `max`, each drawn at random from its upper half so that
