@@ -631,3 +631,106 @@ fn a_recording_whose_id_the_server_already_holds_is_renamed_and_delivered() {
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
     assert_eq!(d.terminate(), 0);
 }
+
+/// A server with a certificate from the department CA (a buggy ingest, a misconfigured proxy,
+/// a compromised host) that answers every request `200` with an endless chunked body: on
+/// `addr`, until the test ends.
+fn endless_answers(lab: &Lab, addr: &str) {
+    use rustls::pki_types::pem::PemObject;
+    use std::io::Write;
+    let ca = lab.path("ca");
+    let certs: Vec<rustls::pki_types::CertificateDer<'static>> =
+        rustls::pki_types::CertificateDer::pem_file_iter(ca.join("127.0.0.1.crt"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(ca.join("127.0.0.1.key")).unwrap();
+    let cfg = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let cfg = cfg.clone();
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(cfg).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                // Read the request head (whatever it is), then answer without end.
+                let mut buf = [0u8; 4096];
+                let _ = std::io::Read::read(&mut tls, &mut buf);
+                let chunk = vec![b'{'; 65536];
+                let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+                loop {
+                    out.extend_from_slice(b"10000\r\n");
+                    out.extend_from_slice(&chunk);
+                    out.extend_from_slice(b"\r\n");
+                    if tls.write_all(&out).is_err() {
+                        return;
+                    }
+                    out.clear();
+                }
+            });
+        }
+    });
+}
+
+/// Issue 15: a server that answered `GET /v1/recordings/<id>` with `200` and an endless
+/// chunked body drove neoflixd from 27 MB to 22 GB in 60 s. Every answer is read up to its
+/// known bound; past it the pass fails, is retried with back-off, and the recording stays on
+/// the box.
+#[test]
+fn an_endless_answer_from_the_server_is_cut_off_and_the_recording_kept() {
+    let lab = Lab::new();
+    lab.pki(&["room-e2e"]);
+    let ingest = lab.ingest_config(64 << 20);
+    endless_answers(&lab, &ingest.addr);
+    lab.config(CAPTURE, 2, &lab.upload_section(&ingest, "room-e2e"));
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    assert!(d.ctl(Request::Start {}).ok);
+    sleep(Duration::from_secs(2));
+    assert!(d.ctl(Request::Stop {}).ok);
+    let s = d.wait_for(
+        "the upload to fail on the endless answer",
+        Duration::from_secs(60),
+        |s| {
+            s.upload
+                .as_ref()
+                .and_then(|u| u.last_error.as_deref())
+                .is_some_and(|e| e.contains("answer"))
+        },
+    );
+    let error = s.upload.unwrap().last_error.unwrap();
+    assert!(error.contains("larger than"), "{error}");
+    // Several passes, each reading an answer to its bound and giving up.
+    wait_until(
+        "a third failed pass",
+        Duration::from_secs(60),
+        || {
+            d.log_text()
+                .matches("retrying (recordings stay on the box")
+                .count()
+                >= 3
+        },
+        &|| d.log_text(),
+    );
+    let status = fs::read_to_string(format!("/proc/{}/status", d.pid().unwrap())).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(
+        rss_kib < 512 * 1024,
+        "neoflixd grew to {rss_kib} KiB reading the answers ({error})"
+    );
+    assert_eq!(lab.recordings().len(), 1, "the recording stays on the box");
+    assert_eq!(d.terminate(), 0);
+}
