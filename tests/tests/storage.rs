@@ -150,3 +150,91 @@ fn a_recordings_disk_that_fills_mid_recording_loses_nothing_once_enlarged() {
     stop_and_check(&lab, &mut d, 8.0, 3.0);
     assert_eq!(d.terminate(), 0);
 }
+
+/// Issue 15: a full recordings disk at the stop, the server away. Writing the manifest failed
+/// and the recording stayed unfinished until a restart. Now its claims and its finalize are
+/// retried: once the server is back and takes the older recordings, their space comes back,
+/// and the stopped recording is finished, whole, and delivered, without a restart.
+#[test]
+fn a_recording_stopped_on_a_full_disk_is_finished_and_delivered_once_space_returns() {
+    let lab = Lab::new();
+    lab.pki(&["room-e2e"]);
+    let _disk = Tmpfs::mount(&lab.path("recordings"), "16m");
+    let mut ingest = lab.ingest_config(64 << 20);
+    lab.config(
+        CAPTURE,
+        2,
+        &format!(
+            "max_duration_secs = 120\n{}",
+            lab.upload_section(&ingest, "room-e2e")
+        ),
+    );
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    // Two recordings wait on the box for the server.
+    for n in 1..=2 {
+        assert!(d.ctl(Request::Start {}).ok);
+        sleep(Duration::from_secs(3));
+        assert!(d.ctl(Request::Stop {}).ok);
+        d.wait_for("the recording finalized", Duration::from_secs(30), |s| {
+            s.recordings_finalized == n
+        });
+        d.wait_for("a whole pre-roll", Duration::from_secs(30), |s| {
+            s.preroll_secs >= 1.9
+        });
+    }
+    let started = d.ctl(Request::Start {});
+    let id = started.recording.clone().unwrap();
+    let t0 = std::time::Instant::now();
+    sleep(Duration::from_secs(2));
+    // Something else fills the disk to the last byte.
+    let filler = lab.path("recordings/filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+        let small = [0u8; 512];
+        while f.write_all(&small).is_ok() {}
+    }
+    storage_fault(&mut d);
+    sleep(Duration::from_secs(3));
+    assert!(d.ctl(Request::Stop {}).ok);
+    let wall = t0.elapsed().as_secs_f64();
+    sleep(Duration::from_secs(3));
+    let s = d.status();
+    assert_eq!(s.recordings_finalized, 2, "the disk is full: {s:?}");
+    assert!(
+        s.reasons.iter().any(|r| r.contains("No space left")),
+        "the status says why: {s:?}"
+    );
+
+    // The server comes back: the two older recordings leave, and their space serves the
+    // stopped one.
+    ingest.start();
+    let on_server = lab.path("server/room-e2e").join(&id);
+    neoflix_e2e::wait_until(
+        "the stopped recording delivered",
+        Duration::from_secs(90),
+        || lab.recordings().is_empty() && on_server.join("manifest.json").exists(),
+        &|| d.log_text() + &ingest.log_text(),
+    );
+    let m = neoflix_format::verify(&on_server)
+        .expect("the recording verifies (no gap in its fragments)")
+        .manifest;
+    assert_eq!(m.status, neoflix_format::Status::Complete);
+    assert!(m.preroll_secs >= 1.0, "{m:?}");
+    // What the ring held through the wait is in it: from the trigger to the stop, less the
+    // fragment in progress at the trigger.
+    assert!(
+        m.duration_secs - m.preroll_secs >= wall - 1.5,
+        "{} s after the trigger for {wall:.1} s recorded",
+        m.duration_secs - m.preroll_secs
+    );
+    let out = lab.path("out.mp4");
+    let e = lab.export(&on_server, &out);
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    assert_eq!(ffmpeg_errors(&out), "");
+    assert!(std::fs::exists(&filler).unwrap());
+    assert_eq!(d.terminate(), 0);
+}
