@@ -238,3 +238,60 @@ fn a_recording_stopped_on_a_full_disk_is_finished_and_delivered_once_space_retur
     assert!(std::fs::exists(&filler).unwrap());
     assert_eq!(d.terminate(), 0);
 }
+
+/// Issue 15: a ring directory whose filesystem is smaller than the pre-roll needs. Every
+/// fragment after it filled failed to enter the ring, leaving its partial file behind, and the
+/// box reported a camera fault pointing at the recordings disk. Now the ring makes room the
+/// way its bound does, oldest first; the status names the ring's filesystem; recording works.
+#[test]
+fn a_ring_filesystem_smaller_than_the_preroll_costs_only_preroll_and_says_so() {
+    let lab = Lab::new();
+    let _ring = Tmpfs::mount(&lab.path("ring"), "256k");
+    lab.config(CAPTURE, 60, "max_duration_secs = 120");
+    let mut d = lab.start();
+    let s = d.wait_for(
+        "the ring's filesystem named in the status",
+        Duration::from_secs(60),
+        |s| s.reasons.iter().any(|r| r.contains("ring: its filesystem")),
+    );
+    assert!(!s.ready, "{s:?}");
+    // Video keeps coming, so it is no camera fault; the ring holds what fits.
+    sleep(Duration::from_secs(5));
+    let s = d.status();
+    assert!(
+        !s.reasons.iter().any(|r| r.contains("camera")),
+        "{:?}",
+        s.reasons
+    );
+    assert!(s.preroll_secs >= 1.0, "{s:?}");
+    let fragments = std::fs::read_dir(lab.path("ring"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("frag-")
+        })
+        .count();
+    assert!(
+        fragments as f64 <= s.preroll_secs + 2.0,
+        "{fragments} fragment files for {} s in the ring: a write that failed left its file",
+        s.preroll_secs
+    );
+    let log = d.log_text();
+    assert!(log.contains("ring.dir"), "{log}");
+    // A recording still gets what the ring held, and everything after.
+    let preroll = s.preroll_secs;
+    assert!(d.ctl(Request::Start {}).ok);
+    sleep(Duration::from_secs(4));
+    assert!(d.ctl(Request::Stop {}).ok);
+    d.wait_for("the recording finalized", Duration::from_secs(30), |s| {
+        s.recordings_finalized == 1
+    });
+    let recs = lab.recordings();
+    let m = neoflix_format::verify(&recs[0]).unwrap().manifest;
+    assert!(m.preroll_secs >= preroll - 2.0, "{m:?}");
+    assert!(m.duration_secs - m.preroll_secs >= 3.0, "{m:?}");
+    assert_eq!(d.terminate(), 0);
+}

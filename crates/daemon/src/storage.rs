@@ -307,7 +307,21 @@ impl Storage {
                     if !evicted.is_empty() {
                         log::debug!(fragments = format!("{evicted:?}").as_str(); "evicted from ring, keys zeroized");
                     }
-                    if !self.recordings_failing && self.error.take().is_some() {
+                    if self.ring.out_of_room() {
+                        let msg = format!(
+                            "ring: its filesystem ({}) is full at {:.0} s of video, less than the pre-roll: give it more room or make ring.max_bytes fit it",
+                            self.ring.dir().display(),
+                            self.ring.duration().as_secs_f64()
+                        );
+                        // Once, not at every fragment: the text changes with the seconds.
+                        if !self
+                            .error
+                            .as_deref()
+                            .is_some_and(|e| e.starts_with("ring: "))
+                        {
+                            self.failed(msg);
+                        }
+                    } else if !self.recordings_failing && self.error.take().is_some() {
                         log::info!(device = self.device.as_str(); "storage works again");
                     }
                     out.push(Report::Stored {
@@ -416,7 +430,13 @@ impl Storage {
                 reason: msg.clone(),
             });
         }
-        log::error!(device = self.device.as_str(); "storage: {msg}; free space on the recordings disk or fix its permissions");
+        let hint = if msg.starts_with("ring: ") || msg.contains(&*self.ring.dir().to_string_lossy())
+        {
+            "the pre-roll ring's directory (ring.dir)"
+        } else {
+            "the recordings disk"
+        };
+        log::error!(device = self.device.as_str(); "storage: {msg}; free space on {hint} or fix its permissions");
         self.error = Some(msg);
     }
 

@@ -69,6 +69,16 @@ pub struct Ring {
     kept_bytes: u64,
     /// A recording has yet to claim kept fragments as its pre-roll: age does not evict them.
     hold_kept: bool,
+    /// The last push found the ring's filesystem full and made room by evicting early.
+    out_of_room: bool,
+}
+
+/// A write failed because the filesystem (or the user's quota on it) is full.
+fn out_of_room(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// Deletes a fragment's file. Already gone is fine: a claim that failed half-way may have moved
@@ -119,6 +129,7 @@ impl Ring {
                 kept_total: Duration::ZERO,
                 kept_bytes: 0,
                 hold_kept: false,
+                out_of_room: false,
             },
             removed,
         ))
@@ -132,7 +143,11 @@ impl Ring {
         key: DataKey,
     ) -> Result<(), StoreError> {
         let path = self.dir.join(format!("init-{}.nfx", hex16(&stream)));
-        fs::write(&path, sealed_init).map_err(StoreError::io("write", &path))?;
+        if let Err(e) = fs::write(&path, sealed_init) {
+            // A partial file is nobody's: counted nowhere, it would stay.
+            let _ = fs::remove_file(&path);
+            return Err(StoreError::io("write", &path)(e));
+        }
         self.inits
             .insert(stream, Arc::new(StreamInit { stream, path, key }));
         self.current = Some(stream);
@@ -163,7 +178,25 @@ impl Ring {
             source: std::io::Error::other("fragment before any init segment"),
         })?;
         let path = self.dir.join(format!("frag-{seq:010}.nfx"));
-        fs::write(&path, sealed).map_err(StoreError::io("write", &path))?;
+        let mut evicted = Vec::new();
+        // A filesystem smaller than `max_bytes` (a tmpfs sized for a shorter pre-roll, a disk
+        // shared with something else) fills before the bound does: room is made the way the
+        // bound makes it, oldest first, rather than the newest video dropped and every later
+        // fragment with it.
+        self.out_of_room = false;
+        loop {
+            match fs::write(&path, sealed) {
+                Ok(()) => break,
+                Err(e) => {
+                    // A partial file is nobody's: counted nowhere, it would stay.
+                    let _ = fs::remove_file(&path);
+                    if !out_of_room(&e) || !self.evict_oldest(&mut evicted)? {
+                        return Err(StoreError::io("write", &path)(e));
+                    }
+                    self.out_of_room = true;
+                }
+            }
+        }
         self.total += duration;
         self.bytes += sealed.len() as u64;
         self.entries.push_back(RingEntry {
@@ -176,7 +209,6 @@ impl Ring {
             duration,
             captured,
         });
-        let mut evicted = Vec::new();
         // By age, among the fragments no recording waits for: the oldest go while the rest
         // still cover the pre-roll. Held ones are older (they lead the queue) and do not count:
         // the next recording's pre-roll stays the pre-roll, not everything since the failure.
@@ -225,6 +257,38 @@ impl Ring {
         }
         self.gc_inits();
         Ok(evicted)
+    }
+
+    /// Evicts the oldest fragment, kept ones first, to make room on a full filesystem; false
+    /// when there is nothing left to evict.
+    fn evict_oldest(&mut self, evicted: &mut Vec<u64>) -> Result<bool, StoreError> {
+        let e = if let Some(e) = self.kept.pop_front() {
+            self.kept_total = self.kept_total.saturating_sub(e.duration);
+            self.kept_bytes -= e.size;
+            e
+        } else if let Some(e) = self.pop_front() {
+            if self.held_through.is_some_and(|h| e.seq <= h) {
+                log::error!(fragment = e.seq, dir = self.dir.display().to_string().as_str();
+                    "ring's filesystem full while the recordings storage fails: the oldest unclaimed fragment of a recording is lost");
+            }
+            e
+        } else {
+            return Ok(false);
+        };
+        evicted.push(e.seq);
+        delete(&e.path)?;
+        Ok(true)
+    }
+
+    /// Whether the last fragment found the ring's filesystem full and what is left is less
+    /// than the pre-roll: older fragments were evicted early to make room.
+    pub fn out_of_room(&self) -> bool {
+        self.out_of_room && self.duration() < self.preroll
+    }
+
+    /// The ring's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Evicts kept fragments by age: the oldest goes while everything newer still covers the
