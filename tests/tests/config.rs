@@ -261,3 +261,31 @@ fn ingest_check_config_reports_every_error_by_line_and_option_and_passes_a_good_
     assert!(err.contains("tls.crl"), "{err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("config OK"));
 }
+
+/// Issue 15: a ring directory on a filesystem too small for the pre-roll is said so by
+/// `config validate` on the box, before the pre-roll quietly comes up short.
+#[test]
+fn validate_warns_of_a_ring_filesystem_too_small_for_the_preroll() {
+    let lab = Lab::new();
+    let ring = lab.path("ring");
+    std::fs::create_dir_all(&ring).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&ring)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting a tmpfs needs root (CI has it)");
+    let cfg = lab.config("source = \"test\"\nbitrate_kbps = 4000", 60, "");
+    let out = neoflix(&["config", "validate", cfg.to_str().unwrap()]);
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&ring)
+        .status();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("its filesystem holds 1 MiB, and 60 s of pre-roll need about 31 MiB"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(1 warnings)"));
+}

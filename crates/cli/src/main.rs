@@ -441,9 +441,38 @@ fn verify(recording: &Path, key: Option<&Path>, policy: &review::Policy) -> anyh
     Ok(())
 }
 
+/// The size of the filesystem holding `path` (or, before `path` exists, its nearest existing
+/// parent).
+fn filesystem_size(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let c = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;
+    // SAFETY: all-zero is a valid statvfs.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_blocks as u64 * st.f_frsize as u64)
+}
+
 fn config_validate(file: &Path) -> anyhow::Result<ExitCode> {
     match neoflix_config::load(file) {
-        Ok((_, warnings)) => {
+        Ok((cfg, warnings)) => {
+            let mut warnings: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+            // The ring's filesystem on this machine: `validate` runs on the box it checks.
+            let needs = cfg.preroll_bytes();
+            if let Some(size) = filesystem_size(&cfg.ring.dir)
+                && needs > size
+            {
+                warnings.push(format!(
+                    "ring.dir {}: its filesystem holds {} MiB, and {} s of pre-roll need about {} MiB: the pre-roll will be shorter; give it more room (a larger tmpfs, a disk) or lower ring.preroll_secs",
+                    cfg.ring.dir.display(),
+                    size >> 20,
+                    cfg.ring.preroll_secs,
+                    needs >> 20
+                ));
+            }
             for w in &warnings {
                 eprintln!("warning: {w}");
             }

@@ -318,6 +318,26 @@ pub struct Readiness {
     pub cert_min_days: u32,
 }
 
+/// About how many bytes `secs` of pre-roll take at `kbps` (every track's bitrate together):
+/// the encoders' targets plus a tenth for the container, the sealing and a bitrate that
+/// overshoots.
+pub fn preroll_bytes(secs: u32, kbps: u64) -> u64 {
+    u64::from(secs) * kbps * 1000 / 8 * 11 / 10
+}
+
+impl Config {
+    /// About how many bytes the configured pre-roll takes ([`preroll_bytes`]).
+    pub fn preroll_bytes(&self) -> u64 {
+        let kbps = u64::from(self.capture.bitrate_kbps)
+            + self
+                .second_camera
+                .as_ref()
+                .map_or(0, |s| u64::from(s.bitrate_kbps))
+            + self.audio.as_ref().map_or(0, |a| u64::from(a.bitrate_kbps));
+        preroll_bytes(self.ring.preroll_secs, kbps)
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {

@@ -229,6 +229,15 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
     if ring_dir.starts_with("/run") && preroll_secs > 600 {
         w.warn(pl, "ring.preroll_secs", format!("{preroll_secs} s of pre-roll in {} (RAM on most systems): put a long pre-roll on disk", ring_dir.display()));
     }
+    let kbps = u64::from(bitrate_kbps as u32)
+        + second_camera
+            .as_ref()
+            .map_or(0, |s| u64::from(s.bitrate_kbps))
+        + audio.as_ref().map_or(0, |a| u64::from(a.bitrate_kbps));
+    let needs = crate::preroll_bytes(preroll_secs as u32, kbps);
+    if needs > max_bytes {
+        w.warn(pl, "ring.preroll_secs", format!("{preroll_secs} s of pre-roll at {kbps} kbit/s need about {} MiB, more than ring.max_bytes ({} MiB): the pre-roll will be shorter; raise max_bytes or lower the bitrate", needs >> 20, max_bytes >> 20));
+    }
     w.finish(ring);
 
     let mut rec = w.section(root, "recordings");
@@ -682,6 +691,28 @@ mod tests {
         assert_eq!(c.capture.width, 1280);
         assert_eq!(c.ring.dir, PathBuf::from("/run/neoflix/ring"));
         assert_eq!(c.control.socket, PathBuf::from("/run/neoflix/control.sock"));
+    }
+
+    #[test]
+    fn a_preroll_larger_than_the_rings_bound_is_warned_of() {
+        let r = recipient();
+        let parse_with = |ring: &str| {
+            let text = format!(
+                "device_id = \"room-1\"\n[capture]\nbitrate_kbps = 8000\n[ring]\ndir = \"/var/lib/neoflix/ring\"\n{ring}\n[recordings]\nrecipient = \"{}\"\n",
+                r.path().display()
+            );
+            parse("t.toml", &text).unwrap().1
+        };
+        // 600 s at 8 Mbit/s is about 660 MB: more than the default 512 MiB.
+        let w = parse_with("preroll_secs = 600");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].to_string().contains("ring.max_bytes (512 MiB)"),
+            "{}",
+            w[0]
+        );
+        assert!(parse_with("preroll_secs = 600\nmax_bytes = 1073741824").is_empty());
+        assert!(parse_with("preroll_secs = 60").is_empty());
     }
 
     #[test]
