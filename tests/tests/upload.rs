@@ -734,3 +734,35 @@ fn an_endless_answer_from_the_server_is_cut_off_and_the_recording_kept() {
     assert_eq!(lab.recordings().len(), 1, "the recording stays on the box");
     assert_eq!(d.terminate(), 0);
 }
+
+/// Issue 15: a certificate the box refused showed only as "error sending request": the check
+/// that failed is named.
+#[test]
+fn a_refused_server_certificate_is_named_in_the_status() {
+    let lab = Lab::new();
+    lab.pki(&["room-e2e"]);
+    let mut ingest = lab.ingest_config(64 << 20);
+    ingest.start();
+    // The box trusts another CA than the one that issued the server's certificate.
+    let other = Lab::new();
+    other.pki(&["someone"]);
+    let upload = lab.upload_section(&ingest, "room-e2e").replace(
+        &lab.ca().display().to_string(),
+        &other.ca().display().to_string(),
+    );
+    lab.config(CAPTURE, 2, &upload);
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    assert!(d.ctl(Request::Start {}).ok);
+    sleep(Duration::from_secs(1));
+    assert!(d.ctl(Request::Stop {}).ok);
+    let s = d.wait_for("the upload error", Duration::from_secs(60), |s| {
+        s.upload.as_ref().is_some_and(|u| u.last_error.is_some())
+    });
+    let error = s.upload.unwrap().last_error.unwrap();
+    assert!(
+        error.contains("invalid peer certificate: BadSignature"),
+        "{error}"
+    );
+    assert_eq!(d.terminate(), 0);
+}

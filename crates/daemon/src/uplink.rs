@@ -196,7 +196,7 @@ async fn put_object(
         .body(bytes)
         .send()
         .await
-        .map_err(|e| format!("PUT {id}/{name}: {e}"))?;
+        .map_err(|e| format!("PUT {id}/{name}: {}", why(&e)))?;
     match r.status().as_u16() {
         200 | 201 => Ok(()),
         code => Err(format!(
@@ -223,13 +223,31 @@ async fn read_local(path: PathBuf, max: u64) -> std::io::Result<Vec<u8>> {
 /// An answer's body, refused beyond `max` bytes.
 async fn bounded_body(mut r: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
-    while let Some(chunk) = r.chunk().await.map_err(|e| e.to_string())? {
+    while let Some(chunk) = r.chunk().await.map_err(|e| why(&e))? {
         if body.len() + chunk.len() > max {
             return Err(format!("the server's answer is larger than {max} bytes"));
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// What went wrong with a request, every cause included: reqwest's own text is only "error
+/// sending request for url (...)", and the TLS check that failed (an unknown issuer, an
+/// expired or revoked certificate, another name) is in its sources.
+fn why(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        // hyper and rustls repeat their inner error in their own text.
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// An error answer's text, cut short: it goes into the log and the status.
@@ -328,7 +346,7 @@ impl Pass<'_> {
             .get(format!("{}/v1/recordings/{id}", self.base))
             .send()
             .await
-            .map_err(|e| format!("GET {id}: {e}"))?;
+            .map_err(|e| format!("GET {id}: {}", why(&e)))?;
         match r.status().as_u16() {
             404 => Ok(Held::Objects(OnServer::default())),
             410 => {
@@ -465,7 +483,7 @@ impl Pass<'_> {
             .body(manifest.clone())
             .send()
             .await
-            .map_err(|e| format!("PUT {id}/manifest: {e}"))?;
+            .map_err(|e| format!("PUT {id}/manifest: {}", why(&e)))?;
         let code = r.status().as_u16();
         if code == 409 {
             // Complete there with another manifest: another recording has this id (a clock
