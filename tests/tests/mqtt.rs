@@ -222,9 +222,9 @@ fn status_is_retained_and_commands_drive_the_recorder() {
     assert_eq!(d.status().recordings_finalized, 0);
     let log = d.log_text();
     for expected in [
-        "oversized MQTT command ignored",
-        "MQTT command for another device ignored",
-        "retained MQTT command ignored",
+        "MQTT message ignored: commands over 4 KiB",
+        "MQTT message ignored: commands for another device",
+        "MQTT message ignored: retained commands",
     ] {
         assert!(log.contains(expected), "{expected}:\n{log}");
     }
@@ -582,5 +582,92 @@ fn an_oversized_retained_command_does_not_cost_the_connection() {
         "{log}"
     );
     assert!(!log.contains("MQTT broker unreachable"), "{log}");
+    assert_eq!(d.terminate(), 0);
+}
+
+/// Issue 15: 10 000 valid commands dropped 5 784 replies ("reply not queued") and logged a
+/// line each. Now commands beyond the rate are answered busy, a `start` and a `stop` in the
+/// flood are carried out and answered, and the flood is logged in summary.
+#[test]
+fn a_command_flood_is_rate_limited_and_start_and_stop_still_answered() {
+    let lab = Lab::new();
+    let broker = Mosquitto::plain(&lab);
+    lab.config(CAPTURE, 2, &format!("\n{}", mqtt_section(&broker)));
+    let t = "neoflix/room-e2e";
+    let (cmd, reply) = (format!("{t}/cmd"), format!("{t}/reply"));
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    let p = MqttProbe::plain(&broker, &reply);
+    let flood = MqttProbe::plain(&broker, "neoflix/none");
+    for n in 0..3000 {
+        let id = match n {
+            1000 => "the-start".to_string(),
+            2000 => "the-stop".to_string(),
+            n => format!("f{n}"),
+        };
+        let c = match n {
+            1000 => "start",
+            2000 => "stop",
+            _ => "ping",
+        };
+        flood.publish(
+            &cmd,
+            format!(r#"{{"cmd":"{c}","request_id":"{id}"}}"#).as_bytes(),
+            false,
+        );
+    }
+    let r = p.wait(
+        &reply,
+        "the start's reply",
+        Duration::from_secs(30),
+        reply_to("the-start"),
+    );
+    assert_eq!(r.json["ok"], true, "{}", r.json);
+    let r = p.wait(
+        &reply,
+        "the stop's reply",
+        Duration::from_secs(30),
+        reply_to("the-stop"),
+    );
+    assert_eq!(r.json["ok"], true, "{}", r.json);
+    d.wait_for("the recording finalized", Duration::from_secs(30), |s| {
+        s.recordings_finalized == 1
+    });
+    // The first ones got their turn; the rest were refused (answered busy while the client's
+    // queue had room: a flood's busy replies may themselves be dropped, a start's or a stop's
+    // reply never).
+    std::thread::sleep(Duration::from_secs(11));
+    p.publish(&cmd, br#"{"cmd":"ping","request_id":"after"}"#, false);
+    p.wait(
+        &reply,
+        "a ping after the flood",
+        Duration::from_secs(10),
+        reply_to("after"),
+    );
+    let replies = p.messages();
+    let busy = replies
+        .iter()
+        .filter(|m| {
+            m.json["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("busy"))
+        })
+        .count();
+    assert!(busy > 0, "no busy replies");
+    let log = d.log_text();
+    assert!(!log.contains("reply not queued"), "{log}");
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("MQTT") && !l.starts_with("DEBUG"))
+        .count();
+    assert!(
+        lines < 20,
+        "{lines} MQTT lines logged for the flood:\n{log}"
+    );
+    assert!(
+        log.contains("MQTT messages ignored in the last 10 s:")
+            && log.contains("over the command rate"),
+        "{log}"
+    );
     assert_eq!(d.terminate(), 0);
 }

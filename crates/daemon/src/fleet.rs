@@ -15,7 +15,9 @@
 
 use std::time::Duration;
 
-use neoflix_mqtt::{Action, Backoff, Broker, CommandError, CommandReply, OFFLINE, Topics};
+use neoflix_mqtt::{
+    Action, Backoff, Broker, Command as MqttCommand, CommandError, CommandReply, OFFLINE, Topics,
+};
 use neoflix_recorder::Trigger;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
@@ -81,7 +83,7 @@ pub async fn run(
     ));
     let (client, eventloop) = AsyncClient::new(opts, 64);
     let (connected_tx, connected_rx) = watch::channel(0u64);
-    let (cmd_tx, cmd_rx) = mpsc::channel::<Vec<u8>>(16);
+    let (cmd_tx, cmd_rx) = mpsc::channel::<Incoming>(16);
     let (done_tx, done_rx) = watch::channel(false);
 
     let poller = tokio::spawn(poll(
@@ -113,6 +115,85 @@ pub async fn run(
     Ok(())
 }
 
+/// A command as it came off the broker: parsed, or why not (with the `request_id` it carried,
+/// when readable).
+type Incoming = Result<MqttCommand, (Option<String>, CommandError)>;
+
+/// Commands other than `start`, `stop` and `privacy` are carried out at most this many a second
+/// on average, in bursts of [`BURST`]: a flood of pings or marks from a misbehaving publisher
+/// cannot keep the room's own `start` from its turn, nor fill the journal with markers.
+const PER_SEC: f64 = 10.0;
+/// See [`PER_SEC`].
+const BURST: f64 = 20.0;
+
+/// A token bucket: [`PER_SEC`] commands a second, [`BURST`] at once.
+#[derive(Debug)]
+struct Rate {
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl Rate {
+    fn new(now: std::time::Instant) -> Rate {
+        Rate {
+            tokens: BURST,
+            last: now,
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn allow(&mut self, now: std::time::Instant) -> bool {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * PER_SEC;
+        self.tokens = (self.tokens + refill).min(BURST);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Messages refused or ignored, logged on their own only the first of each kind in a window: a
+/// flood is summed up once per [`Flood::WINDOW`] instead of a line a message.
+#[derive(Debug, Default)]
+struct Flood {
+    since: Option<std::time::Instant>,
+    counts: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl Flood {
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    /// Counts one message refused for `why`; true when it is to be logged on its own (the
+    /// first of its kind in the window).
+    fn note(&mut self, now: std::time::Instant, why: &'static str) -> bool {
+        self.since.get_or_insert(now);
+        let n = self.counts.entry(why).or_default();
+        *n += 1;
+        *n == 1
+    }
+
+    /// Once the window has passed: what was refused in it after the first, if anything.
+    fn summary(&mut self, now: std::time::Instant) -> Option<String> {
+        let since = self.since?;
+        if now.saturating_duration_since(since) < Self::WINDOW {
+            return None;
+        }
+        // Only kinds that came more than once: a single one was logged on its own.
+        let parts: Vec<String> = self
+            .counts
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(why, n)| format!("{n} {why}"))
+            .collect();
+        self.since = None;
+        self.counts.clear();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
 /// A connection that lasted this long was a good one: the next failure is retried from the
 /// shortest delay.
 const STABLE: Duration = Duration::from_secs(30);
@@ -122,10 +203,39 @@ async fn poll(
     mut eventloop: rumqttc::v5::EventLoop,
     s: FleetSettings,
     connected: watch::Sender<u64>,
-    commands: mpsc::Sender<Vec<u8>>,
+    commands: mpsc::Sender<Incoming>,
     client: AsyncClient,
     mut done: watch::Receiver<bool>,
 ) {
+    let mut rate = Rate::new(std::time::Instant::now());
+    let mut flood = Flood::default();
+    let device = s.device.as_str();
+    let summarize = |flood: &mut Flood| {
+        if let Some(summary) = flood.summary(std::time::Instant::now()) {
+            log::warn!(device = device; "MQTT messages ignored in the last {} s: {summary}", Flood::WINDOW.as_secs());
+        }
+    };
+    let refuse = |flood: &mut Flood, why: &'static str, reply: Option<(Option<String>, String)>| {
+        if flood.note(std::time::Instant::now(), why) {
+            log::warn!(device = device; "MQTT message ignored: {why}");
+        }
+        summarize(flood);
+        if let Some((request_id, error)) = reply {
+            let reply = CommandReply {
+                request_id,
+                cmd: None,
+                ok: false,
+                error: Some(error),
+                recording: None,
+            };
+            let _ = client.try_publish(
+                &s.topics.reply,
+                QoS::AtLeastOnce,
+                false,
+                serde_json::to_vec(&reply).unwrap_or_default(),
+            );
+        }
+    };
     let mut backoff = Backoff::new(Duration::from_secs(30));
     // When the connection came up: the back-off starts over only after a connection that
     // lasted, so one the broker (or something between) ends at once is not retried in a
@@ -139,6 +249,9 @@ async fn poll(
             ev = eventloop.poll() => ev,
             _ = done.changed() => return,
         };
+        // A flood that has ended is summed up too (the keep-alive brings an event at least
+        // every 10 s).
+        summarize(&mut flood);
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 up_since = std::time::Instant::now();
@@ -150,35 +263,81 @@ async fn poll(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if p.topic != s.topics.cmd.as_bytes() {
-                    let topic = String::from_utf8_lossy(&p.topic);
-                    log::warn!(device = s.device.as_str(), topic = &*neoflix_logging::escape_controls(&topic); "MQTT message on a topic this device does not serve: ignored");
-                } else if p.retain {
+                    refuse(&mut flood, "on a topic this device does not serve", None);
+                    continue;
+                }
+                if p.retain {
                     // A retained command would run again at every reconnection.
-                    log::warn!(device = s.device.as_str(); "retained MQTT command ignored: commands must not be retained");
-                } else if p.payload.len() > neoflix_mqtt::MAX_COMMAND_BYTES {
-                    log::warn!(device = s.device.as_str(), bytes = p.payload.len(); "oversized MQTT command ignored");
-                } else if let Err(e) = commands.try_send(p.payload.to_vec()) {
-                    let error = if matches!(e, mpsc::error::TrySendError::Closed(_)) {
-                        // Not "busy": nothing will ever carry it out. Say so where IT looks.
-                        log::error!(device = s.device.as_str(); "MQTT command handler has stopped: commands cannot be carried out until neoflixd restarts");
-                        "command handler stopped: restart neoflixd (see its journal)"
-                    } else {
-                        log::warn!(device = s.device.as_str(); "MQTT commands arrive faster than they can be carried out: one dropped");
-                        "busy: too many commands at once, try again"
-                    };
-                    let reply = CommandReply {
-                        request_id: CommandError::request_id_of(&p.payload),
-                        cmd: None,
-                        ok: false,
-                        error: Some(error.into()),
-                        recording: None,
-                    };
-                    let _ = client.try_publish(
-                        &s.topics.reply,
-                        QoS::AtLeastOnce,
-                        false,
-                        serde_json::to_vec(&reply).unwrap_or_default(),
+                    refuse(
+                        &mut flood,
+                        "retained commands (commands must not be retained)",
+                        None,
                     );
+                    continue;
+                }
+                if p.payload.len() > neoflix_mqtt::MAX_COMMAND_BYTES {
+                    refuse(&mut flood, "commands over 4 KiB", None);
+                    continue;
+                }
+                let incoming = match neoflix_mqtt::parse_command(&p.payload, &s.device) {
+                    Ok(cmd) => Ok(cmd),
+                    Err(CommandError::WrongDevice(_)) => {
+                        refuse(&mut flood, "commands for another device", None);
+                        continue;
+                    }
+                    Err(e) => Err((CommandError::request_id_of(&p.payload), e)),
+                };
+                // The room's own start, stop and privacy always have their turn; the rest
+                // (and what does not parse) share the rate.
+                let essential = matches!(
+                    &incoming,
+                    Ok(MqttCommand {
+                        action: Action::Start | Action::Stop | Action::Privacy { .. },
+                        ..
+                    })
+                );
+                if !essential && !rate.allow(std::time::Instant::now()) {
+                    let request_id = match &incoming {
+                        Ok(c) => c.request_id.clone(),
+                        Err((id, _)) => id.clone(),
+                    };
+                    let error = format!(
+                        "busy: more than {PER_SEC} commands a second, try again (start, stop and privacy are never held back)"
+                    );
+                    refuse(
+                        &mut flood,
+                        "over the command rate",
+                        incoming.is_ok().then_some((request_id, error)),
+                    );
+                    continue;
+                }
+                let request_id = match &incoming {
+                    Ok(c) => c.request_id.clone(),
+                    Err((id, _)) => id.clone(),
+                };
+                if let Err(e) = commands.try_send(incoming) {
+                    if matches!(e, mpsc::error::TrySendError::Closed(_)) {
+                        // Not "busy": nothing will ever carry it out. Say so where IT looks.
+                        log::error!(device = device; "MQTT command handler has stopped: commands cannot be carried out until neoflixd restarts");
+                        refuse(
+                            &mut flood,
+                            "commands while the handler is stopped",
+                            Some((
+                                request_id,
+                                "command handler stopped: restart neoflixd (see its journal)"
+                                    .into(),
+                            )),
+                        );
+                    } else {
+                        refuse(
+                            &mut flood,
+                            "commands while 16 wait (busy)",
+                            Some((
+                                request_id,
+                                "busy: too many commands at once, try again".into(),
+                            )),
+                        );
+                    }
                 }
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
@@ -279,22 +438,18 @@ async fn commander(
     s: FleetSettings,
     client: AsyncClient,
     inbox: mpsc::Sender<Input>,
-    mut commands: mpsc::Receiver<Vec<u8>>,
+    mut commands: mpsc::Receiver<Incoming>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let payload = tokio::select! {
+        let incoming = tokio::select! {
             p = commands.recv() => match p { Some(p) => p, None => return },
             _ = stop.changed() => return,
         };
-        let request_id = CommandError::request_id_of(&payload);
-        let reply = match neoflix_mqtt::parse_command(&payload, &s.device) {
-            Err(CommandError::WrongDevice(other)) => {
-                log::warn!(device = s.device.as_str(), addressed_to = other.as_str(); "MQTT command for another device ignored");
-                continue;
-            }
-            Err(e) => {
-                log::warn!(device = s.device.as_str(); "MQTT command refused: {e}");
+        let reply = match incoming {
+            Err((request_id, e)) => {
+                // Already rate-limited on the way in; the reply says what was wrong.
+                log::debug!(device = s.device.as_str(); "MQTT command refused: {e}");
                 CommandReply {
                     request_id,
                     cmd: None,
@@ -321,7 +476,13 @@ async fn commander(
                 };
                 let answer =
                     answer.unwrap_or_else(|| neoflix_control::Reply::error("neoflixd is stopping"));
-                log::info!(device = s.device.as_str(), cmd = name, ok = answer.ok,
+                // What changes the room is logged; pings only when debugging.
+                let level = if name == "ping" {
+                    log::Level::Debug
+                } else {
+                    log::Level::Info
+                };
+                log::log!(level, device = s.device.as_str(), cmd = name, ok = answer.ok,
                     request_id = cmd.request_id.as_deref().unwrap_or(""); "MQTT command");
                 CommandReply {
                     request_id: cmd.request_id,
@@ -332,13 +493,63 @@ async fn commander(
                 }
             }
         };
-        if let Err(e) = client.try_publish(
+        // Waits for room in the client's queue rather than dropping the reply: the sender of
+        // a `start` must hear its recording's id. Meanwhile commands wait in their own queue,
+        // and past it are answered busy.
+        let publish = client.publish(
             &s.topics.reply,
             QoS::AtLeastOnce,
             false,
             serde_json::to_vec(&reply).unwrap_or_default(),
-        ) {
-            log::warn!("MQTT reply not queued: {e}");
+        );
+        tokio::select! {
+            r = publish => if let Err(e) = r {
+                log::warn!("MQTT reply not queued: {e}");
+            },
+            _ = stop.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn the_rate_allows_a_burst_then_its_average() {
+        let t0 = Instant::now();
+        let mut r = Rate::new(t0);
+        let burst = (0..100).filter(|_| r.allow(t0)).count();
+        assert_eq!(burst, BURST as usize);
+        // Over the next 10 s, PER_SEC a second: 100, not the 1000 that were sent.
+        let mut allowed = 0;
+        for ms in (0..10_000).step_by(10) {
+            if r.allow(t0 + Duration::from_millis(ms + 10)) {
+                allowed += 1;
+            }
+        }
+        // (Less one, where the float sum of the refills falls a hair short.)
+        assert!((99..=100).contains(&allowed), "{allowed}");
+    }
+
+    #[test]
+    fn a_flood_is_logged_once_a_kind_and_summed_up_once_a_window() {
+        let t0 = Instant::now();
+        let mut f = Flood::default();
+        assert!(f.note(t0, "over the command rate"));
+        assert!(!f.note(t0, "over the command rate"));
+        assert!(f.note(t0, "retained commands"));
+        for _ in 0..998 {
+            f.note(t0 + Duration::from_secs(1), "over the command rate");
+        }
+        assert_eq!(f.summary(t0 + Duration::from_secs(9)), None);
+        assert_eq!(
+            f.summary(t0 + Duration::from_secs(10)).as_deref(),
+            Some("1000 over the command rate")
+        );
+        // A new window: the first of a kind is logged again, and nothing is left to sum up.
+        assert!(f.note(t0 + Duration::from_secs(11), "over the command rate"));
+        assert_eq!(f.summary(t0 + Duration::from_secs(30)), None);
     }
 }
