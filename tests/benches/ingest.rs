@@ -100,8 +100,15 @@ fn synth_recording(root: &Path, ca: &Path, n: u64) -> PathBuf {
     for seq in 0..n {
         getrandom::fill(&mut plain).unwrap();
         let (k, s) = neoflix_seal::seal(&id(seq, neoflix_seal::Kind::Fragment), &plain).unwrap();
-        ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
-            .unwrap();
+        ring.push(
+            seq,
+            &s,
+            k,
+            Duration::from_secs(1),
+            SystemTime::now(),
+            std::time::Instant::now(),
+        )
+        .unwrap();
         let init = ring.init(&stream).unwrap();
         w.claim(ring.get(seq).unwrap(), &init, false).unwrap();
         ring.keep(seq);

@@ -640,7 +640,12 @@ impl Conductor {
             }
             Action::Claim { .. } | Action::Retry => self.send_storage(ToStorage::Sync),
             Action::Mark { by, label } => {
-                self.send_storage(ToStorage::Mark { label, by, at: now });
+                self.send_storage(ToStorage::Mark {
+                    label,
+                    by,
+                    at: now,
+                    at_mono: std::time::Instant::now(),
+                });
             }
             Action::StopRequested { reason } => {
                 self.send_storage(ToStorage::StopRequested { reason, at: now });

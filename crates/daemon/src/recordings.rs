@@ -71,7 +71,7 @@ struct Pending {
     from: Option<u64>,
     /// The last fragment it claimed: it claims on from there, kept fragments included.
     claimed: Option<u64>,
-    marks: VecDeque<(String, Trigger, SystemTime)>,
+    marks: VecDeque<(String, Trigger, SystemTime, std::time::Instant)>,
     stop_note: Option<(StopReason, SystemTime)>,
     /// [`Done::Opened`] was given: its directory and pre-roll are on disk.
     opened: bool,
@@ -174,13 +174,13 @@ impl Recordings {
     }
 
     /// A marker for the open recording.
-    pub fn mark(&mut self, label: String, by: Trigger, now: SystemTime) {
+    pub fn mark(&mut self, label: String, by: Trigger, now: SystemTime, at: std::time::Instant) {
         if let Some(p) = &mut self.open {
             if p.marks.len() >= MAX_PENDING_MARKS {
                 log::error!(recording = p.id.as_str(); "storage failing and too many markers waiting: one dropped");
                 return;
             }
-            p.marks.push_back((label, by, now));
+            p.marks.push_back((label, by, now, at));
         }
     }
 
@@ -365,8 +365,8 @@ fn bring_up_to_date(
     }
     // Everything in the ring up to now is in, whatever of the pre-roll it still held.
     opened(&mut p.opened, &p.id, p.trigger, done);
-    while let Some((label, by, at)) = p.marks.front() {
-        let marker = w.mark(label, by.as_str(), *at)?;
+    while let Some((label, by, at, at_mono)) = p.marks.front() {
+        let marker = w.mark(label, by.as_str(), *at, *at_mono)?;
         p.marks.pop_front();
         done.push(Done::Marked {
             id: p.id.clone(),
@@ -420,8 +420,15 @@ mod tests {
             kind: Kind::Fragment,
         };
         let (k, s) = seal(&id, &[seq as u8; 64]).unwrap();
-        ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
-            .unwrap();
+        ring.push(
+            seq,
+            &s,
+            k,
+            Duration::from_secs(1),
+            SystemTime::now(),
+            std::time::Instant::now(),
+        )
+        .unwrap();
     }
 
     /// With the recordings path unusable (a file where the directory should be: refused even
@@ -456,7 +463,12 @@ mod tests {
                 seq += 1;
                 assert!(recs.sync(&mut ring, &mut done).is_err());
             }
-            recs.mark("m".into(), Trigger::Control, SystemTime::now());
+            recs.mark(
+                "m".into(),
+                Trigger::Control,
+                SystemTime::now(),
+                std::time::Instant::now(),
+            );
             let through = ring.newest_seq();
             recs.finalize(StopReason::Shutdown, SystemTime::now(), through, &mut ring);
             assert!(recs.sync(&mut ring, &mut done).is_err());

@@ -72,8 +72,10 @@ pub enum ToStorage {
         label: String,
         /// Who added it.
         by: Trigger,
-        /// When.
+        /// When, by the wall clock.
         at: SystemTime,
+        /// When, by this machine's monotonic clock: where it falls in the video.
+        at_mono: Instant,
     },
     /// Note in the open recording that a stop was asked for (post-roll running).
     StopRequested {
@@ -302,7 +304,14 @@ impl Storage {
                 duration,
                 captured,
                 ends,
-            } => match self.ring.push(seq, &sealed, key, duration, captured) {
+            } => match self.ring.push(
+                seq,
+                &sealed,
+                key,
+                duration,
+                captured,
+                ends.checked_sub(duration).unwrap_or(ends),
+            ) {
                 Ok(evicted) => {
                     if !evicted.is_empty() {
                         log::debug!(fragments = format!("{evicted:?}").as_str(); "evicted from ring, keys zeroized");
@@ -343,8 +352,13 @@ impl Storage {
                 out.extend(self.sync());
             }
             ToStorage::Sync => out.extend(self.sync()),
-            ToStorage::Mark { label, by, at } => {
-                self.recordings.mark(label, by, at);
+            ToStorage::Mark {
+                label,
+                by,
+                at,
+                at_mono,
+            } => {
+                self.recordings.mark(label, by, at, at_mono);
                 out.extend(self.sync());
             }
             ToStorage::StopRequested { reason, at } => {

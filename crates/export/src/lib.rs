@@ -649,7 +649,15 @@ mod tests {
                 )
                 .unwrap();
                 let duration = Duration::from_millis(DURATIONS_MS[i]);
-                ring.push(seq, &s, k, duration, SystemTime::now()).unwrap();
+                ring.push(
+                    seq,
+                    &s,
+                    k,
+                    duration,
+                    SystemTime::now(),
+                    std::time::Instant::now(),
+                )
+                .unwrap();
                 let init = ring.init(&stream).unwrap();
                 w.claim(ring.get(seq).unwrap(), &init, false).unwrap();
                 ring.keep(seq);

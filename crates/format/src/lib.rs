@@ -50,7 +50,7 @@ pub use error::FormatError;
 #[cfg(feature = "native")]
 pub use error::SignatureError;
 pub use key_record::{WRAPPED_KEY_LEN, WrappedKey};
-pub use manifest::{MANIFEST_FILE, Manifest, Marker, ObjectEntry, Status};
+pub use manifest::{ClockStep, MANIFEST_FILE, Manifest, Marker, ObjectEntry, Status};
 pub use object::{
     CHUNK_SIZE, HEADER_LEN, Header, Kind, MAX_PLAINTEXT_LEN, ObjectId, chunk_count, parse_header,
 };

@@ -60,6 +60,20 @@ pub struct Marker {
     pub by: String,
 }
 
+/// A step of the box's wall clock seen during a recording (NTP setting it, someone changing
+/// it): between two fragments the clock moved `step_secs` more than the video did. Offsets
+/// (markers, this) are on the video's own timeline and do not move with the clock; the UTC
+/// stamps are the clock's view at the time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClockStep {
+    /// Where, in seconds from the first frame.
+    pub offset_secs: f64,
+    /// By how much, in seconds: positive when the clock jumped ahead, negative when back.
+    pub step_secs: f64,
+    /// What the clock read there, after the step.
+    pub utc: String,
+}
+
 /// The HPKE `info` of a sealed marker label.
 pub const LABEL_INFO: &[u8] = b"neoflix marker label v1";
 /// The longest label sealed, in bytes: longer text is cut at a character boundary.
@@ -148,6 +162,9 @@ pub struct Manifest {
     pub recipient_key_id: String,
     /// Markers, in order.
     pub markers: Vec<Marker>,
+    /// Steps of the wall clock during the recording, in order (none: the clock ran evenly).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clock_steps: Vec<ClockStep>,
     /// Sealed init segments.
     pub init_segments: Vec<ObjectEntry>,
     /// Sealed fragments, in playback order.

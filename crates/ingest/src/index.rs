@@ -181,6 +181,7 @@ mod tests {
             duration_secs: 60.0,
             recipient_key_id: "0123456789abcdef".into(),
             markers: vec![],
+            clock_steps: vec![],
             init_segments: vec![],
             fragments: vec![],
             chain: String::new(),

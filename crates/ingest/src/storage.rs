@@ -904,8 +904,15 @@ mod race_tests {
             let (k, sealed) =
                 neoflix_seal::seal(&id(seq, neoflix_seal::Kind::Fragment), &[seq as u8; 3000])
                     .unwrap();
-            ring.push(seq, &sealed, k, Duration::from_secs(1), SystemTime::now())
-                .unwrap();
+            ring.push(
+                seq,
+                &sealed,
+                k,
+                Duration::from_secs(1),
+                SystemTime::now(),
+                std::time::Instant::now(),
+            )
+            .unwrap();
             let init = ring.init(&stream).unwrap();
             w.claim(ring.get(seq).unwrap(), &init, false).unwrap();
             ring.keep(seq);

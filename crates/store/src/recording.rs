@@ -12,7 +12,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use neoflix_seal::{DataKey, DepartmentPublicKey};
 use serde::{Deserialize, Serialize};
@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     Manifest, Marker, ObjectEntry, RingEntry, Status, StoreError, StreamInit, fsutil, utc,
 };
+use neoflix_format::ClockStep;
 use neoflix_format::custody::{Purpose, SIGNATURE_FILE};
 use neoflix_format::manifest::{self, FORMAT};
 use neoflix_format::{MANIFEST_FILE, SigningIdentity};
@@ -43,6 +44,7 @@ enum Journal {
         preroll: bool,
     },
     Marker(Marker),
+    ClockStep(ClockStep),
     StopRequested {
         utc: String,
         reason: String,
@@ -64,9 +66,24 @@ pub struct RecordingWriter {
     init_streams: Vec<[u8; 16]>,
     fragments: Vec<ObjectEntry>,
     markers: Vec<Marker>,
+    clock_steps: Vec<ClockStep>,
+    /// Each claimed fragment's first moment on this machine's monotonic clock and where it
+    /// begins in the recording's video: what a marker's offset is measured on, so that a
+    /// step of the wall clock does not move it.
+    timeline: Vec<(Instant, Duration)>,
+    /// The last claimed fragment's first moment, on both clocks: a fragment whose wall time
+    /// moved on by a second or more than its monotonic time did is a step of the clock.
+    clock_ref: Option<(Instant, SystemTime)>,
     video: Duration,
     preroll: Duration,
 }
+
+/// A wall clock that moved this much more (or less) than the monotonic one between two
+/// fragments was stepped; less is the sealing's own jitter, or a slew.
+const CLOCK_STEP: Duration = Duration::from_secs(1);
+/// Steps noted in one recording at most: a clock that jumps at every fragment (a failing
+/// real-time clock) would otherwise grow the manifest without bound.
+const MAX_CLOCK_STEPS: usize = 100;
 
 fn key_name(file: &str) -> String {
     file.replace(".nfx", ".key")
@@ -106,6 +123,9 @@ impl RecordingWriter {
             init_streams: Vec::new(),
             fragments: Vec::new(),
             markers: Vec::new(),
+            clock_steps: Vec::new(),
+            timeline: Vec::new(),
+            clock_ref: None,
             video: Duration::ZERO,
             preroll: Duration::ZERO,
         };
@@ -263,6 +283,8 @@ impl RecordingWriter {
             return Err(e);
         }
         self.first_frame.get_or_insert(entry.captured);
+        self.note_clock(entry);
+        self.timeline.push((entry.began, self.video));
         self.video += entry.duration;
         if preroll {
             self.preroll += entry.duration;
@@ -280,13 +302,62 @@ impl RecordingWriter {
         Ok(())
     }
 
-    /// Adds a marker. Its label is sealed to the department before anything is written: the
-    /// text a clinician typed is about a patient, and never lands on the box's storage.
-    pub fn mark(&mut self, label: &str, by: &str, now: SystemTime) -> Result<Marker, StoreError> {
-        let offset = self
-            .first_frame
-            .and_then(|f| now.duration_since(f).ok())
-            .unwrap_or_default();
+    /// Notes a step of the wall clock between the last claimed fragment and `entry`.
+    fn note_clock(&mut self, entry: &RingEntry) {
+        let Some((mono, wall)) = self.clock_ref.replace((entry.began, entry.captured)) else {
+            return;
+        };
+        let mono = entry.began.saturating_duration_since(mono).as_secs_f64();
+        let wall = match entry.captured.duration_since(wall) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        };
+        let step = wall - mono;
+        if step.abs() >= CLOCK_STEP.as_secs_f64() && self.clock_steps.len() < MAX_CLOCK_STEPS {
+            let s = ClockStep {
+                offset_secs: round_ms(self.video),
+                step_secs: (step * 1000.0).round() / 1000.0,
+                utc: utc(entry.captured),
+            };
+            // A note, not the video: the fragment is claimed already, and a journal that
+            // cannot take the line costs recovery only the note.
+            if let Err(e) = self.append(&Journal::ClockStep(s.clone())) {
+                log::warn!(recording = self.id.as_str(); "clock step not journaled: {e}");
+            }
+            log::warn!(recording = self.id.as_str(), offset_secs = s.offset_secs, step_secs = s.step_secs; "the wall clock stepped during the recording: offsets keep to the video, its UTC stamps show the step");
+            self.clock_steps.push(s);
+        }
+    }
+
+    /// Where `at` (this machine's monotonic clock) falls in the recording's video: into the
+    /// claimed fragment it falls in, or past the last one claimed by as long as it came after
+    /// it began (the video after it is on its way).
+    fn video_offset(&self, at: Instant) -> Duration {
+        let Some(i) = self.timeline.iter().rposition(|(began, _)| *began <= at) else {
+            return Duration::ZERO;
+        };
+        let (began, offset) = self.timeline[i];
+        let into = at.saturating_duration_since(began);
+        match self.timeline.get(i + 1) {
+            // Within a run of claimed video: no further than where the next fragment begins
+            // (a marker in a camera restart's gap sits at the gap).
+            Some((_, next)) => (offset + into).min(*next),
+            None => offset + into,
+        }
+    }
+
+    /// Adds a marker set at `at_mono` (this machine's monotonic clock; `now` is the wall
+    /// clock's reading then). Its label is sealed to the department before anything is
+    /// written: the text a clinician typed is about a patient, and never lands on the box's
+    /// storage.
+    pub fn mark(
+        &mut self,
+        label: &str,
+        by: &str,
+        now: SystemTime,
+        at_mono: Instant,
+    ) -> Result<Marker, StoreError> {
+        let offset = self.video_offset(at_mono);
         let at = utc(now);
         let sealed_label = if label.is_empty() {
             None
@@ -344,6 +415,7 @@ impl RecordingWriter {
             duration_secs: round_ms(self.video),
             recipient_key_id: self.recipient.key_id().0,
             markers: self.markers.clone(),
+            clock_steps: self.clock_steps.clone(),
             init_segments: self.inits.clone(),
             fragments: self.fragments.clone(),
             chain,
@@ -586,6 +658,7 @@ fn recover_one(
         duration_secs: 0.0,
         recipient_key_id: recipient_key_id.into(),
         markers: Vec::new(),
+        clock_steps: Vec::new(),
         init_segments: Vec::new(),
         fragments: Vec::new(),
         chain: String::new(),
@@ -618,6 +691,8 @@ fn recover_one(
                 frag_meta.insert(index, (init, duration_ms, preroll));
             }
             Journal::Marker(mk) => m.markers.push(mk),
+            Journal::ClockStep(s) if m.clock_steps.len() < MAX_CLOCK_STEPS => m.clock_steps.push(s),
+            Journal::ClockStep(_) => {}
             Journal::StopRequested { .. } => {}
         }
     }
@@ -711,8 +786,15 @@ mod tests {
                 &[seq as u8; 300],
             )
             .unwrap();
-            ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
-                .unwrap();
+            ring.push(
+                seq,
+                &s,
+                k,
+                Duration::from_secs(1),
+                SystemTime::now(),
+                std::time::Instant::now(),
+            )
+            .unwrap();
         }
         ring
     }
@@ -748,7 +830,8 @@ mod tests {
         let dept = DepartmentSecretKey::generate().unwrap();
         let mut ring = ring_with(&t.path().join("ring"), 5);
         let mut w = record(&t.path().join("rec"), &mut ring, &dept);
-        w.mark("intubation", "control", SystemTime::now()).unwrap();
+        w.mark("intubation", "control", SystemTime::now(), Instant::now())
+            .unwrap();
         let m = w.finalize("control", SystemTime::now(), None).unwrap();
         assert_eq!(m.fragments.len(), 5);
         assert_eq!(m.init_segments.len(), 1);
@@ -886,7 +969,8 @@ mod tests {
         let dept = DepartmentSecretKey::generate().unwrap();
         let mut ring = ring_with(&t.path().join("ring"), 4);
         let mut w = record(&t.path().join("rec"), &mut ring, &dept);
-        w.mark("", "pedal", SystemTime::now()).unwrap();
+        w.mark("", "pedal", SystemTime::now(), Instant::now())
+            .unwrap();
         drop(w); // the crash
         let dir = t.path().join("rec/rec-1");
         // A claim cut short: the key record was written, the fragment never moved in.
@@ -978,6 +1062,97 @@ mod tests {
         assert!(sign_unsigned(&t.path().join("rec"), &id, SystemTime::now()).is_empty());
     }
 
+    /// Issue 15: a marker's offset came from the wall clock, so a step of +1 h mid-recording
+    /// put a marker 3600 s past the end of a 13-s video. Offsets now come from the video's
+    /// timeline, and the manifest (and recovery, from the journal) says when the clock stepped.
+    #[test]
+    fn a_clock_step_moves_no_marker_and_the_manifest_says_when_it_came() {
+        let t = tempfile::tempdir().unwrap();
+        let dept = DepartmentSecretKey::generate().unwrap();
+        let (mut ring, _) =
+            Ring::open(&t.path().join("ring"), Duration::from_secs(100), 1 << 30).unwrap();
+        let (k, s) = seal(
+            &ObjectId {
+                stream: [3; 16],
+                seq: 0,
+                kind: Kind::Init,
+            },
+            b"init",
+        )
+        .unwrap();
+        ring.begin_stream([3; 16], &s, k).unwrap();
+        let (mono0, wall0) = (Instant::now(), SystemTime::now());
+        let mut w = RecordingWriter::create(
+            &t.path().join("rec"),
+            "rec-1",
+            "room-1",
+            "pedal",
+            &dept.public_key(),
+            wall0,
+        )
+        .unwrap();
+        let mut claimed = None;
+        for seq in 0..8u64 {
+            let (k, s) = seal(
+                &ObjectId {
+                    stream: [3; 16],
+                    seq,
+                    kind: Kind::Fragment,
+                },
+                &[seq as u8; 300],
+            )
+            .unwrap();
+            // The clock is set an hour ahead between the fourth fragment and the fifth.
+            let jump = if seq >= 4 { 3600 } else { 0 };
+            ring.push(
+                seq,
+                &s,
+                k,
+                Duration::from_secs(1),
+                wall0 + Duration::from_secs(seq + jump),
+                mono0 + Duration::from_secs(seq),
+            )
+            .unwrap();
+            claim_all(&mut w, &mut ring, claimed);
+            claimed = Some(seq);
+        }
+        // 6.5 s into the video, by the monotonic clock; the wall clock says an hour more.
+        let mk = w
+            .mark(
+                "",
+                "pedal",
+                wall0 + Duration::from_millis(3_600_000 + 6500),
+                mono0 + Duration::from_millis(6500),
+            )
+            .unwrap();
+        assert_eq!(mk.offset_secs, 6.5);
+        // Past the last claimed fragment: where the video on its way will be.
+        let late = w
+            .mark(
+                "",
+                "pedal",
+                SystemTime::now(),
+                mono0 + Duration::from_millis(9250),
+            )
+            .unwrap();
+        assert_eq!(late.offset_secs, 9.25);
+        let m = w.finalize("control", SystemTime::now(), None).unwrap();
+        assert_eq!(m.duration_secs, 8.0);
+        assert_eq!(m.clock_steps.len(), 1, "{:?}", m.clock_steps);
+        assert_eq!(m.clock_steps[0].offset_secs, 4.0);
+        assert!((m.clock_steps[0].step_secs - 3600.0).abs() < 0.01);
+        verify::verify(w.dir()).unwrap();
+
+        // Recovery rebuilds both from the journal.
+        fs::remove_file(w.dir().join(MANIFEST_FILE)).unwrap();
+        let dir = w.dir().to_path_buf();
+        drop(w);
+        recover(&t.path().join("rec"), "k", SystemTime::now(), None).unwrap();
+        let (_, r) = verify::read_manifest_bytes(&dir).unwrap();
+        assert_eq!(r.clock_steps, m.clock_steps);
+        assert_eq!(r.markers[0].offset_secs, 6.5);
+    }
+
     /// A renamed recording verifies under its new id, signed again, its label opening with
     /// the first id; a rename a crash cut short (the directory renamed, the manifest not yet)
     /// is finished by `readdress`, which has nothing to do the second time.
@@ -988,7 +1163,8 @@ mod tests {
         let dept = DepartmentSecretKey::generate().unwrap();
         let mut ring = ring_with(&t.path().join("ring"), 3);
         let mut w = record(&root, &mut ring, &dept);
-        w.mark("adrenaline", "control", SystemTime::now()).unwrap();
+        w.mark("adrenaline", "control", SystemTime::now(), Instant::now())
+            .unwrap();
         w.finalize("control", SystemTime::now(), None).unwrap();
         let ca_dir = t.path().join("ca");
         let ca = neoflix_pki::Ca::init(&ca_dir, "CA").unwrap();

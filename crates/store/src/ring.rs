@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use neoflix_seal::DataKey;
 
@@ -44,6 +44,8 @@ pub struct RingEntry {
     pub duration: Duration,
     /// Wall-clock time of its first frame.
     pub captured: SystemTime,
+    /// The same moment on this machine's monotonic clock, which no one sets.
+    pub began: Instant,
 }
 
 /// The ring of sealed pre-roll fragments.
@@ -171,6 +173,7 @@ impl Ring {
         key: DataKey,
         duration: Duration,
         captured: SystemTime,
+        began: Instant,
     ) -> Result<Vec<u64>, StoreError> {
         let stream = self.current.ok_or_else(|| StoreError::Io {
             op: "push",
@@ -208,6 +211,7 @@ impl Ring {
             key,
             duration,
             captured,
+            began,
         });
         // By age, among the fragments no recording waits for: the oldest go while the rest
         // still cover the pre-roll. Held ones are older (they lead the queue) and do not count:
@@ -523,8 +527,15 @@ mod tests {
     /// Pushes a 1 s fragment `seq` of stream 1; what it evicted.
     fn push(ring: &mut Ring, seq: u64) -> Vec<u64> {
         let (k, s) = sealed([1; 16], seq, Kind::Fragment, 100);
-        ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
-            .unwrap()
+        ring.push(
+            seq,
+            &s,
+            k,
+            Duration::from_secs(1),
+            SystemTime::now(),
+            std::time::Instant::now(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -595,14 +606,28 @@ mod tests {
         ring.begin_stream([1; 16], &s, k).unwrap();
         for seq in 0..4 {
             let (k, s) = sealed([1; 16], seq, Kind::Fragment, 100);
-            ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
-                .unwrap();
+            ring.push(
+                seq,
+                &s,
+                k,
+                Duration::from_secs(1),
+                SystemTime::now(),
+                std::time::Instant::now(),
+            )
+            .unwrap();
         }
         assert!(ring.bytes() <= 250 || ring.len() == 1);
         assert_eq!(ring.len(), 1);
         let (k, s) = sealed([1; 16], 9, Kind::Fragment, 1000);
-        ring.push(9, &s, k, Duration::from_secs(1), SystemTime::now())
-            .unwrap();
+        ring.push(
+            9,
+            &s,
+            k,
+            Duration::from_secs(1),
+            SystemTime::now(),
+            std::time::Instant::now(),
+        )
+        .unwrap();
         assert_eq!(
             ring.len(),
             1,
@@ -619,8 +644,15 @@ mod tests {
         let (k, s) = sealed([1; 16], 0, Kind::Init, 10);
         ring.begin_stream([1; 16], &s, k).unwrap();
         let (k, s) = sealed([1; 16], 0, Kind::Fragment, 10);
-        ring.push(0, &s, k, Duration::from_secs(1), SystemTime::now())
-            .unwrap();
+        ring.push(
+            0,
+            &s,
+            k,
+            Duration::from_secs(1),
+            SystemTime::now(),
+            std::time::Instant::now(),
+        )
+        .unwrap();
         ring.purge().unwrap();
         assert!(files(d.path()).is_empty());
         assert!(ring.is_empty());
@@ -676,13 +708,27 @@ mod tests {
             let (k, s) = sealed(stream, 0, Kind::Init, 10);
             ring.begin_stream(stream, &s, k).unwrap();
             let (k, s) = sealed(stream, base, Kind::Fragment, 10);
-            ring.push(base, &s, k, Duration::from_secs(1), SystemTime::now())
-                .unwrap();
+            ring.push(
+                base,
+                &s,
+                k,
+                Duration::from_secs(1),
+                SystemTime::now(),
+                std::time::Instant::now(),
+            )
+            .unwrap();
             assert!(ring.init(&[1; 16]).is_some());
         }
         let (k, s) = sealed([2; 16], 11, Kind::Fragment, 10);
-        ring.push(11, &s, k, Duration::from_secs(1), SystemTime::now())
-            .unwrap();
+        ring.push(
+            11,
+            &s,
+            k,
+            Duration::from_secs(1),
+            SystemTime::now(),
+            std::time::Instant::now(),
+        )
+        .unwrap();
         assert!(
             ring.init(&[1; 16]).is_none(),
             "stream 1 has no fragments left"

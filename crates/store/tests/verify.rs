@@ -39,8 +39,15 @@ mod tests {
             ring.begin_stream(*stream, &s, k).unwrap();
             for &seq in seqs {
                 let (k, s) = seal(&id(seq, Kind::Fragment), &[seq as u8; 100]).unwrap();
-                ring.push(seq, &s, k, Duration::from_secs(1), SystemTime::now())
-                    .unwrap();
+                ring.push(
+                    seq,
+                    &s,
+                    k,
+                    Duration::from_secs(1),
+                    SystemTime::now(),
+                    std::time::Instant::now(),
+                )
+                .unwrap();
                 let init = ring.init(stream).unwrap();
                 w.claim(ring.get(seq).unwrap(), &init, false).unwrap();
                 ring.keep(seq);
