@@ -1129,7 +1129,8 @@ mod tests {
     fn a_long_preroll_in_ram_is_a_warning() {
         let r = recipient();
         let text = format!(
-            "device_id = \"r\"\n[ring]\npreroll_secs = 1800\n[recordings]\nrecipient = \"{}\"\n",
+            // (max_bytes large enough for it: that has a warning of its own.)
+            "device_id = \"r\"\n[ring]\npreroll_secs = 1800\nmax_bytes = 2147483648\n[recordings]\nrecipient = \"{}\"\n",
             r.path().display()
         );
         let (_, warnings) = parse("w.toml", &text).unwrap();
