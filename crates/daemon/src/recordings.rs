@@ -164,7 +164,7 @@ impl Recordings {
             writer: None,
             preroll_through,
             after,
-            from: ring.preroll_start(),
+            from: ring.preroll_start(preroll_through),
             claimed: None,
             marks: VecDeque::new(),
             stop_note: None,
@@ -537,10 +537,11 @@ mod tests {
         }
         recs.finalize(StopReason::Shutdown, SystemTime::now(), Some(7), &mut ring);
         settle(&mut recs, &mut ring, &mut done);
-        // One second later the second: its pre-roll is 6, 7 (the first one's end) and 8.
-        assert_eq!(ring.duration(), Duration::from_secs(3));
+        // One second later the second: its pre-roll is 6, 7 (the first one's end) and 8. (The
+        // ring keeps the pre-roll and the newest fragment.)
+        assert_eq!(ring.duration(), Duration::from_secs(4));
         push(&mut ring, 8);
-        assert_eq!(ring.duration(), Duration::from_secs(3));
+        assert_eq!(ring.duration(), Duration::from_secs(4));
         recs.start(
             "b".into(),
             Trigger::Pedal,
@@ -567,7 +568,40 @@ mod tests {
         assert_ne!(a.fragments[4].key_sha256, b.fragments[0].key_sha256);
         std::fs::remove_file(root.join("a").join(&a.fragments[4].file)).unwrap();
         assert!(root.join("b").join(&b.fragments[0].file).exists());
-        // Nothing older than the pre-roll keeps its key in the ring.
-        assert!(ring.duration() <= Duration::from_secs(3));
+        // Nothing older than the pre-roll (and the newest fragment) keeps its key in the ring.
+        assert!(ring.duration() <= Duration::from_secs(4));
+    }
+
+    /// Found by the one-hour network soak under load (3 of 775 recordings): storage had a
+    /// fragment the recorder had not heard of yet when the start reached it, and counted the
+    /// pre-roll back from that one, so the pre-roll (up to the last fragment the recorder had
+    /// seen) came a fragment short.
+    #[test]
+    fn the_preroll_is_counted_back_from_what_the_recorder_had_seen() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("recordings");
+        let mut ring = ring(t.path(), 3);
+        let dept = DepartmentPublicKey::from_bytes(&[9; 32]).unwrap();
+        let mut recs = Recordings::new(root.clone(), "room-1".into(), dept, None);
+        let mut done = Vec::new();
+        // The recorder has seen 0..=4 when it decides; 5 is in the ring already.
+        for seq in 0..6 {
+            push(&mut ring, seq);
+        }
+        recs.start(
+            "a".into(),
+            Trigger::Pedal,
+            SystemTime::now(),
+            Some(4),
+            &mut ring,
+        );
+        settle(&mut recs, &mut ring, &mut done);
+        recs.finalize(StopReason::Shutdown, SystemTime::now(), Some(5), &mut ring);
+        settle(&mut recs, &mut ring, &mut done);
+        let m: neoflix_store::Manifest =
+            serde_json::from_slice(&std::fs::read(root.join("a").join("manifest.json")).unwrap())
+                .unwrap();
+        // 2, 3, 4 before the trigger; 5 after.
+        assert_eq!((m.fragments.len(), m.preroll_secs), (4, 3.0));
     }
 }

@@ -228,9 +228,10 @@ impl Ring {
             .skip(first_free)
             .map(|e| e.duration)
             .sum();
+        let keep = self.keep_for_preroll();
         while first_free + 1 < self.entries.len() {
             let oldest_free = self.entries[first_free].duration;
-            if free_total.saturating_sub(oldest_free) < self.preroll {
+            if free_total.saturating_sub(oldest_free) < keep {
                 break;
             }
             let e = self.remove_at(first_free).expect("index is valid");
@@ -301,9 +302,10 @@ impl Ring {
         if self.hold_kept {
             return Ok(());
         }
+        let keep = self.keep_for_preroll();
         while let Some(oldest) = self.kept.front() {
             let newer = self.kept_total.saturating_sub(oldest.duration) + self.total;
-            if newer < self.preroll {
+            if newer < keep {
                 break;
             }
             let e = self.kept.pop_front().expect("front exists");
@@ -346,13 +348,31 @@ impl Ring {
         self.evict_kept(&mut evicted)
     }
 
-    /// The oldest fragment within the pre-roll counted back from the newest: where a recording
-    /// triggered now begins. Older ones may be in the ring, held for recordings still to claim
-    /// them; they are not this one's.
-    pub fn preroll_start(&self) -> Option<u64> {
+    /// What age eviction leaves: the pre-roll and the newest fragment. A recording's pre-roll
+    /// is counted back from the last fragment the recorder had seen when it decided, and the
+    /// ring may hold one more by the time the start reaches storage (the one-hour network soak
+    /// found that race under load): without it, the pre-roll came a fragment short.
+    fn keep_for_preroll(&self) -> Duration {
+        self.preroll + self.entries.back().map_or(Duration::ZERO, |e| e.duration)
+    }
+
+    /// The oldest fragment within the pre-roll counted back from `through` (the newest with
+    /// `None`): where a recording triggered after it begins. Newer ones (already here when the
+    /// trigger's news came) follow the trigger; older ones may be in the ring, held for
+    /// recordings still to claim them, and are not this one's.
+    pub fn preroll_start(&self, through: Option<u64>) -> Option<u64> {
         let mut total = Duration::ZERO;
         let mut start = None;
-        for e in self.entries.iter().rev().chain(self.kept.iter().rev()) {
+        // Newest first, kept and unclaimed together: an unclaimed one older than the last
+        // recording's pre-roll may still be here (held while that recording was open).
+        let mut all: Vec<&RingEntry> = self
+            .entries
+            .iter()
+            .chain(self.kept.iter())
+            .filter(|e| through.is_none_or(|t| e.seq <= t))
+            .collect();
+        all.sort_unstable_by_key(|e| std::cmp::Reverse(e.seq));
+        for e in all {
             if total >= self.preroll {
                 break;
             }
@@ -548,9 +568,10 @@ mod tests {
         for seq in 0..6 {
             evicted.extend(push(&mut ring, seq));
         }
-        assert_eq!(evicted, vec![0, 1, 2]);
-        assert_eq!(ring.duration(), Duration::from_secs(3));
-        assert_eq!(files(d.path()).len(), 4, "{:?}", files(d.path()));
+        // The pre-roll and the newest fragment stay (see `keep_for_preroll`).
+        assert_eq!(evicted, vec![0, 1]);
+        assert_eq!(ring.duration(), Duration::from_secs(4));
+        assert_eq!(files(d.path()).len(), 5, "{:?}", files(d.path()));
         assert!(!d.path().join("frag-0000000000.nfx").exists());
     }
 
@@ -569,29 +590,32 @@ mod tests {
         assert_eq!(ring.duration(), Duration::from_secs(3));
         assert_eq!(ring.next_after(None).map(|e| e.seq), Some(0));
         assert_eq!(ring.next_after(Some(1)).map(|e| e.seq), Some(2));
-        // Newer video pushes the oldest kept fragment out, its file with it.
-        let evicted = push(&mut ring, 3);
+        // Newer video pushes the oldest kept fragment out, its file with it, once the pre-roll
+        // and the newest fragment are there without it.
+        assert!(push(&mut ring, 3).is_empty());
+        let evicted = push(&mut ring, 4);
         assert_eq!(evicted, vec![0]);
         assert!(!d.path().join("frag-0000000000.nfx").exists());
+        assert_eq!(ring.duration(), Duration::from_secs(4));
         // Held for a recording that has yet to claim them: none go, until released.
         ring.hold_kept(true).unwrap();
-        assert!(push(&mut ring, 4).is_empty());
-        assert_eq!(ring.duration(), Duration::from_secs(4));
+        assert!(push(&mut ring, 5).is_empty());
+        assert_eq!(ring.duration(), Duration::from_secs(5));
         ring.hold_kept(false).unwrap();
         assert_eq!(ring.next_after(None).map(|e| e.seq), Some(2));
-        assert_eq!(ring.duration(), Duration::from_secs(3));
+        assert_eq!(ring.duration(), Duration::from_secs(4));
         // Out of bytes: kept fragments go before unclaimed ones.
         ring.max_bytes = ring.bytes() - 1;
-        let evicted = push(&mut ring, 5);
+        let evicted = push(&mut ring, 6);
         assert!(evicted.contains(&2), "{evicted:?}");
         assert!(ring.next_after(None).is_some_and(|e| e.seq >= 3));
         // Privacy: kept ones go too, unless a recording has yet to claim them.
         ring.hold_through(None);
-        push(&mut ring, 6);
-        ring.keep(6);
+        push(&mut ring, 7);
+        ring.keep(7);
         ring.hold_kept(true).unwrap();
         ring.purge().unwrap();
-        assert!(ring.get(6).is_some(), "held for a recording");
+        assert!(ring.get(7).is_some(), "held for a recording");
         ring.hold_kept(false).unwrap();
         ring.purge().unwrap();
         assert!(ring.is_empty());
@@ -679,8 +703,8 @@ mod tests {
         }
         assert_eq!(
             aged,
-            vec![4, 5, 6],
-            "pre-roll after the held ones is still 2 s"
+            vec![4, 5],
+            "pre-roll (and the newest fragment) after the held ones is still 2 s"
         );
         assert_eq!(ring.next_after(None).unwrap().seq, 0);
         assert_eq!(ring.discard_through(1).unwrap(), vec![0, 1]);
@@ -719,16 +743,19 @@ mod tests {
             .unwrap();
             assert!(ring.init(&[1; 16]).is_some());
         }
-        let (k, s) = sealed([2; 16], 11, Kind::Fragment, 10);
-        ring.push(
-            11,
-            &s,
-            k,
-            Duration::from_secs(1),
-            SystemTime::now(),
-            std::time::Instant::now(),
-        )
-        .unwrap();
+        // The pre-roll (2 s) and the newest fragment: stream 1's goes with the second after.
+        for seq in [11, 12] {
+            let (k, s) = sealed([2; 16], seq, Kind::Fragment, 10);
+            ring.push(
+                seq,
+                &s,
+                k,
+                Duration::from_secs(1),
+                SystemTime::now(),
+                std::time::Instant::now(),
+            )
+            .unwrap();
+        }
         assert!(
             ring.init(&[1; 16]).is_none(),
             "stream 1 has no fragments left"
