@@ -636,8 +636,28 @@ fn a_recording_whose_id_the_server_already_holds_is_renamed_and_delivered() {
 /// a compromised host) that answers every request `200` with an endless chunked body: on
 /// `addr`, until the test ends.
 fn endless_answers(lab: &Lab, addr: &str) {
+    tls_server(lab, addr, |tls, _head| {
+        use std::io::Write;
+        let chunk = vec![b'{'; 65536];
+        let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        loop {
+            out.extend_from_slice(b"10000\r\n");
+            out.extend_from_slice(&chunk);
+            out.extend_from_slice(b"\r\n");
+            if tls.write_all(&out).is_err() {
+                return;
+            }
+            out.clear();
+        }
+    });
+}
+
+type Tls = rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>;
+
+/// A TLS server with the lab's certificate for 127.0.0.1 on `addr`, a thread a connection:
+/// `answer` gets the start of each request (its head) and writes what it likes.
+fn tls_server(lab: &Lab, addr: &str, answer: fn(&mut Tls, &str)) {
     use rustls::pki_types::pem::PemObject;
-    use std::io::Write;
     let ca = lab.path("ca");
     let certs: Vec<rustls::pki_types::CertificateDer<'static>> =
         rustls::pki_types::CertificateDer::pem_file_iter(ca.join("127.0.0.1.crt"))
@@ -662,20 +682,10 @@ fn endless_answers(lab: &Lab, addr: &str) {
             std::thread::spawn(move || {
                 let conn = rustls::ServerConnection::new(cfg).unwrap();
                 let mut tls = rustls::StreamOwned::new(conn, tcp);
-                // Read the request head (whatever it is), then answer without end.
-                let mut buf = [0u8; 4096];
-                let _ = std::io::Read::read(&mut tls, &mut buf);
-                let chunk = vec![b'{'; 65536];
-                let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
-                loop {
-                    out.extend_from_slice(b"10000\r\n");
-                    out.extend_from_slice(&chunk);
-                    out.extend_from_slice(b"\r\n");
-                    if tls.write_all(&out).is_err() {
-                        return;
-                    }
-                    out.clear();
-                }
+                let mut buf = vec![0u8; 65536];
+                let n = std::io::Read::read(&mut tls, &mut buf).unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                answer(&mut tls, &head);
             });
         }
     });
@@ -764,5 +774,68 @@ fn a_refused_server_certificate_is_named_in_the_status() {
         error.contains("invalid peer certificate: BadSignature"),
         "{error}"
     );
+    assert_eq!(d.terminate(), 0);
+}
+
+/// Found by review: a server that answers every manifest with `409` (and says every recording
+/// is complete) had the box rename and upload the recording again at once, in a loop. A
+/// recording is renamed once; after that a `409` is retried with back-off.
+#[test]
+fn a_server_that_refuses_every_manifest_gets_one_rename_not_a_loop() {
+    let lab = Lab::new();
+    lab.pki(&["room-e2e"]);
+    let ingest = lab.ingest_config(64 << 20);
+    tls_server(&lab, &ingest.addr, |tls, head| {
+        use std::io::Write;
+        let id = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.split('/').nth(3))
+            .unwrap_or("")
+            .to_string();
+        let (status, body) = if head.starts_with("GET ") {
+            (
+                "200 OK",
+                format!(r#"{{"recording_id":"{id}","complete":true,"objects":[]}}"#),
+            )
+        } else {
+            (
+                "409 Conflict",
+                r#"{"error":"conflict: the recording is complete with another manifest"}"#
+                    .to_string(),
+            )
+        };
+        let _ = tls.write_all(
+            format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let _ = tls.flush();
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+    });
+    lab.config(CAPTURE, 2, &lab.upload_section(&ingest, "room-e2e"));
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    assert!(d.ctl(Request::Start {}).ok);
+    sleep(Duration::from_secs(1));
+    assert!(d.ctl(Request::Stop {}).ok);
+    d.wait_for("the recording finalized", Duration::from_secs(30), |s| {
+        s.recordings_finalized == 1
+    });
+    sleep(Duration::from_secs(15));
+    let log = d.log_text();
+    assert_eq!(
+        log.matches("the server holds another recording under this id: renamed")
+            .count(),
+        1,
+        "{log}"
+    );
+    let s = d.status();
+    let error = s.upload.unwrap().last_error.unwrap_or_default();
+    assert!(error.contains("HTTP 409"), "{error}");
+    assert_eq!(lab.recordings().len(), 1);
     assert_eq!(d.terminate(), 0);
 }

@@ -270,9 +270,13 @@ impl Sink {
                     let (key, sealed) = sealed.map_err(|e| e.to_string())?;
                     self.fragment_ms
                         .store(duration.as_millis() as u64, Ordering::Relaxed);
-                    let captured = SystemTime::now()
-                        .checked_sub(duration)
-                        .unwrap_or_else(SystemTime::now);
+                    // The same moment as `ends - duration`, on the wall clock: both clocks read
+                    // together here, so a fragment sealed late (the pipeline held back by
+                    // storage) is not taken for a step of the clock.
+                    let (wall, mono) = (SystemTime::now(), std::time::Instant::now());
+                    let captured = wall
+                        .checked_sub(mono.saturating_duration_since(ends) + duration)
+                        .unwrap_or(wall);
                     ToStorage::Fragment {
                         seq: n,
                         sealed,

@@ -154,8 +154,9 @@ pub fn renamed_id(id: &str, random: u32) -> String {
         }
         _ => id,
     };
-    // Ids are at most 128 characters (docs/upload-protocol.md), all ASCII.
-    let kept = &kept[..kept.len().min(128 - 9)];
+    // Ids are at most 128 characters (docs/upload-protocol.md); counted in characters, so
+    // that a directory name that is no id (not ASCII) cannot split one.
+    let kept: String = kept.chars().take(128 - 9).collect();
     format!("{kept}-{random:08x}")
 }
 

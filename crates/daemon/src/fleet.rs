@@ -9,9 +9,10 @@
 //! - the **commander** carries commands out through the conductor's inbox, like `neoflix ctl`,
 //!   and answers each on the reply topic.
 //!
-//! Publishing uses `try_publish`: when the broker is away, rumqttc's bounded request queue fills
-//! and further messages are dropped (the retained status is re-sent on reconnect), so capture and
-//! recording never wait for the network.
+//! Status and events use `try_publish`: when the broker is away, rumqttc's bounded request queue
+//! fills and further messages are dropped (the retained status is re-sent on reconnect), so
+//! capture and recording never wait for the network. Replies to commands carried out wait for
+//! room in that queue instead (only the commander waits, not the recorder).
 
 use std::time::Duration;
 

@@ -337,6 +337,8 @@ struct Pass<'a> {
     signer: Option<Arc<neoflix_format::SigningIdentity>>,
     /// Wakes the next pass at once (a renamed recording is waiting).
     wake: &'a Notify,
+    /// Recordings this run renamed: a `409` for one of them is not answered by another rename.
+    renamed: Mutex<HashSet<String>>,
 }
 
 impl Pass<'_> {
@@ -485,10 +487,13 @@ impl Pass<'_> {
             .await
             .map_err(|e| format!("PUT {id}/manifest: {}", why(&e)))?;
         let code = r.status().as_u16();
-        if code == 409 {
+        let renamed_here = self.renamed.lock().expect("renamed lock").contains(id);
+        if code == 409 && !renamed_here {
             // Complete there with another manifest: another recording has this id (a clock
             // stepped back before ids had a random part, a box restored from a backup). This
-            // one gets a new id and goes as a recording of its own.
+            // one gets a new id and goes as a recording of its own. Once a run: a second
+            // clash of 32 random bits is a server that answers 409 to everything, and gets
+            // the usual back-off rather than a loop of renames and uploads.
             known.remove(id);
             return self.rename(id, error_text(r).await).await.map(|()| false);
         }
@@ -559,6 +564,14 @@ impl Pass<'_> {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("{id}: the server holds another recording under this id ({why}), and renaming this one failed: {e}"))?;
+        {
+            let mut renamed = self.renamed.lock().expect("renamed lock");
+            // Renames are rare; a server forcing them is stopped by this set, which stays small.
+            if renamed.len() >= 1024 {
+                renamed.clear();
+            }
+            renamed.insert(new.clone());
+        }
         log::warn!(recording = id, renamed_to = new.as_str(), server = &*neoflix_logging::escape_controls(&why); "the server holds another recording under this id: renamed, it is delivered under the new id");
         self.wake.notify_one();
         Ok(())
@@ -671,6 +684,7 @@ pub async fn run_counting(
             device: settings.device.clone(),
             signer: settings.signer.clone(),
             wake: &wake,
+            renamed: Mutex::new(HashSet::new()),
         },
         known: Known::new(),
     };

@@ -63,9 +63,10 @@ pub struct Ring {
     held_through: Option<u64>,
     /// Fragments a recording has claimed, kept (sealed file and key) as the pre-roll of a next
     /// recording started soon after: twins, or a second resuscitation minutes later, each get
-    /// their full pre-roll. Older than every unclaimed fragment; evicted by age like them, so no
-    /// key outlives the pre-roll by more than a fragment, except while a recording has yet to
-    /// claim them (storage failing or behind), when only `max_bytes` evicts them.
+    /// their full pre-roll. Evicted by age like the unclaimed ones, so no key outlives the
+    /// pre-roll by more than two fragments (the newest, see `keep_for_preroll`, and the oldest
+    /// until it is wholly past), except while a recording has yet to claim them (storage
+    /// failing or behind), when only `max_bytes` evicts them.
     kept: VecDeque<RingEntry>,
     kept_total: Duration,
     kept_bytes: u64,
@@ -186,7 +187,6 @@ impl Ring {
         // shared with something else) fills before the bound does: room is made the way the
         // bound makes it, oldest first, rather than the newest video dropped and every later
         // fragment with it.
-        self.out_of_room = false;
         loop {
             match fs::write(&path, sealed) {
                 Ok(()) => break,
@@ -260,23 +260,30 @@ impl Ring {
             evicted.push(e.seq);
             delete(&e.path)?;
         }
+        // Cleared only once the ring holds its pre-roll again, not at the first write that
+        // happens to fit: the status would come and go with each fragment's size.
+        if self.duration() >= self.preroll {
+            self.out_of_room = false;
+        }
         self.gc_inits();
         Ok(evicted)
     }
 
     /// Evicts the oldest fragment, kept ones first, to make room on a full filesystem; false
-    /// when there is nothing left to evict.
+    /// when there is nothing left that may go. Never one a recording has yet to claim: for
+    /// pre-roll nobody asked for, the new fragment is refused instead (`max_bytes` alone may
+    /// take those).
     fn evict_oldest(&mut self, evicted: &mut Vec<u64>) -> Result<bool, StoreError> {
         let e = if let Some(e) = self.kept.pop_front() {
             self.kept_total = self.kept_total.saturating_sub(e.duration);
             self.kept_bytes -= e.size;
             e
-        } else if let Some(e) = self.pop_front() {
-            if self.held_through.is_some_and(|h| e.seq <= h) {
-                log::error!(fragment = e.seq, dir = self.dir.display().to_string().as_str();
-                    "ring's filesystem full while the recordings storage fails: the oldest unclaimed fragment of a recording is lost");
-            }
-            e
+        } else if self
+            .entries
+            .front()
+            .is_some_and(|e| self.held_through.is_none_or(|h| e.seq > h))
+        {
+            self.pop_front().expect("front exists")
         } else {
             return Ok(false);
         };
@@ -285,10 +292,10 @@ impl Ring {
         Ok(true)
     }
 
-    /// Whether the last fragment found the ring's filesystem full and what is left is less
-    /// than the pre-roll: older fragments were evicted early to make room.
+    /// Whether the ring's filesystem was found full and the ring has not held its pre-roll
+    /// since: older fragments were evicted early to make room.
     pub fn out_of_room(&self) -> bool {
-        self.out_of_room && self.duration() < self.preroll
+        self.out_of_room
     }
 
     /// The ring's directory.
