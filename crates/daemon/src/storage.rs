@@ -174,7 +174,7 @@ pub struct StorageSettings {
     pub signer: Option<Arc<neoflix_store::SigningIdentity>>,
     /// Where fleet events go.
     pub events: Events,
-    /// Woken after every claim and finalize, when upload is configured.
+    /// Woken when a recording opens, gets a marker or is finalized, when upload is configured.
     pub uplink_wake: Option<Arc<Notify>>,
     /// Shared with the conductor, who sends the ticks.
     pub ticks: TickGate,

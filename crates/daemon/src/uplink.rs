@@ -5,8 +5,9 @@
 //! server (`GET /v1/recordings/{id}`) what it holds of each recording it does not know yet, PUTs
 //! the objects the server lacks (bounded concurrency, each PUT idempotent), and once a recording
 //! has its manifest and every object is on the server, PUTs the manifest, checks the receipt
-//! against the local manifest and only then deletes the local copy. Storage wakes it after
-//! every claimed fragment, so a recording is on the server about one fragment after it stops.
+//! against the local manifest and only then deletes the local copy. Storage wakes it when a
+//! recording opens, gets a marker and is finalized, so a recording is complete on the server
+//! moments after it stops; in between a pass runs every 10 s.
 //! Failures back off exponentially with jitter (1 s to 60 s).
 
 use std::collections::{HashMap, HashSet};
