@@ -194,6 +194,9 @@ struct Options {
     power_cut_boot: Option<PathBuf>,
     /// Inside the VM lab: the last boot, which lets recovery and delivery finish and accounts.
     power_cut_final: Option<PathBuf>,
+    /// The last boot and the accounting of a power-cut lab left by a run that was stopped
+    /// before them (its lab directory kept).
+    power_cut_resume: Option<PathBuf>,
     /// Inside the VM lab: the network phase, which leaves its lab and its starts in this
     /// directory (shared with the host) for the host to account.
     network_guest: Option<PathBuf>,
@@ -226,6 +229,7 @@ fn options() -> Result<Options, String> {
             "--max-secs" => o.max_secs = Some(value("--max-secs")?),
             "--power-cut-boot" => o.power_cut_boot = args.next().map(PathBuf::from),
             "--power-cut-final" => o.power_cut_final = args.next().map(PathBuf::from),
+            "--power-cut-resume" => o.power_cut_resume = args.next().map(PathBuf::from),
             "--network-guest" => o.network_guest = args.next().map(PathBuf::from),
             // cargo bench passes this; it is not ours.
             "--bench" => {}
@@ -297,6 +301,22 @@ fn main() -> ExitCode {
         o.seed, o.seed
     );
     let mut total = Outcome::default();
+    if let Some(dir) = &o.power_cut_resume {
+        let lab = Lab::at(dir, "room-e2e");
+        total.merge(power_cut_last_boot(&lab, &power_cut_vm_args(&lab), 1900));
+        let cuts = std::fs::read_to_string(lab.path("started.log"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        total.notes.push(format!(
+            "resumed: {cuts} recordings were started before the cuts"
+        ));
+        total.print();
+        return if total.ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     if o.kills > 0 || o.server_kills > 0 || o.disk_full {
         total.merge(on_this_host(&o, &mut rng));
     }
@@ -973,17 +993,7 @@ fn power_cuts(o: &Options, rng: &mut Rng) -> Outcome {
     std::os::unix::fs::symlink(GUEST_SOCKET, lab.path("control.sock")).unwrap();
     std::fs::write(lab.path("ingest.addr"), &ingest.addr).unwrap();
     drop(ingest);
-    let image = lab.path("disk.img");
-    let vm_args: Vec<String> = vec![
-        "--disk".into(),
-        image.display().to_string(),
-        "--disk-size".into(),
-        "512M".into(),
-        "--mount-disk".into(),
-        DISK_MOUNT.into(),
-        "-s".into(),
-        lab.root().display().to_string(),
-    ];
+    let vm_args = power_cut_vm_args(&lab);
     let mut outcome = Outcome::default();
     let began = Instant::now();
     let mut cuts = 0;
@@ -1006,23 +1016,53 @@ fn power_cuts(o: &Options, rng: &mut Rng) -> Outcome {
             Err(e) => outcome.failures.push(e),
         }
     }
+    outcome.merge(power_cut_last_boot(
+        &lab,
+        &vm_args,
+        900 + 10 * u64::from(o.power_cuts),
+    ));
+    outcome.rows.entry(Moment::PowerCut).or_default().events += cuts;
+    // A few cuts may all come before a recording; many may not.
+    if outcome.recordings == 0 && cuts >= 10 {
+        outcome.failures.push(format!(
+            "power cuts: none of {cuts} boots reached a recording before its cut"
+        ));
+    }
+    outcome
+}
+
+/// The VM lab's arguments for a power-cut lab: its disk image, mounted, and the lab shared.
+fn power_cut_vm_args(lab: &Lab) -> Vec<String> {
+    vec![
+        "--disk".into(),
+        lab.path("disk.img").display().to_string(),
+        "--disk-size".into(),
+        "512M".into(),
+        "--mount-disk".into(),
+        DISK_MOUNT.into(),
+        "-s".into(),
+        lab.root().display().to_string(),
+    ]
+}
+
+/// The boot after the cuts (delivery, copies to the share), then the accounting here. A boot
+/// whose share did not mount (the VM lab under load once answered "Device or resource busy")
+/// gives no outcome and is tried again: the cuts' work is on the disk image and the share.
+fn power_cut_last_boot(lab: &Lab, vm_args: &[String], limit: u64) -> Outcome {
+    let mut outcome = Outcome::default();
     let args = vec!["--power-cut-final".into(), lab.root().display().to_string()];
-    // Delivery of what the cuts left, then the accounting of every recording. A boot whose
-    // share did not mount (the VM lab under load once answered "Device or resource busy")
-    // gives no outcome and is tried again: the cuts' work is on the disk image and the share.
-    let limit = 900 + 10 * u64::from(o.power_cuts);
     let mut last = None;
     for attempt in 1..=3 {
         match in_vm(
             "the boot after the power cuts",
-            &vm_args,
+            vm_args,
             &args,
             None,
             limit,
         ) {
             Ok(o) => {
                 outcome.merge(o);
-                outcome.merge(power_cut_account(&lab));
+                outcome.merge(power_cut_account(lab));
                 last = None;
                 break;
             }
@@ -1034,13 +1074,6 @@ fn power_cuts(o: &Options, rng: &mut Rng) -> Outcome {
     }
     if let Some(e) = last {
         outcome.failures.push(e);
-    }
-    outcome.rows.entry(Moment::PowerCut).or_default().events += cuts;
-    // A few cuts may all come before a recording; many may not.
-    if outcome.recordings == 0 && cuts >= 10 {
-        outcome.failures.push(format!(
-            "power cuts: none of {cuts} boots reached a recording before its cut"
-        ));
     }
     outcome
 }
