@@ -1053,13 +1053,7 @@ fn power_cut_last_boot(lab: &Lab, vm_args: &[String], limit: u64) -> Outcome {
     let args = vec!["--power-cut-final".into(), lab.root().display().to_string()];
     let mut last = None;
     for attempt in 1..=3 {
-        match in_vm(
-            "the boot after the power cuts",
-            vm_args,
-            &args,
-            None,
-            limit,
-        ) {
+        match in_vm("the boot after the power cuts", vm_args, &args, None, limit) {
             Ok(o) => {
                 outcome.merge(o);
                 outcome.merge(power_cut_account(lab));
