@@ -52,6 +52,18 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Fills the file system holding `dir` to the last byte with a file of its own; returns it.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    while f.write_all(&chunk).is_ok() {}
+    let small = [0u8; 512];
+    while f.write_all(&small).is_ok() {}
+    filler
+}
+
 fn storage_fault(d: &mut Daemon) {
     let s = d.wait_for("a storage fault", Duration::from_secs(30), |s| {
         s.state == State::Fault
@@ -130,15 +142,7 @@ fn a_recordings_disk_that_fills_mid_recording_loses_nothing_once_enlarged() {
     sleep(Duration::from_secs(2));
 
     // Something else fills the disk to the last byte.
-    let filler = lab.path("recordings/filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 64 << 10];
-        while f.write_all(&chunk).is_ok() {}
-        let small = [0u8; 512];
-        while f.write_all(&small).is_ok() {}
-    }
+    let filler = fill(&lab.path("recordings"));
     storage_fault(&mut d);
     sleep(Duration::from_secs(4));
     disk.remount("size=64m");
@@ -188,15 +192,7 @@ fn a_recording_stopped_on_a_full_disk_is_finished_and_delivered_once_space_retur
     let t0 = std::time::Instant::now();
     sleep(Duration::from_secs(2));
     // Something else fills the disk to the last byte.
-    let filler = lab.path("recordings/filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 64 << 10];
-        while f.write_all(&chunk).is_ok() {}
-        let small = [0u8; 512];
-        while f.write_all(&small).is_ok() {}
-    }
+    let filler = fill(&lab.path("recordings"));
     storage_fault(&mut d);
     sleep(Duration::from_secs(3));
     assert!(d.ctl(Request::Stop {}).ok);
