@@ -839,3 +839,70 @@ fn a_server_that_refuses_every_manifest_gets_one_rename_not_a_loop() {
     assert_eq!(lab.recordings().len(), 1);
     assert_eq!(d.terminate(), 0);
 }
+
+/// Set when the server of the next test stops answering.
+static HUNG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Issue 15: a server that took requests and never answered left the status showing the
+/// previous error for the client's whole timeout (120 s). The status says the server is silent
+/// once it has been for 20 s.
+#[test]
+fn a_hung_server_is_named_in_the_status_before_the_request_times_out() {
+    let lab = Lab::new();
+    lab.pki(&["room-e2e"]);
+    let ingest = lab.ingest_config(64 << 20);
+    tls_server(&lab, &ingest.addr, |tls, _| {
+        use std::io::Write;
+        if HUNG.load(std::sync::atomic::Ordering::SeqCst) {
+            // Holds the connection, says nothing.
+            sleep(Duration::from_secs(600));
+            return;
+        }
+        let body = r#"{"error":"busy"}"#;
+        let _ = tls.write_all(
+            format!(
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let _ = tls.flush();
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+    });
+    lab.config(CAPTURE, 2, &lab.upload_section(&ingest, "room-e2e"));
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    assert!(d.ctl(Request::Start {}).ok);
+    sleep(Duration::from_secs(1));
+    assert!(d.ctl(Request::Stop {}).ok);
+    d.wait_for(
+        "the server's 500 in the status",
+        Duration::from_secs(60),
+        |s| {
+            s.upload
+                .as_ref()
+                .and_then(|u| u.last_error.as_deref())
+                .is_some_and(|e| e.contains("HTTP 500"))
+        },
+    );
+    HUNG.store(true, std::sync::atomic::Ordering::SeqCst);
+    let flipped = std::time::Instant::now();
+    // The back-off before the next pass (at most a few seconds this early), then 20 s of
+    // silence: well inside the 120 s the request itself may wait.
+    let s = d.wait_for(
+        "the status to say the server is silent",
+        Duration::from_secs(75),
+        |s| {
+            s.upload
+                .as_ref()
+                .and_then(|u| u.last_error.as_deref())
+                .is_some_and(|e| e.contains("no answer from the server"))
+        },
+    );
+    assert!(flipped.elapsed() < Duration::from_secs(100));
+    let error = s.upload.unwrap().last_error.unwrap();
+    assert!(error.contains("GET ") || error.contains("PUT "), "{error}");
+    assert_eq!(lab.recordings().len(), 1, "the recording stays on the box");
+    assert_eq!(d.terminate(), 0);
+}

@@ -174,7 +174,8 @@ pub struct StorageSettings {
     pub signer: Option<Arc<neoflix_store::SigningIdentity>>,
     /// Where fleet events go.
     pub events: Events,
-    /// Woken when a recording opens, gets a marker or is finalized, when upload is configured.
+    /// Woken when a recording opens, claims a fragment, gets a marker or is finalized, when
+    /// upload is configured.
     pub uplink_wake: Option<Arc<Notify>>,
     /// Shared with the conductor, who sends the ticks.
     pub ticks: TickGate,
@@ -417,7 +418,14 @@ impl Storage {
     /// Does the storage work the recordings owe; the outcome is the recorder's to hear.
     fn sync(&mut self) -> Vec<Report> {
         let mut done = Vec::new();
+        let claimed_before = self.recordings.open_duration();
         let result = self.recordings.sync(&mut self.ring, &mut done);
+        if self.recordings.open_duration() != claimed_before
+            && let Some(w) = &self.uplink_wake
+        {
+            // A fragment is in: the uplink sends it now rather than at its next idle pass.
+            w.notify_one();
+        }
         let mut out: Vec<Report> = done.into_iter().filter_map(|d| self.announce(d)).collect();
         match result {
             Ok(()) if self.recordings_failing => {

@@ -1,14 +1,16 @@
 //! The uplink: pushes sealed recordings to the department's ingest server over mutual TLS.
 //!
-//! It works from what is on disk and what the server says it has, never from memory alone, so
-//! it resumes after a restart of either side: each pass lists the recordings directory, asks the
-//! server (`GET /v1/recordings/{id}`) what it holds of each recording it does not know yet, PUTs
-//! the objects the server lacks (bounded concurrency, each PUT idempotent), and once a recording
-//! has its manifest and every object is on the server, PUTs the manifest, checks the receipt
-//! against the local manifest and only then deletes the local copy. Storage wakes it when a
-//! recording opens, gets a marker and is finalized, so a recording is complete on the server
-//! moments after it stops; in between a pass runs every 10 s.
-//! Failures back off exponentially with jitter (1 s to 60 s).
+//! It works from what is on disk and what the server says it has, so it resumes after a restart
+//! of either side: each pass lists the recordings directory, asks the server
+//! (`GET /v1/recordings/{id}`) what it holds of each recording this run has not seen yet (and
+//! again after a request failed), PUTs the objects the server lacks (bounded concurrency, each
+//! PUT idempotent), and once a recording has its manifest and every object is on the server,
+//! PUTs the manifest, checks the receipt against the local manifest and only then deletes the
+//! local copy. What is on the box and on the server is kept in memory between passes and only
+//! what is new is looked for on disk, so a pass costs the same at the first fragment as at the
+//! five thousandth. Storage wakes it when a recording opens, claims a fragment, gets a marker
+//! and is finalized, so a recording is complete on the server moments after it stops; in
+//! between a pass runs every 10 s. Failures back off exponentially with jitter (1 s to 60 s).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -173,14 +175,47 @@ pub fn client(s: &UplinkSettings) -> Result<reqwest::Client, UplinkError> {
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(120))
+        .timeout(TIMEOUT)
         .build()
         .map_err(|e| UplinkError(e.to_string()))
 }
 
+/// How long the server may stay silent before the status says so: a hung server holds a request
+/// for the client's whole timeout, and the status would go on showing an older state.
+const SILENCE: Duration = Duration::from_secs(20);
+
+/// Sends a request; once the server has not answered for [`SILENCE`], the status says so while
+/// the request waits on (up to the client's timeout).
+async fn send(
+    status: &Mutex<UploadStatus>,
+    what: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, String> {
+    let send = request.send();
+    tokio::pin!(send);
+    let r = tokio::select! {
+        r = &mut send => r,
+        () = tokio::time::sleep(SILENCE) => {
+            let note = format!(
+                "{what}: no answer from the server after {} s; waiting up to {} s (a hung server or a very slow link)",
+                SILENCE.as_secs(),
+                TIMEOUT.as_secs()
+            );
+            log::warn!("upload: {note}");
+            status.lock().expect("status lock").last_error = Some(note);
+            send.await
+        }
+    };
+    r.map_err(|e| format!("{what}: {}", why(&e)))
+}
+
+/// The longest one request may take.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
 /// PUTs one object (idempotent: the server answers 200 for an identical one it has).
 async fn put_object(
     client: reqwest::Client,
+    status: Arc<Mutex<UploadStatus>>,
     base: String,
     dir: PathBuf,
     id: String,
@@ -191,13 +226,15 @@ async fn put_object(
         .map_err(|e| format!("{id}/{name}: {e}"))?;
     let digest = base64::engine::general_purpose::STANDARD
         .encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
-    let r = client
-        .put(format!("{base}/v1/recordings/{id}/objects/{name}"))
-        .header("content-digest", format!("sha-256=:{digest}:"))
-        .body(bytes)
-        .send()
-        .await
-        .map_err(|e| format!("PUT {id}/{name}: {}", why(&e)))?;
+    let r = send(
+        &status,
+        &format!("PUT {id}/{name}"),
+        client
+            .put(format!("{base}/v1/recordings/{id}/objects/{name}"))
+            .header("content-digest", format!("sha-256=:{digest}:"))
+            .body(bytes),
+    )
+    .await?;
     match r.status().as_u16() {
         200 | 201 => Ok(()),
         code => Err(format!(
@@ -262,21 +299,17 @@ async fn error_text(r: reqwest::Response) -> String {
     }
 }
 
-/// One directory entry: name, is a directory, size.
-type Entry = (String, bool, u64);
-
-/// Lists a directory off the runtime: a long recording holds thousands of files.
-async fn listing(dir: PathBuf) -> std::io::Result<Vec<Entry>> {
+/// The recordings on the box: the directories under the recordings directory, listed off the
+/// runtime. Only the top level: what is inside a recording is tracked, not listed (see
+/// [`Tracked`]).
+async fn recording_ids(dir: PathBuf) -> std::io::Result<Vec<String>> {
     tokio::task::spawn_blocking(move || {
         let mut v = Vec::new();
         for e in std::fs::read_dir(&dir)? {
             let e = e?;
-            let meta = e.metadata()?;
-            v.push((
-                e.file_name().to_string_lossy().to_string(),
-                meta.is_dir(),
-                meta.len(),
-            ));
+            if e.file_type()?.is_dir() {
+                v.push(e.file_name().to_string_lossy().to_string());
+            }
         }
         v.sort();
         Ok(v)
@@ -285,8 +318,109 @@ async fn listing(dir: PathBuf) -> std::io::Result<Vec<Entry>> {
     .map_err(std::io::Error::other)?
 }
 
-/// A sealed object or key record: uploaded as soon as it is there. (The signature goes only
-/// with its manifest.)
+/// Where to look next in a recording that is still being recorded.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Next {
+    init: u64,
+    fragment: u64,
+}
+
+/// The size of regular file `path`; `None` when there is none.
+fn regular_size(path: &std::path::Path) -> std::io::Result<Option<u64>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => Ok(Some(m.len())),
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{}: not a regular file", path.display()),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", path.display()),
+        )),
+    }
+}
+
+/// The objects that appeared in recording directory `dir` (still being recorded) since `from`,
+/// with their sizes, and where to look the next time: a few `stat`s per new object, however
+/// long the recording is.
+///
+/// An init segment is there for good once its sealed file is (written after its key record,
+/// in one rename). A fragment is there for good only once the next fragment's key record is:
+/// the recorder writes that only after the fragment's journal line. Until then a claim that
+/// fails may place the fragment again, other bytes under the same name, which the server
+/// would refuse for ever; the last fragment goes with the manifest.
+fn scan_open(dir: &std::path::Path, mut next: Next) -> std::io::Result<(Vec<(String, u64)>, Next)> {
+    use neoflix_format::protocol::ObjectName;
+    use neoflix_seal::Kind;
+    let mut found = Vec::new();
+    loop {
+        let file = ObjectName::sealed(Kind::Init, next.init);
+        let Some(size) = regular_size(&dir.join(&file))? else {
+            break;
+        };
+        let key = ObjectName::key_record(Kind::Init, next.init);
+        if let Some(key_size) = regular_size(&dir.join(&key))? {
+            found.push((key, key_size));
+        }
+        found.push((file, size));
+        next.init += 1;
+    }
+    loop {
+        let following = ObjectName::key_record(Kind::Fragment, next.fragment + 1);
+        if regular_size(&dir.join(following))?.is_none() {
+            break;
+        }
+        for name in [
+            ObjectName::key_record(Kind::Fragment, next.fragment),
+            ObjectName::sealed(Kind::Fragment, next.fragment),
+        ] {
+            match regular_size(&dir.join(&name))? {
+                Some(size) => found.push((name, size)),
+                None => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("{name} is missing, and the recording goes on past it"),
+                    ));
+                }
+            }
+        }
+        next.fragment += 1;
+    }
+    Ok((found, next))
+}
+
+/// A finalized recording's objects, as its manifest names them, with their sizes on the box;
+/// and the id the manifest gives.
+fn scan_manifest(dir: &std::path::Path) -> Result<(String, Vec<(String, u64)>), String> {
+    let bytes = neoflix_format::files::read_regular(&dir.join(MANIFEST_FILE), MAX_MANIFEST_BYTES)
+        .map_err(|e| format!("{}: {e}", dir.join(MANIFEST_FILE).display()))?;
+    let m = neoflix_format::verify::parse_manifest(&bytes)
+        .map_err(|e| format!("{}: {e}", dir.join(MANIFEST_FILE).display()))?;
+    let mut found = Vec::new();
+    for o in m.init_segments.iter().chain(&m.fragments) {
+        for name in [&o.key_file, &o.file] {
+            if !is_object(name) {
+                return Err(format!(
+                    "{}: names {}, not an object of a recording",
+                    dir.join(MANIFEST_FILE).display(),
+                    neoflix_logging::escape_controls(name)
+                ));
+            }
+            match regular_size(&dir.join(name)) {
+                Ok(Some(size)) => found.push((name.clone(), size)),
+                // The server may hold it already; if not, its absence is reported when the
+                // server is asked for it.
+                Ok(None) => found.push((name.clone(), 0)),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+    Ok((m.recording_id, found))
+}
+
+/// A sealed object or key record: uploaded as soon as it is there for good. (The signature
+/// goes only with its manifest.)
 fn is_object(name: &str) -> bool {
     matches!(
         ObjectName::parse(name),
@@ -294,8 +428,8 @@ fn is_object(name: &str) -> bool {
     )
 }
 
-/// What the uplink remembers between passes: objects the server confirmed, per recording.
-type Known = HashMap<String, OnServer>;
+/// What the uplink remembers between passes, per recording on the box.
+type Known = HashMap<String, Tracked>;
 
 /// What the server said it holds of a recording.
 #[derive(Debug, Default)]
@@ -304,6 +438,93 @@ struct OnServer {
     objects: HashSet<String>,
     /// It is complete there: no object can be added, only the same manifest be sent again.
     complete: bool,
+}
+
+/// What the uplink knows of one recording on the box, kept between passes so that a pass costs
+/// what is new since the last one, not the recording's length: a 90-minute recording of 1-s
+/// fragments is 10 800 objects, and listing them at every pass made its upload quadratic.
+/// Built from the disk and the server's listing the first time a run sees the recording.
+#[derive(Debug, Default)]
+struct Tracked {
+    /// The objects on the box, and their sizes.
+    local: HashMap<String, u64>,
+    /// Of those, the ones the server has not confirmed, in upload order.
+    pending: std::collections::BTreeSet<String>,
+    /// Their bytes.
+    pending_bytes: u64,
+    /// What the server holds; asked again after a request failed.
+    server: OnServer,
+    /// `server` is the server's word (not stale after a failure).
+    asked: bool,
+    /// Where to look for new objects while it is being recorded.
+    next: Next,
+    /// Its manifest was read: every object is in `local`, no more can come.
+    finalized: bool,
+}
+
+impl Tracked {
+    /// Objects found on the box.
+    fn found(&mut self, objects: Vec<(String, u64)>) {
+        for (name, size) in objects {
+            if self.local.insert(name.clone(), size).is_none()
+                && !self.server.objects.contains(&name)
+            {
+                self.pending_bytes += size;
+                self.pending.insert(name);
+            }
+        }
+    }
+
+    /// The manifest's objects: these and no others.
+    fn finalize(&mut self, objects: Vec<(String, u64)>) {
+        self.local = objects.into_iter().collect();
+        self.finalized = true;
+        self.recount();
+    }
+
+    /// The server's listing.
+    fn heard(&mut self, server: OnServer) {
+        self.server = server;
+        self.asked = true;
+        self.recount();
+    }
+
+    /// The server stored `name`.
+    fn confirmed(&mut self, name: &str) {
+        if self.pending.remove(name) {
+            self.pending_bytes -= self.local.get(name).copied().unwrap_or(0);
+        }
+        self.server.objects.insert(name.to_string());
+    }
+
+    /// A request failed: what the server has may differ from what it said; ask again.
+    fn stale(&mut self) {
+        self.asked = false;
+    }
+
+    fn recount(&mut self) {
+        self.pending = self
+            .local
+            .keys()
+            .filter(|n| !self.server.objects.contains(*n))
+            .cloned()
+            .collect();
+        self.pending_bytes = self.pending.iter().map(|n| self.local[n]).sum();
+    }
+}
+
+/// What a look at a recording on the box found.
+enum Seen {
+    /// It is being recorded: these objects are new, and where to look the next time.
+    Recording {
+        objects: Vec<(String, u64)>,
+        next: Next,
+    },
+    /// It is finalized: its manifest names these objects, and gives this id.
+    Finalized {
+        named: String,
+        objects: Vec<(String, u64)>,
+    },
 }
 
 /// What the server holds of a recording.
@@ -332,7 +553,7 @@ struct Pass<'a> {
     receipts: &'a ReceiptCheck,
     base: String,
     dir: PathBuf,
-    status: &'a Mutex<UploadStatus>,
+    status: &'a Arc<Mutex<UploadStatus>>,
     events: &'a crate::Events,
     device: String,
     signer: Option<Arc<neoflix_format::SigningIdentity>>,
@@ -344,12 +565,12 @@ struct Pass<'a> {
 
 impl Pass<'_> {
     async fn server_has(&self, id: &str) -> Result<Held, String> {
-        let r = self
-            .client
-            .get(format!("{}/v1/recordings/{id}", self.base))
-            .send()
-            .await
-            .map_err(|e| format!("GET {id}: {}", why(&e)))?;
+        let r = send(
+            self.status,
+            &format!("GET {id}"),
+            self.client.get(format!("{}/v1/recordings/{id}", self.base)),
+        )
+        .await?;
         match r.status().as_u16() {
             404 => Ok(Held::Objects(OnServer::default())),
             410 => {
@@ -373,61 +594,87 @@ impl Pass<'_> {
         }
     }
 
+    /// Takes in what is new on the box of recording `id` since the last pass.
+    async fn look(&self, id: &str, t: &mut Tracked) -> Result<(), String> {
+        if t.finalized {
+            return Ok(());
+        }
+        let rdir = self.dir.join(id);
+        let (dir, next) = (rdir.clone(), t.next);
+        let seen = tokio::task::spawn_blocking(move || -> Result<_, String> {
+            match regular_size(&dir.join(MANIFEST_FILE)).map_err(|e| e.to_string())? {
+                Some(_) => {
+                    scan_manifest(&dir).map(|(named, objects)| Seen::Finalized { named, objects })
+                }
+                None => scan_open(&dir, next)
+                    .map(|(objects, next)| Seen::Recording { objects, next })
+                    .map_err(|e| format!("{}: {e}", dir.display())),
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        match seen {
+            Seen::Recording { objects, next } => {
+                t.found(objects);
+                t.next = next;
+            }
+            Seen::Finalized { named, .. } if named != id => {
+                // A rename cut short by a crash: the directory has its new name, the manifest
+                // its old id. Finish it before anything is sent.
+                let (dir, signer) = (rdir.clone(), self.signer.clone());
+                tokio::task::spawn_blocking(move || {
+                    neoflix_store::readdress(&dir, signer.as_deref(), std::time::SystemTime::now())
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("{id}: finishing its rename: {e}"))?;
+                let dir = rdir.clone();
+                let (_, objects) = tokio::task::spawn_blocking(move || scan_manifest(&dir))
+                    .await
+                    .map_err(|e| e.to_string())??;
+                t.finalize(objects);
+            }
+            Seen::Finalized { objects, .. } => t.finalize(objects),
+        }
+        Ok(())
+    }
+
     /// Delivers what it can of one recording; returns true when it was completed and removed.
     async fn recording(&self, id: &str, known: &mut Known) -> Result<bool, String> {
         let rdir = self.dir.join(id);
-        let local: Vec<String> = listing(rdir.clone())
-            .await
-            .map_err(|e| format!("{}: {e}", rdir.display()))?
-            .into_iter()
-            .map(|(name, _, _)| name)
-            .filter(|n| is_object(n))
-            .collect();
-        let mut manifest = self.manifest(id).await?;
-        // A rename cut short by a crash: the directory has its new name, the manifest its old
-        // id. Finish it before anything is sent.
-        if let Some(bytes) = &manifest
-            && neoflix_format::verify::parse_manifest(bytes).is_ok_and(|m| m.recording_id != id)
-        {
-            let (dir, signer) = (rdir.clone(), self.signer.clone());
-            tokio::task::spawn_blocking(move || {
-                neoflix_store::readdress(&dir, signer.as_deref(), std::time::SystemTime::now())
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("{id}: finishing its rename: {e}"))?;
-            manifest = self.manifest(id).await?;
-        }
-        if !known.contains_key(id) {
+        let t = known.entry(id.to_string()).or_default();
+        self.look(id, t).await?;
+        if !t.asked {
             match self.server_has(id).await? {
-                Held::Objects(has) => {
-                    known.insert(id.to_string(), has);
-                }
+                Held::Objects(has) => t.heard(has),
                 Held::Withdrawn(notice) => {
-                    return self.withdrawn(id, &notice, manifest.is_some()).await;
+                    let finalized = t.finalized;
+                    let removed = self.withdrawn(id, &notice, finalized).await?;
+                    if removed {
+                        known.remove(id);
+                    }
+                    return Ok(removed);
                 }
             }
         }
-        let on_server = known.get_mut(id).expect("inserted above");
-        if on_server.complete && manifest.is_none() {
+        if t.server.complete && !t.finalized {
             // The server holds a complete recording under this id, and this one is still
             // being recorded: nothing can be added there. Once it is finalized its manifest is
             // refused and it is renamed (below).
             return Ok(false);
         }
-        let complete_there = on_server.complete;
-        let confirmed = &mut on_server.objects;
-        let missing: Vec<String> = local
-            .iter()
-            .filter(|n| !complete_there && !confirmed.contains(*n))
-            .cloned()
-            .collect();
+        let complete_there = t.server.complete;
+        let missing: Vec<String> = match complete_there {
+            true => Vec::new(),
+            false => t.pending.iter().cloned().collect(),
+        };
         let slots = Arc::new(Semaphore::new(CONCURRENCY));
         let mut tasks = tokio::task::JoinSet::new();
         for name in missing {
             let permit = slots.clone().acquire_owned().await.expect("never closed");
             let put = put_object(
                 self.client.clone(),
+                self.status.clone(),
                 self.base.clone(),
                 self.dir.clone(),
                 id.to_string(),
@@ -443,9 +690,7 @@ impl Pass<'_> {
         while let Some(done) = tasks.join_next().await {
             let (name, r) = done.map_err(|e| e.to_string())?;
             match r {
-                Ok(_) => {
-                    confirmed.insert(name);
-                }
+                Ok(_) => t.confirmed(&name),
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
@@ -453,20 +698,25 @@ impl Pass<'_> {
         }
         if let Some(e) = first_error {
             // What the server has may differ from what we think: ask again next time.
-            known.remove(id);
+            t.stale();
             return Err(e);
         }
-        let Some(manifest) = manifest else {
+        if !t.finalized {
+            return Ok(false);
+        }
+        let Some(manifest) = self.manifest(id).await? else {
+            // Finalized, then gone (removed by hand): the next pass lists the recordings anew.
             return Ok(false);
         };
         // The signature goes only with the manifest it signs: one left by a finalize that was
         // retried is replaced before any manifest exists, and must never reach the server.
         if rdir.join(SIGNATURE_FILE).exists()
             && !complete_there
-            && !confirmed.contains(SIGNATURE_FILE)
+            && !t.server.objects.contains(SIGNATURE_FILE)
         {
             if let Err(e) = put_object(
                 self.client.clone(),
+                self.status.clone(),
                 self.base.clone(),
                 self.dir.clone(),
                 id.to_string(),
@@ -474,19 +724,27 @@ impl Pass<'_> {
             )
             .await
             {
-                known.remove(id);
+                t.stale();
                 return Err(e);
             }
-            confirmed.insert(SIGNATURE_FILE.to_string());
+            t.confirmed(SIGNATURE_FILE);
         }
-        let r = self
-            .client
-            .put(format!("{}/v1/recordings/{id}/manifest", self.base))
-            .header("content-type", "application/json")
-            .body(manifest.clone())
-            .send()
-            .await
-            .map_err(|e| format!("PUT {id}/manifest: {}", why(&e)))?;
+        let r = send(
+            self.status,
+            &format!("PUT {id}/manifest"),
+            self.client
+                .put(format!("{}/v1/recordings/{id}/manifest", self.base))
+                .header("content-type", "application/json")
+                .body(manifest.clone()),
+        )
+        .await;
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                t.stale();
+                return Err(e);
+            }
+        };
         let code = r.status().as_u16();
         let renamed_here = self.renamed.lock().expect("renamed lock").contains(id);
         if code == 409 && !renamed_here {
@@ -499,7 +757,7 @@ impl Pass<'_> {
             return self.rename(id, error_text(r).await).await.map(|()| false);
         }
         if code != 200 && code != 201 {
-            known.remove(id);
+            t.stale();
             return Err(format!(
                 "PUT {id}/manifest: HTTP {code}: {}",
                 error_text(r).await
@@ -599,47 +857,31 @@ impl Pass<'_> {
 
     /// One pass over every recording on the box.
     async fn run(&self, known: &mut Known) -> Result<(), String> {
-        let ids: Vec<String> = match listing(self.dir.clone()).await {
-            Ok(l) => l
-                .into_iter()
-                .filter(|(_, dir, _)| *dir)
-                .map(|(name, _, _)| name)
-                .collect(),
+        let ids = match recording_ids(self.dir.clone()).await {
+            Ok(ids) => ids,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(format!("{}: {e}", self.dir.display())),
         };
-        known.retain(|id, _| ids.contains(id));
+        let on_box: HashSet<&String> = ids.iter().collect();
+        known.retain(|id, _| on_box.contains(id));
         let mut first_error = None;
+        let mut gone = 0;
         for id in &ids {
-            if let Err(e) = self.recording(id, known).await {
-                first_error.get_or_insert(e);
+            match self.recording(id, known).await {
+                Ok(true) => gone += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        self.update_queue(&ids, known).await;
-        first_error.map_or(Ok(()), Err)
-    }
-
-    async fn update_queue(&self, ids: &[String], known: &Known) {
-        let mut pending = 0;
-        let mut bytes = 0;
-        for id in ids {
-            // Delivered recordings are gone from disk by now.
-            let Ok(files) = listing(self.dir.join(id)).await else {
-                continue;
-            };
-            pending += 1;
-            let confirmed = known.get(id).map(|s| &s.objects);
-            bytes += files
-                .iter()
-                .filter(|(name, _, _)| {
-                    is_object(name) && !confirmed.is_some_and(|c| c.contains(name))
-                })
-                .map(|(_, _, len)| len)
-                .sum::<u64>();
-        }
+        // From memory: delivered and withdrawn recordings are gone from `known`; a renamed one
+        // counts under its new name at the next pass.
         let mut st = self.status.lock().expect("status lock");
-        st.recordings_pending = pending;
-        st.bytes_pending = bytes;
+        st.recordings_pending = ids.len() - gone;
+        st.bytes_pending = known.values().map(|t| t.pending_bytes).sum();
+        drop(st);
+        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -884,5 +1126,123 @@ mod local_files {
             .await
             .expect("read_local waited on a FIFO");
         assert!(r.unwrap_err().to_string().contains("FIFO"));
+    }
+}
+
+#[cfg(test)]
+mod tracking {
+    use super::*;
+
+    fn touch(dir: &std::path::Path, name: &str, len: usize) {
+        std::fs::write(dir.join(name), vec![0u8; len]).unwrap();
+    }
+
+    #[test]
+    fn a_fragment_goes_once_the_next_one_has_begun_and_old_files_are_not_looked_at_again() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        touch(dir, "journal.jsonl", 10);
+        touch(dir, "init-000.key", 1);
+        touch(dir, "init-000.nfx", 2);
+        touch(dir, "frag-000000.key", 3);
+        touch(dir, "frag-000000.nfx", 4);
+        let (found, next) = scan_open(dir, Next::default()).unwrap();
+        // Fragment 0 may still be placed again by a retried claim: not yet.
+        assert_eq!(
+            found,
+            vec![("init-000.key".into(), 1), ("init-000.nfx".into(), 2)]
+        );
+        assert_eq!(
+            next,
+            Next {
+                init: 1,
+                fragment: 0
+            }
+        );
+        touch(dir, "frag-000001.key", 5);
+        let (found, next) = scan_open(dir, next).unwrap();
+        assert_eq!(
+            found,
+            vec![("frag-000000.key".into(), 3), ("frag-000000.nfx".into(), 4)]
+        );
+        assert_eq!(
+            next,
+            Next {
+                init: 1,
+                fragment: 1
+            }
+        );
+        // What was found is not looked at again: gone (or changed) files cost nothing.
+        for f in [
+            "init-000.key",
+            "init-000.nfx",
+            "frag-000000.key",
+            "frag-000000.nfx",
+        ] {
+            std::fs::remove_file(dir.join(f)).unwrap();
+        }
+        let (found, again) = scan_open(dir, next).unwrap();
+        assert!(found.is_empty());
+        assert_eq!(again, next);
+        // A hole in a recording that goes on past it is named.
+        touch(dir, "frag-000002.key", 1);
+        let e = scan_open(dir, next).unwrap_err().to_string();
+        assert!(e.contains("frag-000001.nfx is missing"), "{e}");
+    }
+
+    #[test]
+    fn a_symlink_in_a_recording_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("init-000.nfx")).unwrap();
+        let e = scan_open(d.path(), Next::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn what_is_pending_follows_the_box_and_the_server() {
+        let mut t = Tracked::default();
+        t.found(vec![
+            ("init-000.key".into(), 1),
+            ("init-000.nfx".into(), 10),
+        ]);
+        assert_eq!(t.pending_bytes, 11);
+        t.heard(OnServer {
+            objects: ["init-000.key".to_string()].into(),
+            complete: false,
+        });
+        assert_eq!(t.pending.iter().collect::<Vec<_>>(), ["init-000.nfx"]);
+        assert_eq!(t.pending_bytes, 10);
+        t.found(vec![
+            ("frag-000000.key".into(), 2),
+            ("frag-000000.nfx".into(), 100),
+        ]);
+        // Found twice (a manifest naming what was found while recording): counted once.
+        t.found(vec![("frag-000000.key".into(), 2)]);
+        assert_eq!(t.pending_bytes, 112);
+        t.confirmed("frag-000000.nfx");
+        t.confirmed("frag-000000.nfx");
+        assert_eq!(t.pending_bytes, 12);
+        // The manifest: these objects and no others.
+        t.finalize(vec![
+            ("init-000.key".into(), 1),
+            ("init-000.nfx".into(), 10),
+            ("frag-000000.key".into(), 2),
+            ("frag-000000.nfx".into(), 100),
+            ("frag-000001.key".into(), 3),
+            ("frag-000001.nfx".into(), 200),
+        ]);
+        assert!(t.finalized);
+        assert_eq!(t.pending_bytes, 10 + 2 + 3 + 200);
+        // A failed request: the server is asked again, and its word replaces what was known.
+        t.stale();
+        assert!(!t.asked);
+        t.heard(OnServer {
+            objects: HashSet::new(),
+            complete: false,
+        });
+        assert_eq!(t.pending.len(), 6);
+        assert_eq!(t.pending_bytes, 316);
     }
 }
