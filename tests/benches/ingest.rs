@@ -128,12 +128,11 @@ fn throughput(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime) -> (f64, f64)
     let bytes: u64 = walk_size(&recs);
     let (_ingest, port) = start_ingest(dir, ca);
     let settings = neoflix_daemon::uplink::UplinkSettings {
-        url: format!("https://127.0.0.1:{port}"),
+        servers: vec![server(ca, port)],
         ca: ca.join("ca.crt"),
         cert: ca.join("bench-box.crt"),
         key: ca.join("bench-box.key"),
         recordings_dir: recs.clone(),
-        receipts: receipts(ca, port),
         device: "bench-box".into(),
         signer: None,
     };
@@ -281,12 +280,11 @@ fn long_recording(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime, n: u64) -
     )
     .unwrap();
     let settings = neoflix_daemon::uplink::UplinkSettings {
-        url: format!("https://127.0.0.1:{port}"),
+        servers: vec![server(ca, port)],
         ca: ca.join("ca.crt"),
         cert: ca.join("bench-box.crt"),
         key: ca.join("bench-box.key"),
         recordings_dir: recs.clone(),
-        receipts: receipts(ca, port),
         device: "bench-box".into(),
         signer: None,
     };
@@ -382,24 +380,21 @@ fn walk_size(dir: &Path) -> u64 {
     n
 }
 
-fn receipts(ca: &Path, port: u16) -> Arc<neoflix_daemon::uplink::ReceiptCheck> {
-    Arc::new(
-        neoflix_daemon::uplink::ReceiptCheck::new(
-            &std::fs::read(ca.join("ca.crt")).unwrap(),
-            &format!("https://127.0.0.1:{port}"),
-        )
-        .unwrap(),
+fn server(ca: &Path, port: u16) -> neoflix_daemon::uplink::Server {
+    neoflix_daemon::uplink::Server::new(
+        &format!("https://127.0.0.1:{port}"),
+        &std::fs::read(ca.join("ca.crt")).unwrap(),
     )
+    .unwrap()
 }
 
 fn client_for(ca: &Path, name: &str) -> reqwest::Client {
     let s = neoflix_daemon::uplink::UplinkSettings {
-        url: String::new(),
+        servers: vec![server(ca, 1)],
         ca: ca.join("ca.crt"),
         cert: ca.join(format!("{name}.crt")),
         key: ca.join(format!("{name}.key")),
         recordings_dir: PathBuf::new(),
-        receipts: receipts(ca, 1),
         device: name.into(),
         signer: None,
     };

@@ -906,3 +906,91 @@ fn a_hung_server_is_named_in_the_status_before_the_request_times_out() {
     assert_eq!(lab.recordings().len(), 1, "the recording stays on the box");
     assert_eq!(d.terminate(), 0);
 }
+
+/// Issue 14: the box takes several server URLs (replicas) and moves to the next when one
+/// fails. Here the two servers do not share a store, so the second gets the recording whole:
+/// it is killed on the first mid-recording, and completes, verifies and plays on the second.
+#[test]
+fn a_server_killed_mid_recording_is_failed_over_to_the_next_and_the_recording_completes() {
+    let lab = Lab::new();
+    lab.pki(&["room-e2e"]);
+    let mut first = lab.ingest_config(64 << 20);
+    // A second server of its own: another port and store, the same certificate and CA.
+    let port = neoflix_e2e::free_port();
+    let second_addr = format!("127.0.0.1:{port}");
+    let config = fs::read_to_string(lab.path("ingest.toml"))
+        .unwrap()
+        .replace(&first.addr, &second_addr)
+        .replace(
+            &lab.path("server").display().to_string(),
+            &lab.path("server-b").display().to_string(),
+        );
+    fs::write(lab.path("ingest-b.toml"), config).unwrap();
+    let mut second = neoflix_e2e::Ingest::from_config(
+        lab.path("ingest-b.toml"),
+        second_addr.clone(),
+        lab.path("ingest-b.log"),
+    );
+    first.start();
+    second.start();
+    let upload = lab.upload_section(&first, "room-e2e").replace(
+        &format!("url = \"https://{}\"", first.addr),
+        &format!(
+            "url = [\"https://{}\", \"https://{second_addr}\"]",
+            first.addr
+        ),
+    );
+    lab.config(CAPTURE, 2, &upload);
+    let mut d = lab.start();
+    let s = d.wait_ready(Duration::from_secs(60));
+    assert_eq!(
+        s.upload.unwrap().server.as_deref(),
+        Some(format!("https://{}", first.addr).as_str())
+    );
+    let id = d.ctl(Request::Start {}).recording.unwrap();
+    let on_first = lab.path("server/room-e2e").join(&id);
+    wait_until(
+        "fragments on the first server",
+        Duration::from_secs(30),
+        || {
+            fs::read_dir(&on_first)
+                .map(|l| {
+                    l.flatten()
+                        .any(|e| e.file_name().to_string_lossy().starts_with("frag-"))
+                })
+                .unwrap_or(false)
+        },
+        &|| d.log_text() + &first.log_text(),
+    );
+    first.kill9();
+    sleep(Duration::from_secs(3));
+    assert!(d.ctl(Request::Stop {}).ok);
+    let on_second = lab.path("server-b/room-e2e").join(&id);
+    wait_until(
+        "the recording to be complete on the second server",
+        Duration::from_secs(60),
+        || complete(&on_second),
+        &|| d.log_text() + &second.log_text(),
+    );
+    wait_until(
+        "the box to delete its copy",
+        Duration::from_secs(30),
+        || lab.recordings().is_empty(),
+        &|| d.log_text(),
+    );
+    assert!(!complete(&on_first), "the first server died before the end");
+    let m = assert_server_copy_plays(&lab, &on_second);
+    assert!(m.duration_secs >= 4.0, "{}", m.duration_secs);
+    let q = d.status().upload.unwrap();
+    assert_eq!(
+        (q.delivered, q.server.as_deref()),
+        (1, Some(format!("https://{second_addr}").as_str()))
+    );
+    assert!(
+        d.log_text()
+            .contains("upload: trying the next ingest server"),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(d.terminate(), 0);
+}

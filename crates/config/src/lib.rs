@@ -232,8 +232,9 @@ pub struct Control {
 /// `[upload]`: where sealed recordings go. Absent: they stay on the box.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upload {
-    /// Base URL of the department's ingest server (`https://...`).
-    pub url: String,
+    /// Base URLs of the department's ingest servers (`https://...`), in order of preference: the
+    /// box sends to one and moves to the next when a pass fails (replicas on one store).
+    pub urls: Vec<String>,
     /// CA certificate that issued the server's certificate.
     pub ca: PathBuf,
     /// This device's certificate (its common name is the device id the server uses).

@@ -287,16 +287,38 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
     w.finish(control);
 
     let upload = if let Some(mut up) = w.optional_section(root, "upload") {
-        let (url, line) = w.string(&mut up, "url", "");
-        if !url.starts_with("https://") {
+        // Replicas of one department server; more is a configuration mistake.
+        const MAX_UPLOAD_URLS: usize = 8;
+        let (urls, line) = w.strings(&mut up, "url", MAX_UPLOAD_URLS);
+        if urls.is_empty() && !up.has("url") {
             w.error(
                 line,
                 "upload.url",
-                format!(
-                    "{} must be an https:// URL of the ingest server",
-                    shown(&url)
-                ),
+                "missing: the https:// URL of the ingest server, or a list of them (replicas)",
             );
+        }
+        for url in &urls {
+            let host = url
+                .strip_prefix("https://")
+                .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or(""))
+                .unwrap_or("");
+            if host.is_empty() || host.starts_with(':') {
+                w.error(
+                    line,
+                    "upload.url",
+                    format!(
+                        "{} must be an https:// URL of the ingest server, with its host",
+                        shown(url)
+                    ),
+                );
+            } else if urls.iter().filter(|u| *u == url).count() > 1 {
+                w.error(
+                    line,
+                    "upload.url",
+                    format!("{} is listed twice", shown(url)),
+                );
+                break;
+            }
         }
         let file = |w: &mut Walker, up: &mut Section, key: &str, what: &str| {
             let (p, line) = w.path(up, key, "");
@@ -325,7 +347,12 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
         );
         let key = file(&mut w, &mut up, "key", "this device's private key");
         w.finish(up);
-        Some(Upload { url, ca, cert, key })
+        Some(Upload {
+            urls,
+            ca,
+            cert,
+            key,
+        })
     } else {
         None
     };
@@ -713,6 +740,52 @@ mod tests {
         );
         assert!(parse_with("preroll_secs = 600\nmax_bytes = 1073741824").is_empty());
         assert!(parse_with("preroll_secs = 60").is_empty());
+    }
+
+    #[test]
+    fn upload_url_is_one_server_or_a_list_of_replicas() {
+        let r = recipient();
+        let files = "ca = \"/dev/null\"\ncert = \"/dev/null\"\nkey = \"/dev/null\"\n";
+        let parse_with = |url: &str| {
+            let text = format!(
+                "device_id = \"room-1\"\n[recordings]\nrecipient = \"{}\"\n[upload]\n{url}\n{files}",
+                r.path().display()
+            );
+            parse("u.toml", &text).map(|(c, _)| c.upload.unwrap().urls)
+        };
+        assert_eq!(
+            parse_with("url = \"https://ingest:8443\"").unwrap(),
+            ["https://ingest:8443"]
+        );
+        assert_eq!(
+            parse_with("url = [\"https://a.example\", \"https://b.example:8443/\"]").unwrap(),
+            ["https://a.example", "https://b.example:8443/"]
+        );
+        for (url, says) in [
+            ("", "missing: the https:// URL"),
+            ("url = []", "expected 1 to 8 strings, found 0"),
+            (
+                "url = [\"https://a\", 7]",
+                "expected a string in the array, found an integer",
+            ),
+            ("url = 7", "expected a string or an array of strings"),
+            (
+                "url = [\"https://a\", \"http://b\"]",
+                "'http://b' must be an https:// URL",
+            ),
+            ("url = \"https://:8443\"", "with its host"),
+            ("url = [\"https://a\", \"https://a\"]", "is listed twice"),
+        ] {
+            let e = parse_with(url).unwrap_err().to_string();
+            assert!(e.contains("upload.url") && e.contains(says), "{url}: {e}");
+        }
+        let many = (0..9)
+            .map(|i| format!("\"https://h{i}\""))
+            .collect::<Vec<_>>();
+        let e = parse_with(&format!("url = [{}]", many.join(", ")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected 1 to 8 strings, found 9"), "{e}");
     }
 
     #[test]

@@ -406,6 +406,56 @@ impl Walker {
         }
     }
 
+    /// One string, or an array of 1 to `max` strings; empty when absent (or wrong, which is
+    /// reported); and the line.
+    pub fn strings(&mut self, s: &mut Section, key: &str, max: usize) -> (Vec<String>, usize) {
+        let Some((v, line, opt)) = self.value(s, key) else {
+            return (Vec::new(), s.line);
+        };
+        match v.get_ref() {
+            DeValue::String(st) => (vec![st.to_string()], line),
+            DeValue::Array(items) if items.is_empty() || items.len() > max => {
+                self.error(
+                    line,
+                    opt,
+                    format!("expected 1 to {max} strings, found {}", items.len()),
+                );
+                (Vec::new(), line)
+            }
+            DeValue::Array(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for item in items.iter() {
+                    match item.get_ref() {
+                        DeValue::String(st) => out.push(st.to_string()),
+                        other => {
+                            self.error(
+                                self.line_of(item.span().start),
+                                opt.clone(),
+                                format!(
+                                    "expected a string in the array, found {}",
+                                    type_name(other)
+                                ),
+                            );
+                            return (Vec::new(), line);
+                        }
+                    }
+                }
+                (out, line)
+            }
+            other => {
+                self.error(
+                    line,
+                    opt,
+                    format!(
+                        "expected a string or an array of strings, found {}",
+                        type_name(other)
+                    ),
+                );
+                (Vec::new(), line)
+            }
+        }
+    }
+
     /// A string that must be set and not empty: otherwise `missing: {hint}` (say what to put
     /// there) and `None`.
     pub fn required_string(

@@ -237,6 +237,10 @@ pub struct UploadQueue {
     pub last_error: Option<String>,
     /// Recordings delivered since the daemon started.
     pub delivered: u64,
+    /// The ingest server it sends to now: of several (`upload.url` a list), the one that last
+    /// worked or is being tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 /// A reply.

@@ -331,18 +331,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let uplink = match &cfg.upload {
         None => None,
         Some(u) => {
+            let ca = neoflix_logging::read_small_file(&u.ca, 1 << 20)
+                .map_err(|e| uplink::UplinkError::from(format!("upload.ca: {e}")))?;
             let s = uplink::UplinkSettings {
-                url: u.url.clone(),
+                servers: u
+                    .urls
+                    .iter()
+                    .map(|url| uplink::Server::new(url, ca.as_bytes()))
+                    .collect::<Result<_, _>>()?,
                 ca: u.ca.clone(),
                 cert: u.cert.clone(),
                 key: u.key.clone(),
                 recordings_dir: cfg.recordings.dir.clone(),
-                receipts: Arc::new(uplink::ReceiptCheck::new(
-                    neoflix_logging::read_small_file(&u.ca, 1 << 20)
-                        .map_err(|e| uplink::UplinkError::from(format!("upload.ca: {e}")))?
-                        .as_bytes(),
-                    &u.url,
-                )?),
                 device: device.clone(),
                 signer: signer.clone(),
             };

@@ -206,6 +206,7 @@ pub fn build(
             last_success_utc: u.last_success_utc.clone(),
             last_error: u.last_error.clone(),
             delivered: u.delivered,
+            server: u.server.clone(),
         }),
         cert_days_left: env.cert_days_left,
         signer: settings.signer.clone(),

@@ -27,11 +27,36 @@ use tokio::sync::{Notify, Semaphore, watch};
 /// PUTs in flight at once.
 const CONCURRENCY: usize = 8;
 
+/// One ingest server the box may send to.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Its base URL, e.g. `https://ingest.example:8443`, without a trailing slash.
+    url: String,
+    /// Checks its receipts and withdrawal notices.
+    receipts: Arc<ReceiptCheck>,
+}
+
+impl Server {
+    /// The server at `url`, whose certificates `ca_pem` (the upload CA) issued.
+    pub fn new(url: &str, ca_pem: &[u8]) -> Result<Server, UplinkError> {
+        Ok(Server {
+            url: url.trim_end_matches('/').to_string(),
+            receipts: Arc::new(ReceiptCheck::new(ca_pem, url)?),
+        })
+    }
+
+    /// Its base URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
 /// Where and how to upload.
 #[derive(Debug, Clone)]
 pub struct UplinkSettings {
-    /// Base URL of the ingest server, e.g. `https://ingest.example:8443`.
-    pub url: String,
+    /// The ingest servers, in order of preference (at least one): replicas on one store, so the
+    /// box sends to one and moves to the next when a pass fails.
+    pub servers: Vec<Server>,
     /// CA certificate that issued the server's certificate (PEM).
     pub ca: PathBuf,
     /// This device's certificate (PEM).
@@ -40,8 +65,6 @@ pub struct UplinkSettings {
     pub key: PathBuf,
     /// The recordings directory.
     pub recordings_dir: PathBuf,
-    /// Checks the server's signed receipts and withdrawal notices.
-    pub receipts: Arc<ReceiptCheck>,
     /// This box's device id: a withdrawal notice must name it.
     pub device: String,
     /// Signs a recording's manifest again when it is renamed (an id the server already holds).
@@ -155,6 +178,8 @@ pub struct UploadStatus {
     pub last_error: Option<String>,
     /// Recordings delivered since start.
     pub delivered: u64,
+    /// The server it sends to now (of several: the one that last worked, or is being tried).
+    pub server: Option<String>,
 }
 
 /// Why the uplink could not be set up.
@@ -184,8 +209,8 @@ pub fn client(s: &UplinkSettings) -> Result<reqwest::Client, UplinkError> {
 /// for the client's whole timeout, and the status would go on showing an older state.
 const SILENCE: Duration = Duration::from_secs(20);
 
-/// Sends a request; once the server has not answered for [`SILENCE`], the status says so while
-/// the request waits on (up to the client's timeout).
+/// Sends a request with a small body; once the server has not answered for [`SILENCE`], the
+/// status says so while the request waits on (up to the client's timeout).
 async fn send(
     status: &Mutex<UploadStatus>,
     what: &str,
@@ -215,7 +240,6 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 /// PUTs one object (idempotent: the server answers 200 for an identical one it has).
 async fn put_object(
     client: reqwest::Client,
-    status: Arc<Mutex<UploadStatus>>,
     base: String,
     dir: PathBuf,
     id: String,
@@ -226,15 +250,15 @@ async fn put_object(
         .map_err(|e| format!("{id}/{name}: {e}"))?;
     let digest = base64::engine::general_purpose::STANDARD
         .encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
-    let r = send(
-        &status,
-        &format!("PUT {id}/{name}"),
-        client
-            .put(format!("{base}/v1/recordings/{id}/objects/{name}"))
-            .header("content-digest", format!("sha-256=:{digest}:"))
-            .body(bytes),
-    )
-    .await?;
+    // Not through `send`: on a slow link a body may take longer than its silence, and that is
+    // not a silent server.
+    let r = client
+        .put(format!("{base}/v1/recordings/{id}/objects/{name}"))
+        .header("content-digest", format!("sha-256=:{digest}:"))
+        .body(bytes)
+        .send()
+        .await
+        .map_err(|e| format!("PUT {id}/{name}: {}", why(&e)))?;
     match r.status().as_u16() {
         200 | 201 => Ok(()),
         code => Err(format!(
@@ -318,13 +342,6 @@ async fn recording_ids(dir: PathBuf) -> std::io::Result<Vec<String>> {
     .map_err(std::io::Error::other)?
 }
 
-/// Where to look next in a recording that is still being recorded.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Next {
-    init: u64,
-    fragment: u64,
-}
-
 /// The size of regular file `path`; `None` when there is none.
 fn regular_size(path: &std::path::Path) -> std::io::Result<Option<u64>> {
     match std::fs::symlink_metadata(path) {
@@ -341,39 +358,27 @@ fn regular_size(path: &std::path::Path) -> std::io::Result<Option<u64>> {
     }
 }
 
-/// The objects that appeared in recording directory `dir` (still being recorded) since `from`,
-/// with their sizes, and where to look the next time: a few `stat`s per new object, however
-/// long the recording is.
+/// The fragments that became final in recording directory `dir` (still being recorded) from
+/// fragment `next` on, their key records and sizes, and the fragment to look for the next time:
+/// a few `stat`s per fragment, however long the recording is.
 ///
-/// An init segment is there for good once its sealed file is (written after its key record,
-/// in one rename). A fragment is there for good only once the next fragment's key record is:
-/// the recorder writes that only after the fragment's journal line. Until then a claim that
-/// fails may place the fragment again, other bytes under the same name, which the server
-/// would refuse for ever; the last fragment goes with the manifest.
-fn scan_open(dir: &std::path::Path, mut next: Next) -> std::io::Result<(Vec<(String, u64)>, Next)> {
+/// A fragment is final only once the next fragment's key record is there: the recorder writes
+/// that only after the fragment's journal line. Until then a claim that fails may place the
+/// fragment again, other bytes under the same name (and its key record, wrapped afresh), which
+/// the server would refuse for ever. Init segments are no better (a retried claim writes its
+/// key record again) and go with the manifest, as does the last fragment: a few kilobytes.
+fn scan_open(dir: &std::path::Path, mut next: u64) -> std::io::Result<(Vec<(String, u64)>, u64)> {
     use neoflix_format::protocol::ObjectName;
     use neoflix_seal::Kind;
     let mut found = Vec::new();
     loop {
-        let file = ObjectName::sealed(Kind::Init, next.init);
-        let Some(size) = regular_size(&dir.join(&file))? else {
-            break;
-        };
-        let key = ObjectName::key_record(Kind::Init, next.init);
-        if let Some(key_size) = regular_size(&dir.join(&key))? {
-            found.push((key, key_size));
-        }
-        found.push((file, size));
-        next.init += 1;
-    }
-    loop {
-        let following = ObjectName::key_record(Kind::Fragment, next.fragment + 1);
+        let following = ObjectName::key_record(Kind::Fragment, next + 1);
         if regular_size(&dir.join(following))?.is_none() {
             break;
         }
         for name in [
-            ObjectName::key_record(Kind::Fragment, next.fragment),
-            ObjectName::sealed(Kind::Fragment, next.fragment),
+            ObjectName::key_record(Kind::Fragment, next),
+            ObjectName::sealed(Kind::Fragment, next),
         ] {
             match regular_size(&dir.join(&name))? {
                 Some(size) => found.push((name, size)),
@@ -385,14 +390,14 @@ fn scan_open(dir: &std::path::Path, mut next: Next) -> std::io::Result<(Vec<(Str
                 }
             }
         }
-        next.fragment += 1;
+        next += 1;
     }
     Ok((found, next))
 }
 
 /// A finalized recording's objects, as its manifest names them, with their sizes on the box;
 /// and the id the manifest gives.
-fn scan_manifest(dir: &std::path::Path) -> Result<(String, Vec<(String, u64)>), String> {
+fn scan_manifest(dir: &std::path::Path) -> Result<Named, String> {
     let bytes = neoflix_format::files::read_regular(&dir.join(MANIFEST_FILE), MAX_MANIFEST_BYTES)
         .map_err(|e| format!("{}: {e}", dir.join(MANIFEST_FILE).display()))?;
     let m = neoflix_format::verify::parse_manifest(&bytes)
@@ -416,7 +421,21 @@ fn scan_manifest(dir: &std::path::Path) -> Result<(String, Vec<(String, u64)>), 
             }
         }
     }
-    Ok((m.recording_id, found))
+    Ok(Named {
+        id: m.recording_id,
+        objects: found,
+        sha256: neoflix_format::sha256_hex(&bytes),
+    })
+}
+
+/// What a finalized recording's manifest names.
+struct Named {
+    /// The recording id it gives.
+    id: String,
+    /// The objects, with their sizes on the box.
+    objects: Vec<(String, u64)>,
+    /// The manifest's SHA-256: the manifest sent must be the one these came from.
+    sha256: String,
 }
 
 /// A sealed object or key record: uploaded as soon as it is there for good. (The signature
@@ -448,7 +467,7 @@ struct OnServer {
 struct Tracked {
     /// The objects on the box, and their sizes.
     local: HashMap<String, u64>,
-    /// Of those, the ones the server has not confirmed, in upload order.
+    /// Of those, the ones the server has not confirmed (in name order).
     pending: std::collections::BTreeSet<String>,
     /// Their bytes.
     pending_bytes: u64,
@@ -456,10 +475,11 @@ struct Tracked {
     server: OnServer,
     /// `server` is the server's word (not stale after a failure).
     asked: bool,
-    /// Where to look for new objects while it is being recorded.
-    next: Next,
-    /// Its manifest was read: every object is in `local`, no more can come.
-    finalized: bool,
+    /// The fragment to look for next while it is being recorded.
+    next: u64,
+    /// Its manifest was read (this is its SHA-256): every object is in `local`, no more can
+    /// come.
+    manifest: Option<String>,
 }
 
 impl Tracked {
@@ -476,10 +496,15 @@ impl Tracked {
     }
 
     /// The manifest's objects: these and no others.
-    fn finalize(&mut self, objects: Vec<(String, u64)>) {
-        self.local = objects.into_iter().collect();
-        self.finalized = true;
+    fn finalize(&mut self, named: Named) {
+        self.local = named.objects.into_iter().collect();
+        self.manifest = Some(named.sha256);
         self.recount();
+    }
+
+    /// Its manifest was read.
+    fn finalized(&self) -> bool {
+        self.manifest.is_some()
     }
 
     /// The server's listing.
@@ -518,13 +543,10 @@ enum Seen {
     /// It is being recorded: these objects are new, and where to look the next time.
     Recording {
         objects: Vec<(String, u64)>,
-        next: Next,
+        next: u64,
     },
-    /// It is finalized: its manifest names these objects, and gives this id.
-    Finalized {
-        named: String,
-        objects: Vec<(String, u64)>,
-    },
+    /// It is finalized: what its manifest names.
+    Finalized(Named),
 }
 
 /// What the server holds of a recording.
@@ -550,8 +572,9 @@ async fn remove_local(rdir: PathBuf) -> std::io::Result<()> {
 
 struct Pass<'a> {
     client: &'a reqwest::Client,
-    receipts: &'a ReceiptCheck,
-    base: String,
+    /// The servers, and which of them this pass sends to.
+    servers: &'a [Server],
+    current: std::sync::atomic::AtomicUsize,
     dir: PathBuf,
     status: &'a Arc<Mutex<UploadStatus>>,
     events: &'a crate::Events,
@@ -564,11 +587,40 @@ struct Pass<'a> {
 }
 
 impl Pass<'_> {
+    /// The server this pass sends to.
+    fn server(&self) -> &Server {
+        &self.servers[self.current.load(std::sync::atomic::Ordering::Relaxed) % self.servers.len()]
+    }
+
+    /// Its base URL.
+    fn base(&self) -> &str {
+        &self.server().url
+    }
+
+    /// A pass failed: with several servers the next one is tried, and everything it holds is
+    /// asked again (replicas share one store, so it is the same, unless the servers are
+    /// separate, and then the recording goes to the new one whole).
+    fn fail_over(&self, known: &mut Known) {
+        if self.servers.len() < 2 {
+            return;
+        }
+        let from = self.base().to_string();
+        self.current
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for t in known.values_mut() {
+            t.stale();
+        }
+        let to = self.base().to_string();
+        log::warn!(from = from.as_str(), to = to.as_str(); "upload: trying the next ingest server");
+        self.status.lock().expect("status lock").server = Some(to);
+    }
+
     async fn server_has(&self, id: &str) -> Result<Held, String> {
         let r = send(
             self.status,
             &format!("GET {id}"),
-            self.client.get(format!("{}/v1/recordings/{id}", self.base)),
+            self.client
+                .get(format!("{}/v1/recordings/{id}", self.base())),
         )
         .await?;
         match r.status().as_u16() {
@@ -596,16 +648,14 @@ impl Pass<'_> {
 
     /// Takes in what is new on the box of recording `id` since the last pass.
     async fn look(&self, id: &str, t: &mut Tracked) -> Result<(), String> {
-        if t.finalized {
+        if t.finalized() {
             return Ok(());
         }
         let rdir = self.dir.join(id);
         let (dir, next) = (rdir.clone(), t.next);
         let seen = tokio::task::spawn_blocking(move || -> Result<_, String> {
             match regular_size(&dir.join(MANIFEST_FILE)).map_err(|e| e.to_string())? {
-                Some(_) => {
-                    scan_manifest(&dir).map(|(named, objects)| Seen::Finalized { named, objects })
-                }
+                Some(_) => scan_manifest(&dir).map(Seen::Finalized),
                 None => scan_open(&dir, next)
                     .map(|(objects, next)| Seen::Recording { objects, next })
                     .map_err(|e| format!("{}: {e}", dir.display())),
@@ -618,7 +668,7 @@ impl Pass<'_> {
                 t.found(objects);
                 t.next = next;
             }
-            Seen::Finalized { named, .. } if named != id => {
+            Seen::Finalized(named) if named.id != id => {
                 // A rename cut short by a crash: the directory has its new name, the manifest
                 // its old id. Finish it before anything is sent.
                 let (dir, signer) = (rdir.clone(), self.signer.clone());
@@ -629,12 +679,12 @@ impl Pass<'_> {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("{id}: finishing its rename: {e}"))?;
                 let dir = rdir.clone();
-                let (_, objects) = tokio::task::spawn_blocking(move || scan_manifest(&dir))
+                let named = tokio::task::spawn_blocking(move || scan_manifest(&dir))
                     .await
                     .map_err(|e| e.to_string())??;
-                t.finalize(objects);
+                t.finalize(named);
             }
-            Seen::Finalized { objects, .. } => t.finalize(objects),
+            Seen::Finalized(named) => t.finalize(named),
         }
         Ok(())
     }
@@ -648,7 +698,7 @@ impl Pass<'_> {
             match self.server_has(id).await? {
                 Held::Objects(has) => t.heard(has),
                 Held::Withdrawn(notice) => {
-                    let finalized = t.finalized;
+                    let finalized = t.finalized();
                     let removed = self.withdrawn(id, &notice, finalized).await?;
                     if removed {
                         known.remove(id);
@@ -657,7 +707,7 @@ impl Pass<'_> {
                 }
             }
         }
-        if t.server.complete && !t.finalized {
+        if t.server.complete && !t.finalized() {
             // The server holds a complete recording under this id, and this one is still
             // being recorded: nothing can be added there. Once it is finalized its manifest is
             // refused and it is renamed (below).
@@ -674,8 +724,7 @@ impl Pass<'_> {
             let permit = slots.clone().acquire_owned().await.expect("never closed");
             let put = put_object(
                 self.client.clone(),
-                self.status.clone(),
-                self.base.clone(),
+                self.base().to_string(),
                 self.dir.clone(),
                 id.to_string(),
                 name.clone(),
@@ -701,13 +750,21 @@ impl Pass<'_> {
             t.stale();
             return Err(e);
         }
-        if !t.finalized {
+        if !t.finalized() {
             return Ok(false);
         }
         let Some(manifest) = self.manifest(id).await? else {
             // Finalized, then gone (removed by hand): the next pass lists the recordings anew.
             return Ok(false);
         };
+        if t.manifest.as_deref() != Some(neoflix_format::sha256_hex(&manifest).as_str()) {
+            // Written again since its objects were taken in (a finalize retried after a failed
+            // directory sync may have claimed more): take them in again, then send it.
+            log::info!(recording = id; "upload: the manifest changed since it was read; reading it again");
+            t.manifest = None;
+            self.wake.notify_one();
+            return Ok(false);
+        }
         // The signature goes only with the manifest it signs: one left by a finalize that was
         // retried is replaced before any manifest exists, and must never reach the server.
         if rdir.join(SIGNATURE_FILE).exists()
@@ -716,8 +773,7 @@ impl Pass<'_> {
         {
             if let Err(e) = put_object(
                 self.client.clone(),
-                self.status.clone(),
-                self.base.clone(),
+                self.base().to_string(),
                 self.dir.clone(),
                 id.to_string(),
                 SIGNATURE_FILE.to_string(),
@@ -733,7 +789,7 @@ impl Pass<'_> {
             self.status,
             &format!("PUT {id}/manifest"),
             self.client
-                .put(format!("{}/v1/recordings/{id}/manifest", self.base))
+                .put(format!("{}/v1/recordings/{id}/manifest", self.base()))
                 .header("content-type", "application/json")
                 .body(manifest.clone()),
         )
@@ -769,6 +825,7 @@ impl Pass<'_> {
         let local_manifest = neoflix_format::verify::parse_manifest(&manifest)
             .map_err(|e| format!("{id}: local manifest: {e}"))?;
         let (receipt, server) = self
+            .server()
             .receipts
             .check(
                 &body,
@@ -841,6 +898,7 @@ impl Pass<'_> {
     /// owns that directory until it stops, and the next pass asks again.
     async fn withdrawn(&self, id: &str, body: &[u8], finalized: bool) -> Result<bool, String> {
         let (notice, server) = self
+            .server()
             .receipts
             .check_withdrawal(body, id, &self.device)
             .map_err(|e| format!("{e}; keeping the recording"))?;
@@ -916,11 +974,16 @@ pub async fn run_counting(
     passes: watch::Sender<u64>,
     stop: watch::Receiver<bool>,
 ) {
+    let Some(first) = settings.servers.first() else {
+        log::error!("upload: no ingest server configured; recordings stay on the box");
+        return;
+    };
+    status.lock().expect("status lock").server = Some(first.url.clone());
     let delivery = Delivery {
         pass: Pass {
             client: &client,
-            receipts: &settings.receipts,
-            base: settings.url.trim_end_matches('/').to_string(),
+            servers: &settings.servers,
+            current: std::sync::atomic::AtomicUsize::new(0),
             dir: settings.recordings_dir.clone(),
             status: &status,
             events: &events,
@@ -950,7 +1013,11 @@ struct Delivery<'a> {
 
 impl Attempt for Delivery<'_> {
     async fn attempt(&mut self) -> Result<(), String> {
-        self.pass.run(&mut self.known).await
+        let r = self.pass.run(&mut self.known).await;
+        if r.is_err() {
+            self.pass.fail_over(&mut self.known);
+        }
+        r
     }
 }
 
@@ -1146,39 +1213,20 @@ mod tracking {
         touch(dir, "init-000.nfx", 2);
         touch(dir, "frag-000000.key", 3);
         touch(dir, "frag-000000.nfx", 4);
-        let (found, next) = scan_open(dir, Next::default()).unwrap();
-        // Fragment 0 may still be placed again by a retried claim: not yet.
-        assert_eq!(
-            found,
-            vec![("init-000.key".into(), 1), ("init-000.nfx".into(), 2)]
-        );
-        assert_eq!(
-            next,
-            Next {
-                init: 1,
-                fragment: 0
-            }
-        );
+        // Fragment 0 may still be placed again by a retried claim, its init segment's key
+        // record written again: nothing yet.
+        let (found, next) = scan_open(dir, 0).unwrap();
+        assert!(found.is_empty());
+        assert_eq!(next, 0);
         touch(dir, "frag-000001.key", 5);
         let (found, next) = scan_open(dir, next).unwrap();
         assert_eq!(
             found,
             vec![("frag-000000.key".into(), 3), ("frag-000000.nfx".into(), 4)]
         );
-        assert_eq!(
-            next,
-            Next {
-                init: 1,
-                fragment: 1
-            }
-        );
+        assert_eq!(next, 1);
         // What was found is not looked at again: gone (or changed) files cost nothing.
-        for f in [
-            "init-000.key",
-            "init-000.nfx",
-            "frag-000000.key",
-            "frag-000000.nfx",
-        ] {
+        for f in ["frag-000000.key", "frag-000000.nfx"] {
             std::fs::remove_file(dir.join(f)).unwrap();
         }
         let (found, again) = scan_open(dir, next).unwrap();
@@ -1191,12 +1239,77 @@ mod tracking {
     }
 
     #[test]
+    fn a_finalized_recording_is_what_its_manifest_names() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let entry = |file: &str| neoflix_format::ObjectEntry {
+            index: 0,
+            file: file.into(),
+            size: 0,
+            sha256: String::new(),
+            key_file: file.replace(".nfx", ".key"),
+            key_sha256: String::new(),
+            init: None,
+            duration_ms: None,
+        };
+        let mut m = neoflix_format::Manifest {
+            format: neoflix_format::manifest::FORMAT.into(),
+            device_id: "room".into(),
+            recording_id: "room-20261129T200000Z-0a1b2c3d".into(),
+            renamed_from: None,
+            status: neoflix_format::Status::Complete,
+            trigger: "control".into(),
+            stop_reason: "control".into(),
+            first_frame_utc: None,
+            trigger_utc: String::new(),
+            stop_utc: String::new(),
+            preroll_secs: 0.0,
+            duration_secs: 0.0,
+            recipient_key_id: String::new(),
+            markers: Vec::new(),
+            clock_steps: Vec::new(),
+            init_segments: vec![entry("init-000.nfx")],
+            fragments: vec![entry("frag-000000.nfx")],
+            chain: String::new(),
+        };
+        std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
+        for (f, len) in [
+            ("init-000.key", 1),
+            ("init-000.nfx", 2),
+            ("frag-000000.nfx", 4),
+        ] {
+            touch(dir, f, len);
+        }
+        // A stray file the manifest does not name is never sent.
+        touch(dir, "frag-000001.nfx", 8);
+        let named = scan_manifest(dir).unwrap();
+        assert_eq!(named.id, m.recording_id);
+        assert_eq!(
+            named.objects,
+            vec![
+                ("init-000.key".into(), 1),
+                ("init-000.nfx".into(), 2),
+                // Not on the box: the server may hold it; counted as nothing.
+                ("frag-000000.key".into(), 0),
+                ("frag-000000.nfx".into(), 4),
+            ]
+        );
+        assert_eq!(
+            named.sha256,
+            neoflix_format::sha256_hex(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap())
+        );
+        // A name that is not an object's is refused.
+        m.fragments[0].file = "../../etc/shadow".into();
+        std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
+        let e = scan_manifest(dir).err().unwrap();
+        assert!(e.contains("not an object of a recording"), "{e}");
+    }
+
+    #[test]
     fn a_symlink_in_a_recording_is_refused() {
         let d = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", d.path().join("init-000.nfx")).unwrap();
-        let e = scan_open(d.path(), Next::default())
-            .unwrap_err()
-            .to_string();
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("frag-000001.key")).unwrap();
+        let e = scan_open(d.path(), 0).unwrap_err().to_string();
         assert!(e.contains("not a regular file"), "{e}");
     }
 
@@ -1225,15 +1338,19 @@ mod tracking {
         t.confirmed("frag-000000.nfx");
         assert_eq!(t.pending_bytes, 12);
         // The manifest: these objects and no others.
-        t.finalize(vec![
-            ("init-000.key".into(), 1),
-            ("init-000.nfx".into(), 10),
-            ("frag-000000.key".into(), 2),
-            ("frag-000000.nfx".into(), 100),
-            ("frag-000001.key".into(), 3),
-            ("frag-000001.nfx".into(), 200),
-        ]);
-        assert!(t.finalized);
+        t.finalize(Named {
+            id: "r".into(),
+            objects: vec![
+                ("init-000.key".into(), 1),
+                ("init-000.nfx".into(), 10),
+                ("frag-000000.key".into(), 2),
+                ("frag-000000.nfx".into(), 100),
+                ("frag-000001.key".into(), 3),
+                ("frag-000001.nfx".into(), 200),
+            ],
+            sha256: "ab".into(),
+        });
+        assert!(t.finalized());
         assert_eq!(t.pending_bytes, 10 + 2 + 3 + 200);
         // A failed request: the server is asked again, and its word replaces what was known.
         t.stale();
