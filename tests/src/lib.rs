@@ -1017,15 +1017,21 @@ impl Mosquitto {
             lab,
             port,
             &format!("listener {port} 127.0.0.1\nset_tcp_nodelay true\nallow_anonymous true\n"),
+            "",
         )
     }
 
     /// A mutual-TLS broker with `ca/127.0.0.1.crt` as its certificate, clients named by their
     /// certificates' common names, and `acl` as its ACL file's text.
     pub fn mutual_tls(lab: &Lab, acl: &str) -> Mosquitto {
+        Mosquitto::mutual_tls_with(lab, acl, "")
+    }
+
+    /// [`Mosquitto::mutual_tls`] with `extra` configuration after the listener's (a bridge).
+    pub fn mutual_tls_with(lab: &Lab, acl: &str, extra: &str) -> Mosquitto {
         let port = free_port();
         let ca = lab.path("ca");
-        let acl_file = lab.path("mosquitto.acl");
+        let acl_file = lab.path(&format!("mosquitto-{port}.acl"));
         std::fs::write(&acl_file, acl).unwrap();
         Mosquitto::with_config(
             lab,
@@ -1036,17 +1042,18 @@ impl Mosquitto {
                 c = ca.display(),
                 a = acl_file.display()
             ),
+            extra,
         )
     }
 
-    fn with_config(lab: &Lab, port: u16, text: &str) -> Mosquitto {
+    fn with_config(lab: &Lab, port: u16, text: &str, tail: &str) -> Mosquitto {
         let config = lab.path(&format!("mosquitto-{port}.conf"));
         std::fs::write(
             &config,
             format!(
                 // Started as root (the tests are), mosquitto would switch to its own user, who
                 // cannot read the test's files.
-                "{text}persistence false\nlog_dest stderr\nlog_type all\nuser root\n"
+                "{text}persistence false\nlog_dest stderr\nlog_type all\nuser root\n{tail}"
             ),
         )
         .unwrap();

@@ -671,3 +671,110 @@ fn a_command_flood_is_rate_limited_and_start_and_stop_still_answered() {
     );
     assert_eq!(d.terminate(), 0);
 }
+
+/// Issue 14: a group of hospitals runs a broker per site, bridged to a central one. A box on a
+/// site's broker is seen, commanded, listed by the fleet view and seen going offline from the
+/// central broker, through the bridge exactly as `config/mosquitto/site-bridge.conf` sets it up
+/// (only its address and certificate paths changed), both brokers with the shipped ACL.
+#[test]
+fn a_box_on_a_site_broker_is_seen_and_commanded_from_the_central_broker_through_a_bridge() {
+    let lab = Lab::named("room-a");
+    lab.pki(&["room-a", "fleet-admin", "site-bridge"]);
+    let acl = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/mosquitto/neoflix.acl"
+    ))
+    .unwrap();
+    let central = Mosquitto::mutual_tls(&lab, &acl);
+    let ca = lab.path("ca");
+    let bridge = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/mosquitto/site-bridge.conf"
+    ))
+    .unwrap()
+    .replace(
+        "central-broker.example:8883",
+        &format!("127.0.0.1:{}", central.port),
+    )
+    .replace("/etc/mosquitto/neoflix", &ca.display().to_string());
+    let site = Mosquitto::mutual_tls_with(&lab, &acl, &bridge);
+    lab.config(
+        CAPTURE,
+        2,
+        &format!(
+            "\n[mqtt]\nurl = \"{}\"\nca = \"{c}/ca.crt\"\ncert = \"{c}/room-a.crt\"\nkey = \"{c}/room-a.key\"\n",
+            site.url(true),
+            c = ca.display()
+        ),
+    );
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+
+    let admin = MqttProbe::tls(&central, &lab, "fleet-admin", "neoflix/#");
+    admin.wait(
+        "neoflix/room-a/status",
+        "room-a's status on the central broker",
+        Duration::from_secs(30),
+        |m| m.json["ready"] == true,
+    );
+    // Commands come in across the bridge, replies and events go out.
+    admin.publish(
+        "neoflix/room-a/cmd",
+        br#"{"cmd":"start","request_id":"central"}"#,
+        false,
+    );
+    let reply = admin.wait(
+        "neoflix/room-a/reply",
+        "the reply to a command from the centre",
+        Duration::from_secs(20),
+        reply_to("central"),
+    );
+    assert_eq!(reply.json["ok"], true, "{}", reply.json);
+    admin.wait(
+        "neoflix/room-a/event",
+        "recording_started on the central broker",
+        Duration::from_secs(20),
+        |m| m.json["event"] == "recording_started",
+    );
+    // The fleet view on the central broker lists the room, from its retained status.
+    let fleet_once = || {
+        let out = neoflix(&[
+            "fleet",
+            "--broker",
+            &central.url(true),
+            "--ca",
+            ca.join("ca.crt").to_str().unwrap(),
+            "--cert",
+            ca.join("fleet-admin.crt").to_str().unwrap(),
+            "--key",
+            ca.join("fleet-admin.key").to_str().unwrap(),
+            "--once",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let fleet = fleet_once();
+        if fleet[0]["state"] == "recording" {
+            assert_eq!(fleet[0]["device"], "room-a", "{fleet}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{fleet}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // A box that dies: its last will, published by the site broker, reaches the centre.
+    d.kill9();
+    admin.wait(
+        "neoflix/room-a/status",
+        "room-a offline on the central broker",
+        Duration::from_secs(45),
+        state_is("offline"),
+    );
+    assert_eq!(fleet_once()[0]["state"], "offline");
+}
