@@ -27,6 +27,17 @@ const FRAGMENT: usize = 1 << 20;
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
+        // SIGTERM first: nginx's master stops its workers on it, and on SIGKILL leaves them
+        // running.
+        // SAFETY: signals a child of ours, which has not been waited for yet.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

@@ -994,3 +994,47 @@ fn a_server_killed_mid_recording_is_failed_over_to_the_next_and_the_recording_co
     );
     assert_eq!(d.terminate(), 0);
 }
+
+/// Issue 14: with a second server to try, a first one that takes the requests and never
+/// answers is left after 20 s of silence, not after the client's 120-s timeout.
+#[test]
+fn a_hung_first_server_is_left_for_the_next_after_its_silence() {
+    let lab = Lab::new();
+    lab.pki(&["room-e2e"]);
+    let mut ingest = lab.ingest_config(64 << 20);
+    ingest.start();
+    let hung = format!("127.0.0.1:{}", neoflix_e2e::free_port());
+    tls_server(&lab, &hung, |_, _| sleep(Duration::from_secs(600)));
+    let upload = lab.upload_section(&ingest, "room-e2e").replace(
+        &format!("url = \"https://{}\"", ingest.addr),
+        &format!("url = [\"https://{hung}\", \"https://{}\"]", ingest.addr),
+    );
+    lab.config(CAPTURE, 2, &upload);
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    let id = d.ctl(Request::Start {}).recording.unwrap();
+    sleep(Duration::from_secs(1));
+    assert!(d.ctl(Request::Stop {}).ok);
+    let started = std::time::Instant::now();
+    let on_server = lab.path("server/room-e2e").join(&id);
+    wait_until(
+        "the recording complete on the second server",
+        Duration::from_secs(70),
+        || complete(&on_server),
+        &|| d.log_text(),
+    );
+    assert!(started.elapsed() < Duration::from_secs(90));
+    assert!(
+        d.log_text()
+            .contains("no answer from the server after 20 s; trying the next server"),
+        "{}",
+        d.log_text()
+    );
+    wait_until(
+        "the box to delete its copy",
+        Duration::from_secs(30),
+        || lab.recordings().is_empty(),
+        &|| d.log_text(),
+    );
+    assert_eq!(d.terminate(), 0);
+}

@@ -209,18 +209,34 @@ pub fn client(s: &UplinkSettings) -> Result<reqwest::Client, UplinkError> {
 /// for the client's whole timeout, and the status would go on showing an older state.
 const SILENCE: Duration = Duration::from_secs(20);
 
+/// What to do when a server stays silent for [`SILENCE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Silent {
+    /// Say so in the status and wait on, up to the client's timeout.
+    Wait,
+    /// Give up: another server can be tried.
+    GiveUp,
+}
+
 /// Sends a request with a small body; once the server has not answered for [`SILENCE`], the
-/// status says so while the request waits on (up to the client's timeout).
+/// status says so while the request waits on (up to the client's timeout), or it fails.
 async fn send(
     status: &Mutex<UploadStatus>,
     what: &str,
     request: reqwest::RequestBuilder,
+    silent: Silent,
 ) -> Result<reqwest::Response, String> {
     let send = request.send();
     tokio::pin!(send);
     let r = tokio::select! {
         r = &mut send => r,
         () = tokio::time::sleep(SILENCE) => {
+            if silent == Silent::GiveUp {
+                return Err(format!(
+                    "{what}: no answer from the server after {} s; trying the next server",
+                    SILENCE.as_secs()
+                ));
+            }
             let note = format!(
                 "{what}: no answer from the server after {} s; waiting up to {} s (a hung server or a very slow link)",
                 SILENCE.as_secs(),
@@ -621,6 +637,13 @@ impl Pass<'_> {
             &format!("GET {id}"),
             self.client
                 .get(format!("{}/v1/recordings/{id}", self.base())),
+            // An answer from a listing is quick; with another server to try, a silent one is
+            // not waited on for the client's whole timeout. (A manifest is: its check may
+            // hash a long recording.)
+            match self.servers.len() {
+                1 => Silent::Wait,
+                _ => Silent::GiveUp,
+            },
         )
         .await?;
         match r.status().as_u16() {
@@ -792,6 +815,7 @@ impl Pass<'_> {
                 .put(format!("{}/v1/recordings/{id}/manifest", self.base()))
                 .header("content-type", "application/json")
                 .body(manifest.clone()),
+            Silent::Wait,
         )
         .await;
         let r = match r {
