@@ -392,11 +392,12 @@ fn walk_size(dir: &Path) -> u64 {
 }
 
 fn server(ca: &Path, port: u16) -> neoflix_daemon::uplink::Server {
-    neoflix_daemon::uplink::Server::new(
-        &format!("https://127.0.0.1:{port}"),
+    neoflix_daemon::uplink::Server::list(
+        &[format!("https://127.0.0.1:{port}")],
         &std::fs::read(ca.join("ca.crt")).unwrap(),
     )
     .unwrap()
+    .remove(0)
 }
 
 fn client_for(ca: &Path, name: &str) -> reqwest::Client {

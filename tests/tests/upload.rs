@@ -1038,3 +1038,53 @@ fn a_hung_first_server_is_left_for_the_next_after_its_silence() {
     );
     assert_eq!(d.terminate(), 0);
 }
+
+/// Found by review: any failed pass moved the box to the next server, a broken recording of
+/// its own included, so one bad file had it change servers at every pass. Only a server found
+/// down moves it.
+#[test]
+fn a_broken_recording_on_the_box_does_not_move_it_to_another_server() {
+    let lab = Lab::new();
+    lab.pki(&["room-e2e"]);
+    let mut ingest = lab.ingest_config(64 << 20);
+    ingest.start();
+    let other = format!("127.0.0.1:{}", neoflix_e2e::free_port());
+    let upload = lab.upload_section(&ingest, "room-e2e").replace(
+        &format!("url = \"https://{}\"", ingest.addr),
+        &format!("url = [\"https://{}\", \"https://{other}\"]", ingest.addr),
+    );
+    lab.config(CAPTURE, 2, &upload);
+    // A recording whose manifest is not one: every pass fails on it.
+    let broken = lab.path("recordings/room-e2e-20261129T000000Z-0badf00d");
+    fs::create_dir_all(&broken).unwrap();
+    fs::write(broken.join("manifest.json"), b"not a manifest").unwrap();
+    let mut d = lab.start();
+    // Not ready, the failing upload the only reason.
+    d.wait_for("the pre-roll full", Duration::from_secs(60), |s| {
+        s.reasons.iter().all(|r| r.starts_with("upload failing"))
+    });
+    let id = d.ctl(Request::Start {}).recording.unwrap();
+    sleep(Duration::from_secs(1));
+    assert!(d.ctl(Request::Stop {}).ok);
+    let on_server = lab.path("server/room-e2e").join(&id);
+    wait_until(
+        "the good recording complete on the first server",
+        Duration::from_secs(60),
+        || complete(&on_server),
+        &|| d.log_text(),
+    );
+    let s = d.wait_for("the broken one named", Duration::from_secs(30), |s| {
+        s.upload
+            .as_ref()
+            .and_then(|u| u.last_error.as_deref())
+            .is_some_and(|e| e.contains("manifest.json"))
+    });
+    assert_eq!(
+        s.upload.unwrap().server.as_deref(),
+        Some(format!("https://{}", ingest.addr).as_str())
+    );
+    let log = d.log_text();
+    assert!(!log.contains("trying the next ingest server"), "{log}");
+    assert!(broken.exists(), "the box's broken recording is kept");
+    assert_eq!(d.terminate(), 0);
+}

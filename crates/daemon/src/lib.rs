@@ -334,11 +334,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             let ca = neoflix_logging::read_small_file(&u.ca, 1 << 20)
                 .map_err(|e| uplink::UplinkError::from(format!("upload.ca: {e}")))?;
             let s = uplink::UplinkSettings {
-                servers: u
-                    .urls
-                    .iter()
-                    .map(|url| uplink::Server::new(url, ca.as_bytes()))
-                    .collect::<Result<_, _>>()?,
+                servers: uplink::Server::list(&u.urls, ca.as_bytes())?,
                 ca: u.ca.clone(),
                 cert: u.cert.clone(),
                 key: u.key.clone(),

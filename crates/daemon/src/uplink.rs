@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,12 +38,19 @@ pub struct Server {
 }
 
 impl Server {
-    /// The server at `url`, whose certificates `ca_pem` (the upload CA) issued.
-    pub fn new(url: &str, ca_pem: &[u8]) -> Result<Server, UplinkError> {
-        Ok(Server {
-            url: url.trim_end_matches('/').to_string(),
-            receipts: Arc::new(ReceiptCheck::new(ca_pem, url)?),
-        })
+    /// The servers at `urls` (replicas, in order of preference), whose certificates `ca_pem`
+    /// (the upload CA) issued. A receipt or withdrawal notice from any of them may be signed
+    /// for the host of any of them: on a shared store a replica answers a manifest sent again
+    /// with the receipt another replica issued.
+    pub fn list(urls: &[String], ca_pem: &[u8]) -> Result<Vec<Server>, UplinkError> {
+        let receipts = Arc::new(ReceiptCheck::new(ca_pem, urls)?);
+        Ok(urls
+            .iter()
+            .map(|url| Server {
+                url: url.trim_end_matches('/').to_string(),
+                receipts: receipts.clone(),
+            })
+            .collect())
     }
 
     /// Its base URL.
@@ -71,31 +79,66 @@ pub struct UplinkSettings {
     pub signer: Option<Arc<neoflix_format::SigningIdentity>>,
 }
 
-/// Checks a receipt: signed by a server certificate of the upload CA for the host the box
+/// Checks a receipt: signed by a server certificate of the upload CA for a host the box
 /// uploads to, and about exactly the manifest the box holds.
 pub struct ReceiptCheck {
     /// The upload CA.
     trust: neoflix_format::TrustAnchors,
-    /// The host of `upload.url`: the name the server's certificate must carry.
-    server_name: String,
+    /// The hosts of `upload.url`: a name the server's certificate must carry.
+    server_names: Vec<String>,
 }
 
 impl std::fmt::Debug for ReceiptCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ReceiptCheck({})", self.server_name)
+        write!(f, "ReceiptCheck({})", self.server_names.join(", "))
     }
 }
 
 impl ReceiptCheck {
-    /// From the upload CA (PEM) and URL.
-    pub fn new(ca_pem: &[u8], url: &str) -> Result<Self, UplinkError> {
+    /// From the upload CA (PEM) and the servers' URLs.
+    pub fn new(ca_pem: &[u8], urls: &[String]) -> Result<Self, UplinkError> {
         let trust = neoflix_format::TrustAnchors::from_pem(ca_pem, None)
             .map_err(|e| UplinkError(format!("upload.ca: {e}")))?;
-        let server_name = reqwest::Url::parse(url)
-            .ok()
-            .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
-            .ok_or_else(|| UplinkError(format!("upload.url {url}: no host")))?;
-        Ok(ReceiptCheck { trust, server_name })
+        let server_names = urls
+            .iter()
+            .map(|url| {
+                reqwest::Url::parse(url)
+                    .ok()
+                    .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+                    .ok_or_else(|| UplinkError(format!("upload.url {url}: no host")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if server_names.is_empty() {
+            return Err(UplinkError("upload.url: no server".into()));
+        }
+        Ok(ReceiptCheck {
+            trust,
+            server_names,
+        })
+    }
+
+    /// Checks a signature of a server for `purpose` against every server's name: the first
+    /// that it is valid for, or the error for the first server's name.
+    fn check_server(
+        &self,
+        purpose: neoflix_format::custody::Purpose,
+        signature: &neoflix_format::Signature,
+        signed: &[u8],
+    ) -> Result<neoflix_format::Signer, String> {
+        let now = std::time::SystemTime::now();
+        let mut first = None;
+        for name in &self.server_names {
+            match self
+                .trust
+                .check_server(purpose, signature, signed, name, now)
+            {
+                Ok(signer) => return Ok(signer),
+                Err(e) => {
+                    first.get_or_insert(e.to_string());
+                }
+            }
+        }
+        Err(first.unwrap_or_default())
     }
 
     /// Checks a receipt answered for `manifest` (the bytes the box uploaded) of recording `id`
@@ -112,13 +155,10 @@ impl ReceiptCheck {
         let (signed, receipt) = neoflix_format::SignedReceipt::from_json(body)
             .map_err(|e| format!("{id}: unreadable receipt: {e}"))?;
         let signer = self
-            .trust
             .check_server(
                 neoflix_format::custody::Purpose::Receipt,
                 &signed.signature,
                 signed.receipt.as_bytes(),
-                &self.server_name,
-                std::time::SystemTime::now(),
             )
             .map_err(|e| format!("{id}: the receipt's signature: {e}"))?;
         if receipt.recording_id != id
@@ -145,13 +185,10 @@ impl ReceiptCheck {
         let (signed, notice) = neoflix_format::SignedWithdrawal::from_json(body)
             .map_err(|e| format!("{id}: unreadable withdrawal notice: {e}"))?;
         let signer = self
-            .trust
             .check_server(
                 neoflix_format::custody::Purpose::Withdrawal,
                 &signed.signature,
                 signed.withdrawal.as_bytes(),
-                &self.server_name,
-                std::time::SystemTime::now(),
             )
             .map_err(|e| format!("{id}: the withdrawal notice's signature: {e}"))?;
         if notice.recording_id != id || notice.device_id != device {
@@ -222,6 +259,23 @@ enum Silent {
 /// status says so while the request waits on (up to the client's timeout), or it fails.
 async fn send(
     status: &Mutex<UploadStatus>,
+    down: &AtomicBool,
+    what: &str,
+    request: reqwest::RequestBuilder,
+    silent: Silent,
+) -> Result<reqwest::Response, String> {
+    let r = send_watched(status, what, request, silent).await;
+    match &r {
+        Err(_) => down.store(true, Ordering::Relaxed),
+        Ok(r) if r.status().is_server_error() => down.store(true, Ordering::Relaxed),
+        Ok(_) => {}
+    }
+    r
+}
+
+/// [`send`], without noting a failed server.
+async fn send_watched(
+    status: &Mutex<UploadStatus>,
     what: &str,
     request: reqwest::RequestBuilder,
     silent: Silent,
@@ -256,6 +310,7 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 /// PUTs one object (idempotent: the server answers 200 for an identical one it has).
 async fn put_object(
     client: reqwest::Client,
+    down: Arc<AtomicBool>,
     base: String,
     dir: PathBuf,
     id: String,
@@ -274,7 +329,13 @@ async fn put_object(
         .body(bytes)
         .send()
         .await
-        .map_err(|e| format!("PUT {id}/{name}: {}", why(&e)))?;
+        .map_err(|e| {
+            down.store(true, Ordering::Relaxed);
+            format!("PUT {id}/{name}: {}", why(&e))
+        })?;
+    if r.status().is_server_error() {
+        down.store(true, Ordering::Relaxed);
+    }
     match r.status().as_u16() {
         200 | 201 => Ok(()),
         code => Err(format!(
@@ -590,7 +651,11 @@ struct Pass<'a> {
     client: &'a reqwest::Client,
     /// The servers, and which of them this pass sends to.
     servers: &'a [Server],
-    current: std::sync::atomic::AtomicUsize,
+    current: AtomicUsize,
+    /// A request of this pass found the server down: no answer, or a 5xx. (Failures of the
+    /// box's own files or a refusal of one recording do not count: another server would not
+    /// help.)
+    down: Arc<AtomicBool>,
     dir: PathBuf,
     status: &'a Arc<Mutex<UploadStatus>>,
     events: &'a crate::Events,
@@ -605,7 +670,7 @@ struct Pass<'a> {
 impl Pass<'_> {
     /// The server this pass sends to.
     fn server(&self) -> &Server {
-        &self.servers[self.current.load(std::sync::atomic::Ordering::Relaxed) % self.servers.len()]
+        &self.servers[self.current.load(Ordering::Relaxed) % self.servers.len()]
     }
 
     /// Its base URL.
@@ -613,16 +678,15 @@ impl Pass<'_> {
         &self.server().url
     }
 
-    /// A pass failed: with several servers the next one is tried, and everything it holds is
-    /// asked again (replicas share one store, so it is the same, unless the servers are
+    /// A pass found the server down: with several servers the next one is tried, and
+    /// everything it holds is asked again (replicas share one store, so it is the same, unless the servers are
     /// separate, and then the recording goes to the new one whole).
     fn fail_over(&self, known: &mut Known) {
         if self.servers.len() < 2 {
             return;
         }
         let from = self.base().to_string();
-        self.current
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.current.fetch_add(1, Ordering::Relaxed);
         for t in known.values_mut() {
             t.stale();
         }
@@ -634,6 +698,7 @@ impl Pass<'_> {
     async fn server_has(&self, id: &str) -> Result<Held, String> {
         let r = send(
             self.status,
+            &self.down,
             &format!("GET {id}"),
             self.client
                 .get(format!("{}/v1/recordings/{id}", self.base())),
@@ -747,6 +812,7 @@ impl Pass<'_> {
             let permit = slots.clone().acquire_owned().await.expect("never closed");
             let put = put_object(
                 self.client.clone(),
+                self.down.clone(),
                 self.base().to_string(),
                 self.dir.clone(),
                 id.to_string(),
@@ -796,6 +862,7 @@ impl Pass<'_> {
         {
             if let Err(e) = put_object(
                 self.client.clone(),
+                self.down.clone(),
                 self.base().to_string(),
                 self.dir.clone(),
                 id.to_string(),
@@ -810,6 +877,7 @@ impl Pass<'_> {
         }
         let r = send(
             self.status,
+            &self.down,
             &format!("PUT {id}/manifest"),
             self.client
                 .put(format!("{}/v1/recordings/{id}/manifest", self.base()))
@@ -954,6 +1022,10 @@ impl Pass<'_> {
                 Ok(false) => {}
                 Err(e) => {
                     first_error.get_or_insert(e);
+                    if self.servers.len() > 1 && self.down.load(Ordering::Relaxed) {
+                        // Another server is waiting: no more of this one's timeouts.
+                        break;
+                    }
                 }
             }
         }
@@ -1007,7 +1079,8 @@ pub async fn run_counting(
         pass: Pass {
             client: &client,
             servers: &settings.servers,
-            current: std::sync::atomic::AtomicUsize::new(0),
+            current: AtomicUsize::new(0),
+            down: Arc::new(AtomicBool::new(false)),
             dir: settings.recordings_dir.clone(),
             status: &status,
             events: &events,
@@ -1037,8 +1110,9 @@ struct Delivery<'a> {
 
 impl Attempt for Delivery<'_> {
     async fn attempt(&mut self) -> Result<(), String> {
+        self.pass.down.store(false, Ordering::Relaxed);
         let r = self.pass.run(&mut self.known).await;
-        if r.is_err() {
+        if r.is_err() && self.pass.down.load(Ordering::Relaxed) {
             self.pass.fail_over(&mut self.known);
         }
         r
@@ -1385,5 +1459,56 @@ mod tracking {
         });
         assert_eq!(t.pending.len(), 6);
         assert_eq!(t.pending_bytes, 316);
+    }
+}
+
+#[cfg(test)]
+mod receipts {
+    use super::*;
+
+    /// Found by review: on a shared store a replica answers a manifest sent again with the
+    /// receipt another replica signed, for that replica's host.
+    #[test]
+    fn a_receipt_signed_for_another_server_of_the_list_is_accepted() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = neoflix_pki::Ca::init(d.path(), "test CA").unwrap();
+        let (crt, key) = ca
+            .issue("ingest-b.example", neoflix_pki::Role::Server, None)
+            .unwrap();
+        let server = neoflix_format::SigningIdentity::from_pem(
+            &std::fs::read(crt).unwrap(),
+            &std::fs::read(key).unwrap(),
+        )
+        .unwrap();
+        let manifest = b"{\"a manifest\":1}";
+        let r = neoflix_format::Receipt {
+            recording_id: "r".into(),
+            device_id: "d".into(),
+            received_utc: "t".into(),
+            manifest_sha256: neoflix_format::sha256_hex(manifest),
+            chain: "c".into(),
+            fragments: 1,
+            bytes: 1,
+            signed_by: "d".into(),
+        };
+        let body = neoflix_format::SignedReceipt::sign(&r, &server, std::time::SystemTime::now())
+            .unwrap()
+            .to_json();
+        let ca_pem = std::fs::read(d.path().join("ca.crt")).unwrap();
+        let urls = |u: &[&str]| u.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let both = ReceiptCheck::new(
+            &ca_pem,
+            &urls(&[
+                "https://ingest-a.example:8443",
+                "https://ingest-b.example:8443/",
+            ]),
+        )
+        .unwrap();
+        let (_, signer) = both.check(&body, "r", "d", manifest, "c").unwrap();
+        assert_eq!(signer, "ingest-b.example");
+        // A server outside the list is not the department's.
+        let only_a = ReceiptCheck::new(&ca_pem, &urls(&["https://ingest-a.example"])).unwrap();
+        let e = only_a.check(&body, "r", "d", manifest, "c").unwrap_err();
+        assert!(e.contains("the receipt's signature"), "{e}");
     }
 }
