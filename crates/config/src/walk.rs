@@ -297,27 +297,17 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<(Config, Vec<Problem>), Co
                 "missing: the https:// URL of the ingest server, or a list of them (replicas)",
             );
         }
+        let mut seen: Vec<String> = Vec::new();
         for url in &urls {
-            let host = url
-                .strip_prefix("https://")
-                .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or(""))
-                .unwrap_or("");
-            if host.is_empty() || host.starts_with(':') {
-                w.error(
-                    line,
-                    "upload.url",
-                    format!(
-                        "{} must be an https:// URL of the ingest server, with its host",
-                        shown(url)
-                    ),
-                );
-            } else if urls.iter().filter(|u| *u == url).count() > 1 {
-                w.error(
+            match check_upload_url(url) {
+                Err(why) => w.error(line, "upload.url", format!("{} {why}", shown(url))),
+                // One server twice (`https://a` and `https://A:443/`) is no second server.
+                Ok(same) if seen.contains(&same) => w.error(
                     line,
                     "upload.url",
                     format!("{} is listed twice", shown(url)),
-                );
-                break;
+                ),
+                Ok(same) => seen.push(same),
             }
         }
         let file = |w: &mut Walker, up: &mut Section, key: &str, what: &str| {
@@ -679,6 +669,28 @@ fn camera_controls(
     out
 }
 
+/// An ingest server's base URL: `https://`, a host, no user, query or fragment, nothing that
+/// URL parsing would quietly drop. Returns it normalised, to tell one server listed twice.
+fn check_upload_url(url: &str) -> Result<String, &'static str> {
+    const MUST: &str = "must be an https:// URL of the ingest server: https://host[:port][/path]";
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(
+            "has spaces or control characters; must be an https:// URL of the ingest server",
+        );
+    }
+    let u = url::Url::parse(url).map_err(|_| MUST)?;
+    if u.scheme() != "https" || u.host_str().is_none_or(str::is_empty) {
+        return Err(MUST);
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err("must not carry a user or password (the box is known by its certificate)");
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err("must not have a query (?) or fragment (#): the protocol's paths follow it");
+    }
+    Ok(u.as_str().trim_end_matches('/').to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -761,6 +773,10 @@ mod tests {
             parse_with("url = [\"https://a.example\", \"https://b.example:8443/\"]").unwrap(),
             ["https://a.example", "https://b.example:8443/"]
         );
+        assert_eq!(
+            parse_with("url = \"https://[::1]:8443\"").unwrap(),
+            ["https://[::1]:8443"]
+        );
         for (url, says) in [
             ("", "missing: the https:// URL"),
             ("url = []", "expected 1 to 8 strings, found 0"),
@@ -773,8 +789,21 @@ mod tests {
                 "url = [\"https://a\", \"http://b\"]",
                 "'http://b' must be an https:// URL",
             ),
-            ("url = \"https://:8443\"", "with its host"),
+            ("url = \"https://:8443\"", "must be an https:// URL"),
+            ("url = \"https://h:99999\"", "must be an https:// URL"),
+            ("url = \"https://[::1\"", "must be an https:// URL"),
+            ("url = \"https://h \"", "has spaces"),
+            (
+                "url = \"https://u:pw@h\"",
+                "must not carry a user or password",
+            ),
+            ("url = \"https://h/?x=1\"", "must not have a query"),
+            ("url = \"https://h#x\"", "must not have a query"),
             ("url = [\"https://a\", \"https://a\"]", "is listed twice"),
+            (
+                "url = [\"https://a\", \"https://A:443/\"]",
+                "is listed twice",
+            ),
         ] {
             let e = parse_with(url).unwrap_err().to_string();
             assert!(e.contains("upload.url") && e.contains(says), "{url}: {e}");
