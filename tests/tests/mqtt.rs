@@ -679,7 +679,7 @@ fn a_command_flood_is_rate_limited_and_start_and_stop_still_answered() {
 #[test]
 fn a_box_on_a_site_broker_is_seen_and_commanded_from_the_central_broker_through_a_bridge() {
     let lab = Lab::named("room-a");
-    lab.pki(&["room-a", "fleet-admin", "site-bridge"]);
+    lab.pki(&["room-a", "fleet-admin", "bridge-site-a"]);
     let acl = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../config/mosquitto/neoflix.acl"
@@ -711,6 +711,14 @@ fn a_box_on_a_site_broker_is_seen_and_commanded_from_the_central_broker_through_
     d.wait_ready(Duration::from_secs(60));
 
     let admin = MqttProbe::tls(&central, &lab, "fleet-admin", "neoflix/#");
+    // The bridge says it is up, where the fleet's people may read it.
+    let links = MqttProbe::tls(&central, &lab, "fleet-admin", "neoflix-bridge/#");
+    links.wait(
+        "neoflix-bridge/site-a/state",
+        "the bridge's state at the centre",
+        Duration::from_secs(30),
+        |m| m.json == 1,
+    );
     admin.wait(
         "neoflix/room-a/status",
         "room-a's status on the central broker",
