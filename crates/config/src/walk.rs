@@ -679,7 +679,7 @@ fn check_upload_url(url: &str) -> Result<String, &'static str> {
         );
     }
     let u = url::Url::parse(url).map_err(|_| MUST)?;
-    if u.scheme() != "https" || u.host_str().is_none_or(str::is_empty) {
+    if u.scheme() != "https" || u.host_str().is_none_or(str::is_empty) || u.port() == Some(0) {
         return Err(MUST);
     }
     if !u.username().is_empty() || u.password().is_some() {
@@ -791,6 +791,7 @@ mod tests {
             ),
             ("url = \"https://:8443\"", "must be an https:// URL"),
             ("url = \"https://h:99999\"", "must be an https:// URL"),
+            ("url = \"https://h:0\"", "must be an https:// URL"),
             ("url = \"https://[::1\"", "must be an https:// URL"),
             ("url = \"https://h \"", "has spaces"),
             (

@@ -267,10 +267,16 @@ async fn send(
     let r = send_watched(status, what, request, silent).await;
     match &r {
         Err(_) => down.store(true, Ordering::Relaxed),
-        Ok(r) if r.status().is_server_error() => down.store(true, Ordering::Relaxed),
+        Ok(r) if gateway_error(r.status()) => down.store(true, Ordering::Relaxed),
         Ok(_) => {}
     }
     r
+}
+
+/// A proxy's word that the server behind it is not there (502, 504). Other 5xx come from a
+/// server that answers: busy (503), out of space (507), failing on one recording (500).
+fn gateway_error(code: reqwest::StatusCode) -> bool {
+    code == reqwest::StatusCode::BAD_GATEWAY || code == reqwest::StatusCode::GATEWAY_TIMEOUT
 }
 
 /// [`send`], without noting a failed server.
@@ -333,7 +339,7 @@ async fn put_object(
             down.store(true, Ordering::Relaxed);
             format!("PUT {id}/{name}: {}", why(&e))
         })?;
-    if r.status().is_server_error() {
+    if gateway_error(r.status()) {
         down.store(true, Ordering::Relaxed);
     }
     match r.status().as_u16() {
@@ -652,10 +658,13 @@ struct Pass<'a> {
     /// The servers, and which of them this pass sends to.
     servers: &'a [Server],
     current: AtomicUsize,
-    /// A request of this pass found the server down: no answer, or a 5xx. (Failures of the
-    /// box's own files or a refusal of one recording do not count: another server would not
-    /// help.)
+    /// A request of this pass found the server down: no answer, an answer cut off or not the
+    /// protocol's, or a proxy's 502 or 504. (Failures of the box's own files, or an answer
+    /// refusing one recording, do not count: another server would answer the same.)
     down: Arc<AtomicBool>,
+    /// The recording at which the last pass ended, the server found down: the next pass
+    /// takes it last.
+    ended: Mutex<Option<String>>,
     dir: PathBuf,
     status: &'a Arc<Mutex<UploadStatus>>,
     events: &'a crate::Events,
@@ -671,6 +680,13 @@ impl Pass<'_> {
     /// The server this pass sends to.
     fn server(&self) -> &Server {
         &self.servers[self.current.load(Ordering::Relaxed) % self.servers.len()]
+    }
+
+    /// Notes that the server stopped answering partway (an answer cut off, not the
+    /// protocol's), and returns `e`.
+    fn went_down(&self, e: String) -> String {
+        self.down.store(true, Ordering::Relaxed);
+        e
     }
 
     /// Its base URL.
@@ -716,15 +732,18 @@ impl Pass<'_> {
             410 => {
                 let body = bounded_body(r, MAX_ANSWER)
                     .await
-                    .map_err(|e| format!("GET {id}: {e}"))?;
+                    .map_err(|e| self.went_down(format!("GET {id}: {e}")))?;
                 Ok(Held::Withdrawn(body))
             }
             200 => {
                 let body = bounded_body(r, MAX_ANSWER)
                     .await
-                    .map_err(|e| format!("GET {id}: {e}"))?;
+                    .map_err(|e| self.went_down(format!("GET {id}: {e}")))?;
+                // Not the protocol's: a proxy's page, another service on the port.
                 let s: neoflix_format::protocol::RecordingState = serde_json::from_slice(&body)
-                    .map_err(|e| format!("GET {id}: not the protocol's answer: {e}"))?;
+                    .map_err(|e| {
+                        self.went_down(format!("GET {id}: not the protocol's answer: {e}"))
+                    })?;
                 Ok(Held::Objects(OnServer {
                     objects: s.objects.into_iter().collect(),
                     complete: s.complete,
@@ -810,6 +829,11 @@ impl Pass<'_> {
         let mut tasks = tokio::task::JoinSet::new();
         for name in missing {
             let permit = slots.clone().acquire_owned().await.expect("never closed");
+            if self.servers.len() > 1 && self.down.load(Ordering::Relaxed) {
+                // Another server is waiting: the objects left are not each given this one's
+                // timeout.
+                break;
+            }
             let put = put_object(
                 self.client.clone(),
                 self.down.clone(),
@@ -911,9 +935,13 @@ impl Pass<'_> {
                 error_text(r).await
             ));
         }
-        let body = bounded_body(r, MAX_ANSWER)
-            .await
-            .map_err(|e| format!("{id}: unreadable receipt: {e}"))?;
+        let body = match bounded_body(r, MAX_ANSWER).await {
+            Ok(body) => body,
+            Err(e) => {
+                t.stale();
+                return Err(self.went_down(format!("{id}: unreadable receipt: {e}")));
+            }
+        };
         let local_manifest = neoflix_format::verify::parse_manifest(&manifest)
             .map_err(|e| format!("{id}: local manifest: {e}"))?;
         let (receipt, server) = self
@@ -1014,9 +1042,11 @@ impl Pass<'_> {
         };
         let on_box: HashSet<&String> = ids.iter().collect();
         known.retain(|id, _| on_box.contains(id));
+        let ended = self.ended.lock().expect("ended lock").take();
+        let order = pass_order(&ids, ended.as_deref());
         let mut first_error = None;
         let mut gone = 0;
-        for id in &ids {
+        for id in order {
             match self.recording(id, known).await {
                 Ok(true) => gone += 1,
                 Ok(false) => {}
@@ -1024,6 +1054,7 @@ impl Pass<'_> {
                     first_error.get_or_insert(e);
                     if self.servers.len() > 1 && self.down.load(Ordering::Relaxed) {
                         // Another server is waiting: no more of this one's timeouts.
+                        *self.ended.lock().expect("ended lock") = Some(id.clone());
                         break;
                     }
                 }
@@ -1037,6 +1068,17 @@ impl Pass<'_> {
         drop(st);
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// The order of a pass over `ids` (oldest first): the recording that ended the last pass goes
+/// last, so that one that always finds the server down (a manifest whose check outlasts the
+/// timeout) does not keep every other recording from being sent.
+fn pass_order<'a>(ids: &'a [String], ended: Option<&str>) -> Vec<&'a String> {
+    let mut order: Vec<&String> = ids.iter().collect();
+    if let Some(ended) = ended {
+        order.sort_by_key(|id| id.as_str() == ended);
+    }
+    order
 }
 
 fn jitter(d: Duration) -> Duration {
@@ -1081,6 +1123,7 @@ pub async fn run_counting(
             servers: &settings.servers,
             current: AtomicUsize::new(0),
             down: Arc::new(AtomicBool::new(false)),
+            ended: Mutex::new(None),
             dir: settings.recordings_dir.clone(),
             status: &status,
             events: &events,
@@ -1463,8 +1506,18 @@ mod tracking {
 }
 
 #[cfg(test)]
-mod receipts {
+mod failover {
     use super::*;
+
+    #[test]
+    fn the_recording_that_ended_a_pass_goes_last_in_the_next() {
+        let ids: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(pass_order(&ids, None), ["a", "b", "c"]);
+        assert_eq!(pass_order(&ids, Some("a")), ["b", "c", "a"]);
+        assert_eq!(pass_order(&ids, Some("b")), ["a", "c", "b"]);
+        // Gone since: the order stays.
+        assert_eq!(pass_order(&ids, Some("x")), ["a", "b", "c"]);
+    }
 
     /// Found by review: on a shared store a replica answers a manifest sent again with the
     /// receipt another replica signed, for that replica's host.
