@@ -52,11 +52,6 @@ impl Server {
             })
             .collect())
     }
-
-    /// Its base URL.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
 }
 
 /// Where and how to upload.
