@@ -1088,3 +1088,57 @@ fn a_broken_recording_on_the_box_does_not_move_it_to_another_server() {
     assert!(broken.exists(), "the box's broken recording is kept");
     assert_eq!(d.terminate(), 0);
 }
+
+/// Found by review: a `503` (busy) or `500` counted as a server down and moved the box to the
+/// next one, though a working server had answered. It stays, retrying with back-off.
+#[test]
+fn a_busy_server_is_not_left_for_the_next() {
+    let lab = Lab::new();
+    lab.pki(&["room-e2e"]);
+    let ingest = lab.ingest_config(64 << 20);
+    tls_server(&lab, &ingest.addr, |tls, _| {
+        use std::io::Write;
+        let body = r#"{"error":"server busy: retry later"}"#;
+        let _ = tls.write_all(
+            format!(
+                "HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let _ = tls.flush();
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+    });
+    let other = format!("127.0.0.1:{}", neoflix_e2e::free_port());
+    let upload = lab.upload_section(&ingest, "room-e2e").replace(
+        &format!("url = \"https://{}\"", ingest.addr),
+        &format!("url = [\"https://{}\", \"https://{other}\"]", ingest.addr),
+    );
+    lab.config(CAPTURE, 2, &upload);
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    assert!(d.ctl(Request::Start {}).ok);
+    sleep(Duration::from_secs(1));
+    assert!(d.ctl(Request::Stop {}).ok);
+    wait_until(
+        "two passes refused as busy",
+        Duration::from_secs(60),
+        || {
+            d.log_text()
+                .lines()
+                .filter(|l| l.contains("HTTP 503") && l.contains("retrying"))
+                .count()
+                >= 2
+        },
+        &|| d.log_text(),
+    );
+    let log = d.log_text();
+    assert!(!log.contains("trying the next ingest server"), "{log}");
+    assert_eq!(
+        d.status().upload.unwrap().server.as_deref(),
+        Some(format!("https://{}", ingest.addr).as_str())
+    );
+    assert_eq!(lab.recordings().len(), 1, "the recording stays on the box");
+    assert_eq!(d.terminate(), 0);
+}
