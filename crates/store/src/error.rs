@@ -33,6 +33,15 @@ pub enum StoreError {
         /// The cause.
         source: neoflix_format::SignatureError,
     },
+    /// A recording directory's manifest was not signed: it is not a manifest, or not this
+    /// box's (the box vouches only for its own recordings).
+    #[error("recording {recording}: not signed: {why}")]
+    NotOurs {
+        /// The recording directory's name.
+        recording: String,
+        /// Why.
+        why: String,
+    },
     /// A fragment was claimed that the ring no longer holds.
     #[error("fragment {seq} is not in the ring (evicted or never sealed)")]
     NotInRing {

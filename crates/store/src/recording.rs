@@ -578,6 +578,20 @@ fn sign_existing(
     let bytes =
         neoflix_format::files::read_regular(&path, neoflix_format::manifest::MAX_MANIFEST_BYTES)
             .map_err(StoreError::io("read", &path))?;
+    // Signing vouches for what the disk holds: only for a manifest, and one of this box's.
+    let not_ours = |why: String| StoreError::NotOurs {
+        recording: id.to_string(),
+        why,
+    };
+    let m = neoflix_format::verify::parse_manifest(&bytes)
+        .map_err(|e| not_ours(format!("{MANIFEST_FILE}: {e}")))?;
+    if m.device_id != signer.name() {
+        return Err(not_ours(format!(
+            "its manifest is of device {}, and this box signs as {}",
+            m.device_id.escape_debug(),
+            signer.name()
+        )));
+    }
     let sig = signer
         .sign(Purpose::Manifest, &bytes, now)
         .map_err(|source| StoreError::Sign {
@@ -1047,8 +1061,25 @@ mod tests {
         let c = std::ffi::CString::new(odd.join(MANIFEST_FILE).to_str().unwrap()).unwrap();
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Nor is a file that is not a manifest, nor another device's manifest, vouched for.
+        let garbage = t.path().join("rec/garbage");
+        fs::create_dir_all(&garbage).unwrap();
+        fs::write(garbage.join(MANIFEST_FILE), b"not a manifest").unwrap();
+        let foreign = t.path().join("rec/foreign");
+        fs::create_dir_all(&foreign).unwrap();
+        let mut theirs: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
+        theirs["device_id"] = "room-2".into();
+        fs::write(
+            foreign.join(MANIFEST_FILE),
+            serde_json::to_vec(&theirs).unwrap(),
+        )
+        .unwrap();
         let signed = sign_unsigned(&t.path().join("rec"), &id, SystemTime::now());
         assert_eq!(signed, vec!["rec-1".to_string()]);
+        for other in [&garbage, &foreign] {
+            assert!(!other.join(SIGNATURE_FILE).exists(), "{}", other.display());
+        }
         let trust =
             neoflix_format::TrustAnchors::from_pem(&fs::read(ca_dir.join("ca.crt")).unwrap(), None)
                 .unwrap();
