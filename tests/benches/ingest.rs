@@ -87,50 +87,99 @@ fn start_ingest(dir: &Path, ca: &Path) -> (Proc, u16) {
     (Proc(child), port)
 }
 
-/// A sealed recording of `n` 1 MiB fragments, written by the real store code.
-fn synth_recording(root: &Path, ca: &Path, n: u64) -> PathBuf {
-    let dept = neoflix_seal::DepartmentPublicKey::from_bytes(&[9; 32]).unwrap();
-    let signer = neoflix_store::SigningIdentity::from_pem(
-        &std::fs::read(ca.join("bench-box.crt")).unwrap(),
-        &std::fs::read(ca.join("bench-box.key")).unwrap(),
-    )
-    .unwrap();
-    let (mut ring, _) =
-        neoflix_store::Ring::open(&root.join("ring"), Duration::from_secs(1), 1 << 40).unwrap();
-    let recs = root.join("recordings");
-    let mut w = neoflix_store::RecordingWriter::create(
-        &recs,
-        "bench-rec",
-        "bench-box",
-        "control",
-        &dept,
-        SystemTime::now(),
-    )
-    .unwrap();
-    let stream = [1u8; 16];
-    let id = |seq, kind| neoflix_seal::ObjectId { stream, seq, kind };
-    let (k, s) = neoflix_seal::seal(&id(0, neoflix_seal::Kind::Init), b"init").unwrap();
-    ring.begin_stream(stream, &s, k).unwrap();
-    let mut plain = vec![0u8; FRAGMENT];
-    for seq in 0..n {
-        getrandom::fill(&mut plain).unwrap();
-        let (k, s) = neoflix_seal::seal(&id(seq, neoflix_seal::Kind::Fragment), &plain).unwrap();
-        ring.push(
-            seq,
-            &s,
-            k,
-            Duration::from_secs(1),
+/// A recording written by the real store code, one fragment of random bytes at a time, claimed
+/// through a ring as storage claims it.
+struct Synth {
+    ring: neoflix_store::Ring,
+    writer: neoflix_store::RecordingWriter,
+    plain: Vec<u8>,
+    next: u64,
+}
+
+impl Synth {
+    const STREAM: [u8; 16] = [1; 16];
+
+    /// Recording `id` under `<root>/recordings`, with fragments of `fragment` plaintext bytes.
+    fn new(root: &Path, id: &str, fragment: usize) -> Synth {
+        let dept = neoflix_seal::DepartmentPublicKey::from_bytes(&[9; 32]).unwrap();
+        let (mut ring, _) =
+            neoflix_store::Ring::open(&root.join("ring"), Duration::from_secs(1), 1 << 40).unwrap();
+        let writer = neoflix_store::RecordingWriter::create(
+            &root.join("recordings"),
+            id,
+            "bench-box",
+            "control",
+            &dept,
             SystemTime::now(),
-            std::time::Instant::now(),
         )
         .unwrap();
-        let init = ring.init(&stream).unwrap();
-        w.claim(ring.get(seq).unwrap(), &init, false).unwrap();
-        ring.keep(seq);
+        let (k, s) =
+            neoflix_seal::seal(&Self::object(0, neoflix_seal::Kind::Init), b"init").unwrap();
+        ring.begin_stream(Self::STREAM, &s, k).unwrap();
+        Synth {
+            ring,
+            writer,
+            plain: vec![0; fragment],
+            next: 0,
+        }
     }
-    w.finalize("control", SystemTime::now(), Some(&signer))
+
+    fn object(seq: u64, kind: neoflix_seal::Kind) -> neoflix_seal::ObjectId {
+        neoflix_seal::ObjectId {
+            stream: Self::STREAM,
+            seq,
+            kind,
+        }
+    }
+
+    /// Seals the next fragment and claims it into the recording.
+    fn claim_next(&mut self) {
+        let seq = self.next;
+        getrandom::fill(&mut self.plain).unwrap();
+        let (k, s) = neoflix_seal::seal(
+            &Self::object(seq, neoflix_seal::Kind::Fragment),
+            &self.plain,
+        )
         .unwrap();
-    recs
+        self.ring
+            .push(
+                seq,
+                &s,
+                k,
+                Duration::from_secs(1),
+                SystemTime::now(),
+                std::time::Instant::now(),
+            )
+            .unwrap();
+        let init = self.ring.init(&Self::STREAM).unwrap();
+        self.writer
+            .claim(self.ring.get(seq).unwrap(), &init, false)
+            .unwrap();
+        self.ring.keep(seq);
+        self.next += 1;
+    }
+
+    /// Finalizes it, signed as `bench-box` of the bench CA in `ca`.
+    fn finalize(self, ca: &Path) {
+        let signer = neoflix_store::SigningIdentity::from_pem(
+            &std::fs::read(ca.join("bench-box.crt")).unwrap(),
+            &std::fs::read(ca.join("bench-box.key")).unwrap(),
+        )
+        .unwrap();
+        self.writer
+            .finalize("control", SystemTime::now(), Some(&signer))
+            .unwrap();
+    }
+}
+
+/// A sealed recording of `n` 1 MiB fragments, written by the real store code.
+fn synth_recording(root: &Path, ca: &Path, n: u64) -> PathBuf {
+    let mut synth = Synth::new(root, "bench-rec", FRAGMENT);
+    for _ in 0..n {
+        synth.claim_next();
+    }
+    synth.finalize(ca);
+    root.join("recordings")
 }
 
 fn throughput(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime) -> (f64, f64) {
@@ -277,25 +326,13 @@ struct Window {
 fn long_recording(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime, n: u64) -> Vec<Window> {
     const WINDOW: u64 = 200;
     let (_ingest, port) = start_ingest(dir, ca);
-    let dept = neoflix_seal::DepartmentPublicKey::from_bytes(&[9; 32]).unwrap();
-    let (mut ring, _) =
-        neoflix_store::Ring::open(&dir.join("ring"), Duration::from_secs(1), 1 << 40).unwrap();
-    let recs = dir.join("recordings");
-    let mut w = neoflix_store::RecordingWriter::create(
-        &recs,
-        "bench-long",
-        "bench-box",
-        "control",
-        &dept,
-        SystemTime::now(),
-    )
-    .unwrap();
+    let mut synth = Synth::new(dir, "bench-long", 4096);
     let settings = neoflix_daemon::uplink::UplinkSettings {
         servers: vec![server(ca, port)],
         ca: ca.join("ca.crt"),
         cert: ca.join("bench-box.crt"),
         key: ca.join("bench-box.key"),
-        recordings_dir: recs.clone(),
+        recordings_dir: dir.join("recordings"),
         device: "bench-box".into(),
         signer: None,
     };
@@ -313,11 +350,6 @@ fn long_recording(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime, n: u64) -
         passes_tx,
         stop_rx,
     ));
-    let stream = [1u8; 16];
-    let id = |seq, kind| neoflix_seal::ObjectId { stream, seq, kind };
-    let (k, s) = neoflix_seal::seal(&id(0, neoflix_seal::Kind::Init), b"init").unwrap();
-    ring.begin_stream(stream, &s, k).unwrap();
-    let mut plain = vec![0u8; 4096];
     let starts = [0, n / 2 - WINDOW / 2, n - WINDOW];
     let mut windows = Vec::new();
     let mut timed = Vec::new();
@@ -327,20 +359,7 @@ fn long_recording(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime, n: u64) -
             timed.clear();
             cpu_from = cpu_ms();
         }
-        getrandom::fill(&mut plain).unwrap();
-        let (k, s) = neoflix_seal::seal(&id(seq, neoflix_seal::Kind::Fragment), &plain).unwrap();
-        ring.push(
-            seq,
-            &s,
-            k,
-            Duration::from_secs(1),
-            SystemTime::now(),
-            std::time::Instant::now(),
-        )
-        .unwrap();
-        let init = ring.init(&stream).unwrap();
-        w.claim(ring.get(seq).unwrap(), &init, false).unwrap();
-        ring.keep(seq);
+        synth.claim_next();
         // As storage does after a claim; then the pass that follows is timed.
         let before = *passes.borrow();
         let t = Instant::now();
@@ -356,13 +375,7 @@ fn long_recording(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime, n: u64) -
             });
         }
     }
-    let signer = neoflix_store::SigningIdentity::from_pem(
-        &std::fs::read(ca.join("bench-box.crt")).unwrap(),
-        &std::fs::read(ca.join("bench-box.key")).unwrap(),
-    )
-    .unwrap();
-    w.finalize("control", SystemTime::now(), Some(&signer))
-        .unwrap();
+    synth.finalize(ca);
     wake.notify_one();
     let t = Instant::now();
     while status.lock().unwrap().delivered == 0 {

@@ -25,6 +25,30 @@ fn reply_to<'a>(id: &'a str) -> impl Fn(&Message) -> bool + 'a {
     move |m| m.json["request_id"] == id
 }
 
+/// `neoflix fleet --once --json` against `broker` over mutual TLS as `fleet-admin`.
+fn fleet_json_as_admin(lab: &Lab, broker: &Mosquitto) -> Value {
+    let ca = lab.path("ca");
+    let out = neoflix(&[
+        "fleet",
+        "--broker",
+        &broker.url(true),
+        "--ca",
+        ca.join("ca.crt").to_str().unwrap(),
+        "--cert",
+        ca.join("fleet-admin.crt").to_str().unwrap(),
+        "--key",
+        ca.join("fleet-admin.key").to_str().unwrap(),
+        "--once",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn status_is_retained_and_commands_drive_the_recorder() {
     let lab = Lab::new();
@@ -381,25 +405,7 @@ fn mutual_tls_with_an_acl_keeps_each_device_to_its_own_topics() {
     );
 
     // The fleet view over mutual TLS.
-    let out = neoflix(&[
-        "fleet",
-        "--broker",
-        &broker.url(true),
-        "--ca",
-        ca.join("ca.crt").to_str().unwrap(),
-        "--cert",
-        ca.join("fleet-admin.crt").to_str().unwrap(),
-        "--key",
-        ca.join("fleet-admin.key").to_str().unwrap(),
-        "--once",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let fleet: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fleet = fleet_json_as_admin(&lab, &broker);
     assert_eq!(fleet[0]["device"], "room-a", "{fleet}");
     assert_eq!(fleet.as_array().unwrap().len(), 1, "{fleet}");
     assert_eq!(d.terminate(), 0);
@@ -745,27 +751,7 @@ fn a_box_on_a_site_broker_is_seen_and_commanded_from_the_central_broker_through_
         |m| m.json["event"] == "recording_started",
     );
     // The fleet view on the central broker lists the room, from its retained status.
-    let fleet_once = || {
-        let out = neoflix(&[
-            "fleet",
-            "--broker",
-            &central.url(true),
-            "--ca",
-            ca.join("ca.crt").to_str().unwrap(),
-            "--cert",
-            ca.join("fleet-admin.crt").to_str().unwrap(),
-            "--key",
-            ca.join("fleet-admin.key").to_str().unwrap(),
-            "--once",
-            "--json",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
-    };
+    let fleet_once = || fleet_json_as_admin(&lab, &central);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let fleet = fleet_once();

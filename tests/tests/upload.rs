@@ -691,6 +691,32 @@ fn tls_server(lab: &Lab, addr: &str, answer: fn(&mut Tls, &str)) {
     });
 }
 
+/// Writes one JSON answer (`status` is the status line's rest, with any extra header lines)
+/// and closes the connection.
+fn answer_json(tls: &mut Tls, status: &str, body: &str) {
+    use std::io::Write;
+    let _ = tls.write_all(
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let _ = tls.flush();
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+}
+
+/// The `[upload]` section for `room-e2e` made for `ingest`, sending to `servers` (addresses,
+/// in that order) instead.
+fn upload_to_servers(lab: &Lab, ingest: &neoflix_e2e::Ingest, servers: &[&str]) -> String {
+    let list: Vec<String> = servers.iter().map(|a| format!("\"https://{a}\"")).collect();
+    lab.upload_section(ingest, "room-e2e").replace(
+        &format!("url = \"https://{}\"", ingest.addr),
+        &format!("url = [{}]", list.join(", ")),
+    )
+}
+
 /// Issue 15: a server that answered `GET /v1/recordings/<id>` with `200` and an endless
 /// chunked body drove neoflixd from 27 MB to 22 GB in 60 s. Every answer is read up to its
 /// known bound; past it the pass fails, is retried with back-off, and the recording stays on
@@ -786,7 +812,6 @@ fn a_server_that_refuses_every_manifest_gets_one_rename_not_a_loop() {
     lab.pki(&["room-e2e"]);
     let ingest = lab.ingest_config(64 << 20);
     tls_server(&lab, &ingest.addr, |tls, head| {
-        use std::io::Write;
         let id = head
             .split_whitespace()
             .nth(1)
@@ -805,16 +830,7 @@ fn a_server_that_refuses_every_manifest_gets_one_rename_not_a_loop() {
                     .to_string(),
             )
         };
-        let _ = tls.write_all(
-            format!(
-                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        let _ = tls.flush();
-        tls.conn.send_close_notify();
-        let _ = tls.flush();
+        answer_json(tls, status, &body);
     });
     lab.config(CAPTURE, 2, &lab.upload_section(&ingest, "room-e2e"));
     let mut d = lab.start();
@@ -852,23 +868,12 @@ fn a_hung_server_is_named_in_the_status_before_the_request_times_out() {
     lab.pki(&["room-e2e"]);
     let ingest = lab.ingest_config(64 << 20);
     tls_server(&lab, &ingest.addr, |tls, _| {
-        use std::io::Write;
         if HUNG.load(std::sync::atomic::Ordering::SeqCst) {
             // Holds the connection, says nothing.
             sleep(Duration::from_secs(600));
             return;
         }
-        let body = r#"{"error":"busy"}"#;
-        let _ = tls.write_all(
-            format!(
-                "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        let _ = tls.flush();
-        tls.conn.send_close_notify();
-        let _ = tls.flush();
+        answer_json(tls, "500 Internal Server Error", r#"{"error":"busy"}"#);
     });
     lab.config(CAPTURE, 2, &lab.upload_section(&ingest, "room-e2e"));
     let mut d = lab.start();
@@ -887,12 +892,11 @@ fn a_hung_server_is_named_in_the_status_before_the_request_times_out() {
         },
     );
     HUNG.store(true, std::sync::atomic::Ordering::SeqCst);
-    let flipped = std::time::Instant::now();
-    // The back-off before the next pass (at most a few seconds this early), then 20 s of
-    // silence: well inside the 120 s the request itself may wait.
+    // Only the silence note says this, 20 s into the request; without it the status kept
+    // the 500 until the request timed out (120 s) and then said "timed out".
     let s = d.wait_for(
         "the status to say the server is silent",
-        Duration::from_secs(75),
+        Duration::from_secs(90),
         |s| {
             s.upload
                 .as_ref()
@@ -900,7 +904,6 @@ fn a_hung_server_is_named_in_the_status_before_the_request_times_out() {
                 .is_some_and(|e| e.contains("no answer from the server"))
         },
     );
-    assert!(flipped.elapsed() < Duration::from_secs(100));
     let error = s.upload.unwrap().last_error.unwrap();
     assert!(error.contains("GET ") || error.contains("PUT "), "{error}");
     assert_eq!(lab.recordings().len(), 1, "the recording stays on the box");
@@ -933,13 +936,7 @@ fn a_server_killed_mid_recording_is_failed_over_to_the_next_and_the_recording_co
     );
     first.start();
     second.start();
-    let upload = lab.upload_section(&first, "room-e2e").replace(
-        &format!("url = \"https://{}\"", first.addr),
-        &format!(
-            "url = [\"https://{}\", \"https://{second_addr}\"]",
-            first.addr
-        ),
-    );
+    let upload = upload_to_servers(&lab, &first, &[&first.addr, &second_addr]);
     lab.config(CAPTURE, 2, &upload);
     let mut d = lab.start();
     let s = d.wait_ready(Duration::from_secs(60));
@@ -1005,17 +1002,13 @@ fn a_hung_first_server_is_left_for_the_next_after_its_silence() {
     ingest.start();
     let hung = format!("127.0.0.1:{}", neoflix_e2e::free_port());
     tls_server(&lab, &hung, |_, _| sleep(Duration::from_secs(600)));
-    let upload = lab.upload_section(&ingest, "room-e2e").replace(
-        &format!("url = \"https://{}\"", ingest.addr),
-        &format!("url = [\"https://{hung}\", \"https://{}\"]", ingest.addr),
-    );
+    let upload = upload_to_servers(&lab, &ingest, &[&hung, &ingest.addr]);
     lab.config(CAPTURE, 2, &upload);
     let mut d = lab.start();
     d.wait_ready(Duration::from_secs(60));
     let id = d.ctl(Request::Start {}).recording.unwrap();
     sleep(Duration::from_secs(1));
     assert!(d.ctl(Request::Stop {}).ok);
-    let started = std::time::Instant::now();
     let on_server = lab.path("server/room-e2e").join(&id);
     wait_until(
         "the recording complete on the second server",
@@ -1023,7 +1016,7 @@ fn a_hung_first_server_is_left_for_the_next_after_its_silence() {
         || complete(&on_server),
         &|| d.log_text(),
     );
-    assert!(started.elapsed() < Duration::from_secs(90));
+    // Left for its silence: waiting out the 120-s timeout says "timed out" instead.
     assert!(
         d.log_text()
             .contains("no answer from the server after 20 s; trying the next server"),
@@ -1049,10 +1042,7 @@ fn a_broken_recording_on_the_box_does_not_move_it_to_another_server() {
     let mut ingest = lab.ingest_config(64 << 20);
     ingest.start();
     let other = format!("127.0.0.1:{}", neoflix_e2e::free_port());
-    let upload = lab.upload_section(&ingest, "room-e2e").replace(
-        &format!("url = \"https://{}\"", ingest.addr),
-        &format!("url = [\"https://{}\", \"https://{other}\"]", ingest.addr),
-    );
+    let upload = upload_to_servers(&lab, &ingest, &[&ingest.addr, &other]);
     lab.config(CAPTURE, 2, &upload);
     // A recording whose manifest is not one: every pass fails on it.
     let broken = lab.path("recordings/room-e2e-20261129T000000Z-0badf00d");
@@ -1097,24 +1087,14 @@ fn a_busy_server_is_not_left_for_the_next() {
     lab.pki(&["room-e2e"]);
     let ingest = lab.ingest_config(64 << 20);
     tls_server(&lab, &ingest.addr, |tls, _| {
-        use std::io::Write;
-        let body = r#"{"error":"server busy: retry later"}"#;
-        let _ = tls.write_all(
-            format!(
-                "HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
+        answer_json(
+            tls,
+            "503 Service Unavailable\r\nretry-after: 1",
+            r#"{"error":"server busy: retry later"}"#,
         );
-        let _ = tls.flush();
-        tls.conn.send_close_notify();
-        let _ = tls.flush();
     });
     let other = format!("127.0.0.1:{}", neoflix_e2e::free_port());
-    let upload = lab.upload_section(&ingest, "room-e2e").replace(
-        &format!("url = \"https://{}\"", ingest.addr),
-        &format!("url = [\"https://{}\", \"https://{other}\"]", ingest.addr),
-    );
+    let upload = upload_to_servers(&lab, &ingest, &[&ingest.addr, &other]);
     lab.config(CAPTURE, 2, &upload);
     let mut d = lab.start();
     d.wait_ready(Duration::from_secs(60));
