@@ -875,10 +875,10 @@ impl Pass<'_> {
         }
         // The signature goes only with the manifest it signs: one left by a finalize that was
         // retried is replaced before any manifest exists, and must never reach the server.
-        if rdir.join(SIGNATURE_FILE).exists()
-            && !complete_there
-            && !t.server.objects.contains(SIGNATURE_FILE)
-        {
+        let signed = tokio::fs::try_exists(rdir.join(SIGNATURE_FILE))
+            .await
+            .map_err(|e| format!("{id}/{SIGNATURE_FILE}: {e}"))?;
+        if signed && !complete_there && !t.server.objects.contains(SIGNATURE_FILE) {
             if let Err(e) = put_object(
                 self.client.clone(),
                 self.down.clone(),
