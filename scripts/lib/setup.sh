@@ -9,7 +9,9 @@
 # WebDriver for the review page's browser test and the opening code's wasm32 tests, certutil to
 # make that browser trust the test CA, strace to kill a process at an exact system call in the
 # crash tests, libclang for the v4l crate's bindings to the kernel's V4L2 header (bindgen),
-# iproute2 (ip, tc) for the chaos suite's network namespaces and netem in the VM lab.
+# iproute2 (ip, tc) for the chaos suite's network namespaces and netem in the VM lab,
+# PostgreSQL for the department server's shared database (each test starts a cluster of its own
+# on loopback as the package's postgres user; the package's own cluster is not used).
 NEOFLIX_APT_PACKAGES=(
   pkg-config build-essential
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
@@ -17,7 +19,7 @@ NEOFLIX_APT_PACKAGES=(
   gstreamer1.0-plugins-ugly gstreamer1.0-alsa gstreamer1.0-tools
   ffmpeg curl mosquitto
   chromium chromium-driver libnss3-tools
-  strace libclang-dev iproute2
+  strace libclang-dev iproute2 postgresql
 )
 
 neoflix_log() { printf '==> %s\n' "$*" >&2; }

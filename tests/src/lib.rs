@@ -13,6 +13,8 @@ use neoflix_control::{Reply, Request, Status};
 
 pub mod browser;
 pub use browser::Browser;
+pub mod postgres;
+pub use postgres::Postgres;
 
 /// Path of a workspace binary: next to the test executable, or in `NEOFLIX_E2E_BIN_DIR` (the
 /// arm64 build, for instance).

@@ -79,11 +79,111 @@ pub const DEFAULT_DATABASE: &str = "/var/lib/neoflix-ingest/neoflix.db";
 /// `[database]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Database {
-    /// The SQLite file (created 0600 with its directory).
-    pub path: PathBuf,
+    /// Which database.
+    pub at: DatabaseAt,
     /// Whether the file named a `[database]` section: with neither it nor `[review]` the server
     /// runs without a database, as before the review page existed.
     pub configured: bool,
+}
+
+/// Which database: `path = ...` or `url = "sqlite:///..."`, or `url = "postgres://..."`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseAt {
+    /// The SQLite file (created 0600 with its directory).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, which several replicas may share.
+    Postgres(Box<Postgres>),
+}
+
+/// `[database] url = "postgres://..."` with its password and TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Postgres {
+    /// Host(s), port, user and database name; never a password.
+    pub url: PgUrl,
+    /// The file holding the password, if the server asks for one.
+    pub password_file: Option<PathBuf>,
+    /// The CA that signed the PostgreSQL server's certificate: TLS, with the host name checked.
+    /// Without it, only a Unix socket or loopback address is allowed (plain text).
+    pub ca: Option<PathBuf>,
+}
+
+/// A parsed PostgreSQL URL, compared by its text.
+#[derive(Debug, Clone)]
+pub struct PgUrl {
+    text: String,
+    /// As the client library reads it.
+    pub config: postgres::Config,
+}
+
+impl PgUrl {
+    /// Reads `text` as `[database] url` is read: a user, host and database name, and neither
+    /// a password nor TLS settings (see [`Postgres`]).
+    pub fn parse(text: &str) -> Result<PgUrl, String> {
+        pg_url(text)
+    }
+}
+
+impl PartialEq for PgUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+impl Eq for PgUrl {}
+
+impl Database {
+    /// The SQLite file, if that is the database.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match &self.at {
+            DatabaseAt::Sqlite(p) => Some(p),
+            DatabaseAt::Postgres(_) => None,
+        }
+    }
+}
+
+/// Why a PostgreSQL URL is refused, or what it is.
+fn pg_url(text: &str) -> Result<PgUrl, String> {
+    const FORM: &str = "postgres://USER@HOST[:PORT]/DBNAME";
+    // Chosen by `ca`: an `sslmode` here could only weaken or contradict it.
+    if text.contains("sslmode") || text.contains("sslrootcert") {
+        return Err(
+            "TLS is set by `ca` in [database], not in the url: remove sslmode/sslrootcert".into(),
+        );
+    }
+    let config: postgres::Config = text
+        .parse()
+        .map_err(|e| format!("not a PostgreSQL url ({e}); expected {FORM}"))?;
+    if config.get_password().is_some() {
+        return Err("a password in the url would sit in this readable file: put it in password_file (mode 0600, readable by the server's user only)".into());
+    }
+    if config.get_hosts().is_empty() {
+        return Err(format!("no host: expected {FORM}"));
+    }
+    if config.get_user().is_none() {
+        return Err(format!("no user: expected {FORM}"));
+    }
+    if config.get_dbname().is_none() {
+        return Err(format!("no database name: expected {FORM}"));
+    }
+    Ok(PgUrl {
+        text: text.to_owned(),
+        config,
+    })
+}
+
+/// Whether every host of `config` is on this machine (a Unix socket or loopback), where a
+/// connection without TLS crosses no network.
+fn pg_local(config: &postgres::Config) -> bool {
+    config.get_hosts().iter().all(|h| match h {
+        postgres::config::Host::Unix(_) => true,
+        postgres::config::Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    })
 }
 
 /// `[mqtt]`: the broker the room boxes publish their status to.
@@ -228,6 +328,92 @@ fn file(w: &mut Walker, s: &mut Section, key: &str, base: &Path, what: &str) -> 
         w.error(line, opt, problem);
     }
     Some(p)
+}
+
+/// `[database]`: `path`, or `url` naming SQLite or PostgreSQL (with `password_file`, `ca`).
+fn database_at(w: &mut Walker, d: &mut Section, base: &Path) -> DatabaseAt {
+    let sqlite_default = || DatabaseAt::Sqlite(PathBuf::from(DEFAULT_DATABASE));
+    if !d.has("url") {
+        for key in ["password_file", "ca"] {
+            if d.has(key) {
+                let line = d.line();
+                w.error(
+                    line,
+                    Walker::option_name(d, key),
+                    "only for a PostgreSQL url",
+                );
+            }
+        }
+        let (p, _) = w.string(d, "path", DEFAULT_DATABASE);
+        return DatabaseAt::Sqlite(base.join(p));
+    }
+    let (url, line) = w.string(d, "url", "");
+    let opt = Walker::option_name(d, "url");
+    if d.has("path") {
+        w.error(line, opt, "give path (SQLite) or url, not both");
+        return sqlite_default();
+    }
+    if let Some(file) = url.strip_prefix("sqlite://") {
+        if file.is_empty() {
+            w.error(
+                line,
+                opt,
+                "no file: sqlite:///var/lib/neoflix-ingest/neoflix.db",
+            );
+        }
+        for key in ["password_file", "ca"] {
+            if d.has(key) {
+                w.error(
+                    line,
+                    Walker::option_name(d, key),
+                    "only for a PostgreSQL url",
+                );
+            }
+        }
+        return DatabaseAt::Sqlite(base.join(file));
+    }
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        w.error(
+            line,
+            opt,
+            "sqlite:///path/to/neoflix.db or postgres://USER@HOST[:PORT]/DBNAME",
+        );
+        return sqlite_default();
+    }
+    let password_file = d.has("password_file").then(|| {
+        file(
+            w,
+            d,
+            "password_file",
+            base,
+            "the PostgreSQL user's password, alone in the file",
+        )
+    });
+    let ca = d.has("ca").then(|| {
+        file(
+            w,
+            d,
+            "ca",
+            base,
+            "the CA certificate that signed the PostgreSQL server's certificate (PEM)",
+        )
+    });
+    match pg_url(&url) {
+        Err(why) => {
+            w.error(line, opt, why);
+            sqlite_default()
+        }
+        Ok(u) => {
+            if ca.is_none() && !pg_local(&u.config) {
+                w.error(line, opt, "a PostgreSQL server across the network needs TLS: set ca = the CA certificate that signed its certificate (PEM); the connection carries reviewers' wrapped keys and the audit log");
+            }
+            DatabaseAt::Postgres(Box::new(Postgres {
+                url: u,
+                password_file: password_file.flatten(),
+                ca: ca.flatten(),
+            }))
+        }
+    }
 }
 
 /// A required `IP:PORT` option (`option` is its full name for messages).
@@ -458,12 +644,12 @@ fn walk(w: &mut Walker, root: &DeTable, base: &Path) -> IngestConfig {
 
     let db_section = w.optional_section(root, "database");
     let configured = db_section.is_some();
-    let db_path = match db_section {
-        None => PathBuf::from(DEFAULT_DATABASE),
+    let db_at = match db_section {
+        None => DatabaseAt::Sqlite(PathBuf::from(DEFAULT_DATABASE)),
         Some(mut d) => {
-            let (p, _) = w.string(&mut d, "path", DEFAULT_DATABASE);
+            let at = database_at(w, &mut d, base);
             w.finish(d);
-            base.join(p)
+            at
         }
     };
 
@@ -568,7 +754,7 @@ fn walk(w: &mut Walker, root: &DeTable, base: &Path) -> IngestConfig {
         },
         review,
         database: Database {
-            path: db_path,
+            at: db_at,
             configured,
         },
         mqtt,
@@ -717,7 +903,7 @@ mod tests {
         let (c, _) = IngestConfig::parse("i.toml", GOOD, d.path()).unwrap();
         assert_eq!((c.review.clone(), c.mqtt.clone()), (None, None));
         assert!(!c.uses_database(), "no review, no database: as before");
-        assert_eq!(c.database.path, PathBuf::from(DEFAULT_DATABASE));
+        assert_eq!(c.database.sqlite_path(), Some(Path::new(DEFAULT_DATABASE)));
         let text = format!("{GOOD}[review]\nlisten = \"127.0.0.1:8444\"\n");
         let (c, _) = IngestConfig::parse("i.toml", &text, d.path()).unwrap();
         let r = c.review.clone().unwrap();
@@ -738,7 +924,10 @@ mod tests {
         let r = c.review.unwrap();
         assert_eq!(r.cert, d.path().join("ca.crt"));
         assert_eq!(r.assets, d.path().join("www"));
-        assert_eq!(c.database.path, d.path().join("db/n.db"));
+        assert_eq!(
+            c.database.sqlite_path(),
+            Some(d.path().join("db/n.db").as_path())
+        );
         let m = c.mqtt.unwrap();
         assert_eq!(
             (m.url.as_str(), m.prefix.as_str()),
@@ -757,6 +946,89 @@ mod tests {
             "mqtt.prefix",
         ] {
             assert!(found.contains(expected), "{expected}\n{found}");
+        }
+    }
+
+    #[test]
+    fn the_database_is_a_sqlite_file_or_a_postgresql_url_with_its_password_and_ca() {
+        let d = tls_dir();
+        let parse = |db: &str| {
+            IngestConfig::parse("i.toml", &format!("{GOOD}[database]\n{db}"), d.path())
+                .map(|(c, _)| c.database.at)
+        };
+        assert_eq!(
+            parse("url = \"sqlite:///var/lib/n.db\"\n").unwrap(),
+            DatabaseAt::Sqlite("/var/lib/n.db".into())
+        );
+        let DatabaseAt::Postgres(pg) = parse(
+            "url = \"postgres://neoflix@db.example:5433/neoflix\"\npassword_file = \"ca.crl\"\nca = \"ca.crt\"\n",
+        )
+        .unwrap() else {
+            panic!("not PostgreSQL")
+        };
+        assert_eq!(pg.url.config.get_user(), Some("neoflix"));
+        assert_eq!(pg.url.config.get_ports(), &[5433]);
+        assert_eq!(
+            (pg.password_file, pg.ca),
+            (Some(d.path().join("ca.crl")), Some(d.path().join("ca.crt")))
+        );
+        // On this machine, plain text is allowed.
+        for local in [
+            "postgres://neoflix@localhost/neoflix",
+            "postgres://neoflix@127.0.0.1:5432/neoflix",
+            "postgres://neoflix@[::1]/neoflix",
+            "postgresql://neoflix@%2Frun%2Fpostgresql/neoflix",
+        ] {
+            assert!(
+                matches!(
+                    parse(&format!("url = \"{local}\"\n")),
+                    Ok(DatabaseAt::Postgres(_))
+                ),
+                "{local}"
+            );
+        }
+        for (db, expected) in [
+            (
+                "url = \"postgres://neoflix@db.example/neoflix\"\n",
+                "database.url: a PostgreSQL server across the network needs TLS: set ca",
+            ),
+            (
+                "url = \"postgres://neoflix:secret@localhost/neoflix\"\n",
+                "put it in password_file",
+            ),
+            (
+                "url = \"postgres://neoflix@localhost/neoflix?sslmode=disable\"\nca = \"ca.crt\"\n",
+                "TLS is set by `ca`",
+            ),
+            ("url = \"postgres://localhost/neoflix\"\n", "no user"),
+            (
+                "url = \"postgres://neoflix@localhost\"\n",
+                "no database name",
+            ),
+            (
+                "url = \"mysql://x@y/z\"\n",
+                "database.url: sqlite:///path/to/neoflix.db or postgres://",
+            ),
+            (
+                "url = \"sqlite:///a.db\"\npath = \"b.db\"\n",
+                "database.url: give path (SQLite) or url, not both",
+            ),
+            (
+                "path = \"b.db\"\nca = \"ca.crt\"\n",
+                "database.ca: only for a PostgreSQL url",
+            ),
+            (
+                "url = \"postgres://neoflix@localhost/neoflix\"\npassword_file = \"absent\"\n",
+                "database.password_file: cannot read",
+            ),
+        ] {
+            let text = format!("{GOOD}[database]\n{db}");
+            let found = problems(&text, d.path()).join("\n");
+            assert!(found.contains(expected), "{db}: {expected}\n{found}");
+            assert!(
+                !found.contains("secret"),
+                "the password is not repeated: {found}"
+            );
         }
     }
 

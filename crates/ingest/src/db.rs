@@ -1,10 +1,17 @@
 //! The server's database: reviewers, sessions, the recordings index, sign-in failures, the
 //! audit log and the server secret, behind a small typed API ([`Db`]).
 //!
-//! SQLite by default, one connection behind a mutex (callers on the async runtime go through
-//! `spawn_blocking`). All SQL lives in this module and is plain SQL that PostgreSQL also speaks,
-//! so another backend can take this module's place; the schema is versioned
-//! (`PRAGMA user_version`). The audit table refuses `UPDATE` and `DELETE` by trigger; its hash
+//! SQLite by default (one file, one server); PostgreSQL where several replicas share one
+//! database. Either way one connection behind a mutex (callers on the async runtime go
+//! through `spawn_blocking`). All SQL lives in this module, written once against [`Sql`] in
+//! the dialect both speak. Each backend's schema is versioned (SQLite's `PRAGMA user_version`,
+//! PostgreSQL's `neoflix_schema` table) and migrated at open.
+//!
+//! Every write transaction is serialised against every other, on either backend: SQLite's
+//! `BEGIN IMMEDIATE`, and on PostgreSQL a transaction-scoped advisory lock taken first. The
+//! sign-in counts, consent decisions and audit chain read and then write, and were written
+//! for SQLite's one writer at a time; replicas writing at once get the same order. The audit
+//! table refuses `UPDATE` and `DELETE` (and on PostgreSQL `TRUNCATE`) by trigger; its hash
 //! chain ([`crate::audit`]) shows edits made behind the database's back.
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -13,13 +20,24 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use neoflix_format::reviewer::{Kdf, ReviewerFile, ReviewerName};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, TransactionBehavior};
 use thiserror::Error;
 
 use crate::audit::{self, Entry, Event};
 
-/// The schema this code writes: [`MIGRATIONS`] applied in order.
+pub mod sql;
+
+use sql::{Lite, Pg, Row, args};
+pub use sql::{Sql, Val};
+
+/// The SQLite schema this code writes: [`MIGRATIONS`] applied in order.
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The PostgreSQL schema this code writes: [`PG_MIGRATIONS`] applied in order.
+const PG_SCHEMA_VERSION: i64 = PG_MIGRATIONS.len() as i64;
+
+/// The advisory lock every PostgreSQL write transaction takes first ("neoflix" in ASCII).
+const PG_WRITE_LOCK: i64 = 0x006e_656f_666c_6978;
 
 /// How long a write waits for another process (the subcommands while the server runs).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,8 +160,131 @@ CREATE TABLE teaching (
 );
 ";
 
+/// Version 5: leases, which let one replica of several run a periodic job (retention).
+const SCHEMA_V5: &str = "
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until_secs INTEGER NOT NULL
+);
+";
+
 /// Each version's schema change, from version 0 (an empty file) on.
-const MIGRATIONS: [&str; 4] = [SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+const MIGRATIONS: [&str; 5] = [SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
+
+/// PostgreSQL's version 1: SQLite's version 5 in one, with PostgreSQL's types. Text compares
+/// byte by byte (`COLLATE "C"`), as in SQLite: the lists sort by RFC 3339 times and names, and
+/// a hospital's database may have any default collation.
+const PG_SCHEMA: &str = r#"
+CREATE TABLE reviewers (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    department_key_id TEXT NOT NULL,
+    created_utc TEXT NOT NULL,
+    kdf TEXT NOT NULL,
+    verifier TEXT NOT NULL,
+    wrapped_key TEXT NOT NULL,
+    imported_utc TEXT NOT NULL,
+    roles TEXT NOT NULL DEFAULT 'reviewer'
+);
+CREATE TABLE name_failures (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    failures BIGINT NOT NULL,
+    last_failure BIGINT NOT NULL
+);
+CREATE TABLE address_failures (
+    client TEXT COLLATE "C" NOT NULL,
+    at BIGINT NOT NULL
+);
+CREATE INDEX address_failures_client ON address_failures (client, at);
+CREATE TABLE sessions (
+    token_sha256 TEXT COLLATE "C" PRIMARY KEY,
+    csrf TEXT NOT NULL,
+    reviewer TEXT COLLATE "C" NOT NULL,
+    created BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL
+);
+CREATE INDEX sessions_reviewer ON sessions (reviewer);
+CREATE TABLE recordings (
+    device TEXT COLLATE "C" NOT NULL,
+    id TEXT COLLATE "C" NOT NULL,
+    upload TEXT NOT NULL,
+    first_seen_utc TEXT COLLATE "C" NOT NULL,
+    status TEXT,
+    trigger_source TEXT,
+    stop_reason TEXT,
+    first_frame_utc TEXT COLLATE "C",
+    trigger_utc TEXT COLLATE "C",
+    stop_utc TEXT COLLATE "C",
+    preroll_secs DOUBLE PRECISION,
+    duration_secs DOUBLE PRECISION,
+    markers TEXT,
+    signer TEXT,
+    recipient_key_id TEXT COLLATE "C",
+    PRIMARY KEY (device, id)
+);
+CREATE INDEX recordings_id ON recordings (id);
+CREATE TABLE audit (
+    seq BIGINT PRIMARY KEY,
+    utc TEXT COLLATE "C" NOT NULL,
+    actor TEXT COLLATE "C" NOT NULL,
+    action TEXT COLLATE "C" NOT NULL,
+    recording TEXT COLLATE "C" NOT NULL,
+    client TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE FUNCTION neoflix_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$;
+CREATE TRIGGER audit_no_update BEFORE UPDATE OR DELETE ON audit
+    FOR EACH ROW EXECUTE FUNCTION neoflix_audit_append_only();
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+    FOR EACH STATEMENT EXECUTE FUNCTION neoflix_audit_append_only();
+CREATE TABLE secrets (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE opened (
+    token_sha256 TEXT COLLATE "C" NOT NULL REFERENCES sessions (token_sha256) ON DELETE CASCADE,
+    device TEXT COLLATE "C" NOT NULL,
+    id TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (token_sha256, device, id)
+);
+CREATE TABLE holds (
+    device TEXT COLLATE "C" NOT NULL,
+    id TEXT COLLATE "C" NOT NULL,
+    reason TEXT NOT NULL,
+    utc TEXT NOT NULL,
+    PRIMARY KEY (device, id)
+);
+CREATE TABLE consent (
+    device TEXT COLLATE "C" NOT NULL,
+    id TEXT COLLATE "C" NOT NULL,
+    question TEXT COLLATE "C" NOT NULL,
+    answer TEXT NOT NULL,
+    recorded_by TEXT NOT NULL,
+    utc TEXT NOT NULL,
+    note TEXT NOT NULL,
+    form_ref TEXT NOT NULL,
+    PRIMARY KEY (device, id, question)
+);
+CREATE TABLE teaching (
+    device TEXT COLLATE "C" NOT NULL,
+    id TEXT COLLATE "C" NOT NULL,
+    until_utc TEXT COLLATE "C" NOT NULL,
+    added_by TEXT NOT NULL,
+    utc TEXT NOT NULL,
+    PRIMARY KEY (device, id)
+);
+CREATE TABLE leases (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until_secs BIGINT NOT NULL
+);
+"#;
+
+/// PostgreSQL's schema changes, from version 0 (no `neoflix_schema` table) on.
+const PG_MIGRATIONS: [&str; 1] = [PG_SCHEMA];
 
 /// The columns of a recording's row in the list, with its consent, hold and teaching place
 /// ([`row_summary`] reads them in this order).
@@ -176,11 +317,22 @@ pub enum DbError {
     /// file that is not this program's database.
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
-    /// The file was written by a newer version of this program.
+    /// PostgreSQL said no, or could not be reached: the server's message, with its SQLSTATE.
+    #[error("PostgreSQL: {}", pg_message(.0))]
+    Pg(#[from] postgres::Error),
+    /// The PostgreSQL connection's TLS settings are unusable (`[database] ca`).
+    #[error("PostgreSQL TLS: {0}")]
+    PgTls(String),
+    /// The database was written by a newer version of this program.
     #[error(
-        "database schema version {0} is newer than this program's ({SCHEMA_VERSION}): upgrade neoflix-ingest"
+        "database schema version {found} is newer than this program's ({ours}): upgrade neoflix-ingest"
     )]
-    Newer(i64),
+    Newer {
+        /// The database's.
+        found: i64,
+        /// This program's.
+        ours: i64,
+    },
     /// A reviewer of that name exists (import without `--replace`).
     #[error("a reviewer named {0} exists: remove it first, or import with --replace")]
     ReviewerExists(String),
@@ -315,8 +467,170 @@ pub const MAX_LISTED: usize = 1000;
 
 /// The database.
 pub struct Db {
-    conn: Mutex<Connection>,
-    path: PathBuf,
+    backend: Backend,
+    /// What the logs and errors call it: the file, or the PostgreSQL server and database.
+    place: String,
+}
+
+enum Backend {
+    Lite(Mutex<Connection>),
+    Pg(Box<Mutex<PgConn>>),
+}
+
+/// Where a PostgreSQL database is and how to reach it, parsed from `[database]`.
+#[derive(Clone)]
+pub struct PgTarget {
+    /// Host, port, user, database name, password and timeouts.
+    pub config: postgres::Config,
+    /// TLS with these roots; `None` only where the configuration allows plain text (a Unix
+    /// socket or loopback).
+    pub tls_roots: Option<std::sync::Arc<rustls::RootCertStore>>,
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `postgres::Config`'s own Debug redacts the password.
+        f.debug_struct("PgTarget")
+            .field("config", &self.config)
+            .field("tls", &self.tls_roots.is_some())
+            .finish()
+    }
+}
+
+impl PgTarget {
+    /// Where it is, for messages: `user@host:port/dbname` (never the password).
+    pub fn describe(&self) -> String {
+        let c = &self.config;
+        let host = match c.get_hosts().first() {
+            Some(postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = c.get_ports().first().copied().unwrap_or(5432);
+        format!(
+            "postgres://{}@{host}:{port}/{}",
+            c.get_user().unwrap_or("?"),
+            c.get_dbname().unwrap_or("?")
+        )
+    }
+
+    /// The target `[database]` describes: TLS with its `ca` (host name checked) or plain
+    /// text (the configuration allowed that only on this machine), the password read from
+    /// its file, and bounds on how long a connection or statement may take.
+    pub fn of(pg: &crate::config::Postgres) -> Result<PgTarget, DbError> {
+        let mut config = pg.url.config.clone();
+        if let Some(file) = &pg.password_file {
+            let text = neoflix_format::files::read_regular(file, 4096).map_err(|source| {
+                DbError::Open {
+                    path: file.clone(),
+                    source,
+                }
+            })?;
+            let text = String::from_utf8(text).map_err(|_| DbError::Open {
+                path: file.clone(),
+                source: std::io::Error::other("not UTF-8 text"),
+            })?;
+            // A file written by an editor ends with a newline that is not the password's.
+            config.password(text.trim_end_matches(['\r', '\n']));
+        }
+        let tls_roots = match &pg.ca {
+            None => {
+                config.ssl_mode(postgres::config::SslMode::Disable);
+                None
+            }
+            Some(ca) => {
+                config.ssl_mode(postgres::config::SslMode::Require);
+                Some(std::sync::Arc::new(ca_roots(ca)?))
+            }
+        };
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(PG_CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("neoflix-ingest");
+        }
+        // A statement (or a wait for the write lock) that runs this long is a database in
+        // trouble: the request fails and says so instead of holding a thread for ever.
+        config.options(&format!(
+            "-c statement_timeout={}",
+            PG_STATEMENT_TIMEOUT.as_millis()
+        ));
+        Ok(PgTarget { config, tls_roots })
+    }
+
+    fn connect(&self) -> Result<postgres::Client, DbError> {
+        Ok(match &self.tls_roots {
+            None => self.config.connect(postgres::NoTls)?,
+            Some(roots) => {
+                let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+                let tls = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| DbError::PgTls(e.to_string()))?
+                    .with_root_certificates(roots.clone())
+                    .with_no_client_auth();
+                self.config
+                    .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))?
+            }
+        })
+    }
+}
+
+/// A PostgreSQL connection, made again after it broke (a restarted or failed-over server).
+struct PgConn {
+    target: PgTarget,
+    client: Option<postgres::Client>,
+}
+
+impl PgConn {
+    fn client(&mut self) -> Result<&mut postgres::Client, DbError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = None;
+            self.client = Some(self.target.connect()?);
+        }
+        Ok(self.client.as_mut().expect("just connected"))
+    }
+}
+
+/// How long connecting to PostgreSQL may take (unless the url says otherwise).
+const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one PostgreSQL statement may run, a wait for the write lock included.
+const PG_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The certificates of a CA file (PEM).
+fn ca_roots(ca: &Path) -> Result<rustls::RootCertStore, DbError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let bad = |why: String| DbError::PgTls(format!("{}: {why}", ca.display()));
+    let pem = neoflix_format::files::read_regular(ca, 1 << 20).map_err(|e| bad(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("a certificate rustls refuses: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    Ok(roots)
+}
+
+/// A PostgreSQL error as its server said it: the message and SQLSTATE, which `Display` of
+/// `postgres::Error` leaves out ("db error").
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} (SQLSTATE {})", d.message(), d.code().code()),
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            s
+        }
+    }
 }
 
 /// Now, unix seconds.
@@ -333,7 +647,7 @@ pub fn now_utc() -> String {
 }
 
 impl Db {
-    /// Opens (creating, mode 0600, its directory 0700) and migrates the database.
+    /// Opens (creating, mode 0600, its directory 0700) and migrates the SQLite database.
     pub fn open(path: &Path) -> Result<Db, DbError> {
         let open_err = |source| DbError::Open {
             path: path.to_owned(),
@@ -362,7 +676,10 @@ impl Db {
         conn.pragma_update(None, "synchronous", "FULL")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
-            return Err(DbError::Newer(version));
+            return Err(DbError::Newer {
+                found: version,
+                ours: SCHEMA_VERSION,
+            });
         }
         // Outside any transaction, on every connection: `opened` rows go with their session.
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -375,99 +692,190 @@ impl Db {
             tx.commit()?;
         }
         Ok(Db {
-            conn: Mutex::new(conn),
-            path: path.to_owned(),
+            backend: Backend::Lite(Mutex::new(conn)),
+            place: path.display().to_string(),
         })
     }
 
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Opens the database `[database]` names: the SQLite file, or PostgreSQL with its
+    /// password file and CA read now.
+    pub fn open_configured(d: &crate::config::Database) -> Result<Db, DbError> {
+        use crate::config::DatabaseAt;
+        match &d.at {
+            DatabaseAt::Sqlite(path) => Db::open(path),
+            DatabaseAt::Postgres(pg) => Db::connect(&PgTarget::of(pg)?),
+        }
     }
 
+    /// Connects to PostgreSQL and migrates its schema. Replicas starting together migrate
+    /// one after the other (the write lock), and the later ones find the work done.
+    pub fn connect(target: &PgTarget) -> Result<Db, DbError> {
+        let mut client = target.connect()?;
+        let mut tx = client.transaction()?;
+        tx.batch_execute(&format!(
+            "SELECT pg_advisory_xact_lock({PG_WRITE_LOCK});
+             CREATE TABLE IF NOT EXISTS neoflix_schema (version BIGINT NOT NULL);"
+        ))?;
+        let version: i64 = match tx.query_opt("SELECT version FROM neoflix_schema", &[])? {
+            Some(r) => r.try_get(0)?,
+            None => {
+                tx.execute("INSERT INTO neoflix_schema (version) VALUES (0)", &[])?;
+                0
+            }
+        };
+        if version > PG_SCHEMA_VERSION {
+            return Err(DbError::Newer {
+                found: version,
+                ours: PG_SCHEMA_VERSION,
+            });
+        }
+        if version < PG_SCHEMA_VERSION {
+            let from = usize::try_from(version)
+                .map_err(|_| DbError::Corrupt(format!("schema version {version}")))?;
+            for m in &PG_MIGRATIONS[from..] {
+                tx.batch_execute(m)?;
+            }
+            tx.execute(
+                "UPDATE neoflix_schema SET version = $1",
+                &[&PG_SCHEMA_VERSION],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Db {
+            backend: Backend::Pg(Box::new(Mutex::new(PgConn {
+                target: target.clone(),
+                client: Some(client),
+            }))),
+            place: target.describe(),
+        })
+    }
+
+    /// Where it is, for messages: the file, or the PostgreSQL server and database.
+    pub fn place(&self) -> &str {
+        &self.place
+    }
+
+    /// Runs `f` on the connection, each statement its own transaction.
+    fn with<T, E: From<DbError>>(
+        &self,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T, E>,
+    ) -> Result<T, E> {
+        match &self.backend {
+            Backend::Lite(c) => f(&mut Lite(&lock(c))),
+            Backend::Pg(c) => {
+                let mut c = lock(c);
+                f(&mut Pg(c.client()?))
+            }
+        }
+    }
+
+    /// Runs `f` in a write transaction, serialised against every other (module doc). An
+    /// error from `f` rolls it back.
+    fn write<T, E: From<DbError>>(
+        &self,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T, E>,
+    ) -> Result<T, E> {
+        match &self.backend {
+            Backend::Lite(c) => {
+                let mut c = lock(c);
+                let tx = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(DbError::from)?;
+                let out = f(&mut Lite(&tx))?;
+                tx.commit().map_err(DbError::from)?;
+                Ok(out)
+            }
+            Backend::Pg(c) => {
+                let mut c = lock(c);
+                let mut tx = c.client()?.transaction().map_err(DbError::from)?;
+                tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})"))
+                    .map_err(DbError::from)?;
+                let out = f(&mut Pg(&mut tx))?;
+                tx.commit().map_err(DbError::from)?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// The SQLite connection itself, for tests that go behind the API's back.
+    #[cfg(test)]
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding it leaves SQLite's state consistent (transactions roll back).
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+        match &self.backend {
+            Backend::Lite(c) => lock(c),
+            Backend::Pg(_) => panic!("not SQLite"),
+        }
     }
 
     /// The server's random secret (made on first use): it derives the sign-in parameters of
-    /// names that are not reviewers.
+    /// names that are not reviewers. Every replica reads the same one.
     pub fn server_secret(&self) -> Result<[u8; 32], DbError> {
-        let c = self.conn();
-        let found: Option<String> = c
-            .query_row(
-                "SELECT value FROM secrets WHERE name = 'login-params'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(v) = found {
-            return hex::decode(&v)
-                .ok()
-                .and_then(|v| <[u8; 32]>::try_from(v).ok())
-                .ok_or_else(|| DbError::Corrupt("server secret".into()));
+        let read = |c: &mut dyn Sql| -> Result<Option<[u8; 32]>, DbError> {
+            match c.query_opt("SELECT value FROM secrets WHERE name = 'login-params'", &[])? {
+                None => Ok(None),
+                Some(r) => hex::decode(r.get::<String>(0)?)
+                    .ok()
+                    .and_then(|v| <[u8; 32]>::try_from(v).ok())
+                    .map(Some)
+                    .ok_or_else(|| DbError::Corrupt("server secret".into())),
+            }
+        };
+        if let Some(s) = self.with(read)? {
+            return Ok(s);
         }
         let mut s = [0u8; 32];
         getrandom::fill(&mut s)
             .map_err(|e| DbError::Corrupt(format!("no randomness for the server secret: {e}")))?;
         // Another process may have made one meanwhile: the first one stays.
-        c.execute(
-            "INSERT INTO secrets (name, value) VALUES ('login-params', ?1) ON CONFLICT (name) DO NOTHING",
-            params![hex::encode(s)],
-        )?;
-        drop(c);
-        self.server_secret()
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO secrets (name, value) VALUES ('login-params', $1) ON CONFLICT (name) DO NOTHING",
+                args![hex::encode(s)],
+            )
+        })?;
+        self.with(read)?
+            .ok_or_else(|| DbError::Corrupt("server secret".into()))
     }
 
     // --- reviewers ---
 
     /// Stores a reviewer; an existing name is refused unless `replace` (its sessions end).
     pub fn add_reviewer(&self, f: &ReviewerFile, replace: bool) -> Result<Added, DbError> {
-        let mut c = self.conn();
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let before: Option<String> = tx
-            .query_row(
-                "SELECT roles FROM reviewers WHERE name = ?1",
-                params![f.name.as_str()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if before.is_some() && !replace {
-            return Err(DbError::ReviewerExists(f.name.to_string()));
-        }
-        let kdf = serde_json::to_string(&f.kdf).expect("kdf serializes");
-        tx.execute(
-            "DELETE FROM reviewers WHERE name = ?1",
-            params![f.name.as_str()],
-        )?;
-        tx.execute(
-            "DELETE FROM sessions WHERE reviewer = ?1",
-            params![f.name.as_str()],
-        )?;
-        tx.execute(
-            "INSERT INTO reviewers (name, department_key_id, created_utc, kdf, verifier, wrapped_key, imported_utc, roles) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                f.name.as_str(),
-                f.department_key_id,
-                f.created_utc,
-                kdf,
-                f.verifier,
-                f.wrapped_key.as_deref().unwrap_or(""),
-                now_utc(),
-                roles_text(&f.roles)
-            ],
-        )?;
-        tx.commit()?;
-        Ok(match before {
-            None => Added::New,
-            // Rows this code wrote read back; a hand-edited one is shown as it reads.
-            Some(b) => Added::Replaced(roles_of(&b).unwrap_or_default()),
+        self.write(|c| {
+            let name = f.name.as_str();
+            let before: Option<String> = c
+                .query_opt("SELECT roles FROM reviewers WHERE name = $1", args![name])?
+                .map(|r| r.get(0))
+                .transpose()?;
+            if before.is_some() && !replace {
+                return Err(DbError::ReviewerExists(f.name.to_string()));
+            }
+            let kdf = serde_json::to_string(&f.kdf).expect("kdf serializes");
+            c.execute("DELETE FROM reviewers WHERE name = $1", args![name])?;
+            c.execute("DELETE FROM sessions WHERE reviewer = $1", args![name])?;
+            c.execute(
+                "INSERT INTO reviewers (name, department_key_id, created_utc, kdf, verifier, wrapped_key, imported_utc, roles) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                args![
+                    name,
+                    f.department_key_id,
+                    f.created_utc,
+                    kdf,
+                    f.verifier,
+                    f.wrapped_key.as_deref().unwrap_or(""),
+                    now_utc(),
+                    roles_text(&f.roles)
+                ],
+            )?;
+            Ok(match before {
+                None => Added::New,
+                // Rows this code wrote read back; a hand-edited one is shown as it reads.
+                Some(b) => Added::Replaced(roles_of(&b).unwrap_or_default()),
+            })
         })
     }
 
     /// A reviewer by name.
     pub fn reviewer(&self, name: &str) -> Result<Option<Reviewer>, DbError> {
-        reviewer_in(&self.conn(), name)
+        self.with(|c| reviewer_in(c, name))
     }
 
     /// One sign-in attempt of `name` from `address` (see [`crate::ratelimit::address_key`])
@@ -482,93 +890,83 @@ impl Db {
         now: i64,
     ) -> Result<Attempt, DbError> {
         use crate::ratelimit;
-        let mut c = self.conn();
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (failures, last) = name_failures_in(&tx, name)?;
-        let times = address_failures_in(&tx, address, now - ratelimit::ADDRESS_WINDOW_SECS)?;
-        let refused = ratelimit::address_retry_after(&times, now)
-            .map(|s| (s, Limit::Address))
-            .or_else(|| ratelimit::name_retry_after(failures, last, now).map(|s| (s, Limit::Name)));
-        if let Some((retry_after_secs, limit)) = refused {
-            return Ok(Attempt::Refused {
-                retry_after_secs,
-                limit,
-            });
-        }
-        let reviewer = reviewer_in(&tx, name)?;
-        let right = match &reviewer {
-            Some(r) => r.file.check_auth(auth_key),
-            None => {
-                // As much work as a known name costs.
-                let _ = neoflix_format::reviewer::verifier_of(auth_key);
-                false
+        self.write(|c| {
+            let (failures, last) = name_failures_in(c, name)?;
+            let times = address_failures_in(c, address, now - ratelimit::ADDRESS_WINDOW_SECS)?;
+            let refused = ratelimit::address_retry_after(&times, now)
+                .map(|s| (s, Limit::Address))
+                .or_else(|| {
+                    ratelimit::name_retry_after(failures, last, now).map(|s| (s, Limit::Name))
+                });
+            if let Some((retry_after_secs, limit)) = refused {
+                return Ok(Attempt::Refused {
+                    retry_after_secs,
+                    limit,
+                });
             }
-        };
-        let attempt = match reviewer.filter(|_| right) {
-            Some(r) => {
-                tx.execute("DELETE FROM name_failures WHERE name = ?1", params![name])?;
-                Attempt::Right(Box::new(r))
-            }
-            None => {
-                add_failure_in(&tx, name, address, now)?;
-                Attempt::Wrong
-            }
-        };
-        tx.commit()?;
-        Ok(attempt)
+            let reviewer = reviewer_in(c, name)?;
+            let right = match &reviewer {
+                Some(r) => r.file.check_auth(auth_key),
+                None => {
+                    // As much work as a known name costs.
+                    let _ = neoflix_format::reviewer::verifier_of(auth_key);
+                    false
+                }
+            };
+            Ok(match reviewer.filter(|_| right) {
+                Some(r) => {
+                    c.execute("DELETE FROM name_failures WHERE name = $1", args![name])?;
+                    Attempt::Right(Box::new(r))
+                }
+                None => {
+                    add_failure_in(c, name, address, now)?;
+                    Attempt::Wrong
+                }
+            })
+        })
     }
 
     /// Every reviewer, by name.
     pub fn reviewers(&self) -> Result<Vec<Reviewer>, DbError> {
-        let c = self.conn();
-        let mut st = c.prepare(
-            "SELECT name, department_key_id, created_utc, kdf, verifier, wrapped_key, imported_utc, roles FROM reviewers ORDER BY name",
-        )?;
-        let rows = st.query_map([], row_reviewer)?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(check_reviewer(r?)?);
-        }
-        Ok(out)
+        self.with(|c| {
+            c.query(&format!("{REVIEWER} ORDER BY name"), &[])?
+                .iter()
+                .map(|r| check_reviewer(row_reviewer(r)?))
+                .collect()
+        })
     }
 
     /// Removes a reviewer, its sessions and its failure count at once; `false` if unknown.
     pub fn remove_reviewer(&self, name: &str) -> Result<bool, DbError> {
-        let mut c = self.conn();
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let n = tx.execute("DELETE FROM reviewers WHERE name = ?1", params![name])?;
-        tx.execute("DELETE FROM sessions WHERE reviewer = ?1", params![name])?;
-        tx.execute("DELETE FROM name_failures WHERE name = ?1", params![name])?;
-        tx.commit()?;
-        Ok(n > 0)
+        self.write(|c| {
+            let n = c.execute("DELETE FROM reviewers WHERE name = $1", args![name])?;
+            c.execute("DELETE FROM sessions WHERE reviewer = $1", args![name])?;
+            c.execute("DELETE FROM name_failures WHERE name = $1", args![name])?;
+            Ok(n > 0)
+        })
     }
 
     // --- sign-in failures ---
 
     /// A name's failures in a row and the time of the last (unix seconds).
     pub fn name_failures(&self, name: &str) -> Result<(u32, i64), DbError> {
-        name_failures_in(&self.conn(), name)
+        self.with(|c| name_failures_in(c, name))
     }
 
     /// Counts a failure against a name and an address at `now`.
     pub fn add_failure(&self, name: &str, address: &str, now: i64) -> Result<(), DbError> {
-        let mut c = self.conn();
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        add_failure_in(&tx, name, address, now)?;
-        tx.commit()?;
-        Ok(())
+        self.write(|c| add_failure_in(c, name, address, now))
     }
 
     /// A right passphrase: the name's count starts again.
     pub fn clear_failures(&self, name: &str) -> Result<(), DbError> {
-        self.conn()
-            .execute("DELETE FROM name_failures WHERE name = ?1", params![name])?;
+        self.with(|c| c.execute("DELETE FROM name_failures WHERE name = $1", args![name]))?;
         Ok(())
     }
 
     /// The times of an address's recent failures (unix seconds).
     pub fn address_failures(&self, address: &str, since: i64) -> Result<Vec<i64>, DbError> {
-        address_failures_in(&self.conn(), address, since)
+        self.with(|c| address_failures_in(c, address, since))
     }
 
     // --- sessions ---
@@ -581,10 +979,12 @@ impl Db {
         reviewer: &str,
         now: i64,
     ) -> Result<(), DbError> {
-        self.conn().execute(
-            "INSERT INTO sessions (token_sha256, csrf, reviewer, created, last_seen) VALUES (?1, ?2, ?3, ?4, ?4)",
-            params![token_sha256, csrf, reviewer, now],
-        )?;
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO sessions (token_sha256, csrf, reviewer, created, last_seen) VALUES ($1, $2, $3, $4, $4)",
+                args![token_sha256, csrf, reviewer, now],
+            )
+        })?;
         Ok(())
     }
 
@@ -597,12 +997,13 @@ impl Db {
         idle_secs: i64,
         max_secs: i64,
     ) -> Result<Option<Session>, DbError> {
-        let c = self.conn();
-        let s = c
-            .query_row(
-                "SELECT s.reviewer, s.csrf, s.created, s.last_seen, r.roles FROM sessions s JOIN reviewers r ON r.name = s.reviewer WHERE s.token_sha256 = ?1",
-                params![token_sha256],
-                |r| {
+        self.with(|c| {
+            let s = c
+                .query_opt(
+                    "SELECT s.reviewer, s.csrf, s.created, s.last_seen, r.roles FROM sessions s JOIN reviewers r ON r.name = s.reviewer WHERE s.token_sha256 = $1",
+                    args![token_sha256],
+                )?
+                .map(|r| -> Result<Session, DbError> {
                     let roles: String = r.get(4)?;
                     Ok(Session {
                         reviewer: r.get(0)?,
@@ -612,33 +1013,34 @@ impl Db {
                         created: r.get(2)?,
                         last_seen: r.get(3)?,
                     })
-                },
-            )
-            .optional()?;
-        match s {
-            Some(s) if now - s.last_seen < idle_secs && now - s.created < max_secs => {
-                // Every object fetch comes through here: a write (and its fsync) per request
-                // would be most of the database's work, so the idle clock moves once a minute.
-                if now - s.last_seen < LAST_SEEN_STEP_SECS {
-                    return Ok(Some(s));
+                })
+                .transpose()?;
+            match s {
+                Some(s) if now - s.last_seen < idle_secs && now - s.created < max_secs => {
+                    // Every object fetch comes through here: a write (and its fsync) per
+                    // request would be most of the database's work, so the idle clock moves
+                    // once a minute.
+                    if now - s.last_seen < LAST_SEEN_STEP_SECS {
+                        return Ok(Some(s));
+                    }
+                    c.execute(
+                        "UPDATE sessions SET last_seen = $2 WHERE token_sha256 = $1",
+                        args![token_sha256, now],
+                    )?;
+                    Ok(Some(Session {
+                        last_seen: now,
+                        ..s
+                    }))
                 }
-                c.execute(
-                    "UPDATE sessions SET last_seen = ?2 WHERE token_sha256 = ?1",
-                    params![token_sha256, now],
-                )?;
-                Ok(Some(Session {
-                    last_seen: now,
-                    ..s
-                }))
+                _ => {
+                    c.execute(
+                        "DELETE FROM sessions WHERE token_sha256 = $1",
+                        args![token_sha256],
+                    )?;
+                    Ok(None)
+                }
             }
-            _ => {
-                c.execute(
-                    "DELETE FROM sessions WHERE token_sha256 = ?1",
-                    params![token_sha256],
-                )?;
-                Ok(None)
-            }
-        }
+        })
     }
 
     /// Places a legal hold (or replaces its reason). Returns whether there was none.
@@ -648,24 +1050,25 @@ impl Db {
 
     /// The reason of the legal hold on `device`/`id`, if it is held (indexed or not).
     pub fn hold_of(&self, device: &str, id: &str) -> Result<Option<String>, DbError> {
-        hold_in(&self.conn(), device, id)
+        self.with(|c| hold_in(c, device, id))
     }
 
     /// Releases a legal hold. Returns whether there was one.
     pub fn release(&self, device: &str, id: &str) -> Result<bool, DbError> {
-        release_in(&self.conn(), device, id)
+        self.with(|c| release_in(c, device, id))
     }
 
     /// Every indexed recording with what retention needs: newest first.
     pub fn retained(&self) -> Result<Vec<Retained>, DbError> {
-        let c = self.conn();
-        let mut st = c.prepare(
-            "SELECT r.device, r.id, r.upload, r.first_seen_utc, r.first_frame_utc, r.duration_secs, h.reason, t.until_utc,
-                EXISTS (SELECT 1 FROM consent c WHERE c.device = r.device AND c.id = r.id AND c.question IN ('filmed', 'review') AND c.answer = 'refused')
-             FROM recordings r LEFT JOIN holds h ON h.device = r.device AND h.id = r.id LEFT JOIN teaching t ON t.device = r.device AND t.id = r.id ORDER BY r.first_seen_utc DESC, r.device, r.id",
-        )?;
-        let v = st
-            .query_map([], |r| {
+        self.with(|c| {
+            c.query(
+                "SELECT r.device, r.id, r.upload, r.first_seen_utc, r.first_frame_utc, r.duration_secs, h.reason, t.until_utc,
+                    EXISTS (SELECT 1 FROM consent c WHERE c.device = r.device AND c.id = r.id AND c.question IN ('filmed', 'review') AND c.answer = 'refused')
+                 FROM recordings r LEFT JOIN holds h ON h.device = r.device AND h.id = r.id LEFT JOIN teaching t ON t.device = r.device AND t.id = r.id ORDER BY r.first_seen_utc DESC, r.device, r.id",
+                &[],
+            )?
+            .iter()
+            .map(|r| {
                 Ok(Retained {
                     device: r.get(0)?,
                     id: r.get(1)?,
@@ -677,32 +1080,63 @@ impl Db {
                     teaching_until_utc: r.get(7)?,
                     refused: r.get(8)?,
                 })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(v)
+            })
+            .collect()
+        })
+    }
+
+    /// Takes the lease `name` for `holder` until `now + secs` (unix seconds), or renews it:
+    /// `false` while another holder's lease runs. A replica that stops holding it (killed,
+    /// cut off) loses it when it runs out, and another takes it.
+    pub fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        secs: i64,
+    ) -> Result<bool, DbError> {
+        self.write(|c| {
+            let held = c
+                .query_opt(
+                    "SELECT holder, until_secs FROM leases WHERE name = $1",
+                    args![name],
+                )?
+                .map(|r| Ok::<_, DbError>((r.get::<String>(0)?, r.get::<i64>(1)?)))
+                .transpose()?;
+            if let Some((other, until)) = held
+                && other != holder
+                && until > now
+            {
+                return Ok(false);
+            }
+            c.execute(
+                "INSERT INTO leases (name, holder, until_secs) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_secs = excluded.until_secs",
+                args![name, holder, now.saturating_add(secs)],
+            )?;
+            Ok(true)
+        })
     }
 
     // --- consent and the teaching library ---
 
-    /// Runs `f` in one transaction and appends the audit entries it collects in the same one:
-    /// a change and its entries are written together or not at all, and what `f` read (a
-    /// hold, the consent, whether the recording is still indexed) cannot change before it
-    /// commits. An error from `f` rolls everything back.
+    /// Runs `f` in one write transaction and appends the audit entries it collects in the
+    /// same one: a change and its entries are written together or not at all, and what `f`
+    /// read (a hold, the consent, whether the recording is still indexed) cannot change before
+    /// it commits. An error from `f` rolls everything back.
     pub fn atomically<T, E: From<DbError>>(
         &self,
-        f: impl FnOnce(&Connection, &mut Vec<Event>) -> Result<T, E>,
+        f: impl FnOnce(&mut dyn Sql, &mut Vec<Event>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let mut c = self.conn();
-        let tx = c
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(DbError::from)?;
-        let mut events = Vec::new();
-        let out = f(&tx, &mut events)?;
-        let mut entries = Vec::with_capacity(events.len());
-        for e in &events {
-            entries.push(append_audit_in(&tx, e)?);
-        }
-        tx.commit().map_err(DbError::from)?;
+        let (out, entries) = self.write(|c| {
+            let mut events = Vec::new();
+            let out = f(c, &mut events)?;
+            let mut entries = Vec::with_capacity(events.len());
+            for e in &events {
+                entries.push(append_audit_in(c, e)?);
+            }
+            Ok::<_, E>((out, entries))
+        })?;
         for e in &entries {
             log_entry(e);
         }
@@ -711,7 +1145,7 @@ impl Db {
 
     /// A recording's consent answers (all pending when none was recorded).
     pub fn consent_of(&self, device: &str, id: &str) -> Result<Consent, DbError> {
-        consent_in(&self.conn(), device, id)
+        self.with(|c| consent_in(c, device, id))
     }
 
     /// Records one consent answer (replacing the last one to that question).
@@ -722,65 +1156,62 @@ impl Db {
         question: Question,
         r: &Recorded,
     ) -> Result<(), DbError> {
-        set_consent_in(&self.conn(), device, id, question, r)
+        self.with(|c| set_consent_in(c, device, id, question, r))
     }
 
     /// The teaching library's date for a recording, if it is in it.
     pub fn teaching_of(&self, device: &str, id: &str) -> Result<Option<String>, DbError> {
-        teaching_in(&self.conn(), device, id)
+        self.with(|c| teaching_in(c, device, id))
     }
 
     /// Forgets a deleted recording: its row in the index and the sessions' right to its
     /// objects. Returns whether it was indexed.
     pub fn forget_recording(&self, device: &str, id: &str) -> Result<bool, DbError> {
-        let mut c = self.conn();
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "DELETE FROM opened WHERE device = ?1 AND id = ?2",
-            params![device, id],
-        )?;
-        for table in ["consent", "teaching"] {
-            tx.execute(
-                &format!("DELETE FROM {table} WHERE device = ?1 AND id = ?2"),
-                params![device, id],
+        self.write(|c| {
+            for table in ["opened", "consent", "teaching"] {
+                c.execute(
+                    &format!("DELETE FROM {table} WHERE device = $1 AND id = $2"),
+                    args![device, id],
+                )?;
+            }
+            let n = c.execute(
+                "DELETE FROM recordings WHERE device = $1 AND id = $2",
+                args![device, id],
             )?;
-        }
-        let n = tx.execute(
-            "DELETE FROM recordings WHERE device = ?1 AND id = ?2",
-            params![device, id],
-        )?;
-        tx.commit()?;
-        Ok(n > 0)
+            Ok(n > 0)
+        })
     }
 
     /// Notes that the session opened `device`/`id` (after its opening was audited).
     pub fn mark_opened(&self, token_sha256: &str, device: &str, id: &str) -> Result<(), DbError> {
-        self.conn().execute(
-            "INSERT INTO opened (token_sha256, device, id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-            params![token_sha256, device, id],
-        )?;
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO opened (token_sha256, device, id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                args![token_sha256, device, id],
+            )
+        })?;
         Ok(())
     }
 
     /// Whether the session opened `device`/`id`.
     pub fn opened(&self, token_sha256: &str, device: &str, id: &str) -> Result<bool, DbError> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT 1 FROM opened WHERE token_sha256 = ?1 AND device = ?2 AND id = ?3",
-                params![token_sha256, device, id],
-                |_| Ok(()),
-            )
-            .optional()?
+        self.with(|c| {
+            Ok(c.query_opt(
+                "SELECT 1 FROM opened WHERE token_sha256 = $1 AND device = $2 AND id = $3",
+                args![token_sha256, device, id],
+            )?
             .is_some())
+        })
     }
 
     /// Ends a session.
     pub fn remove_session(&self, token_sha256: &str) -> Result<(), DbError> {
-        self.conn().execute(
-            "DELETE FROM sessions WHERE token_sha256 = ?1",
-            params![token_sha256],
-        )?;
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM sessions WHERE token_sha256 = $1",
+                args![token_sha256],
+            )
+        })?;
         Ok(())
     }
 
@@ -791,10 +1222,13 @@ impl Db {
         idle_secs: i64,
         max_secs: i64,
     ) -> Result<usize, DbError> {
-        Ok(self.conn().execute(
-            "DELETE FROM sessions WHERE last_seen <= ?1 OR created <= ?2",
-            params![now - idle_secs, now - max_secs],
-        )?)
+        let n = self.with(|c| {
+            c.execute(
+                "DELETE FROM sessions WHERE last_seen <= $1 OR created <= $2",
+                args![now - idle_secs, now - max_secs],
+            )
+        })?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     // --- recordings index ---
@@ -802,10 +1236,12 @@ impl Db {
     /// A recording's first object landed: indexed as `uploading` unless known.
     /// Returns whether the row is new.
     pub fn index_uploading(&self, device: &str, id: &str) -> Result<bool, DbError> {
-        let n = self.conn().execute(
-            "INSERT INTO recordings (device, id, upload, first_seen_utc) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (device, id) DO NOTHING",
-            params![device, id, Upload::Uploading.as_str(), now_utc()],
-        )?;
+        let n = self.with(|c| {
+            c.execute(
+                "INSERT INTO recordings (device, id, upload, first_seen_utc) VALUES ($1, $2, $3, $4) ON CONFLICT (device, id) DO NOTHING",
+                args![device, id, Upload::Uploading.as_str(), now_utc()],
+            )
+        })?;
         Ok(n > 0)
     }
 
@@ -814,88 +1250,89 @@ impl Db {
         let m = done.manifest;
         let status = m.status.as_str();
         let markers = serde_json::to_string(&m.markers).expect("markers serialize");
-        let mut c = self.conn();
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO recordings (device, id, upload, first_seen_utc) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (device, id) DO NOTHING",
-            params![device, id, Upload::Complete.as_str(), now_utc()],
-        )?;
-        tx.execute(
-            "UPDATE recordings SET upload = ?14, status = ?3, trigger_source = ?4, stop_reason = ?5, first_frame_utc = ?6, trigger_utc = ?7, stop_utc = ?8, preroll_secs = ?9, duration_secs = ?10, markers = ?11, signer = ?12, recipient_key_id = ?13 WHERE device = ?1 AND id = ?2",
-            params![
-                device,
-                id,
-                status,
-                m.trigger,
-                m.stop_reason,
-                m.first_frame_utc,
-                m.trigger_utc,
-                m.stop_utc,
-                m.preroll_secs,
-                m.duration_secs,
-                markers,
-                done.signer,
-                m.recipient_key_id,
-                Upload::Complete.as_str()
-            ],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.write(|c| {
+            c.execute(
+                "INSERT INTO recordings (device, id, upload, first_seen_utc) VALUES ($1, $2, $3, $4) ON CONFLICT (device, id) DO NOTHING",
+                args![device, id, Upload::Complete.as_str(), now_utc()],
+            )?;
+            c.execute(
+                "UPDATE recordings SET upload = $14, status = $3, trigger_source = $4, stop_reason = $5, first_frame_utc = $6, trigger_utc = $7, stop_utc = $8, preroll_secs = $9, duration_secs = $10, markers = $11, signer = $12, recipient_key_id = $13 WHERE device = $1 AND id = $2",
+                args![
+                    device,
+                    id,
+                    status,
+                    m.trigger,
+                    m.stop_reason,
+                    m.first_frame_utc,
+                    m.trigger_utc,
+                    m.stop_utc,
+                    m.preroll_secs,
+                    m.duration_secs,
+                    markers,
+                    done.signer,
+                    m.recipient_key_id,
+                    Upload::Complete.as_str()
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// Every indexed (device, id, complete).
     pub fn indexed(&self) -> Result<Vec<(String, String, bool)>, DbError> {
-        let c = self.conn();
-        let mut st = c.prepare("SELECT device, id, upload FROM recordings")?;
-        let v = st
-            .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, upload_of(r, 2)? == Upload::Complete))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(v)
+        self.with(|c| {
+            c.query("SELECT device, id, upload FROM recordings", &[])?
+                .iter()
+                .map(|r| Ok((r.get(0)?, r.get(1)?, upload_of(r, 2)? == Upload::Complete)))
+                .collect()
+        })
     }
 
     /// The recipient key ids of complete recordings.
     pub fn recipient_key_ids(&self) -> Result<Vec<String>, DbError> {
-        let c = self.conn();
-        let mut st = c.prepare(
-            "SELECT DISTINCT recipient_key_id FROM recordings WHERE recipient_key_id IS NOT NULL",
-        )?;
-        let v = st
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
-        Ok(v)
+        self.with(|c| {
+            c.query(
+                "SELECT DISTINCT recipient_key_id FROM recordings WHERE recipient_key_id IS NOT NULL",
+                &[],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+        })
     }
 
     /// The recordings list, newest first (by trigger, or by arrival while uploading).
     /// At most [`MAX_LISTED`] + 1, so that the caller can tell the list was cut.
     pub fn recordings(&self, f: &Filter) -> Result<Vec<Summary>, DbError> {
-        let c = self.conn();
-        let mut st = c.prepare(&format!(
-            "{SUMMARY}
-             WHERE (?1 IS NULL OR r.device = ?1)
-               AND (?2 IS NULL OR r.trigger_utc >= ?2)
-               AND (?3 IS NULL OR r.trigger_utc <= ?3)
-             ORDER BY COALESCE(r.trigger_utc, r.first_seen_utc) DESC, r.device, r.id
-             LIMIT ?4"
-        ))?;
-        let v = st
-            .query_map(
-                params![f.device, f.since, f.until, MAX_LISTED as i64 + 1],
-                row_summary,
+        self.with(|c| {
+            c.query(
+                &format!(
+                    "{SUMMARY}
+                     WHERE (CAST($1 AS TEXT) IS NULL OR r.device = $1)
+                       AND (CAST($2 AS TEXT) IS NULL OR r.trigger_utc >= $2)
+                       AND (CAST($3 AS TEXT) IS NULL OR r.trigger_utc <= $3)
+                     ORDER BY COALESCE(r.trigger_utc, r.first_seen_utc) DESC, r.device, r.id
+                     LIMIT $4"
+                ),
+                args![f.device, f.since, f.until, MAX_LISTED as i64 + 1],
             )?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(v)
+            .iter()
+            .map(row_summary)
+            .collect()
+        })
     }
 
     /// The recordings of that id (one per device holding it).
     pub fn recordings_with_id(&self, id: &str) -> Result<Vec<Summary>, DbError> {
-        let c = self.conn();
-        let mut st = c.prepare(&format!("{SUMMARY} WHERE r.id = ?1 ORDER BY r.device"))?;
-        let v = st
-            .query_map(params![id], row_summary)?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(v)
+        self.with(|c| {
+            c.query(
+                &format!("{SUMMARY} WHERE r.id = $1 ORDER BY r.device"),
+                args![id],
+            )?
+            .iter()
+            .map(row_summary)
+            .collect()
+        })
     }
 
     // --- audit ---
@@ -908,14 +1345,12 @@ impl Db {
 
     /// The whole audit log, in order.
     pub fn audit(&self) -> Result<Vec<Entry>, DbError> {
-        let c = self.conn();
-        let mut st = c.prepare(
-            "SELECT seq, utc, actor, action, recording, client, detail, prev, hash FROM audit ORDER BY seq",
-        )?;
-        let v = st
-            .query_map([], row_entry)?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(v)
+        self.with(|c| {
+            c.query(&format!("{AUDIT} ORDER BY seq"), &[])?
+                .iter()
+                .map(row_entry)
+                .collect()
+        })
     }
 
     /// The entries `f` matches, newest first, at most `limit`.
@@ -924,17 +1359,18 @@ impl Db {
         f: &audit::AuditFilter,
         limit: usize,
     ) -> Result<Vec<Entry>, DbError> {
-        let c = self.conn();
-        let mut st = c.prepare(
-            "SELECT seq, utc, actor, action, recording, client, detail, prev, hash FROM audit
-             WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR action = ?2)
-               AND (?3 IS NULL OR recording = ?3) AND (?4 IS NULL OR utc >= ?4)
-               AND (?5 IS NULL OR utc <= ?5)
-             ORDER BY seq DESC LIMIT ?6",
-        )?;
-        let v = st
-            .query_map(
-                params![
+        self.with(|c| {
+            c.query(
+                &format!(
+                    "{AUDIT}
+                     WHERE (CAST($1 AS TEXT) IS NULL OR actor = $1)
+                       AND (CAST($2 AS TEXT) IS NULL OR action = $2)
+                       AND (CAST($3 AS TEXT) IS NULL OR recording = $3)
+                       AND (CAST($4 AS TEXT) IS NULL OR utc >= $4)
+                       AND (CAST($5 AS TEXT) IS NULL OR utc <= $5)
+                     ORDER BY seq DESC LIMIT $6"
+                ),
+                args![
                     f.actor,
                     f.action,
                     f.recording,
@@ -942,10 +1378,11 @@ impl Db {
                     f.until,
                     i64::try_from(limit).unwrap_or(i64::MAX)
                 ],
-                row_entry,
             )?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(v)
+            .iter()
+            .map(row_entry)
+            .collect()
+        })
     }
 
     /// Recomputes the chain: the head hash, or the first entry that does not match. Read in
@@ -962,14 +1399,15 @@ impl Db {
         let mut chain = audit::Chain::default();
         let mut after = i64::MIN;
         loop {
-            let piece: Vec<Entry> = {
-                let c = self.conn();
-                let mut st = c.prepare_cached(
-                    "SELECT seq, utc, actor, action, recording, client, detail, prev, hash FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                )?;
-                st.query_map(params![after, piece_len], row_entry)?
-                    .collect::<Result<Vec<_>, _>>()?
-            };
+            let piece: Vec<Entry> = self.with(|c| {
+                c.query(
+                    &format!("{AUDIT} WHERE seq > $1 ORDER BY seq LIMIT $2"),
+                    args![after, piece_len],
+                )?
+                .iter()
+                .map(row_entry)
+                .collect::<Result<Vec<_>, DbError>>()
+            })?;
             for e in &piece {
                 if let Err(b) = chain.feed(e) {
                     return Ok(Err(b));
@@ -983,19 +1421,29 @@ impl Db {
     }
 }
 
-/// Appends `e` to the audit log within the caller's transaction.
-fn append_audit_in(c: &Connection, e: &Event) -> Result<Entry, DbError> {
+/// A mutex's guard; a panic while holding it leaves either database consistent (transactions
+/// roll back), so a poisoned one is taken as it is.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The columns of an audit entry ([`row_entry`] reads them in this order).
+const AUDIT: &str =
+    "SELECT seq, utc, actor, action, recording, client, detail, prev, hash FROM audit";
+
+/// The columns of a reviewer ([`row_reviewer`] reads them in this order).
+const REVIEWER: &str = "SELECT name, department_key_id, created_utc, kdf, verifier, wrapped_key, imported_utc, roles FROM reviewers";
+
+/// Appends `e` to the audit log within the caller's write transaction.
+fn append_audit_in(c: &mut dyn Sql, e: &Event) -> Result<Entry, DbError> {
     let last: Option<(i64, String)> = c
-        .query_row(
-            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+        .query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &[])?
+        .map(|r| Ok::<_, DbError>((r.get(0)?, r.get(1)?)))
+        .transpose()?;
     let entry = Entry::next(last.as_ref().map(|(s, h)| (*s, h.as_str())), now_utc(), e);
     c.execute(
-        "INSERT INTO audit (seq, utc, actor, action, recording, client, detail, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
+        "INSERT INTO audit (seq, utc, actor, action, recording, client, detail, prev, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        args![
             entry.seq,
             entry.utc,
             entry.actor,
@@ -1024,7 +1472,7 @@ fn log_entry(entry: &Entry) {
     );
 }
 
-fn row_entry(r: &rusqlite::Row) -> rusqlite::Result<Entry> {
+fn row_entry(r: &Row) -> Result<Entry, DbError> {
     Ok(Entry {
         seq: r.get(0)?,
         utc: r.get(1)?,
@@ -1039,80 +1487,74 @@ fn row_entry(r: &rusqlite::Row) -> rusqlite::Result<Entry> {
 }
 
 /// Whether `device`/`id` is in the recordings index.
-pub fn indexed_in(c: &Connection, device: &str, id: &str) -> Result<bool, DbError> {
-    Ok(c.query_row(
-        "SELECT 1 FROM recordings WHERE device = ?1 AND id = ?2",
-        params![device, id],
-        |_| Ok(()),
-    )
-    .optional()?
+pub fn indexed_in(c: &mut dyn Sql, device: &str, id: &str) -> Result<bool, DbError> {
+    Ok(c.query_opt(
+        "SELECT 1 FROM recordings WHERE device = $1 AND id = $2",
+        args![device, id],
+    )?
     .is_some())
 }
 
 /// The reason of the legal hold on `device`/`id`, if it is held.
-pub fn hold_in(c: &Connection, device: &str, id: &str) -> Result<Option<String>, DbError> {
-    Ok(c.query_row(
-        "SELECT reason FROM holds WHERE device = ?1 AND id = ?2",
-        params![device, id],
-        |r| r.get(0),
-    )
-    .optional()?)
+pub fn hold_in(c: &mut dyn Sql, device: &str, id: &str) -> Result<Option<String>, DbError> {
+    c.query_opt(
+        "SELECT reason FROM holds WHERE device = $1 AND id = $2",
+        args![device, id],
+    )?
+    .map(|r| r.get(0))
+    .transpose()
 }
 
 /// Places a legal hold (or replaces its reason). Returns whether there was none.
 pub fn hold_place_in(
-    c: &Connection,
+    c: &mut dyn Sql,
     device: &str,
     id: &str,
     reason: &str,
 ) -> Result<bool, DbError> {
     let existed = hold_in(c, device, id)?.is_some();
     c.execute(
-        "INSERT INTO holds (device, id, reason, utc) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (device, id) DO UPDATE SET reason = excluded.reason, utc = excluded.utc",
-        params![device, id, reason, now_utc()],
+        "INSERT INTO holds (device, id, reason, utc) VALUES ($1, $2, $3, $4) ON CONFLICT (device, id) DO UPDATE SET reason = excluded.reason, utc = excluded.utc",
+        args![device, id, reason, now_utc()],
     )?;
     Ok(!existed)
 }
 
 /// Releases a legal hold. Returns whether there was one.
-pub fn release_in(c: &Connection, device: &str, id: &str) -> Result<bool, DbError> {
+pub fn release_in(c: &mut dyn Sql, device: &str, id: &str) -> Result<bool, DbError> {
     let n = c.execute(
-        "DELETE FROM holds WHERE device = ?1 AND id = ?2",
-        params![device, id],
+        "DELETE FROM holds WHERE device = $1 AND id = $2",
+        args![device, id],
     )?;
     Ok(n > 0)
 }
 
 /// A recording's consent answers (all pending when none was recorded).
-pub fn consent_in(c: &Connection, device: &str, id: &str) -> Result<Consent, DbError> {
-    let mut st = c.prepare_cached(
-        "SELECT question, answer, recorded_by, utc, note, form_ref FROM consent WHERE device = ?1 AND id = ?2",
-    )?;
+pub fn consent_in(c: &mut dyn Sql, device: &str, id: &str) -> Result<Consent, DbError> {
     let mut out = Consent::default();
-    let rows = st.query_map(params![device, id], |r| {
+    for r in c.query(
+        "SELECT question, answer, recorded_by, utc, note, form_ref FROM consent WHERE device = $1 AND id = $2",
+        args![device, id],
+    )? {
         let q: String = r.get(0)?;
         let q = Question::parse(&q).ok_or_else(|| unreadable(0, "a consent question"))?;
-        Ok((q, recorded(r, 1)?))
-    })?;
-    for row in rows {
-        let (q, rec) = row?;
-        *out.get_mut(q) = rec;
+        *out.get_mut(q) = recorded(&r, 1)?;
     }
     Ok(out)
 }
 
 /// Records one consent answer (replacing the last one to that question).
 pub fn set_consent_in(
-    c: &Connection,
+    c: &mut dyn Sql,
     device: &str,
     id: &str,
     question: Question,
     r: &Recorded,
 ) -> Result<(), DbError> {
     c.execute(
-        "INSERT INTO consent (device, id, question, answer, recorded_by, utc, note, form_ref) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+        "INSERT INTO consent (device, id, question, answer, recorded_by, utc, note, form_ref) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (device, id, question) DO UPDATE SET answer = excluded.answer, recorded_by = excluded.recorded_by, utc = excluded.utc, note = excluded.note, form_ref = excluded.form_ref",
-        params![
+        args![
             device,
             id,
             question.as_str(),
@@ -1127,92 +1569,84 @@ pub fn set_consent_in(
 }
 
 /// The teaching library's date for a recording, if it is in it.
-pub fn teaching_in(c: &Connection, device: &str, id: &str) -> Result<Option<String>, DbError> {
-    Ok(c.query_row(
-        "SELECT until_utc FROM teaching WHERE device = ?1 AND id = ?2",
-        params![device, id],
-        |r| r.get(0),
-    )
-    .optional()?)
+pub fn teaching_in(c: &mut dyn Sql, device: &str, id: &str) -> Result<Option<String>, DbError> {
+    c.query_opt(
+        "SELECT until_utc FROM teaching WHERE device = $1 AND id = $2",
+        args![device, id],
+    )?
+    .map(|r| r.get(0))
+    .transpose()
 }
 
 /// Places a recording in the teaching library until `until_utc` (or moves its date).
 pub fn set_teaching_in(
-    c: &Connection,
+    c: &mut dyn Sql,
     device: &str,
     id: &str,
     until_utc: &str,
     by: &str,
 ) -> Result<(), DbError> {
     c.execute(
-        "INSERT INTO teaching (device, id, until_utc, added_by, utc) VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO teaching (device, id, until_utc, added_by, utc) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (device, id) DO UPDATE SET until_utc = excluded.until_utc, added_by = excluded.added_by, utc = excluded.utc",
-        params![device, id, until_utc, by, now_utc()],
+        args![device, id, until_utc, by, now_utc()],
     )?;
     Ok(())
 }
 
 /// Takes a recording out of the teaching library. Returns whether it was in it.
-pub fn remove_teaching_in(c: &Connection, device: &str, id: &str) -> Result<bool, DbError> {
+pub fn remove_teaching_in(c: &mut dyn Sql, device: &str, id: &str) -> Result<bool, DbError> {
     let n = c.execute(
-        "DELETE FROM teaching WHERE device = ?1 AND id = ?2",
-        params![device, id],
+        "DELETE FROM teaching WHERE device = $1 AND id = $2",
+        args![device, id],
     )?;
     Ok(n > 0)
 }
 
-fn reviewer_in(c: &Connection, name: &str) -> Result<Option<Reviewer>, DbError> {
-    let row = c
-        .query_row(
-            "SELECT name, department_key_id, created_utc, kdf, verifier, wrapped_key, imported_utc, roles FROM reviewers WHERE name = ?1",
-            params![name],
-            row_reviewer,
-        )
-        .optional()?;
-    row.map(check_reviewer).transpose()
+fn reviewer_in(c: &mut dyn Sql, name: &str) -> Result<Option<Reviewer>, DbError> {
+    c.query_opt(&format!("{REVIEWER} WHERE name = $1"), args![name])?
+        .map(|r| check_reviewer(row_reviewer(&r)?))
+        .transpose()
 }
 
-fn name_failures_in(c: &Connection, name: &str) -> Result<(u32, i64), DbError> {
-    Ok(c.query_row(
-        "SELECT failures, last_failure FROM name_failures WHERE name = ?1",
-        params![name],
-        |r| {
-            Ok((
-                r.get::<_, i64>(0)?.clamp(0, u32::MAX as i64) as u32,
-                r.get(1)?,
-            ))
-        },
-    )
-    .optional()?
+fn name_failures_in(c: &mut dyn Sql, name: &str) -> Result<(u32, i64), DbError> {
+    Ok(c.query_opt(
+        "SELECT failures, last_failure FROM name_failures WHERE name = $1",
+        args![name],
+    )?
+    .map(|r| Ok::<_, DbError>((r.get::<i64>(0)?.clamp(0, u32::MAX as i64) as u32, r.get(1)?)))
+    .transpose()?
     .unwrap_or((0, 0)))
 }
 
-fn address_failures_in(c: &Connection, address: &str, since: i64) -> Result<Vec<i64>, DbError> {
-    let mut st = c.prepare("SELECT at FROM address_failures WHERE client = ?1 AND at >= ?2")?;
-    let v = st
-        .query_map(params![address, since], |r| r.get(0))?
-        .collect::<Result<Vec<i64>, _>>()?;
-    Ok(v)
+fn address_failures_in(c: &mut dyn Sql, address: &str, since: i64) -> Result<Vec<i64>, DbError> {
+    c.query(
+        "SELECT at FROM address_failures WHERE client = $1 AND at >= $2",
+        args![address, since],
+    )?
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
 }
 
-fn add_failure_in(c: &Connection, name: &str, address: &str, now: i64) -> Result<(), DbError> {
+fn add_failure_in(c: &mut dyn Sql, name: &str, address: &str, now: i64) -> Result<(), DbError> {
     c.execute(
-        "INSERT INTO name_failures (name, failures, last_failure) VALUES (?1, 1, ?2)
-         ON CONFLICT (name) DO UPDATE SET failures = name_failures.failures + 1, last_failure = ?2",
-        params![name, now],
+        "INSERT INTO name_failures (name, failures, last_failure) VALUES ($1, 1, $2)
+         ON CONFLICT (name) DO UPDATE SET failures = name_failures.failures + 1, last_failure = $2",
+        args![name, now],
     )?;
     c.execute(
-        "INSERT INTO address_failures (client, at) VALUES (?1, ?2)",
-        params![address, now],
+        "INSERT INTO address_failures (client, at) VALUES ($1, $2)",
+        args![address, now],
     )?;
     // Nothing older than the longest window matters: the tables stay small.
     c.execute(
-        "DELETE FROM address_failures WHERE at < ?1",
-        params![now - crate::ratelimit::ADDRESS_WINDOW_SECS],
+        "DELETE FROM address_failures WHERE at < $1",
+        args![now - crate::ratelimit::ADDRESS_WINDOW_SECS],
     )?;
     c.execute(
-        "DELETE FROM name_failures WHERE last_failure < ?1",
-        params![now - 86_400],
+        "DELETE FROM name_failures WHERE last_failure < $1",
+        args![now - 86_400],
     )?;
     Ok(())
 }
@@ -1228,7 +1662,7 @@ type ReviewerRow = (
     String,
 );
 
-fn row_reviewer(r: &rusqlite::Row) -> rusqlite::Result<ReviewerRow> {
+fn row_reviewer(r: &Row) -> Result<ReviewerRow, DbError> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -1277,27 +1711,25 @@ fn check_reviewer(row: ReviewerRow) -> Result<Reviewer, DbError> {
 }
 
 /// A column the index wrote that does not read back: the database was changed by hand.
-fn unreadable(column: usize, what: &str) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(
-        column,
-        rusqlite::types::Type::Text,
-        format!("not {what}: the recordings index was changed outside neoflix-ingest").into(),
-    )
+fn unreadable(column: usize, what: &str) -> DbError {
+    DbError::Corrupt(format!(
+        "column {column}, not {what}: the recordings index was changed outside neoflix-ingest"
+    ))
 }
 
-fn upload_of(r: &rusqlite::Row, column: usize) -> rusqlite::Result<Upload> {
+fn upload_of(r: &Row, column: usize) -> Result<Upload, DbError> {
     let s: String = r.get(column)?;
     Upload::parse(&s).ok_or_else(|| unreadable(column, "an upload state"))
 }
 
-fn row_summary(r: &rusqlite::Row) -> rusqlite::Result<Summary> {
-    let status = match r.get::<_, Option<String>>(3)? {
+fn row_summary(r: &Row) -> Result<Summary, DbError> {
+    let status = match r.get::<Option<String>>(3)? {
         None => None,
         Some(s) => Some(
             neoflix_format::Status::parse(&s).ok_or_else(|| unreadable(3, "a recording status"))?,
         ),
     };
-    let markers = match r.get::<_, Option<String>>(11)? {
+    let markers = match r.get::<Option<String>>(11)? {
         None => Vec::new(),
         Some(m) => serde_json::from_str(&m).map_err(|_| unreadable(11, "a list of markers"))?,
     };
@@ -1331,8 +1763,8 @@ fn row_summary(r: &rusqlite::Row) -> rusqlite::Result<Summary> {
 }
 
 /// One consent answer from five columns from `at` on; no row is `pending`, never recorded.
-fn recorded(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Recorded> {
-    let Some(answer) = r.get::<_, Option<String>>(at)? else {
+fn recorded(r: &Row, at: usize) -> Result<Recorded, DbError> {
+    let Some(answer) = r.get::<Option<String>>(at)? else {
         return Ok(Recorded::default());
     };
     let nonempty = |s: String| (!s.is_empty()).then_some(s);
@@ -1404,7 +1836,7 @@ pub(crate) mod tests {
         db.set_consent("room-1", "r1", Question::Review, &granted)
             .unwrap();
         set_teaching_in(
-            &db.conn(),
+            &mut Lite(&db.conn()),
             "room-1",
             "r1",
             "2031-01-01T00:00:00.000Z",

@@ -102,12 +102,21 @@ pub fn server_identity(cfg: &IngestConfig) -> anyhow::Result<neoflix_format::Sig
 }
 
 /// Applies retention a minute after the start (once the index has caught up with the
-/// storage), then every [`retention::EVERY`], until `stop`.
+/// storage), then every [`retention::EVERY`], until `stop`. Of several replicas on one
+/// database, the one holding the `retention` lease applies it; another takes the lease over
+/// once it has run out (two rounds after its holder stopped renewing it).
 async fn apply_retention(
     parts: Arc<lifecycle::Shared>,
     keep_days: u32,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut holder = [0u8; 16];
+    if let Err(e) = getrandom::fill(&mut holder) {
+        log::error!(error = esc(&e.to_string()).as_str(); "retention: no randomness for this replica's name; retention is not applied");
+        return;
+    }
+    let holder = hex::encode(holder);
+    let lease_secs = 2 * retention::EVERY.as_secs() as i64;
     let mut wait = Duration::from_secs(60);
     loop {
         tokio::select! {
@@ -116,7 +125,16 @@ async fn apply_retention(
         }
         wait = retention::EVERY;
         let parts = parts.clone();
+        let holder = holder.clone();
         let done = tokio::task::spawn_blocking(move || {
+            if !parts
+                .db
+                .take_lease("retention", &holder, db::now_secs(), lease_secs)
+                .map_err(retention::RetentionError::from)?
+            {
+                log::info!("retention: applied by another replica of this database");
+                return Ok(Vec::new());
+            }
             retention::purge(
                 &parts.keeper(),
                 keep_days,
@@ -203,11 +221,12 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let kept = if cfg.uses_database() {
         use anyhow::Context as _;
-        let path = cfg.database.path.clone();
-        let db = tokio::task::spawn_blocking(move || db::Db::open(&path))
+        let at = cfg.database.clone();
+        let db = tokio::task::spawn_blocking(move || db::Db::open_configured(&at))
             .await
             .context("opening the database")?
-            .with_context(|| "[database] path: the server keeps reviewers, sessions, the recordings index and the audit log there")?;
+            .with_context(|| "[database]: the server keeps reviewers, sessions, the recordings index and the audit log there")?;
+        log::info!(database = esc(db.place()).as_str(); "database open");
         let db = Arc::new(db);
         let forgetting = db.clone();
         tokio::task::spawn_blocking(move || -> Result<(), db::DbError> {

@@ -416,6 +416,31 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_recording_another_sweep_deleted_is_neither_deleted_nor_audited_again() {
+        let f = Fixture::new();
+        f.recording("r1");
+        let stale = f.db.retained().unwrap().remove(0);
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(400 * 86_400);
+        let sweep = Who {
+            actor: "retention",
+            client: "server",
+        };
+        let first = crate::retention::purge(&f.keeper(), 30, later, false, sweep).unwrap();
+        assert!(
+            matches!(first[..], [ref p] if p.outcome.is_ok()),
+            "{first:?}"
+        );
+        // A sweep that read the list before the first one deleted the recording.
+        let again = crate::retention::delete_one(&f.keeper(), &stale, 30, "x", later, sweep);
+        assert_eq!(again, Ok(None));
+        let deleted = actions(&f.db)
+            .iter()
+            .filter(|a| *a == "recording-deleted")
+            .count();
+        assert_eq!(deleted, 1, "{:?}", actions(&f.db));
+    }
+
     fn actions(db: &Db) -> Vec<String> {
         db.audit().unwrap().into_iter().map(|e| e.action).collect()
     }

@@ -197,7 +197,11 @@ pub fn purge(
     Ok(out)
 }
 
-fn delete_one(
+/// Deletes `r` unless, in the transaction that would audit it, it is found held, moved into
+/// the teaching library, or already gone: a second sweep (another replica's, or `purge` run
+/// by hand while the server runs) that read the list before the first deleted it leaves no
+/// second entry.
+pub(crate) fn delete_one(
     keeper: &Keeper,
     r: &Retained,
     keep_days: u32,
@@ -209,6 +213,9 @@ fn delete_one(
     // A hold placed, or a teaching date set, while this ran wins; the check and the entry are
     // one transaction.
     let decided = keeper.db.atomically(|c, events| -> Result<bool, DbError> {
+        if !db::indexed_in(c, &r.device, &r.id)? {
+            return Ok(false);
+        }
         let held = db::hold_in(c, &r.device, &r.id)?;
         let teaching = db::teaching_in(c, &r.device, &r.id)?;
         if held.is_some() || teaching != r.teaching_until_utc {

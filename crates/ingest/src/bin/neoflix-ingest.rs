@@ -117,9 +117,8 @@ fn admin(path: &std::path::Path, cmd: Cmd) -> ExitCode {
         }
     };
     let run = || -> anyhow::Result<bool> {
-        let db = neoflix_ingest::db::Db::open(&cfg.database.path).context(
-            "[database] path (run this as the server's user, e.g. sudo -u neoflix-ingest)",
-        )?;
+        let db = neoflix_ingest::db::Db::open_configured(&cfg.database)
+            .context("[database] (run this as the server's user, e.g. sudo -u neoflix-ingest)")?;
         use neoflix_ingest::admin;
         let (text, ok) = match cmd {
             Cmd::Reviewer { command } => match command {
