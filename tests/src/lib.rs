@@ -1002,6 +1002,32 @@ fn spawn_server(mut c: Command, log: &Path, addr: &str, what: &str) -> Child {
     child
 }
 
+/// The review page's assets, built by scripts/build-web into `target/review-assets`, or the
+/// directory `NEOFLIX_REVIEW_ASSETS` names.
+pub fn review_assets() -> PathBuf {
+    let dir = match std::env::var_os("NEOFLIX_REVIEW_ASSETS").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => bin("neoflix-ingest")
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .join("review-assets"),
+    };
+    for f in [
+        "index.html",
+        "app.js",
+        "neoflix_web.js",
+        "neoflix_web_bg.wasm",
+    ] {
+        assert!(
+            dir.join(f).exists(),
+            "{} has no {f}: build the review page first with scripts/build-web (scripts/test does)",
+            dir.display()
+        );
+    }
+    dir
+}
+
 /// A free loopback TCP port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

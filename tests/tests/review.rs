@@ -18,31 +18,6 @@ use serde_json::{Value, json};
 const CAPTURE: &str = "source = \"test\"\nwidth = 320\nheight = 240\nfps = 15\nbitrate_kbps = 400";
 const PASSPHRASE: &str = "correct horse battery staple";
 
-/// The page's assets, built by scripts/build-web.
-fn assets() -> PathBuf {
-    let dir = match std::env::var_os("NEOFLIX_REVIEW_ASSETS").filter(|d| !d.is_empty()) {
-        Some(d) => PathBuf::from(d),
-        None => neoflix_e2e::bin("neoflix-ingest")
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>")
-            .join("review-assets"),
-    };
-    for f in [
-        "index.html",
-        "app.js",
-        "neoflix_web.js",
-        "neoflix_web_bg.wasm",
-    ] {
-        assert!(
-            dir.join(f).exists(),
-            "{} has no {f}: build the review page first with scripts/build-web (scripts/test does)",
-            dir.display()
-        );
-    }
-    dir
-}
-
 fn sign_in(b: &Browser, user: &str, passphrase: &str) {
     let u = b.element("input[name=user]");
     b.clear(&u);
@@ -117,7 +92,7 @@ const BARS: [(&str, [i64; 3]); 7] = [
 
 #[test]
 fn a_reviewer_watches_seeks_and_downloads_in_chromium_and_the_server_sees_no_plaintext() {
-    let assets = assets();
+    let assets = neoflix_e2e::review_assets();
     let lab = Lab::new();
     lab.pki(&["room-e2e"]);
 
@@ -867,7 +842,7 @@ fn chair_and_privacy_officer(
 /// following the first's clock through play, pause and seeks, and the download has both.
 #[test]
 fn two_cameras_play_side_by_side_on_one_clock_and_download_as_two_tracks() {
-    let assets = assets();
+    let assets = neoflix_e2e::review_assets();
     let lab = Lab::new();
     lab.pki(&["room-e2e"]);
     let alice = lab.enrol_reviewer("alice", PASSPHRASE);

@@ -1,0 +1,242 @@
+//! Two `neoflix-ingest` replicas on one store and one PostgreSQL database (issue 14): a box
+//! uploads through one, that replica is killed mid-recording, the box fails over to the other
+//! and the recording completes; it verifies and plays in the review page of either replica
+//! (in headless Chromium), a session begun on one is honoured by the other, and a withdrawal
+//! through one is seen by the other. The store here is one directory both replicas use (a
+//! shared filesystem); the database is Debian's PostgreSQL, started by the test.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::thread::sleep;
+use std::time::Duration;
+
+use neoflix_control::Request;
+use neoflix_e2e::{
+    Browser, Ingest, Lab, Postgres, ffmpeg_errors, ffprobe, free_port, review_assets, wait_until,
+};
+use serde_json::json;
+
+const CAPTURE: &str = "source = \"test\"\nwidth = 320\nheight = 240\nfps = 15\nbitrate_kbps = 400";
+const PASSPHRASE: &str = "correct horse battery staple";
+
+/// A replica: its own ports, config and log; the lab's store (`<lab>/server`), the review
+/// page and the shared database.
+struct Replica {
+    ingest: Ingest,
+    config: PathBuf,
+    review: String,
+}
+
+fn replica(lab: &Lab, pg: &Postgres, name: &str) -> Replica {
+    let rport = free_port();
+    let extra = format!(
+        "[review]\nlisten = \"127.0.0.1:{rport}\"\nassets = \"{}\"\n{}",
+        review_assets().display(),
+        pg.database_section()
+    );
+    let written = lab.ingest_config_with(64 << 20, &extra);
+    let config = lab.path(&format!("ingest-{name}.toml"));
+    fs::copy(lab.path("ingest.toml"), &config).unwrap();
+    Replica {
+        ingest: Ingest::from_config(
+            config.clone(),
+            written.addr.clone(),
+            lab.path(&format!("ingest-{name}.log")),
+        ),
+        config,
+        review: format!("https://127.0.0.1:{rport}"),
+    }
+}
+
+impl Replica {
+    fn start(&mut self) {
+        self.ingest.start();
+        let port: u16 = self.review.rsplit(':').next().unwrap().parse().unwrap();
+        wait_until(
+            "the review listener",
+            Duration::from_secs(20),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            &|| self.ingest.log_text(),
+        );
+    }
+
+    /// `neoflix-ingest --config <this replica's> ARGS`: (exit code, stdout + stderr).
+    fn admin(&self, args: &[&str]) -> (i32, String) {
+        let out = neoflix_e2e::command("neoflix-ingest")
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+}
+
+fn sign_in(b: &Browser, user: &str, passphrase: &str) {
+    let u = b.element("input[name=user]");
+    b.clear(&u);
+    b.type_into(&u, user);
+    let p = b.element("input[name=passphrase]");
+    b.clear(&p);
+    b.type_into(&p, passphrase);
+    b.click(&b.element("#signin button[type=submit]"));
+}
+
+/// Opens recording `id` from the list and waits until its video plays.
+fn plays(b: &Browser, id: &str) {
+    let row = format!("tr[data-recording=\"{id}\"]");
+    b.wait(
+        "the recording listed as complete",
+        Duration::from_secs(30),
+        &format!("(document.querySelector('{row}') || {{}}).dataset?.upload === 'complete'"),
+    );
+    b.click(&b.element(&format!("{row} a.open")));
+    b.wait(
+        "decoded video",
+        Duration::from_secs(30),
+        "document.body.dataset.view === 'player' && document.querySelector('video').readyState >= 2",
+    );
+    b.press(" ");
+    b.wait(
+        "playback",
+        Duration::from_secs(20),
+        "document.querySelector('video').currentTime > 1.0",
+    );
+}
+
+fn objects_in(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .map(|l| {
+            l.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("frag-"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn two_replicas_on_one_store_and_postgresql_fail_over_serve_either_page_and_share_a_withdrawal() {
+    let lab = Lab::new();
+    lab.pki(&["room-e2e"]);
+    let pg = Postgres::start();
+    let mut a = replica(&lab, &pg, "a");
+    let mut b = replica(&lab, &pg, "b");
+    let alice = lab.enrol_reviewer("alice", PASSPHRASE);
+    let (code, out) = a.admin(&["reviewer", "import", alice.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    a.start();
+    b.start();
+
+    // The box knows both replicas, the first one first.
+    let list = format!(
+        "url = [\"https://{}\", \"https://{}\"]",
+        a.ingest.addr, b.ingest.addr
+    );
+    let upload = lab
+        .upload_section(&a.ingest, "room-e2e")
+        .replace(&format!("url = \"https://{}\"", a.ingest.addr), &list);
+    lab.config(CAPTURE, 2, &upload);
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    let id = d.ctl(Request::Start {}).recording.unwrap();
+    let stored = lab.path("server/room-e2e").join(&id);
+    wait_until(
+        "fragments through the first replica",
+        Duration::from_secs(30),
+        || objects_in(&stored) >= 2,
+        &|| d.log_text() + &a.ingest.log_text(),
+    );
+    a.ingest.kill9();
+    sleep(Duration::from_secs(3));
+    assert!(d.ctl(Request::Stop {}).ok);
+    wait_until(
+        "the recording complete through the second replica",
+        Duration::from_secs(60),
+        || stored.join("manifest.json").exists(),
+        &|| d.log_text() + &b.ingest.log_text(),
+    );
+    wait_until(
+        "the box to delete its copy",
+        Duration::from_secs(30),
+        || lab.recordings().is_empty(),
+        &|| d.log_text(),
+    );
+    let q = d.status().upload.unwrap();
+    assert_eq!(
+        (q.delivered, q.server.as_deref()),
+        (1, Some(format!("https://{}", b.ingest.addr).as_str()))
+    );
+    let m = neoflix_format::verify(&stored)
+        .expect("the stored recording verifies")
+        .manifest;
+    let mp4 = lab.path("export.mp4");
+    let e = lab.export(&stored, &mp4);
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    assert_eq!(ffmpeg_errors(&mp4), "");
+    assert!((ffprobe(&mp4).duration - m.duration_secs).abs() <= 1.0);
+
+    // The killed replica comes back; the page of each plays the recording.
+    a.start();
+    let browser = Browser::launch(&lab.ca());
+    browser.goto(&a.review);
+    browser.element("form#signin input[name=user]");
+    sign_in(&browser, "alice", PASSPHRASE);
+    plays(&browser, &id);
+    // The session begun on the first is the second's too: it lives in the database. (A new
+    // page asks for the passphrase again all the same: the department key it unwraps stays
+    // in the tab that unwrapped it.)
+    browser.goto(&b.review);
+    browser.element("form#signin input[name=user]");
+    let session = browser.eval_async(
+        "const done = arguments[arguments.length - 1];
+         fetch('/api/session', { credentials: 'same-origin' }).then(r => done(r.status), e => done(String(e)));",
+        json!([]),
+    );
+    assert_eq!(
+        session,
+        json!(200),
+        "the first replica's session on the second"
+    );
+    sign_in(&browser, "alice", PASSPHRASE);
+    plays(&browser, &id);
+
+    // Withdrawn through the first replica: the second one's list loses it at the next refresh.
+    let (code, out) = a.admin(&["withdraw", &id, "--reason", "consent withdrawn (form 7)"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!stored.exists(), "the stored copy is deleted");
+    browser.eval("history.back()", json!([]));
+    browser.wait(
+        "the list",
+        Duration::from_secs(30),
+        "document.body.dataset.view === 'list' && document.querySelector('form.filters button[type=submit]')",
+    );
+    let row = format!("tr[data-recording=\"{id}\"]");
+    browser.click(&browser.element("form.filters button[type=submit]"));
+    browser.wait(
+        "the withdrawn recording gone from the second replica's list",
+        Duration::from_secs(30),
+        &format!(
+            "document.querySelector('table.recordings tbody') && !document.querySelector('{row}')"
+        ),
+    );
+
+    // One audit chain, written by both replicas and the admin's command, verifies.
+    let (code, out) = b.admin(&["audit", "--verify"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, log) = b.admin(&["audit", "--json"]);
+    let entries: serde_json::Value = serde_json::from_str(&log).unwrap_or(json!([]));
+    let actions: Vec<&str> = entries
+        .as_array()
+        .map(|v| v.iter().filter_map(|e| e["action"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        actions.iter().filter(|a| **a == "recording-opened").count() >= 2,
+        "{actions:?}"
+    );
+    assert!(actions.contains(&"recording-withdrawn"), "{actions:?}");
+    assert_eq!(d.terminate(), 0);
+}
