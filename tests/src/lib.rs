@@ -550,6 +550,28 @@ impl Ingest {
         }
     }
 
+    /// SIGTERM, as systemd stops it: its exit code once it has stopped (panics after 30 s).
+    pub fn terminate(&mut self) -> i32 {
+        let mut c = self.child.take().expect("running");
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!(
+                    "neoflix-ingest did not stop on SIGTERM:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Runs the server on its config expecting it to refuse to start: returns its exit code and
     /// stderr. Panics if it is still running after 20 s.
     pub fn start_expecting_exit(&self) -> (i32, String) {

@@ -314,6 +314,17 @@ fn transcript(db: &Db) -> Vec<String> {
         "lease a after",
         format!("{:?}", db.take_lease("retention", "a", 212, 60).unwrap()),
     );
+    // Given back at a clean stop: only by its holder, and then another takes it at once.
+    db.release_lease("retention", "a").unwrap();
+    say(
+        "lease a kept",
+        format!("{:?}", db.take_lease("retention", "a", 213, 60).unwrap()),
+    );
+    db.release_lease("retention", "a").unwrap();
+    say(
+        "lease b at once",
+        format!("{:?}", db.take_lease("retention", "b", 214, 60).unwrap()),
+    );
     // Removing a reviewer ends its sessions.
     say(
         "remove alice",
@@ -452,8 +463,28 @@ fn a_restarted_postgresql_is_connected_to_again_and_a_wrong_password_is_named() 
     pg.kill();
     let e = db.reviewers().unwrap_err().to_string();
     assert!(e.starts_with("PostgreSQL: "), "{e}");
+    // The next caller tries to connect again; after that failure the ones that follow are
+    // answered at once, not each after an attempt of its own.
+    let e = db.reviewers().unwrap_err().to_string();
+    assert!(e.contains("error connecting to server"), "{e}");
+    let e = db.reviewers().unwrap_err().to_string();
+    assert!(
+        e.contains("cannot be reached (tried again within 5 s)"),
+        "{e}"
+    );
     pg.start_again();
-    assert_eq!(db.reviewers().unwrap().len(), 1, "connected again");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let found = loop {
+        match db.reviewers() {
+            Ok(r) => break r,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "not connected again: {e}"
+            ),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(found.len(), 1, "connected again");
 
     let lab = Lab::new();
     let wrong = lab.path("wrong-password");
@@ -484,6 +515,18 @@ fn tls_to_postgresql_checks_the_servers_certificate() {
         "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.application_name = 'neoflix-ingest'",
     );
     assert_eq!(seen, "1", "the connection is TLS");
+
+    // A certificate for another name is refused: the url's host is what is checked.
+    let cfg = pg_config(
+        &pg,
+        &format!("postgres://neoflix@localhost:{}/neoflix", pg.port),
+        Some(&ca.join("ca.crt")),
+    );
+    let e = Db::connect(&PgTarget::of(&cfg).unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("not valid for name"), "{e}");
 
     // Another CA's certificate is refused.
     let other = Lab::new();

@@ -30,7 +30,7 @@ struct Replica {
 fn replica(lab: &Lab, pg: &Postgres, name: &str) -> Replica {
     let rport = free_port();
     let extra = format!(
-        "[review]\nlisten = \"127.0.0.1:{rport}\"\nassets = \"{}\"\n{}",
+        "[review]\nlisten = \"127.0.0.1:{rport}\"\nassets = \"{}\"\n[retention]\nkeep_days = 30\n{}",
         review_assets().display(),
         pg.database_section()
     );
@@ -60,8 +60,8 @@ impl Replica {
         );
     }
 
-    /// `neoflix-ingest --config <this replica's> ARGS`: (exit code, stdout + stderr).
-    fn admin(&self, args: &[&str]) -> (i32, String) {
+    /// `neoflix-ingest --config <this replica's> ARGS`: (exit code, stdout, stderr).
+    fn admin(&self, args: &[&str]) -> (i32, String, String) {
         let out = neoflix_e2e::command("neoflix-ingest")
             .arg("--config")
             .arg(&self.config)
@@ -70,8 +70,8 @@ impl Replica {
             .unwrap();
         (
             out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }
 }
@@ -126,8 +126,8 @@ fn two_replicas_on_one_store_and_postgresql_fail_over_serve_either_page_and_shar
     let mut a = replica(&lab, &pg, "a");
     let mut b = replica(&lab, &pg, "b");
     let alice = lab.enrol_reviewer("alice", PASSPHRASE);
-    let (code, out) = a.admin(&["reviewer", "import", alice.to_str().unwrap()]);
-    assert_eq!(code, 0, "{out}");
+    let (code, out, err) = a.admin(&["reviewer", "import", alice.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
     a.start();
     b.start();
 
@@ -205,8 +205,8 @@ fn two_replicas_on_one_store_and_postgresql_fail_over_serve_either_page_and_shar
     plays(&browser, &id);
 
     // Withdrawn through the first replica: the second one's list loses it at the next refresh.
-    let (code, out) = a.admin(&["withdraw", &id, "--reason", "consent withdrawn (form 7)"]);
-    assert_eq!(code, 0, "{out}");
+    let (code, out, err) = a.admin(&["withdraw", &id, "--reason", "consent withdrawn (form 7)"]);
+    assert_eq!(code, 0, "{out}{err}");
     assert!(!stored.exists(), "the stored copy is deleted");
     browser.eval("history.back()", json!([]));
     browser.wait(
@@ -225,18 +225,33 @@ fn two_replicas_on_one_store_and_postgresql_fail_over_serve_either_page_and_shar
     );
 
     // One audit chain, written by both replicas and the admin's command, verifies.
-    let (code, out) = b.admin(&["audit", "--verify"]);
-    assert_eq!(code, 0, "{out}");
-    let (_, log) = b.admin(&["audit", "--json"]);
-    let entries: serde_json::Value = serde_json::from_str(&log).unwrap_or(json!([]));
+    let (code, out, err) = b.admin(&["audit", "--verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, log, err) = b.admin(&["audit", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let entries: serde_json::Value = serde_json::from_str(&log).expect("audit --json is JSON");
     let actions: Vec<&str> = entries
         .as_array()
-        .map(|v| v.iter().filter_map(|e| e["action"].as_str()).collect())
-        .unwrap_or_default();
+        .expect("an array")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
     assert!(
         actions.iter().filter(|a| **a == "recording-opened").count() >= 2,
         "{actions:?}"
     );
     assert!(actions.contains(&"recording-withdrawn"), "{actions:?}");
     assert_eq!(d.terminate(), 0);
+
+    // Stopped as systemd stops them, both exit cleanly (a PostgreSQL client dropped inside the
+    // async runtime would panic), and the retention lease is given back.
+    for r in [&mut a, &mut b] {
+        assert_eq!(r.ingest.terminate(), 0, "{}", r.ingest.log_text());
+        assert!(
+            !r.ingest.log_text().contains("panicked"),
+            "{}",
+            r.ingest.log_text()
+        );
+    }
+    assert_eq!(pg.psql("neoflix", "SELECT count(*) FROM leases"), "0");
 }

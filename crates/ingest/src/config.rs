@@ -158,6 +158,16 @@ fn pg_url(text: &str) -> Result<PgUrl, String> {
     if config.get_hosts().is_empty() {
         return Err(format!("no host: expected {FORM}"));
     }
+    // The address connected to would then not be the host checked for being on this machine,
+    // nor the name a certificate is checked against.
+    if !config.get_hostaddrs().is_empty() {
+        return Err("hostaddr is not supported: name the host (or its address) in the url".into());
+    }
+    if config.get_options().is_some() {
+        return Err(
+            "options is not supported: the server sets its own (a statement timeout)".into(),
+        );
+    }
     if config.get_user().is_none() {
         return Err(format!("no user: expected {FORM}"));
     }
@@ -404,6 +414,18 @@ fn database_at(w: &mut Walker, d: &mut Section, base: &Path) -> DatabaseAt {
             sqlite_default()
         }
         Ok(u) => {
+            let socket = u
+                .config
+                .get_hosts()
+                .iter()
+                .any(|h| matches!(h, postgres::config::Host::Unix(_)));
+            if ca.is_some() && socket {
+                w.error(
+                    line,
+                    Walker::option_name(d, "ca"),
+                    "a Unix socket carries no TLS: remove ca, or name a TCP host",
+                );
+            }
             if ca.is_none() && !pg_local(&u.config) {
                 w.error(line, opt, "a PostgreSQL server across the network needs TLS: set ca = the CA certificate that signed its certificate (PEM); the connection carries reviewers' wrapped keys and the audit log");
             }
@@ -1001,6 +1023,18 @@ mod tests {
                 "TLS is set by `ca`",
             ),
             ("url = \"postgres://localhost/neoflix\"\n", "no user"),
+            (
+                "url = \"postgres://neoflix@localhost/neoflix?hostaddr=10.1.2.3\"\n",
+                "hostaddr is not supported",
+            ),
+            (
+                "url = \"postgres://neoflix@localhost/neoflix?options=-c%20search_path%3Dx\"\n",
+                "options is not supported",
+            ),
+            (
+                "url = \"postgresql://neoflix@%2Frun%2Fpostgresql/neoflix\"\nca = \"ca.crt\"\n",
+                "database.ca: a Unix socket carries no TLS",
+            ),
             (
                 "url = \"postgres://neoflix@localhost\"\n",
                 "no database name",

@@ -320,6 +320,9 @@ pub enum DbError {
     /// PostgreSQL said no, or could not be reached: the server's message, with its SQLSTATE.
     #[error("PostgreSQL: {}", pg_message(.0))]
     Pg(#[from] postgres::Error),
+    /// PostgreSQL did not complete a connection in time, or failed to just before.
+    #[error("PostgreSQL at {0} cannot be reached (tried again within 5 s)")]
+    Unreachable(String),
     /// The PostgreSQL connection's TLS settings are unusable (`[database] ca`).
     #[error("PostgreSQL TLS: {0}")]
     PgTls(String),
@@ -546,6 +549,15 @@ impl PgTarget {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(PG_CONNECT_TIMEOUT);
         }
+        // A connection a firewall dropped without a word, or a server machine that vanished,
+        // is found within seconds, not after the kernel's two hours of keepalive.
+        config.keepalives(true);
+        // "relation already exists, skipping" and the like: the server's chatter, not ours.
+        config.notice_callback(|n| {
+            log::debug!(notice = crate::esc(n.message()).as_str(); "PostgreSQL notice");
+        });
+        config.keepalives_idle(PG_KEEPALIVE_IDLE);
+        config.tcp_user_timeout(PG_TCP_USER_TIMEOUT);
         if config.get_application_name().is_none() {
             config.application_name("neoflix-ingest");
         }
@@ -558,7 +570,23 @@ impl PgTarget {
         Ok(PgTarget { config, tls_roots })
     }
 
+    /// Connects on a thread of its own, waited for at most [`PG_CONNECT_TIMEOUT`] in all:
+    /// the client's own timeout covers the TCP connect only, not the name lookup, the TLS
+    /// handshake or the password exchange with a server that accepted and then went quiet.
     fn connect(&self) -> Result<postgres::Client, DbError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let target = self.clone();
+        std::thread::Builder::new()
+            .name("pg-connect".into())
+            .spawn(move || {
+                let _ = tx.send(target.connect_here());
+            })
+            .map_err(|e| DbError::PgTls(format!("no thread to connect on: {e}")))?;
+        rx.recv_timeout(PG_CONNECT_TIMEOUT)
+            .unwrap_or_else(|_| Err(DbError::Unreachable(self.describe())))
+    }
+
+    fn connect_here(&self) -> Result<postgres::Client, DbError> {
         Ok(match &self.tls_roots {
             None => self.config.connect(postgres::NoTls)?,
             Some(roots) => {
@@ -579,23 +607,62 @@ impl PgTarget {
 struct PgConn {
     target: PgTarget,
     client: Option<postgres::Client>,
+    /// When the last attempt to connect failed: until [`PG_RETRY_AFTER`] has passed, callers
+    /// are answered at once instead of each waiting for a server that is not there.
+    failed_at: Option<std::time::Instant>,
 }
 
 impl PgConn {
     fn client(&mut self) -> Result<&mut postgres::Client, DbError> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            self.client = None;
-            self.client = Some(self.target.connect()?);
+            drop_client(self.client.take());
+            if self.failed_at.is_some_and(|t| t.elapsed() < PG_RETRY_AFTER) {
+                return Err(DbError::Unreachable(self.target.describe()));
+            }
+            match self.target.connect() {
+                Ok(c) => {
+                    self.failed_at = None;
+                    self.client = Some(c);
+                }
+                Err(e) => {
+                    self.failed_at = Some(std::time::Instant::now());
+                    return Err(e);
+                }
+            }
         }
         Ok(self.client.as_mut().expect("just connected"))
+    }
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        drop_client(self.client.take());
+    }
+}
+
+/// Drops a client on a thread of its own: `postgres::Client` closes its connection by running
+/// its own runtime, which panics inside an async context, where the last `Arc<Db>` may go.
+fn drop_client(client: Option<postgres::Client>) {
+    if let Some(c) = client {
+        let _ = std::thread::spawn(move || drop(c)).join();
     }
 }
 
 /// How long connecting to PostgreSQL may take (unless the url says otherwise).
 const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long one PostgreSQL statement may run, a wait for the write lock included.
+/// How long one PostgreSQL statement may run, a wait for the write lock included (enforced
+/// by the server).
 const PG_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An idle connection is probed after this long.
+const PG_KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+
+/// Data the server has not acknowledged for this long breaks the connection.
+const PG_TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// After a failed connect, requests fail at once for this long before the next attempt.
+const PG_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// The certificates of a CA file (PEM).
 fn ca_roots(ca: &Path) -> Result<rustls::RootCertStore, DbError> {
@@ -745,6 +812,7 @@ impl Db {
             backend: Backend::Pg(Box::new(Mutex::new(PgConn {
                 target: target.clone(),
                 client: Some(client),
+                failed_at: None,
             }))),
             place: target.describe(),
         })
@@ -1116,6 +1184,17 @@ impl Db {
             )?;
             Ok(true)
         })
+    }
+
+    /// Gives up the lease `name` if `holder` holds it, for another to take at once.
+    pub fn release_lease(&self, name: &str, holder: &str) -> Result<(), DbError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM leases WHERE name = $1 AND holder = $2",
+                args![name, holder],
+            )
+        })?;
+        Ok(())
     }
 
     // --- consent and the teaching library ---

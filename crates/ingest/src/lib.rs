@@ -104,23 +104,28 @@ pub fn server_identity(cfg: &IngestConfig) -> anyhow::Result<neoflix_format::Sig
 /// Applies retention a minute after the start (once the index has caught up with the
 /// storage), then every [`retention::EVERY`], until `stop`. Of several replicas on one
 /// database, the one holding the `retention` lease applies it; another takes the lease over
-/// once it has run out (two rounds after its holder stopped renewing it).
+/// once it has run out (two rounds after its holder stopped renewing it), or at once after
+/// its holder stopped cleanly. A replica is named by its host and listen address, so one
+/// restarted after a crash renews its own lease instead of waiting for it.
 async fn apply_retention(
     parts: Arc<lifecycle::Shared>,
     keep_days: u32,
+    holder: String,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut holder = [0u8; 16];
-    if let Err(e) = getrandom::fill(&mut holder) {
-        log::error!(error = esc(&e.to_string()).as_str(); "retention: no randomness for this replica's name; retention is not applied");
-        return;
-    }
-    let holder = hex::encode(holder);
     let lease_secs = 2 * retention::EVERY.as_secs() as i64;
     let mut wait = Duration::from_secs(60);
     loop {
         tokio::select! {
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                let (parts, holder) = (parts.clone(), holder.clone());
+                let released =
+                    tokio::task::spawn_blocking(move || parts.db.release_lease("retention", &holder)).await;
+                if let Ok(Err(e)) = released {
+                    log::warn!(error = esc(&e.to_string()).as_str(); "retention: the lease was not released; another replica takes it over when it runs out");
+                }
+                return;
+            }
             _ = tokio::time::sleep(wait) => {}
         }
         wait = retention::EVERY;
@@ -219,6 +224,8 @@ pub async fn run(
         grace: Duration::from_secs(cfg.limits.rate_grace_secs),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Tasks with something to do at the stop (give the retention lease back), awaited then.
+    let mut finishing_tasks = Vec::new();
     let kept = if cfg.uses_database() {
         use anyhow::Context as _;
         let at = cfg.database.clone();
@@ -268,7 +275,15 @@ pub async fn run(
             }
         }
         if let Some(r) = cfg.retention {
-            tokio::spawn(apply_retention(parts.clone(), r.keep_days, stop_rx.clone()));
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into());
+            finishing_tasks.push(tokio::spawn(apply_retention(
+                parts.clone(),
+                r.keep_days,
+                format!("{host} {}", cfg.listen),
+                stop_rx.clone(),
+            )));
         }
         Some((db, parts))
     } else {
@@ -408,6 +423,9 @@ pub async fn run(
         });
     }
     let _ = stop_tx.send(true);
+    for t in finishing_tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
     log::info!("neoflix-ingest stopping");
     Ok(())
 }
