@@ -317,11 +317,18 @@ async fn put_object(
     id: String,
     name: String,
 ) -> Result<(), String> {
-    let bytes = read_local(dir.join(&id).join(&name), MAX_LOCAL_OBJECT)
-        .await
-        .map_err(|e| format!("{id}/{name}: {e}"))?;
-    let digest = base64::engine::general_purpose::STANDARD
-        .encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    // Read and hashed off the runtime: an object may be up to a gigabyte.
+    let path = dir.join(&id).join(&name);
+    let (bytes, digest) = tokio::task::spawn_blocking(move || {
+        let bytes = neoflix_format::files::read_regular(&path, MAX_LOCAL_OBJECT)?;
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
+        Ok::<_, std::io::Error>((bytes, digest))
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|r| r)
+    .map_err(|e| format!("{id}/{name}: {e}"))?;
+    let digest = base64::engine::general_purpose::STANDARD.encode(digest);
     // Not through `send`: on a slow link a body may take longer than its silence, and that is
     // not a silent server.
     let r = client
