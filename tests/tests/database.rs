@@ -544,3 +544,63 @@ fn tls_to_postgresql_checks_the_servers_certificate() {
     let e = PgTarget::of(&cfg).err().unwrap().to_string();
     assert!(e.contains("empty.pem: no certificate in it"), "{e}");
 }
+
+#[test]
+fn a_units_sqlite_database_moves_into_postgresql_whole_and_only_into_an_empty_one() {
+    let lab = Lab::new();
+    lab.pki(&[]);
+    let file = lab.path("unit.db");
+    let unit = Db::open(&file).unwrap();
+    transcript(&unit);
+    let secret = unit.server_secret().unwrap();
+    let head = unit.verify_audit().unwrap().unwrap();
+    let entries = unit.audit().unwrap().len();
+    assert!(entries > 3, "{entries}");
+    let pg = Postgres::start();
+    lab.ingest_config_with(64 << 20, &pg.database_section());
+
+    let (code, out, err) = lab.ingest_admin(&["database", "copy-from", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("audit chain verified on the copy, head {head}")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("  audit: {entries}\n")), "{out}");
+    assert!(out.contains("  secrets: 1\n"), "{out}");
+    let copy = connect(&pg).unwrap();
+    let audit = |db: &Db| {
+        db.audit()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.seq, e.utc, e.actor, e.action, e.hash))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(audit(&copy), audit(&unit));
+    let reviewers = |db: &Db| {
+        db.reviewers()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.file, r.imported_utc))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(reviewers(&copy), reviewers(&unit));
+    assert_eq!(copy.retained().unwrap(), unit.retained().unwrap());
+    assert_eq!(
+        copy.recordings(&Filter::default()).unwrap(),
+        unit.recordings(&Filter::default()).unwrap()
+    );
+    assert_eq!(copy.server_secret().unwrap(), secret);
+    assert_eq!(
+        copy.hold_of("room-2", "r-b").unwrap().as_deref(),
+        Some("inquiry 8")
+    );
+
+    // Once there is data, nothing more is copied in.
+    let (code, _, err) = lab.ingest_admin(&["database", "copy-from", file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already holds reviewers"), "{err}");
+    let (code, _, err) = lab.ingest_admin(&["database", "copy-from", "/nonexistent/unit.db"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no such SQLite database file"), "{err}");
+    assert_eq!(audit(&copy).len(), entries, "nothing added by the refusals");
+}

@@ -489,6 +489,33 @@ pub fn remove(db: &Db, name: &str) -> anyhow::Result<String> {
     Ok(format!("removed reviewer {name}; its sessions ended"))
 }
 
+/// `database copy-from FILE`: the SQLite file's contents into `db`, the configured
+/// PostgreSQL database (which must be empty); what was copied, and the audit chain's head.
+pub fn copy_from(cfg: &IngestConfig, db: &Db, file: &Path) -> anyhow::Result<String> {
+    if cfg.database.sqlite_path().is_some() {
+        anyhow::bail!(
+            "[database] names SQLite: set url = \"postgres://...\" to the database to copy into"
+        );
+    }
+    // Opening creates a missing file; a mistyped name would then copy an empty database.
+    if !file.is_file() {
+        anyhow::bail!("{}: no such SQLite database file", file.display());
+    }
+    let from = Db::open(file).with_context(|| file.display().to_string())?;
+    let copied = from
+        .copy_into(db)
+        .with_context(|| format!("copying {} into {}", file.display(), db.place()))?;
+    let mut out = format!("copied {} into {}:\n", file.display(), db.place());
+    for (table, n) in &copied.rows {
+        out.push_str(&format!("  {table}: {n}\n"));
+    }
+    out.push_str(&format!(
+        "audit chain verified on the copy, head {}\n",
+        copied.audit_head
+    ));
+    Ok(out)
+}
+
 /// `audit [--json] [--verify]`: the text to print and whether the chain holds.
 pub fn audit(db: &Db, as_json: bool, verify: bool) -> anyhow::Result<(String, bool)> {
     let entries = db.audit()?;

@@ -342,6 +342,9 @@ pub enum DbError {
     /// A stored value is not what this program writes (edited by hand).
     #[error("database: stored {0} is unreadable")]
     Corrupt(String),
+    /// A copy's target already holds data.
+    #[error("the database copied into already holds {0}: copy only into a new, empty database")]
+    NotEmpty(String),
 }
 
 /// A reviewer as stored, with the state of its sign-in name.
@@ -1496,6 +1499,121 @@ impl Db {
                 Some(last) if piece.len() as i64 == piece_len => after = last.seq,
                 _ => return Ok(Ok(chain.head)),
             }
+        }
+    }
+}
+
+/// The tables [`Db::copy_into`] carries over, with their columns and order. Sessions, sign-in
+/// failures and leases are left: they belong to the server that ran on the old database.
+const CARRIED: [(&str, &str, &str); 7] = [
+    (
+        "reviewers",
+        "name, department_key_id, created_utc, kdf, verifier, wrapped_key, imported_utc, roles",
+        "name",
+    ),
+    (
+        "recordings",
+        "device, id, upload, first_seen_utc, status, trigger_source, stop_reason, first_frame_utc, trigger_utc, stop_utc, preroll_secs, duration_secs, markers, signer, recipient_key_id",
+        "device, id",
+    ),
+    (
+        "audit",
+        "seq, utc, actor, action, recording, client, detail, prev, hash",
+        "seq",
+    ),
+    ("secrets", "name, value", "name"),
+    ("holds", "device, id, reason, utc", "device, id"),
+    (
+        "consent",
+        "device, id, question, answer, recorded_by, utc, note, form_ref",
+        "device, id, question",
+    ),
+    (
+        "teaching",
+        "device, id, until_utc, added_by, utc",
+        "device, id",
+    ),
+];
+
+/// Rows read from the old database at a time.
+const COPY_PIECE: i64 = 2000;
+
+/// What [`Db::copy_into`] carried over: rows per table, and the audit chain's head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    /// (table, rows), in the order copied.
+    pub rows: Vec<(&'static str, u64)>,
+    /// The audit chain's head hash, recomputed on the new database (the old one's).
+    pub audit_head: String,
+}
+
+impl Db {
+    /// Copies everything but sessions, sign-in failures and leases into `to`, which must hold
+    /// no data yet (just migrated): a unit's SQLite file into the PostgreSQL its replicas will
+    /// share. One transaction on `to`: all or nothing. The audit chain is recomputed on `to`
+    /// and must end where it ends here. Stop the server on this database first.
+    pub fn copy_into(&self, to: &Db) -> Result<Copied, DbError> {
+        let head = match self.verify_audit()? {
+            Ok(h) => h,
+            Err(b) => {
+                return Err(DbError::Corrupt(format!(
+                    "audit log (it does not verify from entry {}): nothing copied",
+                    b.seq
+                )));
+            }
+        };
+        let rows = to.write(|t| {
+            for (table, _, _) in CARRIED {
+                if t.query_opt(&format!("SELECT 1 FROM {table} LIMIT 1"), &[])?
+                    .is_some()
+                {
+                    return Err(DbError::NotEmpty(table.into()));
+                }
+            }
+            let mut rows = Vec::new();
+            for (table, columns, key) in CARRIED {
+                let n = columns.split(',').count();
+                let marks: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+                let insert = format!(
+                    "INSERT INTO {table} ({columns}) VALUES ({})",
+                    marks.join(", ")
+                );
+                let mut copied = 0u64;
+                let mut offset = 0i64;
+                loop {
+                    let piece = self.with(|c| {
+                        c.query(
+                            &format!(
+                                "SELECT {columns} FROM {table} ORDER BY {key} LIMIT $1 OFFSET $2"
+                            ),
+                            args![COPY_PIECE, offset],
+                        )
+                    })?;
+                    for r in &piece {
+                        t.execute(&insert, &r.0)?;
+                    }
+                    copied += piece.len() as u64;
+                    if (piece.len() as i64) < COPY_PIECE {
+                        break;
+                    }
+                    offset += COPY_PIECE;
+                }
+                rows.push((table, copied));
+            }
+            Ok(rows)
+        })?;
+        match to.verify_audit()? {
+            Ok(h) if h == head => Ok(Copied {
+                rows,
+                audit_head: h,
+            }),
+            Ok(h) => Err(DbError::Corrupt(format!(
+                "audit log copied with head {h}, not {head}"
+            ))),
+            Err(b) => Err(DbError::Corrupt(format!(
+                "audit log copied, but it does not verify from entry {}",
+                b.seq
+            ))),
         }
     }
 }

@@ -87,6 +87,22 @@ enum Cmd {
         #[arg(long)]
         reason: String,
     },
+    /// Move to the PostgreSQL database `[database] url` names.
+    Database {
+        #[command(subcommand)]
+        command: DatabaseCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatabaseCmd {
+    /// Copy a unit's SQLite database (reviewers, the index, holds, consent, the teaching
+    /// library, the audit log) into the empty PostgreSQL database of the config. Stop the
+    /// server first; sessions are not copied (reviewers sign in again).
+    CopyFrom {
+        /// The SQLite file, e.g. /var/lib/neoflix-ingest/neoflix.db.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -154,6 +170,9 @@ fn admin(path: &std::path::Path, cmd: Cmd) -> ExitCode {
                 admin::withdraw(&cfg, &db, &id, device.as_deref(), &reason)? + "\n",
                 true,
             ),
+            Cmd::Database {
+                command: DatabaseCmd::CopyFrom { file },
+            } => (admin::copy_from(&cfg, &db, &file)?, true),
         };
         print!("{text}");
         Ok(ok)
