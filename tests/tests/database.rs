@@ -604,3 +604,34 @@ fn a_units_sqlite_database_moves_into_postgresql_whole_and_only_into_an_empty_on
     assert!(err.contains("no such SQLite database file"), "{err}");
     assert_eq!(audit(&copy).len(), entries, "nothing added by the refusals");
 }
+
+#[test]
+fn both_backends_have_the_same_tables_and_columns() {
+    let lab = Lab::new();
+    let file = lab.path("n.db");
+    drop(Db::open(&file).unwrap());
+    let lite = rusqlite::Connection::open(&file).unwrap();
+    let mut on_sqlite: Vec<String> = lite
+        .prepare(
+            "SELECT m.name || '.' || p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p WHERE m.type = 'table'",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    on_sqlite.sort();
+    let pg = Postgres::start();
+    drop(connect(&pg).unwrap());
+    let mut on_postgres: Vec<String> = pg
+        .psql(
+            "neoflix",
+            "SELECT table_name || '.' || column_name FROM information_schema.columns WHERE table_schema = 'public' AND table_name <> 'neoflix_schema'",
+        )
+        .lines()
+        .map(str::to_string)
+        .collect();
+    on_postgres.sort();
+    assert!(on_sqlite.len() > 50, "{on_sqlite:?}");
+    assert_eq!(on_sqlite, on_postgres);
+}

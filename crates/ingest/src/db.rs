@@ -169,10 +169,23 @@ CREATE TABLE leases (
 );
 ";
 
-/// Each version's schema change, from version 0 (an empty file) on.
-const MIGRATIONS: [&str; 5] = [SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
+/// Version 6: the withdrawals audited, one row each: a second withdrawal of the same recording
+/// (another replica's, a retry after a crash) finishes the deletion without a second entry.
+const SCHEMA_V6: &str = "
+CREATE TABLE withdrawals (
+    device TEXT NOT NULL,
+    id TEXT NOT NULL,
+    utc TEXT NOT NULL,
+    PRIMARY KEY (device, id)
+);
+";
 
-/// PostgreSQL's version 1: SQLite's version 5 in one, with PostgreSQL's types. Text compares
+/// Each version's schema change, from version 0 (an empty file) on.
+const MIGRATIONS: [&str; 6] = [
+    SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
+];
+
+/// PostgreSQL's version 1: SQLite's version 6 in one, with PostgreSQL's types. Text compares
 /// byte by byte (`COLLATE "C"`), as in SQLite: the lists sort by RFC 3339 times and names, and
 /// a hospital's database may have any default collation.
 const PG_SCHEMA: &str = r#"
@@ -280,6 +293,12 @@ CREATE TABLE leases (
     name TEXT COLLATE "C" PRIMARY KEY,
     holder TEXT NOT NULL,
     until_secs BIGINT NOT NULL
+);
+CREATE TABLE withdrawals (
+    device TEXT COLLATE "C" NOT NULL,
+    id TEXT COLLATE "C" NOT NULL,
+    utc TEXT NOT NULL,
+    PRIMARY KEY (device, id)
 );
 "#;
 
@@ -1505,7 +1524,7 @@ impl Db {
 
 /// The tables [`Db::copy_into`] carries over, with their columns and order. Sessions, sign-in
 /// failures and leases are left: they belong to the server that ran on the old database.
-const CARRIED: [(&str, &str, &str); 7] = [
+const CARRIED: [(&str, &str, &str); 8] = [
     (
         "reviewers",
         "name, department_key_id, created_utc, kdf, verifier, wrapped_key, imported_utc, roles",
@@ -1523,6 +1542,7 @@ const CARRIED: [(&str, &str, &str); 7] = [
     ),
     ("secrets", "name, value", "name"),
     ("holds", "device, id, reason, utc", "device, id"),
+    ("withdrawals", "device, id, utc", "device, id"),
     (
         "consent",
         "device, id, question, answer, recorded_by, utc, note, form_ref",
@@ -1789,6 +1809,16 @@ pub fn set_teaching_in(
         args![device, id, until_utc, by, now_utc()],
     )?;
     Ok(())
+}
+
+/// Notes that `device`/`id` is withdrawn; `false` if a withdrawal was noted before (and
+/// audited with it).
+pub fn note_withdrawal_in(c: &mut dyn Sql, device: &str, id: &str) -> Result<bool, DbError> {
+    let n = c.execute(
+        "INSERT INTO withdrawals (device, id, utc) VALUES ($1, $2, $3) ON CONFLICT (device, id) DO NOTHING",
+        args![device, id, now_utc()],
+    )?;
+    Ok(n > 0)
 }
 
 /// Takes a recording out of the teaching library. Returns whether it was in it.

@@ -191,12 +191,16 @@ impl Keeper<'_> {
                     reason,
                 });
             }
-            events.push(event(
-                who,
-                Action::RecordingWithdrawn,
-                &recording,
-                json!({ "reason": reason, "cause": cause.as_str() }),
-            ));
+            // Withdrawn before (by another replica, or before a crash): its entry is written;
+            // the deletion, which is idempotent, is finished below all the same.
+            if db::note_withdrawal_in(c, device, id)? {
+                events.push(event(
+                    who,
+                    Action::RecordingWithdrawn,
+                    &recording,
+                    json!({ "reason": reason, "cause": cause.as_str() }),
+                ));
+            }
             Ok(())
         })?;
         let shredded = self.store.withdraw(device, id, &notice.to_json())?;
@@ -414,6 +418,25 @@ mod tests {
             note: String::new(),
             form_ref: "CF-1".into(),
         }
+    }
+
+    #[test]
+    fn a_recording_withdrawn_twice_is_audited_once_and_deleted() {
+        let f = Fixture::new();
+        let dir = f.recording("r1");
+        let now = std::time::SystemTime::now();
+        // As a second replica, or a retry after a crash before the deletion, would.
+        for _ in 0..2 {
+            f.keeper()
+                .withdraw("room-1", "r1", CHAIR, "form 7", Cause::Withdrawal, now)
+                .unwrap();
+        }
+        assert!(!dir.exists());
+        let withdrawn = actions(&f.db)
+            .iter()
+            .filter(|a| *a == "recording-withdrawn")
+            .count();
+        assert_eq!(withdrawn, 1, "{:?}", actions(&f.db));
     }
 
     #[test]
