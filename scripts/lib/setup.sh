@@ -11,7 +11,8 @@
 # crash tests, libclang for the v4l crate's bindings to the kernel's V4L2 header (bindgen),
 # iproute2 (ip, tc) for the chaos suite's network namespaces and netem in the VM lab,
 # PostgreSQL for the department server's shared database (each test starts a cluster of its own
-# on loopback as the package's postgres user; the package's own cluster is not used).
+# on loopback as the package's postgres user; the package's own cluster is not used), HAProxy
+# in front of two server replicas as docs/ingest.md deploys them.
 NEOFLIX_APT_PACKAGES=(
   pkg-config build-essential
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
@@ -19,7 +20,7 @@ NEOFLIX_APT_PACKAGES=(
   gstreamer1.0-plugins-ugly gstreamer1.0-alsa gstreamer1.0-tools
   ffmpeg curl mosquitto
   chromium chromium-driver libnss3-tools
-  strace libclang-dev iproute2 postgresql
+  strace libclang-dev iproute2 postgresql haproxy
 )
 
 neoflix_log() { printf '==> %s\n' "$*" >&2; }

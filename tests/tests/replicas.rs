@@ -14,6 +14,18 @@ use neoflix_control::Request;
 use neoflix_e2e::{
     Browser, Ingest, Lab, Postgres, ffmpeg_errors, ffprobe, free_port, review_assets, wait_until,
 };
+
+/// The stored copy of `dir` verifies and exports to an MP4 that plays as long as it says.
+fn verifies_and_plays(lab: &Lab, dir: &Path) {
+    let m = neoflix_format::verify(dir)
+        .expect("the stored recording verifies")
+        .manifest;
+    let mp4 = lab.path(&format!("{}.mp4", m.recording_id));
+    let e = lab.export(dir, &mp4);
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    assert_eq!(ffmpeg_errors(&mp4), "");
+    assert!((ffprobe(&mp4).duration - m.duration_secs).abs() <= 1.0);
+}
 use serde_json::json;
 
 const CAPTURE: &str = "source = \"test\"\nwidth = 320\nheight = 240\nfps = 15\nbitrate_kbps = 400";
@@ -170,14 +182,7 @@ fn two_replicas_on_one_store_and_postgresql_fail_over_serve_either_page_and_shar
         (q.delivered, q.server.as_deref()),
         (1, Some(format!("https://{}", b.ingest.addr).as_str()))
     );
-    let m = neoflix_format::verify(&stored)
-        .expect("the stored recording verifies")
-        .manifest;
-    let mp4 = lab.path("export.mp4");
-    let e = lab.export(&stored, &mp4);
-    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
-    assert_eq!(ffmpeg_errors(&mp4), "");
-    assert!((ffprobe(&mp4).duration - m.duration_secs).abs() <= 1.0);
+    verifies_and_plays(&lab, &stored);
 
     // The killed replica comes back; the page of each plays the recording.
     a.start();
@@ -254,4 +259,98 @@ fn two_replicas_on_one_store_and_postgresql_fail_over_serve_either_page_and_shar
         );
     }
     assert_eq!(pg.psql("neoflix", "SELECT count(*) FROM leases"), "0");
+}
+
+/// The deployment docs/ingest.md gives for boxes that know one name: HAProxy passing TCP
+/// through (the box's certificate reaches the replica), two replicas behind it; one is killed
+/// mid-recording and the recording completes through the other, the box none the wiser.
+#[test]
+fn behind_haproxy_a_box_with_one_url_loses_nothing_when_a_replica_dies() {
+    let lab = Lab::new();
+    lab.pki(&["room-e2e"]);
+    let pg = Postgres::start();
+    let mut a = replica(&lab, &pg, "a");
+    let mut b = replica(&lab, &pg, "b");
+    a.start();
+    b.start();
+    let port = free_port();
+    let cfg = lab.path("haproxy.cfg");
+    fs::write(
+        &cfg,
+        format!(
+            "global\n    maxconn 256\n\
+             defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 120s\n    timeout server 120s\n    retries 2\n    option redispatch\n\
+             frontend devices\n    bind 127.0.0.1:{port}\n    default_backend ingest-devices\n\
+             backend ingest-devices\n    balance roundrobin\n    option tcp-check\n    default-server inter 500ms fall 2 rise 2\n\
+             \x20   server ingest-a {}:{} check\n    server ingest-b {}:{} check\n",
+            "127.0.0.1",
+            a.ingest.addr.rsplit(':').next().unwrap(),
+            "127.0.0.1",
+            b.ingest.addr.rsplit(':').next().unwrap(),
+        ),
+    )
+    .unwrap();
+    let check = std::process::Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&cfg)
+        .output()
+        .expect("haproxy (scripts/test installs it)");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let log = fs::File::create(lab.path("haproxy.log")).unwrap();
+    let mut proxy = std::process::Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_until(
+        "HAProxy listening",
+        Duration::from_secs(20),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        &|| fs::read_to_string(lab.path("haproxy.log")).unwrap_or_default(),
+    );
+
+    let upload = lab.upload_section(&a.ingest, "room-e2e").replace(
+        &format!("url = \"https://{}\"", a.ingest.addr),
+        &format!("url = \"https://127.0.0.1:{port}\""),
+    );
+    lab.config(CAPTURE, 2, &upload);
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    let id = d.ctl(Request::Start {}).recording.unwrap();
+    let stored = lab.path("server/room-e2e").join(&id);
+    wait_until(
+        "fragments through the proxy",
+        Duration::from_secs(30),
+        || objects_in(&stored) >= 2,
+        &|| d.log_text(),
+    );
+    a.ingest.kill9();
+    sleep(Duration::from_secs(3));
+    assert!(d.ctl(Request::Stop {}).ok);
+    wait_until(
+        "the recording complete through the remaining replica",
+        Duration::from_secs(90),
+        || stored.join("manifest.json").exists(),
+        &|| d.log_text() + &b.ingest.log_text(),
+    );
+    wait_until(
+        "the box to delete its copy",
+        Duration::from_secs(30),
+        || lab.recordings().is_empty(),
+        &|| d.log_text(),
+    );
+    verifies_and_plays(&lab, &stored);
+    assert_eq!(d.status().upload.unwrap().delivered, 1);
+    assert_eq!(d.terminate(), 0);
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    assert_eq!(b.ingest.terminate(), 0, "{}", b.ingest.log_text());
 }
