@@ -7,7 +7,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::thread::sleep;
 use std::time::Duration;
 
 use neoflix_control::Request;
@@ -163,7 +162,13 @@ fn two_replicas_on_one_store_and_postgresql_fail_over_serve_either_page_and_shar
         &|| d.log_text() + &a.ingest.log_text(),
     );
     a.ingest.kill9();
-    sleep(Duration::from_secs(3));
+    // Stopped once the box has left the dead replica for the other.
+    let second = format!("https://{}", b.ingest.addr);
+    d.wait_for(
+        "the box to move to the second replica",
+        Duration::from_secs(60),
+        |s| s.upload.as_ref().and_then(|u| u.server.as_deref()) == Some(second.as_str()),
+    );
     assert!(d.ctl(Request::Stop {}).ok);
     wait_until(
         "the recording complete through the second replica",
@@ -333,7 +338,6 @@ fn behind_haproxy_a_box_with_one_url_loses_nothing_when_a_replica_dies() {
         &|| d.log_text(),
     );
     a.ingest.kill9();
-    sleep(Duration::from_secs(3));
     assert!(d.ctl(Request::Stop {}).ok);
     wait_until(
         "the recording complete through the remaining replica",
