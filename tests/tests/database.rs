@@ -472,7 +472,8 @@ fn a_restarted_postgresql_is_connected_to_again_and_a_wrong_password_is_named() 
     assert!(e.contains("error connecting to server"), "{e}");
     let e = db.reviewers().unwrap_err().to_string();
     assert!(
-        e.contains("cannot be reached (tried again within 5 s)"),
+        e.contains("cannot be reached (error connecting to server")
+            && e.contains("tried again within 5 s"),
         "{e}"
     );
     pg.start_again();

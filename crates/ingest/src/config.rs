@@ -158,6 +158,11 @@ fn pg_url(text: &str) -> Result<PgUrl, String> {
     if config.get_hosts().is_empty() {
         return Err(format!("no host: expected {FORM}"));
     }
+    // Tried one after the other, each with the whole connect timeout: a dead first host would
+    // use it up. A failover address (a virtual IP, a pooler) in front of them does this right.
+    if config.get_hosts().len() > 1 {
+        return Err("one host only: give the address that follows the primary (a virtual IP, or a pooler in front of the servers)".into());
+    }
     // The address connected to would then not be the host checked for being on this machine,
     // nor the name a certificate is checked against.
     if !config.get_hostaddrs().is_empty() {
@@ -1023,6 +1028,10 @@ mod tests {
                 "TLS is set by `ca`",
             ),
             ("url = \"postgres://localhost/neoflix\"\n", "no user"),
+            (
+                "url = \"postgres://neoflix@pg1,pg2/neoflix\"\nca = \"ca.crt\"\n",
+                "one host only",
+            ),
             (
                 "url = \"postgres://neoflix@localhost/neoflix?hostaddr=10.1.2.3\"\n",
                 "hostaddr is not supported",

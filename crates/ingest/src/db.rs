@@ -339,9 +339,14 @@ pub enum DbError {
     /// PostgreSQL said no, or could not be reached: the server's message, with its SQLSTATE.
     #[error("PostgreSQL: {}", pg_message(.0))]
     Pg(#[from] postgres::Error),
-    /// PostgreSQL did not complete a connection in time, or failed to just before.
-    #[error("PostgreSQL at {0} cannot be reached (tried again within 5 s)")]
-    Unreachable(String),
+    /// PostgreSQL did not complete a connection in time, or failed to moments before.
+    #[error("PostgreSQL at {place} cannot be reached ({why}); tried again within 5 s")]
+    Unreachable {
+        /// Where.
+        place: String,
+        /// The last attempt's failure.
+        why: String,
+    },
     /// The PostgreSQL connection's TLS settings are unusable (`[database] ca`).
     #[error("PostgreSQL TLS: {0}")]
     PgTls(String),
@@ -361,6 +366,9 @@ pub enum DbError {
     /// A stored value is not what this program writes (edited by hand).
     #[error("database: stored {0} is unreadable")]
     Corrupt(String),
+    /// A copy goes from SQLite to PostgreSQL only.
+    #[error("a database is copied from a SQLite file into PostgreSQL only")]
+    CopyDirection,
     /// A copy's target already holds data.
     #[error("the database copied into already holds {0}: copy only into a new, empty database")]
     NotEmpty(String),
@@ -574,6 +582,8 @@ impl PgTarget {
         // A connection a firewall dropped without a word, or a server machine that vanished,
         // is found within seconds, not after the kernel's two hours of keepalive.
         config.keepalives(true);
+        config.keepalives_interval(PG_KEEPALIVE_INTERVAL);
+        config.keepalives_retries(PG_KEEPALIVE_RETRIES);
         // "relation already exists, skipping" and the like: the server's chatter, not ours.
         config.notice_callback(|n| {
             log::debug!(notice = crate::esc(n.message()).as_str(); "PostgreSQL notice");
@@ -596,6 +606,18 @@ impl PgTarget {
     /// the client's own timeout covers the TCP connect only, not the name lookup, the TLS
     /// handshake or the password exchange with a server that accepted and then went quiet.
     fn connect(&self) -> Result<postgres::Client, DbError> {
+        let rx = self.start_connect()?;
+        match rx.recv_timeout(self.connect_wait()) {
+            Ok(r) => r,
+            Err(_) => Err(DbError::Unreachable {
+                place: self.describe(),
+                why: "no answer in time".into(),
+            }),
+        }
+    }
+
+    /// Starts connecting on a thread of its own; the result comes through the receiver.
+    fn start_connect(&self) -> Result<Connecting, DbError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let target = self.clone();
         std::thread::Builder::new()
@@ -603,9 +625,21 @@ impl PgTarget {
             .spawn(move || {
                 let _ = tx.send(target.connect_here());
             })
-            .map_err(|e| DbError::PgTls(format!("no thread to connect on: {e}")))?;
-        rx.recv_timeout(PG_CONNECT_TIMEOUT)
-            .unwrap_or_else(|_| Err(DbError::Unreachable(self.describe())))
+            .map_err(|e| DbError::Unreachable {
+                place: self.describe(),
+                why: format!("no thread to connect on: {e}"),
+            })?;
+        Ok(rx)
+    }
+
+    /// How long a connection may take in all: the TCP connect's own timeout, and as long
+    /// again for the TLS handshake and the password exchange.
+    fn connect_wait(&self) -> Duration {
+        2 * self
+            .config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(PG_CONNECT_TIMEOUT)
     }
 
     fn connect_here(&self) -> Result<postgres::Client, DbError> {
@@ -629,25 +663,60 @@ impl PgTarget {
 struct PgConn {
     target: PgTarget,
     client: Option<postgres::Client>,
-    /// When the last attempt to connect failed: until [`PG_RETRY_AFTER`] has passed, callers
-    /// are answered at once instead of each waiting for a server that is not there.
-    failed_at: Option<std::time::Instant>,
+    /// When and why the last attempt to connect failed: until [`PG_RETRY_AFTER`] has passed,
+    /// callers are answered at once instead of each waiting for a server that is not there.
+    failed: Option<(std::time::Instant, String)>,
+    /// An attempt that outlasted its wait: the next caller waits on it again rather than
+    /// start another, so that a server that takes connections and never answers costs one
+    /// thread and one socket, not one per attempt.
+    pending: Option<Connecting>,
 }
+
+/// A connection being made on a thread of its own.
+type Connecting = std::sync::mpsc::Receiver<Result<postgres::Client, DbError>>;
 
 impl PgConn {
     fn client(&mut self) -> Result<&mut postgres::Client, DbError> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             drop_client(self.client.take());
-            if self.failed_at.is_some_and(|t| t.elapsed() < PG_RETRY_AFTER) {
-                return Err(DbError::Unreachable(self.target.describe()));
+            if let Some((at, why)) = &self.failed
+                && at.elapsed() < PG_RETRY_AFTER
+            {
+                return Err(DbError::Unreachable {
+                    place: self.target.describe(),
+                    why: why.clone(),
+                });
             }
-            match self.target.connect() {
+            let rx = match self.pending.take() {
+                Some(rx) => rx,
+                None => self.target.start_connect()?,
+            };
+            let outcome = match rx.recv_timeout(self.target.connect_wait()) {
+                Ok(r) => r,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    self.pending = Some(rx);
+                    Err(DbError::Unreachable {
+                        place: self.target.describe(),
+                        why: "no answer in time".into(),
+                    })
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(DbError::Unreachable {
+                    place: self.target.describe(),
+                    why: "the attempt ended without a result".into(),
+                }),
+            };
+            match outcome {
                 Ok(c) => {
-                    self.failed_at = None;
+                    self.failed = None;
                     self.client = Some(c);
                 }
                 Err(e) => {
-                    self.failed_at = Some(std::time::Instant::now());
+                    let why = match &e {
+                        DbError::Pg(p) => pg_message(p),
+                        DbError::Unreachable { why, .. } => why.clone(),
+                        other => other.to_string(),
+                    };
+                    self.failed = Some((std::time::Instant::now(), why));
                     return Err(e);
                 }
             }
@@ -670,15 +739,19 @@ fn drop_client(client: Option<postgres::Client>) {
     }
 }
 
-/// How long connecting to PostgreSQL may take (unless the url says otherwise).
+/// The TCP connect's timeout unless the url sets `connect_timeout`; the whole connection
+/// may take twice that ([`PgTarget::connect_wait`]).
 const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long one PostgreSQL statement may run, a wait for the write lock included (enforced
 /// by the server).
 const PG_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// An idle connection is probed after this long.
+/// An idle connection is probed after this long, then every [`PG_KEEPALIVE_INTERVAL`]; after
+/// [`PG_KEEPALIVE_RETRIES`] probes unanswered it is broken (about 30 s in all).
 const PG_KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+const PG_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const PG_KEEPALIVE_RETRIES: u32 = 3;
 
 /// Data the server has not acknowledged for this long breaks the connection.
 const PG_TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -834,7 +907,8 @@ impl Db {
             backend: Backend::Pg(Box::new(Mutex::new(PgConn {
                 target: target.clone(),
                 client: Some(client),
-                failed_at: None,
+                failed: None,
+                pending: None,
             }))),
             place: target.describe(),
         })
@@ -1497,27 +1571,72 @@ impl Db {
         &self,
         piece_len: i64,
     ) -> Result<Result<String, audit::Broken>, DbError> {
-        let mut chain = audit::Chain::default();
-        let mut after = i64::MIN;
-        loop {
-            let piece: Vec<Entry> = self.with(|c| {
-                c.query(
-                    &format!("{AUDIT} WHERE seq > $1 ORDER BY seq LIMIT $2"),
-                    args![after, piece_len],
-                )?
-                .iter()
-                .map(row_entry)
-                .collect::<Result<Vec<_>, DbError>>()
-            })?;
-            for e in &piece {
-                if let Err(b) = chain.feed(e) {
-                    return Ok(Err(b));
-                }
+        audit_chain(piece_len, |after| {
+            self.with(|c| audit_piece(c, after, piece_len))
+        })
+    }
+
+    /// Runs `f` on one consistent view of the database: a read transaction (SQLite's WAL
+    /// snapshot, PostgreSQL's `REPEATABLE READ`), so that what it reads in several statements
+    /// is what one moment held.
+    fn snapshot<T, E: From<DbError>>(
+        &self,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T, E>,
+    ) -> Result<T, E> {
+        match &self.backend {
+            Backend::Lite(c) => {
+                let c = lock(c);
+                let tx = c.unchecked_transaction().map_err(DbError::from)?;
+                let out = f(&mut Lite(&tx))?;
+                tx.commit().map_err(DbError::from)?;
+                Ok(out)
             }
-            match piece.last() {
-                Some(last) if piece.len() as i64 == piece_len => after = last.seq,
-                _ => return Ok(Ok(chain.head)),
+            Backend::Pg(c) => {
+                let mut c = lock(c);
+                let mut tx = c
+                    .client()?
+                    .build_transaction()
+                    .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .map_err(DbError::from)?;
+                let out = f(&mut Pg(&mut tx))?;
+                tx.commit().map_err(DbError::from)?;
+                Ok(out)
             }
+        }
+    }
+}
+
+/// The audit entries after `after`, at most `len`.
+fn audit_piece(c: &mut dyn Sql, after: i64, len: i64) -> Result<Vec<Entry>, DbError> {
+    c.query(
+        &format!("{AUDIT} WHERE seq > $1 ORDER BY seq LIMIT $2"),
+        args![after, len],
+    )?
+    .iter()
+    .map(row_entry)
+    .collect()
+}
+
+/// Recomputes the chain from pieces of at most `piece_len` entries that `piece(after)` reads:
+/// the head hash, or the first entry that does not match.
+fn audit_chain(
+    piece_len: i64,
+    mut piece: impl FnMut(i64) -> Result<Vec<Entry>, DbError>,
+) -> Result<Result<String, audit::Broken>, DbError> {
+    let mut chain = audit::Chain::default();
+    let mut after = i64::MIN;
+    loop {
+        let entries = piece(after)?;
+        for e in &entries {
+            if let Err(b) = chain.feed(e) {
+                return Ok(Err(b));
+            }
+        }
+        match entries.last() {
+            Some(last) if entries.len() as i64 == piece_len => after = last.seq,
+            _ => return Ok(Ok(chain.head)),
         }
     }
 }
@@ -1568,12 +1687,20 @@ pub struct Copied {
 }
 
 impl Db {
-    /// Copies everything but sessions, sign-in failures and leases into `to`, which must hold
-    /// no data yet (just migrated): a unit's SQLite file into the PostgreSQL its replicas will
-    /// share. One transaction on `to`: all or nothing. The audit chain is recomputed on `to`
-    /// and must end where it ends here. Stop the server on this database first.
+    /// Copies everything but sessions, sign-in failures and leases of this SQLite database
+    /// into the PostgreSQL database `to`, which must hold no data yet (just migrated): a
+    /// unit's file into the database its replicas will share. This one is read in one
+    /// snapshot; `to` is written in one transaction, all or nothing, in which the audit chain
+    /// is recomputed and must end where it ends here. Stop the server on this database first.
     pub fn copy_into(&self, to: &Db) -> Result<Copied, DbError> {
-        let head = match self.verify_audit()? {
+        if !matches!(self.backend, Backend::Lite(_)) || !matches!(to.backend, Backend::Pg(_)) {
+            return Err(DbError::CopyDirection);
+        }
+        self.snapshot(|src| Db::copy_from_snapshot(src, to))
+    }
+
+    fn copy_from_snapshot(src: &mut dyn Sql, to: &Db) -> Result<Copied, DbError> {
+        let head = match audit_chain(COPY_PIECE, |after| audit_piece(src, after, COPY_PIECE))? {
             Ok(h) => h,
             Err(b) => {
                 return Err(DbError::Corrupt(format!(
@@ -1582,7 +1709,7 @@ impl Db {
                 )));
             }
         };
-        let rows = to.write(|t| {
+        to.write(|t| {
             for (table, _, _) in CARRIED {
                 if t.query_opt(&format!("SELECT 1 FROM {table} LIMIT 1"), &[])?
                     .is_some()
@@ -1601,14 +1728,10 @@ impl Db {
                 let mut copied = 0u64;
                 let mut offset = 0i64;
                 loop {
-                    let piece = self.with(|c| {
-                        c.query(
-                            &format!(
-                                "SELECT {columns} FROM {table} ORDER BY {key} LIMIT $1 OFFSET $2"
-                            ),
-                            args![COPY_PIECE, offset],
-                        )
-                    })?;
+                    let piece = src.query(
+                        &format!("SELECT {columns} FROM {table} ORDER BY {key} LIMIT $1 OFFSET $2"),
+                        args![COPY_PIECE, offset],
+                    )?;
                     for r in &piece {
                         t.execute(&insert, &r.0)?;
                     }
@@ -1620,21 +1743,22 @@ impl Db {
                 }
                 rows.push((table, copied));
             }
-            Ok(rows)
-        })?;
-        match to.verify_audit()? {
-            Ok(h) if h == head => Ok(Copied {
-                rows,
-                audit_head: h,
-            }),
-            Ok(h) => Err(DbError::Corrupt(format!(
-                "audit log copied with head {h}, not {head}"
-            ))),
-            Err(b) => Err(DbError::Corrupt(format!(
-                "audit log copied, but it does not verify from entry {}",
-                b.seq
-            ))),
-        }
+            // Checked before the commit: a copy that does not end where the source ends is
+            // rolled back, not left behind to block a second attempt.
+            match audit_chain(COPY_PIECE, |after| audit_piece(t, after, COPY_PIECE))? {
+                Ok(h) if h == head => Ok(Copied {
+                    rows,
+                    audit_head: h,
+                }),
+                Ok(h) => Err(DbError::Corrupt(format!(
+                    "audit log copied with head {h}, not {head}: nothing copied"
+                ))),
+                Err(b) => Err(DbError::Corrupt(format!(
+                    "audit log copied, but it does not verify from entry {}: nothing copied",
+                    b.seq
+                ))),
+            }
+        })
     }
 }
 
@@ -2028,6 +2152,38 @@ pub(crate) mod tests {
         let d = tempfile::tempdir().unwrap();
         let db = Db::open(&d.path().join("sub/neoflix.db")).unwrap();
         (d, db)
+    }
+
+    #[test]
+    fn a_copy_carries_every_table_but_those_left_on_purpose() {
+        let (_d, db) = db();
+        let c = db.conn();
+        let mut tables: Vec<String> = c
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // Sessions and their rights, sign-in counts and leases belong to the old server.
+        let left = [
+            "address_failures",
+            "leases",
+            "name_failures",
+            "opened",
+            "sessions",
+        ];
+        let mut accounted: Vec<String> = CARRIED
+            .iter()
+            .map(|(t, _, _)| t.to_string())
+            .chain(left.iter().map(|t| t.to_string()))
+            .collect();
+        tables.sort();
+        accounted.sort();
+        assert_eq!(
+            tables, accounted,
+            "a new table: carry it in CARRIED, or leave it here"
+        );
     }
 
     #[test]

@@ -104,9 +104,9 @@ pub fn server_identity(cfg: &IngestConfig) -> anyhow::Result<neoflix_format::Sig
 /// Applies retention a minute after the start (once the index has caught up with the
 /// storage), then every [`retention::EVERY`], until `stop`. Of several replicas on one
 /// database, the one holding the `retention` lease applies it; another takes the lease over
-/// once it has run out (two rounds after its holder stopped renewing it), or at once after
-/// its holder stopped cleanly. A replica is named by its host and listen address, so one
-/// restarted after a crash renews its own lease instead of waiting for it.
+/// once it has run out (two rounds after its holder stopped renewing it), or at its next
+/// round after the holder stopped cleanly. A replica is named by its host and listen address,
+/// so one restarted after a crash renews its own lease instead of waiting for it.
 async fn apply_retention(
     parts: Arc<lifecycle::Shared>,
     keep_days: u32,
@@ -115,9 +115,14 @@ async fn apply_retention(
 ) {
     let lease_secs = 2 * retention::EVERY.as_secs() as i64;
     let mut wait = Duration::from_secs(60);
+    let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    log::info!(holder = esc(&holder).as_str(); "retention: this replica's name for its lease");
     loop {
         tokio::select! {
             _ = stop.changed() => {
+                if !held.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
                 let (parts, holder) = (parts.clone(), holder.clone());
                 let released =
                     tokio::task::spawn_blocking(move || parts.db.release_lease("retention", &holder)).await;
@@ -131,12 +136,14 @@ async fn apply_retention(
         wait = retention::EVERY;
         let parts = parts.clone();
         let holder = holder.clone();
+        let holding = held.clone();
         let done = tokio::task::spawn_blocking(move || {
-            if !parts
+            let taken = parts
                 .db
                 .take_lease("retention", &holder, db::now_secs(), lease_secs)
-                .map_err(retention::RetentionError::from)?
-            {
+                .map_err(retention::RetentionError::from)?;
+            holding.store(taken, std::sync::atomic::Ordering::Relaxed);
+            if !taken {
                 log::info!("retention: applied by another replica of this database");
                 return Ok(Vec::new());
             }
