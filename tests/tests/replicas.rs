@@ -357,6 +357,12 @@ fn behind_haproxy_a_box_with_one_url_loses_nothing_when_a_replica_dies() {
     assert_eq!(d.status().upload.unwrap().delivered, 1);
     assert_eq!(d.terminate(), 0);
     assert_eq!(b.ingest.terminate(), 0, "{}", b.ingest.log_text());
+    // HAProxy's checks (a TCP connect and close every 500 ms) are no warnings.
+    assert!(
+        !b.ingest.log_text().contains("TLS handshake refused"),
+        "{}",
+        b.ingest.log_text()
+    );
 }
 
 /// A child killed when the test ends, however it ends.

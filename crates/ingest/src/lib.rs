@@ -354,6 +354,13 @@ pub async fn run(
             let lingering = tcp.as_fd().try_clone_to_owned().ok();
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(t)) => t,
+                // Closed before the handshake finished, with no alert: what a proxy's TCP
+                // health check or a port scan does, every few seconds. A box or browser that
+                // refuses the server says why in an alert, which lands below.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    log::debug!(peer = peer.as_str(); "connection closed during the TLS handshake");
+                    return;
+                }
                 Ok(Err(e)) => {
                     log::warn!(peer = peer.as_str(); "TLS handshake refused: {}", esc(&e.to_string()));
                     return;
