@@ -507,7 +507,33 @@ pub struct Db {
 
 enum Backend {
     Lite(Mutex<Connection>),
-    Pg(Box<Mutex<PgConn>>),
+    Pg(Box<PgPool>),
+}
+
+/// Connections to PostgreSQL a replica keeps: one request's statement does not hold up the
+/// others' (every object a reviewer fetches checks its session). Writes still go one at a
+/// time, by the write lock.
+const PG_CONNECTIONS: usize = 4;
+
+/// [`PG_CONNECTIONS`] connections, each made when first needed and again after it broke.
+struct PgPool {
+    conns: Vec<Mutex<PgConn>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl PgPool {
+    /// A free connection if there is one, else the next in turn once it is free.
+    fn get(&self) -> std::sync::MutexGuard<'_, PgConn> {
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for i in 0..self.conns.len() {
+            match self.conns[(start + i) % self.conns.len()].try_lock() {
+                Ok(c) => return c,
+                Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        lock(&self.conns[start % self.conns.len()])
+    }
 }
 
 /// Where a PostgreSQL database is and how to reach it, parsed from `[database]`.
@@ -663,9 +689,10 @@ impl PgTarget {
 struct PgConn {
     target: PgTarget,
     client: Option<postgres::Client>,
-    /// When and why the last attempt to connect failed: until [`PG_RETRY_AFTER`] has passed,
-    /// callers are answered at once instead of each waiting for a server that is not there.
-    failed: Option<(std::time::Instant, String)>,
+    /// When and why the pool's last attempt to connect failed: until [`PG_RETRY_AFTER`] has
+    /// passed, callers are answered at once instead of each waiting for a server that is not
+    /// there. Shared by the pool's connections.
+    failed: std::sync::Arc<Mutex<Option<(std::time::Instant, String)>>>,
     /// An attempt that outlasted its wait: the next caller waits on it again rather than
     /// start another, so that a server that takes connections and never answers costs one
     /// thread and one socket, not one per attempt.
@@ -679,7 +706,7 @@ impl PgConn {
     fn client(&mut self) -> Result<&mut postgres::Client, DbError> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             drop_client(self.client.take());
-            if let Some((at, why)) = &self.failed
+            if let Some((at, why)) = &*lock(&self.failed)
                 && at.elapsed() < PG_RETRY_AFTER
             {
                 return Err(DbError::Unreachable {
@@ -707,7 +734,7 @@ impl PgConn {
             };
             match outcome {
                 Ok(c) => {
-                    self.failed = None;
+                    *lock(&self.failed) = None;
                     self.client = Some(c);
                 }
                 Err(e) => {
@@ -716,7 +743,7 @@ impl PgConn {
                         DbError::Unreachable { why, .. } => why.clone(),
                         other => other.to_string(),
                     };
-                    self.failed = Some((std::time::Instant::now(), why));
+                    *lock(&self.failed) = Some((std::time::Instant::now(), why));
                     return Err(e);
                 }
             }
@@ -903,13 +930,23 @@ impl Db {
             )?;
         }
         tx.commit()?;
+        let mut migrated = Some(client);
+        let failed = std::sync::Arc::new(Mutex::new(None));
         Ok(Db {
-            backend: Backend::Pg(Box::new(Mutex::new(PgConn {
-                target: target.clone(),
-                client: Some(client),
-                failed: None,
-                pending: None,
-            }))),
+            backend: Backend::Pg(Box::new(PgPool {
+                conns: (0..PG_CONNECTIONS)
+                    .map(|i| {
+                        Mutex::new(PgConn {
+                            target: target.clone(),
+                            // The one that migrated is kept; the others connect when needed.
+                            client: if i == 0 { migrated.take() } else { None },
+                            failed: failed.clone(),
+                            pending: None,
+                        })
+                    })
+                    .collect(),
+                next: std::sync::atomic::AtomicUsize::new(0),
+            })),
             place: target.describe(),
         })
     }
@@ -926,8 +963,8 @@ impl Db {
     ) -> Result<T, E> {
         match &self.backend {
             Backend::Lite(c) => f(&mut Lite(&lock(c))),
-            Backend::Pg(c) => {
-                let mut c = lock(c);
+            Backend::Pg(pool) => {
+                let mut c = pool.get();
                 f(&mut Pg(c.client()?))
             }
         }
@@ -949,8 +986,8 @@ impl Db {
                 tx.commit().map_err(DbError::from)?;
                 Ok(out)
             }
-            Backend::Pg(c) => {
-                let mut c = lock(c);
+            Backend::Pg(pool) => {
+                let mut c = pool.get();
                 let mut tx = c.client()?.transaction().map_err(DbError::from)?;
                 tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})"))
                     .map_err(DbError::from)?;
@@ -1591,8 +1628,8 @@ impl Db {
                 tx.commit().map_err(DbError::from)?;
                 Ok(out)
             }
-            Backend::Pg(c) => {
-                let mut c = lock(c);
+            Backend::Pg(pool) => {
+                let mut c = pool.get();
                 let mut tx = c
                     .client()?
                     .build_transaction()
