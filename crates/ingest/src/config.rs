@@ -161,7 +161,7 @@ fn pg_url(text: &str) -> Result<PgUrl, String> {
     // Tried one after the other, each with the whole connect timeout: a dead first host would
     // use it up. A failover address (a virtual IP, a pooler) in front of them does this right.
     if config.get_hosts().len() > 1 {
-        return Err("one host only: give the address that follows the primary (a virtual IP, or a pooler in front of the servers)".into());
+        return Err("one host only: give the address that follows the primary (a virtual IP, or a TCP proxy in front of the servers)".into());
     }
     // The address connected to would then not be the host checked for being on this machine,
     // nor the name a certificate is checked against.

@@ -2,8 +2,8 @@
 //! audit log and the server secret, behind a small typed API ([`Db`]).
 //!
 //! SQLite by default (one file, one server); PostgreSQL where several replicas share one
-//! database. Either way one connection behind a mutex (callers on the async runtime go
-//! through `spawn_blocking`). All SQL lives in this module, written once against [`Sql`] in
+//! database. SQLite has one connection behind a mutex, PostgreSQL a few ([`PG_CONNECTIONS`]);
+//! callers on the async runtime go through `spawn_blocking`. All SQL lives in this module, written once against [`Sql`] in
 //! the dialect both speak. Each backend's schema is versioned (SQLite's `PRAGMA user_version`,
 //! PostgreSQL's `neoflix_schema` table) and migrated at open.
 //!
@@ -522,16 +522,25 @@ struct PgPool {
 }
 
 impl PgPool {
-    /// A free connection if there is one, else the next in turn once it is free.
+    /// A free open connection if there is one; else a free one to open (so connections are
+    /// made only when every open one is busy); else the next in turn, once it is free.
     fn get(&self) -> std::sync::MutexGuard<'_, PgConn> {
-        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        for i in 0..self.conns.len() {
-            match self.conns[(start + i) % self.conns.len()].try_lock() {
-                Ok(c) => return c,
-                Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => {}
+        let mut unopened = None;
+        for slot in &self.conns {
+            let c = match slot.try_lock() {
+                Ok(c) => c,
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => continue,
+            };
+            if c.is_open() {
+                return c;
             }
+            unopened.get_or_insert(c);
         }
+        if let Some(c) = unopened {
+            return c;
+        }
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         lock(&self.conns[start % self.conns.len()])
     }
 }
@@ -609,7 +618,6 @@ impl PgTarget {
         // is found within seconds, not after the kernel's two hours of keepalive.
         config.keepalives(true);
         config.keepalives_interval(PG_KEEPALIVE_INTERVAL);
-        config.keepalives_retries(PG_KEEPALIVE_RETRIES);
         // "relation already exists, skipping" and the like: the server's chatter, not ours.
         config.notice_callback(|n| {
             log::debug!(notice = crate::esc(n.message()).as_str(); "PostgreSQL notice");
@@ -628,7 +636,7 @@ impl PgTarget {
         Ok(PgTarget { config, tls_roots })
     }
 
-    /// Connects on a thread of its own, waited for at most [`PG_CONNECT_TIMEOUT`] in all:
+    /// Connects on a thread of its own, waited for at most [`PgTarget::connect_wait`] in all:
     /// the client's own timeout covers the TCP connect only, not the name lookup, the TLS
     /// handshake or the password exchange with a server that accepted and then went quiet.
     fn connect(&self) -> Result<postgres::Client, DbError> {
@@ -696,13 +704,17 @@ struct PgConn {
     /// An attempt that outlasted its wait: the next caller waits on it again rather than
     /// start another, so that a server that takes connections and never answers costs one
     /// thread and one socket, not one per attempt.
-    pending: Option<Connecting>,
+    pending: Option<(std::time::Instant, Connecting)>,
 }
 
 /// A connection being made on a thread of its own.
 type Connecting = std::sync::mpsc::Receiver<Result<postgres::Client, DbError>>;
 
 impl PgConn {
+    fn is_open(&self) -> bool {
+        self.client.as_ref().is_some_and(|c| !c.is_closed())
+    }
+
     fn client(&mut self) -> Result<&mut postgres::Client, DbError> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             drop_client(self.client.take());
@@ -714,14 +726,16 @@ impl PgConn {
                     why: why.clone(),
                 });
             }
-            let rx = match self.pending.take() {
-                Some(rx) => rx,
-                None => self.target.start_connect()?,
+            // An attempt older than two waits is given up (its thread ends on its own).
+            let wait = self.target.connect_wait();
+            let (started, rx) = match self.pending.take() {
+                Some((at, rx)) if at.elapsed() < 2 * wait => (at, rx),
+                _ => (std::time::Instant::now(), self.target.start_connect()?),
             };
-            let outcome = match rx.recv_timeout(self.target.connect_wait()) {
+            let outcome = match rx.recv_timeout(wait) {
                 Ok(r) => r,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    self.pending = Some(rx);
+                    self.pending = Some((started, rx));
                     Err(DbError::Unreachable {
                         place: self.target.describe(),
                         why: "no answer in time".into(),
@@ -774,13 +788,14 @@ const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// by the server).
 const PG_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// An idle connection is probed after this long, then every [`PG_KEEPALIVE_INTERVAL`]; after
-/// [`PG_KEEPALIVE_RETRIES`] probes unanswered it is broken (about 30 s in all).
+/// An idle connection is probed after this long, then every [`PG_KEEPALIVE_INTERVAL`]; with
+/// [`PG_TCP_USER_TIMEOUT`] set, Linux breaks it once probes (or data) go unacknowledged for
+/// that long: about 20 s of silence in all.
 const PG_KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
 const PG_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-const PG_KEEPALIVE_RETRIES: u32 = 3;
 
-/// Data the server has not acknowledged for this long breaks the connection.
+/// Data or keepalive probes the server has not acknowledged for this long break the
+/// connection.
 const PG_TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// After a failed connect, requests fail at once for this long before the next attempt.

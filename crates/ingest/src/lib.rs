@@ -352,15 +352,24 @@ pub async fn run(
             let peer = peer.to_string();
             // A second handle on the socket outlives the TLS stream hyper closes, for `linger`.
             let lingering = tcp.as_fd().try_clone_to_owned().ok();
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(t)) => t,
-                // Closed before the handshake finished, with no alert: what a proxy's TCP
-                // health check or a port scan does, every few seconds. A box or browser that
-                // refuses the server says why in an alert, which lands below.
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    log::debug!(peer = peer.as_str(); "connection closed during the TLS handshake");
+            let deadline = tokio::time::Instant::now() + handshake_timeout;
+            // Closed (or reset) before sending a byte: what a proxy's TCP health check or a
+            // port scan does, every few seconds. Not a refused handshake worth a warning; once
+            // a TLS hello has come, every failure is one.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    log::debug!(peer = peer.as_str(); "connection closed before its TLS hello");
                     return;
                 }
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    log::warn!(peer = peer.as_str(); "TLS handshake timed out (limits.handshake_timeout_secs)");
+                    return;
+                }
+            }
+            let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     log::warn!(peer = peer.as_str(); "TLS handshake refused: {}", esc(&e.to_string()));
                     return;
