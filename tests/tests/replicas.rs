@@ -374,3 +374,44 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A replica started before its PostgreSQL (one machine booting, a database failing over)
+/// waits for it, saying why, instead of exiting until systemd gives up; it stops cleanly while
+/// it waits.
+#[test]
+fn a_replica_started_before_its_postgresql_waits_for_it() {
+    let lab = Lab::new();
+    lab.pki(&[]);
+    let mut pg = Postgres::start();
+    pg.kill();
+    let mut a = replica(&lab, &pg, "a");
+    a.ingest.start();
+    a.ingest.wait_log("the wait for PostgreSQL", |log| {
+        log.matches("PostgreSQL cannot be opened; trying again")
+            .count()
+            >= 2
+            && log.contains("Connection refused")
+    });
+    assert_eq!(a.ingest.terminate(), 0, "{}", a.ingest.log_text());
+
+    a.ingest.start();
+    a.ingest.wait_log("the wait for PostgreSQL", |log| {
+        log.matches("PostgreSQL cannot be opened; trying again")
+            .count()
+            >= 3
+    });
+    pg.start_again();
+    let port: u16 = a.review.rsplit(':').next().unwrap().parse().unwrap();
+    wait_until(
+        "the review listener once PostgreSQL is up",
+        Duration::from_secs(90),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        &|| a.ingest.log_text(),
+    );
+    assert!(
+        a.ingest.log_text().contains("database open"),
+        "{}",
+        a.ingest.log_text()
+    );
+    assert_eq!(a.ingest.terminate(), 0, "{}", a.ingest.log_text());
+}

@@ -189,6 +189,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    tokio::pin!(shutdown);
     let tls = tls::Reloading::new(&cfg)?;
     let identity = Arc::new(server_identity(&cfg)?);
     let custody = Arc::new(custody::Custody::new(tls.clone(), server_identity(&cfg)?));
@@ -235,11 +236,29 @@ pub async fn run(
     let mut finishing_tasks = Vec::new();
     let kept = if cfg.uses_database() {
         use anyhow::Context as _;
-        let at = cfg.database.clone();
-        let db = tokio::task::spawn_blocking(move || db::Db::open_configured(&at))
-            .await
-            .context("opening the database")?
-            .with_context(|| "[database]: the server keeps reviewers, sessions, the recordings index and the audit log there")?;
+        // PostgreSQL may come up after this server (the same machine booting, a database
+        // failing over): waited for, saying why, rather than exiting until systemd gives up.
+        let mut again = Duration::from_secs(2);
+        let db = loop {
+            let at = cfg.database.clone();
+            match tokio::task::spawn_blocking(move || db::Db::open_configured(&at))
+                .await
+                .context("opening the database")?
+            {
+                Ok(db) => break db,
+                Err(e @ (db::DbError::Pg(_) | db::DbError::Unreachable { .. })) => {
+                    log::error!(error = esc(&e.to_string()).as_str(), retry_secs = again.as_secs(); "database: PostgreSQL cannot be opened; trying again");
+                    tokio::select! {
+                        _ = &mut shutdown => return Ok(()),
+                        _ = tokio::time::sleep(again) => {}
+                    }
+                    again = (again * 2).min(Duration::from_secs(60));
+                }
+                Err(e) => {
+                    return Err(e).context("[database]: the server keeps reviewers, sessions, the recordings index and the audit log there");
+                }
+            }
+        };
         log::info!(database = esc(db.place()).as_str(); "database open");
         let db = Arc::new(db);
         let forgetting = db.clone();
@@ -321,7 +340,6 @@ pub async fn run(
     }
     tokio::spawn(tls.clone().watch(stop_rx.clone()));
     log::info!(listen = cfg.listen.to_string().as_str(), storage = cfg.storage.dir.display().to_string().as_str(); "neoflix-ingest listening");
-    tokio::pin!(shutdown);
     loop {
         // Accepting only with a handshake slot in hand leaves further connections in the
         // kernel's accept queue rather than in memory.
