@@ -639,3 +639,47 @@ fn both_backends_have_the_same_tables_and_columns() {
     assert!(on_sqlite.len() > 50, "{on_sqlite:?}");
     assert_eq!(on_sqlite, on_postgres);
 }
+
+#[test]
+fn check_config_connects_to_postgresql_and_names_what_fails() {
+    let lab = Lab::new();
+    lab.pki(&[]);
+    let pg = Postgres::start();
+    lab.ingest_config_with(64 << 20, &pg.database_section());
+    let check = || {
+        let out = neoflix_e2e::command("neoflix-ingest")
+            .arg("--check-config")
+            .arg("--config")
+            .arg(lab.path("ingest.toml"))
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = check();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("[database]: connected to postgres://neoflix@127.0.0.1:"),
+        "{out}"
+    );
+    assert!(out.contains("(PostgreSQL 15"), "{out}");
+    // Nothing was changed: the schema is made by the server, not by a check.
+    assert_eq!(
+        pg.psql(
+            "neoflix",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        "0"
+    );
+
+    std::fs::write(pg.password_file(), "wrong\n").unwrap();
+    let (code, out) = check();
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("[database]: PostgreSQL: password authentication failed"),
+        "{out}"
+    );
+}

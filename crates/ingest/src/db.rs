@@ -639,6 +639,14 @@ impl PgTarget {
     /// Connects on a thread of its own, waited for at most [`PgTarget::connect_wait`] in all:
     /// the client's own timeout covers the TCP connect only, not the name lookup, the TLS
     /// handshake or the password exchange with a server that accepted and then went quiet.
+    /// Connects and asks the server its version, changing nothing: what `--check-config` does.
+    pub fn check(&self) -> Result<String, DbError> {
+        let mut client = self.connect()?;
+        let version: String = client.query_one("SHOW server_version", &[])?.try_get(0)?;
+        drop_client(Some(client));
+        Ok(version)
+    }
+
     fn connect(&self) -> Result<postgres::Client, DbError> {
         let rx = self.start_connect()?;
         match rx.recv_timeout(self.connect_wait()) {

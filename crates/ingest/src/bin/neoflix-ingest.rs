@@ -211,6 +211,20 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    // PostgreSQL: its password file and CA read, and a connection made, changing nothing.
+    if let neoflix_ingest::config::DatabaseAt::Postgres(pg) = &cfg.database.at {
+        let checked = neoflix_ingest::db::PgTarget::of(pg).and_then(|t| t.check().map(|v| (t, v)));
+        match checked {
+            Ok((t, version)) => println!(
+                "[database]: connected to {} (PostgreSQL {version})",
+                t.describe()
+            ),
+            Err(e) => {
+                eprintln!("{}: [database]: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
     println!(
         "{}: config OK{}",
         path.display(),
