@@ -2,7 +2,7 @@
 //! audit log and the server secret, behind a small typed API ([`Db`]).
 //!
 //! SQLite by default (one file, one server); PostgreSQL where several replicas share one
-//! database. SQLite has one connection behind a mutex, PostgreSQL a few ([`PG_CONNECTIONS`]);
+//! database. SQLite has one connection behind a mutex, PostgreSQL a few;
 //! callers on the async runtime go through `spawn_blocking`. All SQL lives in this module, written once against [`Sql`] in
 //! the dialect both speak. Each backend's schema is versioned (SQLite's `PRAGMA user_version`,
 //! PostgreSQL's `neoflix_schema` table) and migrated at open.
@@ -636,9 +636,6 @@ impl PgTarget {
         Ok(PgTarget { config, tls_roots })
     }
 
-    /// Connects on a thread of its own, waited for at most [`PgTarget::connect_wait`] in all:
-    /// the client's own timeout covers the TCP connect only, not the name lookup, the TLS
-    /// handshake or the password exchange with a server that accepted and then went quiet.
     /// Connects and asks the server its version, changing nothing: what `--check-config` does.
     pub fn check(&self) -> Result<String, DbError> {
         let mut client = self.connect()?;
@@ -647,6 +644,9 @@ impl PgTarget {
         Ok(version)
     }
 
+    /// Connects on a thread of its own, waited for at most twice the TCP connect's timeout in
+    /// all: that timeout covers the TCP connect only, not the name lookup, the TLS handshake
+    /// or the password exchange with a server that accepted and then went quiet.
     fn connect(&self) -> Result<postgres::Client, DbError> {
         let rx = self.start_connect()?;
         match rx.recv_timeout(self.connect_wait()) {
