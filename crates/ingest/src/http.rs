@@ -277,8 +277,13 @@ async fn receive(
         }
         head.feed(&data, total)?;
         if batch.len() + data.len() > cap && !batch.is_empty() {
-            let chunk = std::mem::replace(&mut batch, Vec::with_capacity(cap));
-            up = blocking(move || up.write(&chunk).map(|()| up)).await?;
+            // The buffer comes back to be filled again: a new one each time was fresh pages
+            // for the kernel to zero, several per cent of the server's work at full speed.
+            let chunk = std::mem::take(&mut batch);
+            let (u, mut chunk) = blocking(move || up.write(&chunk).map(|()| (up, chunk))).await?;
+            up = u;
+            chunk.clear();
+            batch = chunk;
         }
         if data.len() >= cap {
             // Already in memory as hyper's buffer: written as it is, never copied.
