@@ -40,6 +40,17 @@ pub struct Browser {
 pub struct Element(String);
 
 impl Browser {
+    /// Signs in on the review page's form as `user` with `passphrase`.
+    pub fn sign_in(&self, user: &str, passphrase: &str) {
+        let u = self.element("input[name=user]");
+        self.clear(&u);
+        self.type_into(&u, user);
+        let p = self.element("input[name=passphrase]");
+        self.clear(&p);
+        self.type_into(&p, passphrase);
+        self.click(&self.element("#signin button[type=submit]"));
+    }
+
     /// Starts chromedriver and a headless Chromium that trusts the CA certificate `ca` (PEM)
     /// for HTTPS. Panics, naming the packages to install, when Chromium is missing.
     pub fn launch(ca: &Path) -> Browser {

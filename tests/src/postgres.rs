@@ -219,28 +219,8 @@ impl Postgres {
 
     /// Runs `sql` with psql as the superuser in `db`; its output (panics on failure).
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(self.bin.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER])
-            .args([
-                "-d",
-                db,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-X",
-                "-A",
-                "-t",
-                "-c",
-                sql,
-            ])
-            .env("PGPASSWORD", Self::password())
-            .output()
-            .expect("psql (the postgresql package) runs");
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        self.try_psql(db, sql)
+            .unwrap_or_else(|e| panic!("psql {sql}: {e}"))
     }
 
     /// Like [`Postgres::psql`], but an error is returned as its message.

@@ -11,8 +11,28 @@ use std::time::Duration;
 
 use neoflix_control::Request;
 use neoflix_e2e::{
-    Browser, Ingest, Lab, Postgres, ffmpeg_errors, ffprobe, free_port, review_assets, wait_until,
+    Browser, Daemon, Ingest, Lab, Postgres, ffmpeg_errors, ffprobe, free_port, review_assets,
+    wait_until,
 };
+
+/// Waits until the stopped recording is complete in `stored` (through `server`) and the box
+/// has deleted its copy; then it verifies and plays, and the box counts one delivery.
+fn delivered_through(lab: &Lab, d: &mut Daemon, stored: &Path, server: &Ingest) {
+    wait_until(
+        "the recording complete through the remaining replica",
+        Duration::from_secs(90),
+        || stored.join("manifest.json").exists(),
+        &|| d.log_text() + &server.log_text(),
+    );
+    wait_until(
+        "the box to delete its copy",
+        Duration::from_secs(30),
+        || lab.recordings().is_empty(),
+        &|| d.log_text(),
+    );
+    verifies_and_plays(lab, stored);
+    assert_eq!(d.status().upload.unwrap().delivered, 1);
+}
 
 /// The stored copy of `dir` verifies and exports to an MP4 that plays as long as it says.
 fn verifies_and_plays(lab: &Lab, dir: &Path) {
@@ -85,16 +105,6 @@ impl Replica {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }
-}
-
-fn sign_in(b: &Browser, user: &str, passphrase: &str) {
-    let u = b.element("input[name=user]");
-    b.clear(&u);
-    b.type_into(&u, user);
-    let p = b.element("input[name=passphrase]");
-    b.clear(&p);
-    b.type_into(&p, passphrase);
-    b.click(&b.element("#signin button[type=submit]"));
 }
 
 /// Opens recording `id` from the list and waits until its video plays.
@@ -170,31 +180,18 @@ fn two_replicas_on_one_store_and_postgresql_fail_over_serve_either_page_and_shar
         |s| s.upload.as_ref().and_then(|u| u.server.as_deref()) == Some(second.as_str()),
     );
     assert!(d.ctl(Request::Stop {}).ok);
-    wait_until(
-        "the recording complete through the second replica",
-        Duration::from_secs(60),
-        || stored.join("manifest.json").exists(),
-        &|| d.log_text() + &b.ingest.log_text(),
-    );
-    wait_until(
-        "the box to delete its copy",
-        Duration::from_secs(30),
-        || lab.recordings().is_empty(),
-        &|| d.log_text(),
-    );
-    let q = d.status().upload.unwrap();
+    delivered_through(&lab, &mut d, &stored, &b.ingest);
     assert_eq!(
-        (q.delivered, q.server.as_deref()),
-        (1, Some(format!("https://{}", b.ingest.addr).as_str()))
+        d.status().upload.unwrap().server.as_deref(),
+        Some(format!("https://{}", b.ingest.addr).as_str())
     );
-    verifies_and_plays(&lab, &stored);
 
     // The killed replica comes back; the page of each plays the recording.
     a.start();
     let browser = Browser::launch(&lab.ca());
     browser.goto(&a.review);
     browser.element("form#signin input[name=user]");
-    sign_in(&browser, "alice", PASSPHRASE);
+    browser.sign_in("alice", PASSPHRASE);
     plays(&browser, &id);
     // The session begun on the first is the second's too: it lives in the database. (A new
     // page asks for the passphrase again all the same: the department key it unwraps stays
@@ -211,7 +208,7 @@ fn two_replicas_on_one_store_and_postgresql_fail_over_serve_either_page_and_shar
         json!(200),
         "the first replica's session on the second"
     );
-    sign_in(&browser, "alice", PASSPHRASE);
+    browser.sign_in("alice", PASSPHRASE);
     plays(&browser, &id);
 
     // Withdrawn through the first replica: the second one's list loses it at the next refresh.
@@ -341,20 +338,7 @@ fn behind_haproxy_a_box_with_one_url_loses_nothing_when_a_replica_dies() {
     );
     a.ingest.kill9();
     assert!(d.ctl(Request::Stop {}).ok);
-    wait_until(
-        "the recording complete through the remaining replica",
-        Duration::from_secs(90),
-        || stored.join("manifest.json").exists(),
-        &|| d.log_text() + &b.ingest.log_text(),
-    );
-    wait_until(
-        "the box to delete its copy",
-        Duration::from_secs(30),
-        || lab.recordings().is_empty(),
-        &|| d.log_text(),
-    );
-    verifies_and_plays(&lab, &stored);
-    assert_eq!(d.status().upload.unwrap().delivered, 1);
+    delivered_through(&lab, &mut d, &stored, &b.ingest);
     assert_eq!(d.terminate(), 0);
     assert_eq!(b.ingest.terminate(), 0, "{}", b.ingest.log_text());
     // HAProxy's checks (a TCP connect and close every 500 ms) are no warnings.

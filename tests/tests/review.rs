@@ -18,16 +18,6 @@ use serde_json::{Value, json};
 const CAPTURE: &str = "source = \"test\"\nwidth = 320\nheight = 240\nfps = 15\nbitrate_kbps = 400";
 const PASSPHRASE: &str = "correct horse battery staple";
 
-fn sign_in(b: &Browser, user: &str, passphrase: &str) {
-    let u = b.element("input[name=user]");
-    b.clear(&u);
-    b.type_into(&u, user);
-    let p = b.element("input[name=passphrase]");
-    b.clear(&p);
-    b.type_into(&p, passphrase);
-    b.click(&b.element("#signin button[type=submit]"));
-}
-
 /// Files in `dir` whose name ends with `ext`, once no download is in progress.
 fn downloaded(dir: &Path, ext: &str, count: usize) -> Vec<PathBuf> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -167,7 +157,7 @@ fn a_reviewer_watches_seeks_and_downloads_in_chromium_and_the_server_sees_no_pla
     );
 
     // A wrong passphrase is refused.
-    sign_in(&b, "alice", "not the passphrase at all");
+    b.sign_in("alice", "not the passphrase at all");
     b.wait(
         "the refusal",
         Duration::from_secs(30),
@@ -179,7 +169,7 @@ fn a_reviewer_watches_seeks_and_downloads_in_chromium_and_the_server_sees_no_pla
     );
 
     // The right one signs in; the recording still running shows as uploading.
-    sign_in(&b, "alice", PASSPHRASE);
+    b.sign_in("alice", PASSPHRASE);
     b.wait(
         "the recordings list",
         Duration::from_secs(30),
@@ -475,7 +465,7 @@ fn a_reviewer_watches_seeks_and_downloads_in_chromium_and_the_server_sees_no_pla
     b.goto(&format!("{base}/recordings/{id}"));
     b.element("form#signin input[name=passphrase]");
     snap(&b, "sign-in");
-    sign_in(&b, "alice", PASSPHRASE);
+    b.sign_in("alice", PASSPHRASE);
     b.wait(
         "the player again",
         Duration::from_secs(30),
@@ -531,7 +521,7 @@ fn a_reviewer_watches_seeks_and_downloads_in_chromium_and_the_server_sees_no_pla
 
     // The session ends on the server while the player is open (here: the reviewer removed):
     // the next request's 401 forgets the key and says why.
-    sign_in(&b, "alice", PASSPHRASE);
+    b.sign_in("alice", PASSPHRASE);
     b.wait(
         "the list again",
         Duration::from_secs(30),
@@ -559,7 +549,7 @@ fn a_reviewer_watches_seeks_and_downloads_in_chromium_and_the_server_sees_no_pla
     );
 
     // A removed reviewer cannot sign in.
-    sign_in(&b, "alice", PASSPHRASE);
+    b.sign_in("alice", PASSPHRASE);
     b.wait(
         "the removed reviewer's refusal",
         Duration::from_secs(30),
@@ -664,7 +654,7 @@ fn chair_and_privacy_officer(
     // (the player left by its own 401), where signing in opens that recording again.
     b.eval("location.assign('/')", json!([]));
     b.element("form#signin input[name=user]");
-    sign_in(b, "cora", PASSPHRASE);
+    b.sign_in("cora", PASSPHRASE);
     b.wait(
         "the chair's list, with both recordings complete",
         Duration::from_secs(30),
@@ -765,7 +755,7 @@ fn chair_and_privacy_officer(
     b.element("form#signin input[name=passphrase]");
 
     // The privacy officer: the list without video, and the audit log.
-    sign_in(b, "olga", PASSPHRASE);
+    b.sign_in("olga", PASSPHRASE);
     b.wait(
         "the officer's list",
         Duration::from_secs(30),
@@ -880,7 +870,7 @@ fn two_cameras_play_side_by_side_on_one_clock_and_download_as_two_tracks() {
         "https://127.0.0.1:{rport}/recordings/{id}?device=room-e2e"
     ));
     b.element("form#signin input[name=user]");
-    sign_in(&b, "alice", PASSPHRASE);
+    b.sign_in("alice", PASSPHRASE);
     b.wait(
         "both views decoded",
         Duration::from_secs(40),
