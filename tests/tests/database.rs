@@ -546,7 +546,7 @@ fn tls_to_postgresql_checks_the_servers_certificate() {
     std::fs::write(lab.path("empty.pem"), "").unwrap();
     let cfg = pg_config(&pg, &pg.url(), Some(&lab.path("empty.pem")));
     let e = PgTarget::of(&cfg).err().unwrap().to_string();
-    assert!(e.contains("empty.pem: no certificate in it"), "{e}");
+    assert!(e.contains("empty.pem: no PEM certificate in it"), "{e}");
 }
 
 #[test]

@@ -550,9 +550,9 @@ impl PgPool {
 pub struct PgTarget {
     /// Host, port, user, database name, password and timeouts.
     pub config: postgres::Config,
-    /// TLS with these roots; `None` only where the configuration allows plain text (a Unix
-    /// socket or loopback).
-    pub tls_roots: Option<std::sync::Arc<rustls::RootCertStore>>,
+    /// TLS trusting `[database] ca` (the host name checked); `None` only where the
+    /// configuration allows plain text (a Unix socket or loopback).
+    pub tls: Option<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for PgTarget {
@@ -560,7 +560,7 @@ impl std::fmt::Debug for PgTarget {
         // `postgres::Config`'s own Debug redacts the password.
         f.debug_struct("PgTarget")
             .field("config", &self.config)
-            .field("tls", &self.tls_roots.is_some())
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -601,14 +601,15 @@ impl PgTarget {
             // A file written by an editor ends with a newline that is not the password's.
             config.password(text.trim_end_matches(['\r', '\n']));
         }
-        let tls_roots = match &pg.ca {
+        let tls = match &pg.ca {
             None => {
                 config.ssl_mode(postgres::config::SslMode::Disable);
                 None
             }
             Some(ca) => {
                 config.ssl_mode(postgres::config::SslMode::Require);
-                Some(std::sync::Arc::new(ca_roots(ca)?))
+                // As the box trusts the department's CA: the same checks, the same messages.
+                Some(neoflix_pki::client_tls(ca, None).map_err(|e| DbError::PgTls(e.to_string()))?)
             }
         };
         if config.get_connect_timeout().is_none() {
@@ -633,7 +634,7 @@ impl PgTarget {
             "-c statement_timeout={}",
             PG_STATEMENT_TIMEOUT.as_millis()
         ));
-        Ok(PgTarget { config, tls_roots })
+        Ok(PgTarget { config, tls })
     }
 
     /// Connects and asks the server its version, changing nothing: what `--check-config` does.
@@ -685,18 +686,11 @@ impl PgTarget {
     }
 
     fn connect_here(&self) -> Result<postgres::Client, DbError> {
-        Ok(match &self.tls_roots {
+        Ok(match &self.tls {
             None => self.config.connect(postgres::NoTls)?,
-            Some(roots) => {
-                let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-                let tls = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| DbError::PgTls(e.to_string()))?
-                    .with_root_certificates(roots.clone())
-                    .with_no_client_auth();
-                self.config
-                    .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))?
-            }
+            Some(tls) => self
+                .config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls.clone()))?,
         })
     }
 }
@@ -808,24 +802,6 @@ const PG_TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// After a failed connect, requests fail at once for this long before the next attempt.
 const PG_RETRY_AFTER: Duration = Duration::from_secs(5);
-
-/// The certificates of a CA file (PEM).
-fn ca_roots(ca: &Path) -> Result<rustls::RootCertStore, DbError> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let bad = |why: String| DbError::PgTls(format!("{}: {why}", ca.display()));
-    let pem = neoflix_format::files::read_regular(ca, 1 << 20).map_err(|e| bad(e.to_string()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| bad(format!("not PEM certificates: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| bad(format!("a certificate rustls refuses: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(bad("no certificate in it".into()));
-    }
-    Ok(roots)
-}
 
 /// A PostgreSQL error as its server said it: the message and SQLSTATE, which `Display` of
 /// `postgres::Error` leaves out ("db error").
