@@ -356,6 +356,15 @@ fn the_same_calls_give_the_same_answers_on_sqlite_and_postgresql() {
         assert_eq!(a, b, "SQLite and PostgreSQL differ");
     }
     assert_eq!(on_sqlite.len(), on_postgres.len());
+    // About fifty calls one after the other: one connection served them all (a pool that
+    // went round its slots opened four).
+    assert_eq!(
+        pg.psql(
+            "neoflix",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'neoflix-ingest'"
+        ),
+        "1"
+    );
     // Every replica derives the same sign-in parameters for unknown names.
     let other = connect(&pg).unwrap();
     assert_eq!(
