@@ -301,7 +301,8 @@ pub async fn run(
             }
         }
         if let Some(r) = cfg.retention {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            let host = tokio::fs::read_to_string("/proc/sys/kernel/hostname")
+                .await
                 .map(|h| h.trim().to_string())
                 .unwrap_or_else(|_| "localhost".into());
             finishing_tasks.push(tokio::spawn(apply_retention(
