@@ -213,18 +213,27 @@ fn size(bytes: u64) -> String {
 
 /// Completes on SIGTERM (systemd's stop) or SIGINT (Ctrl-C). If the handlers cannot be installed
 /// it says so and never completes: the process then stops only by SIGKILL.
-pub async fn shutdown_signal() {
+///
+/// The handlers are installed by this call, not when the future is first polled: a daemon
+/// awaits its shutdown only once it is running, and a stop that arrives while it is still
+/// starting (systemd sends it whenever it likes) must wait for it there, not kill the process
+/// by the signal's default action. Call it inside the runtime, first thing.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        log::error!("cannot install signal handlers; stop with SIGKILL only");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let handlers = signal(SignalKind::terminate())
+        .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)));
+    async move {
+        let (mut term, mut int) = match handlers {
+            Ok(h) => h,
+            Err(e) => {
+                log::error!(error = e.to_string().as_str(); "cannot install signal handlers; stop with SIGKILL only");
+                return std::future::pending().await;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
 

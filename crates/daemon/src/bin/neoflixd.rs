@@ -35,8 +35,11 @@ fn main() -> ExitCode {
         .build()
         .context("cannot start the async runtime")
         .and_then(|rt| {
-            rt.block_on(neoflix_daemon::run(cfg, neoflix_logging::shutdown_signal()))
-                .context("neoflixd failed")
+            rt.block_on(async {
+                // First, so a stop during start-up waits for the daemon to be up.
+                neoflix_daemon::run(cfg, neoflix_logging::shutdown_signal()).await
+            })
+            .context("neoflixd failed")
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -264,8 +264,9 @@ fn main() -> ExitCode {
         .context("cannot start the async runtime")
         .and_then(|rt| {
             rt.block_on(async {
+                let shutdown = neoflix_logging::shutdown_signal();
                 let listener = neoflix_ingest::bind(&cfg).await?;
-                neoflix_ingest::run(cfg, listener, neoflix_logging::shutdown_signal()).await
+                neoflix_ingest::run(cfg, listener, shutdown).await
             })
         });
     match result {
