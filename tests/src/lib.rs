@@ -13,6 +13,7 @@ use neoflix_control::{Reply, Request, Status};
 
 pub mod browser;
 pub use browser::Browser;
+pub mod garage;
 pub mod postgres;
 pub use postgres::Postgres;
 
