@@ -64,7 +64,7 @@ pub const MAX_REASON_CHARS: usize = 500;
 /// room the index or the storage knows it from. `before` says what `--device` is for when none
 /// does.
 fn holder(
-    cfg: &IngestConfig,
+    store: &Storage,
     db: &Db,
     id: &str,
     device: Option<&str>,
@@ -84,16 +84,8 @@ fn holder(
         .into_iter()
         .map(|s| s.device)
         .collect();
-    let rooms = match std::fs::read_dir(&cfg.storage.dir) {
-        Ok(l) => l.filter_map(|e| e.ok()).collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => {
-            return Err(e).with_context(|| format!("storage.dir {}", cfg.storage.dir.display()));
-        }
-    };
-    for d in rooms {
-        let name = d.file_name().to_string_lossy().into_owned();
-        if d.path().join(id).is_dir() && !holders.contains(&name) {
+    for name in store.rooms_holding(id).context("the storage")? {
+        if !holders.contains(&name) {
             holders.push(name);
         }
     }
@@ -130,7 +122,9 @@ pub fn hold(
     reason: Option<&str>,
     release: bool,
 ) -> anyhow::Result<String> {
-    let device = holder(cfg, db, id, device, "hold it before it arrives")?;
+    // Only looking: the storage tree is not created here.
+    let store = Storage::for_reading(&cfg.storage.dir, cfg.storage.max_object_bytes);
+    let device = holder(&store, db, id, device, "hold it before it arrives")?;
     let recording = format!("{device}/{id}");
     if release {
         let reason = reason.map(|r| reason_of(r, "--reason")).transpose()?;
@@ -367,7 +361,13 @@ pub fn withdraw(
 ) -> anyhow::Result<String> {
     let reason = reason_of(reason, "--reason")?;
     let parts = Parts::open(cfg)?;
-    let device = holder(cfg, db, id, device, "withdraw it before it arrives")?;
+    let device = holder(
+        &parts.store,
+        db,
+        id,
+        device,
+        "withdraw it before it arrives",
+    )?;
     if parts.store.withdrawn(&device, id)?.is_some() {
         writeln!(
             std::io::stderr(),
@@ -602,6 +602,38 @@ mod tests {
             text.contains("reviewer-removed") && text.contains("head "),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_recording_id_names_its_room_from_the_index_or_the_storage_or_asks_for_it() {
+        let d = tempfile::tempdir().unwrap();
+        let db = Db::open(&d.path().join("n.db")).unwrap();
+        let store = Storage::open(&d.path().join("store"), 1000).unwrap();
+        let before = "hold it before it arrives";
+        let e = holder(&store, &db, "r1", None, before)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("holds no recording r1") && e.contains(before),
+            "{e}"
+        );
+        // Stored but never indexed (the index scan has not run yet).
+        std::fs::create_dir_all(d.path().join("store/room-2/r1")).unwrap();
+        assert_eq!(holder(&store, &db, "r1", None, before).unwrap(), "room-2");
+        db.index_uploading("room-1", "r1").unwrap();
+        let e = holder(&store, &db, "r1", None, before)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("room-1, room-2") && e.contains("--device"),
+            "{e}"
+        );
+        assert_eq!(
+            holder(&store, &db, "r1", Some("room-1"), before).unwrap(),
+            "room-1"
+        );
+        assert!(holder(&store, &db, "../r1", None, before).is_err());
+        assert!(holder(&store, &db, "r1", Some("a/b"), before).is_err());
     }
 
     #[test]

@@ -4,13 +4,10 @@
 //! upgrade, a restored backup, an index write that failed). An index failure never fails an
 //! upload: it is logged, and the next start repairs it.
 
-use std::path::Path;
 use std::sync::Arc;
 
-use neoflix_format::MANIFEST_FILE;
-
 use crate::db::{Completed, Db};
-use crate::storage::{RECEIPT_FILE, Storage};
+use crate::storage::{Held, Storage};
 
 /// Objects landed for `device`/`id`.
 pub fn object_landed(db: &Db, store: &Storage, device: &str, id: &str) {
@@ -79,9 +76,9 @@ fn index_complete(
     .map_err(|e| e.to_string())
 }
 
-/// Indexes every recording of the storage tree the index lacks or still has as uploading
-/// although its manifest is there. Returns how many rows it wrote. Blocking.
-pub fn scan(db: &Db, root: &Path) -> Result<usize, String> {
+/// Indexes every recording of the storage the index lacks or still has as uploading although
+/// its manifest is there. Returns how many rows it wrote. Blocking.
+pub fn scan(db: &Db, store: &Storage) -> Result<usize, String> {
     let known: std::collections::HashMap<(String, String), bool> = db
         .indexed()
         .map_err(|e| e.to_string())?
@@ -89,55 +86,35 @@ pub fn scan(db: &Db, root: &Path) -> Result<usize, String> {
         .map(|(d, i, c)| ((d, i), c))
         .collect();
     let mut written = 0;
-    let devices = match std::fs::read_dir(root) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(format!("{}: {e}", root.display())),
-    };
-    for dev in devices.filter_map(|e| e.ok()) {
-        let Ok(device) = dev.file_name().into_string() else {
-            continue;
-        };
-        if device.starts_with('.') || !dev.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        let Ok(recs) = std::fs::read_dir(dev.path()) else {
-            continue;
-        };
-        for rec in recs.filter_map(|e| e.ok()) {
-            let Ok(id) = rec.file_name().into_string() else {
-                continue;
-            };
-            if !crate::storage::valid_recording_id(&id)
-                || !rec.file_type().is_ok_and(|t| t.is_dir())
-            {
-                continue;
-            }
-            let dir = rec.path();
-            let complete_on_disk = dir.join(MANIFEST_FILE).is_file();
-            let key = (device.clone(), id.clone());
-            match (known.get(&key), complete_on_disk) {
-                (Some(true), _) | (Some(false), false) => continue,
-                (_, true) => {
-                    let manifest = neoflix_format::files::read_regular(
-                        &dir.join(MANIFEST_FILE),
-                        neoflix_format::manifest::MAX_MANIFEST_BYTES,
-                    )
-                    .map_err(|e| format!("{}: {e}", dir.display()))?;
-                    let receipt =
-                        neoflix_format::files::read_regular(&dir.join(RECEIPT_FILE), 1 << 20).ok();
-                    match index_complete(db, &device, &id, &manifest, receipt.as_deref()) {
-                        Ok(()) => written += 1,
-                        Err(e) => {
-                            log::warn!(device = crate::esc(&device).as_str(), recording = crate::esc(&id).as_str(), error = crate::esc(&e).as_str(); "a stored manifest cannot be indexed: left out of the review list")
-                        }
+    for held in store.recordings().map_err(|e| e.to_string())? {
+        let Held {
+            device,
+            id,
+            complete,
+        } = held;
+        let key = (device.clone(), id.clone());
+        match (known.get(&key), complete) {
+            (Some(true), _) | (Some(false), false) => continue,
+            (_, true) => {
+                let manifest = store
+                    .manifest(&device, &id)
+                    .map_err(|e| format!("{}/{}: {e}", crate::esc(&device), crate::esc(&id)))?;
+                // Completed since it was listed would be odd, gone (withdrawn) is not.
+                let Some(manifest) = manifest else {
+                    continue;
+                };
+                let receipt = store.receipt(&device, &id).ok().flatten();
+                match index_complete(db, &device, &id, &manifest, receipt.as_deref()) {
+                    Ok(()) => written += 1,
+                    Err(e) => {
+                        log::warn!(device = crate::esc(&device).as_str(), recording = crate::esc(&id).as_str(), error = crate::esc(&e).as_str(); "a stored manifest cannot be indexed: left out of the review list")
                     }
                 }
-                (None, false) => {
-                    db.index_uploading(&device, &id)
-                        .map_err(|e| e.to_string())?;
-                    written += 1;
-                }
+            }
+            (None, false) => {
+                db.index_uploading(&device, &id)
+                    .map_err(|e| e.to_string())?;
+                written += 1;
             }
         }
     }
@@ -145,8 +122,8 @@ pub fn scan(db: &Db, root: &Path) -> Result<usize, String> {
 }
 
 /// Runs [`scan`] off the runtime and logs what it did.
-pub async fn scan_at_start(db: Arc<Db>, root: std::path::PathBuf) {
-    let r = tokio::task::spawn_blocking(move || scan(&db, &root)).await;
+pub async fn scan_at_start(db: Arc<Db>, store: Arc<Storage>) {
+    let r = tokio::task::spawn_blocking(move || scan(&db, &store)).await;
     match r {
         Ok(Ok(0)) => {}
         Ok(Ok(n)) => {
@@ -227,7 +204,8 @@ mod tests {
         let db = Db::open(&d.path().join("n.db")).unwrap();
         // An upload the index saw start; its manifest landed while the index was failing.
         db.index_uploading("room-1", "rec-b").unwrap();
-        assert_eq!(scan(&db, &root).unwrap(), 2);
+        let store = Storage::open(&root, 1 << 20).unwrap();
+        assert_eq!(scan(&db, &store).unwrap(), 2);
         let mut rows = db.indexed().unwrap();
         rows.sort();
         assert_eq!(
@@ -242,7 +220,8 @@ mod tests {
             (s.status, s.duration_secs),
             (Some(neoflix_format::Status::Interrupted), Some(60.0))
         );
-        assert_eq!(scan(&db, &root).unwrap(), 0, "nothing left to do");
-        assert_eq!(scan(&db, &d.path().join("absent")).unwrap(), 0);
+        assert_eq!(scan(&db, &store).unwrap(), 0, "nothing left to do");
+        let empty = Storage::open(&d.path().join("absent"), 1 << 20).unwrap();
+        assert_eq!(scan(&db, &empty).unwrap(), 0);
     }
 }

@@ -270,7 +270,7 @@ pub async fn run(
         })
         .await?
         .context("removing withdrawn recordings from the index")?;
-        tokio::spawn(index::scan_at_start(db.clone(), cfg.storage.dir.clone()));
+        tokio::spawn(index::scan_at_start(db.clone(), store.clone()));
         let parts = Arc::new(lifecycle::Shared {
             store: store.clone(),
             db: db.clone(),
@@ -326,7 +326,6 @@ pub async fn run(
         let prepared = review::prepare(
             r,
             db.clone(),
-            cfg.storage.dir.clone(),
             cfg.storage.max_object_bytes,
             limits::Budget::new(cfg.limits.max_buffered_bytes),
             fleet.clone(),

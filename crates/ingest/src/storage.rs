@@ -101,6 +101,20 @@ pub fn valid_object_name(name: &str) -> bool {
     neoflix_format::protocol::ObjectName::parse(name).is_some()
 }
 
+/// A recording the storage holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The room that recorded it.
+    pub device: String,
+    /// Its id.
+    pub id: String,
+    /// Whether its manifest is stored.
+    pub complete: bool,
+}
+
+/// Receipts are a few hundred bytes; a larger file is not one the server wrote.
+const MAX_RECEIPT_BYTES: u64 = 1 << 20;
+
 /// Outcome of a PUT.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stored {
@@ -197,12 +211,18 @@ impl Storage {
         use anyhow::Context;
         fs::create_dir_all(root)
             .with_context(|| format!("storage.dir {}: cannot create", root.display()))?;
-        Ok(Storage {
+        Ok(Storage::for_reading(root, max_object))
+    }
+
+    /// The storage at `root` as it is, created or not: for the admin's commands that only look,
+    /// which must not create the tree (as root, with root's ownership) before the server does.
+    pub fn for_reading(root: &Path, max_object: u64) -> Storage {
+        Storage {
             root: root.to_owned(),
             max_object,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             live: Arc::default(),
-        })
+        }
     }
 
     /// Largest accepted object.
@@ -491,6 +511,90 @@ impl Storage {
         Ok(all)
     }
 
+    /// The manifest a complete recording was accepted with; `None` while it is not complete.
+    pub fn manifest(&self, device: &str, id: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let dir = self.recording_dir(device, id)?;
+        read_if_there(
+            &dir.join(MANIFEST_FILE),
+            neoflix_format::manifest::MAX_MANIFEST_BYTES,
+        )
+    }
+
+    /// The receipt of a complete recording, if one was written.
+    pub fn receipt(&self, device: &str, id: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let dir = self.recording_dir(device, id)?;
+        read_if_there(&dir.join(RECEIPT_FILE), MAX_RECEIPT_BYTES)
+    }
+
+    /// Object `name` of a recording, read whole; one larger than `max` bytes is an error.
+    pub fn read_object(
+        &self,
+        device: &str,
+        id: &str,
+        name: &str,
+        max: u64,
+    ) -> Result<Vec<u8>, StorageError> {
+        let dir = self.recording_dir(device, id)?;
+        if !valid_object_name(name) {
+            return Err(StorageError::BadName(format!(
+                "object name '{}'",
+                name.chars().take(64).collect::<String>()
+            )));
+        }
+        match neoflix_format::files::read_regular(&dir.join(name), max) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StorageError::NotFound),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The rooms whose recordings include one called `id`.
+    pub fn rooms_holding(&self, id: &str) -> Result<Vec<String>, StorageError> {
+        Ok(self
+            .recordings()?
+            .into_iter()
+            .filter(|r| r.id == id)
+            .map(|r| r.device)
+            .collect())
+    }
+
+    /// Every recording stored, withdrawn ones whose deletion is unfinished included, sorted.
+    pub fn recordings(&self) -> Result<Vec<Held>, StorageError> {
+        let mut all = Vec::new();
+        let devices = match fs::read_dir(&self.root) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(all),
+            Err(e) => return Err(e.into()),
+        };
+        for dev in devices.filter_map(|e| e.ok()) {
+            let Ok(device) = dev.file_name().into_string() else {
+                continue;
+            };
+            if device.starts_with('.') || !dev.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let Ok(recs) = fs::read_dir(dev.path()) else {
+                continue;
+            };
+            for rec in recs.filter_map(|e| e.ok()) {
+                let Ok(id) = rec.file_name().into_string() else {
+                    continue;
+                };
+                if !valid_recording_id(&id) || !rec.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let complete = rec.path().join(MANIFEST_FILE).is_file();
+                all.push(Held {
+                    device: device.clone(),
+                    id,
+                    complete,
+                });
+            }
+        }
+        all.sort_by(|a, b| (&a.device, &a.id).cmp(&(&b.device, &b.id)));
+        Ok(all)
+    }
+
     /// What the server holds of a recording: (object names, complete).
     pub fn status(&self, device: &str, id: &str) -> Result<(Vec<String>, bool), StorageError> {
         let dir = self.recording_dir(device, id)?;
@@ -685,6 +789,15 @@ fn remove_if_there(path: &Path) -> Result<bool, StorageError> {
     }
 }
 
+/// Reads a file the server wrote itself, whole; `None` if it is not there.
+fn read_if_there(path: &Path, max: u64) -> Result<Option<Vec<u8>>, StorageError> {
+    match neoflix_format::files::read_regular(path, max) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn read_small_object(path: &Path) -> std::io::Result<Vec<u8>> {
     neoflix_format::files::read_regular(path, MAX_SIGNATURE_BYTES)
 }
@@ -864,6 +977,65 @@ mod tests {
         assert!(matches!(
             s.status("dev", "other"),
             Err(StorageError::NotFound)
+        ));
+    }
+
+    #[test]
+    fn what_the_review_page_and_the_index_read_goes_through_the_store() {
+        let d = tempfile::tempdir().unwrap();
+        // Looking creates nothing.
+        let absent = Storage::for_reading(&d.path().join("absent"), 1000);
+        assert_eq!(absent.recordings().unwrap(), vec![]);
+        assert!(!d.path().join("absent").exists());
+
+        let s = Storage::open(d.path(), 1000).unwrap();
+        for (dev, rec) in [("room-2", "r1"), ("room-1", "r1"), ("room-1", "r2")] {
+            let mut up = s.begin(dev, rec, "frag-000000.nfx").unwrap();
+            up.write(b"sealed").unwrap();
+            s.commit(up, &Sha256::digest(b"sealed").into()).unwrap();
+        }
+        fs::write(d.path().join("room-1/r2/manifest.json"), b"{}").unwrap();
+        fs::write(d.path().join("stray"), b"x").unwrap();
+        fs::create_dir_all(d.path().join("room-1/not an id")).unwrap();
+        s.withdraw("room-3", "r9", b"{}").unwrap();
+        let held = |device: &str, id: &str, complete| Held {
+            device: device.into(),
+            id: id.into(),
+            complete,
+        };
+        assert_eq!(
+            s.recordings().unwrap(),
+            vec![
+                held("room-1", "r1", false),
+                held("room-1", "r2", true),
+                held("room-2", "r1", false)
+            ]
+        );
+        assert_eq!(s.rooms_holding("r1").unwrap(), ["room-1", "room-2"]);
+        assert_eq!(
+            s.manifest("room-1", "r2").unwrap().as_deref(),
+            Some(&b"{}"[..])
+        );
+        assert_eq!(s.manifest("room-1", "r1").unwrap(), None);
+        assert_eq!(s.receipt("room-1", "r2").unwrap(), None);
+        assert_eq!(
+            s.read_object("room-1", "r1", "frag-000000.nfx", 6).unwrap(),
+            b"sealed"
+        );
+        assert!(s.read_object("room-1", "r1", "frag-000000.nfx", 5).is_err());
+        assert!(matches!(
+            s.read_object("room-1", "r1", "frag-000001.nfx", 6),
+            Err(StorageError::NotFound)
+        ));
+        for bad in ["../r2/manifest.json", "manifest.json", "receipt.json"] {
+            assert!(matches!(
+                s.read_object("room-1", "r2", bad, 100),
+                Err(StorageError::BadName(_))
+            ));
+        }
+        assert!(matches!(
+            s.manifest("room-1", ".."),
+            Err(StorageError::BadName(_))
         ));
     }
 }

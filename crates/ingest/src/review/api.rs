@@ -408,8 +408,7 @@ async fn dispatch(
             let rec = resolve(st, &id, query_param(req.uri().query(), "device"), true).await?;
             openable(&rec, st)?;
             let pending = rec.consent.review.answer == Answer::Pending;
-            let dir = st.storage.join(&rec.device).join(&rec.id);
-            let manifest = read_manifest(&dir).await?;
+            let manifest = read_manifest(st, &rec.device, &rec.id).await?;
             let e = event(
                 &s.reviewer,
                 Action::RecordingOpened,
@@ -455,16 +454,16 @@ async fn dispatch(
                     "open the recording first (GET /api/recordings/{id}): its opening is audited",
                 ));
             }
-            let dir = st.storage.join(&rec.device).join(&rec.id);
             let max = st.max_object;
+            let store = st.keeping.parts.store.clone();
+            let (dev, rid) = (rec.device.clone(), rec.id.clone());
             // Where the object is and its size, from the manifest: only what it lists is served.
-            let located = tokio::task::spawn_blocking(
-                move || -> Result<Option<(std::path::PathBuf, u64)>, String> {
-                    let bytes = neoflix_format::files::read_regular(
-                        &dir.join(neoflix_format::MANIFEST_FILE),
-                        neoflix_format::manifest::MAX_MANIFEST_BYTES,
-                    )
-                    .map_err(|e| e.to_string())?;
+            let located =
+                tokio::task::spawn_blocking(move || -> Result<Option<(String, u64)>, String> {
+                    let bytes = store
+                        .manifest(&dev, &rid)
+                        .map_err(|e| e.to_string())?
+                        .ok_or("the recording has no manifest")?;
                     let m = neoflix_format::verify::parse_manifest(&bytes)?;
                     let size = m.init_segments.iter().chain(&m.fragments).find_map(|e| {
                         if e.file == name {
@@ -475,12 +474,11 @@ async fn dispatch(
                             None
                         }
                     });
-                    Ok(size.map(|size| (dir.join(&name), size.min(max))))
-                },
-            )
-            .await
-            .map_err(internal)?;
-            let (path, size) = match located {
+                    Ok(size.map(|size| (name, size.min(max))))
+                })
+                .await
+                .map_err(internal)?;
+            let (name, size) = match located {
                 Ok(Some(l)) => l,
                 Ok(None) => {
                     return Err(error(
@@ -503,8 +501,12 @@ async fn dispatch(
                     )))
                     .expect("valid response"));
             }
+            let store = st.keeping.parts.store.clone();
+            let (dev, rid) = (rec.device.clone(), rec.id.clone());
             let read = tokio::task::spawn_blocking(move || {
-                neoflix_format::files::read_regular(&path, size).map_err(|e| e.to_string())
+                store
+                    .read_object(&dev, &rid, &name, size)
+                    .map_err(|e| e.to_string())
             })
             .await
             .map_err(internal)?;
@@ -1021,16 +1023,16 @@ async fn resolve(
     }
 }
 
-async fn read_manifest(dir: &std::path::Path) -> Result<Manifest, Resp> {
-    let p = dir.join(neoflix_format::MANIFEST_FILE);
-    let r = tokio::task::spawn_blocking(move || {
-        neoflix_format::files::read_regular(&p, neoflix_format::manifest::MAX_MANIFEST_BYTES)
-    })
-    .await
-    .map_err(internal)?;
-    match r.map(|b| serde_json::from_slice::<Manifest>(&b)) {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(internal(format!("stored manifest: {e}"))),
+async fn read_manifest(st: &State, device: &str, id: &str) -> Result<Manifest, Resp> {
+    let store = st.keeping.parts.store.clone();
+    let (device, id) = (device.to_string(), id.to_string());
+    let r = tokio::task::spawn_blocking(move || store.manifest(&device, &id))
+        .await
+        .map_err(internal)?;
+    match r {
+        Ok(Some(b)) => serde_json::from_slice::<Manifest>(&b)
+            .map_err(|e| internal(format!("stored manifest: {e}"))),
+        Ok(None) => Err(internal("stored manifest: not there".to_string())),
         Err(e) => Err(internal(format!("stored manifest: {e}"))),
     }
 }

@@ -12,7 +12,7 @@ pub mod stall;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,8 +135,6 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
 pub struct State {
     /// The database.
     pub db: Arc<Db>,
-    /// The storage tree's root.
-    pub storage: PathBuf,
     /// Largest object served.
     pub max_object: u64,
     /// Bytes of objects held in memory while they are sent, all connections together
@@ -185,7 +183,6 @@ pub struct Prepared {
 pub async fn prepare(
     cfg: &Review,
     db: Arc<Db>,
-    storage: PathBuf,
     max_object: u64,
     budget: crate::limits::Budget,
     fleet: Option<Arc<FleetView>>,
@@ -205,7 +202,6 @@ pub async fn prepare(
         acceptor,
         state: Arc::new(State {
             db,
-            storage,
             max_object,
             budget,
             assets,
