@@ -195,10 +195,6 @@ impl Flood {
     }
 }
 
-/// A connection that lasted this long was a good one: the next failure is retried from the
-/// shortest delay.
-const STABLE: Duration = Duration::from_secs(30);
-
 /// Drives the event loop: the only place that awaits the network.
 async fn poll(
     mut eventloop: rumqttc::v5::EventLoop,
@@ -238,10 +234,6 @@ async fn poll(
         }
     };
     let mut backoff = Backoff::new(Duration::from_secs(30));
-    // When the connection came up: the back-off starts over only after a connection that
-    // lasted, so one the broker (or something between) ends at once is not retried in a
-    // tight loop.
-    let mut up_since = std::time::Instant::now();
     let mut up = false;
     let mut first_failure = true;
     let mut generation = 0;
@@ -255,7 +247,7 @@ async fn poll(
         summarize(&mut flood);
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                up_since = std::time::Instant::now();
+                backoff.connected(std::time::Instant::now());
                 up = true;
                 first_failure = true;
                 generation += 1;
@@ -348,10 +340,7 @@ async fn poll(
             }
             Ok(_) => {}
             Err(e) => {
-                if up && up_since.elapsed() >= STABLE {
-                    backoff.reset();
-                }
-                let wait = backoff.next_delay();
+                let wait = backoff.failed(std::time::Instant::now());
                 if up || first_failure {
                     log::warn!(device = s.device.as_str(), retry_ms = wait.as_millis() as u64; "MQTT broker unreachable: {e}; recording is unaffected, retrying");
                     first_failure = false;

@@ -94,7 +94,7 @@ pub async fn run(cfg: Mqtt, view: Arc<FleetView>, mut stop: watch::Receiver<bool
         };
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff.reset();
+                backoff.connected(std::time::Instant::now());
                 log::info!(broker = crate::esc(&cfg.url).as_str(); "mqtt: connected; subscribing to every status");
                 // Never awaited inside the poll loop: the request queue is drained by poll.
                 if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
@@ -110,7 +110,7 @@ pub async fn run(cfg: Mqtt, view: Arc<FleetView>, mut stop: watch::Receiver<bool
             }
             Ok(_) => {}
             Err(e) => {
-                let wait = backoff.next_delay();
+                let wait = backoff.failed(std::time::Instant::now());
                 log::warn!(broker = crate::esc(&cfg.url).as_str(), error = crate::esc(&e.to_string()).as_str(), retry_secs = wait.as_secs(); "mqtt: broker unreachable; the fleet view keeps the last statuses");
                 tokio::select! {
                     _ = stop.changed() => break,

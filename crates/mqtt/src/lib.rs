@@ -506,12 +506,18 @@ impl Broker {
     }
 }
 
+/// A connection that lasted this long was a good one: the next failure is retried from the
+/// shortest delay ([`Backoff::failed`]).
+pub const STABLE: Duration = Duration::from_secs(30);
+
 /// Reconnect delays: doubling from 1 s to `max`, each drawn at random from its upper half so that
 /// a department's boxes do not all reconnect in the same instant after a broker restart.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     next: Duration,
     max: Duration,
+    /// When the current connection was acknowledged, while it is up.
+    up_since: Option<std::time::Instant>,
 }
 
 impl Backoff {
@@ -520,7 +526,26 @@ impl Backoff {
         Backoff {
             next: Duration::from_secs(1),
             max,
+            up_since: None,
         }
+    }
+
+    /// The broker acknowledged a connection at `at`.
+    pub fn connected(&mut self, at: std::time::Instant) {
+        self.up_since = Some(at);
+    }
+
+    /// The connection, or an attempt at one, failed at `now`: the delay before the next
+    /// attempt. The delays start over only after a connection that lasted [`STABLE`]: one that
+    /// the broker (or something between, or another client with the same id) ends at once is
+    /// not retried in a tight loop.
+    pub fn failed(&mut self, now: std::time::Instant) -> Duration {
+        if let Some(since) = self.up_since.take()
+            && now.saturating_duration_since(since) >= STABLE
+        {
+            self.reset();
+        }
+        self.next_delay()
     }
 
     /// The delay before the next attempt.
@@ -542,6 +567,28 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_connection_that_lasted_starts_the_delays_over() {
+        let t0 = std::time::Instant::now();
+        let mut b = Backoff::new(Duration::from_secs(60));
+        // Each delay is drawn from the upper half of 1, 2, 4, ... s.
+        let within = |d: Duration, full: u64| {
+            d >= Duration::from_secs(full) / 2 && d <= Duration::from_secs(full)
+        };
+        assert!(within(b.failed(t0), 1));
+        assert!(within(b.failed(t0), 2));
+        // Acknowledged, then dropped at once (a client id another box also uses): no reset.
+        for full in [4, 8, 16, 32, 60, 60] {
+            b.connected(t0);
+            assert!(within(b.failed(t0 + Duration::from_millis(100)), full));
+        }
+        // A connection that lasted: back to 1 s.
+        b.connected(t0);
+        assert!(within(b.failed(t0 + STABLE), 1));
+        // A failure with no connection since does not count the old one again.
+        assert!(within(b.failed(t0 + STABLE * 3), 2));
+    }
 
     #[test]
     fn commands_parse_and_bad_ones_say_why() {
