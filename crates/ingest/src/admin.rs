@@ -84,7 +84,10 @@ fn holder(
         .into_iter()
         .map(|s| s.device)
         .collect();
-    for name in store.rooms_holding(id).context("the storage")? {
+    for name in store
+        .rooms_holding(id)
+        .with_context(|| format!("storage.dir {}", store.root().display()))?
+    {
         if !holders.contains(&name) {
             holders.push(name);
         }

@@ -96,16 +96,22 @@ pub fn scan(db: &Db, store: &Storage) -> Result<usize, String> {
         match (known.get(&key), complete) {
             (Some(true), _) | (Some(false), false) => continue,
             (_, true) => {
-                let manifest = store
-                    .manifest(&device, &id)
-                    .map_err(|e| format!("{}/{}: {e}", crate::esc(&device), crate::esc(&id)))?;
-                // Completed since it was listed would be odd, gone (withdrawn) is not.
-                let Some(manifest) = manifest else {
-                    continue;
+                // Gone since it was listed (withdrawn) is no error; unreadable is one recording's
+                // problem, not the scan's.
+                let manifest = match store.manifest(&device, &id) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        log::warn!(device = crate::esc(&device).as_str(), recording = crate::esc(&id).as_str(), error = crate::esc(&e.to_string()).as_str(); "a stored manifest cannot be read: left out of the review list");
+                        continue;
+                    }
                 };
                 let receipt = store.receipt(&device, &id).ok().flatten();
                 match index_complete(db, &device, &id, &manifest, receipt.as_deref()) {
-                    Ok(()) => written += 1,
+                    Ok(()) => {
+                        written += 1;
+                        unless_withdrawn(db, store, &device, &id);
+                    }
                     Err(e) => {
                         log::warn!(device = crate::esc(&device).as_str(), recording = crate::esc(&id).as_str(), error = crate::esc(&e).as_str(); "a stored manifest cannot be indexed: left out of the review list")
                     }
@@ -115,6 +121,8 @@ pub fn scan(db: &Db, store: &Storage) -> Result<usize, String> {
                 db.index_uploading(&device, &id)
                     .map_err(|e| e.to_string())?;
                 written += 1;
+                // A withdrawal since the listing: the notice takes the row out again.
+                unless_withdrawn(db, store, &device, &id);
             }
         }
     }
@@ -201,10 +209,27 @@ mod tests {
         )
         .unwrap();
         std::fs::write(root.join("stray-file"), b"x").unwrap();
+        // One manifest that cannot be read (a symbolic link, which the server never makes)
+        // costs its own recording only; it sorts first, so the scan must go on past it.
+        std::fs::create_dir_all(root.join("room-0/rec-z")).unwrap();
+        std::os::unix::fs::symlink(
+            root.join("room-1/rec-b/manifest.json"),
+            root.join("room-0/rec-z/manifest.json"),
+        )
+        .unwrap();
         let db = Db::open(&d.path().join("n.db")).unwrap();
         // An upload the index saw start; its manifest landed while the index was failing.
         db.index_uploading("room-1", "rec-b").unwrap();
         let store = Storage::open(&root, 1 << 20).unwrap();
+        // Withdrawn, its deletion unfinished: the index must not bring it back (with its
+        // consent reset to pending) before the next start finishes deleting it.
+        store.withdraw("room-1", "rec-w", b"{}").unwrap();
+        std::fs::create_dir_all(root.join("room-1/rec-w")).unwrap();
+        std::fs::write(
+            root.join("room-1/rec-w/manifest.json"),
+            manifest("room-1", "rec-w"),
+        )
+        .unwrap();
         assert_eq!(scan(&db, &store).unwrap(), 2);
         let mut rows = db.indexed().unwrap();
         rows.sort();

@@ -225,6 +225,11 @@ impl Storage {
         }
     }
 
+    /// The tree's root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Largest accepted object.
     pub fn max_object(&self) -> u64 {
         self.max_object
@@ -548,39 +553,57 @@ impl Storage {
         }
     }
 
-    /// The rooms whose recordings include one called `id`.
+    /// The rooms that hold something of a recording called `id`, whether or not it was
+    /// withdrawn (its deletion may be unfinished): one look per room, not a listing of their
+    /// recordings.
     pub fn rooms_holding(&self, id: &str) -> Result<Vec<String>, StorageError> {
-        Ok(self
-            .recordings()?
+        if !valid_recording_id(id) {
+            return Ok(Vec::new());
+        }
+        let mut rooms: Vec<String> = self
+            .rooms()?
             .into_iter()
-            .filter(|r| r.id == id)
-            .map(|r| r.device)
+            .filter(|room| {
+                fs::symlink_metadata(self.device_dir(room).join(id)).is_ok_and(|m| m.is_dir())
+            })
+            .collect();
+        rooms.sort();
+        Ok(rooms)
+    }
+
+    /// The rooms' directories.
+    fn rooms(&self) -> Result<Vec<String>, StorageError> {
+        let devices = match fs::read_dir(&self.root) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(devices
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|d| !d.starts_with('.'))
             .collect())
     }
 
-    /// Every recording stored, withdrawn ones whose deletion is unfinished included, sorted.
+    /// Every recording stored, sorted; not those withdrawn or being deleted, whose deletion a
+    /// start finishes.
     pub fn recordings(&self) -> Result<Vec<Held>, StorageError> {
         let mut all = Vec::new();
-        let devices = match fs::read_dir(&self.root) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(all),
-            Err(e) => return Err(e.into()),
-        };
-        for dev in devices.filter_map(|e| e.ok()) {
-            let Ok(device) = dev.file_name().into_string() else {
-                continue;
-            };
-            if device.starts_with('.') || !dev.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let Ok(recs) = fs::read_dir(dev.path()) else {
+        for device in self.rooms()? {
+            let dir = self.device_dir(&device);
+            let Ok(recs) = fs::read_dir(&dir) else {
                 continue;
             };
             for rec in recs.filter_map(|e| e.ok()) {
                 let Ok(id) = rec.file_name().into_string() else {
                     continue;
                 };
-                if !valid_recording_id(&id) || !rec.file_type().is_ok_and(|t| t.is_dir()) {
+                if !valid_recording_id(&id)
+                    || !rec.file_type().is_ok_and(|t| t.is_dir())
+                    || self.notice_path(&device, &id).exists()
+                    || dir.join(DELETING_DIR).join(&id).exists()
+                {
                     continue;
                 }
                 let complete = rec.path().join(MANIFEST_FILE).is_file();
@@ -998,6 +1021,12 @@ mod tests {
         fs::write(d.path().join("stray"), b"x").unwrap();
         fs::create_dir_all(d.path().join("room-1/not an id")).unwrap();
         s.withdraw("room-3", "r9", b"{}").unwrap();
+        // Withdrawn or being deleted, with the deletion unfinished (a crash, a failing disk):
+        // not a recording to index, but a room the admin's lookup still finds.
+        fs::create_dir_all(d.path().join("room-3/r9")).unwrap();
+        fs::create_dir_all(d.path().join("room-3/r8")).unwrap();
+        fs::create_dir_all(d.path().join("room-3/.deleting")).unwrap();
+        fs::write(d.path().join("room-3/.deleting/r8"), b"").unwrap();
         let held = |device: &str, id: &str, complete| Held {
             device: device.into(),
             id: id.into(),
@@ -1012,6 +1041,8 @@ mod tests {
             ]
         );
         assert_eq!(s.rooms_holding("r1").unwrap(), ["room-1", "room-2"]);
+        assert_eq!(s.rooms_holding("r9").unwrap(), ["room-3"]);
+        assert_eq!(s.rooms_holding("..").unwrap(), Vec::<String>::new());
         assert_eq!(
             s.manifest("room-1", "r2").unwrap().as_deref(),
             Some(&b"{}"[..])

@@ -220,7 +220,10 @@ fn size(bytes: u64) -> String {
 /// by the signal's default action. Call it inside the runtime, first thing.
 pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let handlers = signal(SignalKind::terminate())
+    // tokio's `signal` panics outside a runtime; this says so instead.
+    let handlers = tokio::runtime::Handle::try_current()
+        .map_err(std::io::Error::other)
+        .and_then(|_| signal(SignalKind::terminate()))
         .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)));
     async move {
         let (mut term, mut int) = match handlers {
@@ -240,6 +243,11 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outside_a_runtime_the_stop_handlers_are_refused_not_a_panic() {
+        drop(shutdown_signal());
+    }
 
     #[test]
     fn small_files_only() {

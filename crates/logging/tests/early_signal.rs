@@ -17,7 +17,6 @@ fn a_sigterm_before_anyone_awaits_the_shutdown_future_is_kept_for_it() {
         // Still starting: nothing polls `shutdown` yet.
         // SAFETY: kill has no memory preconditions.
         assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGTERM) }, 0);
-        tokio::time::sleep(Duration::from_millis(100)).await;
         tokio::time::timeout(Duration::from_secs(10), shutdown)
             .await
             .expect("the SIGTERM sent before the future was awaited completes it");

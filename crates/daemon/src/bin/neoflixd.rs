@@ -36,7 +36,8 @@ fn main() -> ExitCode {
         .context("cannot start the async runtime")
         .and_then(|rt| {
             rt.block_on(async {
-                // First, so a stop during start-up waits for the daemon to be up.
+                // Inside the runtime (the handlers need it) and first, so a stop during
+                // start-up waits for the daemon to be up.
                 neoflix_daemon::run(cfg, neoflix_logging::shutdown_signal()).await
             })
             .context("neoflixd failed")
