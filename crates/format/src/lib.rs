@@ -58,8 +58,8 @@ pub use object::{
 pub use receipt::{Receipt, SignedReceipt, SignedWithdrawal, Withdrawal};
 #[cfg(feature = "native")]
 pub use verify::{
-    Digests, ReadAndHash, Verified, check_contiguous, gaps, read_manifest, verify, verify_manifest,
-    verify_manifest_with,
+    Digests, InDir, Objects, ReadAndHash, Verified, check_contiguous, gaps, read_manifest, verify,
+    verify_manifest, verify_manifest_in, verify_manifest_with,
 };
 
 /// The short id of a department public key (first 16 hex digits of the SHA-256 of its 32 bytes),

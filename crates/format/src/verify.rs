@@ -1,7 +1,7 @@
 //! Checking a recording against its manifest, without any key.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -102,13 +102,61 @@ impl Digests for ReadAndHash {
     }
 }
 
+/// Where verification finds a recording's objects: a directory ([`InDir`]), or another place
+/// that holds them (an object store). Names are the manifest's, checked safe before they are
+/// asked for.
+pub trait Objects {
+    /// The object's size, without reading it: `NotFound` if it is absent, an error if it is not
+    /// a plain object (a link, a FIFO, a device).
+    fn size(&self, name: &str) -> std::io::Result<u64>;
+    /// Its size and lowercase hex SHA-256: asked only once its size is the manifest's.
+    fn size_and_sha256(&self, name: &str) -> std::io::Result<(u64, String)>;
+    /// Its first [`HEADER_LEN`] bytes.
+    fn header(&self, name: &str) -> std::io::Result<[u8; HEADER_LEN]>;
+    /// A small object whole (a key record); one over `max` bytes is an error.
+    fn read_small(&self, name: &str, max: u64) -> std::io::Result<Vec<u8>>;
+    /// Where the manifest is, for messages.
+    fn manifest_path(&self) -> PathBuf;
+}
+
+/// The objects of a recording directory, their digests from `digests`.
+pub struct InDir<'a, D> {
+    /// The directory.
+    pub dir: &'a Path,
+    /// How sizes and digests are learnt.
+    pub digests: &'a D,
+}
+
+impl<D: Digests> Objects for InDir<'_, D> {
+    fn size(&self, name: &str) -> std::io::Result<u64> {
+        open_regular(&self.dir.join(name)).map(|(_, len)| len)
+    }
+
+    fn size_and_sha256(&self, name: &str) -> std::io::Result<(u64, String)> {
+        self.digests.size_and_sha256(&self.dir.join(name))
+    }
+
+    fn header(&self, name: &str) -> std::io::Result<[u8; HEADER_LEN]> {
+        let mut raw = [0u8; HEADER_LEN];
+        open_regular(&self.dir.join(name)).and_then(|(mut f, _)| f.read_exact(&mut raw))?;
+        Ok(raw)
+    }
+
+    fn read_small(&self, name: &str, max: u64) -> std::io::Result<Vec<u8>> {
+        read_regular(&self.dir.join(name), max)
+    }
+
+    fn manifest_path(&self) -> PathBuf {
+        self.dir.join(MANIFEST_FILE)
+    }
+}
+
 /// Reads the header of a sealed object and its key record, and checks what can be checked
 /// without a key: the header parses, announces exactly the object's size, is of the kind its
 /// list says, and the key record was written for this very header.
-fn read_header(dir: &Path, kind: Kind, e: &ObjectEntry) -> Result<Header, String> {
-    let mut raw = [0u8; HEADER_LEN];
-    open_regular(&dir.join(&e.file))
-        .and_then(|(mut f, _)| f.read_exact(&mut raw))
+fn read_header(objects: &impl Objects, kind: Kind, e: &ObjectEntry) -> Result<Header, String> {
+    let raw = objects
+        .header(&e.file)
         .map_err(|err| format!("{}: cannot read its header: {err}", e.file.escape_debug()))?;
     let header = crate::parse_header(&raw).map_err(|err| err.to_string())?;
     let announced = header.sealed_len().map_err(|err| err.to_string())?;
@@ -128,7 +176,8 @@ fn read_header(dir: &Path, kind: Kind, e: &ObjectEntry) -> Result<Header, String
         ));
     }
     let key_file = e.key_file.escape_debug();
-    let record = read_regular(&dir.join(&e.key_file), WRAPPED_KEY_LEN as u64)
+    let record = objects
+        .read_small(&e.key_file, WRAPPED_KEY_LEN as u64)
         .map_err(|err| format!("{key_file}: {err}"))?;
     let wrapped = WrappedKey::from_bytes(&record).map_err(|err| format!("{key_file}: {err}"))?;
     if wrapped.object_header() != header.raw {
@@ -139,12 +188,7 @@ fn read_header(dir: &Path, kind: Kind, e: &ObjectEntry) -> Result<Header, String
     Ok(header)
 }
 
-fn check(
-    dir: &Path,
-    kind: &str,
-    e: &ObjectEntry,
-    digests: &impl Digests,
-) -> Result<ObjectId, FormatError> {
+fn check(objects: &impl Objects, kind: &str, e: &ObjectEntry) -> Result<ObjectId, FormatError> {
     let err = |problem: String| FormatError::Object {
         object: describe(kind, e),
         file: e.file.escape_debug().to_string(),
@@ -164,11 +208,10 @@ fn check(
         {
             return Err(err(format!("manifest names an unsafe file '{name}'")));
         }
-        let path = dir.join(raw_name);
         // Type and size first: nothing is read from a file that is not what the manifest says.
-        let (len, digest) = match open_regular(&path).and_then(|(_, len)| {
+        let (len, digest) = match objects.size(raw_name).and_then(|len| {
             if len == size {
-                digests.size_and_sha256(&path)
+                objects.size_and_sha256(raw_name)
             } else {
                 Ok((len, String::new()))
             }
@@ -195,7 +238,7 @@ fn check(
     } else {
         Kind::Fragment
     };
-    read_header(dir, expect, e).map(|h| h.id).map_err(err)
+    read_header(objects, expect, e).map(|h| h.id).map_err(err)
 }
 
 /// Checks every object's presence, size, SHA-256 and header, the hash chain, and that no
@@ -253,9 +296,14 @@ pub fn verify_manifest_with(
     m: Manifest,
     digests: &impl Digests,
 ) -> Result<Verified, FormatError> {
+    verify_manifest_in(&InDir { dir, digests }, m)
+}
+
+/// [`verify_manifest`] with the objects wherever they are held.
+pub fn verify_manifest_in(objects: &impl Objects, m: Manifest) -> Result<Verified, FormatError> {
     if m.format != FORMAT {
         return Err(FormatError::BadManifest {
-            path: dir.join(MANIFEST_FILE),
+            path: objects.manifest_path(),
             message: format!("format '{}' is not {FORMAT}", m.format.escape_debug()),
         });
     }
@@ -275,7 +323,7 @@ pub fn verify_manifest_with(
                 problem: format!("listed at position {i}"),
             });
         }
-        let id = check(dir, "init segment", e, digests)?;
+        let id = check(objects, "init segment", e)?;
         if let Some(j) = init_ids
             .iter()
             .position(|o: &ObjectId| o.stream == id.stream)
@@ -311,7 +359,7 @@ pub fn verify_manifest_with(
                 ));
             }
         };
-        let id = check(dir, "fragment", e, digests)?;
+        let id = check(objects, "fragment", e)?;
         if id.stream != init_ids[init].stream {
             return Err(problem(format!(
                 "belongs to another capture stream than its init segment {init}"

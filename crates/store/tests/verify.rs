@@ -68,6 +68,96 @@ mod tests {
         fs::write(dir.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
     }
 
+    /// Objects held somewhere else than a directory (the ingest server's object store): a map
+    /// of name to bytes, read only through [`Objects`].
+    struct InMemory(std::collections::HashMap<String, Vec<u8>>);
+
+    impl Objects for InMemory {
+        fn size(&self, name: &str) -> std::io::Result<u64> {
+            self.0
+                .get(name)
+                .map(|b| b.len() as u64)
+                .ok_or_else(|| std::io::ErrorKind::NotFound.into())
+        }
+        fn size_and_sha256(&self, name: &str) -> std::io::Result<(u64, String)> {
+            let b = &self.0[name];
+            Ok((b.len() as u64, neoflix_seal::sha256_hex(b)))
+        }
+        fn header(&self, name: &str) -> std::io::Result<[u8; HEADER_LEN]> {
+            self.0[name]
+                .get(..HEADER_LEN)
+                .and_then(|h| h.try_into().ok())
+                .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
+        }
+        fn read_small(&self, name: &str, max: u64) -> std::io::Result<Vec<u8>> {
+            let b = self.0.get(name).ok_or(std::io::ErrorKind::NotFound)?;
+            if b.len() as u64 > max {
+                return Err(std::io::Error::other("too large"));
+            }
+            Ok(b.clone())
+        }
+        fn manifest_path(&self) -> std::path::PathBuf {
+            "room/r/manifest.json".into()
+        }
+    }
+
+    fn in_memory(dir: &Path) -> InMemory {
+        InMemory(
+            fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap())
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        fs::read(e.path()).unwrap(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn objects_held_elsewhere_verify_as_the_directory_does() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = recording(t.path(), &[([1; 16], (0..4).collect())]);
+        let from_dir = verify_manifest(&dir, read_manifest(&dir).unwrap()).unwrap();
+        let held = verify_manifest_in(&in_memory(&dir), read_manifest(&dir).unwrap()).unwrap();
+        assert_eq!(held.fragment_ids, from_dir.fragment_ids);
+        assert_eq!(held.init_ids, from_dir.init_ids);
+
+        // Each tampering is named the same way, wherever the objects are.
+        let genuine = fs::read(dir.join("frag-000001.nfx")).unwrap();
+        let mut shorter = genuine.clone();
+        shorter[39] -= 1;
+        forge_fragment(&dir, 1, &shorter);
+        let m = read_manifest(&dir).unwrap();
+        let a = verify_manifest(&dir, m.clone()).unwrap_err().to_string();
+        let b = verify_manifest_in(&in_memory(&dir), m)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(a, b);
+        assert!(a.contains("announces"), "{a}");
+
+        forge_fragment(&dir, 1, &genuine);
+        fs::remove_file(dir.join("frag-000002.key")).unwrap();
+        let m = read_manifest(&dir).unwrap();
+        let a = verify_manifest(&dir, m.clone()).unwrap_err().to_string();
+        let b = verify_manifest_in(&in_memory(&dir), m)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            a.contains("frag-000002.key") && b.contains("frag-000002.key"),
+            "{a} / {b}"
+        );
+
+        let mut m = read_manifest(&dir).unwrap();
+        m.format = "other".into();
+        let e = verify_manifest_in(&in_memory(&dir), m)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("room/r/manifest.json"), "{e}");
+    }
+
     /// Issue 8, item 4: the header announcing 0xfff000fff00100b8 bytes of plaintext in a
     /// 272-byte object is refused by name without any key (it used to verify as OK).
     #[test]
