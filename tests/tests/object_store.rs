@@ -106,6 +106,25 @@ fn objects_round_trip_and_a_body_that_is_not_the_one_signed_is_never_stored() {
             Some(&b"first"[..])
         );
 
+        // Ranges: what the server reads of each object's header.
+        put(&b, "p/digits", b"0123456789").await.unwrap();
+        for (start, len, want) in [
+            (2, 3, &b"234"[..]),
+            (8, 5, b"89"),
+            (0, 10, b"0123456789"),
+            (20, 5, b""),
+        ] {
+            assert_eq!(
+                b.get_range("p/digits", start, len)
+                    .await
+                    .unwrap()
+                    .as_deref(),
+                Some(want),
+                "{start}+{len}"
+            );
+        }
+        assert_eq!(b.get_range("p/none", 0, 4).await.unwrap(), None);
+
         assert_eq!(b.head("p/none").await.unwrap(), None);
         assert!(
             b.get("p/none", Duration::from_secs(10))
@@ -274,4 +293,123 @@ fn a_node_killed_mid_upload_does_not_stop_a_streamed_object() {
         }
         assert_eq!(<[u8; 32]>::from(h.finalize()), digest);
     });
+}
+
+/// A finalized recording of `n` fragments written by the real store code; returns its directory.
+fn recording(root: &std::path::Path, n: u64) -> std::path::PathBuf {
+    use std::time::SystemTime;
+    let dept = neoflix_open::DepartmentSecretKey::generate().unwrap();
+    let (mut ring, _) =
+        neoflix_store::Ring::open(&root.join("ring"), Duration::from_secs(1000), 1 << 30).unwrap();
+    let mut w = neoflix_store::RecordingWriter::create(
+        &root.join("recs"),
+        "rec-1",
+        "room-1",
+        "control",
+        &dept.public_key(),
+        SystemTime::now(),
+    )
+    .unwrap();
+    let stream = [7u8; 16];
+    let id = |seq, kind| neoflix_seal::ObjectId { stream, seq, kind };
+    let (k, s) = neoflix_seal::seal(&id(0, neoflix_seal::Kind::Init), b"ftyp").unwrap();
+    ring.begin_stream(stream, &s, k).unwrap();
+    for seq in 0..n {
+        let (k, s) =
+            neoflix_seal::seal(&id(seq, neoflix_seal::Kind::Fragment), &[seq as u8; 500]).unwrap();
+        ring.push(
+            seq,
+            &s,
+            k,
+            Duration::from_secs(1),
+            SystemTime::now(),
+            std::time::Instant::now(),
+        )
+        .unwrap();
+        let init = ring.init(&stream).unwrap();
+        w.claim(ring.get(seq).unwrap(), &init, false).unwrap();
+        ring.keep(seq);
+    }
+    w.finalize("control", SystemTime::now(), None).unwrap();
+    std::fs::read_dir(root.join("recs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+}
+
+/// The server checks a manifest against objects held in the store as it does against a
+/// directory: one listing for sizes and digests, a ranged read for each header, the key
+/// records whole; a stray of other content under a listed name does not hide the genuine one,
+/// and a tampered or missing object is named.
+#[test]
+fn a_recording_held_in_the_store_verifies_and_tampering_is_named() {
+    use neoflix_ingest::objstore::{HeldObjects, object_key};
+    let g = cluster();
+    let t = tempfile::tempdir().unwrap();
+    let dir = recording(t.path(), 4);
+    let m = neoflix_format::read_manifest(&dir).unwrap();
+    let rt = rt();
+    let b = std::sync::Arc::new(bucket(&g, 0));
+    let up = |name: &str, bytes: &[u8]| {
+        let key = object_key("unit/", "room-1", &m.recording_id, name, &sha(bytes));
+        rt.block_on(put(&b, &key, bytes)).unwrap();
+        key
+    };
+    let mut keys = std::collections::HashMap::new();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if neoflix_ingest::storage::valid_object_name(&name) {
+            keys.insert(name.clone(), up(&name, &std::fs::read(e.path()).unwrap()));
+        }
+    }
+    // A stray of other content under a listed name (a box that re-sealed after a crash).
+    up("frag-000001.nfx", b"not the object the manifest lists");
+    let verify = |m: &neoflix_format::Manifest| {
+        let held = rt
+            .block_on(HeldObjects::list(
+                b.clone(),
+                "unit/",
+                "room-1",
+                &m.recording_id,
+                m,
+            ))
+            .unwrap();
+        let m = m.clone();
+        rt.block_on(rt.spawn_blocking(move || {
+            neoflix_format::verify_manifest_in(&held, m).map_err(|e| e.to_string())
+        }))
+        .unwrap()
+    };
+    let v = verify(&m).unwrap();
+    assert_eq!(v.fragment_ids.len(), 4);
+    let from_dir = neoflix_format::verify_manifest(&dir, m.clone()).unwrap();
+    assert_eq!(
+        (v.init_ids, v.fragment_ids),
+        (from_dir.init_ids, from_dir.fragment_ids)
+    );
+
+    // The genuine fragment 1 gone: the stray is what the check sees, and it names it.
+    rt.block_on(b.delete(&keys["frag-000001.nfx"])).unwrap();
+    let e = verify(&m).unwrap_err();
+    assert!(
+        e.contains("fragment 1") && e.contains("frag-000001.nfx"),
+        "{e}"
+    );
+    // A key record gone.
+    rt.block_on(b.delete(&keys["frag-000002.key"])).unwrap();
+    // (the manifest without fragment 1, so that fragment 2 is the first one wrong)
+    let mut m3 = m.clone();
+    m3.fragments.remove(1);
+    for (i, f) in m3.fragments.iter_mut().enumerate() {
+        f.index = i as u64;
+    }
+    m3.chain = neoflix_format::manifest::chain(&m3.recording_id, &m3.init_segments, &m3.fragments);
+    let e = verify(&m3).unwrap_err();
+    assert!(
+        e.contains("frag-000002.key") && e.contains("missing"),
+        "{e}"
+    );
 }

@@ -31,6 +31,7 @@ pub mod http;
 pub mod index;
 pub mod lifecycle;
 pub mod limits;
+pub mod objstore;
 pub mod ratelimit;
 pub mod retention;
 pub mod review;
