@@ -18,7 +18,8 @@
 //! filesystem tree, [`http`] the protocol's routes; [`db`] the database (reviewers, sessions,
 //! recordings index, audit), [`audit`] the audit chain, [`ratelimit`] the sign-in limits,
 //! [`index`] keeping the recordings index in step with storage, [`review`] the review listener,
-//! [`fleet`] the boxes' MQTT status for the fleet tiles.
+//! [`fleet`] the boxes' MQTT status for the fleet tiles, [`objstore`] the object-store backend's
+//! pieces (key scheme, verification of what a bucket holds; not wired yet).
 #![deny(missing_docs)]
 
 pub mod admin;

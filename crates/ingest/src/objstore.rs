@@ -3,17 +3,24 @@
 //! against them without reading them whole.
 //!
 //! Keys, under the configured prefix:
-//! - `{device}/{id}/{name}.{sha256}`: an object, addressed by its content. The box announces
-//!   the digest before the body and the PUT is signed with it, so two replicas writing one name
-//!   at once write the same bytes or different keys: nothing is ever overwritten, on a store
-//!   that ignores `If-None-Match` too.
+//! - `{device}/{id}/{name}.{sha256}`: an object, addressed by the digest its PUT was signed
+//!   with. Two replicas writing one name at once write the same key with the same bytes, or
+//!   different keys: no object is replaced by other content, on a store that ignores
+//!   `If-None-Match` too.
 //! - `{device}/{id}/manifest.json` and `receipt.json`.
+//!
+//! What this trusts: that the bytes under a key are the ones its digest names. A store that
+//! checks the signed payload digest (`x-amz-content-sha256`: Garage, MinIO, AWS; tested on
+//! Garage) guarantees it; one that does not must not hold recordings, and the backend is to
+//! refuse to start on it (a probe PUT whose body is not the one announced must be refused).
+//! Key records, being small, are hashed again when read.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use neoflix_format::{HEADER_LEN, Manifest};
+use neoflix_format::{FormatError, HEADER_LEN, Manifest, Verified};
 use neoflix_s3::{Bucket, S3Error};
 
 use crate::storage::{valid_object_name, valid_recording_id};
@@ -48,16 +55,45 @@ pub fn parse_object_key(rest: &str) -> Option<(&str, &str)> {
     (hex_digest && valid_object_name(name)).then_some((name, sha))
 }
 
-/// A recording's objects in the store, as one listing found them, each name resolved to the
-/// key whose digest the manifest names (or, where none has it, to another: the check then
-/// names it altered). Read through [`neoflix_format::Objects`] from a blocking thread: the
-/// headers and key records are fetched with the runtime this was listed on.
+/// One stored object as a listing found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Its key.
+    pub key: String,
+    /// Its size.
+    pub size: u64,
+    /// The lowercase hex digest its key carries.
+    pub sha256: String,
+}
+
+/// Of the objects listed under one name, the one whose digest the manifest names; where none
+/// has it, the first listed, which the check then names altered or truncated.
+pub fn choose(listed: Vec<Found>, wanted: &str) -> Option<Found> {
+    let mut first = None;
+    for f in listed {
+        if f.sha256 == wanted {
+            return Some(f);
+        }
+        first.get_or_insert(f);
+    }
+    first
+}
+
+/// A recording's objects in the store, as one listing found them, each name the manifest
+/// lists resolved by [`choose`]. Verify through [`HeldObjects::verify`], which runs the check
+/// on a blocking thread: its header and key-record reads wait on the runtime.
 pub struct HeldObjects {
+    /// Where the objects are.
     bucket: Arc<Bucket>,
+    /// The runtime the reads run on.
     rt: tokio::runtime::Handle,
+    /// `{prefix}{device}/{id}/`.
     recording: String,
-    /// Name → (key, size, hex digest).
-    objects: HashMap<String, (String, u64, String)>,
+    /// Name → the object chosen for it.
+    objects: HashMap<String, Found>,
+    /// A read failed for a reason that may pass (the store unreachable, busy, failing): the
+    /// check's verdict is then the store's trouble, not the recording's.
+    store_failed: AtomicBool,
 }
 
 impl HeldObjects {
@@ -70,11 +106,10 @@ impl HeldObjects {
         m: &Manifest,
     ) -> Result<HeldObjects, S3Error> {
         if !valid_recording_id(id) || !valid_recording_id(device) {
-            return Err(S3Error::Settings(format!(
-                "{}/{}: not a device and recording id",
-                crate::esc(device),
-                crate::esc(id)
-            )));
+            return Err(S3Error::BadKey {
+                key: format!("{}/{}", crate::esc(device), crate::esc(id)),
+                why: "not a device and recording id",
+            });
         }
         let recording = recording_prefix(prefix, device, id);
         let wanted: HashMap<&str, &str> = m
@@ -88,56 +123,77 @@ impl HeldObjects {
                 ]
             })
             .collect();
-        let mut objects: HashMap<String, (String, u64, String)> = HashMap::new();
+        let mut listed: HashMap<String, Vec<Found>> = HashMap::new();
         for o in bucket.list_all(&recording, 1000, MAX_OBJECTS).await? {
             let Some((name, sha)) = o.key.strip_prefix(&recording).and_then(parse_object_key)
             else {
                 continue;
             };
-            let Some(&want) = wanted.get(name) else {
-                continue;
-            };
-            let better = objects.get(name).is_none_or(|(_, _, had)| had != want);
-            if better {
-                objects.insert(name.to_string(), (o.key.clone(), o.size, sha.to_string()));
+            if wanted.contains_key(name) {
+                listed.entry(name.to_string()).or_default().push(Found {
+                    key: o.key.clone(),
+                    size: o.size,
+                    sha256: sha.to_string(),
+                });
             }
         }
+        let objects = listed
+            .into_iter()
+            .filter_map(|(name, found)| {
+                let want = wanted.get(name.as_str()).copied().unwrap_or_default();
+                choose(found, want).map(|f| (name, f))
+            })
+            .collect();
         Ok(HeldObjects {
             bucket,
             rt: tokio::runtime::Handle::current(),
             recording,
             objects,
+            store_failed: AtomicBool::new(false),
         })
     }
 
-    fn find(&self, name: &str) -> std::io::Result<&(String, u64, String)> {
+    /// Checks `m` against these objects on a blocking thread. `Err(Ok(_))`: the recording is
+    /// wrong; `Err(Err(_))`: the store failed during the check, and trying again may succeed.
+    pub async fn verify(self, m: Manifest) -> Result<Verified, Result<FormatError, String>> {
+        tokio::task::spawn_blocking(move || match neoflix_format::verify_manifest_in(&self, m) {
+            Err(e) if self.store_failed.load(Ordering::Relaxed) => Err(Err(e.to_string())),
+            r => r.map_err(Ok),
+        })
+        .await
+        .map_err(|e| Err(e.to_string()))?
+    }
+
+    fn find(&self, name: &str) -> std::io::Result<&Found> {
         self.objects
             .get(name)
             .ok_or_else(|| std::io::ErrorKind::NotFound.into())
     }
-}
 
-fn io(e: S3Error) -> std::io::Error {
-    std::io::Error::other(e.to_string())
+    fn io(&self, e: S3Error) -> std::io::Error {
+        if e.is_transient() {
+            self.store_failed.store(true, Ordering::Relaxed);
+        }
+        std::io::Error::other(e.to_string())
+    }
 }
 
 impl neoflix_format::Objects for HeldObjects {
     fn size(&self, name: &str) -> std::io::Result<u64> {
-        self.find(name).map(|o| o.1)
+        self.find(name).map(|o| o.size)
     }
 
-    /// The digest in the key: the one the PUT was signed with, which the store checked (and
-    /// the server too, deleting the key when its own hash differed).
+    /// The digest in the key: the one its PUT was signed with (see the module's trust note).
     fn size_and_sha256(&self, name: &str) -> std::io::Result<(u64, String)> {
-        self.find(name).map(|o| (o.1, o.2.clone()))
+        self.find(name).map(|o| (o.size, o.sha256.clone()))
     }
 
     fn header(&self, name: &str) -> std::io::Result<[u8; HEADER_LEN]> {
-        let key = &self.find(name)?.0;
+        let key = &self.find(name)?.key;
         let bytes = self
             .rt
             .block_on(self.bucket.get_range(key, 0, HEADER_LEN as u32))
-            .map_err(io)?
+            .map_err(|e| self.io(e))?
             .ok_or(std::io::ErrorKind::NotFound)?;
         bytes
             .try_into()
@@ -145,17 +201,26 @@ impl neoflix_format::Objects for HeldObjects {
     }
 
     fn read_small(&self, name: &str, max: u64) -> std::io::Result<Vec<u8>> {
-        let (key, size, _) = self.find(name)?;
-        if *size > max {
+        let o = self.find(name)?;
+        if o.size > max {
             return Err(std::io::Error::other(format!(
-                "{size} bytes, more than {max}"
+                "{} bytes, more than {max}",
+                o.size
             )));
         }
         let cap = usize::try_from(max).unwrap_or(usize::MAX);
-        self.rt
-            .block_on(self.bucket.get_small(key, cap))
-            .map_err(io)?
-            .ok_or_else(|| std::io::ErrorKind::NotFound.into())
+        let bytes = self
+            .rt
+            .block_on(self.bucket.get_small(&o.key, cap))
+            .map_err(|e| self.io(e))?
+            .ok_or(std::io::ErrorKind::NotFound)?;
+        // Small enough to hash again: what is read is what the key says.
+        if neoflix_format::sha256_hex(&bytes) != o.sha256 {
+            return Err(std::io::Error::other(
+                "its content is not the one its key names: the store did not check the upload's digest",
+            ));
+        }
+        Ok(bytes)
     }
 
     fn manifest_path(&self) -> PathBuf {
@@ -170,6 +235,20 @@ impl neoflix_format::Objects for HeldObjects {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_object_the_manifest_names_is_chosen_whatever_the_listing_order() {
+        let f = |sha: &str| Found {
+            key: format!("k.{sha}"),
+            size: 1,
+            sha256: sha.into(),
+        };
+        for listed in [vec![f("aa"), f("bb")], vec![f("bb"), f("aa")]] {
+            assert_eq!(choose(listed.clone(), "bb"), Some(f("bb")));
+            assert_eq!(choose(listed.clone(), "cc"), Some(listed[0].clone()));
+        }
+        assert_eq!(choose(Vec::new(), "aa"), None);
+    }
 
     #[test]
     fn object_keys_carry_the_name_and_digest_and_nothing_else_parses_as_one() {

@@ -586,7 +586,7 @@ impl Bucket {
     }
 
     /// Reads `len` bytes of `key` from `start` (a ranged GET): fewer only where the object ends
-    /// first; `None` if there is no such object.
+    /// first; `None` if there is no such object. A `len` of 0 asks the store nothing.
     pub async fn get_range(
         &self,
         key: &str,
@@ -617,7 +617,7 @@ impl Bucket {
             StatusCode::NOT_FOUND => Self::absent("GET", key, r).await.map(|()| None),
             StatusCode::PARTIAL_CONTENT => read_capped("GET", key, r, len as usize).await.map(Some),
             // A store that ignores ranges sends the whole object: only the range is kept, and
-            // only that much is read.
+            // nothing past it is read.
             StatusCode::OK => {
                 let mut r = r;
                 let mut out = Vec::new();
