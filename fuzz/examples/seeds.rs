@@ -104,6 +104,8 @@ fn recording(root: &Path) -> (PathBuf, Manifest) {
         .duration_since(SystemTime::UNIX_EPOCH)
         .expect("a clock after 1970");
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs() - 60);
+    // The monotonic clock's reading at t0: markers are placed in the video by it.
+    let m0 = std::time::Instant::now();
     let (mut ring, _) =
         Ring::open(&root.join("ring"), Duration::from_secs(60), 1 << 30).expect("ring");
     let stream = [9; 16];
@@ -133,6 +135,7 @@ fn recording(root: &Path) -> (PathBuf, Manifest) {
             k,
             Duration::from_secs(1),
             t0 + Duration::from_secs(seq),
+            m0 + Duration::from_secs(seq),
         )
         .expect("push");
     }
@@ -157,10 +160,20 @@ fn recording(root: &Path) -> (PathBuf, Manifest) {
         claimed = Some(seq);
         preroll = false;
     }
-    w.mark("intubation", "pedal", t0 + Duration::from_millis(1500))
-        .expect("mark");
-    w.mark("", "mqtt", t0 + Duration::from_millis(1700))
-        .expect("mark");
+    w.mark(
+        "intubation",
+        "pedal",
+        t0 + Duration::from_millis(1500),
+        m0 + Duration::from_millis(1500),
+    )
+    .expect("mark");
+    w.mark(
+        "",
+        "mqtt",
+        t0 + Duration::from_millis(1700),
+        m0 + Duration::from_millis(1700),
+    )
+    .expect("mark");
     w.stop_requested("pedal", t0 + Duration::from_secs(2))
         .expect("stop");
     let dir = w.dir().to_owned();
