@@ -16,10 +16,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use neoflix_e2e::command;
+use neoflix_e2e::synth::Synth;
 use neoflix_pki::{Ca, Role};
 
 const FRAGMENT: usize = 1 << 20;
@@ -87,98 +88,22 @@ fn start_ingest(dir: &Path, ca: &Path) -> (Proc, u16) {
     (Proc(child), port)
 }
 
-/// A recording written by the real store code, one fragment of random bytes at a time, claimed
-/// through a ring as storage claims it.
-struct Synth {
-    ring: neoflix_store::Ring,
-    writer: neoflix_store::RecordingWriter,
-    plain: Vec<u8>,
-    next: u64,
-}
-
-impl Synth {
-    const STREAM: [u8; 16] = [1; 16];
-
-    /// Recording `id` under `<root>/recordings`, with fragments of `fragment` plaintext bytes.
-    fn new(root: &Path, id: &str, fragment: usize) -> Synth {
-        let dept = neoflix_seal::DepartmentPublicKey::from_bytes(&[9; 32]).unwrap();
-        let (mut ring, _) =
-            neoflix_store::Ring::open(&root.join("ring"), Duration::from_secs(1), 1 << 40).unwrap();
-        let writer = neoflix_store::RecordingWriter::create(
-            &root.join("recordings"),
-            id,
-            "bench-box",
-            "control",
-            &dept,
-            SystemTime::now(),
-        )
-        .unwrap();
-        let (k, s) =
-            neoflix_seal::seal(&Self::object(0, neoflix_seal::Kind::Init), b"init").unwrap();
-        ring.begin_stream(Self::STREAM, &s, k).unwrap();
-        Synth {
-            ring,
-            writer,
-            plain: vec![0; fragment],
-            next: 0,
-        }
-    }
-
-    fn object(seq: u64, kind: neoflix_seal::Kind) -> neoflix_seal::ObjectId {
-        neoflix_seal::ObjectId {
-            stream: Self::STREAM,
-            seq,
-            kind,
-        }
-    }
-
-    /// Seals the next fragment and claims it into the recording.
-    fn claim_next(&mut self) {
-        let seq = self.next;
-        getrandom::fill(&mut self.plain).unwrap();
-        let (k, s) = neoflix_seal::seal(
-            &Self::object(seq, neoflix_seal::Kind::Fragment),
-            &self.plain,
-        )
-        .unwrap();
-        self.ring
-            .push(
-                seq,
-                &s,
-                k,
-                Duration::from_secs(1),
-                SystemTime::now(),
-                std::time::Instant::now(),
-            )
-            .unwrap();
-        let init = self.ring.init(&Self::STREAM).unwrap();
-        self.writer
-            .claim(self.ring.get(seq).unwrap(), &init, false)
-            .unwrap();
-        self.ring.keep(seq);
-        self.next += 1;
-    }
-
-    /// Finalizes it, signed as `bench-box` of the bench CA in `ca`.
-    fn finalize(self, ca: &Path) {
-        let signer = neoflix_store::SigningIdentity::from_pem(
-            &std::fs::read(ca.join("bench-box.crt")).unwrap(),
-            &std::fs::read(ca.join("bench-box.key")).unwrap(),
-        )
-        .unwrap();
-        self.writer
-            .finalize("control", SystemTime::now(), Some(&signer))
-            .unwrap();
-    }
+/// The bench CA's `bench-box` identity in `ca`, which signs the recordings.
+fn bench_box(ca: &Path) -> neoflix_store::SigningIdentity {
+    neoflix_store::SigningIdentity::from_pem(
+        &std::fs::read(ca.join("bench-box.crt")).unwrap(),
+        &std::fs::read(ca.join("bench-box.key")).unwrap(),
+    )
+    .unwrap()
 }
 
 /// A sealed recording of `n` 1 MiB fragments, written by the real store code.
 fn synth_recording(root: &Path, ca: &Path, n: u64) -> PathBuf {
-    let mut synth = Synth::new(root, "bench-rec", FRAGMENT);
+    let mut synth = Synth::new(root, "bench-rec", "bench-box", FRAGMENT);
     for _ in 0..n {
         synth.claim_next();
     }
-    synth.finalize(ca);
+    synth.finalize(Some(&bench_box(ca)));
     root.join("recordings")
 }
 
@@ -326,7 +251,7 @@ struct Window {
 fn long_recording(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime, n: u64) -> Vec<Window> {
     const WINDOW: u64 = 200;
     let (_ingest, port) = start_ingest(dir, ca);
-    let mut synth = Synth::new(dir, "bench-long", 4096);
+    let mut synth = Synth::new(dir, "bench-long", "bench-box", 4096);
     let settings = neoflix_daemon::uplink::UplinkSettings {
         servers: vec![server(ca, port)],
         ca: ca.join("ca.crt"),
@@ -375,7 +300,7 @@ fn long_recording(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime, n: u64) -
             });
         }
     }
-    synth.finalize(ca);
+    synth.finalize(Some(&bench_box(ca)));
     wake.notify_one();
     let t = Instant::now();
     while status.lock().unwrap().delivered == 0 {

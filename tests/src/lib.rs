@@ -15,6 +15,7 @@ pub mod browser;
 pub use browser::Browser;
 pub mod garage;
 pub mod postgres;
+pub mod synth;
 pub use postgres::Postgres;
 
 /// Path of a workspace binary: next to the test executable, or in `NEOFLIX_E2E_BIN_DIR` (the

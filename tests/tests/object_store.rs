@@ -349,50 +349,6 @@ fn a_node_killed_mid_upload_does_not_stop_a_streamed_object() {
     });
 }
 
-/// A finalized recording of `n` fragments written by the real store code; returns its directory.
-fn recording(root: &std::path::Path, n: u64) -> std::path::PathBuf {
-    use std::time::SystemTime;
-    let dept = neoflix_open::DepartmentSecretKey::generate().unwrap();
-    let (mut ring, _) =
-        neoflix_store::Ring::open(&root.join("ring"), Duration::from_secs(1000), 1 << 30).unwrap();
-    let mut w = neoflix_store::RecordingWriter::create(
-        &root.join("recs"),
-        "rec-1",
-        "room-1",
-        "control",
-        &dept.public_key(),
-        SystemTime::now(),
-    )
-    .unwrap();
-    let stream = [7u8; 16];
-    let id = |seq, kind| neoflix_seal::ObjectId { stream, seq, kind };
-    let (k, s) = neoflix_seal::seal(&id(0, neoflix_seal::Kind::Init), b"ftyp").unwrap();
-    ring.begin_stream(stream, &s, k).unwrap();
-    for seq in 0..n {
-        let (k, s) =
-            neoflix_seal::seal(&id(seq, neoflix_seal::Kind::Fragment), &[seq as u8; 500]).unwrap();
-        ring.push(
-            seq,
-            &s,
-            k,
-            Duration::from_secs(1),
-            SystemTime::now(),
-            std::time::Instant::now(),
-        )
-        .unwrap();
-        let init = ring.init(&stream).unwrap();
-        w.claim(ring.get(seq).unwrap(), &init, false).unwrap();
-        ring.keep(seq);
-    }
-    w.finalize("control", SystemTime::now(), None).unwrap();
-    std::fs::read_dir(root.join("recs"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path()
-}
-
 /// The server checks a manifest against objects held in the store as it does against a
 /// directory: one listing for sizes and digests, a ranged read for each header, the key
 /// records whole; a stray of other content under a listed name does not hide the genuine one,
@@ -402,7 +358,11 @@ fn a_recording_held_in_the_store_verifies_and_tampering_is_named() {
     use neoflix_ingest::objstore::{HeldObjects, object_key};
     let g = cluster();
     let t = tempfile::tempdir().unwrap();
-    let dir = recording(t.path(), 4);
+    let mut synth = neoflix_e2e::synth::Synth::new(t.path(), "rec-1", "room-1", 500);
+    for _ in 0..4 {
+        synth.claim_next();
+    }
+    let dir = synth.finalize(None);
     let m = neoflix_format::read_manifest(&dir).unwrap();
     let rt = rt();
     let b = std::sync::Arc::new(bucket(&g, 0));
