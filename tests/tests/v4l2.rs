@@ -263,13 +263,16 @@ fn a_camera_unplugged_mid_recording_is_a_fault_and_the_recording_goes_on_when_it
     sleep(Duration::from_secs(3));
     std::fs::write(unbind, "vivid.0").expect("unbind vivid");
     std::fs::remove_file(&stable).unwrap();
-    let s = d.wait_for("the camera fault", Duration::from_secs(10), |s| {
-        s.state == neoflix_control::State::Fault
-    });
-    assert!(
-        s.reasons.iter().any(|r| r.starts_with("camera: missing")),
-        "{:?}",
-        s.reasons
+    // Usually the node's going away is seen first ("missing"). When the unbind is slow to take
+    // the node away, the stall ("no video for 5 s") is reported first and "missing" follows at
+    // the next start attempt, within the capture backoff.
+    let s = d.wait_for(
+        "the camera reported missing",
+        Duration::from_secs(30),
+        |s| {
+            s.state == neoflix_control::State::Fault
+                && s.reasons.iter().any(|r| r.starts_with("camera: missing"))
+        },
     );
     assert_eq!(s.recording.as_deref(), Some(id.as_str()), "still recording");
     sleep(Duration::from_secs(3));
