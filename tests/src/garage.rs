@@ -228,6 +228,113 @@ impl Garage {
     }
 }
 
+impl Garage {
+    /// A client of the bucket through node `node`.
+    pub fn bucket(&self, node: usize) -> neoflix_s3::Bucket {
+        neoflix_s3::Bucket::new(
+            &neoflix_s3::Settings {
+                endpoint: self.endpoint(node).parse().unwrap(),
+                bucket: BUCKET.into(),
+                region: REGION.into(),
+                path_style: true,
+            },
+            neoflix_s3::Credentials {
+                access_key_id: KEY_ID.into(),
+                secret_access_key: SECRET.to_string().into(),
+            },
+            None,
+        )
+        .unwrap()
+    }
+
+    /// A cluster whose every node serves the bucket and reads objects: `bucket create` returns
+    /// once a quorum knows it, and a test reading through another node must not race the
+    /// rest.
+    pub fn serving() -> Garage {
+        let mut g = Garage::start();
+        let rt = runtime();
+        for i in 0..3 {
+            let b = g.bucket(i);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while let Err(e) = rt.block_on(b.check()) {
+                g.assert_alive();
+                assert!(
+                    Instant::now() < deadline,
+                    "node {i} does not serve the bucket: {e}\n{}",
+                    g.logs()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        // Serving the bucket is not yet reading objects through every node (a quorum of the
+        // object table): a probe written through one is read back through each.
+        let first = g.bucket(0);
+        let probe = b"probe";
+        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(probe).into();
+        rt.block_on(settled(|| {
+            first.put("ready/probe", probe.to_vec().into(), 5, &digest, false)
+        }))
+        .unwrap_or_else(|e| panic!("the probe is not written: {e}\n{}", g.logs()));
+        for i in 0..3 {
+            let b = g.bucket(i);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !matches!(rt.block_on(b.head("ready/probe")), Ok(Some(_))) {
+                g.assert_alive();
+                assert!(
+                    Instant::now() < deadline,
+                    "node {i} does not read the probe back\n{}",
+                    g.logs()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        rt.block_on(settled(|| first.delete("ready/probe")))
+            .unwrap();
+        g
+    }
+
+    /// The `[storage]` section of a `neoflix-ingest` that keeps its recordings in this
+    /// cluster's bucket under `prefix`, through node `node`; the secret goes into a file of
+    /// the cluster's directory.
+    pub fn storage_section(&self, node: usize, prefix: &str) -> String {
+        let secret = self._dir.path().join("s3.secret");
+        std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+        format!(
+            "[storage]\nbackend = \"s3\"\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\nregion = \"{REGION}\"\nprefix = \"{prefix}\"\naccess_key_id = \"{KEY_ID}\"\nsecret_access_key_file = \"{}\"\n",
+            self.endpoint(node),
+            secret.display()
+        )
+    }
+}
+
+/// Runs `op` again while it fails for a reason that passes (Garage answers 503 when a quorum
+/// is slow to answer, as on a loaded 2-core machine), for up to 30 s: what a client of the
+/// store does.
+pub async fn settled<T, F, Fut>(op: F) -> Result<T, neoflix_s3::S3Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, neoflix_s3::S3Error>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match op().await {
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// A runtime for a test's store calls.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 impl Drop for Garage {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {

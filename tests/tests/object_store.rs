@@ -3,93 +3,16 @@
 use std::io::Write;
 use std::time::Duration;
 
-use neoflix_e2e::garage::{self, Garage};
+use neoflix_e2e::garage::{self, Garage, runtime as rt, settled};
 use neoflix_s3::{Bucket, Credentials, Head, Put, S3Error, Settings};
 use sha2::{Digest, Sha256};
 
 fn bucket(g: &Garage, node: usize) -> Bucket {
-    Bucket::new(
-        &Settings {
-            endpoint: g.endpoint(node).parse().unwrap(),
-            bucket: garage::BUCKET.into(),
-            region: garage::REGION.into(),
-            path_style: true,
-        },
-        Credentials {
-            access_key_id: garage::KEY_ID.into(),
-            secret_access_key: garage::SECRET.to_string().into(),
-        },
-        None,
-    )
-    .unwrap()
+    g.bucket(node)
 }
 
-/// A cluster whose every node serves the bucket: `bucket create` returns once a quorum knows
-/// it, and a test reading through another node must not race the rest.
 fn cluster() -> Garage {
-    let mut g = Garage::start();
-    let rt = rt();
-    for i in 0..3 {
-        let b = bucket(&g, i);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while let Err(e) = rt.block_on(b.check()) {
-            g.assert_alive();
-            assert!(
-                std::time::Instant::now() < deadline,
-                "node {i} does not serve the bucket: {e}\n{}",
-                g.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-    // Serving the bucket is not yet reading objects through every node (a quorum of the
-    // object table): a probe written through one is read back through each.
-    let first = bucket(&g, 0);
-    rt.block_on(settled(|| put(&first, "ready/probe", b"probe")))
-        .unwrap_or_else(|e| panic!("the probe is not written: {e}\n{}", g.logs()));
-    for i in 0..3 {
-        let b = bucket(&g, i);
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !matches!(rt.block_on(b.head("ready/probe")), Ok(Some(_))) {
-            g.assert_alive();
-            assert!(
-                std::time::Instant::now() < deadline,
-                "node {i} does not read the probe back\n{}",
-                g.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-    rt.block_on(settled(|| first.delete("ready/probe")))
-        .unwrap();
-    g
-}
-
-/// Runs `op` again while it fails for a reason that passes (Garage answers 503 when a quorum
-/// is slow to answer, as on this loaded 2-core machine), for up to 30 s: what a client of the
-/// store does.
-async fn settled<T, F, Fut>(op: F) -> Result<T, S3Error>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<T, S3Error>>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match op().await {
-            Err(e) if e.is_transient() && std::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            r => return r,
-        }
-    }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    Garage::serving()
 }
 
 fn sha(b: &[u8]) -> [u8; 32] {
@@ -355,7 +278,7 @@ fn a_node_killed_mid_upload_does_not_stop_a_streamed_object() {
 /// and a tampered or missing object is named.
 #[test]
 fn a_recording_held_in_the_store_verifies_and_tampering_is_named() {
-    use neoflix_ingest::objstore::{HeldObjects, object_key};
+    use neoflix_ingest::storage::s3::{HeldObjects, object_key};
     let g = cluster();
     let t = tempfile::tempdir().unwrap();
     let mut synth = neoflix_e2e::synth::Synth::new(t.path(), "rec-1", "room-1", 500);

@@ -25,7 +25,7 @@ struct Parts {
 impl Parts {
     fn open(cfg: &IngestConfig) -> anyhow::Result<Parts> {
         Ok(Parts {
-            store: Storage::open(&cfg.storage.dir, cfg.storage.max_object_bytes)?,
+            store: Storage::configured(&cfg.storage, true)?,
             identity: crate::server_identity(cfg)?,
         })
     }
@@ -84,10 +84,7 @@ fn holder(
         .into_iter()
         .map(|s| s.device)
         .collect();
-    for name in store
-        .rooms_holding(id)
-        .with_context(|| format!("storage.dir {}", store.root().display()))?
-    {
+    for name in store.rooms_holding(id).with_context(|| store.place())? {
         if !holders.contains(&name) {
             holders.push(name);
         }
@@ -126,7 +123,7 @@ pub fn hold(
     release: bool,
 ) -> anyhow::Result<String> {
     // Only looking: the storage tree is not created here.
-    let store = Storage::for_reading(&cfg.storage.dir, cfg.storage.max_object_bytes);
+    let store = Storage::configured(&cfg.storage, false)?;
     let device = holder(&store, db, id, device, "hold it before it arrives")?;
     let recording = format!("{device}/{id}");
     if release {

@@ -292,10 +292,68 @@ pub struct Tls {
 /// `[storage]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageConfig {
-    /// Root of the tree `<dir>/<device>/<recording>/`.
-    pub dir: PathBuf,
+    /// Where recordings are kept.
+    pub backend: StorageBackend,
     /// Largest accepted object body.
     pub max_object_bytes: u64,
+}
+
+neoflix_confwalk::choice! {
+    /// `[storage] backend`.
+    pub enum BackendKind {
+        /// A directory of this server.
+        Fs = "fs",
+        /// An S3-compatible object store.
+        S3 = "s3",
+    }
+}
+
+/// Where recordings are kept: `backend = "fs"` or `"s3"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageBackend {
+    /// The tree `<dir>/<device>/<recording>/`.
+    Fs {
+        /// Its root.
+        dir: PathBuf,
+    },
+    /// A bucket of an S3-compatible store.
+    S3(Box<S3Config>),
+}
+
+/// `[storage] backend = "s3"`: the bucket and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Config {
+    /// `https://host[:port]` (or `http://` on loopback, without `ca`).
+    pub endpoint: url::Url,
+    /// The bucket.
+    pub bucket: String,
+    /// The region the store signs for.
+    pub region: String,
+    /// Where this server's keys start in the bucket: empty, or ending in `/`.
+    pub prefix: String,
+    /// Path-style addressing (`endpoint/bucket/key`), as most on-premises stores want.
+    pub path_style: bool,
+    /// The access key's id (else `AWS_ACCESS_KEY_ID`).
+    pub access_key_id: Option<String>,
+    /// The file holding its secret (else `AWS_SECRET_ACCESS_KEY`).
+    pub secret_access_key_file: Option<PathBuf>,
+    /// The CA that signs the store's certificate (PEM).
+    pub ca: Option<PathBuf>,
+}
+
+impl StorageBackend {
+    /// Where it is, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            StorageBackend::Fs { dir } => format!("storage.dir {}", dir.display()),
+            StorageBackend::S3(s) => format!(
+                "s3 {}/{}/{}",
+                s.endpoint.as_str().trim_end_matches('/'),
+                s.bucket,
+                s.prefix
+            ),
+        }
+    }
 }
 
 /// The default config path.
@@ -343,6 +401,161 @@ fn file(w: &mut Walker, s: &mut Section, key: &str, base: &Path, what: &str) -> 
         w.error(line, opt, problem);
     }
     Some(p)
+}
+
+/// The options only an object store has.
+const S3_OPTIONS: [&str; 8] = [
+    "endpoint",
+    "bucket",
+    "region",
+    "prefix",
+    "path_style",
+    "access_key_id",
+    "secret_access_key_file",
+    "ca",
+];
+
+/// `[storage] backend` and the options of the one it names.
+fn storage_backend(w: &mut Walker, st: &mut Section, base: &Path) -> StorageBackend {
+    let kind = w.choice(st, "backend", BackendKind::Fs);
+    if kind == BackendKind::Fs {
+        for key in S3_OPTIONS {
+            if st.has(key) {
+                let line = st.line();
+                w.error(
+                    line,
+                    Walker::option_name(st, key),
+                    "only with backend = \"s3\"",
+                );
+            }
+        }
+        let dir = w
+            .required_string(
+                st,
+                "dir",
+                "the directory recordings are kept in, e.g. dir = \"/var/lib/neoflix-ingest\"",
+            )
+            .map(|(d, _)| base.join(d));
+        return StorageBackend::Fs {
+            dir: dir.unwrap_or_default(),
+        };
+    }
+    if st.has("dir") {
+        let line = st.line();
+        w.error(
+            line,
+            Walker::option_name(st, "dir"),
+            "not with backend = \"s3\": recordings go to the bucket, and nothing of them is kept on this server's disk",
+        );
+    }
+    let endpoint = match w.required_string(
+        st,
+        "endpoint",
+        "the object store's address, e.g. endpoint = \"https://s3.hospital.example:9000\"",
+    ) {
+        Some((e, line)) => match url::Url::parse(&e) {
+            Ok(u) => Some(u),
+            Err(why) => {
+                w.error(
+                    line,
+                    Walker::option_name(st, "endpoint"),
+                    format!(
+                        "{} is not a URL ({why}): e.g. \"https://s3.hospital.example:9000\"",
+                        shown(&e)
+                    ),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let bucket = w.required_string(
+        st,
+        "bucket",
+        "the bucket recordings go into, e.g. bucket = \"neoflix\"",
+    );
+    if let Some((b, line)) = &bucket
+        && !neoflix_s3::valid_bucket(b)
+    {
+        w.error(
+            *line,
+            Walker::option_name(st, "bucket"),
+            format!("{} is not a bucket name: 3 to 63 of a-z, 0-9, '.' and '-', starting and ending with a letter or digit", shown(b)),
+        );
+    }
+    let (region, _) = w.string(st, "region", "us-east-1");
+    let (prefix, line) = w.string(st, "prefix", "");
+    let prefix_ok = prefix.is_empty()
+        || (prefix.ends_with('/')
+            && !prefix.starts_with('/')
+            && prefix.len() <= 256
+            && prefix.split('/').rev().skip(1).all(|seg| {
+                !seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && seg
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            }));
+    if !prefix_ok {
+        w.error(
+            line,
+            Walker::option_name(st, "prefix"),
+            format!("{} is not a key prefix: empty, or names of a-z, A-Z, 0-9, '-', '_', '.' each ending in '/', e.g. \"unit-a/\"", shown(&prefix)),
+        );
+    }
+    let path_style = w.boolean(st, "path_style", true);
+    let access_key_id = st
+        .has("access_key_id")
+        .then(|| w.string(st, "access_key_id", "").0);
+    let secret_access_key_file = st.has("secret_access_key_file").then(|| {
+        file(
+            w,
+            st,
+            "secret_access_key_file",
+            base,
+            "the access key's secret, alone in the file (mode 0600, readable by the server's user only)",
+        )
+    });
+    let ca = st.has("ca").then(|| {
+        file(
+            w,
+            st,
+            "ca",
+            base,
+            "the CA certificate that signed the object store's certificate (PEM)",
+        )
+    });
+    if let Some(e) = &endpoint {
+        let opt = Walker::option_name(st, "endpoint");
+        let line = st.line();
+        match (e.scheme(), ca.is_some()) {
+            ("https", false) => w.error(line, opt, "https needs ca = the CA certificate that signed the store's certificate (PEM)"),
+            ("http", true) => w.error(line, opt, "ca is for https: use https://, or remove ca"),
+            ("http", false) if !endpoint_is_loopback(e) => w.error(line, opt, "plain http carries the recordings' sealed objects and the access key's signatures in the clear: only on loopback; use https:// with ca across the network"),
+            ("http" | "https", _) => {}
+            _ => w.error(line, opt, "use https://host[:port] (or http:// on loopback)"),
+        }
+    }
+    StorageBackend::S3(Box::new(S3Config {
+        endpoint: endpoint.unwrap_or_else(|| url::Url::parse("http://127.0.0.1").expect("a URL")),
+        bucket: bucket.map(|(b, _)| b).unwrap_or_default(),
+        region,
+        prefix,
+        path_style,
+        access_key_id,
+        secret_access_key_file: secret_access_key_file.flatten(),
+        ca: ca.flatten(),
+    }))
+}
+
+fn endpoint_is_loopback(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
 }
 
 /// `[database]`: `path`, or `url` naming SQLite or PostgreSQL (with `password_file`, `ca`).
@@ -522,13 +735,7 @@ fn walk(w: &mut Walker, root: &DeTable, base: &Path) -> IngestConfig {
     w.finish(t);
 
     let mut st = w.section(root, "storage");
-    let dir = w
-        .required_string(
-            &mut st,
-            "dir",
-            "the directory recordings are kept in, e.g. dir = \"/var/lib/neoflix-ingest\"",
-        )
-        .map(|(d, _)| base.join(d));
+    let backend = storage_backend(w, &mut st, base);
     let (max_object_bytes, _) = w.int(
         &mut st,
         "max_object_bytes",
@@ -767,7 +974,7 @@ fn walk(w: &mut Walker, root: &DeTable, base: &Path) -> IngestConfig {
             crl,
         },
         storage: StorageConfig {
-            dir: dir.unwrap_or_default(),
+            backend,
             max_object_bytes,
         },
         limits: Limits {
@@ -824,9 +1031,99 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:8443".parse().unwrap());
         assert_eq!(c.tls.cert, d.path().join("server.crt"));
         assert_eq!(c.tls.crl, Some(d.path().join("ca.crl")));
-        assert_eq!(c.storage.dir, d.path().join("store"));
+        assert_eq!(
+            c.storage.backend,
+            StorageBackend::Fs {
+                dir: d.path().join("store")
+            }
+        );
         assert_eq!(c.storage.max_object_bytes, 64 << 20);
         assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn an_object_store_reads_with_its_defaults_and_its_files_from_the_config_directory() {
+        let d = tls_dir();
+        std::fs::write(d.path().join("s3.secret"), "not-a-real-secret\n").unwrap();
+        let text = GOOD.replace(
+            "[storage]\ndir = \"store\"\n",
+            "[storage]\nbackend = \"s3\"\nendpoint = \"https://s3.hospital.example:9000\"\nbucket = \"neoflix\"\nprefix = \"unit-a/\"\naccess_key_id = \"GK1\"\nsecret_access_key_file = \"s3.secret\"\nca = \"ca.crt\"\n",
+        );
+        let (c, warnings) = IngestConfig::parse("i.toml", &text, d.path()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let StorageBackend::S3(s) = &c.storage.backend else {
+            panic!("{:?}", c.storage.backend)
+        };
+        assert_eq!(s.endpoint.as_str(), "https://s3.hospital.example:9000/");
+        assert_eq!(
+            (s.bucket.as_str(), s.region.as_str(), s.prefix.as_str()),
+            ("neoflix", "us-east-1", "unit-a/")
+        );
+        assert!(s.path_style);
+        assert_eq!(s.access_key_id.as_deref(), Some("GK1"));
+        assert_eq!(
+            s.secret_access_key_file.as_deref(),
+            Some(d.path().join("s3.secret").as_path())
+        );
+        assert_eq!(s.ca.as_deref(), Some(d.path().join("ca.crt").as_path()));
+        assert_eq!(
+            c.storage.backend.describe(),
+            "s3 https://s3.hospital.example:9000/neoflix/unit-a/"
+        );
+    }
+
+    #[test]
+    fn a_bad_object_store_section_names_every_problem() {
+        let d = tls_dir();
+        let cases = [
+            ("backend = \"nfs\"\n", "'nfs' is not one of: fs, s3"),
+            ("backend = \"s3\"\n", "storage.endpoint: missing"),
+            ("backend = \"s3\"\n", "storage.bucket: missing"),
+            (
+                "backend = \"s3\"\ndir = \"store\"\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"neoflix\"\n",
+                "storage.dir: not with backend = \"s3\"",
+            ),
+            (
+                "dir = \"store\"\nbucket = \"neoflix\"\n",
+                "storage.bucket: only with backend = \"s3\"",
+            ),
+            (
+                "backend = \"s3\"\nendpoint = \"s3.example\"\nbucket = \"neoflix\"\n",
+                "is not a URL",
+            ),
+            (
+                "backend = \"s3\"\nendpoint = \"https://s3.example\"\nbucket = \"neoflix\"\n",
+                "https needs ca",
+            ),
+            (
+                "backend = \"s3\"\nendpoint = \"http://s3.example\"\nbucket = \"neoflix\"\n",
+                "only on loopback",
+            ),
+            (
+                "backend = \"s3\"\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"Neoflix_Videos\"\n",
+                "is not a bucket name",
+            ),
+            (
+                "backend = \"s3\"\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"neoflix\"\nprefix = \"../up/\"\n",
+                "is not a key prefix",
+            ),
+            (
+                "backend = \"s3\"\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"neoflix\"\nprefix = \"unit-a\"\n",
+                "is not a key prefix",
+            ),
+            (
+                "backend = \"s3\"\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"neoflix\"\nsecret_access_key_file = \"absent\"\n",
+                "storage.secret_access_key_file: cannot read",
+            ),
+        ];
+        for (section, expected) in cases {
+            let text = GOOD.replace(
+                "[storage]\ndir = \"store\"\n",
+                &format!("[storage]\n{section}"),
+            );
+            let all = problems(&text, d.path()).join("\n");
+            assert!(all.contains(expected), "{section}: {expected}\n{all}");
+        }
     }
 
     #[test]

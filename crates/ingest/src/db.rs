@@ -1722,6 +1722,50 @@ pub struct Copied {
     pub audit_head: String,
 }
 
+/// The database's lock for the storage ([`crate::storage::Exclusive`]). On PostgreSQL a
+/// session advisory lock on a pooled connection, in the two-key space (which never meets the
+/// one-key write lock), held while `f` runs and released after; a replica that dies holding
+/// it loses its session and the lock with it. On SQLite there is one server, whose own locks
+/// suffice.
+impl crate::storage::Exclusive for Db {
+    fn exclusively(&self, name: &str, f: &mut dyn FnMut()) -> Result<(), String> {
+        let pool = match &self.backend {
+            Backend::Lite(_) => {
+                f();
+                return Ok(());
+            }
+            Backend::Pg(pool) => pool,
+        };
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(name.as_bytes());
+        let k1 = i32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+        let k2 = i32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        let mut c = pool.get();
+        let client = c.client().map_err(|e| e.to_string())?;
+        client
+            .execute("SELECT pg_advisory_lock($1, $2)", &[&k1, &k2])
+            .map_err(|e| pg_message(&e))?;
+        /// Releases the lock when `f` is done, or closes the session (which releases it) if
+        /// that fails or `f` panicked.
+        struct Unlock<'a>(&'a mut PgConn, i32, i32);
+        impl Drop for Unlock<'_> {
+            fn drop(&mut self) {
+                let released = !std::thread::panicking()
+                    && self.0.client.as_mut().is_some_and(|c| {
+                        c.execute("SELECT pg_advisory_unlock($1, $2)", &[&self.1, &self.2])
+                            .is_ok()
+                    });
+                if !released {
+                    drop_client(self.0.client.take());
+                }
+            }
+        }
+        let _unlock = Unlock(&mut c, k1, k2);
+        f();
+        Ok(())
+    }
+}
+
 impl Db {
     /// Copies everything but sessions, sign-in failures and leases of this SQLite database
     /// into the PostgreSQL database `to`, which must hold no data yet (just migrated): a

@@ -179,7 +179,17 @@ fn storage_error(e: StorageError) -> Resp {
         StorageError::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
         StorageError::NotFound => StatusCode::NOT_FOUND,
         StorageError::Io(_) | StorageError::Withdrawn(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        StorageError::LengthRequired => StatusCode::LENGTH_REQUIRED,
+        StorageError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
+    if let StorageError::Store(why) = &e {
+        // The box retries; the store's trouble is the administrator's to see.
+        log::warn!("object store: {}", crate::esc(why));
+        let mut r = error(status, e.to_string());
+        r.headers_mut()
+            .insert("retry-after", hyper::header::HeaderValue::from_static("5"));
+        return r;
+    }
     if status == StatusCode::INTERNAL_SERVER_ERROR || status == StatusCode::INSUFFICIENT_STORAGE {
         log::error!("storage: {}", crate::esc(&e.to_string()));
     }
@@ -537,7 +547,8 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
             let head = Head::for_name(object);
             let (rid, name) = (id.to_string(), name.to_string());
             let (s2, dev) = (store.clone(), device.clone());
-            let up = match blocking(move || s2.begin(&dev, &rid, &name)).await {
+            let len = content_length(&req);
+            let up = match blocking(move || s2.begin(&dev, &rid, &name, &expected, len)).await {
                 Ok(u) => u,
                 Err(e) => return storage_error(e),
             };

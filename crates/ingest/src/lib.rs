@@ -14,12 +14,11 @@
 //! sign-in with a passphrase, an append-only hash-chained audit log (`docs/review.md`). The
 //! server stores sealed objects and wrapped keys; it cannot open either.
 //!
-//! Layout: [`config`] the server's config, [`tls`] the mTLS acceptor, [`storage`] the
-//! filesystem tree, [`http`] the protocol's routes; [`db`] the database (reviewers, sessions,
+//! Layout: [`config`] the server's config, [`tls`] the mTLS acceptor, [`storage`] where
+//! recordings are kept (a filesystem tree or an S3-compatible bucket), [`http`] the protocol's routes; [`db`] the database (reviewers, sessions,
 //! recordings index, audit), [`audit`] the audit chain, [`ratelimit`] the sign-in limits,
 //! [`index`] keeping the recordings index in step with storage, [`review`] the review listener,
-//! [`fleet`] the boxes' MQTT status for the fleet tiles, [`objstore`] the object-store backend's
-//! pieces (key scheme, verification of what a bucket holds; not wired yet).
+//! [`fleet`] the boxes' MQTT status for the fleet tiles.
 #![deny(missing_docs)]
 
 pub mod admin;
@@ -32,7 +31,6 @@ pub mod http;
 pub mod index;
 pub mod lifecycle;
 pub mod limits;
-pub mod objstore;
 pub mod ratelimit;
 pub mod retention;
 pub mod review;
@@ -184,6 +182,42 @@ async fn apply_retention(
     }
 }
 
+/// Waits until the object store answers and has shown that it refuses a body that is not the
+/// one announced ([`storage::S3Storage::probe`]): `false` if `shutdown` came first, an error
+/// if the store keeps such a body (no retry mends that).
+async fn wait_for_store(
+    store: &Arc<storage::Storage>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> anyhow::Result<bool> {
+    if !matches!(**store, storage::Storage::S3(_)) {
+        return Ok(true);
+    }
+    let mut again = Duration::from_secs(2);
+    loop {
+        let s = store.clone();
+        let probed = tokio::task::spawn_blocking(move || match &*s {
+            storage::Storage::S3(s3) => s3.probe(),
+            storage::Storage::Fs(_) => Ok(Ok(())),
+        })
+        .await?;
+        match probed {
+            Ok(Ok(())) => {
+                log::info!(storage = esc(&store.place()).as_str(); "object store checked: it refuses a body that is not the one announced");
+                return Ok(true);
+            }
+            Ok(Err(fatal)) => anyhow::bail!("[storage]: {fatal}"),
+            Err(e) => {
+                log::error!(storage = esc(&store.place()).as_str(), error = esc(&e.to_string()).as_str(), retry_secs = again.as_secs(); "the object store cannot be used yet; trying again");
+                tokio::select! {
+                    _ = shutdown.as_mut() => return Ok(false),
+                    _ = tokio::time::sleep(again) => {}
+                }
+                again = (again * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
 /// Serves until `shutdown` completes, then lets open requests finish.
 pub async fn run(
     cfg: IngestConfig,
@@ -195,10 +229,10 @@ pub async fn run(
     let tls = tls::Reloading::new(&cfg)?;
     let identity = Arc::new(server_identity(&cfg)?);
     let custody = Arc::new(custody::Custody::new(tls.clone(), server_identity(&cfg)?));
-    let store = Arc::new(storage::Storage::open(
-        &cfg.storage.dir,
-        cfg.storage.max_object_bytes,
-    )?);
+    let store = Arc::new(storage::Storage::configured(&cfg.storage, true)?);
+    if !wait_for_store(&store, &mut shutdown).await? {
+        return Ok(());
+    }
     if cfg.retention.is_none() {
         log::warn!(
             "no [retention] in the config: recordings are kept until deleted by hand (neoflix-ingest withdraw)"
@@ -263,6 +297,7 @@ pub async fn run(
         };
         log::info!(database = esc(db.place()).as_str(); "database open");
         let db = Arc::new(db);
+        store.share_lock(db.clone());
         let forgetting = db.clone();
         tokio::task::spawn_blocking(move || -> Result<(), db::DbError> {
             for f in &marked {
@@ -341,7 +376,7 @@ pub async fn run(
         tokio::spawn(review::serve(prepared, stop_rx.clone()));
     }
     tokio::spawn(tls.clone().watch(stop_rx.clone()));
-    log::info!(listen = cfg.listen.to_string().as_str(), storage = cfg.storage.dir.display().to_string().as_str(); "neoflix-ingest listening");
+    log::info!(listen = cfg.listen.to_string().as_str(), storage = esc(&store.place()).as_str(); "neoflix-ingest listening");
     loop {
         // Accepting only with a handshake slot in hand leaves further connections in the
         // kernel's accept queue rather than in memory.

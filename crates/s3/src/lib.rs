@@ -15,7 +15,10 @@
 
 #![deny(missing_docs)]
 
+pub mod body;
 pub mod sigv4;
+
+pub use body::{BodySender, Gone, channel};
 
 use std::time::{Duration, SystemTime};
 

@@ -458,27 +458,28 @@ async fn dispatch(
             let store = st.keeping.parts.store.clone();
             let (dev, rid) = (rec.device.clone(), rec.id.clone());
             // Where the object is and its size, from the manifest: only what it lists is served.
-            let located =
-                tokio::task::spawn_blocking(move || -> Result<Option<(String, u64)>, String> {
+            let located = tokio::task::spawn_blocking(
+                move || -> Result<Option<(String, String, u64)>, String> {
                     let bytes = store
                         .manifest(&dev, &rid)
                         .map_err(|e| e.to_string())?
                         .ok_or("the recording has no manifest")?;
                     let m = neoflix_format::verify::parse_manifest(&bytes)?;
-                    let size = m.init_segments.iter().chain(&m.fragments).find_map(|e| {
+                    let found = m.init_segments.iter().chain(&m.fragments).find_map(|e| {
                         if e.file == name {
-                            Some(e.size)
+                            Some((e.sha256.clone(), e.size))
                         } else if e.key_file == name {
-                            Some(neoflix_format::WRAPPED_KEY_LEN as u64)
+                            Some((e.key_sha256.clone(), neoflix_format::WRAPPED_KEY_LEN as u64))
                         } else {
                             None
                         }
                     });
-                    Ok(size.map(|size| (name, size.min(max))))
-                })
-                .await
-                .map_err(internal)?;
-            let (name, size) = match located {
+                    Ok(found.map(|(sha, size)| (name, sha, size.min(max))))
+                },
+            )
+            .await
+            .map_err(internal)?;
+            let (name, sha, size) = match located {
                 Ok(Some(l)) => l,
                 Ok(None) => {
                     return Err(error(
@@ -505,7 +506,7 @@ async fn dispatch(
             let (dev, rid) = (rec.device.clone(), rec.id.clone());
             let read = tokio::task::spawn_blocking(move || {
                 store
-                    .read_object(&dev, &rid, &name, size)
+                    .read_object(&dev, &rid, &name, &sha, size)
                     .map_err(|e| e.to_string())
             })
             .await

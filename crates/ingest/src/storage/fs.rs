@@ -1,4 +1,4 @@
-//! The filesystem tree `<root>/<device>/<recording>/`.
+//! The filesystem backend: the tree `<root>/<device>/<recording>/`.
 //!
 //! An object is streamed into a temporary file, fsynced, then hard-linked to its name (which
 //! never replaces an existing object) and the directory fsynced; a crash at any point leaves the
@@ -12,117 +12,14 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use super::{
+    DELETING_DIR, Finished, Held, MAX_RECEIPT_BYTES, RECEIPT_FILE, Shredded, StorageError, Stored,
+    WITHDRAWN_DIR, valid_object_name, valid_recording_id,
+};
+use crate::custody::Custody;
 use neoflix_format::MANIFEST_FILE;
 use neoflix_format::custody::{MAX_SIGNATURE_BYTES, SIGNATURE_FILE};
 use sha2::{Digest, Sha256};
-use thiserror::Error;
-
-use crate::custody::Custody;
-
-/// The signed receipt of a complete recording, beside its manifest.
-pub const RECEIPT_FILE: &str = "receipt.json";
-
-/// The directory, in a device's directory, of the signed notices of its withdrawn recordings
-/// (`<id>.json`). Its name is no recording id, so nothing lists it as one.
-pub const WITHDRAWN_DIR: &str = ".withdrawn";
-
-/// The directory, in a device's directory, of the markers of deletions under way
-/// (`<id>`): a crash part-way leaves one, and the next start finishes the deletion.
-pub const DELETING_DIR: &str = ".deleting";
-
-/// A recording withdrawn or being deleted, as [`Storage::finish_deletions`] found it.
-#[derive(Debug)]
-pub struct Finished {
-    /// The box.
-    pub device: String,
-    /// The recording.
-    pub id: String,
-    /// What was deleted of it now (`None`: nothing was left), or why that failed.
-    pub outcome: Result<Option<Shredded>, StorageError>,
-}
-
-/// What a deletion removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Shredded {
-    /// Key records (`*.key`): removed first, and made durable before anything else goes.
-    pub key_records: usize,
-    /// Every other file: sealed objects, manifest, signature, receipt, temporary files.
-    pub other_files: usize,
-}
-
-/// Why a storage operation was refused.
-#[derive(Debug, Error)]
-pub enum StorageError {
-    /// A recording id or object name that is not allowed (traversal, odd characters, length).
-    #[error("bad name: {0}")]
-    BadName(String),
-    /// A different object (or manifest) already exists under that name.
-    #[error("conflict: {0}")]
-    Conflict(String),
-    /// The body is larger than allowed.
-    #[error("body larger than {0} bytes")]
-    TooLarge(u64),
-    /// The body's SHA-256 is not the announced one.
-    #[error("content digest mismatch: the body's SHA-256 is {0}")]
-    Digest(String),
-    /// The disk is full.
-    #[error("storage full")]
-    NoSpace,
-    /// The recording does not exist.
-    #[error("no such recording")]
-    NotFound,
-    /// The manifest does not match the stored objects.
-    #[error("manifest refused: {0}")]
-    Manifest(String),
-    /// The recording was withdrawn: the server's signed notice, which the box that recorded it
-    /// checks before it deletes its copy.
-    #[error("the recording was withdrawn by the department")]
-    Withdrawn(Vec<u8>),
-    /// Another I/O error.
-    #[error("storage I/O: {0}")]
-    Io(std::io::Error),
-}
-
-impl From<std::io::Error> for StorageError {
-    fn from(e: std::io::Error) -> Self {
-        if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
-            StorageError::NoSpace
-        } else {
-            StorageError::Io(e)
-        }
-    }
-}
-
-pub use neoflix_format::protocol::valid_recording_id;
-
-/// Whether `name` is an object name: `init-NNN.nfx|key`, `frag-NNNNNN.nfx|key` or
-/// `manifest.sig`.
-pub fn valid_object_name(name: &str) -> bool {
-    neoflix_format::protocol::ObjectName::parse(name).is_some()
-}
-
-/// A recording the storage holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
-    /// The room that recorded it.
-    pub device: String,
-    /// Its id.
-    pub id: String,
-    /// Whether its manifest is stored.
-    pub complete: bool,
-}
-
-/// Receipts are a few hundred bytes; a larger file is not one the server wrote.
-const MAX_RECEIPT_BYTES: u64 = 1 << 20;
-
-/// Outcome of a PUT.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Stored {
-    /// Newly stored.
-    Created,
-    /// The identical object was already there.
-    Same,
-}
 
 /// Recording locks: a recording maps to one of these by hash, so the lock table is bounded and
 /// two unrelated recordings rarely wait for each other.
@@ -132,7 +29,7 @@ const LOCK_STRIPES: usize = 64;
 type Live = Arc<Mutex<HashSet<PathBuf>>>;
 
 /// The storage tree.
-pub struct Storage {
+pub struct FsStorage {
     root: PathBuf,
     max_object: u64,
     /// Held while a recording's manifest is checked and stored, and while an object is linked
@@ -144,7 +41,7 @@ pub struct Storage {
 }
 
 /// An object being received.
-pub struct Upload {
+pub struct FsUpload {
     dir: PathBuf,
     name: String,
     tmp: PathBuf,
@@ -155,7 +52,7 @@ pub struct Upload {
     live: Live,
 }
 
-impl Upload {
+impl FsUpload {
     /// Appends a chunk of the body.
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), StorageError> {
         self.size += chunk.len() as u64;
@@ -173,7 +70,7 @@ impl Upload {
     }
 }
 
-impl Drop for Upload {
+impl Drop for FsUpload {
     fn drop(&mut self) {
         // Committed uploads have been linked into place; the temporary name goes either way,
         // and only then stops being live, so no sweep ever sees it unregistered.
@@ -205,19 +102,19 @@ fn random_suffix() -> String {
     hex::encode(b)
 }
 
-impl Storage {
+impl FsStorage {
     /// Opens (creating) the root.
-    pub fn open(root: &Path, max_object: u64) -> anyhow::Result<Storage> {
+    pub fn open(root: &Path, max_object: u64) -> anyhow::Result<FsStorage> {
         use anyhow::Context;
         fs::create_dir_all(root)
             .with_context(|| format!("storage.dir {}: cannot create", root.display()))?;
-        Ok(Storage::for_reading(root, max_object))
+        Ok(FsStorage::for_reading(root, max_object))
     }
 
     /// The storage at `root` as it is, created or not: for the admin's commands that only look,
     /// which must not create the tree (as root, with root's ownership) before the server does.
-    pub fn for_reading(root: &Path, max_object: u64) -> Storage {
-        Storage {
+    pub fn for_reading(root: &Path, max_object: u64) -> FsStorage {
+        FsStorage {
             root: root.to_owned(),
             max_object,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
@@ -257,7 +154,7 @@ impl Storage {
     }
 
     /// Starts receiving object `name` of recording `id`.
-    pub fn begin(&self, device: &str, id: &str, name: &str) -> Result<Upload, StorageError> {
+    pub fn begin(&self, device: &str, id: &str, name: &str) -> Result<FsUpload, StorageError> {
         if !valid_object_name(name) {
             return Err(StorageError::BadName(format!(
                 "object name '{}'",
@@ -285,7 +182,7 @@ impl Storage {
                 return Err(e.into());
             }
         };
-        Ok(Upload {
+        Ok(FsUpload {
             live: self.live.clone(),
             dir,
             name: name.into(),
@@ -298,7 +195,7 @@ impl Storage {
     }
 
     /// Finishes an upload: checks the digest, fsyncs, links it into place without overwriting.
-    pub fn commit(&self, mut up: Upload, expected: &[u8; 32]) -> Result<Stored, StorageError> {
+    pub fn commit(&self, mut up: FsUpload, expected: &[u8; 32]) -> Result<Stored, StorageError> {
         let got: [u8; 32] = std::mem::take(&mut up.hasher).finalize().into();
         if &got != expected {
             return Err(StorageError::Digest(hex::encode(got)));
@@ -375,8 +272,8 @@ impl Storage {
 
     /// Withdraws a recording: keeps the signed `notice` (so that the box that recorded it,
     /// asking later, deletes its copy, and nothing of it is taken again), then deletes what is
-    /// stored of it ([`Storage::shred`]). The notice is written first, so that a crash part-way
-    /// is finished at the next start ([`Storage::finish_deletions`]). A recording the server
+    /// stored of it ([`FsStorage::shred`]). The notice is written first, so that a crash part-way
+    /// is finished at the next start ([`FsStorage::finish_deletions`]). A recording the server
     /// holds nothing of yet can be withdrawn too: it is refused when it arrives.
     pub fn withdraw(
         &self,
@@ -410,7 +307,7 @@ impl Storage {
     }
 
     /// Deletes a recording (retention): a marker first, so that a crash part-way is finished
-    /// at the next start, then [`Storage::shred`], then the marker.
+    /// at the next start, then [`FsStorage::shred`], then the marker.
     pub fn delete(&self, device: &str, id: &str) -> Result<Shredded, StorageError> {
         let dir = self.recording_dir(device, id)?;
         let markers = self.marker_dir(device, DELETING_DIR)?;
@@ -964,7 +861,7 @@ mod tests {
     #[test]
     fn put_is_idempotent_and_never_overwrites() {
         let d = tempfile::tempdir().unwrap();
-        let s = Storage::open(d.path(), 1000).unwrap();
+        let s = FsStorage::open(d.path(), 1000).unwrap();
         let put = |body: &[u8]| {
             let mut up = s.begin("dev", "rec", "frag-000000.nfx").unwrap();
             up.write(body).unwrap();
@@ -1007,11 +904,11 @@ mod tests {
     fn what_the_review_page_and_the_index_read_goes_through_the_store() {
         let d = tempfile::tempdir().unwrap();
         // Looking creates nothing.
-        let absent = Storage::for_reading(&d.path().join("absent"), 1000);
+        let absent = FsStorage::for_reading(&d.path().join("absent"), 1000);
         assert_eq!(absent.recordings().unwrap(), vec![]);
         assert!(!d.path().join("absent").exists());
 
-        let s = Storage::open(d.path(), 1000).unwrap();
+        let s = FsStorage::open(d.path(), 1000).unwrap();
         for (dev, rec) in [("room-2", "r1"), ("room-1", "r1"), ("room-1", "r2")] {
             let mut up = s.begin(dev, rec, "frag-000000.nfx").unwrap();
             up.write(b"sealed").unwrap();
@@ -1082,7 +979,7 @@ mod race_tests {
     /// `s` as device `dev`; returns (recording id, its manifest's bytes).
     fn uploaded_recording(
         tmp: &Path,
-        s: &Storage,
+        s: &FsStorage,
         n: u64,
         signer: &neoflix_format::SigningIdentity,
     ) -> (String, Vec<u8>) {
@@ -1137,13 +1034,13 @@ mod race_tests {
         (rec, fs::read(dir.join("manifest.json")).unwrap())
     }
 
-    /// What [`Storage::complete`] answered.
+    /// What [`FsStorage::complete`] answered.
     type Completed = Result<(Vec<u8>, Stored), StorageError>;
 
     #[test]
     fn a_withdrawn_recording_is_deleted_refused_from_then_on_and_a_crash_part_way_finished() {
         let d = tempfile::tempdir().unwrap();
-        let s = Storage::open(&d.path().join("srv"), 1 << 20).unwrap();
+        let s = FsStorage::open(&d.path().join("srv"), 1 << 20).unwrap();
         let pki = TestPki::new();
         let signer = pki.device("dev");
         let (rec, manifest) = uploaded_recording(d.path(), &s, 3, &signer);
@@ -1187,7 +1084,7 @@ mod race_tests {
 
         // A crash after the key records went and before the rest: the next start finishes it,
         // and a withdrawal without a directory (nothing had arrived) is nothing to finish.
-        let s = Storage::open(&d.path().join("srv2"), 1 << 20).unwrap();
+        let s = FsStorage::open(&d.path().join("srv2"), 1 << 20).unwrap();
         let (rec2, _) = uploaded_recording(&d.path().join("second"), &s, 2, &signer);
         let dir2 = d.path().join("srv2/dev").join(&rec2);
         fs::create_dir_all(d.path().join("srv2/dev").join(WITHDRAWN_DIR)).unwrap();
@@ -1246,7 +1143,7 @@ mod race_tests {
     fn racing_manifests_store_one_and_give_exactly_it_a_receipt() {
         for trial in 0..3 {
             let d = tempfile::tempdir().unwrap();
-            let s = Arc::new(Storage::open(&d.path().join("srv"), 1 << 20).unwrap());
+            let s = Arc::new(FsStorage::open(&d.path().join("srv"), 1 << 20).unwrap());
             let pki = Arc::new(TestPki::new());
             let (rec, manifest) = uploaded_recording(d.path(), &s, 4, &pki.device("dev"));
             // Twenty manifests at once: the signed one ten times, and ten others (the same JSON
@@ -1311,7 +1208,7 @@ mod race_tests {
     #[test]
     fn only_a_manifest_signed_by_the_uploading_device_gets_a_receipt() {
         let d = tempfile::tempdir().unwrap();
-        let s = Storage::open(&d.path().join("srv"), 1 << 20).unwrap();
+        let s = FsStorage::open(&d.path().join("srv"), 1 << 20).unwrap();
         let pki = TestPki::new();
         // Signed by room-2's genuine certificate, uploaded by (and naming) "dev".
         let (rec, manifest) = uploaded_recording(d.path(), &s, 2, &pki.device("room-2"));
@@ -1348,7 +1245,7 @@ mod race_tests {
     #[test]
     fn completion_never_sweeps_a_live_upload() {
         let d = tempfile::tempdir().unwrap();
-        let s = Storage::open(&d.path().join("srv"), 1 << 20).unwrap();
+        let s = FsStorage::open(&d.path().join("srv"), 1 << 20).unwrap();
         let pki = TestPki::new();
         let (rec, manifest) = uploaded_recording(d.path(), &s, 2, &pki.device("dev"));
         // An upload still receiving its body while the manifest lands.

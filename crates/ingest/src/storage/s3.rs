@@ -1,0 +1,1302 @@
+//! The object-store backend: recordings in a bucket of an S3-compatible store (StorageGRID,
+//! ECS, MinIO, Ceph RGW, Garage), which any number of replicas share. Nothing of a recording
+//! touches this server's disk: an upload streams from the box's connection into the store's
+//! PUT, a chunk or two at a time.
+//!
+//! Keys, under the configured prefix:
+//! - `{device}/{id}/{name}.{sha256}`: an object, addressed by the digest its PUT was signed
+//!   with. Two replicas writing one name at once write the same key with the same bytes, or
+//!   different keys: no object is replaced by other content, on a store that ignores
+//!   `If-None-Match` too. A key this server did not choose (a retry with other bytes) lies
+//!   beside the recording, not in it; completion removes it, deletion takes it with the rest.
+//! - `{device}/{id}/manifest.json` and `receipt.json`: stored, in that order, under a lock
+//!   every replica honours (the database's, [`super::Exclusive`]), so exactly one manifest is.
+//! - `{device}/.withdrawn/{id}.json`: the signed withdrawal notice, stored before anything of
+//!   the recording is deleted. `{device}/.deleting/{id}`: the marker of a deletion under way.
+//!
+//! What this trusts: that the bytes under a key are the ones its digest names. A store that
+//! checks the signed payload digest (`x-amz-content-sha256`: Garage, MinIO, AWS; tested on
+//! Garage) guarantees it; one that does not must not hold recordings, so the server checks at
+//! start ([`S3Storage::probe`]) that the store refuses a body that is not the one announced,
+//! and takes no upload until it has. The server also hashes what it relays and holds the last
+//! chunk back until the hash is right, so a body that is not the announced one never
+//! completes a PUT. Key records, being small, are hashed again when read.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use neoflix_format::custody::{MAX_SIGNATURE_BYTES, SIGNATURE_FILE};
+use neoflix_format::{FormatError, HEADER_LEN, MANIFEST_FILE, Manifest, Verified};
+use neoflix_s3::{BodySender, Bucket, Listed, S3Error};
+use sha2::{Digest, Sha256};
+use tokio::runtime::Handle;
+
+use super::{
+    DELETING_DIR, Exclusive, Finished, Held, MAX_RECEIPT_BYTES, RECEIPT_FILE, Shredded,
+    StorageError, Stored, WITHDRAWN_DIR, valid_object_name, valid_recording_id,
+};
+use crate::custody::Custody;
+
+/// The most objects one recording may hold in the store, strays included: a day-long
+/// recording of 1-s fragments is some 175 000 (two per fragment), so this bounds a listing
+/// without refusing one.
+pub const MAX_OBJECTS: usize = 400_000;
+
+/// `{prefix}{device}/{id}/`: where a recording's keys start.
+pub fn recording_prefix(prefix: &str, device: &str, id: &str) -> String {
+    format!("{prefix}{device}/{id}/")
+}
+
+/// The key of object `name` whose SHA-256 is `sha256`.
+pub fn object_key(prefix: &str, device: &str, id: &str, name: &str, sha256: &[u8; 32]) -> String {
+    format!(
+        "{}{name}.{}",
+        recording_prefix(prefix, device, id),
+        hex::encode(sha256)
+    )
+}
+
+/// An object's name and lowercase hex digest from its key with the recording's prefix taken
+/// off; `None` for anything else (the manifest, the receipt, a key this server did not write).
+pub fn parse_object_key(rest: &str) -> Option<(&str, &str)> {
+    let (name, sha) = rest.rsplit_once('.')?;
+    let hex_digest = sha.len() == 64
+        && sha
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (hex_digest && valid_object_name(name)).then_some((name, sha))
+}
+
+/// One stored object as a listing found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Its key.
+    pub key: String,
+    /// Its size.
+    pub size: u64,
+    /// The lowercase hex digest its key carries.
+    pub sha256: String,
+}
+
+/// Of the objects listed under one name, the one whose digest the manifest names; where none
+/// has it, the first listed, which the check then names altered or truncated.
+pub fn choose(listed: Vec<Found>, wanted: &str) -> Option<Found> {
+    let mut first = None;
+    for f in listed {
+        if f.sha256 == wanted {
+            return Some(f);
+        }
+        first.get_or_insert(f);
+    }
+    first
+}
+
+/// A recording's objects in the store, as one listing found them, each name the manifest
+/// lists resolved by [`choose`]. The check's header and key-record reads wait on the runtime,
+/// so it runs on a blocking thread ([`HeldObjects::verify`], or `verify_manifest_in` from one).
+pub struct HeldObjects {
+    /// Where the objects are.
+    bucket: Arc<Bucket>,
+    /// The runtime the reads run on.
+    rt: Handle,
+    /// `{prefix}{device}/{id}/`.
+    recording: String,
+    /// Name → the object chosen for it.
+    objects: HashMap<String, Found>,
+    /// Headers of sealed objects and whole key records, read ahead at once
+    /// ([`HeldObjects::prefetch`]): one read after another is two round trips per fragment.
+    read_ahead: HashMap<String, Vec<u8>>,
+    /// A read failed for a reason that may pass (the store unreachable, busy, failing): the
+    /// check's verdict is then the store's trouble, not the recording's.
+    store_failed: AtomicBool,
+}
+
+/// Reads at once while a manifest is checked or a recording deleted.
+const AT_ONCE: usize = 16;
+
+/// The largest object read ahead whole: key records are 144 bytes.
+const READ_AHEAD_WHOLE: u64 = 4096;
+
+impl HeldObjects {
+    /// Lists `device`/`id` once and resolves every name `m` lists.
+    pub async fn list(
+        bucket: Arc<Bucket>,
+        prefix: &str,
+        device: &str,
+        id: &str,
+        m: &Manifest,
+    ) -> Result<HeldObjects, S3Error> {
+        if !valid_recording_id(id) || !valid_recording_id(device) {
+            return Err(S3Error::BadKey {
+                key: format!("{}/{}", crate::esc(device), crate::esc(id)),
+                why: "not a device and recording id",
+            });
+        }
+        let recording = recording_prefix(prefix, device, id);
+        let listed = bucket.list_all(&recording, 1000, MAX_OBJECTS).await?;
+        Ok(HeldObjects::from_listing(
+            bucket,
+            Handle::current(),
+            recording,
+            &listed,
+            m,
+        ))
+    }
+
+    /// Resolves every name `m` lists among `listed`, the objects under `recording`.
+    pub fn from_listing(
+        bucket: Arc<Bucket>,
+        rt: Handle,
+        recording: String,
+        listed: &[Listed],
+        m: &Manifest,
+    ) -> HeldObjects {
+        let wanted: HashMap<&str, &str> = m
+            .init_segments
+            .iter()
+            .chain(&m.fragments)
+            .flat_map(|e| {
+                [
+                    (e.file.as_str(), e.sha256.as_str()),
+                    (e.key_file.as_str(), e.key_sha256.as_str()),
+                ]
+            })
+            .collect();
+        let mut found: HashMap<String, Vec<Found>> = HashMap::new();
+        for o in listed {
+            let Some((name, sha)) = o.key.strip_prefix(&recording).and_then(parse_object_key)
+            else {
+                continue;
+            };
+            if wanted.contains_key(name) {
+                found.entry(name.to_string()).or_default().push(Found {
+                    key: o.key.clone(),
+                    size: o.size,
+                    sha256: sha.to_string(),
+                });
+            }
+        }
+        let objects = found
+            .into_iter()
+            .filter_map(|(name, found)| {
+                let want = wanted.get(name.as_str()).copied().unwrap_or_default();
+                choose(found, want).map(|f| (name, f))
+            })
+            .collect();
+        HeldObjects {
+            bucket,
+            rt,
+            recording,
+            objects,
+            read_ahead: HashMap::new(),
+            store_failed: AtomicBool::new(false),
+        }
+    }
+
+    /// Reads every sealed object's header and every small object whole, [`AT_ONCE`] at a
+    /// time. A read that fails is left to the check, which reads it again and says why.
+    pub async fn prefetch(&mut self) {
+        let mut todo: Vec<(String, String, u64)> = self
+            .objects
+            .iter()
+            .map(|(name, f)| (name.clone(), f.key.clone(), f.size))
+            .collect();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < AT_ONCE
+                && let Some((name, key, size)) = todo.pop()
+            {
+                let bucket = self.bucket.clone();
+                running.spawn(async move {
+                    let read = if size <= READ_AHEAD_WHOLE {
+                        bucket.get_small(&key, READ_AHEAD_WHOLE as usize).await
+                    } else {
+                        bucket.get_range(&key, 0, HEADER_LEN as u32).await
+                    };
+                    (name, read)
+                });
+            }
+            match running.join_next().await {
+                Some(Ok((name, Ok(Some(bytes))))) => {
+                    self.read_ahead.insert(name, bytes);
+                }
+                Some(_) => {}
+                None => return,
+            }
+        }
+    }
+
+    /// Checks `m` against these objects on a blocking thread. `Err(Ok(_))`: the recording is
+    /// wrong; `Err(Err(_))`: the store failed during the check, and trying again may succeed.
+    pub async fn verify(self, m: Manifest) -> Result<Verified, Result<FormatError, String>> {
+        tokio::task::spawn_blocking(move || self.verify_here(m))
+            .await
+            .map_err(|e| Err(e.to_string()))?
+    }
+
+    /// [`HeldObjects::verify`] on this thread, which must be one that may block.
+    pub fn verify_here(&self, m: Manifest) -> Result<Verified, Result<FormatError, String>> {
+        match neoflix_format::verify_manifest_in(self, m) {
+            Err(e) if self.store_failed.load(Ordering::Relaxed) => Err(Err(e.to_string())),
+            r => r.map_err(Ok),
+        }
+    }
+
+    /// The keys chosen for the manifest's names.
+    fn chosen(&self) -> impl Iterator<Item = &str> {
+        self.objects.values().map(|f| f.key.as_str())
+    }
+
+    fn find(&self, name: &str) -> std::io::Result<&Found> {
+        self.objects
+            .get(name)
+            .ok_or_else(|| std::io::ErrorKind::NotFound.into())
+    }
+
+    fn io(&self, e: S3Error) -> std::io::Error {
+        if e.is_transient() {
+            self.store_failed.store(true, Ordering::Relaxed);
+        }
+        std::io::Error::other(e.to_string())
+    }
+}
+
+impl neoflix_format::Objects for HeldObjects {
+    fn size(&self, name: &str) -> std::io::Result<u64> {
+        self.find(name).map(|o| o.size)
+    }
+
+    /// The digest in the key: the one its PUT was signed with (see the module's trust note).
+    fn size_and_sha256(&self, name: &str) -> std::io::Result<(u64, String)> {
+        self.find(name).map(|o| (o.size, o.sha256.clone()))
+    }
+
+    fn header(&self, name: &str) -> std::io::Result<[u8; HEADER_LEN]> {
+        let key = &self.find(name)?.key;
+        if let Some(ahead) = self.read_ahead.get(name)
+            && let Some(head) = ahead.get(..HEADER_LEN)
+        {
+            return head
+                .try_into()
+                .map_err(|_| std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let bytes = self
+            .rt
+            .block_on(self.bucket.get_range(key, 0, HEADER_LEN as u32))
+            .map_err(|e| self.io(e))?
+            .ok_or(std::io::ErrorKind::NotFound)?;
+        bytes
+            .try_into()
+            .map_err(|_| std::io::ErrorKind::UnexpectedEof.into())
+    }
+
+    fn read_small(&self, name: &str, max: u64) -> std::io::Result<Vec<u8>> {
+        let o = self.find(name)?;
+        if o.size > max {
+            return Err(std::io::Error::other(format!(
+                "{} bytes, more than {max}",
+                o.size
+            )));
+        }
+        let cap = usize::try_from(max).unwrap_or(usize::MAX);
+        let bytes = match self.read_ahead.get(name) {
+            Some(b) if b.len() as u64 == o.size => b.clone(),
+            _ => self
+                .rt
+                .block_on(self.bucket.get_small(&o.key, cap))
+                .map_err(|e| self.io(e))?
+                .ok_or(std::io::ErrorKind::NotFound)?,
+        };
+        // Small enough to hash again: what is read is what the key says.
+        if neoflix_format::sha256_hex(&bytes) != o.sha256 {
+            return Err(std::io::Error::other(
+                "its content is not the one its key names: the store did not check the upload's digest",
+            ));
+        }
+        Ok(bytes)
+    }
+
+    fn manifest_path(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "{}{}",
+            self.recording,
+            neoflix_format::MANIFEST_FILE
+        ))
+    }
+}
+
+/// Rooms one bucket's listing may name: a bound on a listing, not a size a group reaches.
+const MAX_ROOMS: usize = 100_000;
+
+/// Recordings one room's listing may name.
+const MAX_RECORDINGS: usize = 1_000_000;
+
+/// Chunks of an upload on their way to the store, besides the one held back: with the
+/// server's 256 KiB batches, under a megabyte per upload.
+const IN_FLIGHT: usize = 2;
+
+/// Signatures of one recording tried against its manifest: a box uploads one, a box that
+/// signed again after a crash a second.
+const MAX_SIGNATURES: usize = 8;
+
+/// What the key of a key record contains (`init-000.key.{sha}`, `frag-000001.key.{sha}`).
+fn is_key_record(key: &str) -> bool {
+    key.contains(".key.") || key.ends_with(".key")
+}
+
+fn store_error(e: S3Error) -> StorageError {
+    match e {
+        S3Error::BadKey { key, why } => StorageError::BadName(format!("{key}: {why}")),
+        e => StorageError::Store(e.to_string()),
+    }
+}
+
+fn bad_id(what: &str, id: &str) -> StorageError {
+    StorageError::BadName(format!(
+        "{what} '{}'",
+        id.chars().take(64).collect::<String>()
+    ))
+}
+
+/// The recordings of a bucket.
+pub struct S3Storage {
+    bucket: Arc<Bucket>,
+    /// Empty, or ending in `/`.
+    prefix: String,
+    max_object: u64,
+    /// The runtime the store's requests run on: the server's, or one of this storage's own
+    /// for the admin's commands, which have none.
+    rt: Handle,
+    own_runtime: Option<tokio::runtime::Runtime>,
+    /// Held while a recording's manifest is stored by this process; the database's lock
+    /// ([`Exclusive`]) keeps other replicas out.
+    locks: Vec<Mutex<()>>,
+    exclusive: OnceLock<Arc<dyn Exclusive>>,
+    /// The store refused a body that was not the one announced ([`S3Storage::probe`]): until
+    /// then no upload is taken.
+    checked: AtomicBool,
+    place: String,
+}
+
+impl Drop for S3Storage {
+    fn drop(&mut self) {
+        // A runtime of its own is dropped where dropping may block (the admin's commands).
+        if let Some(rt) = self.own_runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// An object streaming to the store.
+pub struct S3Upload {
+    device: String,
+    id: String,
+    key: String,
+    /// The PUT's body; `None` when the object is already stored (the body is taken and
+    /// checked, and nothing is sent).
+    sender: Option<BodySender>,
+    put: Option<tokio::task::JoinHandle<Result<neoflix_s3::Put, S3Error>>>,
+    /// The last chunk, sent only once the whole body's digest is the announced one.
+    held: Option<Bytes>,
+    hasher: Sha256,
+    size: u64,
+    len: u64,
+    max: u64,
+    rt: Handle,
+}
+
+impl Drop for S3Upload {
+    fn drop(&mut self) {
+        // Not committed: the PUT is given up before the last chunk, so the store keeps
+        // nothing of it.
+        if let Some(put) = self.put.take() {
+            put.abort();
+        }
+    }
+}
+
+impl S3Upload {
+    /// Appends a chunk of the body; blocks while the store is behind.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), StorageError> {
+        let size = self
+            .size
+            .checked_add(chunk.len() as u64)
+            .ok_or(StorageError::TooLarge(self.max))?;
+        if size > self.max {
+            return Err(StorageError::TooLarge(self.max));
+        }
+        if size > self.len {
+            return Err(StorageError::Io(std::io::Error::other(
+                "the body is longer than its Content-Length",
+            )));
+        }
+        self.size = size;
+        self.hasher.update(chunk);
+        if self.sender.is_some()
+            && let Some(before) = self.held.replace(Bytes::copy_from_slice(chunk))
+        {
+            self.send(before)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes received so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn send(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        let Some(tx) = &self.sender else {
+            return Ok(());
+        };
+        if tx.blocking_send(chunk).is_ok() {
+            return Ok(());
+        }
+        // The request ended early: the store refused it, or it failed. Its own words say why.
+        self.sender = None;
+        Err(match self.put.take().map(|p| self.rt.block_on(p)) {
+            Some(Ok(Err(e))) => store_error(e),
+            _ => StorageError::Store("the upload to the object store ended early".into()),
+        })
+    }
+
+    /// Ends the upload: the last chunk only if the body is the announced one, then the
+    /// store's answer.
+    fn finish(mut self, expected: &[u8; 32]) -> Result<Stored, StorageError> {
+        let got: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+        if &got != expected || self.size != self.len {
+            if let Some(tx) = self.sender.take() {
+                tx.blocking_abort("the body is not the one announced");
+            }
+            // Drop aborts the PUT as well.
+            return Err(if &got != expected {
+                StorageError::Digest(hex::encode(got))
+            } else {
+                StorageError::Io(std::io::Error::other(
+                    "the body is shorter than its Content-Length",
+                ))
+            });
+        }
+        if let Some(last) = self.held.take() {
+            self.send(last)?;
+        }
+        self.sender = None;
+        let Some(put) = self.put.take() else {
+            return Ok(Stored::Same);
+        };
+        match self.rt.block_on(put) {
+            Ok(Ok(_)) => Ok(Stored::Created),
+            Ok(Err(e)) => Err(store_error(e)),
+            Err(e) => Err(StorageError::Store(format!("the upload task failed: {e}"))),
+        }
+    }
+}
+
+impl S3Storage {
+    /// The bucket `[storage]` names, with its credentials and CA read now. Made inside the
+    /// server's runtime, it uses it; made outside one (the admin's commands), a small one of
+    /// its own.
+    pub fn configured(cfg: &crate::config::S3Config, max_object: u64) -> anyhow::Result<S3Storage> {
+        use anyhow::Context;
+        let access_key_id = match &cfg.access_key_id {
+            Some(id) => id.clone(),
+            None => std::env::var("AWS_ACCESS_KEY_ID").context(
+                "storage.access_key_id is not set, nor AWS_ACCESS_KEY_ID: give the object store's access key",
+            )?,
+        };
+        let secret = match &cfg.secret_access_key_file {
+            Some(file) => {
+                let text = neoflix_format::files::read_regular(file, 4096).with_context(|| {
+                    format!("storage.secret_access_key_file {}", file.display())
+                })?;
+                let text = String::from_utf8(text).map_err(|_| {
+                    anyhow::anyhow!(
+                        "storage.secret_access_key_file {}: not UTF-8 text",
+                        file.display()
+                    )
+                })?;
+                // An editor's final newline is not the secret's.
+                text.trim_end_matches(['\r', '\n']).to_string()
+            }
+            None => std::env::var("AWS_SECRET_ACCESS_KEY").context(
+                "storage.secret_access_key_file is not set, nor AWS_SECRET_ACCESS_KEY: give the access key's secret",
+            )?,
+        };
+        let tls = match &cfg.ca {
+            Some(ca) => Some(
+                neoflix_pki::client_tls(ca, None)
+                    .with_context(|| format!("storage.ca {}", ca.display()))?,
+            ),
+            None => None,
+        };
+        let bucket = Bucket::new(
+            &neoflix_s3::Settings {
+                endpoint: cfg.endpoint.clone(),
+                bucket: cfg.bucket.clone(),
+                region: cfg.region.clone(),
+                path_style: cfg.path_style,
+            },
+            neoflix_s3::Credentials {
+                access_key_id,
+                secret_access_key: secret.into(),
+            },
+            tls,
+        )?;
+        let (rt, own_runtime) = match Handle::try_current() {
+            Ok(h) => (h, None),
+            Err(_) => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("neoflix-s3")
+                    .enable_all()
+                    .build()
+                    .context("starting the object store's client")?;
+                (rt.handle().clone(), Some(rt))
+            }
+        };
+        Ok(S3Storage {
+            bucket: Arc::new(bucket),
+            prefix: cfg.prefix.clone(),
+            max_object,
+            rt,
+            own_runtime,
+            locks: (0..64).map(|_| Mutex::new(())).collect(),
+            exclusive: OnceLock::new(),
+            checked: AtomicBool::new(false),
+            place: crate::config::StorageBackend::S3(Box::new(cfg.clone())).describe(),
+        })
+    }
+
+    /// The bucket, for messages.
+    pub fn place(&self) -> &str {
+        &self.place
+    }
+
+    /// Largest accepted object.
+    pub fn max_object(&self) -> u64 {
+        self.max_object
+    }
+
+    /// See [`super::Storage::share_lock`].
+    pub fn share_lock(&self, lock: Arc<dyn Exclusive>) {
+        let _ = self.exclusive.set(lock);
+    }
+
+    /// Checks the bucket is there and usable with the key (HEAD on the bucket).
+    pub fn check(&self) -> Result<(), StorageError> {
+        self.rt.block_on(self.bucket.check()).map_err(store_error)
+    }
+
+    /// Checks that the store refuses a body that is not the one its request was signed for:
+    /// what makes a key's digest the truth about its content. `Ok` once it has (uploads are
+    /// taken from then on); an error that says so when the store kept the body, which no
+    /// retry mends; a transient error when the store could not be asked.
+    pub fn probe(&self) -> Result<Result<(), String>, StorageError> {
+        // The bucket and the key first: a 400 from a store that cannot be used at all is no
+        // proof of anything.
+        self.check()?;
+        let mut suffix = [0u8; 8];
+        let _ = getrandom::fill(&mut suffix);
+        let key = format!("{}.probe/{}", self.prefix, hex::encode(suffix));
+        let body = b"neoflix: a body that is not the one announced";
+        let announced: [u8; 32] = Sha256::digest(b"the one announced").into();
+        let put = self.rt.block_on(self.bucket.put(
+            &key,
+            body.to_vec().into(),
+            body.len() as u64,
+            &announced,
+            false,
+        ));
+        match put {
+            Err(S3Error::Refused { status: 400, .. }) => {
+                self.checked.store(true, Ordering::Relaxed);
+                Ok(Ok(()))
+            }
+            Err(e) => Err(store_error(e)),
+            Ok(_) => {
+                let _ = self.rt.block_on(self.bucket.delete(&key));
+                Ok(Err(format!(
+                    "{} kept a body that was not the one its request was signed for: it does not check x-amz-content-sha256, so a damaged upload could be stored as a good one; recordings cannot be kept there",
+                    self.place
+                )))
+            }
+        }
+    }
+
+    fn rec(&self, device: &str, id: &str) -> Result<String, StorageError> {
+        if !valid_recording_id(device) {
+            return Err(bad_id("device", device));
+        }
+        if !valid_recording_id(id) {
+            return Err(bad_id("recording id", id));
+        }
+        Ok(recording_prefix(&self.prefix, device, id))
+    }
+
+    fn notice_key(&self, device: &str, id: &str) -> String {
+        format!("{}{device}/{WITHDRAWN_DIR}/{id}.json", self.prefix)
+    }
+
+    fn marker_key(&self, device: &str, id: &str) -> String {
+        format!("{}{device}/{DELETING_DIR}/{id}", self.prefix)
+    }
+
+    fn get_small(&self, key: &str, max: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        let cap = usize::try_from(max).unwrap_or(usize::MAX);
+        self.rt
+            .block_on(self.bucket.get_small(key, cap))
+            .map_err(store_error)
+    }
+
+    fn put_small(&self, key: &str, bytes: &[u8]) -> Result<(), StorageError> {
+        let sha: [u8; 32] = Sha256::digest(bytes).into();
+        self.rt
+            .block_on(
+                self.bucket
+                    .put(key, bytes.to_vec().into(), bytes.len() as u64, &sha, false),
+            )
+            .map(|_| ())
+            .map_err(store_error)
+    }
+
+    fn list_all(&self, prefix: &str) -> Result<Vec<Listed>, StorageError> {
+        self.rt
+            .block_on(self.bucket.list_all(prefix, 1000, MAX_OBJECTS))
+            .map_err(store_error)
+    }
+
+    /// The "directories" right under `prefix`, without it or the trailing `/`.
+    fn names_under(&self, prefix: &str, max: usize) -> Result<Vec<String>, StorageError> {
+        self.rt.block_on(async {
+            let mut names = Vec::new();
+            let mut next: Option<String> = None;
+            loop {
+                let page = self
+                    .bucket
+                    .list(prefix, Some("/"), next.as_deref(), 1000)
+                    .await
+                    .map_err(store_error)?;
+                for p in page.prefixes {
+                    if let Some(name) = p.strip_prefix(prefix).and_then(|n| n.strip_suffix('/')) {
+                        if names.len() == max {
+                            return Err(StorageError::Store(format!(
+                                "more than {max} names under {prefix}"
+                            )));
+                        }
+                        names.push(name.to_string());
+                    }
+                }
+                match page.next {
+                    Some(n) if next.as_deref() != Some(n.as_str()) => next = Some(n),
+                    Some(_) => {
+                        return Err(StorageError::Store(format!(
+                            "the listing of {prefix} does not go forward"
+                        )));
+                    }
+                    None => return Ok(names),
+                }
+            }
+        })
+    }
+
+    /// The rooms the bucket holds recordings (or notices) of.
+    fn rooms(&self) -> Result<Vec<String>, StorageError> {
+        Ok(self
+            .names_under(&self.prefix, MAX_ROOMS)?
+            .into_iter()
+            .filter(|r| valid_recording_id(r))
+            .collect())
+    }
+
+    /// The ids under `{device}/{dir}/` (notices or markers), with `suffix` taken off.
+    fn marked(&self, device: &str, dir: &str, suffix: &str) -> Result<Vec<String>, StorageError> {
+        let under = format!("{}{device}/{dir}/", self.prefix);
+        Ok(self
+            .list_all(&under)?
+            .into_iter()
+            .filter_map(|o| {
+                o.key
+                    .strip_prefix(&under)
+                    .and_then(|n| n.strip_suffix(suffix))
+                    .filter(|id| valid_recording_id(id))
+                    .map(str::to_string)
+            })
+            .collect())
+    }
+
+    /// Whether each of `ids` of `device` has its manifest stored, [`AT_ONCE`] at a time.
+    fn completeness(
+        &self,
+        device: &str,
+        ids: Vec<String>,
+    ) -> Result<Vec<(String, bool)>, StorageError> {
+        let manifests: Vec<(String, String)> = ids
+            .into_iter()
+            .map(|id| {
+                let key = format!(
+                    "{}{MANIFEST_FILE}",
+                    recording_prefix(&self.prefix, device, &id)
+                );
+                (id, key)
+            })
+            .collect();
+        self.rt.block_on(async {
+            let mut out = Vec::with_capacity(manifests.len());
+            let mut todo = manifests.into_iter();
+            let mut running = tokio::task::JoinSet::new();
+            loop {
+                while running.len() < AT_ONCE
+                    && let Some((id, key)) = todo.next()
+                {
+                    let bucket = self.bucket.clone();
+                    running.spawn(async move { (id, bucket.head(&key).await) });
+                }
+                match running.join_next().await {
+                    Some(Ok((id, Ok(h)))) => out.push((id, h.is_some())),
+                    Some(Ok((_, Err(e)))) => return Err(store_error(e)),
+                    Some(Err(e)) => return Err(StorageError::Store(e.to_string())),
+                    None => return Ok(out),
+                }
+            }
+        })
+    }
+
+    /// Deletes `keys`, [`AT_ONCE`] at a time.
+    fn delete_keys(&self, keys: Vec<String>) -> Result<(), StorageError> {
+        self.rt.block_on(async {
+            let mut todo = keys.into_iter();
+            let mut running = tokio::task::JoinSet::new();
+            loop {
+                while running.len() < AT_ONCE
+                    && let Some(key) = todo.next()
+                {
+                    let bucket = self.bucket.clone();
+                    running.spawn(async move { bucket.delete(&key).await });
+                }
+                match running.join_next().await {
+                    Some(Ok(Ok(()))) => {}
+                    Some(Ok(Err(e))) => return Err(store_error(e)),
+                    Some(Err(e)) => return Err(StorageError::Store(e.to_string())),
+                    None => return Ok(()),
+                }
+            }
+        })
+    }
+
+    /// Starts receiving object `name` of recording `id`, to be `len` bytes whose SHA-256 is
+    /// `expected`: refused if the recording is withdrawn or complete; the PUT starts now.
+    pub fn begin(
+        &self,
+        device: &str,
+        id: &str,
+        name: &str,
+        expected: &[u8; 32],
+        len: Option<u64>,
+    ) -> Result<S3Upload, StorageError> {
+        if !valid_object_name(name) {
+            return Err(bad_id("object name", name));
+        }
+        let rec = self.rec(device, id)?;
+        let len = len.ok_or(StorageError::LengthRequired)?;
+        if len > self.max_object {
+            return Err(StorageError::TooLarge(self.max_object));
+        }
+        if !self.checked.load(Ordering::Relaxed) {
+            return Err(StorageError::Store(
+                "not checked yet (the server checks at start that the store refuses a damaged body); try again shortly".into(),
+            ));
+        }
+        let key = object_key(&self.prefix, device, id, name, expected);
+        let notice = self.notice_key(device, id);
+        let manifest = format!("{rec}{MANIFEST_FILE}");
+        let (notice, manifest, there) = self.rt.block_on(async {
+            tokio::join!(
+                self.bucket.get_small(&notice, MAX_SIGNATURE_BYTES as usize),
+                self.bucket.head(&manifest),
+                self.bucket.head(&key)
+            )
+        });
+        if let Some(n) = notice.map_err(store_error)? {
+            return Err(StorageError::Withdrawn(n));
+        }
+        if manifest.map_err(store_error)?.is_some() {
+            return Err(StorageError::Conflict("the recording is complete".into()));
+        }
+        // Content-addressed: an object of this name and digest already there is this body.
+        let already = there.map_err(store_error)?.is_some_and(|h| h.size == len);
+        let (sender, put) = if already {
+            (None, None)
+        } else {
+            let (tx, body) = neoflix_s3::channel(IN_FLIGHT);
+            let (bucket, key, sha) = (self.bucket.clone(), key.clone(), *expected);
+            let put = self
+                .rt
+                .spawn(async move { bucket.put(&key, body, len, &sha, false).await });
+            (Some(tx), Some(put))
+        };
+        Ok(S3Upload {
+            device: device.to_string(),
+            id: id.to_string(),
+            key,
+            sender,
+            put,
+            held: None,
+            hasher: Sha256::new(),
+            size: 0,
+            len,
+            max: self.max_object,
+            rt: self.rt.clone(),
+        })
+    }
+
+    /// Finishes an upload: the last chunk goes only if the digest is right; then, as on the
+    /// filesystem, a withdrawal that raced it takes the object away again.
+    pub fn commit(&self, up: S3Upload, expected: &[u8; 32]) -> Result<Stored, StorageError> {
+        let (device, id, key) = (up.device.clone(), up.id.clone(), up.key.clone());
+        let stored = up.finish(expected)?;
+        if let Some(notice) = self.withdrawn(&device, &id)? {
+            self.delete_keys(vec![key])?;
+            return Err(StorageError::Withdrawn(notice));
+        }
+        Ok(stored)
+    }
+
+    /// The signed withdrawal notice of a recording, if it was withdrawn.
+    pub fn withdrawn(&self, device: &str, id: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.rec(device, id)?;
+        self.get_small(&self.notice_key(device, id), MAX_SIGNATURE_BYTES)
+    }
+
+    /// See [`super::Storage::withdraw`].
+    pub fn withdraw(
+        &self,
+        device: &str,
+        id: &str,
+        notice: &[u8],
+    ) -> Result<Shredded, StorageError> {
+        self.rec(device, id)?;
+        if self.withdrawn(device, id)?.is_none() {
+            self.put_small(&self.notice_key(device, id), notice)?;
+        }
+        self.shred(device, id)
+    }
+
+    /// See [`super::Storage::delete`].
+    pub fn delete(&self, device: &str, id: &str) -> Result<Shredded, StorageError> {
+        self.rec(device, id)?;
+        let marker = self.marker_key(device, id);
+        self.put_small(&marker, b"")?;
+        let done = self.shred(device, id)?;
+        self.delete_keys(vec![marker])?;
+        Ok(done)
+    }
+
+    /// Deletes every key of a recording: key records first (each acknowledged by the store
+    /// before anything else goes), then the rest; again while keys keep appearing (an upload
+    /// racing the deletion also removes its own object, seeing the notice).
+    fn shred(&self, device: &str, id: &str) -> Result<Shredded, StorageError> {
+        let rec = self.rec(device, id)?;
+        let mut done = Shredded::default();
+        for _ in 0..5 {
+            let listed = self.list_all(&rec)?;
+            if listed.is_empty() {
+                return Ok(done);
+            }
+            let (keys, other): (Vec<Listed>, Vec<Listed>) =
+                listed.into_iter().partition(|o| is_key_record(&o.key));
+            done.key_records += keys.len();
+            done.other_files += other.len();
+            self.delete_keys(keys.into_iter().map(|o| o.key).collect())?;
+            self.delete_keys(other.into_iter().map(|o| o.key).collect())?;
+        }
+        Err(StorageError::Conflict(format!(
+            "{rec}: keys keep appearing while it is deleted"
+        )))
+    }
+
+    /// See [`super::Storage::finish_deletions`].
+    pub fn finish_deletions(&self) -> Result<Vec<Finished>, StorageError> {
+        let mut all = Vec::new();
+        for device in self.rooms()? {
+            for (dir, suffix) in [(WITHDRAWN_DIR, ".json"), (DELETING_DIR, "")] {
+                for id in self.marked(&device, dir, suffix)? {
+                    let outcome = self
+                        .shred(&device, &id)
+                        .map(|s| (s != Shredded::default()).then_some(s));
+                    let outcome = match (outcome, dir == DELETING_DIR) {
+                        (Ok(s), true) => self
+                            .delete_keys(vec![self.marker_key(&device, &id)])
+                            .map(|()| s),
+                        (o, _) => o,
+                    };
+                    all.push(Finished {
+                        device: device.clone(),
+                        id,
+                        outcome,
+                    });
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    /// The manifest a complete recording was accepted with; `None` while it is not complete.
+    pub fn manifest(&self, device: &str, id: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let rec = self.rec(device, id)?;
+        self.get_small(
+            &format!("{rec}{MANIFEST_FILE}"),
+            neoflix_format::manifest::MAX_MANIFEST_BYTES,
+        )
+    }
+
+    /// The receipt of a complete recording, if one was written.
+    pub fn receipt(&self, device: &str, id: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let rec = self.rec(device, id)?;
+        self.get_small(&format!("{rec}{RECEIPT_FILE}"), MAX_RECEIPT_BYTES)
+    }
+
+    /// Object `name` whose SHA-256 is `sha256` (hex, from the manifest), read whole.
+    pub fn read_object(
+        &self,
+        device: &str,
+        id: &str,
+        name: &str,
+        sha256: &str,
+        max: u64,
+    ) -> Result<Vec<u8>, StorageError> {
+        let rec = self.rec(device, id)?;
+        if !valid_object_name(name) {
+            return Err(bad_id("object name", name));
+        }
+        let digest: [u8; 32] = hex::decode(sha256)
+            .ok()
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| bad_id("digest", sha256))?;
+        let key = format!("{rec}{name}.{}", hex::encode(digest));
+        self.get_small(&key, max)?.ok_or(StorageError::NotFound)
+    }
+
+    /// See [`super::Storage::rooms_holding`].
+    pub fn rooms_holding(&self, id: &str) -> Result<Vec<String>, StorageError> {
+        if !valid_recording_id(id) {
+            return Ok(Vec::new());
+        }
+        let mut holding = Vec::new();
+        for room in self.rooms()? {
+            let rec = recording_prefix(&self.prefix, &room, id);
+            let page = self
+                .rt
+                .block_on(self.bucket.list(&rec, None, None, 1))
+                .map_err(store_error)?;
+            if !page.objects.is_empty() {
+                holding.push(room);
+            }
+        }
+        holding.sort();
+        Ok(holding)
+    }
+
+    /// See [`super::Storage::recordings`].
+    pub fn recordings(&self) -> Result<Vec<Held>, StorageError> {
+        let mut all = Vec::new();
+        for device in self.rooms()? {
+            for (id, complete) in self.list(&device)? {
+                all.push(Held {
+                    device: device.clone(),
+                    id,
+                    complete,
+                });
+            }
+        }
+        all.sort_by(|a, b| (&a.device, &a.id).cmp(&(&b.device, &b.id)));
+        Ok(all)
+    }
+
+    /// What the server holds of a recording: (object names, complete).
+    pub fn status(&self, device: &str, id: &str) -> Result<(Vec<String>, bool), StorageError> {
+        let rec = self.rec(device, id)?;
+        if let Some(notice) = self.withdrawn(device, id)? {
+            return Err(StorageError::Withdrawn(notice));
+        }
+        let listed = self.list_all(&rec)?;
+        if listed.is_empty() {
+            return Err(StorageError::NotFound);
+        }
+        let complete = listed
+            .iter()
+            .any(|o| o.key.strip_prefix(&rec) == Some(MANIFEST_FILE));
+        let mut names: Vec<String> = listed
+            .iter()
+            .filter_map(|o| o.key.strip_prefix(&rec).and_then(parse_object_key))
+            .map(|(name, _)| name.to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok((names, complete))
+    }
+
+    /// The device's recordings, (id, complete): not those withdrawn or being deleted.
+    pub fn list(&self, device: &str) -> Result<Vec<(String, bool)>, StorageError> {
+        if !valid_recording_id(device) {
+            return Err(bad_id("device", device));
+        }
+        let gone: HashSet<String> = self
+            .marked(device, WITHDRAWN_DIR, ".json")?
+            .into_iter()
+            .chain(self.marked(device, DELETING_DIR, "")?)
+            .collect();
+        let ids: Vec<String> = self
+            .names_under(&format!("{}{device}/", self.prefix), MAX_RECORDINGS)?
+            .into_iter()
+            .filter(|id| valid_recording_id(id) && !gone.contains(id))
+            .collect();
+        let mut v = self.completeness(device, ids)?;
+        v.sort();
+        Ok(v)
+    }
+
+    /// See [`super::Storage::complete`]. The check runs without a lock (it changes nothing
+    /// but strays); the manifest and receipt are stored under the lock every replica honours.
+    pub fn complete(
+        &self,
+        device: &str,
+        id: &str,
+        manifest_bytes: &[u8],
+        custody: &Custody,
+    ) -> Result<(Vec<u8>, Stored), StorageError> {
+        let rec = self.rec(device, id)?;
+        if let Some(notice) = self.withdrawn(device, id)? {
+            return Err(StorageError::Withdrawn(notice));
+        }
+        if let Some(done) = self.already_complete(&rec, device, manifest_bytes, custody)? {
+            return Ok(done);
+        }
+        let m = neoflix_format::verify::parse_manifest(manifest_bytes)
+            .map_err(StorageError::Manifest)?;
+        if m.recording_id != id {
+            return Err(StorageError::Manifest(format!(
+                "manifest is for recording '{}', not '{id}'",
+                m.recording_id
+            )));
+        }
+        if m.device_id != device {
+            return Err(StorageError::Manifest(format!(
+                "manifest names device '{}', the certificate '{device}'",
+                m.device_id
+            )));
+        }
+        let listed = self.list_all(&rec)?;
+        if listed.is_empty() {
+            return Err(StorageError::NotFound);
+        }
+        // Custody before anything is read on the manifest's word.
+        let (signer, sig_key) = self.signature(&rec, &listed, |sig| {
+            custody.check(device, manifest_bytes, &m, sig)
+        })?;
+        let mut held = HeldObjects::from_listing(
+            self.bucket.clone(),
+            self.rt.clone(),
+            rec.clone(),
+            &listed,
+            &m,
+        );
+        self.rt.block_on(held.prefetch());
+        let v = held.verify_here(m).map_err(|e| match e {
+            Ok(wrong) => StorageError::Manifest(wrong.to_string()),
+            Err(store) => StorageError::Store(store),
+        })?;
+        let m = v.manifest;
+        // Objects a box uploaded and then dropped in its crash recovery, and other bytes
+        // under a listed name, are not the recording's.
+        let keep: HashSet<&str> = held.chosen().chain([sig_key.as_str()]).collect();
+        let (stray_keys, stray_other): (Vec<String>, Vec<String>) = listed
+            .iter()
+            .filter(|o| {
+                o.key
+                    .strip_prefix(&rec)
+                    .and_then(parse_object_key)
+                    .is_some()
+                    && !keep.contains(o.key.as_str())
+            })
+            .map(|o| o.key.clone())
+            .partition(|k| is_key_record(k));
+        for k in stray_keys.iter().chain(&stray_other) {
+            log::warn!(device = crate::esc(device).as_str(), recording = crate::esc(id).as_str(), key = crate::esc(k).as_str(); "removing an object the manifest does not list");
+        }
+        self.delete_keys(stray_keys)?;
+        self.delete_keys(stray_other)?;
+        let mut outcome = None;
+        let mut store = || {
+            outcome = Some(self.store_manifest(&rec, device, manifest_bytes, &m, &signer, custody));
+        };
+        let _local = self.locks[stripe(&rec)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match self.exclusive.get() {
+            Some(lock) => lock
+                .exclusively(&format!("complete {rec}"), &mut store)
+                .map_err(|why| {
+                    StorageError::Store(format!(
+                        "the lock that keeps replicas from storing two manifests: {why}"
+                    ))
+                })?,
+            None => store(),
+        }
+        outcome.unwrap_or_else(|| Err(StorageError::Store("the manifest was not stored".into())))
+    }
+
+    /// Under the lock: the manifest unless one is stored, then the receipt.
+    fn store_manifest(
+        &self,
+        rec: &str,
+        device: &str,
+        manifest_bytes: &[u8],
+        m: &Manifest,
+        signer: &neoflix_format::Signer,
+        custody: &Custody,
+    ) -> Result<(Vec<u8>, Stored), StorageError> {
+        if let Some(done) = self.already_complete(rec, device, manifest_bytes, custody)? {
+            return Ok(done);
+        }
+        self.put_small(&format!("{rec}{MANIFEST_FILE}"), manifest_bytes)?;
+        // A crash before the receipt is stored leaves a complete recording without one: the
+        // box's next PUT of the same manifest gets it rebuilt.
+        let receipt = custody
+            .receipt(device, manifest_bytes, m, signer)
+            .map_err(|e| StorageError::Store(format!("signing the receipt: {e}")))?;
+        self.put_small(&format!("{rec}{RECEIPT_FILE}"), &receipt)?;
+        Ok((receipt, Stored::Created))
+    }
+
+    /// The signature object `check` accepts, with its key: of those listed (a box that
+    /// signed again after a crash uploaded a second), at most [`MAX_SIGNATURES`] are tried.
+    fn signature<T>(
+        &self,
+        rec: &str,
+        listed: &[Listed],
+        check: impl Fn(&[u8]) -> Result<T, neoflix_format::SignatureError>,
+    ) -> Result<(T, String), StorageError> {
+        let candidates: Vec<(&str, &str)> = listed
+            .iter()
+            .filter_map(|o| {
+                let (name, sha) = o.key.strip_prefix(rec).and_then(parse_object_key)?;
+                (name == SIGNATURE_FILE).then_some((o.key.as_str(), sha))
+            })
+            .take(MAX_SIGNATURES)
+            .collect();
+        let mut why = None;
+        for (key, sha) in candidates {
+            let Some(sig) = self.get_small(key, MAX_SIGNATURE_BYTES)? else {
+                continue;
+            };
+            if neoflix_format::sha256_hex(&sig) != sha {
+                why = Some("the stored signature is not the one its key names".to_string());
+                continue;
+            }
+            match check(&sig) {
+                Ok(t) => return Ok((t, key.to_string())),
+                Err(e) => why = Some(e.to_string()),
+            }
+        }
+        Err(StorageError::Manifest(match why {
+            Some(why) => format!("signature: {why}"),
+            None => format!(
+                "the recording is not signed: upload {SIGNATURE_FILE} (the box's signature over this manifest) first; a box without a signing identity cannot deliver to this server"
+            ),
+        }))
+    }
+
+    /// For a complete recording: the stored receipt if `manifest_bytes` is its manifest
+    /// (rebuilt if a crash lost it), a conflict if not. `None` if it is not complete.
+    fn already_complete(
+        &self,
+        rec: &str,
+        device: &str,
+        manifest_bytes: &[u8],
+        custody: &Custody,
+    ) -> Result<Option<(Vec<u8>, Stored)>, StorageError> {
+        let Some(existing) = self.get_small(
+            &format!("{rec}{MANIFEST_FILE}"),
+            neoflix_format::manifest::MAX_MANIFEST_BYTES,
+        )?
+        else {
+            return Ok(None);
+        };
+        if existing != manifest_bytes {
+            return Err(StorageError::Conflict(
+                "the recording is complete with another manifest".into(),
+            ));
+        }
+        let receipt_key = format!("{rec}{RECEIPT_FILE}");
+        if let Some(r) = self.get_small(&receipt_key, MAX_RECEIPT_BYTES)? {
+            return Ok(Some((r, Stored::Same)));
+        }
+        let m = neoflix_format::verify::parse_manifest(manifest_bytes)
+            .map_err(|e| StorageError::Manifest(format!("stored manifest: {e}")))?;
+        let listed = self.list_all(rec)?;
+        let (signer, _) =
+            self.signature(rec, &listed, |sig| custody.signer_of(manifest_bytes, sig))?;
+        let r = custody
+            .receipt(device, manifest_bytes, &m, &signer)
+            .map_err(|e| StorageError::Store(format!("rebuilding the receipt: {e}")))?;
+        self.put_small(&receipt_key, &r)?;
+        Ok(Some((r, Stored::Same)))
+    }
+}
+
+/// A recording's lock stripe.
+fn stripe(rec: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    rec.hash(&mut h);
+    (h.finish() % 64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_object_the_manifest_names_is_chosen_whatever_the_listing_order() {
+        let f = |sha: &str| Found {
+            key: format!("k.{sha}"),
+            size: 1,
+            sha256: sha.into(),
+        };
+        for listed in [vec![f("aa"), f("bb")], vec![f("bb"), f("aa")]] {
+            assert_eq!(choose(listed.clone(), "bb"), Some(f("bb")));
+            assert_eq!(choose(listed.clone(), "cc"), Some(listed[0].clone()));
+        }
+        assert_eq!(choose(Vec::new(), "aa"), None);
+    }
+
+    #[test]
+    fn object_keys_carry_the_name_and_digest_and_nothing_else_parses_as_one() {
+        let sha = [0xab; 32];
+        let key = object_key("unit-a/", "room-1", "rec-1", "frag-000001.nfx", &sha);
+        assert_eq!(
+            key,
+            format!("unit-a/room-1/rec-1/frag-000001.nfx.{}", "ab".repeat(32))
+        );
+        let rest = key
+            .strip_prefix(&recording_prefix("unit-a/", "room-1", "rec-1"))
+            .unwrap();
+        assert_eq!(
+            parse_object_key(rest),
+            Some(("frag-000001.nfx", "ab".repeat(32).as_str()))
+        );
+        for other in [
+            "manifest.json".to_string(),
+            "receipt.json".to_string(),
+            format!("frag-000001.nfx.{}", "AB".repeat(32)),
+            format!("frag-000001.nfx.{}", "ab".repeat(31)),
+            format!("../frag-000001.nfx.{}", "ab".repeat(32)),
+            format!("frag-1.nfx.{}", "ab".repeat(32)),
+        ] {
+            assert_eq!(parse_object_key(&other), None, "{other}");
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Issue 14: the server's storage on an S3-compatible store, against a real three-node Garage
+//! cluster on loopback: objects stream into the bucket under content-addressed keys, a body
+//! that is not the announced one leaves nothing, a recording completes exactly once, reads
+//! back, is listed, withdrawn and deleted (key records first), and a deletion a crash
+//! interrupted is finished.
+
+use std::path::Path;
+
+use neoflix_e2e::garage::{self, Garage, runtime, settled};
+use neoflix_ingest::config::{S3Config, StorageBackend, StorageConfig};
+use neoflix_ingest::custody::Custody;
+use neoflix_ingest::storage::{Storage, StorageError, Stored};
+use neoflix_pki::{Ca, Role};
+use sha2::{Digest, Sha256};
+
+const PREFIX: &str = "unit-a/";
+
+fn storage(g: &Garage, dir: &Path) -> Storage {
+    let secret = dir.join("secret");
+    std::fs::write(&secret, format!("{}\n", garage::SECRET)).unwrap();
+    Storage::configured(
+        &StorageConfig {
+            backend: StorageBackend::S3(Box::new(S3Config {
+                endpoint: g.endpoint(1).parse().unwrap(),
+                bucket: garage::BUCKET.into(),
+                region: garage::REGION.into(),
+                prefix: PREFIX.into(),
+                path_style: true,
+                access_key_id: Some(garage::KEY_ID.into()),
+                secret_access_key_file: Some(secret),
+                ca: None,
+            })),
+            max_object_bytes: 1 << 20,
+        },
+        true,
+    )
+    .unwrap()
+}
+
+/// The department's CA, the server's custody, and room-1's signing identity.
+fn pki(dir: &Path) -> (Custody, neoflix_format::SigningIdentity) {
+    let ca = Ca::init(&dir.join("ca"), "Test CA").unwrap();
+    let identity = |name: &str, role| {
+        let (crt, key) = ca.issue(name, role, None).unwrap();
+        neoflix_format::SigningIdentity::from_pem(
+            &std::fs::read(crt).unwrap(),
+            &std::fs::read(key).unwrap(),
+        )
+        .unwrap()
+    };
+    let server = identity("localhost", Role::Server);
+    let custody =
+        Custody::from_pem(&std::fs::read(dir.join("ca/ca.crt")).unwrap(), server).unwrap();
+    (custody, identity("room-1", Role::Device))
+}
+
+/// A signed recording of room-1 with `n` fragments: its directory.
+fn recording(dir: &Path, n: usize, signer: &neoflix_format::SigningIdentity) -> std::path::PathBuf {
+    let mut synth = neoflix_e2e::synth::Synth::new(dir, "rec", "room-1", 3000);
+    for _ in 0..n {
+        synth.claim_next();
+    }
+    synth.finalize(Some(signer))
+}
+
+/// Its objects: (name, bytes), signature included.
+fn objects(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .filter(|(n, _)| neoflix_ingest::storage::valid_object_name(n))
+        .map(|(n, p)| (n, std::fs::read(p).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Uploads one object in two chunks, as the server's connection does; what the store said.
+fn upload(s: &Storage, id: &str, name: &str, bytes: &[u8]) -> Result<Stored, StorageError> {
+    let sha: [u8; 32] = Sha256::digest(bytes).into();
+    let mut up = s.begin("room-1", id, name, &sha, Some(bytes.len() as u64))?;
+    let (a, b) = bytes.split_at(bytes.len() / 2);
+    up.write(a)?;
+    up.write(b)?;
+    s.commit(up, &sha)
+}
+
+/// Keys under `prefix`, through another node than the storage's.
+fn keys(g: &Garage, prefix: &str) -> Vec<String> {
+    let rt = runtime();
+    let b = g.bucket(2);
+    rt.block_on(settled(|| b.list_all(prefix, 1000, 10_000)))
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect()
+}
+
+/// Store calls while Garage's quorum settles (a 503 now and then on a loaded machine) are
+/// made again, as the box does.
+fn settled_call<T>(mut f: impl FnMut() -> Result<T, StorageError>) -> Result<T, StorageError> {
+    for _ in 0..50 {
+        match f() {
+            Err(StorageError::Store(why)) if why.contains(" 503 ") || why.contains("reach") => {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            r => return r,
+        }
+    }
+    f()
+}
+
+#[test]
+fn a_recording_streams_into_the_bucket_completes_once_reads_back_and_is_withdrawn() {
+    let g = Garage::serving();
+    let t = tempfile::tempdir().unwrap();
+    let s = storage(&g, t.path());
+    let (custody, room) = pki(t.path());
+    let dir = recording(&t.path().join("box"), 3, &room);
+    let m = neoflix_format::read_manifest(&dir).unwrap();
+    let id = m.recording_id.clone();
+    let all = objects(&dir);
+
+    // No upload before the store has shown that it refuses a body that is not the announced
+    // one; Garage does.
+    let (name, bytes) = &all[0];
+    let e = upload(&s, &id, name, bytes).unwrap_err();
+    assert!(
+        matches!(e, StorageError::Store(ref w) if w.contains("not checked yet")),
+        "{e}"
+    );
+    let Storage::S3(s3) = &s else { unreachable!() };
+    settled_call(|| s3.probe().map(|r| r.expect("Garage refuses a forged body"))).unwrap();
+    assert!(
+        keys(&g, &format!("{PREFIX}.probe/")).is_empty(),
+        "the probe left nothing"
+    );
+
+    // Without a length there is nothing to sign the PUT with.
+    let sha: [u8; 32] = Sha256::digest(bytes).into();
+    assert!(matches!(
+        s.begin("room-1", &id, name, &sha, None),
+        Err(StorageError::LengthRequired)
+    ));
+    // A body that is not the announced one: refused, and nothing is stored under any key.
+    let mut up = s
+        .begin("room-1", &id, name, &sha, Some(bytes.len() as u64))
+        .unwrap();
+    let mut forged = bytes.clone();
+    forged[10] ^= 1;
+    up.write(&forged).unwrap();
+    assert!(matches!(s.commit(up, &sha), Err(StorageError::Digest(_))));
+    let rec = format!("{PREFIX}room-1/{id}/");
+    assert!(keys(&g, &rec).is_empty(), "{:?}", keys(&g, &rec));
+
+    for (name, bytes) in &all {
+        assert_eq!(
+            settled_call(|| upload(&s, &id, name, bytes)).unwrap(),
+            Stored::Created,
+            "{name}"
+        );
+    }
+    // Content-addressed: the same object again is the same, and the store is not written.
+    assert_eq!(upload(&s, &id, &all[1].0, &all[1].1).unwrap(), Stored::Same);
+    let (names, complete) = s.status("room-1", &id).unwrap();
+    assert_eq!(
+        names,
+        all.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()
+    );
+    assert!(!complete);
+    assert_eq!(s.list("room-1").unwrap(), vec![(id.clone(), false)]);
+
+    let manifest = std::fs::read(dir.join("manifest.json")).unwrap();
+    let (receipt, stored) =
+        settled_call(|| s.complete("room-1", &id, &manifest, &custody)).unwrap();
+    assert_eq!(stored, Stored::Created);
+    let (again, stored) = s.complete("room-1", &id, &manifest, &custody).unwrap();
+    assert_eq!(
+        (again.as_slice(), stored),
+        (receipt.as_slice(), Stored::Same)
+    );
+    let mut other = manifest.clone();
+    other.extend_from_slice(b" ");
+    assert!(matches!(
+        s.complete("room-1", &id, &other, &custody),
+        Err(StorageError::Conflict(_))
+    ));
+    // Complete: nothing more is taken into it.
+    assert!(matches!(
+        upload(&s, &id, &all[0].0, &all[0].1),
+        Err(StorageError::Conflict(_))
+    ));
+    assert_eq!(s.manifest("room-1", &id).unwrap(), Some(manifest.clone()));
+    assert_eq!(s.receipt("room-1", &id).unwrap(), Some(receipt));
+    let f = &m.fragments[1];
+    assert_eq!(
+        s.read_object("room-1", &id, &f.file, &f.sha256, 1 << 20)
+            .unwrap(),
+        std::fs::read(dir.join(&f.file)).unwrap()
+    );
+    assert_eq!(s.list("room-1").unwrap(), vec![(id.clone(), true)]);
+    let held = s.recordings().unwrap();
+    assert_eq!((held.len(), held[0].complete), (1, true));
+    assert_eq!(s.rooms_holding(&id).unwrap(), vec!["room-1".to_string()]);
+
+    // Withdrawn: the notice stays, everything else goes, key records first.
+    let shredded = s.withdraw("room-1", &id, b"{\"notice\":1}").unwrap();
+    assert_eq!(shredded.key_records, 4, "{shredded:?}");
+    assert!(keys(&g, &rec).is_empty(), "{:?}", keys(&g, &rec));
+    assert_eq!(
+        s.withdrawn("room-1", &id).unwrap().as_deref(),
+        Some(&b"{\"notice\":1}"[..])
+    );
+    assert!(matches!(
+        upload(&s, &id, &all[0].0, &all[0].1),
+        Err(StorageError::Withdrawn(_))
+    ));
+    assert!(s.list("room-1").unwrap().is_empty());
+    assert!(s.recordings().unwrap().is_empty());
+    // Its deletion is finished, so a start has nothing left to do but forget it.
+    let finished = s.finish_deletions().unwrap();
+    assert_eq!(finished.len(), 1);
+    assert!(matches!(finished[0].outcome, Ok(None)));
+}
+
+#[test]
+fn a_deletion_a_crash_interrupted_is_finished_at_the_next_start() {
+    let g = Garage::serving();
+    let t = tempfile::tempdir().unwrap();
+    let s = storage(&g, t.path());
+    let Storage::S3(s3) = &s else { unreachable!() };
+    settled_call(|| s3.probe().map(|r| r.unwrap())).unwrap();
+    let (_, room) = pki(t.path());
+    let dir = recording(&t.path().join("box"), 2, &room);
+    let id = neoflix_format::read_manifest(&dir).unwrap().recording_id;
+    for (name, bytes) in objects(&dir) {
+        settled_call(|| upload(&s, &id, &name, &bytes)).unwrap();
+    }
+    // The crash: the marker stored, nothing deleted yet.
+    let rt = runtime();
+    let b = g.bucket(0);
+    let marker = format!("{PREFIX}room-1/.deleting/{id}");
+    let empty: [u8; 32] = Sha256::digest(b"").into();
+    rt.block_on(settled(|| {
+        b.put(&marker, Vec::new().into(), 0, &empty, false)
+    }))
+    .unwrap();
+    assert!(
+        s.recordings().unwrap().is_empty(),
+        "being deleted: not listed"
+    );
+    let finished = s.finish_deletions().unwrap();
+    assert_eq!(finished.len(), 1);
+    let done = finished[0].outcome.as_ref().unwrap().unwrap();
+    assert_eq!(done.key_records, 3, "{done:?}");
+    assert!(keys(&g, PREFIX).is_empty(), "{:?}", keys(&g, PREFIX));
+    assert!(s.finish_deletions().unwrap().is_empty());
+    // A retention deletion from start to end.
+    let dir = recording(&t.path().join("box2"), 1, &room);
+    let id = neoflix_format::read_manifest(&dir).unwrap().recording_id;
+    for (name, bytes) in objects(&dir) {
+        settled_call(|| upload(&s, &id, &name, &bytes)).unwrap();
+    }
+    let done = s.delete("room-1", &id).unwrap();
+    assert_eq!(done.key_records, 2);
+    assert!(keys(&g, PREFIX).is_empty(), "{:?}", keys(&g, PREFIX));
+}
