@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use neoflix_control::Request;
+use neoflix_e2e::garage::{Garage, runtime, settled};
 use neoflix_e2e::{
     Browser, Daemon, Ingest, Lab, Postgres, ffmpeg_errors, ffprobe, free_port, review_assets,
     wait_until,
 };
+use neoflix_ingest::storage::s3::parse_object_key;
 
 /// Waits until the stopped recording is complete in `stored` (through `server`) and the box
 /// has deleted its copy; then it verifies and plays, and the box counts one delivery.
@@ -58,7 +60,8 @@ struct Replica {
     review: String,
 }
 
-fn replica(lab: &Lab, pg: &Postgres, name: &str) -> Replica {
+/// `storage`: a `[storage]` section in place of the lab's directory.
+fn replica(lab: &Lab, pg: &Postgres, name: &str, storage: Option<&str>) -> Replica {
     let rport = free_port();
     let extra = format!(
         "[review]\nlisten = \"127.0.0.1:{rport}\"\nassets = \"{}\"\n[retention]\nkeep_days = 30\n{}",
@@ -67,7 +70,13 @@ fn replica(lab: &Lab, pg: &Postgres, name: &str) -> Replica {
     );
     let written = lab.ingest_config_with(64 << 20, &extra);
     let config = lab.path(&format!("ingest-{name}.toml"));
-    fs::copy(lab.path("ingest.toml"), &config).unwrap();
+    let mut text = fs::read_to_string(lab.path("ingest.toml")).unwrap();
+    if let Some(section) = storage {
+        let dir = format!("[storage]\ndir = \"{}\"\n", lab.path("server").display());
+        assert!(text.contains(&dir), "{text}");
+        text = text.replace(&dir, section);
+    }
+    fs::write(&config, text).unwrap();
     Replica {
         ingest: Ingest::from_config(
             config.clone(),
@@ -144,8 +153,8 @@ fn two_replicas_on_one_store_and_postgresql_fail_over_serve_either_page_and_shar
     let lab = Lab::new();
     lab.pki(&["room-e2e"]);
     let pg = Postgres::start();
-    let mut a = replica(&lab, &pg, "a");
-    let mut b = replica(&lab, &pg, "b");
+    let mut a = replica(&lab, &pg, "a", None);
+    let mut b = replica(&lab, &pg, "b", None);
     let alice = lab.enrol_reviewer("alice", PASSPHRASE);
     let (code, out, err) = a.admin(&["reviewer", "import", alice.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
@@ -262,6 +271,177 @@ fn two_replicas_on_one_store_and_postgresql_fail_over_serve_either_page_and_shar
     }
 }
 
+/// A recording held in the bucket, fetched into `into` under its objects' names (the keys
+/// carry their digests): what an export from the store does.
+fn fetch_recording(g: &Garage, rec: &str, into: &Path) {
+    let rt = runtime();
+    let b = g.bucket(0);
+    fs::create_dir_all(into).unwrap();
+    for o in rt
+        .block_on(settled(|| b.list_all(rec, 1000, 10_000)))
+        .unwrap()
+    {
+        let rest = o.key.strip_prefix(rec).unwrap();
+        let name = match parse_object_key(rest) {
+            Some((name, _)) => name,
+            None => rest,
+        };
+        let bytes = rt
+            .block_on(settled(|| b.get_small(&o.key, 64 << 20)))
+            .unwrap()
+            .unwrap();
+        fs::write(into.join(name), bytes).unwrap();
+    }
+}
+
+/// Sealed fragments of `rec` in the bucket.
+fn fragments_in(g: &Garage, rec: &str) -> usize {
+    let rt = runtime();
+    let b = g.bucket(0);
+    rt.block_on(b.list_all(rec, 1000, 10_000))
+        .map(|l| {
+            l.iter()
+                .filter(|o| o.key[rec.len()..].starts_with("frag-"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Issue 14 on an object store: two replicas share a three-node Garage cluster and one
+/// PostgreSQL database. The box uploads through the first, which is killed mid-recording; a
+/// Garage node is killed while the box uploads through the second; the recording completes
+/// all the same, verifies and plays in the page of either replica; a withdrawal through the
+/// first (the admin's command) deletes it from the bucket and the second's list loses it.
+/// Neither replica keeps anything of it on its own disk.
+#[test]
+fn two_replicas_on_garage_and_postgresql_survive_a_replica_and_a_store_node_dying() {
+    let lab = Lab::new();
+    lab.pki(&["room-e2e"]);
+    let pg = Postgres::start();
+    let mut g = Garage::serving();
+    let mut a = replica(&lab, &pg, "a", Some(&g.storage_section(0, "unit-a/")));
+    let mut b = replica(&lab, &pg, "b", Some(&g.storage_section(1, "unit-a/")));
+    let alice = lab.enrol_reviewer("alice", PASSPHRASE);
+    let (code, out, err) = a.admin(&["reviewer", "import", alice.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = a.admin(&["--check-config"]);
+    assert_eq!(code, 0, "{out}{err}");
+    a.start();
+    b.start();
+    assert!(
+        a.ingest.log_text().contains("object store checked"),
+        "{}",
+        a.ingest.log_text()
+    );
+
+    let list = format!(
+        "url = [\"https://{}\", \"https://{}\"]",
+        a.ingest.addr, b.ingest.addr
+    );
+    let upload = lab
+        .upload_section(&a.ingest, "room-e2e")
+        .replace(&format!("url = \"https://{}\"", a.ingest.addr), &list);
+    lab.config(CAPTURE, 2, &upload);
+    let mut d = lab.start();
+    d.wait_ready(Duration::from_secs(60));
+    let id = d.ctl(Request::Start {}).recording.unwrap();
+    let rec = format!("unit-a/room-e2e/{id}/");
+    wait_until(
+        "fragments in the bucket through the first replica",
+        Duration::from_secs(30),
+        || fragments_in(&g, &rec) >= 2,
+        &|| d.log_text() + &a.ingest.log_text(),
+    );
+    a.ingest.kill9();
+    let second = format!("https://{}", b.ingest.addr);
+    d.wait_for(
+        "the box to move to the second replica",
+        Duration::from_secs(60),
+        |s| s.upload.as_ref().and_then(|u| u.server.as_deref()) == Some(second.as_str()),
+    );
+    let before = fragments_in(&g, &rec);
+    wait_until(
+        "fragments through the second replica",
+        Duration::from_secs(30),
+        || fragments_in(&g, &rec) >= before + 2,
+        &|| d.log_text() + &b.ingest.log_text(),
+    );
+    // A store node dies mid-upload: two of three hold every object, and that is a quorum.
+    g.kill(2);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(d.ctl(Request::Stop {}).ok);
+    let manifest = format!("{rec}manifest.json");
+    let rt = runtime();
+    let store = g.bucket(0);
+    wait_until(
+        "the recording complete in the bucket",
+        Duration::from_secs(120),
+        || matches!(rt.block_on(store.head(&manifest)), Ok(Some(_))),
+        &|| d.log_text() + &b.ingest.log_text(),
+    );
+    wait_until(
+        "the box to delete its copy",
+        Duration::from_secs(60),
+        || lab.recordings().is_empty(),
+        &|| d.log_text() + &b.ingest.log_text(),
+    );
+    assert_eq!(d.status().upload.unwrap().delivered, 1);
+    let fetched = lab.path("fetched");
+    fetch_recording(&g, &rec, &fetched);
+    verifies_and_plays(&lab, &fetched);
+
+    // The killed replica comes back; the page of each plays the recording.
+    a.start();
+    let browser = Browser::launch(&lab.ca());
+    browser.goto(&a.review);
+    browser.element("form#signin input[name=user]");
+    browser.sign_in("alice", PASSPHRASE);
+    plays(&browser, &id);
+    browser.goto(&b.review);
+    browser.element("form#signin input[name=user]");
+    browser.sign_in("alice", PASSPHRASE);
+    plays(&browser, &id);
+
+    // Withdrawn through the first replica's admin command: gone from the bucket (the notice
+    // stays), and the second's list loses it.
+    let (code, out, err) = a.admin(&["withdraw", &id, "--reason", "consent withdrawn (form 7)"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let left = rt
+        .block_on(settled(|| store.list_all(&rec, 1000, 10_000)))
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    let notice = format!("unit-a/room-e2e/.withdrawn/{id}.json");
+    assert!(matches!(rt.block_on(store.head(&notice)), Ok(Some(_))));
+    browser.eval("history.back()", json!([]));
+    browser.wait(
+        "the list",
+        Duration::from_secs(30),
+        "document.body.dataset.view === 'list' && document.querySelector('form.filters button[type=submit]')",
+    );
+    let row = format!("tr[data-recording=\"{id}\"]");
+    browser.click(&browser.element("form.filters button[type=submit]"));
+    browser.wait(
+        "the withdrawn recording gone from the second replica's list",
+        Duration::from_secs(30),
+        &format!(
+            "document.querySelector('table.recordings tbody') && !document.querySelector('{row}')"
+        ),
+    );
+    let (code, out, err) = b.admin(&["audit", "--verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(d.terminate(), 0);
+    for r in [&mut a, &mut b] {
+        assert_eq!(r.ingest.terminate(), 0, "{}", r.ingest.log_text());
+        assert!(
+            !r.ingest.log_text().contains("panicked"),
+            "{}",
+            r.ingest.log_text()
+        );
+    }
+    // Nothing of the recording on either replica's disk: no storage directory at all.
+    assert!(!lab.path("server").exists());
+}
+
 /// The deployment docs/ingest.md gives for boxes that know one name: HAProxy passing TCP
 /// through (the box's certificate reaches the replica), two replicas behind it; the one in
 /// use (`balance first` makes that the first) is killed mid-recording and the recording
@@ -271,8 +451,8 @@ fn behind_haproxy_a_box_with_one_url_loses_nothing_when_a_replica_dies() {
     let lab = Lab::new();
     lab.pki(&["room-e2e"]);
     let pg = Postgres::start();
-    let mut a = replica(&lab, &pg, "a");
-    let mut b = replica(&lab, &pg, "b");
+    let mut a = replica(&lab, &pg, "a", None);
+    let mut b = replica(&lab, &pg, "b", None);
     a.start();
     b.start();
     let port = free_port();
@@ -368,7 +548,7 @@ fn a_replica_started_before_its_postgresql_waits_for_it() {
     lab.pki(&[]);
     let mut pg = Postgres::start();
     pg.kill();
-    let mut a = replica(&lab, &pg, "a");
+    let mut a = replica(&lab, &pg, "a", None);
     a.ingest.start();
     a.ingest.wait_log("the wait for PostgreSQL", |log| {
         log.matches("PostgreSQL cannot be opened; trying again")

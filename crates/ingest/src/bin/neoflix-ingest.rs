@@ -225,6 +225,28 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             }
         }
     }
+    // The object store: the key and bucket usable, and a damaged body refused (nothing is
+    // stored by the check).
+    if let neoflix_ingest::config::StorageBackend::S3(_) = &cfg.storage.backend {
+        let probed = neoflix_ingest::storage::Storage::configured(&cfg.storage, false)
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|s| match &s {
+                neoflix_ingest::storage::Storage::S3(s3) => s3
+                    .probe()
+                    .map_err(|e| e.to_string())
+                    .and_then(|fatal| fatal.map(|()| s.place())),
+                neoflix_ingest::storage::Storage::Fs(_) => Ok(s.place()),
+            });
+        match probed {
+            Ok(place) => println!(
+                "[storage]: {place} answers, and refuses a body that is not the one announced"
+            ),
+            Err(e) => {
+                eprintln!("{}: [storage]: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
     println!(
         "{}: config OK{}",
         path.display(),
