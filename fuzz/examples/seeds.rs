@@ -427,6 +427,37 @@ fn control_seeds() -> Seeds {
     out
 }
 
+/// What an S3 store answers: a listing page (last, truncated, with prefixes) and an error.
+fn s3_seeds() -> Seeds {
+    let page = |body: &str| {
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>neoflix</Name><Prefix>unit-a/</Prefix>{body}</ListBucketResult>"
+        )
+        .into_bytes()
+    };
+    let sha = "ab".repeat(32);
+    vec![
+        (
+            "listing",
+            page(&format!(
+                "<KeyCount>2</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated><Contents><Key>unit-a/room-1/rec/frag-000001.nfx.{sha}</Key><LastModified>2026-11-30T05:00:00.000Z</LastModified><ETag>\"0\"</ETag><Size>4096</Size><StorageClass>STANDARD</StorageClass></Contents><Contents><Key>unit-a/room-1/rec/manifest.json</Key><Size>900</Size></Contents>"
+            )),
+        ),
+        (
+            "truncated",
+            page("<IsTruncated>true</IsTruncated><NextContinuationToken>dW5pdC1hL3Jvb20tMQ==</NextContinuationToken><Contents><Key>unit-a/a</Key><Size>1</Size></Contents>"),
+        ),
+        (
+            "prefixes",
+            page("<Delimiter>/</Delimiter><IsTruncated>false</IsTruncated><CommonPrefixes><Prefix>unit-a/room-1/</Prefix></CommonPrefixes><CommonPrefixes><Prefix>unit-a/room-2/</Prefix></CommonPrefixes>"),
+        ),
+        (
+            "error",
+            b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NoSuchKey</Code><Message>Key not found</Message><Resource>/neoflix/unit-a/x</Resource><Region>garage</Region></Error>".to_vec(),
+        ),
+    ]
+}
+
 fn main() {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
     let work = neoflix_fuzz::scratch("seeds");
@@ -452,6 +483,7 @@ fn main() {
         ("control_line", control_seeds()),
         ("ingest_http", ingest),
         ("signature", signature),
+        ("s3_answer", s3_seeds()),
         (
             "config",
             vec![(

@@ -436,17 +436,7 @@ impl Bucket {
     async fn refused(op: &'static str, key: &str, r: reqwest::Response) -> S3Error {
         let status = r.status().as_u16();
         let body = read_capped(op, key, r, 64 << 10).await.unwrap_or_default();
-        let text = String::from_utf8_lossy(&body);
-        let (code, message) = roxmltree::Document::parse(&text)
-            .ok()
-            .map(|d| {
-                let root = d.root_element();
-                (
-                    element(root, "Code").unwrap_or("").to_string(),
-                    element(root, "Message").unwrap_or("").to_string(),
-                )
-            })
-            .unwrap_or_default();
+        let (code, message) = parse_error(&body);
         let mut message = escaped(&message);
         if code == "RequestTimeTooSkewed" {
             message.push_str(" (this server's clock and the store's differ: check NTP on both)");
@@ -793,6 +783,28 @@ impl Bucket {
             }),
         }
     }
+}
+
+/// The code and message of an S3 error document (`<Error><Code>..`), as sent (unescaped);
+/// empty where the body is not one.
+pub fn parse_error(body: &[u8]) -> (String, String) {
+    let text = String::from_utf8_lossy(body);
+    roxmltree::Document::parse(&text)
+        .ok()
+        .map(|d| {
+            let root = d.root_element();
+            (
+                element(root, "Code").unwrap_or("").to_string(),
+                element(root, "Message").unwrap_or("").to_string(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// One page of a ListObjectsV2 answer, read as [`Bucket::list`] reads it (which then checks
+/// each key against the prefix and [`check_key`]).
+pub fn parse_listing(body: &[u8]) -> Result<Page, String> {
+    parse_page(body)
 }
 
 fn parse_page(body: &[u8]) -> Result<Page, String> {
