@@ -161,13 +161,17 @@ fn a_recording_streams_into_the_bucket_completes_once_reads_back_and_is_withdraw
             "{name}"
         );
     }
+    // A stray: a key record the box dropped in its crash recovery, and other bytes under a
+    // listed name. Neither is the recording's once it is complete.
+    settled_call(|| upload(&s, &id, "frag-000099.key", b"dropped")).unwrap();
+    settled_call(|| upload(&s, &id, &all[2].0, b"other bytes")).unwrap();
     // Content-addressed: the same object again is the same, and the store is not written.
     assert_eq!(upload(&s, &id, &all[1].0, &all[1].1).unwrap(), Stored::Same);
     let (names, complete) = s.status("room-1", &id).unwrap();
-    assert_eq!(
-        names,
-        all.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()
-    );
+    let mut expected: Vec<String> = all.iter().map(|(n, _)| n.clone()).collect();
+    expected.push("frag-000099.key".into());
+    expected.sort();
+    assert_eq!(names, expected);
     assert!(!complete);
     assert_eq!(s.list("room-1").unwrap(), vec![(id.clone(), false)]);
 
@@ -175,6 +179,10 @@ fn a_recording_streams_into_the_bucket_completes_once_reads_back_and_is_withdraw
     let (receipt, stored) =
         settled_call(|| s.complete("room-1", &id, &manifest, &custody)).unwrap();
     assert_eq!(stored, Stored::Created);
+    // The strays are gone; what the manifest names stays, with the manifest and receipt.
+    let held = keys(&g, &rec);
+    assert_eq!(held.len(), all.len() + 2, "{held:?}");
+    assert!(!held.iter().any(|k| k.contains("frag-000099")), "{held:?}");
     let (again, stored) = s.complete("room-1", &id, &manifest, &custody).unwrap();
     assert_eq!(
         (again.as_slice(), stored),
@@ -262,6 +270,29 @@ fn a_deletion_a_crash_interrupted_is_finished_at_the_next_start() {
     for (name, bytes) in objects(&dir) {
         settled_call(|| upload(&s, &id, &name, &bytes)).unwrap();
     }
+    // A server whose prefix ("") holds this one's ("unit-a/") sees `unit-a` as a room and
+    // `room-1` as one of its recordings; deleting that must touch nothing of this server's.
+    let outer = Storage::configured(
+        &StorageConfig {
+            backend: StorageBackend::S3(Box::new(S3Config {
+                endpoint: g.endpoint(0).parse().unwrap(),
+                bucket: garage::BUCKET.into(),
+                region: garage::REGION.into(),
+                prefix: String::new(),
+                path_style: true,
+                access_key_id: Some(garage::KEY_ID.into()),
+                secret_access_key_file: Some(t.path().join("secret")),
+                ca: None,
+            })),
+            max_object_bytes: 1 << 20,
+        },
+        false,
+    )
+    .unwrap();
+    let before = keys(&g, PREFIX);
+    assert!(before.len() > 2, "{before:?}");
+    settled_call(|| outer.delete("unit-a", "room-1")).unwrap();
+    assert_eq!(keys(&g, PREFIX), before);
     let done = s.delete("room-1", &id).unwrap();
     assert_eq!(done.key_records, 2);
     assert!(keys(&g, PREFIX).is_empty(), "{:?}", keys(&g, PREFIX));

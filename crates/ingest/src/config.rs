@@ -735,6 +735,7 @@ fn walk(w: &mut Walker, root: &DeTable, base: &Path) -> IngestConfig {
     w.finish(t);
 
     let mut st = w.section(root, "storage");
+    let storage_line = st.line();
     let backend = storage_backend(w, &mut st, base);
     let (max_object_bytes, _) = w.int(
         &mut st,
@@ -886,6 +887,13 @@ fn walk(w: &mut Walker, root: &DeTable, base: &Path) -> IngestConfig {
             at
         }
     };
+    if matches!(backend, StorageBackend::S3(_)) && !matches!(db_at, DatabaseAt::Postgres(_)) {
+        w.warn(
+            storage_line,
+            "storage.backend",
+            "an object store without a PostgreSQL [database]: run one replica only; several sharing the bucket need [database] url = \"postgres://...\", whose lock keeps them from storing two manifests for one recording",
+        );
+    }
 
     let mqtt = w.optional_section(root, "mqtt").map(|mut m| {
         let (url, uline) = match w.required_string(&mut m, "url", "the broker, e.g. url = \"mqtts://broker.example:8883\"") {
@@ -1050,7 +1058,12 @@ mod tests {
             "[storage]\nbackend = \"s3\"\nendpoint = \"https://s3.hospital.example:9000\"\nbucket = \"neoflix\"\nprefix = \"unit-a/\"\naccess_key_id = \"GK1\"\nsecret_access_key_file = \"s3.secret\"\nca = \"ca.crt\"\n",
         );
         let (c, warnings) = IngestConfig::parse("i.toml", &text, d.path()).unwrap();
-        assert!(warnings.is_empty(), "{warnings:?}");
+        // Without PostgreSQL: one replica only, and it says so.
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].to_string().contains("run one replica only"),
+            "{warnings:?}"
+        );
         let StorageBackend::S3(s) = &c.storage.backend else {
             panic!("{:?}", c.storage.backend)
         };

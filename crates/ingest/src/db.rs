@@ -630,9 +630,14 @@ impl PgTarget {
         }
         // A statement (or a wait for the write lock) that runs this long is a database in
         // trouble: the request fails and says so instead of holding a thread for ever.
+        // And the server finds a replica that vanished (its machine, its network) as soon: its
+        // session goes, and with it the advisory locks it held (`Exclusive`), instead of after
+        // the server's two hours of keepalive.
         config.options(&format!(
-            "-c statement_timeout={}",
-            PG_STATEMENT_TIMEOUT.as_millis()
+            "-c statement_timeout={} -c tcp_keepalives_idle={} -c tcp_keepalives_interval={} -c tcp_keepalives_count=3",
+            PG_STATEMENT_TIMEOUT.as_millis(),
+            PG_KEEPALIVE_IDLE.as_secs(),
+            PG_KEEPALIVE_INTERVAL.as_secs()
         ));
         Ok(PgTarget { config, tls })
     }
@@ -1725,7 +1730,8 @@ pub struct Copied {
 /// The database's lock for the storage ([`crate::storage::Exclusive`]). On PostgreSQL a
 /// session advisory lock on a pooled connection, in the two-key space (which never meets the
 /// one-key write lock), held while `f` runs and released after; a replica that dies holding
-/// it loses its session and the lock with it. On SQLite there is one server, whose own locks
+/// it loses its session and the lock with it (its machine or network gone: once the server's
+/// keepalive probes go unanswered, some 30 s). On SQLite there is one server, whose own locks
 /// suffice.
 impl crate::storage::Exclusive for Db {
     fn exclusively(&self, name: &str, f: &mut dyn FnMut()) -> Result<(), String> {

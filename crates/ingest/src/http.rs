@@ -268,8 +268,9 @@ async fn receive(
     max: u64,
     rate: RateLimit,
     held: &Held,
+    batches: u64,
 ) -> Result<Upload, Refusal> {
-    let cap = usize::try_from(held.bytes()).unwrap_or(WRITE_BATCH);
+    let cap = usize::try_from(held.bytes() / batches.max(1)).unwrap_or(WRITE_BATCH);
     let mut guard = RateGuard::new(Instant::now(), rate.grace, rate.min_bytes_per_sec);
     let mut batch = Vec::with_capacity(cap);
     while let Some(frame) = next_frame(&mut body, &guard, rate.min_bytes_per_sec).await? {
@@ -535,7 +536,10 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
             let mut held = ctx.budget.empty();
             let batch =
                 content_length(&req).map_or(WRITE_BATCH as u64, |l| l.clamp(1, WRITE_BATCH as u64));
-            if !held.grow(batch) {
+            // The budget counts what the upload holds at once, which an object store makes a
+            // few batches (docs/ingest.md, "Limits: memory").
+            let batches = store.batches_per_upload();
+            if !held.grow(batch * batches) {
                 return refusal(Refusal::Busy);
             }
             let Some(object) = ObjectName::parse(name) else {
@@ -552,7 +556,7 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
                 Ok(u) => u,
                 Err(e) => return storage_error(e),
             };
-            let up = match receive(req.into_body(), up, head, max, ctx.rate, &held).await {
+            let up = match receive(req.into_body(), up, head, max, ctx.rate, &held, batches).await {
                 Ok(u) => u,
                 Err(r) => return refusal(r),
             };

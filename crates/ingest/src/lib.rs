@@ -230,6 +230,7 @@ pub async fn run(
     let identity = Arc::new(server_identity(&cfg)?);
     let custody = Arc::new(custody::Custody::new(tls.clone(), server_identity(&cfg)?));
     let store = Arc::new(storage::Storage::configured(&cfg.storage, true)?);
+    store.pace_uploads(cfg.limits.min_bytes_per_sec);
     if !wait_for_store(&store, &mut shutdown).await? {
         return Ok(());
     }
@@ -238,10 +239,24 @@ pub async fn run(
             "no [retention] in the config: recordings are kept until deleted by hand (neoflix-ingest withdraw)"
         );
     }
-    let finishing = store.clone();
-    let marked = tokio::task::spawn_blocking(move || finishing.finish_deletions())
-        .await?
-        .context("listing the withdrawn and deleted recordings")?;
+    let mut again = Duration::from_secs(2);
+    let marked = loop {
+        let finishing = store.clone();
+        match tokio::task::spawn_blocking(move || finishing.finish_deletions()).await? {
+            Ok(m) => break m,
+            // An object store that fails for a moment (it just answered the probe) is waited
+            // for, as at the probe; a directory that cannot be read is the administrator's.
+            Err(e @ storage::StorageError::Store(_)) => {
+                log::error!(storage = esc(&store.place()).as_str(), error = esc(&e.to_string()).as_str(), retry_secs = again.as_secs(); "the withdrawn and deleted recordings cannot be listed yet; trying again");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(again) => {}
+                }
+                again = (again * 2).min(Duration::from_secs(60));
+            }
+            Err(e) => return Err(e).context("listing the withdrawn and deleted recordings"),
+        }
+    };
     for f in &marked {
         let (device, id) = (esc(&f.device), esc(&f.id));
         match &f.outcome {

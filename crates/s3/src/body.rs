@@ -29,11 +29,10 @@ impl BodySender {
 
     /// Ends the body with an error, so that the request fails rather than ending short (which
     /// a store that checks the signed digest refuses anyway, and one that does not might
-    /// keep). From a thread outside the runtime.
-    pub fn blocking_abort(self, why: &str) {
-        let _ = self
-            .0
-            .blocking_send(Err(std::io::Error::other(why.to_string())));
+    /// keep). Never waits: with the channel full, the sender's going away ends the body short
+    /// of its announced length, which the HTTP client refuses to send as whole.
+    pub fn abort(self, why: &str) {
+        let _ = self.0.try_send(Err(std::io::Error::other(why.to_string())));
     }
 }
 
@@ -67,13 +66,13 @@ mod tests {
 
     #[tokio::test]
     async fn chunks_arrive_in_order_and_an_abort_is_an_error() {
-        let (tx, rx) = mpsc::channel(2);
+        let (tx, rx) = mpsc::channel(3);
         let mut body = Fed(rx);
         let feeder = std::thread::spawn(move || {
             let tx = BodySender(tx);
             tx.blocking_send(Bytes::from_static(b"one ")).unwrap();
             tx.blocking_send(Bytes::from_static(b"two")).unwrap();
-            tx.blocking_abort("digest mismatch");
+            tx.abort("digest mismatch");
         });
         let mut got = Vec::new();
         let mut failed = None;
@@ -89,6 +88,18 @@ mod tests {
         feeder.join().unwrap();
         assert_eq!(got, b"one two");
         assert_eq!(failed.as_deref(), Some("digest mismatch"));
+    }
+
+    #[test]
+    fn an_abort_never_waits_on_a_full_channel() {
+        let (tx, rx) = mpsc::channel(1);
+        let tx = BodySender(tx);
+        tx.blocking_send(Bytes::from_static(b"full")).unwrap();
+        // Returns at once; the body then ends after what was sent, short of its length.
+        tx.abort("digest mismatch");
+        let mut rx = rx;
+        assert!(matches!(rx.try_recv(), Ok(Ok(_))));
+        assert!(rx.try_recv().is_err());
     }
 
     #[tokio::test]

@@ -474,6 +474,21 @@ impl Bucket {
         sha256: &[u8; 32],
         once: bool,
     ) -> Result<Put, S3Error> {
+        self.put_paced(key, body, len, sha256, once, PUT_FLOOR_BYTES_PER_SEC)
+            .await
+    }
+
+    /// [`Bucket::put`] of a body that may come as slowly as `floor` bytes a second on average
+    /// (it is relayed from a slow sender): given up only after 120 s and `len / floor` more.
+    pub async fn put_paced(
+        &self,
+        key: &str,
+        body: reqwest::Body,
+        len: u64,
+        sha256: &[u8; 32],
+        once: bool,
+        floor: u64,
+    ) -> Result<Put, S3Error> {
         check_key(key)?;
         let sha = hex::encode(sha256);
         let len_text = len.to_string();
@@ -487,7 +502,7 @@ impl Bucket {
         let rb = self
             .request(Method::PUT, Some(key), &[], &extra, &sha)
             .header("content-type", "application/octet-stream")
-            .timeout(SMALL_OP + Duration::from_secs(len / PUT_FLOOR_BYTES_PER_SEC))
+            .timeout(SMALL_OP + Duration::from_secs(len / floor.max(1)))
             .body(body);
         let r = self.send("PUT", key, rb).await?;
         match r.status() {
@@ -752,6 +767,37 @@ impl Bucket {
         }
     }
 
+    /// Whether the bucket keeps old versions of what is deleted or replaced
+    /// (`GET ?versioning`). A store that does not implement the call (`501`) keeps none.
+    pub async fn versioning(&self) -> Result<Versioning, S3Error> {
+        let r = self
+            .send(
+                "GET versioning",
+                "",
+                self.request(
+                    Method::GET,
+                    None,
+                    &[("versioning", "")],
+                    &[],
+                    sigv4::EMPTY_SHA256,
+                )
+                .timeout(SMALL_OP),
+            )
+            .await?;
+        if r.status() == StatusCode::NOT_IMPLEMENTED {
+            return Ok(Versioning::Never);
+        }
+        if !r.status().is_success() {
+            return Err(Self::refused("GET versioning", "", r).await);
+        }
+        let body = read_capped("GET versioning", "", r, 64 << 10).await?;
+        parse_versioning(&body).map_err(|why| S3Error::Answer {
+            op: "GET versioning",
+            key: String::new(),
+            why,
+        })
+    }
+
     /// Checks that the bucket is there and the key may use it (HEAD on the bucket).
     pub async fn check(&self) -> Result<(), S3Error> {
         let r = self
@@ -799,6 +845,36 @@ pub fn parse_error(body: &[u8]) -> (String, String) {
             )
         })
         .unwrap_or_default()
+}
+
+/// A bucket's versioning state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versioning {
+    /// Never enabled: a DELETE removes the object.
+    Never,
+    /// Enabled: a DELETE leaves the object as a noncurrent version.
+    Enabled,
+    /// Suspended: versions made while it was enabled remain.
+    Suspended,
+}
+
+/// A `GetBucketVersioning` answer: no `<Status>` is a bucket that never had versioning.
+pub fn parse_versioning(body: &[u8]) -> Result<Versioning, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "not UTF-8".to_string())?;
+    let doc = roxmltree::Document::parse(text).map_err(|e| format!("not XML: {e}"))?;
+    let root = doc.root_element();
+    if root.tag_name().name() != "VersioningConfiguration" {
+        return Err(format!(
+            "<{}> where <VersioningConfiguration> was expected",
+            escaped(root.tag_name().name())
+        ));
+    }
+    match element(root, "Status").map(str::trim) {
+        None | Some("") => Ok(Versioning::Never),
+        Some("Enabled") => Ok(Versioning::Enabled),
+        Some("Suspended") => Ok(Versioning::Suspended),
+        Some(other) => Err(format!("versioning status {:?}", escaped(other))),
+    }
 }
 
 /// One page of a ListObjectsV2 answer, read as [`Bucket::list`] reads it (which then checks
@@ -947,6 +1023,29 @@ mod tests {
     fn the_timestamp_is_utc_basic_format() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_369_353_600);
         assert_eq!(timestamp(t), "20130524T000000Z");
+    }
+
+    #[test]
+    fn versioning_reads_never_enabled_and_suspended_and_nothing_else() {
+        let doc = |inner: &str| {
+            format!(
+                "<?xml version=\"1.0\"?><VersioningConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">{inner}</VersioningConfiguration>"
+            )
+        };
+        assert_eq!(parse_versioning(doc("").as_bytes()), Ok(Versioning::Never));
+        assert_eq!(
+            parse_versioning(doc("<Status>Enabled</Status>").as_bytes()),
+            Ok(Versioning::Enabled)
+        );
+        assert_eq!(
+            parse_versioning(
+                doc("<Status>Suspended</Status><MfaDelete>Disabled</MfaDelete>").as_bytes()
+            ),
+            Ok(Versioning::Suspended)
+        );
+        assert!(parse_versioning(doc("<Status>Maybe</Status>").as_bytes()).is_err());
+        assert!(parse_versioning(b"<Error><Code>x</Code></Error>").is_err());
+        assert!(parse_versioning(b"\xff").is_err());
     }
 
     #[test]

@@ -212,11 +212,28 @@ impl Storage {
         }
     }
 
+    /// How many of the server's receive batches one upload holds in memory at most: one on
+    /// the filesystem; on an object store also the chunk held back and those on their way.
+    pub fn batches_per_upload(&self) -> u64 {
+        match self {
+            Storage::Fs(_) => 1,
+            Storage::S3(_) => s3::BATCHES_PER_UPLOAD,
+        }
+    }
+
     /// Largest accepted object.
     pub fn max_object(&self) -> u64 {
         match self {
             Storage::Fs(s) => s.max_object(),
             Storage::S3(s) => s.max_object(),
+        }
+    }
+
+    /// The slowest a box may send its body (`limits.min_bytes_per_sec`): what an object
+    /// store's PUT, relaying it, must wait for.
+    pub fn pace_uploads(&self, min_bytes_per_sec: u64) {
+        if let Storage::S3(s) = self {
+            s.pace_uploads(min_bytes_per_sec);
         }
     }
 

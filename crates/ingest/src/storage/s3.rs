@@ -24,7 +24,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
@@ -257,9 +257,9 @@ impl HeldObjects {
     }
 
     fn io(&self, e: S3Error) -> std::io::Error {
-        if e.is_transient() {
-            self.store_failed.store(true, Ordering::Relaxed);
-        }
+        // Whatever the store answered, the read failed: that says nothing about the recording
+        // (a clock skew, a key that lost its rights, an object deleted meanwhile).
+        self.store_failed.store(true, Ordering::Relaxed);
         std::io::Error::other(e.to_string())
     }
 }
@@ -335,16 +335,32 @@ const MAX_ROOMS: usize = 100_000;
 const MAX_RECORDINGS: usize = 1_000_000;
 
 /// Chunks of an upload on their way to the store, besides the one held back: with the
-/// server's 256 KiB batches, under a megabyte per upload.
+/// server's 256 KiB batches, about a megabyte per upload.
 const IN_FLIGHT: usize = 2;
+
+/// Batches one upload holds: the one being received, the one held back, those in the
+/// channel, and the one the HTTP client is writing.
+pub const BATCHES_PER_UPLOAD: u64 = IN_FLIGHT as u64 + 3;
 
 /// Signatures of one recording tried against its manifest: a box uploads one, a box that
 /// signed again after a crash a second.
 const MAX_SIGNATURES: usize = 8;
 
-/// What the key of a key record contains (`init-000.key.{sha}`, `frag-000001.key.{sha}`).
-fn is_key_record(key: &str) -> bool {
-    key.contains(".key.") || key.ends_with(".key")
+/// Whether `rest`, a key with its recording's prefix taken off, is a key record's
+/// (`init-000.key.{sha}`, `frag-000001.key.{sha}`).
+fn is_key_record(rest: &str) -> bool {
+    parse_object_key(rest).is_some_and(|(name, _)| name.ends_with(".key"))
+}
+
+/// The keys right under `rec` (nothing deeper: with `prefix = ""` beside another server's
+/// `"unit-b/"`, `unit-b/room-1/` is not a recording of this server's, and what is under it
+/// is never touched), each with the rest of its key.
+fn children<'a>(rec: &str, listed: &'a [Listed]) -> impl Iterator<Item = (&'a Listed, &'a str)> {
+    let rec = rec.to_string();
+    listed.iter().filter_map(move |o| {
+        let rest = o.key.strip_prefix(rec.as_str())?;
+        (!rest.is_empty() && !rest.contains('/')).then_some((o, rest))
+    })
 }
 
 fn store_error(e: S3Error) -> StorageError {
@@ -378,6 +394,9 @@ pub struct S3Storage {
     /// The store refused a body that was not the one announced ([`S3Storage::probe`]): until
     /// then no upload is taken.
     checked: AtomicBool,
+    /// The slowest a box may send (`limits.min_bytes_per_sec`): an upload's PUT, which relays
+    /// it, waits as long as the box may take.
+    pace: AtomicU64,
     place: String,
 }
 
@@ -469,7 +488,7 @@ impl S3Upload {
         let got: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
         if &got != expected || self.size != self.len {
             if let Some(tx) = self.sender.take() {
-                tx.blocking_abort("the body is not the one announced");
+                tx.abort("the body is not the one announced");
             }
             // Drop aborts the PUT as well.
             return Err(if &got != expected {
@@ -566,6 +585,7 @@ impl S3Storage {
             locks: (0..64).map(|_| Mutex::new(())).collect(),
             exclusive: OnceLock::new(),
             checked: AtomicBool::new(false),
+            pace: AtomicU64::new(4096),
             place: crate::config::StorageBackend::S3(Box::new(cfg.clone())).describe(),
         })
     }
@@ -578,6 +598,11 @@ impl S3Storage {
     /// Largest accepted object.
     pub fn max_object(&self) -> u64 {
         self.max_object
+    }
+
+    /// See [`super::Storage::pace_uploads`].
+    pub fn pace_uploads(&self, min_bytes_per_sec: u64) {
+        self.pace.store(min_bytes_per_sec.max(1), Ordering::Relaxed);
     }
 
     /// See [`super::Storage::share_lock`].
@@ -598,6 +623,20 @@ impl S3Storage {
         // The bucket and the key first: a 400 from a store that cannot be used at all is no
         // proof of anything.
         self.check()?;
+        // A deletion must delete: a versioned bucket keeps every key record it "deleted".
+        match self
+            .rt
+            .block_on(self.bucket.versioning())
+            .map_err(store_error)?
+        {
+            neoflix_s3::Versioning::Never => {}
+            v => {
+                return Ok(Err(format!(
+                    "{}: the bucket's versioning is {v:?}: a withdrawal or retention deletion would leave every key record and sealed object behind as an old version; use a bucket that never had versioning (nor Object Lock)",
+                    self.place
+                )));
+            }
+        }
         let mut suffix = [0u8; 8];
         let _ = getrandom::fill(&mut suffix);
         let key = format!("{}.probe/{}", self.prefix, hex::encode(suffix));
@@ -611,19 +650,43 @@ impl S3Storage {
             false,
         ));
         match put {
-            Err(S3Error::Refused { status: 400, .. }) => {
-                self.checked.store(true, Ordering::Relaxed);
-                Ok(Ok(()))
+            // What AWS, MinIO and Ceph (XAmzContentSHA256Mismatch, BadDigest) and Garage
+            // (InvalidDigest) answer a payload that is not the signed one; any other refusal
+            // proves nothing about the check.
+            Err(S3Error::Refused {
+                status: 400, code, ..
+            }) if matches!(
+                code.as_str(),
+                "XAmzContentSHA256Mismatch" | "BadDigest" | "InvalidDigest"
+            ) => {}
+            Err(e @ S3Error::Refused { .. }) => {
+                return Ok(Err(format!(
+                    "{}: a body that is not the one announced was refused, but not for its digest ({e}); the server cannot tell whether the store checks x-amz-content-sha256",
+                    self.place
+                )));
             }
-            Err(e) => Err(store_error(e)),
+            Err(e) => return Err(store_error(e)),
             Ok(_) => {
                 let _ = self.rt.block_on(self.bucket.delete(&key));
-                Ok(Err(format!(
+                return Ok(Err(format!(
                     "{} kept a body that was not the one its request was signed for: it does not check x-amz-content-sha256, so a damaged upload could be stored as a good one; recordings cannot be kept there",
                     self.place
-                )))
+                )));
             }
         }
+        // And the same body announced rightly is taken: the refusal was the digest's.
+        let right: [u8; 32] = Sha256::digest(body).into();
+        self.rt
+            .block_on(
+                self.bucket
+                    .put(&key, body.to_vec().into(), body.len() as u64, &right, false),
+            )
+            .map_err(store_error)?;
+        self.rt
+            .block_on(self.bucket.delete(&key))
+            .map_err(store_error)?;
+        self.checked.store(true, Ordering::Relaxed);
+        Ok(Ok(()))
     }
 
     fn rec(&self, device: &str, id: &str) -> Result<String, StorageError> {
@@ -668,18 +731,41 @@ impl S3Storage {
             .map_err(store_error)
     }
 
+    /// The keys of the recording at `rec`: those right under it ([`children`]).
+    fn recording_keys(&self, rec: &str) -> Result<Vec<Listed>, StorageError> {
+        let listed = self.list_all(rec)?;
+        Ok(children(rec, &listed).map(|(o, _)| o.clone()).collect())
+    }
+
     /// The "directories" right under `prefix`, without it or the trailing `/`.
     fn names_under(&self, prefix: &str, max: usize) -> Result<Vec<String>, StorageError> {
+        let stuck = || StorageError::Store(format!("the listing of {prefix} does not go forward"));
         self.rt.block_on(async {
-            let mut names = Vec::new();
+            let mut names: Vec<String> = Vec::new();
             let mut next: Option<String> = None;
+            // Every page but the last moves on by an object or a name, in key order: a store
+            // that goes round in circles (or answers empty pages) is given up.
+            let mut last = String::new();
             loop {
                 let page = self
                     .bucket
                     .list(prefix, Some("/"), next.as_deref(), 1000)
                     .await
                     .map_err(store_error)?;
+                let mut moved = false;
+                for o in &page.objects {
+                    if o.key <= last {
+                        return Err(stuck());
+                    }
+                    last.clone_from(&o.key);
+                    moved = true;
+                }
                 for p in page.prefixes {
+                    if p <= last {
+                        return Err(stuck());
+                    }
+                    last.clone_from(&p);
+                    moved = true;
                     if let Some(name) = p.strip_prefix(prefix).and_then(|n| n.strip_suffix('/')) {
                         if names.len() == max {
                             return Err(StorageError::Store(format!(
@@ -690,12 +776,8 @@ impl S3Storage {
                     }
                 }
                 match page.next {
-                    Some(n) if next.as_deref() != Some(n.as_str()) => next = Some(n),
-                    Some(_) => {
-                        return Err(StorageError::Store(format!(
-                            "the listing of {prefix} does not go forward"
-                        )));
-                    }
+                    Some(n) if moved => next = Some(n),
+                    Some(_) => return Err(stuck()),
                     None => return Ok(names),
                 }
             }
@@ -832,9 +914,10 @@ impl S3Storage {
         } else {
             let (tx, body) = neoflix_s3::channel(IN_FLIGHT);
             let (bucket, key, sha) = (self.bucket.clone(), key.clone(), *expected);
+            let pace = self.pace.load(Ordering::Relaxed);
             let put = self
                 .rt
-                .spawn(async move { bucket.put(&key, body, len, &sha, false).await });
+                .spawn(async move { bucket.put_paced(&key, body, len, &sha, false, pace).await });
             (Some(tx), Some(put))
         };
         Ok(S3Upload {
@@ -901,12 +984,13 @@ impl S3Storage {
         let rec = self.rec(device, id)?;
         let mut done = Shredded::default();
         for _ in 0..5 {
-            let listed = self.list_all(&rec)?;
+            let listed = self.recording_keys(&rec)?;
             if listed.is_empty() {
                 return Ok(done);
             }
-            let (keys, other): (Vec<Listed>, Vec<Listed>) =
-                listed.into_iter().partition(|o| is_key_record(&o.key));
+            let (keys, other): (Vec<Listed>, Vec<Listed>) = listed
+                .into_iter()
+                .partition(|o| is_key_record(&o.key[rec.len()..]));
             done.key_records += keys.len();
             done.other_files += other.len();
             self.delete_keys(keys.into_iter().map(|o| o.key).collect())?;
@@ -976,7 +1060,14 @@ impl S3Storage {
             .and_then(|d| d.try_into().ok())
             .ok_or_else(|| bad_id("digest", sha256))?;
         let key = format!("{rec}{name}.{}", hex::encode(digest));
-        self.get_small(&key, max)?.ok_or(StorageError::NotFound)
+        let bytes = self.get_small(&key, max)?.ok_or(StorageError::NotFound)?;
+        // What is served is what the key names, whatever the store did since.
+        if <[u8; 32]>::from(Sha256::digest(&bytes)) != digest {
+            return Err(StorageError::Store(format!(
+                "{key}: its content is not the one its key names"
+            )));
+        }
+        Ok(bytes)
     }
 
     /// See [`super::Storage::rooms_holding`].
@@ -1021,7 +1112,7 @@ impl S3Storage {
         if let Some(notice) = self.withdrawn(device, id)? {
             return Err(StorageError::Withdrawn(notice));
         }
-        let listed = self.list_all(&rec)?;
+        let listed = self.recording_keys(&rec)?;
         if listed.is_empty() {
             return Err(StorageError::NotFound);
         }
@@ -1071,7 +1162,7 @@ impl S3Storage {
         if let Some(notice) = self.withdrawn(device, id)? {
             return Err(StorageError::Withdrawn(notice));
         }
-        if let Some(done) = self.already_complete(&rec, device, manifest_bytes, custody)? {
+        if let Some(done) = self.already_complete(&rec, device, manifest_bytes, custody, false)? {
             return Ok(done);
         }
         let m = neoflix_format::verify::parse_manifest(manifest_bytes)
@@ -1088,7 +1179,7 @@ impl S3Storage {
                 m.device_id
             )));
         }
-        let listed = self.list_all(&rec)?;
+        let listed = self.recording_keys(&rec)?;
         if listed.is_empty() {
             return Err(StorageError::NotFound);
         }
@@ -1109,25 +1200,6 @@ impl S3Storage {
             Err(store) => StorageError::Store(store),
         })?;
         let m = v.manifest;
-        // Objects a box uploaded and then dropped in its crash recovery, and other bytes
-        // under a listed name, are not the recording's.
-        let keep: HashSet<&str> = held.chosen().chain([sig_key.as_str()]).collect();
-        let (stray_keys, stray_other): (Vec<String>, Vec<String>) = listed
-            .iter()
-            .filter(|o| {
-                o.key
-                    .strip_prefix(&rec)
-                    .and_then(parse_object_key)
-                    .is_some()
-                    && !keep.contains(o.key.as_str())
-            })
-            .map(|o| o.key.clone())
-            .partition(|k| is_key_record(k));
-        for k in stray_keys.iter().chain(&stray_other) {
-            log::warn!(device = crate::esc(device).as_str(), recording = crate::esc(id).as_str(), key = crate::esc(k).as_str(); "removing an object the manifest does not list");
-        }
-        self.delete_keys(stray_keys)?;
-        self.delete_keys(stray_other)?;
         let mut outcome = None;
         let mut store = || {
             outcome = Some(self.store_manifest(&rec, device, manifest_bytes, &m, &signer, custody));
@@ -1145,7 +1217,41 @@ impl S3Storage {
                 })?,
             None => store(),
         }
-        outcome.unwrap_or_else(|| Err(StorageError::Store("the manifest was not stored".into())))
+        drop(_local);
+        let done = outcome
+            .unwrap_or_else(|| Err(StorageError::Store("the manifest was not stored".into())))?;
+        // A withdrawal that listed the recording before the manifest was stored missed it:
+        // whichever of the two sees the other deletes what is left, as with an object.
+        if let Some(notice) = self.withdrawn(device, id)? {
+            self.shred(device, id)?;
+            return Err(StorageError::Withdrawn(notice));
+        }
+        if done.1 == Stored::Created {
+            // Only now that this manifest is the recording's: objects a box uploaded and then
+            // dropped in its crash recovery, and other bytes under a listed name, are not the
+            // recording's. A failure leaves them beside it, for its deletion to take.
+            let keep: HashSet<&str> = held.chosen().chain([sig_key.as_str()]).collect();
+            let (mut stray_keys, mut stray_other) = (Vec::new(), Vec::new());
+            for (o, rest) in children(&rec, &listed) {
+                if parse_object_key(rest).is_some() && !keep.contains(o.key.as_str()) {
+                    if is_key_record(rest) {
+                        stray_keys.push(o.key.clone());
+                    } else {
+                        stray_other.push(o.key.clone());
+                    }
+                }
+            }
+            for k in stray_keys.iter().chain(&stray_other) {
+                log::warn!(device = crate::esc(device).as_str(), recording = crate::esc(id).as_str(), key = crate::esc(k).as_str(); "removing an object the manifest does not list");
+            }
+            if let Err(e) = self
+                .delete_keys(stray_keys)
+                .and_then(|()| self.delete_keys(stray_other))
+            {
+                log::warn!(device = crate::esc(device).as_str(), recording = crate::esc(id).as_str(), error = crate::esc(&e.to_string()).as_str(); "objects the manifest does not list are left beside it");
+            }
+        }
+        Ok(done)
     }
 
     /// Under the lock: the manifest unless one is stored, then the receipt.
@@ -1158,10 +1264,27 @@ impl S3Storage {
         signer: &neoflix_format::Signer,
         custody: &Custody,
     ) -> Result<(Vec<u8>, Stored), StorageError> {
-        if let Some(done) = self.already_complete(rec, device, manifest_bytes, custody)? {
+        if let Some(done) = self.already_complete(rec, device, manifest_bytes, custody, true)? {
             return Ok(done);
         }
-        self.put_small(&format!("{rec}{MANIFEST_FILE}"), manifest_bytes)?;
+        // Asked to be written once as well, where the store honours it.
+        let key = format!("{rec}{MANIFEST_FILE}");
+        let sha: [u8; 32] = Sha256::digest(manifest_bytes).into();
+        let put = self
+            .rt
+            .block_on(self.bucket.put(
+                &key,
+                manifest_bytes.to_vec().into(),
+                manifest_bytes.len() as u64,
+                &sha,
+                true,
+            ))
+            .map_err(store_error)?;
+        if put == neoflix_s3::Put::AlreadyThere {
+            return self
+                .already_complete(rec, device, manifest_bytes, custody, true)?
+                .ok_or_else(|| StorageError::Store("a manifest appeared and vanished".into()));
+        }
         // A crash before the receipt is stored leaves a complete recording without one: the
         // box's next PUT of the same manifest gets it rebuilt.
         let receipt = custody
@@ -1210,13 +1333,16 @@ impl S3Storage {
     }
 
     /// For a complete recording: the stored receipt if `manifest_bytes` is its manifest
-    /// (rebuilt if a crash lost it), a conflict if not. `None` if it is not complete.
+    /// (rebuilt if a crash lost it, when `rebuild`: only under the lock, where no other
+    /// replica is between storing the manifest and its receipt), a conflict if not. `None` if
+    /// it is not complete, or its receipt is missing and not to be rebuilt here.
     fn already_complete(
         &self,
         rec: &str,
         device: &str,
         manifest_bytes: &[u8],
         custody: &Custody,
+        rebuild: bool,
     ) -> Result<Option<(Vec<u8>, Stored)>, StorageError> {
         let Some(existing) = self.get_small(
             &format!("{rec}{MANIFEST_FILE}"),
@@ -1234,9 +1360,12 @@ impl S3Storage {
         if let Some(r) = self.get_small(&receipt_key, MAX_RECEIPT_BYTES)? {
             return Ok(Some((r, Stored::Same)));
         }
+        if !rebuild {
+            return Ok(None);
+        }
         let m = neoflix_format::verify::parse_manifest(manifest_bytes)
             .map_err(|e| StorageError::Manifest(format!("stored manifest: {e}")))?;
-        let listed = self.list_all(rec)?;
+        let listed = self.recording_keys(rec)?;
         let (signer, _) =
             self.signature(rec, &listed, |sig| custody.signer_of(manifest_bytes, sig))?;
         let r = custody
