@@ -297,3 +297,114 @@ fn a_deletion_a_crash_interrupted_is_finished_at_the_next_start() {
     assert_eq!(done.key_records, 2);
     assert!(keys(&g, PREFIX).is_empty(), "{:?}", keys(&g, PREFIX));
 }
+
+/// A stand-in for a store that should not hold recordings (the real ones here all check
+/// signed digests and have no versioning): it answers every request with `answer(method,
+/// target)`, one connection per request.
+fn fake_store(answer: fn(&str, &str) -> (u16, &'static str)) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(c) = c else { return };
+            let mut r = BufReader::new(c);
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (method, target) = (
+                parts.next().unwrap_or("").to_string(),
+                parts.next().unwrap_or("").to_string(),
+            );
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            let (status, text) = answer(&method, &target);
+            let _ = write!(
+                r.get_mut(),
+                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+                if method == "HEAD" { 0 } else { text.len() },
+                if method == "HEAD" { "" } else { text }
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn fake_storage(endpoint: &str, dir: &Path) -> Storage {
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "secret\n").unwrap();
+    Storage::configured(
+        &StorageConfig {
+            backend: StorageBackend::S3(Box::new(S3Config {
+                endpoint: endpoint.parse().unwrap(),
+                bucket: "neoflix".into(),
+                region: "us-east-1".into(),
+                prefix: String::new(),
+                path_style: true,
+                access_key_id: Some("AKIDEXAMPLE".into()),
+                secret_access_key_file: Some(secret),
+                ca: None,
+            })),
+            max_object_bytes: 1 << 20,
+        },
+        false,
+    )
+    .unwrap()
+}
+
+/// A store that keeps a body whatever digest its request was signed with, one whose bucket
+/// keeps old versions, and one that refuses the probe for another reason: the server will
+/// not keep recordings on any of them, and says why.
+#[test]
+fn the_probe_refuses_a_store_that_does_not_check_digests_or_keeps_versions() {
+    let t = tempfile::tempdir().unwrap();
+    let careless = fake_store(|method, target| match (method, target) {
+        ("GET", t) if t.ends_with("?versioning=") => (200, "<VersioningConfiguration/>"),
+        _ => (200, ""),
+    });
+    let versioned = fake_store(|method, target| match (method, target) {
+        ("GET", t) if t.ends_with("?versioning=") => (
+            200,
+            "<VersioningConfiguration><Status>Suspended</Status></VersioningConfiguration>",
+        ),
+        _ => (200, ""),
+    });
+    let other = fake_store(|method, target| match (method, target) {
+        ("GET", t) if t.ends_with("?versioning=") => (200, "<VersioningConfiguration/>"),
+        ("PUT", _) => (
+            400,
+            "<Error><Code>InvalidArgument</Code><Message>no</Message></Error>",
+        ),
+        _ => (200, ""),
+    });
+    for (endpoint, says) in [
+        (careless, "does not check x-amz-content-sha256"),
+        (versioned, "versioning is Suspended"),
+        (other, "not for its digest"),
+    ] {
+        let s = fake_storage(&endpoint, t.path());
+        let Storage::S3(s3) = &s else { unreachable!() };
+        let why = s3.probe().unwrap().unwrap_err();
+        assert!(why.contains(says), "{why}");
+        // And it takes no upload.
+        let Err(e) = s.begin("room-1", "rec-1", "frag-000001.nfx", &[0; 32], Some(10)) else {
+            panic!("an upload taken before the store was checked");
+        };
+        assert!(
+            matches!(e, StorageError::Store(ref w) if w.contains("not checked yet")),
+            "{e}"
+        );
+    }
+}

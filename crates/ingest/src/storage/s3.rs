@@ -196,7 +196,7 @@ impl HeldObjects {
         }
     }
 
-    /// Reads every sealed object's header and every small object whole, [`AT_ONCE`] at a
+    /// Reads every sealed object's header and every small object whole, 16 at a
     /// time. A read that fails is left to the check, which reads it again and says why.
     pub async fn prefetch(&mut self) {
         let mut todo: Vec<(String, String, u64)> = self
