@@ -46,6 +46,17 @@ neoflix_require_cargo() {
   export PATH="$HOME/.cargo/bin:$PATH"
 }
 
+# Garage, the distributed S3-compatible store: the object-store tests and benchmarks run a
+# three-node cluster of it on loopback (tests/src/garage.rs). Pinned: its behaviour is what the
+# tests check.
+neoflix_require_garage() {
+  local garage="${CARGO_HOME:-$HOME/.cargo}/bin/garage"
+  if ! "$garage" --version 2>/dev/null | grep -q "cargo:2\.5\.0 "; then
+    neoflix_log "installing Garage 2.5.0 (first run only: a release build of some minutes)"
+    cargo install --locked --quiet --force garage --version 2.5.0
+  fi
+}
+
 neoflix_require_cargo_deb() {
   if ! command -v cargo-deb >/dev/null 2>&1; then
     neoflix_log "installing cargo-deb (first run only)"

@@ -9,7 +9,10 @@
 //! 3. the uplink's work per fragment over a 90-minute recording of 1-s fragments (5 400), claimed
 //!    one at a time by the real store code while the real uplink delivers each to the real
 //!    server: the pass that sends a fragment, and the process's CPU time per fragment, over the
-//!    first, middle and last 200 fragments (target: the last no more than 1.5 × the first).
+//!    first, middle and last 200 fragments (target: the last no more than 1.5 × the first);
+//! 4. the object store (`backend = "s3"`, a three-node Garage on this machine): the uplink's
+//!    throughput into the server against one plain signed PUT of as many bytes to the store, and
+//!    the largest N of boxes through one replica and through two (reported; `BENCH_S3=0` skips).
 //!
 //! Needs the release binaries (`cargo build --release --bins`) and nginx (scripts/bench installs it).
 
@@ -64,15 +67,25 @@ fn wait_port(port: u16) {
 }
 
 fn start_ingest(dir: &Path, ca: &Path) -> (Proc, u16) {
-    let port = free_port();
     let store = dir.join("server");
     let _ = std::fs::remove_dir_all(&store);
-    let cfg = dir.join("ingest.toml");
+    start_ingest_on(
+        dir,
+        ca,
+        &format!("[storage]\ndir = \"{}\"\n", store.display()),
+        "ingest",
+    )
+}
+
+/// A server keeping what it receives as `storage` (a `[storage]` section) says; `name` tells
+/// its config apart from another's in `dir`.
+fn start_ingest_on(dir: &Path, ca: &Path, storage: &str, name: &str) -> (Proc, u16) {
+    let port = free_port();
+    let cfg = dir.join(format!("{name}.toml"));
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:{port}\"\n[tls]\ncert = \"{c}/127.0.0.1.crt\"\nkey = \"{c}/127.0.0.1.key\"\nclient_ca = \"{c}/ca.crt\"\n[storage]\ndir = \"{}\"\n",
-            store.display(),
+            "listen = \"127.0.0.1:{port}\"\n[tls]\ncert = \"{c}/127.0.0.1.crt\"\nkey = \"{c}/127.0.0.1.key\"\nclient_ca = \"{c}/ca.crt\"\n{storage}",
             c = ca.display()
         ),
     )
@@ -107,11 +120,11 @@ fn synth_recording(root: &Path, ca: &Path, n: u64) -> PathBuf {
     root.join("recordings")
 }
 
-fn throughput(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime) -> (f64, f64) {
-    let n = 200u64;
+/// The real uplink delivering a recording of `n` 1 MiB fragments to the server on `port`:
+/// MB/s from the first request to the receipt.
+fn deliver(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime, n: u64, port: u16) -> f64 {
     let recs = synth_recording(dir, ca, n);
     let bytes: u64 = walk_size(&recs);
-    let (_ingest, port) = start_ingest(dir, ca);
     let settings = neoflix_daemon::uplink::UplinkSettings {
         servers: vec![server(ca, port)],
         ca: ca.join("ca.crt"),
@@ -140,11 +153,18 @@ fn throughput(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime) -> (f64, f64)
         let _ = stop_tx.send(true);
         let _ = task.await;
     });
-    let ours = bytes as f64 / t.elapsed().as_secs_f64() / 1e6;
+    bytes as f64 / t.elapsed().as_secs_f64() / 1e6
+}
+
+fn throughput(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime) -> (f64, f64) {
+    let n = 200u64;
+    let (_ingest, port) = start_ingest(dir, ca);
+    let ours = deliver(dir, ca, rt, n, port);
+    let recs = dir.join("recordings");
 
     // nginx, WebDAV PUT, client certificate required, same bytes as one file.
     let blob = dir.join("blob");
-    let mut all = Vec::with_capacity(bytes as usize);
+    let mut all = Vec::with_capacity(walk_size(&recs) as usize);
     for e in std::fs::read_dir(recs.join("bench-rec"))
         .into_iter()
         .flatten()
@@ -354,6 +374,18 @@ fn client_for(ca: &Path, name: &str) -> reqwest::Client {
 /// N boxes for `secs` seconds; returns (p99 ms, every box kept up).
 fn boxes(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime, n: usize, secs: u64) -> (f64, bool) {
     let (_ingest, port) = start_ingest(dir, ca);
+    boxes_at(ca, rt, n, secs, &[port])
+}
+
+/// N boxes for `secs` seconds against the servers on `ports` (box i on `ports[i % len]`);
+/// returns (p99 ms, every box kept up).
+fn boxes_at(
+    ca: &Path,
+    rt: &tokio::runtime::Runtime,
+    n: usize,
+    secs: u64,
+    ports: &[u16],
+) -> (f64, bool) {
     // The server takes only sealed objects: a real one, about FRAGMENT bytes.
     let id = neoflix_seal::ObjectId {
         stream: [5; 16],
@@ -375,6 +407,7 @@ fn boxes(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime, n: usize, secs: u6
         let mut tasks = Vec::new();
         for i in 0..n {
             let client = client_for(ca, &format!("box-{i}"));
+            let port = ports[i % ports.len()];
             let (body, digest, lat, behind) =
                 (body.clone(), digest.clone(), lat.clone(), behind.clone());
             tasks.push(tokio::spawn(async move {
@@ -501,7 +534,115 @@ fn main() {
         best,
         if best >= 300 { "ok" } else { "MISSED" }
     );
+    if std::env::var("BENCH_S3").is_ok_and(|v| v == "0") {
+        println!("S3 backend: skipped (BENCH_S3=0)");
+    } else {
+        s3_report(dir.path(), &ca_dir, &rt, max_boxes, secs);
+    }
     long_recording_report(dir.path(), &ca_dir, &rt);
+}
+
+/// The object store: a three-node Garage (replication factor 3) on this same machine, which
+/// the store's own work shares with the server and the boxes. The uplink into a server with
+/// `backend = "s3"` against one plain signed PUT of as many bytes straight to the store (its
+/// SHA-256 computed first, as a signed PUT needs); then the boxes, through one replica and
+/// through two on the same bucket.
+fn s3_report(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime, max_boxes: usize, secs: u64) {
+    let g = neoflix_e2e::garage::Garage::serving();
+    let mut rounds: Vec<(f64, f64)> = (0..3)
+        .map(|i| {
+            let d = dir.join(format!("s3-round-{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let (_ingest, port) = start_ingest_on(
+                &d,
+                ca,
+                &g.storage_section(0, &format!("t{i}/")),
+                "ingest-s3",
+            );
+            let n = 100u64;
+            let ours = deliver(&d, ca, rt, n, port);
+            let blob = d.join("blob");
+            let mut bytes = vec![0u8; n as usize * FRAGMENT];
+            getrandom::fill(&mut bytes).unwrap();
+            std::fs::write(&blob, &bytes).unwrap();
+            drop(bytes);
+            let bucket = g.bucket(0);
+            let t = Instant::now();
+            let digest: [u8; 32] = {
+                use sha2::Digest;
+                let mut h = sha2::Sha256::new();
+                let mut f = std::fs::File::open(&blob).unwrap();
+                std::io::copy(&mut f, &mut h).unwrap();
+                h.finalize().into()
+            };
+            let len = std::fs::metadata(&blob).unwrap().len();
+            rt.block_on(async {
+                let f = tokio::fs::File::open(&blob).await.unwrap();
+                bucket
+                    .put(&format!("plain/{i}"), f.into(), len, &digest, false)
+                    .await
+                    .unwrap();
+            });
+            let plain = len as f64 / t.elapsed().as_secs_f64() / 1e6;
+            let _ = std::fs::remove_dir_all(&d);
+            (ours, plain)
+        })
+        .collect();
+    rounds.sort_by(|a, b| (a.0 / a.1).partial_cmp(&(b.0 / b.1)).unwrap());
+    let (ours, plain) = rounds[1];
+    println!(
+        "{:52} {:>10.1}",
+        "S3: upload throughput, uplink → ingest → Garage (MB/s)", ours
+    );
+    println!(
+        "{:52} {:>10.1}",
+        "S3: one signed PUT of as many bytes → Garage (MB/s)", plain
+    );
+    println!(
+        "{:52} {:>10.2}  (report)",
+        "S3: throughput ratio (median of 3 rounds)",
+        ours / plain
+    );
+    for replicas in [1usize, 2] {
+        let mut best = 0;
+        for n in [25, 50, 100, 150, 200, 250, 300]
+            .into_iter()
+            .filter(|n| *n <= max_boxes)
+        {
+            let d = dir.join(format!("s3-boxes-{replicas}-{n}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let servers: Vec<(Proc, u16)> = (0..replicas)
+                .map(|r| {
+                    start_ingest_on(
+                        &d,
+                        ca,
+                        &g.storage_section(r, &format!("boxes-{replicas}-{n}/")),
+                        &format!("ingest-{r}"),
+                    )
+                })
+                .collect();
+            let ports: Vec<u16> = servers.iter().map(|(_, p)| *p).collect();
+            let (p99, kept_up) = boxes_at(ca, rt, n, secs, &ports);
+            drop(servers);
+            let _ = std::fs::remove_dir_all(&d);
+            println!(
+                "{:52} {:>10.0}  {}",
+                format!("S3, {replicas} replica(s), {n} boxes: p99 ack (ms)"),
+                p99,
+                if kept_up { "kept up" } else { "fell behind" }
+            );
+            if kept_up && p99 < 500.0 {
+                best = n;
+            } else {
+                break;
+            }
+        }
+        println!(
+            "{:52} {:>10}  (report)",
+            format!("S3, {replicas} replica(s): largest N (p99 < 500 ms)"),
+            best
+        );
+    }
 }
 
 fn long_recording_report(dir: &Path, ca_dir: &Path, rt: &tokio::runtime::Runtime) {
