@@ -97,6 +97,25 @@ fn keys(g: &Garage, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Keys under `prefix` once a listing shows none: Garage's listings were seen to show a key
+/// for a moment after its DELETE was acknowledged, on a loaded machine.
+fn eventually_none(g: &Garage, prefix: &str) {
+    eventually(g, prefix, |left| left.is_empty());
+}
+
+/// Keys under `prefix` once they satisfy `ok` (see [`eventually_none`]), for up to 10 s.
+fn eventually(g: &Garage, prefix: &str, ok: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let listed = keys(g, prefix);
+        if ok(&listed) {
+            return listed;
+        }
+        assert!(std::time::Instant::now() < deadline, "{listed:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Store calls while Garage's quorum settles (a 503 now and then on a loaded machine) are
 /// made again, as the box does.
 fn settled_call<T>(mut f: impl FnMut() -> Result<T, StorageError>) -> Result<T, StorageError> {
@@ -132,10 +151,8 @@ fn a_recording_streams_into_the_bucket_completes_once_reads_back_and_is_withdraw
     );
     let Storage::S3(s3) = &s else { unreachable!() };
     settled_call(|| s3.probe().map(|r| r.expect("Garage refuses a forged body"))).unwrap();
-    assert!(
-        keys(&g, &format!("{PREFIX}.probe/")).is_empty(),
-        "the probe left nothing"
-    );
+    // The probe leaves nothing.
+    eventually_none(&g, &format!("{PREFIX}.probe/"));
 
     // Without a length there is nothing to sign the PUT with.
     let sha: [u8; 32] = Sha256::digest(bytes).into();
@@ -152,7 +169,7 @@ fn a_recording_streams_into_the_bucket_completes_once_reads_back_and_is_withdraw
     up.write(&forged).unwrap();
     assert!(matches!(s.commit(up, &sha), Err(StorageError::Digest(_))));
     let rec = format!("{PREFIX}room-1/{id}/");
-    assert!(keys(&g, &rec).is_empty(), "{:?}", keys(&g, &rec));
+    eventually_none(&g, &rec);
 
     for (name, bytes) in &all {
         assert_eq!(
@@ -167,6 +184,20 @@ fn a_recording_streams_into_the_bucket_completes_once_reads_back_and_is_withdraw
     settled_call(|| upload(&s, &id, &all[2].0, b"other bytes")).unwrap();
     // Content-addressed: the same object again is the same, and the store is not written.
     assert_eq!(upload(&s, &id, &all[1].0, &all[1].1).unwrap(), Stored::Same);
+    // Keys someone else left beside the rooms and the recordings: listed, ordered among the
+    // rooms' names (after them here), and not recordings.
+    {
+        let rt = runtime();
+        let b = g.bucket(0);
+        let empty: [u8; 32] = Sha256::digest(b"").into();
+        for key in [
+            format!("{PREFIX}zz-note"),
+            format!("{PREFIX}room-1/zz-note"),
+        ] {
+            rt.block_on(settled(|| b.put(&key, Vec::new().into(), 0, &empty, false)))
+                .unwrap();
+        }
+    }
     let (names, complete) = s.status("room-1", &id).unwrap();
     let mut expected: Vec<String> = all.iter().map(|(n, _)| n.clone()).collect();
     expected.push("frag-000099.key".into());
@@ -180,8 +211,7 @@ fn a_recording_streams_into_the_bucket_completes_once_reads_back_and_is_withdraw
         settled_call(|| s.complete("room-1", &id, &manifest, &custody)).unwrap();
     assert_eq!(stored, Stored::Created);
     // The strays are gone; what the manifest names stays, with the manifest and receipt.
-    let held = keys(&g, &rec);
-    assert_eq!(held.len(), all.len() + 2, "{held:?}");
+    let held = eventually(&g, &rec, |k| k.len() == all.len() + 2);
     assert!(!held.iter().any(|k| k.contains("frag-000099")), "{held:?}");
     let (again, stored) = s.complete("room-1", &id, &manifest, &custody).unwrap();
     assert_eq!(
@@ -215,7 +245,7 @@ fn a_recording_streams_into_the_bucket_completes_once_reads_back_and_is_withdraw
     // Withdrawn: the notice stays, everything else goes, key records first.
     let shredded = s.withdraw("room-1", &id, b"{\"notice\":1}").unwrap();
     assert_eq!(shredded.key_records, 4, "{shredded:?}");
-    assert!(keys(&g, &rec).is_empty(), "{:?}", keys(&g, &rec));
+    eventually_none(&g, &rec);
     assert_eq!(
         s.withdrawn("room-1", &id).unwrap().as_deref(),
         Some(&b"{\"notice\":1}"[..])
@@ -262,7 +292,7 @@ fn a_deletion_a_crash_interrupted_is_finished_at_the_next_start() {
     assert_eq!(finished.len(), 1);
     let done = finished[0].outcome.as_ref().unwrap().unwrap();
     assert_eq!(done.key_records, 3, "{done:?}");
-    assert!(keys(&g, PREFIX).is_empty(), "{:?}", keys(&g, PREFIX));
+    eventually_none(&g, PREFIX);
     assert!(s.finish_deletions().unwrap().is_empty());
     // A retention deletion from start to end.
     let dir = recording(&t.path().join("box2"), 1, &room);
@@ -292,10 +322,10 @@ fn a_deletion_a_crash_interrupted_is_finished_at_the_next_start() {
     let before = keys(&g, PREFIX);
     assert!(before.len() > 2, "{before:?}");
     settled_call(|| outer.delete("unit-a", "room-1")).unwrap();
-    assert_eq!(keys(&g, PREFIX), before);
+    eventually(&g, PREFIX, |now| now == before.as_slice());
     let done = s.delete("room-1", &id).unwrap();
     assert_eq!(done.key_records, 2);
-    assert!(keys(&g, PREFIX).is_empty(), "{:?}", keys(&g, PREFIX));
+    eventually_none(&g, PREFIX);
 }
 
 /// A stand-in for a store that should not hold recordings (the real ones here all check

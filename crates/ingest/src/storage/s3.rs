@@ -743,9 +743,10 @@ impl S3Storage {
         self.rt.block_on(async {
             let mut names: Vec<String> = Vec::new();
             let mut next: Option<String> = None;
-            // Every page but the last moves on by an object or a name, in key order: a store
-            // that goes round in circles (or answers empty pages) is given up.
-            let mut last = String::new();
+            // Every page but the last moves on by an object or a name, each in key order (a
+            // page lists its objects and its names apart, so the two are not compared): a
+            // store that goes round in circles (or answers empty pages) is given up.
+            let (mut last_object, mut last_name) = (String::new(), String::new());
             loop {
                 let page = self
                     .bucket
@@ -754,17 +755,17 @@ impl S3Storage {
                     .map_err(store_error)?;
                 let mut moved = false;
                 for o in &page.objects {
-                    if o.key <= last {
+                    if o.key <= last_object {
                         return Err(stuck());
                     }
-                    last.clone_from(&o.key);
+                    last_object.clone_from(&o.key);
                     moved = true;
                 }
                 for p in page.prefixes {
-                    if p <= last {
+                    if p <= last_name {
                         return Err(stuck());
                     }
-                    last.clone_from(&p);
+                    last_name.clone_from(&p);
                     moved = true;
                     if let Some(name) = p.strip_prefix(prefix).and_then(|n| n.strip_suffix('/')) {
                         if names.len() == max {
@@ -983,7 +984,12 @@ impl S3Storage {
     fn shred(&self, device: &str, id: &str) -> Result<Shredded, StorageError> {
         let rec = self.rec(device, id)?;
         let mut done = Shredded::default();
-        for _ in 0..5 {
+        for round in 0..5u32 {
+            if round > 0 {
+                // A listing may still show keys deleted a moment ago (Garage under load was
+                // seen to): deleting again is harmless, and a pause lets it catch up.
+                std::thread::sleep(std::time::Duration::from_millis(200 * u64::from(round)));
+            }
             let listed = self.recording_keys(&rec)?;
             if listed.is_empty() {
                 return Ok(done);
