@@ -147,7 +147,13 @@ fn deliver(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime, n: u64, port: u1
             neoflix_daemon::Events::default(),
             stop_rx,
         ));
+        let deadline = Instant::now() + Duration::from_secs(600);
         while status.lock().unwrap().delivered == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "not delivered in 10 minutes: {:?}",
+                status.lock().unwrap().last_error
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = stop_tx.send(true);
@@ -374,17 +380,20 @@ fn client_for(ca: &Path, name: &str) -> reqwest::Client {
 /// N boxes for `secs` seconds; returns (p99 ms, every box kept up).
 fn boxes(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime, n: usize, secs: u64) -> (f64, bool) {
     let (_ingest, port) = start_ingest(dir, ca);
-    boxes_at(ca, rt, n, secs, &[port])
+    boxes_at(ca, rt, n, secs, &[port], false)
 }
 
 /// N boxes for `secs` seconds against the servers on `ports` (box i on `ports[i % len]`);
-/// returns (p99 ms, every box kept up).
+/// returns (p99 ms, every box kept up). With `distinct`, every upload's body differs (past
+/// the sealed header, which is all the server reads of it), as real fragments do: a store
+/// that keeps a block once by its hash (Garage does) would otherwise write nearly nothing.
 fn boxes_at(
     ca: &Path,
     rt: &tokio::runtime::Runtime,
     n: usize,
     secs: u64,
     ports: &[u16],
+    distinct: bool,
 ) -> (f64, bool) {
     // The server takes only sealed objects: a real one, about FRAGMENT bytes.
     let id = neoflix_seal::ObjectId {
@@ -417,6 +426,18 @@ fn boxes_at(
                 for k in 0..secs {
                     let due = start + Duration::from_secs(k);
                     tokio::time::sleep_until(due).await;
+                    let (body, digest) = if distinct {
+                        let mut b = body.to_vec();
+                        b[100..108].copy_from_slice(&((i as u64) << 32 | k).to_le_bytes());
+                        let d = format!(
+                            "sha-256=:{}:",
+                            base64::engine::general_purpose::STANDARD
+                                .encode(<sha2::Sha256 as sha2::Digest>::digest(&b))
+                        );
+                        (bytes::Bytes::from(b), d)
+                    } else {
+                        (body.clone(), digest.clone())
+                    };
                     let t = Instant::now();
                     let r = client
                         .put(format!(
@@ -622,7 +643,7 @@ fn s3_report(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime, max_boxes: usi
                 })
                 .collect();
             let ports: Vec<u16> = servers.iter().map(|(_, p)| *p).collect();
-            let (p99, kept_up) = boxes_at(ca, rt, n, secs, &ports);
+            let (p99, kept_up) = boxes_at(ca, rt, n, secs, &ports, true);
             drop(servers);
             let _ = std::fs::remove_dir_all(&d);
             println!(

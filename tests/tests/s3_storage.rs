@@ -419,10 +419,30 @@ fn the_probe_refuses_a_store_that_does_not_check_digests_or_keeps_versions() {
         ),
         _ => (200, ""),
     });
+    let locked_down = fake_store(|method, target| match (method, target) {
+        ("GET", t) if t.ends_with("?versioning=") => (
+            403,
+            "<Error><Code>AccessDenied</Code><Message>no</Message></Error>",
+        ),
+        _ => (200, ""),
+    });
+    let busy = fake_store(|method, target| match (method, target) {
+        ("GET", t) if t.ends_with("?versioning=") => (200, "<VersioningConfiguration/>"),
+        ("PUT", _) => (
+            503,
+            "<Error><Code>ServiceUnavailable</Code><Message>quorum</Message></Error>",
+        ),
+        _ => (200, ""),
+    });
+    // Busy is no verdict: asked again later (the server waits, and starts once it answers).
+    let s = fake_storage(&busy, t.path());
+    let Storage::S3(s3) = &s else { unreachable!() };
+    assert!(matches!(s3.probe(), Err(StorageError::Store(_))));
     for (endpoint, says) in [
         (careless, "does not check x-amz-content-sha256"),
         (versioned, "versioning is Suspended"),
         (other, "not for its digest"),
+        (locked_down, "s3:GetBucketVersioning"),
     ] {
         let s = fake_storage(&endpoint, t.path());
         let Storage::S3(s3) = &s else { unreachable!() };

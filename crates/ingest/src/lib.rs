@@ -230,7 +230,10 @@ pub async fn run(
     let identity = Arc::new(server_identity(&cfg)?);
     let custody = Arc::new(custody::Custody::new(tls.clone(), server_identity(&cfg)?));
     let store = Arc::new(storage::Storage::configured(&cfg.storage, true)?);
-    store.pace_uploads(cfg.limits.min_bytes_per_sec);
+    store.pace_uploads(
+        cfg.limits.min_bytes_per_sec,
+        Duration::from_secs(cfg.limits.rate_grace_secs),
+    );
     if !wait_for_store(&store, &mut shutdown).await? {
         return Ok(());
     }

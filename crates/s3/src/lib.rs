@@ -474,12 +474,22 @@ impl Bucket {
         sha256: &[u8; 32],
         once: bool,
     ) -> Result<Put, S3Error> {
-        self.put_paced(key, body, len, sha256, once, PUT_FLOOR_BYTES_PER_SEC)
-            .await
+        self.put_paced(
+            key,
+            body,
+            len,
+            sha256,
+            once,
+            PUT_FLOOR_BYTES_PER_SEC,
+            Duration::ZERO,
+        )
+        .await
     }
 
     /// [`Bucket::put`] of a body that may come as slowly as `floor` bytes a second on average
-    /// (it is relayed from a slow sender): given up only after 120 s and `len / floor` more.
+    /// after `grace` (it is relayed from a slow sender): given up only after 120 s, `grace`
+    /// and `len / floor` more.
+    #[allow(clippy::too_many_arguments)]
     pub async fn put_paced(
         &self,
         key: &str,
@@ -488,6 +498,7 @@ impl Bucket {
         sha256: &[u8; 32],
         once: bool,
         floor: u64,
+        grace: Duration,
     ) -> Result<Put, S3Error> {
         check_key(key)?;
         let sha = hex::encode(sha256);
@@ -502,7 +513,7 @@ impl Bucket {
         let rb = self
             .request(Method::PUT, Some(key), &[], &extra, &sha)
             .header("content-type", "application/octet-stream")
-            .timeout(SMALL_OP + Duration::from_secs(len / floor.max(1)))
+            .timeout(SMALL_OP + grace + Duration::from_secs(len / floor.max(1)))
             .body(body);
         let r = self.send("PUT", key, rb).await?;
         match r.status() {

@@ -229,11 +229,11 @@ impl Storage {
         }
     }
 
-    /// The slowest a box may send its body (`limits.min_bytes_per_sec`): what an object
-    /// store's PUT, relaying it, must wait for.
-    pub fn pace_uploads(&self, min_bytes_per_sec: u64) {
+    /// The slowest a box may send its body (`limits.min_bytes_per_sec`, after `grace`): what
+    /// an object store's PUT, relaying it, must wait for.
+    pub fn pace_uploads(&self, min_bytes_per_sec: u64, grace: std::time::Duration) {
         if let Storage::S3(s) = self {
-            s.pace_uploads(min_bytes_per_sec);
+            s.pace_uploads(min_bytes_per_sec, grace);
         }
     }
 

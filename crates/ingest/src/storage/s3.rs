@@ -394,9 +394,10 @@ pub struct S3Storage {
     /// The store refused a body that was not the one announced ([`S3Storage::probe`]): until
     /// then no upload is taken.
     checked: AtomicBool,
-    /// The slowest a box may send (`limits.min_bytes_per_sec`): an upload's PUT, which relays
-    /// it, waits as long as the box may take.
+    /// The slowest a box may send (`limits.min_bytes_per_sec`, after `rate_grace_secs`): an
+    /// upload's PUT, which relays it, waits as long as the box may take.
     pace: AtomicU64,
+    grace_secs: AtomicU64,
     place: String,
 }
 
@@ -586,6 +587,7 @@ impl S3Storage {
             exclusive: OnceLock::new(),
             checked: AtomicBool::new(false),
             pace: AtomicU64::new(4096),
+            grace_secs: AtomicU64::new(10),
             place: crate::config::StorageBackend::S3(Box::new(cfg.clone())).describe(),
         })
     }
@@ -601,8 +603,9 @@ impl S3Storage {
     }
 
     /// See [`super::Storage::pace_uploads`].
-    pub fn pace_uploads(&self, min_bytes_per_sec: u64) {
+    pub fn pace_uploads(&self, min_bytes_per_sec: u64, grace: std::time::Duration) {
         self.pace.store(min_bytes_per_sec.max(1), Ordering::Relaxed);
+        self.grace_secs.store(grace.as_secs(), Ordering::Relaxed);
     }
 
     /// See [`super::Storage::share_lock`].
@@ -624,13 +627,17 @@ impl S3Storage {
         // proof of anything.
         self.check()?;
         // A deletion must delete: a versioned bucket keeps every key record it "deleted".
-        match self
-            .rt
-            .block_on(self.bucket.versioning())
-            .map_err(store_error)?
-        {
-            neoflix_s3::Versioning::Never => {}
-            v => {
+        match self.rt.block_on(self.bucket.versioning()) {
+            Ok(neoflix_s3::Versioning::Never) => {}
+            // A key kept to the least it needs may lack this one: no retry gives it.
+            Err(S3Error::Refused { status: 403, .. }) => {
+                return Ok(Err(format!(
+                    "{}: the access key may not read the bucket's versioning (s3:GetBucketVersioning): grant it, so that the server can check that deletions delete",
+                    self.place
+                )));
+            }
+            Err(e) => return Err(store_error(e)),
+            Ok(v) => {
                 return Ok(Err(format!(
                     "{}: the bucket's versioning is {v:?}: a withdrawal or retention deletion would leave every key record and sealed object behind as an old version; use a bucket that never had versioning (nor Object Lock)",
                     self.place
@@ -659,6 +666,8 @@ impl S3Storage {
                 code.as_str(),
                 "XAmzContentSHA256Mismatch" | "BadDigest" | "InvalidDigest"
             ) => {}
+            // A store busy or failing (a slow quorum answers 503) says nothing yet: asked again.
+            Err(e) if e.is_transient() => return Err(store_error(e)),
             Err(e @ S3Error::Refused { .. }) => {
                 return Ok(Err(format!(
                     "{}: a body that is not the one announced was refused, but not for its digest ({e}); the server cannot tell whether the store checks x-amz-content-sha256",
@@ -682,9 +691,9 @@ impl S3Storage {
                     .put(&key, body.to_vec().into(), body.len() as u64, &right, false),
             )
             .map_err(store_error)?;
-        self.rt
-            .block_on(self.bucket.delete(&key))
-            .map_err(store_error)?;
+        if let Err(e) = self.rt.block_on(self.bucket.delete(&key)) {
+            log::warn!(storage = crate::esc(&self.place).as_str(), key = crate::esc(&key).as_str(), error = crate::esc(&e.to_string()).as_str(); "the probe's object is left in the bucket; delete it by hand");
+        }
         self.checked.store(true, Ordering::Relaxed);
         Ok(Ok(()))
     }
@@ -747,6 +756,9 @@ impl S3Storage {
             // page lists its objects and its names apart, so the two are not compared): a
             // store that goes round in circles (or answers empty pages) is given up.
             let (mut last_object, mut last_name) = (String::new(), String::new());
+            // Pages that bring nothing new, in a row: some stores repeat a name at a page's
+            // edge, or answer an empty page while they skip what they hide (MinIO has).
+            let mut idle = 0u32;
             loop {
                 let page = self
                     .bucket
@@ -755,15 +767,20 @@ impl S3Storage {
                     .map_err(store_error)?;
                 let mut moved = false;
                 for o in &page.objects {
-                    if o.key <= last_object {
+                    if o.key < last_object {
                         return Err(stuck());
                     }
-                    last_object.clone_from(&o.key);
-                    moved = true;
+                    if o.key > last_object {
+                        last_object.clone_from(&o.key);
+                        moved = true;
+                    }
                 }
                 for p in page.prefixes {
-                    if p <= last_name {
+                    if p < last_name {
                         return Err(stuck());
+                    }
+                    if p == last_name {
+                        continue;
                     }
                     last_name.clone_from(&p);
                     moved = true;
@@ -776,8 +793,9 @@ impl S3Storage {
                         names.push(name.to_string());
                     }
                 }
+                idle = if moved { 0 } else { idle + 1 };
                 match page.next {
-                    Some(n) if moved => next = Some(n),
+                    Some(n) if idle <= 3 && next.as_deref() != Some(n.as_str()) => next = Some(n),
                     Some(_) => return Err(stuck()),
                     None => return Ok(names),
                 }
@@ -916,9 +934,12 @@ impl S3Storage {
             let (tx, body) = neoflix_s3::channel(IN_FLIGHT);
             let (bucket, key, sha) = (self.bucket.clone(), key.clone(), *expected);
             let pace = self.pace.load(Ordering::Relaxed);
-            let put = self
-                .rt
-                .spawn(async move { bucket.put_paced(&key, body, len, &sha, false, pace).await });
+            let grace = std::time::Duration::from_secs(self.grace_secs.load(Ordering::Relaxed));
+            let put = self.rt.spawn(async move {
+                bucket
+                    .put_paced(&key, body, len, &sha, false, pace, grace)
+                    .await
+            });
             (Some(tx), Some(put))
         };
         Ok(S3Upload {
@@ -1086,7 +1107,7 @@ impl S3Storage {
             let rec = recording_prefix(&self.prefix, &room, id);
             let page = self
                 .rt
-                .block_on(self.bucket.list(&rec, None, None, 1))
+                .block_on(self.bucket.list(&rec, Some("/"), None, 1000))
                 .map_err(store_error)?;
             if !page.objects.is_empty() {
                 holding.push(room);
@@ -1166,10 +1187,22 @@ impl S3Storage {
     ) -> Result<(Vec<u8>, Stored), StorageError> {
         let rec = self.rec(device, id)?;
         if let Some(notice) = self.withdrawn(device, id)? {
-            return Err(StorageError::Withdrawn(notice));
+            // A completion that raced the withdrawal may have left its manifest.
+            return Err(self.gone(device, id, notice));
         }
-        if let Some(done) = self.already_complete(&rec, device, manifest_bytes, custody, false)? {
-            return Ok(done);
+        match self.already_complete(&rec, device, manifest_bytes, custody, false)? {
+            Some(done) => return Ok(done),
+            // Stored, its receipt lost to a crash: rebuilt under the lock, on the signature
+            // that was checked when the manifest was stored (a certificate expired or revoked
+            // since does not take the receipt away).
+            None if self.manifest(device, id)?.is_some() => {
+                return self
+                    .under_lock(&rec, || {
+                        self.already_complete(&rec, device, manifest_bytes, custody, true)
+                    })?
+                    .ok_or_else(|| StorageError::Store("a manifest appeared and vanished".into()));
+            }
+            None => {}
         }
         let m = neoflix_format::verify::parse_manifest(manifest_bytes)
             .map_err(StorageError::Manifest)?;
@@ -1206,31 +1239,19 @@ impl S3Storage {
             Err(store) => StorageError::Store(store),
         })?;
         let m = v.manifest;
-        let mut outcome = None;
-        let mut store = || {
-            outcome = Some(self.store_manifest(&rec, device, manifest_bytes, &m, &signer, custody));
-        };
-        let _local = self.locks[stripe(&rec)]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match self.exclusive.get() {
-            Some(lock) => lock
-                .exclusively(&format!("complete {rec}"), &mut store)
-                .map_err(|why| {
-                    StorageError::Store(format!(
-                        "the lock that keeps replicas from storing two manifests: {why}"
-                    ))
-                })?,
-            None => store(),
-        }
-        drop(_local);
-        let done = outcome
-            .unwrap_or_else(|| Err(StorageError::Store("the manifest was not stored".into())))?;
+        let done = self.under_lock(&rec, || {
+            self.store_manifest(&rec, device, manifest_bytes, &m, &signer, custody)
+        })?;
         // A withdrawal that listed the recording before the manifest was stored missed it:
-        // whichever of the two sees the other deletes what is left, as with an object.
-        if let Some(notice) = self.withdrawn(device, id)? {
-            self.shred(device, id)?;
-            return Err(StorageError::Withdrawn(notice));
+        // whichever of the two sees the other deletes what is left, as with an object. The
+        // manifest is stored by now, so a failure to look is logged, not answered: the box's
+        // next question is answered 410 and the deletion finished then.
+        match self.withdrawn(device, id) {
+            Ok(Some(notice)) => return Err(self.gone(device, id, notice)),
+            Ok(None) => {}
+            Err(e) => {
+                log::warn!(device = crate::esc(device).as_str(), recording = crate::esc(id).as_str(), error = crate::esc(&e.to_string()).as_str(); "cannot look for a withdrawal after storing the manifest");
+            }
         }
         if done.1 == Stored::Created {
             // Only now that this manifest is the recording's: objects a box uploaded and then
@@ -1260,6 +1281,43 @@ impl S3Storage {
         Ok(done)
     }
 
+    /// Runs `f` under this process's lock of the recording and the lock every replica
+    /// honours ([`Exclusive`], where one was given).
+    fn under_lock<T>(
+        &self,
+        rec: &str,
+        f: impl FnOnce() -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let _local = self.locks[stripe(rec)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(lock) = self.exclusive.get() else {
+            return f();
+        };
+        let mut f = Some(f);
+        let mut outcome = None;
+        lock.exclusively(&format!("complete {rec}"), &mut || {
+            outcome = f.take().map(|f| f());
+        })
+        .map_err(|why| {
+            StorageError::Store(format!(
+                "the lock that keeps replicas from storing two manifests: {why}"
+            ))
+        })?;
+        outcome.unwrap_or_else(|| Err(StorageError::Store("the lock ran nothing".into())))
+    }
+
+    /// The answer to a request about a withdrawn recording: what is left of it deleted first
+    /// (best effort: a failure is logged, and the next start finishes it), then `Withdrawn`,
+    /// whatever the deletion did (a conflict would tell the box to store its copy again under
+    /// another id).
+    fn gone(&self, device: &str, id: &str, notice: Vec<u8>) -> StorageError {
+        if let Err(e) = self.shred(device, id) {
+            log::warn!(device = crate::esc(device).as_str(), recording = crate::esc(id).as_str(), error = crate::esc(&e.to_string()).as_str(); "a withdrawn recording's remains cannot be deleted now: the next start does it");
+        }
+        StorageError::Withdrawn(notice)
+    }
+
     /// Under the lock: the manifest unless one is stored, then the receipt.
     fn store_manifest(
         &self,
@@ -1276,16 +1334,22 @@ impl S3Storage {
         // Asked to be written once as well, where the store honours it.
         let key = format!("{rec}{MANIFEST_FILE}");
         let sha: [u8; 32] = Sha256::digest(manifest_bytes).into();
-        let put = self
-            .rt
-            .block_on(self.bucket.put(
+        let put_once = |once| {
+            self.rt.block_on(self.bucket.put(
                 &key,
                 manifest_bytes.to_vec().into(),
                 manifest_bytes.len() as u64,
                 &sha,
-                true,
+                once,
             ))
-            .map_err(store_error)?;
+        };
+        let put = match put_once(true) {
+            // A store that does not implement the condition: the lock alone keeps it once.
+            Err(S3Error::Refused { status: 501, .. }) => put_once(false),
+            Err(S3Error::Refused { code, .. }) if code == "NotImplemented" => put_once(false),
+            r => r,
+        }
+        .map_err(store_error)?;
         if put == neoflix_s3::Put::AlreadyThere {
             return self
                 .already_complete(rec, device, manifest_bytes, custody, true)?
