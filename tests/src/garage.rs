@@ -94,8 +94,23 @@ impl Node {
 
 impl Garage {
     /// Starts three nodes, joins them, lays them out (one zone each, so every object is on all
-    /// three) and makes the bucket and the key.
+    /// three) and makes the bucket and the key. A node that could not bind its ports (another
+    /// test took one meanwhile) has the whole cluster started again on others.
     pub fn start() -> Garage {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let g = Garage::start_once();
+            let clash = (0..3).any(|i| g.log(i).contains("Address already in use"));
+            if !clash {
+                return g;
+            }
+            assert!(attempt < 4, "no free ports after 3 attempts\n{}", g.logs());
+            eprintln!("garage: a port was taken meanwhile; starting the cluster again");
+        }
+    }
+
+    fn start_once() -> Garage {
         let dir = tempfile::tempdir().unwrap();
         let secret: String = (0..32)
             .map(|i| format!("{:02x}", (i * 7 + 3) % 256))
@@ -145,6 +160,22 @@ impl Garage {
             let short = id.split('@').next().unwrap();
             let zone = format!("z{i}");
             g.until(0, &["layout", "assign", "-z", &zone, "-c", "1G", short]);
+        }
+        // Each node's S3 listener answers (or its log says why not).
+        for i in 0..3 {
+            let port = g.nodes[i].s3_port;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if g.log(i).contains("Address already in use") {
+                    return g;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {i}'s S3 port {port} does not answer\n{}",
+                    g.logs()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
         let first = g.nodes[0].config.clone();
         let first = &first;

@@ -1054,11 +1054,18 @@ pub fn review_assets() -> PathBuf {
 
 /// A free loopback TCP port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Below the kernel's ephemeral range (32768 and up), where the outgoing connections of
+    // everything else on the machine take their local ports: a port taken from that range and
+    // released may be some client's by the time the server binds it (a run saw Garage's S3
+    // listener fail so). Random, so concurrent tests rarely meet.
+    loop {
+        let mut b = [0u8; 2];
+        getrandom::fill(&mut b).unwrap();
+        let port = 20000 + u16::from_le_bytes(b) % 12000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Mosquitto {
