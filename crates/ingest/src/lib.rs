@@ -15,8 +15,9 @@
 //! server stores sealed objects and wrapped keys; it cannot open either.
 //!
 //! Layout: [`config`] the server's config, [`tls`] the mTLS acceptor, [`storage`] where
-//! recordings are kept (a filesystem tree or an S3-compatible bucket), [`http`] the protocol's routes; [`db`] the database (reviewers, sessions,
-//! recordings index, audit), [`audit`] the audit chain, [`ratelimit`] the sign-in limits,
+//! recordings are kept (a filesystem tree or an S3-compatible bucket), [`http`] the protocol's
+//! routes; [`db`] the database (reviewers, sessions, recordings index, audit), [`audit`] the
+//! audit chain, [`ratelimit`] the sign-in limits,
 //! [`index`] keeping the recordings index in step with storage, [`review`] the review listener,
 //! [`fleet`] the boxes' MQTT status for the fleet tiles.
 #![deny(missing_docs)]

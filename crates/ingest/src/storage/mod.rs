@@ -5,7 +5,8 @@
 //!
 //! Both keep the same promises: an object is stored whole under its name or not at all, and
 //! never replaced by other content; a recording is complete exactly when its manifest is
-//! stored, and that is done once; a receipt is issued only after the manifest is stored; a
+//! stored, and that is done once (on an object store, under the database's lock: [`s3`] says
+//! what that does not fence); a receipt is issued only after the manifest is stored; a
 //! deletion removes every key record before anything else.
 
 pub mod fs;
