@@ -10,7 +10,9 @@
 //!   `If-None-Match` too. A key this server did not choose (a retry with other bytes) lies
 //!   beside the recording, not in it; completion removes it, deletion takes it with the rest.
 //! - `{device}/{id}/manifest.json` and `receipt.json`: stored, in that order, under a lock
-//!   every replica honours (the database's, [`super::Exclusive`]), so exactly one manifest is.
+//!   every replica honours (the database's, [`super::Exclusive`]), so exactly one manifest is;
+//!   not fenced: a replica whose database session drops (and the lock with it) while its
+//!   manifest PUT is still on its way.
 //! - `{device}/.withdrawn/{id}.json`: the signed withdrawal notice, stored before anything of
 //!   the recording is deleted. `{device}/.deleting/{id}`: the marker of a deletion under way.
 //!
