@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{
     DELETING_DIR, Finished, Held, MAX_RECEIPT_BYTES, RECEIPT_FILE, Shredded, StorageError, Stored,
-    WITHDRAWN_DIR, valid_object_name, valid_recording_id,
+    WITHDRAWN_DIR, bad_name, manifest_for, object_name, valid_object_name, valid_recording_id,
 };
 use crate::custody::Custody;
 use neoflix_format::MANIFEST_FILE;
@@ -145,22 +145,14 @@ impl FsStorage {
 
     fn recording_dir(&self, device: &str, id: &str) -> Result<PathBuf, StorageError> {
         if !valid_recording_id(id) {
-            return Err(StorageError::BadName(format!(
-                "recording id '{}'",
-                id.chars().take(64).collect::<String>()
-            )));
+            return Err(bad_name("recording id", id));
         }
         Ok(self.device_dir(device).join(id))
     }
 
     /// Starts receiving object `name` of recording `id`.
     pub fn begin(&self, device: &str, id: &str, name: &str) -> Result<FsUpload, StorageError> {
-        if !valid_object_name(name) {
-            return Err(StorageError::BadName(format!(
-                "object name '{}'",
-                name.chars().take(64).collect::<String>()
-            )));
-        }
+        object_name(name)?;
         let dir = self.recording_dir(device, id)?;
         self.refuse_withdrawn(device, id)?;
         fs::DirBuilder::new()
@@ -437,12 +429,7 @@ impl FsStorage {
         max: u64,
     ) -> Result<Vec<u8>, StorageError> {
         let dir = self.recording_dir(device, id)?;
-        if !valid_object_name(name) {
-            return Err(StorageError::BadName(format!(
-                "object name '{}'",
-                name.chars().take(64).collect::<String>()
-            )));
-        }
+        object_name(name)?;
         match neoflix_format::files::read_regular(&dir.join(name), max) {
             Ok(b) => Ok(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StorageError::NotFound),
@@ -579,20 +566,7 @@ impl FsStorage {
         if let Some(done) = self.already_complete(&dir, device, id, manifest_bytes, custody)? {
             return Ok(done);
         }
-        let m = neoflix_format::verify::parse_manifest(manifest_bytes)
-            .map_err(StorageError::Manifest)?;
-        if m.recording_id != id {
-            return Err(StorageError::Manifest(format!(
-                "manifest is for recording '{}', not '{id}'",
-                m.recording_id
-            )));
-        }
-        if m.device_id != device {
-            return Err(StorageError::Manifest(format!(
-                "manifest names device '{}', the certificate '{device}'",
-                m.device_id
-            )));
-        }
+        let m = manifest_for(manifest_bytes, device, id)?;
         if !dir.exists() {
             return Err(StorageError::NotFound);
         }

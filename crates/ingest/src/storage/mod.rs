@@ -111,6 +111,47 @@ pub fn valid_object_name(name: &str) -> bool {
     neoflix_format::protocol::ObjectName::parse(name).is_some()
 }
 
+/// `what '<name>'` refused as a name, cut to 64 characters for the message.
+pub(crate) fn bad_name(what: &str, name: &str) -> StorageError {
+    StorageError::BadName(format!(
+        "{what} '{}'",
+        name.chars().take(64).collect::<String>()
+    ))
+}
+
+/// `name` if it is an object name ([`valid_object_name`]).
+pub(crate) fn object_name(name: &str) -> Result<&str, StorageError> {
+    if valid_object_name(name) {
+        Ok(name)
+    } else {
+        Err(bad_name("object name", name))
+    }
+}
+
+/// An uploaded manifest, read and checked to be recording `id`'s of `device` (the device the
+/// certificate names), before anything is read on its word.
+pub(crate) fn manifest_for(
+    manifest_bytes: &[u8],
+    device: &str,
+    id: &str,
+) -> Result<neoflix_format::Manifest, StorageError> {
+    let m =
+        neoflix_format::verify::parse_manifest(manifest_bytes).map_err(StorageError::Manifest)?;
+    if m.recording_id != id {
+        return Err(StorageError::Manifest(format!(
+            "manifest is for recording '{}', not '{id}'",
+            m.recording_id
+        )));
+    }
+    if m.device_id != device {
+        return Err(StorageError::Manifest(format!(
+            "manifest names device '{}', the certificate '{device}'",
+            m.device_id
+        )));
+    }
+    Ok(m)
+}
+
 /// A recording the storage holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {

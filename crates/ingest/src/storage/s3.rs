@@ -38,7 +38,8 @@ use tokio::runtime::Handle;
 
 use super::{
     DELETING_DIR, Exclusive, Finished, Held, MAX_RECEIPT_BYTES, RECEIPT_FILE, Shredded,
-    StorageError, Stored, WITHDRAWN_DIR, valid_object_name, valid_recording_id,
+    StorageError, Stored, WITHDRAWN_DIR, bad_name, manifest_for, object_name, valid_object_name,
+    valid_recording_id,
 };
 use crate::custody::Custody;
 
@@ -372,13 +373,6 @@ fn store_error(e: S3Error) -> StorageError {
     }
 }
 
-fn bad_id(what: &str, id: &str) -> StorageError {
-    StorageError::BadName(format!(
-        "{what} '{}'",
-        id.chars().take(64).collect::<String>()
-    ))
-}
-
 /// The recordings of a bucket.
 pub struct S3Storage {
     bucket: Arc<Bucket>,
@@ -706,10 +700,10 @@ impl S3Storage {
 
     fn rec(&self, device: &str, id: &str) -> Result<String, StorageError> {
         if !valid_recording_id(device) {
-            return Err(bad_id("device", device));
+            return Err(bad_name("device", device));
         }
         if !valid_recording_id(id) {
-            return Err(bad_id("recording id", id));
+            return Err(bad_name("recording id", id));
         }
         Ok(recording_prefix(&self.prefix, device, id))
     }
@@ -903,9 +897,7 @@ impl S3Storage {
         expected: &[u8; 32],
         len: Option<u64>,
     ) -> Result<S3Upload, StorageError> {
-        if !valid_object_name(name) {
-            return Err(bad_id("object name", name));
-        }
+        object_name(name)?;
         let rec = self.rec(device, id)?;
         let len = len.ok_or(StorageError::LengthRequired)?;
         if len > self.max_object {
@@ -1085,13 +1077,11 @@ impl S3Storage {
         max: u64,
     ) -> Result<Vec<u8>, StorageError> {
         let rec = self.rec(device, id)?;
-        if !valid_object_name(name) {
-            return Err(bad_id("object name", name));
-        }
+        object_name(name)?;
         let digest: [u8; 32] = hex::decode(sha256)
             .ok()
             .and_then(|d| d.try_into().ok())
-            .ok_or_else(|| bad_id("digest", sha256))?;
+            .ok_or_else(|| bad_name("digest", sha256))?;
         let key = format!("{rec}{name}.{}", hex::encode(digest));
         let bytes = self.get_small(&key, max)?.ok_or(StorageError::NotFound)?;
         // What is served is what the key names, whatever the store did since.
@@ -1165,7 +1155,7 @@ impl S3Storage {
     /// The device's recordings, (id, complete): not those withdrawn or being deleted.
     pub fn list(&self, device: &str) -> Result<Vec<(String, bool)>, StorageError> {
         if !valid_recording_id(device) {
-            return Err(bad_id("device", device));
+            return Err(bad_name("device", device));
         }
         let gone: HashSet<String> = self
             .marked(device, WITHDRAWN_DIR, ".json")?
@@ -1210,20 +1200,7 @@ impl S3Storage {
             }
             None => {}
         }
-        let m = neoflix_format::verify::parse_manifest(manifest_bytes)
-            .map_err(StorageError::Manifest)?;
-        if m.recording_id != id {
-            return Err(StorageError::Manifest(format!(
-                "manifest is for recording '{}', not '{id}'",
-                m.recording_id
-            )));
-        }
-        if m.device_id != device {
-            return Err(StorageError::Manifest(format!(
-                "manifest names device '{}', the certificate '{device}'",
-                m.device_id
-            )));
-        }
+        let m = manifest_for(manifest_bytes, device, id)?;
         let listed = self.recording_keys(&rec)?;
         if listed.is_empty() {
             return Err(StorageError::NotFound);
