@@ -535,24 +535,7 @@ fn main() {
         if ratio >= 1.0 { "ok" } else { "MISSED" }
     );
 
-    let mut best = 0;
-    for n in [25, 50, 100, 150, 200, 250, 300]
-        .into_iter()
-        .filter(|n| *n <= max_boxes)
-    {
-        let (p99, kept_up) = boxes(dir.path(), &ca_dir, &rt, n, secs);
-        println!(
-            "{:52} {:>10.0}  {}",
-            format!("{n} boxes at 8 Mbit/s: p99 ack (ms)"),
-            p99,
-            if kept_up { "kept up" } else { "fell behind" }
-        );
-        if kept_up && p99 < 500.0 {
-            best = n;
-        } else {
-            break;
-        }
-    }
+    let best = largest_n(max_boxes, "", |n| boxes(dir.path(), &ca_dir, &rt, n, secs));
     println!(
         "{:52} {:>10}  >= 300 {}",
         "largest N sustained (p99 < 500 ms)",
@@ -629,11 +612,8 @@ fn s3_report(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime, max_boxes: usi
         ours / plain
     );
     for replicas in [1usize, 2] {
-        let mut best = 0;
-        for n in [25, 50, 100, 150, 200, 250, 300]
-            .into_iter()
-            .filter(|n| *n <= max_boxes)
-        {
+        let label = format!("S3, {replicas} replica(s), ");
+        let best = largest_n(max_boxes, &label, |n| {
             let d = dir.join(format!("s3-boxes-{replicas}-{n}"));
             std::fs::create_dir_all(&d).unwrap();
             let servers: Vec<(Proc, u16)> = (0..replicas)
@@ -647,27 +627,41 @@ fn s3_report(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime, max_boxes: usi
                 })
                 .collect();
             let ports: Vec<u16> = servers.iter().map(|(_, p)| *p).collect();
-            let (p99, kept_up) = boxes_at(ca, rt, n, secs, &ports, true);
+            let r = boxes_at(ca, rt, n, secs, &ports, true);
             drop(servers);
             let _ = std::fs::remove_dir_all(&d);
-            println!(
-                "{:52} {:>10.0}  {}",
-                format!("S3, {replicas} replica(s), {n} boxes: p99 ack (ms)"),
-                p99,
-                if kept_up { "kept up" } else { "fell behind" }
-            );
-            if kept_up && p99 < 500.0 {
-                best = n;
-            } else {
-                break;
-            }
-        }
+            r
+        });
         println!(
             "{:52} {:>10}  (report)",
             format!("S3, {replicas} replica(s): largest N (p99 < 500 ms)"),
             best
         );
     }
+}
+
+/// Boxes in steps up to `max`, each step run by `step` ((p99 ms, kept up)) and printed with
+/// `label` before it: the largest N that kept up with a p99 under 500 ms.
+fn largest_n(max: usize, label: &str, mut step: impl FnMut(usize) -> (f64, bool)) -> usize {
+    let mut best = 0;
+    for n in [25, 50, 100, 150, 200, 250, 300]
+        .into_iter()
+        .filter(|n| *n <= max)
+    {
+        let (p99, kept_up) = step(n);
+        println!(
+            "{:52} {:>10.0}  {}",
+            format!("{label}{n} boxes at 8 Mbit/s: p99 ack (ms)"),
+            p99,
+            if kept_up { "kept up" } else { "fell behind" }
+        );
+        if kept_up && p99 < 500.0 {
+            best = n;
+        } else {
+            break;
+        }
+    }
+    best
 }
 
 fn long_recording_report(dir: &Path, ca_dir: &Path, rt: &tokio::runtime::Runtime) {

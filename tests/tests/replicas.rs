@@ -138,6 +138,38 @@ fn plays(b: &Browser, id: &str) {
     );
 }
 
+/// Back from the player to the list, refreshed: the withdrawn recording `id` is not in it.
+fn gone_from_the_list(browser: &Browser, id: &str) {
+    browser.eval("history.back()", json!([]));
+    browser.wait(
+        "the list",
+        Duration::from_secs(30),
+        "document.body.dataset.view === 'list' && document.querySelector('form.filters button[type=submit]')",
+    );
+    let row = format!("tr[data-recording=\"{id}\"]");
+    browser.click(&browser.element("form.filters button[type=submit]"));
+    browser.wait(
+        "the withdrawn recording gone from the second replica's list",
+        Duration::from_secs(30),
+        &format!(
+            "document.querySelector('table.recordings tbody') && !document.querySelector('{row}')"
+        ),
+    );
+}
+
+/// Stopped as systemd stops them, both exit cleanly (a PostgreSQL client dropped inside the
+/// async runtime would panic).
+fn stop_both(a: &mut Replica, b: &mut Replica) {
+    for r in [a, b] {
+        assert_eq!(r.ingest.terminate(), 0, "{}", r.ingest.log_text());
+        assert!(
+            !r.ingest.log_text().contains("panicked"),
+            "{}",
+            r.ingest.log_text()
+        );
+    }
+}
+
 fn objects_in(dir: &Path) -> usize {
     fs::read_dir(dir)
         .map(|l| {
@@ -224,21 +256,7 @@ fn two_replicas_on_one_store_and_postgresql_fail_over_serve_either_page_and_shar
     let (code, out, err) = a.admin(&["withdraw", &id, "--reason", "consent withdrawn (form 7)"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(!stored.exists(), "the stored copy is deleted");
-    browser.eval("history.back()", json!([]));
-    browser.wait(
-        "the list",
-        Duration::from_secs(30),
-        "document.body.dataset.view === 'list' && document.querySelector('form.filters button[type=submit]')",
-    );
-    let row = format!("tr[data-recording=\"{id}\"]");
-    browser.click(&browser.element("form.filters button[type=submit]"));
-    browser.wait(
-        "the withdrawn recording gone from the second replica's list",
-        Duration::from_secs(30),
-        &format!(
-            "document.querySelector('table.recordings tbody') && !document.querySelector('{row}')"
-        ),
-    );
+    gone_from_the_list(&browser, &id);
 
     // One audit chain, written by both replicas and the admin's command, verifies.
     let (code, out, err) = b.admin(&["audit", "--verify"]);
@@ -259,16 +277,7 @@ fn two_replicas_on_one_store_and_postgresql_fail_over_serve_either_page_and_shar
     assert!(actions.contains(&"recording-withdrawn"), "{actions:?}");
     assert_eq!(d.terminate(), 0);
 
-    // Stopped as systemd stops them, both exit cleanly (a PostgreSQL client dropped inside the
-    // async runtime would panic).
-    for r in [&mut a, &mut b] {
-        assert_eq!(r.ingest.terminate(), 0, "{}", r.ingest.log_text());
-        assert!(
-            !r.ingest.log_text().contains("panicked"),
-            "{}",
-            r.ingest.log_text()
-        );
-    }
+    stop_both(&mut a, &mut b);
 }
 
 /// A recording held in the bucket, fetched into `into` under its objects' names (the keys
@@ -415,32 +424,11 @@ fn two_replicas_on_garage_and_postgresql_survive_a_replica_and_a_store_node_dyin
     );
     let notice = format!("unit-a/room-e2e/.withdrawn/{id}.json");
     assert!(matches!(rt.block_on(store.head(&notice)), Ok(Some(_))));
-    browser.eval("history.back()", json!([]));
-    browser.wait(
-        "the list",
-        Duration::from_secs(30),
-        "document.body.dataset.view === 'list' && document.querySelector('form.filters button[type=submit]')",
-    );
-    let row = format!("tr[data-recording=\"{id}\"]");
-    browser.click(&browser.element("form.filters button[type=submit]"));
-    browser.wait(
-        "the withdrawn recording gone from the second replica's list",
-        Duration::from_secs(30),
-        &format!(
-            "document.querySelector('table.recordings tbody') && !document.querySelector('{row}')"
-        ),
-    );
+    gone_from_the_list(&browser, &id);
     let (code, out, err) = b.admin(&["audit", "--verify"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(d.terminate(), 0);
-    for r in [&mut a, &mut b] {
-        assert_eq!(r.ingest.terminate(), 0, "{}", r.ingest.log_text());
-        assert!(
-            !r.ingest.log_text().contains("panicked"),
-            "{}",
-            r.ingest.log_text()
-        );
-    }
+    stop_both(&mut a, &mut b);
     // Nothing of the recording on either replica's disk: no storage directory at all.
     assert!(!lab.path("server").exists());
 }
