@@ -716,7 +716,7 @@ impl Bucket {
             key: prefix.to_string(),
             why,
         };
-        let page = parse_page(&body).map_err(answer)?;
+        let page = parse_listing(&body).map_err(answer)?;
         for k in page
             .objects
             .iter()
@@ -871,39 +871,42 @@ pub enum Versioning {
 
 /// A `GetBucketVersioning` answer: no `<Status>` is a bucket that never had versioning.
 pub fn parse_versioning(body: &[u8]) -> Result<Versioning, String> {
+    with_root(body, "VersioningConfiguration", |root| {
+        match element(root, "Status").map(str::trim) {
+            None | Some("") => Ok(Versioning::Never),
+            Some("Enabled") => Ok(Versioning::Enabled),
+            Some("Suspended") => Ok(Versioning::Suspended),
+            Some(other) => Err(format!("versioning status {:?}", escaped(other))),
+        }
+    })
+}
+
+/// `read(root)` of an XML answer whose root element is `<name>`; not UTF-8, not XML or
+/// another root is an error that says so.
+fn with_root<T>(
+    body: &[u8],
+    name: &str,
+    read: impl FnOnce(roxmltree::Node) -> Result<T, String>,
+) -> Result<T, String> {
     let text = std::str::from_utf8(body).map_err(|_| "not UTF-8".to_string())?;
     let doc = roxmltree::Document::parse(text).map_err(|e| format!("not XML: {e}"))?;
     let root = doc.root_element();
-    if root.tag_name().name() != "VersioningConfiguration" {
+    if root.tag_name().name() != name {
         return Err(format!(
-            "<{}> where <VersioningConfiguration> was expected",
+            "<{}> where <{name}> was expected",
             escaped(root.tag_name().name())
         ));
     }
-    match element(root, "Status").map(str::trim) {
-        None | Some("") => Ok(Versioning::Never),
-        Some("Enabled") => Ok(Versioning::Enabled),
-        Some("Suspended") => Ok(Versioning::Suspended),
-        Some(other) => Err(format!("versioning status {:?}", escaped(other))),
-    }
+    read(root)
 }
 
 /// One page of a ListObjectsV2 answer, read as [`Bucket::list`] reads it (which then checks
 /// each key against the prefix and [`check_key`]).
 pub fn parse_listing(body: &[u8]) -> Result<Page, String> {
-    parse_page(body)
+    with_root(body, "ListBucketResult", read_page)
 }
 
-fn parse_page(body: &[u8]) -> Result<Page, String> {
-    let text = std::str::from_utf8(body).map_err(|_| "not UTF-8".to_string())?;
-    let doc = roxmltree::Document::parse(text).map_err(|e| format!("not XML: {e}"))?;
-    let root = doc.root_element();
-    if root.tag_name().name() != "ListBucketResult" {
-        return Err(format!(
-            "<{}> where <ListBucketResult> was expected",
-            escaped(root.tag_name().name())
-        ));
-    }
+fn read_page(root: roxmltree::Node) -> Result<Page, String> {
     let mut page = Page::default();
     for c in root.children().filter(roxmltree::Node::is_element) {
         match c.tag_name().name() {
@@ -1069,7 +1072,7 @@ mod tests {
   <Contents><Key>p/c</Key><Size>0</Size></Contents>
   <CommonPrefixes><Prefix>p/d/</Prefix></CommonPrefixes>
 </ListBucketResult>"#;
-        let p = parse_page(xml).unwrap();
+        let p = parse_listing(xml).unwrap();
         assert_eq!(
             p.objects,
             vec![
@@ -1104,7 +1107,7 @@ mod tests {
                 "continuation token of 1025 bytes",
             ),
         ] {
-            let e = parse_page(xml).unwrap_err();
+            let e = parse_listing(xml).unwrap_err();
             assert!(e.contains(want), "{e}");
         }
     }
