@@ -317,12 +317,12 @@ async fn put_object(
     id: String,
     name: String,
 ) -> Result<(), String> {
-    // Read and hashed off the runtime: an object may be up to a gigabyte.
+    // Read off the runtime: an object may be up to a gigabyte. Its digest is the one the ring
+    // recorded when it wrote the fragment, where there is one, else computed here; a wrong one
+    // would only make the server refuse the body.
     let path = dir.join(&id).join(&name);
     let (bytes, digest) = tokio::task::spawn_blocking(move || {
-        let bytes = neoflix_format::files::read_regular(&path, MAX_LOCAL_OBJECT)?;
-        let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
-        Ok::<_, std::io::Error>((bytes, digest))
+        neoflix_format::files::read_regular_with_digest(&path, MAX_LOCAL_OBJECT)
     })
     .await
     .map_err(std::io::Error::other)

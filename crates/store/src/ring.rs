@@ -187,9 +187,11 @@ impl Ring {
         // shared with something else) fills before the bound does: room is made the way the
         // bound makes it, oldest first, rather than the newest video dropped and every later
         // fragment with it.
-        loop {
-            match fs::write(&path, sealed) {
-                Ok(()) => break,
+        // The digest goes with the file (and the recording's link to it), so the upload need
+        // not hash every fragment a second time.
+        let sha256 = loop {
+            match neoflix_format::files::write_with_digest(&path, sealed, 0o600) {
+                Ok(sha) => break sha,
                 Err(e) => {
                     // A partial file is nobody's: counted nowhere, it would stay.
                     let _ = fs::remove_file(&path);
@@ -199,7 +201,7 @@ impl Ring {
                     self.out_of_room = true;
                 }
             }
-        }
+        };
         self.total += duration;
         self.bytes += sealed.len() as u64;
         self.entries.push_back(RingEntry {
@@ -207,7 +209,7 @@ impl Ring {
             stream,
             path,
             size: sealed.len() as u64,
-            sha256: neoflix_seal::sha256_hex(sealed),
+            sha256: hex::encode(sha256),
             key,
             duration,
             captured,
@@ -580,6 +582,27 @@ mod tests {
         assert_eq!(ring.duration(), Duration::from_secs(4));
         assert_eq!(files(d.path()).len(), 5, "{:?}", files(d.path()));
         assert!(!d.path().join("frag-0000000000.nfx").exists());
+    }
+
+    #[test]
+    fn a_fragment_carries_the_digest_of_its_bytes_and_never_an_older_files() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut ring, _) = Ring::open(d.path(), Duration::from_secs(3), 1 << 30).unwrap();
+        let (k, s) = sealed([1; 16], 0, Kind::Init, 10);
+        ring.begin_stream([1; 16], &s, k).unwrap();
+        // What an earlier run left at the next fragment's name, with a record of its own of
+        // the same size as the fragment to come.
+        let path = d.path().join("frag-0000000007.nfx");
+        let (_, next) = sealed([1; 16], 7, Kind::Fragment, 100);
+        let stale = vec![0u8; next.len()];
+        neoflix_format::files::write_with_digest(&path, &stale, 0o600).unwrap();
+        push(&mut ring, 7);
+        let entry = ring.entries.back().unwrap();
+        let (bytes, sha) =
+            neoflix_format::files::read_regular_with_digest(&entry.path, 1 << 20).unwrap();
+        assert_ne!(bytes, stale);
+        assert_eq!(hex::encode(sha), entry.sha256);
+        assert_eq!(entry.sha256, neoflix_seal::sha256_hex(&bytes));
     }
 
     #[test]

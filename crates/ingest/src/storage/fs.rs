@@ -195,7 +195,7 @@ impl FsStorage {
         // The digest travels with the inode, so the manifest check need not read the object again
         // (a 90-minute recording is gigabytes). Where the filesystem has no user xattrs the
         // check reads and hashes instead.
-        record_digest(&up.file, &got, up.size);
+        neoflix_format::files::record_digest(&up.file, &got, up.size);
         up.file.sync_all()?;
         let target = up.dir.join(&up.name);
         let _recording = self.recording_lock(&up.dir);
@@ -751,50 +751,14 @@ fn write_whole(path: &Path, bytes: &[u8], place: Place) -> Result<bool, StorageE
     result
 }
 
-const DIGEST_XATTR: &[u8] = b"user.neoflix.sha256\0";
-
-/// Stores `size:sha256hex` in an extended attribute of the received file; best effort.
-fn record_digest(file: &fs::File, sha: &[u8; 32], size: u64) {
-    use std::os::fd::AsRawFd;
-    let value = format!("{size}:{}", hex::encode(sha));
-    // SAFETY: a valid fd, a NUL-terminated name and a buffer of the given length.
-    unsafe {
-        libc::fsetxattr(
-            file.as_raw_fd(),
-            DIGEST_XATTR.as_ptr().cast(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        );
-    }
-}
-
 /// Digests recorded at upload, falling back to reading the file.
 struct RecordedDigests;
 
 impl neoflix_format::Digests for RecordedDigests {
     fn size_and_sha256(&self, path: &Path) -> std::io::Result<(u64, String)> {
-        use std::os::unix::ffi::OsStrExt;
-        let c =
-            std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-        let mut buf = [0u8; 96];
-        // SAFETY: NUL-terminated path and name, a buffer of the given length.
-        let n = unsafe {
-            libc::getxattr(
-                c.as_ptr(),
-                DIGEST_XATTR.as_ptr().cast(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if n > 0
-            && let Ok(text) = std::str::from_utf8(&buf[..n as usize])
-            && let Some((size, sha)) = text.split_once(':')
-            && let Ok(size) = size.parse::<u64>()
-            && sha.len() == 64
-            && fs::metadata(path)?.len() == size
-        {
-            return Ok((size, sha.to_string()));
+        let (file, size) = neoflix_format::files::open_regular(path)?;
+        if let Some(sha) = neoflix_format::files::recorded_digest(&file, size) {
+            return Ok((size, hex::encode(sha)));
         }
         neoflix_format::ReadAndHash.size_and_sha256(path)
     }
