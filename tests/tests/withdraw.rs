@@ -6,8 +6,9 @@ use std::path::Path;
 use std::thread::sleep;
 use std::time::Duration;
 
+use base64::Engine as _;
 use neoflix_control::Request;
-use neoflix_e2e::{Lab, wait_until};
+use neoflix_e2e::{Lab, curl, wait_until};
 use serde_json::Value;
 
 const CAPTURE: &str = "source = \"test\"\nwidth = 320\nheight = 240\nfps = 15\nbitrate_kbps = 300";
@@ -94,13 +95,61 @@ fn a_recording_withdrawn_while_its_box_is_offline_is_deleted_on_both_sides_and_a
         || !local.exists(),
         &|| d.log_text() + &ingest.log_text(),
     );
-    assert!(
-        d.log_text()
-            .contains("recording withdrawn by the department: the server's signed notice checked"),
-        "{}",
-        d.log_text()
+    // Logged once the copy is gone, so a moment after.
+    wait_until(
+        "the box to say why",
+        Duration::from_secs(10),
+        || {
+            d.log_text().contains(
+                "recording withdrawn by the department: the server's signed notice checked",
+            )
+        },
+        &|| d.log_text(),
     );
     assert!(!srv.exists(), "nothing of it was uploaded again");
+
+    // An object sent for it anyway (a box that missed the notice) is refused before its body
+    // is taken, with the notice signed again now, and nothing of it is kept.
+    let (_, sealed) = neoflix_seal::seal(
+        &neoflix_seal::ObjectId {
+            stream: [7; 16],
+            seq: 99,
+            kind: neoflix_seal::Kind::Fragment,
+        },
+        b"late",
+    )
+    .unwrap();
+    let late = lab.path("late.nfx");
+    fs::write(&late, &sealed).unwrap();
+    let digest = base64::engine::general_purpose::STANDARD
+        .encode(<sha2::Sha256 as sha2::Digest>::digest(&sealed));
+    let ca = lab.path("ca");
+    let (code, body) = curl(
+        &lab,
+        &ingest,
+        Some((&ca.join("room-e2e.crt"), &ca.join("room-e2e.key"))),
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            &format!("Content-Digest: sha-256=:{digest}:"),
+            "--data-binary",
+            &format!("@{}", late.display()),
+        ],
+        &format!("/v1/recordings/{id}/objects/frag-000099.nfx"),
+    );
+    assert_eq!(code, 410, "{body}");
+    let (_, w) = neoflix_format::SignedWithdrawal::from_json(body.as_bytes()).unwrap();
+    assert_eq!(
+        (w.device_id.as_str(), w.recording_id.as_str()),
+        ("room-e2e", id.as_str())
+    );
+    assert_ne!(
+        body.trim(),
+        kept.trim(),
+        "signed again, not the notice as stored"
+    );
+    assert!(!srv.exists());
 
     // The box goes on: its next recording is delivered as before.
     d.wait_ready(Duration::from_secs(60));

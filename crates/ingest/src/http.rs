@@ -487,7 +487,11 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let store = ctx.store.clone();
     let device = ctx.device.clone();
-    if let ["v1", "recordings", id, ..] = parts.as_slice() {
+    // An object's upload asks at its start (`Storage::begin`), in the same round trip as its
+    // other questions to an object store: not asked twice.
+    let object_put = req.method() == Method::PUT
+        && matches!(parts.as_slice(), ["v1", "recordings", _, "objects", _]);
+    if let (["v1", "recordings", id, ..], false) = (parts.as_slice(), object_put) {
         let (store, device, id) = (store.clone(), device.clone(), id.to_string());
         match blocking(move || store.withdrawn(&device, &id)).await {
             Ok(Some(notice)) => return gone(&ctx.custody, notice),
@@ -554,6 +558,7 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Resp {
             let len = content_length(&req);
             let up = match blocking(move || s2.begin(&dev, &rid, &name, &expected, len)).await {
                 Ok(u) => u,
+                Err(StorageError::Withdrawn(notice)) => return gone(&ctx.custody, notice),
                 Err(e) => return storage_error(e),
             };
             let up = match receive(req.into_body(), up, head, max, ctx.rate, &held, batches).await {
