@@ -1,5 +1,6 @@
 //! Reading files of a recording directory that someone else may have written: only regular
-//! files, never through a link, never waiting on a FIFO, never more than announced.
+//! files, never through a link, never waiting on a FIFO, never more than announced. And the
+//! SHA-256 a file's writer recorded with it, so that its readers need not hash it again.
 
 use std::fs;
 use std::io::{self, Read, Write as _};
@@ -142,16 +143,20 @@ pub fn write_with_digest(path: &Path, bytes: &[u8], mode: u32) -> io::Result<[u8
     Ok(sha)
 }
 
+/// [`read_regular`], and the SHA-256 recorded by the file's writer, if it is there for this
+/// size.
+pub fn read_regular_recorded(path: &Path, max: u64) -> io::Result<(Vec<u8>, Option<[u8; 32]>)> {
+    let (f, len) = open_regular(path)?;
+    let bytes = read_whole(&f, len, max)?;
+    Ok((bytes, recorded_digest(&f, len)))
+}
+
 /// [`read_regular`], and the bytes' SHA-256: the one recorded by the file's writer where it
 /// is there for this size, else computed.
 pub fn read_regular_with_digest(path: &Path, max: u64) -> io::Result<(Vec<u8>, [u8; 32])> {
     use sha2::Digest;
-    let (f, len) = open_regular(path)?;
-    let bytes = read_whole(&f, len, max)?;
-    let sha = match recorded_digest(&f, len) {
-        Some(sha) => sha,
-        None => sha2::Sha256::digest(&bytes).into(),
-    };
+    let (bytes, recorded) = read_regular_recorded(path, max)?;
+    let sha = recorded.unwrap_or_else(|| sha2::Sha256::digest(&bytes).into());
     Ok((bytes, sha))
 }
 

@@ -187,8 +187,8 @@ impl Ring {
         // shared with something else) fills before the bound does: room is made the way the
         // bound makes it, oldest first, rather than the newest video dropped and every later
         // fragment with it.
-        // The digest goes with the file (and the recording's link to it), so the upload need
-        // not hash every fragment a second time.
+        // The digest goes with the file (and the recording's link to it, or copy of it), so
+        // the upload need not hash every fragment a second time.
         let sha256 = loop {
             match neoflix_format::files::write_with_digest(&path, sealed, 0o600) {
                 Ok(sha) => break sha,
