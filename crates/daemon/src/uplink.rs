@@ -318,39 +318,77 @@ async fn put_object(
     name: String,
 ) -> Result<(), String> {
     // Read off the runtime: an object may be up to a gigabyte. Its digest is the one the ring
-    // recorded when it wrote the fragment, where there is one, else computed here; a wrong one
-    // would only make the server refuse the body.
+    // recorded when it wrote the fragment, where there is one, else computed here.
     let path = dir.join(&id).join(&name);
-    let (bytes, digest) = tokio::task::spawn_blocking(move || {
-        neoflix_format::files::read_regular_with_digest(&path, MAX_LOCAL_OBJECT)
+    let read = path.clone();
+    let (bytes, digest, recorded) = tokio::task::spawn_blocking(move || {
+        let (bytes, recorded) =
+            neoflix_format::files::read_regular_recorded(&read, MAX_LOCAL_OBJECT)?;
+        Ok::<_, std::io::Error>(match recorded {
+            Some(sha) => (bytes, sha, true),
+            None => {
+                let sha = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
+                (bytes, sha, false)
+            }
+        })
     })
     .await
     .map_err(std::io::Error::other)
     .and_then(|r| r)
     .map_err(|e| format!("{id}/{name}: {e}"))?;
-    let digest = base64::engine::general_purpose::STANDARD.encode(digest);
+    let url = format!("{base}/v1/recordings/{id}/objects/{name}");
+    let what = format!("{id}/{name}");
+    let mut r = send_object(&client, &down, &url, &what, bytes, &digest).await?;
+    if r.status() == reqwest::StatusCode::BAD_REQUEST && recorded {
+        // The bytes may have changed on disk since the ring wrote them (a card's corruption, a
+        // power cut): the record would be refused for ever. They go as they are now, once;
+        // a recovered recording's manifest, made from the files, names them so.
+        let (bytes, actual) = tokio::task::spawn_blocking(move || {
+            let bytes = neoflix_format::files::read_regular(&path, MAX_LOCAL_OBJECT)?;
+            let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
+            Ok::<_, std::io::Error>((bytes, sha))
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| format!("{id}/{name}: {e}"))?;
+        if actual != digest {
+            log::warn!(recording = id.as_str(), object = name.as_str(); "upload: the object's bytes are not those its digest was recorded for when it was written (changed on the box's storage since): sending them as they are");
+            r = send_object(&client, &down, &url, &what, bytes, &actual).await?;
+        }
+    }
+    match r.status().as_u16() {
+        200 | 201 => Ok(()),
+        code => Err(format!("PUT {what}: HTTP {code}: {}", error_text(r).await)),
+    }
+}
+
+/// One PUT of an object's bytes with their digest; `what` names it in an error.
+async fn send_object(
+    client: &reqwest::Client,
+    down: &AtomicBool,
+    url: &str,
+    what: &str,
+    bytes: Vec<u8>,
+    sha256: &[u8; 32],
+) -> Result<reqwest::Response, String> {
+    let digest = base64::engine::general_purpose::STANDARD.encode(sha256);
     // Not through `send`: on a slow link a body may take longer than its silence, and that is
     // not a silent server.
     let r = client
-        .put(format!("{base}/v1/recordings/{id}/objects/{name}"))
+        .put(url)
         .header("content-digest", format!("sha-256=:{digest}:"))
         .body(bytes)
         .send()
         .await
         .map_err(|e| {
             down.store(true, Ordering::Relaxed);
-            format!("PUT {id}/{name}: {}", why(&e))
+            format!("PUT {what}: {}", why(&e))
         })?;
     if gateway_error(r.status()) {
         down.store(true, Ordering::Relaxed);
     }
-    match r.status().as_u16() {
-        200 | 201 => Ok(()),
-        code => Err(format!(
-            "PUT {id}/{name}: HTTP {code}: {}",
-            error_text(r).await
-        )),
-    }
+    Ok(r)
 }
 
 /// The largest sealed object the box writes: 1 GiB of plaintext and its tags, with room.
@@ -1322,6 +1360,113 @@ mod tests {
 #[cfg(test)]
 mod local_files {
     use super::*;
+
+    /// A plain-HTTP server that answers an object's PUT 201 when its body has the digest its
+    /// request announces, else 400, as the department server does; what each PUT's announced
+    /// digest turned out to be (true: the body's).
+    async fn digest_checking_server() -> (String, Arc<Mutex<Vec<bool>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = listener.accept().await {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let end = loop {
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                    let n = c.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "a request head cut short");
+                    buf.extend_from_slice(&chunk[..n]);
+                };
+                let head = String::from_utf8(buf[..end].to_vec()).unwrap();
+                let header = |name: &str| {
+                    head.lines()
+                        .filter_map(|l| l.split_once(':'))
+                        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.trim().to_string())
+                        .unwrap()
+                };
+                let len: usize = header("content-length").parse().unwrap();
+                let mut body = buf[end..].to_vec();
+                while body.len() < len {
+                    let n = c.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "a body cut short");
+                    body.extend_from_slice(&chunk[..n]);
+                }
+                let announced = header("content-digest");
+                let actual = format!(
+                    "sha-256=:{}:",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(<sha2::Sha256 as sha2::Digest>::digest(&body))
+                );
+                let matches = announced == actual;
+                record.lock().unwrap().push(matches);
+                let status = if matches {
+                    "201 Created"
+                } else {
+                    "400 Bad Request"
+                };
+                let answer =
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                c.write_all(answer.as_bytes()).await.unwrap();
+            }
+        });
+        (base, seen)
+    }
+
+    /// The digest the ring records with a fragment is what the box sends; bytes changed on
+    /// the box's storage since (same size, the record kept) were refused for ever. They are
+    /// sent as they are, once the server refused the record.
+    #[tokio::test]
+    async fn an_object_changed_since_its_digest_was_recorded_is_sent_as_it_is_now() {
+        use std::io::Write as _;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("rec")).unwrap();
+        let path = d.path().join("rec/frag-000000.nfx");
+        neoflix_format::files::write_with_digest(&path, b"as the ring wrote it", 0o600).unwrap();
+        let (base, seen) = digest_checking_server().await;
+        let down = Arc::new(AtomicBool::new(false));
+        // Plain HTTP here; the client is the box's kind, whose TLS needs a CA to be built.
+        neoflix_pki::Ca::init(&d.path().join("ca"), "test CA").unwrap();
+        let tls = neoflix_pki::client_tls(&d.path().join("ca/ca.crt"), None).unwrap();
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .build()
+            .unwrap();
+        let put = || {
+            put_object(
+                client.clone(),
+                down.clone(),
+                base.clone(),
+                d.path().to_owned(),
+                "rec".into(),
+                "frag-000000.nfx".into(),
+            )
+        };
+        put().await.unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"as the card keeps it")
+            .unwrap();
+        put().await.unwrap();
+        let recorded = neoflix_format::files::read_regular_recorded(&path, 1 << 20)
+            .unwrap()
+            .1
+            .is_some();
+        // Where this filesystem keeps no user attributes, the box hashed each time.
+        let expected = match recorded {
+            true => vec![true, false, true],
+            false => vec![true, true],
+        };
+        assert_eq!(*seen.lock().unwrap(), expected);
+        assert!(!down.load(Ordering::Relaxed));
+    }
 
     /// A FIFO planted in a recording directory hung the uplink for ever (it read with
     /// `tokio::fs::read`, which waits for a writer).
