@@ -375,14 +375,25 @@ fn client_for(ca: &Path, name: &str) -> reqwest::Client {
 
 /// N boxes for `secs` seconds; returns (p99 ms, every box kept up). Each N has a server
 /// directory of its own, kept to the end of the run: removing the last one's files just before
-/// would make this one's creates walk past them (see `main`), which a server taking uploads
-/// does not meet.
+/// would make this one's creates walk past them on a filesystem without a journal (see
+/// `main`). A server on one (ext4 without a journal) meets that only in the minutes after it
+/// deleted many files (retention, a withdrawal); on a journaled one (ext4's default, XFS) never.
 fn boxes(dir: &Path, ca: &Path, rt: &tokio::runtime::Runtime, n: usize, secs: u64) -> (f64, bool) {
     let dir = dir.join(format!("boxes-{n}"));
     std::fs::create_dir_all(&dir).unwrap();
     settle();
     let (_ingest, port) = start_ingest(&dir, ca);
     boxes_at(ca, rt, n, secs, &[port], false)
+}
+
+/// Box `i`'s phase in the second, in µs: uniform, from a fixed seed (splitmix64).
+fn phase_us(i: usize) -> u64 {
+    let mut z = (i as u64)
+        .wrapping_add(1)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) % 1_000_000
 }
 
 /// N boxes for `secs` seconds against the servers on `ports` (box i on `ports[i % len]`);
@@ -422,9 +433,11 @@ fn boxes_at(
             let (body, digest, lat, behind) =
                 (body.clone(), digest.clone(), lat.clone(), behind.clone());
             tasks.push(tokio::spawn(async move {
-                // Spread the boxes evenly over the second, as real fragment clocks are:
-                // (i · 997) mod 1000 was 3 ms apart, 150 boxes crowded into 450 ms.
-                tokio::time::sleep(Duration::from_micros(i as u64 * 1_000_000 / n as u64)).await;
+                // Each box's fragment clock at its own phase in the second, independent of the
+                // others as real boxes' are (so some fall close together), and the same in
+                // every run. ((i · 997) mod 1000 ms put box i 3 ms from box i+1: 150 boxes
+                // crowded into 450 ms.)
+                tokio::time::sleep(Duration::from_micros(phase_us(i))).await;
                 let start = tokio::time::Instant::now();
                 for k in 0..secs {
                     let due = start + Duration::from_secs(k);
