@@ -342,17 +342,17 @@ async fn put_object(
     if r.status() == reqwest::StatusCode::BAD_REQUEST && recorded {
         // The bytes may have changed on disk since the ring wrote them (a card's corruption, a
         // power cut): the record would be refused for ever. They go as they are now, once;
-        // a recovered recording's manifest, made from the files, names them so.
-        let (bytes, actual) = tokio::task::spawn_blocking(move || {
+        // a recovered recording's manifest, made from the files, names them so. (Where they
+        // cannot be read again, or are what was recorded, the server's answer stands.)
+        let reread = tokio::task::spawn_blocking(move || {
             let bytes = neoflix_format::files::read_regular(&path, MAX_LOCAL_OBJECT)?;
             let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
             Ok::<_, std::io::Error>((bytes, sha))
         })
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r)
-        .map_err(|e| format!("{id}/{name}: {e}"))?;
-        if actual != digest {
+        .await;
+        if let Ok(Ok((bytes, actual))) = reread
+            && actual != digest
+        {
             log::warn!(recording = id.as_str(), object = name.as_str(); "upload: the object's bytes are not those its digest was recorded for when it was written (changed on the box's storage since): sending them as they are");
             r = send_object(&client, &down, &url, &what, bytes, &actual).await?;
         }
@@ -1435,6 +1435,8 @@ mod local_files {
         let tls = neoflix_pki::client_tls(&d.path().join("ca/ca.crt"), None).unwrap();
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
+            .no_proxy()
+            .timeout(Duration::from_secs(20))
             .build()
             .unwrap();
         let put = || {
