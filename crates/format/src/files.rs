@@ -151,19 +151,18 @@ pub fn read_regular_recorded(path: &Path, max: u64) -> io::Result<(Vec<u8>, Opti
     Ok((bytes, recorded_digest(&f, len)))
 }
 
-/// [`read_regular`], and the bytes' SHA-256: the one recorded by the file's writer where it
-/// is there for this size, else computed.
-pub fn read_regular_with_digest(path: &Path, max: u64) -> io::Result<(Vec<u8>, [u8; 32])> {
-    use sha2::Digest;
-    let (bytes, recorded) = read_regular_recorded(path, max)?;
-    let sha = recorded.unwrap_or_else(|| sha2::Sha256::digest(&bytes).into());
-    Ok((bytes, sha))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use sha2::Digest;
+
+    /// What a reader sends: the bytes, and their recorded digest where there is one for their
+    /// size, else their hash.
+    fn read_regular_with_digest(path: &Path, max: u64) -> io::Result<(Vec<u8>, [u8; 32])> {
+        let (bytes, recorded) = read_regular_recorded(path, max)?;
+        let sha = recorded.unwrap_or_else(|| sha2::Sha256::digest(&bytes).into());
+        Ok((bytes, sha))
+    }
 
     #[test]
     fn a_recorded_digest_is_used_only_for_the_size_it_was_recorded_for() {
