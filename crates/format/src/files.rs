@@ -85,17 +85,25 @@ const DIGEST_XATTR: &[u8] = b"user.neoflix.sha256\0";
 /// without user extended attributes leaves readers to hash). Only for a file this process
 /// created and wrote whole: an attribute left on a file rewritten in place would lie.
 pub fn record_digest(file: &fs::File, sha256: &[u8; 32], size: u64) {
+    let _ = set_record(file, format!("{size}:{}", hex::encode(sha256)).as_bytes());
+}
+
+/// Sets the digest attribute of `file` to `value`, as it is.
+fn set_record(file: &fs::File, value: &[u8]) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let value = format!("{size}:{}", hex::encode(sha256));
     // SAFETY: a valid fd, a NUL-terminated name and a buffer of the given length.
-    unsafe {
+    let r = unsafe {
         libc::fsetxattr(
             file.as_raw_fd(),
             DIGEST_XATTR.as_ptr().cast(),
             value.as_ptr().cast(),
             value.len(),
             0,
-        );
+        )
+    };
+    match r {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
     }
 }
 
@@ -203,18 +211,7 @@ mod tests {
 
         // A record that is not `size:hex` is ignored.
         let f = fs::File::open(&path).unwrap();
-        let bad = b"13:not-hex";
-        // SAFETY: a valid fd, a NUL-terminated name and a buffer of the given length.
-        unsafe {
-            use std::os::fd::AsRawFd;
-            libc::fsetxattr(
-                f.as_raw_fd(),
-                DIGEST_XATTR.as_ptr().cast(),
-                bad.as_ptr().cast(),
-                bad.len(),
-                0,
-            );
-        }
+        set_record(&f, b"13:not-hex").unwrap();
         assert_eq!(recorded_digest(&f, 13), None);
     }
 }

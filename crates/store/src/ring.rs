@@ -567,12 +567,18 @@ mod tests {
         .unwrap()
     }
 
+    /// A ring in `dir` keeping 3 s of pre-roll, stream 1 begun.
+    fn streaming_ring(dir: &Path) -> Ring {
+        let (mut ring, _) = Ring::open(dir, Duration::from_secs(3), 1 << 30).unwrap();
+        let (k, s) = sealed([1; 16], 0, Kind::Init, 10);
+        ring.begin_stream([1; 16], &s, k).unwrap();
+        ring
+    }
+
     #[test]
     fn evicts_by_seconds_and_deletes_the_files() {
         let d = tempfile::tempdir().unwrap();
-        let (mut ring, _) = Ring::open(d.path(), Duration::from_secs(3), 1 << 30).unwrap();
-        let (k, s) = sealed([1; 16], 0, Kind::Init, 10);
-        ring.begin_stream([1; 16], &s, k).unwrap();
+        let mut ring = streaming_ring(d.path());
         let mut evicted = Vec::new();
         for seq in 0..6 {
             evicted.extend(push(&mut ring, seq));
@@ -587,9 +593,7 @@ mod tests {
     #[test]
     fn a_fragment_carries_the_digest_of_its_bytes_and_never_an_older_files() {
         let d = tempfile::tempdir().unwrap();
-        let (mut ring, _) = Ring::open(d.path(), Duration::from_secs(3), 1 << 30).unwrap();
-        let (k, s) = sealed([1; 16], 0, Kind::Init, 10);
-        ring.begin_stream([1; 16], &s, k).unwrap();
+        let mut ring = streaming_ring(d.path());
         // What an earlier run left at the next fragment's name, with a record of its own of
         // the same size as the fragment to come.
         let path = d.path().join("frag-0000000007.nfx");
@@ -611,9 +615,7 @@ mod tests {
     #[test]
     fn claimed_fragments_are_kept_within_the_preroll_and_go_first_when_bytes_run_out() {
         let d = tempfile::tempdir().unwrap();
-        let (mut ring, _) = Ring::open(d.path(), Duration::from_secs(3), 1 << 30).unwrap();
-        let (k, s) = sealed([1; 16], 0, Kind::Init, 10);
-        ring.begin_stream([1; 16], &s, k).unwrap();
+        let mut ring = streaming_ring(d.path());
         ring.hold_through(Some(u64::MAX));
         for seq in 0..3 {
             push(&mut ring, seq);
