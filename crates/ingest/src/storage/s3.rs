@@ -265,6 +265,17 @@ impl HeldObjects {
         self.store_failed.store(true, Ordering::Relaxed);
         std::io::Error::other(e.to_string())
     }
+
+    fn vanished(&self) -> std::io::Error {
+        // Listed, and gone when read: deleted since, or a listing that was behind the store's
+        // deletions (Garage's is, for a moment, under load). Only a fresh listing says whether
+        // the recording lacks it, so the check is the store's trouble and is made again.
+        self.store_failed.store(true, Ordering::Relaxed);
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "listed, but gone when read: the listing was behind the store",
+        )
+    }
 }
 
 impl neoflix_format::Objects for HeldObjects {
@@ -290,7 +301,7 @@ impl neoflix_format::Objects for HeldObjects {
             .rt
             .block_on(self.bucket.get_range(key, 0, HEADER_LEN as u32))
             .map_err(|e| self.io(e))?
-            .ok_or(std::io::ErrorKind::NotFound)?;
+            .ok_or_else(|| self.vanished())?;
         bytes
             .try_into()
             .map_err(|_| std::io::ErrorKind::UnexpectedEof.into())
@@ -311,7 +322,7 @@ impl neoflix_format::Objects for HeldObjects {
                 .rt
                 .block_on(self.bucket.get_small(&o.key, cap))
                 .map_err(|e| self.io(e))?
-                .ok_or(std::io::ErrorKind::NotFound)?,
+                .ok_or_else(|| self.vanished())?,
         };
         // Small enough to hash again: what is read is what the key says.
         if neoflix_format::sha256_hex(&bytes) != o.sha256 {
@@ -364,6 +375,43 @@ fn children<'a>(rec: &str, listed: &'a [Listed]) -> impl Iterator<Item = (&'a Li
         let rest = o.key.strip_prefix(rec.as_str())?;
         (!rest.is_empty() && !rest.contains('/')).then_some((o, rest))
     })
+}
+
+/// The first of `candidates` (key, digest its key names) that `get` reads and `check`
+/// accepts, with its key.
+fn first_signed<'a, T>(
+    candidates: Vec<(&'a str, &'a str)>,
+    get: impl Fn(&str) -> Result<Option<Vec<u8>>, StorageError>,
+    check: impl Fn(&[u8]) -> Result<T, neoflix_format::SignatureError>,
+) -> Result<(T, String), StorageError> {
+    let mut why = None;
+    let mut vanished = false;
+    for (key, sha) in candidates {
+        let Some(sig) = get(key)? else {
+            vanished = true;
+            continue;
+        };
+        if neoflix_format::sha256_hex(&sig) != sha {
+            why = Some("the stored signature is not the one its key names".to_string());
+            continue;
+        }
+        match check(&sig) {
+            Ok(t) => return Ok((t, key.to_string())),
+            Err(e) => why = Some(e.to_string()),
+        }
+    }
+    if vanished && why.is_none() {
+        // Only a listing that was behind says it is signed: a fresh one tells.
+        return Err(StorageError::Store(format!(
+            "{SIGNATURE_FILE} was listed, but gone when read: the listing was behind the store"
+        )));
+    }
+    Err(StorageError::Manifest(match why {
+        Some(why) => format!("signature: {why}"),
+        None => format!(
+            "the recording is not signed: upload {SIGNATURE_FILE} (the box's signature over this manifest) first; a box without a signing identity cannot deliver to this server"
+        ),
+    }))
 }
 
 fn store_error(e: S3Error) -> StorageError {
@@ -1363,26 +1411,11 @@ impl S3Storage {
             })
             .take(MAX_SIGNATURES)
             .collect();
-        let mut why = None;
-        for (key, sha) in candidates {
-            let Some(sig) = self.get_small(key, MAX_SIGNATURE_BYTES)? else {
-                continue;
-            };
-            if neoflix_format::sha256_hex(&sig) != sha {
-                why = Some("the stored signature is not the one its key names".to_string());
-                continue;
-            }
-            match check(&sig) {
-                Ok(t) => return Ok((t, key.to_string())),
-                Err(e) => why = Some(e.to_string()),
-            }
-        }
-        Err(StorageError::Manifest(match why {
-            Some(why) => format!("signature: {why}"),
-            None => format!(
-                "the recording is not signed: upload {SIGNATURE_FILE} (the box's signature over this manifest) first; a box without a signing identity cannot deliver to this server"
-            ),
-        }))
+        first_signed(
+            candidates,
+            |key| self.get_small(key, MAX_SIGNATURE_BYTES),
+            check,
+        )
     }
 
     /// For a complete recording: the stored receipt if `manifest_bytes` is its manifest
@@ -1480,5 +1513,33 @@ mod tests {
         ] {
             assert_eq!(parse_object_key(&other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn a_signature_listed_and_gone_when_read_is_the_stores_trouble_not_the_recordings() {
+        let sig = b"signed".to_vec();
+        let sha = neoflix_format::sha256_hex(&sig);
+        let accept = |s: &[u8]| Ok::<_, neoflix_format::SignatureError>(s.len());
+        let held = |key: &str| Ok((key == "b").then(|| b"signed".to_vec()));
+        // One gone, another read and accepted: that one.
+        let got = first_signed(vec![("a", &sha), ("b", &sha)], held, accept).unwrap();
+        assert_eq!(got, (6, "b".to_string()));
+        // Every one gone: the store is asked again, the recording is not called unsigned.
+        let none = |_: &str| Ok(None);
+        assert!(matches!(
+            first_signed(vec![("a", &sha)], none, accept),
+            Err(StorageError::Store(e)) if e.contains("gone when read")
+        ));
+        // Nothing listed: unsigned.
+        assert!(matches!(
+            first_signed(Vec::new(), none, accept),
+            Err(StorageError::Manifest(e)) if e.contains("not signed")
+        ));
+        // One gone, another read and refused: the refusal is the verdict.
+        let refuse = |_: &[u8]| Err::<usize, _>(neoflix_format::SignatureError::Unsigned);
+        assert!(matches!(
+            first_signed(vec![("a", &sha), ("b", &sha)], held, refuse),
+            Err(StorageError::Manifest(e)) if e.starts_with("signature: ")
+        ));
     }
 }
