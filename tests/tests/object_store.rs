@@ -349,7 +349,7 @@ fn a_recording_held_in_the_store_verifies_and_tampering_is_named() {
     // A listing taken before the deletion still names it. Read on that listing's word, the
     // check is the store's trouble, made again on a fresh listing: never a verdict on the
     // recording. (Garage's listing lags its deletions for a moment under load.)
-    let rec = format!("unit/room-1/{}/", m.recording_id);
+    let rec = neoflix_ingest::storage::s3::recording_prefix("unit/", "room-1", &m.recording_id);
     let before = rt
         .block_on(settled(|| b.list_all(&rec, 1000, 10_000)))
         .unwrap();

@@ -112,8 +112,9 @@ pub struct HeldObjects {
     /// Headers of sealed objects and whole key records, read ahead at once
     /// ([`HeldObjects::prefetch`]): one read after another is two round trips per fragment.
     read_ahead: HashMap<String, Vec<u8>>,
-    /// A read failed for a reason that may pass (the store unreachable, busy, failing): the
-    /// check's verdict is then the store's trouble, not the recording's.
+    /// A read failed for a reason that may pass (the store unreachable, busy, failing, or an
+    /// object listed and gone when read): the check's verdict is then the store's trouble, not
+    /// the recording's.
     store_failed: AtomicBool,
 }
 
@@ -273,7 +274,7 @@ impl HeldObjects {
         self.store_failed.store(true, Ordering::Relaxed);
         std::io::Error::new(
             std::io::ErrorKind::NotFound,
-            "listed, but gone when read: the listing was behind the store",
+            "listed, but gone when read (deleted since, or the store's listing lags its deletions; if this persists, the bucket's index needs repair)",
         )
     }
 }
@@ -378,7 +379,9 @@ fn children<'a>(rec: &str, listed: &'a [Listed]) -> impl Iterator<Item = (&'a Li
 }
 
 /// The first of `candidates` (key, digest its key names) that `get` reads and `check`
-/// accepts, with its key.
+/// accepts, with its key. When none is accepted: the store's trouble if every one listed was
+/// gone when read (a fresh listing decides), else the recording's (unsigned, or why the last
+/// one read was refused).
 fn first_signed<'a, T>(
     candidates: Vec<(&'a str, &'a str)>,
     get: impl Fn(&str) -> Result<Option<Vec<u8>>, StorageError>,
@@ -403,7 +406,7 @@ fn first_signed<'a, T>(
     if vanished && why.is_none() {
         // Only a listing that was behind says it is signed: a fresh one tells.
         return Err(StorageError::Store(format!(
-            "{SIGNATURE_FILE} was listed, but gone when read: the listing was behind the store"
+            "{SIGNATURE_FILE} was listed, but gone when read (deleted since, or the store's listing lags its deletions; if this persists, the bucket's index needs repair)"
         )));
     }
     Err(StorageError::Manifest(match why {
