@@ -317,44 +317,26 @@ async fn put_object(
     id: String,
     name: String,
 ) -> Result<(), String> {
-    // Read off the runtime: an object may be up to a gigabyte. Its digest is the one the ring
-    // recorded when it wrote the fragment, where there is one, else computed here.
+    // Its digest is the one the ring recorded when it wrote the fragment, where there is one,
+    // else computed here, off the runtime: an object may be up to a gigabyte.
     let path = dir.join(&id).join(&name);
-    let read = path.clone();
-    let (bytes, digest, recorded) = tokio::task::spawn_blocking(move || {
-        let (bytes, recorded) =
-            neoflix_format::files::read_regular_recorded(&read, MAX_LOCAL_OBJECT)?;
-        Ok::<_, std::io::Error>(match recorded {
-            Some(sha) => (bytes, sha, true),
-            None => {
-                let sha = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
-                (bytes, sha, false)
-            }
-        })
-    })
-    .await
-    .map_err(std::io::Error::other)
-    .and_then(|r| r)
-    .map_err(|e| format!("{id}/{name}: {e}"))?;
     let url = format!("{base}/v1/recordings/{id}/objects/{name}");
     let what = format!("{id}/{name}");
-    let mut r = send_object(&client, &down, &url, &what, bytes, &digest).await?;
+    let out = Outgoing::open_off_runtime(path.clone(), false)
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    let (recorded, digest) = (out.recorded, out.sha256);
+    let mut r = send_object(&client, &down, &url, &what, out).await?;
     if r.status() == reqwest::StatusCode::BAD_REQUEST && recorded {
         // The bytes may have changed on disk since the ring wrote them (a card's corruption, a
         // power cut): the record would be refused for ever. They go as they are now, once;
         // a recovered recording's manifest, made from the files, names them so. (Where they
         // cannot be read again, or are what was recorded, the server's answer stands.)
-        let reread = tokio::task::spawn_blocking(move || {
-            let bytes = neoflix_format::files::read_regular(&path, MAX_LOCAL_OBJECT)?;
-            let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
-            Ok::<_, std::io::Error>((bytes, sha))
-        })
-        .await;
-        if let Ok(Ok((bytes, actual))) = reread
-            && actual != digest
+        if let Ok(now) = Outgoing::open_off_runtime(path, true).await
+            && now.sha256 != digest
         {
             log::warn!(recording = id.as_str(), object = name.as_str(); "upload: the object's bytes are not those its digest was recorded for when it was written (changed on the box's storage since): sending them as they are");
-            r = send_object(&client, &down, &url, &what, bytes, &actual).await?;
+            r = send_object(&client, &down, &url, &what, now).await?;
         }
     }
     match r.status().as_u16() {
@@ -363,22 +345,23 @@ async fn put_object(
     }
 }
 
-/// One PUT of an object's bytes with their digest; `what` names it in an error.
+/// One PUT of an object with its digest; `what` names it in an error.
 async fn send_object(
     client: &reqwest::Client,
     down: &AtomicBool,
     url: &str,
     what: &str,
-    bytes: Vec<u8>,
-    sha256: &[u8; 32],
+    out: Outgoing,
 ) -> Result<reqwest::Response, String> {
-    let digest = base64::engine::general_purpose::STANDARD.encode(sha256);
+    let digest = base64::engine::general_purpose::STANDARD.encode(out.sha256);
+    let len = out.len;
     // Not through `send`: on a slow link a body may take longer than its silence, and that is
     // not a silent server.
     let r = client
         .put(url)
         .header("content-digest", format!("sha-256=:{digest}:"))
-        .body(bytes)
+        .header(reqwest::header::CONTENT_LENGTH, len)
+        .body(out.body())
         .send()
         .await
         .map_err(|e| {
@@ -389,6 +372,165 @@ async fn send_object(
         down.store(true, Ordering::Relaxed);
     }
     Ok(r)
+}
+
+/// Objects up to this size are read whole and sent from memory (a fragment of a few seconds:
+/// eight at once are a few tens of megabytes); larger ones stream from their file.
+const WHOLE: u64 = 4 << 20;
+/// Chunks of a streamed object read ahead of its connection, and their size: it holds under a
+/// megabyte whatever its size (up to a gigabyte), and a chunk is sent while the next is read.
+const READ_AHEAD: usize = 2;
+const CHUNK: usize = 256 * 1024;
+
+/// An object file to send, opened once: its size, and the digest announced for it.
+struct Outgoing {
+    source: Source,
+    len: u64,
+    sha256: [u8; 32],
+    /// The digest is the one recorded when the file was written, not computed from its bytes now.
+    recorded: bool,
+}
+
+/// Where an object's bytes come from as it is sent.
+enum Source {
+    /// Read whole (at most [`WHOLE`]).
+    Read(Vec<u8>),
+    /// Streamed from the file, at its start.
+    File(std::fs::File),
+}
+
+impl Outgoing {
+    /// Opens `path` (a regular file, [`neoflix_format::files::open_regular`]) with its recorded
+    /// digest, or with its bytes hashed now where there is none or `rehash` asks.
+    fn open(path: &std::path::Path, rehash: bool) -> std::io::Result<Outgoing> {
+        use std::io::{Read, Seek};
+        let (mut file, len) = neoflix_format::files::open_regular(path)?;
+        if len > MAX_LOCAL_OBJECT {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{len} bytes, more than the {MAX_LOCAL_OBJECT} a sealed object may have"),
+            ));
+        }
+        let recorded = match rehash {
+            false => neoflix_format::files::recorded_digest(&file, len),
+            true => None,
+        };
+        if len <= WHOLE {
+            let bytes = neoflix_format::files::read_whole(&file, len, WHOLE)?;
+            let (sha256, recorded) = match recorded {
+                Some(sha) => (sha, true),
+                None => (<sha2::Sha256 as sha2::Digest>::digest(&bytes).into(), false),
+            };
+            return Ok(Outgoing {
+                source: Source::Read(bytes),
+                len,
+                sha256,
+                recorded,
+            });
+        }
+        if let Some(sha256) = recorded {
+            return Ok(Outgoing {
+                source: Source::File(file),
+                len,
+                sha256,
+                recorded: true,
+            });
+        }
+        let mut h = <sha2::Sha256 as sha2::Digest>::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut left = len;
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            match file.read(&mut buf[..want])? {
+                0 => return Err(changed_size()),
+                n => {
+                    sha2::Digest::update(&mut h, &buf[..n]);
+                    left -= n as u64;
+                }
+            }
+        }
+        file.rewind()?;
+        Ok(Outgoing {
+            source: Source::File(file),
+            len,
+            sha256: sha2::Digest::finalize(h).into(),
+            recorded: false,
+        })
+    }
+
+    async fn open_off_runtime(path: PathBuf, rehash: bool) -> std::io::Result<Outgoing> {
+        tokio::task::spawn_blocking(move || Outgoing::open(&path, rehash))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// The object's `len` bytes as a request body: from memory, or read from the file on a
+    /// blocking thread at most [`READ_AHEAD`] chunks ahead of the connection. A file that
+    /// shrank meanwhile ends the body with an error, so the request fails instead of sending
+    /// less than it announced.
+    fn body(self) -> reqwest::Body {
+        use std::io::Read;
+        let (mut file, len) = match self.source {
+            Source::Read(bytes) => return bytes.into(),
+            Source::File(file) => (file, self.len),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        tokio::task::spawn_blocking(move || {
+            let mut left = len;
+            while left > 0 {
+                let want = CHUNK.min(usize::try_from(left).unwrap_or(usize::MAX));
+                let mut chunk = vec![0u8; want];
+                let read = match file.read_exact(&mut chunk) {
+                    Ok(()) => Ok(bytes::Bytes::from(chunk)),
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(changed_size()),
+                    Err(e) => Err(e),
+                };
+                let failed = read.is_err();
+                // The request went away (refused early, or failed): nothing more to read.
+                if tx.blocking_send(read).is_err() || failed {
+                    return;
+                }
+                left -= want as u64;
+            }
+        });
+        reqwest::Body::wrap(FileBody { rx, left: len })
+    }
+}
+
+fn changed_size() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "changed size while being read",
+    )
+}
+
+/// A request body fed by [`Outgoing::body`]'s reader.
+struct FileBody {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    left: u64,
+}
+
+impl http_body::Body for FileBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        self.rx.poll_recv(cx).map(|chunk| {
+            chunk.map(|r| {
+                r.map(|b| {
+                    self.left = self.left.saturating_sub(b.len() as u64);
+                    http_body::Frame::data(b)
+                })
+            })
+        })
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
 }
 
 /// The largest sealed object the box writes: 1 GiB of plaintext and its tags, with room.
@@ -1468,6 +1610,84 @@ mod local_files {
         };
         assert_eq!(*seen.lock().unwrap(), expected);
         assert!(!down.load(Ordering::Relaxed));
+    }
+
+    /// An object too large to be read whole streams and arrives whole under its recorded
+    /// digest, as a small one without a record does under its hash; the uplink read every
+    /// object whole into memory before (up to a gigabyte, eight at once).
+    #[tokio::test]
+    async fn an_object_of_many_chunks_streams_whole_with_its_digest() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("rec")).unwrap();
+        let mut bytes = vec![0u8; WHOLE as usize + 5 * CHUNK + 123];
+        getrandom::fill(&mut bytes).unwrap();
+        neoflix_format::files::write_with_digest(
+            &d.path().join("rec/frag-000000.nfx"),
+            &bytes,
+            0o600,
+        )
+        .unwrap();
+        std::fs::write(d.path().join("rec/frag-000000.key"), &bytes[..3 * CHUNK]).unwrap();
+        let (base, seen) = digest_checking_server().await;
+        neoflix_pki::Ca::init(&d.path().join("ca"), "test CA").unwrap();
+        let tls = neoflix_pki::client_tls(&d.path().join("ca/ca.crt"), None).unwrap();
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .no_proxy()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        for name in ["frag-000000.nfx", "frag-000000.key"] {
+            put_object(
+                client.clone(),
+                Arc::new(AtomicBool::new(false)),
+                base.clone(),
+                d.path().to_owned(),
+                "rec".into(),
+                name.into(),
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(*seen.lock().unwrap(), vec![true, true]);
+    }
+
+    /// A file that shrinks while it is sent ends the body with an error: never fewer bytes
+    /// than announced passed off as the whole.
+    #[tokio::test]
+    async fn a_file_that_shrinks_while_it_is_sent_fails_the_body() {
+        use http_body::Body as _;
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("frag-000000.nfx");
+        let len = WHOLE as usize + 10 * CHUNK;
+        std::fs::write(&path, vec![7u8; len]).unwrap();
+        let out = Outgoing::open(&path, false).unwrap();
+        assert_eq!(out.len, len as u64);
+        let mut body = out.body();
+        let first = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx))
+            .await
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .unwrap();
+        assert_eq!(first.len(), CHUNK);
+        // The reader is at most a few chunks ahead: the rest is gone.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(CHUNK as u64 + 10)
+            .unwrap();
+        let mut got = first.len();
+        let e = loop {
+            match std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+                Some(Ok(frame)) => got += frame.into_data().unwrap().len(),
+                Some(Err(e)) => break e,
+                None => panic!("the body ended after {got} bytes as if whole"),
+            }
+        };
+        assert!(got < len, "{got}");
+        assert!(why(&e).contains("changed size"), "{}", why(&e));
     }
 
     /// A FIFO planted in a recording directory hung the uplink for ever (it read with

@@ -54,7 +54,9 @@ pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     read_whole(&f, len, max)
 }
 
-fn read_whole(mut f: &fs::File, len: u64, max: u64) -> io::Result<Vec<u8>> {
+/// Reads `f`, opened by [`open_regular`] with size `len`, whole: refused beyond `max` before
+/// anything is allocated, and an error if it is not `len` bytes now.
+pub fn read_whole(mut f: &fs::File, len: u64, max: u64) -> io::Result<Vec<u8>> {
     if len > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
