@@ -356,7 +356,8 @@ async fn send_object(
     let digest = base64::engine::general_purpose::STANDARD.encode(out.sha256);
     let len = out.len;
     // Not through `send`: on a slow link a body may take longer than its silence, and that is
-    // not a silent server.
+    // not a silent server. The length is announced whatever the client makes of a streamed
+    // body: the server refuses one without it (411).
     let r = client
         .put(url)
         .header("content-digest", format!("sha-256=:{digest}:"))
@@ -364,9 +365,14 @@ async fn send_object(
         .body(out.body())
         .send()
         .await
-        .map_err(|e| {
-            down.store(true, Ordering::Relaxed);
-            format!("PUT {what}: {}", why(&e))
+        .map_err(|e| match local_read_error(&e) {
+            // The box's own file failed (a card's read error, a file that changed size): the
+            // server is not down, and moving to another would not help.
+            Some(local) => format!("{what}: reading the file: {local}"),
+            None => {
+                down.store(true, Ordering::Relaxed);
+                format!("PUT {what}: {}", why(&e))
+            }
         })?;
     if gateway_error(r.status()) {
         down.store(true, Ordering::Relaxed);
@@ -374,18 +380,41 @@ async fn send_object(
     Ok(r)
 }
 
-/// Objects up to this size are read whole and sent from memory (a fragment of a few seconds:
-/// eight at once are a few tens of megabytes); larger ones stream from their file.
+/// The error a streamed body's reader met in the box's own file, found among a request
+/// error's causes.
+fn local_read_error(e: &reqwest::Error) -> Option<&LocalRead> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(local) = s.downcast_ref::<LocalRead>() {
+            return Some(local);
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// A streamed object's file could not be read as it was opened.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct LocalRead(std::io::Error);
+
+/// Objects up to this size are read whole and sent from memory (a fragment of a few seconds;
+/// eight at once hold 32 MiB at most); larger ones stream from their file.
 const WHOLE: u64 = 4 << 20;
-/// Chunks of a streamed object read ahead of its connection, and their size: it holds under a
-/// megabyte whatever its size (up to a gigabyte), and a chunk is sent while the next is read.
+/// Chunks of a streamed object waiting for its connection: with the one being read and what
+/// the HTTP client buffers (up to some 400 KiB), about 1.5 MiB per upload whatever the object's
+/// size (up to a gigabyte), and a chunk is sent while the next is read.
 const READ_AHEAD: usize = 2;
+/// The size of a streamed object's reads and of the chunks it is sent in.
 const CHUNK: usize = 256 * 1024;
 
 /// An object file to send, opened once: its size, and the digest announced for it.
 struct Outgoing {
+    /// Its bytes, or the file they are to be read from.
     source: Source,
+    /// Its size when opened: the length announced, and what the body must be.
     len: u64,
+    /// The digest announced.
     sha256: [u8; 32],
     /// The digest is the one recorded when the file was written, not computed from its bytes now.
     recorded: bool,
@@ -442,12 +471,16 @@ impl Outgoing {
         while left > 0 {
             let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
             match file.read(&mut buf[..want])? {
-                0 => return Err(changed_size()),
+                0 => return Err(neoflix_format::files::changed()),
                 n => {
                     sha2::Digest::update(&mut h, &buf[..n]);
                     left -= n as u64;
                 }
             }
+        }
+        // A file that grew would have only its first `len` bytes sent, under their digest.
+        if file.read(&mut buf[..1])? != 0 {
+            return Err(neoflix_format::files::changed());
         }
         file.rewind()?;
         Ok(Outgoing {
@@ -458,6 +491,7 @@ impl Outgoing {
         })
     }
 
+    /// [`Outgoing::open`] on a blocking thread: hashing may read a gigabyte.
     async fn open_off_runtime(path: PathBuf, rehash: bool) -> std::io::Result<Outgoing> {
         tokio::task::spawn_blocking(move || Outgoing::open(&path, rehash))
             .await
@@ -465,9 +499,9 @@ impl Outgoing {
     }
 
     /// The object's `len` bytes as a request body: from memory, or read from the file on a
-    /// blocking thread at most [`READ_AHEAD`] chunks ahead of the connection. A file that
-    /// shrank meanwhile ends the body with an error, so the request fails instead of sending
-    /// less than it announced.
+    /// blocking thread at most [`READ_AHEAD`] chunks ahead of the connection. A file whose
+    /// size changed meanwhile ends the body with an error, so the request fails instead of
+    /// sending other bytes than it announced.
     fn body(self) -> reqwest::Body {
         use std::io::Read;
         let (mut file, len) = match self.source {
@@ -482,49 +516,61 @@ impl Outgoing {
                 let mut chunk = vec![0u8; want];
                 let read = match file.read_exact(&mut chunk) {
                     Ok(()) => Ok(bytes::Bytes::from(chunk)),
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(changed_size()),
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        Err(neoflix_format::files::changed())
+                    }
                     Err(e) => Err(e),
                 };
                 let failed = read.is_err();
-                // The request went away (refused early, or failed): nothing more to read.
-                if tx.blocking_send(read).is_err() || failed {
+                // The request went away (answered early, failed, or the uplink stopped):
+                // nothing more to read.
+                if tx.blocking_send(read.map_err(LocalRead)).is_err() || failed {
                     return;
                 }
                 left -= want as u64;
+            }
+            // Grown since it was opened: the bytes sent are not the whole file.
+            if !matches!(file.read(&mut [0u8; 1]), Ok(0)) {
+                let _ = tx.blocking_send(Err(LocalRead(neoflix_format::files::changed())));
             }
         });
         reqwest::Body::wrap(FileBody { rx, left: len })
     }
 }
 
-fn changed_size() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::InvalidData,
-        "changed size while being read",
-    )
-}
-
 /// A request body fed by [`Outgoing::body`]'s reader.
 struct FileBody {
-    rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    /// The chunks as they are read, or why reading stopped.
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, LocalRead>>,
+    /// Bytes still to come: the channel closing before they did is an error, not the end.
     left: u64,
 }
 
 impl http_body::Body for FileBody {
     type Data = bytes::Bytes;
-    type Error = std::io::Error;
+    type Error = LocalRead;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
-        self.rx.poll_recv(cx).map(|chunk| {
-            chunk.map(|r| {
-                r.map(|b| {
-                    self.left = self.left.saturating_sub(b.len() as u64);
-                    http_body::Frame::data(b)
-                })
-            })
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, LocalRead>>> {
+        let polled = match self.rx.poll_recv(cx) {
+            std::task::Poll::Pending => return std::task::Poll::Pending,
+            std::task::Poll::Ready(polled) => polled,
+        };
+        std::task::Poll::Ready(match polled {
+            Some(Ok(b)) => Some(match self.left.checked_sub(b.len() as u64) {
+                Some(left) => {
+                    self.left = left;
+                    Ok(http_body::Frame::data(b))
+                }
+                None => Err(LocalRead(neoflix_format::files::changed())),
+            }),
+            Some(Err(e)) => Some(Err(e)),
+            None if self.left > 0 => Some(Err(LocalRead(std::io::Error::other(
+                "the file's reader stopped before its end",
+            )))),
+            None => None,
         })
     }
 
@@ -1513,16 +1559,18 @@ mod local_files {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
         tokio::spawn(async move {
-            while let Ok((mut c, _)) = listener.accept().await {
+            'accept: while let Ok((mut c, _)) = listener.accept().await {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
                 let end = loop {
                     if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                         break p + 4;
                     }
-                    let n = c.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "a request head cut short");
-                    buf.extend_from_slice(&chunk[..n]);
+                    match c.read(&mut chunk).await {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        // A request given up by the box: nothing is stored.
+                        _ => continue 'accept,
+                    }
                 };
                 let head = String::from_utf8(buf[..end].to_vec()).unwrap();
                 let header = |name: &str| {
@@ -1535,9 +1583,10 @@ mod local_files {
                 let len: usize = header("content-length").parse().unwrap();
                 let mut body = buf[end..].to_vec();
                 while body.len() < len {
-                    let n = c.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "a body cut short");
-                    body.extend_from_slice(&chunk[..n]);
+                    match c.read(&mut chunk).await {
+                        Ok(n) if n > 0 => body.extend_from_slice(&chunk[..n]),
+                        _ => continue 'accept,
+                    }
                 }
                 let announced = header("content-digest");
                 let actual = format!(
@@ -1572,15 +1621,7 @@ mod local_files {
         neoflix_format::files::write_with_digest(&path, b"as the ring wrote it", 0o600).unwrap();
         let (base, seen) = digest_checking_server().await;
         let down = Arc::new(AtomicBool::new(false));
-        // Plain HTTP here; the client is the box's kind, whose TLS needs a CA to be built.
-        neoflix_pki::Ca::init(&d.path().join("ca"), "test CA").unwrap();
-        let tls = neoflix_pki::client_tls(&d.path().join("ca/ca.crt"), None).unwrap();
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .no_proxy()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap();
+        let client = plain_client(d.path());
         let put = || {
             put_object(
                 client.clone(),
@@ -1628,15 +1669,17 @@ mod local_files {
         )
         .unwrap();
         std::fs::write(d.path().join("rec/frag-000000.key"), &bytes[..3 * CHUNK]).unwrap();
+        let big = Outgoing::open(&d.path().join("rec/frag-000000.nfx"), false).unwrap();
+        assert!(matches!(big.source, Source::File(_)), "not streamed");
+        // (where this filesystem keeps no user attributes, it was hashed, then streamed)
+        let keeps = neoflix_format::files::recorded_digest(
+            &std::fs::File::open(d.path().join("rec/frag-000000.nfx")).unwrap(),
+            bytes.len() as u64,
+        )
+        .is_some();
+        assert_eq!(big.recorded, keeps);
         let (base, seen) = digest_checking_server().await;
-        neoflix_pki::Ca::init(&d.path().join("ca"), "test CA").unwrap();
-        let tls = neoflix_pki::client_tls(&d.path().join("ca/ca.crt"), None).unwrap();
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .no_proxy()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap();
+        let client = plain_client(d.path());
         for name in ["frag-000000.nfx", "frag-000000.key"] {
             put_object(
                 client.clone(),
@@ -1652,33 +1695,72 @@ mod local_files {
         assert_eq!(*seen.lock().unwrap(), vec![true, true]);
     }
 
-    /// A file that shrinks while it is sent ends the body with an error: never fewer bytes
-    /// than announced passed off as the whole.
+    /// The box's kind of client, for a plain-HTTP server on loopback (its TLS needs a CA to be
+    /// built).
+    fn plain_client(dir: &std::path::Path) -> reqwest::Client {
+        neoflix_pki::Ca::init(&dir.join("ca"), "test CA").unwrap();
+        let tls = neoflix_pki::client_tls(&dir.join("ca/ca.crt"), None).unwrap();
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .no_proxy()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap()
+    }
+
+    /// A streamed file that shrinks before it is sent fails its request as the box's own
+    /// trouble: the server is not marked down (which would move the box to another server and
+    /// end the pass), and nothing is stored.
     #[tokio::test]
-    async fn a_file_that_shrinks_while_it_is_sent_fails_the_body() {
-        use http_body::Body as _;
+    async fn a_file_that_shrinks_while_it_streams_fails_its_request_not_the_server() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("frag-000000.nfx");
-        let len = WHOLE as usize + 10 * CHUNK;
-        std::fs::write(&path, vec![7u8; len]).unwrap();
+        std::fs::write(&path, vec![7u8; WHOLE as usize + 10 * CHUNK]).unwrap();
         let out = Outgoing::open(&path, false).unwrap();
-        assert_eq!(out.len, len as u64);
-        let mut body = out.body();
-        let first = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx))
-            .await
-            .unwrap()
-            .unwrap()
-            .into_data()
-            .unwrap();
-        assert_eq!(first.len(), CHUNK);
-        // The reader is at most a few chunks ahead: the rest is gone.
         std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
             .unwrap()
             .set_len(CHUNK as u64 + 10)
             .unwrap();
-        let mut got = first.len();
+        let (base, seen) = digest_checking_server().await;
+        let down = AtomicBool::new(false);
+        let e = send_object(
+            &plain_client(d.path()),
+            &down,
+            &format!("{base}/v1/recordings/rec/objects/frag-000000.nfx"),
+            "rec/frag-000000.nfx",
+            out,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.contains("reading the file") && e.contains("changed size"),
+            "{e}"
+        );
+        assert!(!down.load(Ordering::Relaxed), "the server was marked down");
+        assert!(seen.lock().unwrap().is_empty());
+    }
+
+    /// A streamed file that grew since it was opened ends its body with an error after the
+    /// bytes announced: its first bytes are not sent as the whole.
+    #[tokio::test]
+    async fn a_file_that_grows_while_it_streams_ends_its_body_with_an_error() {
+        use http_body::Body as _;
+        use std::io::Write as _;
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("frag-000000.nfx");
+        let len = WHOLE as usize + 3 * CHUNK;
+        std::fs::write(&path, vec![7u8; len]).unwrap();
+        let out = Outgoing::open(&path, false).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"more")
+            .unwrap();
+        let mut body = out.body();
+        let mut got = 0;
         let e = loop {
             match std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
                 Some(Ok(frame)) => got += frame.into_data().unwrap().len(),
@@ -1686,7 +1768,7 @@ mod local_files {
                 None => panic!("the body ended after {got} bytes as if whole"),
             }
         };
-        assert!(got < len, "{got}");
+        assert_eq!(got, len);
         assert!(why(&e).contains("changed size"), "{}", why(&e));
     }
 

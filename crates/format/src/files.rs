@@ -74,7 +74,8 @@ pub fn read_whole(mut f: &fs::File, len: u64, max: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-pub(crate) fn changed() -> io::Error {
+/// The error of a file that is not the size it was when it was opened.
+pub fn changed() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, "changed size while being read")
 }
 
