@@ -1711,6 +1711,33 @@ mod local_files {
             .unwrap()
     }
 
+    /// Sends `out`, whose file changed size since it was opened, to a server that checks
+    /// digests: the request fails naming the file, the server is not marked down (which would
+    /// move the box to another server and end the pass), and nothing is stored.
+    async fn fails_as_the_boxs_own_trouble(dir: &std::path::Path, out: Outgoing) {
+        let (base, seen) = digest_checking_server().await;
+        let down = AtomicBool::new(false);
+        let e = send_object(
+            &plain_client(dir),
+            &down,
+            &format!("{base}/v1/recordings/rec/objects/frag-000000.nfx"),
+            "rec/frag-000000.nfx",
+            out,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.contains("reading the file") && e.contains("changed size"),
+            "{e}"
+        );
+        assert!(!down.load(Ordering::Relaxed), "the server was marked down");
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "stored: {:?}",
+            seen.lock().unwrap()
+        );
+    }
+
     /// A streamed file that shrinks before it is sent fails its request as the box's own
     /// trouble: the server is not marked down (which would move the box to another server and
     /// end the pass), and nothing is stored.
@@ -1726,23 +1753,7 @@ mod local_files {
             .unwrap()
             .set_len(CHUNK as u64 + 10)
             .unwrap();
-        let (base, seen) = digest_checking_server().await;
-        let down = AtomicBool::new(false);
-        let e = send_object(
-            &plain_client(d.path()),
-            &down,
-            &format!("{base}/v1/recordings/rec/objects/frag-000000.nfx"),
-            "rec/frag-000000.nfx",
-            out,
-        )
-        .await
-        .unwrap_err();
-        assert!(
-            e.contains("reading the file") && e.contains("changed size"),
-            "{e}"
-        );
-        assert!(!down.load(Ordering::Relaxed), "the server was marked down");
-        assert!(seen.lock().unwrap().is_empty());
+        fails_as_the_boxs_own_trouble(d.path(), out).await;
     }
 
     /// A streamed file that grew since it was opened fails its request as the box's own
@@ -1762,27 +1773,7 @@ mod local_files {
             .unwrap()
             .write_all(b"more")
             .unwrap();
-        let (base, seen) = digest_checking_server().await;
-        let down = AtomicBool::new(false);
-        let e = send_object(
-            &plain_client(d.path()),
-            &down,
-            &format!("{base}/v1/recordings/rec/objects/frag-000000.nfx"),
-            "rec/frag-000000.nfx",
-            out,
-        )
-        .await
-        .unwrap_err();
-        assert!(
-            e.contains("reading the file") && e.contains("changed size"),
-            "{e}"
-        );
-        assert!(!down.load(Ordering::Relaxed), "the server was marked down");
-        assert!(
-            seen.lock().unwrap().is_empty(),
-            "stored: {:?}",
-            seen.lock().unwrap()
-        );
+        fails_as_the_boxs_own_trouble(d.path(), out).await;
     }
 
     /// A FIFO planted in a recording directory hung the uplink for ever (it read with

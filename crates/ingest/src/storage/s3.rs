@@ -118,6 +118,9 @@ pub struct HeldObjects {
     store_failed: AtomicBool,
 }
 
+/// Why an object listed for a recording could not be read, and what to do if it lasts.
+const VANISHED: &str = "listed, but gone when read (deleted since, or the store's listing lags its deletions; if this persists, the bucket's index needs repair)";
+
 /// Reads at once while a manifest is checked or a recording deleted.
 const AT_ONCE: usize = 16;
 
@@ -272,10 +275,7 @@ impl HeldObjects {
         // deletions (Garage's is, for a moment, under load). Only a fresh listing says whether
         // the recording lacks it, so the check is the store's trouble and is made again.
         self.store_failed.store(true, Ordering::Relaxed);
-        std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            "listed, but gone when read (deleted since, or the store's listing lags its deletions; if this persists, the bucket's index needs repair)",
-        )
+        std::io::Error::new(std::io::ErrorKind::NotFound, VANISHED)
     }
 }
 
@@ -405,9 +405,7 @@ fn first_signed<'a, T>(
     }
     if vanished && why.is_none() {
         // Only a listing that was behind says it is signed: a fresh one tells.
-        return Err(StorageError::Store(format!(
-            "{SIGNATURE_FILE} was listed, but gone when read (deleted since, or the store's listing lags its deletions; if this persists, the bucket's index needs repair)"
-        )));
+        return Err(StorageError::Store(format!("{SIGNATURE_FILE}: {VANISHED}")));
     }
     Err(StorageError::Manifest(match why {
         Some(why) => format!("signature: {why}"),
