@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -305,7 +305,7 @@ async fn send_watched(
     r.map_err(|e| format!("{what}: {}", why(&e)))
 }
 
-/// The longest one request may take.
+/// The longest a request with a small body may take; an object's PUT goes at its [`PACE`].
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// PUTs one object (idempotent: the server answers 200 for an identical one it has).
@@ -353,31 +353,153 @@ async fn send_object(
     what: &str,
     out: Outgoing,
 ) -> Result<reqwest::Response, String> {
+    send_object_paced(client, down, url, what, out, PACE).await
+}
+
+/// [`send_object`], watched at `pace`: the client's own timeout is for requests with small
+/// bodies, and a large object on a slow link takes longer than it while it goes well.
+async fn send_object_paced(
+    client: &reqwest::Client,
+    down: &AtomicBool,
+    url: &str,
+    what: &str,
+    out: Outgoing,
+    pace: Pace,
+) -> Result<reqwest::Response, String> {
     let digest = base64::engine::general_purpose::STANDARD.encode(out.sha256);
     let len = out.len;
+    let taken = Arc::new(AtomicU64::new(0));
     // Not through `send`: on a slow link a body may take longer than its silence, and that is
     // not a silent server. The length is announced whatever the client makes of a streamed
     // body: the server refuses one without it (411).
-    let r = client
+    let send = client
         .put(url)
+        .timeout(pace.backstop(len))
         .header("content-digest", format!("sha-256=:{digest}:"))
         .header(reqwest::header::CONTENT_LENGTH, len)
-        .body(out.body())
-        .send()
-        .await
-        .map_err(|e| match local_read_error(&e) {
-            // The box's own file failed (a card's read error, a file that changed size): the
-            // server is not down, and moving to another would not help.
-            Some(local) => format!("{what}: reading the file: {local}"),
-            None => {
-                down.store(true, Ordering::Relaxed);
-                format!("PUT {what}: {}", why(&e))
+        .body(out.body(taken.clone()))
+        .send();
+    tokio::pin!(send);
+    let mut watch = Watch::new(pace, len, std::time::Instant::now());
+    let mut look = tokio::time::interval(pace.look_every());
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sent = loop {
+        tokio::select! {
+            r = &mut send => break r,
+            _ = look.tick() => {
+                if let Going::Stopped(why) =
+                    watch.look(taken.load(Ordering::Relaxed), std::time::Instant::now())
+                {
+                    down.store(true, Ordering::Relaxed);
+                    return Err(format!("PUT {what}: {why}"));
+                }
             }
-        })?;
+        }
+    };
+    let r = sent.map_err(|e| match local_read_error(&e) {
+        // The box's own file failed (a card's read error, a file that changed size): the
+        // server is not down, and moving to another would not help.
+        Some(local) => format!("{what}: reading the file: {local}"),
+        None => {
+            down.store(true, Ordering::Relaxed);
+            format!("PUT {what}: {}", why(&e))
+        }
+    })?;
     if gateway_error(r.status()) {
         down.store(true, Ordering::Relaxed);
     }
     Ok(r)
+}
+
+/// How long an object's PUT may go without the connection taking any of its body, and then
+/// without an answer once it has taken all of it.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    /// No byte of the body taken for this long: the server or the link is gone (the server
+    /// itself drops a body idle for 60 s).
+    stall: Duration,
+    /// The whole body taken, and no answer for this long. It also covers what the socket's
+    /// buffers still held on the way, and the server's fsync.
+    answer: Duration,
+}
+
+/// The box's pace for every object.
+const PACE: Pace = Pace {
+    stall: Duration::from_secs(60),
+    answer: TIMEOUT,
+};
+
+/// The slowest body a server takes by default (`limits.min_bytes_per_sec`, docs/ingest.md):
+/// the bound of last resort on one PUT is its size at this rate.
+const SLOWEST: u64 = 4096;
+
+impl Pace {
+    /// The request's bound of last resort, for a link that trickles on for ever: what the
+    /// watch does not end, this does.
+    fn backstop(self, len: u64) -> Duration {
+        self.answer + self.stall + Duration::from_secs(len / SLOWEST)
+    }
+
+    /// How often the PUT is looked at: a fraction of the shorter limit, so that it ends
+    /// within a few per cent of it.
+    fn look_every(self) -> Duration {
+        (self.stall.min(self.answer) / 16).max(Duration::from_millis(10))
+    }
+}
+
+/// How an object's PUT goes, judged from how much of its body the connection has taken: it
+/// may go on as long as the body moves, then for [`Pace::answer`] once all of it was taken.
+/// (Pure: the caller gives the time.)
+#[derive(Debug)]
+struct Watch {
+    pace: Pace,
+    len: u64,
+    /// The body's bytes taken when last looked at, and since when that count stands.
+    taken: u64,
+    since: std::time::Instant,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Going {
+    On,
+    /// The PUT is to be given up, for this reason.
+    Stopped(String),
+}
+
+impl Watch {
+    fn new(pace: Pace, len: u64, now: std::time::Instant) -> Watch {
+        Watch {
+            pace,
+            len,
+            taken: 0,
+            since: now,
+        }
+    }
+
+    /// The PUT at `now`, with `taken` bytes of its body taken by the connection.
+    fn look(&mut self, taken: u64, now: std::time::Instant) -> Going {
+        if taken != self.taken {
+            self.taken = taken;
+            self.since = now;
+        }
+        let still = now.saturating_duration_since(self.since);
+        if self.taken >= self.len {
+            if still >= self.pace.answer {
+                return Going::Stopped(format!(
+                    "the server took the whole body and has not answered in {} s",
+                    self.pace.answer.as_secs()
+                ));
+            }
+        } else if still >= self.pace.stall {
+            return Going::Stopped(format!(
+                "the connection has taken nothing more of the body for {} s ({} of {} bytes sent): the server or the link is gone",
+                self.pace.stall.as_secs(),
+                self.taken,
+                self.len
+            ));
+        }
+        Going::On
+    }
 }
 
 /// The error a streamed body's reader met in the box's own file, found among a request
@@ -501,11 +623,17 @@ impl Outgoing {
     /// The object's `len` bytes as a request body: from memory, or read from the file on a
     /// blocking thread at most [`READ_AHEAD`] chunks ahead of the connection. A file whose
     /// size changed meanwhile ends the body with an error, so the request fails instead of
-    /// sending other bytes than it announced.
-    fn body(self) -> reqwest::Body {
+    /// sending other bytes than it announced. Either goes in [`CHUNK`]s, each counted into
+    /// `taken` as the connection takes it, which is how a slow link is told from a dead one.
+    fn body(self, taken: Arc<AtomicU64>) -> reqwest::Body {
         use std::io::Read;
         let (mut file, len) = match self.source {
-            Source::Read(bytes) => return bytes.into(),
+            Source::Read(bytes) => {
+                return reqwest::Body::wrap(MemoryBody {
+                    rest: bytes::Bytes::from(bytes),
+                    taken,
+                });
+            }
             Source::File(file) => (file, self.len),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
@@ -537,7 +665,43 @@ impl Outgoing {
                 left -= want as u64;
             }
         });
-        reqwest::Body::wrap(FileBody { rx, left: len })
+        reqwest::Body::wrap(FileBody {
+            rx,
+            left: len,
+            taken,
+        })
+    }
+}
+
+/// A request body from memory, in [`CHUNK`]s counted into `taken` as they are taken.
+struct MemoryBody {
+    rest: bytes::Bytes,
+    taken: Arc<AtomicU64>,
+}
+
+impl http_body::Body for MemoryBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.rest.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let n = CHUNK.min(self.rest.len());
+        let chunk = self.rest.split_to(n);
+        self.taken.fetch_add(n as u64, Ordering::Relaxed);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.rest.len() as u64)
     }
 }
 
@@ -547,6 +711,8 @@ struct FileBody {
     rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, LocalRead>>,
     /// Bytes still to come: the channel closing before they did is an error, not the end.
     left: u64,
+    /// Bytes taken by the connection so far.
+    taken: Arc<AtomicU64>,
 }
 
 impl http_body::Body for FileBody {
@@ -565,6 +731,7 @@ impl http_body::Body for FileBody {
             Some(Ok(b)) => Some(match self.left.checked_sub(b.len() as u64) {
                 Some(left) => {
                     self.left = left;
+                    self.taken.fetch_add(b.len() as u64, Ordering::Relaxed);
                     Ok(http_body::Frame::data(b))
                 }
                 None => Err(LocalRead(neoflix_format::files::changed())),
@@ -1549,6 +1716,83 @@ mod tests {
 }
 
 #[cfg(test)]
+mod pace {
+    use super::*;
+    use std::time::Instant;
+
+    const P: Pace = Pace {
+        stall: Duration::from_secs(60),
+        answer: Duration::from_secs(120),
+    };
+
+    fn at(t0: Instant, s: u64) -> Instant {
+        t0 + Duration::from_secs(s)
+    }
+
+    /// A body that keeps moving goes on however long it takes: a gigabyte at a slow site's
+    /// few Mbit/s is an hour, far past the 120 s a request with a small body gets.
+    #[test]
+    fn a_body_that_keeps_moving_goes_on_past_any_fixed_timeout() {
+        let t0 = Instant::now();
+        let len = 1 << 30;
+        let mut w = Watch::new(P, len, t0);
+        for s in 1..=3600u64 {
+            assert_eq!(w.look(s * (len / 4000), at(t0, s)), Going::On, "at {s} s");
+        }
+    }
+
+    /// No byte taken for the stall time ends the PUT, naming how far it got; a byte taken
+    /// just before starts the count again.
+    #[test]
+    fn a_body_that_stops_moving_ends_after_the_stall_time() {
+        let t0 = Instant::now();
+        let mut w = Watch::new(P, 1000, t0);
+        assert_eq!(w.look(0, at(t0, 59)), Going::On);
+        assert_eq!(w.look(10, at(t0, 59)), Going::On);
+        assert_eq!(w.look(10, at(t0, 118)), Going::On);
+        match w.look(10, at(t0, 119)) {
+            Going::Stopped(why) => assert!(
+                why.contains("taken nothing more of the body for 60 s")
+                    && why.contains("10 of 1000 bytes"),
+                "{why}"
+            ),
+            Going::On => panic!("a stalled body went on"),
+        }
+        // Nothing taken from the start is a stall too.
+        let mut w = Watch::new(P, 1000, t0);
+        assert!(matches!(w.look(0, at(t0, 60)), Going::Stopped(_)));
+    }
+
+    /// Once the whole body is taken, the answer gets its own time from then, however long
+    /// the body took; the stall time no longer applies.
+    #[test]
+    fn the_answer_is_waited_for_from_when_the_whole_body_was_taken() {
+        let t0 = Instant::now();
+        let mut w = Watch::new(P, 1000, t0);
+        assert_eq!(w.look(500, at(t0, 50)), Going::On);
+        assert_eq!(w.look(1000, at(t0, 100)), Going::On);
+        assert_eq!(w.look(1000, at(t0, 219)), Going::On);
+        match w.look(1000, at(t0, 220)) {
+            Going::Stopped(why) => assert!(why.contains("has not answered in 120 s"), "{why}"),
+            Going::On => panic!("an unanswered PUT went on"),
+        }
+        // An empty body is taken whole from the start.
+        let mut w = Watch::new(P, 0, t0);
+        assert_eq!(w.look(0, at(t0, 119)), Going::On);
+        assert!(matches!(w.look(0, at(t0, 120)), Going::Stopped(_)));
+    }
+
+    /// The bound of last resort covers a body at the slowest rate a server takes by default,
+    /// and the watch's own limits.
+    #[test]
+    fn the_backstop_lets_the_slowest_accepted_body_finish() {
+        assert_eq!(P.backstop(0), Duration::from_secs(180));
+        assert_eq!(P.backstop(4096 * 1000), Duration::from_secs(1180));
+        assert!(P.backstop(MAX_LOCAL_OBJECT) > Duration::from_secs(MAX_LOCAL_OBJECT / SLOWEST));
+    }
+}
+
+#[cfg(test)]
 mod local_files {
     use super::*;
 
@@ -1700,6 +1944,161 @@ mod local_files {
 
     /// The box's kind of client, for a plain-HTTP server on loopback (its TLS needs a CA to be
     /// built).
+    /// How [`paced_server`] treats a PUT's body.
+    #[derive(Clone, Copy)]
+    enum Reading {
+        /// Reads it at most 256 KiB at a time, 20 ms apart (some 10 MB/s), then answers 201.
+        Slowly,
+        /// Reads nothing of it, and never answers.
+        Nothing,
+        /// Reads all of it, and never answers.
+        AllButAnswers,
+    }
+
+    /// A plain-HTTP server with a receive buffer of 256 KiB, so that what the box's connection
+    /// takes of a body follows what the server reads (a few MiB behind: the box's socket
+    /// buffer); how many bodies it read whole.
+    async fn paced_server(reading: Reading) -> (String, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(256 * 1024).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(8).unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let whole = Arc::new(AtomicUsize::new(0));
+        let count = whole.clone();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut piece = vec![0u8; 256 * 1024];
+                    let end = loop {
+                        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break p + 4;
+                        }
+                        match c.read(&mut piece[..1024]).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&piece[..n]),
+                            _ => return,
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .unwrap()
+                        .trim()
+                        .parse()
+                        .unwrap();
+                    if let Reading::Nothing = reading {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    let mut got = buf.len() - end;
+                    while got < len {
+                        if let Reading::Slowly = reading {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        match c.read(&mut piece).await {
+                            Ok(n) if n > 0 => got += n,
+                            _ => return,
+                        }
+                    }
+                    count.fetch_add(1, Ordering::Relaxed);
+                    if let Reading::AllButAnswers = reading {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    let _ = c
+                        .write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        (base, whole)
+    }
+
+    /// A client whose own timeout (0.5 s) stands for the 120 s a request with a small body
+    /// gets: shorter than the bodies below take.
+    fn impatient_client(dir: &std::path::Path) -> reqwest::Client {
+        neoflix_pki::Ca::init(&dir.join("ca"), "test CA").unwrap();
+        let tls = neoflix_pki::client_tls(&dir.join("ca/ca.crt"), None).unwrap();
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .no_proxy()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .unwrap()
+    }
+
+    /// [`send_object_paced`] of an object of `len` random bytes at a pace of 1 s to a
+    /// [`paced_server`]: what it came to, whether the server was marked down, and how many
+    /// bodies the server read whole.
+    async fn paced_put(len: usize, reading: Reading) -> (Result<u16, String>, bool, usize) {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("frag-000000.nfx");
+        let mut bytes = vec![0u8; len];
+        getrandom::fill(&mut bytes).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        let out = Outgoing::open(&path, false).unwrap();
+        let (base, whole) = paced_server(reading).await;
+        let down = AtomicBool::new(false);
+        let pace = Pace {
+            stall: Duration::from_secs(1),
+            answer: Duration::from_secs(1),
+        };
+        let client = impatient_client(d.path());
+        let url = format!("{base}/v1/recordings/rec/objects/frag-000000.nfx");
+        let put = send_object_paced(&client, &down, &url, "rec/frag-000000.nfx", out, pace);
+        // Far beyond what the pace allows: a PUT the watch failed to end fails here.
+        let r = tokio::time::timeout(Duration::from_secs(60), put)
+            .await
+            .expect("the PUT was not ended by its pace");
+        (
+            r.map(|r| r.status().as_u16()),
+            down.load(Ordering::Relaxed),
+            whole.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Larger than what the box's socket buffer (up to 4 MiB here) and the server's hold
+    /// between them: the body's progress is the server's reading.
+    const BEYOND_BUFFERS: usize = 12 << 20;
+
+    /// A large object whose body takes longer than a request's timeout on a slow link, but
+    /// keeps moving, is delivered. The whole-request timeout failed it on every pass, and
+    /// marked the server down each time.
+    #[tokio::test]
+    async fn an_object_slower_than_the_request_timeout_is_delivered_while_it_moves() {
+        let (r, down, whole) = paced_put(BEYOND_BUFFERS, Reading::Slowly).await;
+        assert_eq!(r, Ok(201));
+        assert!(!down, "the server was marked down");
+        assert_eq!(whole, 1);
+    }
+
+    /// A server that stops taking the body, or takes it all (from memory or streamed) and
+    /// never answers, ends the PUT after the pace's time with a reason, and is marked down.
+    #[tokio::test]
+    async fn a_body_that_stops_moving_or_an_answer_that_never_comes_ends_the_put() {
+        let (r, down, _) = paced_put(BEYOND_BUFFERS, Reading::Nothing).await;
+        let e = r.unwrap_err();
+        assert!(
+            e.contains("has taken nothing more of the body for 1 s"),
+            "{e}"
+        );
+        assert!(down);
+        for len in [3 << 20, BEYOND_BUFFERS] {
+            let (r, down, whole) = paced_put(len, Reading::AllButAnswers).await;
+            let e = r.unwrap_err();
+            assert!(
+                e.contains("took the whole body and has not answered in 1 s"),
+                "{e}"
+            );
+            assert!(down);
+            assert_eq!(whole, 1);
+        }
+    }
+
     fn plain_client(dir: &std::path::Path) -> reqwest::Client {
         neoflix_pki::Ca::init(&dir.join("ca"), "test CA").unwrap();
         let tls = neoflix_pki::client_tls(&dir.join("ca/ca.crt"), None).unwrap();
