@@ -331,11 +331,15 @@ fn a_deletion_a_crash_interrupted_is_finished_at_the_next_start() {
 /// A stand-in for a store that should not hold recordings (the real ones here all check
 /// signed digests and have no versioning): it answers every request with `answer(method,
 /// target)`, one connection per request.
-fn fake_store(answer: fn(&str, &str) -> (u16, &'static str)) -> String {
+/// A store on loopback that answers `answer(method, target, whether the body is the one its
+/// x-amz-content-sha256 announces)`; a PUT answered 2xx keeps its body, which a GET answered
+/// `(200, "")` gives back.
+fn fake_store(answer: fn(&str, &str, bool) -> (u16, &'static str)) -> String {
     use std::io::{BufRead, BufReader, Read, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
+        let mut kept: std::collections::HashMap<String, Vec<u8>> = Default::default();
         for c in l.incoming() {
             let Ok(c) = c else { return };
             let mut r = BufReader::new(c);
@@ -349,24 +353,40 @@ fn fake_store(answer: fn(&str, &str) -> (u16, &'static str)) -> String {
                 parts.next().unwrap_or("").to_string(),
             );
             let mut len = 0usize;
+            let mut announced = String::new();
             loop {
                 let mut h = String::new();
                 if r.read_line(&mut h).is_err() || h.trim().is_empty() {
                     break;
                 }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                let h = h.to_ascii_lowercase();
+                if let Some(v) = h.strip_prefix("content-length:") {
                     len = v.trim().parse().unwrap_or(0);
+                }
+                if let Some(v) = h.strip_prefix("x-amz-content-sha256:") {
+                    announced = v.trim().to_string();
                 }
             }
             let mut body = vec![0; len];
             let _ = r.read_exact(&mut body);
-            let (status, text) = answer(&method, &target);
+            let signed = announced == hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+            let (status, text) = answer(&method, &target, signed);
+            let text = match (method.as_str(), status, text) {
+                ("PUT", 200..=299, _) => {
+                    kept.insert(target.clone(), body);
+                    Vec::new()
+                }
+                ("GET", 200, "") => kept.get(&target).cloned().unwrap_or_default(),
+                _ => text.as_bytes().to_vec(),
+            };
             let _ = write!(
                 r.get_mut(),
-                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                 if method == "HEAD" { 0 } else { text.len() },
-                if method == "HEAD" { "" } else { text }
             );
+            if method != "HEAD" {
+                let _ = r.get_mut().write_all(&text);
+            }
         }
     });
     format!("http://{addr}")
@@ -394,24 +414,93 @@ fn fake_storage(endpoint: &str, dir: &Path) -> Storage {
     .unwrap()
 }
 
+/// A store that checks signed digests, as Garage does, and lets the key do everything.
+fn obliging(method: &str, target: &str, signed: bool) -> (u16, &'static str) {
+    match (method, target) {
+        ("GET", t) if t.ends_with("?versioning=") => (200, "<VersioningConfiguration/>"),
+        ("GET", t) if t.contains("list-type=2") => (
+            200,
+            "<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>",
+        ),
+        ("PUT", _) if !signed => (
+            400,
+            "<Error><Code>XAmzContentSHA256Mismatch</Code><Message>no</Message></Error>",
+        ),
+        ("DELETE", _) => (204, ""),
+        _ => (200, ""),
+    }
+}
+
+const DENIED: (u16, &str) = (
+    403,
+    "<Error><Code>AccessDenied</Code><Message>no</Message></Error>",
+);
+
+/// A key that may not read an object back, list the bucket or delete: the server does not
+/// start, and names the permission, rather than failing the first completion, review or
+/// withdrawal. (A key without s3:DeleteObject passed the probe with a warning, and every
+/// withdrawal on it then failed.) The same store with every permission passes.
+#[test]
+fn the_probe_names_the_permission_a_key_lacks() {
+    let t = tempfile::tempdir().unwrap();
+    let s = fake_storage(&fake_store(obliging), t.path());
+    let Storage::S3(s3) = &s else { unreachable!() };
+    assert_eq!(s3.probe().unwrap(), Ok(()));
+    for (endpoint, says) in [
+        (
+            fake_store(|m, t, s| match m == "GET" && t.contains("/.probe/") {
+                true => DENIED,
+                false => obliging(m, t, s),
+            }),
+            "may not read an object back (s3:GetObject)",
+        ),
+        (
+            fake_store(|m, t, s| match m == "GET" && t.contains("list-type=2") {
+                true => DENIED,
+                false => obliging(m, t, s),
+            }),
+            "may not list the bucket (s3:ListBucket)",
+        ),
+        (
+            fake_store(|m, t, s| match m == "DELETE" {
+                true => DENIED,
+                false => obliging(m, t, s),
+            }),
+            "may not delete an object (s3:DeleteObject)",
+        ),
+    ] {
+        let s = fake_storage(&endpoint, t.path());
+        let Storage::S3(s3) = &s else { unreachable!() };
+        let why = s3.probe().unwrap().unwrap_err();
+        assert!(why.contains(says), "{why}");
+        let Err(e) = s.begin("room-1", "rec-1", "frag-000001.nfx", &[0; 32], Some(10)) else {
+            panic!("an upload taken before the store was checked");
+        };
+        assert!(
+            matches!(e, StorageError::Store(ref w) if w.contains("not checked yet")),
+            "{e}"
+        );
+    }
+}
+
 /// A store that keeps a body whatever digest its request was signed with, one whose bucket
 /// keeps old versions, and one that refuses the probe for another reason: the server will
 /// not keep recordings on any of them, and says why.
 #[test]
 fn the_probe_refuses_a_store_that_does_not_check_digests_or_keeps_versions() {
     let t = tempfile::tempdir().unwrap();
-    let careless = fake_store(|method, target| match (method, target) {
+    let careless = fake_store(|method, target, _| match (method, target) {
         ("GET", t) if t.ends_with("?versioning=") => (200, "<VersioningConfiguration/>"),
         _ => (200, ""),
     });
-    let versioned = fake_store(|method, target| match (method, target) {
+    let versioned = fake_store(|method, target, _| match (method, target) {
         ("GET", t) if t.ends_with("?versioning=") => (
             200,
             "<VersioningConfiguration><Status>Suspended</Status></VersioningConfiguration>",
         ),
         _ => (200, ""),
     });
-    let other = fake_store(|method, target| match (method, target) {
+    let other = fake_store(|method, target, _| match (method, target) {
         ("GET", t) if t.ends_with("?versioning=") => (200, "<VersioningConfiguration/>"),
         ("PUT", _) => (
             400,
@@ -419,14 +508,14 @@ fn the_probe_refuses_a_store_that_does_not_check_digests_or_keeps_versions() {
         ),
         _ => (200, ""),
     });
-    let locked_down = fake_store(|method, target| match (method, target) {
+    let locked_down = fake_store(|method, target, _| match (method, target) {
         ("GET", t) if t.ends_with("?versioning=") => (
             403,
             "<Error><Code>AccessDenied</Code><Message>no</Message></Error>",
         ),
         _ => (200, ""),
     });
-    let busy = fake_store(|method, target| match (method, target) {
+    let busy = fake_store(|method, target, _| match (method, target) {
         ("GET", t) if t.ends_with("?versioning=") => (200, "<VersioningConfiguration/>"),
         ("PUT", _) => (
             503,

@@ -422,6 +422,76 @@ fn store_error(e: S3Error) -> StorageError {
     }
 }
 
+/// What the probe's reading back, listing and deleting of its object at `key` (holding `body`)
+/// say of the store and the key: `Err` to ask again later (the store was busy or out of
+/// reach), `Ok(Err)` when the server cannot work with them, naming what to change.
+fn probe_verdict(
+    place: &str,
+    key: &str,
+    body: &[u8],
+    read: Result<Option<Vec<u8>>, S3Error>,
+    listed: Result<neoflix_s3::Page, S3Error>,
+    deleted: Result<(), S3Error>,
+) -> Result<Result<(), String>, StorageError> {
+    // (operation, what the server needs it for, the permission an S3 policy grants it by)
+    let needs = [
+        (
+            "read an object back",
+            "completions, reviews and exports read recordings",
+            "s3:GetObject",
+        ),
+        (
+            "list the bucket",
+            "completions and deletions list a recording's objects",
+            "s3:ListBucket",
+        ),
+        (
+            "delete an object",
+            "withdrawals and retention must delete",
+            "s3:DeleteObject",
+        ),
+    ];
+    let failed = [
+        read.as_ref().err(),
+        listed.as_ref().err(),
+        deleted.as_ref().err(),
+    ];
+    let left = match deleted {
+        Ok(()) => String::new(),
+        Err(_) => format!(" (the probe's object {key:?} is left in the bucket: delete it by hand)"),
+    };
+    for ((what, why, permission), e) in needs.iter().zip(failed) {
+        match e {
+            None => {}
+            Some(S3Error::Refused {
+                status: 401 | 403, ..
+            }) => {
+                return Ok(Err(format!(
+                    "{place}: the access key may not {what} ({permission}): grant it, since {why}{left}"
+                )));
+            }
+            Some(e) if e.is_transient() => return Err(StorageError::Store(e.to_string())),
+            Some(e) => {
+                return Ok(Err(format!(
+                    "{place}: the store refused to {what} ({e}), which the server needs: {why}{left}"
+                )));
+            }
+        }
+    }
+    match read {
+        Ok(Some(got)) if got == body => Ok(Ok(())),
+        Ok(Some(_)) => Ok(Err(format!(
+            "{place}: the object the probe wrote was read back with other bytes: the server cannot keep recordings on a store that changes them"
+        ))),
+        // A store whose reads can miss what it has acknowledged (an eventual consistency
+        // setting) would make a completion judge a recording on what is not there yet.
+        Ok(None) => Ok(Err(format!(
+            "{place}: the object the probe had just written was not found when read back: the store does not give read-after-write consistency (on StorageGRID, set the bucket's consistency to strong-global, or strong-site with one site)"
+        ))),
+        Err(_) => unreachable!("an error was answered above"),
+    }
+}
+
 /// The recordings of a bucket.
 pub struct S3Storage {
     bucket: Arc<Bucket>,
@@ -740,11 +810,19 @@ impl S3Storage {
                     .put(&key, body.to_vec().into(), body.len() as u64, &right, false),
             )
             .map_err(store_error)?;
-        if let Err(e) = self.rt.block_on(self.bucket.delete(&key)) {
-            log::warn!(storage = crate::esc(&self.place).as_str(), key = crate::esc(&key).as_str(), error = crate::esc(&e.to_string()).as_str(); "the probe's object is left in the bucket; delete it by hand");
+        // Then every other thing the server does with the key, so that a key short of a
+        // permission stops the server here, naming it, rather than failing a completion, a
+        // review or a withdrawal later. The probe's object goes whatever the verdict.
+        let read = self
+            .rt
+            .block_on(self.bucket.get_small(&key, body.len() + 1));
+        let listed = self.rt.block_on(self.bucket.list(&key, None, None, 1));
+        let deleted = self.rt.block_on(self.bucket.delete(&key));
+        let verdict = probe_verdict(&self.place, &key, body, read, listed, deleted)?;
+        if verdict.is_ok() {
+            self.checked.store(true, Ordering::Relaxed);
         }
-        self.checked.store(true, Ordering::Relaxed);
-        Ok(Ok(()))
+        Ok(verdict)
     }
 
     fn rec(&self, device: &str, id: &str) -> Result<String, StorageError> {
@@ -1474,6 +1552,91 @@ fn stripe(rec: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refused(op: &'static str, status: u16) -> S3Error {
+        S3Error::Refused {
+            op,
+            key: ".probe/x".into(),
+            status,
+            code: "AccessDenied".into(),
+            message: "no".into(),
+        }
+    }
+
+    /// The probe's reading back, listing and deletion: a key short of a permission, a store
+    /// that refuses otherwise, changes bytes or does not find what it just took stops the
+    /// server, naming what to change; a busy store is asked again; all well passes.
+    #[test]
+    fn the_probe_names_each_permission_the_key_lacks() {
+        let body = b"probe body";
+        let verdict = |read, listed, deleted| {
+            probe_verdict("bucket b", ".probe/x", body, read, listed, deleted)
+        };
+        let ok_read = || Ok(Some(body.to_vec()));
+        let ok_list = || Ok(neoflix_s3::Page::default());
+        assert_eq!(verdict(ok_read(), ok_list(), Ok(())).unwrap(), Ok(()));
+        for (read, listed, deleted, says) in [
+            (
+                Err(refused("GET", 403)),
+                ok_list(),
+                Ok(()),
+                "(s3:GetObject)",
+            ),
+            (
+                ok_read(),
+                Err(refused("LIST", 403)),
+                Ok(()),
+                "(s3:ListBucket)",
+            ),
+            (
+                ok_read(),
+                ok_list(),
+                Err(refused("DELETE", 403)),
+                "(s3:DeleteObject)",
+            ),
+            (
+                ok_read(),
+                Err(refused("LIST", 401)),
+                Ok(()),
+                "(s3:ListBucket)",
+            ),
+            (
+                ok_read(),
+                Err(refused("LIST", 400)),
+                Ok(()),
+                "the store refused to list the bucket",
+            ),
+            (
+                Ok(Some(b"other".to_vec())),
+                ok_list(),
+                Ok(()),
+                "read back with other bytes",
+            ),
+            (Ok(None), ok_list(), Ok(()), "read-after-write consistency"),
+        ] {
+            let why = verdict(read, listed, deleted).unwrap().unwrap_err();
+            assert!(why.starts_with("bucket b: ") && why.contains(says), "{why}");
+        }
+        // What could not be deleted is named, for the administrator to remove.
+        let why = verdict(
+            Err(refused("GET", 403)),
+            ok_list(),
+            Err(refused("DELETE", 403)),
+        )
+        .unwrap()
+        .unwrap_err();
+        assert!(
+            why.contains("s3:GetObject") && why.contains("\".probe/x\" is left"),
+            "{why}"
+        );
+        // A busy store is no verdict.
+        for busy in [503, 500, 429] {
+            assert!(matches!(
+                verdict(ok_read(), Err(refused("LIST", busy)), Ok(())),
+                Err(StorageError::Store(_))
+            ));
+        }
+    }
 
     #[test]
     fn the_object_the_manifest_names_is_chosen_whatever_the_listing_order() {
