@@ -5,6 +5,7 @@
 //! interrupted is finished.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use neoflix_e2e::garage::{self, Garage, runtime, settled};
 use neoflix_ingest::config::{S3Config, StorageBackend, StorageConfig};
@@ -329,17 +330,25 @@ fn a_deletion_a_crash_interrupted_is_finished_at_the_next_start() {
 }
 
 /// A stand-in for a store that should not hold recordings (the real ones here all check
-/// signed digests and have no versioning): it answers every request with `answer(method,
-/// target)`, one connection per request.
-/// A store on loopback that answers `answer(method, target, whether the body is the one its
-/// x-amz-content-sha256 announces)`; a PUT answered 2xx keeps its body, which a GET answered
-/// `(200, "")` gives back.
+/// signed digests, have no versioning and give their keys what they are granted): it answers
+/// every request with `answer(method, target, whether the body is the one its
+/// x-amz-content-sha256 announces)`, one connection per request.
 fn fake_store(answer: fn(&str, &str, bool) -> (u16, &'static str)) -> String {
+    fake_store_keeping(answer).0
+}
+
+/// The objects a [`fake_store_keeping`] holds, by request target.
+type Kept = Arc<Mutex<std::collections::HashMap<String, Vec<u8>>>>;
+
+/// [`fake_store`], and what it holds: a PUT answered 2xx keeps its body, which a GET
+/// answered `(200, "")` gives back and a DELETE answered 2xx removes.
+fn fake_store_keeping(answer: fn(&str, &str, bool) -> (u16, &'static str)) -> (String, Kept) {
     use std::io::{BufRead, BufReader, Read, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
+    let kept: Kept = Default::default();
+    let holds = kept.clone();
     std::thread::spawn(move || {
-        let mut kept: std::collections::HashMap<String, Vec<u8>> = Default::default();
         for c in l.incoming() {
             let Ok(c) = c else { return };
             let mut r = BufReader::new(c);
@@ -371,14 +380,20 @@ fn fake_store(answer: fn(&str, &str, bool) -> (u16, &'static str)) -> String {
             let _ = r.read_exact(&mut body);
             let signed = announced == hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
             let (status, text) = answer(&method, &target, signed);
+            let mut kept = holds.lock().unwrap();
             let text = match (method.as_str(), status, text) {
                 ("PUT", 200..=299, _) => {
                     kept.insert(target.clone(), body);
                     Vec::new()
                 }
                 ("GET", 200, "") => kept.get(&target).cloned().unwrap_or_default(),
+                ("DELETE", 200..=299, _) => {
+                    kept.remove(&target);
+                    Vec::new()
+                }
                 _ => text.as_bytes().to_vec(),
             };
+            drop(kept);
             let _ = write!(
                 r.get_mut(),
                 "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
@@ -389,7 +404,7 @@ fn fake_store(answer: fn(&str, &str, bool) -> (u16, &'static str)) -> String {
             }
         }
     });
-    format!("http://{addr}")
+    (format!("http://{addr}"), kept)
 }
 
 fn fake_storage(endpoint: &str, dir: &Path) -> Storage {
@@ -443,36 +458,43 @@ const DENIED: (u16, &str) = (
 #[test]
 fn the_probe_names_the_permission_a_key_lacks() {
     let t = tempfile::tempdir().unwrap();
-    let s = fake_storage(&fake_store(obliging), t.path());
+    let (endpoint, kept) = fake_store_keeping(obliging);
+    let s = fake_storage(&endpoint, t.path());
     let Storage::S3(s3) = &s else { unreachable!() };
     assert_eq!(s3.probe().unwrap(), Ok(()));
-    for (endpoint, says) in [
+    assert!(kept.lock().unwrap().is_empty(), "the probe left its object");
+    for ((endpoint, kept), says, left) in [
         (
-            fake_store(|m, t, s| match m == "GET" && t.contains("/.probe/") {
+            fake_store_keeping(|m, t, s| match m == "GET" && t.contains("/.probe/") {
                 true => DENIED,
                 false => obliging(m, t, s),
             }),
-            "may not read an object back (s3:GetObject)",
+            "the key may not read an object back (s3:GetObject)",
+            false,
         ),
         (
-            fake_store(|m, t, s| match m == "GET" && t.contains("list-type=2") {
+            fake_store_keeping(|m, t, s| match m == "GET" && t.contains("list-type=2") {
                 true => DENIED,
                 false => obliging(m, t, s),
             }),
-            "may not list the bucket (s3:ListBucket)",
+            "the key may not list the bucket (s3:ListBucket)",
+            false,
         ),
         (
-            fake_store(|m, t, s| match m == "DELETE" {
+            fake_store_keeping(|m, t, s| match m == "DELETE" {
                 true => DENIED,
                 false => obliging(m, t, s),
             }),
-            "may not delete an object (s3:DeleteObject)",
+            "the key may not delete an object (s3:DeleteObject)",
+            true,
         ),
     ] {
         let s = fake_storage(&endpoint, t.path());
         let Storage::S3(s3) = &s else { unreachable!() };
         let why = s3.probe().unwrap().unwrap_err();
-        assert!(why.contains(says), "{why}");
+        assert!(why.contains(says) && why.contains("AccessDenied"), "{why}");
+        assert_eq!(why.contains("is left in the bucket"), left, "{why}");
+        assert_eq!(kept.lock().unwrap().is_empty(), !left);
         let Err(e) = s.begin("room-1", "rec-1", "frag-000001.nfx", &[0; 32], Some(10)) else {
             panic!("an upload taken before the store was checked");
         };
@@ -480,6 +502,24 @@ fn the_probe_names_the_permission_a_key_lacks() {
             matches!(e, StorageError::Store(ref w) if w.contains("not checked yet")),
             "{e}"
         );
+    }
+    // Where the bucket itself refuses the key (AWS and MinIO answer HEAD so without
+    // s3:ListBucket; a clock off at boot is refused so too), the server waits on it, and says
+    // what may be wrong.
+    let refusing = fake_store(|m, t, s| match m == "HEAD" {
+        true => DENIED,
+        false => obliging(m, t, s),
+    });
+    let s = fake_storage(&refusing, t.path());
+    let Storage::S3(s3) = &s else { unreachable!() };
+    match s3.probe() {
+        Err(StorageError::Store(why)) => {
+            assert!(
+                why.contains("s3:ListBucket") && why.contains("clock"),
+                "{why}"
+            )
+        }
+        other => panic!("{other:?}"),
     }
 }
 

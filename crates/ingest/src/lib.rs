@@ -203,7 +203,7 @@ async fn wait_for_store(
         .await?;
         match probed {
             Ok(Ok(())) => {
-                log::info!(storage = esc(&store.place()).as_str(); "object store checked: it refuses a body that is not the one announced");
+                log::info!(storage = esc(&store.place()).as_str(); "object store checked: it refuses a body that is not the one announced, and the key may write, read, list and delete");
                 return Ok(true);
             }
             Ok(Err(fatal)) => anyhow::bail!("[storage]: {fatal}"),

@@ -833,7 +833,7 @@ impl Bucket {
                 message: match s {
                     StatusCode::NOT_FOUND => "no such bucket: create it, or fix `bucket`".into(),
                     StatusCode::FORBIDDEN => {
-                        "the key may not use the bucket, or its secret is wrong".into()
+                        "the key may not use the bucket (on AWS and MinIO that takes s3:ListBucket), its secret is wrong, or this machine's clock is off".into()
                     }
                     _ => String::new(),
                 },

@@ -225,8 +225,8 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             }
         }
     }
-    // The object store: the key and bucket usable, and a damaged body refused (nothing is
-    // stored by the check).
+    // The object store: the key and bucket usable for all the server does, and a damaged body
+    // refused (the probe's object is deleted again; where it cannot be, the error names it).
     if let neoflix_ingest::config::StorageBackend::S3(_) = &cfg.storage.backend {
         let probed = neoflix_ingest::storage::Storage::configured(&cfg.storage, false)
             .map_err(|e| format!("{e:#}"))
@@ -239,7 +239,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             });
         match probed {
             Ok(place) => println!(
-                "[storage]: {place} answers, and refuses a body that is not the one announced"
+                "[storage]: {place} answers, refuses a body that is not the one announced, and lets the key write, read, list and delete"
             ),
             Err(e) => {
                 eprintln!("{}: [storage]: {e}", path.display());

@@ -423,72 +423,89 @@ fn store_error(e: S3Error) -> StorageError {
 }
 
 /// What the probe's reading back, listing and deleting of its object at `key` (holding `body`)
-/// say of the store and the key: `Err` to ask again later (the store was busy or out of
-/// reach), `Ok(Err)` when the server cannot work with them, naming what to change.
+/// say of the store and the key: `Ok(Err)` when the server cannot work with them, naming
+/// every such thing at once and what to change; else `Err` to ask again later when one of
+/// them met a busy or unreachable store; else `Ok(Ok)`. An object left behind alone is
+/// no reason to refuse the store (it is logged).
 fn probe_verdict(
     place: &str,
     key: &str,
     body: &[u8],
     read: Result<Option<Vec<u8>>, S3Error>,
-    listed: Result<neoflix_s3::Page, S3Error>,
+    listed: Result<(), S3Error>,
     deleted: Result<(), S3Error>,
 ) -> Result<Result<(), String>, StorageError> {
-    // (operation, what the server needs it for, the permission an S3 policy grants it by)
-    let needs = [
-        (
-            "read an object back",
-            "completions, reviews and exports read recordings",
-            "s3:GetObject",
-        ),
-        (
-            "list the bucket",
-            "completions and deletions list a recording's objects",
-            "s3:ListBucket",
-        ),
-        (
-            "delete an object",
-            "withdrawals and retention must delete",
-            "s3:DeleteObject",
-        ),
-    ];
-    let failed = [
-        read.as_ref().err(),
-        listed.as_ref().err(),
-        deleted.as_ref().err(),
-    ];
-    let left = match deleted {
-        Ok(()) => String::new(),
-        Err(_) => format!(" (the probe's object {key:?} is left in the bucket: delete it by hand)"),
-    };
-    for ((what, why, permission), e) in needs.iter().zip(failed) {
+    let mut wrong: Vec<String> = Vec::new();
+    let mut transient: Option<S3Error> = None;
+    let mut failed = |e: S3Error, what: &str, permission: &str, why: &str| -> Option<String> {
         match e {
-            None => {}
-            Some(S3Error::Refused {
-                status: 401 | 403, ..
-            }) => {
-                return Ok(Err(format!(
-                    "{place}: the access key may not {what} ({permission}): grant it, since {why}{left}"
-                )));
+            e if e.is_transient() => {
+                transient = Some(e);
+                None
             }
-            Some(e) if e.is_transient() => return Err(StorageError::Store(e.to_string())),
-            Some(e) => {
-                return Ok(Err(format!(
-                    "{place}: the store refused to {what} ({e}), which the server needs: {why}{left}"
-                )));
-            }
+            S3Error::Refused {
+                status: 401 | 403,
+                ref code,
+                ..
+            } => Some(format!(
+                "the key {}may not {what} ({permission}), which the server needs since {why}: grant it ({e})",
+                if code == "AccessDenied" {
+                    ""
+                } else {
+                    "probably "
+                }
+            )),
+            e => Some(format!(
+                "the store failed to {what} ({e}), which the server needs since {why}"
+            )),
         }
+    };
+    let read = match read {
+        Ok(Some(got)) if got == body => None,
+        Ok(Some(_)) | Err(S3Error::Answer { .. }) => Some(
+            "the object the probe wrote was read back with other bytes: the server cannot keep recordings on a store that changes them".into(),
+        ),
+        // A store whose reads can miss what it has acknowledged would make a completion judge
+        // a recording on what is not there yet.
+        Ok(None) => Some(
+            "the object the probe had just written was not found when read back: the store is not read-after-write consistent (on StorageGRID, set the bucket's consistency to strong-global, or strong-site with one site)".into(),
+        ),
+        Err(e) => failed(
+            e,
+            "read an object back",
+            "s3:GetObject",
+            "completions, reviews and exports read recordings",
+        ),
+    };
+    wrong.extend(read);
+    if let Err(e) = listed {
+        wrong.extend(failed(
+            e,
+            "list the bucket",
+            "s3:ListBucket",
+            "completions and deletions list a recording's objects",
+        ));
     }
-    match read {
-        Ok(Some(got)) if got == body => Ok(Ok(())),
-        Ok(Some(_)) => Ok(Err(format!(
-            "{place}: the object the probe wrote was read back with other bytes: the server cannot keep recordings on a store that changes them"
-        ))),
-        // A store whose reads can miss what it has acknowledged (an eventual consistency
-        // setting) would make a completion judge a recording on what is not there yet.
-        Ok(None) => Ok(Err(format!(
-            "{place}: the object the probe had just written was not found when read back: the store does not give read-after-write consistency (on StorageGRID, set the bucket's consistency to strong-global, or strong-site with one site)"
-        ))),
-        Err(_) => unreachable!("an error was answered above"),
+    let left = deleted.is_err();
+    if let Err(e) = deleted {
+        wrong.extend(failed(
+            e,
+            "delete an object",
+            "s3:DeleteObject",
+            "withdrawals and retention must delete",
+        ));
+    }
+    if !wrong.is_empty() {
+        if left {
+            wrong.push(format!(
+                "the probe's object {key:?} is left in the bucket: delete it by hand"
+            ));
+        }
+        return Ok(Err(format!("{place}: {}", wrong.join("; "))));
+    }
+    match transient {
+        Some(e) => Err(StorageError::Store(e.to_string())),
+        None => Ok(Ok(())),
     }
 }
 
@@ -506,8 +523,7 @@ pub struct S3Storage {
     /// ([`Exclusive`]) keeps other replicas out.
     locks: Vec<Mutex<()>>,
     exclusive: OnceLock<Arc<dyn Exclusive>>,
-    /// The store refused a body that was not the one announced ([`S3Storage::probe`]): until
-    /// then no upload is taken.
+    /// The store passed [`S3Storage::probe`]: until then no upload is taken.
     checked: AtomicBool,
     /// The slowest a box may send (`limits.min_bytes_per_sec`, after `rate_grace_secs`): an
     /// upload's PUT, which relays it, waits as long as the box may take.
@@ -737,10 +753,13 @@ impl S3Storage {
         self.rt.block_on(self.bucket.check()).map_err(store_error)
     }
 
-    /// Checks that the store refuses a body that is not the one its request was signed for:
-    /// what makes a key's digest the truth about its content. `Ok` once it has (uploads are
-    /// taken from then on); an error that says so when the store kept the body, which no
-    /// retry mends; a transient error when the store could not be asked.
+    /// Checks that the store refuses a body that is not the one its request was signed for
+    /// (what makes a key's digest the truth about its content), that its bucket keeps no old
+    /// versions, and that the key may write, read back, list and delete. `Ok` once all of
+    /// that held (uploads are taken from then on); `Ok(Err)` naming what to change where no
+    /// retry mends it; a transient error when the store could not be asked (also a bucket
+    /// that is not there or refuses the key at all: a clock not yet set at boot is refused so
+    /// too).
     pub fn probe(&self) -> Result<Result<(), String>, StorageError> {
         // The bucket and the key first: a 400 from a store that cannot be used at all is no
         // proof of anything.
@@ -749,7 +768,9 @@ impl S3Storage {
         match self.rt.block_on(self.bucket.versioning()) {
             Ok(neoflix_s3::Versioning::Never) => {}
             // A key kept to the least it needs may lack this one: no retry gives it.
-            Err(S3Error::Refused { status: 403, .. }) => {
+            Err(S3Error::Refused {
+                status: 401 | 403, ..
+            }) => {
                 return Ok(Err(format!(
                     "{}: the access key may not read the bucket's versioning (s3:GetBucketVersioning): grant it, so that the server can check that deletions delete",
                     self.place
@@ -766,6 +787,10 @@ impl S3Storage {
         let mut suffix = [0u8; 8];
         let _ = getrandom::fill(&mut suffix);
         let key = format!("{}.probe/{}", self.prefix, hex::encode(suffix));
+        // Asked after as an upload asks after its key before the PUT: a store that then keeps
+        // answering "not there" to reads of it (StorageGRID's read-after-new-write) may show
+        // it below.
+        let _ = self.rt.block_on(self.bucket.head(&key));
         let body = b"neoflix: a body that is not the one announced";
         let announced: [u8; 32] = Sha256::digest(b"the one announced").into();
         let put = self.rt.block_on(self.bucket.put(
@@ -816,8 +841,16 @@ impl S3Storage {
         let read = self
             .rt
             .block_on(self.bucket.get_small(&key, body.len() + 1));
-        let listed = self.rt.block_on(self.bucket.list(&key, None, None, 1));
+        // Only whether the key may list: what the page holds is not looked at, since a
+        // listing may lag the PUT.
+        let listed = self
+            .rt
+            .block_on(self.bucket.list(&key, None, None, 1))
+            .map(|_| ());
         let deleted = self.rt.block_on(self.bucket.delete(&key));
+        if let Err(e) = &deleted {
+            log::warn!(storage = crate::esc(&self.place).as_str(), key = crate::esc(&key).as_str(), error = crate::esc(&e.to_string()).as_str(); "the probe's object is left in the bucket; delete it by hand");
+        }
         let verdict = probe_verdict(&self.place, &key, body, read, listed, deleted)?;
         if verdict.is_ok() {
             self.checked.store(true, Ordering::Relaxed);
@@ -1553,19 +1586,24 @@ fn stripe(rec: &str) -> usize {
 mod tests {
     use super::*;
 
-    fn refused(op: &'static str, status: u16) -> S3Error {
+    fn refused(op: &'static str, status: u16, code: &str) -> S3Error {
         S3Error::Refused {
             op,
             key: ".probe/x".into(),
             status,
-            code: "AccessDenied".into(),
+            code: code.into(),
             message: "no".into(),
         }
     }
 
+    fn denied(op: &'static str) -> S3Error {
+        refused(op, 403, "AccessDenied")
+    }
+
     /// The probe's reading back, listing and deletion: a key short of a permission, a store
-    /// that refuses otherwise, changes bytes or does not find what it just took stops the
-    /// server, naming what to change; a busy store is asked again; all well passes.
+    /// that fails otherwise, changes bytes or does not find what it just took stops the
+    /// server, naming every such thing at once and what the store said; a busy store is asked
+    /// again; all well passes.
     #[test]
     fn the_probe_names_each_permission_the_key_lacks() {
         let body = b"probe body";
@@ -1573,68 +1611,100 @@ mod tests {
             probe_verdict("bucket b", ".probe/x", body, read, listed, deleted)
         };
         let ok_read = || Ok(Some(body.to_vec()));
-        let ok_list = || Ok(neoflix_s3::Page::default());
-        assert_eq!(verdict(ok_read(), ok_list(), Ok(())).unwrap(), Ok(()));
+        assert_eq!(verdict(ok_read(), Ok(()), Ok(())).unwrap(), Ok(()));
+        let answer = || S3Error::Answer {
+            op: "GET",
+            key: ".probe/x".into(),
+            why: "longer than 11 bytes".into(),
+        };
         for (read, listed, deleted, says) in [
             (
-                Err(refused("GET", 403)),
-                ok_list(),
+                Err(denied("GET")),
                 Ok(()),
-                "(s3:GetObject)",
+                Ok(()),
+                "the key may not read an object back (s3:GetObject)",
             ),
             (
                 ok_read(),
-                Err(refused("LIST", 403)),
+                Err(denied("LIST")),
                 Ok(()),
-                "(s3:ListBucket)",
+                "the key may not list the bucket (s3:ListBucket)",
             ),
             (
                 ok_read(),
-                ok_list(),
-                Err(refused("DELETE", 403)),
-                "(s3:DeleteObject)",
+                Ok(()),
+                Err(denied("DELETE")),
+                "the key may not delete an object (s3:DeleteObject)",
             ),
             (
                 ok_read(),
-                Err(refused("LIST", 401)),
+                Err(refused("LIST", 401, "(no code)")),
                 Ok(()),
-                "(s3:ListBucket)",
+                "the key probably may not list the bucket",
             ),
             (
                 ok_read(),
-                Err(refused("LIST", 400)),
+                Err(refused("LIST", 403, "KMS.AccessDenied")),
                 Ok(()),
-                "the store refused to list the bucket",
+                "KMS.AccessDenied",
+            ),
+            (
+                ok_read(),
+                Err(refused("LIST", 400, "InvalidArgument")),
+                Ok(()),
+                "the store failed to list the bucket",
+            ),
+            (
+                Err(refused("GET", 404, "NoSuchBucket")),
+                Ok(()),
+                Ok(()),
+                "the store failed to read an object back",
             ),
             (
                 Ok(Some(b"other".to_vec())),
-                ok_list(),
+                Ok(()),
                 Ok(()),
                 "read back with other bytes",
             ),
-            (Ok(None), ok_list(), Ok(()), "read-after-write consistency"),
+            (Err(answer()), Ok(()), Ok(()), "read back with other bytes"),
+            (Ok(None), Ok(()), Ok(()), "not read-after-write consistent"),
         ] {
             let why = verdict(read, listed, deleted).unwrap().unwrap_err();
             assert!(why.starts_with("bucket b: ") && why.contains(says), "{why}");
         }
-        // What could not be deleted is named, for the administrator to remove.
-        let why = verdict(
-            Err(refused("GET", 403)),
-            ok_list(),
-            Err(refused("DELETE", 403)),
-        )
-        .unwrap()
-        .unwrap_err();
-        assert!(
-            why.contains("s3:GetObject") && why.contains("\".probe/x\" is left"),
-            "{why}"
-        );
-        // A busy store is no verdict.
+        // Every problem at once, what the store said, and the object left to be removed.
+        let why = verdict(Err(denied("GET")), Ok(()), Err(denied("DELETE")))
+            .unwrap()
+            .unwrap_err();
+        for says in [
+            "(s3:GetObject)",
+            "(s3:DeleteObject)",
+            "answered 403 AccessDenied",
+            "\".probe/x\" is left in the bucket",
+        ] {
+            assert!(why.contains(says), "{says}: {why}");
+        }
+        // A busy store is no verdict, unless something else already is one.
         for busy in [503, 500, 429] {
             assert!(matches!(
-                verdict(ok_read(), Err(refused("LIST", busy)), Ok(())),
+                verdict(ok_read(), Err(refused("LIST", busy, "SlowDown")), Ok(())),
                 Err(StorageError::Store(_))
             ));
+            assert!(matches!(
+                verdict(ok_read(), Ok(()), Err(refused("DELETE", busy, "SlowDown"))),
+                Err(StorageError::Store(_))
+            ));
+            let why = verdict(
+                Err(denied("GET")),
+                Ok(()),
+                Err(refused("DELETE", busy, "SlowDown")),
+            )
+            .unwrap()
+            .unwrap_err();
+            assert!(
+                why.contains("(s3:GetObject)") && why.contains("is left"),
+                "{why}"
+            );
         }
     }
 
