@@ -488,12 +488,20 @@ fn the_probe_names_the_permission_a_key_lacks() {
             "the key may not delete an object (s3:DeleteObject)",
             true,
         ),
+        (
+            fake_store_keeping(|m, t, s| match m == "PUT" {
+                true => DENIED,
+                false => obliging(m, t, s),
+            }),
+            "the key may not write an object (s3:PutObject)",
+            false,
+        ),
     ] {
         let s = fake_storage(&endpoint, t.path());
         let Storage::S3(s3) = &s else { unreachable!() };
         let why = s3.probe().unwrap().unwrap_err();
         assert!(why.contains(says) && why.contains("AccessDenied"), "{why}");
-        assert_eq!(why.contains("is left in the bucket"), left, "{why}");
+        assert_eq!(why.contains("may be left in the bucket"), left, "{why}");
         assert_eq!(kept.lock().unwrap().is_empty(), !left);
         let Err(e) = s.begin("room-1", "rec-1", "frag-000001.nfx", &[0; 32], Some(10)) else {
             panic!("an upload taken before the store was checked");

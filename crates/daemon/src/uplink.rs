@@ -381,7 +381,8 @@ async fn send_object_paced(
         .body(out.body(progress.clone()))
         .send();
     tokio::pin!(send);
-    let mut watch = Watch::new(pace, len, tokio::time::Instant::now());
+    let started = tokio::time::Instant::now();
+    let mut watch = Watch::new(pace, len, started);
     let mut look = tokio::time::interval(pace.look_every());
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let sent = loop {
@@ -408,7 +409,8 @@ async fn send_object_paced(
         Some(local) => format!("{what}: reading the file: {local}"),
         None => {
             down.store(true, Ordering::Relaxed);
-            if e.is_timeout() && !e.is_connect() {
+            // (Not any timeout among its causes: the kernel's own is reported as it is.)
+            if e.is_timeout() && started.elapsed() >= backstop {
                 format!(
                     "PUT {what}: took longer than the {} s allowed for {len} bytes (the slowest a server takes, {SLOWEST} bytes/s, and {} s more)",
                     backstop.as_secs(),
@@ -433,7 +435,7 @@ struct Pace {
     /// itself drops a body idle for 60 s).
     stall: Duration,
     /// The whole body taken, and no answer for this long, besides the time what the box's
-    /// buffers still held takes to cross the link ([`Watch`]). It covers the server's fsync
+    /// buffers still held takes to cross the link ([`Watch::draining`]). It covers the server's fsync
     /// and its answer.
     answer: Duration,
 }
@@ -496,34 +498,41 @@ impl Progress {
 /// [`Progress`] at one look.
 #[derive(Debug, Clone, Copy)]
 struct BodySeen {
+    /// Bytes handed to the connection so far.
     taken: u64,
+    /// The connection waits on the box's own file.
     reading: bool,
 }
 
 /// Why an object's PUT is given up.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 enum Stop {
+    /// The connection took nothing more for `secs` while the body was not all taken.
     #[error(
         "the connection has taken nothing more of the body for {secs} s ({taken} of {len} bytes handed to it): the server or the link is gone"
     )]
     Stalled { secs: u64, taken: u64, len: u64 },
+    /// As [`Stop::Stalled`], but the connection was waiting on the box's own file.
     #[error(
         "reading the file has stalled for {secs} s ({taken} of {len} bytes sent): the box's storage is not answering"
     )]
     FileStalled { secs: u64, taken: u64, len: u64 },
+    /// The body was all taken, and no answer came in the `secs` allowed.
     #[error("the whole body was handed to the connection, and no answer came in {secs} s")]
     Unanswered { secs: u64 },
 }
 
 /// How an object's PUT goes, judged from how much of its body the connection has taken: it
 /// may go on as long as the body moves, then, once all of it was taken, for [`Pace::answer`]
-/// and the time the box's buffers take to empty at the pace the body went. (Pure: the caller
+/// and the time the box's buffers take to empty ([`Watch::draining`]). (Pure: the caller
 /// gives the time.)
 #[derive(Debug)]
 struct Watch {
     pace: Pace,
     len: u64,
-    start: tokio::time::Instant,
+    /// When the connection could first hold the rest of the body in the box's buffers: the
+    /// body's first look at which no more than [`BUFFERED`] bytes were left to take.
+    tail: Option<tokio::time::Instant>,
     /// The body's bytes taken when last looked at, and since when that count stands.
     taken: u64,
     since: tokio::time::Instant,
@@ -534,7 +543,7 @@ impl Watch {
         Watch {
             pace,
             len,
-            start: now,
+            tail: (len <= BUFFERED).then_some(now),
             taken: 0,
             since: now,
         }
@@ -545,6 +554,9 @@ impl Watch {
         if seen.taken != self.taken {
             self.taken = seen.taken;
             self.since = now;
+        }
+        if self.tail.is_none() && self.len - self.taken.min(self.len) <= BUFFERED {
+            self.tail = Some(now);
         }
         let still = now.saturating_duration_since(self.since);
         if self.taken >= self.len {
@@ -557,19 +569,22 @@ impl Watch {
             return None;
         }
         let (secs, taken, len) = (self.pace.stall.as_secs(), self.taken, self.len);
-        Some(match seen.reading {
-            true => Stop::FileStalled { secs, taken, len },
-            false => Stop::Stalled { secs, taken, len },
+        Some(if seen.reading {
+            Stop::FileStalled { secs, taken, len }
+        } else {
+            Stop::Stalled { secs, taken, len }
         })
     }
 
-    /// How long the last [`BUFFERED`] bytes taken may take to leave the box, at the pace the
-    /// whole body was taken: on a slow link they are still on their way when the count is
-    /// full. (An object smaller than the buffers was taken at once and gets nothing more.)
+    /// How long what the box's buffers still hold once the body is all taken may take to
+    /// leave: as long as the connection took to take the body's last [`BUFFERED`] bytes,
+    /// which it took as the link let earlier ones out (the link's recent pace, not its average
+    /// over a body that went fast and then slowed). A body no larger than the buffers may be
+    /// taken at once, which says nothing of the link: it gets what that took, and must cross
+    /// within [`Pace::answer`].
     fn draining(&self) -> Duration {
-        let took = self.since.saturating_duration_since(self.start);
-        let share = BUFFERED.min(self.len) as f64 / self.len.max(1) as f64;
-        took.mul_f64(share)
+        self.tail
+            .map_or(Duration::ZERO, |t| self.since.saturating_duration_since(t))
     }
 }
 
@@ -1919,8 +1934,8 @@ mod pace {
     }
 
     /// A large body taken slowly is still partly in the box's buffers when the count is
-    /// full: the answer's time gets what those take at the pace the body went. 50 MiB over
-    /// 1000 s leaves 5 MiB for some 100 s more.
+    /// full: the answer's time gets what its last 5 MiB took. 50 MiB over 1000 s leaves them
+    /// 100 s more.
     #[test]
     fn the_box_s_buffers_get_their_time_to_empty_at_the_pace_the_body_went() {
         let t0 = Instant::now();
@@ -1933,6 +1948,45 @@ mod pace {
         assert_eq!(
             w.look(sent(len), at(t0, 1000 + 220)),
             Some(Stop::Unanswered { secs: 220 })
+        );
+    }
+
+    /// A body that went fast and then slowed is given its last 5 MiB's time, not the average
+    /// pace's: 95 MiB in 10 s, then 5 MiB in 200 s, leaves 200 s more (the average would have
+    /// given 10 s, and the PUT would have ended with its last megabytes still on their way).
+    #[test]
+    fn the_buffers_get_the_recent_pace_after_a_slowdown() {
+        let t0 = Instant::now();
+        let mib = 1u64 << 20;
+        let len = 100 * mib;
+        let mut w = Watch::new(P, len, t0);
+        for s in 1..=10u64 {
+            assert_eq!(w.look(sent(s * 95 * mib / 10), at(t0, s)), None);
+        }
+        for s in 1..=200u64 {
+            assert_eq!(
+                w.look(sent(95 * mib + s * 5 * mib / 200), at(t0, 10 + s)),
+                None
+            );
+        }
+        assert_eq!(w.look(sent(len), at(t0, 210 + 319)), None);
+        assert_eq!(
+            w.look(sent(len), at(t0, 210 + 320)),
+            Some(Stop::Unanswered { secs: 320 })
+        );
+    }
+
+    /// A body no larger than the box's buffers, taken at once, gets the answer's time alone:
+    /// its bytes must cross the link within it (what the docs state as the floor).
+    #[test]
+    fn a_small_body_taken_at_once_gets_the_answer_s_time_alone() {
+        let t0 = Instant::now();
+        let mut w = Watch::new(P, 4 << 20, t0);
+        assert_eq!(w.look(sent(4 << 20), at(t0, 0)), None);
+        assert_eq!(w.look(sent(4 << 20), at(t0, 119)), None);
+        assert_eq!(
+            w.look(sent(4 << 20), at(t0, 120)),
+            Some(Stop::Unanswered { secs: 120 })
         );
     }
 

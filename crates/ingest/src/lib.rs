@@ -183,9 +183,10 @@ async fn apply_retention(
     }
 }
 
-/// Waits until the object store answers and has shown that it refuses a body that is not the
-/// one announced ([`storage::S3Storage::probe`]): `false` if `shutdown` came first, an error
-/// if the store keeps such a body (no retry mends that).
+/// Waits until the object store answers and has passed [`storage::S3Storage::probe`] (it
+/// refuses a body that is not the one announced, keeps no old versions, and lets the key
+/// write, read, list and delete): `false` if `shutdown` came first, an error where no retry
+/// mends what the probe found.
 async fn wait_for_store(
     store: &Arc<storage::Storage>,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,

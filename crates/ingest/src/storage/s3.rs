@@ -422,92 +422,121 @@ fn store_error(e: S3Error) -> StorageError {
     }
 }
 
-/// What the probe's reading back, listing and deleting of its object at `key` (holding `body`)
-/// say of the store and the key: `Ok(Err)` when the server cannot work with them, naming
-/// every such thing at once and what to change; else `Err` to ask again later when one of
-/// them met a busy or unreachable store; else `Ok(Ok)`. An object left behind alone is
-/// no reason to refuse the store (it is logged).
-fn probe_verdict(
-    place: &str,
-    key: &str,
-    body: &[u8],
-    read: Result<Option<Vec<u8>>, S3Error>,
-    listed: Result<(), S3Error>,
-    deleted: Result<(), S3Error>,
-) -> Result<Result<(), String>, StorageError> {
-    let mut wrong: Vec<String> = Vec::new();
-    let mut transient: Option<S3Error> = None;
-    let mut failed = |e: S3Error, what: &str, permission: &str, why: &str| -> Option<String> {
+/// What the start-up probe found of the store and the key: what the server cannot work with
+/// (every such thing, to be named at once), the first busy or unreachable answer, and the
+/// probe's object where it could not be deleted. (Pure: the probe does the requests.)
+#[derive(Debug, Default)]
+struct Findings {
+    wrong: Vec<String>,
+    transient: Option<S3Error>,
+    left: Option<String>,
+}
+
+impl Findings {
+    /// A request of the probe's that failed: `what` it asked, the `permission` an S3 policy
+    /// grants that by, and `why` the server needs it.
+    fn failed(&mut self, e: S3Error, what: &str, permission: &str, why: &str) {
         match e {
             e if e.is_transient() => {
-                transient = Some(e);
-                None
+                self.transient.get_or_insert(e);
             }
             S3Error::Refused {
                 status: 401 | 403,
                 ref code,
                 ..
-            } => Some(format!(
+            } => self.wrong.push(format!(
                 "the key {}may not {what} ({permission}), which the server needs since {why}: grant it ({e})",
-                if code == "AccessDenied" {
-                    ""
-                } else {
-                    "probably "
-                }
+                if code == "AccessDenied" { "" } else { "probably " }
             )),
-            e => Some(format!(
+            e => self.wrong.push(format!(
                 "the store failed to {what} ({e}), which the server needs since {why}"
             )),
         }
-    };
-    let read = match read {
-        Ok(Some(got)) if got == body => None,
-        Ok(Some(_)) | Err(S3Error::Answer { .. }) => Some(
-            "the object the probe wrote was read back with other bytes: the server cannot keep recordings on a store that changes them".into(),
-        ),
-        // A store whose reads can miss what it has acknowledged would make a completion judge
-        // a recording on what is not there yet.
-        Ok(None) => Some(
-            "the object the probe had just written was not found when read back: the store is not read-after-write consistent (on StorageGRID, set the bucket's consistency to strong-global, or strong-site with one site)".into(),
-        ),
-        Err(e) => failed(
-            e,
-            "read an object back",
-            "s3:GetObject",
-            "completions, reviews and exports read recordings",
-        ),
-    };
-    wrong.extend(read);
-    if let Err(e) = listed {
-        wrong.extend(failed(
-            e,
-            "list the bucket",
-            "s3:ListBucket",
-            "completions and deletions list a recording's objects",
-        ));
     }
-    let left = deleted.is_err();
-    if let Err(e) = deleted {
-        wrong.extend(failed(
+
+    /// A PUT of the probe's object refused or failed.
+    fn not_written(&mut self, e: S3Error) {
+        self.failed(
             e,
-            "delete an object",
-            "s3:DeleteObject",
-            "withdrawals and retention must delete",
-        ));
+            "write an object",
+            "s3:PutObject",
+            "boxes upload recordings into it",
+        );
     }
-    if !wrong.is_empty() {
-        if left {
-            wrong.push(format!(
-                "the probe's object {key:?} is left in the bucket: delete it by hand"
-            ));
+
+    /// The DELETE of the probe's object at `key`.
+    fn deleted(&mut self, key: &str, deleted: Result<(), S3Error>) {
+        if let Err(e) = deleted {
+            self.left = Some(key.to_string());
+            self.failed(
+                e,
+                "delete an object",
+                "s3:DeleteObject",
+                "withdrawals and retention must delete",
+            );
         }
-        return Ok(Err(format!("{place}: {}", wrong.join("; "))));
     }
-    match transient {
-        Some(e) => Err(StorageError::Store(e.to_string())),
-        None => Ok(Ok(())),
+
+    /// The probe's reading back (of `body`), listing and deletion of its object at `key`.
+    fn round_trip(
+        &mut self,
+        key: &str,
+        body: &[u8],
+        read: Result<Option<Vec<u8>>, S3Error>,
+        listed: Result<(), S3Error>,
+        deleted: Result<(), S3Error>,
+    ) {
+        match read {
+            Ok(Some(got)) if got == body => {}
+            // (The read's one unreadable answer is a body longer than the one written.)
+            Ok(Some(_)) | Err(S3Error::Answer { .. }) => self.wrong.push(
+                "the object the probe wrote was read back with other bytes: the server cannot keep recordings on a store that changes them".into(),
+            ),
+            // A store whose reads can miss what it has acknowledged would make a completion
+            // judge a recording on what is not there yet.
+            Ok(None) => self.wrong.push(
+                "the object the probe had just written was not found when read back: the store is not read-after-write consistent (on StorageGRID, set the bucket's consistency to strong-global, or strong-site with one site)".into(),
+            ),
+            Err(e) => self.failed(
+                e,
+                "read an object back",
+                "s3:GetObject",
+                "completions, reviews and exports read recordings",
+            ),
+        }
+        if let Err(e) = listed {
+            self.failed(
+                e,
+                "list the bucket",
+                "s3:ListBucket",
+                "completions and deletions list a recording's objects",
+            );
+        }
+        self.deleted(key, deleted);
+    }
+
+    /// `Ok(Err)` naming everything the server cannot work with; else `Err` to ask again
+    /// later when the store was busy or out of reach; else `Ok(Ok)`. An object left behind
+    /// alone is no reason to refuse the store (it is logged).
+    fn verdict(self, place: &str) -> Result<Result<(), String>, StorageError> {
+        let left = self
+            .left
+            .map(|k| {
+                format!("; the probe's object {k:?} may be left in the bucket: delete it by hand")
+            })
+            .unwrap_or_default();
+        if !self.wrong.is_empty() {
+            return Ok(Err(format!("{place}: {}{left}", self.wrong.join("; "))));
+        }
+        match self.transient {
+            Some(e) => Err(StorageError::Store(format!("{e}{left}"))),
+            None => Ok(Ok(())),
+        }
     }
 }
+
+/// How many objects of failed probes are remembered to be deleted later.
+const MAX_LEFT_PROBES: usize = 16;
 
 /// The recordings of a bucket.
 pub struct S3Storage {
@@ -525,6 +554,8 @@ pub struct S3Storage {
     exclusive: OnceLock<Arc<dyn Exclusive>>,
     /// The store passed [`S3Storage::probe`]: until then no upload is taken.
     checked: AtomicBool,
+    /// Objects of earlier probes that could not be deleted (at most [`MAX_LEFT_PROBES`]).
+    left_probes: Mutex<Vec<String>>,
     /// The slowest a box may send (`limits.min_bytes_per_sec`, after `rate_grace_secs`): an
     /// upload's PUT, which relays it, waits as long as the box may take.
     pace: AtomicU64,
@@ -721,6 +752,7 @@ impl S3Storage {
             locks: (0..64).map(|_| Mutex::new(())).collect(),
             exclusive: OnceLock::new(),
             checked: AtomicBool::new(false),
+            left_probes: Mutex::new(Vec::new()),
             pace: AtomicU64::new(4096),
             grace_secs: AtomicU64::new(10),
             place: crate::config::StorageBackend::S3(Box::new(cfg.clone())).describe(),
@@ -764,25 +796,28 @@ impl S3Storage {
         // The bucket and the key first: a 400 from a store that cannot be used at all is no
         // proof of anything.
         self.check()?;
-        // A deletion must delete: a versioned bucket keeps every key record it "deleted".
+        self.delete_left_probes();
+        let mut found = Findings::default();
+        // A deletion must delete: a versioned bucket keeps every key record it "deleted". No
+        // object is written to one.
         match self.rt.block_on(self.bucket.versioning()) {
             Ok(neoflix_s3::Versioning::Never) => {}
-            // A key kept to the least it needs may lack this one: no retry gives it.
-            Err(S3Error::Refused {
-                status: 401 | 403, ..
-            }) => {
-                return Ok(Err(format!(
-                    "{}: the access key may not read the bucket's versioning (s3:GetBucketVersioning): grant it, so that the server can check that deletions delete",
-                    self.place
-                )));
-            }
-            Err(e) => return Err(store_error(e)),
             Ok(v) => {
                 return Ok(Err(format!(
                     "{}: the bucket's versioning is {v:?}: a withdrawal or retention deletion would leave every key record and sealed object behind as an old version; use a bucket that never had versioning (nor Object Lock)",
                     self.place
                 )));
             }
+            // A key kept to the least it needs may lack this one: no retry gives it.
+            Err(e) => found.failed(
+                e,
+                "read the bucket's versioning",
+                "s3:GetBucketVersioning",
+                "it checks that deletions delete",
+            ),
+        }
+        if found.transient.is_some() {
+            return found.verdict(&self.place);
         }
         let mut suffix = [0u8; 8];
         let _ = getrandom::fill(&mut suffix);
@@ -810,31 +845,38 @@ impl S3Storage {
                 code.as_str(),
                 "XAmzContentSHA256Mismatch" | "BadDigest" | "InvalidDigest"
             ) => {}
-            // A store busy or failing (a slow quorum answers 503) says nothing yet: asked again.
-            Err(e) if e.is_transient() => return Err(store_error(e)),
-            Err(e @ S3Error::Refused { .. }) => {
-                return Ok(Err(format!(
-                    "{}: a body that is not the one announced was refused, but not for its digest ({e}); the server cannot tell whether the store checks x-amz-content-sha256",
-                    self.place
-                )));
+            Err(e @ S3Error::Refused { status: 400, .. }) => {
+                found.wrong.push(format!(
+                    "a body that is not the one announced was refused, but not for its digest ({e}); the server cannot tell whether the store checks x-amz-content-sha256"
+                ));
+                return found.verdict(&self.place);
             }
-            Err(e) => return Err(store_error(e)),
+            Err(e) => {
+                found.not_written(e);
+                return found.verdict(&self.place);
+            }
             Ok(_) => {
-                let _ = self.rt.block_on(self.bucket.delete(&key));
-                return Ok(Err(format!(
-                    "{} kept a body that was not the one its request was signed for: it does not check x-amz-content-sha256, so a damaged upload could be stored as a good one; recordings cannot be kept there",
-                    self.place
-                )));
+                found.wrong.push("it kept a body that was not the one its request was signed for: it does not check x-amz-content-sha256, so a damaged upload could be stored as a good one; recordings cannot be kept there".into());
+                let deleted = self.delete_probe(&key);
+                found.deleted(&key, deleted);
+                return found.verdict(&self.place);
             }
         }
         // And the same body announced rightly is taken: the refusal was the digest's.
         let right: [u8; 32] = Sha256::digest(body).into();
-        self.rt
-            .block_on(
-                self.bucket
-                    .put(&key, body.to_vec().into(), body.len() as u64, &right, false),
-            )
-            .map_err(store_error)?;
+        if let Err(e) = self.rt.block_on(self.bucket.put(
+            &key,
+            body.to_vec().into(),
+            body.len() as u64,
+            &right,
+            false,
+        )) {
+            found.not_written(e);
+            // (A PUT that failed on its way may still have stored the object.)
+            let deleted = self.delete_probe(&key);
+            found.deleted(&key, deleted);
+            return found.verdict(&self.place);
+        }
         // Then every other thing the server does with the key, so that a key short of a
         // permission stops the server here, naming it, rather than failing a completion, a
         // review or a withdrawal later. The probe's object goes whatever the verdict.
@@ -847,15 +889,40 @@ impl S3Storage {
             .rt
             .block_on(self.bucket.list(&key, None, None, 1))
             .map(|_| ());
-        let deleted = self.rt.block_on(self.bucket.delete(&key));
-        if let Err(e) = &deleted {
-            log::warn!(storage = crate::esc(&self.place).as_str(), key = crate::esc(&key).as_str(), error = crate::esc(&e.to_string()).as_str(); "the probe's object is left in the bucket; delete it by hand");
-        }
-        let verdict = probe_verdict(&self.place, &key, body, read, listed, deleted)?;
-        if verdict.is_ok() {
+        let deleted = self.delete_probe(&key);
+        found.round_trip(&key, body, read, listed, deleted);
+        let verdict = found.verdict(&self.place);
+        if matches!(verdict, Ok(Ok(()))) {
             self.checked.store(true, Ordering::Relaxed);
         }
-        Ok(verdict)
+        verdict
+    }
+
+    /// Deletes the probe's object at `key`; one that could not be is logged, and tried again
+    /// at the next probe (a store that keeps failing DELETEs does not gather one a minute).
+    fn delete_probe(&self, key: &str) -> Result<(), S3Error> {
+        let r = self.rt.block_on(self.bucket.delete(key));
+        if let Err(e) = &r {
+            log::warn!(storage = crate::esc(&self.place).as_str(), key = crate::esc(key).as_str(), error = crate::esc(&e.to_string()).as_str(); "the probe's object may be left in the bucket; deleted at the next probe, or delete it by hand");
+            let mut left = self.left_probes.lock().unwrap_or_else(|e| e.into_inner());
+            if left.len() < MAX_LEFT_PROBES {
+                left.push(key.to_string());
+            }
+        }
+        r
+    }
+
+    /// Deletes what earlier probes could not.
+    fn delete_left_probes(&self) {
+        let left = std::mem::take(&mut *self.left_probes.lock().unwrap_or_else(|e| e.into_inner()));
+        for key in left {
+            if self.rt.block_on(self.bucket.delete(&key)).is_err() {
+                self.left_probes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(key);
+            }
+        }
     }
 
     fn rec(&self, device: &str, id: &str) -> Result<String, StorageError> {
@@ -1608,7 +1675,9 @@ mod tests {
     fn the_probe_names_each_permission_the_key_lacks() {
         let body = b"probe body";
         let verdict = |read, listed, deleted| {
-            probe_verdict("bucket b", ".probe/x", body, read, listed, deleted)
+            let mut found = Findings::default();
+            found.round_trip(".probe/x", body, read, listed, deleted);
+            found.verdict("bucket b")
         };
         let ok_read = || Ok(Some(body.to_vec()));
         assert_eq!(verdict(ok_read(), Ok(()), Ok(())).unwrap(), Ok(()));
@@ -1672,6 +1741,13 @@ mod tests {
             let why = verdict(read, listed, deleted).unwrap().unwrap_err();
             assert!(why.starts_with("bucket b: ") && why.contains(says), "{why}");
         }
+        let mut found = Findings::default();
+        found.not_written(denied("PUT"));
+        let why = found.verdict("b").unwrap().unwrap_err();
+        assert!(
+            why.contains("the key may not write an object (s3:PutObject)"),
+            "{why}"
+        );
         // Every problem at once, what the store said, and the object left to be removed.
         let why = verdict(Err(denied("GET")), Ok(()), Err(denied("DELETE")))
             .unwrap()
@@ -1680,20 +1756,24 @@ mod tests {
             "(s3:GetObject)",
             "(s3:DeleteObject)",
             "answered 403 AccessDenied",
-            "\".probe/x\" is left in the bucket",
+            "\".probe/x\" may be left in the bucket",
         ] {
             assert!(why.contains(says), "{says}: {why}");
         }
-        // A busy store is no verdict, unless something else already is one.
+        // A busy store is no verdict, unless something else already is one; an object it
+        // may have kept is named either way.
         for busy in [503, 500, 429] {
             assert!(matches!(
                 verdict(ok_read(), Err(refused("LIST", busy, "SlowDown")), Ok(())),
                 Err(StorageError::Store(_))
             ));
-            assert!(matches!(
-                verdict(ok_read(), Ok(()), Err(refused("DELETE", busy, "SlowDown"))),
-                Err(StorageError::Store(_))
-            ));
+            let mut found = Findings::default();
+            found.not_written(refused("PUT", busy, "SlowDown"));
+            assert!(matches!(found.verdict("b"), Err(StorageError::Store(_))));
+            match verdict(ok_read(), Ok(()), Err(refused("DELETE", busy, "SlowDown"))) {
+                Err(StorageError::Store(why)) => assert!(why.contains("may be left"), "{why}"),
+                other => panic!("{other:?}"),
+            }
             let why = verdict(
                 Err(denied("GET")),
                 Ok(()),
@@ -1702,7 +1782,7 @@ mod tests {
             .unwrap()
             .unwrap_err();
             assert!(
-                why.contains("(s3:GetObject)") && why.contains("is left"),
+                why.contains("(s3:GetObject)") && why.contains("may be left"),
                 "{why}"
             );
         }
