@@ -531,6 +531,49 @@ fn the_probe_names_the_permission_a_key_lacks() {
     }
 }
 
+/// A store whose DELETEs fail for a while (busy): the probe names the object it leaves, asks
+/// again, deletes that object before it writes another (rather than leaving one each time it
+/// asks), and passes once it could.
+#[test]
+fn a_probe_object_the_store_would_not_delete_is_deleted_before_the_next_is_written() {
+    static DELETES_FAIL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+    use std::sync::atomic::Ordering::Relaxed;
+    let t = tempfile::tempdir().unwrap();
+    let (endpoint, kept) =
+        fake_store_keeping(
+            |m, t, s| match m == "DELETE" && DELETES_FAIL.load(Relaxed) {
+                true => (
+                    503,
+                    "<Error><Code>SlowDown</Code><Message>busy</Message></Error>",
+                ),
+                false => obliging(m, t, s),
+            },
+        );
+    let s = fake_storage(&endpoint, t.path());
+    let Storage::S3(s3) = &s else { unreachable!() };
+    match s3.probe() {
+        Err(StorageError::Store(why)) => {
+            assert!(why.contains("may be left in the bucket"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(kept.lock().unwrap().len(), 1);
+    match s3.probe() {
+        Err(StorageError::Store(why)) => {
+            assert!(why.contains("earlier probes could not be deleted"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(kept.lock().unwrap().len(), 1, "another object written");
+    DELETES_FAIL.store(false, Relaxed);
+    assert_eq!(s3.probe().unwrap(), Ok(()));
+    assert!(
+        kept.lock().unwrap().is_empty(),
+        "{:?}",
+        kept.lock().unwrap().keys()
+    );
+}
+
 /// A store that keeps a body whatever digest its request was signed with, one whose bucket
 /// keeps old versions, and one that refuses the probe for another reason: the server will
 /// not keep recordings on any of them, and says why.

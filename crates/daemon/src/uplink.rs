@@ -370,6 +370,8 @@ async fn send_object_paced(
     let len = out.len;
     let progress = Arc::new(Progress::default());
     let backstop = pace.backstop(len);
+    // Before the request is made: the client's own timer for `backstop` starts in `send`.
+    let started = tokio::time::Instant::now();
     // Not through `send`: on a slow link a body may take longer than its silence, and that is
     // not a silent server. The length is announced whatever the client makes of a streamed
     // body: the server refuses one without it (411).
@@ -381,7 +383,6 @@ async fn send_object_paced(
         .body(out.body(progress.clone()))
         .send();
     tokio::pin!(send);
-    let started = tokio::time::Instant::now();
     let mut watch = Watch::new(pace, len, started);
     let mut look = tokio::time::interval(pace.look_every());
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -530,22 +531,28 @@ enum Stop {
 struct Watch {
     pace: Pace,
     len: u64,
-    /// When the connection could first hold the rest of the body in the box's buffers: the
-    /// body's first look at which no more than [`BUFFERED`] bytes were left to take.
-    tail: Option<tokio::time::Instant>,
+    start: tokio::time::Instant,
     /// The body's bytes taken when last looked at, and since when that count stands.
     taken: u64,
     since: tokio::time::Instant,
+    /// The last [`PACE_LOOKS`] looks at which the box's buffers could be full (at least
+    /// [`BUFFERED`] bytes taken): when, and how much was taken by then. What the connection
+    /// takes after that, it takes as the link lets earlier bytes out.
+    recent: std::collections::VecDeque<(tokio::time::Instant, u64)>,
 }
+
+/// How many looks the link's recent pace is taken over (two minutes at [`PACE`]'s).
+const PACE_LOOKS: usize = 32;
 
 impl Watch {
     fn new(pace: Pace, len: u64, now: tokio::time::Instant) -> Watch {
         Watch {
             pace,
             len,
-            tail: (len <= BUFFERED).then_some(now),
+            start: now,
             taken: 0,
             since: now,
+            recent: std::collections::VecDeque::with_capacity(PACE_LOOKS),
         }
     }
 
@@ -555,14 +562,17 @@ impl Watch {
             self.taken = seen.taken;
             self.since = now;
         }
-        if self.tail.is_none() && self.len - self.taken.min(self.len) <= BUFFERED {
-            self.tail = Some(now);
+        if self.taken >= BUFFERED && self.recent.back().is_none_or(|&(_, k)| k < self.taken) {
+            if self.recent.len() == PACE_LOOKS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((self.since, self.taken));
         }
         let still = now.saturating_duration_since(self.since);
         if self.taken >= self.len {
             let allowed = self.pace.answer + self.draining();
             return (still >= allowed).then_some(Stop::Unanswered {
-                secs: allowed.as_secs(),
+                secs: allowed.as_secs_f64().round() as u64,
             });
         }
         if still < self.pace.stall {
@@ -576,15 +586,24 @@ impl Watch {
         })
     }
 
-    /// How long what the box's buffers still hold once the body is all taken may take to
-    /// leave: as long as the connection took to take the body's last [`BUFFERED`] bytes,
-    /// which it took as the link let earlier ones out (the link's recent pace, not its average
-    /// over a body that went fast and then slowed). A body no larger than the buffers may be
-    /// taken at once, which says nothing of the link: it gets what that took, and must cross
-    /// within [`Pace::answer`].
+    /// How long what the box's buffers still hold once the body is all taken (up to
+    /// [`BUFFERED`]) may take to leave: at the pace the connection took the body over its
+    /// last looks with the buffers full, which is the link's recent pace (not the average
+    /// over a body that went fast and then slowed, nor the moment the empty buffers were
+    /// filled). A body no larger than the buffers may be taken at once, which says nothing of
+    /// the link: it gets the time that took.
     fn draining(&self) -> Duration {
-        self.tail
-            .map_or(Duration::ZERO, |t| self.since.saturating_duration_since(t))
+        if self.len <= BUFFERED {
+            return self.since.saturating_duration_since(self.start);
+        }
+        match (self.recent.front(), self.recent.back()) {
+            (Some(&(t0, k0)), Some(&(t1, k1))) if k1 > k0 => {
+                let took = t1.saturating_duration_since(t0);
+                took.mul_f64(BUFFERED as f64 / (k1 - k0) as f64)
+            }
+            // Taken whole within one look of the buffers filling: a fast link.
+            _ => Duration::ZERO,
+        }
     }
 }
 
@@ -1973,6 +1992,27 @@ mod pace {
         assert_eq!(
             w.look(sent(len), at(t0, 210 + 320)),
             Some(Stop::Unanswered { secs: 320 })
+        );
+    }
+
+    /// A body a little larger than the box's buffers fills them at once, and the rest is taken
+    /// as the link lets bytes out: the buffers get their time at that pace, not at the
+    /// average that the instant filling makes fast. 5 MiB at once, then 3 MiB over 60 s,
+    /// leaves them 100 s more.
+    #[test]
+    fn a_body_that_fills_the_buffers_at_once_gets_the_pace_after() {
+        let t0 = Instant::now();
+        let mib = 1u64 << 20;
+        let len = 8 * mib;
+        let mut w = Watch::new(P, len, t0);
+        assert_eq!(w.look(sent(5 * mib), t0), None);
+        for s in 1..=60u64 {
+            assert_eq!(w.look(sent(5 * mib + s * 3 * mib / 60), at(t0, s)), None);
+        }
+        assert_eq!(w.look(sent(len), at(t0, 60 + 219)), None);
+        assert_eq!(
+            w.look(sent(len), at(t0, 60 + 220)),
+            Some(Stop::Unanswered { secs: 220 })
         );
     }
 

@@ -522,7 +522,7 @@ impl Findings {
         let left = self
             .left
             .map(|k| {
-                format!("; the probe's object {k:?} may be left in the bucket: delete it by hand")
+                format!("; the probe's object {k:?} may be left in the bucket: the server deletes it when it asks again, or delete it by hand")
             })
             .unwrap_or_default();
         if !self.wrong.is_empty() {
@@ -796,10 +796,18 @@ impl S3Storage {
         // The bucket and the key first: a 400 from a store that cannot be used at all is no
         // proof of anything.
         self.check()?;
-        self.delete_left_probes();
+        // A store whose DELETEs keep failing would otherwise gather a probe object each time
+        // it is asked again.
+        let left = self.delete_left_probes();
+        if !left.is_empty() {
+            return Err(StorageError::Store(format!(
+                "the objects of earlier probes could not be deleted ({}); the store is asked again before anything more is written",
+                left.join(", ")
+            )));
+        }
         let mut found = Findings::default();
         // A deletion must delete: a versioned bucket keeps every key record it "deleted". No
-        // object is written to one.
+        // object is written to one, nor to one whose versioning could not be read.
         match self.rt.block_on(self.bucket.versioning()) {
             Ok(neoflix_s3::Versioning::Never) => {}
             Ok(v) => {
@@ -816,7 +824,7 @@ impl S3Storage {
                 "it checks that deletions delete",
             ),
         }
-        if found.transient.is_some() {
+        if found.transient.is_some() || !found.wrong.is_empty() {
             return found.verdict(&self.place);
         }
         let mut suffix = [0u8; 8];
@@ -852,7 +860,14 @@ impl S3Storage {
                 return found.verdict(&self.place);
             }
             Err(e) => {
+                // A PUT cut off on its way, or answered with something unreadable, may have
+                // stored the body all the same.
+                let maybe_stored = e.is_transient() || matches!(e, S3Error::Answer { .. });
                 found.not_written(e);
+                if maybe_stored {
+                    let deleted = self.delete_probe(&key);
+                    found.deleted(&key, deleted);
+                }
                 return found.verdict(&self.place);
             }
             Ok(_) => {
@@ -871,10 +886,14 @@ impl S3Storage {
             &right,
             false,
         )) {
+            // A PUT cut off on its way, or answered with something unreadable, may have stored
+            // the object all the same; a refused one stored nothing.
+            let maybe_stored = e.is_transient() || matches!(e, S3Error::Answer { .. });
             found.not_written(e);
-            // (A PUT that failed on its way may still have stored the object.)
-            let deleted = self.delete_probe(&key);
-            found.deleted(&key, deleted);
+            if maybe_stored {
+                let deleted = self.delete_probe(&key);
+                found.deleted(&key, deleted);
+            }
             return found.verdict(&self.place);
         }
         // Then every other thing the server does with the key, so that a key short of a
@@ -899,11 +918,11 @@ impl S3Storage {
     }
 
     /// Deletes the probe's object at `key`; one that could not be is logged, and tried again
-    /// at the next probe (a store that keeps failing DELETEs does not gather one a minute).
+    /// at the next probe of this process (which writes nothing new until it is gone).
     fn delete_probe(&self, key: &str) -> Result<(), S3Error> {
         let r = self.rt.block_on(self.bucket.delete(key));
         if let Err(e) = &r {
-            log::warn!(storage = crate::esc(&self.place).as_str(), key = crate::esc(key).as_str(), error = crate::esc(&e.to_string()).as_str(); "the probe's object may be left in the bucket; deleted at the next probe, or delete it by hand");
+            log::warn!(storage = crate::esc(&self.place).as_str(), key = crate::esc(key).as_str(), error = crate::esc(&e.to_string()).as_str(); "the probe's object may be left in the bucket; deleted when the store is asked again, or delete it by hand");
             let mut left = self.left_probes.lock().unwrap_or_else(|e| e.into_inner());
             if left.len() < MAX_LEFT_PROBES {
                 left.push(key.to_string());
@@ -912,17 +931,21 @@ impl S3Storage {
         r
     }
 
-    /// Deletes what earlier probes could not.
-    fn delete_left_probes(&self) {
+    /// Deletes what earlier probes could not; what still cannot be is kept, and returned.
+    fn delete_left_probes(&self) -> Vec<String> {
         let left = std::mem::take(&mut *self.left_probes.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut still = Vec::new();
         for key in left {
-            if self.rt.block_on(self.bucket.delete(&key)).is_err() {
-                self.left_probes
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(key);
+            if let Err(e) = self.rt.block_on(self.bucket.delete(&key)) {
+                log::warn!(storage = crate::esc(&self.place).as_str(), key = crate::esc(&key).as_str(), error = crate::esc(&e.to_string()).as_str(); "an earlier probe's object still cannot be deleted");
+                still.push(key);
             }
         }
+        self.left_probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(still.iter().cloned());
+        still
     }
 
     fn rec(&self, device: &str, id: &str) -> Result<String, StorageError> {
