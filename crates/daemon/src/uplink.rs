@@ -535,14 +535,16 @@ struct Watch {
     /// The body's bytes taken when last looked at, and since when that count stands.
     taken: u64,
     since: tokio::time::Instant,
-    /// The last [`PACE_LOOKS`] looks at which the box's buffers could be full (at least
-    /// [`BUFFERED`] bytes taken): when, and how much was taken by then. What the connection
-    /// takes after that, it takes as the link lets earlier bytes out.
+    /// The looks at which the count had grown since the one before and the box's buffers
+    /// could be full (at least [`BUFFERED`] bytes taken): when, and how much was taken by
+    /// then. What the connection takes after that, it takes as the link lets earlier bytes
+    /// out. Only the last [`BUFFERED`] bytes' worth are kept, and at most [`PACE_LOOKS`].
     recent: std::collections::VecDeque<(tokio::time::Instant, u64)>,
 }
 
-/// How many looks the link's recent pace is taken over (two minutes at [`PACE`]'s).
-const PACE_LOOKS: usize = 32;
+/// The most looks kept in [`Watch::recent`]: what the last [`BUFFERED`] bytes need when every
+/// look sees one more [`FRAME`], with room.
+const PACE_LOOKS: usize = 128;
 
 impl Watch {
     fn new(pace: Pace, len: u64, now: tokio::time::Instant) -> Watch {
@@ -563,10 +565,17 @@ impl Watch {
             self.since = now;
         }
         if self.taken >= BUFFERED && self.recent.back().is_none_or(|&(_, k)| k < self.taken) {
-            if self.recent.len() == PACE_LOOKS {
+            self.recent.push_back((now, self.taken));
+            // The window is the shortest that still spans the last BUFFERED bytes: as many
+            // looks as those took, however slowly the count moves on a slow link.
+            while self.recent.len() > PACE_LOOKS
+                || self
+                    .recent
+                    .get(1)
+                    .is_some_and(|&(_, k)| k + BUFFERED <= self.taken)
+            {
                 self.recent.pop_front();
             }
-            self.recent.push_back((self.since, self.taken));
         }
         let still = now.saturating_duration_since(self.since);
         if self.taken >= self.len {
@@ -587,22 +596,24 @@ impl Watch {
     }
 
     /// How long what the box's buffers still hold once the body is all taken (up to
-    /// [`BUFFERED`]) may take to leave: at the pace the connection took the body over its
-    /// last looks with the buffers full, which is the link's recent pace (not the average
-    /// over a body that went fast and then slowed, nor the moment the empty buffers were
-    /// filled). A body no larger than the buffers may be taken at once, which says nothing of
-    /// the link: it gets the time that took.
+    /// [`BUFFERED`]) may take to leave: at the pace the connection took the body's last
+    /// [`BUFFERED`] bytes with the buffers full, which is the link's recent pace (not the
+    /// average over a body that went fast and then slowed, nor the moment the empty buffers
+    /// were filled), and at most what a body at the slowest rate a server takes would need.
+    /// Where that window is too short to say (a body no larger than the buffers, which may be
+    /// taken at once; or one whose last bytes came within a look or two), it gets the time the
+    /// whole body took to be taken.
     fn draining(&self) -> Duration {
+        let whole = self.since.saturating_duration_since(self.start);
         if self.len <= BUFFERED {
-            return self.since.saturating_duration_since(self.start);
+            return whole;
         }
         match (self.recent.front(), self.recent.back()) {
-            (Some(&(t0, k0)), Some(&(t1, k1))) if k1 > k0 => {
-                let took = t1.saturating_duration_since(t0);
-                took.mul_f64(BUFFERED as f64 / (k1 - k0) as f64)
-            }
-            // Taken whole within one look of the buffers filling: a fast link.
-            _ => Duration::ZERO,
+            (Some(&(t0, k0)), Some(&(t1, k1))) if k1 - k0 >= BUFFERED / 4 => t1
+                .saturating_duration_since(t0)
+                .mul_f64(BUFFERED as f64 / (k1 - k0) as f64)
+                .min(Duration::from_secs(BUFFERED / SLOWEST)),
+            _ => whole,
         }
     }
 }
@@ -2013,6 +2024,52 @@ mod pace {
         assert_eq!(
             w.look(sent(len), at(t0, 60 + 220)),
             Some(Stop::Unanswered { secs: 220 })
+        );
+    }
+
+    /// On a slow link the count moves only when a third of the socket's buffer has drained,
+    /// tens of seconds apart: the pace is still that of the body's last 5 MiB, however few
+    /// looks saw it move. 95 MiB in 10 s, then 5 MiB in four steps 40 s apart, leaves the
+    /// buffers 160 s (a window of so many looks would reach back into the fast part and give
+    /// them some 10 s).
+    #[test]
+    fn the_pace_is_the_last_5_mib_s_however_rarely_the_count_moved() {
+        let t0 = Instant::now();
+        let mib = 1u64 << 20;
+        let len = 100 * mib;
+        let mut w = Watch::new(P, len, t0);
+        for s in 1..=10u64 {
+            assert_eq!(w.look(sent(s * 95 * mib / 10), at(t0, s)), None);
+        }
+        for s in 11..=170u64 {
+            let steps = (s - 10) / 40;
+            assert_eq!(
+                w.look(sent(95 * mib + steps * 5 * mib / 4), at(t0, s)),
+                None,
+                "at {s}"
+            );
+        }
+        assert_eq!(w.look(sent(len), at(t0, 170 + 279)), None);
+        assert_eq!(
+            w.look(sent(len), at(t0, 170 + 280)),
+            Some(Stop::Unanswered { secs: 280 })
+        );
+    }
+
+    /// Where the last bytes came within a look or two, the window says nothing of the link:
+    /// the buffers get the time the whole body took, not nothing (nor, for a last byte, an
+    /// age). 5 MiB at once, and one byte more 20 s later, leaves them 20 s.
+    #[test]
+    fn a_window_too_short_to_tell_falls_back_to_the_whole_body_s_time() {
+        let t0 = Instant::now();
+        let len = (5 << 20) + 1;
+        let mut w = Watch::new(P, len, t0);
+        assert_eq!(w.look(sent(5 << 20), t0), None);
+        assert_eq!(w.look(sent(len), at(t0, 20)), None);
+        assert_eq!(w.look(sent(len), at(t0, 20 + 139)), None);
+        assert_eq!(
+            w.look(sent(len), at(t0, 20 + 140)),
+            Some(Stop::Unanswered { secs: 140 })
         );
     }
 

@@ -429,7 +429,7 @@ fn store_error(e: S3Error) -> StorageError {
 struct Findings {
     wrong: Vec<String>,
     transient: Option<S3Error>,
-    left: Option<String>,
+    left: Vec<String>,
 }
 
 impl Findings {
@@ -467,7 +467,7 @@ impl Findings {
     /// The DELETE of the probe's object at `key`.
     fn deleted(&mut self, key: &str, deleted: Result<(), S3Error>) {
         if let Err(e) = deleted {
-            self.left = Some(key.to_string());
+            self.left.push(key.to_string());
             self.failed(
                 e,
                 "delete an object",
@@ -519,17 +519,30 @@ impl Findings {
     /// later when the store was busy or out of reach; else `Ok(Ok)`. An object left behind
     /// alone is no reason to refuse the store (it is logged).
     fn verdict(self, place: &str) -> Result<Result<(), String>, StorageError> {
-        let left = self
-            .left
-            .map(|k| {
-                format!("; the probe's object {k:?} may be left in the bucket: the server deletes it when it asks again, or delete it by hand")
-            })
-            .unwrap_or_default();
+        let keys: Vec<String> = self.left.iter().map(|k| format!("{k:?}")).collect();
+        let (objects, them) = match keys.len() {
+            1 => ("object", "it"),
+            _ => ("objects", "them"),
+        };
         if !self.wrong.is_empty() {
-            return Ok(Err(format!("{place}: {}{left}", self.wrong.join("; "))));
+            let by_hand = match keys.is_empty() {
+                true => String::new(),
+                false => format!(
+                    "; the probe's {objects} {} may be left in the bucket: delete {them} by hand",
+                    keys.join(", ")
+                ),
+            };
+            return Ok(Err(format!("{place}: {}{by_hand}", self.wrong.join("; "))));
         }
+        let asked_again = match keys.is_empty() {
+            true => String::new(),
+            false => format!(
+                "; the probe's {objects} {} may be left in the bucket: the server deletes {them} before it writes anything more, when it asks the store again",
+                keys.join(", ")
+            ),
+        };
         match self.transient {
-            Some(e) => Err(StorageError::Store(format!("{e}{left}"))),
+            Some(e) => Err(StorageError::Store(format!("{e}{asked_again}"))),
             None => Ok(Ok(())),
         }
     }
@@ -798,14 +811,14 @@ impl S3Storage {
         self.check()?;
         // A store whose DELETEs keep failing would otherwise gather a probe object each time
         // it is asked again.
+        let mut found = Findings::default();
         let left = self.delete_left_probes();
         if !left.is_empty() {
-            return Err(StorageError::Store(format!(
-                "the objects of earlier probes could not be deleted ({}); the store is asked again before anything more is written",
-                left.join(", ")
-            )));
+            for (key, e) in left {
+                found.deleted(&key, Err(e));
+            }
+            return found.verdict(&self.place);
         }
-        let mut found = Findings::default();
         // A deletion must delete: a versioned bucket keeps every key record it "deleted". No
         // object is written to one, nor to one whose versioning could not be read.
         match self.rt.block_on(self.bucket.versioning()) {
@@ -922,7 +935,7 @@ impl S3Storage {
     fn delete_probe(&self, key: &str) -> Result<(), S3Error> {
         let r = self.rt.block_on(self.bucket.delete(key));
         if let Err(e) = &r {
-            log::warn!(storage = crate::esc(&self.place).as_str(), key = crate::esc(key).as_str(), error = crate::esc(&e.to_string()).as_str(); "the probe's object may be left in the bucket; deleted when the store is asked again, or delete it by hand");
+            log::warn!(storage = crate::esc(&self.place).as_str(), key = crate::esc(key).as_str(), error = crate::esc(&e.to_string()).as_str(); "the probe's object may be left in the bucket: deleted before anything more is written if the store is asked again, else to be deleted by hand");
             let mut left = self.left_probes.lock().unwrap_or_else(|e| e.into_inner());
             if left.len() < MAX_LEFT_PROBES {
                 left.push(key.to_string());
@@ -931,20 +944,21 @@ impl S3Storage {
         r
     }
 
-    /// Deletes what earlier probes could not; what still cannot be is kept, and returned.
-    fn delete_left_probes(&self) -> Vec<String> {
+    /// Deletes what earlier probes could not; what still cannot be is kept, and returned
+    /// with why.
+    fn delete_left_probes(&self) -> Vec<(String, S3Error)> {
         let left = std::mem::take(&mut *self.left_probes.lock().unwrap_or_else(|e| e.into_inner()));
         let mut still = Vec::new();
         for key in left {
             if let Err(e) = self.rt.block_on(self.bucket.delete(&key)) {
                 log::warn!(storage = crate::esc(&self.place).as_str(), key = crate::esc(&key).as_str(), error = crate::esc(&e.to_string()).as_str(); "an earlier probe's object still cannot be deleted");
-                still.push(key);
+                self.left_probes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(key.clone());
+                still.push((key, e));
             }
         }
-        self.left_probes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(still.iter().cloned());
         still
     }
 
