@@ -599,22 +599,33 @@ impl Watch {
     /// [`BUFFERED`]) may take to leave: at the pace the connection took the body's last
     /// [`BUFFERED`] bytes with the buffers full, which is the link's recent pace (not the
     /// average over a body that went fast and then slowed, nor the moment the empty buffers
-    /// were filled), and at most what a body at the slowest rate a server takes would need.
-    /// Where that window is too short to say (a body no larger than the buffers, which may be
-    /// taken at once; or one whose last bytes came within a look or two), it gets the time the
-    /// whole body took to be taken.
+    /// were filled). A window of fewer bytes (a body just larger than the buffers, or whose
+    /// last bytes came within a look or two) is scaled up at most fourfold: the count moves
+    /// only once a third of the socket's buffer has drained. A body no larger than the
+    /// buffers, which may be taken at once, gets the time that took. Never more than
+    /// [`BUFFERED`] take at the slowest rate a server takes.
     fn draining(&self) -> Duration {
+        let cap = Duration::from_secs(BUFFERED / SLOWEST);
         let whole = self.since.saturating_duration_since(self.start);
-        if self.len <= BUFFERED {
-            return whole;
+        let (Some(&(t0, k0)), Some(&(t1, k1))) = (self.recent.front(), self.recent.back()) else {
+            return whole.min(cap);
+        };
+        if self.len <= BUFFERED || k1 <= k0 {
+            return whole.min(cap);
         }
-        match (self.recent.front(), self.recent.back()) {
-            (Some(&(t0, k0)), Some(&(t1, k1))) if k1 - k0 >= BUFFERED / 4 => t1
-                .saturating_duration_since(t0)
-                .mul_f64(BUFFERED as f64 / (k1 - k0) as f64)
-                .min(Duration::from_secs(BUFFERED / SLOWEST)),
-            _ => whole,
-        }
+        // A window reaching back past the last BUFFERED bytes (its first look came in a fast
+        // stretch) starts where the count passed them, between its first two looks.
+        let (t0, k0) = match self.recent.get(1) {
+            Some(&(ta, ka)) if k0 + BUFFERED < k1 => {
+                let at = k1 - BUFFERED;
+                let part = (at - k0) as f64 / (ka - k0) as f64;
+                (t0 + ta.saturating_duration_since(t0).mul_f64(part), at)
+            }
+            _ => (t0, k0),
+        };
+        t1.saturating_duration_since(t0)
+            .mul_f64(BUFFERED as f64 / (k1 - k0).max(BUFFERED / 4) as f64)
+            .min(cap)
     }
 }
 
@@ -2056,25 +2067,66 @@ mod pace {
         );
     }
 
-    /// Where the last bytes came within a look or two, the window says nothing of the link:
-    /// the buffers get the time the whole body took, not nothing (nor, for a last byte, an
-    /// age). 5 MiB at once, and one byte more 20 s later, leaves them 20 s.
+    /// A window of few bytes is scaled up at most fourfold, not to an age: 5 MiB at once,
+    /// and one byte more 20 s later, leaves the buffers 80 s.
     #[test]
-    fn a_window_too_short_to_tell_falls_back_to_the_whole_body_s_time() {
+    fn a_window_of_few_bytes_is_scaled_at_most_fourfold() {
         let t0 = Instant::now();
         let len = (5 << 20) + 1;
         let mut w = Watch::new(P, len, t0);
         assert_eq!(w.look(sent(5 << 20), t0), None);
         assert_eq!(w.look(sent(len), at(t0, 20)), None);
-        assert_eq!(w.look(sent(len), at(t0, 20 + 139)), None);
+        assert_eq!(w.look(sent(len), at(t0, 20 + 199)), None);
         assert_eq!(
-            w.look(sent(len), at(t0, 20 + 140)),
-            Some(Stop::Unanswered { secs: 140 })
+            w.look(sent(len), at(t0, 20 + 200)),
+            Some(Stop::Unanswered { secs: 200 })
         );
     }
 
-    /// A body no larger than the box's buffers, taken at once, gets the answer's time alone:
-    /// its bytes must cross the link within it (what the docs state as the floor).
+    /// A body a little larger than the buffers (6 MiB: 5 at once, the last 1 MiB over 50 s)
+    /// has a window of less than 5 MiB: its pace is scaled up to the buffers, 200 s, not
+    /// left at the 50 s the whole body took (the buffers' 5 MiB need some 256 s at that
+    /// pace).
+    #[test]
+    fn a_body_just_larger_than_the_buffers_gets_their_time_at_its_pace() {
+        let t0 = Instant::now();
+        let mib = 1u64 << 20;
+        let len = 6 * mib;
+        let mut w = Watch::new(P, len, t0);
+        assert_eq!(w.look(sent(5 * mib), t0), None);
+        for s in 1..=50u64 {
+            assert_eq!(w.look(sent(5 * mib + s * mib / 50), at(t0, s)), None);
+        }
+        assert_eq!(w.look(sent(len), at(t0, 50 + 319)), None);
+        assert_eq!(
+            w.look(sent(len), at(t0, 50 + 320)),
+            Some(Stop::Unanswered { secs: 320 })
+        );
+    }
+
+    /// A window whose first look came in a fast stretch starts where the count passed the
+    /// last 5 MiB, between its first two looks: 12 MiB, then 16 MiB a second later, then 4
+    /// MiB a frame every 3 s puts it 0.75 s into that second, and leaves the buffers 192.25
+    /// s (not the 120 s the whole 8 MiB since the first look would give).
+    #[test]
+    fn a_window_starts_where_the_count_passed_the_last_5_mib() {
+        let t0 = Instant::now();
+        let mib = 1u64 << 20;
+        let len = 20 * mib;
+        let mut w = Watch::new(P, len, t0);
+        assert_eq!(w.look(sent(12 * mib), at(t0, 1)), None);
+        assert_eq!(w.look(sent(16 * mib), at(t0, 2)), None);
+        for f in 1..=64u64 {
+            let taken = 16 * mib + f * FRAME as u64;
+            assert_eq!(w.look(sent(taken), at(t0, 2 + 3 * f)), None);
+        }
+        assert_eq!(w.look(sent(len), at(t0, 194 + 312)), None);
+        assert_eq!(
+            w.look(sent(len), at(t0, 194 + 313)),
+            Some(Stop::Unanswered { secs: 312 })
+        );
+    }
+
     #[test]
     fn a_small_body_taken_at_once_gets_the_answer_s_time_alone() {
         let t0 = Instant::now();

@@ -537,7 +537,7 @@ impl Findings {
         let asked_again = match keys.is_empty() {
             true => String::new(),
             false => format!(
-                "; the probe's {objects} {} may be left in the bucket: the server deletes {them} before it writes anything more, when it asks the store again",
+                "; the probe's {objects} {} may be left in the bucket: the server deletes {them} before it writes anything more when it asks the store again, else delete {them} by hand",
                 keys.join(", ")
             ),
         };
