@@ -337,6 +337,10 @@ pub struct Recorder {
     /// Why the camera is not delivering, while it is not; kept through a recording so that the
     /// status tells the room and the state after the recording is `fault`.
     camera_fault: Option<String>,
+    /// When the capture pipeline was last reported failed, until a fragment captured after
+    /// that arrives: the stopped pipeline's last fragment comes through storage, and may
+    /// arrive after the report, but is no sign that the camera is back.
+    lost_at: Option<Duration>,
     /// Why the recordings' storage is failing, while it is, and when to try again.
     storage_fault: Option<StorageFault>,
 }
@@ -381,6 +385,7 @@ impl Recorder {
             last_fragment: None,
             start_press_held: false,
             camera_fault: None,
+            lost_at: None,
             storage_fault: None,
         }
     }
@@ -534,10 +539,14 @@ impl Recorder {
                 State::Privacy
             }
             (s, Event::Privacy { on: false, .. }) => s,
+            // Captured before the pipeline was reported failed: its last, let out as it
+            // stopped. Video, but no sign of the camera.
+            (s, Event::Fragment { ends, .. }) if self.captured_before_loss(ends) => s,
             (_, Event::Fragment { at, ring, .. }) => {
                 self.ring = ring;
                 self.last_fragment = Some(at);
                 self.camera_fault = None;
+                self.lost_at = None;
                 self.idle_state()
             }
             (_, Event::Start { at, by }) => self.start(at, by, false, &mut actions),
@@ -550,15 +559,22 @@ impl Recorder {
                 s
             }
             (s, Event::Tick { at }) => self.watchdog(s, at),
-            (_, Event::CameraLost { reason, .. }) => {
+            (_, Event::CameraLost { at, reason }) => {
                 self.ring = Duration::ZERO;
                 self.camera_fault = Some(reason.clone());
+                self.lost_at = Some(at);
                 State::Fault { reason }
             }
             (s, Event::Shutdown { .. }) => s,
             (s, Event::StorageFailed { .. } | Event::StorageRecovered { .. }) => s,
         };
         (self, actions)
+    }
+
+    /// Whether a fragment that ended at `ends` was captured before the capture pipeline was
+    /// last reported failed.
+    fn captured_before_loss(&self, ends: Duration) -> bool {
+        self.lost_at.is_some_and(|lost| ends <= lost)
     }
 
     fn watchdog(&mut self, state: State, at: Duration) -> State {
@@ -648,9 +664,14 @@ impl Recorder {
                 ring,
                 ends,
             } => {
-                self.ring = ring;
-                self.last_fragment = Some(at);
-                self.camera_fault = None;
+                // The stopped pipeline's last fragment belongs in the recording, but says
+                // nothing of the camera: the fault stays.
+                if !self.captured_before_loss(ends) {
+                    self.ring = ring;
+                    self.last_fragment = Some(at);
+                    self.camera_fault = None;
+                    self.lost_at = None;
+                }
                 // While storage fails the fragment waits in the ring; the retry claims it.
                 if self.storage_fault.is_none() {
                     actions.push(Action::Claim { seq });
@@ -722,12 +743,13 @@ impl Recorder {
                 State::Privacy
             }
             Event::Privacy { on: false, .. } => State::Recording(rec),
-            Event::CameraLost { reason, .. } => {
+            Event::CameraLost { at, reason } => {
                 // The recording stays open: the camera may come back, and what came before is
                 // safe. The status tells the room.
                 self.ring = Duration::ZERO;
                 self.last_fragment = None;
                 self.camera_fault = Some(reason);
+                self.lost_at = Some(at);
                 State::Recording(rec)
             }
             Event::Shutdown { .. } => {

@@ -980,3 +980,79 @@ fn storage_retries_go_on_in_privacy_mode() {
     let (_, a) = run(r, vec![Event::Tick { at: s(20) }]);
     assert_eq!(a, vec![Action::Retry]);
 }
+
+/// The stopped pipeline's last fragment comes through storage and may arrive after the
+/// pipeline was reported failed: it is claimed into the recording, but the camera is still
+/// gone, and the status goes on saying why ("missing: unplugged ... plug it back in"), not
+/// "ready" and then "no video". A fragment captured after the loss is the camera back.
+#[test]
+fn a_fragment_captured_before_the_camera_was_lost_does_not_clear_the_fault() {
+    let (r, _) = run(
+        ready(),
+        vec![Event::Start {
+            at: s(11),
+            by: Trigger::Control,
+        }],
+    );
+    let (r, a) = run(
+        r,
+        vec![
+            Event::CameraLost {
+                at: s(20),
+                reason: "missing: unplugged".into(),
+            },
+            Event::Fragment {
+                at: s(21),
+                seq: 40,
+                ring: s(1),
+                ends: s(19),
+            },
+            Event::Tick { at: s(40) },
+        ],
+    );
+    assert!(a.contains(&Action::Claim { seq: 40 }), "{a:?}");
+    assert!(r.status().recording);
+    assert!(!r.status().ready);
+    assert_eq!(
+        r.status().reason.as_deref(),
+        Some("camera: missing: unplugged")
+    );
+    let (r, _) = run(
+        r,
+        vec![Event::Fragment {
+            at: s(45),
+            seq: 41,
+            ring: s(1),
+            ends: s(44),
+        }],
+    );
+    assert_eq!(r.status().reason, None);
+    // Not recording: the late fragment does not make the box ready.
+    let (r, _) = run(
+        ready(),
+        vec![
+            Event::CameraLost {
+                at: s(17),
+                reason: "missing: unplugged".into(),
+            },
+            Event::Fragment {
+                at: s(18),
+                seq: 11,
+                ring: s(10),
+                ends: s(16),
+            },
+        ],
+    );
+    assert_eq!(r.status().state, Phase::Fault);
+    assert!(!r.status().ready);
+    let (r, _) = run(
+        r,
+        vec![Event::Fragment {
+            at: s(25),
+            seq: 12,
+            ring: s(1),
+            ends: s(24),
+        }],
+    );
+    assert_ne!(r.status().state, Phase::Fault);
+}
