@@ -1881,6 +1881,13 @@ mod pace {
         }
     }
 
+    /// The body, `len` bytes, all taken: the PUT still waits at `quiet`, and is given up at
+    /// `stop` for want of an answer in the `secs` it was allowed.
+    fn gives_up(w: &mut Watch, len: u64, quiet: Instant, stop: Instant, secs: u64) {
+        assert_eq!(w.look(sent(len), quiet), None);
+        assert_eq!(w.look(sent(len), stop), Some(Stop::Unanswered { secs }));
+    }
+
     /// A body that keeps moving goes on however long it takes: a gigabyte at a slow site's
     /// few Mbit/s is an hour, far past the 120 s a request with a small body gets.
     #[test]
@@ -1953,25 +1960,13 @@ mod pace {
         assert_eq!(w.look(sent(1000), at(t0, 100)), None);
         // (Smaller than the box's buffers: what took 100 s to be taken may take as long to
         // leave.)
-        assert_eq!(w.look(sent(1000), at(t0, 100 + 219)), None);
-        assert_eq!(
-            w.look(sent(1000), at(t0, 100 + 220)),
-            Some(Stop::Unanswered { secs: 220 })
-        );
+        gives_up(&mut w, 1000, at(t0, 100 + 219), at(t0, 100 + 220), 220);
         let mut w = Watch::new(P, 1000, t0);
         assert_eq!(w.look(sent(1000), t0), None);
-        assert_eq!(w.look(sent(1000), at(t0, 119)), None);
-        assert_eq!(
-            w.look(sent(1000), at(t0, 120)),
-            Some(Stop::Unanswered { secs: 120 })
-        );
+        gives_up(&mut w, 1000, at(t0, 119), at(t0, 120), 120);
         // An empty body is taken whole from the start.
         let mut w = Watch::new(P, 0, t0);
-        assert_eq!(w.look(sent(0), at(t0, 119)), None);
-        assert_eq!(
-            w.look(sent(0), at(t0, 120)),
-            Some(Stop::Unanswered { secs: 120 })
-        );
+        gives_up(&mut w, 0, at(t0, 119), at(t0, 120), 120);
     }
 
     /// A large body taken slowly is still partly in the box's buffers when the count is
@@ -1985,11 +1980,7 @@ mod pace {
         for s in 1..=1000u64 {
             assert_eq!(w.look(sent(s * len / 1000), at(t0, s)), None, "at {s} s");
         }
-        assert_eq!(w.look(sent(len), at(t0, 1000 + 219)), None);
-        assert_eq!(
-            w.look(sent(len), at(t0, 1000 + 220)),
-            Some(Stop::Unanswered { secs: 220 })
-        );
+        gives_up(&mut w, len, at(t0, 1000 + 219), at(t0, 1000 + 220), 220);
     }
 
     /// A body that went fast and then slowed is given its last 5 MiB's time, not the average
@@ -2010,11 +2001,7 @@ mod pace {
                 None
             );
         }
-        assert_eq!(w.look(sent(len), at(t0, 210 + 319)), None);
-        assert_eq!(
-            w.look(sent(len), at(t0, 210 + 320)),
-            Some(Stop::Unanswered { secs: 320 })
-        );
+        gives_up(&mut w, len, at(t0, 210 + 319), at(t0, 210 + 320), 320);
     }
 
     /// A body a little larger than the box's buffers fills them at once, and the rest is taken
@@ -2031,11 +2018,7 @@ mod pace {
         for s in 1..=60u64 {
             assert_eq!(w.look(sent(5 * mib + s * 3 * mib / 60), at(t0, s)), None);
         }
-        assert_eq!(w.look(sent(len), at(t0, 60 + 219)), None);
-        assert_eq!(
-            w.look(sent(len), at(t0, 60 + 220)),
-            Some(Stop::Unanswered { secs: 220 })
-        );
+        gives_up(&mut w, len, at(t0, 60 + 219), at(t0, 60 + 220), 220);
     }
 
     /// On a slow link the count moves only when a third of the socket's buffer has drained,
@@ -2060,11 +2043,7 @@ mod pace {
                 "at {s}"
             );
         }
-        assert_eq!(w.look(sent(len), at(t0, 170 + 279)), None);
-        assert_eq!(
-            w.look(sent(len), at(t0, 170 + 280)),
-            Some(Stop::Unanswered { secs: 280 })
-        );
+        gives_up(&mut w, len, at(t0, 170 + 279), at(t0, 170 + 280), 280);
     }
 
     /// A window of few bytes is scaled up at most fourfold, not to an age: 5 MiB at once,
@@ -2076,11 +2055,7 @@ mod pace {
         let mut w = Watch::new(P, len, t0);
         assert_eq!(w.look(sent(5 << 20), t0), None);
         assert_eq!(w.look(sent(len), at(t0, 20)), None);
-        assert_eq!(w.look(sent(len), at(t0, 20 + 199)), None);
-        assert_eq!(
-            w.look(sent(len), at(t0, 20 + 200)),
-            Some(Stop::Unanswered { secs: 200 })
-        );
+        gives_up(&mut w, len, at(t0, 20 + 199), at(t0, 20 + 200), 200);
     }
 
     /// A body a little larger than the buffers (6 MiB: 5 at once, the last 1 MiB over 50 s)
@@ -2097,11 +2072,7 @@ mod pace {
         for s in 1..=50u64 {
             assert_eq!(w.look(sent(5 * mib + s * mib / 50), at(t0, s)), None);
         }
-        assert_eq!(w.look(sent(len), at(t0, 50 + 319)), None);
-        assert_eq!(
-            w.look(sent(len), at(t0, 50 + 320)),
-            Some(Stop::Unanswered { secs: 320 })
-        );
+        gives_up(&mut w, len, at(t0, 50 + 319), at(t0, 50 + 320), 320);
     }
 
     /// A window whose first look came in a fast stretch starts where the count passed the
@@ -2120,11 +2091,7 @@ mod pace {
             let taken = 16 * mib + f * FRAME as u64;
             assert_eq!(w.look(sent(taken), at(t0, 2 + 3 * f)), None);
         }
-        assert_eq!(w.look(sent(len), at(t0, 194 + 312)), None);
-        assert_eq!(
-            w.look(sent(len), at(t0, 194 + 313)),
-            Some(Stop::Unanswered { secs: 312 })
-        );
+        gives_up(&mut w, len, at(t0, 194 + 312), at(t0, 194 + 313), 312);
     }
 
     #[test]
@@ -2132,11 +2099,7 @@ mod pace {
         let t0 = Instant::now();
         let mut w = Watch::new(P, 4 << 20, t0);
         assert_eq!(w.look(sent(4 << 20), at(t0, 0)), None);
-        assert_eq!(w.look(sent(4 << 20), at(t0, 119)), None);
-        assert_eq!(
-            w.look(sent(4 << 20), at(t0, 120)),
-            Some(Stop::Unanswered { secs: 120 })
-        );
+        gives_up(&mut w, 4 << 20, at(t0, 119), at(t0, 120), 120);
     }
 
     /// The bound of last resort covers a body at the slowest rate a server takes by default,

@@ -872,17 +872,7 @@ impl S3Storage {
                 ));
                 return found.verdict(&self.place);
             }
-            Err(e) => {
-                // A PUT cut off on its way, or answered with something unreadable, may have
-                // stored the body all the same.
-                let maybe_stored = e.is_transient() || matches!(e, S3Error::Answer { .. });
-                found.not_written(e);
-                if maybe_stored {
-                    let deleted = self.delete_probe(&key);
-                    found.deleted(&key, deleted);
-                }
-                return found.verdict(&self.place);
-            }
+            Err(e) => return self.probe_not_written(&key, e, found),
             Ok(_) => {
                 found.wrong.push("it kept a body that was not the one its request was signed for: it does not check x-amz-content-sha256, so a damaged upload could be stored as a good one; recordings cannot be kept there".into());
                 let deleted = self.delete_probe(&key);
@@ -899,15 +889,7 @@ impl S3Storage {
             &right,
             false,
         )) {
-            // A PUT cut off on its way, or answered with something unreadable, may have stored
-            // the object all the same; a refused one stored nothing.
-            let maybe_stored = e.is_transient() || matches!(e, S3Error::Answer { .. });
-            found.not_written(e);
-            if maybe_stored {
-                let deleted = self.delete_probe(&key);
-                found.deleted(&key, deleted);
-            }
-            return found.verdict(&self.place);
+            return self.probe_not_written(&key, e, found);
         }
         // Then every other thing the server does with the key, so that a key short of a
         // permission stops the server here, naming it, rather than failing a completion, a
@@ -928,6 +910,24 @@ impl S3Storage {
             self.checked.store(true, Ordering::Relaxed);
         }
         verdict
+    }
+
+    /// The verdict on a probe whose PUT of `key` failed with `e`.
+    fn probe_not_written(
+        &self,
+        key: &str,
+        e: S3Error,
+        mut found: Findings,
+    ) -> Result<Result<(), String>, StorageError> {
+        // A PUT cut off on its way, or answered with something unreadable, may have stored the
+        // object all the same; a refused one stored nothing.
+        let maybe_stored = e.is_transient() || matches!(e, S3Error::Answer { .. });
+        found.not_written(e);
+        if maybe_stored {
+            let deleted = self.delete_probe(key);
+            found.deleted(key, deleted);
+        }
+        found.verdict(&self.place)
     }
 
     /// Deletes the probe's object at `key`; one that could not be is logged, and tried again
